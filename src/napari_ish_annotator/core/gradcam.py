@@ -1,0 +1,187 @@
+"""Grad-CAM at the classifier's layer (layer 21 for VGG16) for the logistic-regression head.
+
+Each ensemble member scores an image as ``d(x) = w·φ(x) + b`` where ``φ(x)`` is the flattened
+layer activation ``A`` (C×H×W), optionally L2-normalised. The gradient of ``d`` with respect to
+``A`` is therefore available in closed form (the weight vector reshaped to C×H×W, projected when
+rows are normalised), so no backward pass through the CNN is needed and a map costs one forward
+pass plus a few array operations.
+
+Two maps are offered:
+
+* ``"gradcam"`` (Selvaraju et al.): channel weights are the spatial mean of the gradient,
+  ``ReLU(Σ_c mean_hw(g_c) A_c)``.
+* ``"hirescam"`` (Draelos & Carin): ``ReLU(Σ_c g_c ⊙ A_c)``. For a linear head on the
+  flattened activation this is exactly the per-location share of the decision value, so it
+  keeps the spatial layout the classifier learned. It is the default because the logistic
+  head has a separate weight per location, which classic Grad-CAM averages away.
+
+Ensemble members are averaged through their gradients (the gradient of the mean decision).
+Maps are scaled by the term's predicted probability instead of being min-max stretched per
+term: a term predicted absent stays dark, so maps are comparable across terms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from .bundle import ModelBundle
+    from .features import FeatureExtractor
+
+METHODS = ("hirescam", "gradcam")
+
+
+def member_gradient(coef: np.ndarray, activation: np.ndarray, normalize: bool) -> np.ndarray:
+    """Mean over members of ∂d/∂A, flattened: shape ``(C*H*W,)``.
+
+    With normalisation ``x̂ = x/‖x‖`` the gradient of ``w·x̂`` is ``(w − (w·x̂) x̂) / ‖x‖``.
+    """
+    w = coef.astype(np.float64, copy=False).mean(axis=0)
+    if not normalize:
+        return w
+    x = activation.reshape(-1).astype(np.float64, copy=False)
+    norm = float(np.linalg.norm(x))
+    if norm == 0.0:
+        return np.zeros_like(w)
+    x_hat = x / norm
+    return (w - float(w @ x_hat) * x_hat) / norm
+
+
+def gradcam_linear(
+    activation: np.ndarray,
+    coef: np.ndarray,
+    probability: float = 1.0,
+    normalize: bool = True,
+    method: str = "hirescam",
+) -> np.ndarray:
+    """Map at the activation's resolution ``(H, W)`` in [0, 1] for one term.
+
+    ``activation`` is ``(C, H, W)``; ``coef`` is the term's ``(M, C*H*W)`` member weights.
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown Grad-CAM method {method!r}; choose one of {', '.join(METHODS)}")
+    act = np.asarray(activation, dtype=np.float64)
+    if act.ndim != 3:
+        raise ValueError(f"activation must be (C, H, W), got shape {act.shape}")
+    if coef.shape[-1] != act.size:
+        raise InputError(
+            f"the model's weights have {coef.shape[-1]} features but the layer gives {act.size}; "
+            "the model was trained with another backbone, layer or input size"
+        )
+    grad = member_gradient(coef, act, normalize).reshape(act.shape)
+    if method == "gradcam":
+        channel_weights = grad.mean(axis=(1, 2))
+        cam = np.tensordot(channel_weights, act, axes=(0, 0))
+    else:
+        cam = (grad * act).sum(axis=0)
+    cam = np.maximum(cam, 0.0)
+    peak = float(cam.max())
+    if peak <= 0.0:
+        return np.zeros(cam.shape, dtype=np.float32)
+    return (cam / peak * float(np.clip(probability, 0.0, 1.0))).astype(np.float32)
+
+
+def upsample_to_image(cam: np.ndarray, image_shape: tuple[int, int], keep_aspect: bool = False
+                      ) -> np.ndarray:
+    """Resize a layer-resolution map to the image's own height and width.
+
+    Without ``keep_aspect`` the network saw the whole image squashed to a square, so the map
+    covers the whole image. With it, the image was centred on a square canvas; the padding
+    is cropped before resizing.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    height, width = int(image_shape[0]), int(image_shape[1])
+    t = torch.from_numpy(np.ascontiguousarray(cam, dtype=np.float32))[None, None]
+    if keep_aspect and height != width:
+        side = t.shape[-1]
+        if width > height:
+            inner = max(1, round(side * height / width))
+            top = (side - inner) // 2
+            t = t[..., top:top + inner, :]
+        else:
+            inner = max(1, round(side * width / height))
+            left = (side - inner) // 2
+            t = t[..., :, left:left + inner]
+    out = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)
+    return np.clip(out[0, 0].numpy(), 0.0, 1.0)
+
+
+def _term_index(bundle: ModelBundle, term: str) -> int:
+    vocabulary = bundle.classifier.vocabulary
+    if term not in vocabulary:
+        raise InputError(f"term {term!r} is not in the model's vocabulary ({', '.join(vocabulary)})")
+    return vocabulary.index(term)
+
+
+def layer_activation(extractor: FeatureExtractor, image_rgb: np.ndarray) -> np.ndarray:
+    """The classifier layer's activation ``(C, H, W)`` for one image, as float32."""
+    import torch
+
+    batch = extractor.preprocess(image_rgb)[None]
+    with torch.inference_mode():
+        act = extractor.activation(batch)
+    return act[0].float().cpu().numpy()
+
+
+def gradcam_all_terms(
+    bundle: ModelBundle,
+    extractor: FeatureExtractor,
+    image_rgb: np.ndarray,
+    terms: Sequence[str] | None = None,
+    method: str = "hirescam",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Maps for several terms from one forward pass.
+
+    Returns ``(maps, probabilities)``: maps ``(T, H_img, W_img)`` in [0, 1] and the terms'
+    predicted probabilities ``(T,)``.
+    """
+    terms = list(bundle.classifier.vocabulary if terms is None else terms)
+    indices = [_term_index(bundle, t) for t in terms]
+    act = layer_activation(extractor, image_rgb)
+    proba = bundle.classifier.predict_proba(act.reshape(1, -1))[0]
+    normalize = bool(bundle.classifier.config.normalize)
+    keep_aspect = bool(bundle.extractor.keep_aspect)
+    maps = []
+    for index in indices:
+        cam = gradcam_linear(act, bundle.classifier.terms[index].coef, float(proba[index]),
+                             normalize=normalize, method=method)
+        maps.append(upsample_to_image(cam, image_rgb.shape[:2], keep_aspect))
+    return np.stack(maps), proba[indices].astype(np.float32)
+
+
+def gradcam_for_image(
+    bundle: ModelBundle,
+    extractor: FeatureExtractor,
+    image_rgb: np.ndarray,
+    term: str,
+    method: str = "hirescam",
+) -> np.ndarray:
+    """One term's map at the image's own size, ``(H_img, W_img)`` in [0, 1]."""
+    maps, _ = gradcam_all_terms(bundle, extractor, image_rgb, [term], method=method)
+    return maps[0]
+
+
+def heat_to_rgb(cam: np.ndarray, colormap: str = "inferno") -> np.ndarray:
+    """Colour a [0, 1] map with a perceptual colormap, as RGB uint8."""
+    from matplotlib import colormaps
+
+    colours = colormaps[colormap](np.clip(cam, 0.0, 1.0))[..., :3]
+    return (colours * 255.0 + 0.5).astype(np.uint8)
+
+
+def overlay(image_rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.5,
+            colormap: str = "inferno") -> np.ndarray:
+    """Blend a map over the image with a perceptual colormap (for PNG export)."""
+    from matplotlib import colormaps
+
+    colours = colormaps[colormap](np.clip(cam, 0.0, 1.0))[..., :3]
+    weight = (alpha * np.clip(cam, 0.0, 1.0))[..., None]
+    blended = image_rgb.astype(np.float32) / 255.0 * (1.0 - weight) + colours * weight
+    return (np.clip(blended, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

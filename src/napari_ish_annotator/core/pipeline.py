@@ -1,0 +1,184 @@
+"""End-to-end steps of the transfer-learning pipeline, shared by the CLI and the widgets.
+
+Every step is a progress generator (see :mod:`.progress`), so the CLI drives it with a tqdm
+bar and the widgets run it in a ``thread_worker`` with a Cancel button.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .manifest import Dataset
+from .progress import Progress, ProgressGen
+
+
+def make_extractor(config, cache_dir=None, loaded=None):
+    """A :class:`~.features.FeatureExtractor` (imported lazily: it pulls in torch)."""
+    from .features import FeatureExtractor
+
+    return FeatureExtractor(config, cache_dir=cache_dir, loaded=loaded)
+
+
+def iter_features(extractor, images: Sequence[Path | np.ndarray], stage: str = "features"
+                  ) -> ProgressGen[np.ndarray]:
+    """Features of ``images`` at the extractor's layer (cached), ``(n, d)`` float32."""
+    gen = extractor.iter_extract(list(images))
+    try:
+        while True:
+            done, total, message = next(gen)
+            yield Progress(done, total, f"{stage}: {message}" if message else stage)
+    except StopIteration as stop:
+        return stop.value
+
+
+def iter_fit_bundle(
+    features: np.ndarray,
+    Y: np.ndarray,
+    vocabulary: Sequence[str],
+    extractor,
+    ensemble,
+    fingerprint: str = "",
+    weights_id: str | None = None,
+) -> ProgressGen:
+    """Fit the per-term ensembles on precomputed features and wrap them in a model bundle.
+
+    ``Y`` is ``(n, T)`` with 1 present, 0 absent and -1 unknown (skipped for that term).
+    """
+    from .bundle import ModelBundle
+    from .classify import EnsembleClassifier
+
+    Y = np.asarray(Y)
+    classifier = EnsembleClassifier(vocabulary=list(vocabulary), config=ensemble)
+    classifier = yield from classifier.iter_fit(features, Y)
+    counts = {
+        term: {"positives": int((Y[:, i] == 1).sum()), "negatives": int((Y[:, i] == 0).sum())}
+        for i, term in enumerate(vocabulary)
+    }
+    meta = {
+        "weights_id": weights_id,
+        "training": {"fingerprint": fingerprint, "n_images": int(features.shape[0]),
+                     "term_counts": counts},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return ModelBundle(extractor=extractor, classifier=classifier, meta=meta)
+
+
+def iter_train(dataset: Dataset, extractor, ensemble, cache_dir=None, loaded=None
+               ) -> ProgressGen:
+    """Extract (cached) features for a labelled dataset and fit its model bundle."""
+    fx = make_extractor(extractor, cache_dir, loaded)
+    X = yield from iter_features(fx, dataset.paths)
+    bundle = yield from iter_fit_bundle(
+        X, dataset.labels().astype(np.int8), dataset.vocabulary, fx.config, ensemble,
+        fingerprint=dataset.fingerprint(), weights_id=fx.weights_id,
+    )
+    return bundle
+
+
+def iter_predict(bundle, images: Sequence[Path | np.ndarray], cache_dir=None, device=None,
+                 loaded=None) -> ProgressGen[np.ndarray]:
+    """Probabilities ``(n, T)`` of the bundle's terms for ``images``."""
+    config = bundle.extractor if device is None else replace(bundle.extractor, device=device)
+    X = yield from iter_features(make_extractor(config, cache_dir, loaded), images)
+    return bundle.classifier.predict_proba(X)
+
+
+def _fit_predict_fold(X_train, Y_train, X_test, vocabulary, ensemble):
+    """Fit on one training fold and score the test fold.
+
+    A term with no positive or no negative in this training fold cannot be fitted; it is
+    scored 0 (predicted absent) for the fold instead of failing the whole evaluation.
+    """
+    from .classify import EnsembleClassifier
+
+    n_terms = len(vocabulary)
+    scores = np.zeros((X_test.shape[0], n_terms), dtype=np.float64)
+    votes = np.zeros((X_test.shape[0], n_terms), dtype=bool)
+    fit_terms = [i for i in range(n_terms)
+                 if (Y_train[:, i] == 1).any() and (Y_train[:, i] == 0).any()]
+    if fit_terms:
+        classifier = EnsembleClassifier(vocabulary=[vocabulary[i] for i in fit_terms],
+                                        config=ensemble)
+        classifier.fit(X_train, Y_train[:, fit_terms])
+        scores[:, fit_terms] = classifier.predict_proba(X_test)
+        votes[:, fit_terms] = classifier.predict(X_test)
+    return scores, votes
+
+
+def iter_evaluate(
+    dataset: Dataset,
+    extractor,
+    ensemble,
+    layers: Sequence[str] = ("21",),
+    folds: int = 5,
+    test_dataset: Dataset | None = None,
+    cache_dir=None,
+) -> ProgressGen[dict]:
+    """Accuracy, sensitivity, specificity and AUC per term and layer (the paper's Table 2).
+
+    With ``test_dataset`` the model is trained on ``dataset`` and scored on it; otherwise
+    k-fold cross-validation grouped by gene (images of one gene share labels, so a random
+    split would leak).
+    """
+    from .backbones import load_backbone
+    from .evaluate import grouped_folds, summarise
+
+    vocabulary = list(dataset.vocabulary)
+    if test_dataset is not None:
+        missing = [t for t in vocabulary if t not in test_dataset.vocabulary]
+        test_dataset = replace(test_dataset, vocabulary=vocabulary) if missing or \
+            test_dataset.vocabulary != vocabulary else test_dataset
+        paths = list(dataset.paths) + list(test_dataset.paths)
+        Y_all = np.vstack([dataset.labels(), test_dataset.labels()]).astype(np.int8)
+        n_train = len(dataset.paths)
+        splits = [(np.arange(n_train), np.arange(n_train, len(paths)))]
+    else:
+        paths = list(dataset.paths)
+        Y_all = dataset.labels().astype(np.int8)
+        splits = grouped_folds(dataset.groups(), folds, seed=ensemble.seed)
+
+    loaded = load_backbone(extractor.backbone, extractor.weights, seed=extractor.seed)
+    results: dict = {"layers": {}}
+    for layer in layers:
+        config = replace(extractor, layer=str(layer))
+        X = yield from iter_features(make_extractor(config, cache_dir, loaded), paths,
+                                     stage=f"layer {layer} features")
+        test_rows = np.concatenate([test for _, test in splits])
+        scores = np.zeros((len(paths), len(vocabulary)))
+        votes = np.zeros((len(paths), len(vocabulary)), dtype=bool)
+        for k, (train, test) in enumerate(splits):
+            yield Progress(k, len(splits), f"layer {layer}: fitting fold {k + 1}/{len(splits)}")
+            scores[test], votes[test] = _fit_predict_fold(X[train], Y_all[train], X[test],
+                                                          vocabulary, ensemble)
+        yield Progress(len(splits), len(splits), f"layer {layer}: done")
+        results["layers"][str(layer)] = summarise(
+            Y_all[test_rows], votes[test_rows].astype(np.int8), scores[test_rows], vocabulary)
+    if not results["layers"]:
+        raise InputError("no layers to evaluate; pass --layers, e.g. --layers 21")
+    return results
+
+
+def write_predictions(path: str | Path, images: Sequence[Path | str],
+                      vocabulary: Sequence[str], probabilities: np.ndarray) -> None:
+    """Write the predictions CSV of CONTRACTS.md: ``image`` plus one probability column per term."""
+    import csv
+    import io
+
+    from .io import write_text_atomic
+
+    probabilities = np.asarray(probabilities)
+    if probabilities.shape != (len(images), len(vocabulary)):
+        raise ValueError(f"probabilities have shape {probabilities.shape}, expected "
+                         f"({len(images)}, {len(vocabulary)})")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image", *vocabulary])
+    for image, row in zip(images, probabilities, strict=True):
+        writer.writerow([str(image), *(f"{float(p):.6f}" for p in row)])
+    write_text_atomic(path, buffer.getvalue())
