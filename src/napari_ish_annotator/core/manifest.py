@@ -1,0 +1,369 @@
+"""The dataset manifest CSV (see ``CONTRACTS.md``): reading, validating, writing.
+
+Columns: ``image`` (path relative to the CSV's folder, or absolute), ``terms`` (positive
+terms, ``;``-separated, may be empty), optional ``stage`` and ``gene``; any other column
+is ignored. The vocabulary is the one given by the caller, else every term in order of
+first appearance; a vocabulary term a row does not list is a negative for that image.
+
+Row numbers in error messages are *line numbers of the file* (the header is line 1), so
+they match what a text editor or spreadsheet shows.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import hashlib
+import io
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+REQUIRED_COLUMNS = ("image", "terms")
+OPTIONAL_COLUMNS = ("stage", "gene")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and its positive terms (as listed in the manifest)."""
+
+    image: Path
+    terms: tuple[str, ...]
+    stage: str | None = None
+    gene: str | None = None
+
+
+@dataclass
+class Dataset:
+    """Samples plus the vocabulary that defines the label matrix columns."""
+
+    samples: list[Sample]
+    vocabulary: list[str]
+    source: Path | None = None
+
+    @property
+    def paths(self) -> list[Path]:
+        return [s.image for s in self.samples]
+
+    @property
+    def genes(self) -> list[str | None]:
+        return [s.gene for s in self.samples]
+
+    @property
+    def stages(self) -> list[str | None]:
+        return [s.stage for s in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def labels(self) -> np.ndarray:
+        """``(n_images, n_terms)`` uint8 0/1 matrix in vocabulary order."""
+        index = {t: j for j, t in enumerate(self.vocabulary)}
+        Y = np.zeros((len(self.samples), len(self.vocabulary)), dtype=np.uint8)
+        for i, s in enumerate(self.samples):
+            for t in s.terms:
+                j = index.get(t)
+                if j is not None:
+                    Y[i, j] = 1
+        return Y
+
+    def groups(self) -> np.ndarray:
+        """Group id per image for grouped cross-validation.
+
+        Images of one gene and stage show the same pattern (and share terms), so they must
+        not be split between training and test folds: the group is ``gene|stage`` when the
+        gene is known, else the image itself. Ids are ints in order of first appearance.
+        """
+        ids: dict[str, int] = {}
+        out = np.empty(len(self.samples), dtype=np.int64)
+        for i, s in enumerate(self.samples):
+            key = f"g:{s.gene}|{s.stage or ''}" if s.gene else f"i:{s.image}"
+            out[i] = ids.setdefault(key, len(ids))
+        return out
+
+    def fingerprint(self) -> str:
+        """SHA-256 over (relative image path, vocabulary terms present) rows + vocabulary.
+
+        Identifies the training set in a model bundle; independent of where the dataset
+        folder lives (paths are taken relative to the manifest's folder when possible).
+        """
+        base = self.source.parent if self.source is not None else None
+        vocab = set(self.vocabulary)
+        rows = []
+        for s in self.samples:
+            rel = _relative(s.image, base)
+            rows.append([rel, sorted(t for t in s.terms if t in vocab)])
+        payload = json.dumps({"vocabulary": list(self.vocabulary), "rows": rows},
+                             ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _relative(path: Path, base: Path | None) -> str:
+    if base is not None:
+        try:
+            return Path(os.path.relpath(Path(path).absolute(), Path(base).absolute())).as_posix()
+        except ValueError:  # different drives on Windows
+            pass
+    return Path(path).as_posix()
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+_STAGE_ALIASES = {"13-17": "13-16", "1-3": "1-3"}
+
+
+def normalise_stage(text: str | None) -> str | None:
+    """Canonical stage-range text: ``"13-17"`` -> ``"13-16"``, ``"11_12"`` -> ``"11-12"``.
+
+    Accepts ``stage 9-10``, ``9 - 10``, ``9to10``, en dashes; empty -> ``None``. Text that
+    is not a range of numbers is returned stripped, unchanged (users may have own schemes).
+    """
+    if text is None:
+        return None
+    s = str(text).strip()
+    if not s:
+        return None
+    m = re.fullmatch(r"(?i)(?:stages?\s*)?(\d{1,2})\s*(?:-|_|–|—|to|\.\.)\s*(\d{1,2})", s)
+    if m:
+        s = f"{int(m.group(1))}-{int(m.group(2))}"
+        return _STAGE_ALIASES.get(s, s)
+    return s
+
+
+def _split_terms(cell: str | None) -> tuple[str, ...]:
+    """``"a; b;;a"`` -> ``("a", "b")``: trimmed, empty entries dropped, duplicates removed."""
+    if not cell:
+        return ()
+    seen: dict[str, None] = {}
+    for part in cell.split(";"):
+        t = " ".join(part.split())
+        if t:
+            seen.setdefault(t, None)
+    return tuple(seen)
+
+
+def parse_vocabulary(spec: str | Path | Sequence[str]) -> list[str]:
+    """A vocabulary from ``"a;b"``, ``"a,b"``, a text file (one term per line), or a list.
+
+    Terms are trimmed and de-duplicated (first occurrence wins); ``#`` lines in files are
+    comments. An empty result raises :class:`InputError`.
+    """
+    source: Path | None = None
+    if isinstance(spec, Path) or (isinstance(spec, str) and _looks_like_file(spec)):
+        source = Path(spec)
+        if not source.is_file():
+            raise InputError("vocabulary file not found; give an existing text file with one "
+                             "term per line, or the terms themselves as 'a;b;c'", path=source)
+        text = _read_text(source)
+        items = [ln for ln in text.splitlines() if not ln.strip().startswith("#")]
+        if len(items) == 1 and (";" in items[0] or "," in items[0]):
+            items = re.split(r"[;,]", items[0])
+    elif isinstance(spec, str):
+        items = spec.split(";") if ";" in spec else spec.split(",")
+    else:
+        items = [str(t) for t in spec]
+    seen: dict[str, None] = {}
+    for t in items:
+        t = " ".join(str(t).split())
+        if t:
+            seen.setdefault(t, None)
+    if not seen:
+        raise InputError("the vocabulary is empty; give at least one term", path=source)
+    return list(seen)
+
+
+def _looks_like_file(spec: str) -> bool:
+    if ";" in spec or "," in spec:
+        return False
+    return Path(spec).suffix.lower() in (".txt", ".csv", ".tsv", ".list", ".vocab") \
+        or os.sep in spec or Path(spec).is_file()
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(f"not valid UTF-8 text (first bad byte on line {line}); save the file "
+                         "as UTF-8 (e.g. 'CSV UTF-8' in Excel)", path=path, row=None) from exc
+
+
+def _open_table(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Header and ``(line_number, row)`` pairs of a CSV; blank rows are skipped."""
+    if not path.exists():
+        raise InputError("manifest file not found; check the path", path=path)
+    if path.is_dir():
+        raise InputError("is a folder; give the manifest CSV file", path=path)
+    text = _read_text(path)
+    if not text.strip():
+        raise InputError("manifest is empty; it needs a header row 'image,terms' and one row "
+                         "per image", path=path)
+    first = text.splitlines()[0]
+    delimiter = "\t" if ("\t" in first and "," not in first) else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = [h.strip() for h in next(reader)]
+        rows: list[tuple[int, dict[str, str]]] = []
+        for raw in reader:
+            line = reader.line_num
+            if not any(c.strip() for c in raw):
+                continue
+            if len(raw) > len(header):
+                extra = [c for c in raw[len(header):] if c.strip()]
+                if extra:
+                    raise InputError(f"row has {len(raw)} fields but the header has "
+                                     f"{len(header)}; quote fields that contain commas",
+                                     path=path, row=line)
+            rows.append((line, {h: (raw[k] if k < len(raw) else "") for k, h in
+                                enumerate(header)}))
+    except csv.Error as exc:
+        raise InputError(f"malformed CSV ({exc}); fix the quoting", path=path,
+                         row=reader.line_num) from exc
+    return header, rows
+
+
+def _require_columns(path: Path, header: list[str], required: Sequence[str]) -> None:
+    for col in required:
+        if col in header:
+            continue
+        lowered = {h.lower(): h for h in header}
+        close = difflib.get_close_matches(col, list(lowered), n=2, cutoff=0.6)
+        hint = (f"; did you mean {' or '.join(repr(lowered[c]) for c in close)}? Rename it to "
+                f"{col!r}") if close else ""
+        raise InputError(f"missing required column {col!r} (header has: "
+                         f"{', '.join(repr(h) for h in header) or 'nothing'}){hint}. The manifest "
+                         "needs columns 'image' and 'terms'", path=path)
+
+
+def _resolve_image(path: Path, cell: str) -> Path:
+    p = Path(cell.strip())
+    return p if p.is_absolute() else path.parent / p
+
+
+def _check_image(csv_path: Path, line: int, image: Path, cell: str) -> None:
+    from .images import SUPPORTED_SUFFIXES
+
+    if not image.is_file():
+        raise InputError(f"image file {cell!r} not found (looked for {image}); fix the path - "
+                         "relative paths are resolved from the manifest's folder",
+                         path=csv_path, row=line)
+    if image.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise InputError(f"image {cell!r} has unsupported type {image.suffix!r}; use PNG, "
+                         "JPEG, TIFF or BMP", path=csv_path, row=line)
+
+
+# ------------------------------------------------------------------------------ public API
+
+def read_manifest_images(path: str | Path, check_files: bool = True) -> list[Path]:
+    """Only the image paths of a manifest (just an ``image`` column is needed).
+
+    Used for prediction inputs, where rows may carry no terms at all.
+    """
+    path = Path(path)
+    header, rows = _open_table(path)
+    _require_columns(path, header, ("image",))
+    if not rows:
+        raise InputError("manifest has a header but no rows; add one row per image", path=path)
+    out = []
+    for line, row in rows:
+        cell = row["image"].strip()
+        if not cell:
+            raise InputError("empty 'image' cell; give the image path", path=path, row=line)
+        image = _resolve_image(path, cell)
+        if check_files:
+            _check_image(path, line, image, cell)
+        out.append(image)
+    return out
+
+
+def read_manifest(path: str | Path, vocabulary: str | Path | Sequence[str] | None = None,
+                  require_positives: bool = True, check_files: bool = True) -> Dataset:
+    """Read and validate a manifest CSV into a :class:`Dataset` (see module docstring).
+
+    ``require_positives`` (for training/evaluation) demands at least one positive image per
+    vocabulary term, since a classifier cannot be fit without one. ``check_files`` verifies
+    every image exists and has a supported type (it does not decode them).
+    """
+    path = Path(path)
+    header, rows = _open_table(path)
+    _require_columns(path, header, REQUIRED_COLUMNS)
+    if not rows:
+        raise InputError("manifest has a header but no rows; add one row per image", path=path)
+    samples: list[Sample] = []
+    for line, row in rows:
+        cell = row["image"].strip()
+        if not cell:
+            raise InputError("empty 'image' cell; give the image path", path=path, row=line)
+        image = _resolve_image(path, cell)
+        if check_files:
+            _check_image(path, line, image, cell)
+        gene = (row.get("gene") or "").strip() or None
+        samples.append(Sample(image=image, terms=_split_terms(row["terms"]),
+                              stage=normalise_stage(row.get("stage")), gene=gene))
+    if vocabulary is not None:
+        vocab = parse_vocabulary(vocabulary)
+    else:
+        seen: dict[str, None] = {}
+        for s in samples:
+            for t in s.terms:
+                seen.setdefault(t, None)
+        vocab = list(seen)
+        if not vocab:
+            raise InputError("no terms: the 'terms' column is empty in every row; list the "
+                             "positive terms per image (';'-separated) or give a vocabulary",
+                             path=path)
+    dataset = Dataset(samples=samples, vocabulary=vocab, source=path)
+    if require_positives:
+        counts = dataset.labels().sum(axis=0)
+        missing = [t for t, c in zip(vocab, counts, strict=True) if c == 0]
+        if missing:
+            raise InputError(f"{len(missing)} vocabulary term(s) have no positive image: "
+                             f"{', '.join(repr(t) for t in missing)}; label at least one image "
+                             "with each term, or drop those terms from the vocabulary",
+                             path=path)
+    return dataset
+
+
+def write_manifest(path: str | Path, samples: Sequence[Sample],
+                   extra_columns: dict[str, Sequence[object]] | None = None) -> None:
+    """Write a manifest atomically; image paths relative to the CSV's folder when possible.
+
+    ``stage``/``gene`` columns are written when any sample has them; ``extra_columns``
+    maps a column name to one value per sample (e.g. ``split``).
+    """
+    path = Path(path)
+    extra = dict(extra_columns or {})
+    for name, values in extra.items():
+        if len(values) != len(samples):
+            raise ValueError(f"extra column {name!r} has {len(values)} values for "
+                             f"{len(samples)} samples")
+    header = list(REQUIRED_COLUMNS)
+    if any(s.stage for s in samples):
+        header.append("stage")
+    if any(s.gene for s in samples):
+        header.append("gene")
+    header += [k for k in extra if k not in header]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            for i, s in enumerate(samples):
+                values = {"image": _relative(s.image, path.parent), "terms": ";".join(s.terms),
+                          "stage": s.stage or "", "gene": s.gene or ""}
+                for name, col in extra.items():
+                    values[name] = "" if col[i] is None else str(col[i])
+                writer.writerow([values[h] for h in header])
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
