@@ -1,0 +1,163 @@
+"""The `ish-annotator` command line end to end on a small synthetic set (CPU, random weights)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_ish_annotator.cli import main
+
+FAST = ["--weights", "random", "--input-size", "96", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def cli_data(tmp_path_factory) -> Path:
+    from napari_ish_annotator.core.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("cli")
+    generate_dataset(root / "data", n_images=30, stage="13-16", seed=3, size=(96, 192),
+                     min_positives=4)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(cli_data) -> Path:
+    model = cli_data / "model"
+    code = main(["train", str(cli_data / "data" / "manifest.csv"), "--out", str(model),
+                 "--ensemble", "5", "--cache", str(cli_data / "cache"), *FAST])
+    assert code == 0
+    return model
+
+
+def test_train_writes_a_bundle_without_pickle(trained):
+    meta = json.loads((trained / "model.json").read_text())
+    assert meta["backbone"] == "vgg16"
+    assert str(meta["layer"]) == "21"
+    assert len(meta["vocabulary"]) >= 2
+    arrays = list(trained.glob("*.npz"))
+    assert arrays, "classifier weights must be stored as plain arrays"
+    with np.load(arrays[0], allow_pickle=False) as data:
+        assert len(data.files) == 2 * len(meta["vocabulary"])
+
+
+def test_predict_csv_has_image_and_one_probability_column_per_term(cli_data, trained, tmp_path):
+    out = tmp_path / "pred.csv"
+    images_dir = cli_data / "data" / "images"
+    code = main(["predict", str(trained), str(images_dir), "--out", str(out),
+                 "--cache", str(cli_data / "cache"), "--quiet"])
+    assert code == 0
+    vocabulary = json.loads((trained / "model.json").read_text())["vocabulary"]
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(list(images_dir.glob("*.png")))
+    assert list(rows[0]) == ["image", *vocabulary]
+    probabilities = np.array([[float(r[t]) for t in vocabulary] for r in rows])
+    assert ((probabilities >= 0) & (probabilities <= 1)).all()
+    assert probabilities.std() > 0  # not a constant answer
+
+
+def test_predictions_track_labels_on_training_images(cli_data, trained, tmp_path):
+    """The model must have learned something: training positives score above negatives."""
+    from napari_ish_annotator.core.manifest import read_manifest
+
+    manifest = cli_data / "data" / "manifest.csv"
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(trained), str(manifest), "--out", str(out),
+                 "--cache", str(cli_data / "cache"), "--quiet"]) == 0
+    dataset = read_manifest(manifest)
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    vocabulary = dataset.vocabulary
+    scores = np.array([[float(r[t]) for t in vocabulary] for r in rows])
+    labels = dataset.labels()
+    assert scores[labels == 1].mean() > scores[labels == 0].mean() + 0.2
+
+
+def test_evaluate_prints_table_and_writes_contract_json(cli_data, tmp_path, capsys):
+    out = tmp_path / "metrics.json"
+    code = main(["evaluate", str(cli_data / "data" / "manifest.csv"), "--folds", "3",
+                 "--layers", "17,21", "--ensemble", "3", "--json", str(out),
+                 "--cache", str(cli_data / "cache"), *FAST])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "21" in printed and "AUC" in printed.upper()
+    metrics = json.loads(out.read_text())
+    for layer in ("17", "21"):
+        mean = metrics["layers"][layer]["mean"]
+        assert set(mean) >= {"accuracy", "sensitivity", "specificity", "auc"}
+        assert 0.0 <= mean["accuracy"] <= 1.0
+        for term_metrics in metrics["layers"][layer]["terms"].values():
+            assert term_metrics["n_pos"] >= 1
+
+
+def test_evaluate_with_held_out_test_manifest(cli_data, tmp_path):
+    from napari_ish_annotator.core.manifest import read_manifest
+
+    data = cli_data / "data"
+    dataset = read_manifest(data / "manifest.csv")
+    rows = list(csv.DictReader(open(data / "manifest.csv", newline="")))
+    genes = sorted({r["gene"] for r in rows})
+    test_genes = set(genes[::4])
+    for name, keep in (("train.csv", lambda r: r["gene"] not in test_genes),
+                       ("test.csv", lambda r: r["gene"] in test_genes)):
+        with open(data / name, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(r for r in rows if keep(r))
+    out = tmp_path / "m.json"
+    code = main(["evaluate", str(data / "train.csv"), "--test", str(data / "test.csv"),
+                 "--terms", ";".join(dataset.vocabulary), "--ensemble", "3", "--json", str(out),
+                 "--cache", str(cli_data / "cache"), *FAST])
+    assert code == 0
+    assert "21" in json.loads(out.read_text())["layers"]
+
+
+def test_gradcam_writes_png_and_npy_at_image_size(cli_data, trained, tmp_path):
+    from PIL import Image
+
+    image = sorted((cli_data / "data" / "images").glob("*.png"))[0]
+    term = json.loads((trained / "model.json").read_text())["vocabulary"][0]
+    png, npy = tmp_path / "heat.png", tmp_path / "heat.npy"
+    code = main(["gradcam", str(trained), str(image), "--term", term, "--out", str(png),
+                 "--npy", str(npy), "--quiet"])
+    assert code == 0
+    heat = np.load(npy, allow_pickle=False)
+    width, height = Image.open(image).size
+    assert heat.shape == (height, width)
+    assert heat.dtype == np.float32 and heat.min() >= 0.0 and heat.max() <= 1.0
+    assert Image.open(png).size == (width, height)
+
+
+def test_bad_input_exits_2_with_one_line_naming_the_file(tmp_path, capsys):
+    bad = tmp_path / "broken.csv"
+    bad.write_text("picture,labels\na.png,x\n")
+    assert main(["train", str(bad), "--out", str(tmp_path / "m"), *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "broken.csv" in err
+    assert main(["predict", str(tmp_path / "no-model"), str(tmp_path), "--out",
+                 str(tmp_path / "p.csv"), "--quiet"]) == 2
+    assert "no-model" in capsys.readouterr().err
+
+
+def test_unknown_term_for_gradcam_exits_2(cli_data, trained, tmp_path, capsys):
+    image = sorted((cli_data / "data" / "images").glob("*.png"))[0]
+    code = main(["gradcam", str(trained), str(image), "--term", "wings", "--out",
+                 str(tmp_path / "h.png"), "--quiet"])
+    assert code == 2
+    assert "wings" in capsys.readouterr().err
+
+
+def test_console_script_reports_bad_input_without_traceback(tmp_path):
+    missing = tmp_path / "missing.csv"
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_ish_annotator.cli", "train", str(missing), "--out",
+         str(tmp_path / "m")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "missing.csv" in result.stderr
