@@ -1,0 +1,418 @@
+"""Per-term ensembles of L2 logistic regressions on undersampled data (Zhang et al. 2015).
+
+For every vocabulary term we fit ``n_members`` logistic regressions, each on *all* positive
+images plus an equal-sized random undersample (without replacement) of the negatives, so each
+member sees a balanced problem while the ensemble as a whole still uses most negatives. When
+a term has fewer negatives than positives the roles swap: all negatives plus an undersample of
+the positives. Unknown labels (``-1``) are simply left out of that term's training rows.
+
+Why a Gram-matrix (kernel) fit: features are huge (VGG16 layer 21 = 401,408 dims) while the
+number of labelled images is small (a few thousand). Every member's weight vector lies in the
+span of its training rows (representer theorem), ``w = sum_i alpha_i x_i``, so with the Gram
+matrix ``K = X X^T`` computed once (float64, feature block by feature block so ``X`` can be a
+float16/float32 memmap) each member becomes a small ``m x m`` problem in ``alpha``. That problem
+is solved by Newton's method in the *w-space* metric (strictly convex there even when ``K`` is
+singular), so the optimum is exactly scikit-learn's ``LogisticRegression`` objective
+
+    0.5 * ||w||^2 + C * sum_i log(1 + exp(-y_i (w . x_i + b)))      (intercept unpenalised)
+
+The primal weights of all members are then recovered with one pass over ``X`` (one matmul per
+feature block), stored as float32, and prediction of all ``T * M`` members is one matmul.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.special import expit
+
+from .errors import InputError
+from .progress import CancelToken, Progress, ProgressCallback, ProgressGen, drive
+
+__all__ = [
+    "EnsembleConfig",
+    "TermEnsemble",
+    "EnsembleClassifier",
+    "fit_logistic_gram",
+    "gram_matrix",
+    "member_rows",
+]
+
+#: bytes of float64 scratch per feature block (Gram and weight recovery passes)
+_BLOCK_BYTES = 128 * 2**20
+#: rows per block at prediction time
+_PREDICT_ROWS = 256
+
+
+@dataclass
+class EnsembleConfig:
+    """Ensemble settings. ``normalize`` L2-normalises every image's feature row (on ``K``)."""
+
+    n_members: int = 11
+    C: float = 1.0
+    seed: int = 0
+    normalize: bool = True
+
+    def __post_init__(self) -> None:
+        if int(self.n_members) < 1:
+            raise InputError(f"ensemble size must be at least 1, got {self.n_members}; "
+                             "use e.g. --ensemble 11")
+        if not (float(self.C) > 0 and np.isfinite(float(self.C))):
+            raise InputError(f"C must be a positive number, got {self.C}; use e.g. --C 1.0")
+        self.n_members = int(self.n_members)
+        self.C = float(self.C)
+        self.seed = int(self.seed)
+        self.normalize = bool(self.normalize)
+
+
+@dataclass
+class TermEnsemble:
+    """The members of one term: ``decision = coef @ x_normalised + intercept`` per member."""
+
+    term: str
+    coef: np.ndarray  # (M, d) float32
+    intercept: np.ndarray  # (M,) float64
+    n_pos: int = 0
+    n_neg: int = 0
+    n_unknown: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# Gram matrix and the dual (representer-form) logistic solver
+# --------------------------------------------------------------------------------------------
+
+
+def _feature_blocks(n_rows: int, d: int) -> list[tuple[int, int]]:
+    width = max(512, _BLOCK_BYTES // (8 * max(n_rows, 1)))
+    return [(c0, min(d, c0 + width)) for c0 in range(0, d, width)]
+
+
+def _take_rows(X: Any, rows: np.ndarray | None, c0: int, c1: int) -> np.ndarray:
+    """Rows ``rows`` and columns ``c0:c1`` of ``X`` as float64 (only this block is copied)."""
+    block = X[:, c0:c1] if rows is None else X[rows, c0:c1]
+    return np.asarray(block, dtype=np.float64)
+
+
+def iter_gram(X: Any, rows: np.ndarray | None = None) -> ProgressGen[np.ndarray]:
+    """``K = X[rows] X[rows]^T`` in float64, one feature block at a time (bounded memory)."""
+    n = X.shape[0] if rows is None else len(rows)
+    blocks = _feature_blocks(n, X.shape[1])
+    K = np.zeros((n, n), dtype=np.float64)
+    for i, (c0, c1) in enumerate(blocks):
+        B = _take_rows(X, rows, c0, c1)
+        K += B @ B.T  # numpy dispatches A @ A.T to BLAS syrk
+        yield Progress(i + 1, len(blocks), "Gram matrix")
+    # syrk fills one triangle exactly; make the result exactly symmetric anyway
+    K = 0.5 * (K + K.T)
+    return K
+
+
+def gram_matrix(X: Any, rows: np.ndarray | None = None) -> np.ndarray:
+    """Blocking version of :func:`iter_gram`."""
+    return drive(iter_gram(X, rows))
+
+
+def _objective(Ka: np.ndarray, alpha: np.ndarray, b: float, y: np.ndarray, C: float) -> float:
+    f = Ka + b
+    return 0.5 * float(alpha @ Ka) + C * float(np.logaddexp(0.0, -y * f).sum())
+
+
+def fit_logistic_gram(
+    K: np.ndarray, y: np.ndarray, C: float, tol: float = 1e-12, max_iter: int = 200
+) -> tuple[np.ndarray, float]:
+    """L2 logistic regression from the Gram matrix only; returns dual ``alpha`` and intercept.
+
+    Minimises sklearn's objective ``0.5 |w|^2 + C sum log(1 + exp(-y (w.x + b)))`` with
+    ``w = sum alpha_i x_i``. Each step is the exact Newton step of the *primal* problem restricted
+    to the span of the rows, written in alpha coordinates:
+
+        [[I + C D K, C D 1], [1^T, 0]] [da; db] = [-(alpha + C g); -1^T alpha]
+
+    (``g`` = loss gradient w.r.t. the decision values, ``D`` = its second derivative). That system
+    is non-singular for any positive semi-definite ``K`` (singular or separable data included),
+    because the primal objective is strictly convex in ``(w, b)``; so no ridge on alpha is needed
+    and the decision values equal sklearn's. Backtracking line search; stops when the Newton
+    decrement is below ``tol`` relative to the objective.
+    """
+    K = np.asarray(K, dtype=np.float64)
+    y = np.where(np.asarray(y) > 0, 1.0, -1.0)
+    m = len(y)
+    if K.shape != (m, m):
+        raise ValueError(f"K has shape {K.shape}, expected ({m}, {m})")
+    n_pos = int((y > 0).sum())
+    if n_pos == 0 or n_pos == m:
+        raise ValueError("fit_logistic_gram needs both classes")
+    alpha = np.zeros(m)
+    b = float(np.log(n_pos / (m - n_pos)))  # the exact optimum when w = 0
+    Ka = np.zeros(m)
+    J = _objective(Ka, alpha, b, y, C)
+    A = np.empty((m + 1, m + 1))
+    for _ in range(max_iter):
+        f = Ka + b
+        s = expit(-y * f)  # P(wrong class)
+        g = -y * s  # d loss / d f
+        D = s * (1.0 - s)  # d2 loss / d f2
+        r = alpha + C * g
+        A[:m, :m] = (C * D)[:, None] * K
+        A[np.arange(m), np.arange(m)] += 1.0
+        A[:m, m] = C * D
+        A[m, :m] = 1.0
+        A[m, m] = 0.0
+        rhs = np.concatenate([-r, [-alpha.sum()]])
+        step = np.linalg.solve(A, rhs)
+        da, db = step[:m], float(step[m])
+        Kda = K @ da
+        # directional derivative of J along (da, db) in w-space: <K r, da> + C (1.g) db
+        slope = float(r @ Kda) + C * float(g.sum()) * db
+        decrement = -slope
+        if decrement <= tol * max(1.0, abs(J)):
+            break
+        t = 1.0
+        while True:
+            alpha_t = alpha + t * da
+            Ka_t = Ka + t * Kda
+            b_t = b + t * db
+            J_t = _objective(Ka_t, alpha_t, b_t, y, C)
+            if J_t <= J + 1e-4 * t * slope or t < 1e-10:
+                break
+            t *= 0.5
+        if J_t > J:  # no progress possible in floating point: we are at the optimum
+            break
+        alpha, Ka, b, J = alpha_t, Ka_t, b_t, J_t
+    return alpha, b
+
+
+def member_rows(
+    y: np.ndarray, n_members: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Training rows of each member: all of the minority class + an equal random undersample.
+
+    ``y`` holds 1 / 0 / -1 (unknown, never used). Normally the minority class is the positives:
+    every member gets all positives and ``n_pos`` negatives drawn without replacement. If a term
+    has *fewer negatives than positives*, the negatives are kept whole and the positives are
+    undersampled instead, so every member is still balanced.
+    """
+    pos = np.flatnonzero(y == 1)
+    neg = np.flatnonzero(y == 0)
+    keep, sample = (pos, neg) if len(pos) <= len(neg) else (neg, pos)
+    out = []
+    for _ in range(n_members):
+        drawn = rng.choice(sample, size=len(keep), replace=False)
+        out.append(np.sort(np.concatenate([keep, drawn])))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The ensemble classifier
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EnsembleClassifier:
+    """One undersampled logistic-regression ensemble per vocabulary term."""
+
+    vocabulary: list[str]
+    config: EnsembleConfig = field(default_factory=EnsembleConfig)
+    terms: list[TermEnsemble] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.vocabulary = [str(t) for t in self.vocabulary]
+        if not self.vocabulary:
+            raise InputError("the vocabulary is empty; give at least one term to classify")
+        if len(set(self.vocabulary)) != len(self.vocabulary):
+            raise InputError(f"the vocabulary has duplicate terms: {self.vocabulary}")
+        self._W: np.ndarray | None = None
+        self._b: np.ndarray | None = None
+
+    # ----- fitting -----------------------------------------------------------------------
+
+    @property
+    def n_features(self) -> int | None:
+        return int(self.terms[0].coef.shape[1]) if self.terms else None
+
+    @property
+    def is_fitted(self) -> bool:
+        return len(self.terms) == len(self.vocabulary)
+
+    def _check_labels(self, X: Any, Y: np.ndarray) -> np.ndarray:
+        if getattr(X, "ndim", None) != 2:
+            raise InputError(f"features must be a 2-D array (images x features), got shape "
+                             f"{getattr(X, 'shape', None)}")
+        Y = np.asarray(Y)
+        if Y.ndim == 1 and len(self.vocabulary) == 1:
+            Y = Y[:, None]
+        if Y.ndim != 2 or Y.shape != (X.shape[0], len(self.vocabulary)):
+            raise InputError(f"labels have shape {Y.shape} but features have {X.shape[0]} rows "
+                             f"and the vocabulary {len(self.vocabulary)} terms; give one label "
+                             "row per image and one column per term")
+        bad = ~np.isin(Y, (-1, 0, 1))
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise InputError(f"image row {r}: label {Y[r, c].item()!r} for term "
+                             f"{self.vocabulary[c]!r} is not 1 "
+                             "(present), 0 (absent) or -1 (unknown)", row=int(r))
+        Y = Y.astype(np.int8)
+        for t, term in enumerate(self.vocabulary):
+            n_pos = int((Y[:, t] == 1).sum())
+            n_neg = int((Y[:, t] == 0).sum())
+            if n_pos == 0 or n_neg == 0:
+                missing = "positive" if n_pos == 0 else "negative"
+                raise InputError(f"term {term!r} has no {missing} training image ({n_pos} "
+                                 f"positive, {n_neg} negative); label at least one image as "
+                                 f"{'present' if n_pos == 0 else 'absent'} for it, or remove "
+                                 "the term from the vocabulary")
+        return Y
+
+    def iter_fit(self, X: Any, Y: np.ndarray) -> ProgressGen[EnsembleClassifier]:
+        """Fit all terms; yields progress per Gram block, per member and per recovery block.
+
+        ``X`` is (n, d), any float dtype, may be a memmap (read block-wise, never copied whole).
+        ``Y`` is (n, T) with 1 = present, 0 = absent, -1 = unknown (skipped for that term).
+        Members are seeded from ``SeedSequence(config.seed)`` spawned per term, so results
+        are reproducible and one term's draws do not depend on the others.
+        """
+        Y = self._check_labels(X, Y)
+        cfg = self.config
+        labelled = np.flatnonzero((Y != -1).any(axis=1))
+        Yl = Y[labelled]
+        n_lab, d = len(labelled), int(X.shape[1])
+        n_terms, M = len(self.vocabulary), cfg.n_members
+        rows_arg = None if n_lab == X.shape[0] else labelled
+        blocks = _feature_blocks(n_lab, d)
+        total = 2 * len(blocks) + n_terms * M
+        done = 0
+
+        gram = iter_gram(X, rows_arg)
+        while True:
+            try:
+                next(gram)
+            except StopIteration as stop:
+                K = stop.value
+                break
+            done += 1
+            yield Progress(done, total, "Gram matrix")
+
+        diag = np.diag(K).copy()
+        if not np.isfinite(diag).all():
+            r = int(labelled[np.flatnonzero(~np.isfinite(diag))[0]])
+            raise InputError(f"feature row {r} contains NaN or infinite values; re-extract "
+                             "the features of this image", row=r)
+        if cfg.normalize:
+            norms = np.sqrt(diag)
+            norms[norms == 0] = 1.0  # an all-zero row stays zero
+            K /= norms[:, None]
+            K /= norms[None, :]
+        else:
+            norms = np.ones(n_lab)
+
+        # dual coefficients of every member over the labelled rows: (T*M, n_lab)
+        alphas = np.zeros((n_terms * M, n_lab))
+        intercepts = np.zeros(n_terms * M)
+        counts = []
+        seqs = np.random.SeedSequence(cfg.seed).spawn(n_terms)
+        for t, term in enumerate(self.vocabulary):
+            y = Yl[:, t]
+            counts.append((int((y == 1).sum()), int((y == 0).sum()),
+                           int((Y[:, t] == -1).sum())))
+            rng = np.random.default_rng(seqs[t])
+            for j, rows in enumerate(member_rows(y, M, rng)):
+                alpha, b = fit_logistic_gram(K[np.ix_(rows, rows)], y[rows], cfg.C)
+                alphas[t * M + j, rows] = alpha
+                intercepts[t * M + j] = b
+                done += 1
+                yield Progress(done, total, f"{term}: member {j + 1}/{M}")
+        del K
+
+        # primal weights w = X^T (alpha / norm), one pass over X for all members
+        alphas /= norms[None, :]
+        W = np.empty((n_terms * M, d), dtype=np.float32)
+        for c0, c1 in blocks:
+            W[:, c0:c1] = alphas @ _take_rows(X, rows_arg, c0, c1)
+            done += 1
+            yield Progress(done, total, "recovering weights")
+
+        self.terms = [
+            TermEnsemble(term=term, coef=W[t * M:(t + 1) * M],
+                         intercept=intercepts[t * M:(t + 1) * M].copy(),
+                         n_pos=counts[t][0], n_neg=counts[t][1], n_unknown=counts[t][2])
+            for t, term in enumerate(self.vocabulary)
+        ]
+        self._W, self._b = W, intercepts
+        return self
+
+    def fit(
+        self,
+        X: Any,
+        Y: np.ndarray,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> EnsembleClassifier:
+        """Blocking :meth:`iter_fit`."""
+        return drive(self.iter_fit(X, Y), progress, cancel)
+
+    # ----- prediction --------------------------------------------------------------------
+
+    def set_terms(self, terms: Sequence[TermEnsemble]) -> EnsembleClassifier:
+        """Install fitted members (used by the bundle loader); checks shapes agree."""
+        terms = list(terms)
+        if [t.term for t in terms] != self.vocabulary:
+            raise InputError(f"classifier terms {[t.term for t in terms]} do not match the "
+                             f"vocabulary {self.vocabulary}")
+        shapes = {t.coef.shape for t in terms}
+        if len(shapes) != 1 or any(t.intercept.shape != (t.coef.shape[0],) for t in terms):
+            raise InputError("classifier arrays have inconsistent shapes across terms; the "
+                             "model is damaged, train it again")
+        self.terms = terms
+        self._W = None
+        self._b = None
+        return self
+
+    def _stacked(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.is_fitted:
+            raise InputError("the classifier is not trained yet; train a model first")
+        if self._W is None or self._b is None:
+            self._W = np.ascontiguousarray(np.concatenate([t.coef for t in self.terms]),
+                                           dtype=np.float32)
+            self._b = np.concatenate([t.intercept for t in self.terms]).astype(np.float64)
+        return self._W, self._b
+
+    def decision_members(self, X: Any) -> np.ndarray:
+        """Decision value of every member, (n, T, M); all members in one matmul per row block."""
+        W, b = self._stacked()
+        if getattr(X, "ndim", None) != 2 or X.shape[1] != W.shape[1]:
+            raise InputError(f"features have shape {getattr(X, 'shape', None)} but the model "
+                             f"expects (n, {W.shape[1]}); extract features with the model's "
+                             "backbone, layer and input size")
+        n = X.shape[0]
+        out = np.empty((n, W.shape[0]), dtype=np.float64)
+        for r0 in range(0, n, _PREDICT_ROWS):
+            Xc = np.asarray(X[r0:r0 + _PREDICT_ROWS], dtype=np.float32)
+            dec = (Xc @ W.T).astype(np.float64)
+            if self.config.normalize:
+                norms = np.sqrt(np.einsum("ij,ij->i", Xc, Xc, dtype=np.float64))
+                norms[norms == 0] = 1.0
+                dec /= norms[:, None]
+            out[r0:r0 + len(Xc)] = dec + b
+        return out.reshape(n, len(self.terms), -1)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """(n, T) probability of each term: the *mean* of the members' logistic probabilities.
+
+        The mean (rather than the vote fraction) is the reported probability because it is
+        smooth, ranks images well for AUC, and agrees with the vote when members agree.
+        """
+        return expit(self.decision_members(X)).mean(axis=2)
+
+    def vote_fraction(self, X: Any) -> np.ndarray:
+        """(n, T) fraction of members whose decision value is positive (voting 'present')."""
+        return (self.decision_members(X) > 0).mean(axis=2)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """(n, T) bool majority vote; with an even ensemble a tie goes to mean probability > 0.5."""
+        dec = self.decision_members(X)
+        votes = (dec > 0).mean(axis=2)
+        proba = expit(dec).mean(axis=2)
+        return (votes > 0.5) | ((votes == 0.5) & (proba > 0.5))
