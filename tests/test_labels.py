@@ -1,0 +1,304 @@
+"""Label store: durability, undo/history, consensus, manifest import/export, error cases."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_ish_annotator.core.errors import InputError
+from napari_ish_annotator.core.images import content_hash
+from napari_ish_annotator.core.labels import LabelStore
+from napari_ish_annotator.core.manifest import Dataset, Sample, read_manifest
+
+
+def make_images(folder: Path, n: int = 3) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = folder / f"emb{i}.png"
+        Image.fromarray(np.full((4, 6, 3), 40 * i, np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture
+def imgs(tmp_path: Path) -> list[Path]:
+    return make_images(tmp_path / "imgs")
+
+
+def test_labels_persist_across_reopen_and_follow_moved_images(tmp_path, imgs):
+    db = tmp_path / "labels.sqlite"
+    with LabelStore(db, annotator="alice") as store:
+        ev = store.set_label(imgs[0], "brain", 1)
+        store.set_label(imgs[0], "gut", 0)
+        store.set_label(imgs[1], "brain", None)
+        assert ev.value == 1 and ev.annotator == "alice" and ev.image_hash == content_hash(imgs[0])
+    moved = tmp_path / "elsewhere" / "renamed.png"
+    moved.parent.mkdir()
+    shutil.move(imgs[0], moved)
+    with LabelStore(db, annotator="alice") as store:
+        assert store.labels_for(moved) == {"brain": 1, "gut": 0}
+        assert store.labels_for(content_hash(moved)) == {"brain": 1, "gut": 0}
+        assert store.labels_for(imgs[1]) == {"brain": None}
+        store.set_label(moved, "gut", 1)  # path is updated to where the image is now
+        assert store.history(moved)[-1].image_path == str(moved.resolve())
+        assert store.terms() == ["brain", "gut"] and store.annotators() == ["alice"]
+        m = store.label_matrix([moved, imgs[1], imgs[2]], ["brain", "gut", "eye"])
+        np.testing.assert_array_equal(m, [[1, 1, -1], [-1, -1, -1], [-1, -1, -1]])
+        assert m.dtype == np.int8
+
+
+def test_label_survives_sigkill_right_after_set_label(tmp_path, imgs):
+    db = tmp_path / "labels.sqlite"
+    script = textwrap.dedent(f"""
+        import os, signal
+        from napari_ish_annotator.core.labels import LabelStore
+        store = LabelStore({str(db)!r}, annotator="bob")
+        store.set_label({str(imgs[2])!r}, "ventral nerve cord", 1)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    assert Path(f"{db}-wal").stat().st_size > 0  # the commit sits un-checkpointed in the WAL
+    with LabelStore(db, annotator="bob", read_only=True) as store:
+        assert store.labels_for(imgs[2]) == {"ventral nerve cord": 1}
+
+
+def test_undo_single_repeated_and_per_annotator(tmp_path, imgs):
+    with LabelStore(tmp_path / "l.sqlite", annotator="alice") as store:
+        store.set_label(imgs[0], "brain", 1)
+        store.set_label(imgs[1], "gut", 1)
+        store.set_label(imgs[0], "brain", 0)
+        store.set_label(imgs[0], "brain", 1, annotator="carol")
+        assert store.set_label(imgs[0], "brain", 0).id == store.history()[2].id  # no-op change
+
+        ev = store.undo()  # alice's latest change: brain 1 -> 0 is reverted to 1
+        assert ev.undo_of == store.history()[2].id and ev.value == 1
+        assert store.labels_for(imgs[0]) == {"brain": 1}
+        assert store.labels_for(imgs[0], annotator="carol") == {"brain": 1}
+        store.undo()  # then gut on image 1 back to unknown
+        assert store.labels_for(imgs[1]) == {"gut": None}
+        store.undo()  # then the first brain label back to unknown
+        assert store.labels_for(imgs[0]) == {"brain": None}
+        assert store.undo() is None  # nothing left for alice
+        assert store.labels_for(imgs[0], annotator="carol") == {"brain": 1}  # untouched
+        assert store.undo("carol").value is None
+        assert len(store.history()) == 8  # undo keeps the history
+
+
+def test_undo_after_new_change_restores_previous_value(tmp_path, imgs):
+    with LabelStore(tmp_path / "l.sqlite", annotator="a") as store:
+        store.set_label(imgs[0], "t", 1)
+        store.set_label(imgs[0], "t", 0)
+        store.undo()  # -> 1
+        store.set_label(imgs[0], "t", None)
+        store.undo()  # -> 1 again (value before the last change)
+        assert store.labels_for(imgs[0]) == {"t": 1}
+        store.undo()  # the 1 -> 0 change is already undone, so the first label goes
+        assert store.labels_for(imgs[0]) == {"t": None}
+
+
+def test_history_is_in_order_and_filtered(tmp_path, imgs):
+    with LabelStore(tmp_path / "l.sqlite", annotator="a") as store:
+        for value in (1, 0, None, 1):
+            store.set_label(imgs[0], "brain", value)
+        store.set_label(imgs[1], "brain", 0)
+        store.set_label(imgs[0], "gut", 1)
+        hist = store.history(imgs[0], "brain")
+        assert [e.value for e in hist] == [1, 0, None, 1]
+        assert [e.id for e in hist] == sorted(e.id for e in hist)
+        assert all(a.time <= b.time for a, b in zip(hist, hist[1:], strict=False))
+        assert len(store.history(term="brain")) == 5 and len(store.history(imgs[0])) == 5
+
+
+def test_consensus_of_three_annotators(tmp_path, imgs):
+    vocab = ["brain", "gut", "eye", "fat"]
+    with LabelStore(tmp_path / "l.sqlite") as store:
+        votes = {"a": (1, 1, 1, None), "b": (1, 0, 0, None), "c": (0, None, 1, 1)}
+        for who, values in votes.items():
+            for term, value in zip(vocab, values, strict=True):
+                store.set_label(imgs[0], term, value, annotator=who)
+        store.set_label(imgs[1], "brain", 1, annotator="a")
+        store.set_label(imgs[1], "brain", 0, annotator="a")  # only the latest counts
+        c = store.consensus_matrix([imgs[0], imgs[1], imgs[2]], vocab)
+        # brain 2/3 present; gut 1 vs 1 tie; eye 2/3 present; fat only c says present
+        np.testing.assert_array_equal(c, [[1, -1, 1, 1], [0, -1, -1, -1], [-1, -1, -1, -1]])
+        strict = store.consensus_matrix([imgs[0]], vocab, min_agreement=0.75)
+        np.testing.assert_array_equal(strict, [[-1, -1, -1, 1]])
+        only_ab = store.consensus_matrix([imgs[0]], vocab, annotators=["a", "b"])
+        np.testing.assert_array_equal(only_ab, [[1, -1, -1, -1]])
+
+
+def write_csv(path: Path, rows: list[str]) -> Path:
+    path.write_text("image,terms,gene,stage\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_import_is_idempotent_and_export_round_trips(tmp_path, imgs):
+    csv_path = write_csv(tmp_path / "imgs" / "manifest.csv",
+                         ["emb0.png,brain;gut,ftz,13-16", "emb1.png,gut,eve,13-16", "emb2.png,,h,"])
+    ds = read_manifest(csv_path, vocabulary=["brain", "gut", "eye"], require_positives=False)
+    with LabelStore(LabelStore.default_path_for(csv_path), annotator="alice") as store:
+        assert store.import_dataset(ds) == 9
+        assert store.import_dataset(ds) == 0  # nothing changed
+        m = store.label_matrix(ds.paths, ds.vocabulary, annotator="manifest")
+        np.testing.assert_array_equal(m, ds.labels())
+        store.set_label(imgs[2], "eye", 1)  # alice's own edits override the manifest
+        store.set_label(imgs[0], "gut", None)
+        assert store.labels_for(imgs[0]) == {"brain": 1, "gut": None, "eye": 0}
+        assert store.labels_for(imgs[0], fallback=()) == {"gut": None}
+        np.testing.assert_array_equal(store.label_matrix(ds.paths, ds.vocabulary),
+                                      [[1, -1, 0], [0, 1, 0], [0, 0, 1]])
+        out = tmp_path / "imgs" / "edited.csv"
+        store.export_manifest(out, ds.paths, ds.vocabulary)
+    assert (tmp_path / "imgs" / "manifest.labels.sqlite").is_file()
+    back = read_manifest(out, vocabulary=ds.vocabulary, require_positives=False)
+    assert back.paths == [p.resolve() for p in ds.paths]
+    assert [s.terms for s in back.samples] == [("brain",), ("gut",), ("eye",)]
+    assert back.genes == ["ftz", "eve", "h"] and back.stages == ["13-16", "13-16", None]
+    lines = out.read_text().splitlines()
+    assert lines[0].split(",")[-1] == "unknown_terms" and lines[1].startswith("emb0.png,")
+    assert lines[1].endswith(",gut") and lines[2].endswith(",")
+    assert not list(out.parent.glob("*.tmp-*"))
+
+
+def test_import_is_all_or_nothing(tmp_path, imgs):
+    db = tmp_path / "l.sqlite"
+    ds = Dataset(samples=[Sample(p, ("brain",)) for p in imgs], vocabulary=["brain", "gut"])
+    with LabelStore(db) as store:
+        store.add_terms(["brain", "gut"])
+    con = sqlite3.connect(db)  # make the 4th insert fail inside the import transaction
+    con.execute("CREATE TRIGGER boom BEFORE INSERT ON label_events WHEN "
+                "(SELECT count(*) FROM label_events) >= 3 BEGIN SELECT RAISE(ABORT, 'boom'); END")
+    con.commit()
+    con.close()
+    with LabelStore(db) as store:
+        with pytest.raises(sqlite3.IntegrityError, match="boom"):
+            store.import_dataset(ds)
+        assert store.history() == [] and store.annotators() == []
+        assert store.labels_for(imgs[0]) == {}
+        missing = Dataset(samples=[Sample(imgs[0], ("brain",)), Sample(imgs[0].with_name("no.png"),
+                                                                       ())], vocabulary=["brain"])
+        with pytest.raises(InputError, match="no.png"):
+            store.import_dataset(missing)
+        assert store.history() == []
+
+
+def test_read_only_open_refuses_writes(tmp_path, imgs):
+    db = tmp_path / "l.sqlite"
+    with LabelStore(db, annotator="a") as store:
+        store.set_label(imgs[0], "brain", 1)
+    db.chmod(0o444)
+    with LabelStore(db, annotator="a", read_only=True) as store:
+        assert store.labels_for(imgs[0]) == {"brain": 1}
+        with pytest.raises(InputError, match="read-only"):
+            store.set_label(imgs[0], "brain", 0)
+        with pytest.raises(InputError, match="read-only"):
+            store.undo()
+    with pytest.raises(InputError, match="no label store"):
+        LabelStore(tmp_path / "missing.sqlite", read_only=True)
+
+
+def test_unwritable_location_and_bad_files(tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    with pytest.raises(InputError, match="copy the file"):
+        LabelStore(blocker / "labels.sqlite")
+    for text in ("x", "image,terms\n" * 100):  # a CSV picked by mistake is never overwritten
+        blocker.write_text(text)
+        with pytest.raises(InputError, match="not a label store"):
+            LabelStore(blocker)
+        assert blocker.read_text() == text
+
+
+def test_read_only_filesystem_gives_input_error(tmp_path, imgs):
+    """A read-only bind mount (root ignores chmod 0o444) in a private mount namespace."""
+    db = tmp_path / "ro" / "l.sqlite"
+    db.parent.mkdir()
+    with LabelStore(db, annotator="a") as store:
+        store.set_label(imgs[0], "brain", 1)
+    script = textwrap.dedent(f"""
+        from napari_ish_annotator.core.errors import InputError
+        from napari_ish_annotator.core.labels import LabelStore
+        try:
+            LabelStore({str(db.parent / "new.sqlite")!r})
+        except InputError as e:
+            print("NEW:", e)
+        try:
+            LabelStore({str(db)!r}, annotator="a").set_label({str(imgs[0])!r}, "brain", 0)
+        except InputError as e:
+            print("WRITE:", e)
+        try:
+            print("READ:", LabelStore({str(db)!r}, "a", read_only=True).labels_for({str(imgs[0])!r}))
+        except InputError as e:
+            print("READ failed:", e)
+    """)
+    folder = str(db.parent)
+    cmd = ["unshare", "-rm", "sh", "-c",
+           f'mount --bind "{folder}" "{folder}" && mount -o remount,bind,ro "{folder}" '
+           f'&& exec "{sys.executable}" -c "$0"', script]
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True) \
+        if shutil.which("unshare") else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("cannot create a private mount namespace to simulate a read-only disk")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "NEW:" in out.stdout and "WRITE:" in out.stdout, out.stdout
+    assert out.stdout.count("copy the file") == 2, out.stdout
+    assert "READ: {'brain': 1}" in out.stdout, out.stdout  # read-only opening still reads
+    with LabelStore(db, annotator="a") as store:
+        assert store.labels_for(imgs[0]) == {"brain": 1}
+
+
+def test_locked_database_fails_fast_with_input_error(tmp_path, imgs):
+    db = tmp_path / "l.sqlite"
+    LabelStore(db).close()
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        with LabelStore(db, annotator="a", busy_timeout=0.2) as store:
+            start = time.monotonic()
+            with pytest.raises(InputError, match="another program"):
+                store.set_label(imgs[0], "brain", 1)
+            assert time.monotonic() - start < 3
+            other.execute("COMMIT")
+            store.set_label(imgs[0], "brain", 1)  # works once the other program lets go
+            assert store.labels_for(imgs[0]) == {"brain": 1}
+    finally:
+        other.close()
+
+
+def test_schema_newer_than_code_is_refused(tmp_path):
+    db = tmp_path / "l.sqlite"
+    LabelStore(db).close()
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA user_version = 99")
+    con.commit()
+    con.close()
+    with pytest.raises(InputError, match="schema version 99"):
+        LabelStore(db)
+
+
+def test_annotator_default_and_value_checks(tmp_path, imgs, monkeypatch):
+    monkeypatch.setenv("ISH_ANNOTATOR_USER", "dr. fly")
+    with LabelStore(tmp_path / "l.sqlite") as store:
+        assert store.set_label(imgs[0], "brain", True).annotator == "dr. fly"
+        with pytest.raises(InputError, match="label value"):
+            store.set_label(imgs[0], "brain", 2)
+        with pytest.raises(InputError, match="not found"):
+            store.set_label(tmp_path / "nope.png", "brain", 1)
+        store.add_images(imgs)
+        assert store.labels_for(imgs[2]) == {}
+        Image.fromarray(np.full((5, 6, 3), 7, np.uint8)).save(imgs[0])  # new content, same path
+        assert store.labels_for(imgs[0]) == {}  # the path->hash cache notices the change
+    assert LabelStore.default_path_for(tmp_path) == tmp_path / "ish-labels.sqlite"
