@@ -19,6 +19,7 @@ import getpass
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -105,6 +106,7 @@ class LabelStore:
         self.annotator = annotator or default_annotator()
         self.read_only = read_only
         self._hash_cache: dict[str, tuple[int, int, str]] = {}
+        self._lock = threading.RLock()  # widgets may write from worker threads
         if read_only and not self.path.is_file():
             raise InputError("no label store here; check the path", path=self.path)
         if self.path.is_file() and self.path.stat().st_size > 0:
@@ -190,19 +192,20 @@ class LabelStore:
         if self.read_only:
             raise InputError("label store was opened read-only; reopen it without read_only "
                              "to change labels", path=self.path)
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise self._error(exc) from None
-        try:
-            yield self._conn
-            self._conn.execute("COMMIT")
-        except BaseException as exc:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.OperationalError):
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
                 raise self._error(exc) from None
-            raise
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise self._error(exc) from None
+                raise
 
     def close(self) -> None:
         self._conn.close()
@@ -355,16 +358,22 @@ class LabelStore:
         return [LabelEvent(*r) for r in self._conn.execute(sql, args)]
 
     # -- current labels --------------------------------------------------------------------
-    def _current(self, annotators: Sequence[str] | None) -> dict[tuple[str, str, str], LabelValue]:
+    def _current(self, annotators: Sequence[str] | None,
+                 image: str | None = None) -> dict[tuple[str, str, str], LabelValue]:
         """{(hash, term, annotator): latest value} for the given annotators (None = all)."""
-        sql = ("SELECT i.content_hash, t.name, a.name, e.value FROM label_events e "
-               "JOIN (SELECT max(id) AS id FROM label_events GROUP BY image, term, annotator) "
-               "last ON last.id = e.id JOIN images i ON i.id = e.image "
-               "JOIN terms t ON t.id = e.term JOIN annotators a ON a.id = e.annotator")
-        args: list[str] = []
+        where, args = ["1"], []
         if annotators is not None:
-            sql += f" WHERE a.name IN ({','.join('?' * len(annotators))})"
+            where.append("annotator IN (SELECT id FROM annotators WHERE name IN "
+                         f"({','.join('?' * len(annotators))}))")
             args = list(annotators)
+        if image is not None:
+            where.append("image = (SELECT id FROM images WHERE content_hash = ?)")
+            args.append(image)
+        sql = ("SELECT i.content_hash, t.name, a.name, e.value FROM label_events e "
+               "JOIN (SELECT max(id) AS id FROM label_events WHERE " + " AND ".join(where) +
+               " GROUP BY image, term, annotator) last ON last.id = e.id "
+               "JOIN images i ON i.id = e.image JOIN terms t ON t.id = e.term "
+               "JOIN annotators a ON a.id = e.annotator")
         return {(h, t, a): v for h, t, a, v in self._conn.execute(sql, args)}
 
     def _hash_or_none(self, image: str | Path) -> str | None:
@@ -378,7 +387,7 @@ class LabelStore:
         """Latest value per term for one annotator; ``fallback`` annotators fill unlabelled terms."""
         digest = self._resolve(image)[0]
         chain = [annotator or self.annotator, *fallback]
-        current = self._current(chain)
+        current = self._current(chain, digest)
         out: dict[str, LabelValue] = {}
         for name in chain:  # earlier annotators in the chain win
             for (h, term, a), value in current.items():
