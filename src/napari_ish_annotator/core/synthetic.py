@@ -1,0 +1,480 @@
+"""Synthetic BDGP-like ISH images with known ground truth (demo, tests, benchmarks).
+
+Real BDGP images cannot ship with the package, so we render look-alikes: a lateral view of a
+pale grey-beige ellipsoidal embryo (anterior left, dorsal up) on a white background, stained
+blue-purple (NBT/BCIP) in anatomically placed regions, one region per controlled-vocabulary
+term. Label sets are sampled from the *real* FlyExpress co-occurrence rows of the stage range
+(:func:`~napari_ish_annotator.core.vocabulary.term_statistics`), so prevalence and
+correlations between terms are realistic; pose, stain strength, illumination, noise and blur
+vary so that the task is learnable but not trivial (nuisance haze and off-target blobs too).
+
+Regions are defined in normalised embryo coordinates: ``u`` in [-1, 1] along the
+anterior-posterior axis (-1 = anterior pole, left) and ``d`` in [-1, 1] along the
+dorsal-ventral axis (+1 = dorsal, up). Each term has a list of parts (blob, box, tube or
+dots, optionally restricted to the outer shell and/or cut into segmental stripes). Unknown
+terms get a deterministic placement hashed from their name.
+
+Fields are evaluated at half resolution and upsampled (stains are smooth and the image is
+blurred afterwards), which keeps a 640 x 320 image well under 50 ms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .progress import Progress, ProgressGen, drive
+
+Part = dict
+BDGP_STAIN_RGB = (70, 60, 120)
+
+# ----------------------------------------------------------------------------- regions
+
+
+def _blob(u: float, d: float, ru: float, rd: float, **kw: object) -> Part:
+    return {"kind": "blob", "u": u, "d": d, "ru": ru, "rd": rd, **kw}
+
+
+def _box(u0: float, u1: float, d0: float, d1: float, **kw: object) -> Part:
+    return {"kind": "box", "u0": u0, "u1": u1, "d0": d0, "d1": d1, **kw}
+
+
+def _tube(points: Sequence[tuple[float, float]], width: float, **kw: object) -> Part:
+    return {"kind": "tube", "points": tuple(points), "width": width, **kw}
+
+
+def _dots(n: int, u0: float, u1: float, d: float, ru: float, rd: float, **kw: object) -> Part:
+    return {"kind": "dots", "n": n, "u0": u0, "u1": u1, "d": d, "ru": ru, "rd": rd, **kw}
+
+
+_BRAIN = _blob(-0.70, 0.30, 0.20, 0.33)
+_VNC = _box(-0.50, 0.78, -0.84, -0.56)
+_PHARYNX = _tube([(-0.96, -0.22), (-0.80, -0.08), (-0.62, 0.04)], 0.07)
+
+#: Placement of every built-in term (all stage ranges) on a lateral embryo.
+TERM_REGIONS: dict[str, list[Part]] = {
+    # --- stages 4-6 (blastoderm, gastrulation onset) ---
+    "cellular blastoderm": [_box(-1.1, 1.1, -1.1, 1.1, shell=0.13)],
+    "dorsal ectoderm anlage in statu nascendi": [_box(-0.55, 0.85, 0.25, 1.1, shell=0.16)],
+    "ventral ectoderm anlage in statu nascendi": [_box(-0.55, 0.85, -0.75, -0.20, shell=0.30)],
+    "procephalic ectoderm anlage in statu nascendi": [_box(-1.1, -0.50, -0.20, 1.1, shell=0.22)],
+    "anlage in statu nascendi": [_box(-0.60, 0.70, -1.1, 1.1, stripes=(7, 0.35))],
+    "posterior endoderm anlage in statu nascendi": [_blob(0.92, 0.0, 0.20, 0.45)],
+    "mesoderm anlage in statu nascendi": [_box(-0.80, 0.85, -1.1, -0.62)],
+    "yolk nuclei": [_blob(0.0, 0.0, 0.68, 0.58, gain=0.7, speckle=True)],
+    "hindgut anlage in statu nascendi": [_blob(0.80, 0.45, 0.12, 0.16)],
+    "foregut anlage in statu nascendi": [_blob(-0.80, -0.25, 0.10, 0.16)],
+    # --- stages 7-8 (germ band extension) ---
+    "ventral ectoderm primordium P2": [_box(-0.50, 0.80, -1.1, -0.30, shell=0.22,
+                                            stripes=(10, 0.5))],
+    "trunk mesoderm primordium P2": [_box(-0.50, 0.75, -0.55, -0.20)],
+    "posterior endoderm primordium P2": [_blob(0.55, 0.55, 0.22, 0.25)],
+    "head mesoderm primordium P4": [_blob(-0.62, -0.35, 0.15, 0.20)],
+    "procephalic ectoderm anlage": [_box(-1.1, -0.55, -0.30, 1.1, shell=0.22)],
+    "anterior endoderm anlage": [_blob(-0.78, -0.15, 0.12, 0.25)],
+    "dorsal ectoderm primordium": [_box(-0.50, 0.60, 0.35, 1.1, shell=0.18)],
+    "hindgut anlage": [_blob(0.40, 0.70, 0.10, 0.12)],
+    "ventral nerve cord anlage": [_box(-0.45, 0.75, -0.95, -0.70)],
+    "foregut anlage": [_blob(-0.85, -0.45, 0.08, 0.12)],
+    # --- stages 9-10 ---
+    "trunk mesoderm primordium": [_box(-0.50, 0.80, -0.55, 0.20, stripes=(11, 0.55))],
+    "head mesoderm primordium P2": [_blob(-0.55, -0.40, 0.14, 0.16)],
+    "posterior endoderm primordium": [_blob(0.50, 0.30, 0.22, 0.28)],
+    "anterior endoderm primordium": [_blob(-0.65, 0.0, 0.16, 0.25)],
+    "procephalic ectoderm primordium": [_box(-1.1, -0.50, -0.40, 1.1, shell=0.25)],
+    "ventral ectoderm primordium": [_box(-0.50, 0.85, -1.1, -0.35, shell=0.20)],
+    "ventral nerve cord primordium P3": [_dots(12, -0.50, 0.80, -0.78, 0.035, 0.07)],
+    "inclusive hindgut primordium": [_blob(0.25, 0.75, 0.12, 0.13)],
+    "foregut primordium": [_blob(-0.72, -0.35, 0.10, 0.14)],
+    # --- stages 11-12 ---
+    "posterior midgut primordium": [_blob(0.35, 0.20, 0.28, 0.30)],
+    "anterior midgut primordium": [_blob(-0.45, 0.05, 0.22, 0.30)],
+    "brain primordium": [_blob(-0.72, 0.35, 0.20, 0.30)],
+    "ventral nerve cord primordium": [_box(-0.55, 0.90, -0.75, -0.50)],
+    "hindgut proper primordium": [_tube([(0.20, 0.75), (0.50, 0.70), (0.75, 0.45),
+                                         (0.85, 0.10)], 0.08)],
+    "dorsal epidermis primordium": [_box(-0.50, 0.90, 0.50, 1.1, shell=0.20,
+                                         stripes=(11, 0.45))],
+    "ventral epidermis primordium": [_box(-0.50, 0.90, -1.1, -0.35, shell=0.18,
+                                          stripes=(11, 0.40))],
+    "somatic muscle primordium": [_dots(11, -0.45, 0.85, 0.10, 0.045, 0.12),
+                                  _dots(11, -0.45, 0.85, -0.25, 0.045, 0.10)],
+    # --- stages 13-16 ---
+    "embryonic midgut": [_blob(-0.25, 0.05, 0.17, 0.30), _blob(0.05, 0.02, 0.17, 0.32),
+                         _blob(0.35, 0.05, 0.17, 0.30)],
+    "ventral nerve cord": [_VNC],
+    "embryonic brain": [_BRAIN],
+    "embryonic dorsal epidermis": [_box(-0.65, 0.90, 0.45, 1.1, shell=0.20,
+                                        stripes=(11, 0.50))],
+    "embryonic hindgut": [_tube([(0.55, 0.35), (0.75, 0.25), (0.82, 0.0), (0.72, -0.20)],
+                                0.07)],
+    "embryonic ventral epidermis": [_box(-0.55, 0.90, -1.1, -0.45, shell=0.15,
+                                         stripes=(11, 0.50))],
+    "embryonic central nervous system": [_BRAIN, _VNC],
+    "embryonic/larval muscle system": [_box(-0.55, 0.85, -0.40, 0.50, stripes=(11, 0.22)),
+                                       _blob(-0.86, -0.05, 0.07, 0.10)],
+    "embryonic head epidermis": [_box(-1.1, -0.60, -1.1, 1.1, shell=0.15)],
+    "embryonic foregut": [_PHARYNX],
+}
+
+
+def term_region(term: str) -> list[Part]:
+    """Parts of a term's region; unknown terms get a stable placement hashed from the name."""
+    if term in TERM_REGIONS:
+        return TERM_REGIONS[term]
+    seed = int.from_bytes(hashlib.sha256(term.encode("utf-8")).digest()[:8], "little")
+    rng = np.random.default_rng(seed)
+    parts = []
+    for _ in range(int(rng.integers(1, 3))):
+        parts.append(_blob(float(rng.uniform(-0.7, 0.7)), float(rng.uniform(-0.55, 0.55)),
+                           float(rng.uniform(0.10, 0.25)), float(rng.uniform(0.12, 0.30))))
+    return parts
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
+    t = np.clip((x - edge0) / (edge1 - edge0), 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+@lru_cache(maxsize=8)
+def _grid(h: int, w: int, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates (in full-resolution pixels) of an h x w sampling grid."""
+    y = (np.arange(h, dtype=np.float32) + 0.5) * step - 0.5
+    x = (np.arange(w, dtype=np.float32) + 0.5) * step - 0.5
+    return y[:, None], x[None, :]
+
+
+def _embryo_coords(pose: dict, h: int, w: int, step: float) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = _grid(h, w, step)
+    c, s = math.cos(pose["theta"]), math.sin(pose["theta"])
+    dx, dy = xx - pose["cx"], yy - pose["cy"]
+    u = (dx * c + dy * s) / pose["a"]
+    d = -(-dx * s + dy * c) / pose["b"]  # image y grows downwards, d grows dorsally
+    d = d - pose["bend"] * (u * u - 0.35)  # slight kidney shape: ventral side convex
+    return u.astype(np.float32), d.astype(np.float32)
+
+
+def _part_density(part: Part, u: np.ndarray, d: np.ndarray, r: np.ndarray, e: float,
+                  jitter: tuple[float, float, float], grain: np.ndarray | None = None,
+                  ) -> np.ndarray:
+    du, dd, sc = jitter
+    uu = (u - du) / sc
+    vv = (d - dd) / sc
+    kind = part["kind"]
+    if kind == "blob":
+        q = ((uu - part["u"]) / part["ru"]) ** 2 + ((vv - part["d"]) / part["rd"]) ** 2
+        dens = _smoothstep(1.0 + 4 * e, 1.0 - 4 * e, q)
+    elif kind == "box":
+        dens = (_smoothstep(part["u0"] - e, part["u0"] + e, uu)
+                * _smoothstep(part["u1"] + e, part["u1"] - e, uu)
+                * _smoothstep(part["d0"] - e, part["d0"] + e, vv)
+                * _smoothstep(part["d1"] + e, part["d1"] - e, vv))
+    elif kind == "tube":
+        dist2 = np.full(u.shape, np.inf, dtype=np.float32)
+        pts = part["points"]
+        for (u0, d0), (u1, d1) in zip(pts[:-1], pts[1:], strict=True):
+            su, sd = u1 - u0, d1 - d0
+            t = np.clip(((uu - u0) * su + (vv - d0) * sd) / (su * su + sd * sd), 0.0, 1.0)
+            # the embryo is ~2.5x longer than high: measure distances in isotropic units
+            dist2 = np.minimum(dist2, (uu - u0 - t * su) ** 2
+                               + ((vv - d0 - t * sd) * 0.4) ** 2)
+        width = part["width"]
+        dens = _smoothstep(width + e, width - e, np.sqrt(dist2))
+    elif kind == "dots":
+        n = part["n"]
+        period = (part["u1"] - part["u0"]) / max(n - 1, 1)
+        k = np.clip(np.rint((uu - part["u0"]) / period), 0, n - 1)
+        cu = part["u0"] + k * period
+        q = ((uu - cu) / part["ru"]) ** 2 + ((vv - part["d"]) / part["rd"]) ** 2
+        dens = _smoothstep(1.0 + 4 * e, 1.0 - 4 * e, q)
+    else:  # pragma: no cover - programming error in TERM_REGIONS
+        raise ValueError(f"unknown region kind {kind!r}")
+    if part.get("shell"):
+        dens = dens * _smoothstep(1.0 - part["shell"] - e, 1.0 - part["shell"] + e, r)
+    if part.get("stripes"):
+        n, duty = part["stripes"]
+        phase = (uu - part["u0"]) / (part["u1"] - part["u0"]) * n
+        frac = phase - np.floor(phase)
+        tri = np.abs(frac - 0.5) * 2.0  # 1 at period boundaries (stripe centres), 0 midway
+        dens = dens * _smoothstep(1.0 - duty - 0.15, 1.0 - duty + 0.15, tri)
+    if part.get("speckle") and grain is not None:  # scattered nuclei: granular stain
+        dens = dens * _smoothstep(-0.3, 0.6, grain)
+    return dens * float(part.get("gain", 1.0))
+
+
+def _term_density(term: str, u, d, r, e, jitter, grain=None) -> np.ndarray:
+    out = None
+    for part in term_region(term):
+        dens = _part_density(part, u, d, r, e, jitter, grain)
+        out = dens if out is None else np.maximum(out, dens)
+    return out
+
+
+def _low_freq_noise(rng: np.random.Generator, shape: tuple[int, int], cells: tuple[int, int],
+                    ) -> np.ndarray:
+    """Smooth random field in about [-1, 1] (bilinear upsampling of a coarse grid)."""
+    from PIL import Image
+
+    coarse = rng.standard_normal(cells).astype(np.float32)
+    img = Image.fromarray(coarse, mode="F").resize((shape[1], shape[0]), Image.BICUBIC)
+    return np.clip(np.asarray(img), -2.5, 2.5) / 1.5
+
+
+def _resize(field: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    img = Image.fromarray(np.ascontiguousarray(field, dtype=np.float32), mode="F")
+    return np.asarray(img.resize((shape[1], shape[0]), Image.BILINEAR))
+
+
+def random_pose(rng: np.random.Generator, size: tuple[int, int]) -> dict:
+    """Embryo pose: rotation within +-8 deg, shift, scale and aspect variation."""
+    h, w = size
+    a = rng.uniform(0.36, 0.44) * w
+    b = min(a * rng.uniform(0.36, 0.44), 0.42 * h)
+    return {"cx": w / 2 + rng.uniform(-0.04, 0.04) * w, "cy": h / 2 + rng.uniform(-0.05, 0.05) * h,
+            "a": a, "b": b, "theta": math.radians(rng.uniform(-8.0, 8.0)),
+            "bend": rng.uniform(0.0, 0.08)}
+
+
+def make_embryo(terms_present: Sequence[str], vocabulary: Sequence[str],
+                rng: np.random.Generator, size: tuple[int, int] = (320, 640),
+                pose: dict | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Render one embryo stained in the regions of ``terms_present``.
+
+    Returns the ``(H, W, 3)`` uint8 image and, for *every* vocabulary term (and every
+    present term), the boolean ``(H, W)`` mask of where that term's region lies in this pose
+    -- the ground truth for stain location and for judging Grad-CAM maps.
+    """
+    h, w = int(size[0]), int(size[1])
+    pose = random_pose(rng, (h, w)) if pose is None else pose
+    hl, wl = (h + 1) // 2, (w + 1) // 2  # smooth fields live on a half-resolution grid
+    u, d = _embryo_coords(pose, hl, wl, 2.0)
+    r = np.sqrt(u * u + d * d)
+    # organic, non-elliptic region shapes: warp the embryo frame with smooth noise
+    wu = u + 0.045 * _low_freq_noise(rng, (hl, wl), (5, 9))
+    wd = d + 0.07 * _low_freq_noise(rng, (hl, wl), (5, 9))
+    grain = _low_freq_noise(rng, (hl, wl), (max(hl // 5, 2), max(wl // 5, 2)))
+    e = rng.uniform(0.025, 0.06)  # stain edge softness (the "blur" of the pattern)
+
+    present = list(dict.fromkeys(terms_present))
+    wanted = list(dict.fromkeys(list(vocabulary) + present))
+    dens_low: dict[str, np.ndarray] = {}
+    for term in wanted:
+        jitter = (rng.uniform(-0.03, 0.03), rng.uniform(-0.03, 0.03), rng.uniform(0.93, 1.07))
+        dens_low[term] = _term_density(term, wu, wd, r, e, jitter, grain)
+
+    texture = np.clip(0.78 + 0.22 * _low_freq_noise(rng, (hl, wl), (6, 12))
+                      + 0.08 * grain, 0.3, 1.2)
+    keep = np.ones((hl, wl), np.float32)
+    for term in present:
+        strength = rng.uniform(0.5, 1.0)
+        keep *= 1.0 - np.clip(dens_low[term] * (strength * texture), 0.0, 1.0)
+    if rng.random() < 0.25:  # faint ubiquitous haze (a non-anatomical annotation in BDGP)
+        keep *= 1.0 - rng.uniform(0.05, 0.2)
+    if rng.random() < 0.2:  # faint off-target blob that is not in the vocabulary
+        junk = _blob(rng.uniform(-0.6, 0.6), rng.uniform(-0.5, 0.5), rng.uniform(0.08, 0.2),
+                     rng.uniform(0.1, 0.3))
+        keep *= 1.0 - rng.uniform(0.15, 0.35) * _part_density(junk, wu, wd, r, e, (0, 0, 1))
+    stain = (1.0 - keep) * _smoothstep(1.0, 0.96, r)
+
+    # body shading: darker rim, thin dark vitelline outline, yolk granularity
+    shade = (1.0 - 0.20 * _smoothstep(0.55, 1.0, r) - 0.03 * grain
+             + 0.03 * _low_freq_noise(rng, (hl, wl), (8, 16)))
+    yy, xx = _grid(hl, wl, 2.0)
+    ang = rng.uniform(0, 2 * math.pi)
+    light = 1.0 + ((xx / w - 0.5) * math.cos(ang) + (yy / h - 0.5) * math.sin(ang)) \
+        * rng.uniform(0.0, 0.10)
+
+    rf = _resize(r, (h, w))
+    edge = rng.uniform(1.0, 2.5) / pose["b"]
+    inside = _smoothstep(1.0 + edge, 1.0 - edge, rf)
+    rim = np.exp(-((rf - (1.0 - edge)) / (1.5 * edge + 0.006)) ** 2) * rng.uniform(0.08, 0.2)
+    body_shade = (_resize(shade, (h, w)) - rim) * inside
+    S = _resize(stain, (h, w)) * 0.92
+    L = _resize(light.astype(np.float32), (h, w))
+
+    bg = np.array([1.0, 0.995, 0.985], np.float32) * rng.uniform(0.93, 0.99)
+    tone = (np.array([0.84, 0.81, 0.74]) * rng.uniform(0.92, 1.03)
+            + rng.uniform(-0.02, 0.02, 3)).astype(np.float32)
+    stain_rgb = ((np.array(BDGP_STAIN_RGB) + rng.uniform(-15, 15, 3)) / 255.0).astype(np.float32)
+    # out = (bg * outside + tone * body) * (1 - S) + stain * S, times illumination, + noise
+    clear = (1.0 - S) * L
+    A = (1.0 - inside) * clear
+    B = body_shade * clear
+    C = S * L
+    noise = rng.standard_normal((h, w, 3), dtype=np.float32) * (rng.uniform(1.5, 4.0) / 255.0)
+    out = np.empty((h, w, 3), np.uint8)
+    for c in range(3):
+        ch = bg[c] * A + tone[c] * B + stain_rgb[c] * C + noise[..., c]
+        out[..., c] = np.clip(ch * 255.0 + 0.5, 0, 255)
+    inside_mask = rf < 1.0
+    masks = {t: _upsample_mask(dens > 0.5, (h, w)) & inside_mask for t, dens in dens_low.items()}
+    return out, masks
+
+
+def _upsample_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return np.repeat(np.repeat(mask, 2, axis=0), 2, axis=1)[: shape[0], : shape[1]]
+
+
+# ---------------------------------------------------------------------------- datasets
+
+
+def slugify(term: str) -> str:
+    """File-name-safe form of a term (``embryonic/larval muscle system`` ->
+    ``embryonic-larval-muscle-system``)."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", term).strip("-").lower() or "term"
+
+
+def sample_label_sets(n_sets: int, vocabulary: Sequence[str], stage: str,
+                      rng: np.random.Generator) -> list[tuple[str, ...]]:
+    """Draw ``n_sets`` label sets with the real prevalence/co-occurrence of ``stage``.
+
+    Rows of FlyExpress gene-stage annotations are drawn with their lateral image counts as
+    weights (so per-image statistics are followed); vocabulary terms not in the built-in
+    table are drawn independently with probability 0.25.
+    """
+    from .vocabulary import term_statistics
+
+    stats = term_statistics(stage)
+    rows = stats["label_sets"]
+    weights = np.asarray(stats["images_per_label_set"], dtype=np.float64)
+    weights /= weights.sum()
+    names = stats["terms"]
+    vocab = list(vocabulary)
+    known = set(names)
+    picks = rng.choice(len(rows), size=n_sets, p=weights)
+    out = []
+    for i in picks:
+        present = {names[j] for j in rows[i]}
+        terms = [t for t in vocab if (t in present if t in known else rng.random() < 0.25)]
+        out.append(tuple(terms))
+    return out
+
+
+def _images_per_gene(n_images: int, n_genes: int | None, rng: np.random.Generator) -> list[int]:
+    if n_genes is None:
+        counts: list[int] = []
+        while sum(counts) < n_images:
+            counts.append(int(rng.integers(1, 4)))
+        counts[-1] -= sum(counts) - n_images
+        return [c for c in counts if c > 0]
+    n_genes = max(1, min(int(n_genes), n_images))
+    extra = rng.multinomial(n_images - n_genes, np.full(n_genes, 1.0 / n_genes))
+    return [1 + int(x) for x in extra]
+
+
+def _ensure_min_positives(sets: list[tuple[str, ...]], counts: list[int], vocab: list[str],
+                          stage: str, k: int, rng: np.random.Generator) -> list[tuple[str, ...]]:
+    """Re-sample gene label sets until every term has >= k positive images (if possible)."""
+    sets = list(sets)
+    pool = sample_label_sets(400, vocab, stage, rng)
+    for _ in range(20 * len(vocab) + 50):
+        pos = {t: sum(c for s, c in zip(sets, counts, strict=True) if t in s) for t in vocab}
+        short = [t for t in vocab if pos[t] < k]
+        if not short:
+            break
+        t = min(short, key=lambda x: pos[x])
+        with_t = [s for s in pool if t in s] or [(t,)]
+        # replace a gene whose terms all stay >= k without it, preferring the largest gene
+        safe = [g for g, s in enumerate(sets)
+                if t not in s and all(pos[x] - counts[g] >= k for x in s)]
+        if safe:
+            g = max(safe, key=lambda i: (counts[i], -len(sets[i]), rng.random()))
+            sets[g] = with_t[int(rng.integers(len(with_t)))]
+        else:
+            lacking = [g for g, s in enumerate(sets) if t not in s]
+            if not lacking:
+                break
+            g = lacking[int(rng.integers(len(lacking)))]
+            sets[g] = tuple(x for x in vocab if x in sets[g] or x == t)
+    return sets
+
+
+def iter_generate_dataset(out_dir: str | Path, n_images: int, stage: str = "13-16",
+                          seed: int = 0, size: tuple[int, int] = (320, 640),
+                          n_genes: int | None = None, vocabulary: Sequence[str] | None = None,
+                          min_positives: int = 3, write_masks: bool = True) -> ProgressGen[Path]:
+    """Generator version of :func:`generate_dataset` (yields progress, returns the CSV path)."""
+    from .manifest import Sample, write_manifest
+    from .vocabulary import default_vocabulary, resolve_stage
+
+    if n_images < 1:
+        raise ValueError("n_images must be >= 1")
+    stage = resolve_stage(stage)
+    vocab = list(vocabulary) if vocabulary is not None else default_vocabulary(stage)
+    rng = np.random.default_rng(seed)
+    counts = _images_per_gene(n_images, n_genes, rng)
+    sets = sample_label_sets(len(counts), vocab, stage, rng)
+    k = min(int(min_positives), n_images // 4)
+    if k > 0:
+        sets = _ensure_min_positives(sets, counts, vocab, stage, k, rng)
+
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    if write_masks:
+        (out / "masks").mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    samples: list[Sample] = []
+    i = 0
+    tmp: Path | None = None
+    try:
+        for g, (count, terms) in enumerate(zip(counts, sets, strict=True)):
+            gene = f"synG{g:04d}"
+            for _ in range(count):
+                img_rng = np.random.default_rng([seed, i])
+                rgb, masks = make_embryo(terms, vocab, img_rng, size=size)
+                stem = f"emb{i:05d}"
+                path = out / "images" / f"{stem}.png"
+                tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+                Image.fromarray(rgb).save(tmp, format="PNG")
+                os.replace(tmp, path)
+                if write_masks:
+                    for t in terms:
+                        mpath = out / "masks" / f"{stem}__{slugify(t)}.png"
+                        tmp = mpath.with_name(f"{mpath.name}.tmp-{os.getpid()}")
+                        Image.fromarray(masks[t].astype(np.uint8) * 255).save(tmp, format="PNG")
+                        os.replace(tmp, mpath)
+                tmp = None
+                samples.append(Sample(path, tuple(terms), stage, gene))
+                i += 1
+                yield Progress(i, n_images, f"embryo {i}/{n_images}")
+        manifest = out / "manifest.csv"
+        write_manifest(manifest, samples)
+        vocab_file = out / "vocabulary.txt"  # usable as --terms/--vocab
+        tmp = vocab_file.with_name(f"{vocab_file.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(f"{t}\n" for t in vocab), encoding="utf-8")
+        os.replace(tmp, vocab_file)
+        tmp = None
+        return manifest
+    finally:
+        if tmp is not None and tmp.exists():
+            tmp.unlink()
+
+
+def generate_dataset(out_dir: str | Path, n_images: int, stage: str = "13-16", seed: int = 0,
+                     size: tuple[int, int] = (320, 640), n_genes: int | None = None,
+                     vocabulary: Sequence[str] | None = None, min_positives: int = 3,
+                     write_masks: bool = True) -> Path:
+    """Write a synthetic dataset and return its ``manifest.csv`` path.
+
+    Layout: ``images/embNNNNN.png``, ``masks/embNNNNN__<term-slug>.png`` (present terms
+    only; white = region), ``manifest.csv`` (image, terms, stage, gene) and
+    ``vocabulary.txt`` (the vocabulary, one term per line, in order). Genes get 1-3
+    images each (different poses, same terms) unless ``n_genes`` fixes their number; each
+    term gets at least ``min(min_positives, n_images // 4)`` positive images. The same
+    ``seed`` gives byte-identical output.
+    """
+    return drive(iter_generate_dataset(out_dir, n_images, stage, seed, size, n_genes,
+                                       vocabulary, min_positives, write_masks))

@@ -1,0 +1,30 @@
+"""Shared fixtures. Add yours below; keep them small and fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TINY_SIZE = (128, 256)  # (H, W) of the tiny synthetic embryos
+TINY_N = 24
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of ``manifest.csv`` of 24 synthetic 128x256 stage 13-16 embryos (seed 0).
+
+    The folder also holds ``images/``, ``masks/`` and ``vocabulary.txt`` (the ten built-in
+    13-16 terms in order; the manifest's own first-appearance order may differ). Every term
+    has >= 3 positive images; genes have 1-3 images. Treat it as read-only (session-scoped).
+    """
+    from napari_ish_annotator.core.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("tiny_dataset")
+    return generate_dataset(root, TINY_N, stage="13-16", seed=0, size=TINY_SIZE)
+
+
+@pytest.fixture(scope="session")
+def tiny_vocabulary(tiny_dataset: Path) -> list[str]:
+    """The vocabulary of :func:`tiny_dataset`, in built-in (prevalence) order."""
+    return (tiny_dataset.parent / "vocabulary.txt").read_text(encoding="utf-8").split("\n")[:-1]
