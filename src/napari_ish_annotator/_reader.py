@@ -1,0 +1,84 @@
+"""File > Open for manifest CSVs and folders of images: fills the Embryos session."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+PLUGIN = "napari-ish-annotator"
+SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+
+
+def _is_manifest(path: Path) -> bool:
+    if path.suffix.lower() != ".csv" or not path.is_file():
+        return False
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as fh:
+            header = fh.readline()
+    except OSError:
+        return False
+    columns = {c.strip().strip('"').lower() for c in header.replace(";", ",").replace("\t", ",").split(",")}
+    return "image" in columns
+
+
+def _has_images(path: Path) -> bool:
+    try:
+        return path.is_dir() and any(p.suffix.lower() in SUFFIXES for p in path.iterdir())
+    except OSError:
+        return False
+
+
+def napari_get_reader(path: str | list[str]) -> Any:
+    """Claim a manifest CSV (with an ``image`` column) or a folder holding images."""
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    p = Path(path)
+    if _is_manifest(p) or _has_images(p):
+        return read_dataset
+    return None
+
+
+def open_in_session(viewer: Any, inputs: list[str | Path]) -> list[tuple]:
+    """Open ``inputs`` in the viewer's session; return the embryo layer for napari to add."""
+    from .widgets._session import get_session
+    from .widgets._viewer_binding import embryo_layer, embryo_layer_kwargs
+
+    session = get_session(viewer)
+    old = embryo_layer(viewer)
+    if old is not None:
+        viewer.layers.remove(old)
+    session.defer_layer = True  # napari adds the layer we return; do not add a second one
+    try:
+        session.open(inputs)
+    finally:
+        session.defer_layer = False
+    err = session.take_pending_error()
+    if err is not None:
+        from napari.utils.notifications import show_error
+
+        show_error(str(err))
+    if session.skipped:
+        from napari.utils.notifications import show_warning
+
+        show_warning(f"{len(session.skipped)} file(s) skipped: " + "; ".join(session.skipped[:3]))
+    # no Qt window (headless model): the session is still filled
+    with contextlib.suppress(Exception):
+        viewer.window.add_plugin_dock_widget(PLUGIN, "Embryos")
+    return [(session.image(), embryo_layer_kwargs(session), "image")]
+
+
+def read_dataset(path: str | list[str]) -> list[tuple]:
+    """Reader function: open the dataset in the current viewer's session."""
+    import napari
+
+    paths = path if isinstance(path, list) else [path]
+    viewer = napari.current_viewer()
+    if viewer is None:  # no viewer to attach a session to: show the first image only
+        from .core.images import collect_inputs, read_rgb
+
+        first = collect_inputs(paths)[0]
+        return [(read_rgb(first), {"name": first.name, "rgb": True}, "image")]
+    return open_in_session(viewer, paths)

@@ -1,0 +1,47 @@
+"""Sample data: a few synthetic ISH embryos with labels, opened in the session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+N_SAMPLE_IMAGES = 12
+SAMPLE_SIZE = (200, 400)
+
+
+def sample_folder() -> Path:
+    from .core.cache import default_cache_dir
+
+    return default_cache_dir() / "sample-data" / f"synthetic-13-16-n{N_SAMPLE_IMAGES}-v1"
+
+
+def ensure_sample_manifest(folder: Path | None = None) -> Path:
+    """Generate the synthetic dataset once (reused afterwards) and return its manifest."""
+    from .core.synthetic import generate_dataset
+
+    folder = sample_folder() if folder is None else Path(folder)
+    manifest = folder / "manifest.csv"
+    if not manifest.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        result = generate_dataset(folder, N_SAMPLE_IMAGES, stage="13-16", seed=0,
+                                  size=SAMPLE_SIZE, n_genes=N_SAMPLE_IMAGES // 2)
+        manifest = Path(result)
+        if manifest.is_dir():
+            manifest = manifest / "manifest.csv"
+    return manifest
+
+
+def make_sample_data() -> list[tuple]:
+    """'Synthetic ISH embryos': fills the current viewer's session, returns the embryo layer."""
+    import napari
+
+    from ._reader import open_in_session
+    from .core.images import read_rgb
+
+    manifest = ensure_sample_manifest()
+    viewer = napari.current_viewer()
+    if viewer is None:
+        from .core.manifest import read_manifest
+
+        first = read_manifest(manifest, require_positives=False).paths[0]
+        return [(read_rgb(first), {"name": first.name, "rgb": True}, "image")]
+    return open_in_session(viewer, [manifest])

@@ -1,0 +1,714 @@
+"""The one owner of annotation state for a viewer (no Qt, no napari imports).
+
+Every dock widget observes an :class:`AnnotatorSession` through its psygnal signals and changes
+state only through its methods; widgets never talk to each other. Long steps are offered as
+progress generators (``iter_*``) that a widget runs in a worker; their results come back
+through ``set_*`` methods on the GUI thread, which emit the signals.
+
+Images are decoded lazily (only the one on screen plus a tiny cache), so folders with thousands
+of images open at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from psygnal import Signal
+
+from ..core.errors import InputError
+from ..core.progress import Progress, ProgressGen
+
+#: how close to 0.5 a probability must be for a term to count as uncertain
+UNCERTAIN_BAND = 0.15
+#: seconds a label write waits for a lock held by another program before reporting it
+STORE_TIMEOUT = 1.0
+#: minimum positives and negatives per term before a cross-validated AUC is reported
+MIN_CV_PER_CLASS = 3
+
+#: annotators whose labels fill terms the user has not labelled (manifest imports)
+LABEL_FALLBACK = ("manifest",)
+LABEL_CYCLE = {None: 1, 1: 0, 0: None}  # unknown -> present -> absent -> unknown
+
+
+@dataclass
+class SessionSettings:
+    """Model/extraction choices the Annotate panel edits (defaults follow the paper)."""
+
+    backbone: str = "vgg16"
+    weights: str = "imagenet"
+    layer: str = "21"
+    device: str = "auto"
+    input_size: int = 224
+    batch_size: int = 8
+    seed: int = 0
+    overlay_threshold: float = 0.5
+    n_members: int = 11
+    C: float = 1.0
+    stage: str = "13-16"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_image_header(path: Path) -> str | None:
+    """Return why ``path`` is not a readable image, reading only its header (fast)."""
+    try:
+        if not path.is_file():
+            return "file not found"
+        if path.stat().st_size == 0:
+            return "file is empty"
+        if path.suffix.lower() in {".tif", ".tiff"}:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                if not tif.pages:
+                    return "TIFF has no pages"
+            return None
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.size  # noqa: B018 - forces header parse
+        return None
+    except Exception as exc:  # any decoder error means: skip and report
+        return f"cannot be read as an image ({type(exc).__name__}: {exc})"
+
+
+class AnnotatorSession:
+    """Dataset, vocabulary, label store, features, model and predictions for one viewer."""
+
+    dataset_changed = Signal()
+    current_changed = Signal(int)
+    vocabulary_changed = Signal()
+    labels_changed = Signal(object)  # list[int] of image indices whose labels changed
+    features_changed = Signal()
+    model_changed = Signal()
+    predictions_changed = Signal()
+    settings_changed = Signal()
+    term_selected = Signal(str)  # a widget asks "explain this term"
+    train_report_changed = Signal()
+
+    def __init__(self, cache_dir: str | Path | None = None, annotator: str | None = None):
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.annotator = annotator
+        self.settings = SessionSettings()
+        self.paths: list[Path] = []
+        self.genes: list[str | None] = []
+        self.stages: list[str | None] = []
+        self.manifest_terms: list[tuple[str, ...] | None] = []
+        self.source: Path | None = None
+        self.dataset: Any = None
+        self.skipped: list[str] = []
+        self.vocabulary: list[str] = []
+        self.store: Any = None
+        self.store_read_only = False
+        self.index = -1
+        self.features: np.ndarray | None = None
+        self.features_signature: dict | None = None
+        self.bundle: Any = None
+        self.probabilities: np.ndarray | None = None
+        self.train_report: dict | None = None
+        self.defer_layer = False  # set by the reader: napari adds the layer it returns
+        self._extractor: Any = None
+        self._extractor_key: tuple | None = None
+        self._images: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._label_cache: dict[int, dict[str, int | None]] = {}
+
+    # ------------------------------------------------------------------ dataset
+    @property
+    def n_images(self) -> int:
+        return len(self.paths)
+
+    @property
+    def current_path(self) -> Path | None:
+        return self.paths[self.index] if 0 <= self.index < len(self.paths) else None
+
+    def open(
+        self,
+        inputs: Sequence[str | Path],
+        store_path: str | Path | None = None,
+        vocabulary: Sequence[str] | str | Path | None = None,
+    ) -> None:
+        """Open image files, folders or manifest CSVs; bad files are skipped and listed.
+
+        A manifest's terms are imported into a fresh label store, so sample data and
+        manifests come with their labels; an existing store keeps its own labels.
+        """
+        from ..core.images import SUPPORTED_SUFFIXES, list_images
+        from ..core.manifest import parse_vocabulary, read_manifest
+
+        inputs = [Path(p) for p in inputs]
+        if not inputs:
+            raise InputError("nothing to open; choose image files, a folder or a manifest CSV")
+        paths: list[Path] = []
+        genes: list[str | None] = []
+        stages: list[str | None] = []
+        mterms: list[tuple[str, ...] | None] = []
+        vocab: list[str] = []
+        dataset = None
+        skipped: list[str] = []
+        for item in inputs:
+            if item.suffix.lower() == ".csv":
+                ds = read_manifest(item, require_positives=False, check_files=False)
+                dataset = ds if dataset is None else dataset
+                for sample in ds.samples:
+                    paths.append(Path(sample.image))
+                    genes.append(sample.gene)
+                    stages.append(sample.stage)
+                    mterms.append(tuple(sample.terms))
+                vocab += [t for t in ds.vocabulary if t not in vocab]
+            elif item.is_dir():
+                listed = list_images(item)
+                others = sorted(
+                    p for p in item.iterdir()
+                    if p.is_file() and p.suffix.lower() not in SUPPORTED_SUFFIXES
+                    and p.suffix.lower() != ".sqlite" and not p.name.startswith(".")
+                    and "sqlite" not in p.name
+                )
+                skipped += [f"{p}: not a supported image type ({p.suffix or 'no suffix'})"
+                            for p in others if p.suffix.lower() not in {".csv", ".txt", ".json"}]
+                for p in listed:
+                    paths.append(p)
+                    genes.append(None)
+                    stages.append(None)
+                    mterms.append(None)
+            elif item.is_file():
+                if item.suffix.lower() not in SUPPORTED_SUFFIXES:
+                    skipped.append(f"{item}: not a supported image type")
+                    continue
+                paths.append(item)
+                genes.append(None)
+                stages.append(None)
+                mterms.append(None)
+            else:
+                raise InputError("no such file or folder; check the path", path=item)
+        keep: list[int] = []
+        for i, p in enumerate(paths):
+            why = _check_image_header(p)
+            if why is None:
+                keep.append(i)
+            else:
+                skipped.append(f"{p}: {why}")
+        if not keep:
+            detail = f" ({skipped[0]})" if skipped else ""
+            raise InputError(f"no readable images found{detail}; choose a folder with "
+                             "PNG/JPEG/TIFF/BMP images or a manifest CSV", path=inputs[0])
+        self.paths = [paths[i] for i in keep]
+        self.genes = [genes[i] for i in keep]
+        self.stages = [stages[i] for i in keep]
+        self.manifest_terms = [mterms[i] for i in keep]
+        self.dataset = dataset
+        self.skipped = skipped
+        self.source = inputs[0] if len(inputs) == 1 else inputs[0]
+        self.features = None
+        self.features_signature = None
+        self.probabilities = None
+        self.train_report = None
+        self._images.clear()
+        self._label_cache.clear()
+        known_stages = {s for s in self.stages if s}
+        if len(known_stages) == 1:
+            self.settings.stage = known_stages.pop()
+
+        self._open_store(store_path)
+        if vocabulary is not None:
+            vocab = parse_vocabulary(vocabulary)
+        if not vocab and self.store is not None:
+            vocab = list(self.store.terms())
+        if not vocab:
+            from ..core.vocabulary import default_vocabulary
+
+            vocab = list(default_vocabulary(self.settings.stage))
+        self.vocabulary = list(vocab)
+        if self.store is not None and not self.store_read_only:
+            self.store.add_terms(self.vocabulary)
+            if dataset is not None:  # idempotent: writes only what changed in the manifest
+                self.import_manifest_labels(dataset, emit=False)
+        self.index = 0
+        self.dataset_changed.emit()
+        self.vocabulary_changed.emit()
+        self.predictions_changed.emit()
+        self.current_changed.emit(self.index)
+
+    def _open_store(self, store_path: str | Path | None) -> None:
+        from ..core.labels import LabelStore
+
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        path = Path(store_path) if store_path else LabelStore.default_path_for(self.source)
+        self.store_read_only = False
+        try:
+            self.store = LabelStore(path, annotator=self.annotator, busy_timeout=STORE_TIMEOUT)
+            self.store.add_images(self.paths)
+        except InputError:
+            if self.store is not None:
+                self.store.close()
+            # read-only folder or locked file: fall back to reading, report clearly
+            self.store = None
+            if path.exists():
+                try:
+                    self.store = LabelStore(path, annotator=self.annotator, read_only=True)
+                    self.store_read_only = True
+                except InputError:
+                    self.store = None
+            raise_later = InputError(
+                "the label store cannot be written (read-only or locked); labels will not be "
+                "saved - choose another label file in the Embryos panel", path=path)
+            self._pending_error = raise_later
+            return
+        self._pending_error = None
+
+    def take_pending_error(self) -> InputError | None:
+        """A non-fatal problem from the last open (e.g. read-only store), once."""
+        err = getattr(self, "_pending_error", None)
+        self._pending_error = None
+        return err
+
+    def use_store(self, path: str | Path) -> None:
+        """Switch to another label file (e.g. when the default one is read-only)."""
+        self._open_store(path)
+        if self.store is not None and not self.store_read_only:
+            self.store.add_terms(self.vocabulary)
+        self._label_cache.clear()
+        self.labels_changed.emit(list(range(self.n_images)))
+        err = self.take_pending_error()
+        if err is not None:
+            raise err
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    # ------------------------------------------------------------------ navigation
+    def set_index(self, index: int) -> None:
+        if not self.paths:
+            return
+        index = int(np.clip(index, 0, len(self.paths) - 1))
+        if index != self.index:
+            self.index = index
+            self.current_changed.emit(index)
+
+    def step(self, delta: int) -> None:
+        self.set_index(self.index + delta)
+
+    def image(self, index: int | None = None) -> np.ndarray:
+        """RGB pixels of one image, decoded on demand (small LRU cache)."""
+        from ..core.images import read_rgb
+
+        i = self.index if index is None else index
+        if i in self._images:
+            self._images.move_to_end(i)
+            return self._images[i]
+        rgb = read_rgb(self.paths[i])
+        self._images[i] = rgb
+        while len(self._images) > 4:
+            self._images.popitem(last=False)
+        return rgb
+
+    def name(self, index: int) -> str:
+        return self.paths[index].name
+
+    # ------------------------------------------------------------------ vocabulary
+    def set_vocabulary(self, terms: Sequence[str] | str | Path) -> None:
+        from ..core.manifest import parse_vocabulary
+
+        terms = parse_vocabulary(terms) if isinstance(terms, (str, Path)) else list(terms)
+        if not terms:
+            raise InputError("the vocabulary is empty; give at least one term")
+        self.vocabulary = list(dict.fromkeys(terms))
+        if self.store is not None and not self.store_read_only:
+            self.store.add_terms(self.vocabulary)
+        self._label_cache.clear()
+        self.vocabulary_changed.emit()
+        self.labels_changed.emit(list(range(self.n_images)))
+
+    def use_default_vocabulary(self, stage: str) -> None:
+        from ..core.vocabulary import default_vocabulary
+
+        self.settings.stage = stage
+        self.set_vocabulary(default_vocabulary(stage))
+
+    def add_term(self, term: str) -> None:
+        term = term.strip()
+        if not term:
+            raise InputError("the new term is empty; type a term name")
+        if term in self.vocabulary:
+            return
+        self.set_vocabulary([*self.vocabulary, term])
+
+    # ------------------------------------------------------------------ labels
+    def _require_store(self) -> Any:
+        if self.store is None or self.store_read_only:
+            raise InputError("labels cannot be saved: the label store is read-only, locked or "
+                             "not open; choose a writable label file in the Embryos panel")
+        return self.store
+
+    def labels_for(self, index: int | None = None) -> dict[str, int | None]:
+        i = self.index if index is None else index
+        if i < 0 or self.store is None:
+            return {}
+        if i not in self._label_cache:
+            self._label_cache[i] = dict(self.store.labels_for(self.paths[i],
+                                                              fallback=LABEL_FALLBACK))
+        return self._label_cache[i]
+
+    def label_matrix(self) -> np.ndarray:
+        """(n_images, n_terms) int8 with 1 present, 0 absent, -1 unknown."""
+        if self.store is None or not self.paths:
+            return np.full((len(self.paths), len(self.vocabulary)), -1, np.int8)
+        return np.asarray(self.store.label_matrix(self.paths, self.vocabulary,
+                                                  fallback=LABEL_FALLBACK), dtype=np.int8)
+
+    def set_label(self, term: str, value: int | None, index: int | None = None) -> None:
+        """Record one label change at once (one SQLite transaction)."""
+        store = self._require_store()
+        i = self.index if index is None else index
+        if term not in self.vocabulary:
+            raise InputError(f"unknown term {term!r}; add it to the vocabulary first")
+        store.set_label(self.paths[i], term, value)
+        self._label_cache.pop(i, None)
+        self.labels_changed.emit([i])
+
+    def cycle_label(self, term: str, index: int | None = None) -> int | None:
+        """unknown -> present -> absent -> unknown; returns the new value."""
+        i = self.index if index is None else index
+        new = LABEL_CYCLE[self.labels_for(i).get(term)]
+        self.set_label(term, new, i)
+        return new
+
+    def undo(self) -> bool:
+        store = self._require_store()
+        event = store.undo()
+        if event is None:
+            return False
+        self._label_cache.clear()
+        changed = [i for i, p in enumerate(self.paths)
+                   if str(p) == str(event.image_path) or Path(event.image_path) == p]
+        self.labels_changed.emit(changed or list(range(self.n_images)))
+        if changed and changed[0] != self.index:
+            self.set_index(changed[0])
+        return True
+
+    def import_manifest_labels(self, dataset: Any = None, emit: bool = True) -> int:
+        """Copy a manifest's terms into the label store (terms not listed become absent)."""
+        from ..core.manifest import read_manifest
+
+        store = self._require_store()
+        if dataset is None or isinstance(dataset, (str, Path)):
+            src = dataset if dataset is not None else self.source
+            if src is None or Path(src).suffix.lower() != ".csv":
+                raise InputError("no manifest to import from; open or choose a manifest CSV")
+            dataset = read_manifest(src, vocabulary=self.vocabulary or None,
+                                    require_positives=False, check_files=False)
+        n = store.import_dataset(dataset, annotator=LABEL_FALLBACK[0])
+        self._label_cache.clear()
+        if emit:
+            self.labels_changed.emit(list(range(self.n_images)))
+        return int(n)
+
+    def export_manifest(self, path: str | Path) -> None:
+        """Write a manifest CSV whose ``terms`` column holds the present labels."""
+        self._require_open_store().export_manifest(path, self.paths, self.vocabulary)
+
+    def _require_open_store(self) -> Any:
+        if self.store is None:
+            raise InputError("no label store is open; open images or a manifest first")
+        return self.store
+
+    # ------------------------------------------------------------------ features & model
+    def extractor_config(self) -> Any:
+        from ..core.features import ExtractorConfig
+
+        if self.bundle is not None:
+            return replace(self.bundle.extractor, device=self.settings.device,
+                           batch_size=self.settings.batch_size)
+        s = self.settings
+        return ExtractorConfig(backbone=s.backbone, weights=s.weights, layer=s.layer,
+                               input_size=s.input_size, device=s.device,
+                               batch_size=s.batch_size, seed=s.seed)
+
+    def extractor(self) -> Any:
+        """The feature extractor for the current settings (backbone loaded once, reused)."""
+        from ..core.cache import default_cache_dir
+        from ..core.features import FeatureExtractor
+
+        config = self.extractor_config()
+        key = tuple(sorted((k, str(v)) for k, v in vars(config).items()))
+        if self._extractor is None or self._extractor_key != key:
+            cache = self.cache_dir if self.cache_dir is not None else default_cache_dir()
+            self._extractor = FeatureExtractor(config, cache_dir=cache)
+            self._extractor_key = key
+        return self._extractor
+
+    def device_name(self) -> str:
+        if self._extractor is not None:
+            return str(self._extractor.device)
+        try:
+            from ..core.backbones import resolve_device
+
+            return str(resolve_device(self.settings.device))
+        except Exception:
+            return self.settings.device
+
+    def features_current(self) -> bool:
+        return (self.features is not None and self.features_signature is not None
+                and self._extractor is not None
+                and self.features_signature == self._signature_safe()
+                and len(self.features) == self.n_images)
+
+    def _signature_safe(self) -> dict | None:
+        try:
+            return self.extractor().signature()
+        except Exception:
+            return None
+
+    def iter_extract(self) -> ProgressGen[tuple[np.ndarray, dict]]:
+        """Features of every open image (cache-aware); result goes to :meth:`set_features`."""
+        if not self.paths:
+            raise InputError("no images are open; open a folder or manifest first")
+        yield Progress(0, self.n_images, "loading backbone")
+        extractor = self.extractor()
+        X = yield from extractor.iter_extract(list(self.paths))
+        return np.asarray(X), extractor.signature()
+
+    def set_features(self, result: tuple[np.ndarray, dict]) -> None:
+        self.features, self.features_signature = result
+        self.features_changed.emit()
+
+    def _features_or_extract(self) -> ProgressGen[np.ndarray]:
+        if self.features_current():
+            return self.features
+        X, sig = yield from self.iter_extract()
+        self._pending_features = (X, sig)
+        return X
+
+    def iter_predict(self) -> ProgressGen[dict]:
+        """Probabilities of the session's model for every image (extracting if needed)."""
+        if self.bundle is None:
+            raise InputError("no model yet: load a model bundle or train one in the Train panel")
+        self._pending_features = None
+        X = yield from self._features_or_extract()
+        yield Progress(self.n_images, self.n_images, "predicting")
+        P = self.bundle.classifier.predict_proba(X)
+        return {"probabilities": np.asarray(P, dtype=np.float32),
+                "features": self._pending_features}
+
+    def set_predictions(self, result: dict | np.ndarray) -> None:
+        if isinstance(result, dict):
+            if result.get("features") is not None:
+                self.set_features(result["features"])
+            result = result["probabilities"]
+        self.probabilities = np.asarray(result, dtype=np.float32)
+        self.predictions_changed.emit()
+
+    def set_bundle(self, bundle: Any) -> None:
+        self.bundle = bundle
+        self.probabilities = None
+        for term in bundle.classifier.vocabulary:
+            if term not in self.vocabulary:
+                self.vocabulary.append(term)
+        if self.store is not None and not self.store_read_only:
+            self.store.add_terms(self.vocabulary)
+        self.model_changed.emit()
+        self.vocabulary_changed.emit()
+        self.predictions_changed.emit()
+
+    def load_bundle(self, path: str | Path) -> None:
+        from ..core.bundle import load_bundle
+
+        self.set_bundle(load_bundle(path))
+
+    def save_bundle(self, path: str | Path) -> None:
+        from ..core.bundle import save_bundle
+
+        if self.bundle is None:
+            raise InputError("no model to save; train one first")
+        save_bundle(path, self.bundle)
+
+    @property
+    def model_vocabulary(self) -> list[str]:
+        return list(self.bundle.classifier.vocabulary) if self.bundle is not None else []
+
+    def probabilities_for(self, index: int | None = None) -> dict[str, float]:
+        i = self.index if index is None else index
+        if self.probabilities is None or not (0 <= i < len(self.probabilities)):
+            return {}
+        return {t: float(p) for t, p in zip(self.model_vocabulary, self.probabilities[i],
+                                            strict=False)}
+
+    def top_terms(self, index: int, k: int = 3) -> list[tuple[str, float]]:
+        probs = self.probabilities_for(index)
+        return sorted(probs.items(), key=lambda kv: -kv[1])[:k]
+
+    def export_predictions(self, path: str | Path) -> None:
+        """predictions CSV: ``image`` + one probability column per model term (CONTRACTS)."""
+        from ..core.pipeline import write_predictions
+
+        if self.probabilities is None:
+            raise InputError("no predictions yet; press Predict first")
+        write_predictions(path, self.paths, self.model_vocabulary, self.probabilities)
+
+    # ------------------------------------------------------------------ training
+    def groups(self) -> np.ndarray:
+        """Grouped CV ids: images of one gene (and stage) share a group, else each alone."""
+        keys: dict[tuple, int] = {}
+        out = np.empty(self.n_images, dtype=np.int64)
+        for i, (g, s) in enumerate(zip(self.genes, self.stages, strict=True)):
+            key = ("gene", g, s) if g else ("image", i)
+            out[i] = keys.setdefault(key, len(keys))
+        return out
+
+    def training_counts(self) -> dict[str, tuple[int, int]]:
+        Y = self.label_matrix()
+        return {t: (int((Y[:, j] == 1).sum()), int((Y[:, j] == 0).sum()))
+                for j, t in enumerate(self.vocabulary)}
+
+    def check_trainable(self) -> None:
+        counts = self.training_counts()
+        bad = [f"{t} ({p} present, {n} absent)" for t, (p, n) in counts.items() if p == 0 or n == 0]
+        if bad:
+            raise InputError(
+                "cannot train: every term needs at least one 'present' and one 'absent' label; "
+                "missing for: " + ", ".join(bad) + ". Label more images or remove those terms.")
+
+    def iter_train(self, cross_validate: bool = True, n_folds: int = 3) -> ProgressGen[dict]:
+        """Fit per-term ensembles from the store's labels, CV AUC where possible, re-predict."""
+        from ..core.classify import EnsembleConfig
+        from ..core.pipeline import iter_fit_bundle
+        from ..core.progress import sub_progress
+
+        self.check_trainable()
+        Y = self.label_matrix()
+        vocab = list(self.vocabulary)
+        self._pending_features = None
+        saved_bundle, self.bundle = self.bundle, None  # train with the panel's settings
+        try:
+            X = yield from self._features_or_extract()
+            config = self.extractor_config()
+        finally:
+            self.bundle = saved_bundle
+        ens = EnsembleConfig(n_members=self.settings.n_members, C=self.settings.C,
+                             seed=self.settings.seed)
+        counts = {t: (int((Y[:, j] == 1).sum()), int((Y[:, j] == 0).sum()))
+                  for j, t in enumerate(vocab)}
+        auc: dict[str, float] = {}
+        if cross_validate:
+            auc = yield from self._iter_cv_auc(X, Y, vocab, ens, n_folds)
+        bundle = yield from sub_progress(
+            iter_fit_bundle(X, Y, vocab, config, ens, fingerprint=""), 0, prefix="fit: ")
+        yield Progress(1, 1, "predicting")
+        P = bundle.classifier.predict_proba(X)
+        report = {"counts": counts, "auc": auc, "n_labelled_images": int((Y >= 0).any(1).sum())}
+        return {"bundle": bundle, "report": report,
+                "probabilities": np.asarray(P, np.float32), "features": self._pending_features}
+
+    def _iter_cv_auc(self, X: np.ndarray, Y: np.ndarray, vocab: list[str], ens: Any,
+                     n_folds: int) -> ProgressGen[dict[str, float]]:
+        from sklearn.metrics import roc_auc_score
+
+        from ..core.classify import EnsembleClassifier
+        from ..core.evaluate import grouped_folds
+
+        ok = [j for j in range(len(vocab))
+              if (Y[:, j] == 1).sum() >= MIN_CV_PER_CLASS and (Y[:, j] == 0).sum() >= MIN_CV_PER_CLASS]
+        if not ok:
+            return {}
+        rows = np.flatnonzero((Y[:, ok] >= 0).any(1))
+        groups = self.groups()[rows]
+        k = min(n_folds, len(np.unique(groups)))
+        if k < 2:
+            return {}
+        scores = np.full((len(rows), len(ok)), np.nan)
+        folds = grouped_folds(groups, k, self.settings.seed)
+        for f, (tr, te) in enumerate(folds):
+            yield Progress(f, len(folds), f"cross-validation fold {f + 1}/{len(folds)}")
+            Ytr = Y[rows[tr]][:, ok].astype(np.int8)
+            usable = [c for c in range(len(ok)) if (Ytr[:, c] == 1).any() and (Ytr[:, c] == 0).any()]
+            if not usable:
+                continue
+            clf = EnsembleClassifier(vocabulary=[vocab[ok[c]] for c in usable], config=ens)
+            clf = yield from clf.iter_fit(X[rows[tr]], Ytr[:, usable])
+            scores[np.ix_(te, usable)] = clf.predict_proba(X[rows[te]])
+        auc: dict[str, float] = {}
+        for c, j in enumerate(ok):
+            y = Y[rows, j]
+            m = (y >= 0) & ~np.isnan(scores[:, c])
+            if len(np.unique(y[m])) == 2:
+                auc[vocab[j]] = float(roc_auc_score(y[m], scores[m, c]))
+        return auc
+
+    def set_trained(self, result: dict) -> None:
+        self.train_report = result["report"]
+        if result.get("features") is not None:
+            self.set_features(result["features"])
+        self.set_bundle(result["bundle"])
+        self.set_predictions(result["probabilities"])
+        self.train_report_changed.emit()
+
+    # ------------------------------------------------------------------ Grad-CAM
+    def iter_gradcam(self, terms: Sequence[str], index: int | None = None) -> ProgressGen[dict]:
+        """Grad-CAM maps (image height x width, in [0, 1]) of one image for ``terms``."""
+        from ..core.gradcam import gradcam_all_terms
+
+        if self.bundle is None:
+            raise InputError("Grad-CAM needs a model: load a bundle or train one first")
+        i = self.index if index is None else index
+        missing = [t for t in terms if t not in self.model_vocabulary]
+        if missing:
+            raise InputError(f"the model has no classifier for {', '.join(missing)}; "
+                             "retrain after labelling that term")
+        rgb = self.image(i)
+        yield Progress(0, 1, "Grad-CAM")
+        maps, proba = gradcam_all_terms(self.bundle, self.extractor(), rgb, list(terms))
+        yield Progress(1, 1, "Grad-CAM")
+        return {"index": i, "terms": list(terms), "maps": np.asarray(maps, np.float32),
+                "probabilities": np.asarray(proba, np.float32)}
+
+
+# ---------------------------------------------------------------------- per-viewer registry
+_SESSIONS: dict[int, tuple[Any, AnnotatorSession]] = {}
+
+
+def get_session(viewer: Any) -> AnnotatorSession:
+    """The session of ``viewer`` (created and bound to the viewer on first use)."""
+    import weakref
+
+    viewer = real_viewer(viewer)
+    key = id(viewer)
+    entry = _SESSIONS.get(key)
+    if entry is not None and entry[0]() is viewer:
+        return entry[1]
+    session = AnnotatorSession()
+    _SESSIONS[key] = (weakref.ref(viewer), session)
+    with contextlib.suppress(TypeError):
+        weakref.finalize(viewer, _forget, key, session)
+    from ._viewer_binding import bind_viewer
+
+    bind_viewer(viewer, session)
+    return session
+
+
+def real_viewer(viewer: Any) -> Any:
+    """napari hands plugins a public-only proxy; key sessions by the viewer itself."""
+    while hasattr(viewer, "__wrapped__"):
+        viewer = viewer.__wrapped__
+    return viewer
+
+
+def _forget(key: int, session: AnnotatorSession) -> None:
+    entry = _SESSIONS.get(key)
+    if entry is not None and entry[1] is session:
+        del _SESSIONS[key]
+    session.close()
+
+
+def forget_session(viewer: Any) -> None:
+    """Close the session's label store (used when a viewer closes)."""
+    entry = _SESSIONS.pop(id(real_viewer(viewer)), None)
+    if entry is not None:
+        entry[1].close()

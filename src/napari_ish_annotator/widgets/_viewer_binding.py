@@ -1,0 +1,163 @@
+"""Connect a session to its viewer: the one embryo layer, the canvas text overlay, the keys.
+
+This lives outside the dock widgets so the image, the on-canvas probabilities and the
+keyboard work whichever panels are open.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core.errors import InputError
+from ._session import AnnotatorSession
+
+EMBRYO_LAYER = "ISH embryo"
+META_KEY = "ish_annotator"
+
+
+def embryo_layer(viewer: Any) -> Any | None:
+    """The session's image layer (identified by its metadata, whatever its name)."""
+    for layer in viewer.layers:
+        if layer.metadata.get(META_KEY) == "embryo":
+            return layer
+    return None
+
+
+def embryo_layer_kwargs(session: AnnotatorSession) -> dict:
+    """Layer kwargs for the embryo layer (also used by the reader and sample data)."""
+    return {"name": EMBRYO_LAYER, "rgb": True,
+            "metadata": {META_KEY: "embryo", "path": str(session.current_path)}}
+
+
+def show_current(viewer: Any, session: AnnotatorSession) -> None:
+    """Put the current image into the one reused RGB layer (created if missing)."""
+    if session.current_path is None:
+        return
+    try:
+        rgb = session.image()
+    except InputError as exc:
+        from napari.utils.notifications import show_error
+
+        show_error(str(exc))
+        return
+    layer = embryo_layer(viewer)
+    if layer is None:
+        if session.defer_layer:
+            return
+        viewer.add_image(rgb, **embryo_layer_kwargs(session))
+        viewer.reset_view()
+        return
+    old_shape = layer.data.shape
+    layer.data = rgb
+    layer.metadata["path"] = str(session.current_path)
+    if old_shape != rgb.shape:
+        layer.reset_contrast_limits()
+        viewer.reset_view()
+
+
+def overlay_text(session: AnnotatorSession) -> str:
+    """Terms at or above the threshold with their probabilities, highest first."""
+    if session.current_path is None:
+        return ""
+    lines = [f"{session.index + 1}/{session.n_images}  {session.current_path.name}"]
+    probs = session.probabilities_for()
+    if probs:
+        thr = session.settings.overlay_threshold
+        shown = [(t, p) for t, p in sorted(probs.items(), key=lambda kv: -kv[1]) if p >= thr]
+        lines += [f"{p:.2f}  {t}" for t, p in shown] or [f"(no term >= {thr:.2f})"]
+    return "\n".join(lines)
+
+
+def text_overlay(viewer: Any) -> Any:
+    """The canvas text overlay (``viewer.canvas.overlays.text`` since napari 0.9)."""
+    canvas = getattr(viewer, "canvas", None)
+    overlays = getattr(canvas, "overlays", None)
+    if overlays is not None and hasattr(overlays, "text"):
+        return overlays.text
+    return viewer.text_overlay
+
+
+def update_overlay(viewer: Any, session: AnnotatorSession) -> None:
+    overlay = text_overlay(viewer)
+    overlay.text = overlay_text(session)
+    overlay.visible = bool(overlay.text)
+
+
+def bind_viewer(viewer: Any, session: AnnotatorSession) -> None:
+    """Keep viewer and session in step; bind PageUp/PageDown, n/p, 1-9/0 and Ctrl+Z."""
+    from napari.utils.notifications import show_error, show_info
+
+    overlay = text_overlay(viewer)
+    try:
+        overlay.position = "top_left"
+        overlay.font_size = 11
+        overlay.color = "white"
+    except Exception:  # older napari versions name these differently
+        pass
+
+    session.current_changed.connect(lambda *_: (show_current(viewer, session),
+                                                update_overlay(viewer, session)))
+    def drop_stale_gradcam() -> None:
+        for layer in list(viewer.layers):
+            if layer.metadata.get(META_KEY) == "gradcam":
+                viewer.layers.remove(layer)
+    session.dataset_changed.connect(drop_stale_gradcam)
+    for sig in (session.predictions_changed, session.settings_changed, session.dataset_changed):
+        sig.connect(lambda *_: update_overlay(viewer, session))
+
+    def guarded(func):
+        def handler(_viewer: Any = None) -> None:
+            try:
+                func()
+            except InputError as exc:
+                show_error(str(exc))
+        handler.__name__ = func.__name__ if hasattr(func, "__name__") else "handler"
+        return handler
+
+    def step(delta: int):
+        def go() -> None:
+            session.step(delta)
+        go.__name__ = f"ish_step_{'next' if delta > 0 else 'previous'}"
+        return guarded(go)
+
+    keys: dict[str, Any] = {}
+    for key in ("PageDown", "n"):
+        keys[key] = step(+1)
+    for key in ("PageUp", "p"):
+        keys[key] = step(-1)
+
+    def toggle(k: int):
+        def go() -> None:
+            if k < len(session.vocabulary) and session.current_path is not None:
+                term = session.vocabulary[k]
+                value = session.cycle_label(term)
+                word = {1: "present", 0: "absent", None: "unknown"}[value]
+                show_info(f"{term}: {word}")
+        go.__name__ = f"ish_toggle_term_{k + 1}"
+        return guarded(go)
+
+    for k in range(10):
+        keys[str((k + 1) % 10)] = toggle(k)
+
+    def undo() -> None:
+        if not session.undo():
+            show_info("nothing to undo")
+    keys["Control-Z"] = guarded(undo)
+
+    def bind(provider: Any) -> None:
+        for key, func in keys.items():
+            provider.bind_key(key, func, overwrite=True)
+
+    bind(viewer)
+
+    # An active image layer's own keys (1/2 = pan/transform mode, ...) come before the
+    # viewer's, so our layers get the annotation keys too.
+    def layer_added(event: Any) -> None:
+        layer = event.value
+        if layer.metadata.get(META_KEY) in ("embryo", "gradcam"):
+            bind(layer)
+
+    viewer.layers.events.inserted.connect(layer_added)
+    for layer in viewer.layers:
+        if layer.metadata.get(META_KEY) in ("embryo", "gradcam"):
+            bind(layer)

@@ -1,0 +1,178 @@
+"""Run core progress generators off the GUI thread with a progress bar and a Cancel button.
+
+Set ``SYNCHRONOUS = True`` (or the environment variable ``ISH_ANNOTATOR_SYNC=1``) to run the
+same generators on the calling thread, which makes debugging with breakpoints easy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from collections.abc import Callable, Generator
+from typing import Any
+
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+
+from ..core.errors import InputError
+
+SYNCHRONOUS = os.environ.get("ISH_ANNOTATOR_SYNC", "") == "1"
+log = logging.getLogger(__name__)
+
+
+def report_error(exc: BaseException) -> str:
+    """Show a notification; user-fixable problems as their message, bugs with their type."""
+    from napari.utils.notifications import show_error
+
+    if isinstance(exc, InputError):
+        message = str(exc)
+    else:
+        message = f"{type(exc).__name__}: {exc}"
+        log.error("".join(traceback.format_exception(exc)))
+    show_error(message)
+    return message
+
+
+class TaskRunner(QWidget):
+    """A progress bar, a status line and a Cancel button driving one worker at a time."""
+
+    started = Signal()
+    finished = Signal(str)  # "done", "cancelled" or "error"
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.worker: Any = None
+        self.last_error: str | None = None
+        self.last_outcome: str | None = None
+        self._cancel_requested = False
+        self.bar = QProgressBar()
+        self.bar.setTextVisible(True)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.bar, 1)
+        row.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(row)
+        layout.addWidget(self.status)
+        self.bar.setVisible(False)
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def _progress(self, step: Any) -> None:
+        done, total, message = step
+        self.bar.setMaximum(max(int(total), 1))
+        self.bar.setValue(min(int(done), max(int(total), 1)))
+        self.status.setText(message)
+
+    def _begin(self, message: str) -> None:
+        self.last_error = None
+        self.last_outcome = None
+        self._cancel_requested = False
+        self.bar.setVisible(True)
+        self.bar.setMaximum(0)  # busy until the first progress step
+        self.bar.setValue(0)
+        self.status.setText(message)
+        self.cancel_button.setEnabled(True)
+        self.started.emit()
+
+    def _end(self, outcome: str, text: str = "") -> None:
+        self.worker = None
+        self.cancel_button.setEnabled(False)
+        self.bar.setVisible(False)
+        self.last_outcome = outcome
+        self.status.setText(text)
+        self.finished.emit(outcome)
+
+    def start(
+        self,
+        func: Callable[..., Generator],
+        *args: Any,
+        on_done: Callable[[Any], None] | None = None,
+        message: str = "working…",
+        done_message: str = "",
+    ) -> Any:
+        """Run ``func(*args)`` (a progress generator) in a napari ``thread_worker``."""
+        if self.running:
+            report_error(InputError("another task is still running; wait or press Cancel"))
+            return None
+        self._begin(message)
+        if SYNCHRONOUS:
+            return self._run_sync(func, args, on_done, done_message)
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(func, *args, _start_thread=False)
+        self.worker = worker
+        state: dict[str, Any] = {"outcome": "done"}
+
+        def returned(result: Any) -> None:
+            if on_done is not None:
+                try:
+                    on_done(result)
+                except Exception as exc:
+                    state["outcome"] = "error"
+                    self.last_error = report_error(exc)
+
+        def errored(exc: BaseException) -> None:
+            state["outcome"] = "error"
+            self.last_error = report_error(exc)
+
+        def aborted() -> None:
+            state["outcome"] = "cancelled"
+
+        def finished() -> None:
+            if self.worker is worker:
+                outcome = state["outcome"]
+                text = {"done": done_message, "cancelled": "cancelled",
+                        "error": self.last_error or "failed"}[outcome]
+                self._end(outcome, text)
+
+        worker.yielded.connect(self._progress)
+        worker.returned.connect(returned)
+        worker.errored.connect(errored)
+        worker.aborted.connect(aborted)
+        worker.finished.connect(finished)
+        worker.start()
+        return worker
+
+    def _run_sync(self, func: Callable[..., Generator], args: tuple,
+                  on_done: Callable[[Any], None] | None, done_message: str) -> None:
+        from qtpy.QtWidgets import QApplication
+
+        self.worker = "sync"
+        gen = func(*args)
+        try:
+            while True:
+                if self._cancel_requested:
+                    gen.close()
+                    self._end("cancelled", "cancelled")
+                    return None
+                self._progress(next(gen))
+                QApplication.processEvents()
+        except StopIteration as stop:
+            try:
+                if on_done is not None:
+                    on_done(stop.value)
+            except Exception as exc:
+                self._end("error", report_error(exc))
+                return None
+            self._end("done", done_message)
+        except Exception as exc:
+            self.last_error = report_error(exc)
+            self._end("error", self.last_error)
+        return None
+
+    def cancel(self) -> None:
+        """Stop the running task at its next progress step (results are discarded)."""
+        self._cancel_requested = True
+        if self.worker is not None and self.worker != "sync":
+            self.status.setText("cancelling…")
+            self.worker.quit()

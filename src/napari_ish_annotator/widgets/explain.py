@@ -1,0 +1,197 @@
+"""Explain panel: Grad-CAM maps of the current embryo, one reused image layer over it."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._session import get_session, real_viewer
+from ._viewer_binding import META_KEY, embryo_layer
+from ._worker import TaskRunner
+
+COLORMAPS = ("inferno", "magma", "viridis", "turbo")
+
+
+def gradcam_layer(viewer: Any) -> Any | None:
+    for layer in viewer.layers:
+        if layer.metadata.get(META_KEY) == "gradcam":
+            return layer
+    return None
+
+
+class ExplainWidget(QWidget):
+    """Pick a term (or click one in Annotate) to see where the model looks for it."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = real_viewer(napari_viewer)
+        self.session = get_session(napari_viewer)
+        s = self.session
+        self._stack_terms: list[str] = []
+
+        self.term_combo = QComboBox()
+        self.show_button = QPushButton("Show Grad-CAM")
+        self.show_button.clicked.connect(self.show_map)
+        trow = QHBoxLayout()
+        trow.addWidget(self.term_combo, 1)
+        trow.addWidget(self.show_button)
+        self.follow_check = QCheckBox("update when the image or term changes")
+        self.follow_check.setChecked(True)
+        self.stack_check = QCheckBox("all terms as a stack (slider picks the term)")
+        self.opacity_slider = QSlider(Qt.Horizontal)
+        self.opacity_slider.setRange(0, 100)
+        self.opacity_slider.setValue(60)
+        self.opacity_slider.valueChanged.connect(self._style_layer)
+        self.colormap_combo = QComboBox()
+        self.colormap_combo.addItems(COLORMAPS)
+        self.colormap_combo.currentTextChanged.connect(self._style_layer)
+        self.runner = TaskRunner()
+        self.info = QLabel("Grad-CAM at the model's layer, scaled by the term's probability: "
+                           "a term predicted absent stays dark.")
+        self.info.setWordWrap(True)
+        self.info.setStyleSheet("color: gray;")
+
+        form = QFormLayout()
+        form.addRow("Term", trow)
+        form.addRow("Opacity", self.opacity_slider)
+        form.addRow("Colormap", self.colormap_combo)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.follow_check)
+        layout.addWidget(self.stack_check)
+        layout.addWidget(self.runner)
+        layout.addWidget(self.info)
+        layout.addStretch(1)
+
+        self.term_combo.activated.connect(lambda *_: self._maybe_update())
+        self.stack_check.toggled.connect(lambda *_: self._maybe_update(force=True))
+        s.model_changed.connect(self._fill_terms)
+        s.vocabulary_changed.connect(self._fill_terms)
+        s.term_selected.connect(self.select_term)
+        s.current_changed.connect(self._image_changed)
+        self.viewer.dims.events.current_step.connect(self._dims_changed)
+        self.destroyed.connect(lambda *_: self._disconnect(s, self.viewer))
+        self._fill_terms()
+
+    def _disconnect(self, s: Any, viewer: Any) -> None:
+        for sig, slot in ((s.model_changed, self._fill_terms), (s.vocabulary_changed, self._fill_terms),
+                          (s.term_selected, self.select_term), (s.current_changed, self._image_changed)):
+            with contextlib.suppress(Exception):
+                sig.disconnect(slot)
+        with contextlib.suppress(Exception):
+            viewer.dims.events.current_step.disconnect(self._dims_changed)
+
+    def _fill_terms(self) -> None:
+        current = self.term_combo.currentText()
+        terms = self.session.model_vocabulary
+        self.term_combo.blockSignals(True)
+        self.term_combo.clear()
+        self.term_combo.addItems(terms)
+        if current in terms:
+            self.term_combo.setCurrentText(current)
+        self.term_combo.blockSignals(False)
+        self.show_button.setEnabled(bool(terms))
+
+    def select_term(self, term: str) -> None:
+        """Show ``term`` (called when a term is clicked in the Annotate list)."""
+        if term in self.session.model_vocabulary:
+            self.term_combo.setCurrentText(term)
+            self.stack_check.setChecked(False)
+            self.show_map()
+
+    def _image_changed(self, *_: Any) -> None:
+        if gradcam_layer(self.viewer) is not None:
+            self._maybe_update(force=True)
+
+    def _maybe_update(self, force: bool = False) -> None:
+        if ((self.follow_check.isChecked() or force) and self.session.bundle is not None
+                and self.term_combo.currentText()):
+            self.show_map()
+
+    def show_map(self) -> Any:
+        """Compute the map(s) for the current image in the background and show them."""
+        s = self.session
+        if self.runner.running:
+            self.runner.cancel()
+            self.runner.worker = None  # the newer request wins; the old result is ignored
+        terms = (s.model_vocabulary if self.stack_check.isChecked()
+                 else [self.term_combo.currentText()])
+        return self.runner.start(s.iter_gradcam, terms, on_done=self._show_result,
+                                 message="computing Grad-CAM…")
+
+    def _show_result(self, result: dict) -> None:
+        if result["index"] != self.session.index:
+            return  # the user moved on; a newer request is on its way
+        maps = result["maps"]
+        terms = result["terms"]
+        data = maps[0] if len(terms) == 1 else maps
+        layer = gradcam_layer(self.viewer)
+        base = embryo_layer(self.viewer)
+        kwargs: dict[str, Any] = {}
+        if base is not None:
+            kwargs = {"scale": tuple(base.scale[-2:]), "translate": tuple(base.translate[-2:])}
+        if layer is not None and layer.data.ndim != data.ndim:
+            self.viewer.layers.remove(layer)
+            layer = None
+        self._stack_terms = terms if len(terms) > 1 else []
+        if layer is None:
+            if data.ndim == 3:
+                kwargs = {k: (1.0, *v) if k == "scale" else (0.0, *v) for k, v in kwargs.items()}
+            layer = self.viewer.add_image(
+                data, name=self._name(terms), colormap=self.colormap_combo.currentText(),
+                blending="additive", contrast_limits=(0.0, 1.0),
+                opacity=self.opacity_slider.value() / 100, metadata={META_KEY: "gradcam"},
+                **kwargs)
+        else:
+            layer.data = data
+            layer.contrast_limits = (0.0, 1.0)
+            layer.metadata["terms"] = terms
+        layer.metadata["terms"] = terms
+        layer.metadata["index"] = result["index"]
+        layer.name = self._name(terms)
+        self._style_layer()
+        if base is not None:
+            # keep the embryo selected so keyboard shortcuts keep working on it
+            with contextlib.suppress(Exception):
+                self.viewer.layers.selection.active = base
+        probs = dict(zip(terms, result["probabilities"], strict=False))
+        if len(terms) == 1:
+            self.info.setText(f"{terms[0]}: p = {probs[terms[0]]:.2f}")
+        else:
+            self.info.setText(f"{len(terms)} terms; move the slider under the canvas")
+
+    def _name(self, terms: list[str]) -> str:
+        if len(terms) == 1:
+            return f"Grad-CAM: {terms[0]}"
+        step = int(self.viewer.dims.current_step[0]) if self.viewer.dims.ndim > 2 else 0
+        return f"Grad-CAM: {terms[min(max(step, 0), len(terms) - 1)]}"
+
+    def _dims_changed(self, *_: Any) -> None:
+        layer = gradcam_layer(self.viewer)
+        if layer is not None and self._stack_terms and layer.data.ndim == 3:
+            layer.name = self._name(self._stack_terms)
+
+    def _style_layer(self, *_: Any) -> None:
+        layer = gradcam_layer(self.viewer)
+        if layer is not None:
+            layer.opacity = self.opacity_slider.value() / 100
+            layer.colormap = self.colormap_combo.currentText()
+            layer.blending = "additive"
+
+    def current_map(self) -> np.ndarray | None:
+        layer = gradcam_layer(self.viewer)
+        return None if layer is None else np.asarray(layer.data)

@@ -1,0 +1,158 @@
+"""Train panel: fit the per-term ensembles from the current labels, then re-predict."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.errors import InputError
+from ._session import MIN_CV_PER_CLASS, get_session, real_viewer
+from ._worker import TaskRunner, report_error
+
+
+class TrainWidget(QWidget):
+    """Counts per term, Train (background, cancellable), cross-validated AUC, Save model."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = real_viewer(napari_viewer)
+        self.session = get_session(napari_viewer)
+        s = self.session
+
+        self.members_spin = QSpinBox()
+        self.members_spin.setRange(1, 101)
+        self.members_spin.setSingleStep(2)
+        self.members_spin.setValue(s.settings.n_members)
+        self.members_spin.setToolTip("logistic regressions per term, each on all positives + "
+                                     "an equal random undersample of negatives")
+        self.c_spin = QDoubleSpinBox()
+        self.c_spin.setDecimals(3)
+        self.c_spin.setRange(0.001, 1000.0)
+        self.c_spin.setValue(s.settings.C)
+        self.c_spin.setToolTip("inverse L2 regularisation strength")
+        self.cv_check = QCheckBox(f"cross-validated AUC (needs ≥ {MIN_CV_PER_CLASS} present and "
+                                  f"≥ {MIN_CV_PER_CLASS} absent per term; folds by gene)")
+        self.cv_check.setChecked(True)
+        form = QFormLayout()
+        form.addRow("Ensemble members", self.members_spin)
+        form.addRow("C", self.c_spin)
+
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["term", "present", "absent", "CV AUC"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.Stretch)
+
+        self.train_button = QPushButton("Train from labels")
+        self.train_button.setToolTip("uses the Annotate panel's backbone, weights, layer and size")
+        self.train_button.clicked.connect(self.train)
+        self.save_button = QPushButton("Save model…")
+        self.save_button.clicked.connect(self._choose_save)
+        brow = QHBoxLayout()
+        brow.addWidget(self.train_button)
+        brow.addWidget(self.save_button)
+        self.runner = TaskRunner()
+        self.runner.started.connect(lambda: self.train_button.setEnabled(False))
+        self.runner.finished.connect(lambda *_: self.train_button.setEnabled(True))
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.cv_check)
+        layout.addWidget(self.table, 1)
+        layout.addLayout(brow)
+        layout.addWidget(self.runner)
+        layout.addWidget(self.summary)
+
+        # ---------------------------------------------------------------------------
+        # FINE-TUNE SECTION (issue 4): multi-task fine-tuning controls go in this box.
+        # Build them in a separate module (e.g. widgets/finetune.py) and add the widget
+        # to `self.finetune_box`; this panel only reserves the place.
+        # ---------------------------------------------------------------------------
+        self.finetune_box = QGroupBox("Fine-tune backbone (multi-task)")
+        QVBoxLayout(self.finetune_box).addWidget(QLabel("coming with issue 4"))
+        self.finetune_box.setVisible(False)
+        layout.addWidget(self.finetune_box)
+
+        s.labels_changed.connect(self._refresh)
+        s.vocabulary_changed.connect(self._refresh)
+        s.dataset_changed.connect(self._refresh)
+        s.train_report_changed.connect(self._refresh)
+        self.destroyed.connect(lambda *_: self._disconnect(s))
+        self._refresh()
+
+    def _disconnect(self, s: Any) -> None:
+        for sig in (s.labels_changed, s.vocabulary_changed, s.dataset_changed,
+                    s.train_report_changed):
+            with contextlib.suppress(Exception):
+                sig.disconnect(self._refresh)
+
+    def _refresh(self, *_: Any) -> None:
+        s = self.session
+        counts = s.training_counts() if s.n_images else {t: (0, 0) for t in s.vocabulary}
+        auc = (s.train_report or {}).get("auc", {})
+        self.table.setRowCount(len(counts))
+        for r, (term, (pos, neg)) in enumerate(counts.items()):
+            self.table.setItem(r, 0, QTableWidgetItem(term))
+            for c, v in ((1, pos), (2, neg)):
+                item = QTableWidgetItem(str(v))
+                if v == 0:
+                    item.setToolTip("label at least one image this way before training")
+                    item.setForeground(self.palette().brightText())
+                self.table.setItem(r, c, item)
+            a = auc.get(term)
+            self.table.setItem(r, 3, QTableWidgetItem(
+                "–" if a is None or (isinstance(a, float) and math.isnan(a)) else f"{a:.2f}"))
+
+    def train(self) -> Any:
+        s = self.session
+        s.settings.n_members = int(self.members_spin.value())
+        s.settings.C = float(self.c_spin.value())
+        try:
+            s.check_trainable()
+        except InputError as exc:
+            self.summary.setText(str(exc))
+            report_error(exc)
+            return None
+        return self.runner.start(s.iter_train, self.cv_check.isChecked(), on_done=self._trained,
+                                 message="training…", done_message="trained; predictions updated")
+
+    def _trained(self, result: dict) -> None:
+        self.session.set_trained(result)
+        report = result["report"]
+        auc = report["auc"]
+        mean = sum(auc.values()) / len(auc) if auc else float("nan")
+        self.summary.setText(
+            f"trained {len(report['counts'])} terms on {report['n_labelled_images']} labelled "
+            f"images" + (f"; mean CV AUC {mean:.2f} over {len(auc)} terms" if auc else
+                         "; too few labels for cross-validation"))
+
+    def _choose_save(self) -> None:
+        path = QFileDialog.getSaveFileName(self, "Save model bundle (a folder)", "model")[0]
+        if path:
+            try:
+                self.session.save_bundle(path)
+            except InputError as exc:
+                report_error(exc)
