@@ -198,6 +198,7 @@ def test_parse_vocabulary(tmp_path):
     assert parse_vocabulary("a; b ;a") == ["a", "b"]
     assert parse_vocabulary("a,b") == ["a", "b"]
     assert parse_vocabulary(["x", " y ", ""]) == ["x", "y"]
+    assert parse_vocabulary("embryonic/larval muscle system") == ["embryonic/larval muscle system"]
     f = tmp_path / "v.txt"
     f.write_text("# comment\nembryonic brain\n\nventral nerve cord\n")
     assert parse_vocabulary(f) == ["embryonic brain", "ventral nerve cord"]

@@ -182,8 +182,9 @@ def parse_vocabulary(spec: str | Path | Sequence[str]) -> list[str]:
 def _looks_like_file(spec: str) -> bool:
     if ";" in spec or "," in spec:
         return False
+    # not "contains a slash": terms such as "embryonic/larval muscle system" have one
     return Path(spec).suffix.lower() in (".txt", ".csv", ".tsv", ".list", ".vocab") \
-        or os.sep in spec or Path(spec).is_file()
+        or Path(spec).is_file()
 
 
 def _read_text(path: Path) -> str:
