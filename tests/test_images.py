@@ -254,3 +254,13 @@ def test_scan_inputs_skips_and_reports(tmp_path, rgb8):
     usable2, problems2 = scan_inputs([d], decode=False)
     assert "broken.jpg" in [p.name for p in usable2]
     assert [p.path.name for p in problems2] == ["notes.txt"]
+
+
+def test_decompression_bomb_is_input_error(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    p = tmp_path / "big.png"
+    PILImage.new("RGB", (64, 64)).save(p)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)  # 64*64 > 2 * 100 -> error
+    with pytest.raises(InputError, match="too large"):
+        read_rgb(p)

@@ -55,7 +55,15 @@ def read_rgb(path: str | Path) -> np.ndarray:
         rgb = reader(path)
     except InputError:
         raise
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError, IndexError, KeyError) as exc:
+    except Exception as exc:
+        from PIL import Image
+
+        if isinstance(exc, Image.DecompressionBombError):
+            raise InputError(f"image is too large to load safely ({exc}); crop or downscale "
+                             "it to a single embryo", path=path) from exc
+        if not isinstance(exc, (OSError, ValueError, SyntaxError, EOFError, MemoryError,
+                                IndexError, KeyError)):
+            raise
         raise InputError(f"cannot decode the image ({type(exc).__name__}: {exc}); the file is "
                          f"corrupt, truncated or not really {_SUPPORTED_TEXT} - re-export it",
                          path=path) from exc
