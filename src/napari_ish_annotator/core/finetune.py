@@ -227,14 +227,15 @@ class FinetunedModel:
 
 
 def _resize_uint8(rgb: np.ndarray, size: int) -> torch.Tensor:
-    """``H x W x 3`` uint8 -> ``(3, size, size)`` uint8 (antialiased bilinear, like features.py)."""
+    """``H x W x 3`` uint8 -> ``(3, size, size)`` uint8, resized exactly as ``features.py`` does."""
     import torch
-    import torch.nn.functional as F
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
 
-    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
-    if t.shape[-2:] != (size, size):
-        t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return t[0].round().clamp_(0, 255).to(torch.uint8)
+    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+    if tuple(t.shape[1:]) != (size, size):
+        t = TF.resize(t, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    return t
 
 
 def _normalise(x_uint8: torch.Tensor, mean, std, pixel_scale: float = 1.0) -> torch.Tensor:
@@ -455,7 +456,7 @@ def iter_finetune(
     (e.g. gene per image) keeps a group on one side of the validation split. With ``resume``
     an existing ``out`` written for the same training set continues after its last epoch.
     Yields :class:`FinetuneProgress` after every batch and epoch; closing the generator there
-    keeps the last complete checkpoint.
+    keeps the last complete checkpoint. A ``loaded`` backbone is trained in place.
     """
     import torch
 
@@ -495,7 +496,7 @@ def iter_finetune(
         weights_id = state.get("base_weights_id", "")
     else:
         mean, std = tuple(loaded.mean), tuple(loaded.std)
-        pixel_scale = float(getattr(loaded.spec, "pixel_scale", 1.0))
+        pixel_scale = float(getattr(loaded, "pixel_scale", loaded.spec.pixel_scale))
         weights_id = loaded.weights_id
     n_frozen = resolve_frozen(loaded, config.frozen)
     if n_frozen and not hasattr(trunk, "__getitem__"):
