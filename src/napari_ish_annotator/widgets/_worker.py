@@ -34,6 +34,19 @@ def report_error(exc: BaseException) -> str:
     return message
 
 
+def preload_torch() -> None:
+    """Import torch/torchvision (and the core modules using them) on the GUI thread.
+
+    Importing torchvision's compiled pieces (triton via torch._dynamo) for the first time
+    inside a worker thread can crash the process, so the first long task pays the import
+    here instead.
+    """
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
+
+    from ..core import features  # noqa: F401
+
+
 class TaskRunner(QWidget):
     """A progress bar, a status line and a Cancel button driving one worker at a time."""
 
@@ -99,11 +112,14 @@ class TaskRunner(QWidget):
         on_done: Callable[[Any], None] | None = None,
         message: str = "working…",
         done_message: str = "",
+        needs_torch: bool = True,
     ) -> Any:
         """Run ``func(*args)`` (a progress generator) in a napari ``thread_worker``."""
         if self.running:
             report_error(InputError("another task is still running; wait or press Cancel"))
             return None
+        if needs_torch:
+            preload_torch()
         self._begin(message)
         if SYNCHRONOUS:
             return self._run_sync(func, args, on_done, done_message)

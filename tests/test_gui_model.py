@@ -1,0 +1,156 @@
+"""Extract, train, predict and explain in background workers, driven through the widgets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from _gui_helpers import TERMS, dock, make_dataset
+
+pytestmark = pytest.mark.gui
+WAIT_MS = 120_000
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ISH_ANNOTATOR_CACHE", str(tmp_path / "cache"))
+
+
+def _wait(qtbot, runner):
+    qtbot.waitUntil(lambda: not runner.running, timeout=WAIT_MS)
+    assert runner.last_outcome == "done", runner.last_error
+
+
+def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tmp_path):
+    from napari_ish_annotator.core.gradcam import gradcam_for_image
+    from napari_ish_annotator.widgets._session import get_session
+    from napari_ish_annotator.widgets._viewer_binding import text_overlay
+    from napari_ish_annotator.widgets.explain import gradcam_layer
+
+    manifest = make_dataset(tmp_path / "data")
+    viewer = make_napari_viewer()
+    embryos, annotate = dock(viewer, "Embryos"), dock(viewer, "Annotate")
+    train, explain = dock(viewer, "Train"), dock(viewer, "Explain")
+    assert embryos.open_paths([manifest])
+    session = get_session(viewer)
+    annotate.set_settings(weights="random", input_size=64, layer="21", device="cpu")
+    assert annotate.device_label.text() == "using: cpu"
+
+    annotate.extract()
+    assert annotate.runner.running  # in a worker: the GUI thread is free meanwhile
+    _wait(qtbot, annotate.runner)
+    X = session.features
+    assert X.shape == (8, 512 * 8 * 8)  # relu4_2 at 64 px: 512 x 8 x 8
+
+    # every term has 4 present / 4 absent labels (from the manifest), genes in pairs
+    assert [train.table.item(r, 1).text() for r in range(3)] == ["4", "4", "4"]
+    train.members_spin.setValue(3)
+    train.train()
+    _wait(qtbot, train.runner)
+    bundle = session.bundle
+    assert bundle.classifier.vocabulary == list(TERMS)
+    expected = bundle.classifier.predict_proba(X)
+    np.testing.assert_allclose(session.probabilities, expected, rtol=1e-5, atol=1e-6)
+    auc = session.train_report["auc"]
+    assert set(auc) == set(TERMS) and all(0.0 <= a <= 1.0 for a in auc.values())
+    assert train.table.item(0, 3).text() == f"{auc[TERMS[0]]:.2f}"
+
+    # the Annotate list shows the model's numbers for the current image (image 3)
+    session.set_index(3)
+    for term, ptext, pred, _label in annotate.row_values():
+        p = expected[3, TERMS.index(term)]
+        assert ptext == f"{p:.2f}"
+        assert pred == ("yes" if p >= 0.5 else "no")
+    # ... and so does the canvas overlay, for the terms above the threshold
+    annotate.threshold_spin.setValue(0.0)
+    text = text_overlay(viewer).text
+    assert text_overlay(viewer).visible
+    for k, term in enumerate(TERMS):
+        assert f"{expected[3, k]:.2f}  {term}" in text
+    annotate.threshold_spin.setValue(1.0)
+    assert not any(term in text_overlay(viewer).text for term in TERMS)
+    # the table lists the top predicted terms
+    assert embryos.table.item(3, 5).text() != ""
+
+    # Predict again from the (cached) features: same numbers
+    session.probabilities = None
+    annotate.predict()
+    _wait(qtbot, annotate.runner)
+    np.testing.assert_allclose(session.probabilities, expected, rtol=1e-5, atol=1e-6)
+
+    # Grad-CAM: one layer with the image's shape, and it follows the chosen term
+    image = session.image()
+    explain.term_combo.setCurrentText(TERMS[0])
+    explain.show_map()
+    _wait(qtbot, explain.runner)
+    layer = gradcam_layer(viewer)
+    assert layer.name == f"Grad-CAM: {TERMS[0]}"
+    assert layer.data.shape == image.shape[:2]
+    assert layer.blending == "additive" and layer.colormap.name == "inferno"
+    ref0 = gradcam_for_image(bundle, session.extractor(), image, TERMS[0])
+    np.testing.assert_allclose(layer.data, ref0, atol=1e-5)
+
+    annotate._cell_clicked(1, 1)  # click "brain" in the Annotate list
+    _wait(qtbot, explain.runner)
+    assert gradcam_layer(viewer) is layer and layer.name == f"Grad-CAM: {TERMS[1]}"
+    ref1 = gradcam_for_image(bundle, session.extractor(), image, TERMS[1])
+    np.testing.assert_allclose(layer.data, ref1, atol=1e-5)
+    assert not np.allclose(ref0, ref1)
+    explain.opacity_slider.setValue(30)
+    assert layer.opacity == pytest.approx(0.3)
+
+    # all terms as a stack: one (T, H, W) layer, the slider picks the term
+    explain.stack_check.setChecked(True)
+    _wait(qtbot, explain.runner)
+    stack = gradcam_layer(viewer)
+    assert stack.data.shape == (3, *image.shape[:2])
+    viewer.dims.set_current_step(0, 2)
+    assert stack.name == f"Grad-CAM: {TERMS[2]}"
+    assert len([lay for lay in viewer.layers if lay.metadata.get("ish_annotator") == "gradcam"]) == 1
+
+    # export predictions as in CONTRACTS.md
+    out = tmp_path / "pred.csv"
+    session.export_predictions(out)
+    header = out.read_text().splitlines()[0].split(",")
+    assert header == ["image", *TERMS]
+
+
+def test_cancel_stops_extraction(make_napari_viewer, qtbot, tmp_path):
+    from napari_ish_annotator.widgets._session import get_session
+
+    manifest = make_dataset(tmp_path / "data", n=8)
+    viewer = make_napari_viewer()
+    embryos, annotate = dock(viewer, "Embryos"), dock(viewer, "Annotate")
+    assert embryos.open_paths([manifest])
+    session = get_session(viewer)
+    annotate.set_settings(weights="random", input_size=224, batch_size=1, device="cpu")
+    steps = []
+
+    def on_step(step):
+        steps.append(step)
+        if step[0] >= 1:
+            annotate.runner.cancel()
+
+    worker = annotate.extract()
+    worker.yielded.connect(on_step)
+    qtbot.waitUntil(lambda: not annotate.runner.running, timeout=WAIT_MS)
+    assert annotate.runner.last_outcome == "cancelled"
+    assert annotate.runner.status.text() == "cancelled"
+    assert session.features is None
+    assert max(s[0] for s in steps) < 8
+    assert annotate.extract_button.isEnabled()
+
+
+def test_train_refuses_terms_without_both_labels(make_napari_viewer, tmp_path):
+    from napari_ish_annotator.widgets._session import get_session
+
+    manifest = make_dataset(tmp_path / "data")
+    viewer = make_napari_viewer()
+    embryos, train = dock(viewer, "Embryos"), dock(viewer, "Train")
+    assert embryos.open_paths([manifest])
+    get_session(viewer).add_term("midgut")
+    assert train.table.rowCount() == 4
+    assert train.train() is None
+    assert not train.runner.running
+    assert "midgut (0 present, 0 absent)" in train.summary.text()
+    assert get_session(viewer).bundle is None
