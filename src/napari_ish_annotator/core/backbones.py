@@ -1,0 +1,429 @@
+"""Backbone registry: which network, which layers, which weights and which normalisation.
+
+The paper (Zhang et al., KDD 2015) uses ImageNet VGG16 as a fixed feature extractor and
+names layers by their MatConvNet index; :data:`REGISTRY` maps those names onto the torchvision
+``vgg16().features`` trunk ("21" -> ``features[20]`` = relu4_2, 512x28x28 at 224 px).
+
+Adding a backbone means one :class:`BackboneSpec`: a builder for its feature *trunk* (an
+``nn.Sequential``, possibly with named children, so that "run up to layer i" is simply
+``trunk[:i + 1]``), a seeded initialiser, where the trunk lives in the full torchvision
+model's state dict (``state_prefix``), its layer names, default layer, input size, the
+normalisation that goes with its default weights, and which torchvision weight enums the
+``imagenet`` specs mean.
+
+Weights SPEC (``--weights``):
+
+* ``imagenet`` - the backbone's default torchvision weights (``IMAGENET1K_FEATURES`` for VGG16,
+  the closest to the paper's MatConvNet model). Read from torch hub's cache; downloaded only if
+  absent there, and a failed download is an :class:`InputError` saying where to put the file.
+* ``imagenet:<TAG>`` - another torchvision enum member, e.g. ``imagenet:V1`` = ``IMAGENET1K_V1``.
+* ``random`` - seeded random init (the global torch RNG is left untouched).
+* a file - a full torchvision state dict, a trunk-only (``features.*`` or bare) state dict, or
+  a fine-tuning checkpoint: a dict with ``"backbone_state_dict"`` (and optional
+  ``"normalisation"`` ``{"mean", "std", "pixel_scale"}`` and ``"backbone"`` name). A checkpoint
+  that holds only the first part of the trunk is accepted; deeper layers then raise an error.
+
+Torch is imported lazily so that importing this module (e.g. for the widget's layer list) is
+cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A layer the features can be taken from (``index`` into the trunk)."""
+
+    name: str
+    index: int
+    description: str
+    shape: tuple[int, int, int]  # (C, H, W) at 224 px input
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything backbone-specific; see the module docstring for how to add one."""
+
+    name: str
+    layers: dict[str, LayerSpec]
+    default_layer: str
+    input_size: int
+    mean: tuple[float, float, float]  # on [0, 1] RGB (times pixel_scale), for the default weights
+    std: tuple[float, float, float]
+    pixel_scale: float = 1.0  # 1.0: pixels in [0, 1]; 255.0: normalisation on 0-255 pixels
+    # architecture only (called under the meta device: parameters are filled in afterwards)
+    build_trunk: Callable[[], Any] = field(default=None, compare=False, repr=False)
+    # seeded random init of a built trunk: init_trunk(trunk, generator)
+    init_trunk: Callable[[Any, Any], None] = field(default=None, compare=False, repr=False)
+    # where the trunk's parameters live in the full torchvision model's state dict
+    state_prefix: str = "features."
+    # weights spec -> torchvision weights enum name; "imagenet" is the default
+    torchvision_weights: Mapping[str, str] = field(default_factory=dict)
+
+    def layer(self, name: str | int | None) -> LayerSpec:
+        """The layer called ``name`` (None -> default); unknown names are an InputError."""
+        key = self.default_layer if name is None else str(name)
+        if key not in self.layers:
+            raise InputError(f"layer {key!r} is not a layer of {self.name}; choose one of "
+                             f"{', '.join(self.layers)}")
+        return self.layers[key]
+
+
+# --------------------------------------------------------------------------- VGG16
+
+def _vgg16_trunk() -> torch.nn.Sequential:
+    from torchvision.models.vgg import cfgs, make_layers
+
+    return make_layers(cfgs["D"], batch_norm=False)
+
+
+def _vgg_init(trunk: torch.nn.Module, generator: torch.Generator) -> None:
+    """torchvision's VGG initialisation, drawn from ``generator``."""
+    import torch
+
+    for m in trunk.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu",
+                                          generator=generator)
+            if m.bias is not None:
+                torch.nn.init.zeros_(m.bias)
+        elif isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(m.weight)
+            torch.nn.init.zeros_(m.bias)
+            m.reset_running_stats()
+
+
+VGG16 = BackboneSpec(
+    name="vgg16",
+    layers={
+        "17": LayerSpec("17", 16, "pool3", (256, 28, 28)),
+        "21": LayerSpec("21", 20, "relu4_2", (512, 28, 28)),
+        "24": LayerSpec("24", 23, "pool4", (512, 14, 14)),
+        "30": LayerSpec("30", 29, "relu5_3", (512, 14, 14)),
+    },
+    default_layer="21",
+    input_size=224,
+    # IMAGENET1K_FEATURES (MatConvNet/Caffe-style): mean pixel on [0, 1], std 1/255
+    mean=(0.48235, 0.45882, 0.40784),
+    std=(1.0 / 255.0, 1.0 / 255.0, 1.0 / 255.0),
+    build_trunk=_vgg16_trunk,
+    init_trunk=_vgg_init,
+    state_prefix="features.",
+    torchvision_weights={
+        "imagenet": "VGG16_Weights.IMAGENET1K_FEATURES",
+        "imagenet:FEATURES": "VGG16_Weights.IMAGENET1K_FEATURES",
+        "imagenet:V1": "VGG16_Weights.IMAGENET1K_V1",
+    },
+)
+
+REGISTRY: dict[str, BackboneSpec] = {VGG16.name: VGG16}
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The registered backbone ``name`` (InputError listing the choices otherwise)."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise InputError(f"unknown backbone {name!r}; choose one of {', '.join(REGISTRY)}") from None
+
+
+# --------------------------------------------------------------------------- devices
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA, then MPS, then CPU; an explicit device that is absent is an InputError."""
+    import torch
+
+    text = (device or "auto").strip().lower()
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = bool(mps is not None and mps.is_available())
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if mps_ok:
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or mps") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("device 'cuda' was asked for but no CUDA GPU is usable here; "
+                             "use --device auto or --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"device {text!r} does not exist (this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s))")
+        return dev
+    if dev.type == "mps":
+        if not mps_ok:
+            raise InputError("device 'mps' was asked for but Apple MPS is not available here; "
+                             "use --device auto or --device cpu")
+        return dev
+    raise InputError(f"unsupported device {device!r}; use auto, cpu, cuda or mps")
+
+
+# --------------------------------------------------------------------------- loaded backbone
+
+@dataclass
+class LoadedBackbone:
+    """A backbone trunk with its weights and the normalisation that belongs to them."""
+
+    spec: BackboneSpec
+    module: torch.nn.Module  # the full feature trunk (vgg16().features for VGG), CPU, eval mode
+    weights_id: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    pixel_scale: float = 1.0
+    weights: str = ""  # the spec it was loaded from
+    available_upto: int | None = None  # last trunk index with real weights (None = all)
+
+    def truncated(self, layer: str | int | None = None) -> torch.nn.Sequential:
+        """The trunk up to and including ``layer`` (shares parameters with :attr:`module`)."""
+        spec = self.spec.layer(layer)
+        if self.available_upto is not None and spec.index > self.available_upto:
+            raise InputError(
+                f"the weights ({self.weights or self.weights_id}) only cover {self.spec.name}'s "
+                f"trunk up to index {self.available_upto}, but layer {spec.name} needs index "
+                f"{spec.index}; choose a shallower layer or a complete weights file")
+        return self.module[: spec.index + 1]
+
+    def output_shape(self, layer: str | int | None = None,
+                     input_size: int | None = None) -> tuple[int, int, int]:
+        """(C, H, W) of ``layer`` for an ``input_size`` square input, without computing it."""
+        import copy
+
+        import torch
+
+        size = int(input_size or self.spec.input_size)
+        probe = copy.deepcopy(self.truncated(layer)).to("meta")
+        with torch.no_grad():
+            out = probe(torch.empty(1, 3, size, size, device="meta"))
+        return tuple(int(v) for v in out.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def normalisation(self) -> dict:
+        return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std],
+                "pixel_scale": float(self.pixel_scale)}
+
+
+def _build_empty(spec: BackboneSpec) -> torch.nn.Module:
+    """The trunk with allocated but unset parameters (no RNG is consumed)."""
+    import torch
+
+    with torch.device("meta"):
+        trunk = spec.build_trunk()
+    return trunk.to_empty(device="cpu")
+
+
+def _torchvision_weights(spec: BackboneSpec, weights: str) -> Any:
+    from torchvision.models import get_weight
+
+    if weights not in spec.torchvision_weights:
+        choices = ", ".join(spec.torchvision_weights)
+        raise InputError(f"unknown weights {weights!r} for {spec.name}; use {choices}, random "
+                         "or a path to a weights file")
+    return get_weight(spec.torchvision_weights[weights])
+
+
+def _weights_normalisation(w: Any) -> tuple[tuple, tuple]:
+    """Mean/std from a torchvision weights enum's own preprocessing transform."""
+    t = w.transforms()
+    return tuple(float(v) for v in t.mean), tuple(float(v) for v in t.std)
+
+
+def hub_cache_path(w: Any) -> Path:
+    """Where torch hub keeps (or would download) the file of torchvision weights ``w``."""
+    from urllib.parse import urlparse
+
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(w.url).path)
+
+
+def imagenet_weights_available(name: str = "vgg16", weights: str = "imagenet") -> bool:
+    """True if ``weights`` for backbone ``name`` are in torch hub's cache (no network)."""
+    try:
+        return hub_cache_path(_torchvision_weights(get_spec(name), weights)).is_file()
+    except InputError:
+        return False
+
+
+def _fetch_imagenet(spec: BackboneSpec, w: Any, weights: str) -> dict:
+    import torch
+
+    path = hub_cache_path(w)
+    if not path.is_file():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            from torch.hub import HASH_REGEX
+
+            match = HASH_REGEX.search(path.name)
+            torch.hub.download_url_to_file(w.url, str(path), match.group(1) if match else None,
+                                           progress=True)
+        except Exception as exc:  # noqa: BLE001 - network errors come in many types
+            raise InputError(
+                f"cannot download the {weights!r} weights for {spec.name} from {w.url} "
+                f"({type(exc).__name__}: {exc}). Without internet, download that file on another "
+                f"machine and place it at {path} (the folder is torch hub's cache, "
+                "$TORCH_HOME/hub/checkpoints), or pass --weights FILE with a local state dict "
+                "(--weights random for an offline smoke run)", path=path) from exc
+    return _torch_load(path)
+
+
+def _torch_load(path: Path) -> Any:
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling problem means a bad file
+        raise InputError(f"cannot read the weights file ({type(exc).__name__}: {exc}); it must be "
+                         "a torch state dict saved with torch.save (weights only)",
+                         path=path) from exc
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fit_state_dict(spec: BackboneSpec, trunk: torch.nn.Module, state: Mapping, source: str,
+                    path: Path | None) -> int | None:
+    """Copy ``state`` into ``trunk``; return the last covered index for a partial trunk.
+
+    Accepts the full model's keys (``state_prefix`` + trunk key, other keys such as the
+    classifier ignored) or bare trunk keys. Anything else is an InputError naming the keys.
+    """
+    import torch
+
+    expected = trunk.state_dict()
+    if not isinstance(state, Mapping) or not all(
+            isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{source} is not a state dict (a mapping of names to tensors)", path=path)
+    prefix = spec.state_prefix
+    if prefix and any(str(k).startswith(prefix) for k in state):
+        sd = {str(k)[len(prefix):]: v for k, v in state.items() if str(k).startswith(prefix)}
+    else:
+        sd = {str(k): v for k, v in state.items()}
+        if not prefix:  # trunk shares its namespace with the rest of the model: ignore the rest
+            sd = {k: v for k, v in sd.items() if k in expected}
+    expect_text = (f"expected a torchvision {spec.name} state dict (keys '{prefix}0.weight', ...), "
+                   "a trunk-only state dict or a fine-tuning checkpoint with 'backbone_state_dict'")
+    unexpected = sorted(set(sd) - set(expected))
+    if unexpected:
+        raise InputError(f"{source} does not fit {spec.name}: unexpected keys "
+                         f"{', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}; "
+                         f"{expect_text}", path=path)
+    wrong = [f"{k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}"
+             for k, v in sd.items() if tuple(v.shape) != tuple(expected[k].shape)]
+    if wrong:
+        raise InputError(f"{source} does not fit {spec.name}: {'; '.join(wrong[:3])}"
+                         f"{' ...' if len(wrong) > 3 else ''}; {expect_text}", path=path)
+    missing = [k for k in expected if k not in sd]
+    covered: int | None = None
+    if missing:
+        names = list(trunk._modules)  # children in order; keys are "<child>.<param>"
+        child_of = {k: names.index(k.split(".", 1)[0]) for k in expected}
+        first_missing = min(child_of[k] for k in missing)
+        deeper_present = [k for k in sd if child_of[k] >= first_missing]
+        if not sd or deeper_present:
+            raise InputError(f"{source} does not fit {spec.name}: missing keys "
+                             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; "
+                             f"{expect_text}", path=path)
+        covered = first_missing - 1
+    with torch.no_grad():
+        for k, t in expected.items():
+            if k in sd:
+                t.copy_(sd[k])
+            elif t.is_floating_point():
+                t.fill_(float("nan"))  # never silently use uninitialised layers
+            else:
+                t.zero_()
+    return covered
+
+
+def load_backbone(name: str = "vgg16", weights: str = "imagenet", seed: int = 0) -> LoadedBackbone:
+    """Build backbone ``name``'s trunk with ``weights`` (see the module docstring for SPECs)."""
+    import torch
+
+    spec = get_spec(name)
+    weights = str(weights).strip()
+    trunk = _build_empty(spec)
+    mean, std, scale = spec.mean, spec.std, spec.pixel_scale
+    covered = None
+    if weights == "random" or weights.startswith("random:"):
+        if weights.startswith("random:seed="):
+            seed = int(weights.split("=", 1)[1])
+        generator = torch.Generator().manual_seed(int(seed))
+        spec.init_trunk(trunk, generator)
+        weights_id = f"random:seed={int(seed)}"
+    elif weights == "imagenet" or weights.startswith("imagenet:"):
+        w = _torchvision_weights(spec, weights)
+        state = _fetch_imagenet(spec, w, weights)
+        covered = _fit_state_dict(spec, trunk, state, f"cached {weights} weights",
+                                  hub_cache_path(w))
+        mean, std = _weights_normalisation(w)
+        weights_id = f"torchvision:{w}"
+    else:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise InputError("weights file not found; pass imagenet, imagenet:V1, random or the "
+                             "path of a state dict / fine-tuning checkpoint", path=path)
+        digest = _sha256(path)
+        obj = _torch_load(path)
+        state = obj
+        if isinstance(obj, Mapping) and "backbone_state_dict" in obj:
+            ckpt_backbone = obj.get("backbone")
+            if ckpt_backbone is not None and str(ckpt_backbone) != spec.name:
+                raise InputError(f"this checkpoint was made for backbone {ckpt_backbone!r}, not "
+                                 f"{spec.name!r}; pass --backbone {ckpt_backbone}", path=path)
+            state = obj["backbone_state_dict"]
+            norm = obj.get("normalisation") or {}
+            if norm:
+                mean = tuple(float(v) for v in norm.get("mean", mean))
+                std = tuple(float(v) for v in norm.get("std", std))
+                scale = float(norm.get("pixel_scale", scale))
+        else:
+            mean, std = _file_normalisation(spec, digest)
+        covered = _fit_state_dict(spec, trunk, state, "weights file", path)
+        weights_id = f"file:sha256={digest}"
+    trunk.eval()
+    return LoadedBackbone(spec=spec, module=trunk, weights_id=weights_id, mean=tuple(mean),
+                          std=tuple(std), pixel_scale=float(scale), weights=weights,
+                          available_upto=covered)
+
+
+def _file_normalisation(spec: BackboneSpec, digest: str) -> tuple[tuple, tuple]:
+    """Normalisation for a plain state-dict file.
+
+    torchvision's own files are recognised by the sha256 prefix in their published names;
+    anything else gets torchvision's standard ImageNet mean/std (its convention for models).
+    """
+    from torch.hub import HASH_REGEX
+    from torchvision.models import get_weight
+
+    for enum_name in spec.torchvision_weights.values():
+        w = get_weight(enum_name)
+        match = HASH_REGEX.search(os.path.basename(w.url))
+        if match and digest.startswith(match.group(1)):
+            return _weights_normalisation(w)
+    return IMAGENET_MEAN, IMAGENET_STD
