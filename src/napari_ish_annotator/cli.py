@@ -257,8 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _register_finetune(*hooks: Callable[..., None]) -> None:
+    """``finetune`` and ``evaluate --compare CKPT`` (issue 4) live in ``cli_finetune.py``."""
+    from .cli_finetune import register
+
+    register(*hooks)
+
+
 # Sub-commands defined in other modules register here (e.g. fine-tuning).
-EXTRA_COMMANDS: list[Callable[..., None]] = []
+EXTRA_COMMANDS: list[Callable[..., None]] = [_register_finetune]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -232,7 +232,10 @@ def _resize_uint8(rgb: np.ndarray, size: int) -> torch.Tensor:
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as TF
 
-    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+    rgb = np.ascontiguousarray(rgb)
+    if not rgb.flags.writeable:  # decoded images may be read-only; torch wants writable memory
+        rgb = rgb.copy()
+    t = torch.from_numpy(rgb).permute(2, 0, 1)
     if tuple(t.shape[1:]) != (size, size):
         t = TF.resize(t, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)
     return t
