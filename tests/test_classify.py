@@ -33,10 +33,14 @@ def _problem(rng, n, d, signal=3):
 
 @pytest.mark.parametrize(
     ("n", "d", "C"),
-    [(60, 300, 1.0), (60, 300, 50.0), (60, 300, 1e-3), (200, 20, 1.0), (200, 20, 1e4)],
+    [(60, 300, 1.0), (60, 300, 50.0), (60, 300, 1e-3), (200, 20, 1.0), (200, 20, 1e4),
+     (300, 400, 1.0), (300, 400, 100.0), (400, 30, 10.0)],
 )
 def test_dual_solver_matches_sklearn(n, d, C):
-    """d > n (separable) and n > d (K singular): decision values equal sklearn's."""
+    """d > n (separable) and n > d (K singular): decision values equal sklearn's.
+
+    n >= 256 also exercises the float32-factorisation-first Newton steps.
+    """
     rng = np.random.default_rng(n + d)
     X, y = _problem(rng, n, d)
     alpha, b = fit_logistic_gram(X @ X.T, y, C)

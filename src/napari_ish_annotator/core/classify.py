@@ -43,6 +43,8 @@ __all__ = [
 
 #: bytes of float64 scratch per feature block (Gram and weight recovery passes)
 _BLOCK_BYTES = 128 * 2**20
+#: members with at least this many rows factorise their Newton systems in float32 first
+_SINGLE_MIN_ROWS = 256
 #: rows per block at prediction time
 _PREDICT_ROWS = 256
 
@@ -120,22 +122,71 @@ def _objective(Ka: np.ndarray, alpha: np.ndarray, b: float, y: np.ndarray, C: fl
     return 0.5 * float(alpha @ Ka) + C * float(np.logaddexp(0.0, -y * f).sum())
 
 
+def _newton_step(K: np.ndarray, alpha: np.ndarray, r: np.ndarray, Kr: np.ndarray,
+                 g: np.ndarray, D: np.ndarray, C: float, single: bool = False
+                 ) -> tuple[np.ndarray, float]:
+    """Exact Newton step ``(da, db)`` of the primal problem, in alpha coordinates.
+
+    The primal Newton system restricted to the span of the rows is
+
+        [[I + C D K, C D 1], [1^T, 0]] [da; db] = [-(alpha + C g); -1^T alpha].
+
+    With ``S = sqrt(D)`` and ``u = K da + 1 db`` (the change of the decision values) it becomes
+    the SPD system ``(I + C S K S) (S u) = S (-K r + 1 db)``, solved by one Cholesky
+    factorisation (half the cost of LU, no division by small ``D``), and ``da = -r - C D u``.
+    Falls back to the general LU solve if the SPD route is numerically degenerate.
+    ``single`` factorises in float32 (twice as fast; the caller checks the step is a descent
+    direction and that the float64 gradient converges, so accuracy is not affected).
+    """
+    import scipy.linalg
+
+    m = len(alpha)
+    S = np.sqrt(D)
+    M = (C * S)[:, None] * K * S[None, :]
+    M[np.arange(m), np.arange(m)] += 1.0
+    try:
+        if single:
+            M = M.astype(np.float32)
+        factor = scipy.linalg.cho_factor(M, lower=False, overwrite_a=True, check_finite=False)
+        rhs = np.stack([-S * Kr, S], axis=1).astype(M.dtype)
+        p, q = scipy.linalg.cho_solve(factor, rhs, check_finite=False).T.astype(np.float64)
+        denom = float(S @ q)
+        if not (denom > 1e-300 and np.isfinite(p).all() and np.isfinite(q).all()):
+            raise np.linalg.LinAlgError("degenerate curvature")
+        db = -(float(g.sum()) + float(S @ p)) / denom
+        Su = p + db * q
+        da = -r - C * S * Su
+        return da, db
+    except np.linalg.LinAlgError:
+        if single:
+            raise
+        A = np.empty((m + 1, m + 1))
+        A[:m, :m] = (C * D)[:, None] * K
+        A[np.arange(m), np.arange(m)] += 1.0
+        A[:m, m] = C * D
+        A[m, :m] = 1.0
+        A[m, m] = 0.0
+        step = np.linalg.solve(A, np.concatenate([-r, [-alpha.sum()]]))
+        return step[:m], float(step[m])
+
+
 def fit_logistic_gram(
-    K: np.ndarray, y: np.ndarray, C: float, tol: float = 1e-12, max_iter: int = 200
+    K: np.ndarray, y: np.ndarray, C: float, tol: float = 1e-12, grad_tol: float = 1e-9,
+    max_iter: int = 200,
 ) -> tuple[np.ndarray, float]:
     """L2 logistic regression from the Gram matrix only; returns dual ``alpha`` and intercept.
 
     Minimises sklearn's objective ``0.5 |w|^2 + C sum log(1 + exp(-y (w.x + b)))`` with
-    ``w = sum alpha_i x_i``. Each step is the exact Newton step of the *primal* problem restricted
-    to the span of the rows, written in alpha coordinates:
-
-        [[I + C D K, C D 1], [1^T, 0]] [da; db] = [-(alpha + C g); -1^T alpha]
-
-    (``g`` = loss gradient w.r.t. the decision values, ``D`` = its second derivative). That system
-    is non-singular for any positive semi-definite ``K`` (singular or separable data included),
-    because the primal objective is strictly convex in ``(w, b)``; so no ridge on alpha is needed
-    and the decision values equal sklearn's. Backtracking line search; stops when the Newton
-    decrement is below ``tol`` relative to the objective.
+    ``w = sum alpha_i x_i``. Each step is the exact Newton step of the *primal* problem
+    restricted to the span of the rows (see :func:`_newton_step`), which is well defined for
+    any positive semi-definite ``K`` (singular or separable data included) because the primal
+    objective is strictly convex in ``(w, b)``; so no ridge on alpha is needed and the
+    decision values equal sklearn's. Backtracking line search. Stops when the squared w-space
+    gradient norm ``|X^T (alpha + C g)|^2 + (C sum g)^2`` falls below ``grad_tol`` times the
+    loss gradient's scale ``1 + C m max|x|`` (checked before factorising, so the converged
+    iterate costs no solve), or when the Newton decrement is below ``tol`` relative to the
+    objective. Since the Hessian is at least the identity, the distance of ``w`` to the
+    optimum is at most the gradient norm.
     """
     K = np.asarray(K, dtype=np.float64)
     y = np.where(np.asarray(y) > 0, 1.0, -1.0)
@@ -149,27 +200,31 @@ def fit_logistic_gram(
     b = float(np.log(n_pos / (m - n_pos)))  # the exact optimum when w = 0
     Ka = np.zeros(m)
     J = _objective(Ka, alpha, b, y, C)
-    A = np.empty((m + 1, m + 1))
+    # size of the loss gradient C sum |g_i| |x_i|, to make the gradient test scale-free
+    grad_scale = 1.0 + C * m * float(np.sqrt(max(np.max(np.diag(K)), 0.0)))
     for _ in range(max_iter):
         f = Ka + b
         s = expit(-y * f)  # P(wrong class)
         g = -y * s  # d loss / d f
         D = s * (1.0 - s)  # d2 loss / d f2
-        r = alpha + C * g
-        A[:m, :m] = (C * D)[:, None] * K
-        A[np.arange(m), np.arange(m)] += 1.0
-        A[:m, m] = C * D
-        A[m, :m] = 1.0
-        A[m, m] = 0.0
-        rhs = np.concatenate([-r, [-alpha.sum()]])
-        step = np.linalg.solve(A, rhs)
-        da, db = step[:m], float(step[m])
-        Kda = K @ da
-        # directional derivative of J along (da, db) in w-space: <K r, da> + C (1.g) db
-        slope = float(r @ Kda) + C * float(g.sum()) * db
-        decrement = -slope
-        if decrement <= tol * max(1.0, abs(J)):
+        r = alpha + C * g  # w-space gradient is X^T r
+        Kr = K @ r
+        grad2 = float(r @ Kr) + (C * float(g.sum())) ** 2
+        if np.sqrt(max(grad2, 0.0)) <= grad_tol * grad_scale:
             break
+        slope = 0.0
+        if m >= _SINGLE_MIN_ROWS:  # float32 factorisation first, float64 if it is not good
+            try:
+                da, db = _newton_step(K, alpha, r, Kr, g, D, C, single=True)
+                # directional derivative of J along (da, db) in w-space: <K r, da> + C (1.g) db
+                slope = float(Kr @ da) + C * float(g.sum()) * db
+            except np.linalg.LinAlgError:
+                pass
+        if not slope < 0:
+            da, db = _newton_step(K, alpha, r, Kr, g, D, C)
+            slope = float(Kr @ da) + C * float(g.sum()) * db
+        Kda = K @ da
+        converged = -slope <= tol * max(1.0, abs(J))
         t = 1.0
         while True:
             alpha_t = alpha + t * da
@@ -182,6 +237,8 @@ def fit_logistic_gram(
         if J_t > J:  # no progress possible in floating point: we are at the optimum
             break
         alpha, Ka, b, J = alpha_t, Ka_t, b_t, J_t
+        if converged:  # the (tiny) final Newton step is taken; nothing left to gain
+            break
     return alpha, b
 
 
