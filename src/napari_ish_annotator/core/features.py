@@ -1,0 +1,319 @@
+"""Fixed-backbone feature extraction (the paper's "transfer learning" step), fast and cached.
+
+Speed comes from running only the truncated trunk a layer needs, batching, channels-last
+memory, reduced precision where it is safe (see ``benchmarks/bench_extraction.py`` and
+``docs/benchmarks.md``), and decoding the next batch's images in a small thread pool while
+the current batch is computed. Features are returned as float32 but always rounded through
+float16, the cache's storage type, so a cached run returns exactly what a fresh run returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .backbones import LoadedBackbone, load_backbone, resolve_device
+from .cache import FeatureCache
+from .errors import InputError
+from .progress import CancelToken, Progress, ProgressCallback, ProgressGen, drive
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RESIZE_METHOD = "bilinear-antialias"  # part of the cache signature
+
+# "auto" on a CPU with native bf16 (AVX512-BF16 / AMX): benchmarks/bench_extraction.py shows
+# the ensemble's predictions unchanged and ~2-3x the speed; see docs/benchmarks.md.
+CPU_AUTO_BF16 = True
+
+
+@dataclass
+class ExtractorConfig:
+    """Everything that decides which features an image gets (plus device/batching)."""
+
+    backbone: str = "vgg16"
+    weights: str = "imagenet"
+    layer: str | None = None  # None -> the backbone's default layer ("21" for VGG16)
+    input_size: int = 224
+    keep_aspect: bool = False
+    device: str = "auto"
+    precision: str = "auto"  # "auto" | "fp32" | "bf16" | "fp16"
+    batch_size: int = 8
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True if this CPU computes bf16 convolutions natively (AVX512-BF16 or AMX)."""
+    import torch
+
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, "_is_avx512_bf16_supported", None),
+              getattr(cpu, "_is_amx_tile_supported", None)]
+    try:
+        native = any(bool(f()) for f in checks if f is not None)
+        return native and bool(torch.backends.mkldnn.is_available())
+    except Exception:  # noqa: BLE001 - private probes; absent means "not known to be fast"
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> fp16 on CUDA, bf16 on CPUs with native bf16 (if :data:`CPU_AUTO_BF16`), else fp32."""
+    text = (precision or "auto").lower()
+    if text not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+    if text == "auto":
+        if device.type == "cuda":
+            return "fp16"
+        if device.type == "cpu" and CPU_AUTO_BF16 and cpu_has_native_bf16():
+            return "bf16"
+        return "fp32"
+    if device.type == "cpu" and text == "fp16":
+        raise InputError("precision fp16 is for GPUs; on the CPU use bf16 (if the CPU supports "
+                         "it) or fp32")
+    if device.type == "cpu" and text == "bf16" and not cpu_has_native_bf16():
+        raise InputError("this CPU has no native bf16 support (AVX512-BF16/AMX), so bf16 would "
+                         "be slow; use --precision fp32 or auto")
+    return text
+
+
+def array_hash(arr: np.ndarray) -> str:
+    """Content hash of an in-memory image (shape, dtype and bytes)."""
+    a = np.ascontiguousarray(arr)
+    h = hashlib.sha256(f"ndarray:{a.shape}:{a.dtype.str}:".encode())
+    h.update(a.data)
+    return h.hexdigest()
+
+
+def _image_key(image: Any) -> str:
+    if isinstance(image, np.ndarray):
+        return array_hash(image)
+    from .images import content_hash
+
+    return content_hash(image)
+
+
+def _as_rgb(image: Any) -> np.ndarray:
+    if isinstance(image, np.ndarray):
+        if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+            return image
+        from .images import array_to_rgb
+
+        return array_to_rgb(image)
+    from .images import read_rgb
+
+    return read_rgb(image)
+
+
+def border_colour(rgb: np.ndarray) -> tuple[int, int, int]:
+    """Median colour of the image's outermost pixels (the slide background around the embryo)."""
+    edges = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]], axis=0)
+    return tuple(int(v) for v in np.median(edges, axis=0).round())  # type: ignore[return-value]
+
+
+class FeatureExtractor:
+    """Features of one backbone layer for images (paths or HxWx3 uint8 arrays)."""
+
+    def __init__(self, config: ExtractorConfig, cache_dir: str | Path | None = None,
+                 loaded: LoadedBackbone | None = None):
+        self.config = config
+        if loaded is None:
+            loaded = load_backbone(config.backbone, config.weights, seed=config.seed)
+        elif loaded.spec.name != config.backbone:
+            raise InputError(f"the loaded backbone is {loaded.spec.name}, the settings ask for "
+                             f"{config.backbone}")
+        self.loaded = loaded
+        self.spec = loaded.spec
+        self.layer = self.spec.layer(config.layer).name
+        self.layer_index = self.spec.layers[self.layer].index
+        size = int(config.input_size)
+        if size < 32:
+            raise InputError(f"input size {size} is too small; use at least 32 (224 is standard)")
+        self.input_size = size
+        if int(config.batch_size) < 1:
+            raise InputError(f"batch size must be at least 1, got {config.batch_size}")
+        self.batch_size = int(config.batch_size)
+        self.device = resolve_device(config.device)
+        self.precision = resolve_precision(config.precision, self.device)
+        self.weights_id = loaded.weights_id
+        self.mean = tuple(float(v) for v in loaded.mean)
+        self.std = tuple(float(v) for v in loaded.std)
+        self.pixel_scale = float(loaded.pixel_scale)
+        loaded.truncated(self.layer)  # fail now if the weights do not cover the layer
+        self.shape = loaded.output_shape(self.layer, size)
+        self.dim = int(np.prod(self.shape))
+        self.cache = FeatureCache(cache_dir, self.signature()) if cache_dir is not None else None
+        self._module: torch.nn.Module | None = None
+        self._grad_module: torch.nn.Module | None = None
+        self._channels_last: bool | None = None
+
+    # ------------------------------------------------------------------ identity
+    def signature(self) -> dict:
+        """Everything the features depend on except the image content."""
+        from .. import __version__
+
+        return {
+            "backbone": self.spec.name,
+            "weights_id": self.weights_id,
+            "layer": self.layer,
+            "layer_index": self.layer_index,
+            "input_size": self.input_size,
+            "keep_aspect": bool(self.config.keep_aspect),
+            "normalisation": {"mean": list(self.mean), "std": list(self.std),
+                              "pixel_scale": self.pixel_scale},
+            "resize": RESIZE_METHOD,
+            "precision": self.precision,
+            "shape": list(self.shape),
+            "package_version": __version__,
+        }
+
+    # ------------------------------------------------------------------ modules
+    @property
+    def dtype(self) -> torch.dtype:
+        import torch
+
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
+            self.precision]
+
+    @property
+    def channels_last(self) -> bool:
+        """Channels-last pays off with reduced precision and on GPUs (see the benchmark)."""
+        if self._channels_last is not None:
+            return self._channels_last
+        return self.precision != "fp32" or self.device.type != "cpu"
+
+    @channels_last.setter
+    def channels_last(self, value: bool | None) -> None:
+        self._channels_last = value
+        self._module = None
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The inference network: a private copy of the truncated trunk in the run's precision."""
+        if self._module is None:
+            import copy
+
+            import torch
+
+            m = copy.deepcopy(self.loaded.truncated(self.layer)).eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+            m = m.to(device=self.device, dtype=self.dtype)
+            if self.channels_last:
+                m = m.to(memory_format=torch.channels_last)
+            self._module = m
+        return self._module
+
+    # ------------------------------------------------------------------ compute
+    def preprocess(self, rgb: np.ndarray) -> torch.Tensor:
+        """HxWx3 uint8 -> ``(3, S, S)`` float32, normalised; the whole embryo, no centre crop."""
+        import torch
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+
+        rgb = np.ascontiguousarray(_as_rgb(rgb))
+        if not rgb.flags.writeable:  # torch.from_numpy warns on read-only buffers
+            rgb = rgb.copy()
+        t = torch.from_numpy(rgb).permute(2, 0, 1)
+        if self.config.keep_aspect and t.shape[1] != t.shape[2]:
+            h, w = int(t.shape[1]), int(t.shape[2])
+            side = max(h, w)
+            top, left = (side - h) // 2, (side - w) // 2
+            t = TF.pad(t, [left, top, side - w - left, side - h - top],
+                       fill=list(border_colour(rgb)))
+        S = self.input_size
+        if tuple(t.shape[1:]) != (S, S):
+            t = TF.resize(t, [S, S], interpolation=InterpolationMode.BILINEAR, antialias=True)
+        x = t.to(torch.float32) * (self.pixel_scale / 255.0)
+        return TF.normalize(x, list(self.mean), list(self.std))
+
+    def activation(self, batch: torch.Tensor, grad: bool = False) -> torch.Tensor:
+        """``(B, C, H, W)`` float32 at the layer for a preprocessed batch.
+
+        ``grad=True`` runs the fp32 trunk that shares parameters with ``loaded.module`` with
+        autograd on (for Grad-CAM by backprop or fine-tuning); call it outside inference mode.
+        """
+        import torch
+
+        if batch.ndim == 3:
+            batch = batch[None]
+        if grad:
+            if self._grad_module is None:
+                self._grad_module = self.loaded.truncated(self.layer).to(self.device)
+            with torch.enable_grad():
+                return self._grad_module(batch.to(self.device, torch.float32))
+        m = self.module
+        with torch.inference_mode():
+            x = batch.to(self.device, self.dtype)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = m(x)
+            return y.to(torch.float32).contiguous()
+
+    def _load_batch(self, items: Sequence[Any]) -> torch.Tensor:
+        import torch
+
+        return torch.stack([self.preprocess(_as_rgb(im)) for im in items])
+
+    def iter_extract(self, images: Sequence[Path | str | np.ndarray]) -> ProgressGen[np.ndarray]:
+        """``(n, C*H*W)`` float32 features, reading hits from the cache; one step per batch."""
+        images = list(images)
+        n = len(images)
+        out = np.empty((n, self.dim), dtype=np.float32)
+        if n == 0:
+            return out
+        # group identical images (by content when cached) so each is computed once
+        if self.cache is not None:
+            keys = [_image_key(im) for im in images]
+        else:
+            keys = [str(i) for i in range(n)]
+        rows: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            rows.setdefault(k, []).append(i)
+        todo: list[str] = []
+        done = 0
+        for k, idx in rows.items():
+            hit = self.cache.get(k) if self.cache is not None else None
+            if hit is not None:
+                out[idx] = hit.reshape(1, -1)
+                done += len(idx)
+            else:
+                todo.append(k)
+        yield Progress(done, n, f"{done} of {n} from the cache" if done else "starting")
+        batches = [todo[s:s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ish-decode")
+        try:
+            pending = [pool.submit(self._load_batch, [images[rows[k][0]] for k in b])
+                       for b in batches[:2]]
+            for j, batch_keys in enumerate(batches):
+                x = pending.pop(0).result()
+                if j + 2 < len(batches):  # keep two batches decoding ahead
+                    nxt = batches[j + 2]
+                    pending.append(pool.submit(self._load_batch, [images[rows[k][0]] for k in nxt]))
+                feats = self.activation(x).cpu().numpy().reshape(len(batch_keys), *self.shape)
+                feats16 = feats.astype(np.float16)
+                for k, f16 in zip(batch_keys, feats16, strict=True):
+                    stored = self.cache.put(k, f16) if self.cache is not None else False
+                    idx = rows[k]
+                    out[idx] = (f16 if stored or np.isfinite(f16).all() else
+                                feats[batch_keys.index(k)]).reshape(1, -1)
+                    done += len(idx)
+                yield Progress(done, n, f"extracted {done}/{n} (layer {self.layer})")
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return out
+
+    def extract(self, images: Sequence[Path | str | np.ndarray],
+                progress: ProgressCallback | Callable[[int, int, str], None] | None = None,
+                cancel: CancelToken | None = None) -> np.ndarray:
+        """Blocking form of :meth:`iter_extract` (``cancel`` stops at a batch boundary)."""
+        return drive(self.iter_extract(images), progress, cancel)

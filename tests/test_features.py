@@ -1,0 +1,201 @@
+"""FeatureExtractor: preprocessing, activations, batching, precision, progress and cancel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from napari_ish_annotator.core import features as features_mod
+from napari_ish_annotator.core.backbones import load_backbone
+from napari_ish_annotator.core.errors import InputError
+from napari_ish_annotator.core.features import (
+    ExtractorConfig,
+    FeatureExtractor,
+    border_colour,
+    cpu_has_native_bf16,
+    resolve_precision,
+)
+from napari_ish_annotator.core.progress import Cancelled, CancelToken
+
+S = 64  # small input: the point of these tests is not the 224 px shape
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load_backbone("vgg16", "random", seed=0)
+
+
+def make(loaded, cache_dir=None, **kw) -> FeatureExtractor:
+    cfg = dict(weights="random", input_size=S, device="cpu", precision="fp32", batch_size=3)
+    cfg.update(kw)
+    return FeatureExtractor(ExtractorConfig(**cfg), cache_dir=cache_dir, loaded=loaded)
+
+
+def embryos(n: int, seed: int = 0, size=(40, 80)) -> list[np.ndarray]:
+    """Pale ellipses with a dark stain blob at a random place, on a light background."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    out = []
+    for _ in range(n):
+        img = np.full((h, w, 3), (215, 210, 200), np.uint8)
+        body = ((yy - h / 2) / (h * 0.4)) ** 2 + ((xx - w / 2) / (w * 0.45)) ** 2 < 1
+        img[body] = (185, 175, 160)
+        cy, cx = rng.integers(h // 4, 3 * h // 4), rng.integers(w // 4, 3 * w // 4)
+        stain = body & (((yy - cy) / 5.0) ** 2 + ((xx - cx) / 9.0) ** 2 < 1)
+        img[stain] = (70, 50, 120)
+        out.append(img)
+    return out
+
+
+def test_preprocess_shape_normalisation_and_whole_image(loaded):
+    fx = make(loaded)
+    x = fx.preprocess(np.full((30, 90, 3), 128, np.uint8))
+    assert x.shape == (3, S, S) and x.dtype == torch.float32
+    expected = [(128 / 255 - m) / s for m, s in zip(fx.mean, fx.std, strict=True)]
+    assert torch.allclose(x.mean(dim=(1, 2)), torch.tensor(expected), atol=1e-3)
+    # no centre crop: a stripe at the far left of a wide image survives the resize
+    img = np.full((30, 90, 3), 200, np.uint8)
+    img[:, :3] = 0
+    x = fx.preprocess(img)
+    dark = (0 - fx.mean[0]) / fx.std[0]
+    assert float(x[0, :, 0].mean()) < dark / 2
+    # gray and RGBA arrays are accepted like files would be
+    assert fx.preprocess(np.full((20, 20), 128, np.uint8)).shape == (3, S, S)
+
+
+def test_keep_aspect_pads_with_the_border_colour(loaded):
+    img = np.full((32, 64, 3), (210, 200, 190), np.uint8)
+    img[12:20, 20:44] = (60, 40, 110)
+    assert border_colour(img) == (210, 200, 190)
+    plain = make(loaded).preprocess(img)
+    padded = make(loaded, keep_aspect=True).preprocess(img)
+    bg = torch.tensor([(v / 255 - m) / s for v, m, s in zip((210, 200, 190), loaded.mean,
+                                                            loaded.std, strict=True)])
+    # padded: the top and bottom quarters are pure background
+    top = padded[:, : S // 4 - 1, :].reshape(3, -1)
+    assert torch.allclose(top, bg[:, None].expand_as(top), atol=1e-3)
+    # the stain keeps its 3:1 aspect when padded and is stretched vertically when not
+    def stain_rows(x):
+        return int((x[2] - x[0] > 0).any(dim=1).sum())  # blue above red marks the stain
+    assert stain_rows(plain) == pytest.approx(2 * stain_rows(padded), abs=2)
+
+
+def test_activation_shapes_for_each_layer(loaded):
+    batch = torch.randn(2, 3, S, S)
+    for layer, shape in {"17": (256, 8, 8), "21": (512, 8, 8), "24": (512, 4, 4),
+                         "30": (512, 4, 4)}.items():
+        fx = make(loaded, layer=layer)
+        assert fx.shape == shape and fx.dim == int(np.prod(shape))
+        assert tuple(fx.activation(batch).shape) == (2, *shape)
+    assert make(loaded).layer == "21"  # default layer
+
+
+def test_only_the_truncated_network_runs_and_original_is_untouched(loaded):
+    fx = make(loaded, layer="17", precision="bf16") if cpu_has_native_bf16() else \
+        make(loaded, layer="17")
+    assert len(fx.module) == 17
+    fx.extract(embryos(1))
+    # the private copy changed dtype / memory format; the shared trunk did not
+    assert loaded.module[0].weight.dtype == torch.float32
+    assert loaded.module[0].weight.is_contiguous()
+
+
+def test_batched_equals_unbatched(loaded):
+    imgs = embryos(5)
+    one = make(loaded, batch_size=1).extract(imgs)
+    many = make(loaded, batch_size=3).extract(imgs)
+    assert one.shape == (5, 512 * 8 * 8) and one.dtype == np.float32
+    # equal up to one float16 step (features are rounded through float16, the cache's dtype)
+    np.testing.assert_allclose(many, one, rtol=2e-3, atol=1e-3 * float(np.abs(one).max()))
+    assert not np.allclose(one[0], one[1])  # different images, different features
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16")
+def test_bf16_close_to_fp32(loaded):
+    imgs = embryos(3)
+    f32 = make(loaded).extract(imgs)
+    fx16 = make(loaded, precision="bf16")
+    assert fx16.channels_last and fx16.module[0].weight.dtype == torch.bfloat16
+    b16 = fx16.extract(imgs)
+    assert np.linalg.norm(b16 - f32) / np.linalg.norm(f32) < 3e-2
+
+
+def test_precision_resolution():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision("auto", cuda) == "fp16"
+    assert resolve_precision("bf16", cuda) == "bf16"
+    expected = "bf16" if (features_mod.CPU_AUTO_BF16 and cpu_has_native_bf16()) else "fp32"
+    assert resolve_precision("auto", cpu) == expected
+    assert resolve_precision("fp32", cpu) == "fp32"
+    with pytest.raises(InputError, match="fp16 is for GPUs"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(InputError, match="unknown precision"):
+        resolve_precision("int8", cpu)
+
+
+def test_bad_settings_are_input_errors(loaded):
+    with pytest.raises(InputError, match="layer '5'"):
+        make(loaded, layer="5")
+    with pytest.raises(InputError, match="batch size"):
+        make(loaded, batch_size=0)
+    with pytest.raises(InputError, match="input size"):
+        make(loaded, input_size=8)
+    with pytest.raises(InputError, match="loaded backbone is vgg16"):
+        make(loaded, backbone="resnet50")
+
+
+def test_paths_and_arrays_give_the_same_features(loaded, tmp_path):
+    imgs = embryos(2)
+    paths = []
+    for i, im in enumerate(imgs):
+        p = tmp_path / f"e{i}.png"
+        Image.fromarray(im).save(p)
+        paths.append(p)
+    fx = make(loaded)
+    np.testing.assert_array_equal(fx.extract(paths), fx.extract(imgs))
+    with pytest.raises(InputError):
+        fx.extract([tmp_path / "missing.png"])
+
+
+def test_activation_with_grad_shares_the_trunk(loaded):
+    fx = make(loaded)
+    x = torch.randn(1, 3, 32, 32, requires_grad=True)
+    y = fx.activation(x, grad=True)
+    assert y.requires_grad and y.shape == (1, 512, 4, 4)
+    y.sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    conv = loaded.module[19]
+    assert conv.weight.grad is not None  # gradients reach the shared parameters
+    loaded.module.zero_grad(set_to_none=True)
+    # the inference path gives the same activation (up to float rounding)
+    np.testing.assert_allclose(fx.activation(x.detach()).numpy(), y.detach().numpy(),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_progress_per_batch_and_cancel_at_batch_boundary(loaded, tmp_path):
+    imgs = embryos(7)
+    steps = []
+    make(loaded).extract(imgs, progress=lambda d, t, m: steps.append((d, t)))
+    assert steps == [(0, 7), (3, 7), (6, 7), (7, 7)]
+
+    fx = make(loaded, cache_dir=tmp_path)
+    calls = []
+    fx.module.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    token = CancelToken()
+
+    def on_progress(done, total, message):
+        if done >= 3:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        fx.extract(imgs, progress=on_progress, cancel=token)
+    assert calls == [3]  # stopped after the first batch, before the second was computed
+    assert len(fx.cache) == 3  # the finished batch is kept ...
+    assert not list(fx.cache.folder.glob("*.tmp-*"))  # ... and nothing is half-written
+    # a rerun computes only what is missing
+    calls.clear()
+    fx.extract(imgs)
+    assert calls == [3, 1]
