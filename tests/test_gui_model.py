@@ -140,6 +140,19 @@ def test_cancel_stops_extraction(make_napari_viewer, qtbot, tmp_path):
     assert max(s[0] for s in steps) < 8
     assert annotate.extract_button.isEnabled()
 
+    # an error in the worker (no ImageNet weights offline) is a message, not a crash
+    from napari.utils.notifications import notification_manager
+
+    before = len(notification_manager.records)
+    annotate.set_settings(weights="imagenet")
+    annotate.extract()
+    qtbot.waitUntil(lambda: not annotate.runner.running, timeout=WAIT_MS)
+    if session.features is None:  # a machine with the weights in its cache just extracts
+        assert annotate.runner.last_outcome == "error"
+        assert "imagenet" in annotate.runner.last_error
+        assert any("imagenet" in str(n.message) for n in notification_manager.records[before:])
+        assert annotate.runner.status.text() == annotate.runner.last_error
+
 
 def test_train_refuses_terms_without_both_labels(make_napari_viewer, tmp_path):
     from napari_ish_annotator.widgets._session import get_session

@@ -12,3 +12,24 @@ import sys as _sys
 
 if "triton" not in _sys.modules and _os.environ.get("ISH_ANNOTATOR_ALLOW_TRITON") != "1":
     _sys.modules["triton"] = None  # makes `import triton` raise ImportError
+
+PLUGIN = "napari-ish-annotator"
+DOCK_NAMES = ("Embryos", "Annotate", "Explain", "Train")
+
+
+def open_docks(viewer, names=DOCK_NAMES) -> dict:
+    """Open the plugin's dock widgets (Explain and Train as tabs) and return them by name."""
+    out = {}
+    for name in names:
+        _, widget = viewer.window.add_plugin_dock_widget(
+            PLUGIN, name, tabify=name in ("Explain", "Train"))
+        out[name] = widget
+    return out
+
+
+def open_demo(viewer, weights: str = "imagenet") -> dict:
+    """The `ish-annotator demo` window: synthetic sample embryos and all four panels."""
+    viewer.open_sample(PLUGIN, "synthetic")
+    widgets = open_docks(viewer)
+    widgets["Annotate"].set_settings(weights=weights)
+    return widgets

@@ -6,6 +6,7 @@ same generators on the calling thread, which makes debugging with breakpoints ea
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import traceback
@@ -125,7 +126,10 @@ class TaskRunner(QWidget):
             return self._run_sync(func, args, on_done, done_message)
         from napari.qt.threading import create_worker
 
-        worker = create_worker(func, *args, _start_thread=False)
+        worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True)
+        # napari relays worker errors as tracebacks; we show InputError's message instead
+        with contextlib.suppress(AttributeError, TypeError, RuntimeError):
+            worker.errored.disconnect(worker._relay_error)
         self.worker = worker
         state: dict[str, Any] = {"outcome": "done"}
 

@@ -92,8 +92,10 @@ class TrainWidget(QWidget):
         # to `self.finetune_box`; this panel only reserves the place.
         # ---------------------------------------------------------------------------
         self.finetune_box = QGroupBox("Fine-tune backbone (multi-task)")
-        QVBoxLayout(self.finetune_box).addWidget(QLabel("coming with issue 4"))
-        self.finetune_box.setVisible(False)
+        from .finetune_section import FinetuneSection
+
+        self.finetune = FinetuneSection(self.session)
+        QVBoxLayout(self.finetune_box).addWidget(self.finetune)
         layout.addWidget(self.finetune_box)
 
         s.labels_changed.connect(self._refresh)

@@ -1,0 +1,319 @@
+"""Fine-tune section of the Train panel (issue 4): multi-task fine-tuning from the user's labels.
+
+Trains the backbone + multi-task head on the images labelled in the label store (unknown
+labels masked), in a worker with a live plot of training loss and validation AUC per epoch and
+an estimate of the time left. When it finishes, the session switches to the fine-tuned
+backbone: features are re-extracted, the per-term classifiers refitted and the images
+re-predicted. One button switches back to the previous model (and forth again).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.errors import InputError
+from ._worker import TaskRunner, report_error
+
+FROZEN_CHOICES = [
+    ("17", "up to pool3 (layer 17) - practical on CPU"),
+    ("24", "up to pool4 (layer 24) - fastest, layer-21 features stay fixed"),
+    ("none", "nothing - train the whole trunk (GPU)"),
+    ("all", "whole trunk - train only the head"),
+]
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, s = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {s:02d} s"
+    hours, m = divmod(minutes, 60)
+    return f"{hours} h {m:02d} min"
+
+
+class _Runner(TaskRunner):
+    """A TaskRunner that also hands every progress step to the section (plot, ETA)."""
+
+    def __init__(self, on_step: Any) -> None:
+        super().__init__()
+        self._on_step = on_step
+
+    def _progress(self, step: Any) -> None:
+        super()._progress(step)
+        self._on_step(step)
+
+
+class FinetuneSection(QWidget):
+    """Epochs, learning rate, frozen depth, device, Start/Stop, live plot, model switch."""
+
+    def __init__(self, session: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.session = session
+        self.history: list[dict] = []
+        self.checkpoint: Path | None = None
+        self.other_model: dict | None = None  # the state "Switch model" goes back to
+        self._t0 = 0.0
+        self._first_batch_done = 0
+
+        self.epochs_spin = QSpinBox()
+        self.epochs_spin.setRange(1, 500)
+        self.epochs_spin.setValue(5)
+        self.lr_spin = QDoubleSpinBox()
+        self.lr_spin.setDecimals(5)
+        self.lr_spin.setRange(1e-5, 1.0)
+        self.lr_spin.setSingleStep(1e-4)
+        self.lr_spin.setValue(1e-3)
+        self.lr_spin.setToolTip("head learning rate; trainable backbone layers use a tenth of it")
+        self.batch_spin = QSpinBox()
+        self.batch_spin.setRange(1, 256)
+        self.batch_spin.setValue(16)
+        self.frozen_combo = QComboBox()
+        for key, text in FROZEN_CHOICES:
+            self.frozen_combo.addItem(text, key)
+        self.frozen_combo.setToolTip("layers before this stay at their pretrained weights")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
+        self.augment_check = QCheckBox("augment (rotation, scale, brightness/contrast, stain hue)")
+        self.augment_check.setChecked(True)
+        self.augment_check.setToolTip("off: on CPU the frozen layers are computed once and each "
+                                      "epoch only runs the trainable part (much faster)")
+        form = QFormLayout()
+        form.addRow("Epochs", self.epochs_spin)
+        form.addRow("Learning rate", self.lr_spin)
+        form.addRow("Batch size", self.batch_spin)
+        form.addRow("Frozen", self.frozen_combo)
+        form.addRow("Device", self.device_combo)
+
+        self.start_button = QPushButton("Start fine-tuning")
+        self.start_button.clicked.connect(self.start)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop)
+        self.switch_button = QPushButton("Switch to previous model")
+        self.switch_button.setEnabled(False)
+        self.switch_button.clicked.connect(self.switch_model)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.start_button)
+        buttons.addWidget(self.stop_button)
+        buttons.addWidget(self.switch_button)
+
+        self.runner = _Runner(self._on_step)
+        self.runner.cancel_button.setVisible(False)  # Stop is the cancel button here
+        self.runner.started.connect(lambda: self._busy(True))
+        self.runner.finished.connect(lambda *_: self._busy(False))
+        self.eta_label = QLabel("")
+        self.summary = QLabel("Trains on the images you labelled; unknown labels are ignored.")
+        self.summary.setWordWrap(True)
+
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(3.2, 1.8), tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(140)
+        self.ax_loss = self.figure.add_subplot(111)
+        self.ax_auc = self.ax_loss.twinx()
+        self.loss_line, = self.ax_loss.plot([], [], "o-", color="tab:blue", label="train loss")
+        self.auc_line, = self.ax_auc.plot([], [], "s-", color="tab:orange", label="val AUC")
+        self.ax_loss.set_xlabel("epoch")
+        self.ax_loss.set_ylabel("loss", color="tab:blue")
+        self.ax_auc.set_ylabel("val AUC", color="tab:orange")
+        self.ax_auc.set_ylim(0.0, 1.0)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(form)
+        layout.addWidget(self.augment_check)
+        layout.addLayout(buttons)
+        layout.addWidget(self.runner)
+        layout.addWidget(self.eta_label)
+        layout.addWidget(self.canvas)
+        layout.addWidget(self.summary)
+
+    # ------------------------------------------------------------------ config
+    def config(self) -> Any:
+        from ..core.finetune import FinetuneConfig
+
+        st = self.session.settings
+        return FinetuneConfig(
+            backbone=st.backbone, weights=st.weights, input_size=int(st.input_size),
+            epochs=int(self.epochs_spin.value()), batch_size=int(self.batch_spin.value()),
+            lr=float(self.lr_spin.value()), frozen=str(self.frozen_combo.currentData()),
+            augment=self.augment_check.isChecked(), device=self.device_combo.currentText(),
+            seed=int(st.seed))
+
+    def _output_path(self) -> Path:
+        from ..core.cache import default_cache_dir
+
+        root = self.session.cache_dir if self.session.cache_dir is not None else default_cache_dir()
+        folder = Path(root) / "finetuned"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}.pt"
+
+    # ------------------------------------------------------------------ run
+    def start(self) -> Any:
+        """Fine-tune on the labelled images in a worker, then switch to the new backbone."""
+        s = self.session
+        try:
+            if not s.paths:
+                raise InputError("no images are open; open a folder or manifest first")
+            s.check_trainable()  # the refit after fine-tuning needs every term labelled both ways
+            Y = s.label_matrix()
+            rows = np.flatnonzero((Y >= 0).any(axis=1))
+            if len(rows) < 2:
+                raise InputError("fine-tuning needs at least two labelled images; label more")
+            config = self.config()
+            out = self._output_path()
+        except InputError as exc:
+            self.summary.setText(str(exc))
+            report_error(exc)
+            return None
+        images = [s.paths[i] for i in rows]
+        groups = s.groups()[rows]
+        self.history = []
+        self._redraw()
+        self.checkpoint = out
+        self._t0 = time.perf_counter()
+        self._first_batch_done = 0
+        self.summary.setText(f"fine-tuning on {len(rows)} labelled images…")
+        return self.runner.start(self._iter_run, images, Y[rows], list(s.vocabulary), groups,
+                                 config, out, on_done=self._finished, message="loading images…",
+                                 done_message="fine-tuned; using the new backbone")
+
+    def _iter_run(self, images, Y, vocabulary, groups, config, out) -> Generator:
+        """Fine-tune, then re-extract / refit / re-predict with the fine-tuned weights."""
+        from ..core.finetune import iter_finetune
+
+        result = yield from iter_finetune(images, Y, vocabulary, config, out, groups=groups)
+        s = self.session
+        st = s.settings
+        saved = (st.weights, st.input_size)
+        done = False
+        try:
+            st.weights, st.input_size = str(out), int(config.input_size)
+            trained = yield from s.iter_train(True)
+            done = True
+        finally:
+            if not done:  # cancelled or failed during the refit: keep the old model
+                st.weights, st.input_size = saved
+        return {"finetune": result, "trained": trained, "previous_settings": saved}
+
+    def stop(self) -> None:
+        """Stop at the next batch; the last complete epoch's checkpoint stays usable."""
+        self.runner.cancel()
+
+    def _busy(self, busy: bool) -> None:
+        self.start_button.setEnabled(not busy)
+        self.stop_button.setEnabled(busy)
+        self.switch_button.setEnabled(not busy and self.other_model is not None)
+        if not busy and self.runner.last_outcome == "cancelled" and self.checkpoint is not None \
+                and self.checkpoint.exists():
+            self.summary.setText(f"stopped; the last complete epoch is saved in {self.checkpoint} "
+                                 "(usable as weights file)")
+        if not busy:
+            self.eta_label.setText("")
+
+    def _on_step(self, step: Any) -> None:
+        kind = getattr(step, "kind", None)
+        if kind == "batch":
+            done, total = int(step.done), int(step.total)
+            if not self._first_batch_done:
+                self._first_batch_done = done
+                self._t0 = time.perf_counter()
+            elif done > self._first_batch_done:
+                rate = (time.perf_counter() - self._t0) / (done - self._first_batch_done)
+                self.eta_label.setText(
+                    f"epoch {step.epoch} · batch {step.batch} · loss {step.loss:.3f} · "
+                    f"about {_format_seconds(rate * (total - done))} left")
+        elif kind == "epoch" and step.record is not None:
+            self.history.append(dict(step.record))
+            self._redraw()
+
+    def _redraw(self) -> None:
+        epochs = [h["epoch"] for h in self.history]
+        self.loss_line.set_data(epochs, [h["train_loss"] for h in self.history])
+        auc = [(e, h["val_auc"]) for e, h in zip(epochs, self.history, strict=True)
+               if h.get("val_auc") is not None]
+        self.auc_line.set_data([a[0] for a in auc], [a[1] for a in auc])
+        self.ax_loss.relim()
+        self.ax_loss.autoscale_view()
+        if epochs:
+            self.ax_loss.set_xlim(0.5, max(epochs) + 0.5)
+        self.canvas.draw_idle()
+
+    # ------------------------------------------------------------------ model switching
+    def _snapshot(self) -> dict:
+        s = self.session
+        return {"bundle": s.bundle, "probabilities": s.probabilities, "features": s.features,
+                "features_signature": s.features_signature, "train_report": s.train_report,
+                "weights": s.settings.weights, "input_size": s.settings.input_size}
+
+    def _restore(self, snap: dict) -> None:
+        s = self.session
+        s.settings.weights, s.settings.input_size = snap["weights"], snap["input_size"]
+        s.train_report = snap["train_report"]
+        if snap["features"] is not None:
+            s.set_features((snap["features"], snap["features_signature"]))
+        else:
+            s.features, s.features_signature = None, None
+            s.features_changed.emit()
+        if snap["bundle"] is not None:
+            s.set_bundle(snap["bundle"])
+            if snap["probabilities"] is not None:
+                s.set_predictions(snap["probabilities"])
+        else:
+            s.bundle, s.probabilities = None, None
+            s.model_changed.emit()
+            s.predictions_changed.emit()
+        s.settings_changed.emit()
+        s.train_report_changed.emit()
+
+    def _finished(self, result: dict) -> None:
+        previous = self._snapshot()
+        previous["weights"], previous["input_size"] = result["previous_settings"]
+        self.session.set_trained(result["trained"])
+        self.session.settings_changed.emit()
+        self.other_model = previous
+        self.switch_button.setText("Switch to previous model")
+        ft = result["finetune"]
+        auc = ft.best_score if ft.selection == "val_auc" else None
+        self.summary.setText(
+            f"fine-tuned {len(ft.history)} epochs{' (stopped early)' if ft.stopped_early else ''}"
+            f"; best epoch {ft.best_epoch}"
+            + (f", validation AUC {auc:.2f}" if auc is not None else "")
+            + f". Now using {ft.checkpoint.name}; features, classifiers and predictions updated.")
+
+    def switch_model(self) -> None:
+        """Swap between the fine-tuned model and the one before it."""
+        if self.other_model is None or self.runner.running:
+            return
+        current = self._snapshot()
+        try:
+            self._restore(self.other_model)
+        except InputError as exc:
+            report_error(exc)
+            return
+        self.other_model = current
+        fine_tuned_now = self.checkpoint is not None and \
+            str(self.session.settings.weights) == str(self.checkpoint)
+        self.switch_button.setText("Switch to previous model" if fine_tuned_now
+                                   else "Switch to fine-tuned model")
