@@ -487,6 +487,16 @@ def iter_finetune(
     if resume and out.exists():
         state = load_checkpoint(out)
         _check_resumable(state, config, vocabulary, fingerprint, out)
+        if state.get("stopped_early") or int(state.get("epoch", 0)) >= config.epochs:
+            m = state.get("metrics", {})  # nothing left to do: report the stored run
+            return FinetuneResult(
+                checkpoint=out, history=list(state.get("history", [])),
+                best_epoch=int(m.get("best_epoch", state.get("epoch", 0))),
+                best_score=m.get("best_score"), selection=m.get("selection", "val_auc"),
+                stopped_early=bool(state.get("stopped_early")),
+                metrics={"n_train": int(state.get("split", {}).get("n_train", 0)),
+                         "n_val": int(state.get("split", {}).get("n_val", 0)),
+                         "cache_frozen": bool(state.get("cache_frozen", False))})
 
     if loaded is None:
         # when resuming, the checkpoint provides every weight; no need to fetch ImageNet weights
