@@ -126,6 +126,39 @@ def cmd_evaluate_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _make_gradcam_with_checkpoint(original: Callable[[argparse.Namespace], int]):
+    def cmd_gradcam(args: argparse.Namespace) -> int:
+        if not Path(args.model_dir).is_file():
+            return original(args)  # a model bundle folder: the logistic head's Grad-CAM
+        return cmd_gradcam_mtl(args)
+
+    return cmd_gradcam
+
+
+def cmd_gradcam_mtl(args: argparse.Namespace) -> int:
+    """Grad-CAM through a fine-tuned checkpoint's own term output (MODEL_DIR is a .pt file)."""
+    import numpy as np
+
+    from .cli import _say
+    from .core.finetune import gradcam_mtl, load_finetuned
+    from .core.gradcam import heat_to_rgb, overlay
+    from .core.images import read_rgb
+    from .core.io import write_npy_atomic, write_png_atomic
+
+    model = load_finetuned(args.model_dir, device="cpu" if args.device == "auto" else args.device)
+    if args.term not in model.vocabulary:
+        raise InputError(f"term {args.term!r} is not in the checkpoint's vocabulary: "
+                         f"{'; '.join(model.vocabulary)}", path=args.model_dir)
+    image = read_rgb(args.image)
+    heat = gradcam_mtl(model, image, [args.term])[0]
+    write_png_atomic(args.out, overlay(image, heat) if args.overlay else heat_to_rgb(heat))
+    if args.npy:
+        write_npy_atomic(args.npy, heat.astype(np.float32))
+    _say(args, f"wrote Grad-CAM of {args.term!r} through the fine-tuned head "
+               f"({heat.shape[0]}x{heat.shape[1]}) to {args.out}")
+    return EXIT_OK
+
+
 def register(sub, add_common, add_backbone, add_classifier) -> None:
     """Add ``finetune`` and ``evaluate --compare`` to the ``ish-annotator`` parser."""
     p = sub.add_parser("finetune", help="multi-task fine-tuning of the backbone (TL+MTL)",
@@ -174,4 +207,7 @@ def register(sub, add_common, add_backbone, add_classifier) -> None:
                               help="also evaluate TL+MTL with this fine-tuned checkpoint on the "
                                    "same folds and print both")
         evaluate.set_defaults(handler=_make_evaluate_with_compare(evaluate.get_default("handler")))
+    gradcam = sub.choices.get("gradcam")
+    if gradcam is not None:  # MODEL_DIR may also be a fine-tuning checkpoint file
+        gradcam.set_defaults(handler=_make_gradcam_with_checkpoint(gradcam.get_default("handler")))
 
