@@ -105,14 +105,15 @@ def test_validation_split_keeps_genes_apart():
 
 def test_loss_decreases_with_cached_frozen_part(tmp_path):
     images, Y = make_images(12)
-    cfg = small_config(epochs=4)
+    cfg = small_config(epochs=3)
     res = finetune(images, Y, VOCAB, cfg, tmp_path / "ft.pt")
     losses = [h["train_loss"] for h in res.history]
-    assert len(losses) == 4
+    assert len(losses) == 3
     assert losses[-1] < losses[0] * 0.95, losses
     assert res.metrics["cache_frozen"] is True  # CPU + no augmentation -> cached frozen trunk
 
 
+@pytest.mark.slow  # four short runs: ~15 s idle, up to 50 s on a busy 2-core machine
 def test_checkpoint_round_trip_and_resume_equals_uninterrupted(tmp_path):
     images, Y = make_images(12, seed=1)
     groups = [i // 2 for i in range(12)]
@@ -127,6 +128,11 @@ def test_checkpoint_round_trip_and_resume_equals_uninterrupted(tmp_path):
     resumed = finetune(images, Y, VOCAB, cfg2, tmp_path / "b.pt", groups=groups, resume=True)
     assert [h["epoch"] for h in resumed.history] == [1, 2]
     assert resumed.history[0] == ck1["history"][0]
+    # resuming a finished run changes nothing and reports the stored history
+    stamp = (tmp_path / "b.pt").stat().st_mtime_ns
+    again = finetune(images, Y, VOCAB, cfg2, tmp_path / "b.pt", groups=groups, resume=True)
+    assert again.history == resumed.history and again.best_epoch == resumed.best_epoch
+    assert (tmp_path / "b.pt").stat().st_mtime_ns == stamp
 
     a = torch.load(tmp_path / "a.pt", weights_only=True)
     b = load_checkpoint(tmp_path / "b.pt")
@@ -254,3 +260,137 @@ def test_checkpoint_errors(tmp_path):
     Path(tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(InputError, match="cannot read"):
         load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_cli_finetune_then_tl_mtl_train_predict_evaluate(tiny_dataset, tmp_path, capsys):
+    """TL+MTL end to end: finetune -> train/predict with --weights CKPT -> evaluate --compare."""
+    import csv
+    import json
+
+    from napari_ish_annotator.cli import main
+
+    ckpt = tmp_path / "ft.pt"
+    cache = tmp_path / "cache"
+    common = ["--device", "cpu", "--seed", "0", "-q"]
+    assert main(["finetune", str(tiny_dataset), "--out", str(ckpt), "--weights", "random",
+                 "--epochs", "1", "--batch-size", "8", "--input-size", "64", "--frozen", "17",
+                 "--hidden", "32", "--no-augment", "--val-fraction", "0.25", *common]) == 0
+    ck = load_checkpoint(ckpt)
+    assert ck["epoch"] == 1 and ck["input_size"] == 64 and len(ck["history"]) == 1
+    assert ck["training_fingerprint"]
+
+    model = tmp_path / "model"
+    assert main(["train", str(tiny_dataset), "--out", str(model), "--weights", str(ckpt),
+                 "--input-size", "64", "--ensemble", "3", "--cache", str(cache), *common]) == 0
+    meta = json.loads((model / "model.json").read_text())
+    assert "file:sha256=" in json.dumps(meta)  # the bundle records the fine-tuned weights
+    pred = tmp_path / "pred.csv"
+    assert main(["predict", str(model), str(tiny_dataset), "--out", str(pred),
+                 "--cache", str(cache), *common]) == 0
+    rows = list(csv.DictReader(pred.open()))
+    assert len(rows) == 24 and all(0 <= float(v) <= 1 for r in rows for k, v in r.items()
+                                   if k != "image")
+
+    capsys.readouterr()
+    metrics = tmp_path / "m.json"
+    assert main(["evaluate", str(tiny_dataset), "--compare", str(ckpt), "--weights", "random",
+                 "--input-size", "64", "--folds", "2", "--layers", "21", "--ensemble", "3",
+                 "--cache", str(cache), "--json", str(metrics), *common]) == 0
+    out = capsys.readouterr().out
+    assert "TL+MTL" in out and "auc" in out
+    res = json.loads(metrics.read_text())
+    tl = res["layers"]["21"]["mean"]["auc"]
+    mtl = res["tl_mtl"]["layers"]["21"]["mean"]["auc"]
+    assert 0 <= tl <= 1 and 0 <= mtl <= 1 and tl != mtl  # different features, same folds
+
+
+def test_cli_finetune_bad_input_exits_2(tmp_path, capsys):
+    from napari_ish_annotator.cli import main
+
+    assert main(["finetune", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "x.pt"),
+                 "-q"]) == 2
+    assert "missing.csv" in capsys.readouterr().err
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_bytes(b"nope")
+    assert main(["evaluate", str(tmp_path / "missing.csv"), "--compare", str(bogus), "-q"]) == 2
+
+
+@pytest.mark.gui
+def test_widget_finetunes_in_worker_plots_and_switches_models(make_napari_viewer, qtbot, tmp_path,
+                                                              monkeypatch):
+    from _gui_helpers import TERMS, dock, make_dataset
+    from napari_ish_annotator.widgets._session import get_session
+
+    monkeypatch.setenv("ISH_ANNOTATOR_CACHE", str(tmp_path / "cache"))
+    manifest = make_dataset(tmp_path / "data")
+    viewer = make_napari_viewer()
+    embryos, annotate, train = dock(viewer, "Embryos"), dock(viewer, "Annotate"), dock(viewer, "Train")
+    assert embryos.open_paths([manifest])
+    session = get_session(viewer)
+    annotate.set_settings(weights="random", input_size=64, layer="21", device="cpu")
+    train.members_spin.setValue(3)
+    train.train()
+    qtbot.waitUntil(lambda: not train.runner.running, timeout=120_000)
+    old_bundle, old_probs = session.bundle, session.probabilities.copy()
+    old_features = session.features.copy()
+
+    sec = train.finetune
+    sec.epochs_spin.setValue(2)
+    sec.batch_spin.setValue(4)
+    sec.frozen_combo.setCurrentIndex(0)  # "17": layer-21 features change
+    sec.augment_check.setChecked(False)
+    sec.device_combo.setCurrentText("cpu")
+    sec.start()
+    assert sec.runner.running and not sec.start_button.isEnabled()  # a worker, GUI stays free
+    qtbot.waitUntil(lambda: not sec.runner.running, timeout=180_000)
+    assert sec.runner.last_outcome == "done", sec.runner.last_error
+
+    # the live plot got one point per epoch
+    assert [h["epoch"] for h in sec.history] == [1, 2]
+    assert list(sec.loss_line.get_xdata()) == [1, 2]
+    # the session now uses the fine-tuned backbone: new features, refitted classifiers
+    ckpt = str(sec.checkpoint)
+    assert session.settings.weights == ckpt and session.bundle.extractor.weights == ckpt
+    assert annotate.weights_combo.currentText() == ckpt
+    assert session.bundle is not old_bundle and session.bundle.classifier.vocabulary == list(TERMS)
+    assert session.features.shape == old_features.shape
+    assert not np.allclose(session.features, old_features)
+    new_probs = session.probabilities.copy()
+    assert new_probs.shape == (8, 3)
+
+    # ... and can switch back to the previous model and forth again
+    assert sec.switch_button.isEnabled()
+    sec.switch_model()
+    assert session.bundle is old_bundle and session.settings.weights == "random"
+    np.testing.assert_allclose(session.probabilities, old_probs)
+    assert sec.switch_button.text() == "Switch to fine-tuned model"
+    sec.switch_model()
+    assert session.settings.weights == ckpt
+    np.testing.assert_allclose(session.probabilities, new_probs)
+
+    # Stop during a run: cancelled, the current (fine-tuned) model stays in use
+    sec.epochs_spin.setValue(3)
+    sec.start()
+    qtbot.waitUntil(lambda: sec.runner.bar.value() > 0 or not sec.runner.running, timeout=60_000)
+    sec.stop()
+    qtbot.waitUntil(lambda: not sec.runner.running, timeout=60_000)
+    assert sec.runner.last_outcome == "cancelled"
+    assert session.settings.weights == ckpt and sec.start_button.isEnabled()
+
+
+def test_cli_gradcam_through_checkpoint(tmp_path):
+    from PIL import Image
+
+    from napari_ish_annotator.cli import main
+
+    images, Y = make_images(6, seed=5)
+    finetune(images, Y, VOCAB, small_config(), tmp_path / "ft.pt")
+    Image.fromarray(images[0]).save(tmp_path / "e.png")
+    assert main(["gradcam", str(tmp_path / "ft.pt"), str(tmp_path / "e.png"), "--term", "posterior",
+                 "--out", str(tmp_path / "h.png"), "--npy", str(tmp_path / "h.npy"), "-q"]) == 0
+    heat = np.load(tmp_path / "h.npy", allow_pickle=False)
+    assert heat.shape == images[0].shape[:2] and heat.min() >= 0 and heat.max() <= 1
+    assert np.allclose(heat, gradcam_mtl(tmp_path / "ft.pt", images[0], ["posterior"])[0], atol=1e-4)
+    assert Image.open(tmp_path / "h.png").size == (72, 48)
+    assert main(["gradcam", str(tmp_path / "ft.pt"), str(tmp_path / "e.png"), "--term", "wing",
+                 "--out", str(tmp_path / "x.png"), "-q"]) == 2
