@@ -50,6 +50,7 @@ def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tm
     bundle = session.bundle
     assert bundle.classifier.vocabulary == list(TERMS)
     expected = bundle.classifier.predict_proba(X)
+    votes = bundle.classifier.predict(X)
     np.testing.assert_allclose(session.probabilities, expected, rtol=1e-5, atol=1e-6)
     auc = session.train_report["auc"]
     assert set(auc) == set(TERMS) and all(0.0 <= a <= 1.0 for a in auc.values())
@@ -60,7 +61,7 @@ def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tm
     for term, ptext, pred, _label in annotate.row_values():
         p = expected[3, TERMS.index(term)]
         assert ptext == f"{p:.2f}"
-        assert pred == ("yes" if p >= 0.5 else "no")
+        assert pred == ("yes" if votes[3, TERMS.index(term)] else "no")
     # ... and so does the canvas overlay, for the terms above the threshold
     annotate.threshold_spin.setValue(0.0)
     text = text_overlay(viewer).text

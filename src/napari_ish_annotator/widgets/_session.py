@@ -30,6 +30,8 @@ UNCERTAIN_BAND = 0.15
 STORE_TIMEOUT = 1.0
 #: minimum positives and negatives per term before a cross-validated AUC is reported
 MIN_CV_PER_CLASS = 3
+#: up to this many genes, cross-validation leaves one gene out; above, grouped k folds
+LOGO_MAX_GROUPS = 12
 
 #: annotators whose labels fill terms the user has not labelled (manifest imports)
 LABEL_FALLBACK = ("manifest",)
@@ -110,6 +112,7 @@ class AnnotatorSession:
         self.features_signature: dict | None = None
         self.bundle: Any = None
         self.probabilities: np.ndarray | None = None
+        self.votes: np.ndarray | None = None  # majority vote of each term's ensemble
         self.train_report: dict | None = None
         self.defer_layer = False  # set by the reader: napari adds the layer it returns
         self._extractor: Any = None
@@ -206,6 +209,7 @@ class AnnotatorSession:
         self.features = None
         self.features_signature = None
         self.probabilities = None
+        self.votes = None
         self.train_report = None
         self._images.clear()
         self._label_cache.clear()
@@ -494,21 +498,27 @@ class AnnotatorSession:
         self._pending_features = None
         X = yield from self._features_or_extract()
         yield Progress(self.n_images, self.n_images, "predicting")
-        P = self.bundle.classifier.predict_proba(X)
-        return {"probabilities": np.asarray(P, dtype=np.float32),
+        clf = self.bundle.classifier
+        return {"probabilities": np.asarray(clf.predict_proba(X), dtype=np.float32),
+                "votes": np.asarray(clf.predict(X), dtype=bool),
                 "features": self._pending_features}
 
-    def set_predictions(self, result: dict | np.ndarray) -> None:
+    def set_predictions(self, result: dict | np.ndarray, votes: np.ndarray | None = None) -> None:
+        """Probabilities (n, T) and the ensembles' majority votes (n, T) of every image."""
         if isinstance(result, dict):
             if result.get("features") is not None:
                 self.set_features(result["features"])
+            votes = result.get("votes")
             result = result["probabilities"]
         self.probabilities = np.asarray(result, dtype=np.float32)
+        self.votes = (np.asarray(votes, dtype=bool) if votes is not None
+                      else self.probabilities >= 0.5)
         self.predictions_changed.emit()
 
     def set_bundle(self, bundle: Any) -> None:
         self.bundle = bundle
         self.probabilities = None
+        self.votes = None
         for term in bundle.classifier.vocabulary:
             if term not in self.vocabulary:
                 self.vocabulary.append(term)
@@ -540,6 +550,13 @@ class AnnotatorSession:
             return {}
         return {t: float(p) for t, p in zip(self.model_vocabulary, self.probabilities[i],
                                             strict=False)}
+
+    def predicted_for(self, index: int | None = None) -> dict[str, bool]:
+        """The ensembles' majority vote per model term (the paper's prediction)."""
+        i = self.index if index is None else index
+        if self.votes is None or not (0 <= i < len(self.votes)):
+            return {}
+        return {t: bool(v) for t, v in zip(self.model_vocabulary, self.votes[i], strict=False)}
 
     def top_terms(self, index: int, k: int = 3) -> list[tuple[str, float]]:
         probs = self.probabilities_for(index)
@@ -576,7 +593,7 @@ class AnnotatorSession:
                 "cannot train: every term needs at least one 'present' and one 'absent' label; "
                 "missing for: " + ", ".join(bad) + ". Label more images or remove those terms.")
 
-    def iter_train(self, cross_validate: bool = True, n_folds: int = 3) -> ProgressGen[dict]:
+    def iter_train(self, cross_validate: bool = True, n_folds: int = 5) -> ProgressGen[dict]:
         """Fit per-term ensembles from the store's labels, CV AUC where possible, re-predict."""
         from ..core.classify import EnsembleConfig
         from ..core.pipeline import iter_fit_bundle
@@ -603,9 +620,11 @@ class AnnotatorSession:
             iter_fit_bundle(X, Y, vocab, config, ens, fingerprint=""), 0, prefix="fit: ")
         yield Progress(1, 1, "predicting")
         P = bundle.classifier.predict_proba(X)
+        votes = bundle.classifier.predict(X)
         report = {"counts": counts, "auc": auc, "n_labelled_images": int((Y >= 0).any(1).sum())}
         return {"bundle": bundle, "report": report,
-                "probabilities": np.asarray(P, np.float32), "features": self._pending_features}
+                "probabilities": np.asarray(P, np.float32), "votes": np.asarray(votes, bool),
+                "features": self._pending_features}
 
     def _iter_cv_auc(self, X: np.ndarray, Y: np.ndarray, vocab: list[str], ens: Any,
                      n_folds: int) -> ProgressGen[dict[str, float]]:
@@ -620,11 +639,16 @@ class AnnotatorSession:
             return {}
         rows = np.flatnonzero((Y[:, ok] >= 0).any(1))
         groups = self.groups()[rows]
-        k = min(n_folds, len(np.unique(groups)))
-        if k < 2:
+        unique = np.unique(groups)
+        if len(unique) < 2:
             return {}
+        if len(unique) <= LOGO_MAX_GROUPS:
+            # few genes (typical while labelling): leave one gene out, so every training
+            # split still sees both classes whenever two genes carry each
+            folds = [(np.flatnonzero(groups != g), np.flatnonzero(groups == g)) for g in unique]
+        else:
+            folds = grouped_folds(groups, min(n_folds, len(unique)), self.settings.seed)
         scores = np.full((len(rows), len(ok)), np.nan)
-        folds = grouped_folds(groups, k, self.settings.seed)
         for f, (tr, te) in enumerate(folds):
             yield Progress(f, len(folds), f"cross-validation fold {f + 1}/{len(folds)}")
             Ytr = Y[rows[tr]][:, ok].astype(np.int8)
@@ -647,7 +671,7 @@ class AnnotatorSession:
         if result.get("features") is not None:
             self.set_features(result["features"])
         self.set_bundle(result["bundle"])
-        self.set_predictions(result["probabilities"])
+        self.set_predictions(result["probabilities"], result.get("votes"))
         self.train_report_changed.emit()
 
     # ------------------------------------------------------------------ Grad-CAM

@@ -165,6 +165,7 @@ class AnnotateWidget(QWidget):
         self.table = QTableWidget(0, 5)
         self.table.setHorizontalHeaderLabels(["key", "term", "probability", "pred.", "label"])
         self.table.verticalHeader().setVisible(False)
+        self.table.setMinimumHeight(240)
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         header = self.table.horizontalHeader()
@@ -360,6 +361,7 @@ class AnnotateWidget(QWidget):
         path = s.current_path
         self.image_label.setText(f"{s.index + 1}/{s.n_images}: {path.name}" if path else "")
         probs = s.probabilities_for()
+        votes = s.predicted_for()
         labels = s.labels_for() if path is not None else {}
         self.table.setRowCount(len(s.vocabulary))
         for r, term in enumerate(s.vocabulary):
@@ -385,7 +387,9 @@ class AnnotateWidget(QWidget):
                 bar.setValue(int(round(p * 1000)))
                 bar.setFormat(f"{p:.2f}")
                 bar.setStyleSheet(f"QProgressBar::chunk {{ background-color: {_bar_colour(p)}; }}")
-            pred = QTableWidgetItem("" if p is None else ("yes" if p >= 0.5 else "no"))
+            vote = votes.get(term)
+            pred = QTableWidgetItem("" if vote is None else ("yes" if vote else "no"))
+            pred.setToolTip("majority vote of the term's ensemble")
             pred.setTextAlignment(Qt.AlignCenter)
             self.table.setItem(r, 3, pred)
             combo = self.table.cellWidget(r, 4)

@@ -73,11 +73,10 @@ class EmbryosWidget(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
-        self.table.setAlternatingRowColors(True)
+        self.table.setMinimumHeight(220)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeToContents)
-        header.setSectionResizeMode(1, QHeaderView.Stretch)
-        header.setStretchLastSection(False)
+        header.setStretchLastSection(True)
         self.table.itemSelectionChanged.connect(self._row_selected)
 
         self.info_label = QLabel("Open images, a folder or a manifest CSV to start.")

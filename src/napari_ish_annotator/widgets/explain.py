@@ -59,6 +59,11 @@ class ExplainWidget(QWidget):
         self.colormap_combo = QComboBox()
         self.colormap_combo.addItems(COLORMAPS)
         self.colormap_combo.currentTextChanged.connect(self._style_layer)
+        self.blending_combo = QComboBox()
+        self.blending_combo.addItems(["additive", "translucent"])
+        self.blending_combo.setToolTip("additive keeps the embryo visible under dark map areas; "
+                                       "translucent reads better on very pale images")
+        self.blending_combo.currentTextChanged.connect(self._style_layer)
         self.runner = TaskRunner()
         self.info = QLabel("Grad-CAM at the model's layer, scaled by the term's probability: "
                            "a term predicted absent stays dark.")
@@ -69,6 +74,7 @@ class ExplainWidget(QWidget):
         form.addRow("Term", trow)
         form.addRow("Opacity", self.opacity_slider)
         form.addRow("Colormap", self.colormap_combo)
+        form.addRow("Blending", self.blending_combo)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.follow_check)
@@ -153,7 +159,7 @@ class ExplainWidget(QWidget):
                 kwargs = {k: (1.0, *v) if k == "scale" else (0.0, *v) for k, v in kwargs.items()}
             layer = self.viewer.add_image(
                 data, name=self._name(terms), colormap=self.colormap_combo.currentText(),
-                blending="additive", contrast_limits=(0.0, 1.0),
+                blending=self.blending_combo.currentText(), contrast_limits=(0.0, 1.0),
                 opacity=self.opacity_slider.value() / 100, metadata={META_KEY: "gradcam"},
                 **kwargs)
         else:
@@ -190,7 +196,7 @@ class ExplainWidget(QWidget):
         if layer is not None:
             layer.opacity = self.opacity_slider.value() / 100
             layer.colormap = self.colormap_combo.currentText()
-            layer.blending = "additive"
+            layer.blending = self.blending_combo.currentText()
 
     def current_map(self) -> np.ndarray | None:
         layer = gradcam_layer(self.viewer)

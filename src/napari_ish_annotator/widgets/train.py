@@ -59,6 +59,7 @@ class TrainWidget(QWidget):
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["term", "present", "absent", "CV AUC"])
         self.table.verticalHeader().setVisible(False)
+        self.table.setMinimumHeight(150)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeToContents)
