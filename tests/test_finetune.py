@@ -246,6 +246,17 @@ def test_bad_input_is_reported():
         finetune(images, Y, VOCAB, small_config(cache_frozen="on", augment=True), "x.pt")
 
 
+def test_frozen_depth_names():
+    from napari_ish_annotator.core.backbones import load_backbone
+    from napari_ish_annotator.core.finetune import resolve_frozen
+
+    vgg = load_backbone("vgg16", "random", 0)
+    assert resolve_frozen(vgg, "auto") == resolve_frozen(vgg, "17") == 17  # up to pool3
+    assert resolve_frozen(vgg, "21") == 21 and resolve_frozen(vgg, "none") == 0
+    assert resolve_frozen(vgg, "all") == len(vgg.module) == 31
+    assert resolve_frozen(vgg, "5") == 5  # a plain module count
+
+
 def test_head_shapes():
     head = build_head(512, 7, 64, 0.5, 3)
     assert head(torch.zeros(2, 512, 5, 9)).shape == (2, 7)
@@ -337,7 +348,7 @@ def test_widget_finetunes_in_worker_plots_and_switches_models(make_napari_viewer
     sec = train.finetune
     sec.epochs_spin.setValue(2)
     sec.batch_spin.setValue(4)
-    sec.frozen_combo.setCurrentIndex(0)  # "17": layer-21 features change
+    sec.frozen_combo.setCurrentIndex(sec.frozen_combo.findData("17"))  # layer-21 features change
     sec.augment_check.setChecked(False)
     sec.device_combo.setCurrentText("cpu")
     sec.start()

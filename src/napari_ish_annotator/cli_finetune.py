@@ -175,9 +175,9 @@ def register(sub, add_common, add_backbone, add_classifier) -> None:
     p.add_argument("--backbone", default="vgg16")
     p.add_argument("--weights", default="imagenet",
                    help="starting weights: imagenet | imagenet:V1 | random | FILE")
-    p.add_argument("--frozen", default="17",
-                   help="freeze the trunk up to and including this layer (paper numbering: 17 = "
-                        "pool3), or none / all (default %(default)s)")
+    p.add_argument("--frozen", default="auto",
+                   help="freeze the trunk up to and including this layer (VGG16 paper numbering: "
+                        "17 = pool3), none, all, or auto = the backbone's default (VGG16: 17)")
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of genes held out for validation and early stopping")

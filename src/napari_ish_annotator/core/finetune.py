@@ -68,7 +68,8 @@ class FinetuneConfig:
     hidden: int = 512                # shared hidden layer width
     dropout: float = 0.5
     pool: int = 3                    # adaptive average pooling grid before the hidden layer
-    frozen: str = "17"               # paper layer name (or module count): freeze trunk[:k]; "none", "all"
+    frozen: str = "auto"             # layer name (VGG16 "17" = pool3) or module count; "auto" = the
+    #                                  backbone's default (VGG16: "17"), "none", "all"
     pos_weight: str | Sequence[float] = "none"  # "none", "balanced" (n_neg/n_pos) or one value per term
     val_fraction: float = 0.2        # share of gene groups held out for validation / early stopping
     patience: int = 3                # epochs without validation improvement before stopping
@@ -139,10 +140,17 @@ def resolve_frozen(loaded: LoadedBackbone, frozen: str | int | None) -> int:
 
     ``"17"`` (a layer name of the backbone spec, paper numbering for VGG16) freezes everything up
     to and including that layer, i.e. ``features[:17]`` = up to pool3. A plain number that is not
-    a layer name counts modules; ``"none"``/``0`` freezes nothing, ``"all"`` the whole trunk.
+    a layer name counts modules; ``"none"``/``0`` freezes nothing, ``"all"`` the whole trunk,
+    ``"auto"`` the backbone spec's ``frozen_default`` or else its shallowest named layer (VGG16:
+    "17").
     """
     n = len(loaded.module)
     text = str(frozen if frozen is not None else "none").strip().lower()
+    if text == "auto":  # the backbone's own default, else its shallowest named layer (VGG16: "17")
+        default = getattr(loaded.spec, "frozen_default", None)
+        if default is None and loaded.spec.layers:
+            default = min(loaded.spec.layers.values(), key=lambda spec: spec.index).name
+        text = str(default or "none").lower()
     if text in ("none", "", "0"):
         return 0
     if text == "all":
@@ -153,7 +161,7 @@ def resolve_frozen(loaded: LoadedBackbone, frozen: str | int | None) -> int:
         return int(text)
     names = ", ".join(sorted(loaded.spec.layers, key=lambda s: (len(s), s)))
     raise InputError(f"frozen depth {frozen!r} is not a layer of {loaded.spec.name} ({names}), "
-                     f"a module count 0-{n}, 'none' or 'all'; pick one of those")
+                     f"a module count 0-{n}, 'auto', 'none' or 'all'; pick one of those")
 
 
 def _trunk_out_channels(trunk: torch.nn.Module, input_size: int) -> int:
@@ -615,10 +623,10 @@ def iter_finetune(
         if n_frozen and all(int(i) in cache for i in idx):
             z = torch.stack([cache[int(i)] for i in idx]).to(device).float()
         else:
-            x = pixels[idx]
+            x = pixels[idx].to(device)  # augment where the network runs (GPU if present)
             if train and augment is not None:
                 x = torch.stack([augment(xi) for xi in x])
-            x = _normalise(x.to(device), mean, std, pixel_scale)
+            x = _normalise(x, mean, std, pixel_scale)
             with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                                                  enabled=amp_dtype is not None):
                 z = frozen_part(x)

@@ -32,8 +32,9 @@ from ..core.errors import InputError
 from ._worker import TaskRunner, report_error
 
 FROZEN_CHOICES = [
-    ("17", "up to pool3 (layer 17) - practical on CPU"),
-    ("24", "up to pool4 (layer 24) - fastest, layer-21 features stay fixed"),
+    ("auto", "backbone default (VGG16: up to pool3, layer 17) - practical on CPU"),
+    ("17", "up to pool3 (VGG16 layer 17)"),
+    ("24", "up to pool4 (VGG16 layer 24) - fastest, layer-21 features stay fixed"),
     ("none", "nothing - train the whole trunk (GPU)"),
     ("all", "whole trunk - train only the head"),
 ]
