@@ -1,0 +1,268 @@
+"""The model bundle: a folder with ``model.json`` + ``classifiers.npz`` (no pickle anywhere).
+
+``model.json`` says everything needed to reproduce the features (backbone, weights spec and
+identity, layer, input size, aspect handling, normalisation, precision), the vocabulary and
+ensemble settings, what it was trained on (dataset fingerprint, number of images, per-term
+counts), package versions and when. ``classifiers.npz`` holds ``coef__<i>`` (M, d) float32 and
+``intercept__<i>`` (M,) float64 for vocabulary term ``i``.
+
+Saving is atomic at the folder level: the bundle is written into a temporary folder beside
+the target and renamed into place; an existing bundle is replaced only once the new one is
+complete, so a crash or cancel never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .classify import EnsembleClassifier, EnsembleConfig, TermEnsemble
+from .errors import InputError
+from .features import ExtractorConfig
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "ModelBundle", "save_bundle", "load_bundle"]
+
+FORMAT = "ish-annotator-model"
+FORMAT_VERSION = 1
+MODEL_JSON = "model.json"
+ARRAYS = "classifiers.npz"
+_PACKAGES = ("napari-ish-annotator", "torch", "torchvision", "numpy", "scikit-learn")
+# extractor settings that describe the machine, not the features: not restored on load
+_RUNTIME_FIELDS = ("device", "batch_size")
+
+
+@dataclass
+class ModelBundle:
+    """A trained model. ``meta`` is free-form; on load it is the whole ``model.json``.
+
+    Keys of ``meta`` that :func:`save_bundle` uses: ``weights_id``, ``training``
+    (``fingerprint``, ``n_images``, ...), ``fingerprint`` / ``n_images`` (same, flat),
+    ``normalisation`` (``mean``, ``std``), ``created``.
+    """
+
+    extractor: ExtractorConfig
+    classifier: EnsembleClassifier
+    meta: dict = field(default_factory=dict)
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions, read from package metadata (torch is not imported for this)."""
+    out: dict[str, str | None] = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _backbone_defaults(backbone: str) -> tuple[str | None, dict | None]:
+    """Default layer and normalisation of a registered backbone (None if unknown)."""
+    try:
+        from .backbones import get_spec
+
+        spec = get_spec(backbone)
+    except InputError:
+        return None, None
+    norm = {"mean": list(spec.mean), "std": list(spec.std),
+            "pixel_scale": float(spec.pixel_scale)}
+    return spec.default_layer, norm
+
+
+def _manifest(bundle: ModelBundle) -> dict:
+    clf, ext, meta = bundle.classifier, bundle.extractor, dict(bundle.meta or {})
+    if not clf.is_fitted:
+        raise InputError("the classifier is not trained; train it before saving the model")
+    default_layer, default_norm = _backbone_defaults(ext.backbone)
+    layer = ext.layer if ext.layer is not None else default_layer
+    training = dict(meta.get("training") or {})
+    training.setdefault("fingerprint", meta.get("fingerprint", ""))
+    training.setdefault("n_images", meta.get("n_images"))
+    training["term_counts"] = {
+        t.term: {"positives": int(t.n_pos), "negatives": int(t.n_neg),
+                 "unknown": int(t.n_unknown)}
+        for t in clf.terms
+    }
+    extractor = {k: v for k, v in ext.to_dict().items() if k not in _RUNTIME_FIELDS}
+    extractor["layer"] = layer
+    created = meta.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "backbone": ext.backbone,
+        "weights": ext.weights,
+        "weights_id": meta.get("weights_id"),
+        "layer": layer,
+        "input_size": int(ext.input_size),
+        "keep_aspect": bool(ext.keep_aspect),
+        "normalisation": meta.get("normalisation") or default_norm,
+        "extractor": extractor,
+        "vocabulary": list(clf.vocabulary),
+        "n_features": int(clf.n_features),
+        "ensemble": {"n_members": clf.config.n_members, "C": clf.config.C,
+                     "seed": clf.config.seed, "normalize": clf.config.normalize},
+        "training": training,
+        "package_versions": package_versions(),
+        "created": created,
+        "arrays": ARRAYS,
+    }
+
+
+def save_bundle(path: str | Path, bundle: ModelBundle) -> None:
+    """Write ``bundle`` to the folder ``path`` atomically (temp folder beside it, then rename).
+
+    An existing *bundle* at ``path`` is replaced only after the new one is complete; any
+    other existing file or non-empty folder is refused rather than deleted.
+    """
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and ((path / MODEL_JSON).exists()
+                                                 or not any(path.iterdir()))):
+        raise InputError("exists and is not a model folder; refusing to overwrite it, "
+                         "choose another output folder", path=path)
+    manifest = _manifest(bundle)
+    arrays: dict[str, np.ndarray] = {}
+    for i, term in enumerate(bundle.classifier.terms):
+        arrays[f"coef__{i}"] = np.ascontiguousarray(term.coef, dtype=np.float32)
+        arrays[f"intercept__{i}"] = np.asarray(term.intercept, dtype=np.float64)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = path.parent / f".{path.name}.tmp-{tag}"
+    old = path.parent / f".{path.name}.old-{tag}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise InputError(f"cannot write the model here ({exc.strerror}); choose a writable "
+                         "folder", path=path) from exc
+    try:
+        with open(tmp / ARRAYS, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        with open(tmp / MODEL_JSON, "w", encoding="utf-8") as fh:
+            json.dump(manifest, fh, indent=2, allow_nan=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if old.exists() and not path.exists():
+            os.replace(old, path)  # put the previous bundle back
+        raise InputError(f"could not write the model ({exc.strerror}); the previous model, "
+                         "if any, is unchanged", path=path) from exc
+    finally:
+        for leftover in (tmp, old):
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(leftover)
+
+
+def _require(cond: bool, path: Path, message: str) -> None:
+    if not cond:
+        raise InputError(f"{message}; the model is damaged or incomplete, train it again",
+                         path=path)
+
+
+def load_bundle(
+    path: str | Path,
+    expect_backbone: str | None = None,
+    expect_layer: str | None = None,
+    expect_vocabulary: Sequence[str] | None = None,
+) -> ModelBundle:
+    """Read and check a bundle; ``expect_*`` mismatches are an InputError saying both sides."""
+    path = Path(path)
+    mj = path / MODEL_JSON
+    if not mj.is_file():
+        raise InputError(f"not a model folder (no {MODEL_JSON}); give the folder written by "
+                         "'ish-annotator train --out'", path=path)
+    try:
+        info = json.loads(mj.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read the model description ({exc}); train the model again",
+                         path=mj) from exc
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise InputError(f"not an {FORMAT} file (format {info.get('format') if isinstance(info, dict) else None!r})",
+                         path=mj)
+    version = info.get("format_version")
+    if not isinstance(version, int):
+        raise InputError("has no valid format_version; train the model again", path=mj)
+    if version > FORMAT_VERSION:
+        raise InputError(f"the model has format version {version}, newer than this "
+                         f"napari-ish-annotator reads ({FORMAT_VERSION}); upgrade it with "
+                         "'pip install -U napari-ish-annotator'", path=mj)
+    try:
+        vocabulary = [str(t) for t in info["vocabulary"]]
+        d = int(info["n_features"])
+        ens = info["ensemble"]
+        config = EnsembleConfig(n_members=int(ens["n_members"]), C=float(ens["C"]),
+                                seed=int(ens["seed"]), normalize=bool(ens["normalize"]))
+        backbone, layer = str(info["backbone"]), info["layer"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"model description lacks or garbles {exc}; train the model again",
+                         path=mj) from exc
+    layer = None if layer is None else str(layer)
+
+    if expect_backbone is not None and expect_backbone != backbone:
+        raise InputError(f"the model was trained on {backbone!r} features but backbone "
+                         f"{expect_backbone!r} was asked for; use --backbone {backbone} or "
+                         "train a model for that backbone", path=path)
+    if expect_layer is not None and str(expect_layer) != layer:
+        raise InputError(f"the model was trained on layer {layer} but layer {expect_layer} "
+                         f"was asked for; use --layer {layer} or train a model for that "
+                         "layer", path=path)
+    if expect_vocabulary is not None and set(expect_vocabulary) != set(vocabulary):
+        missing = [t for t in expect_vocabulary if t not in vocabulary]
+        extra = [t for t in vocabulary if t not in set(expect_vocabulary)]
+        raise InputError(f"the model's vocabulary is {'; '.join(vocabulary)} but "
+                         f"{'; '.join(expect_vocabulary)} was asked for (not in the model: "
+                         f"{'; '.join(missing) or '-'}; only in the model: "
+                         f"{'; '.join(extra) or '-'}); train a model with those terms", path=path)
+
+    npz_path = path / str(info.get("arrays", ARRAYS))
+    _require(npz_path.is_file(), path, f"{npz_path.name} is missing")
+    terms = []
+    try:
+        with np.load(npz_path, allow_pickle=False) as npz:
+            for i, term in enumerate(vocabulary):
+                ck, ik = f"coef__{i}", f"intercept__{i}"
+                _require(ck in npz.files and ik in npz.files, path,
+                         f"{npz_path.name} has no arrays for term {i} ({term!r})")
+                coef, intercept = npz[ck], npz[ik]
+                _require(coef.shape == (config.n_members, d) and coef.dtype.kind == "f",
+                         path, f"term {term!r}: coefficient array has shape {coef.shape}, "
+                         f"expected ({config.n_members}, {d})")
+                _require(intercept.shape == (config.n_members,) and intercept.dtype.kind == "f",
+                         path, f"term {term!r}: intercept array has shape {intercept.shape}, "
+                         f"expected ({config.n_members},)")
+                _require(bool(np.isfinite(coef).all() and np.isfinite(intercept).all()), path,
+                         f"term {term!r}: arrays hold NaN or infinite values")
+                counts = (info.get("training") or {}).get("term_counts", {}).get(term, {})
+                terms.append(TermEnsemble(
+                    term=term, coef=coef.astype(np.float32, copy=False),
+                    intercept=intercept.astype(np.float64, copy=False),
+                    n_pos=int(counts.get("positives", 0)), n_neg=int(counts.get("negatives", 0)),
+                    n_unknown=int(counts.get("unknown", 0))))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {npz_path.name} ({exc}); train the model again",
+                         path=path) from exc
+    classifier = EnsembleClassifier(vocabulary, config).set_terms(terms)
+
+    stored = dict(info.get("extractor") or {})
+    known = {f.name for f in fields(ExtractorConfig)} - set(_RUNTIME_FIELDS)
+    kwargs: dict[str, Any] = {k: v for k, v in stored.items() if k in known}
+    kwargs.update(backbone=backbone, weights=info.get("weights", kwargs.get("weights")),
+                  layer=layer, input_size=int(info.get("input_size", 224)),
+                  keep_aspect=bool(info.get("keep_aspect", False)))
+    extractor = ExtractorConfig(**kwargs)
+    return ModelBundle(extractor=extractor, classifier=classifier, meta=info)
