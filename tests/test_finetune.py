@@ -273,6 +273,7 @@ def test_checkpoint_errors(tmp_path):
         load_checkpoint(tmp_path / "junk.pt")
 
 
+@pytest.mark.slow  # four CLI runs with feature extraction
 def test_cli_finetune_then_tl_mtl_train_predict_evaluate(tiny_dataset, tmp_path, capsys):
     """TL+MTL end to end: finetune -> train/predict with --weights CKPT -> evaluate --compare."""
     import csv
