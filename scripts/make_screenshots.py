@@ -28,6 +28,10 @@ def main() -> int:
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--size", default="1800x1100", help="window size WxH")
     parser.add_argument("--n-images", type=int, default=40)
+    parser.add_argument("--C", type=float, default=100.0,
+                        help="logistic-regression C set in the Train panel (1.0 is the "
+                             "package default; with random weights it leaves every "
+                             "probability near 0.5)")
     args = parser.parse_args()
 
     if not os.environ.get("DISPLAY") and shutil.which("xvfb-run") and not os.environ.get("_ISH_XVFB"):
@@ -97,6 +101,7 @@ def main() -> int:
         dock.raise_()
         settle()
 
+    train.c_spin.setValue(args.C)
     train.train()
     if session.bundle is None:
         print("training failed:", train.runner.last_error, file=sys.stderr)

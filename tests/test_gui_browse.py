@@ -69,8 +69,8 @@ def test_folder_with_bad_files_reports_and_skips(make_napari_viewer, tmp_path):
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "notes.docx").write_bytes(b"PK\x03\x04")
     viewer = make_napari_viewer()
-    embryos = dock(viewer, "Embryos")
-    assert embryos.open_paths([folder])
+    viewer.open(str(folder), plugin="napari-ish-annotator")  # File > Open on a folder
+    embryos = dock(viewer, "Embryos")  # the reader opened it already
     session = get_session(viewer)
     assert [p.name for p in session.paths] == [f"embryo_{i:02d}.png" for i in range(4)]
     skipped = "\n".join(session.skipped)

@@ -61,7 +61,8 @@ def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tm
     for term, ptext, pred, _label in annotate.row_values():
         p = expected[3, TERMS.index(term)]
         assert ptext == f"{p:.2f}"
-        assert pred == ("yes" if votes[3, TERMS.index(term)] else "no")
+        word = "yes" if votes[3, TERMS.index(term)] else "no"
+        assert pred == (word + "?" if abs(p - 0.5) < 0.15 else word)
     # ... and so does the canvas overlay, for the terms above the threshold
     annotate.threshold_spin.setValue(0.0)
     text = text_overlay(viewer).text
@@ -109,11 +110,20 @@ def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tm
     assert stack.name == f"Grad-CAM: {TERMS[2]}"
     assert len([lay for lay in viewer.layers if lay.metadata.get("ish_annotator") == "gradcam"]) == 1
 
-    # export predictions as in CONTRACTS.md
-    out = tmp_path / "pred.csv"
-    session.export_predictions(out)
-    header = out.read_text().splitlines()[0].split(",")
-    assert header == ["image", *TERMS]
+    # File > Save on the embryo layer: labels manifest + predictions CSV (CONTRACTS.md)
+    from napari_ish_annotator.core.manifest import read_manifest
+    from napari_ish_annotator.widgets._viewer_binding import embryo_layer
+
+    out = tmp_path / "export" / "labels.csv"
+    out.parent.mkdir()
+    viewer.layers.selection = {embryo_layer(viewer)}
+    viewer.layers.save(str(out), selected=True, plugin="napari-ish-annotator")
+    exported = read_manifest(out, vocabulary=list(TERMS), require_positives=False)
+    np.testing.assert_array_equal(exported.labels(), read_manifest(manifest).labels())
+    rows = (out.parent / "labels.predictions.csv").read_text().splitlines()
+    assert rows[0].split(",") == ["image", *TERMS]
+    first = [float(v) for v in rows[1].split(",")[1:]]
+    np.testing.assert_allclose(first, expected[0], atol=1e-6)
 
 
 def test_cancel_stops_extraction(make_napari_viewer, qtbot, tmp_path):

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 
-def write_labels(path: str, layer_data: list[tuple]) -> list[str]:
-    """Write labels to ``path`` (manifest CSV, ``terms`` = present labels) and, when there are
-    predictions, ``<stem>.predictions.csv`` beside it (``image`` + one column per term)."""
+def write_labels(path: str, data: Any, meta: dict) -> list[str]:
+    """Single-layer writer for the embryo image layer: write the session's labels to ``path``
+    (manifest CSV, ``terms`` = present labels) and, when there are predictions,
+    ``<stem>.predictions.csv`` beside it (``image`` + one column per term)."""
     import napari
 
     from .core.errors import InputError

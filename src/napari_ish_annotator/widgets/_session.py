@@ -361,11 +361,12 @@ class AnnotatorSession:
                                                               fallback=LABEL_FALLBACK))
         return self._label_cache[i]
 
-    def label_matrix(self) -> np.ndarray:
-        """(n_images, n_terms) int8 with 1 present, 0 absent, -1 unknown."""
-        if self.store is None or not self.paths:
-            return np.full((len(self.paths), len(self.vocabulary)), -1, np.int8)
-        return np.asarray(self.store.label_matrix(self.paths, self.vocabulary,
+    def label_matrix(self, indices: Sequence[int] | None = None) -> np.ndarray:
+        """(n_images, n_terms) int8 with 1 present, 0 absent, -1 unknown (or those rows)."""
+        paths = self.paths if indices is None else [self.paths[i] for i in indices]
+        if self.store is None or not paths:
+            return np.full((len(paths), len(self.vocabulary)), -1, np.int8)
+        return np.asarray(self.store.label_matrix(paths, self.vocabulary,
                                                   fallback=LABEL_FALLBACK), dtype=np.int8)
 
     def set_label(self, term: str, value: int | None, index: int | None = None) -> None:

@@ -34,7 +34,7 @@ from ._worker import TaskRunner, report_error
 LABEL_TEXT = {None: "unknown", 1: "present", 0: "absent"}
 LABEL_VALUE = {"unknown": None, "present": 1, "absent": 0}
 STAGES = ("4-6", "7-8", "9-10", "11-12", "13-16")
-UNCERTAIN_COLOUR = QColor(120, 95, 20)
+UNCERTAIN_COLOUR = QColor(110, 85, 25)
 
 
 def _backbone_names() -> list[str]:
@@ -403,11 +403,12 @@ class AnnotateWidget(QWidget):
             combo.setEnabled(path is not None)
             combo.setCurrentText(LABEL_TEXT[labels.get(term)])
             uncertain = p is not None and abs(p - 0.5) < UNCERTAIN_BAND
-            for c in (0, 1, 3):
-                item = self.table.item(r, c)
-                if uncertain:
+            if uncertain:
+                pred.setText(pred.text() + "?")
+                for c in (0, 1):
+                    item = self.table.item(r, c)
                     item.setBackground(UNCERTAIN_COLOUR)
-                    item.setToolTip("uncertain: please check this term")
+                    item.setToolTip("uncertain (probability near 0.5): please check this term")
         self._filling = False
 
     def _label_chosen(self, combo: QComboBox, text: str) -> None:

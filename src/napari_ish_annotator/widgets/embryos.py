@@ -270,20 +270,20 @@ class EmbryosWidget(QWidget):
         s = self.session
         if not s.n_images or self.table.rowCount() != s.n_images:
             return
-        Y = s.label_matrix()
-        counts = (Y >= 0).sum(1)
-        rows = indices if indices else range(s.n_images)
+        rows = list(range(s.n_images)) if not indices else list(indices)
+        Y = s.label_matrix(rows)  # only the changed rows: one keypress stays cheap
         sorting = self.table.isSortingEnabled()
         self.table.setSortingEnabled(False)
         where = self._rows()
-        for i in rows:
+        for k, i in enumerate(rows):
             item = self.table.item(where.get(i, -1), 4)
             if item is None:
                 continue
-            present = int((Y[i] == 1).sum())
-            item.setText(f"{int(counts[i])}/{Y.shape[1]}")
-            item.setData(Qt.UserRole + 1, int(counts[i]))
-            item.setToolTip(f"{present} present, {int(counts[i]) - present} absent")
+            labelled = int((Y[k] >= 0).sum())
+            present = int((Y[k] == 1).sum())
+            item.setText(f"{labelled}/{Y.shape[1]}")
+            item.setData(Qt.UserRole + 1, labelled)
+            item.setToolTip(f"{present} present, {labelled - present} absent")
         self.table.setSortingEnabled(sorting)
 
     def _update_predictions(self) -> None:
@@ -297,6 +297,7 @@ class EmbryosWidget(QWidget):
             item = self.table.item(where.get(i, -1), 5)
             if item is not None:
                 top = s.top_terms(i, 3)
+                item.setToolTip("\n".join(f"{p:.2f}  {t}" for t, p in s.top_terms(i, 10)))
                 item.setText(", ".join(f"{t} {p:.2f}" for t, p in top if p >= 0.5) or
                              ("–" if top else ""))
         self.table.setSortingEnabled(sorting)

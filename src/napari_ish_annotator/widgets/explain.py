@@ -120,8 +120,13 @@ class ExplainWidget(QWidget):
             self.show_map()
 
     def _image_changed(self, *_: Any) -> None:
-        if gradcam_layer(self.viewer) is not None:
+        layer = gradcam_layer(self.viewer)
+        if layer is None:
+            return
+        if self.follow_check.isChecked():
             self._maybe_update(force=True)
+        else:  # never leave another image's map over this embryo
+            layer.visible = False
 
     def _maybe_update(self, force: bool = False) -> None:
         if ((self.follow_check.isChecked() or force) and self.session.bundle is not None
@@ -136,11 +141,12 @@ class ExplainWidget(QWidget):
             self.runner.worker = None  # the newer request wins; the old result is ignored
         terms = (s.model_vocabulary if self.stack_check.isChecked()
                  else [self.term_combo.currentText()])
+        self._requested = (s.index, list(terms))
         return self.runner.start(s.iter_gradcam, terms, on_done=self._show_result,
                                  message="computing Grad-CAM…")
 
     def _show_result(self, result: dict) -> None:
-        if result["index"] != self.session.index:
+        if (result["index"], result["terms"]) != getattr(self, "_requested", None):
             return  # the user moved on; a newer request is on its way
         maps = result["maps"]
         terms = result["terms"]
@@ -168,6 +174,7 @@ class ExplainWidget(QWidget):
             layer.metadata["terms"] = terms
         layer.metadata["terms"] = terms
         layer.metadata["index"] = result["index"]
+        layer.visible = True
         layer.name = self._name(terms)
         self._style_layer()
         if base is not None:
