@@ -155,7 +155,16 @@ def test_paths_and_arrays_give_the_same_features(loaded, tmp_path):
         Image.fromarray(im).save(p)
         paths.append(p)
     fx = make(loaded)
-    np.testing.assert_array_equal(fx.extract(paths), fx.extract(imgs))
+    X = fx.extract(paths)
+    np.testing.assert_array_equal(X, fx.extract(imgs))
+    # results can go straight into a preallocated (memory-mapped) array
+    mm = np.lib.format.open_memmap(tmp_path / "X.npy", mode="w+", dtype=np.float32,
+                                   shape=X.shape)
+    assert fx.extract(paths, out=mm) is mm
+    mm.flush()
+    np.testing.assert_array_equal(np.load(tmp_path / "X.npy"), X)
+    with pytest.raises(ValueError, match="out has shape"):
+        fx.extract(paths, out=np.empty((3, 5), np.float32))
     with pytest.raises(InputError):
         fx.extract([tmp_path / "missing.png"])
 

@@ -217,6 +217,11 @@ class FeatureExtractor:
     def preprocess(self, rgb: np.ndarray) -> torch.Tensor:
         """HxWx3 uint8 -> ``(3, S, S)`` float32, normalised; the whole embryo, no centre crop."""
         import torch
+
+        return torch.from_numpy(self._preprocess_np(rgb))
+
+    def _preprocess_np(self, rgb: np.ndarray) -> np.ndarray:
+        import torch
         from torchvision.transforms.v2 import InterpolationMode
         from torchvision.transforms.v2 import functional as TF
 
@@ -233,8 +238,11 @@ class FeatureExtractor:
         S = self.input_size
         if tuple(t.shape[1:]) != (S, S):
             t = TF.resize(t, [S, S], interpolation=InterpolationMode.BILINEAR, antialias=True)
-        x = t.to(torch.float32) * (self.pixel_scale / 255.0)
-        return TF.normalize(x, list(self.mean), list(self.std))
+        # normalise in numpy: small torch element-wise ops start OpenMP regions, which stall
+        # for tens of ms when the cores are busy (this runs in the decode threads)
+        mean = np.asarray(self.mean, np.float32).reshape(3, 1, 1) * np.float32(255.0 / self.pixel_scale)
+        inv = np.float32(self.pixel_scale / 255.0) / np.asarray(self.std, np.float32).reshape(3, 1, 1)
+        return (t.numpy().astype(np.float32) - mean) * inv
 
     def activation(self, batch: torch.Tensor, grad: bool = False) -> torch.Tensor:
         """``(B, C, H, W)`` float32 at the layer for a preprocessed batch.
@@ -262,13 +270,21 @@ class FeatureExtractor:
     def _load_batch(self, items: Sequence[Any]) -> torch.Tensor:
         import torch
 
-        return torch.stack([self.preprocess(_as_rgb(im)) for im in items])
+        return torch.from_numpy(np.stack([self._preprocess_np(im) for im in items]))
 
-    def iter_extract(self, images: Sequence[Path | str | np.ndarray]) -> ProgressGen[np.ndarray]:
-        """``(n, C*H*W)`` float32 features, reading hits from the cache; one step per batch."""
+    def iter_extract(self, images: Sequence[Path | str | np.ndarray],
+                     out: np.ndarray | None = None) -> ProgressGen[np.ndarray]:
+        """``(n, C*H*W)`` float32 features, reading hits from the cache; one step per batch.
+
+        ``out`` may be a preallocated ``(n, C*H*W)`` array, e.g. a ``np.memmap`` when the
+        features of many images (1.6 MB each at layer 21) do not fit in memory.
+        """
         images = list(images)
         n = len(images)
-        out = np.empty((n, self.dim), dtype=np.float32)
+        if out is None:
+            out = np.empty((n, self.dim), dtype=np.float32)
+        elif out.shape != (n, self.dim):
+            raise ValueError(f"out has shape {out.shape}, expected {(n, self.dim)}")
         if n == 0:
             return out
         # group identical images (by content when cached) so each is computed once
@@ -314,6 +330,6 @@ class FeatureExtractor:
 
     def extract(self, images: Sequence[Path | str | np.ndarray],
                 progress: ProgressCallback | Callable[[int, int, str], None] | None = None,
-                cancel: CancelToken | None = None) -> np.ndarray:
+                cancel: CancelToken | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """Blocking form of :meth:`iter_extract` (``cancel`` stops at a batch boundary)."""
-        return drive(self.iter_extract(images), progress, cancel)
+        return drive(self.iter_extract(images, out=out), progress, cancel)
