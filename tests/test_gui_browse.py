@@ -85,11 +85,16 @@ def test_folder_with_bad_files_reports_and_skips(make_napari_viewer, tmp_path):
 
 
 def test_sample_data_loads_labelled_embryos(make_napari_viewer):
+    """`ish-annotator demo` = sample data + the four panels (open_demo)."""
+    from napari_ish_annotator.widgets import DOCK_NAMES, open_demo
     from napari_ish_annotator.widgets._session import get_session
 
     viewer = make_napari_viewer()
-    viewer.open_sample("napari-ish-annotator", "synthetic")
+    widgets = open_demo(viewer, weights="random")  # File > Open Sample + all panels
+    assert set(widgets) == set(DOCK_NAMES)
+    assert widgets["Annotate"].weights_combo.currentText() == "random"
     session = get_session(viewer)
+    assert widgets["Embryos"].table.rowCount() == session.n_images
     assert session.n_images >= 6
     assert len(session.vocabulary) >= 3
     Y = session.label_matrix()

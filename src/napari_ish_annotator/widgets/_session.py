@@ -114,7 +114,8 @@ class AnnotatorSession:
         self.probabilities: np.ndarray | None = None
         self.votes: np.ndarray | None = None  # majority vote of each term's ensemble
         self.train_report: dict | None = None
-        self.defer_layer = False  # set by the reader: napari adds the layer it returns
+        self.defer_layer = False
+        self.generation = 0  # bumped on every open: late worker results are dropped  # set by the reader: napari adds the layer it returns
         self._extractor: Any = None
         self._extractor_key: tuple | None = None
         self._images: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -206,6 +207,7 @@ class AnnotatorSession:
         self.dataset = dataset
         self.skipped = skipped
         self.source = inputs[0] if len(inputs) == 1 else inputs[0]
+        self.generation += 1
         self.features = None
         self.features_signature = None
         self.probabilities = None
@@ -426,10 +428,11 @@ class AnnotatorSession:
         return self.store
 
     # ------------------------------------------------------------------ features & model
-    def extractor_config(self) -> Any:
+    def extractor_config(self, use_bundle: bool = True) -> Any:
+        """The model's extractor settings when a model is loaded, else the panel's."""
         from ..core.features import ExtractorConfig
 
-        if self.bundle is not None:
+        if use_bundle and self.bundle is not None:
             return replace(self.bundle.extractor, device=self.settings.device,
                            batch_size=self.settings.batch_size)
         s = self.settings
@@ -437,12 +440,12 @@ class AnnotatorSession:
                                input_size=s.input_size, device=s.device,
                                batch_size=s.batch_size, seed=s.seed)
 
-    def extractor(self) -> Any:
-        """The feature extractor for the current settings (backbone loaded once, reused)."""
+    def extractor(self, config: Any = None) -> Any:
+        """The feature extractor for ``config`` (default: current settings), reused."""
         from ..core.cache import default_cache_dir
         from ..core.features import FeatureExtractor
 
-        config = self.extractor_config()
+        config = self.extractor_config() if config is None else config
         key = tuple(sorted((k, str(v)) for k, v in vars(config).items()))
         if self._extractor is None or self._extractor_key != key:
             cache = self.cache_dir if self.cache_dir is not None else default_cache_dir()
@@ -460,53 +463,59 @@ class AnnotatorSession:
         except Exception:
             return self.settings.device
 
-    def features_current(self) -> bool:
-        return (self.features is not None and self.features_signature is not None
-                and self._extractor is not None
-                and self.features_signature == self._signature_safe()
-                and len(self.features) == self.n_images)
-
-    def _signature_safe(self) -> dict | None:
+    def features_current(self, config: Any = None) -> bool:
+        """Whether the session's features were made with ``config`` for the open images."""
+        if self.features is None or self.features_signature is None:
+            return False
+        if len(self.features) != self.n_images:
+            return False
         try:
-            return self.extractor().signature()
+            return self.features_signature == self.extractor(config).signature()
         except Exception:
-            return None
+            return False
 
-    def iter_extract(self) -> ProgressGen[tuple[np.ndarray, dict]]:
+    def iter_extract(self, config: Any = None) -> ProgressGen[tuple]:
         """Features of every open image (cache-aware); result goes to :meth:`set_features`."""
         if not self.paths:
             raise InputError("no images are open; open a folder or manifest first")
-        yield Progress(0, self.n_images, "loading backbone")
-        extractor = self.extractor()
-        X = yield from extractor.iter_extract(list(self.paths))
-        return np.asarray(X), extractor.signature()
+        generation = self.generation
+        paths = list(self.paths)
+        yield Progress(0, len(paths), "loading backbone")
+        extractor = self.extractor(config)
+        X = yield from extractor.iter_extract(paths)
+        return np.asarray(X), extractor.signature(), generation
 
-    def set_features(self, result: tuple[np.ndarray, dict]) -> None:
-        self.features, self.features_signature = result
+    def set_features(self, result: tuple) -> None:
+        X, signature, *generation = result
+        if generation and generation[0] != self.generation:
+            return  # computed for a dataset that has since been replaced
+        self.features, self.features_signature = X, signature
         self.features_changed.emit()
 
-    def _features_or_extract(self) -> ProgressGen[np.ndarray]:
-        if self.features_current():
-            return self.features
-        X, sig = yield from self.iter_extract()
-        self._pending_features = (X, sig)
-        return X
+    def _features_or_extract(self, config: Any = None) -> ProgressGen[tuple]:
+        """(X, new_features_or_None): reuse the session's features when they match."""
+        if self.features_current(config):
+            return self.features, None
+        result = yield from self.iter_extract(config)
+        return result[0], result
 
     def iter_predict(self) -> ProgressGen[dict]:
         """Probabilities of the session's model for every image (extracting if needed)."""
         if self.bundle is None:
             raise InputError("no model yet: load a model bundle or train one in the Train panel")
-        self._pending_features = None
-        X = yield from self._features_or_extract()
-        yield Progress(self.n_images, self.n_images, "predicting")
+        generation = self.generation
         clf = self.bundle.classifier
+        X, new = yield from self._features_or_extract()
+        yield Progress(self.n_images, self.n_images, "predicting")
         return {"probabilities": np.asarray(clf.predict_proba(X), dtype=np.float32),
                 "votes": np.asarray(clf.predict(X), dtype=bool),
-                "features": self._pending_features}
+                "features": new, "generation": generation}
 
     def set_predictions(self, result: dict | np.ndarray, votes: np.ndarray | None = None) -> None:
         """Probabilities (n, T) and the ensembles' majority votes (n, T) of every image."""
         if isinstance(result, dict):
+            if result.get("generation", self.generation) != self.generation:
+                return  # computed for a dataset that has since been replaced
             if result.get("features") is not None:
                 self.set_features(result["features"])
             votes = result.get("votes")
@@ -586,6 +595,16 @@ class AnnotatorSession:
         return {t: (int((Y[:, j] == 1).sum()), int((Y[:, j] == 0).sum()))
                 for j, t in enumerate(self.vocabulary)}
 
+    def labels_fingerprint(self, Y: np.ndarray) -> str:
+        """sha256 over (image name, label row) + vocabulary: which labels trained a model."""
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update("\x1f".join(self.vocabulary).encode())
+        for path, row in zip(self.paths, Y, strict=True):
+            h.update(path.name.encode() + b"\x1e" + np.asarray(row, np.int8).tobytes())
+        return h.hexdigest()
+
     def check_trainable(self) -> None:
         counts = self.training_counts()
         bad = [f"{t} ({p} present, {n} absent)" for t, (p, n) in counts.items() if p == 0 or n == 0]
@@ -603,13 +622,9 @@ class AnnotatorSession:
         self.check_trainable()
         Y = self.label_matrix()
         vocab = list(self.vocabulary)
-        self._pending_features = None
-        saved_bundle, self.bundle = self.bundle, None  # train with the panel's settings
-        try:
-            X = yield from self._features_or_extract()
-            config = self.extractor_config()
-        finally:
-            self.bundle = saved_bundle
+        generation = self.generation
+        config = self.extractor_config(use_bundle=False)  # train with the panel's settings
+        X, new = yield from self._features_or_extract(config)
         ens = EnsembleConfig(n_members=self.settings.n_members, C=self.settings.C,
                              seed=self.settings.seed)
         counts = {t: (int((Y[:, j] == 1).sum()), int((Y[:, j] == 0).sum()))
@@ -618,14 +633,15 @@ class AnnotatorSession:
         if cross_validate:
             auc = yield from self._iter_cv_auc(X, Y, vocab, ens, n_folds)
         bundle = yield from sub_progress(
-            iter_fit_bundle(X, Y, vocab, config, ens, fingerprint=""), 0, prefix="fit: ")
+            iter_fit_bundle(X, Y, vocab, config, ens, fingerprint=self.labels_fingerprint(Y),
+                            weights_id=self.extractor(config).weights_id), 0, prefix="fit: ")
         yield Progress(1, 1, "predicting")
         P = bundle.classifier.predict_proba(X)
         votes = bundle.classifier.predict(X)
         report = {"counts": counts, "auc": auc, "n_labelled_images": int((Y >= 0).any(1).sum())}
         return {"bundle": bundle, "report": report,
                 "probabilities": np.asarray(P, np.float32), "votes": np.asarray(votes, bool),
-                "features": self._pending_features}
+                "features": new, "generation": generation}
 
     def _iter_cv_auc(self, X: np.ndarray, Y: np.ndarray, vocab: list[str], ens: Any,
                      n_folds: int) -> ProgressGen[dict[str, float]]:
@@ -668,6 +684,8 @@ class AnnotatorSession:
         return auc
 
     def set_trained(self, result: dict) -> None:
+        if result.get("generation", self.generation) != self.generation:
+            return  # the dataset was replaced while training
         self.train_report = result["report"]
         if result.get("features") is not None:
             self.set_features(result["features"])
