@@ -95,7 +95,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _parse_layers(text: str) -> list[str]:
+def _parse_layers(text: str | None, backbone: str = "vgg16") -> list[str]:
+    if text is None:  # the backbone's default layer (21 for VGG16)
+        from .core.backbones import get_spec
+
+        return [get_spec(backbone).default_layer]
     layers = [part.strip() for part in text.split(",") if part.strip()]
     if not layers:
         raise InputError(f"--layers {text!r} names no layer; use e.g. --layers 17,21,24,30")
@@ -113,7 +117,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         test = read_manifest(args.test, vocabulary=dataset.vocabulary, require_positives=False)
     results = _run(
         iter_evaluate(dataset, _extractor_config(args), _ensemble_config(args),
-                      layers=_parse_layers(args.layers), folds=args.folds, test_dataset=test,
+                      layers=_parse_layers(args.layers, args.backbone), folds=args.folds, test_dataset=test,
                       cache_dir=_cache_dir(args)),
         args, "evaluate")
     print(format_table(results))
@@ -174,7 +178,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_backbone(parser: argparse.ArgumentParser, default_weights: str = "imagenet") -> None:
-    parser.add_argument("--backbone", default="vgg16", help="feature network (default vgg16)")
+    parser.add_argument("--backbone", default="vgg16",
+                        help="feature network: vgg16 (default, the paper's), resnet50 or "
+                             "efficientnet_lite0 (offline ImageNet weights; see docs/backbones.md)")
     parser.add_argument("--weights", default=default_weights,
                         help="imagenet | imagenet:V1 | random | path to a state dict or "
                              "fine-tuned checkpoint (default %(default)s)")
@@ -233,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--test", type=Path, default=None, help="held-out test manifest")
     group.add_argument("--folds", type=int, default=5, help="k for grouped k-fold CV (default 5)")
-    p.add_argument("--layers", default="21", help="comma-separated layers, e.g. 17,21,24,30")
+    p.add_argument("--layers", default=None,
+                   help="comma-separated layers, e.g. 17,21,24,30 (default: the backbone's "
+                        "default layer, 21 for VGG16)")
     p.add_argument("--json", type=Path, default=None, help="write metrics JSON here")
     p.add_argument("--layer", default=None, help=argparse.SUPPRESS)
     _add_backbone(p)

@@ -103,7 +103,7 @@ def cmd_evaluate_compare(args: argparse.Namespace) -> int:
         _say(args, "note: the checkpoint was fine-tuned on these very images, so cross-validated "
                    "TL+MTL figures are optimistic; fine-tune on a training manifest and pass the "
                    "held-out images with --test for a fair comparison")
-    layers = _parse_layers(args.layers)
+    layers = _parse_layers(args.layers, args.backbone)
     tl_config = _extractor_config(args)
     mtl_config = replace(tl_config, weights=str(ckpt_path),
                          input_size=int(ckpt.get("input_size", tl_config.input_size)))
