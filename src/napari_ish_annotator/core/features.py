@@ -29,8 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RESIZE_METHOD = "bilinear-antialias"  # part of the cache signature
 
-# "auto" on a CPU with native bf16 (AVX512-BF16 / AMX): benchmarks/bench_extraction.py shows
-# the ensemble's predictions unchanged and ~2-3x the speed; see docs/benchmarks.md.
+# "auto" on a CPU with native bf16 (AVX512-BF16 / AMX): benchmarks/bench_extraction.py showed
+# the ensembles' votes unchanged (0 of 320) at 1.7-2x the fp32 speed; see docs/benchmarks.md.
 CPU_AUTO_BF16 = True
 
 
