@@ -30,7 +30,7 @@ def _errors():
     return [str(n.message) for n in notification_manager.records]
 
 
-def test_labels_written_at_once_undone_and_restored(make_napari_viewer, tmp_path):
+def test_labels_written_at_once_undone_and_restored(make_napari_viewer, qtbot, tmp_path):
     from napari_ish_annotator.core.labels import LabelStore
     from napari_ish_annotator.widgets._session import get_session
 
@@ -68,6 +68,7 @@ def test_labels_written_at_once_undone_and_restored(make_napari_viewer, tmp_path
     press(viewer, "3")  # hindgut of image 1 (absent in manifest) -> unknown
     press(viewer, "3")  # -> present
     viewer.close()
+    qtbot.waitUntil(lambda: session.store is None, timeout=5000)  # store closed with the window
 
     viewer2 = make_napari_viewer()
     viewer2.open(str(manifest), plugin="napari-ish-annotator")

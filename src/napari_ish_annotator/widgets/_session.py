@@ -719,6 +719,7 @@ _SESSIONS: dict[int, tuple[Any, AnnotatorSession]] = {}
 
 def get_session(viewer: Any) -> AnnotatorSession:
     """The session of ``viewer`` (created and bound to the viewer on first use)."""
+    import functools
     import weakref
 
     viewer = real_viewer(viewer)
@@ -730,6 +731,9 @@ def get_session(viewer: Any) -> AnnotatorSession:
     _SESSIONS[key] = (weakref.ref(viewer), session)
     with contextlib.suppress(TypeError):
         weakref.finalize(viewer, _forget, key, session)
+    # closing the window closes the label store and drops the session (and its viewer refs)
+    with contextlib.suppress(AttributeError, RuntimeError, TypeError):
+        viewer.window._qt_window.destroyed.connect(functools.partial(_forget, key, session))
     from ._viewer_binding import bind_viewer
 
     bind_viewer(viewer, session)
@@ -743,7 +747,7 @@ def real_viewer(viewer: Any) -> Any:
     return viewer
 
 
-def _forget(key: int, session: AnnotatorSession) -> None:
+def _forget(key: int, session: AnnotatorSession, *_: Any) -> None:
     entry = _SESSIONS.get(key)
     if entry is not None and entry[1] is session:
         del _SESSIONS[key]
