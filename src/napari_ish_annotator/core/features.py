@@ -289,7 +289,11 @@ class FeatureExtractor:
             return out
         # group identical images (by content when cached) so each is computed once
         if self.cache is not None:
-            keys = [_image_key(im) for im in images]
+            keys = []
+            for i, im in enumerate(images):
+                keys.append(_image_key(im))
+                if i % 256 == 255:  # reading thousands of files takes a while: stay cancellable
+                    yield Progress(0, n, f"checking the cache {i + 1}/{n}")
         else:
             keys = [str(i) for i in range(n)]
         rows: dict[str, list[int]] = {}
