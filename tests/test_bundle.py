@@ -50,7 +50,8 @@ def test_round_trip(tmp_path):
     assert info["input_size"] == 96 and info["keep_aspect"] is True
     assert len(info["normalisation"]["mean"]) == 3 and len(info["normalisation"]["std"]) == 3
     assert info["vocabulary"] == VOCAB and info["n_features"] == 64
-    assert info["ensemble"] == {"n_members": 3, "C": 2.0, "seed": 0, "normalize": True}
+    assert info["ensemble"] == {"n_members": 3, "C": 2.0, "seed": 0, "normalize": True,
+                                "center": True}
     assert info["training"]["fingerprint"] == "abc123" and info["training"]["n_images"] == 80
     assert info["training"]["term_counts"]["foregut"]["unknown"] == 5
     assert set(info["package_versions"]) == {"napari-ish-annotator", "torch", "torchvision",
@@ -59,8 +60,10 @@ def test_round_trip(tmp_path):
     assert "T" in info["created"]
     with np.load(out / "classifiers.npz", allow_pickle=False) as npz:
         assert sorted(npz.files) == sorted(
-            [f"coef__{i}" for i in range(3)] + [f"intercept__{i}" for i in range(3)])
+            [f"coef__{i}" for i in range(3)] + [f"intercept__{i}" for i in range(3)]
+            + ["center"])
         assert npz["coef__1"].dtype == np.float32 and npz["coef__1"].shape == (3, 64)
+        np.testing.assert_array_equal(npz["center"], b.classifier.center)
 
     loaded = load_bundle(out, expect_backbone="vgg16", expect_layer="21",
                          expect_vocabulary=list(reversed(VOCAB)))
@@ -72,6 +75,12 @@ def test_round_trip(tmp_path):
     assert ext.device == "auto"  # the training machine's device is not carried over
     assert loaded.classifier.terms[2].n_unknown == 5
     assert loaded.meta["training"]["fingerprint"] == "abc123"
+    # a bundle whose centring row went missing is refused, not silently mis-predicted
+    with np.load(out / "classifiers.npz", allow_pickle=False) as npz:
+        kept = {k: npz[k] for k in npz.files if k != "center"}
+    np.savez(out / "classifiers.npz", **kept)
+    with pytest.raises(InputError, match="lacks the centring row"):
+        load_bundle(out)
 
 
 def test_versions_without_importing_torch():

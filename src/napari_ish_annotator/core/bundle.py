@@ -111,7 +111,8 @@ def _manifest(bundle: ModelBundle) -> dict:
         "vocabulary": list(clf.vocabulary),
         "n_features": int(clf.n_features),
         "ensemble": {"n_members": clf.config.n_members, "C": clf.config.C,
-                     "seed": clf.config.seed, "normalize": clf.config.normalize},
+                     "seed": clf.config.seed, "normalize": clf.config.normalize,
+                     "center": clf.config.center},
         "training": training,
         "package_versions": package_versions(),
         "created": created,
@@ -135,6 +136,8 @@ def save_bundle(path: str | Path, bundle: ModelBundle) -> None:
     for i, term in enumerate(bundle.classifier.terms):
         arrays[f"coef__{i}"] = np.ascontiguousarray(term.coef, dtype=np.float32)
         arrays[f"intercept__{i}"] = np.asarray(term.intercept, dtype=np.float64)
+    if bundle.classifier.center is not None:
+        arrays["center"] = np.ascontiguousarray(bundle.classifier.center, dtype=np.float32)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = path.parent / f".{path.name}.tmp-{tag}"
     old = path.parent / f".{path.name}.old-{tag}"
@@ -206,7 +209,8 @@ def load_bundle(
         d = int(info["n_features"])
         ens = info["ensemble"]
         config = EnsembleConfig(n_members=int(ens["n_members"]), C=float(ens["C"]),
-                                seed=int(ens["seed"]), normalize=bool(ens["normalize"]))
+                                seed=int(ens["seed"]), normalize=bool(ens["normalize"]),
+                                center=bool(ens.get("center", False)))
         backbone, layer = str(info["backbone"]), info["layer"]
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"model description lacks or garbles {exc}; train the model again",
@@ -232,6 +236,7 @@ def load_bundle(
     npz_path = path / str(info.get("arrays", ARRAYS))
     _require(npz_path.is_file(), path, f"{npz_path.name} is missing")
     terms = []
+    center = None
     try:
         with np.load(npz_path, allow_pickle=False) as npz:
             for i, term in enumerate(vocabulary):
@@ -253,10 +258,16 @@ def load_bundle(
                     intercept=intercept.astype(np.float64, copy=False),
                     n_pos=int(counts.get("positives", 0)), n_neg=int(counts.get("negatives", 0)),
                     n_unknown=int(counts.get("unknown", 0))))
+            if config.center:
+                _require("center" in npz.files and npz["center"].shape == (d,), path,
+                         f"{npz_path.name} lacks the centring row of shape ({d},)")
+                center = npz["center"]
+    except InputError:
+        raise
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read {npz_path.name} ({exc}); train the model again",
                          path=path) from exc
-    classifier = EnsembleClassifier(vocabulary, config).set_terms(terms)
+    classifier = EnsembleClassifier(vocabulary, config).set_terms(terms, center=center)
 
     stored = dict(info.get("extractor") or {})
     known = {f.name for f in fields(ExtractorConfig)} - set(_RUNTIME_FIELDS)

@@ -39,7 +39,9 @@ METHODS = ("hirescam", "gradcam")
 def member_gradient(coef: np.ndarray, activation: np.ndarray, normalize: bool) -> np.ndarray:
     """Mean over members of ∂d/∂A, flattened: shape ``(C*H*W,)``.
 
-    With normalisation ``x̂ = x/‖x‖`` the gradient of ``w·x̂`` is ``(w − (w·x̂) x̂) / ‖x‖``.
+    ``activation`` is the classifier's input before normalisation (already centred when the
+    classifier centres). With normalisation ``x̂ = x/‖x‖`` the gradient of ``w·x̂`` is
+    ``(w − (w·x̂) x̂) / ‖x‖``.
     """
     w = coef.astype(np.float64, copy=False).mean(axis=0)
     if not normalize:
@@ -58,10 +60,13 @@ def gradcam_linear(
     probability: float = 1.0,
     normalize: bool = True,
     method: str = "hirescam",
+    center: np.ndarray | None = None,
 ) -> np.ndarray:
     """Map at the activation's resolution ``(H, W)`` in [0, 1] for one term.
 
-    ``activation`` is ``(C, H, W)``; ``coef`` is the term's ``(M, C*H*W)`` member weights.
+    ``activation`` is ``(C, H, W)``; ``coef`` is the term's ``(M, C*H*W)`` member weights;
+    ``center`` the classifier's mean training row, subtracted first (the head sees ``A − μ``,
+    so HiResCAM splits ``w·(A − μ)`` by location: evidence relative to a typical embryo).
     """
     if method not in METHODS:
         raise InputError(f"unknown Grad-CAM method {method!r}; choose one of {', '.join(METHODS)}")
@@ -73,6 +78,8 @@ def gradcam_linear(
             f"the model's weights have {coef.shape[-1]} features but the layer gives {act.size}; "
             "the model was trained with another backbone, layer or input size"
         )
+    if center is not None:
+        act = act - np.asarray(center, dtype=np.float64).reshape(act.shape)
     grad = member_gradient(coef, act, normalize).reshape(act.shape)
     if method == "gradcam":
         channel_weights = grad.mean(axis=(1, 2))
@@ -151,7 +158,7 @@ def gradcam_all_terms(
     maps = []
     for index in indices:
         cam = gradcam_linear(act, bundle.classifier.terms[index].coef, float(proba[index]),
-                             normalize=normalize, method=method)
+                             normalize=normalize, method=method, center=bundle.classifier.center)
         maps.append(upsample_to_image(cam, image_rgb.shape[:2], keep_aspect))
     return np.stack(maps), proba[indices].astype(np.float32)
 
@@ -176,12 +183,17 @@ def heat_to_rgb(cam: np.ndarray, colormap: str = "inferno") -> np.ndarray:
     return (colours * 255.0 + 0.5).astype(np.uint8)
 
 
-def overlay(image_rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.5,
-            colormap: str = "inferno") -> np.ndarray:
-    """Blend a map over the image with a perceptual colormap (for PNG export)."""
+def overlay(image_rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.85,
+            colormap: str = "inferno", gamma: float = 0.6) -> np.ndarray:
+    """Blend a map over the image with a perceptual colormap (for PNG export).
+
+    The blend weight is ``alpha * cam**gamma``: the same monotone curve for every term, so
+    overlays stay comparable across terms while weak evidence is still visible.
+    """
     from matplotlib import colormaps
 
-    colours = colormaps[colormap](np.clip(cam, 0.0, 1.0))[..., :3]
-    weight = (alpha * np.clip(cam, 0.0, 1.0))[..., None]
+    heat = np.clip(cam, 0.0, 1.0)
+    colours = colormaps[colormap](heat)[..., :3]
+    weight = (alpha * heat**gamma)[..., None]
     blended = image_rgb.astype(np.float32) / 255.0 * (1.0 - weight) + colours * weight
     return (np.clip(blended, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
