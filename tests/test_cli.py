@@ -105,7 +105,8 @@ def test_evaluate_with_held_out_test_manifest(cli_data, tmp_path):
 
     data = cli_data / "data"
     dataset = read_manifest(data / "manifest.csv")
-    rows = list(csv.DictReader(open(data / "manifest.csv", newline="")))
+    with open(data / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
     genes = sorted({r["gene"] for r in rows})
     test_genes = set(genes[::4])
     for name, keep in (("train.csv", lambda r: r["gene"] not in test_genes),
