@@ -63,6 +63,20 @@ def test_labels_written_at_once_undone_and_restored(make_napari_viewer, qtbot, t
     assert _fresh_store_labels(store_path, image0)["brain"] == 1
     assert annotate.row_values()[2][3] != "present"
 
+    # a second annotator's labels are kept apart; the first one's come back when switching
+    me = session.annotator_name
+    assert embryos.annotator_edit.text() == me
+    embryos.annotator_edit.setText("second-annotator")
+    embryos.annotator_edit.editingFinished.emit()
+    assert session.annotator_name == "second-annotator"
+    assert annotate.row_values()[1][3] == "absent"  # falls back to the manifest
+    press(viewer, "1")
+    assert "second-annotator" in session.store.annotators()
+    embryos.annotator_edit.setText(me)
+    embryos.annotator_edit.editingFinished.emit()
+    assert annotate.row_values()[1][3] == "present"
+    assert annotate.row_values()[0][3] == "absent"
+
     # step on and label image 1 with the keyboard, then close the viewer
     press(viewer, "n")
     press(viewer, "3")  # hindgut of image 1 (absent in manifest) -> unknown

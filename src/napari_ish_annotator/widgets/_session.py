@@ -285,6 +285,23 @@ class AnnotatorSession:
         if err is not None:
             raise err
 
+    def set_annotator(self, name: str) -> None:
+        """Label as ``name`` from now on (each annotator's labels are kept apart)."""
+        name = name.strip()
+        if not name:
+            raise InputError("the annotator name is empty; type your name or initials")
+        self.annotator = name
+        if self.store is not None:
+            self.store.annotator = name
+        self._label_cache.clear()
+        self.labels_changed.emit(list(range(self.n_images)))
+
+    @property
+    def annotator_name(self) -> str:
+        if self.store is not None:
+            return str(self.store.annotator)
+        return self.annotator or ""
+
     def close(self) -> None:
         if self.store is not None:
             self.store.close()

@@ -98,7 +98,14 @@ class EmbryosWidget(QWidget):
         self.export_pred_button = QPushButton("Export predictions…")
         self.export_pred_button.setToolTip("CSV with an image column and one probability column per term")
         self.export_pred_button.clicked.connect(self._export_predictions)
+        self.annotator_edit = QLineEdit()
+        self.annotator_edit.setPlaceholderText("annotator")
+        self.annotator_edit.setToolTip("your name: labels are stored per annotator (with undo "
+                                       "and history), so several people's labels can be combined")
+        self.annotator_edit.editingFinished.connect(self._annotator_changed)
         store_row = QHBoxLayout()
+        store_row.addWidget(QLabel("Annotator"))
+        store_row.addWidget(self.annotator_edit)
         store_row.addWidget(self.store_button)
         store_row.addWidget(self.import_button)
         export_row = QHBoxLayout()
@@ -246,7 +253,17 @@ class EmbryosWidget(QWidget):
         self._update_store_label()
         self._apply_filter(self.filter_edit.text())
 
+    def _annotator_changed(self) -> None:
+        name = self.annotator_edit.text().strip()
+        if name and name != self.session.annotator_name:
+            try:
+                self.session.set_annotator(name)
+            except InputError as exc:
+                report_error(exc)
+
     def _update_store_label(self) -> None:
+        if not self.annotator_edit.hasFocus():
+            self.annotator_edit.setText(self.session.annotator_name)
         store = self.session.store
         if store is None:
             self.store_label.setText("labels: not saved (no writable label file)")
