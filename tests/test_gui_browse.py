@@ -58,6 +58,11 @@ def test_reader_opens_manifest_into_embryos_widget(make_napari_viewer, tmp_path)
     embryos.table.selectRow(0)
     assert session.current_path.name == "embryo_07.png"
 
+    # a dataset folder (images + manifest.csv) opens through its manifest: genes come along
+    viewer.open(str(tmp_path / "data"), plugin="napari-ish-annotator")
+    assert session.genes[:2] == ["gene0", "gene0"] and session.n_images == 8
+    assert len([lay for lay in viewer.layers if lay.metadata.get("ish_annotator")]) == 1
+
 
 def test_folder_with_bad_files_reports_and_skips(make_napari_viewer, tmp_path):
     from napari_ish_annotator.widgets._session import get_session

@@ -36,6 +36,8 @@ def napari_get_reader(path: str | list[str]) -> Any:
             return None
         path = path[0]
     p = Path(path)
+    if p.is_dir() and _is_manifest(p / "manifest.csv"):
+        return read_dataset  # a dataset folder: its manifest is opened
     if _is_manifest(p) or _has_images(p):
         return read_dataset
     return None

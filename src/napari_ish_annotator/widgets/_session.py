@@ -154,6 +154,9 @@ class AnnotatorSession:
         vocab: list[str] = []
         dataset = None
         skipped: list[str] = []
+        # a dataset folder (manifest.csv + images, e.g. from generate_dataset) opens its manifest
+        inputs = [item / "manifest.csv" if item.is_dir() and (item / "manifest.csv").is_file()
+                  else item for item in inputs]
         for item in inputs:
             if item.suffix.lower() == ".csv":
                 ds = read_manifest(item, require_positives=False, check_files=False)
@@ -206,7 +209,7 @@ class AnnotatorSession:
         self.manifest_terms = [mterms[i] for i in keep]
         self.dataset = dataset
         self.skipped = skipped
-        self.source = inputs[0] if len(inputs) == 1 else inputs[0]
+        self.source = inputs[0]
         self.generation += 1
         self.features = None
         self.features_signature = None
