@@ -344,3 +344,42 @@ def test_imagenet_efficientnet_features_beat_random_weights(tmp_path, no_network
         auc[weights] = res["layers"]["stage5"]["mean"]["auc"]
     assert auc["imagenet"] > 0.8
     assert auc["imagenet"] > auc["random"] + 0.05, auc
+
+
+# ----------------------------------------------------------------------------- widget
+
+@pytest.mark.gui
+def test_annotate_panel_offers_every_backbone_and_runs_efficientnet(make_napari_viewer, qtbot,
+                                                                     tmp_path, monkeypatch):
+    from _gui_helpers import TERMS, dock, make_dataset
+    from napari_ish_annotator.widgets._session import get_session
+    from napari_ish_annotator.widgets.explain import gradcam_layer
+
+    monkeypatch.setenv("ISH_ANNOTATOR_CACHE", str(tmp_path / "cache"))
+    manifest = make_dataset(tmp_path / "data")
+    viewer = make_napari_viewer()
+    embryos, annotate = dock(viewer, "Embryos"), dock(viewer, "Annotate")
+    train, explain = dock(viewer, "Train"), dock(viewer, "Explain")
+    assert embryos.open_paths([manifest])
+    combo = annotate.backbone_combo
+    assert [combo.itemText(i) for i in range(combo.count())] == list(REGISTRY)
+    combo.setCurrentText("efficientnet_lite0")
+    layers = [annotate.layer_combo.itemText(i) for i in range(annotate.layer_combo.count())]
+    assert layers == list(get_spec("efficientnet_lite0").layers)
+    assert annotate.layer_combo.currentText() == "stage5"
+    annotate.set_settings(weights="imagenet", input_size=64, device="cpu")
+    session = get_session(viewer)
+
+    annotate.extract()
+    qtbot.waitUntil(lambda: not annotate.runner.running, timeout=120_000)
+    assert annotate.runner.last_outcome == "done", annotate.runner.last_error
+    assert session.features.shape == (8, 112 * 4 * 4)  # stage5 at 64 px
+    train.members_spin.setValue(3)
+    train.train()
+    qtbot.waitUntil(lambda: not train.runner.running, timeout=120_000)
+    assert train.runner.last_outcome == "done", train.runner.last_error
+    assert session.bundle.extractor.backbone == "efficientnet_lite0"
+    explain.term_combo.setCurrentText(TERMS[0])
+    explain.show_map()
+    qtbot.waitUntil(lambda: not explain.runner.running, timeout=120_000)
+    assert gradcam_layer(viewer).data.shape == session.image().shape[:2]
