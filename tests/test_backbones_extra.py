@@ -383,3 +383,12 @@ def test_annotate_panel_offers_every_backbone_and_runs_efficientnet(make_napari_
     explain.show_map()
     qtbot.waitUntil(lambda: not explain.runner.running, timeout=120_000)
     assert gradcam_layer(viewer).data.shape == session.image().shape[:2]
+
+
+def test_demo_uses_offline_imagenet_weights_and_suggests_them(monkeypatch, tmp_path):
+    from napari_ish_annotator.demo import resolve_demo_weights
+
+    assert resolve_demo_weights("efficientnet_lite0", "auto") == ("imagenet", None)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # empty hub cache
+    weights, note = resolve_demo_weights("resnet50", "auto")
+    assert weights == "random" and "--backbone efficientnet_lite0" in note

