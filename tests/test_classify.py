@@ -243,3 +243,25 @@ def test_errors():
         EnsembleConfig(C=-1)
     with pytest.raises(InputError, match="duplicate"):
         EnsembleClassifier(["a", "a"])
+
+
+def test_dual_solver_extreme_separable_case():
+    """Separable data, large feature scale and C = 1e6: reaches an objective at least as low as
+    sklearn's (which warns about an ill-conditioned Hessian here) and a finite model."""
+    import warnings
+
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(40, 100)) * 100
+    y = (X[:, 0] > 0).astype(int)
+    C = 1e6
+
+    def objective(w, b):
+        return 0.5 * w @ w + C * np.logaddexp(0, -(2 * y - 1) * (X @ w + b)).sum()
+
+    alpha, b = fit_logistic_gram(X @ X.T, y, C)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sk = LogisticRegression(C=C, tol=1e-12, max_iter=100_000).fit(X, y)
+    ours, theirs = objective(X.T @ alpha, b), objective(sk.coef_[0], sk.intercept_[0])
+    assert np.isfinite(ours) and ours <= theirs * (1 + 1e-6)
+    assert ((X @ (X.T @ alpha) + b > 0) == (y == 1)).all()
