@@ -86,10 +86,10 @@ def test_undo_single_repeated_and_per_annotator(tmp_path, imgs):
         assert ev.undo_of == store.history()[2].id and ev.value == 1
         assert store.labels_for(imgs[0]) == {"brain": 1}
         assert store.labels_for(imgs[0], annotator="carol") == {"brain": 1}
-        store.undo()  # then gut on image 1 back to unknown
-        assert store.labels_for(imgs[1]) == {"gut": None}
-        store.undo()  # then the first brain label back to unknown
-        assert store.labels_for(imgs[0]) == {"brain": None}
+        store.undo()  # then gut on image 1: alice has no label of it any more
+        assert store.labels_for(imgs[1]) == {}
+        store.undo()  # then the first brain label
+        assert store.labels_for(imgs[0]) == {}
         assert store.undo() is None  # nothing left for alice
         assert store.labels_for(imgs[0], annotator="carol") == {"brain": 1}  # untouched
         assert store.undo("carol").value is None
@@ -105,7 +105,24 @@ def test_undo_after_new_change_restores_previous_value(tmp_path, imgs):
         store.undo()  # -> 1 again (value before the last change)
         assert store.labels_for(imgs[0]) == {"t": 1}
         store.undo()  # the 1 -> 0 change is already undone, so the first label goes
-        assert store.labels_for(imgs[0]) == {"t": None}
+        assert store.labels_for(imgs[0]) == {}
+
+
+def test_undo_of_a_correction_lets_the_manifest_label_show_again(tmp_path, imgs):
+    """A user corrects an imported (manifest) label and undoes it: the manifest value is back."""
+    with LabelStore(tmp_path / "l.sqlite", annotator="alice") as store:
+        store.set_label(imgs[0], "brain", 0, annotator="manifest")
+        store.set_label(imgs[0], "brain", 1)
+        assert store.labels_for(imgs[0]) == {"brain": 1}
+        assert store.label_matrix([imgs[0]], ["brain"]).tolist() == [[1]]
+        ev = store.undo()
+        assert ev.value is None and ev.undo_of is not None
+        assert store.labels_for(imgs[0]) == {"brain": 0}
+        assert store.label_matrix([imgs[0]], ["brain"]).tolist() == [[0]]
+        assert store.label_matrix([imgs[0]], ["brain"], fallback=()).tolist() == [[-1]]
+        # an explicit "unknown" is still a label of the user's and hides the manifest value
+        store.set_label(imgs[0], "brain", None)
+        assert store.labels_for(imgs[0]) == {"brain": None}
 
 
 def test_history_is_in_order_and_filtered(tmp_path, imgs):

@@ -52,7 +52,14 @@ CREATE TABLE label_events (
     undo_of INTEGER REFERENCES label_events(id));
 CREATE INDEX label_events_key ON label_events (image, term, annotator, id);
 CREATE INDEX label_events_annotator ON label_events (annotator, id);
+CREATE INDEX label_events_undo ON label_events (undo_of);
 """
+
+# An event counts towards the current label unless it is an undo record or has been undone.
+# Undoing an annotator's first label of a term therefore leaves *no* label of theirs (so a
+# fallback such as the imported manifest shows through again), not an explicit "unknown".
+_EFFECTIVE = ("{e}.undo_of IS NULL AND NOT EXISTS "
+              "(SELECT 1 FROM label_events u WHERE u.undo_of = {e}.id)")
 
 _EVENT_SQL = """SELECT e.id, i.content_hash, i.path, t.name, e.value, a.name, e.time, e.undo_of
 FROM label_events e JOIN images i ON i.id = e.image JOIN terms t ON t.id = e.term
@@ -292,7 +299,7 @@ class LabelStore:
                 before: int | None = None) -> tuple[int, LabelValue] | None:
         row = self._conn.execute(
             "SELECT id, value FROM label_events WHERE image = ? AND term = ? AND annotator = ? "
-            "AND id < ? ORDER BY id DESC LIMIT 1",
+            "AND id < ? AND " + _EFFECTIVE.format(e="label_events") + " ORDER BY id DESC LIMIT 1",
             (image_id, term_id, annotator_id, before if before is not None else 2**62)).fetchone()
         return (row[0], row[1]) if row else None
 
@@ -329,7 +336,11 @@ class LabelStore:
         return self._event(event_id)
 
     def undo(self, annotator: str | None = None) -> LabelEvent | None:
-        """Revert the annotator's latest change not yet undone; repeated calls walk back."""
+        """Revert the annotator's latest change not yet undone; repeated calls walk back.
+
+        The undo is itself recorded (``undo_of`` = the reverted event, ``value`` = the value
+        now in force, ``None`` when the annotator has no earlier label of that term).
+        """
         name = annotator or self.annotator
         with self._write():
             row = self._conn.execute(
@@ -361,7 +372,7 @@ class LabelStore:
     def _current(self, annotators: Sequence[str] | None,
                  image: str | None = None) -> dict[tuple[str, str, str], LabelValue]:
         """{(hash, term, annotator): latest value} for the given annotators (None = all)."""
-        where, args = ["1"], []
+        where, args = [_EFFECTIVE.format(e="label_events")], []
         if annotators is not None:
             where.append("annotator IN (SELECT id FROM annotators WHERE name IN "
                          f"({','.join('?' * len(annotators))}))")
