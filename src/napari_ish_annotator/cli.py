@@ -194,7 +194,9 @@ def _add_backbone(parser: argparse.ArgumentParser, default_weights: str = "image
 
 def _add_classifier(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ensemble", type=int, default=11, help="logistic regressions per term")
-    parser.add_argument("--C", type=float, default=1.0, help="inverse L2 regularisation strength")
+    parser.add_argument("--C", type=float, default=10.0,
+                        help="inverse L2 regularisation strength on the centred, unit-norm "
+                             "feature rows (default %(default)s; higher = sharper probabilities)")
     parser.add_argument("--terms", "--vocab", dest="terms", default=None,
                         help="vocabulary: 'term a;term b' or a text file with one term per line")
 

@@ -64,7 +64,11 @@ class EnsembleConfig:
     """
 
     n_members: int = 11
-    C: float = 1.0
+    #: 10 rather than sklearn's 1: rows are centred and unit-norm, where C=1 regularises so
+    #: hard that on tens of labelled images every probability lands in 0.45-0.55. On
+    #: held-out synthetic embryos C=10 raised mean AUC (0.837 -> 0.848) and spread the
+    #: probabilities (positives 0.64 vs negatives 0.36 on average).
+    C: float = 10.0
     seed: int = 0
     normalize: bool = True
     center: bool = True
@@ -74,7 +78,7 @@ class EnsembleConfig:
             raise InputError(f"ensemble size must be at least 1, got {self.n_members}; "
                              "use e.g. --ensemble 11")
         if not (float(self.C) > 0 and np.isfinite(float(self.C))):
-            raise InputError(f"C must be a positive number, got {self.C}; use e.g. --C 1.0")
+            raise InputError(f"C must be a positive number, got {self.C}; use e.g. --C 10")
         self.n_members = int(self.n_members)
         self.C = float(self.C)
         self.seed = int(self.seed)

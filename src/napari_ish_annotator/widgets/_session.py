@@ -51,7 +51,7 @@ class SessionSettings:
     seed: int = 0
     overlay_threshold: float = 0.5
     n_members: int = 11
-    C: float = 1.0
+    C: float = 10.0
     stage: str = "13-16"
     extra: dict[str, Any] = field(default_factory=dict)
 
