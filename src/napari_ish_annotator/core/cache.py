@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import atomic_path
+
 _F16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -40,14 +42,8 @@ def signature_hash(signature: dict) -> str:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 class FeatureCache:

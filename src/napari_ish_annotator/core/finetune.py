@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import InputError
+from .io import atomic_path
 from .progress import Progress, ProgressGen, drive
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -379,13 +379,8 @@ def mean_auc(Y: np.ndarray, scores: np.ndarray) -> tuple[float, list[float]]:
 def _atomic_save(obj: dict, path: Path) -> None:
     import torch
 
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _cpu_state(module: torch.nn.Module) -> dict:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .io import atomic_path
 
 REQUIRED_COLUMNS = ("image", "terms")
 OPTIONAL_COLUMNS = ("stage", "gene")
@@ -352,19 +353,12 @@ def write_manifest(path: str | Path, samples: Sequence[Sample],
     if any(s.gene for s in samples):
         header.append("gene")
     header += [k for k in extra if k not in header]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(header)
-            for i, s in enumerate(samples):
-                values = {"image": _relative(s.image, path.parent), "terms": ";".join(s.terms),
-                          "stage": s.stage or "", "gene": s.gene or ""}
-                for name, col in extra.items():
-                    values[name] = "" if col[i] is None else str(col[i])
-                writer.writerow([values[h] for h in header])
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for i, s in enumerate(samples):
+            values = {"image": _relative(s.image, path.parent), "terms": ";".join(s.terms),
+                      "stage": s.stage or "", "gene": s.gene or ""}
+            for name, col in extra.items():
+                values[name] = "" if col[i] is None else str(col[i])
+            writer.writerow([values[h] for h in header])

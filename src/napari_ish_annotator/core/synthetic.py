@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
 from collections.abc import Sequence
 from functools import lru_cache
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import write_png_atomic, write_text_atomic
 from .progress import Progress, ProgressGen, drive
 
 Part = dict
@@ -471,43 +471,29 @@ def iter_generate_dataset(out_dir: str | Path, n_images: int, stage: str = "13-1
     (out / "images").mkdir(parents=True, exist_ok=True)
     if write_masks:
         (out / "masks").mkdir(parents=True, exist_ok=True)
-    from PIL import Image
 
     samples: list[Sample] = []
     i = 0
-    tmp: Path | None = None
-    try:
-        for g, (count, terms) in enumerate(zip(counts, sets, strict=True)):
-            gene = f"synG{g:04d}"
-            for _ in range(count):
-                img_rng = np.random.default_rng([seed, i])
-                rgb, masks = make_embryo(terms, vocab, img_rng, size=size)
-                stem = f"emb{i:05d}"
-                path = out / "images" / f"{stem}.png"
-                tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-                Image.fromarray(rgb).save(tmp, format="PNG")
-                os.replace(tmp, path)
-                if write_masks:
-                    for t in terms:
-                        mpath = out / "masks" / f"{stem}__{slugify(t)}.png"
-                        tmp = mpath.with_name(f"{mpath.name}.tmp-{os.getpid()}")
-                        Image.fromarray(masks[t].astype(np.uint8) * 255).save(tmp, format="PNG")
-                        os.replace(tmp, mpath)
-                tmp = None
-                samples.append(Sample(path, tuple(terms), stage, gene))
-                i += 1
-                yield Progress(i, n_images, f"embryo {i}/{n_images}")
-        manifest = out / "manifest.csv"
-        write_manifest(manifest, samples)
-        vocab_file = out / "vocabulary.txt"  # usable as --terms/--vocab
-        tmp = vocab_file.with_name(f"{vocab_file.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(f"{t}\n" for t in vocab), encoding="utf-8")
-        os.replace(tmp, vocab_file)
-        tmp = None
-        return manifest
-    finally:
-        if tmp is not None and tmp.exists():
-            tmp.unlink()
+    for g, (count, terms) in enumerate(zip(counts, sets, strict=True)):
+        gene = f"synG{g:04d}"
+        for _ in range(count):
+            img_rng = np.random.default_rng([seed, i])
+            rgb, masks = make_embryo(terms, vocab, img_rng, size=size)
+            stem = f"emb{i:05d}"
+            path = out / "images" / f"{stem}.png"
+            write_png_atomic(path, rgb)
+            if write_masks:
+                for t in terms:
+                    write_png_atomic(out / "masks" / f"{stem}__{slugify(t)}.png",
+                                     masks[t].astype(np.uint8) * 255)
+            samples.append(Sample(path, tuple(terms), stage, gene))
+            i += 1
+            yield Progress(i, n_images, f"embryo {i}/{n_images}")
+    manifest = out / "manifest.csv"
+    write_manifest(manifest, samples)
+    # usable as --terms/--vocab
+    write_text_atomic(out / "vocabulary.txt", "".join(f"{t}\n" for t in vocab))
+    return manifest
 
 
 def generate_dataset(out_dir: str | Path, n_images: int, stage: str = "13-16", seed: int = 0,
