@@ -385,10 +385,23 @@ def test_annotate_panel_offers_every_backbone_and_runs_efficientnet(make_napari_
     assert gradcam_layer(viewer).data.shape == session.image().shape[:2]
 
 
-def test_demo_uses_offline_imagenet_weights_and_suggests_them(monkeypatch, tmp_path):
-    from napari_ish_annotator.demo import resolve_demo_weights
+def test_demo_picks_a_pretrained_network_that_works_offline(monkeypatch, tmp_path):
+    from napari_ish_annotator.demo import resolve_demo_model
 
-    assert resolve_demo_weights("efficientnet_lite0", "auto") == ("imagenet", None)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # empty hub cache
-    weights, note = resolve_demo_weights("resnet50", "auto")
-    assert weights == "random" and "--backbone efficientnet_lite0" in note
+    backbone, weights, note = resolve_demo_model("auto", "auto")
+    assert (backbone, weights) == ("efficientnet_lite0", "imagenet") and "VGG16" in note
+    assert resolve_demo_model("efficientnet_lite0", "auto") == ("efficientnet_lite0", "imagenet",
+                                                                 None)
+    backbone, weights, note = resolve_demo_model("resnet50", "auto")
+    assert (backbone, weights) == ("resnet50", "random") and "--backbone efficientnet_lite0" in note
+    assert resolve_demo_model("auto", "random") == ("vgg16", "random", None)
+    # with VGG16's weights in the hub cache, the demo uses the paper's network
+    from torchvision.models import VGG16_Weights
+
+    from napari_ish_annotator.core.backbones import hub_cache_path
+
+    cached = hub_cache_path(VGG16_Weights.IMAGENET1K_FEATURES)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")
+    assert resolve_demo_model("auto", "auto") == ("vgg16", "imagenet", None)

@@ -177,10 +177,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar or messages")
 
 
-def _add_backbone(parser: argparse.ArgumentParser, default_weights: str = "imagenet") -> None:
-    parser.add_argument("--backbone", default="vgg16",
-                        help="feature network: vgg16 (default, the paper's), resnet50 or "
-                             "efficientnet_lite0 (offline ImageNet weights; see docs/backbones.md)")
+def _add_backbone(parser: argparse.ArgumentParser, default_weights: str = "imagenet",
+                  default_backbone: str = "vgg16") -> None:
+    parser.add_argument("--backbone", default=default_backbone,
+                        help="feature network: vgg16 (the paper's), resnet50 or "
+                             "efficientnet_lite0 (offline ImageNet weights; see "
+                             "docs/backbones.md); default %(default)s")
     parser.add_argument("--weights", default=default_weights,
                         help="imagenet | imagenet:V1 | random | path to a state dict or "
                              "fine-tuned checkpoint (default %(default)s)")
@@ -213,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--headless", metavar="OUT", default=None,
                    help="no window: write predictions, metrics and Grad-CAM overlays into OUT")
     p.add_argument("--n-images", type=int, default=80, help="synthetic embryos to generate")
-    _add_backbone(p, default_weights="auto")
+    _add_backbone(p, default_weights="auto", default_backbone="auto")
     _add_classifier(p)
     p.add_argument("--layer", default=None, help="feature layer (default: the backbone's, 21)")
     _add_common(p)

