@@ -65,8 +65,10 @@ def gradcam_linear(
     """Map at the activation's resolution ``(H, W)`` in [0, 1] for one term.
 
     ``activation`` is ``(C, H, W)``; ``coef`` is the term's ``(M, C*H*W)`` member weights;
-    ``center`` the classifier's mean training row, subtracted first (the head sees ``A − μ``,
-    so HiResCAM splits ``w·(A − μ)`` by location: evidence relative to a typical embryo).
+    ``center`` the classifier's mean training row, subtracted first: the head sees ``A − μ``,
+    so HiResCAM splits ``w·(A − μ)`` by location, i.e. evidence relative to a typical
+    embryo. (Weighing the raw ``A`` instead lets ``w·μ``, the same for every image, dominate:
+    on synthetic embryos the peak then never fell inside the term's region.)
     """
     if method not in METHODS:
         raise InputError(f"unknown Grad-CAM method {method!r}; choose one of {', '.join(METHODS)}")
@@ -184,16 +186,17 @@ def heat_to_rgb(cam: np.ndarray, colormap: str = "inferno") -> np.ndarray:
 
 
 def overlay(image_rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.85,
-            colormap: str = "inferno", gamma: float = 0.6) -> np.ndarray:
+            saturate: float = 0.6, colormap: str = "inferno") -> np.ndarray:
     """Blend a map over the image with a perceptual colormap (for PNG export).
 
-    The blend weight is ``alpha * cam**gamma``: the same monotone curve for every term, so
-    overlays stay comparable across terms while weak evidence is still visible.
+    The blend weight rises linearly to ``alpha`` at ``cam = saturate``: the same curve for
+    every term, so overlays stay comparable across terms, weak evidence is still visible and
+    near-zero values leave the image untouched.
     """
     from matplotlib import colormaps
 
     heat = np.clip(cam, 0.0, 1.0)
     colours = colormaps[colormap](heat)[..., :3]
-    weight = (alpha * heat**gamma)[..., None]
+    weight = (alpha * np.clip(heat / saturate, 0.0, 1.0))[..., None]
     blended = image_rgb.astype(np.float32) / 255.0 * (1.0 - weight) + colours * weight
     return (np.clip(blended, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
