@@ -60,9 +60,16 @@ def main() -> None:
     ap.add_argument("--ensemble", type=int, default=11)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (1 gives the steadiest per-core figures on a shared CPU)")
+    ap.add_argument("--no-auc", action="store_true", help="only time the extraction")
     args = ap.parse_args()
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from napari_ish_annotator.core.backbones import get_spec, imagenet_weights_available
     from napari_ish_annotator.core.classify import EnsembleConfig
@@ -76,8 +83,12 @@ def main() -> None:
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, load average "
           f"{os.getloadavg()[0]:.1f} at start")
-    print(f"# synthetic stage {args.stage}: {args.n_train} training + {args.n_test} test images "
-          f"({h}x{w}), input {args.input_size} px, {args.ensemble} members per term")
+    if args.no_auc:
+        print(f"# extraction speed only: {args.n_speed} synthetic images ({h}x{w}), input "
+              f"{args.input_size} px")
+    else:
+        print(f"# synthetic stage {args.stage}: {args.n_train} training + {args.n_test} test "
+              f"images ({h}x{w}), input {args.input_size} px, {args.ensemble} members per term")
     runs = []
     for name in args.backbones.split(","):
         name = name.strip()
@@ -89,11 +100,14 @@ def main() -> None:
             runs.append((name, "random"))
 
     with tempfile.TemporaryDirectory() as tmp:
-        train = read_manifest(generate_dataset(Path(tmp) / "train", args.n_train, stage=args.stage,
-                                               seed=args.seed, size=(h, w), write_masks=False))
-        test_manifest = generate_dataset(Path(tmp) / "test", args.n_test, stage=args.stage,
+        train = None if args.no_auc else read_manifest(generate_dataset(
+            Path(tmp) / "train", args.n_train, stage=args.stage, seed=args.seed, size=(h, w),
+            write_masks=False))
+        n_test = max(args.n_test, args.n_speed) if args.no_auc else args.n_test
+        test_manifest = generate_dataset(Path(tmp) / "test", n_test, stage=args.stage,
                                          seed=args.seed + 1000, size=(h, w), write_masks=False)
-        test = read_manifest(test_manifest, vocabulary=train.vocabulary, require_positives=False)
+        test = read_manifest(test_manifest, vocabulary=train.vocabulary if train else None,
+                             require_positives=False)
         speed_paths = list(test.paths[: args.n_speed])
         print(f"{'backbone':<19} {'weights':<9} {'layer':<7} {'C x H x W':>14} {'img/s':>7} "
               f"{'CPU ms/img':>10} {'mean AUC':>8}  precision")
@@ -102,13 +116,15 @@ def main() -> None:
             for layer in spec.layers:
                 cfg = ExtractorConfig(backbone=name, weights=weights, layer=layer,
                                       input_size=args.input_size, device=args.device,
-                                      seed=args.seed)
+                                      precision=args.precision, seed=args.seed)
                 fx = FeatureExtractor(cfg)
                 ips, cpu_ms = _speed(fx, speed_paths, args.rounds)
-                res = drive(iter_evaluate(train, cfg, EnsembleConfig(n_members=args.ensemble,
-                                                                     seed=args.seed),
-                                          layers=[layer], test_dataset=test))
-                auc = res["layers"][layer]["mean"]["auc"]
+                auc = float("nan")
+                if not args.no_auc:
+                    res = drive(iter_evaluate(train, cfg, EnsembleConfig(
+                        n_members=args.ensemble, seed=args.seed), layers=[layer],
+                        test_dataset=test))
+                    auc = res["layers"][layer]["mean"]["auc"]
                 star = "*" if layer == spec.default_layer else " "
                 shape = "x".join(str(v) for v in fx.shape)
                 print(f"{name:<19} {weights:<9} {layer + star:<7} {shape:>14} {ips:7.1f} "

@@ -326,7 +326,7 @@ def test_imagenet_efficientnet_features_beat_random_weights(tmp_path, no_network
     """End to end: ImageNet features give a clearly higher grouped-CV mean AUC than random ones.
 
     Over synthetic seeds 0-4 (64 images, 160 px input, layer stage5, 3 gene-grouped folds) the
-    gap was 0.11-0.16 AUC (ImageNet 0.84-0.92, random 0.72-0.80); the test asks for 0.05.
+    gap was 0.11-0.19 AUC (ImageNet 0.84-0.92, random 0.72-0.80); the test asks for 0.05.
     """
     from napari_ish_annotator.core.manifest import read_manifest
     from napari_ish_annotator.core.pipeline import iter_evaluate
