@@ -184,6 +184,24 @@ def test_resnet50_imagenet_offline_error_names_the_cache_file(tmp_path, monkeypa
         load_backbone("resnet50", "imagenet:V2")
 
 
+def test_resnet50_imagenet_reads_torch_hub_cache_without_network(tmp_path, monkeypatch,
+                                                                 no_network):
+    """The cache-hit path: a file under torchvision's published name loads, nothing is fetched."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    cached = tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
+    cached.parent.mkdir(parents=True)
+    # seeded random weights in torchvision's layout (fc included), under the cached name
+    state = dict(load_backbone("resnet50", "random", seed=7).module.state_dict())
+    state.update({"fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)})
+    torch.save(state, cached)
+    assert imagenet_weights_available("resnet50")
+    lb = load_backbone("resnet50", "imagenet")
+    assert lb.weights_id == "torchvision:ResNet50_Weights.IMAGENET1K_V1"
+    assert lb.mean == pytest.approx(backbones.IMAGENET_MEAN)
+    assert torch.equal(lb.module.state_dict()["layer2.0.conv1.weight"],
+                       state["layer2.0.conv1.weight"])
+
+
 def test_resnet50_loads_a_torchvision_state_dict_ignoring_fc(tmp_path):
     from torchvision.models import resnet50
 
