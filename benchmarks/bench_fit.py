@@ -145,7 +145,7 @@ def main() -> None:
     p.add_argument("--dims", type=int, default=512 * 28 * 28)
     p.add_argument("--terms", type=int, default=10)
     p.add_argument("--members", type=int, default=11)
-    p.add_argument("--C", type=float, default=1.0)
+    p.add_argument("--C", type=float, default=10.0)  # the classifier default
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--naive-terms", type=int, default=1,
                    help="number of terms whose members the naive fit times (then extrapolated)")

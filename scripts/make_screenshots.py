@@ -3,9 +3,10 @@
     xvfb-run -a python scripts/make_screenshots.py            # writes docs/images/gui-*.png
 
 Everything shown is computed live: synthetic embryos opened through File > Open, features with the chosen
-weights (default ``random`` because ImageNet weights cannot be downloaded everywhere; pass
-``--weights imagenet`` on a machine that has them), ensembles trained from the sample
-labels, predictions and Grad-CAM.
+backbone and weights (default EfficientNet-Lite0 with its ImageNet weights from the ``[offline]``
+extra, which needs no download; pass ``--backbone vgg16`` on a machine with VGG16's ImageNet
+weights for the paper's network), ensembles trained from the sample labels, predictions and
+Grad-CAM.
 """
 
 from __future__ import annotations
@@ -24,14 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
-    parser.add_argument("--weights", default="random")
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--size", default="1800x1100", help="window size WxH")
     parser.add_argument("--n-images", type=int, default=40)
-    parser.add_argument("--C", type=float, default=100.0,
-                        help="logistic-regression C set in the Train panel (1.0 is the "
-                             "package default; with random weights it leaves every "
-                             "probability near 0.5)")
+    parser.add_argument("--C", type=float, default=10.0,
+                        help="logistic-regression C set in the Train panel (package default 10)")
     args = parser.parse_args()
 
     if not os.environ.get("DISPLAY") and shutil.which("xvfb-run") and not os.environ.get("_ISH_XVFB"):
@@ -64,7 +64,11 @@ def main() -> int:
     viewer.open(str(manifest), plugin="napari-ish-annotator")  # File > Open on a manifest
     docks = open_docks(viewer)
     embryos, annotate, explain, train = (docks[k] for k in ("Embryos", "Annotate", "Explain", "Train"))
-    annotate.set_settings(weights=args.weights, input_size=args.input_size, device="cpu")
+    from napari_ish_annotator.core.backbones import get_spec
+
+    annotate.set_settings(backbone=args.backbone, weights=args.weights,
+                          layer=get_spec(args.backbone).default_layer,
+                          input_size=args.input_size, device="cpu")
     session = get_session(viewer)
 
     def dock_of(widget):
