@@ -110,9 +110,7 @@ def run_headless_demo(args: argparse.Namespace) -> int:
 
     _say(args, "4/5 evaluating on the held-out genes")
     votes = bundle.classifier.predict(X_test)
-    from .core.backbones import get_spec
-
-    layer = str(bundle.extractor.layer or get_spec(bundle.extractor.backbone).default_layer)
+    layer = str(bundle.extractor.layer)
     metrics = {"layers": {layer: summarise(test.labels(), votes.astype(np.int8), probabilities,
                                            vocabulary)}}
     write_json_atomic(out / "metrics.json", metrics)

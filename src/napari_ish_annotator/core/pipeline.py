@@ -50,9 +50,12 @@ def iter_fit_bundle(
 
     ``Y`` is ``(n, T)`` with 1 present, 0 absent and -1 unknown (skipped for that term).
     """
+    from .backbones import get_spec
     from .bundle import ModelBundle
     from .classify import EnsembleClassifier
 
+    if extractor.layer is None:  # record the layer actually used, not "the default"
+        extractor = replace(extractor, layer=get_spec(extractor.backbone).default_layer)
     Y = np.asarray(Y)
     classifier = EnsembleClassifier(vocabulary=list(vocabulary), config=ensemble)
     classifier = yield from classifier.iter_fit(features, Y)
