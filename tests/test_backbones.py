@@ -99,6 +99,10 @@ def test_unknown_names_are_input_errors(vgg):
         load_backbone("vgg16", "imagenet:NOPE")
     with pytest.raises(InputError, match="not found"):
         load_backbone("vgg16", "/nonexistent/weights.pth")
+    # a malformed random spec is a clear error, not a ValueError or a silently ignored seed
+    for bad in ("random:seed=abc", "random:7", "random:seed="):
+        with pytest.raises(InputError, match="random:seed=N"):
+            load_backbone("vgg16", bad)
 
 
 def test_random_weights_are_seeded_and_leave_global_rng_alone(vgg):

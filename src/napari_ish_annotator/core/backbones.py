@@ -35,7 +35,6 @@ cheap.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -375,14 +374,6 @@ def _torch_load(path: Path) -> Any:
                          path=path) from exc
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fit_state_dict(spec: BackboneSpec, trunk: torch.nn.Module, state: Mapping, source: str,
                     path: Path | None) -> int | None:
     """Copy ``state`` into ``trunk``; return the last covered index for a partial trunk.
@@ -452,8 +443,12 @@ def load_backbone(name: str = "vgg16", weights: str = "imagenet", seed: int = 0)
     mean, std, scale = spec.mean, spec.std, spec.pixel_scale
     covered = None
     if weights == "random" or weights.startswith("random:"):
-        if weights.startswith("random:seed="):
-            seed = int(weights.split("=", 1)[1])
+        if weights != "random":
+            tail = weights[len("random:"):]
+            if not (tail.startswith("seed=") and tail[5:].strip().lstrip("-").isdigit()):
+                raise InputError(f"weights {weights!r}: write random or random:seed=N with a "
+                                 "whole number N, e.g. random:seed=0")
+            seed = int(tail[5:])
         generator = torch.Generator().manual_seed(int(seed))
         spec.init_trunk(trunk, generator)
         weights_id = f"random:seed={int(seed)}"
@@ -472,7 +467,7 @@ def load_backbone(name: str = "vgg16", weights: str = "imagenet", seed: int = 0)
         if not path.is_file():
             raise InputError("weights file not found; pass imagenet, imagenet:V1, random or the "
                              "path of a state dict / fine-tuning checkpoint", path=path)
-        digest = _sha256(path)
+        digest = _extra.file_sha256(path)
         obj = _torch_load(path)
         state = obj
         if isinstance(obj, Mapping) and "backbone_state_dict" in obj:
