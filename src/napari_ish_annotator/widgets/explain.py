@@ -85,7 +85,7 @@ class ExplainWidget(QWidget):
 
         self.term_combo.activated.connect(lambda *_: self._maybe_update())
         self.stack_check.toggled.connect(lambda *_: self._maybe_update(force=True))
-        s.model_changed.connect(self._fill_terms)
+        s.model_changed.connect(self._model_changed)
         s.vocabulary_changed.connect(self._fill_terms)
         s.term_selected.connect(self.select_term)
         s.current_changed.connect(self._image_changed)
@@ -94,7 +94,7 @@ class ExplainWidget(QWidget):
         self._fill_terms()
 
     def _disconnect(self, s: Any, viewer: Any) -> None:
-        for sig, slot in ((s.model_changed, self._fill_terms), (s.vocabulary_changed, self._fill_terms),
+        for sig, slot in ((s.model_changed, self._model_changed), (s.vocabulary_changed, self._fill_terms),
                           (s.term_selected, self.select_term), (s.current_changed, self._image_changed)):
             with contextlib.suppress(Exception):
                 sig.disconnect(slot)
@@ -111,6 +111,21 @@ class ExplainWidget(QWidget):
             self.term_combo.setCurrentText(current)
         self.term_combo.blockSignals(False)
         self.show_button.setEnabled(bool(terms))
+
+    def _model_changed(self) -> None:
+        self._fill_terms()
+        layer = gradcam_layer(self.viewer)
+        if layer is None:
+            return
+        # a map of the previous model must not stay on screen for the new one
+        terms = layer.metadata.get("terms") or []
+        if (self.follow_check.isChecked() and terms
+                and all(t in self.session.model_vocabulary for t in terms)):
+            if len(terms) == 1:
+                self.term_combo.setCurrentText(terms[0])
+            self._maybe_update(force=True)
+        else:
+            layer.visible = False
 
     def select_term(self, term: str) -> None:
         """Show ``term`` (called when a term is clicked in the Annotate list)."""
