@@ -101,3 +101,34 @@ def test_format_table_layout():
     assert term_row.split() == ["a", "4", "0.625", "0.500", "0.750", "0.812"]
     none = {"layers": {"30": {"mean": {m: None for m in METRICS}, "terms": {}}}}
     assert "n/a" in format_table(none)
+
+
+def test_fold_fit_reads_features_in_place_and_matches_a_copied_fit():
+    """Cross-validation must not copy the (huge) feature matrix per fold, nor change results."""
+    import tracemalloc
+
+    from napari_ish_annotator.core.classify import EnsembleClassifier, EnsembleConfig
+    from napari_ish_annotator.core.pipeline import _fit_predict_fold
+
+    rng = np.random.default_rng(0)
+    n, d = 120, 40_000  # 19 MB of float32 features
+    Y = (rng.random((n, 2)) < 0.3).astype(np.int8)
+    Y[:, 1] = 0  # term 1 has no positive in any fold: scored 0, predicted absent
+    X = rng.random((n, d), dtype=np.float32)
+    X[:, :50] += Y[:, :1].astype(np.float32)  # term 0 is learnable
+    train = np.setdiff1d(np.arange(n), np.arange(0, n, 4))
+    test = np.arange(0, n, 4)
+    config = EnsembleConfig(n_members=3)
+
+    tracemalloc.start()
+    scores, votes = _fit_predict_fold(X, Y, train, test, ["a", "b"], config)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # copying the training rows alone would take 0.75 X; scoring 30 test rows takes ~0.5 X
+    assert peak < 0.65 * X.nbytes, f"peak {peak / 1e6:.1f} MB for {X.nbytes / 1e6:.1f} MB of X"
+
+    reference = EnsembleClassifier(vocabulary=["a"], config=config).fit(X[train], Y[train, :1])
+    np.testing.assert_allclose(scores[:, 0], reference.predict_proba(X[test])[:, 0], atol=1e-6)
+    assert np.array_equal(votes[:, 0], reference.predict(X[test])[:, 0])
+    assert (scores[:, 1] == 0).all() and not votes[:, 1].any()
+    assert float(np.mean(votes[:, 0] == Y[test, 0].astype(bool))) > 0.8
