@@ -166,3 +166,28 @@ def test_console_script_reports_bad_input_without_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "missing.csv" in result.stderr
+
+
+def test_predict_holds_only_one_chunk_of_features_in_memory(cli_data, trained, tmp_path,
+                                                             monkeypatch):
+    """5,000 images x 401,408 floats would be 8 GB: predict must extract chunk by chunk."""
+    from napari_ish_annotator.core.features import FeatureExtractor
+
+    images_dir = cli_data / "data" / "images"
+    whole = tmp_path / "whole.csv"
+    assert main(["predict", str(trained), str(images_dir), "--out", str(whole),
+                 "--cache", str(cli_data / "cache"), "--quiet"]) == 0
+    sizes: list[int] = []
+    original = FeatureExtractor.iter_extract
+
+    def recording(self, images, out=None):
+        sizes.append(len(list(images)))
+        return original(self, images, out=out)
+
+    monkeypatch.setattr(FeatureExtractor, "iter_extract", recording)
+    chunked = tmp_path / "chunked.csv"
+    assert main(["predict", str(trained), str(images_dir), "--out", str(chunked),
+                 "--chunk-size", "7", "--cache", str(cli_data / "cache"), "--quiet"]) == 0
+    n_images = len(list(images_dir.glob("*.png")))
+    assert max(sizes) <= 7 and sum(sizes) == n_images
+    assert chunked.read_text() == whole.read_text()

@@ -79,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .core.bundle import load_bundle
     from .core.images import collect_inputs
-    from .core.pipeline import iter_predict, write_predictions
+    from .core.pipeline import write_predictions
 
     bundle = load_bundle(args.model_dir)
     images = collect_inputs(args.inputs)
@@ -87,12 +87,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise InputError("no images found; give image files, folders of images or manifests",
                          path=" ".join(map(str, args.inputs)))
     device = None if args.device == "auto" else args.device
-    probabilities = _run(iter_predict(bundle, images, cache_dir=_cache_dir(args), device=device),
-                         args, "predict")
+    if args.chunk_size < 1:
+        raise InputError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    probabilities = _run(_iter_predict_chunked(bundle, images, _cache_dir(args), device,
+                                               args.chunk_size), args, "predict")
     write_predictions(args.out, images, bundle.classifier.vocabulary, probabilities)
     _say(args, f"wrote probabilities of {len(bundle.classifier.vocabulary)} terms for "
                f"{len(images)} images to {args.out}")
     return EXIT_OK
+
+
+def _iter_predict_chunked(bundle, images: Sequence[Path], cache_dir: Path, device: str | None,
+                          chunk_size: int):
+    """Probabilities ``(n, T)``, extracting and scoring ``chunk_size`` images at a time.
+
+    Only one chunk's features are in memory at once: at VGG16 layer 21 an image has 401,408
+    floats (1.6 MB), so 5,000 images at once would need 8 GB; the probabilities are tiny.
+    """
+    from dataclasses import replace
+
+    import numpy as np
+
+    from .core.pipeline import iter_features, make_extractor
+    from .core.progress import sub_progress
+
+    config = bundle.extractor if device is None else replace(bundle.extractor, device=device)
+    extractor = make_extractor(config, cache_dir)  # loads the network once for all chunks
+    n = len(images)
+    probabilities = np.empty((n, len(bundle.classifier.vocabulary)), dtype=np.float64)
+    for start in range(0, n, chunk_size):
+        part = list(images[start:start + chunk_size])
+        X = yield from sub_progress(iter_features(extractor, part), offset=start, scale_total=n)
+        probabilities[start:start + len(part)] = bundle.classifier.predict_proba(X)
+        del X
+    return probabilities
 
 
 def _parse_layers(text: str | None, backbone: str = "vgg16") -> list[str]:
@@ -235,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
     p.add_argument("--out", required=True, type=Path, help="predictions CSV to write")
     p.add_argument("--cache", default=None, help="feature cache folder (default: user cache)")
+    p.add_argument("--chunk-size", type=int, default=256,
+                   help="images whose features are held in memory at once (default "
+                        "%(default)s: about 400 MB at VGG16 layer 21)")
     _add_common(p)
     p.set_defaults(handler=cmd_predict)
 
