@@ -244,6 +244,25 @@ def test_bad_input_is_reported():
         finetune(images, Y, VOCAB, small_config(frozen="pool9"), "/tmp/never-written.pt")
     with pytest.raises(InputError, match="augmentation"):
         finetune(images, Y, VOCAB, small_config(cache_frozen="on", augment=True), "x.pt")
+    # fp16 on the CPU would train without loss scaling; an unknown precision is not fp32
+    with pytest.raises(InputError, match="fp16 is for GPUs"):
+        finetune(images, Y, VOCAB, small_config(precision="fp16", device="cpu"), "x.pt")
+    with pytest.raises(InputError, match="unknown precision"):
+        finetune(images, Y, VOCAB, small_config(precision="fp64"), "x.pt")
+
+
+def test_partial_weights_cannot_be_fine_tuned(tmp_path):
+    """A checkpoint covering only the first layers leaves NaN deeper: training would be NaN."""
+    from napari_ish_annotator.core.backbones import load_backbone
+
+    trunk = load_backbone("vgg16", "random", 0).module
+    partial = {k: v for k, v in trunk.state_dict().items() if k.split(".")[0] in ("0", "2")}
+    torch.save(partial, tmp_path / "partial.pt")
+    images, Y = make_images(8)
+    with pytest.raises(InputError, match="whole trunk"):
+        finetune(images, Y, VOCAB, small_config(weights=str(tmp_path / "partial.pt")),
+                 tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()
 
 
 def test_frozen_depth_names():

@@ -485,6 +485,12 @@ def iter_finetune(
     paths_for_fp = [im if not isinstance(im, np.ndarray) else f"array{i}" for i, im in enumerate(images)]
     fingerprint = fingerprint or training_fingerprint(paths_for_fp, Y, vocabulary)
     device = resolve_device(config.device)
+    precision = str(config.precision or "auto").strip().lower()
+    if precision not in ("auto", "fp32", "fp16", "bf16"):
+        raise InputError(f"unknown precision {config.precision!r}; use auto, fp32, fp16 or bf16")
+    if precision == "fp16" and device.type == "cpu":
+        raise InputError("precision fp16 is for GPUs; on the CPU use fp32 (or bf16 if the CPU "
+                         "supports it)")
 
     state: dict | None = None
     if resume and out.exists():
@@ -504,6 +510,10 @@ def iter_finetune(
     if loaded is None:
         # when resuming, the checkpoint provides every weight; no need to fetch ImageNet weights
         loaded = load_backbone(config.backbone, "random" if state else config.weights, config.seed)
+    if loaded.available_upto is not None and loaded.available_upto < len(loaded.module) - 1:
+        raise InputError(f"the weights ({loaded.weights or loaded.weights_id}) cover only "
+                         f"{config.backbone}'s trunk up to index {loaded.available_upto}, but "
+                         "fine-tuning trains the whole trunk; pass a complete weights file")
     trunk = loaded.module
     if state is not None:
         norm = state["normalisation"]
@@ -553,11 +563,12 @@ def iter_finetune(
     optimizer = torch.optim.Adam(groups_opt, weight_decay=config.weight_decay)
 
     amp_dtype = None
-    if config.precision == "fp16" or (config.precision == "auto" and device.type == "cuda"):
+    if precision == "fp16" or (precision == "auto" and device.type == "cuda"):
         amp_dtype = torch.float16
-    elif config.precision == "bf16":
+    elif precision == "bf16":
         amp_dtype = torch.bfloat16
-    scaler = torch.amp.GradScaler(device.type, enabled=(amp_dtype == torch.float16 and device.type == "cuda"))
+    # fp16 gradients underflow without loss scaling, on any GPU (CUDA or MPS)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     history: list[dict] = []
     start_epoch = 0
