@@ -290,6 +290,21 @@ def test_checkpoint_errors(tmp_path):
     Path(tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(InputError, match="cannot read"):
         load_checkpoint(tmp_path / "junk.pt")
+    # the right keys but weights that do not fit the network: a clear error, no traceback
+    from napari_ish_annotator.core.backbones import load_backbone
+
+    trunk = load_backbone("vgg16", "random", 0).module.state_dict()
+    head = build_head(512, 2, 16, 0.0, 3).state_dict()
+    ckpt = {"format": FORMAT, "backbone": "vgg16", "backbone_state_dict": trunk,
+            "head_state_dict": head, "vocabulary": ["a", "b", "c"],
+            "head": {"in_features": 512, "hidden": 16, "dropout": 0.0, "pool": 3}}
+    torch.save(ckpt, tmp_path / "mismatch.pt")
+    with pytest.raises(InputError, match="do not fit"):
+        load_finetuned(tmp_path / "mismatch.pt")
+    ckpt["vocabulary"] = ["a", "b"]
+    ckpt["backbone_state_dict"] = {k: v for k, v in trunk.items() if not k.startswith("28.")}
+    with pytest.raises(InputError, match="do not fit"):
+        load_finetuned(ckpt)
 
 
 @pytest.mark.slow  # four CLI runs with feature extraction

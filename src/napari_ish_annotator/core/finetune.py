@@ -416,11 +416,17 @@ def load_finetuned(checkpoint: str | Path | dict, device: str = "cpu") -> Finetu
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     loaded = load_backbone(ckpt["backbone"], "random", 0)  # architecture only; weights below
     trunk = loaded.module
-    trunk.load_state_dict(ckpt["backbone_state_dict"])
-    h = ckpt["head"]
-    head = build_head(int(h["in_features"]), len(ckpt["vocabulary"]), int(h["hidden"]),
-                      float(h["dropout"]), int(h["pool"]))
-    head.load_state_dict(ckpt["head_state_dict"])
+    try:
+        trunk.load_state_dict(ckpt["backbone_state_dict"])
+        h = ckpt["head"]
+        head = build_head(int(h["in_features"]), len(ckpt["vocabulary"]), int(h["hidden"]),
+                          float(h["dropout"]), int(h["pool"]))
+        head.load_state_dict(ckpt["head_state_dict"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"the checkpoint's weights do not fit a {ckpt['backbone']} network with "
+                         f"its recorded head ({first}); it is damaged or from another version - "
+                         "re-run fine-tuning") from exc
     net = _make_network(trunk, head).to(resolve_device(device)).eval()
     norm = ckpt.get("normalisation", {})
     return FinetunedModel(
