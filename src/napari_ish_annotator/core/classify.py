@@ -214,8 +214,8 @@ def fit_logistic_gram(
     restricted to the span of the rows (see :func:`_newton_step`), which is well defined for
     any positive semi-definite ``K`` (singular or separable data included) because the primal
     objective is strictly convex in ``(w, b)``; so no ridge on alpha is needed and the
-    decision values equal sklearn's. Backtracking line search. Stops when the squared w-space
-    gradient norm ``|X^T (alpha + C g)|^2 + (C sum g)^2`` falls below ``grad_tol * |w|``
+    decision values equal sklearn's. Backtracking line search. Stops when the w-space
+    gradient norm ``sqrt(|X^T (alpha + C g)|^2 + (C sum g)^2)`` falls below ``grad_tol * |w|``
     (checked before factorising, so the converged iterate costs no solve; since the Hessian
     is at least the identity, ``|w - w*| <= |gradient|``, so ``w`` is then within
     ``grad_tol`` relative of the optimum), or when the Newton decrement is below ``tol``
