@@ -114,7 +114,12 @@ def test_random_weights_are_seeded_and_leave_global_rng_alone(vgg):
     other = load_backbone("vgg16", "random:seed=3")
     assert other.weights_id == "random:seed=3"
     assert not torch.equal(other.module[0].weight, vgg.module[0].weight)
-    # torchvision's VGG init: kaiming normal (fan_out), zero bias - not the Conv2d default
+    # torchvision's VGG init: kaiming normal (fan_out), zero bias - not the Conv2d default;
+    # draw for draw what torch.nn.init.kaiming_normal_ gives with the same generator
+    ref = torch.empty_like(vgg.module[0].weight)
+    torch.nn.init.kaiming_normal_(ref, mode="fan_out", nonlinearity="relu",
+                                  generator=torch.Generator().manual_seed(0))
+    assert torch.equal(vgg.module[0].weight, ref)
     w = vgg.module[28].weight.detach()
     assert abs(float(w.std()) - (2.0 / (512 * 9)) ** 0.5) < 1e-3
     assert float(vgg.module[28].bias.detach().abs().max()) == 0.0

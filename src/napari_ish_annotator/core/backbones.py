@@ -107,22 +107,6 @@ def _vgg16_trunk() -> torch.nn.Sequential:
     return make_layers(cfgs["D"], batch_norm=False)
 
 
-def _vgg_init(trunk: torch.nn.Module, generator: torch.Generator) -> None:
-    """torchvision's VGG initialisation, drawn from ``generator``."""
-    import torch
-
-    for m in trunk.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu",
-                                          generator=generator)
-            if m.bias is not None:
-                torch.nn.init.zeros_(m.bias)
-        elif isinstance(m, torch.nn.BatchNorm2d):
-            torch.nn.init.ones_(m.weight)
-            torch.nn.init.zeros_(m.bias)
-            m.reset_running_stats()
-
-
 VGG16 = BackboneSpec(
     name="vgg16",
     summary="the paper's network (Zhang et al. 2015); ImageNet weights from torchvision",
@@ -138,7 +122,7 @@ VGG16 = BackboneSpec(
     mean=(0.48235, 0.45882, 0.40784),
     std=(1.0 / 255.0, 1.0 / 255.0, 1.0 / 255.0),
     build_trunk=_vgg16_trunk,
-    init_trunk=_vgg_init,
+    init_trunk=_extra.kaiming_init,  # torchvision's VGG init (He, fan-out), same draws
     state_prefix="features.",
     torchvision_weights={
         "imagenet": "VGG16_Weights.IMAGENET1K_FEATURES",
