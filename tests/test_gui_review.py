@@ -58,3 +58,63 @@ def test_gradcam_follows_a_retrained_model(make_napari_viewer, qtbot, tmp_path):
     train.train()
     _wait(qtbot, train.runner)
     assert not gradcam_layer(viewer).visible
+
+
+def test_folder_button_opens_in_a_worker_and_cancel_keeps_the_open_dataset(
+        make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """Checking and hashing thousands of files must not freeze the viewer."""
+    from qtpy.QtWidgets import QFileDialog
+
+    from napari_ish_annotator.widgets import _session
+    from napari_ish_annotator.widgets._session import get_session
+    from napari_ish_annotator.widgets._viewer_binding import embryo_layer
+
+    first = make_dataset(tmp_path / "first", n=4)
+    folder = tmp_path / "plain"
+    make_dataset(folder, n=8, seed=1)
+    (folder / "manifest.csv").unlink()  # a plain folder of images
+    monkeypatch.setattr(_session, "OPEN_CHUNK", 2)  # several progress steps for 8 images
+    check = _session._check_image_header
+
+    def slow_check(path):  # a slow network share: the cancel lands before the end
+        import time
+
+        time.sleep(0.1)
+        return check(path)
+
+    monkeypatch.setattr(_session, "_check_image_header", slow_check)
+    viewer = make_napari_viewer()
+    embryos = dock(viewer, "Embryos")
+    assert embryos.open_paths([first])
+    session = get_session(viewer)
+    session.set_label(TERMS[0], 1, 2)
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(folder))
+
+    # Cancel: the dataset on screen stays, with its labels and its label store
+    steps = []
+
+    def on_step(step):
+        steps.append(step)
+        embryos.runner.cancel()
+
+    embryos.open_folder_button.click()
+    worker = embryos.runner.worker
+    assert embryos.runner.running and not embryos.open_folder_button.isEnabled()
+    worker.yielded.connect(on_step)
+    qtbot.waitUntil(lambda: not embryos.runner.running, timeout=WAIT_MS)
+    assert embryos.runner.last_outcome == "cancelled"
+    assert session.n_images == 4 and embryos.table.rowCount() == 4
+    assert session.labels_for(2)[TERMS[0]] == 1
+    session.set_label(TERMS[1], 1, 2)  # the store is still open and writable
+    assert embryos.open_folder_button.isEnabled()
+
+    embryos.open_folder_button.click()
+    assert embryos.runner.running  # the click returned at once; the work is in a worker
+    _wait(qtbot, embryos.runner)
+    assert session.n_images == 8 and embryos.table.rowCount() == 8
+    assert session.source == folder
+    assert session.store.path == folder / "ish-labels.sqlite"
+    assert embryo_layer(viewer).data.shape == session.image(0).shape
+    assert len(viewer.layers) == 1
+    session.set_label(session.vocabulary[2], 0, 5)  # default vocabulary: no manifest here
+    assert session.label_matrix()[5, 2] == 0

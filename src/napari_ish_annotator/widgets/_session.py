@@ -30,6 +30,8 @@ UNCERTAIN_BAND = 0.15
 STORE_TIMEOUT = 1.0
 #: minimum positives and negatives per term before a cross-validated AUC is reported
 MIN_CV_PER_CLASS = 3
+#: images checked / hashed per progress step while opening
+OPEN_CHUNK = 100
 #: up to this many genes, cross-validation leaves one gene out; above, grouped k folds
 LOGO_MAX_GROUPS = 12
 
@@ -140,13 +142,32 @@ class AnnotatorSession:
 
         A manifest's terms are imported into a fresh label store, so sample data and
         manifests come with their labels; an existing store keeps its own labels.
+        Blocks until done: widgets run :meth:`iter_open` in a worker and then call
+        :meth:`apply_open`, so thousands of files are checked and hashed off the GUI thread.
+        """
+        from ..core.progress import drive
+
+        self.apply_open(drive(self.iter_open(inputs, store_path, vocabulary)))
+
+    def iter_open(
+        self,
+        inputs: Sequence[str | Path],
+        store_path: str | Path | None = None,
+        vocabulary: Sequence[str] | str | Path | None = None,
+    ) -> ProgressGen[dict]:
+        """The slow part of opening (image headers, content hashes, label store), no state change.
+
+        Safe in a worker thread: it only reads the session's settings; its result goes to
+        :meth:`apply_open` on the GUI thread.
         """
         from ..core.images import SUPPORTED_SUFFIXES, list_images
+        from ..core.labels import LabelStore
         from ..core.manifest import parse_vocabulary, read_manifest
 
         inputs = [Path(p) for p in inputs]
         if not inputs:
             raise InputError("nothing to open; choose image files, a folder or a manifest CSV")
+        yield Progress(0, 0, "listing images")
         paths: list[Path] = []
         genes: list[str | None] = []
         stages: list[str | None] = []
@@ -194,6 +215,8 @@ class AnnotatorSession:
                 raise InputError("no such file or folder; check the path", path=item)
         keep: list[int] = []
         for i, p in enumerate(paths):
+            if i % OPEN_CHUNK == 0:
+                yield Progress(i, len(paths), f"checking images ({i}/{len(paths)})")
             why = _check_image_header(p)
             if why is None:
                 keep.append(i)
@@ -203,13 +226,53 @@ class AnnotatorSession:
             detail = f" ({skipped[0]})" if skipped else ""
             raise InputError(f"no readable images found{detail}; choose a folder with "
                              "PNG/JPEG/TIFF/BMP images or a manifest CSV", path=inputs[0])
-        self.paths = [paths[i] for i in keep]
-        self.genes = [genes[i] for i in keep]
-        self.stages = [stages[i] for i in keep]
-        self.manifest_terms = [mterms[i] for i in keep]
-        self.dataset = dataset
-        self.skipped = skipped
-        self.source = inputs[0]
+        paths = [paths[i] for i in keep]
+        stage = self.settings.stage
+        known_stages = {stages[i] for i in keep if stages[i]}
+        if len(known_stages) == 1:
+            stage = known_stages.pop()
+        source = inputs[0]
+        path = Path(store_path) if store_path else LabelStore.default_path_for(source)
+        store, read_only, pending = yield from self._iter_open_store(path, paths)
+        try:
+            if vocabulary is not None:
+                vocab = parse_vocabulary(vocabulary)
+            if not vocab and store is not None:
+                vocab = list(store.terms())
+            if not vocab:
+                from ..core.vocabulary import default_vocabulary
+
+                vocab = list(default_vocabulary(stage))
+            if store is not None and not read_only:
+                yield Progress(len(paths), len(paths), "importing manifest labels")
+                store.add_terms(vocab)
+                if dataset is not None:  # idempotent: writes only what changed in the manifest
+                    store.import_dataset(dataset, annotator=LABEL_FALLBACK[0])
+        except BaseException:
+            if store is not None:
+                store.close()
+            raise
+        return {"paths": paths, "genes": [genes[i] for i in keep],
+                "stages": [stages[i] for i in keep], "manifest_terms": [mterms[i] for i in keep],
+                "dataset": dataset, "skipped": skipped, "source": source, "stage": stage,
+                "vocabulary": vocab, "store": store, "store_read_only": read_only,
+                "pending_error": pending}
+
+    def apply_open(self, opened: dict) -> None:
+        """Make an :meth:`iter_open` result the session's dataset (GUI thread; emits signals)."""
+        if self.store is not None and self.store is not opened["store"]:
+            self.store.close()
+        self.store = opened["store"]
+        self.store_read_only = opened["store_read_only"]
+        self._pending_error = opened["pending_error"]
+        self.paths = opened["paths"]
+        self.genes = opened["genes"]
+        self.stages = opened["stages"]
+        self.manifest_terms = opened["manifest_terms"]
+        self.dataset = opened["dataset"]
+        self.skipped = opened["skipped"]
+        self.source = opened["source"]
+        self.settings.stage = opened["stage"]
         self.generation += 1
         self.features = None
         self.features_signature = None
@@ -218,58 +281,59 @@ class AnnotatorSession:
         self.train_report = None
         self._images.clear()
         self._label_cache.clear()
-        known_stages = {s for s in self.stages if s}
-        if len(known_stages) == 1:
-            self.settings.stage = known_stages.pop()
-
-        self._open_store(store_path)
-        if vocabulary is not None:
-            vocab = parse_vocabulary(vocabulary)
-        if not vocab and self.store is not None:
-            vocab = list(self.store.terms())
-        if not vocab:
-            from ..core.vocabulary import default_vocabulary
-
-            vocab = list(default_vocabulary(self.settings.stage))
-        self.vocabulary = list(vocab)
-        if self.store is not None and not self.store_read_only:
-            self.store.add_terms(self.vocabulary)
-            if dataset is not None:  # idempotent: writes only what changed in the manifest
-                self.import_manifest_labels(dataset, emit=False)
+        self.vocabulary = list(opened["vocabulary"])
         self.index = 0
         self.dataset_changed.emit()
         self.vocabulary_changed.emit()
         self.predictions_changed.emit()
         self.current_changed.emit(self.index)
 
+    def _iter_open_store(self, path: Path,
+                         paths: Sequence[Path]) -> ProgressGen[tuple[Any, bool, InputError | None]]:
+        """(store, read_only, pending error): hashes every image into the store in chunks."""
+        from ..core.labels import LabelStore
+
+        store = None
+        done = False
+        try:
+            try:
+                store = LabelStore(path, annotator=self.annotator, busy_timeout=STORE_TIMEOUT)
+                for start in range(0, len(paths), OPEN_CHUNK):
+                    yield Progress(start, len(paths),
+                                   f"reading images into the label store ({start}/{len(paths)})")
+                    store.add_images(paths[start:start + OPEN_CHUNK])
+                done = True
+                return store, False, None
+            except InputError:
+                pass
+            if store is not None:
+                store.close()
+                store = None
+            # read-only folder or locked file: fall back to reading, report clearly
+            if path.exists():
+                try:
+                    store = LabelStore(path, annotator=self.annotator, read_only=True)
+                except InputError:
+                    store = None
+            error = InputError(
+                "the label store cannot be written (read-only or locked); labels will not be "
+                "saved - choose another label file in the Embryos panel", path=path)
+            done = True
+            return store, store is not None, error
+        finally:
+            if not done and store is not None:  # cancelled or failed: release the file
+                store.close()
+
     def _open_store(self, store_path: str | Path | None) -> None:
         from ..core.labels import LabelStore
+        from ..core.progress import drive
 
         if self.store is not None:
             self.store.close()
             self.store = None
         path = Path(store_path) if store_path else LabelStore.default_path_for(self.source)
-        self.store_read_only = False
-        try:
-            self.store = LabelStore(path, annotator=self.annotator, busy_timeout=STORE_TIMEOUT)
-            self.store.add_images(self.paths)
-        except InputError:
-            if self.store is not None:
-                self.store.close()
-            # read-only folder or locked file: fall back to reading, report clearly
-            self.store = None
-            if path.exists():
-                try:
-                    self.store = LabelStore(path, annotator=self.annotator, read_only=True)
-                    self.store_read_only = True
-                except InputError:
-                    self.store = None
-            raise_later = InputError(
-                "the label store cannot be written (read-only or locked); labels will not be "
-                "saved - choose another label file in the Embryos panel", path=path)
-            self._pending_error = raise_later
-            return
-        self._pending_error = None
+        self.store, self.store_read_only, self._pending_error = drive(
+            self._iter_open_store(path, self.paths))
 
     def take_pending_error(self) -> InputError | None:
         """A non-fatal problem from the last open (e.g. read-only store), once."""

@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import InputError
 from ._session import get_session, real_viewer
-from ._worker import report_error
+from ._worker import TaskRunner, report_error
 
 COLUMNS = ("#", "image", "gene", "stage", "labelled", "top predicted")
 
@@ -79,6 +79,10 @@ class EmbryosWidget(QWidget):
         header.setStretchLastSection(True)
         self.table.itemSelectionChanged.connect(self._row_selected)
 
+        self.runner = TaskRunner()  # opening thousands of files: headers and hashes off the GUI
+        self.runner.started.connect(lambda: self._busy(True))
+        self.runner.finished.connect(lambda *_: self._busy(False))
+
         self.info_label = QLabel("Open images, a folder or a manifest CSV to start.")
         self.info_label.setWordWrap(True)
         self.skipped_label = QLabel("")
@@ -122,6 +126,7 @@ class EmbryosWidget(QWidget):
 
         layout = QVBoxLayout(self)
         layout.addLayout(open_row)
+        layout.addWidget(self.runner)
         layout.addWidget(self.info_label)
         layout.addWidget(self.skipped_label)
         layout.addWidget(self.filter_edit)
@@ -150,33 +155,55 @@ class EmbryosWidget(QWidget):
                 sig.disconnect(slot)
 
     # ------------------------------------------------------------------ opening
-    def open_paths(self, paths: list[str | Path], store_path: str | Path | None = None) -> bool:
-        """Open inputs into the session; errors become notifications. Returns success."""
-        try:
-            self.session.open(paths, store_path=store_path)
-        except InputError as exc:
-            report_error(exc)
-            return False
+    def open_paths(self, paths: list[str | Path], store_path: str | Path | None = None,
+                   background: bool = False) -> Any:
+        """Open inputs into the session; errors become notifications.
+
+        In the foreground (scripts, tests) returns success. With ``background`` (the Open
+        buttons) image headers and content hashes are read in a worker with progress and
+        Cancel, so a folder of thousands of images never freezes the viewer; returns the worker.
+        """
+        if not background:
+            try:
+                self.session.open(paths, store_path=store_path)
+            except InputError as exc:
+                report_error(exc)
+                return False
+            self._report_pending()
+            return True
+        return self.runner.start(self.session.iter_open, list(paths), store_path,
+                                 on_done=self._opened, message="opening…", done_message="",
+                                 needs_torch=False)
+
+    def _opened(self, opened: dict) -> None:
+        self.session.apply_open(opened)
+        self._report_pending()
+
+    def _report_pending(self) -> None:
         err = self.session.take_pending_error()
         if err is not None:
             report_error(err)
-        return True
+
+    def _busy(self, busy: bool) -> None:
+        for b in (self.open_files_button, self.open_folder_button, self.open_manifest_button,
+                  self.store_button, self.import_button):
+            b.setEnabled(not busy)
 
     def _choose_files(self) -> None:
         files, _ = QFileDialog.getOpenFileNames(
             self, "Open images", "", "Images (*.png *.jpg *.jpeg *.tif *.tiff *.bmp)")
         if files:
-            self.open_paths(files)
+            self.open_paths(files, background=True)
 
     def _choose_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Open a folder of images")
         if folder:
-            self.open_paths([folder])
+            self.open_paths([folder], background=True)
 
     def _choose_manifest(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open a manifest", "", "Manifest (*.csv)")
         if path:
-            self.open_paths([path])
+            self.open_paths([path], background=True)
 
     def _choose_store(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Label file", "", "SQLite (*.sqlite)",
