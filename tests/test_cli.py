@@ -191,3 +191,50 @@ def test_predict_holds_only_one_chunk_of_features_in_memory(cli_data, trained, t
     n_images = len(list(images_dir.glob("*.png")))
     assert max(sizes) <= 7 and sum(sizes) == n_images
     assert chunked.read_text() == whole.read_text()
+
+
+@pytest.mark.parametrize("command", ["predict-folder", "predict-under-file", "evaluate-json",
+                                     "gradcam-npy", "train-out-file", "cache-file"])
+def test_unwritable_output_fails_fast_with_exit_2(cli_data, trained, tmp_path, capsys,
+                                                  monkeypatch, command):
+    """A bad output path must be reported before any feature is extracted, in one line."""
+    from napari_ish_annotator.core.features import FeatureExtractor
+
+    def no_work(self, *args, **kwargs):
+        raise AssertionError("features extracted before the output path was checked")
+
+    monkeypatch.setattr(FeatureExtractor, "iter_extract", no_work)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    manifest = str(cli_data / "data" / "manifest.csv")
+    image = str(sorted((cli_data / "data" / "images").glob("*.png"))[0])
+    term = json.loads((trained / "model.json").read_text())["vocabulary"][0]
+    argv, culprit = {
+        "predict-folder": (["predict", str(trained), image, "--out", str(folder)], folder),
+        "predict-under-file": (["predict", str(trained), image, "--out",
+                                str(a_file / "p.csv")], a_file),
+        "evaluate-json": (["evaluate", manifest, "--json", str(folder), *FAST], folder),
+        "gradcam-npy": (["gradcam", str(trained), image, "--term", term, "--out",
+                         str(tmp_path / "h.png"), "--npy", str(folder)], folder),
+        "train-out-file": (["train", manifest, "--out", str(a_file), *FAST], a_file),
+        "cache-file": (["train", manifest, "--out", str(tmp_path / "m"), "--cache", str(a_file),
+                        *FAST], a_file),
+    }[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert str(culprit) in err, err
+    assert not (tmp_path / "h.png").exists()
+
+
+def test_atomic_write_onto_a_folder_is_an_input_error(tmp_path):
+    from napari_ish_annotator.core.errors import InputError
+    from napari_ish_annotator.core.io import write_png_atomic, write_text_atomic
+
+    with pytest.raises(InputError, match="is a folder"):
+        write_text_atomic(tmp_path, "x")
+    with pytest.raises(InputError, match="is a folder"):
+        write_png_atomic(tmp_path, np.zeros((4, 4, 3), np.uint8))
+    assert [p.name for p in tmp_path.iterdir()] == []  # no temporary file left behind

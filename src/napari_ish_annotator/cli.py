@@ -311,10 +311,33 @@ def _register_finetune(*hooks: Callable[..., None]) -> None:
 EXTRA_COMMANDS: list[Callable[..., None]] = [_register_finetune]
 
 
+# Output paths per sub-command, as (attribute, is_folder): checked before any work starts,
+# so a typo in --out fails in a second instead of after hours of feature extraction.
+OUTPUTS: dict[str, list[tuple[str, bool]]] = {
+    "demo": [("headless", True)], "train": [("out", True)], "predict": [("out", False)],
+    "evaluate": [("json", False)], "gradcam": [("out", False), ("npy", False)],
+    "finetune": [("out", False)],
+}
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    from .core.io import check_output_path
+
+    for attr, folder in [*OUTPUTS.get(args.command, []), ("cache", True)]:
+        value = getattr(args, attr, None)
+        if value is not None:
+            check_output_path(value, folder=folder)
+    if args.command == "train":
+        from .core.bundle import check_bundle_target
+
+        check_bundle_target(args.out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_outputs(args)
         return int(args.handler(args))
     except InputError as exc:
         print(f"ish-annotator {args.command}: error: {exc}", file=sys.stderr)

@@ -120,17 +120,27 @@ def _manifest(bundle: ModelBundle) -> dict:
     }
 
 
-def save_bundle(path: str | Path, bundle: ModelBundle) -> None:
-    """Write ``bundle`` to the folder ``path`` atomically (temp folder beside it, then rename).
+def check_bundle_target(path: str | Path) -> Path:
+    """``path`` may receive a bundle: absent, an empty folder, or an existing bundle.
 
-    An existing *bundle* at ``path`` is replaced only after the new one is complete; any
-    other existing file or non-empty folder is refused rather than deleted.
+    Called by :func:`save_bundle` and by the CLI before training, so a bad ``--out`` fails
+    before the features are extracted rather than after.
     """
     path = Path(path)
     if path.exists() and not (path.is_dir() and ((path / MODEL_JSON).exists()
                                                  or not any(path.iterdir()))):
         raise InputError("exists and is not a model folder; refusing to overwrite it, "
                          "choose another output folder", path=path)
+    return path
+
+
+def save_bundle(path: str | Path, bundle: ModelBundle) -> None:
+    """Write ``bundle`` to the folder ``path`` atomically (temp folder beside it, then rename).
+
+    An existing *bundle* at ``path`` is replaced only after the new one is complete; any
+    other existing file or non-empty folder is refused rather than deleted.
+    """
+    path = check_bundle_target(path)
     manifest = _manifest(bundle)
     arrays: dict[str, np.ndarray] = {}
     for i, term in enumerate(bundle.classifier.terms):

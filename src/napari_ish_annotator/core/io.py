@@ -7,6 +7,7 @@ with ``os.replace``, which is atomic on POSIX and Windows.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -19,10 +20,36 @@ import numpy as np
 from .errors import InputError
 
 
+def check_output_path(path: str | Path, folder: bool = False) -> Path:
+    """Fail fast, before hours of work, if ``path`` cannot be written.
+
+    ``path`` must not be a folder (or, with ``folder=True``, a file); its nearest existing
+    ancestor must be a writable folder. Nothing is created here, so a run that fails
+    later leaves no empty folders behind.
+    """
+    path = Path(path)
+    if not folder and path.is_dir():
+        raise InputError("is a folder; give a file name for the output", path=path)
+    if folder and path.exists() and not path.is_dir():
+        raise InputError("exists and is a file; give a folder name for the output", path=path)
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"cannot write here: {parent} is a file, not a folder; choose "
+                         "another output location", path=path)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write here: no permission to write in {parent}; choose a "
+                         "writable location", path=path)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError("is a folder; give a file name for the output", path=path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}",
@@ -34,7 +61,16 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise InputError(f"cannot write here ({exc.strerror}); choose a writable location",
+                             path=path) from exc
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        raise InputError(f"cannot write here ({exc.strerror}); free some space or choose "
+                         "another location", path=path) from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
