@@ -95,6 +95,22 @@ def test_values_outside_float16_are_not_cached(tmp_path):
         cache.put(H, np.zeros((3, 3)))
 
 
+def test_unwritable_cache_does_not_stop_extraction(tmp_path):
+    """A cache root that cannot be created (here: it is a file) means uncached, not a crash."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    cache = FeatureCache(blocker, SIG)
+    assert not cache.put(H, feats())
+    assert cache.write_error and str(blocker) in cache.write_error
+    assert cache.get(H) is None and len(cache) == 0
+    config = replace(BASE)
+    fx = FeatureExtractor(config, cache_dir=blocker, loaded=load_backbone("vgg16", "random", 0))
+    img = np.full((24, 48, 3), 200, np.uint8)
+    out = fx.extract([img, img[:, ::-1]])
+    assert out.shape == (2, fx.dim) and np.isfinite(out).all()
+    assert fx.cache.write_error is not None
+
+
 # --------------------------------------------------------------------------- with the extractor
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
 from .io import atomic_path
 
 _F16_MAX = float(np.finfo(np.float16).max)
@@ -63,6 +64,9 @@ class FeatureCache:
         self.shape: tuple[int, ...] | None = tuple(int(v) for v in shape) if shape else None
         self._index: dict[str, str] | None = None
         self._lock = threading.Lock()
+        #: why entries cannot be written (read-only or full disk), else None; features are
+        #: then still computed and returned, just not cached
+        self.write_error: str | None = None
 
     # ------------------------------------------------------------------ internals
     def _ensure_folder(self) -> None:
@@ -121,20 +125,28 @@ class FeatureCache:
         return arr
 
     def put(self, image_hash: str, features: np.ndarray) -> bool:
-        """Store ``features`` as float16 (atomically). Returns False if they do not fit float16."""
+        """Store ``features`` as float16 (atomically). Returns False if they were not stored:
+        they do not fit float16, or the cache cannot be written (see :attr:`write_error`) -
+        a cache is an optimisation, so a full or read-only disk must not stop an extraction."""
         arr = np.asarray(features)
         if self.shape is not None and arr.shape != self.shape:
             raise ValueError(f"features have shape {arr.shape}, the cache expects {self.shape}")
         if not np.isfinite(arr).all() or (arr.size and float(np.abs(arr).max()) > _F16_MAX):
             return False
+        if self.write_error is not None:
+            return False
         arr16 = np.ascontiguousarray(arr, dtype=np.float16)
         name = f"{image_hash}.{zlib.crc32(arr16.tobytes()):08x}.npy"
-        self._ensure_folder()
         import io
 
         buf = io.BytesIO()
         np.save(buf, arr16, allow_pickle=False)
-        _atomic_write_bytes(self.folder / name, buf.getvalue())
+        try:
+            self._ensure_folder()
+            _atomic_write_bytes(self.folder / name, buf.getvalue())
+        except (OSError, InputError) as exc:
+            self.write_error = f"cannot write the feature cache at {self.folder}: {exc}"
+            return False
         with self._lock:
             old = self._load_index().get(image_hash)
             self._index[image_hash] = name  # type: ignore[index]
