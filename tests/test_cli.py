@@ -238,3 +238,15 @@ def test_atomic_write_onto_a_folder_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="is a folder"):
         write_png_atomic(tmp_path, np.zeros((4, 4, 3), np.uint8))
     assert [p.name for p in tmp_path.iterdir()] == []  # no temporary file left behind
+
+
+def test_gui_demo_without_a_display_exits_2_pointing_to_headless(monkeypatch, capsys):
+    """Without X/Wayland, Qt aborts the process (exit 134); say what to do instead."""
+    import napari_ish_annotator.demo as demo
+
+    monkeypatch.setattr(demo.sys, "platform", "linux")
+    for key in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(key, raising=False)
+    assert main(["demo"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--headless" in err, err

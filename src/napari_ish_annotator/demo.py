@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -145,8 +146,21 @@ def run_headless_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def has_display() -> bool:
+    """Whether Qt can open a window: always on macOS/Windows; on Linux it needs X or Wayland
+    (or an explicit ``QT_QPA_PLATFORM`` such as ``offscreen``)."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return any(os.environ.get(k) for k in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"))
+
+
 def run_gui_demo(args: argparse.Namespace) -> int:  # pragma: no cover - needs a display
     """Open napari with the plugin's dock widgets and the bundled sample embryos."""
+    if not has_display():  # Qt would abort the process (exit 134) with a long plugin message
+        print("ish-annotator demo: error: no display found (DISPLAY/WAYLAND_DISPLAY are not "
+              "set); run `ish-annotator demo --headless OUT` on a machine without a screen",
+              file=sys.stderr)
+        return 2
     try:
         import napari
     except ImportError as exc:
