@@ -199,6 +199,10 @@ def test_vote_and_proba_consistency():
     assert (proba[votes == 1.0] > 0.5).all() and (proba[votes == 0.0] < 0.5).all()
     # the classifier actually learned term "a" (x0 > 0.5) on its training data
     assert (pred[:, 0] == Y[:, 0].astype(bool)).mean() > 0.9
+    # no images (an empty test fold or input list) gives empty results, not a reshape error
+    none = X[:0]
+    assert clf.decision_members(none).shape == (0, 3, 7)
+    assert clf.predict_proba(none).shape == clf.predict(none).shape == (0, 3)
 
 
 def test_even_ensemble_tie_goes_to_probability():

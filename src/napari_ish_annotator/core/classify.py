@@ -509,7 +509,7 @@ class EnsembleClassifier:
                 norms[norms == 0] = 1.0
                 dec /= norms[:, None]
             out[r0:r0 + len(Xc)] = dec + b
-        return out.reshape(n, len(self.terms), -1)
+        return out.reshape(n, len(self.terms), W.shape[0] // len(self.terms))  # n may be 0
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """(n, T) probability of each term: the *mean* of the members' logistic probabilities.
