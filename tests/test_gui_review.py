@@ -118,3 +118,26 @@ def test_folder_button_opens_in_a_worker_and_cancel_keeps_the_open_dataset(
     assert len(viewer.layers) == 1
     session.set_label(session.vocabulary[2], 0, 5)  # default vocabulary: no manifest here
     assert session.label_matrix()[5, 2] == 0
+
+
+def test_closing_napari_mid_task_stops_the_worker_without_crashing(
+        make_napari_viewer, qtbot, tmp_path):
+    """Late worker signals used to reach deleted Qt widgets (RuntimeError -> process abort)."""
+    from napari_ish_annotator.widgets._session import get_session
+
+    viewer = make_napari_viewer()
+    embryos, annotate = dock(viewer, "Embryos"), dock(viewer, "Annotate")
+    assert embryos.open_paths([make_dataset(tmp_path / "data", n=8)])
+    session = get_session(viewer)
+    session.set_label(TERMS[0], 1, 0)
+    annotate.set_settings(weights="random", input_size=224, batch_size=1, device="cpu")
+    steps, ended = [], []
+    worker = annotate.extract()
+    worker.yielded.connect(lambda step: steps.append(step))
+    worker.finished.connect(lambda: ended.append(True))
+    qtbot.waitUntil(lambda: any(s[0] >= 1 for s in steps), timeout=WAIT_MS)
+    viewer.close()
+    qtbot.waitUntil(lambda: bool(ended), timeout=WAIT_MS)
+    qtbot.wait(200)  # let any late queued signal arrive
+    assert max(s[0] for s in steps) < 8  # stopped, not run to the end
+    assert session.features is None

@@ -7,6 +7,7 @@ same generators on the calling thread, which makes debugging with breakpoints ea
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import traceback
@@ -48,6 +49,15 @@ def preload_torch() -> None:
     from ..core import features  # noqa: F401
 
 
+def _orphan(life: dict[str, Any], *_: Any) -> None:
+    """The runner's widget is being destroyed: stop its worker at the next progress step."""
+    life["alive"] = False
+    worker = life.get("worker")
+    if worker is not None:
+        with contextlib.suppress(RuntimeError):
+            worker.quit()
+
+
 class TaskRunner(QWidget):
     """A progress bar, a status line and a Cancel button driving one worker at a time."""
 
@@ -60,6 +70,10 @@ class TaskRunner(QWidget):
         self.last_error: str | None = None
         self.last_outcome: str | None = None
         self._cancel_requested = False
+        # survives this widget: closing napari mid-task stops the worker, and its late
+        # signals must not touch deleted Qt objects (that aborts the whole process)
+        self._life: dict[str, Any] = {"alive": True, "worker": None}
+        self.destroyed.connect(functools.partial(_orphan, self._life))
         self.bar = QProgressBar()
         self.bar.setTextVisible(True)
         self.status = QLabel("")
@@ -131,9 +145,17 @@ class TaskRunner(QWidget):
         with contextlib.suppress(AttributeError, TypeError, RuntimeError):
             worker.errored.disconnect(worker._relay_error)
         self.worker = worker
+        self._life["worker"] = worker
+        life = self._life
         state: dict[str, Any] = {"outcome": "done"}
 
+        def progress(step: Any) -> None:
+            if life["alive"]:
+                self._progress(step)
+
         def returned(result: Any) -> None:
+            if not life["alive"]:
+                return  # the panel (napari) was closed: drop the result
             if on_done is not None:
                 try:
                     on_done(result)
@@ -142,6 +164,9 @@ class TaskRunner(QWidget):
                     self.last_error = report_error(exc)
 
         def errored(exc: BaseException) -> None:
+            if not life["alive"]:
+                log.error("".join(traceback.format_exception(exc)))
+                return
             state["outcome"] = "error"
             self.last_error = report_error(exc)
 
@@ -149,13 +174,15 @@ class TaskRunner(QWidget):
             state["outcome"] = "cancelled"
 
         def finished() -> None:
-            if self.worker is worker:
+            if life["worker"] is worker:
+                life["worker"] = None
+            if life["alive"] and self.worker is worker:
                 outcome = state["outcome"]
                 text = {"done": done_message, "cancelled": "cancelled",
                         "error": self.last_error or "failed"}[outcome]
                 self._end(outcome, text)
 
-        worker.yielded.connect(self._progress)
+        worker.yielded.connect(progress)
         worker.returned.connect(returned)
         worker.errored.connect(errored)
         worker.aborted.connect(aborted)
