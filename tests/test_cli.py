@@ -250,3 +250,16 @@ def test_gui_demo_without_a_display_exits_2_pointing_to_headless(monkeypatch, ca
     assert main(["demo"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--headless" in err, err
+
+
+def test_progress_bar_reaches_a_log_file_in_batch_jobs(cli_data, trained, tmp_path):
+    """`predict ... 2> log` (stderr not a terminal) must still report progress there."""
+    out = tmp_path / "pred.csv"
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_ish_annotator.cli", "predict", str(trained),
+         str(cli_data / "data" / "images"), "--out", str(out), "--cache",
+         str(cli_data / "cache")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    n_images = len(list((cli_data / "data" / "images").glob("*.png")))
+    assert f"{n_images}/{n_images}" in result.stderr  # tqdm's "done/total" at the end
+    assert "predict" in result.stderr

@@ -22,8 +22,11 @@ Handler = Callable[[argparse.Namespace], int]
 
 # ----------------------------------------------------------------------------- helpers
 def _run(gen, args: argparse.Namespace, desc: str):
-    """Drive a progress generator with a tqdm bar on stderr (hidden with --quiet)."""
-    with TqdmCallback(desc=desc, disable=True if args.quiet else None) as bar:
+    """Drive a progress generator with a tqdm bar on stderr (hidden with --quiet).
+
+    Shown also when stderr is a log file, so batch jobs (``2> log``) report progress.
+    """
+    with TqdmCallback(desc=desc, disable=bool(args.quiet)) as bar:
         return drive(gen, bar)
 
 

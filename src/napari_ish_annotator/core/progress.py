@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable, Generator
 from typing import Any, NamedTuple, TypeVar
 
@@ -88,11 +89,20 @@ def sub_progress(
 
 
 class TqdmCallback:
-    """A progress callback that draws a tqdm bar on stderr (used by the CLI)."""
+    """A progress callback that draws a tqdm bar on stderr (used by the CLI).
 
-    def __init__(self, desc: str = "", disable: bool | None = None) -> None:
+    ``disable=None`` hides the bar when stderr is not a terminal. When stderr is a log file
+    (batch jobs: ``2> log``) and the bar is shown, it is redrawn at most every
+    ``log_interval`` seconds so the log stays readable.
+    """
+
+    def __init__(self, desc: str = "", disable: bool | None = None,
+                 log_interval: float = 10.0) -> None:
         self.desc = desc
         self.disable = disable
+        self.log_interval = log_interval
+        self._tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
+        self._last = float("-inf")
         self._bar: Any = None
 
     def __call__(self, done: int, total: int, message: str) -> None:
@@ -106,7 +116,10 @@ class TqdmCallback:
         self._bar.n = done
         if message:
             self._bar.set_postfix_str(message, refresh=False)
-        self._bar.refresh()
+        now = time.monotonic()
+        if self._tty or done >= total or now - self._last >= self.log_interval:
+            self._last = now
+            self._bar.refresh()
 
     def close(self) -> None:
         if self._bar is not None:
