@@ -134,6 +134,14 @@ def test_utf8_bom_and_tabs(folder):
     assert read_manifest(t).vocabulary == ["a", "b"]
 
 
+def test_semicolon_csv_from_excel_with_decimal_comma_locale(folder):
+    """German/French Excel saves 'CSV' with ';' and quotes cells that contain ';'."""
+    p = _write(folder, 'image;terms;stage\nimg/e0.png;"a;b";13-16\nimg/e1.png;c;13-16\n')
+    dataset = read_manifest(p)
+    assert dataset.vocabulary == ["a", "b", "c"]
+    assert dataset.samples[0].terms == ("a", "b") and dataset.stages == ["13-16", "13-16"]
+
+
 def test_missing_image_names_row(folder):
     p = _write(folder, "image,terms\nimg/e0.png,a\n\nimg/missing.png,a\n")
     with pytest.raises(InputError, match=r"row 4.*missing\.png.*not found"):

@@ -209,7 +209,9 @@ def _open_table(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]
         raise InputError("manifest is empty; it needs a header row 'image,terms' and one row "
                          "per image", path=path)
     first = text.splitlines()[0]
-    delimiter = "\t" if ("\t" in first and "," not in first) else ","
+    delimiter = ","
+    if "," not in first:  # tab-separated, or Excel's ';' CSV in locales with a decimal comma
+        delimiter = "\t" if "\t" in first else ";" if ";" in first else ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = [h.strip() for h in next(reader)]
