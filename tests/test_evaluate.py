@@ -132,3 +132,44 @@ def test_fold_fit_reads_features_in_place_and_matches_a_copied_fit():
     assert np.array_equal(votes[:, 0], reference.predict(X[test])[:, 0])
     assert (scores[:, 1] == 0).all() and not votes[:, 1].any()
     assert float(np.mean(votes[:, 0] == Y[test, 0].astype(bool))) > 0.8
+
+
+def test_evaluate_frees_each_layers_features_before_the_next(monkeypatch):
+    """Layer after layer, only one feature matrix (GBs for thousands of images) is alive."""
+    import gc
+    import weakref
+    from pathlib import Path
+
+    from napari_ish_annotator.core import pipeline
+    from napari_ish_annotator.core.classify import EnsembleConfig
+    from napari_ish_annotator.core.features import ExtractorConfig
+    from napari_ish_annotator.core.manifest import Dataset, Sample
+    from napari_ish_annotator.core.progress import drive
+
+    rng = np.random.default_rng(0)
+    samples = [Sample(Path(f"img{i}.png"), ("a",) if i % 3 == 0 else (), gene=f"g{i // 2}")
+               for i in range(24)]
+    dataset = Dataset(samples=samples, vocabulary=["a"])
+    alive: list[weakref.ref] = []
+    still_alive_at_start: list[int] = []
+
+    def fake_features(extractor, images, stage="features"):
+        gc.collect()
+        still_alive_at_start.append(sum(r() is not None for r in alive))
+        X = rng.random((len(images), 64)).astype(np.float32)
+        X[:, :8] += 2.0 * dataset.labels()[:, :1]
+        alive.append(weakref.ref(X))
+        yield pipeline.Progress(len(images), len(images), stage)
+        return X
+
+    from napari_ish_annotator.core import backbones
+
+    monkeypatch.setattr(pipeline, "iter_features", fake_features)
+    monkeypatch.setattr(pipeline, "make_extractor", lambda config, cache_dir, loaded: None)
+    monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: None)
+    config = ExtractorConfig(weights="random", input_size=64, device="cpu", precision="fp32")
+    res = drive(pipeline.iter_evaluate(dataset, config, EnsembleConfig(n_members=3),
+                                       layers=["17", "21", "24"], folds=3))
+    assert list(res["layers"]) == ["17", "21", "24"]
+    assert still_alive_at_start == [0, 0, 0]
+    assert res["layers"]["21"]["mean"]["auc"] > 0.8

@@ -170,6 +170,7 @@ def iter_evaluate(
         yield Progress(len(splits), len(splits), f"layer {layer}: done")
         results["layers"][str(layer)] = summarise(
             Y_all[test_rows], votes[test_rows].astype(np.int8), scores[test_rows], vocabulary)
+        del X  # free this layer's features before the next layer's are extracted
     if not results["layers"]:
         raise InputError("no layers to evaluate; pass --layers, e.g. --layers 21")
     return results
