@@ -263,3 +263,19 @@ def test_progress_bar_reaches_a_log_file_in_batch_jobs(cli_data, trained, tmp_pa
     n_images = len(list((cli_data / "data" / "images").glob("*.png")))
     assert f"{n_images}/{n_images}" in result.stderr  # tqdm's "done/total" at the end
     assert "predict" in result.stderr
+
+
+def test_gui_demo_without_a_qt_binding_exits_2_naming_the_extra(monkeypatch, capsys):
+    """`pip install napari-ish-annotator` alone brings napari but no Qt: say how to fix it."""
+    import importlib.util
+
+    import napari_ish_annotator.demo as demo
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setenv("DISPLAY", ":0")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in (
+        "PyQt5", "PyQt6", "PySide2", "PySide6") else real_find_spec(name, *a))
+    assert not demo.has_qt_binding()
+    assert main(["demo"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "[gui]" in err and "--headless" in err, err

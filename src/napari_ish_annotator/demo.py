@@ -154,12 +154,25 @@ def has_display() -> bool:
     return any(os.environ.get(k) for k in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"))
 
 
+def has_qt_binding() -> bool:
+    """Whether a Qt binding napari can use is installed (napari's own dependencies have none)."""
+    import importlib.util
+
+    return any(importlib.util.find_spec(name) is not None
+               for name in ("PyQt5", "PyQt6", "PySide2", "PySide6"))
+
+
 def run_gui_demo(args: argparse.Namespace) -> int:  # pragma: no cover - needs a display
     """Open napari with the plugin's dock widgets and the bundled sample embryos."""
     if not has_display():  # Qt would abort the process (exit 134) with a long plugin message
         print("ish-annotator demo: error: no display found (DISPLAY/WAYLAND_DISPLAY are not "
               "set); run `ish-annotator demo --headless OUT` on a machine without a screen",
               file=sys.stderr)
+        return 2
+    if not has_qt_binding():  # napari itself does not install one
+        print("ish-annotator demo: error: no Qt binding is installed, so napari cannot open a "
+              "window; pip install 'napari-ish-annotator[gui]' (PyQt5), or run `ish-annotator "
+              "demo --headless OUT`", file=sys.stderr)
         return 2
     try:
         import napari
