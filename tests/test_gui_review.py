@@ -141,3 +141,35 @@ def test_closing_napari_mid_task_stops_the_worker_without_crashing(
     qtbot.wait(200)  # let any late queued signal arrive
     assert max(s[0] for s in steps) < 8  # stopped, not run to the end
     assert session.features is None
+
+
+def test_file_open_on_a_large_folder_reads_it_in_a_worker(make_napari_viewer, qtbot, tmp_path,
+                                                          monkeypatch):
+    """File > Open used to check and hash every file on the GUI thread."""
+    from napari_ish_annotator import _reader
+    from napari_ish_annotator.widgets._session import get_session
+    from napari_ish_annotator.widgets._viewer_binding import embryo_layer
+
+    manifest = make_dataset(tmp_path / "data", n=8)
+    monkeypatch.setattr(_reader, "BACKGROUND_MIN_FILES", 8)  # "large" for this test
+    viewer = make_napari_viewer()
+    viewer.open(str(manifest), plugin="napari-ish-annotator")
+    embryos = dock(viewer, "Embryos")
+    assert embryos.runner.running  # File > Open returned; the files are read in a worker
+    _wait(qtbot, embryos.runner)
+    session = get_session(viewer)
+    assert session.n_images == 8 and embryos.table.rowCount() == 8
+    assert session.labels_for(1)[TERMS[0]] == 1  # manifest labels imported
+    layer = embryo_layer(viewer)
+    assert layer.data.shape == session.image(0).shape
+    assert len(viewer.layers) == 1
+
+    # a second large open reuses the one embryo layer
+    viewer.open(str(manifest), plugin="napari-ish-annotator")
+    _wait(qtbot, embryos.runner)
+    assert [lay for lay in viewer.layers] == [layer]
+
+    monkeypatch.setattr(_reader, "BACKGROUND_MIN_FILES", 9)  # small sets open at once
+    viewer.open(str(manifest), plugin="napari-ish-annotator")
+    assert not embryos.runner.running and session.n_images == 8
+    assert len(viewer.layers) == 1

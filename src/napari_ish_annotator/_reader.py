@@ -8,6 +8,9 @@ from typing import Any
 
 PLUGIN = "napari-ish-annotator"
 SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+#: from this many images on, File > Open reads them in the Embryos panel's worker (progress,
+#: Cancel) instead of freezing the viewer while every file is checked and hashed
+BACKGROUND_MIN_FILES = 500
 
 
 def _is_manifest(path: Path) -> bool:
@@ -43,12 +46,42 @@ def napari_get_reader(path: str | list[str]) -> Any:
     return None
 
 
+def _count_images(inputs: list[str | Path]) -> int:
+    """A cheap upper bound on how many images ``inputs`` hold (names and CSV rows only)."""
+    n = 0
+    for item in map(Path, inputs):
+        if item.is_dir() and (item / "manifest.csv").is_file():
+            item = item / "manifest.csv"
+        try:
+            if item.is_dir():
+                n += sum(1 for p in item.iterdir() if p.suffix.lower() in SUFFIXES)
+            elif item.suffix.lower() == ".csv":
+                with open(item, "rb") as fh:
+                    n += max(sum(1 for _ in fh) - 1, 0)
+            else:
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
 def open_in_session(viewer: Any, inputs: list[str | Path]) -> list[tuple]:
-    """Open ``inputs`` in the viewer's session; return the embryo layer for napari to add."""
+    """Open ``inputs`` in the viewer's session; return the embryo layer for napari to add.
+
+    Large datasets open in the background through the Embryos panel; napari then gets no
+    layer now, and the embryo layer appears when the worker is done.
+    """
     from .widgets._session import get_session
     from .widgets._viewer_binding import embryo_layer, embryo_layer_kwargs
 
     session = get_session(viewer)
+    if _count_images(inputs) >= BACKGROUND_MIN_FILES:
+        embryos = None
+        with contextlib.suppress(Exception):  # no Qt window (headless model): open below
+            embryos = viewer.window.add_plugin_dock_widget(PLUGIN, "Embryos")[1]
+        if embryos is not None and hasattr(embryos, "open_paths"):
+            embryos.open_paths(list(inputs), background=True)
+            return [(None,)]
     old = embryo_layer(viewer)
     if old is not None:
         viewer.layers.remove(old)
