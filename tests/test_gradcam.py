@@ -98,3 +98,29 @@ def test_colouring_and_overlay_are_rgb_uint8():
     image = np.full((5, 10, 3), 200, np.uint8)
     blended = overlay(image, np.zeros_like(cam))
     np.testing.assert_array_equal(blended, image)  # a zero map leaves the image untouched
+
+
+def test_extractor_must_match_the_models_layer():
+    """VGG16 layers 24 and 30 have the same size: only the settings tell them apart."""
+    from dataclasses import replace
+
+    from napari_ish_annotator.core.classify import EnsembleConfig
+    from napari_ish_annotator.core.features import ExtractorConfig, FeatureExtractor
+    from napari_ish_annotator.core.gradcam import gradcam_all_terms
+    from napari_ish_annotator.core.pipeline import iter_fit_bundle
+    from napari_ish_annotator.core.progress import drive
+
+    config = ExtractorConfig(weights="random", layer="24", input_size=64, device="cpu",
+                             precision="fp32")
+    right = FeatureExtractor(config)
+    wrong = FeatureExtractor(replace(config, layer="30"), loaded=right.loaded)
+    assert right.dim == wrong.dim
+    rng = np.random.default_rng(0)
+    X = rng.random((12, right.dim)).astype(np.float32)
+    Y = (np.arange(12) % 2)[:, None]
+    bundle = drive(iter_fit_bundle(X, Y, ["a"], config, EnsembleConfig(n_members=3)))
+    image = np.full((40, 60, 3), 200, np.uint8)
+    maps, proba = gradcam_all_terms(bundle, right, image)
+    assert maps.shape == (1, 40, 60) and proba.shape == (1,)
+    with pytest.raises(InputError, match="layer '30' instead of '24'"):
+        gradcam_all_terms(bundle, wrong, image)

@@ -129,6 +129,22 @@ def _term_index(bundle: ModelBundle, term: str) -> int:
     return vocabulary.index(term)
 
 
+def _check_extractor(bundle: ModelBundle, extractor: FeatureExtractor) -> None:
+    """The extractor must give the model's own features: layers of equal size (VGG16 "24"
+    and "30") would otherwise pass the size check and give a wrong map without any error."""
+    cfg = bundle.extractor
+    want = (cfg.backbone, extractor.spec.layer(cfg.layer).name if cfg.backbone ==
+            extractor.spec.name else cfg.layer, int(cfg.input_size), bool(cfg.keep_aspect))
+    have = (extractor.spec.name, extractor.layer, int(extractor.input_size),
+            bool(extractor.config.keep_aspect))
+    if want != have:
+        names = ("backbone", "layer", "input size", "keep_aspect")
+        diff = "; ".join(f"{n} {h!r} instead of {w!r}"
+                         for n, w, h in zip(names, want, have, strict=True) if w != h)
+        raise InputError(f"the feature extractor does not match the model ({diff}); build it "
+                         "from the model's own settings (bundle.extractor)")
+
+
 def layer_activation(extractor: FeatureExtractor, image_rgb: np.ndarray) -> np.ndarray:
     """The classifier layer's activation ``(C, H, W)`` for one image, as float32."""
     import torch
@@ -153,6 +169,7 @@ def gradcam_all_terms(
     """
     terms = list(bundle.classifier.vocabulary if terms is None else terms)
     indices = [_term_index(bundle, t) for t in terms]
+    _check_extractor(bundle, extractor)
     act = layer_activation(extractor, image_rgb)
     proba = bundle.classifier.predict_proba(act.reshape(1, -1))[0]
     normalize = bool(bundle.classifier.config.normalize)
