@@ -279,3 +279,18 @@ def test_gui_demo_without_a_qt_binding_exits_2_naming_the_extra(monkeypatch, cap
     assert main(["demo"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "[gui]" in err and "--headless" in err, err
+
+
+def test_predict_no_cache_writes_no_features_to_disk(cli_data, trained, tmp_path,
+                                                     monkeypatch):
+    """Batch prediction of many images must be able to skip the ~0.8 MB/image cache."""
+    images_dir = cli_data / "data" / "images"
+    default_cache = tmp_path / "default-cache"
+    monkeypatch.setenv("ISH_ANNOTATOR_CACHE", str(default_cache))
+    cached, uncached = tmp_path / "cached.csv", tmp_path / "uncached.csv"
+    assert main(["predict", str(trained), str(images_dir), "--out", str(cached),
+                 "--cache", str(cli_data / "cache"), "--quiet"]) == 0
+    assert main(["predict", str(trained), str(images_dir), "--out", str(uncached),
+                 "--no-cache", "--quiet"]) == 0
+    assert not default_cache.exists()
+    assert uncached.read_text() == cached.read_text()
