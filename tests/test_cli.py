@@ -294,3 +294,28 @@ def test_predict_no_cache_writes_no_features_to_disk(cli_data, trained, tmp_path
                  "--no-cache", "--quiet"]) == 0
     assert not default_cache.exists()
     assert uncached.read_text() == cached.read_text()
+
+
+def test_predict_corrupt_image_stops_with_hint_or_is_skipped(cli_data, trained, tmp_path,
+                                                             capsys):
+    """A truncated PNG in a batch: exit 2 naming it, or with --skip-bad a warning and the rest."""
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    good = sorted((cli_data / "data" / "images").glob("*.png"))[:3]
+    for p in good:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "zz_truncated.png").write_bytes(good[0].read_bytes()[:150])
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "pred.csv"
+    argv = ["predict", str(trained), str(folder), "--out", str(out), "--cache",
+            str(cli_data / "cache"), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "zz_truncated.png" in err and "--skip-bad" in err
+    assert not out.exists()
+    assert main([*argv, "--skip-bad"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "zz_truncated.png" in err[0] and "warning" in err[0], err
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [Path(r["image"]).name for r in rows] == [p.name for p in good]

@@ -87,19 +87,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .core.pipeline import write_predictions
 
     bundle = load_bundle(args.model_dir)
-    images = collect_inputs(args.inputs)
+    if args.chunk_size < 1:
+        raise InputError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    images = _skip_bad_inputs(args) if args.skip_bad else collect_inputs(args.inputs)
     if not images:
         raise InputError("no images found; give image files, folders of images or manifests",
                          path=" ".join(map(str, args.inputs)))
     device = None if args.device == "auto" else args.device
-    if args.chunk_size < 1:
-        raise InputError(f"--chunk-size must be at least 1, got {args.chunk_size}")
-    probabilities = _run(_iter_predict_chunked(bundle, images, _cache_dir(args), device,
-                                               args.chunk_size), args, "predict")
+    try:
+        probabilities = _run(_iter_predict_chunked(bundle, images, _cache_dir(args), device,
+                                                   args.chunk_size), args, "predict")
+    except InputError as exc:
+        if args.skip_bad or exc.path is None or Path(exc.path) not in set(images):
+            raise
+        raise InputError(f"{exc} (or pass --skip-bad to leave unreadable images out)") from exc
     write_predictions(args.out, images, bundle.classifier.vocabulary, probabilities)
     _say(args, f"wrote probabilities of {len(bundle.classifier.vocabulary)} terms for "
                f"{len(images)} images to {args.out}")
     return EXIT_OK
+
+
+def _skip_bad_inputs(args: argparse.Namespace) -> list[Path]:
+    """``predict --skip-bad``: decode every input once, warn about each unusable one.
+
+    One corrupt file among thousands should not stop a batch job, nor should each re-run
+    reveal only the next bad file. Non-image files inside folders stay silently ignored,
+    as without the option.
+    """
+    from .core.images import scan_inputs
+
+    images, problems = scan_inputs(args.inputs, decode=True)
+    for problem in problems:
+        if not problem.message.startswith("skipped: not a supported image type"):
+            print(f"ish-annotator predict: warning: skipped {problem}", file=sys.stderr)
+    return images
 
 
 def _iter_predict_chunked(bundle, images: Sequence[Path], cache_dir: Path | None,
@@ -278,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
     p.add_argument("--out", required=True, type=Path, help="predictions CSV to write")
     _add_cache(p)
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out (with a warning) images that are missing or cannot be "
+                        "decoded, instead of stopping; every image is decoded once up front")
     p.add_argument("--chunk-size", type=int, default=256,
                    help="images whose features are held in memory at once (default "
                         "%(default)s: about 400 MB at VGG16 layer 21)")
