@@ -173,3 +173,40 @@ def test_file_open_on_a_large_folder_reads_it_in_a_worker(make_napari_viewer, qt
     viewer.open(str(manifest), plugin="napari-ish-annotator")
     assert not embryos.runner.running and session.n_images == 8
     assert len(viewer.layers) == 1
+
+
+def test_a_wrong_label_file_keeps_the_working_store(make_napari_viewer, tmp_path, monkeypatch):
+    """Picking a non-SQLite file used to close the store ('read-only or locked') and stop saving."""
+    from napari.utils.notifications import notification_manager
+    from qtpy.QtWidgets import QFileDialog
+
+    from napari_ish_annotator.core.labels import LabelStore
+    from napari_ish_annotator.widgets._session import get_session
+
+    manifest = make_dataset(tmp_path / "data")
+    viewer = make_napari_viewer()
+    embryos = dock(viewer, "Embryos")
+    assert embryos.open_paths([manifest])
+    session = get_session(viewer)
+    default = LabelStore.default_path_for(manifest)
+    notes = tmp_path / "notes.sqlite"
+    notes.write_text("my notes, not a database\n" * 10)
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(notes), ""))
+    before = len(notification_manager.records)
+    embryos.store_button.click()
+    messages = [str(n.message) for n in notification_manager.records[before:]]
+    assert any("not a label store" in m and str(default) in m for m in messages), messages
+    assert session.store is not None and session.store.path == default
+    assert not session.store_read_only
+    session.set_label(TERMS[2], 1, 0)  # labels are still saved
+    with LabelStore(default, read_only=True) as store:
+        assert store.labels_for(session.paths[0])[TERMS[2]] == 1
+    assert str(default) in embryos.store_label.text()
+    assert notes.read_text().startswith("my notes")  # the user's file is untouched
+
+    other = tmp_path / "mine.sqlite"  # a good pick switches
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(other), ""))
+    embryos.store_button.click()
+    assert session.store.path == other and str(other) in embryos.store_label.text()
+    session.set_label(TERMS[0], 1, 3)
+    assert session.labels_for(3)[TERMS[0]] == 1

@@ -304,8 +304,8 @@ class AnnotatorSession:
                     store.add_images(paths[start:start + OPEN_CHUNK])
                 done = True
                 return store, False, None
-            except InputError:
-                pass
+            except InputError as exc:
+                reason = str(exc).removeprefix(f"{path}: ")
             if store is not None:
                 store.close()
                 store = None
@@ -316,8 +316,8 @@ class AnnotatorSession:
                 except InputError:
                     store = None
             error = InputError(
-                "the label store cannot be written (read-only or locked); labels will not be "
-                "saved - choose another label file in the Embryos panel", path=path)
+                f"the label store cannot be written ({reason}); labels will not be saved - "
+                "choose another label file in the Embryos panel", path=path)
             done = True
             return store, store is not None, error
         finally:
@@ -342,8 +342,21 @@ class AnnotatorSession:
         return err
 
     def use_store(self, path: str | Path) -> None:
-        """Switch to another label file (e.g. when the default one is read-only)."""
-        self._open_store(path)
+        """Switch to another label file (e.g. when the default one is read-only).
+
+        A file that cannot be written (locked, read-only, not a label store) is refused while
+        the current store is writable, so a wrong pick never stops labels from being saved.
+        """
+        from ..core.progress import drive
+
+        store, read_only, error = drive(self._iter_open_store(Path(path), self.paths))
+        if error is not None and self.store is not None and not self.store_read_only:
+            if store is not None:
+                store.close()
+            raise InputError(f"{error}; labels are still saved in {self.store.path}")
+        if self.store is not None:
+            self.store.close()
+        self.store, self.store_read_only, self._pending_error = store, read_only, error
         if self.store is not None and not self.store_read_only:
             self.store.add_terms(self.vocabulary)
         self._label_cache.clear()
