@@ -185,6 +185,16 @@ def test_corrupt_and_truncated(tmp_path, rgb8):
         read_rgb(jt)
 
 
+def test_page_less_tiff_is_one_input_error_without_tifffile_warnings(tmp_path, caplog):
+    """tifffile would log 'contains no pages' to stderr: a second line next to the CLI error."""
+    p = tmp_path / "empty.tif"
+    with tifffile.TiffWriter(p):
+        pass  # header only, no image: what an interrupted export leaves behind
+    with pytest.raises(InputError, match="empty.tif"):
+        read_rgb(p)
+    assert not [r for r in caplog.records if r.name.startswith("tifffile")], caplog.text
+
+
 def test_content_hash(tmp_path, rgb8):
     p, q = tmp_path / "a.png", tmp_path / "b.png"
     Image.fromarray(rgb8).save(p)

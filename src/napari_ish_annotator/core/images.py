@@ -20,8 +20,10 @@ and report them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +101,9 @@ def _read_pillow(path: Path) -> np.ndarray:
 def _read_tiff(path: Path) -> np.ndarray:
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
+    # tifffile logs warnings ("contains no pages", bad tags) straight to stderr; the problem
+    # is reported once, as an InputError naming the file, so the CLI keeps to one line.
+    with _quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
         if not tif.pages:
             raise InputError("TIFF file has no images; re-export it", path=path)
         page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
@@ -121,6 +125,17 @@ def _read_tiff(path: Path) -> np.ndarray:
         while arr.ndim > 3 or (arr.ndim == 3 and arr.shape[-1] not in (1, 2, 3, 4)):
             arr = arr[0]
     return array_to_rgb(arr, path=path)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR + 10)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _to_unit_float(arr: np.ndarray, path: Path | None) -> np.ndarray:
