@@ -319,3 +319,36 @@ def test_predict_corrupt_image_stops_with_hint_or_is_skipped(cli_data, trained, 
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [Path(r["image"]).name for r in rows] == [p.name for p in good]
+
+
+@pytest.mark.parametrize("sig, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_signal_during_extraction_exits_cleanly_without_partial_files(trained, tmp_path, sig,
+                                                                     code):
+    """Ctrl-C or a scheduler's SIGTERM mid-run: exit 130/143, no output, no temp files."""
+    import signal
+
+    from PIL import Image
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(400):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+            folder / f"im{i:04d}.png")
+    out, cache = tmp_path / "out" / "pred.csv", tmp_path / "cache"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "napari_ish_annotator.cli", "predict", str(trained), str(folder),
+         "--out", str(out), "--cache", str(cache), "--chunk-size", "64"],
+        stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while "predict" not in seen:  # the bar's first draw: extraction has started
+        char = proc.stderr.read(1)
+        assert char, f"exited early: {seen}"
+        seen += char
+    proc.send_signal(getattr(signal, sig))
+    err = seen + proc.stderr.read()
+    assert proc.wait(timeout=120) == code, err
+    assert "Traceback" not in err
+    assert not out.exists() and not out.parent.exists()
+    leftovers = [p for p in tmp_path.rglob(".*") if ".tmp" in p.name]
+    assert leftovers == [], leftovers

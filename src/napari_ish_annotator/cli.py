@@ -15,7 +15,7 @@ from . import __version__
 from .core.errors import InputError
 from .core.progress import Cancelled, TqdmCallback, drive
 
-EXIT_OK, EXIT_INPUT, EXIT_CANCELLED = 0, 2, 130
+EXIT_OK, EXIT_INPUT, EXIT_CANCELLED, EXIT_TERMINATED = 0, 2, 130, 143
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -372,18 +372,37 @@ def _check_outputs(args: argparse.Namespace) -> None:
         check_bundle_target(args.out)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (batch schedulers at a time limit): unwind like Ctrl-C so temp files go."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     try:
         _check_outputs(args)
         return int(args.handler(args))
     except InputError as exc:
         print(f"ish-annotator {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
-    except (Cancelled, KeyboardInterrupt):
-        print(f"ish-annotator {args.command}: cancelled", file=sys.stderr)
-        return EXIT_CANCELLED
+    except (Cancelled, KeyboardInterrupt) as exc:
+        terminated = isinstance(exc, _Terminated)
+        print(f"ish-annotator {args.command}: {'terminated' if terminated else 'cancelled'}",
+              file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_CANCELLED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover
