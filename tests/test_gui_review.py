@@ -210,3 +210,37 @@ def test_a_wrong_label_file_keeps_the_working_store(make_napari_viewer, tmp_path
     assert session.store.path == other and str(other) in embryos.store_label.text()
     session.set_label(TERMS[0], 1, 3)
     assert session.labels_for(3)[TERMS[0]] == 1
+
+
+def test_switching_back_to_the_previous_model_restores_its_votes(make_napari_viewer, qtbot,
+                                                                  tmp_path):
+    """The 'pred.' column is the ensemble's majority vote, also after 'Switch to previous model'."""
+    from napari_ish_annotator.widgets._session import get_session
+
+    viewer = make_napari_viewer()
+    embryos, annotate, train = dock(viewer, "Embryos"), dock(viewer, "Annotate"), dock(viewer, "Train")
+    assert embryos.open_paths([make_dataset(tmp_path / "data")])
+    session = get_session(viewer)
+    annotate.set_settings(weights="random", input_size=64, layer="21", device="cpu")
+    train.members_spin.setValue(3)
+    train.cv_check.setChecked(False)
+    train.train()
+    _wait(qtbot, train.runner)
+    old_bundle = session.bundle
+    # a model whose majority vote differs from 'mean probability >= 0.5' somewhere
+    votes = old_bundle.classifier.predict(session.features).astype(bool)
+    votes[0, 0] = not votes[0, 0]
+    session.set_predictions(session.probabilities, votes)
+    assert (votes != (session.probabilities >= 0.5)).any()
+    sec = train.finetune
+    sec.other_model = sec._snapshot()  # as after a fine-tuning run
+    train.c_spin.setValue(0.01)
+    train.train()
+    _wait(qtbot, train.runner)
+    assert session.bundle is not old_bundle
+
+    sec.switch_model()
+    assert session.bundle is old_bundle
+    np.testing.assert_array_equal(session.votes, votes)
+    word = "yes" if votes[0, 0] else "no"
+    assert annotate.row_values()[0][2].rstrip("?") == word

@@ -264,7 +264,8 @@ class FinetuneSection(QWidget):
     # ------------------------------------------------------------------ model switching
     def _snapshot(self) -> dict:
         s = self.session
-        return {"bundle": s.bundle, "probabilities": s.probabilities, "features": s.features,
+        return {"bundle": s.bundle, "probabilities": s.probabilities, "votes": s.votes,
+                "features": s.features,
                 "features_signature": s.features_signature, "train_report": s.train_report,
                 "weights": s.settings.weights, "input_size": s.settings.input_size}
 
@@ -280,7 +281,7 @@ class FinetuneSection(QWidget):
         if snap["bundle"] is not None:
             s.set_bundle(snap["bundle"])
             if snap["probabilities"] is not None:
-                s.set_predictions(snap["probabilities"])
+                s.set_predictions(snap["probabilities"], snap.get("votes"))
         else:
             s.bundle, s.probabilities = None, None
             s.model_changed.emit()
