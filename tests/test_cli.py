@@ -352,3 +352,14 @@ def test_signal_during_extraction_exits_cleanly_without_partial_files(trained, t
     assert not out.exists() and not out.parent.exists()
     leftovers = [p for p in tmp_path.rglob(".*") if ".tmp" in p.name]
     assert leftovers == [], leftovers
+
+
+def test_predict_refuses_to_overwrite_its_input_manifest(cli_data, trained, tmp_path, capsys):
+    manifest = tmp_path / "batch.csv"
+    image = sorted((cli_data / "data" / "images").glob("*.png"))[0]
+    manifest.write_text(f"image\n{image}\n")
+    before = manifest.read_text()
+    assert main(["predict", str(trained), str(manifest), "--out", str(manifest), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "batch.csv" in err and "--out" in err
+    assert manifest.read_text() == before

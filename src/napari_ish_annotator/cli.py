@@ -86,6 +86,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .core.images import collect_inputs
     from .core.pipeline import write_predictions
 
+    out = Path(args.out).absolute()
+    for item in args.inputs:
+        if Path(item).absolute() == out or (Path(item).exists() and out.exists()
+                                            and Path(item).samefile(out)):
+            raise InputError("is both an input and the --out file; predictions would overwrite "
+                             "it - choose another --out", path=item)
     bundle = load_bundle(args.model_dir)
     if args.chunk_size < 1:
         raise InputError(f"--chunk-size must be at least 1, got {args.chunk_size}")
