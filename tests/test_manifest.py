@@ -142,6 +142,12 @@ def test_semicolon_csv_from_excel_with_decimal_comma_locale(folder):
     assert dataset.samples[0].terms == ("a", "b") and dataset.stages == ["13-16", "13-16"]
 
 
+def test_windows_backslash_paths_resolve_on_posix(folder):
+    """A manifest typed on Windows ('img\\e0.png') must find the image on Linux/macOS too."""
+    p = _write(folder, "image,terms\nimg\\e0.png,a\nimg\\e1.png,\n")
+    assert read_manifest(p).paths == [folder / "img" / "e0.png", folder / "img" / "e1.png"]
+
+
 def test_missing_image_names_row(folder):
     p = _write(folder, "image,terms\nimg/e0.png,a\n\nimg/missing.png,a\n")
     with pytest.raises(InputError, match=r"row 4.*missing\.png.*not found"):

@@ -248,7 +248,10 @@ def _require_columns(path: Path, header: list[str], required: Sequence[str]) -> 
 
 
 def _resolve_image(path: Path, cell: str) -> Path:
-    p = Path(cell.strip())
+    text = cell.strip()
+    if "\\" in text and os.sep == "/" and not (path.parent / text).exists():
+        text = text.replace("\\", "/")  # a manifest written on Windows: images\e1.bmp
+    p = Path(text)
     return p if p.is_absolute() else path.parent / p
 
 
