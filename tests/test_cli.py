@@ -363,3 +363,14 @@ def test_predict_refuses_to_overwrite_its_input_manifest(cli_data, trained, tmp_
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "batch.csv" in err and "--out" in err
     assert manifest.read_text() == before
+
+
+@pytest.mark.parametrize("argv", [["train"], ["predict", "m", "x", "--out", "p.csv", "--device",
+                                              "gpu"], ["evaluate", "m.csv", "--test", "t.csv",
+                                                       "--folds", "3"], []])
+def test_usage_errors_are_one_line_with_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "error:" in err and "--help" in err, err

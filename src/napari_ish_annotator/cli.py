@@ -273,8 +273,15 @@ def _add_classifier(parser: argparse.ArgumentParser) -> None:
                         help="vocabulary: 'term a;term b' or a text file with one term per line")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (CONTRACTS.md), pointing to --help for the rest."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ish-annotator",
         description="Annotate Drosophila embryo ISH images with anatomical terms "
                     "(VGG16 transfer learning + undersampled logistic-regression ensembles).")
