@@ -244,3 +244,31 @@ def test_switching_back_to_the_previous_model_restores_its_votes(make_napari_vie
     np.testing.assert_array_equal(session.votes, votes)
     word = "yes" if votes[0, 0] else "no"
     assert annotate.row_values()[0][2].rstrip("?") == word
+
+
+def test_changing_backbone_during_fine_tuning_does_not_break_the_refit(make_napari_viewer, qtbot,
+                                                                       tmp_path):
+    """The refit after fine-tuning read the Annotate panel's backbone at the end of the run."""
+    from napari_ish_annotator.widgets._session import get_session
+
+    viewer = make_napari_viewer()
+    embryos, annotate, train = dock(viewer, "Embryos"), dock(viewer, "Annotate"), dock(viewer, "Train")
+    assert embryos.open_paths([make_dataset(tmp_path / "data")])
+    session = get_session(viewer)
+    annotate.set_settings(weights="random", input_size=64, layer="21", device="cpu")
+    train.members_spin.setValue(3)
+    sec = train.finetune
+    sec.epochs_spin.setValue(1)
+    sec.batch_spin.setValue(4)
+    sec.frozen_combo.setCurrentIndex(sec.frozen_combo.findData("17"))
+    sec.augment_check.setChecked(False)
+    sec.device_combo.setCurrentText("cpu")
+    sec.start()
+    assert sec.runner.running
+    annotate.backbone_combo.setCurrentText("resnet50")  # the user browses the settings meanwhile
+    qtbot.waitUntil(lambda: not sec.runner.running, timeout=180_000)
+    assert sec.runner.last_outcome == "done", sec.runner.last_error
+    e = session.bundle.extractor
+    assert (e.backbone, str(e.layer), str(e.weights)) == ("vgg16", "21", str(sec.checkpoint))
+    assert annotate.backbone_combo.currentText() == "vgg16"
+    assert annotate.layer_combo.currentText() == "21"

@@ -197,25 +197,32 @@ class FinetuneSection(QWidget):
         self._first_batch_done = 0
         self.summary.setText(f"fine-tuning on {len(rows)} labelled images…")
         return self.runner.start(self._iter_run, images, Y[rows], list(s.vocabulary), groups,
-                                 config, out, on_done=self._finished, message="loading images…",
+                                 config, out, str(s.settings.layer), on_done=self._finished, message="loading images…",
                                  done_message="fine-tuned; using the new backbone")
 
-    def _iter_run(self, images, Y, vocabulary, groups, config, out) -> Generator:
-        """Fine-tune, then re-extract / refit / re-predict with the fine-tuned weights."""
+    def _iter_run(self, images, Y, vocabulary, groups, config, out, layer="21") -> Generator:
+        """Fine-tune, then re-extract / refit / re-predict with the fine-tuned weights.
+
+        The refit uses the backbone and layer chosen when fine-tuning started, even if the
+        Annotate panel was changed meanwhile (the checkpoint only fits that backbone).
+        """
         from ..core.finetune import iter_finetune
 
         result = yield from iter_finetune(images, Y, vocabulary, config, out, groups=groups)
         s = self.session
         st = s.settings
         saved = (st.weights, st.input_size)
+        now = (st.backbone, st.layer)
         done = False
         try:
             st.weights, st.input_size = str(out), int(config.input_size)
+            st.backbone, st.layer = config.backbone, layer
             trained = yield from s.iter_train(True)
             done = True
         finally:
             if not done:  # cancelled or failed during the refit: keep the old model
                 st.weights, st.input_size = saved
+                st.backbone, st.layer = now
         return {"finetune": result, "trained": trained, "previous_settings": saved}
 
     def stop(self) -> None:
