@@ -374,3 +374,23 @@ def test_usage_errors_are_one_line_with_exit_2(argv, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "error:" in err and "--help" in err, err
+
+
+def test_bad_layer_in_list_fails_before_any_extraction(cli_data, monkeypatch, capsys):
+    """`--layers 17,99`: report 99 now, not after extracting and fitting layer 17."""
+    from napari_ish_annotator.core.features import FeatureExtractor
+
+    def no_work(self, *args, **kwargs):
+        raise AssertionError("features extracted before the layers were checked")
+
+    monkeypatch.setattr(FeatureExtractor, "iter_extract", no_work)
+    assert main(["evaluate", str(cli_data / "data" / "manifest.csv"), "--layers", "17,99",
+                 *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'99'" in err
+
+
+def test_demo_with_too_few_images_says_so(tmp_path, capsys):
+    assert main(["demo", "--headless", str(tmp_path / "out"), "--n-images", "3", *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--n-images" in err, err

@@ -156,13 +156,16 @@ def _iter_predict_chunked(bundle, images: Sequence[Path], cache_dir: Path | None
 
 
 def _parse_layers(text: str | None, backbone: str = "vgg16") -> list[str]:
-    if text is None:  # the backbone's default layer (21 for VGG16)
-        from .core.backbones import get_spec
+    from .core.backbones import get_spec
 
-        return [get_spec(backbone).default_layer]
+    spec = get_spec(backbone)
+    if text is None:  # the backbone's default layer (21 for VGG16)
+        return [spec.default_layer]
     layers = [part.strip() for part in text.split(",") if part.strip()]
     if not layers:
         raise InputError(f"--layers {text!r} names no layer; use e.g. --layers 17,21,24,30")
+    for layer in layers:  # now, not after the earlier layers' extraction and fitting
+        spec.layer(layer)
     return layers
 
 

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .core.errors import InputError
+
+MIN_DEMO_IMAGES = 20
 DEMO_STAGE = "13-16"
 DEMO_IMAGE_SIZE = (256, 512)  # BDGP lateral images are about twice as wide as high
 
@@ -81,6 +84,9 @@ def run_headless_demo(args: argparse.Namespace) -> int:
     from .core.pipeline import iter_features, iter_train, make_extractor, write_predictions
     from .core.synthetic import generate_dataset
 
+    if args.n_images < MIN_DEMO_IMAGES:
+        raise InputError(f"--n-images {args.n_images} is too few to train and evaluate on "
+                         f"held-out genes; use at least {MIN_DEMO_IMAGES} (default 80)")
     out = Path(args.headless)
     out.mkdir(parents=True, exist_ok=True)
     args.backbone, weights, note = resolve_demo_model(args.backbone, args.weights)
