@@ -272,3 +272,19 @@ def test_changing_backbone_during_fine_tuning_does_not_break_the_refit(make_napa
     assert (e.backbone, str(e.layer), str(e.weights)) == ("vgg16", "21", str(sec.checkpoint))
     assert annotate.backbone_combo.currentText() == "vgg16"
     assert annotate.layer_combo.currentText() == "21"
+
+
+def test_demo_window_shows_the_whole_embryo(make_napari_viewer, qtbot):
+    """The demo fitted the embryo before its docks opened, so the canvas showed a cropped part."""
+    from napari_ish_annotator.widgets import open_demo
+    from napari_ish_annotator.widgets._viewer_binding import embryo_layer
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1400, 900)
+    open_demo(viewer, weights="random")
+    qtbot.wait(300)  # any pending layout
+    h, w = embryo_layer(viewer).data.shape[:2]
+    canvas_h, canvas_w = viewer.window._qt_viewer.canvas.size
+    zoom = viewer.camera.zoom
+    assert zoom * w <= canvas_w + 1 and zoom * h <= canvas_h + 1, (zoom, (h, w), (canvas_h, canvas_w))
+    assert zoom * w >= 0.5 * canvas_w or zoom * h >= 0.5 * canvas_h  # and it is not tiny

@@ -35,4 +35,15 @@ def open_demo(viewer, weights: str = "imagenet", backbone: str = "vgg16") -> dic
     widgets = open_docks(viewer)
     widgets["Annotate"].set_settings(backbone=backbone, weights=weights,
                                      layer=get_spec(backbone).default_layer)
+    fit_view(viewer)
     return widgets
+
+
+def fit_view(viewer) -> None:
+    """Fit the embryo to the canvas the docks leave (napari fitted it before they opened)."""
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    if app is not None:
+        app.processEvents()  # lay out the new docks so the canvas has its final size
+    viewer.reset_view()
