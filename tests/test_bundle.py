@@ -114,6 +114,27 @@ def test_replace_existing_only_when_complete(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
 
+def test_interrupt_between_renames_keeps_the_previous_bundle(tmp_path, monkeypatch):
+    b1, X = _bundle(seed=1)
+    b2, _ = _bundle(seed=2)
+    out = tmp_path / "model"
+    save_bundle(out, b1)
+    before = (out / "classifiers.npz").read_bytes()
+    real_replace = os.replace
+
+    def interrupted_replace(src, dst):
+        if ".tmp-" in str(src):  # the new bundle moving into place: Ctrl-C arrives first
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(bundle_mod.os, "replace", interrupted_replace)
+    with pytest.raises(KeyboardInterrupt):
+        save_bundle(out, b2)
+    monkeypatch.undo()
+    assert (out / "classifiers.npz").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
 def test_refuses_to_overwrite_other_things(tmp_path):
     b, _ = _bundle()
     other = tmp_path / "photos"

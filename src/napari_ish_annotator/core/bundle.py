@@ -175,6 +175,10 @@ def save_bundle(path: str | Path, bundle: ModelBundle) -> None:
             os.replace(old, path)  # put the previous bundle back
         raise InputError(f"could not write the model ({exc.strerror}); the previous model, "
                          "if any, is unchanged", path=path) from exc
+    except BaseException:  # Ctrl-C/SIGTERM between the two renames: keep the previous model
+        if old.exists() and not path.exists():
+            os.replace(old, path)
+        raise
     finally:
         for leftover in (tmp, old):
             with contextlib.suppress(FileNotFoundError):
