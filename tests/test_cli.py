@@ -394,3 +394,23 @@ def test_demo_with_too_few_images_says_so(tmp_path, capsys):
     assert main(["demo", "--headless", str(tmp_path / "out"), "--n-images", "3", *FAST]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--n-images" in err, err
+
+
+def test_predict_image_with_non_utf8_file_name(cli_data, trained, tmp_path):
+    """Linux allows any bytes in names (e.g. latin-1 'é'); the CSV must still be written."""
+    import os
+
+    folder = tmp_path / "latin1"
+    folder.mkdir()
+    source = sorted((cli_data / "data" / "images").glob("*.png"))[0]
+    name = os.fsencode(str(folder)) + b"/emb\xe9.png"
+    try:
+        with open(name, "wb") as fh:
+            fh.write(source.read_bytes())
+    except OSError:
+        pytest.skip("this file system only accepts UTF-8 names")
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(trained), str(folder), "--out", str(out), "--cache",
+                 str(cli_data / "cache"), "--quiet"]) == 0
+    lines = out.read_bytes().splitlines()
+    assert len(lines) == 2 and lines[1].startswith(name)

@@ -77,8 +77,10 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
+    """UTF-8; a Linux file name that is not valid UTF-8 (Python holds it as surrogates) is
+    written back as its original bytes rather than failing after hours of work."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", errors="surrogateescape")
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:

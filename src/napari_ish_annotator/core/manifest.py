@@ -358,7 +358,8 @@ def write_manifest(path: str | Path, samples: Sequence[Sample],
     if any(s.gene for s in samples):
         header.append("gene")
     header += [k for k in extra if k not in header]
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", errors="surrogateescape",
+                                            newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
         for i, s in enumerate(samples):
