@@ -251,6 +251,13 @@ def test_collect_inputs_strict(tmp_path, rgb8):
         collect_inputs([])
 
 
+def test_folder_of_gene_subfolders_says_subfolders_are_not_searched(tmp_path, rgb8):
+    (tmp_path / "bdgp" / "CG1234").mkdir(parents=True)
+    Image.fromarray(rgb8).save(tmp_path / "bdgp" / "CG1234" / "e1.bmp")
+    with pytest.raises(InputError, match="subfolders are not searched"):
+        collect_inputs([tmp_path / "bdgp"])
+
+
 def test_scan_inputs_skips_and_reports(tmp_path, rgb8):
     d = _folder(tmp_path, rgb8)
     usable, problems = scan_inputs([d, tmp_path / "ghost.png"])

@@ -246,7 +246,10 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
         if path.is_dir():
             found = list_images(path)
             if not found:
-                raise InputError(f"folder contains no {_SUPPORTED_TEXT} images", path=path)
+                nested = any(p.is_dir() and not _is_hidden(p) for p in path.iterdir())
+                raise InputError(f"folder contains no {_SUPPORTED_TEXT} images" + (
+                    "; subfolders are not searched - pass them too (e.g. folder/*/) or list "
+                    "the images in a manifest CSV" if nested else ""), path=path)
             out.extend(found)
         elif path.suffix.lower() == ".csv":
             from .manifest import read_manifest_images
