@@ -378,10 +378,14 @@ OUTPUTS: dict[str, list[tuple[str, bool]]] = {
 def _check_outputs(args: argparse.Namespace) -> None:
     from .core.io import check_output_path
 
-    for attr, folder in [*OUTPUTS.get(args.command, []), ("cache", True)]:
+    for attr, folder in OUTPUTS.get(args.command, []):
         value = getattr(args, attr, None)
         if value is not None:
             check_output_path(value, folder=folder)
+    if hasattr(args, "cache") and args.command != "demo":  # the demo caches inside OUT
+        cache = _cache_dir(args)  # also the default one: a read-only home fails here
+        if cache is not None:
+            check_output_path(cache, folder=True)
     if args.command == "train":
         from .core.bundle import check_bundle_target
 
