@@ -383,9 +383,17 @@ def _check_outputs(args: argparse.Namespace) -> None:
         if value is not None:
             check_output_path(value, folder=folder)
     if hasattr(args, "cache") and args.command != "demo":  # the demo caches inside OUT
-        cache = _cache_dir(args)  # also the default one: a read-only home fails here
-        if cache is not None:
+        cache = _cache_dir(args)
+        if cache is not None and args.cache:  # asked for: must work
             check_output_path(cache, folder=True)
+        elif cache is not None:  # the default one (e.g. a read-only home): go on without it
+            try:
+                check_output_path(cache, folder=True)
+            except InputError as exc:
+                print(f"ish-annotator {args.command}: warning: feature cache not usable "
+                      f"({exc}); continuing without it - pass --cache DIR or --no-cache",
+                      file=sys.stderr)
+                args.no_cache = True
     if args.command == "train":
         from .core.bundle import check_bundle_target
 
