@@ -267,16 +267,11 @@ def _check_image(csv_path: Path, line: int, image: Path, cell: str) -> None:
                          "JPEG, TIFF or BMP", path=csv_path, row=line)
 
 
-# ------------------------------------------------------------------------------ public API
-
-def read_manifest_images(path: str | Path, check_files: bool = True) -> list[Path]:
-    """Only the image paths of a manifest (just an ``image`` column is needed).
-
-    Used for prediction inputs, where rows may carry no terms at all.
-    """
-    path = Path(path)
+def _image_rows(path: Path, required: Sequence[str], check_files: bool
+                ) -> list[tuple[int, dict[str, str], Path]]:
+    """``(line, row, resolved image)`` for every row, after the checks all readers share."""
     header, rows = _open_table(path)
-    _require_columns(path, header, ("image",))
+    _require_columns(path, header, required)
     if not rows:
         raise InputError("manifest has a header but no rows; add one row per image", path=path)
     out = []
@@ -287,8 +282,18 @@ def read_manifest_images(path: str | Path, check_files: bool = True) -> list[Pat
         image = _resolve_image(path, cell)
         if check_files:
             _check_image(path, line, image, cell)
-        out.append(image)
+        out.append((line, row, image))
     return out
+
+
+# ------------------------------------------------------------------------------ public API
+
+def read_manifest_images(path: str | Path, check_files: bool = True) -> list[Path]:
+    """Only the image paths of a manifest (just an ``image`` column is needed).
+
+    Used for prediction inputs, where rows may carry no terms at all.
+    """
+    return [image for _, _, image in _image_rows(Path(path), ("image",), check_files)]
 
 
 def read_manifest(path: str | Path, vocabulary: str | Path | Sequence[str] | None = None,
@@ -300,18 +305,8 @@ def read_manifest(path: str | Path, vocabulary: str | Path | Sequence[str] | Non
     every image exists and has a supported type (it does not decode them).
     """
     path = Path(path)
-    header, rows = _open_table(path)
-    _require_columns(path, header, REQUIRED_COLUMNS)
-    if not rows:
-        raise InputError("manifest has a header but no rows; add one row per image", path=path)
     samples: list[Sample] = []
-    for line, row in rows:
-        cell = row["image"].strip()
-        if not cell:
-            raise InputError("empty 'image' cell; give the image path", path=path, row=line)
-        image = _resolve_image(path, cell)
-        if check_files:
-            _check_image(path, line, image, cell)
+    for _line, row, image in _image_rows(path, REQUIRED_COLUMNS, check_files):
         gene = (row.get("gene") or "").strip() or None
         samples.append(Sample(image=image, terms=_split_terms(row["terms"]),
                               stage=normalise_stage(row.get("stage")), gene=gene))
