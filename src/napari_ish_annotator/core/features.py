@@ -3,8 +3,9 @@
 Speed comes from running only the truncated trunk a layer needs, batching, channels-last
 memory, reduced precision where it is safe (see ``benchmarks/bench_extraction.py`` and
 ``docs/benchmarks.md``), and decoding the next batch's images in a small thread pool while
-the current batch is computed. Features are returned as float32 but always rounded through
-float16, the cache's storage type, so a cached run returns exactly what a fresh run returns.
+the current batch is computed. Features are always rounded through float16, the cache's storage
+type, so a cached run returns exactly what a fresh run returns (and a float16 result matrix,
+as the pipeline uses, holds them without loss).
 """
 
 from __future__ import annotations
@@ -274,10 +275,15 @@ class FeatureExtractor:
 
     def iter_extract(self, images: Sequence[Path | str | np.ndarray],
                      out: np.ndarray | None = None) -> ProgressGen[np.ndarray]:
-        """``(n, C*H*W)`` float32 features, reading hits from the cache; one step per batch.
+        """``(n, C*H*W)`` features, reading hits from the cache; one step per batch.
 
         ``out`` may be a preallocated ``(n, C*H*W)`` array, e.g. a ``np.memmap`` when the
-        features of many images (1.6 MB each at layer 21) do not fit in memory.
+        features of many images (1.6 MB each at layer 21) do not fit in memory, or a float16
+        array (half the memory, and lossless: features are rounded through float16 anyway).
+        The rare image whose features overflow float16 cannot be held in a float16 ``out``:
+        an in-memory one is then widened once to a float32 copy, which is returned instead of
+        ``out`` (a float16 memmap raises :class:`InputError`). Without ``out`` the result is
+        float32.
         """
         images = list(images)
         n = len(images)
@@ -310,30 +316,54 @@ class FeatureExtractor:
                 todo.append(k)
         yield Progress(done, n, f"{done} of {n} from the cache" if done else "starting")
         batches = [todo[s:s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
+        load = self._load_batch
         pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ish-decode")
         try:
-            pending = [pool.submit(self._load_batch, [images[rows[k][0]] for k in b])
-                       for b in batches[:2]]
+            pending = [pool.submit(load, [images[rows[k][0]] for k in b]) for b in batches[:2]]
             for j, batch_keys in enumerate(batches):
                 x = pending.pop(0).result()
                 if j + 2 < len(batches):  # keep two batches decoding ahead
                     nxt = batches[j + 2]
-                    pending.append(pool.submit(self._load_batch, [images[rows[k][0]] for k in nxt]))
-                feats = self.activation(x).cpu().numpy().reshape(len(batch_keys), *self.shape)
-                feats16 = feats.astype(np.float16)
-                for k, f16 in zip(batch_keys, feats16, strict=True):
-                    stored = self.cache.put(k, f16) if self.cache is not None else False
-                    idx = rows[k]
-                    out[idx] = (f16 if stored or np.isfinite(f16).all() else
-                                feats[batch_keys.index(k)]).reshape(1, -1)
-                    done += len(idx)
+                    pending.append(pool.submit(load, [images[rows[k][0]] for k in nxt]))
+                out, done = self._store_batch(x, batch_keys, rows, images, out, done)
                 yield Progress(done, n, f"extracted {done}/{n} (layer {self.layer})")
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return out
+
+    def _store_batch(self, x: torch.Tensor, batch_keys: list[str], rows: dict[str, list[int]],
+                     images: list, out: np.ndarray, done: int) -> tuple[np.ndarray, int]:
+        """Features of one decoded batch into the cache and ``out`` (widened if need be)."""
+        feats = self.activation(x).cpu().numpy().reshape(len(batch_keys), *self.shape)
+        with np.errstate(over="ignore"):  # values beyond float16 are handled below
+            feats16 = feats.astype(np.float16)
+        for b, (k, f16) in enumerate(zip(batch_keys, feats16, strict=True)):
+            stored = self.cache.put(k, f16) if self.cache is not None else False
+            idx = rows[k]
+            if stored or np.isfinite(f16).all():
+                row = f16
+            else:  # outside float16's range: keep the float32 values
+                row = feats[b]
+                if out.dtype == np.float16:
+                    out = _widen(out, images[idx[0]])
+            out[idx] = row.reshape(1, -1)
+            done += len(idx)
+        return out, done
 
     def extract(self, images: Sequence[Path | str | np.ndarray],
                 progress: ProgressCallback | Callable[[int, int, str], None] | None = None,
                 cancel: CancelToken | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """Blocking form of :meth:`iter_extract` (``cancel`` stops at a batch boundary)."""
         return drive(self.iter_extract(images, out=out), progress, cancel)
+
+
+def _widen(out: np.ndarray, image: Any) -> np.ndarray:
+    """A float32 copy of a float16 feature matrix, for a row that does not fit float16."""
+    name = "an in-memory image" if isinstance(image, np.ndarray) else str(image)
+    if isinstance(out, np.memmap):
+        raise InputError(f"the features of {name} exceed the float16 range, so they cannot be "
+                         "stored in the float16 feature file; use a float32 one")
+    wide = np.empty(out.shape, dtype=np.float32)
+    for r0 in range(0, out.shape[0], 256):  # no full-size float32 temporary besides `wide`
+        wide[r0:r0 + 256] = out[r0:r0 + 256]
+    return wide

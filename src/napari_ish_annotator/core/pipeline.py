@@ -27,8 +27,16 @@ def make_extractor(config, cache_dir=None, loaded=None):
 
 def iter_features(extractor, images: Sequence[Path | np.ndarray], stage: str = "features"
                   ) -> ProgressGen[np.ndarray]:
-    """Features of ``images`` at the extractor's layer (cached), ``(n, d)`` float32."""
-    gen = extractor.iter_extract(list(images))
+    """Features of ``images`` at the extractor's layer (cached), ``(n, d)`` float16.
+
+    float16 halves the memory of training on thousands of images (layer 21: 0.8 instead of
+    1.6 MB per image) and loses nothing, as the extractor rounds every feature through float16;
+    the classifier reads it block-wise in float32/float64. If an image's features overflow
+    float16 the extractor returns a float32 matrix instead, so no value becomes inf.
+    """
+    images = list(images)
+    out = np.empty((len(images), extractor.dim), dtype=np.float16)
+    gen = extractor.iter_extract(images, out=out)
     try:
         while True:
             done, total, message = next(gen)
