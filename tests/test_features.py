@@ -208,3 +208,37 @@ def test_progress_per_batch_and_cancel_at_batch_boundary(loaded, tmp_path):
     calls.clear()
     fx.extract(imgs)
     assert calls == [3, 1]
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_on_error_skip_fills_nan_rows_and_reports_them(loaded, tmp_path, cached):
+    """A truncated PNG among good ones: "raise" stops naming it, "skip" extracts the rest."""
+    paths = []
+    for i, img in enumerate(embryos(5)):
+        paths.append(tmp_path / f"e{i}.png")
+        Image.fromarray(img).save(paths[-1])
+    bad = tmp_path / "truncated.png"
+    bad.write_bytes(paths[0].read_bytes()[:120])
+    missing = tmp_path / "gone.png"
+    images = [paths[0], paths[1], bad, paths[2], paths[3], paths[4]]
+    cache = tmp_path / "cache" if cached else None
+    with pytest.raises(InputError, match="truncated.png"):
+        make(loaded, cache).extract(images)
+    assert make(loaded).last_failed == []
+
+    fx = make(loaded, cache)
+    X = fx.extract(images, on_error="skip")
+    reference = make(loaded).extract(paths)
+    assert np.isnan(X[2]).all()
+    np.testing.assert_array_equal(np.delete(X, 2, axis=0), reference)
+    assert [i for i, _ in fx.last_failed] == [2]
+    assert "truncated.png" in fx.last_failed[0][1]
+    if cached:  # nothing cached for the bad image; a rerun (all hits) still reports it
+        assert len(fx.cache) == 5
+        out = np.empty((len(images) + 1, fx.dim), np.float16)
+        X2 = fx.extract([*images, missing], on_error="skip", out=out)
+        assert X2 is out and np.isnan(X2[[2, 6]]).all()
+        assert [i for i, _ in fx.last_failed] == [2, 6] and "gone.png" in fx.last_failed[1][1]
+        np.testing.assert_array_equal(np.delete(X2, [2, 6], axis=0), reference)
+    with pytest.raises(ValueError, match="on_error"):
+        fx.extract(images, on_error="ignore")

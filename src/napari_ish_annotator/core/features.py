@@ -156,6 +156,8 @@ class FeatureExtractor:
         self._module: torch.nn.Module | None = None
         self._grad_module: torch.nn.Module | None = None
         self._channels_last: bool | None = None
+        #: ``(row, reason)`` of the images the last ``on_error="skip"`` extraction skipped
+        self.last_failed: list[tuple[int, str]] = []
 
     # ------------------------------------------------------------------ identity
     def signature(self) -> dict:
@@ -273,8 +275,23 @@ class FeatureExtractor:
 
         return torch.from_numpy(np.stack([self._preprocess_np(im) for im in items]))
 
+    def _load_batch_skipping(self, items: Sequence[Any]
+                             ) -> tuple[torch.Tensor | None, dict[int, str]]:
+        """Like :meth:`_load_batch`, but images that cannot be decoded are left out and
+        returned as ``{position in items: reason}``."""
+        import torch
+
+        arrays, failed = [], {}
+        for pos, im in enumerate(items):
+            try:
+                arrays.append(self._preprocess_np(im))
+            except InputError as exc:
+                failed[pos] = str(exc)
+        return (torch.from_numpy(np.stack(arrays)) if arrays else None), failed
+
     def iter_extract(self, images: Sequence[Path | str | np.ndarray],
-                     out: np.ndarray | None = None) -> ProgressGen[np.ndarray]:
+                     out: np.ndarray | None = None, on_error: str = "raise"
+                     ) -> ProgressGen[np.ndarray]:
         """``(n, C*H*W)`` features, reading hits from the cache; one step per batch.
 
         ``out`` may be a preallocated ``(n, C*H*W)`` array, e.g. a ``np.memmap`` when the
@@ -284,7 +301,16 @@ class FeatureExtractor:
         an in-memory one is then widened once to a float32 copy, which is returned instead of
         ``out`` (a float16 memmap raises :class:`InputError`). Without ``out`` the result is
         float32.
+
+        ``on_error="skip"`` fills the rows of images that cannot be read or decoded with NaN
+        instead of stopping (one corrupt file must not end a job over thousands of images);
+        their ``(row, reason)`` pairs are in :attr:`last_failed`. ``"raise"`` (the default)
+        raises the image's :class:`InputError`.
         """
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        skip = on_error == "skip"
+        self.last_failed = []
         images = list(images)
         n = len(images)
         if out is None:
@@ -293,20 +319,30 @@ class FeatureExtractor:
             raise ValueError(f"out has shape {out.shape}, expected {(n, self.dim)}")
         if n == 0:
             return out
+        failed: dict[int, str] = {}
         # group identical images (by content when cached) so each is computed once
         if self.cache is not None:
             keys = []
             for i, im in enumerate(images):
-                keys.append(_image_key(im))
+                try:
+                    keys.append(_image_key(im))
+                except (InputError, OSError) as exc:
+                    if not skip:
+                        raise
+                    failed[i] = str(exc)
+                    keys.append(f"failed:{i}")
                 if i % 256 == 255:  # reading thousands of files takes a while: stay cancellable
                     yield Progress(0, n, f"checking the cache {i + 1}/{n}")
         else:
             keys = [str(i) for i in range(n)]
         rows: dict[str, list[int]] = {}
         for i, k in enumerate(keys):
-            rows.setdefault(k, []).append(i)
+            if i not in failed:
+                rows.setdefault(k, []).append(i)
+        for i in failed:
+            out[i] = np.nan
         todo: list[str] = []
-        done = 0
+        done = len(failed)
         for k, idx in rows.items():
             hit = self.cache.get(k) if self.cache is not None else None
             if hit is not None:
@@ -316,7 +352,7 @@ class FeatureExtractor:
                 todo.append(k)
         yield Progress(done, n, f"{done} of {n} from the cache" if done else "starting")
         batches = [todo[s:s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
-        load = self._load_batch
+        load = self._load_batch_skipping if skip else self._load_batch
         pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ish-decode")
         try:
             pending = [pool.submit(load, [images[rows[k][0]] for k in b]) for b in batches[:2]]
@@ -325,10 +361,20 @@ class FeatureExtractor:
                 if j + 2 < len(batches):  # keep two batches decoding ahead
                     nxt = batches[j + 2]
                     pending.append(pool.submit(load, [images[rows[k][0]] for k in nxt]))
-                out, done = self._store_batch(x, batch_keys, rows, images, out, done)
+                if skip:
+                    x, bad = x
+                    for pos, why in bad.items():
+                        idx = rows[batch_keys[pos]]
+                        out[idx] = np.nan
+                        failed.update((i, why) for i in idx)
+                        done += len(idx)
+                    batch_keys = [k for pos, k in enumerate(batch_keys) if pos not in bad]
+                if batch_keys:
+                    out, done = self._store_batch(x, batch_keys, rows, images, out, done)
                 yield Progress(done, n, f"extracted {done}/{n} (layer {self.layer})")
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+        self.last_failed = sorted(failed.items())
         return out
 
     def _store_batch(self, x: torch.Tensor, batch_keys: list[str], rows: dict[str, list[int]],
@@ -352,9 +398,10 @@ class FeatureExtractor:
 
     def extract(self, images: Sequence[Path | str | np.ndarray],
                 progress: ProgressCallback | Callable[[int, int, str], None] | None = None,
-                cancel: CancelToken | None = None, out: np.ndarray | None = None) -> np.ndarray:
+                cancel: CancelToken | None = None, out: np.ndarray | None = None,
+                on_error: str = "raise") -> np.ndarray:
         """Blocking form of :meth:`iter_extract` (``cancel`` stops at a batch boundary)."""
-        return drive(self.iter_extract(images, out=out), progress, cancel)
+        return drive(self.iter_extract(images, out=out, on_error=on_error), progress, cancel)
 
 
 def _widen(out: np.ndarray, image: Any) -> np.ndarray:

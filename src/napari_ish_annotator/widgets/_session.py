@@ -572,22 +572,34 @@ class AnnotatorSession:
             return False
 
     def iter_extract(self, config: Any = None) -> ProgressGen[tuple]:
-        """Features of every open image (cache-aware); result goes to :meth:`set_features`."""
+        """Features of every open image (cache-aware); result goes to :meth:`set_features`.
+
+        An image that turned unreadable since it was opened (truncated, deleted) is skipped,
+        not fatal: its row is NaN (never given to a classifier, see :func:`failed_rows`) and
+        its ``(index, reason)`` is the result's 4th item.
+        """
         if not self.paths:
             raise InputError("no images are open; open a folder or manifest first")
         generation = self.generation
         paths = list(self.paths)
         yield Progress(0, len(paths), "loading backbone")
         extractor = self.extractor(config)
-        X = yield from extractor.iter_extract(paths)
-        return np.asarray(X), extractor.signature(), generation
+        X = yield from extractor.iter_extract(paths, on_error="skip")
+        return np.asarray(X), extractor.signature(), generation, list(extractor.last_failed)
 
     def set_features(self, result: tuple) -> None:
-        X, signature, *generation = result
-        if generation and generation[0] != self.generation:
+        X, signature, *rest = result
+        if rest and rest[0] != self.generation:
             return  # computed for a dataset that has since been replaced
         self.features, self.features_signature = X, signature
+        failed = rest[1] if len(rest) > 1 else []
+        new = [f"{self.paths[i]}: skipped at feature extraction ({why})" for i, why in failed
+               if 0 <= i < len(self.paths)]
+        new = [m for m in new if m not in self.skipped]
         self.features_changed.emit()
+        if new:  # listed and announced like the files skipped at open time
+            self.skipped = [*self.skipped, *new]
+            self.dataset_changed.emit()
 
     def _features_or_extract(self, config: Any = None) -> ProgressGen[tuple]:
         """(X, new_features_or_None): reuse the session's features when they match."""
@@ -604,8 +616,8 @@ class AnnotatorSession:
         clf = self.bundle.classifier
         X, new = yield from self._features_or_extract()
         yield Progress(self.n_images, self.n_images, "predicting")
-        return {"probabilities": np.asarray(clf.predict_proba(X), dtype=np.float32),
-                "votes": np.asarray(clf.predict(X), dtype=bool),
+        probabilities, votes = classify_rows(clf, X)
+        return {"probabilities": probabilities, "votes": votes,
                 "features": new, "generation": generation}
 
     def set_predictions(self, result: dict | np.ndarray, votes: np.ndarray | None = None) -> None:
@@ -653,7 +665,8 @@ class AnnotatorSession:
 
     def probabilities_for(self, index: int | None = None) -> dict[str, float]:
         i = self.index if index is None else index
-        if self.probabilities is None or not (0 <= i < len(self.probabilities)):
+        if self.probabilities is None or not (0 <= i < len(self.probabilities)) or \
+                np.isnan(self.probabilities[i]).all():  # skipped at extraction: no prediction
             return {}
         return {t: float(p) for t, p in zip(self.model_vocabulary, self.probabilities[i],
                                             strict=False)}
@@ -661,7 +674,7 @@ class AnnotatorSession:
     def predicted_for(self, index: int | None = None) -> dict[str, bool]:
         """The ensembles' majority vote per model term (the paper's prediction)."""
         i = self.index if index is None else index
-        if self.votes is None or not (0 <= i < len(self.votes)):
+        if self.votes is None or not (0 <= i < len(self.votes)) or not self.probabilities_for(i):
             return {}
         return {t: bool(v) for t, v in zip(self.model_vocabulary, self.votes[i], strict=False)}
 
@@ -675,7 +688,9 @@ class AnnotatorSession:
 
         if self.probabilities is None:
             raise InputError("no predictions yet; press Predict first")
-        write_predictions(path, self.paths, self.model_vocabulary, self.probabilities)
+        keep = np.flatnonzero(~np.isnan(self.probabilities).all(axis=1))  # not the skipped
+        write_predictions(path, [self.paths[i] for i in keep], self.model_vocabulary,
+                          self.probabilities[keep])
 
     # ------------------------------------------------------------------ training
     def groups(self) -> np.ndarray:
@@ -722,6 +737,17 @@ class AnnotatorSession:
         generation = self.generation
         config = self.extractor_config(use_bundle=False)  # train with the panel's settings
         X, new = yield from self._features_or_extract(config)
+        skipped = failed_rows(X)
+        if skipped.any():  # images skipped at extraction have no features to learn from
+            Y = Y.copy()
+            Y[skipped] = -1
+            lost = [t for j, t in enumerate(vocab)
+                    if not ((Y[:, j] == 1).any() and (Y[:, j] == 0).any())]
+            if lost:
+                raise InputError(
+                    f"cannot train: {int(skipped.sum())} image(s) could not be read (see the "
+                    "skipped files), which leaves no 'present' or no 'absent' label for: "
+                    + ", ".join(lost) + ". Replace those files or label more images.")
         ens = EnsembleConfig(n_members=self.settings.n_members, C=self.settings.C,
                              seed=self.settings.seed)
         counts = {t: (int((Y[:, j] == 1).sum()), int((Y[:, j] == 0).sum()))
@@ -733,8 +759,7 @@ class AnnotatorSession:
             iter_fit_bundle(X, Y, vocab, config, ens, fingerprint=self.labels_fingerprint(Y),
                             weights_id=self.extractor(config).weights_id), 0, prefix="fit: ")
         yield Progress(1, 1, "predicting")
-        P = bundle.classifier.predict_proba(X)
-        votes = bundle.classifier.predict(X)
+        P, votes = classify_rows(bundle.classifier, X)
         report = {"counts": counts, "auc": auc, "n_labelled_images": int((Y >= 0).any(1).sum())}
         return {"bundle": bundle, "report": report,
                 "probabilities": np.asarray(P, np.float32), "votes": np.asarray(votes, bool),
@@ -812,6 +837,33 @@ class AnnotatorSession:
 
 # ---------------------------------------------------------------------- per-viewer registry
 _SESSIONS: dict[int, tuple[Any, AnnotatorSession]] = {}
+
+
+def failed_rows(X: np.ndarray) -> np.ndarray:
+    """Bool mask of the feature rows of images skipped at extraction (all NaN)."""
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[1] == 0:
+        return np.zeros(len(X), dtype=bool)
+    return np.isnan(X[:, 0])
+
+
+def classify_rows(clf: Any, X: np.ndarray, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities float32, votes bool) of every row; skipped images get NaN / False and
+    never reach the classifier (rows are scored a block at a time: no copy of all of X)."""
+    n, T = len(X), len(clf.vocabulary)
+    probabilities = np.full((n, T), np.nan, dtype=np.float32)
+    votes = np.zeros((n, T), dtype=bool)
+    ok = np.flatnonzero(~failed_rows(X))
+    if len(ok) == n:
+        for r0 in range(0, n, block):
+            probabilities[r0:r0 + block] = clf.predict_proba(X[r0:r0 + block])
+            votes[r0:r0 + block] = clf.predict(X[r0:r0 + block])
+    else:
+        for r0 in range(0, len(ok), block):
+            rows = ok[r0:r0 + block]
+            probabilities[rows] = clf.predict_proba(X[rows])
+            votes[rows] = clf.predict(X[rows])
+    return probabilities, votes
 
 
 def get_session(viewer: Any) -> AnnotatorSession:
