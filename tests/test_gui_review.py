@@ -175,7 +175,8 @@ def test_file_open_on_a_large_folder_reads_it_in_a_worker(make_napari_viewer, qt
     assert len(viewer.layers) == 1
 
 
-def test_a_wrong_label_file_keeps_the_working_store(make_napari_viewer, tmp_path, monkeypatch):
+def test_a_wrong_label_file_keeps_the_working_store(make_napari_viewer, qtbot, tmp_path,
+                                                     monkeypatch):
     """Picking a non-SQLite file used to close the store ('read-only or locked') and stop saving."""
     from napari.utils.notifications import notification_manager
     from qtpy.QtWidgets import QFileDialog
@@ -193,7 +194,9 @@ def test_a_wrong_label_file_keeps_the_working_store(make_napari_viewer, tmp_path
     notes.write_text("my notes, not a database\n" * 10)
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(notes), ""))
     before = len(notification_manager.records)
-    embryos.store_button.click()
+    embryos.store_button.click()  # the new file is prepared in the worker
+    qtbot.waitUntil(lambda: not embryos.runner.running, timeout=WAIT_MS)
+    assert embryos.runner.last_outcome == "error"
     messages = [str(n.message) for n in notification_manager.records[before:]]
     assert any("not a label store" in m and str(default) in m for m in messages), messages
     assert session.store is not None and session.store.path == default
@@ -207,6 +210,7 @@ def test_a_wrong_label_file_keeps_the_working_store(make_napari_viewer, tmp_path
     other = tmp_path / "mine.sqlite"  # a good pick switches
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(other), ""))
     embryos.store_button.click()
+    _wait(qtbot, embryos.runner)
     assert session.store.path == other and str(other) in embryos.store_label.text()
     session.set_label(TERMS[0], 1, 3)
     assert session.labels_for(3)[TERMS[0]] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import sqlite3
@@ -319,3 +320,103 @@ def test_annotator_default_and_value_checks(tmp_path, imgs, monkeypatch):
         Image.fromarray(np.full((5, 6, 3), 7, np.uint8)).save(imgs[0])  # new content, same path
         assert store.labels_for(imgs[0]) == {}  # the path->hash cache notices the change
     assert LabelStore.default_path_for(tmp_path) == tmp_path / "ish-labels.sqlite"
+
+
+def _matrix_as_before(store, images, vocabulary, annotator=None, fallback=("manifest",)):
+    """The per-image, per-term label_matrix this store had before it was vectorised."""
+    chain = [annotator or store.annotator, *fallback]
+    current = store._current(chain)
+    out = np.full((len(images), len(vocabulary)), -1, dtype=np.int8)
+    for i, image in enumerate(images):
+        try:
+            digest = store._resolve(image)[0]
+        except InputError:
+            digest = None
+        for j, term in enumerate(vocabulary):
+            for name in chain:
+                if (digest, term, name) in current:
+                    value = current[(digest, term, name)]
+                    out[i, j] = -1 if value is None else value
+                    break
+    return out
+
+
+@pytest.mark.parametrize("n_extra", [0, 230])  # few images (SQL IN list) and many (all labels)
+def test_label_matrix_matches_the_per_image_lookup(tmp_path, n_extra):
+    rng = np.random.default_rng(1)
+    imgs = make_images(tmp_path / "imgs", 6)
+    for i in range(3 + n_extra):
+        p = tmp_path / "imgs" / f"extra{i}.png"
+        Image.fromarray(rng.integers(0, 255, (3, 3, 3), dtype=np.uint8)).save(p)
+        imgs.append(p)
+    twin = tmp_path / "twin.png"  # same content as imgs[0] under another path
+    shutil.copy(imgs[0], twin)
+    unseen = tmp_path / "unseen.png"  # a real file the store never saw
+    Image.fromarray(np.full((5, 5, 3), 7, np.uint8)).save(unseen)
+    missing = tmp_path / "missing.png"
+    vocab = ["brain", "gut", "eye", "never-labelled", "brain"]
+    with LabelStore(tmp_path / "l.sqlite", annotator="alice") as store:
+        store.import_dataset(Dataset(samples=[
+            Sample(image=p, terms=(("brain",) if k % 2 else ("gut", "eye")))
+            for k, p in enumerate(imgs)], vocabulary=["brain", "gut", "eye"]))
+        store.set_label(imgs[1], "brain", 0)  # overrides the manifest's 1
+        store.set_label(imgs[2], "gut", None)  # explicit unknown hides the manifest's 1
+        store.set_label(imgs[3], "eye", 1)
+        store.set_label(imgs[3], "eye", 0, annotator="bob")
+        store.set_label(imgs[4], "gut", 1)
+        store.undo()  # alice's only gut label of imgs[4] goes: the manifest shows again
+        for k in range(5, len(imgs), 3):
+            store.set_label(imgs[k], "gut", int(rng.integers(0, 2)))
+        images = [*imgs, twin, unseen, missing, content_hash(imgs[5]), str(imgs[6]),
+                  "0" * 64]
+        for annotator, fallback in (("alice", ("manifest",)), ("alice", ()),
+                                    ("bob", ("alice", "manifest")), ("manifest", ("manifest",)),
+                                    ("nobody", ())):
+            got = store.label_matrix(images, vocab, annotator, fallback)
+            assert got.dtype == np.int8
+            np.testing.assert_array_equal(
+                got, _matrix_as_before(store, images, vocab, annotator, fallback))
+            again = store.label_matrix(images, vocab, annotator, fallback)  # cached hashes
+            np.testing.assert_array_equal(again, got)
+        m = store.label_matrix(images, vocab)
+        assert m[1].tolist() == [0, 0, 0, -1, 0] and m[2].tolist() == [0, -1, 1, -1, 0]
+        assert m[3].tolist() == [1, 0, 1, -1, 1] and m[4].tolist() == [0, 1, 1, -1, 0]
+        np.testing.assert_array_equal(m[len(imgs)], m[0])  # twin shares imgs[0]'s labels
+        assert (m[len(imgs) + 1:len(imgs) + 3] == -1).all()  # unseen file, missing path
+        assert (m[-1] == -1).all()  # a hash the store does not know
+        np.testing.assert_array_equal(m[-3], m[5])  # imgs[5] by its content hash
+        assert store.label_matrix([], vocab).shape == (0, 5)
+        assert store.label_matrix(images, []).shape == (len(images), 0)
+
+
+def test_label_matrix_rehashes_a_file_that_changed(tmp_path, imgs):
+    """The path->hash cache must not return the old image's labels for a rewritten file."""
+    with LabelStore(tmp_path / "l.sqlite", annotator="a") as store:
+        store.set_label(imgs[0], "brain", 1)
+        store.set_label(imgs[1], "brain", 0)
+        assert store.label_matrix([imgs[0]], ["brain"]).tolist() == [[1]]
+        old = imgs[0].stat()
+        shutil.copy(imgs[1], imgs[0])  # new content at the same path
+        os.utime(imgs[0], ns=(old.st_atime_ns, old.st_mtime_ns + 10**9))
+        assert store.label_matrix([imgs[0]], ["brain"]).tolist() == [[0]]
+        assert store.label_matrix([str(imgs[0])], ["brain"]).tolist() == [[0]]
+
+
+def test_new_store_reuses_hashes_from_the_old_one(tmp_path, imgs, monkeypatch):
+    """Switching label files re-hashes nothing that the previous store already hashed."""
+    import napari_ish_annotator.core.labels as labels_mod
+
+    with LabelStore(tmp_path / "a.sqlite", annotator="a") as first:
+        first.add_images(imgs)
+        calls = []
+        real = labels_mod._content_hash
+        monkeypatch.setattr(labels_mod, "_content_hash", lambda p: calls.append(p) or real(p))
+        with LabelStore(tmp_path / "b.sqlite", annotator="a") as second:
+            second.share_hash_cache(first)
+            second.add_images(imgs)
+            second.set_label(imgs[2], "gut", 1)
+            assert calls == []
+            assert second.label_matrix(imgs, ["gut"]).tolist() == [[-1], [-1], [1]]
+            Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(imgs[1])  # changed file
+            assert second.label_matrix(imgs, ["gut"]).tolist() == [[-1], [-1], [1]]
+            assert calls == [imgs[1].resolve()]

@@ -19,6 +19,7 @@ import getpass
 import os
 import re
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 LabelValue = int | None  # 1 present, 0 absent, None unknown
 SCHEMA_VERSION = 1
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+#: up to this many images, label queries name them (SQL IN list) instead of reading all labels
+_FEW = 200
 
 _SCHEMA = """
 CREATE TABLE images (id INTEGER PRIMARY KEY, content_hash TEXT NOT NULL UNIQUE,
@@ -113,6 +116,9 @@ class LabelStore:
         self.annotator = annotator or default_annotator()
         self.read_only = read_only
         self._hash_cache: dict[str, tuple[int, int, str]] = {}
+        # path exactly as given -> (st_dev, st_ino, st_mtime_ns, st_size, hash): one stat() per
+        # image instead of resolve() + is_file() + stat(), for label counts over large folders
+        self._given_cache: dict[str, tuple[int, int, int, int, str]] = {}
         self._lock = threading.RLock()  # widgets may write from worker threads
         if read_only and not self.path.is_file():
             raise InputError("no label store here; check the path", path=self.path)
@@ -274,7 +280,7 @@ class LabelStore:
     def add_images(self, paths: Sequence[Path], hashes: Sequence[str] | None = None) -> None:
         """Register images (path updated if the same content was seen elsewhere)."""
         if hashes is None:
-            hashes = [self._resolve(p)[0] for p in paths]
+            hashes = self._hashes(paths, strict=True)
         with self._write():
             for path, digest in zip(paths, hashes, strict=True):
                 self._upsert_image(digest, str(Path(path).resolve()))
@@ -393,6 +399,46 @@ class LabelStore:
         except InputError:
             return None
 
+    def share_hash_cache(self, other: LabelStore) -> None:
+        """Reuse ``other``'s path->hash cache (switching label files then re-hashes nothing)."""
+        self._hash_cache = other._hash_cache
+        self._given_cache = other._given_cache
+
+    def _hashes(self, images: Sequence[str | Path], strict: bool = False) -> list[str | None]:
+        """Content hash per image (None when unknown unless ``strict``), one stat() per hit.
+
+        A hit needs the same file (device, inode) with the same mtime_ns and size as when it
+        was hashed, so a changed, replaced or re-targeted file is hashed again; anything else
+        (known hashes, moved files, unknown paths) goes through :meth:`_resolve`.
+        """
+        out: list[str | None] = []
+        cache = self._given_cache
+        for image in images:
+            text = str(image)
+            try:
+                st = os.stat(text)
+            except (OSError, ValueError):
+                st = None
+            if st is not None and stat.S_ISREG(st.st_mode) and not _HASH_RE.match(text):
+                key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+                hit = cache.get(text)
+                if hit is not None and hit[:4] == key:
+                    out.append(hit[4])
+                    continue
+            else:
+                key = None
+            try:
+                digest, path = self._resolve(image)
+            except InputError:
+                if strict:
+                    raise
+                out.append(None)
+                continue
+            if key is not None and path is not None:
+                cache[text] = (*key, digest)
+            out.append(digest)
+        return out
+
     def labels_for(self, image: str | Path, annotator: str | None = None,
                    fallback: Sequence[str] = ("manifest",)) -> dict[str, LabelValue]:
         """Latest value per term for one annotator; ``fallback`` annotators fill unlabelled terms."""
@@ -415,17 +461,63 @@ class LabelStore:
         never labelled; an explicit "unknown" from the annotator is kept. ``fallback=()``
         gives the annotator's own labels only.
         """
-        chain = [annotator or self.annotator, *fallback]
-        current = self._current(chain)
         out = np.full((len(images), len(vocabulary)), -1, dtype=np.int8)
-        for i, image in enumerate(images):
-            digest = self._hash_or_none(image)
+        if not len(images) or not len(vocabulary):
+            return out
+        chain = list(dict.fromkeys([annotator or self.annotator, *fallback]))
+        digests = self._hashes(images)
+        wanted = {d for d in digests if d is not None}
+        if not wanted:
+            return out
+        conn = self._conn
+        if len(wanted) <= _FEW:  # one row (a keypress): only that image's events
+            ids = dict(conn.execute("SELECT content_hash, id FROM images WHERE content_hash IN "
+                                    f"({','.join('?' * len(wanted))})", list(wanted)))
+        else:
+            ids = {h: i for h, i in conn.execute("SELECT content_hash, id FROM images")
+                   if h in wanted}
+        if not ids:
+            return out
+        term_ids = dict(conn.execute("SELECT name, id FROM terms"))
+        names = dict(conn.execute("SELECT name, id FROM annotators"))
+        chain_ids = [names[a] for a in chain if a in names]
+        if not chain_ids or not any(t in term_ids for t in vocabulary):
+            return out
+        where = [_EFFECTIVE.format(e="label_events"),
+                 f"annotator IN ({','.join('?' * len(chain_ids))})"]
+        args: list[object] = list(chain_ids)
+        if len(ids) <= _FEW:
+            where.append(f"image IN ({','.join('?' * len(ids))})")
+            args += list(ids.values())
+        sql = ("SELECT e.image, e.term, e.annotator, coalesce(e.value, -1) FROM label_events e "
+               "JOIN (SELECT max(id) AS id FROM label_events WHERE " + " AND ".join(where) +
+               " GROUP BY image, term, annotator) last ON last.id = e.id")
+        events = np.array(conn.execute(sql, args).fetchall(), dtype=np.int64).reshape(-1, 4)
+        # image id -> first row showing it (same content under two paths: copied below)
+        row_of = np.full(max(ids.values()) + 1, -1, dtype=np.int64)
+        first: dict[str, int] = {}
+        for i, d in enumerate(digests):
+            if d in ids and d not in first:
+                first[d] = i
+                row_of[ids[d]] = i
+        col_of = np.full(max(term_ids.values()) + 1, -1, dtype=np.int64)
+        for j, term in enumerate(vocabulary):
+            if term in term_ids and col_of[term_ids[term]] < 0:
+                col_of[term_ids[term]] = j
+        image, term, who, value = events.T
+        inside = (image < len(row_of)) & (term < len(col_of))
+        image, term, who, value = image[inside], term[inside], who[inside], value[inside]
+        rows, cols = row_of[image], col_of[term]
+        for annotator_id in reversed(chain_ids):  # earlier annotators in the chain win: last
+            pick = (who == annotator_id) & (rows >= 0) & (cols >= 0)
+            out[rows[pick], cols[pick]] = value[pick]
+        if len(vocabulary) != len(set(vocabulary)):  # a repeated term column copies the first
             for j, term in enumerate(vocabulary):
-                for name in chain:
-                    if (digest, term, name) in current:
-                        value = current[(digest, term, name)]
-                        out[i, j] = -1 if value is None else value
-                        break
+                if term in term_ids and col_of[term_ids[term]] != j:
+                    out[:, j] = out[:, col_of[term_ids[term]]]
+        for i, d in enumerate(digests):
+            if d in first and first[d] != i:
+                out[i] = out[first[d]]
         return out
 
     def consensus_matrix(self, images: Sequence[str | Path], vocabulary: Sequence[str],
@@ -436,13 +528,13 @@ class LabelStore:
         -1 where nobody labelled, on ties, or when the winning share is below min_agreement.
         """
         current = self._current(annotators)
+        digests = self._hashes(images)
         votes: dict[tuple[str, str], list[int]] = {}
         for (h, term, _a), value in current.items():
             if value is not None:
                 votes.setdefault((h, term), []).append(value)
         out = np.full((len(images), len(vocabulary)), -1, dtype=np.int8)
-        for i, image in enumerate(images):
-            digest = self._hash_or_none(image)
+        for i, digest in enumerate(digests):
             for j, term in enumerate(vocabulary):
                 got = votes.get((digest, term), []) if digest else []
                 if got:

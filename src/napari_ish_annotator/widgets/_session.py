@@ -288,9 +288,13 @@ class AnnotatorSession:
         self.predictions_changed.emit()
         self.current_changed.emit(self.index)
 
-    def _iter_open_store(self, path: Path,
-                         paths: Sequence[Path]) -> ProgressGen[tuple[Any, bool, InputError | None]]:
-        """(store, read_only, pending error): hashes every image into the store in chunks."""
+    def _iter_open_store(self, path: Path, paths: Sequence[Path], hashes_from: Any = None,
+                         ) -> ProgressGen[tuple[Any, bool, InputError | None]]:
+        """(store, read_only, pending error): hashes every image into the store in chunks.
+
+        ``hashes_from`` (the store being replaced) lends its path->hash cache, so switching
+        label files only stat()s the images instead of hashing them all again.
+        """
         from ..core.labels import LabelStore
 
         store = None
@@ -298,6 +302,8 @@ class AnnotatorSession:
         try:
             try:
                 store = LabelStore(path, annotator=self.annotator, busy_timeout=STORE_TIMEOUT)
+                if hashes_from is not None:
+                    store.share_hash_cache(hashes_from)
                 for start in range(0, len(paths), OPEN_CHUNK):
                     yield Progress(start, len(paths),
                                    f"reading images into the label store ({start}/{len(paths)})")
@@ -313,6 +319,8 @@ class AnnotatorSession:
             if path.exists():
                 try:
                     store = LabelStore(path, annotator=self.annotator, read_only=True)
+                    if hashes_from is not None:
+                        store.share_hash_cache(hashes_from)
                 except InputError:
                     store = None
             error = InputError(
@@ -346,10 +354,33 @@ class AnnotatorSession:
 
         A file that cannot be written (locked, read-only, not a label store) is refused while
         the current store is writable, so a wrong pick never stops labels from being saved.
+        Blocks until done: the Embryos panel runs :meth:`iter_use_store` in a worker and then
+        calls :meth:`apply_store`, so 10,000 images are registered off the GUI thread.
         """
         from ..core.progress import drive
 
-        store, read_only, error = drive(self._iter_open_store(Path(path), self.paths))
+        self.apply_store(drive(self.iter_use_store(path)))
+
+    def iter_use_store(self, path: str | Path) -> ProgressGen[dict]:
+        """Open another label file and register the open images in it; no state change.
+
+        Safe in a worker thread; the current store lends its path->hash cache, so no image
+        is hashed again (only stat()ed).
+        """
+        generation = self.generation
+        store, read_only, error = yield from self._iter_open_store(
+            Path(path), list(self.paths), hashes_from=self.store)
+        return {"store": store, "read_only": read_only, "error": error,
+                "generation": generation, "path": Path(path)}
+
+    def apply_store(self, switched: dict) -> None:
+        """Make an :meth:`iter_use_store` result the session's label store (GUI thread)."""
+        store, read_only, error = switched["store"], switched["read_only"], switched["error"]
+        if switched["generation"] != self.generation:  # other images were opened meanwhile
+            if store is not None:
+                store.close()
+            raise InputError("other images were opened while the label file was being "
+                             "prepared; choose the label file again", path=switched["path"])
         if error is not None and self.store is not None and not self.store_read_only:
             if store is not None:
                 store.close()
