@@ -56,3 +56,12 @@ def dock(viewer, name: str):
     """Open one of the plugin's dock widgets through napari's plugin machinery."""
     _, widget = viewer.window.add_plugin_dock_widget("napari-ish-annotator", name)
     return widget
+
+
+WAIT_MS = 120_000
+
+
+def wait_done(qtbot, runner, timeout: int = WAIT_MS) -> None:
+    """Wait for a widget's background task and fail with its error if it did not finish."""
+    qtbot.waitUntil(lambda: not runner.running, timeout=timeout)
+    assert runner.last_outcome == "done", runner.last_error

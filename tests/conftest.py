@@ -28,3 +28,10 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_vocabulary(tiny_dataset: Path) -> list[str]:
     """The vocabulary of :func:`tiny_dataset`, in built-in (prevalence) order."""
     return (tiny_dataset.parent / "vocabulary.txt").read_text(encoding="utf-8").split("\n")[:-1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_feature_cache(tmp_path, monkeypatch):
+    """Every test gets its own default feature cache: nothing is read from or written to the
+    user's ~/.cache, and no test sees another's cached features."""
+    monkeypatch.setenv("ISH_ANNOTATOR_CACHE", str(tmp_path / "feature-cache"))

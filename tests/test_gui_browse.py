@@ -10,11 +10,6 @@ from _gui_helpers import TERMS, dock, make_dataset, press
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ISH_ANNOTATOR_CACHE", str(tmp_path / "cache"))
-
-
 def test_reader_opens_manifest_into_embryos_widget(make_napari_viewer, tmp_path):
     from napari_ish_annotator.core.images import read_rgb
     from napari_ish_annotator.widgets._session import get_session

@@ -8,19 +8,9 @@ import numpy as np
 import pytest
 
 from _gui_helpers import TERMS, dock, make_dataset
+from _gui_helpers import wait_done as _wait
 
 pytestmark = pytest.mark.gui
-WAIT_MS = 120_000
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ISH_ANNOTATOR_CACHE", str(tmp_path / "cache"))
-
-
-def _wait(qtbot, runner):
-    qtbot.waitUntil(lambda: not runner.running, timeout=WAIT_MS)
-    assert runner.last_outcome == "done", runner.last_error
 
 
 def test_truncated_image_is_skipped_reported_and_never_classified(make_napari_viewer, qtbot,

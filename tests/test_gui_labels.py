@@ -11,11 +11,6 @@ from _gui_helpers import TERMS, dock, make_dataset, press
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ISH_ANNOTATOR_CACHE", str(tmp_path / "cache"))
-
-
 def _fresh_store_labels(path, image):
     """Read the SQLite file with a new connection, as another program would."""
     from napari_ish_annotator.core.labels import LabelStore

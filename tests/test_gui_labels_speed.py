@@ -9,11 +9,6 @@ from _gui_helpers import TERMS, dock, make_dataset
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ISH_ANNOTATOR_CACHE", str(tmp_path / "cache"))
-
-
 def test_open_counts_labels_once_and_counts_follow_changes(make_napari_viewer, tmp_path):
     from napari_ish_annotator.widgets._session import get_session
 

@@ -5,20 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _gui_helpers import TERMS, dock, make_dataset
+from _gui_helpers import TERMS, WAIT_MS, dock, make_dataset
+from _gui_helpers import wait_done as _wait
 
 pytestmark = pytest.mark.gui
-WAIT_MS = 120_000
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ISH_ANNOTATOR_CACHE", str(tmp_path / "cache"))
-
-
-def _wait(qtbot, runner):
-    qtbot.waitUntil(lambda: not runner.running, timeout=WAIT_MS)
-    assert runner.last_outcome == "done", runner.last_error
 
 
 def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tmp_path):
