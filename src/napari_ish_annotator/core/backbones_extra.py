@@ -20,7 +20,6 @@ Torch is imported lazily.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
+from .io import sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -131,11 +131,7 @@ def efficientnet_state_to_trunk(state: Mapping) -> dict:
 
 @lru_cache(maxsize=8)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def file_sha256(path: Path) -> str:

@@ -21,7 +21,6 @@ and report them.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .io import sha256_file
 
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 _TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
@@ -194,11 +194,7 @@ def content_hash(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise InputError("image file not found; check the path", path=path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def _is_hidden(path: Path) -> bool:

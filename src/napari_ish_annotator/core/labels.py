@@ -70,17 +70,9 @@ JOIN annotators a ON a.id = e.annotator"""
 
 
 def _content_hash(path: Path) -> str:
-    """sha256 of the file bytes; uses core.images when it is there (same identity everywhere)."""
-    try:
-        from .images import content_hash
-    except ImportError:
-        import hashlib
+    """sha256 of the file bytes: the same image identity as the feature cache uses."""
+    from .images import content_hash
 
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
     return content_hash(path)
 
 
