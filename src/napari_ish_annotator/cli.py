@@ -134,7 +134,8 @@ def _iter_predict_chunked(bundle, images: Sequence[Path], cache_dir: Path | None
     """Probabilities ``(n, T)``, extracting and scoring ``chunk_size`` images at a time.
 
     Only one chunk's features are in memory at once: at VGG16 layer 21 an image has 401,408
-    floats (1.6 MB), so 5,000 images at once would need 8 GB; the probabilities are tiny.
+    floats (0.8 MB as float16), so 5,000 images at once would need 4 GB; the probabilities
+    are tiny.
     """
     from dataclasses import replace
 
@@ -320,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "decoded, instead of stopping; every image is decoded once up front")
     p.add_argument("--chunk-size", type=int, default=256,
                    help="images whose features are held in memory at once (default "
-                        "%(default)s: about 400 MB at VGG16 layer 21)")
+                        "%(default)s: about 200 MB at VGG16 layer 21)")
     _add_common(p)
     p.set_defaults(handler=cmd_predict)
 
