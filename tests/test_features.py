@@ -298,3 +298,21 @@ def test_decoding_in_spawned_processes(loaded, tmp_path, monkeypatch):
     monkeypatch.setattr(features_mod, "_mp_context", lambda: "spawn")
     X = make(loaded, decode_workers=1, batch_size=2).extract(paths)
     np.testing.assert_array_equal(X, make(loaded, decode_workers=0, batch_size=2).extract(paths))
+
+
+def test_too_little_shared_memory_falls_back_to_threads(loaded, tmp_path, monkeypatch):
+    """Worker processes hand batches over in /dev/shm; when it is small they are not used."""
+    fx = make(loaded, decode_workers=4)
+    batch_bytes = 3 * 3 * S * S * 4
+    monkeypatch.setattr(features_mod, "_shm_free_bytes", lambda: 8 * batch_bytes)
+    assert fx._process_workers(10) == 2 and fx._process_workers(2) == 1
+    assert fx._process_workers(1) == 0  # one batch: nothing to overlap
+    monkeypatch.setattr(features_mod, "_shm_free_bytes", lambda: 3 * batch_bytes)
+    assert fx._process_workers(10) == 0
+
+    def no_processes(*args, **kwargs):
+        raise AssertionError("worker processes used without shared memory")
+
+    monkeypatch.setattr(FeatureExtractor, "_decoded_in_processes", no_processes)
+    paths = _png_files(tmp_path, 7)
+    np.testing.assert_array_equal(fx.extract(paths), make(loaded, decode_workers=0).extract(paths))

@@ -136,6 +136,18 @@ def default_decode_workers(device_type: str, cpu_count: int | None = None) -> in
     return max(0, min(8, (cores or 1) - 2))
 
 
+def _shm_free_bytes() -> int | None:
+    """Free bytes in /dev/shm, where DataLoader workers hand over their batches (None: n/a).
+    Containers often give it only 64 MB."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return int(st.f_bavail * st.f_frsize)
+
+
 def _mp_context() -> str:
     """``fork`` starts workers instantly but is unsafe while other threads run (napari's
     worker threads, Qt): then ``spawn``."""
@@ -354,6 +366,17 @@ class FeatureExtractor:
         returned as ``{position in items: reason}``."""
         return self.preprocessor.batch(items)
 
+    def _process_workers(self, n_batches: int) -> int:
+        """Decoding processes for ``n_batches``: they pay their start-up only when there are
+        batches to overlap, and each keeps two batches in shared memory, which must fit
+        (with room to spare) or the workers die; 0 means decoding threads."""
+        workers = min(self.decode_workers, n_batches - 1)
+        free = _shm_free_bytes() if workers > 0 else None
+        if free is not None:
+            batch_bytes = self.batch_size * 3 * self.input_size * self.input_size * 4
+            workers = min(workers, free // (4 * batch_bytes))
+        return max(0, int(workers))
+
     def _decoded_in_threads(self, item_batches: list[list[Any]], skip: bool) -> Iterator:
         """Decoded batches in order, two decoding ahead in a thread pool."""
         load = self._load_batch_skipping if skip else self._load_batch
@@ -454,8 +477,7 @@ class FeatureExtractor:
         yield Progress(done, n, f"{done} of {n} from the cache" if done else "starting")
         batches = [todo[s:s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
         item_batches = [[images[rows[k][0]] for k in b] for b in batches]
-        # processes pay their start-up only when there are batches to overlap
-        workers = min(self.decode_workers, len(batches) - 1)
+        workers = self._process_workers(len(batches))
         decoded = (self._decoded_in_processes(item_batches, skip, workers) if workers >= 1
                    else self._decoded_in_threads(item_batches, skip))
         try:
