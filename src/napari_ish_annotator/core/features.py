@@ -150,8 +150,12 @@ def _shm_free_bytes() -> int | None:
 
 def _mp_context() -> str:
     """``fork`` starts workers instantly but is unsafe while other threads run (napari's
-    worker threads, Qt): then ``spawn``."""
-    if sys.platform.startswith("linux") and threading.active_count() == 1:
+    worker threads, Qt): then ``spawn``. The queue feeder threads of a finished extraction's
+    workers, which may linger a moment, do not count."""
+    others = [t for t in threading.enumerate()
+              if t is not threading.main_thread() and t.name != "QueueFeederThread"]
+    if sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread() \
+            and not others:
         return "fork"
     return "spawn"
 
