@@ -177,3 +177,26 @@ def test_bundle_predicts_the_same_on_cuda_and_cpu(loaded, bundle, image_files):
     assert np.abs(p_gpu - p_cpu).max() <= 0.02
     # the CPU trunk the bundle's extractor shares stays on the CPU
     assert next(loaded.module.parameters()).device.type == "cpu"
+
+
+def test_cli_device_auto_trains_and_predicts_on_cuda_like_the_cpu(tiny_dataset, tmp_path):
+    """`ish-annotator train/predict --device auto` on a GPU machine: the same model as the CPU."""
+    import csv
+
+    from napari_ish_annotator.cli import main
+
+    fast = ["--weights", "random", "--input-size", str(S), "--quiet", "--no-cache"]
+    model = tmp_path / "model"
+    assert main(["train", str(tiny_dataset), "--out", str(model), "--ensemble", "3",
+                 "--device", "auto", *fast]) == 0
+    images = tiny_dataset.parent / "images"
+    tables = {}
+    for device in ("auto", "cpu"):
+        out = tmp_path / f"pred-{device}.csv"
+        assert main(["predict", str(model), str(images), "--out", str(out), "--device", device,
+                     "--quiet", "--no-cache"]) == 0
+        with open(out, newline="") as fh:
+            rows = list(csv.reader(fh))
+        tables[device] = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
+    assert tables["auto"].shape == tables["cpu"].shape and len(tables["cpu"]) == 24
+    assert np.abs(tables["auto"] - tables["cpu"]).max() <= 0.02
