@@ -52,7 +52,7 @@ class Settings:
     """Sizes of one run: the GPU defaults, or :meth:`smoke` for the CPU."""
 
     device: str = "cuda"
-    n_images: int = 3000
+    n_images: int = 4000
     image_size: tuple[int, int] = (128, 320)  # (H, W) of the files
     input_size: int = 224
     batch_sizes: tuple[int, ...] = (64, 128, 256)
@@ -435,7 +435,7 @@ def run(settings: Settings, out: Path, mode: str) -> dict:
         t = time.perf_counter()
         state["paths"], state["Y"] = write_images(work / "images", settings)
         return {"files": len(state["paths"]), "format": "BMP",
-                "size": "x".join(map(str, settings.image_size)),
+                "size": f"{settings.image_size[1]}x{settings.image_size[0]} (W x H)",
                 "write_seconds": round(time.perf_counter() - t, 2)}
 
     rec.step("images", files, needs_s=1)
