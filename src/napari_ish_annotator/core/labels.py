@@ -288,6 +288,18 @@ class LabelStore:
     def annotators(self) -> list[str]:
         return [r[0] for r in self._conn.execute("SELECT name FROM annotators ORDER BY id")]
 
+    def labelled_images(self) -> list[str]:
+        """Content hashes of the images with at least one label event, oldest first."""
+        return [r[0] for r in self._conn.execute(
+            "SELECT content_hash FROM images WHERE id IN (SELECT image FROM label_events) "
+            "ORDER BY id")]
+
+    def unlabelled(self, images: Sequence[str | Path]) -> list[str | Path]:
+        """The ``images`` this store holds no label event of (unknown files included)."""
+        have = set(self.labelled_images())
+        return [image for image, digest in zip(images, self._hashes(images), strict=True)
+                if digest not in have]
+
     # -- events ----------------------------------------------------------------------------
     def _event(self, event_id: int) -> LabelEvent:
         row = self._conn.execute(_EVENT_SQL + " WHERE e.id = ?", (event_id,)).fetchone()
@@ -517,25 +529,16 @@ class LabelStore:
                          annotators: Sequence[str] | None = None) -> np.ndarray:
         """Strict majority of annotators' latest known labels, needing ``min_agreement`` of them.
 
-        -1 where nobody labelled, on ties, or when the winning share is below min_agreement.
+        -1 where nobody labelled, on ties, or when the winning share is below min_agreement
+        (:func:`~napari_ish_annotator.core.consensus.majority_vote`). Names of annotators
+        without labels in this store are ignored.
         """
-        current = self._current(annotators)
-        digests = self._hashes(images)
-        votes: dict[tuple[str, str], list[int]] = {}
-        for (h, term, _a), value in current.items():
-            if value is not None:
-                votes.setdefault((h, term), []).append(value)
-        out = np.full((len(images), len(vocabulary)), -1, dtype=np.int8)
-        for i, digest in enumerate(digests):
-            for j, term in enumerate(vocabulary):
-                got = votes.get((digest, term), []) if digest else []
-                if got:
-                    share = sum(got) / len(got)
-                    if share > 0.5 and share >= min_agreement:
-                        out[i, j] = 1
-                    elif 1 - share > 0.5 and 1 - share >= min_agreement:
-                        out[i, j] = 0
-        return out
+        from .consensus import annotator_labels, majority_vote
+
+        known = self.annotators()
+        names = None if annotators is None else [a for a in annotators if a in known]
+        labels = annotator_labels(self, images, vocabulary, names)
+        return majority_vote(labels.labels, min_agreement)
 
     # -- manifests -------------------------------------------------------------------------
     def import_dataset(self, dataset: Dataset, annotator: str = "manifest") -> int:
