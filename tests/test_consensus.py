@@ -96,7 +96,7 @@ def test_one_annotator_alone_is_its_own_consensus():
 
 
 def test_store_functions_for_the_gui(tmp_path):
-    from tests.test_labels import make_images
+    from test_labels import make_images
 
     imgs = make_images(tmp_path / "imgs")
     with LabelStore(tmp_path / "l.sqlite") as store:

@@ -568,15 +568,18 @@ class LabelStore:
 
     def export_manifest(self, path: str | Path, images: Sequence[Path], vocabulary: Sequence[str],
                         annotator: str | None = None,
-                        fallback: Sequence[str] = ("manifest",)) -> None:
+                        fallback: Sequence[str] = ("manifest",),
+                        matrix: np.ndarray | None = None) -> None:
         """Write a manifest CSV (image, terms[, stage, gene], unknown_terms) atomically.
 
         Labels are this annotator's, with imported manifest labels filling terms it never
-        labelled; ``unknown_terms`` lists the terms still without a label.
+        labelled, or ``matrix`` (n, T) in {1, 0, -1} (e.g. a consensus) when given;
+        ``unknown_terms`` lists the terms still without a label.
         """
         from .manifest import Sample, write_manifest
 
-        matrix = self.label_matrix(images, vocabulary, annotator, fallback)
+        if matrix is None:
+            matrix = self.label_matrix(images, vocabulary, annotator, fallback)
         samples, unknown = [], []
         for image, labels in zip(images, matrix, strict=True):
             digest, file_path = self._resolve(image)

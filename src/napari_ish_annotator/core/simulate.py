@@ -20,7 +20,8 @@ from .classify import EnsembleClassifier, EnsembleConfig
 from .progress import Progress, ProgressGen, drive
 
 __all__ = ["SyntheticFeatures", "synthetic_features", "noisy_annotators", "mean_auc",
-           "fit_scores", "ConsensusTrial", "consensus_trial"]
+           "fit_scores", "ConsensusTrial", "consensus_trial", "LearningCurve",
+           "learning_curve"]
 
 
 @dataclass(frozen=True)
@@ -119,10 +120,7 @@ def consensus_trial(data: SyntheticFeatures, flip: float | Sequence[float] = 0.2
     """
     from .consensus import consensus
 
-    rng = np.random.default_rng([seed, 31])
-    genes = np.unique(data.genes)
-    test_genes = set(rng.choice(genes, size=int(len(genes) * test_fraction), replace=False))
-    test = np.array([g in test_genes for g in data.genes])
+    test = _split_by_gene(data.genes, test_fraction, seed)
     Xtr, Ytr, Xte, Yte = data.X[~test], data.Y[~test], data.X[test], data.Y[test]
     L = noisy_annotators(Ytr, flip, seed)
     versions = {"truth": Ytr, "single": L[0],
@@ -137,3 +135,56 @@ def consensus_trial(data: SyntheticFeatures, flip: float | Sequence[float] = 0.2
         acc[name] = float((labels[known] == Ytr[known]).mean())
     rates = (float(flip),) * 3 if np.isscalar(flip) else tuple(float(f) for f in flip)
     return ConsensusTrial(seed, rates, auc, acc)
+
+
+@dataclass(frozen=True)
+class LearningCurve:
+    """Held-out mean AUC after each round of labelling (``n_labelled[k]`` images)."""
+
+    strategy: str
+    seed: int
+    n_labelled: tuple[int, ...]
+    auc: tuple[float, ...]
+
+
+def _split_by_gene(genes: Sequence[str], test_fraction: float, seed: int) -> np.ndarray:
+    """Boolean test mask: a random ``test_fraction`` of the genes with all their images."""
+    rng = np.random.default_rng([seed, 31])
+    unique = np.unique(genes)
+    test_genes = set(rng.choice(unique, size=int(len(unique) * test_fraction), replace=False))
+    return np.array([g in test_genes for g in genes])
+
+
+def learning_curve(data: SyntheticFeatures, strategy: str = "suggest", seed: int = 0,
+                   start: int = 20, batch: int = 20, rounds: int = 8,
+                   test_fraction: float = 0.4) -> LearningCurve:
+    """Label ``start`` random pool images, then ``rounds`` batches picked by ``strategy``
+    ('suggest': :func:`.active.suggest`; 'random'), training after each batch.
+
+    Both strategies start from the same random images, so the curves differ only by the
+    choice of what to label next.
+    """
+    from .active import suggest
+
+    test = _split_by_gene(data.genes, test_fraction, seed)
+    pool = np.flatnonzero(~test)
+    rng = np.random.default_rng([seed, 17])
+    labelled = list(rng.choice(pool, size=start, replace=False))
+    genes = np.asarray(data.genes)
+    sizes, aucs = [], []
+    for step in range(rounds + 1):
+        with threadpool_limits(1):
+            clf, scores = fit_scores(data.X[labelled], data.Y[labelled], data.X[test],
+                                     data.vocabulary, seed)
+        sizes.append(len(labelled))
+        aucs.append(mean_auc(data.Y[test], scores, data.vocabulary))
+        if step == rounds:
+            break
+        rest = np.setdiff1d(pool, labelled)
+        if strategy == "random":
+            labelled += list(rng.choice(rest, size=min(batch, len(rest)), replace=False))
+        else:
+            with threadpool_limits(1):
+                picks = suggest(clf, data.X[rest], genes[rest], batch).order
+            labelled += list(rest[picks])
+    return LearningCurve(strategy, seed, tuple(sizes), tuple(aucs))
