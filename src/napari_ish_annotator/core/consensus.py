@@ -45,7 +45,7 @@ METHODS = ("dawid-skene", "majority")
 #: pseudo-counts (Beta(1, 1) prior) keep Dawid-Skene sensitivities away from 0 and 1
 _PSEUDO = 1.0
 #: pseudo-counts pulling a term's annotator rates towards their rates over all terms
-SHRINK = 50.0
+SHRINK = 1000.0
 
 
 # ----------------------------------------------------------------------------- reading
@@ -207,7 +207,7 @@ class DawidSkene:
     iterations: int
 
 
-def dawid_skene(L: np.ndarray, shrink: float = SHRINK, max_iter: int = 200,
+def dawid_skene(L: np.ndarray, shrink: float = SHRINK, max_iter: int = 2000,
                 tol: float = 1e-7) -> DawidSkene:
     """Fit a Dawid-Skene model per term of ``L`` (A, n, T) by EM, all terms at once.
 
@@ -216,7 +216,11 @@ def dawid_skene(L: np.ndarray, shrink: float = SHRINK, max_iter: int = 200,
     per-term rates are noisy (an annotator can look no better than chance on one term by
     bad luck and lose every vote there), so each term's rates are shrunk towards the
     annotator's rates over all terms by ``shrink`` pseudo-counts (0: independent terms;
-    large: one confusion matrix per annotator). EM starts from the soft majority vote.
+    large: one confusion matrix per annotator). The default 1000 lets a term's own rates
+    dominate only once it has well over a thousand labelled images; on the simulated
+    annotators of ``benchmarks/bench_consensus.py`` it trained better models than 50
+    (unequal annotators: 0.858 vs 0.855 mean AUC; equal ones: the same as majority vote).
+    EM starts from the soft majority vote; it can take hundreds of iterations.
     """
     L = np.asarray(L)
     A, n, T = L.shape
