@@ -11,6 +11,7 @@ from napari_ish_annotator.core.consensus import (
     agreement,
     annotator_labels,
     consensus,
+    consensus_labels,
     dawid_skene,
     disagreement_mask,
     fleiss_kappa,
@@ -107,7 +108,10 @@ def test_store_functions_for_the_gui(tmp_path):
         store.set_label(imgs[1], "brain", 1, annotator="bob")
         labels = annotator_labels(store, imgs, ["brain", "gut"])
         assert labels.annotators == ("ann", "bob") and labels.labels.shape == (2, 3, 2)
-        np.testing.assert_array_equal(disagreement_mask(labels), [True, False, False])
+        np.testing.assert_array_equal(disagreement_mask(store, imgs, ["brain", "gut"]),
+                                      [True, False, False])
+        train = consensus_labels(store, imgs, ["brain", "gut"], "majority")
+        np.testing.assert_array_equal(train.labels, [[-1, 1], [1, -1], [-1, -1]])
         tip = image_annotations(store, imgs[0], ["brain", "gut"])
         assert tip.tooltip("brain") == "ann: present, bob: absent"
         assert tip.of("gut") == {"bob": 1}

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "METHODS", "AnnotatorLabels", "TermAgreement", "Agreement", "DawidSkene", "Consensus",
     "ImageAnnotations", "annotator_labels", "fleiss_kappa", "agreement", "majority_vote",
-    "dawid_skene", "consensus", "disagreement_mask", "image_annotations",
+    "dawid_skene", "consensus", "consensus_labels", "disagreement_mask", "image_annotations",
 ]
 
 METHODS = ("dawid-skene", "majority")
@@ -325,13 +325,20 @@ def consensus(labels: AnnotatorLabels | np.ndarray, method: str = "dawid-skene",
 
 
 # ----------------------------------------------------------------------------- for the GUI
-def disagreement_mask(labels: AnnotatorLabels) -> np.ndarray:
+def consensus_labels(store: LabelStore, images: Sequence[str | Path],
+                     vocabulary: Sequence[str] | None = None, method: str = "dawid-skene",
+                     min_agreement: float = 0.0) -> Consensus:
+    """The consensus of every annotator in ``store`` on ``images`` (the Train panel's
+    "consensus of all annotators"; ``.labels`` is the (n, T) training matrix, -1 unknown)."""
+    return consensus(annotator_labels(store, images, vocabulary), method, min_agreement)
+
+
+def disagreement_mask(store: LabelStore, images: Sequence[str | Path],
+                      vocabulary: Sequence[str] | None = None) -> np.ndarray:
     """(n,) True where two annotators gave different known values for some term
     (the Embryos panel's "annotators disagree" filter)."""
-    L = labels.labels
-    any_yes = (L == 1).any(axis=0)
-    any_no = (L == 0).any(axis=0)
-    return (any_yes & any_no).any(axis=1)
+    L = annotator_labels(store, images, vocabulary).labels
+    return ((L == 1).any(axis=0) & (L == 0).any(axis=0)).any(axis=1)
 
 
 @dataclass(frozen=True)
