@@ -102,6 +102,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return c.EXIT_OK
 
 
+def _verb(verbs, name: str, text: str, handler, output: str | None):
+    """One ``labels`` action: STORE first, its own options added by the caller, then the
+    shared --vocab/--quiet; ``output`` names the argument checked as a file to write."""
+    q = verbs.add_parser(name, help=text)
+    q.add_argument("store", type=Path, help="label store (.sqlite)")
+    q.set_defaults(handler=handler, outputs=[(output, False)] if output else [])
+    return q
+
+
+def _shared(q) -> None:
+    c.add_vocabulary(q)
+    q.add_argument("--quiet", "-q", action="store_true", help="no messages")
+
+
 def register(sub) -> None:
     from ..core.consensus import METHODS
 
@@ -109,25 +123,19 @@ def register(sub) -> None:
                                       "consensus export")
     verbs = p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    q = verbs.add_parser("import", help="record a manifest's terms as one annotator's labels")
-    q.add_argument("store", type=Path, help="label store (.sqlite; created if needed)")
+    q = _verb(verbs, "import", "record a manifest's terms as one annotator's labels (the "
+                               "store is created if needed)", cmd_import, "store")
     q.add_argument("manifest", type=Path)
     q.add_argument("--annotator", required=True, help="whose labels these are")
-    c.add_vocabulary(q)
-    q.add_argument("--quiet", "-q", action="store_true", help="no messages")
-    q.set_defaults(handler=cmd_import, outputs=[("store", False)])
+    _shared(q)
 
-    q = verbs.add_parser("agreement", help="agreement per term and each annotator's "
-                                           "estimated accuracy")
-    q.add_argument("store", type=Path)
+    q = _verb(verbs, "agreement", "agreement per term and each annotator's estimated "
+                                  "accuracy", cmd_agreement, "json")
     q.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
-    c.add_vocabulary(q)
-    q.add_argument("--quiet", "-q", action="store_true", help="no messages")
-    q.set_defaults(handler=cmd_agreement, outputs=[("json", False)])
+    _shared(q)
 
-    q = verbs.add_parser("export", help="a manifest of one annotator's labels or of the "
-                                        "consensus of all")
-    q.add_argument("store", type=Path)
+    q = _verb(verbs, "export", "a manifest of one annotator's labels or of the consensus of "
+                               "all", cmd_export, "out")
     q.add_argument("--images", required=True, type=Path, metavar="MANIFEST|FOLDER",
                    help="the images to export")
     q.add_argument("--out", required=True, type=Path, help="manifest CSV to write")
@@ -140,6 +148,4 @@ def register(sub) -> None:
                    help="leave a term unknown where fewer than this share of the image's "
                         "annotators agree with the consensus (0-1); images left with no "
                         "label are left out and counted")
-    c.add_vocabulary(q)
-    q.add_argument("--quiet", "-q", action="store_true", help="no messages")
-    q.set_defaults(handler=cmd_export, outputs=[("out", False)])
+    _shared(q)
