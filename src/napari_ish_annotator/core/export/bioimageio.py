@@ -321,7 +321,9 @@ def iter_export_bioimageio(source: str | Path, out: str | Path,
         if not np.allclose(y_ts, y, atol=1e-4):
             raise RuntimeError(f"TorchScript output differs from the network's by "
                                f"{np.abs(y_ts - y).max():.2g}")
-        torch.jit.save(scripted, str(files["torchscript"]))
+        with warnings.catch_warnings():  # deprecated in favour of torch.export, which
+            warnings.simplefilter("ignore")  # bioimage.io's TorchScript format is not
+            torch.jit.save(scripted, str(files["torchscript"]))
         files["architecture"].write_bytes(Path(__file__).with_name("network.py").read_bytes())
         _environment(files["environment"])
         yield Progress(3, _STEPS, "drawing the cover (Grad-CAM)")

@@ -1,0 +1,105 @@
+"""The exported network (core/export/network.py) computes what the package computes.
+
+These tests need only torch: the network built from a bundle must give the bundle's own
+probabilities (feature extraction + ensembles), rebuild from its architecture kwargs and state
+dict, apply the calibration map, and a model that cannot be exported must fail up front.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_ish_annotator.core.bundle import load_bundle, save_bundle
+from napari_ish_annotator.core.classify import EnsembleConfig
+from napari_ish_annotator.core.errors import InputError
+from napari_ish_annotator.core.export.model import load_exportable
+from napari_ish_annotator.core.export.network import build_network
+from napari_ish_annotator.core.features import ExtractorConfig
+from napari_ish_annotator.core.images import read_rgb
+from napari_ish_annotator.core.manifest import read_manifest
+from napari_ish_annotator.core.pipeline import iter_predict, iter_train
+from napari_ish_annotator.core.progress import drive
+
+
+def _train(dataset: Path, out: Path, keep_aspect: bool = False) -> Path:
+    data = read_manifest(dataset)
+    config = ExtractorConfig(backbone="vgg16", weights="random", input_size=64,
+                             keep_aspect=keep_aspect, precision="fp32", device="cpu")
+    bundle = drive(iter_train(data, config, EnsembleConfig(n_members=3)))
+    save_bundle(out, bundle)
+    return out
+
+
+@pytest.fixture(scope="module")
+def vgg_bundles(tiny_dataset: Path, tmp_path_factory) -> dict[bool, Path]:
+    root = tmp_path_factory.mktemp("export-net")
+    return {k: _train(tiny_dataset, root / f"vgg-aspect{int(k)}", keep_aspect=k)
+            for k in (False, True)}
+
+
+def _images(dataset: Path, n: int = 3) -> list[np.ndarray]:
+    return [read_rgb(p) for p in read_manifest(dataset).paths[:n]]
+
+
+def _run(network: torch.nn.Module, image: np.ndarray) -> np.ndarray:
+    x = torch.from_numpy(image.transpose(2, 0, 1)[None].astype(np.float32))
+    with torch.no_grad():
+        return network(x)[0].numpy()
+
+
+@pytest.mark.parametrize("keep_aspect", [False, True])
+def test_network_gives_the_bundles_probabilities(vgg_bundles, tiny_dataset, keep_aspect):
+    """Images are 128x256 (not square), so resize and, with keep_aspect, padding are used."""
+    path = vgg_bundles[keep_aspect]
+    model = load_exportable(path)
+    images = _images(tiny_dataset)
+    expected = drive(iter_predict(load_bundle(path), images))
+    got = np.stack([_run(model.network, im) for im in images])
+    assert got.shape == expected.shape == (3, len(model.vocabulary))
+    np.testing.assert_allclose(got, expected, atol=2e-3)
+    assert np.ptp(got) > 0.05  # not a constant: the comparison can fail
+
+
+def test_architecture_kwargs_and_state_dict_rebuild_the_network(vgg_bundles, tiny_dataset):
+    model = load_exportable(vgg_bundles[True])
+    rebuilt = build_network(**model.architecture)
+    rebuilt.load_state_dict(model.network.state_dict(), strict=True)
+    image = _images(tiny_dataset, 1)[0]
+    np.testing.assert_allclose(_run(rebuilt.eval(), image), _run(model.network, image), atol=1e-6)
+
+
+def test_calibration_arrays_are_applied(vgg_bundles, tiny_dataset, tmp_path):
+    path = tmp_path / "calibrated"
+    shutil.copytree(vgg_bundles[False], path)
+    with np.load(path / "classifiers.npz") as npz:
+        arrays = dict(npz)
+    n = len(load_bundle(path).classifier.vocabulary)
+    a, b = np.linspace(0.5, 2.0, n).astype(np.float32), np.linspace(-1, 1, n).astype(np.float32)
+    np.savez(path / "classifiers.npz", **arrays, calibration_a=a, calibration_b=b)
+    image = _images(tiny_dataset, 1)[0]
+    raw = _run(load_exportable(vgg_bundles[False]).network, image)
+    calibrated = _run(load_exportable(path).network, image)
+    logit = np.log(raw) - np.log1p(-raw)
+    np.testing.assert_allclose(calibrated, 1 / (1 + np.exp(-(a * logit + b))), atol=1e-5)
+    assert not np.allclose(calibrated, raw, atol=1e-3)
+
+
+def test_a_bundle_whose_weights_file_is_gone_cannot_be_exported(vgg_bundles, tmp_path):
+    weights = tmp_path / "trunk.pt"
+    loaded = torch.nn.Sequential()  # any state dict file; it is deleted below
+    torch.save(loaded.state_dict(), weights)
+    bundle = load_bundle(vgg_bundles[False])
+    from dataclasses import replace
+
+    bundle.extractor = replace(bundle.extractor, weights=str(weights))
+    save_bundle(tmp_path / "m", bundle)
+    weights.unlink()
+    with pytest.raises(InputError, match="cannot be exported.*weights file not found"):
+        load_exportable(tmp_path / "m")
+    with pytest.raises(InputError, match="not found"):
+        load_exportable(tmp_path / "no-such-model")
