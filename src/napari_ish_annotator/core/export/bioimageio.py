@@ -76,7 +76,8 @@ def require_bioimageio() -> None:
                          f"install them with: {EXTRA}") from None
 
 
-def _test_image(path: Path | None) -> tuple[np.ndarray, str]:
+def _test_image(path: Path | None, vocabulary: Sequence[str]) -> tuple[np.ndarray, str]:
+    """``--image``, else a synthetic embryo stained where the model's first term lies."""
     from ..images import read_rgb
 
     if path is not None:
@@ -84,8 +85,8 @@ def _test_image(path: Path | None) -> tuple[np.ndarray, str]:
     from ..synthetic import make_embryo
 
     rng = np.random.default_rng(0)
-    image, _ = make_embryo([], [], rng, size=(160, 320))
-    return image, "a synthetic embryo (core.synthetic, seed 0)"
+    image, _ = make_embryo(list(vocabulary[:1]), list(vocabulary), rng, size=(160, 320))
+    return image, f"a synthetic embryo stained for {vocabulary[0]!r} (core.synthetic, seed 0)"
 
 
 def _as_input(image: np.ndarray) -> np.ndarray:
@@ -296,7 +297,7 @@ def iter_export_bioimageio(source: str | Path, out: str | Path,
     require_bioimageio()
     yield Progress(0, _STEPS, "loading the model")
     model = load_exportable(source)
-    image, image_name = _test_image(options.image)
+    image, image_name = _test_image(options.image, model.vocabulary)
     yield Progress(1, _STEPS, "running the network on the test image")
     x = _as_input(image)
     with torch.no_grad():
