@@ -94,10 +94,31 @@ def test_evaluate_prints_table_and_writes_contract_json(cli_data, tmp_path, caps
     metrics = json.loads(out.read_text())
     for layer in ("17", "21"):
         mean = metrics["layers"][layer]["mean"]
-        assert set(mean) >= {"accuracy", "sensitivity", "specificity", "auc"}
+        assert set(mean) >= {"accuracy", "sensitivity", "specificity", "auc", "brier", "ece"}
         assert 0.0 <= mean["accuracy"] <= 1.0
         for term_metrics in metrics["layers"][layer]["terms"].values():
             assert term_metrics["n_pos"] >= 1
+        assert "std" not in metrics["layers"][layer]  # k-fold CV pools the folds
+
+
+def test_evaluate_repeats_prints_mean_std_and_writes_std_json(cli_data, tmp_path, capsys):
+    out = tmp_path / "metrics.json"
+    code = main(["evaluate", str(cli_data / "data" / "manifest.csv"), "--repeats", "3",
+                 "--test-fraction", "0.3", "--ensemble", "3", "--json", str(out),
+                 "--cache", str(cli_data / "cache"), *FAST])
+    assert code == 0
+    printed = capsys.readouterr().out
+    layer = json.loads(out.read_text())["layers"]["21"]
+    assert set(layer["mean"]) == {"accuracy", "sensitivity", "specificity", "auc", "brier", "ece"}
+    assert set(layer["std"]) == set(layer["mean"]) and layer["n_partitions"] == 3
+    assert all(v is None or v >= 0 for v in layer["std"].values())
+    assert layer["n_evaluated"] + len(layer["not_evaluated"]) == layer["n_terms"]
+    assert f"Mean over {layer['n_evaluated']} of {layer['n_terms']} terms" in printed
+    assert f"{layer['mean']['auc']:.3f} ± {layer['std']['auc']:.3f}" in printed
+    assert main(["evaluate", str(cli_data / "data" / "manifest.csv"), "--repeats", "2",
+                 "--folds", "3", *FAST]) == 2
+    assert main(["evaluate", str(cli_data / "data" / "manifest.csv"), "--test-fraction",
+                 "0.3", *FAST]) == 2
 
 
 def test_evaluate_with_held_out_test_manifest(cli_data, tmp_path):

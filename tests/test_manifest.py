@@ -68,8 +68,13 @@ def test_groups_gene_stage(folder):
     p = _write(folder, "image,terms,stage,gene\n"
                        "img/e0.png,a,11-12,g1\nimg/e1.png,a,11-12,g1\n"
                        "img/e2.png,a,13-16,g1\nimg/e3.png,a,,\n")
-    g = read_manifest(p).groups()
-    assert g[0] == g[1] and len(set(g.tolist())) == 3
+    g = read_manifest(p).groups()  # by gene (stages of one gene share their pattern)
+    assert g[0] == g[1] == g[2] and len(set(g.tolist())) == 2
+    p1 = _write(folder, "image,terms,stage,gene\n"
+                        "img/e0.png,a,11-12,g1\nimg/e1.png,a,11-12,g1\n"
+                        "img/e2.png,a,13-16,g1\n", "one.csv")
+    g = read_manifest(p1).groups()  # one gene only: by gene and stage
+    assert g[0] == g[1] != g[2]
     p2 = _write(folder, "image,terms\nimg/e0.png,a\nimg/e1.png,a\n", "n.csv")
     assert len(set(read_manifest(p2).groups().tolist())) == 2
 

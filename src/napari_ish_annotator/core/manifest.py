@@ -76,18 +76,11 @@ class Dataset:
         return Y
 
     def groups(self) -> np.ndarray:
-        """Group id per image for grouped cross-validation.
+        """Group id per image for grouped splits (:func:`.evaluation.group_ids`: by gene,
+        else gene and stage, else the image itself), so no gene is both trained and tested."""
+        from .evaluation import group_ids
 
-        Images of one gene and stage show the same pattern (and share terms), so they must
-        not be split between training and test folds: the group is ``gene|stage`` when the
-        gene is known, else the image itself. Ids are ints in order of first appearance.
-        """
-        ids: dict[str, int] = {}
-        out = np.empty(len(self.samples), dtype=np.int64)
-        for i, s in enumerate(self.samples):
-            key = f"g:{s.gene}|{s.stage or ''}" if s.gene else f"i:{s.image}"
-            out[i] = ids.setdefault(key, len(ids))
-        return out
+        return group_ids(self.genes, self.stages)
 
     def fingerprint(self) -> str:
         """SHA-256 over (relative image path, vocabulary terms present) rows + vocabulary.

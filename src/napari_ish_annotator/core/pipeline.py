@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import InputError
 from .manifest import Dataset
-from .progress import Progress, ProgressGen
+from .progress import Progress, ProgressGen, sub_progress
 
 
 def make_extractor(config, cache_dir=None, loaded=None):
@@ -100,36 +100,6 @@ def iter_predict(bundle, images: Sequence[Path | np.ndarray], cache_dir=None, de
     return bundle.classifier.predict_proba(X)
 
 
-def _fit_predict_fold(X, Y, train: np.ndarray, test: np.ndarray, vocabulary, ensemble):
-    """Fit on the ``train`` rows of ``X`` and score its ``test`` rows.
-
-    ``X`` is never copied whole (at layer 21 it is 1.6 MB per image): the other rows' labels
-    are set to unknown, which the classifier skips while reading ``X`` block by block, and
-    the test rows are scored a block at a time. A term with no positive or no negative in
-    this training fold cannot be fitted; it is scored 0 (predicted absent) for the fold
-    instead of failing the whole evaluation.
-    """
-    from .classify import EnsembleClassifier
-
-    n_terms = len(vocabulary)
-    scores = np.zeros((len(test), n_terms), dtype=np.float64)
-    votes = np.zeros((len(test), n_terms), dtype=bool)
-    Y_train = Y[train]
-    fit_terms = [i for i in range(n_terms)
-                 if (Y_train[:, i] == 1).any() and (Y_train[:, i] == 0).any()]
-    if fit_terms:
-        Y_fold = np.full((X.shape[0], len(fit_terms)), -1, dtype=np.int8)
-        Y_fold[train] = Y_train[:, fit_terms]
-        classifier = EnsembleClassifier(vocabulary=[vocabulary[i] for i in fit_terms],
-                                        config=ensemble)
-        classifier.fit(X, Y_fold)
-        for r0 in range(0, len(test), 256):
-            part = test[r0:r0 + 256]
-            scores[r0:r0 + len(part), fit_terms] = classifier.predict_proba(X[part])
-            votes[r0:r0 + len(part), fit_terms] = classifier.predict(X[part])
-    return scores, votes
-
-
 def iter_evaluate(
     dataset: Dataset,
     extractor,
@@ -138,15 +108,19 @@ def iter_evaluate(
     folds: int = 5,
     test_dataset: Dataset | None = None,
     cache_dir=None,
+    repeats: int | None = None,
+    test_fraction: float = 0.25,
 ) -> ProgressGen[dict]:
     """Accuracy, sensitivity, specificity and AUC per term and layer (the paper's Table 2).
 
-    With ``test_dataset`` the model is trained on ``dataset`` and scored on it; otherwise
+    With ``test_dataset`` the model is trained on ``dataset`` and scored on it; with
+    ``repeats`` R seeded random gene-grouped partitions (mean and std over them); otherwise
     k-fold cross-validation grouped by gene (images of one gene share labels, so a random
-    split would leak).
+    split would leak). Returns ``{"layers": {layer: summary}}`` (CONTRACTS.md, see
+    :class:`~.evaluation.Evaluation`).
     """
     from .backbones import load_backbone
-    from .evaluate import grouped_folds, summarise
+    from .evaluation import grouped_folds, iter_cross_validate, random_partitions
 
     vocabulary = list(dataset.vocabulary)
     if test_dataset is not None:
@@ -157,10 +131,17 @@ def iter_evaluate(
         Y_all = np.vstack([dataset.labels(), test_dataset.labels()]).astype(np.int8)
         n_train = len(dataset.paths)
         splits = [(np.arange(n_train), np.arange(n_train, len(paths)))]
+        groups = None
     else:
         paths = list(dataset.paths)
         Y_all = dataset.labels().astype(np.int8)
-        splits = grouped_folds(dataset.groups(), folds, seed=ensemble.seed)
+        groups = dataset.groups()
+        if repeats:
+            splits = random_partitions(groups, repeats, test_fraction, seed=ensemble.seed)
+        else:
+            splits = grouped_folds(groups, folds, seed=ensemble.seed)
+    if not layers:
+        raise InputError("no layers to evaluate; pass --layers, e.g. --layers 21")
 
     loaded = load_backbone(extractor.backbone, extractor.weights, seed=extractor.seed)
     results: dict = {"layers": {}}
@@ -168,19 +149,11 @@ def iter_evaluate(
         config = replace(extractor, layer=str(layer))
         X = yield from iter_features(make_extractor(config, cache_dir, loaded), paths,
                                      stage=f"layer {layer} features")
-        test_rows = np.concatenate([test for _, test in splits])
-        scores = np.zeros((len(paths), len(vocabulary)))
-        votes = np.zeros((len(paths), len(vocabulary)), dtype=bool)
-        for k, (train, test) in enumerate(splits):
-            yield Progress(k, len(splits), f"layer {layer}: fitting fold {k + 1}/{len(splits)}")
-            scores[test], votes[test] = _fit_predict_fold(X, Y_all, train, test, vocabulary,
-                                                          ensemble)
-        yield Progress(len(splits), len(splits), f"layer {layer}: done")
-        results["layers"][str(layer)] = summarise(
-            Y_all[test_rows], votes[test_rows].astype(np.int8), scores[test_rows], vocabulary)
+        evaluation = yield from sub_progress(
+            iter_cross_validate(X, Y_all, vocabulary, splits, ensemble, groups=groups),
+            offset=0, prefix=f"layer {layer}: ")
+        results["layers"][str(layer)] = evaluation.summary
         del X  # free this layer's features before the next layer's are extracted
-    if not results["layers"]:
-        raise InputError("no layers to evaluate; pass --layers, e.g. --layers 21")
     return results
 
 
