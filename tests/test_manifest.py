@@ -88,6 +88,20 @@ def test_fingerprint_stable_and_sensitive(folder, tmp_path):
     assert read_manifest(p, vocabulary="b;a").fingerprint() != f1
 
 
+def test_one_training_fingerprint_for_manifests_and_label_matrices(folder, tmp_path):
+    """A manifest and an annotation store's label matrix (absolute paths, -1 unknown) that
+    hold the same labels get the same fingerprint, wherever the data folder lives."""
+    from napari_ish_annotator.core.manifest import training_fingerprint
+
+    p = _write(folder, "image,terms\nimg/e0.png,a\nimg/e1.png,b\n")
+    ds = read_manifest(p)
+    moved = [tmp_path / "elsewhere" / "e0.png", tmp_path / "elsewhere" / "e1.png"]
+    Y = np.array([[1, 0], [0, 1]], dtype=np.int8)
+    assert training_fingerprint(moved, Y, ["a", "b"]) == ds.fingerprint()
+    Y[0, 1] = -1  # an unknown label is not an absent one
+    assert training_fingerprint(moved, Y, ["a", "b"]) != ds.fingerprint()
+
+
 def test_missing_file_and_folder(tmp_path):
     with pytest.raises(InputError, match="not found") as e:
         read_manifest(tmp_path / "none.csv")

@@ -76,11 +76,10 @@ def run_headless_demo(args: argparse.Namespace) -> int:
     c.say(args, f"3/5 predicting {len(test.samples)} held-out images")
     fx = make_extractor(bundle.extractor, out / "cache")
     X_test = c.run(iter_features(fx, test.paths), args, "predict")
-    probabilities = bundle.classifier.predict_proba(X_test)
+    probabilities, votes = bundle.predict_both(X_test)
     write_predictions(out / "predictions.csv", test.paths, vocabulary, probabilities)
 
     c.say(args, "4/5 evaluating on the held-out genes")
-    votes = bundle.classifier.predict(X_test)
     layer = str(bundle.extractor.layer)
     evaluation = score_predictions(test.labels(), votes, probabilities, vocabulary)
     metrics = {"layers": {layer: evaluation.summary}}

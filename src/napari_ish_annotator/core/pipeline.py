@@ -57,9 +57,13 @@ def iter_fit_bundle(
     """Fit the per-term ensembles on precomputed features and wrap them in a model bundle.
 
     ``Y`` is ``(n, T)`` with 1 present, 0 absent and -1 unknown (skipped for that term).
+    The bundle's probabilities are calibrated to each term's prevalence in ``Y`` (prior
+    correction, :mod:`.calibration`). ``fingerprint`` is
+    :func:`.manifest.training_fingerprint` of the training images and ``Y``.
     """
     from .backbones import get_spec
     from .bundle import ModelBundle
+    from .calibration import prior_correction
     from .classify import EnsembleClassifier
 
     if extractor.layer is None:  # record the layer actually used, not "the default"
@@ -77,7 +81,8 @@ def iter_fit_bundle(
                      "term_counts": counts},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    return ModelBundle(extractor=extractor, classifier=classifier, meta=meta)
+    return ModelBundle(extractor=extractor, classifier=classifier, meta=meta,
+                       calibration=prior_correction(Y))
 
 
 def iter_train(dataset: Dataset, extractor, ensemble, cache_dir=None, loaded=None
@@ -94,10 +99,10 @@ def iter_train(dataset: Dataset, extractor, ensemble, cache_dir=None, loaded=Non
 
 def iter_predict(bundle, images: Sequence[Path | np.ndarray], cache_dir=None, device=None,
                  loaded=None) -> ProgressGen[np.ndarray]:
-    """Probabilities ``(n, T)`` of the bundle's terms for ``images``."""
+    """Calibrated probabilities ``(n, T)`` of the bundle's terms for ``images``."""
     config = bundle.extractor if device is None else replace(bundle.extractor, device=device)
     X = yield from iter_features(make_extractor(config, cache_dir, loaded), images)
-    return bundle.classifier.predict_proba(X)
+    return bundle.predict_proba(X)
 
 
 def iter_evaluate(
@@ -158,8 +163,13 @@ def iter_evaluate(
 
 
 def write_predictions(path: str | Path, images: Sequence[Path | str],
-                      vocabulary: Sequence[str], probabilities: np.ndarray) -> None:
-    """Write the predictions CSV of CONTRACTS.md: ``image`` plus one probability column per term."""
+                      vocabulary: Sequence[str], probabilities: np.ndarray,
+                      votes: np.ndarray | None = None) -> None:
+    """Write the predictions CSV of CONTRACTS.md: ``image`` plus one probability column per term.
+
+    With ``votes`` (the members' majority vote, ``predict --votes``) a ``<term> vote`` column
+    (1 present / 0 absent) per term follows the probability columns.
+    """
     import csv
     import io
 
@@ -171,7 +181,17 @@ def write_predictions(path: str | Path, images: Sequence[Path | str],
                          f"({len(images)}, {len(vocabulary)})")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["image", *vocabulary])
-    for image, row in zip(images, probabilities, strict=True):
-        writer.writerow([str(image), *(f"{float(p):.6f}" for p in row)])
+    if votes is not None:
+        votes = np.asarray(votes, dtype=bool)
+        if votes.shape != probabilities.shape:
+            raise ValueError(f"votes have shape {votes.shape}, expected {probabilities.shape}")
+    header = ["image", *vocabulary]
+    if votes is not None:
+        header += [f"{term} vote" for term in vocabulary]
+    writer.writerow(header)
+    for i, (image, row) in enumerate(zip(images, probabilities, strict=True)):
+        cells = [str(image), *(f"{float(p):.6f}" for p in row)]
+        if votes is not None:
+            cells += [str(int(v)) for v in votes[i]]
+        writer.writerow(cells)
     write_text_atomic(path, buffer.getvalue())
