@@ -73,20 +73,32 @@ def test_architecture_kwargs_and_state_dict_rebuild_the_network(vgg_bundles, tin
     np.testing.assert_allclose(_run(rebuilt.eval(), image), _run(model.network, image), atol=1e-6)
 
 
-def test_calibration_arrays_are_applied(vgg_bundles, tiny_dataset, tmp_path):
-    path = tmp_path / "calibrated"
-    shutil.copytree(vgg_bundles[False], path)
-    with np.load(path / "classifiers.npz") as npz:
+def _with_calibration(source: Path, target: Path, a: np.ndarray, b: np.ndarray) -> Path:
+    shutil.copytree(source, target)
+    with np.load(target / "classifiers.npz") as npz:
         arrays = dict(npz)
-    n = len(load_bundle(path).classifier.vocabulary)
-    a, b = np.linspace(0.5, 2.0, n).astype(np.float32), np.linspace(-1, 1, n).astype(np.float32)
-    np.savez(path / "classifiers.npz", **arrays, calibration_a=a, calibration_b=b)
-    image = _images(tiny_dataset, 1)[0]
-    raw = _run(load_exportable(vgg_bundles[False]).network, image)
-    calibrated = _run(load_exportable(path).network, image)
-    logit = np.log(raw) - np.log1p(-raw)
-    np.testing.assert_allclose(calibrated, 1 / (1 + np.exp(-(a * logit + b))), atol=1e-5)
-    assert not np.allclose(calibrated, raw, atol=1e-3)
+    arrays.update(calibration_a=a, calibration_b=b)
+    np.savez(target / "classifiers.npz", **arrays)
+    return target
+
+
+def test_calibration_is_core_calibrations_map(vgg_bundles, tiny_dataset, tmp_path):
+    """Trained bundles carry the prior correction; any stored a, b is applied as
+    ``core.calibration.apply`` applies it."""
+    from napari_ish_annotator.core.calibration import apply
+
+    source = vgg_bundles[False]
+    n = len(load_bundle(source).classifier.vocabulary)
+    assert load_exportable(source).calibration["method"] == "prior"
+    raw_model = _with_calibration(source, tmp_path / "raw", np.ones(n), np.zeros(n))
+    a = np.linspace(0.5, 40.0, n)
+    b = np.linspace(-1.0, 1.0, n)
+    custom = _with_calibration(source, tmp_path / "custom", a, b)
+    images = _images(tiny_dataset, 2)
+    raw = np.stack([_run(load_exportable(raw_model).network, im) for im in images])
+    got = np.stack([_run(load_exportable(custom).network, im) for im in images])
+    np.testing.assert_allclose(got, apply(raw, a, b), atol=1e-5)
+    assert not np.allclose(got, raw, atol=1e-3)
 
 
 def test_a_bundle_whose_weights_file_is_gone_cannot_be_exported(vgg_bundles, tmp_path):

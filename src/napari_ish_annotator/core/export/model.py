@@ -22,7 +22,7 @@ from ..io import sha256_file
 if TYPE_CHECKING:  # pragma: no cover
     from .network import TermNetwork
 
-__all__ = ["ExportableModel", "load_exportable", "read_calibration"]
+__all__ = ["ExportableModel", "load_exportable"]
 
 
 @dataclass(frozen=True)
@@ -41,33 +41,13 @@ class ExportableModel:
     keep_aspect: bool
     training: dict                  # fingerprint, n_images, term counts where known
     metrics: dict | None            # per-term metrics where the model records them
-    calibration: dict               # method and the per-term a, b
+    calibration: dict               # method and the per-term a, b (core.calibration)
     #: Grad-CAM of one term for an HxWx3 uint8 image -> (H, W) map in [0, 1]
     gradcam: Callable[[np.ndarray, str], np.ndarray] = field(repr=False, compare=False)
 
 
 def _wrap_load_error(exc: InputError, source: Path) -> InputError:
     return InputError(f"cannot be exported: {exc}", path=source)
-
-
-def read_calibration(bundle_dir: Path, vocabulary: tuple[str, ...], info: dict) -> dict:
-    """The bundle's per-term logit-affine calibration ``p = sigmoid(a*logit(p_mean) + b)``.
-
-    Bundles before format 2 have none: ``a = 1, b = 0`` (the raw members' mean).
-    """
-    n = len(vocabulary)
-    a, b = np.ones(n, np.float32), np.zeros(n, np.float32)
-    arrays = bundle_dir / str(info.get("arrays", "classifiers.npz"))
-    with np.load(arrays, allow_pickle=False) as npz:
-        if "calibration_a" in npz.files and "calibration_b" in npz.files:
-            a = np.asarray(npz["calibration_a"], np.float32)
-            b = np.asarray(npz["calibration_b"], np.float32)
-    if a.shape != (n,) or b.shape != (n,) or not (np.isfinite(a).all() and np.isfinite(b).all()):
-        raise InputError(f"the calibration arrays have shapes {a.shape}, {b.shape} (expected "
-                         f"({n},)) or hold NaN; the model is damaged - train it again",
-                         path=bundle_dir)
-    method = (info.get("calibration") or {}).get("method", "none")
-    return {"method": str(method), "a": a.tolist(), "b": b.tolist()}
 
 
 def load_exportable(source: str | Path) -> ExportableModel:
@@ -107,7 +87,9 @@ def _from_bundle(path: Path) -> ExportableModel:
             "keep_aspect": bool(config.keep_aspect), "head": "ensemble",
             "n_features": fx.dim, "n_members": n_members,
             "center": bool(clf.config.center), "normalize": bool(clf.config.normalize)}
-    calibration = read_calibration(path, vocabulary, bundle.meta)
+    cal = bundle.calibration_or_identity()  # v1 bundles: a = 1, b = 0 (uncalibrated)
+    calibration = {"method": cal.method, "a": [float(v) for v in cal.a],
+                   "b": [float(v) for v in cal.b]}
     with torch.device("meta"):  # no init, no RNG draws: every value is set below
         head = EnsembleHead(fx.dim, len(vocabulary), n_members, arch["center"],
                             arch["normalize"])

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: probabilities are clipped to [EPS, 1 - EPS] before the calibration's logit (core.calibration)
+#: probabilities are clipped to [EPS, 1 - EPS] before the calibration's logit, as
+#: ``core.calibration.apply`` does (tests/test_export_network.py compares the two)
 CALIBRATION_EPS = 1e-6
 
 __all__ = ["Preprocess", "EnsembleHead", "MultitaskHead", "TermNetwork", "build_network"]
