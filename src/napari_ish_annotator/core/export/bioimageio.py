@@ -226,6 +226,14 @@ def _environment(path: Path) -> None:
         f"      - napari-ish-annotator>={__version__}\n", encoding="utf-8")
 
 
+def _user_name() -> str:
+    """This account's name, the default author (containers may have no passwd entry)."""
+    try:
+        return getpass.getuser() or "napari-ish-annotator user"
+    except (KeyError, OSError):
+        return "napari-ish-annotator user"
+
+
 def _describe(model: ExportableModel, options: ExportOptions, files: dict[str, Path]):
     """The bioimageio.spec ModelDescr (validated on construction)."""
     import torch
@@ -233,7 +241,7 @@ def _describe(model: ExportableModel, options: ExportOptions, files: dict[str, P
 
     version = spec.Version(torch.__version__.split("+")[0])
     vocabulary = list(model.vocabulary)
-    authors = options.authors or (getpass.getuser() or "napari-ish-annotator user",)
+    authors = options.authors or (_user_name(),)
     cite = [spec.CiteEntry(text=options.cite_text,
                            doi=spec.Doi(options.cite_doi) if options.cite_doi else None,
                            url=None if options.cite_doi else
