@@ -145,5 +145,8 @@ def test_unexportable_model_is_one_error_and_writes_nothing(tmp_path, capsys):
     assert err.count("\n") == 0 and "error" in err and str(model) in err
     assert main(["export", str(tmp_path / "missing"), "--out", str(package), "-q"]) == 2
     assert main(["export", str(model), "--out", str(tmp_path / "out.txt"), "-q"]) == 2
+    capsys.readouterr()
+    assert main(["export", str(model), "--out", str(package), "--license", "NOPE", "-q"]) == 2
+    assert "license 'NOPE' is not valid" in capsys.readouterr().err
     assert not package.exists() and not (tmp_path / "out.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]

@@ -76,6 +76,28 @@ def require_bioimageio() -> None:
                          f"install them with: {EXTRA}") from None
 
 
+def check_options(options: ExportOptions) -> None:
+    """License, DOI and image checked before any network is loaded (one clear error)."""
+    from bioimageio.spec.model import v0_5 as spec
+    from pydantic import ValidationError
+
+    checks = [("license", options.license, spec.LicenseId,
+               "use an SPDX identifier such as BSD-3-Clause, MIT or CC-BY-4.0")]
+    if options.cite_doi:
+        checks.append(("citation DOI", options.cite_doi, spec.Doi,
+                       "give a DOI such as 10.1145/2783258.2783304, or '' for none"))
+    for what, value, kind, hint in checks:
+        try:
+            kind(value)
+        except (ValidationError, ValueError):
+            raise InputError(f"{what} {value!r} is not valid for bioimage.io; {hint}") from None
+    if options.image is not None and not Path(options.image).is_file():
+        raise InputError("image not found; give an embryo image file with --image",
+                         path=options.image)
+    if any(not str(a).strip() for a in options.authors):
+        raise InputError("an author name is empty; give --author 'First Last'")
+
+
 def _test_image(path: Path | None, vocabulary: Sequence[str]) -> tuple[np.ndarray, str]:
     """``--image``, else a synthetic embryo stained where the model's first term lies."""
     from ..images import read_rgb
@@ -303,6 +325,7 @@ def iter_export_bioimageio(source: str | Path, out: str | Path,
     if out.suffix.lower() != ".zip":
         raise InputError("a bioimage.io package is a .zip file; give --out NAME.zip", path=out)
     require_bioimageio()
+    check_options(options)
     yield Progress(0, _STEPS, "loading the model")
     model = load_exportable(source)
     image, image_name = _test_image(options.image, model.vocabulary)

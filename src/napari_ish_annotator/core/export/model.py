@@ -74,7 +74,10 @@ def _from_bundle(path: Path) -> ExportableModel:
     try:
         fx = FeatureExtractor(config)
     except InputError as exc:
-        raise _wrap_load_error(exc, path) from exc
+        raise InputError(f"cannot be exported: the backbone weights it was trained with "
+                         f"({config.weights}) do not load ({exc}); the export needs exactly "
+                         "those weights - put the file back at that path, or train the model "
+                         "again", path=path) from exc
     clf = bundle.classifier
     vocabulary = tuple(clf.vocabulary)
     if int(clf.n_features) != fx.dim:
