@@ -195,9 +195,9 @@ def _documentation(model: ExportableModel, options: ExportOptions, image_name: s
     counts = t.get("term_counts") or {}
     metrics = (model.metrics or {}).get("terms") or {}
     names = sorted({k for m in metrics.values() if isinstance(m, dict) for k in m})
+    header = ["#", "term", "positives", "negatives", *names]
     lines += ["## Terms (output channels, in order)", "",
-              "| # | term | positives | negatives | " + " | ".join(names) + (" |" if names else ""),
-              "|---|---|---|---|" + "---|" * len(names)]
+              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, term in enumerate(model.vocabulary):
         c = counts.get(term) or {}
         m = metrics.get(term) or {}
@@ -208,15 +208,16 @@ def _documentation(model: ExportableModel, options: ExportOptions, image_name: s
         lines += ["", "Per-term metrics: not recorded with this model (run `ish-annotator "
                   "evaluate`)."]
     lines += ["", "## Validation", "",
-              "Per-term metrics above are those recorded with the model (cross-validation "
-              "with `ish-annotator evaluate`, or the fine-tuning's validation split). The "
-              "package's test output is the network's output for the test image; napari-ish-"
-              "annotator checks that bioimageio.core reproduces `ish-annotator predict` on it "
-              "within 0.02 per term.", "",
+              "Per-term metrics above are those recorded with the model (the fine-tuning's "
+              "validation split; for ensembles, run `ish-annotator evaluate` on your data). "
+              "The test output is this network's float32 output for the test image. "
+              "napari-ish-annotator's test suite checks that such packages pass "
+              "`bioimageio test` and that bioimageio.core's output agrees with "
+              "`ish-annotator predict` within 0.02 per term.", "",
               "## Use", "",
               "Input: float32 RGB, axes (batch, channel=3, y, x), any size, values 0-255 (an "
               "8-bit image as it is). Output: (batch, terms) probabilities.", "",
-              "```", "bioimageio predict this_package.zip --inputs IMAGE.npy", "```", "",
+              "```", "bioimageio predict this_package.zip --inputs embryo.png", "```", "",
               f"The test tensors and the cover come from {image_name}; the cover shows the "
               f"Grad-CAM of the most probable term, `{cover_term}`.", "",
               "Exported with napari-ish-annotator (see docs/bioimageio.md there)."]
