@@ -17,6 +17,7 @@ export leaves nothing behind. bioimageio.spec/core are optional
 from __future__ import annotations
 
 import getpass
+import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -367,7 +368,8 @@ def iter_export_bioimageio(source: str | Path, out: str | Path,
         descr = _describe(model, options, files)
         status = yield from _package_and_test(descr, d / "package.zip", options.test)
         with atomic_path(out, suffix=".zip") as target:
-            target.write_bytes((d / "package.zip").read_bytes())
+            shutil.copyfile(d / "package.zip", target)
+            target.chmod(0o644)  # a package is for sharing (the temp file is owner-only)
     yield Progress(_STEPS, _STEPS, f"wrote {out}")
     return ExportResult(path=out, kind=model.kind, vocabulary=model.vocabulary,
                         test_probabilities=tuple(float(v) for v in y[0]),
