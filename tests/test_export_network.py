@@ -42,6 +42,15 @@ def vgg_bundles(tiny_dataset: Path, tmp_path_factory) -> dict[bool, Path]:
             for k in (False, True)}
 
 
+def _with_calibration(source: Path, target: Path, a: np.ndarray, b: np.ndarray) -> Path:
+    shutil.copytree(source, target)
+    with np.load(target / "classifiers.npz") as npz:
+        arrays = dict(npz)
+    arrays.update(calibration_a=a, calibration_b=b)
+    np.savez(target / "classifiers.npz", **arrays)
+    return target
+
+
 def _images(dataset: Path, n: int = 3) -> list[np.ndarray]:
     return [read_rgb(p) for p in read_manifest(dataset).paths[:n]]
 
@@ -53,16 +62,23 @@ def _run(network: torch.nn.Module, image: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("keep_aspect", [False, True])
-def test_network_gives_the_bundles_probabilities(vgg_bundles, tiny_dataset, keep_aspect):
-    """Images are 128x256 (not square), so resize and, with keep_aspect, padding are used."""
+def test_network_gives_the_bundles_probabilities(vgg_bundles, tiny_dataset, tmp_path,
+                                                 keep_aspect):
+    """Images are 128x256 (not square), so resize and, with keep_aspect, padding are used.
+
+    Uncalibrated, the network matches the members' mean closely (the package rounds features
+    through float16, the network does not); a fitted calibration (Platt: slopes well above 1)
+    amplifies that rounding, so calibrated output is held to the export's 0.02 promise."""
     path = vgg_bundles[keep_aspect]
-    model = load_exportable(path)
+    n = len(load_bundle(path).classifier.vocabulary)
+    raw_path = _with_calibration(path, tmp_path / "raw", np.ones(n), np.zeros(n))
     images = _images(tiny_dataset)
-    expected = drive(iter_predict(load_bundle(path), images))
-    got = np.stack([_run(model.network, im) for im in images])
-    assert got.shape == expected.shape == (3, len(model.vocabulary))
-    np.testing.assert_allclose(got, expected, atol=2e-3)
-    assert np.ptp(got) > 0.05  # not a constant: the comparison can fail
+    for model_path, atol in ((raw_path, 2e-3), (path, 0.02)):
+        expected = drive(iter_predict(load_bundle(model_path), images))
+        got = np.stack([_run(load_exportable(model_path).network, im) for im in images])
+        assert got.shape == expected.shape == (3, n)
+        np.testing.assert_allclose(got, expected, atol=atol)
+        assert np.ptp(got) > 0.05  # not a constant: the comparison can fail
 
 
 def test_architecture_kwargs_and_state_dict_rebuild_the_network(vgg_bundles, tiny_dataset):
@@ -73,23 +89,15 @@ def test_architecture_kwargs_and_state_dict_rebuild_the_network(vgg_bundles, tin
     np.testing.assert_allclose(_run(rebuilt.eval(), image), _run(model.network, image), atol=1e-6)
 
 
-def _with_calibration(source: Path, target: Path, a: np.ndarray, b: np.ndarray) -> Path:
-    shutil.copytree(source, target)
-    with np.load(target / "classifiers.npz") as npz:
-        arrays = dict(npz)
-    arrays.update(calibration_a=a, calibration_b=b)
-    np.savez(target / "classifiers.npz", **arrays)
-    return target
-
-
 def test_calibration_is_core_calibrations_map(vgg_bundles, tiny_dataset, tmp_path):
-    """Trained bundles carry the prior correction; any stored a, b is applied as
+    """The network carries the bundle's own calibration; any stored a, b is applied as
     ``core.calibration.apply`` applies it."""
     from napari_ish_annotator.core.calibration import apply
 
     source = vgg_bundles[False]
     n = len(load_bundle(source).classifier.vocabulary)
-    assert load_exportable(source).calibration["method"] == "prior"
+    method = load_exportable(source).calibration["method"]
+    assert method == load_bundle(source).calibration.method != "none"
     raw_model = _with_calibration(source, tmp_path / "raw", np.ones(n), np.zeros(n))
     a = np.linspace(0.5, 40.0, n)
     b = np.linspace(-1.0, 1.0, n)

@@ -14,7 +14,8 @@ probabilities. Inside, in order:
    whole 0-255 levels, as the package resizes 8-bit images), then ``(v - offset) * factor``
    with ``core.features.normalisation_affine``'s vectors (stored as buffers).
 2. The backbone trunk up to the model's layer.
-3. The head: :class:`EnsembleHead` (centring, L2 normalisation, every ensemble member as one
+3. The head: :class:`EnsembleHead` (features rounded through float16 as ``core.features``
+   stores them, centring, L2 normalisation, every ensemble member as one
    row of a linear layer, sigmoids, mean per term, logit-affine calibration) or
    :class:`MultitaskHead` (a fine-tuned checkpoint's pooled MLP and sigmoid).
 """
@@ -87,6 +88,10 @@ class EnsembleHead(nn.Module):
 
     def forward(self, activation: torch.Tensor) -> torch.Tensor:
         x = activation.flatten(1)
+        # core.features rounds every feature through float16 (its cache's type), keeping
+        # float32 only where float16 overflows; the ensembles were fitted on those values
+        x16 = x.half().float()
+        x = torch.where(torch.isfinite(x16), x16, x)
         if self.use_center:
             x = x - self.center
         if self.normalize:
