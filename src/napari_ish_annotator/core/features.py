@@ -92,6 +92,19 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return text
 
 
+def normalisation_affine(mean: Sequence[float], std: Sequence[float], pixel_scale: float
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """``(offset, factor)``, float32 ``(3,)``: a 0-255 pixel ``v`` becomes ``(v - offset) * factor``.
+
+    The one place the normalisation of a backbone's weights (``mean``/``std`` on pixels
+    scaled to ``[0, pixel_scale]``) is turned into arithmetic on 0-255 pixels; the exported
+    bioimage.io network stores these two vectors.
+    """
+    offset = np.asarray(mean, np.float32) * np.float32(255.0 / pixel_scale)
+    factor = np.float32(pixel_scale / 255.0) / np.asarray(std, np.float32)
+    return offset.astype(np.float32), factor.astype(np.float32)
+
+
 def array_hash(arr: np.ndarray) -> str:
     """Content hash of an in-memory image (shape, dtype and bytes)."""
     a = np.ascontiguousarray(arr)
@@ -191,9 +204,8 @@ class Preprocessor:
             t = TF.resize(t, [S, S], interpolation=InterpolationMode.BILINEAR, antialias=True)
         # normalise in numpy: small torch element-wise ops start OpenMP regions, which stall
         # for tens of ms when the cores are busy (this runs in the decode threads)
-        mean = np.asarray(self.mean, np.float32).reshape(3, 1, 1) * np.float32(255.0 / self.pixel_scale)
-        inv = np.float32(self.pixel_scale / 255.0) / np.asarray(self.std, np.float32).reshape(3, 1, 1)
-        return (t.numpy().astype(np.float32) - mean) * inv
+        offset, factor = normalisation_affine(self.mean, self.std, self.pixel_scale)
+        return (t.numpy().astype(np.float32) - offset.reshape(3, 1, 1)) * factor.reshape(3, 1, 1)
 
     def batch(self, items: Sequence[Any]) -> tuple[torch.Tensor | None, dict[int, str]]:
         """Decoded batch of ``items``; images that cannot be decoded are left out and
