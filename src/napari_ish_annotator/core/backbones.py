@@ -58,7 +58,7 @@ class LayerSpec:
     name: str
     index: int
     description: str
-    shape: tuple[int, int, int]  # (C, H, W) at 224 px input
+    shape: tuple[int, int, int]  # (C, H, W) at the backbone's input_size (224 px; Inception 299)
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,11 @@ class BackboneSpec:
     frozen_default: str | None = None
     # one line for docs/help: what the backbone is good for
     summary: str = ""
+    # smallest square input every layer accepts (unpadded strided convolutions need more)
+    min_input_size: int = 32
+    # False: the normalisation above belongs to the weights themselves, whatever preprocessing
+    # the torchvision weights enum advertises (InceptionV3 folds its own into transform_input)
+    normalisation_from_weights: bool = True
 
     def layer(self, name: str | int | None) -> LayerSpec:
         """The layer called ``name`` (None -> default); unknown names are an InputError."""
