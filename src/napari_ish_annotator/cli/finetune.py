@@ -23,7 +23,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             raise InputError(f"--pos-weight {args.pos_weight!r}: use none, balanced or one "
                              "comma-separated number per term") from None
     config = FinetuneConfig(
-        backbone=args.backbone, weights=args.weights, input_size=args.input_size,
+        backbone=args.backbone, weights=args.weights, input_size=c.input_size(args),
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         backbone_lr_scale=args.backbone_lr_scale, hidden=args.hidden, dropout=args.dropout,
         pool=args.pool, frozen=args.frozen, pos_weight=pos_weight,
@@ -58,13 +58,15 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="head learning rate (Adam)")
     p.add_argument("--backbone-lr-scale", type=float, default=0.1,
                    help="trainable backbone layers learn at lr x this (default %(default)s)")
-    p.add_argument("--backbone", default="vgg16")
+    p.add_argument("--backbone", default="vgg16",
+                   help="vgg16, resnet50, inception_v3 or efficientnet_lite0 (docs/backbones.md)")
     p.add_argument("--weights", default="imagenet",
                    help="starting weights: imagenet | imagenet:V1 | random | FILE")
     p.add_argument("--frozen", default="auto",
                    help="freeze the trunk up to and including this layer (VGG16 paper numbering: "
                         "17 = pool3), none, all, or auto = the backbone's default (VGG16: 17)")
-    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--input-size", type=int, default=None,
+                   help="network input size (default: the backbone's, 224; 299 for inception_v3)")
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of genes held out for validation and early stopping")
     p.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs")
