@@ -31,6 +31,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         flip=args.flip, cache_frozen=args.cache_frozen, device=args.device,
         precision=args.precision, seed=args.seed,
     )
+    if args.ensemble is not None and args.ensemble != 1:
+        return _ensemble(args, dataset, config)
     result = c.run(iter_finetune_dataset(dataset, config, args.out, resume=args.resume), args,
                   "finetune")
     last = result.history[-1] if result.history else {}
@@ -43,6 +45,21 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                                          else "") + f"; wrote {args.out}")
     c.say(args, f"use it as: ish-annotator train MANIFEST --weights {args.out} --input-size "
                f"{config.input_size} --out MODEL_DIR")
+    return c.EXIT_OK
+
+
+def _ensemble(args: argparse.Namespace, dataset, config) -> int:
+    """``--ensemble K``: K networks (seeds seed..seed+K-1, each its own validation genes)."""
+    from ..core.finetune import iter_finetune_ensemble_dataset
+
+    result = c.run(iter_finetune_ensemble_dataset(dataset, config, args.out, args.ensemble,
+                                                  resume=args.resume), args, "finetune")
+    scores = ", ".join("n/a" if s is None else f"{s:.3f}" for s in result.best_scores)
+    c.say(args, f"fine-tuned an ensemble of {len(result.members)} {config.backbone} networks "
+               f"(best validation scores {scores}); wrote {args.out}")
+    c.say(args, f"--weights {args.out} uses member {result.representative + 1} (the best "
+               f"validation score); e.g. ish-annotator train MANIFEST --weights {args.out} "
+               f"--input-size {config.input_size} --out MODEL_DIR")
     return c.EXIT_OK
 
 
@@ -84,6 +101,11 @@ def register(sub) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--resume", action="store_true",
                    help="continue the run stored in --out (same images, labels and settings)")
+    p.add_argument("--ensemble", type=int, default=None, metavar="K",
+                   help="train K networks (seeds SEED..SEED+K-1, each with other validation "
+                        "genes) into the one checkpoint --out; predictions average them and "
+                        "report their spread, --weights uses the member with the best "
+                        "validation score (docs/finetuning.md)")
     c.add_vocabulary(p)
     c.add_common(p)
     p.set_defaults(handler=cmd_finetune, outputs=[("out", False)])

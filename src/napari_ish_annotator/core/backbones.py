@@ -326,6 +326,11 @@ def _build_empty(spec: BackboneSpec) -> torch.nn.Module:
     return trunk.to_empty(device="cpu")
 
 
+def empty_trunk(name: str) -> torch.nn.Module:
+    """Backbone ``name``'s trunk with unset parameters, for a state dict to fill (no init cost)."""
+    return _build_empty(get_spec(name)).eval()
+
+
 def _torchvision_weights(spec: BackboneSpec, weights: str) -> Any:
     from torchvision.models import get_weight
 

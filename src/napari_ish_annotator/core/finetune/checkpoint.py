@@ -149,11 +149,11 @@ def load_finetuned(checkpoint: str | Path | dict, device: str = "cpu") -> Finetu
     An ensemble checkpoint (see :mod:`.ensemble`) gives its representative member, the one
     ``--weights`` uses; :func:`.ensemble.load_ensemble` gives all members.
     """
-    from ..backbones import load_backbone, resolve_device
+    from ..backbones import empty_trunk, get_spec, resolve_device
 
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    loaded = load_backbone(ckpt["backbone"], "random", 0)  # architecture only; weights below
-    trunk = loaded.module
+    spec = get_spec(ckpt["backbone"])
+    trunk = empty_trunk(spec.name)  # architecture only; every weight comes from the checkpoint
     try:
         trunk.load_state_dict(ckpt["backbone_state_dict"])
         h = ckpt["head"]
@@ -169,10 +169,10 @@ def load_finetuned(checkpoint: str | Path | dict, device: str = "cpu") -> Finetu
     norm = ckpt.get("normalisation", {})
     return FinetunedModel(
         network=net, backbone=ckpt["backbone"], vocabulary=list(ckpt["vocabulary"]),
-        input_size=int(ckpt.get("input_size", loaded.spec.input_size)),
-        mean=tuple(norm.get("mean", loaded.mean)), std=tuple(norm.get("std", loaded.std)),
-        pixel_scale=float(norm.get("pixel_scale", loaded.spec.pixel_scale)),
+        input_size=int(ckpt.get("input_size", spec.input_size)),
+        mean=tuple(norm.get("mean", spec.mean)), std=tuple(norm.get("std", spec.std)),
+        pixel_scale=float(norm.get("pixel_scale", spec.pixel_scale)),
         frozen=int(ckpt.get("frozen", 0)),
-        layers={name: spec.index for name, spec in loaded.spec.layers.items()},
+        layers={name: layer.index for name, layer in spec.layers.items()},
         checkpoint=ckpt,
     )
