@@ -12,10 +12,12 @@ The package, one concern per module:
 * :mod:`.config` - :class:`FinetuneConfig`, results and progress records;
 * :mod:`.network` - the multi-task head, the frozen depth, the masked loss (unknown labels
   ``-1`` give neither loss nor gradient);
-* :mod:`.data` - label checks, the gene-grouped validation split, images in memory (through
-  :mod:`..preprocess`, the path feature extraction uses), augmentation, the frozen-layer cache;
-* :mod:`.trainer` - :class:`Trainer`: epoch loop, validation, early stopping, a checkpoint per
-  epoch; :func:`iter_finetune` is the entry point;
+* :mod:`.data` - label checks, the gene-grouped validation split (the one in
+  :mod:`..evaluation`), images in memory (through :mod:`..preprocess`, the path feature
+  extraction uses), augmentation, the frozen-layer cache;
+* :mod:`.trainer` - :class:`Trainer`: epoch loop, validation (per-term AUC of
+  :mod:`..evaluation`), early stopping, a checkpoint per epoch; :func:`iter_finetune` is the
+  entry point;
 * :mod:`.checkpoint` - atomic writes, checked reads (``weights_only=True``), inference models;
 * :mod:`.ensemble` - K networks in one checkpoint, mean and spread of their predictions.
 
@@ -28,7 +30,7 @@ from __future__ import annotations
 from ..gradcam import gradcam_mtl
 from .checkpoint import FinetunedModel, load_checkpoint, load_finetuned
 from .config import FORMAT, FORMAT_VERSION, FinetuneConfig, FinetuneProgress, FinetuneResult
-from .data import _split, check_labels, training_fingerprint
+from .data import check_labels, training_fingerprint
 from .ensemble import (
     EnsembleProbabilities,
     EnsembleResult,
@@ -45,7 +47,7 @@ from .trainer import Trainer, finetune, iter_finetune, iter_finetune_dataset, me
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "EnsembleProbabilities", "EnsembleResult", "FinetuneConfig",
     "FinetuneProgress", "FinetuneResult", "FinetunedEnsemble", "FinetunedModel", "Trainer",
-    "_split", "build_head", "check_labels", "finetune", "finetune_ensemble", "gradcam_mtl",
+    "build_head", "check_labels", "finetune", "finetune_ensemble", "gradcam_mtl",
     "is_ensemble", "iter_finetune", "iter_finetune_dataset", "iter_finetune_ensemble",
     "iter_finetune_ensemble_dataset", "load_checkpoint", "load_ensemble", "load_finetuned",
     "masked_bce", "mean_auc", "resolve_frozen", "training_fingerprint",

@@ -1,5 +1,8 @@
 """Training data for fine-tuning: labels, the validation split, images in memory, augmentation.
 
+The split and the fingerprint are the package's single ones (:mod:`..evaluation`,
+:mod:`..manifest`); images go through :mod:`..preprocess`, as for feature extraction.
+
 Images are read once, through the same :mod:`..preprocess` path as feature extraction, and kept
 as ``uint8`` (``3 * S * S`` bytes each). On CPU the frozen prefix of the trunk dominates the
 cost; when it gets no augmentation its output never changes, so :class:`FrozenCache` holds it
@@ -10,7 +13,6 @@ members start from the same weights and freeze the same layers, so they share on
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import InputError
+from ..manifest import training_fingerprint  # noqa: F401 - the one training fingerprint
 from ..preprocess import as_rgb, border_colour, resize_uint8
 from ..progress import ProgressGen
 from .config import FinetuneConfig, progress
@@ -46,37 +49,9 @@ def check_labels(images: Sequence, Y: np.ndarray, vocabulary: Sequence[str]) -> 
     return Y
 
 
-def training_fingerprint(images: Sequence[str | Path], Y: np.ndarray, vocabulary: Sequence[str]) -> str:
-    """sha256 over (file name, label row) pairs and the vocabulary: identifies the training set."""
-    h = hashlib.sha256()
-    h.update("\x1f".join(vocabulary).encode())
-    for path, row in zip(images, np.asarray(Y, dtype=np.int8), strict=True):
-        h.update(b"\x1e" + Path(path).name.encode() + b"\x1f" + row.tobytes())
-    return h.hexdigest()
-
-
 def image_names(images: Sequence) -> list[str | Path]:
     """Names for the fingerprint: the path, or ``arrayN`` for an in-memory image."""
     return [im if not isinstance(im, np.ndarray) else f"array{i}" for i, im in enumerate(images)]
-
-
-def _split(groups: np.ndarray, Y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Gene-grouped train/validation split (no gene in both); empty validation if impossible."""
-    n = len(groups)
-    if fraction <= 0 or len(np.unique(groups)) < 2:
-        return np.arange(n), np.zeros(0, dtype=int)
-    from sklearn.model_selection import GroupShuffleSplit
-
-    best = None
-    for attempt in range(20):  # prefer a split whose validation part can score an AUC
-        splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed + attempt)
-        tr, va = next(splitter.split(np.zeros(n), groups=groups))
-        if best is None:
-            best = (tr, va)
-        yv = Y[va]
-        if ((yv == 1).any(axis=0) & (yv == 0).any(axis=0)).any() and (Y[tr] == 1).any():
-            return np.sort(tr), np.sort(va)
-    return np.sort(best[0]), np.sort(best[1])
 
 
 @dataclass(frozen=True)
@@ -89,12 +64,15 @@ class Split:
 
 
 def make_split(groups: Sequence | np.ndarray | None, Y: np.ndarray, fraction: float, seed: int) -> Split:
-    """The validation split of one run; InputError if the training part cannot train any term."""
+    """The validation split of one run (:func:`..evaluation.validation_split`: gene-grouped,
+    seeded); InputError if the training part cannot train any term."""
     n = len(Y)
     arr = np.array([str(g) for g in (groups if groups is not None else np.arange(n))])
     if len(arr) != n:
         raise InputError(f"{len(arr)} group labels for {n} images; pass one group (gene) per image")
-    train_idx, val_idx = _split(arr, Y, fraction, seed)
+    from ..evaluation import validation_split  # sklearn: imported when a run starts
+
+    train_idx, val_idx = validation_split(arr, Y, fraction, seed)
     if not ((Y[train_idx] == 1).any(axis=0) & (Y[train_idx] == 0).any(axis=0)).any():
         raise InputError("after holding out a validation set no term has both classes in the "
                          "training part; label more images or lower the validation fraction")

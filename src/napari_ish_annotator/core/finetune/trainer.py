@@ -57,17 +57,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def mean_auc(Y: np.ndarray, scores: np.ndarray) -> tuple[float, list[float]]:
-    """Mean ROC AUC over terms whose known labels have both classes (NaN if none)."""
-    from sklearn.metrics import roc_auc_score
+    """Mean of :func:`..evaluation.per_term_auc` over the terms it defines (NaN if none), and
+    the per-term list with NaN where undefined (the checkpoint's ``val_auc_per_term``)."""
+    from ..evaluation import per_term_auc
 
-    per = []
-    for t in range(Y.shape[1]):
-        known = Y[:, t] >= 0
-        y = Y[known, t]
-        if (y == 1).any() and (y == 0).any():
-            per.append(float(roc_auc_score(y, scores[known, t])))
-        else:
-            per.append(float("nan"))
+    per = [float("nan") if a is None else float(a) for a in per_term_auc(Y, scores)]
     finite = [a for a in per if not math.isnan(a)]
     return (float(np.mean(finite)) if finite else float("nan")), per
 
