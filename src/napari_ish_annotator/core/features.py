@@ -27,17 +27,22 @@ import numpy as np
 from .backbones import LoadedBackbone, load_backbone, resolve_device
 from .cache import FeatureCache
 from .errors import InputError
+from .preprocess import (  # noqa: F401 - re-exported: the names have always lived here too
+    CPU_AUTO_BF16,
+    PRECISIONS,
+    RESIZE_METHOD,
+    as_rgb,
+    border_colour,
+    cpu_has_native_bf16,
+    normalisation_affine,
+    preprocess_np,
+    resolve_precision,
+    torch_dtype,
+)
 from .progress import CancelToken, Progress, ProgressCallback, ProgressGen, drive
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-RESIZE_METHOD = "bilinear-antialias"  # part of the cache signature
-
-# "auto" on a CPU with native bf16 (AVX512-BF16 / AMX): benchmarks/bench_extraction.py showed
-# the ensembles' votes unchanged (0 of 320) at 1.7-2x the fp32 speed; see docs/benchmarks.md.
-CPU_AUTO_BF16 = True
 
 
 @dataclass
@@ -58,53 +63,6 @@ class ExtractorConfig:
         return asdict(self)
 
 
-def cpu_has_native_bf16() -> bool:
-    """True if this CPU computes bf16 convolutions natively (AVX512-BF16 or AMX)."""
-    import torch
-
-    cpu = getattr(torch, "cpu", None)
-    checks = [getattr(cpu, "_is_avx512_bf16_supported", None),
-              getattr(cpu, "_is_amx_tile_supported", None)]
-    try:
-        native = any(bool(f()) for f in checks if f is not None)
-        return native and bool(torch.backends.mkldnn.is_available())
-    except Exception:  # noqa: BLE001 - private probes; absent means "not known to be fast"
-        return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> fp16 on CUDA, bf16 on CPUs with native bf16 (if :data:`CPU_AUTO_BF16`), else fp32."""
-    text = (precision or "auto").lower()
-    if text not in PRECISIONS:
-        raise InputError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
-    if text == "auto":
-        if device.type == "cuda":
-            return "fp16"
-        if device.type == "cpu" and CPU_AUTO_BF16 and cpu_has_native_bf16():
-            return "bf16"
-        return "fp32"
-    if device.type == "cpu" and text == "fp16":
-        raise InputError("precision fp16 is for GPUs; on the CPU use bf16 (if the CPU supports "
-                         "it) or fp32")
-    if device.type == "cpu" and text == "bf16" and not cpu_has_native_bf16():
-        raise InputError("this CPU has no native bf16 support (AVX512-BF16/AMX), so bf16 would "
-                         "be slow; use --precision fp32 or auto")
-    return text
-
-
-def normalisation_affine(mean: Sequence[float], std: Sequence[float], pixel_scale: float
-                         ) -> tuple[np.ndarray, np.ndarray]:
-    """``(offset, factor)``, float32 ``(3,)``: a 0-255 pixel ``v`` becomes ``(v - offset) * factor``.
-
-    The one place the normalisation of a backbone's weights (``mean``/``std`` on pixels
-    scaled to ``[0, pixel_scale]``) is turned into arithmetic on 0-255 pixels; the exported
-    bioimage.io network stores these two vectors.
-    """
-    offset = np.asarray(mean, np.float32) * np.float32(255.0 / pixel_scale)
-    factor = np.float32(pixel_scale / 255.0) / np.asarray(std, np.float32)
-    return offset.astype(np.float32), factor.astype(np.float32)
-
-
 def array_hash(arr: np.ndarray) -> str:
     """Content hash of an in-memory image (shape, dtype and bytes)."""
     a = np.ascontiguousarray(arr)
@@ -119,24 +77,6 @@ def _image_key(image: Any) -> str:
     from .images import content_hash
 
     return content_hash(image)
-
-
-def _as_rgb(image: Any) -> np.ndarray:
-    if isinstance(image, np.ndarray):
-        if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
-            return image
-        from .images import array_to_rgb
-
-        return array_to_rgb(image)
-    from .images import read_rgb
-
-    return read_rgb(image)
-
-
-def border_colour(rgb: np.ndarray) -> tuple[int, int, int]:
-    """Median colour of the image's outermost pixels (the slide background around the embryo)."""
-    edges = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]], axis=0)
-    return tuple(int(v) for v in np.median(edges, axis=0).round())  # type: ignore[return-value]
 
 
 def default_decode_workers(device_type: str, cpu_count: int | None = None) -> int:
@@ -185,27 +125,8 @@ class Preprocessor:
 
     def __call__(self, image: Any) -> np.ndarray:
         """Path or HxWx3 array -> ``(3, S, S)`` float32, normalised; the whole embryo."""
-        import torch
-        from torchvision.transforms.v2 import InterpolationMode
-        from torchvision.transforms.v2 import functional as TF
-
-        rgb = np.ascontiguousarray(_as_rgb(image))
-        if not rgb.flags.writeable:  # torch.from_numpy warns on read-only buffers
-            rgb = rgb.copy()
-        t = torch.from_numpy(rgb).permute(2, 0, 1)
-        if self.keep_aspect and t.shape[1] != t.shape[2]:
-            h, w = int(t.shape[1]), int(t.shape[2])
-            side = max(h, w)
-            top, left = (side - h) // 2, (side - w) // 2
-            t = TF.pad(t, [left, top, side - w - left, side - h - top],
-                       fill=list(border_colour(rgb)))
-        S = self.input_size
-        if tuple(t.shape[1:]) != (S, S):
-            t = TF.resize(t, [S, S], interpolation=InterpolationMode.BILINEAR, antialias=True)
-        # normalise in numpy: small torch element-wise ops start OpenMP regions, which stall
-        # for tens of ms when the cores are busy (this runs in the decode threads)
-        offset, factor = normalisation_affine(self.mean, self.std, self.pixel_scale)
-        return (t.numpy().astype(np.float32) - offset.reshape(3, 1, 1)) * factor.reshape(3, 1, 1)
+        return preprocess_np(image, self.input_size, self.mean, self.std, self.pixel_scale,
+                             keep_aspect=self.keep_aspect)
 
     def batch(self, items: Sequence[Any]) -> tuple[torch.Tensor | None, dict[int, str]]:
         """Decoded batch of ``items``; images that cannot be decoded are left out and
@@ -251,8 +172,9 @@ class FeatureExtractor:
         self.layer = self.spec.layer(config.layer).name
         self.layer_index = self.spec.layers[self.layer].index
         size = int(config.input_size)
-        if size < 32:
-            raise InputError(f"input size {size} is too small; use at least 32 (224 is standard)")
+        if size < self.spec.min_input_size:
+            raise InputError(f"input size {size} is too small for {self.spec.name}; use at least "
+                             f"{self.spec.min_input_size} ({self.spec.input_size} is standard)")
         self.input_size = size
         if int(config.batch_size) < 1:
             raise InputError(f"batch size must be at least 1, got {config.batch_size}")
@@ -299,10 +221,7 @@ class FeatureExtractor:
     # ------------------------------------------------------------------ modules
     @property
     def dtype(self) -> torch.dtype:
-        import torch
-
-        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
-            self.precision]
+        return torch_dtype(self.precision)
 
     @property
     def channels_last(self) -> bool:
