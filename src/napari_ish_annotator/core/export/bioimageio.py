@@ -369,7 +369,6 @@ def iter_export_bioimageio(source: str | Path, out: str | Path,
         status = yield from _package_and_test(descr, d / "package.zip", options.test)
         with atomic_path(out, suffix=".zip") as target:
             shutil.copyfile(d / "package.zip", target)
-            target.chmod(0o644)  # a package is for sharing (the temp file is owner-only)
     yield Progress(_STEPS, _STEPS, f"wrote {out}")
     return ExportResult(path=out, kind=model.kind, vocabulary=model.vocabulary,
                         test_probabilities=tuple(float(v) for v in y[0]),
