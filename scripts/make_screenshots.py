@@ -50,7 +50,7 @@ def main() -> int:
 
     from napari_ish_annotator.core.synthetic import generate_dataset
     from napari_ish_annotator.widgets import _worker, open_docks
-    from napari_ish_annotator.widgets._session import get_session
+    from napari_ish_annotator.widgets._registry import get_session
 
     _worker.SYNCHRONOUS = True  # deterministic script: run the same generators inline
     args.out.mkdir(parents=True, exist_ok=True)

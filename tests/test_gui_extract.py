@@ -15,7 +15,7 @@ pytestmark = pytest.mark.gui
 
 def test_truncated_image_is_skipped_reported_and_never_classified(make_napari_viewer, qtbot,
                                                                    tmp_path):
-    from napari_ish_annotator.widgets._session import get_session
+    from napari_ish_annotator.widgets._registry import get_session
 
     manifest = make_dataset(tmp_path / "data", n=10)
     viewer = make_napari_viewer()
@@ -23,7 +23,7 @@ def test_truncated_image_is_skipped_reported_and_never_classified(make_napari_vi
                                                                                        "Train")
     assert embryos.open_paths([manifest])
     session = get_session(viewer)
-    assert session.skipped == [] and embryos.skipped_label.text() == ""
+    assert session.skipped == () and embryos.skipped_label.text() == ""
     bad = session.paths[9]  # truncated after opening (e.g. a sync still writing it)
     bad.write_bytes(bad.read_bytes()[:100])
     annotate.set_settings(weights="random", input_size=64, layer="21", device="cpu")

@@ -71,7 +71,7 @@ def open_in_session(viewer: Any, inputs: list[str | Path]) -> list[tuple]:
     Large datasets open in the background through the Embryos panel; napari then gets no
     layer now, and the embryo layer appears when the worker is done.
     """
-    from .widgets._session import get_session
+    from .widgets._registry import get_session
     from .widgets._viewer_binding import embryo_layer, embryo_layer_kwargs
 
     session = get_session(viewer)
