@@ -1,0 +1,129 @@
+"""What every ``ish-annotator`` command shares: option groups, progress bars, messages.
+
+Command modules import from here and never from each other, so there is no import circle
+between commands (or between a command and the demo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..core.errors import InputError
+from ..core.progress import TqdmCallback, drive
+
+EXIT_OK, EXIT_INPUT, EXIT_CANCELLED, EXIT_TERMINATED = 0, 2, 130, 143
+
+
+def run(gen, args: argparse.Namespace, desc: str):
+    """Drive a progress generator with a tqdm bar on stderr (hidden with --quiet).
+
+    Shown also when stderr is a log file, so batch jobs (``2> log``) report progress.
+    """
+    with TqdmCallback(desc=desc, disable=bool(args.quiet)) as bar:
+        return drive(gen, bar)
+
+
+def say(args: argparse.Namespace, text: str) -> None:
+    """A message on stderr unless --quiet (stdout stays for tables a script may parse)."""
+    if not args.quiet:
+        print(text, file=sys.stderr)
+
+
+def extractor_config(args: argparse.Namespace, layer: str | None = None):
+    """The feature-extraction settings the backbone options describe."""
+    from ..core.features import ExtractorConfig
+
+    return ExtractorConfig(
+        backbone=args.backbone, weights=args.weights, layer=layer or args.layer,
+        input_size=args.input_size, keep_aspect=args.keep_aspect, device=args.device,
+        precision=args.precision, batch_size=args.batch_size, seed=args.seed,
+    )
+
+
+def ensemble_config(args: argparse.Namespace):
+    """The per-term ensemble settings the classifier options describe."""
+    from ..core.classify import EnsembleConfig
+
+    return EnsembleConfig(n_members=args.ensemble, C=args.C, seed=args.seed)
+
+
+def vocabulary(args: argparse.Namespace) -> list[str] | None:
+    """``--terms``/``--vocab`` as a list, or None for 'every term of the manifest'."""
+    from ..core.manifest import parse_vocabulary
+
+    spec = getattr(args, "terms", None)
+    return parse_vocabulary(spec) if spec else None
+
+
+def cache_dir(args: argparse.Namespace) -> Path | None:
+    """The feature cache folder, or None with ``--no-cache``."""
+    from ..core.cache import default_cache_dir
+
+    if getattr(args, "no_cache", False):
+        return None
+    return Path(args.cache) if args.cache else default_cache_dir()
+
+
+def parse_layers(text: str | None, backbone: str = "vgg16") -> list[str]:
+    """``--layers 17,21`` checked against the backbone now, not after hours of extraction."""
+    from ..core.backbones import get_spec
+
+    spec = get_spec(backbone)
+    if text is None:  # the backbone's default layer (21 for VGG16)
+        return [spec.default_layer]
+    layers = [part.strip() for part in text.split(",") if part.strip()]
+    if not layers:
+        raise InputError(f"--layers {text!r} names no layer; use e.g. --layers 17,21,24,30")
+    for layer in layers:
+        spec.layer(layer)
+    return layers
+
+
+# ----------------------------------------------------------------------------- option groups
+def add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                        help="where the CNN runs (auto: CUDA, then MPS, then CPU)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for undersampling and random weights")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar or messages")
+
+
+def add_backbone(parser: argparse.ArgumentParser, default_weights: str = "imagenet",
+                 default_backbone: str = "vgg16") -> None:
+    parser.add_argument("--backbone", default=default_backbone,
+                        help="feature network: vgg16 (the paper's), resnet50 or "
+                             "efficientnet_lite0 (offline ImageNet weights; see "
+                             "docs/backbones.md); default %(default)s")
+    parser.add_argument("--weights", default=default_weights,
+                        help="imagenet | imagenet:V1 | random | path to a state dict or "
+                             "fine-tuned checkpoint (default %(default)s)")
+    parser.add_argument("--input-size", type=int, default=224, help="network input size in pixels")
+    parser.add_argument("--keep-aspect", action="store_true",
+                        help="pad the image to a square before resizing instead of squashing it")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--batch-size", type=int, default=8)
+    add_cache(parser)
+
+
+def add_cache(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--cache", default=None,
+                       help="feature cache folder (default: $ISH_ANNOTATOR_CACHE or "
+                            "~/.cache/napari-ish-annotator); it grows by about 0.8 MB per "
+                            "image at VGG16 layer 21")
+    group.add_argument("--no-cache", action="store_true",
+                       help="do not store features on disk (e.g. images predicted only once)")
+
+
+def add_classifier(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ensemble", type=int, default=11, help="logistic regressions per term")
+    parser.add_argument("--C", type=float, default=10.0,
+                        help="inverse L2 regularisation strength on the centred, unit-norm "
+                             "feature rows (default %(default)s; higher = sharper probabilities)")
+    add_vocabulary(parser)
+
+
+def add_vocabulary(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--terms", "--vocab", dest="terms", default=None,
+                        help="vocabulary: 'term a;term b' or a text file with one term per line")

@@ -1,0 +1,87 @@
+"""``ish-annotator finetune``: multi-task fine-tuning of the backbone (TL+MTL)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..core.errors import InputError
+from . import _common as c
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune trunk + multi-task head on a manifest and write the checkpoint."""
+    from ..core.finetune import FinetuneConfig, iter_finetune_dataset
+    from ..core.manifest import read_manifest
+
+    dataset = read_manifest(args.manifest, vocabulary=c.vocabulary(args))
+    pos_weight = args.pos_weight
+    if pos_weight not in ("none", "balanced"):
+        try:
+            pos_weight = [float(v) for v in pos_weight.split(",")]
+        except ValueError:
+            raise InputError(f"--pos-weight {args.pos_weight!r}: use none, balanced or one "
+                             "comma-separated number per term") from None
+    config = FinetuneConfig(
+        backbone=args.backbone, weights=args.weights, input_size=args.input_size,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        backbone_lr_scale=args.backbone_lr_scale, hidden=args.hidden, dropout=args.dropout,
+        pool=args.pool, frozen=args.frozen, pos_weight=pos_weight,
+        val_fraction=args.val_fraction, patience=args.patience, augment=not args.no_augment,
+        flip=args.flip, cache_frozen=args.cache_frozen, device=args.device,
+        precision=args.precision, seed=args.seed,
+    )
+    result = c.run(iter_finetune_dataset(dataset, config, args.out, resume=args.resume), args,
+                  "finetune")
+    last = result.history[-1] if result.history else {}
+    best = next((h for h in result.history if h["epoch"] == result.best_epoch), last)
+    auc = best.get("val_auc")
+    c.say(args, f"fine-tuned {config.backbone} on {result.metrics['n_train']} images "
+               f"({result.metrics['n_val']} for validation), {len(result.history)} epochs"
+               f"{' (stopped early)' if result.stopped_early else ''}; best epoch "
+               f"{result.best_epoch}" + (f", validation mean AUC {auc:.3f}" if auc is not None
+                                         else "") + f"; wrote {args.out}")
+    c.say(args, f"use it as: ish-annotator train MANIFEST --weights {args.out} --input-size "
+               f"{config.input_size} --out MODEL_DIR")
+    return c.EXIT_OK
+
+
+def register(sub) -> None:
+    p = sub.add_parser("finetune", help="multi-task fine-tuning of the backbone (TL+MTL)",
+                       description="Fine-tune the pretrained trunk with a shared hidden layer and "
+                                   "one sigmoid output per term; CKPT is usable as --weights CKPT "
+                                   "in train/evaluate/predict.")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--out", required=True, type=Path, help="checkpoint file to write (.pt)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3, help="head learning rate (Adam)")
+    p.add_argument("--backbone-lr-scale", type=float, default=0.1,
+                   help="trainable backbone layers learn at lr x this (default %(default)s)")
+    p.add_argument("--backbone", default="vgg16")
+    p.add_argument("--weights", default="imagenet",
+                   help="starting weights: imagenet | imagenet:V1 | random | FILE")
+    p.add_argument("--frozen", default="auto",
+                   help="freeze the trunk up to and including this layer (VGG16 paper numbering: "
+                        "17 = pool3), none, all, or auto = the backbone's default (VGG16: 17)")
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of genes held out for validation and early stopping")
+    p.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs")
+    p.add_argument("--hidden", type=int, default=512, help="shared hidden layer width")
+    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--pool", type=int, default=3, help="pooling grid before the hidden layer")
+    p.add_argument("--pos-weight", default="none",
+                   help="none | balanced (n_neg/n_pos per term) | comma-separated per-term values")
+    p.add_argument("--no-augment", action="store_true",
+                   help="no rotation/scale/colour augmentation (lets CPU runs cache the frozen part)")
+    p.add_argument("--flip", action="store_true",
+                   help="also flip horizontally (off: BDGP images are oriented anterior-left)")
+    p.add_argument("--cache-frozen", default="auto", choices=["auto", "on", "off"],
+                   help="compute the frozen layers once (auto: on CPU without augmentation)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run stored in --out (same images, labels and settings)")
+    c.add_vocabulary(p)
+    c.add_common(p)
+    p.set_defaults(handler=cmd_finetune, outputs=[("out", False)])

@@ -1,0 +1,102 @@
+"""``ish-annotator predict``: per-term probabilities for images, folders or manifests."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..core.errors import InputError
+from . import _common as c
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ..core.bundle import load_bundle
+    from ..core.images import collect_inputs
+    from ..core.pipeline import write_predictions
+
+    out = Path(args.out).absolute()
+    for item in args.inputs:
+        if Path(item).absolute() == out or (Path(item).exists() and out.exists()
+                                            and Path(item).samefile(out)):
+            raise InputError("is both an input and the --out file; predictions would overwrite "
+                             "it - choose another --out", path=item)
+    bundle = load_bundle(args.model_dir)
+    if args.chunk_size < 1:
+        raise InputError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    images = _skip_bad_inputs(args) if args.skip_bad else collect_inputs(args.inputs)
+    if not images:
+        raise InputError("no images found; give image files, folders of images or manifests",
+                         path=" ".join(map(str, args.inputs)))
+    device = None if args.device == "auto" else args.device
+    try:
+        probabilities = c.run(iter_predict_chunked(bundle, images, c.cache_dir(args), device,
+                                                   args.chunk_size), args, "predict")
+    except InputError as exc:
+        if args.skip_bad or exc.path is None or Path(exc.path) not in set(images):
+            raise
+        raise InputError(f"{exc} (or pass --skip-bad to leave unreadable images out)") from exc
+    write_predictions(args.out, images, bundle.classifier.vocabulary, probabilities)
+    c.say(args, f"wrote probabilities of {len(bundle.classifier.vocabulary)} terms for "
+                f"{len(images)} images to {args.out}")
+    return c.EXIT_OK
+
+
+def _skip_bad_inputs(args: argparse.Namespace) -> list[Path]:
+    """``predict --skip-bad``: decode every input once, warn about each unusable one.
+
+    One corrupt file among thousands should not stop a batch job, nor should each re-run
+    reveal only the next bad file. Non-image files inside folders stay silently ignored,
+    as without the option.
+    """
+    from ..core.images import scan_inputs
+
+    images, problems = scan_inputs(args.inputs, decode=True)
+    for problem in problems:
+        if not problem.message.startswith("skipped: not a supported image type"):
+            print(f"ish-annotator predict: warning: skipped {problem}", file=sys.stderr)
+    return images
+
+
+def iter_predict_chunked(bundle, images: Sequence[Path], cache_dir: Path | None,
+                         device: str | None, chunk_size: int):
+    """Probabilities ``(n, T)``, extracting and scoring ``chunk_size`` images at a time.
+
+    Only one chunk's features are in memory at once: at VGG16 layer 21 an image has 401,408
+    floats (0.8 MB as float16), so 5,000 images at once would need 4 GB; the probabilities
+    are tiny.
+    """
+    from dataclasses import replace
+
+    import numpy as np
+
+    from ..core.pipeline import iter_features, make_extractor
+    from ..core.progress import sub_progress
+
+    config = bundle.extractor if device is None else replace(bundle.extractor, device=device)
+    extractor = make_extractor(config, cache_dir)  # loads the network once for all chunks
+    n = len(images)
+    probabilities = np.empty((n, len(bundle.classifier.vocabulary)), dtype=np.float64)
+    for start in range(0, n, chunk_size):
+        part = list(images[start:start + chunk_size])
+        X = yield from sub_progress(iter_features(extractor, part), offset=start, scale_total=n)
+        probabilities[start:start + len(part)] = bundle.classifier.predict_proba(X)
+        del X
+    return probabilities
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="per-term probabilities for images, folders or manifests")
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
+    p.add_argument("--out", required=True, type=Path, help="predictions CSV to write")
+    c.add_cache(p)
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out (with a warning) images that are missing or cannot be "
+                        "decoded, instead of stopping; every image is decoded once up front")
+    p.add_argument("--chunk-size", type=int, default=256,
+                   help="images whose features are held in memory at once (default "
+                        "%(default)s: about 200 MB at VGG16 layer 21)")
+    c.add_common(p)
+    p.set_defaults(handler=cmd_predict, outputs=[("out", False)])

@@ -1,0 +1,40 @@
+"""``ish-annotator train``: fit the per-term classifiers on a manifest into a model bundle."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import _common as c
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..core.bundle import save_bundle
+    from ..core.manifest import read_manifest
+    from ..core.pipeline import iter_train
+
+    dataset = read_manifest(args.manifest, vocabulary=c.vocabulary(args))
+    bundle = c.run(iter_train(dataset, c.extractor_config(args), c.ensemble_config(args),
+                              cache_dir=c.cache_dir(args)), args, "train")
+    save_bundle(args.out, bundle)
+    c.say(args, f"saved model for {len(dataset.vocabulary)} terms trained on "
+                f"{len(dataset.samples)} images to {args.out}")
+    return c.EXIT_OK
+
+
+def check_target(args: argparse.Namespace) -> None:
+    """An existing folder that is not a model bundle is never overwritten."""
+    from ..core.bundle import check_bundle_target
+
+    check_bundle_target(args.out)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="fit the per-term classifiers on a manifest")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--out", required=True, type=Path, help="model folder to write")
+    p.add_argument("--layer", default=None, help="feature layer (VGG16: 17, 21, 24, 30; default 21)")
+    c.add_backbone(p)
+    c.add_classifier(p)
+    c.add_common(p)
+    p.set_defaults(handler=cmd_train, outputs=[("out", True)], check=check_target)
