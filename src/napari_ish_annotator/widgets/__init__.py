@@ -45,6 +45,22 @@ def open_demo(viewer: Any, weights: str = "imagenet", backbone: str = "vgg16",
     return annotator
 
 
+def fit_window_to_screen(viewer: Any, fraction: float = 0.9) -> None:
+    """Size the main window to most of the screen (napari's default can exceed a laptop's)."""
+    from qtpy.QtWidgets import QApplication
+
+    from ._napari_private import qt_main_window
+
+    window, app = qt_main_window(viewer), QApplication.instance()
+    screen = app.primaryScreen() if app is not None else None
+    if window is None or screen is None:
+        return
+    area = screen.availableGeometry()
+    window.resize(int(area.width() * fraction), int(area.height() * fraction))
+    window.move(area.x() + int(area.width() * (1 - fraction) / 2),
+                area.y() + int(area.height() * (1 - fraction) / 2))
+
+
 def fit_view(viewer: Any) -> None:
     """Fit the embryo to the canvas the docks leave (napari fitted it before they opened)."""
     from qtpy.QtWidgets import QApplication
