@@ -70,7 +70,7 @@ def test_folder_with_bad_files_reports_and_skips(make_napari_viewer, tmp_path):
     (folder / "notes.docx").write_bytes(b"PK\x03\x04")
     viewer = make_napari_viewer()
     viewer.open(str(folder), plugin="napari-ish-annotator")  # File > Open on a folder
-    embryos = dock(viewer, "Embryos")  # the reader opened it already
+    embryos = dock(viewer, "ISH Annotator").embryos  # the reader opened the annotator
     session = get_session(viewer)
     assert [p.name for p in session.paths] == [f"embryo_{i:02d}.png" for i in range(4)]
     skipped = "\n".join(session.skipped)

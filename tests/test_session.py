@@ -159,3 +159,25 @@ def test_fine_tune_outcome_switches_model_and_back(session):
     assert session.switch_model()
     assert session.bundle is first and session.settings.C == 10.0
     assert session.switch_model() and session.bundle is other.bundle
+
+
+@pytest.mark.slow
+def test_fine_tuned_model_explains_with_its_own_head(session, tmp_path):
+    """After fine-tuning, Grad-CAM can come from the network's MTL head as well."""
+    from napari_ish_annotator.core.finetune import FinetuneConfig
+    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.session import steps
+
+    config = FinetuneConfig(backbone="vgg16", weights="random", input_size=64, epochs=1,
+                            batch_size=4, frozen="all", augment=False, device="cpu", seed=0)
+    request = session.finetune_request(config, tmp_path / "ft.pt")
+    outcome = _in_thread(lambda: drive(steps.iter_finetune(request)))
+    session.apply_finetuned(outcome)
+    assert session.finetuned == tmp_path / "ft.pt" and session.settings.weights == str(
+        tmp_path / "ft.pt")
+    for tuned in (False, True):
+        maps = drive(steps.iter_gradcam(session.gradcam_request([TERMS[1]], 3, finetuned=tuned)))
+        assert maps.source == ("finetuned" if tuned else "ensemble")
+        assert maps.maps.shape == (1, *session.image(3).shape[:2])
+        assert 0.0 <= float(maps.maps.min()) and float(maps.maps.max()) <= 1.0
+        assert 0.0 <= float(maps.probabilities[0]) <= 1.0
