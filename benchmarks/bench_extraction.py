@@ -63,7 +63,7 @@ def _timed(fn):
 def _cv_agreement(X32, X16, Y, groups, vocabulary, folds, seed):
     """Grouped-CV predictions of the ensembles fitted on fp32 vs on bf16 features."""
     from napari_ish_annotator.core.classify import EnsembleClassifier, EnsembleConfig
-    from napari_ish_annotator.core.evaluate import grouped_folds, summarise
+    from napari_ish_annotator.core.evaluation import grouped_folds, score_predictions
 
     folds_list = grouped_folds(groups, folds, seed)
     # small runs: keep the terms that have both classes in every training part
@@ -80,7 +80,7 @@ def _cv_agreement(X32, X16, Y, groups, vocabulary, folds, seed):
             clf.fit(X[train], Y[train])
             proba[test] = clf.predict_proba(X[test])
             vote[test] = clf.predict(X[test])
-        results[name] = (proba, vote, summarise(Y, vote, proba, vocabulary)["mean"])
+        results[name] = (proba, vote, score_predictions(Y, vote, proba, vocabulary).summary["mean"])
     p32, v32, m32 = results["fp32"]
     p16, v16, m16 = results["bf16"]
     return {

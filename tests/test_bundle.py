@@ -44,7 +44,8 @@ def test_round_trip(tmp_path):
     save_bundle(out, b)
     assert sorted(p.name for p in out.iterdir()) == ["classifiers.npz", "model.json"]
     info = json.loads((out / "model.json").read_text())
-    assert info["format"] == FORMAT and info["format_version"] == 1
+    assert info["format"] == FORMAT and info["format_version"] == 2
+    assert info["calibration"]["method"] == "none"  # this bundle was built without one
     assert info["backbone"] == "vgg16" and info["layer"] == "21"
     assert info["weights"] == "random" and info["weights_id"] == "random:seed=3"
     assert info["input_size"] == 96 and info["keep_aspect"] is True
@@ -61,7 +62,7 @@ def test_round_trip(tmp_path):
     with np.load(out / "classifiers.npz", allow_pickle=False) as npz:
         assert sorted(npz.files) == sorted(
             [f"coef__{i}" for i in range(3)] + [f"intercept__{i}" for i in range(3)]
-            + ["center"])
+            + ["center", "calibration_a", "calibration_b"])
         assert npz["coef__1"].dtype == np.float32 and npz["coef__1"].shape == (3, 64)
         np.testing.assert_array_equal(npz["center"], b.classifier.center)
 
@@ -163,9 +164,9 @@ def test_load_errors(tmp_path):
         load_bundle(out, expect_vocabulary=["ventral nerve cord", "brain", "midgut"])
 
     info = json.loads((out / "model.json").read_text())
-    newer = dict(info, format_version=2)
+    newer = dict(info, format_version=3)
     (out / "model.json").write_text(json.dumps(newer))
-    with pytest.raises(InputError, match="format version 2.*upgrade"):
+    with pytest.raises(InputError, match="format version 3.*upgrade"):
         load_bundle(out)
     (out / "model.json").write_text(json.dumps(dict(info, format="something-else")))
     with pytest.raises(InputError, match="not an ish-annotator-model"):
@@ -188,6 +189,52 @@ def test_load_errors(tmp_path):
     arrays["intercept__2"] = np.array([{"evil": 1}] * 3, dtype=object)
     np.savez(out / "classifiers.npz", **arrays)
     with pytest.raises(InputError, match="cannot read classifiers.npz"):
+        load_bundle(out)
+
+
+def test_calibrated_bundle_round_trip_and_prevalence(tmp_path):
+    """The bundle reports calibrated probabilities; the vote stays the members' majority."""
+    from scipy.special import expit, logit
+
+    from napari_ish_annotator.core.calibration import prior_correction
+
+    b, X = _bundle()
+    Y = np.stack([X[:, 0] > 0, X[:, 1] > 0.3, X[:, 2] < -0.5], axis=1).astype(np.int8)
+    b.calibration = prior_correction(Y)
+    raw = b.classifier.predict_proba(X)
+    expected = expit(logit(np.clip(raw, 1e-6, 1 - 1e-6)) + logit(Y.mean(axis=0)))
+    np.testing.assert_allclose(b.predict_proba(X), expected, rtol=1e-12)
+    assert np.array_equal(b.predict_votes(X), b.classifier.predict(X))
+    proba, votes = b.predict_both(X)
+    assert np.array_equal(proba, b.predict_proba(X)) and np.array_equal(votes, b.predict_votes(X))
+    save_bundle(tmp_path / "m", b)
+    info = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert info["calibration"]["method"] == "prior"
+    assert info["calibration"]["prevalence"] == pytest.approx(Y.mean(axis=0).tolist())
+    loaded = load_bundle(tmp_path / "m")
+    assert loaded.notes == () and loaded.calibration.method == "prior"
+    np.testing.assert_allclose(loaded.predict_proba(X), b.predict_proba(X), rtol=1e-6)
+
+
+def test_version_1_bundle_loads_uncalibrated_with_a_note(tmp_path):
+    """A bundle written before calibration existed (format 1: no calibration arrays or entry)
+    still predicts, with the members' raw mean as its probability."""
+    b, X = _bundle()
+    out = tmp_path / "old"
+    save_bundle(out, b)
+    info = json.loads((out / "model.json").read_text())
+    del info["calibration"]
+    (out / "model.json").write_text(json.dumps(dict(info, format_version=1)))
+    with np.load(out / "classifiers.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files if not k.startswith("calibration_")}
+    np.savez(out / "classifiers.npz", **arrays)
+    loaded = load_bundle(out)
+    assert len(loaded.notes) == 1 and "without probability calibration" in loaded.notes[0]
+    assert "\n" not in loaded.notes[0]
+    np.testing.assert_allclose(loaded.predict_proba(X), b.classifier.predict_proba(X), rtol=1e-6)
+    # a version-2 bundle that lost its calibration arrays is damaged, not silently raw
+    (out / "model.json").write_text(json.dumps(dict(info, format_version=2)))
+    with pytest.raises(InputError, match="calibration arrays"):
         load_bundle(out)
 
 

@@ -43,7 +43,9 @@ def test_train_writes_a_bundle_without_pickle(trained):
     arrays = list(trained.glob("*.npz"))
     assert arrays, "classifier weights must be stored as plain arrays"
     with np.load(arrays[0], allow_pickle=False) as data:
-        assert len(data.files) == 2 * len(meta["vocabulary"]) + 1  # coef, intercept + centre
+        # coef, intercept per term + centre + the calibration map (a, b)
+        assert len(data.files) == 2 * len(meta["vocabulary"]) + 3
+    assert meta["format_version"] == 2 and meta["calibration"]["method"] == "prior"
 
 
 def test_predict_csv_has_image_and_one_probability_column_per_term(cli_data, trained, tmp_path):
@@ -60,6 +62,26 @@ def test_predict_csv_has_image_and_one_probability_column_per_term(cli_data, tra
     probabilities = np.array([[float(r[t]) for t in vocabulary] for r in rows])
     assert ((probabilities >= 0) & (probabilities <= 1)).all()
     assert probabilities.std() > 0  # not a constant answer
+
+
+def test_predict_votes_option_adds_the_majority_vote_columns(cli_data, trained, tmp_path):
+    from napari_ish_annotator.core.bundle import load_bundle
+    from napari_ish_annotator.core.features import FeatureExtractor
+
+    images = sorted((cli_data / "data" / "images").glob("*.png"))[:4]
+    out = tmp_path / "votes.csv"
+    assert main(["predict", str(trained), *map(str, images), "--out", str(out), "--votes",
+                 "--cache", str(cli_data / "cache"), "--quiet"]) == 0
+    bundle = load_bundle(trained)
+    vocabulary = bundle.classifier.vocabulary
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["image", *vocabulary, *(f"{t} vote" for t in vocabulary)]
+    X = FeatureExtractor(bundle.extractor, cache_dir=cli_data / "cache").extract(images)
+    votes = np.array([[int(r[f"{t} vote"]) for t in vocabulary] for r in rows])
+    probabilities = np.array([[float(r[t]) for t in vocabulary] for r in rows])
+    assert np.array_equal(votes.astype(bool), bundle.predict_votes(X))
+    np.testing.assert_allclose(probabilities, bundle.predict_proba(X), atol=1e-6)
 
 
 def test_predictions_track_labels_on_training_images(cli_data, trained, tmp_path):
@@ -94,10 +116,31 @@ def test_evaluate_prints_table_and_writes_contract_json(cli_data, tmp_path, caps
     metrics = json.loads(out.read_text())
     for layer in ("17", "21"):
         mean = metrics["layers"][layer]["mean"]
-        assert set(mean) >= {"accuracy", "sensitivity", "specificity", "auc"}
+        assert set(mean) >= {"accuracy", "sensitivity", "specificity", "auc", "brier", "ece"}
         assert 0.0 <= mean["accuracy"] <= 1.0
         for term_metrics in metrics["layers"][layer]["terms"].values():
             assert term_metrics["n_pos"] >= 1
+        assert "std" not in metrics["layers"][layer]  # k-fold CV pools the folds
+
+
+def test_evaluate_repeats_prints_mean_std_and_writes_std_json(cli_data, tmp_path, capsys):
+    out = tmp_path / "metrics.json"
+    code = main(["evaluate", str(cli_data / "data" / "manifest.csv"), "--repeats", "3",
+                 "--test-fraction", "0.3", "--ensemble", "3", "--json", str(out),
+                 "--cache", str(cli_data / "cache"), *FAST])
+    assert code == 0
+    printed = capsys.readouterr().out
+    layer = json.loads(out.read_text())["layers"]["21"]
+    assert set(layer["mean"]) == {"accuracy", "sensitivity", "specificity", "auc", "brier", "ece"}
+    assert set(layer["std"]) == set(layer["mean"]) and layer["n_partitions"] == 3
+    assert all(v is None or v >= 0 for v in layer["std"].values())
+    assert layer["n_evaluated"] + len(layer["not_evaluated"]) == layer["n_terms"]
+    assert f"Mean over {layer['n_evaluated']} of {layer['n_terms']} terms" in printed
+    assert f"{layer['mean']['auc']:.3f} ± {layer['std']['auc']:.3f}" in printed
+    assert main(["evaluate", str(cli_data / "data" / "manifest.csv"), "--repeats", "2",
+                 "--folds", "3", *FAST]) == 2
+    assert main(["evaluate", str(cli_data / "data" / "manifest.csv"), "--test-fraction",
+                 "0.3", *FAST]) == 2
 
 
 def test_evaluate_with_held_out_test_manifest(cli_data, tmp_path):

@@ -68,8 +68,13 @@ def test_groups_gene_stage(folder):
     p = _write(folder, "image,terms,stage,gene\n"
                        "img/e0.png,a,11-12,g1\nimg/e1.png,a,11-12,g1\n"
                        "img/e2.png,a,13-16,g1\nimg/e3.png,a,,\n")
-    g = read_manifest(p).groups()
-    assert g[0] == g[1] and len(set(g.tolist())) == 3
+    g = read_manifest(p).groups()  # by gene (stages of one gene share their pattern)
+    assert g[0] == g[1] == g[2] and len(set(g.tolist())) == 2
+    p1 = _write(folder, "image,terms,stage,gene\n"
+                        "img/e0.png,a,11-12,g1\nimg/e1.png,a,11-12,g1\n"
+                        "img/e2.png,a,13-16,g1\n", "one.csv")
+    g = read_manifest(p1).groups()  # one gene only: by gene and stage
+    assert g[0] == g[1] != g[2]
     p2 = _write(folder, "image,terms\nimg/e0.png,a\nimg/e1.png,a\n", "n.csv")
     assert len(set(read_manifest(p2).groups().tolist())) == 2
 
@@ -81,6 +86,20 @@ def test_fingerprint_stable_and_sensitive(folder, tmp_path):
     p2 = _write(folder, "image,terms,gene\nimg/e0.png,a,x\nimg/e1.png,b;a,y\n", "o.csv")
     assert read_manifest(p2).fingerprint() != f1
     assert read_manifest(p, vocabulary="b;a").fingerprint() != f1
+
+
+def test_one_training_fingerprint_for_manifests_and_label_matrices(folder, tmp_path):
+    """A manifest and an annotation store's label matrix (absolute paths, -1 unknown) that
+    hold the same labels get the same fingerprint, wherever the data folder lives."""
+    from napari_ish_annotator.core.manifest import training_fingerprint
+
+    p = _write(folder, "image,terms\nimg/e0.png,a\nimg/e1.png,b\n")
+    ds = read_manifest(p)
+    moved = [tmp_path / "elsewhere" / "e0.png", tmp_path / "elsewhere" / "e1.png"]
+    Y = np.array([[1, 0], [0, 1]], dtype=np.int8)
+    assert training_fingerprint(moved, Y, ["a", "b"]) == ds.fingerprint()
+    Y[0, 1] = -1  # an unknown label is not an absent one
+    assert training_fingerprint(moved, Y, ["a", "b"]) != ds.fingerprint()
 
 
 def test_missing_file_and_folder(tmp_path):

@@ -28,17 +28,11 @@ def _split_by_gene(dataset, test_fraction: float, seed: int):
     """Hold out whole genes (their images share labels, so splitting them would leak)."""
     from dataclasses import replace
 
-    groups = dataset.groups()
-    unique = np.unique(groups)
-    rng = np.random.default_rng(seed)
-    test_groups = set(rng.choice(unique, size=max(1, int(round(len(unique) * test_fraction))),
-                                 replace=False).tolist())
-    is_test = np.array([g in test_groups for g in groups])
-    train = replace(dataset, samples=[s for s, t in zip(dataset.samples, is_test, strict=True)
-                                      if not t])
-    test = replace(dataset, samples=[s for s, t in zip(dataset.samples, is_test, strict=True)
-                                     if t])
-    return train, test
+    from ..core.evaluation import random_partitions
+
+    train, test = random_partitions(dataset.groups(), 1, test_fraction, seed=seed)[0]
+    return (replace(dataset, samples=[dataset.samples[i] for i in train]),
+            replace(dataset, samples=[dataset.samples[i] for i in test]))
 
 
 def run_headless_demo(args: argparse.Namespace) -> int:
@@ -46,7 +40,7 @@ def run_headless_demo(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from ..core.bundle import save_bundle
-    from ..core.evaluate import format_table, summarise
+    from ..core.evaluation import format_table, score_predictions
     from ..core.gradcam import gradcam_all_terms, overlay
     from ..core.images import read_rgb
     from ..core.io import write_json_atomic, write_png_atomic, write_text_atomic
@@ -82,14 +76,13 @@ def run_headless_demo(args: argparse.Namespace) -> int:
     c.say(args, f"3/5 predicting {len(test.samples)} held-out images")
     fx = make_extractor(bundle.extractor, out / "cache")
     X_test = c.run(iter_features(fx, test.paths), args, "predict")
-    probabilities = bundle.classifier.predict_proba(X_test)
+    probabilities, votes = bundle.predict_both(X_test)
     write_predictions(out / "predictions.csv", test.paths, vocabulary, probabilities)
 
     c.say(args, "4/5 evaluating on the held-out genes")
-    votes = bundle.classifier.predict(X_test)
     layer = str(bundle.extractor.layer)
-    metrics = {"layers": {layer: summarise(test.labels(), votes.astype(np.int8), probabilities,
-                                           vocabulary)}}
+    evaluation = score_predictions(test.labels(), votes, probabilities, vocabulary)
+    metrics = {"layers": {layer: evaluation.summary}}
     write_json_atomic(out / "metrics.json", metrics)
     table = format_table(metrics)
 

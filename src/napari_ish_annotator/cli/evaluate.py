@@ -12,11 +12,14 @@ from . import _common as c
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.compare:
+        if args.repeats is not None:
+            raise InputError("--compare runs k-fold or --test; drop --repeats")
         return cmd_evaluate_compare(args)
-    from ..core.evaluate import format_table
+    from ..core.evaluation import format_table
     from ..core.manifest import read_manifest
     from ..core.pipeline import iter_evaluate
 
+    _check_protocol(args)
     dataset = read_manifest(args.manifest, vocabulary=c.vocabulary(args))
     test = None
     if args.test:
@@ -24,7 +27,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     results = c.run(
         iter_evaluate(dataset, c.extractor_config(args), c.ensemble_config(args),
                       layers=c.parse_layers(args.layers, args.backbone), folds=args.folds,
-                      test_dataset=test, cache_dir=c.cache_dir(args)),
+                      test_dataset=test, cache_dir=c.cache_dir(args), repeats=args.repeats,
+                      test_fraction=args.test_fraction),
         args, "evaluate")
     print(format_table(results))
     if args.json:
@@ -35,9 +39,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return c.EXIT_OK
 
 
+def _check_protocol(args: argparse.Namespace) -> None:
+    """``--repeats``/``--test-fraction`` against ``--test``/``--folds``, before any extraction."""
+    if args.repeats is not None and args.test:
+        raise InputError("--repeats draws its own test genes; drop --test (or --repeats)")
+    if args.repeats is not None and args.folds_given:
+        raise InputError("--repeats and --folds are two protocols; give one of them")
+    if args.test_fraction_given and args.repeats is None:
+        raise InputError("--test-fraction needs --repeats R (the paper's random partitions)")
+    if args.repeats is not None and args.repeats < 1:
+        raise InputError(f"--repeats must be at least 1, got {args.repeats}")
+    if not 0.0 < args.test_fraction < 1.0:
+        raise InputError(f"--test-fraction must be between 0 and 1, got {args.test_fraction}")
+
+
+class _Given(argparse.Action):
+    """Store the value and remember that the user gave the option (defaults are not 'given')."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
+
+
 def format_compare_table(results: dict[str, dict]) -> str:
     """The paper's Table 2 layout: one row per (method, layer), mean metrics over terms."""
-    from ..core.evaluate import METRICS
+    from ..core.evaluation import METRICS
 
     header = f"{'method':<8}  {'layer':>5}  " + "  ".join(f"{m:>11}" for m in METRICS)
     lines = ["Mean over terms", header, "-" * len(header)]
@@ -101,7 +127,14 @@ def register(sub) -> None:
     p.add_argument("manifest", type=Path)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--test", type=Path, default=None, help="held-out test manifest")
-    group.add_argument("--folds", type=int, default=5, help="k for grouped k-fold CV (default 5)")
+    group.add_argument("--folds", type=int, default=5, action=_Given,
+                       help="k for grouped k-fold CV (default 5)")
+    p.add_argument("--repeats", type=int, default=None, metavar="R",
+                   help="the paper's protocol: R seeded random gene-grouped train/test "
+                        "partitions; prints mean ± std, --json adds \"std\" beside \"mean\"")
+    p.add_argument("--test-fraction", type=float, default=0.25, action=_Given, metavar="F",
+                   help="share of the genes held out in each --repeats partition "
+                        "(default %(default)s)")
     p.add_argument("--layers", default=None,
                    help="comma-separated layers, e.g. 17,21,24,30 (default: the backbone's "
                         "default layer, 21 for VGG16)")
@@ -113,4 +146,5 @@ def register(sub) -> None:
     c.add_backbone(p)
     c.add_classifier(p)
     c.add_common(p)
-    p.set_defaults(handler=cmd_evaluate, outputs=[("json", False)])
+    p.set_defaults(handler=cmd_evaluate, outputs=[("json", False)], folds_given=False,
+                   test_fraction_given=False)

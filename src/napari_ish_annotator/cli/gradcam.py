@@ -21,6 +21,8 @@ def cmd_gradcam(args: argparse.Namespace) -> int:
     from ..core.pipeline import make_extractor
 
     bundle = load_bundle(args.model_dir)
+    for note in bundle.notes:
+        c.say(args, note)
     if args.term not in bundle.classifier.vocabulary:
         raise InputError(f"term {args.term!r} is not in the model's vocabulary: "
                          f"{'; '.join(bundle.classifier.vocabulary)}", path=args.model_dir)

@@ -23,6 +23,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise InputError("is both an input and the --out file; predictions would overwrite "
                              "it - choose another --out", path=item)
     bundle = load_bundle(args.model_dir)
+    for note in bundle.notes:
+        c.say(args, note)
     if args.chunk_size < 1:
         raise InputError(f"--chunk-size must be at least 1, got {args.chunk_size}")
     images = _skip_bad_inputs(args) if args.skip_bad else collect_inputs(args.inputs)
@@ -31,13 +33,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
                          path=" ".join(map(str, args.inputs)))
     device = None if args.device == "auto" else args.device
     try:
-        probabilities = c.run(iter_predict_chunked(bundle, images, c.cache_dir(args), device,
-                                                   args.chunk_size), args, "predict")
+        probabilities, votes = c.run(iter_predict_chunked(bundle, images, c.cache_dir(args),
+                                                          device, args.chunk_size), args, "predict")
     except InputError as exc:
         if args.skip_bad or exc.path is None or Path(exc.path) not in set(images):
             raise
         raise InputError(f"{exc} (or pass --skip-bad to leave unreadable images out)") from exc
-    write_predictions(args.out, images, bundle.classifier.vocabulary, probabilities)
+    write_predictions(args.out, images, bundle.classifier.vocabulary, probabilities,
+                      votes if args.votes else None)
     c.say(args, f"wrote probabilities of {len(bundle.classifier.vocabulary)} terms for "
                 f"{len(images)} images to {args.out}")
     return c.EXIT_OK
@@ -61,7 +64,7 @@ def _skip_bad_inputs(args: argparse.Namespace) -> list[Path]:
 
 def iter_predict_chunked(bundle, images: Sequence[Path], cache_dir: Path | None,
                          device: str | None, chunk_size: int):
-    """Probabilities ``(n, T)``, extracting and scoring ``chunk_size`` images at a time.
+    """Calibrated probabilities and majority votes ``(n, T)``, ``chunk_size`` images at a time.
 
     Only one chunk's features are in memory at once: at VGG16 layer 21 an image has 401,408
     floats (0.8 MB as float16), so 5,000 images at once would need 4 GB; the probabilities
@@ -78,12 +81,14 @@ def iter_predict_chunked(bundle, images: Sequence[Path], cache_dir: Path | None,
     extractor = make_extractor(config, cache_dir)  # loads the network once for all chunks
     n = len(images)
     probabilities = np.empty((n, len(bundle.classifier.vocabulary)), dtype=np.float64)
+    votes = np.empty(probabilities.shape, dtype=bool)
     for start in range(0, n, chunk_size):
         part = list(images[start:start + chunk_size])
         X = yield from sub_progress(iter_features(extractor, part), offset=start, scale_total=n)
-        probabilities[start:start + len(part)] = bundle.classifier.predict_proba(X)
+        probabilities[start:start + len(part)], votes[start:start + len(part)] = \
+            bundle.predict_both(X)
         del X
-    return probabilities
+    return probabilities, votes
 
 
 def register(sub) -> None:
@@ -98,5 +103,8 @@ def register(sub) -> None:
     p.add_argument("--chunk-size", type=int, default=256,
                    help="images whose features are held in memory at once (default "
                         "%(default)s: about 200 MB at VGG16 layer 21)")
+    p.add_argument("--votes", action="store_true",
+                   help="also write '<term> vote' columns: the paper's decision, the ensemble "
+                        "members' majority vote (1 present, 0 absent)")
     c.add_common(p)
     p.set_defaults(handler=cmd_predict, outputs=[("out", False)])

@@ -4,7 +4,10 @@
 identity, layer, input size, aspect handling, normalisation, precision), the vocabulary and
 ensemble settings, what it was trained on (dataset fingerprint, number of images, per-term
 counts), package versions and when. ``classifiers.npz`` holds ``coef__<i>`` (M, d) float32 and
-``intercept__<i>`` (M,) float64 for vocabulary term ``i``.
+``intercept__<i>`` (M,) float64 for vocabulary term ``i``, ``center`` (d,) and, from format
+version 2 on, the probability calibration ``calibration_a`` / ``calibration_b`` (T,) float64
+(see :mod:`.calibration`; model.json's ``"calibration"`` says the method). Version-1 bundles
+load uncalibrated (a = 1, b = 0) with a note in :attr:`ModelBundle.notes`.
 
 Saving is atomic at the folder level: the bundle is written into a temporary folder beside
 the target and renamed into place; an existing bundle is replaced only once the new one is
@@ -27,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .calibration import Calibration, identity
 from .classify import EnsembleClassifier, EnsembleConfig, TermEnsemble
 from .errors import InputError
 from .features import ExtractorConfig
@@ -34,7 +38,7 @@ from .features import ExtractorConfig
 __all__ = ["FORMAT", "FORMAT_VERSION", "ModelBundle", "save_bundle", "load_bundle"]
 
 FORMAT = "ish-annotator-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MODEL_JSON = "model.json"
 ARRAYS = "classifiers.npz"
 _PACKAGES = ("napari-ish-annotator", "torch", "torchvision", "numpy", "scikit-learn")
@@ -54,6 +58,34 @@ class ModelBundle:
     extractor: ExtractorConfig
     classifier: EnsembleClassifier
     meta: dict = field(default_factory=dict)
+    #: per-term map of the members' mean probability; None = uncalibrated (a = 1, b = 0)
+    calibration: Calibration | None = None
+    #: one-line notes from loading (e.g. an old, uncalibrated bundle), for the user to see
+    notes: tuple[str, ...] = ()
+
+    def calibration_or_identity(self) -> Calibration:
+        return self.calibration or identity(len(self.classifier.vocabulary))
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Calibrated ``(n, T)`` probability of each term: what the package reports.
+
+        The members' mean probability (``classifier.predict_proba``) mapped by the bundle's
+        calibration to the term's training prevalence.
+        """
+        return self.calibration_or_identity().apply(self.classifier.predict_proba(X))
+
+    def predict_votes(self, X: Any) -> np.ndarray:
+        """``(n, T)`` bool: the paper's decision, the members' majority vote (uncalibrated)."""
+        return self.classifier.predict(X)
+
+    def predict_both(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict_proba` and :meth:`predict_votes` from one pass over the members."""
+        from scipy.special import expit
+
+        from .classify import majority_vote
+
+        dec = self.classifier.decision_members(X)
+        return self.calibration_or_identity().apply(expit(dec).mean(axis=2)), majority_vote(dec)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -114,6 +146,7 @@ def _manifest(bundle: ModelBundle) -> dict:
                      "seed": clf.config.seed, "normalize": clf.config.normalize,
                      "center": clf.config.center},
         "training": training,
+        "calibration": bundle.calibration_or_identity().to_json(),
         "package_versions": package_versions(),
         "created": created,
         "arrays": ARRAYS,
@@ -148,6 +181,14 @@ def save_bundle(path: str | Path, bundle: ModelBundle) -> None:
         arrays[f"intercept__{i}"] = np.asarray(term.intercept, dtype=np.float64)
     if bundle.classifier.center is not None:
         arrays["center"] = np.ascontiguousarray(bundle.classifier.center, dtype=np.float32)
+    calibration = bundle.calibration_or_identity()
+    n_terms = len(bundle.classifier.vocabulary)
+    for key, values in (("calibration_a", calibration.a), ("calibration_b", calibration.b)):
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != (n_terms,) or not np.isfinite(values).all():
+            raise InputError(f"the calibration's {key} has shape {values.shape} or non-finite "
+                             f"values, expected {n_terms} numbers; train the model again")
+        arrays[key] = values
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = path.parent / f".{path.name}.tmp-{tag}"
     old = path.parent / f".{path.name}.old-{tag}"
@@ -276,6 +317,7 @@ def load_bundle(
                 _require("center" in npz.files and npz["center"].shape == (d,), path,
                          f"{npz_path.name} lacks the centring row of shape ({d},)")
                 center = npz["center"]
+            calibration, notes = _read_calibration(npz, info, version, len(vocabulary), path)
     except InputError:
         raise
     except (OSError, ValueError) as exc:
@@ -290,4 +332,27 @@ def load_bundle(
                   layer=layer, input_size=int(info.get("input_size", 224)),
                   keep_aspect=bool(info.get("keep_aspect", False)))
     extractor = ExtractorConfig(**kwargs)
-    return ModelBundle(extractor=extractor, classifier=classifier, meta=info)
+    return ModelBundle(extractor=extractor, classifier=classifier, meta=info,
+                       calibration=calibration, notes=notes)
+
+
+def _read_calibration(npz: Any, info: dict, version: int, n_terms: int, path: Path
+                      ) -> tuple[Calibration, tuple[str, ...]]:
+    """The stored calibration map; version-1 bundles have none (reported uncalibrated)."""
+    if version < 2:
+        return identity(n_terms), (
+            f"note: {path} is a format-{version} model without probability calibration; "
+            "its probabilities are the members' raw mean (calibrated to 50 % prevalence) - "
+            "train it again for calibrated probabilities",)
+    _require("calibration_a" in npz.files and "calibration_b" in npz.files, path,
+             "the model lacks its calibration arrays")
+    a, b = npz["calibration_a"], npz["calibration_b"]
+    _require(a.shape == (n_terms,) and b.shape == (n_terms,)
+             and bool(np.isfinite(a).all() and np.isfinite(b).all()), path,
+             f"calibration arrays have shapes {a.shape}, {b.shape}, expected ({n_terms},) "
+             "finite numbers")
+    meta = info.get("calibration") or {}
+    prevalence = meta.get("prevalence")
+    return Calibration(str(meta.get("method", "prior")), a.astype(np.float64),
+                       b.astype(np.float64),
+                       None if prevalence is None else np.asarray(prevalence, np.float64)), ()

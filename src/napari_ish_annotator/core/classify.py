@@ -30,7 +30,7 @@ import numpy as np
 from scipy.special import expit
 
 from .errors import InputError
-from .progress import CancelToken, Progress, ProgressCallback, ProgressGen, drive
+from .progress import CancelToken, Progress, ProgressCallback, ProgressGen, drive, sub_progress
 
 __all__ = [
     "EnsembleConfig",
@@ -39,6 +39,9 @@ __all__ = [
     "fit_logistic_gram",
     "gram_matrix",
     "member_rows",
+    "prepare_gram",
+    "iter_fit_members",
+    "majority_vote",
 ]
 
 #: bytes of float64 scratch per feature block (Gram and weight recovery passes)
@@ -294,6 +297,69 @@ def member_rows(
     return out
 
 
+def prepare_gram(K: np.ndarray, config: EnsembleConfig) -> np.ndarray:
+    """Centre (``config.center``) and unit-normalise (``config.normalize``) ``K`` in place.
+
+    Centring on the rows' mean is ``H K H`` with ``H = I - 11^T / n``, so a cross-validation
+    fold centres on its own training mean by preparing a copy of its sub-block of the full
+    Gram matrix. Returns the row norms (ones without ``normalize``) that the primal weights
+    and test-time decisions divide by.
+    """
+    if config.center:
+        row_mean = K.mean(axis=1)
+        K -= row_mean[:, None]
+        K -= row_mean[None, :]
+        K += row_mean.mean()
+    if not config.normalize:
+        return np.ones(K.shape[0])
+    norms = np.sqrt(np.maximum(np.diag(K).copy(), 0.0))
+    norms[norms == 0] = 1.0  # an all-zero row stays zero
+    K /= norms[:, None]
+    K /= norms[None, :]
+    return norms
+
+
+def iter_fit_members(K: np.ndarray, Y: np.ndarray, config: EnsembleConfig,
+                     vocabulary: Sequence[str], terms: Sequence[int] | None = None
+                     ) -> ProgressGen[tuple[np.ndarray, np.ndarray]]:
+    """Dual coefficients ``(T*M, n)`` and intercepts ``(T*M,)`` of every member.
+
+    ``K`` is the prepared Gram matrix of the ``n`` training rows, ``Y`` their ``(n, T)``
+    labels. Only the term indices in ``terms`` (default all) are fitted; the others keep zero
+    rows. Term ``t`` draws its members from ``SeedSequence(seed).spawn(T)[t]`` whichever other
+    terms are fitted, so a cross-validation fold that cannot train one term does not change
+    the members of the rest.
+    """
+    M = config.n_members
+    n_terms = Y.shape[1]
+    terms = range(n_terms) if terms is None else list(terms)
+    alphas = np.zeros((n_terms * M, K.shape[0]))
+    intercepts = np.zeros(n_terms * M)
+    seqs = np.random.SeedSequence(config.seed).spawn(n_terms)
+    done = 0
+    for t in terms:
+        y = Y[:, t]
+        rng = np.random.default_rng(seqs[t])
+        for j, rows in enumerate(member_rows(y, M, rng)):
+            alpha, b = fit_logistic_gram(K[np.ix_(rows, rows)], y[rows], config.C)
+            alphas[t * M + j, rows] = alpha
+            intercepts[t * M + j] = b
+            done += 1
+            yield Progress(done, len(terms) * M, f"{vocabulary[t]}: member {j + 1}/{M}")
+    return alphas, intercepts
+
+
+def majority_vote(decisions: np.ndarray) -> np.ndarray:
+    """The paper's decision from member decision values ``(n, T, M)``: ``(n, T)`` bool.
+
+    Majority of members voting present; with an even ensemble a tie goes to the members'
+    mean probability > 0.5.
+    """
+    votes = (decisions > 0).mean(axis=2)
+    proba = expit(decisions).mean(axis=2)
+    return (votes > 0.5) | ((votes == 0.5) & (proba > 0.5))
+
+
 # --------------------------------------------------------------------------------------------
 # The ensemble classifier
 # --------------------------------------------------------------------------------------------
@@ -386,41 +452,17 @@ class EnsembleClassifier:
             done += 1
             yield Progress(done, total, "Gram matrix")
 
-        diag = np.diag(K).copy()
+        diag = np.diag(K)
         if not np.isfinite(diag).all():
             r = int(labelled[np.flatnonzero(~np.isfinite(diag))[0]])
             raise InputError(f"feature row {r} contains NaN or infinite values; re-extract "
                              "the features of this image", row=r)
-        if cfg.center:  # K of the centred rows: H K H with H = I - 11^T / n
-            row_mean = K.mean(axis=1)
-            K -= row_mean[:, None]
-            K -= row_mean[None, :]
-            K += row_mean.mean()
-            diag = np.maximum(np.diag(K).copy(), 0.0)
-        if cfg.normalize:
-            norms = np.sqrt(diag)
-            norms[norms == 0] = 1.0  # an all-zero row stays zero
-            K /= norms[:, None]
-            K /= norms[None, :]
-        else:
-            norms = np.ones(n_lab)
-
-        # dual coefficients of every member over the labelled rows: (T*M, n_lab)
-        alphas = np.zeros((n_terms * M, n_lab))
-        intercepts = np.zeros(n_terms * M)
-        counts = []
-        seqs = np.random.SeedSequence(cfg.seed).spawn(n_terms)
-        for t, term in enumerate(self.vocabulary):
-            y = Yl[:, t]
-            counts.append((int((y == 1).sum()), int((y == 0).sum()),
-                           int((Y[:, t] == -1).sum())))
-            rng = np.random.default_rng(seqs[t])
-            for j, rows in enumerate(member_rows(y, M, rng)):
-                alpha, b = fit_logistic_gram(K[np.ix_(rows, rows)], y[rows], cfg.C)
-                alphas[t * M + j, rows] = alpha
-                intercepts[t * M + j] = b
-                done += 1
-                yield Progress(done, total, f"{term}: member {j + 1}/{M}")
+        norms = prepare_gram(K, cfg)
+        counts = [(int((Yl[:, t] == 1).sum()), int((Yl[:, t] == 0).sum()),
+                   int((Y[:, t] == -1).sum())) for t in range(n_terms)]
+        alphas, intercepts = yield from sub_progress(
+            iter_fit_members(K, Yl, cfg, self.vocabulary), offset=done, scale_total=total)
+        done += n_terms * M
         del K
 
         # primal weights w = sum_i a_i (x_i - mean) = X^T (a - mean(a)) with a = alpha / norm,
@@ -525,7 +567,4 @@ class EnsembleClassifier:
 
     def predict(self, X: Any) -> np.ndarray:
         """(n, T) bool majority vote; with an even ensemble a tie goes to mean probability > 0.5."""
-        dec = self.decision_members(X)
-        votes = (dec > 0).mean(axis=2)
-        proba = expit(dec).mean(axis=2)
-        return (votes > 0.5) | ((votes == 0.5) & (proba > 0.5))
+        return majority_vote(self.decision_members(X))

@@ -165,13 +165,13 @@ def gradcam_all_terms(
     """Maps for several terms from one forward pass.
 
     Returns ``(maps, probabilities)``: maps ``(T, H_img, W_img)`` in [0, 1] and the terms'
-    predicted probabilities ``(T,)``.
+    calibrated probabilities ``(T,)``, by which each map is scaled.
     """
     terms = list(bundle.classifier.vocabulary if terms is None else terms)
     indices = [_term_index(bundle, t) for t in terms]
     _check_extractor(bundle, extractor)
     act = layer_activation(extractor, image_rgb)
-    proba = bundle.classifier.predict_proba(act.reshape(1, -1))[0]
+    proba = bundle.predict_proba(act.reshape(1, -1))[0]
     normalize = bool(bundle.classifier.config.normalize)
     keep_aspect = bool(bundle.extractor.keep_aspect)
     maps = []

@@ -15,7 +15,6 @@ import csv
 import difflib
 import hashlib
 import io
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -76,34 +75,35 @@ class Dataset:
         return Y
 
     def groups(self) -> np.ndarray:
-        """Group id per image for grouped cross-validation.
+        """Group id per image for grouped splits (:func:`.evaluation.group_ids`: by gene,
+        else gene and stage, else the image itself), so no gene is both trained and tested."""
+        from .evaluation import group_ids
 
-        Images of one gene and stage show the same pattern (and share terms), so they must
-        not be split between training and test folds: the group is ``gene|stage`` when the
-        gene is known, else the image itself. Ids are ints in order of first appearance.
-        """
-        ids: dict[str, int] = {}
-        out = np.empty(len(self.samples), dtype=np.int64)
-        for i, s in enumerate(self.samples):
-            key = f"g:{s.gene}|{s.stage or ''}" if s.gene else f"i:{s.image}"
-            out[i] = ids.setdefault(key, len(ids))
-        return out
+        return group_ids(self.genes, self.stages)
 
     def fingerprint(self) -> str:
-        """SHA-256 over (relative image path, vocabulary terms present) rows + vocabulary.
+        """The training-set fingerprint (:func:`training_fingerprint`) of these labels."""
+        return training_fingerprint(self.paths, self.labels(), self.vocabulary)
 
-        Identifies the training set in a model bundle; independent of where the dataset
-        folder lives (paths are taken relative to the manifest's folder when possible).
-        """
-        base = self.source.parent if self.source is not None else None
-        vocab = set(self.vocabulary)
-        rows = []
-        for s in self.samples:
-            rel = _relative(s.image, base)
-            rows.append([rel, sorted(t for t in s.terms if t in vocab)])
-        payload = json.dumps({"vocabulary": list(self.vocabulary), "rows": rows},
-                             ensure_ascii=False, separators=(",", ":"))
-        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+def training_fingerprint(images: Sequence[str | Path], Y: np.ndarray,
+                         vocabulary: Sequence[str]) -> str:
+    """SHA-256 over the vocabulary and (image file name, label row) pairs.
+
+    The one fingerprint of a training set: model bundles, fine-tuning checkpoints (resume
+    check, ``evaluate --compare``) and the session all record it. File names rather than
+    paths, so it does not depend on where the data folder lives; label rows as int8 with
+    1 / 0 / -1 unknown, so a manifest and the annotation store agree on the same labels.
+    """
+    Y = np.asarray(Y)
+    if Y.shape != (len(images), len(vocabulary)):
+        raise ValueError(f"labels have shape {Y.shape}, expected ({len(images)}, "
+                         f"{len(vocabulary)})")
+    h = hashlib.sha256()
+    h.update("\x1f".join(str(t) for t in vocabulary).encode("utf-8"))
+    for path, row in zip(images, Y.astype(np.int8), strict=True):
+        h.update(b"\x1e" + Path(path).name.encode("utf-8") + b"\x1f" + row.tobytes())
+    return h.hexdigest()
 
 
 def _relative(path: Path, base: Path | None) -> str:

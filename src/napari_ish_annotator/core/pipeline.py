@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import InputError
 from .manifest import Dataset
-from .progress import Progress, ProgressGen
+from .progress import Progress, ProgressGen, sub_progress
 
 
 def make_extractor(config, cache_dir=None, loaded=None):
@@ -57,9 +57,13 @@ def iter_fit_bundle(
     """Fit the per-term ensembles on precomputed features and wrap them in a model bundle.
 
     ``Y`` is ``(n, T)`` with 1 present, 0 absent and -1 unknown (skipped for that term).
+    The bundle's probabilities are calibrated to each term's prevalence in ``Y`` (prior
+    correction, :mod:`.calibration`). ``fingerprint`` is
+    :func:`.manifest.training_fingerprint` of the training images and ``Y``.
     """
     from .backbones import get_spec
     from .bundle import ModelBundle
+    from .calibration import prior_correction
     from .classify import EnsembleClassifier
 
     if extractor.layer is None:  # record the layer actually used, not "the default"
@@ -77,7 +81,8 @@ def iter_fit_bundle(
                      "term_counts": counts},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    return ModelBundle(extractor=extractor, classifier=classifier, meta=meta)
+    return ModelBundle(extractor=extractor, classifier=classifier, meta=meta,
+                       calibration=prior_correction(Y))
 
 
 def iter_train(dataset: Dataset, extractor, ensemble, cache_dir=None, loaded=None
@@ -94,40 +99,10 @@ def iter_train(dataset: Dataset, extractor, ensemble, cache_dir=None, loaded=Non
 
 def iter_predict(bundle, images: Sequence[Path | np.ndarray], cache_dir=None, device=None,
                  loaded=None) -> ProgressGen[np.ndarray]:
-    """Probabilities ``(n, T)`` of the bundle's terms for ``images``."""
+    """Calibrated probabilities ``(n, T)`` of the bundle's terms for ``images``."""
     config = bundle.extractor if device is None else replace(bundle.extractor, device=device)
     X = yield from iter_features(make_extractor(config, cache_dir, loaded), images)
-    return bundle.classifier.predict_proba(X)
-
-
-def _fit_predict_fold(X, Y, train: np.ndarray, test: np.ndarray, vocabulary, ensemble):
-    """Fit on the ``train`` rows of ``X`` and score its ``test`` rows.
-
-    ``X`` is never copied whole (at layer 21 it is 1.6 MB per image): the other rows' labels
-    are set to unknown, which the classifier skips while reading ``X`` block by block, and
-    the test rows are scored a block at a time. A term with no positive or no negative in
-    this training fold cannot be fitted; it is scored 0 (predicted absent) for the fold
-    instead of failing the whole evaluation.
-    """
-    from .classify import EnsembleClassifier
-
-    n_terms = len(vocabulary)
-    scores = np.zeros((len(test), n_terms), dtype=np.float64)
-    votes = np.zeros((len(test), n_terms), dtype=bool)
-    Y_train = Y[train]
-    fit_terms = [i for i in range(n_terms)
-                 if (Y_train[:, i] == 1).any() and (Y_train[:, i] == 0).any()]
-    if fit_terms:
-        Y_fold = np.full((X.shape[0], len(fit_terms)), -1, dtype=np.int8)
-        Y_fold[train] = Y_train[:, fit_terms]
-        classifier = EnsembleClassifier(vocabulary=[vocabulary[i] for i in fit_terms],
-                                        config=ensemble)
-        classifier.fit(X, Y_fold)
-        for r0 in range(0, len(test), 256):
-            part = test[r0:r0 + 256]
-            scores[r0:r0 + len(part), fit_terms] = classifier.predict_proba(X[part])
-            votes[r0:r0 + len(part), fit_terms] = classifier.predict(X[part])
-    return scores, votes
+    return bundle.predict_proba(X)
 
 
 def iter_evaluate(
@@ -138,15 +113,19 @@ def iter_evaluate(
     folds: int = 5,
     test_dataset: Dataset | None = None,
     cache_dir=None,
+    repeats: int | None = None,
+    test_fraction: float = 0.25,
 ) -> ProgressGen[dict]:
     """Accuracy, sensitivity, specificity and AUC per term and layer (the paper's Table 2).
 
-    With ``test_dataset`` the model is trained on ``dataset`` and scored on it; otherwise
+    With ``test_dataset`` the model is trained on ``dataset`` and scored on it; with
+    ``repeats`` R seeded random gene-grouped partitions (mean and std over them); otherwise
     k-fold cross-validation grouped by gene (images of one gene share labels, so a random
-    split would leak).
+    split would leak). Returns ``{"layers": {layer: summary}}`` (CONTRACTS.md, see
+    :class:`~.evaluation.Evaluation`).
     """
     from .backbones import load_backbone
-    from .evaluate import grouped_folds, summarise
+    from .evaluation import grouped_folds, iter_cross_validate, random_partitions
 
     vocabulary = list(dataset.vocabulary)
     if test_dataset is not None:
@@ -157,10 +136,17 @@ def iter_evaluate(
         Y_all = np.vstack([dataset.labels(), test_dataset.labels()]).astype(np.int8)
         n_train = len(dataset.paths)
         splits = [(np.arange(n_train), np.arange(n_train, len(paths)))]
+        groups = None
     else:
         paths = list(dataset.paths)
         Y_all = dataset.labels().astype(np.int8)
-        splits = grouped_folds(dataset.groups(), folds, seed=ensemble.seed)
+        groups = dataset.groups()
+        if repeats:
+            splits = random_partitions(groups, repeats, test_fraction, seed=ensemble.seed)
+        else:
+            splits = grouped_folds(groups, folds, seed=ensemble.seed)
+    if not layers:
+        raise InputError("no layers to evaluate; pass --layers, e.g. --layers 21")
 
     loaded = load_backbone(extractor.backbone, extractor.weights, seed=extractor.seed)
     results: dict = {"layers": {}}
@@ -168,25 +154,22 @@ def iter_evaluate(
         config = replace(extractor, layer=str(layer))
         X = yield from iter_features(make_extractor(config, cache_dir, loaded), paths,
                                      stage=f"layer {layer} features")
-        test_rows = np.concatenate([test for _, test in splits])
-        scores = np.zeros((len(paths), len(vocabulary)))
-        votes = np.zeros((len(paths), len(vocabulary)), dtype=bool)
-        for k, (train, test) in enumerate(splits):
-            yield Progress(k, len(splits), f"layer {layer}: fitting fold {k + 1}/{len(splits)}")
-            scores[test], votes[test] = _fit_predict_fold(X, Y_all, train, test, vocabulary,
-                                                          ensemble)
-        yield Progress(len(splits), len(splits), f"layer {layer}: done")
-        results["layers"][str(layer)] = summarise(
-            Y_all[test_rows], votes[test_rows].astype(np.int8), scores[test_rows], vocabulary)
+        evaluation = yield from sub_progress(
+            iter_cross_validate(X, Y_all, vocabulary, splits, ensemble, groups=groups),
+            offset=0, prefix=f"layer {layer}: ")
+        results["layers"][str(layer)] = evaluation.summary
         del X  # free this layer's features before the next layer's are extracted
-    if not results["layers"]:
-        raise InputError("no layers to evaluate; pass --layers, e.g. --layers 21")
     return results
 
 
 def write_predictions(path: str | Path, images: Sequence[Path | str],
-                      vocabulary: Sequence[str], probabilities: np.ndarray) -> None:
-    """Write the predictions CSV of CONTRACTS.md: ``image`` plus one probability column per term."""
+                      vocabulary: Sequence[str], probabilities: np.ndarray,
+                      votes: np.ndarray | None = None) -> None:
+    """Write the predictions CSV of CONTRACTS.md: ``image`` plus one probability column per term.
+
+    With ``votes`` (the members' majority vote, ``predict --votes``) a ``<term> vote`` column
+    (1 present / 0 absent) per term follows the probability columns.
+    """
     import csv
     import io
 
@@ -198,7 +181,17 @@ def write_predictions(path: str | Path, images: Sequence[Path | str],
                          f"({len(images)}, {len(vocabulary)})")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["image", *vocabulary])
-    for image, row in zip(images, probabilities, strict=True):
-        writer.writerow([str(image), *(f"{float(p):.6f}" for p in row)])
+    if votes is not None:
+        votes = np.asarray(votes, dtype=bool)
+        if votes.shape != probabilities.shape:
+            raise ValueError(f"votes have shape {votes.shape}, expected {probabilities.shape}")
+    header = ["image", *vocabulary]
+    if votes is not None:
+        header += [f"{term} vote" for term in vocabulary]
+    writer.writerow(header)
+    for i, (image, row) in enumerate(zip(images, probabilities, strict=True)):
+        cells = [str(image), *(f"{float(p):.6f}" for p in row)]
+        if votes is not None:
+            cells += [str(int(v)) for v in votes[i]]
+        writer.writerow(cells)
     write_text_atomic(path, buffer.getvalue())
