@@ -179,5 +179,5 @@ def test_fine_tuned_model_explains_with_its_own_head(session, tmp_path):
         maps = drive(steps.iter_gradcam(session.gradcam_request([TERMS[1]], 3, finetuned=tuned)))
         assert maps.source == ("finetuned" if tuned else "ensemble")
         assert maps.maps.shape == (1, *session.image(3).shape[:2])
-        assert 0.0 <= float(maps.maps.min()) and float(maps.maps.max()) <= 1.0
+        assert float(maps.maps.min()) >= 0.0 and float(maps.maps.max()) <= 1.0
         assert 0.0 <= float(maps.probabilities[0]) <= 1.0

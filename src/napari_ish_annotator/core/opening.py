@@ -1,4 +1,4 @@
-"""What "opening" images means, without a GUI: listing inputs, cheap header checks, fingerprints.
+"""What "opening" images means, without a GUI: listing inputs and cheap header checks.
 
 The annotation session (and anything else that opens user folders: notebooks, scripts) lists
 image files, folders and manifest CSVs here and learns which files are unreadable from their
@@ -7,13 +7,10 @@ headers only, so thousands of images are checked in seconds.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from .errors import InputError
 from .progress import Progress, ProgressGen
@@ -135,13 +132,3 @@ def iter_check_images(scanned: ScannedInputs) -> ProgressGen[ScannedInputs]:
         raise InputError(f"no readable images found{detail}; choose a folder with "
                          "PNG/JPEG/TIFF/BMP images or a manifest CSV", path=scanned.source)
     return scanned.subset(keep, bad)
-
-
-def training_fingerprint(images: Sequence[str | Path], Y: np.ndarray,
-                         vocabulary: Sequence[str]) -> str:
-    """sha256 over (file name, label row) pairs and the vocabulary: identifies a training set."""
-    h = hashlib.sha256()
-    h.update("\x1f".join(vocabulary).encode())
-    for path, row in zip(images, np.asarray(Y, dtype=np.int8), strict=True):
-        h.update(b"\x1e" + Path(path).name.encode() + b"\x1f" + row.tobytes())
-    return h.hexdigest()

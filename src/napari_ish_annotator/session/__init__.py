@@ -17,12 +17,12 @@ from .results import (
     TrainedModel,
     TrainReport,
 )
-from .state import LABEL_CYCLE, UNCERTAIN_BAND, AnnotatorSession, WrongThreadError, group_ids
+from .state import LABEL_CYCLE, UNCERTAIN_BAND, AnnotatorSession, WrongThreadError
 from .steps import LABEL_FALLBACK, MIN_CV_PER_CLASS, classify_rows, failed_rows, throttled
 
 __all__ = [
     "LABEL_CYCLE", "LABEL_FALLBACK", "MIN_CV_PER_CLASS", "UNCERTAIN_BAND", "AnnotatorSession",
     "ExtractedFeatures", "FinetuneOutcome", "GradcamMaps", "ModelState", "OpenedDataset",
     "Predictions", "SessionSettings", "StoreSwitch", "TrainReport", "TrainedModel",
-    "WrongThreadError", "classify_rows", "failed_rows", "group_ids", "throttled",
+    "WrongThreadError", "classify_rows", "failed_rows", "throttled",
 ]

@@ -47,15 +47,6 @@ class WrongThreadError(RuntimeError):
     """A session attribute was written from a thread other than the one that owns it."""
 
 
-def group_ids(genes: Sequence[str | None], stages: Sequence[str | None]) -> np.ndarray:
-    """Grouped-CV ids: images of one gene (and stage) share a group, else each is alone."""
-    keys: dict[tuple, int] = {}
-    out = np.empty(len(genes), dtype=np.int64)
-    for i, (g, s) in enumerate(zip(genes, stages, strict=True)):
-        out[i] = keys.setdefault(("gene", g, s) if g else ("image", i), len(keys))
-    return out
-
-
 class AnnotatorSession:
     """Dataset, vocabulary, label store, features, model and predictions for one viewer."""
 
@@ -491,7 +482,7 @@ class AnnotatorSession:
         if self.bundle is None:
             raise InputError("no model yet: load a model bundle or train one in the Train panel")
         extract = self.extract_request()
-        return steps.PredictRequest(self.bundle.classifier, self.current_features(), extract)
+        return steps.PredictRequest(self.bundle, self.current_features(), extract)
 
     def apply_predictions(self, result: Predictions) -> None:
         """Show a model's probabilities (dropped if made for a dataset since replaced)."""
@@ -563,6 +554,9 @@ class AnnotatorSession:
 
     # ------------------------------------------------------------------ training
     def groups(self) -> np.ndarray:
+        """Grouped-CV ids of the open images (by gene; see core.evaluation.group_ids)."""
+        from ..core.evaluation import group_ids
+
         return group_ids(self.genes, self.stages)
 
     def training_counts(self) -> dict[str, tuple[int, int]]:

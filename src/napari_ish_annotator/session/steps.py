@@ -235,18 +235,17 @@ def failed_rows(X: np.ndarray) -> np.ndarray:
     return np.isnan(X[:, 0])
 
 
-def classify_rows(clf: Any, X: np.ndarray, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities float32, votes bool) of every row; skipped images get NaN / False and
-    never reach the classifier (scored a block at a time: no copy of all of X)."""
-    n, T = len(X), len(clf.vocabulary)
+def classify_rows(bundle: Any, X: np.ndarray, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(calibrated probabilities float32, majority votes bool) of every row; skipped images
+    get NaN / False and never reach the model (a block at a time: no copy of all of X)."""
+    n, T = len(X), len(bundle.classifier.vocabulary)
     probabilities = np.full((n, T), np.nan, dtype=np.float32)
     votes = np.zeros((n, T), dtype=bool)
     ok = np.flatnonzero(~failed_rows(X))
     for r0 in range(0, len(ok), block):
         rows = ok[r0:r0 + block]
         sel = slice(rows[0], rows[-1] + 1) if rows[-1] - rows[0] + 1 == len(rows) else rows
-        probabilities[sel] = clf.predict_proba(X[sel])
-        votes[sel] = clf.predict(X[sel])
+        probabilities[sel], votes[sel] = bundle.predict_both(X[sel])
     return probabilities, votes
 
 
@@ -261,7 +260,7 @@ def _features(features: ExtractedFeatures | None, extract: ExtractRequest
 
 @dataclass(frozen=True)
 class PredictRequest:
-    classifier: Any
+    bundle: Any
     features: ExtractedFeatures | None  # None: extract first
     extract: ExtractRequest
 
@@ -270,7 +269,7 @@ def iter_predict(req: PredictRequest) -> ProgressGen[Predictions]:
     """Probabilities of the model for every image (extracting if needed)."""
     X, new = yield from _features(req.features, req.extract)
     yield Progress(len(X), len(X), "predicting")
-    P, votes = classify_rows(req.classifier, X)
+    P, votes = classify_rows(req.bundle, X)
     return Predictions(P, votes, req.extract.generation, new)
 
 
@@ -291,7 +290,7 @@ class TrainRequest:
 
 def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
     """Fit per-term ensembles (CV AUC where possible) and predict every image."""
-    from ..core.opening import training_fingerprint
+    from ..core.manifest import training_fingerprint
     from ..core.pipeline import iter_fit_bundle
 
     X, new = yield from _features(req.features, req.extract)
@@ -319,7 +318,7 @@ def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
                         fingerprint=training_fingerprint(req.paths, Y, vocab),
                         weights_id=extractor.weights_id), 0, prefix="fit: ")
     yield Progress(1, 1, "predicting")
-    P, votes = classify_rows(bundle.classifier, X)
+    P, votes = classify_rows(bundle, X)
     report = TrainReport(counts, auc, int((Y >= 0).any(1).sum()), note)
     predictions = Predictions(P, votes, req.extract.generation, None)
     return TrainedModel(bundle, report, predictions, new)
@@ -328,11 +327,13 @@ def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
 def iter_cv_auc(X: np.ndarray, Y: np.ndarray, vocab: list[str], groups: np.ndarray,
                 ensemble: Any, n_folds: int, seed: int
                 ) -> ProgressGen[tuple[dict[str, float], str]]:
-    """Gene-grouped cross-validated AUC per term with enough labels ({term: auc}, note)."""
-    from sklearn.metrics import roc_auc_score
+    """Gene-grouped cross-validated AUC of every term with enough labels ({term: auc}, note).
 
-    from ..core.classify import EnsembleClassifier
-    from ..core.evaluate import grouped_folds
+    The splits are chosen here (few genes: leave one gene out, so each training part still
+    sees both classes; more: grouped k folds); the fitting and scoring is
+    :func:`core.evaluation.iter_cross_validate` (one Gram matrix for all folds).
+    """
+    from ..core.evaluation import grouped_folds, iter_cross_validate
 
     ok = [j for j in range(len(vocab))
           if (Y[:, j] == 1).sum() >= MIN_CV_PER_CLASS and (Y[:, j] == 0).sum() >= MIN_CV_PER_CLASS]
@@ -343,27 +344,14 @@ def iter_cv_auc(X: np.ndarray, Y: np.ndarray, vocab: list[str], groups: np.ndarr
     unique = np.unique(g)
     if len(unique) < 2:
         return {}, "all labelled images belong to one gene"
-    if len(unique) <= LOGO_MAX_GROUPS:  # few genes (typical while labelling): leave one out,
+    if len(unique) <= LOGO_MAX_GROUPS:
         folds = [(np.flatnonzero(g != u), np.flatnonzero(g == u)) for u in unique]
-    else:  # so every training split still sees both classes whenever two genes carry each
+    else:
         folds = grouped_folds(g, min(n_folds, len(unique)), seed)
-    scores = np.full((len(rows), len(ok)), np.nan)
-    for f, (tr, te) in enumerate(folds):
-        yield Progress(f, len(folds), f"cross-validation fold {f + 1}/{len(folds)}")
-        Ytr = Y[rows[tr]][:, ok].astype(np.int8)
-        usable = [c for c in range(len(ok)) if (Ytr[:, c] == 1).any() and (Ytr[:, c] == 0).any()]
-        if not usable:
-            continue
-        clf = EnsembleClassifier(vocabulary=[vocab[ok[c]] for c in usable], config=ensemble)
-        clf = yield from clf.iter_fit(X[rows[tr]], Ytr[:, usable])
-        scores[np.ix_(te, usable)] = clf.predict_proba(X[rows[te]])
-    auc: dict[str, float] = {}
-    for c, j in enumerate(ok):
-        y = Y[rows, j]
-        m = (y >= 0) & ~np.isnan(scores[:, c])
-        if len(np.unique(y[m])) == 2:
-            auc[vocab[j]] = float(roc_auc_score(y[m], scores[m, c]))
-    return auc, ""
+    splits = [(rows[tr], rows[te]) for tr, te in folds]
+    evaluation = yield from iter_cross_validate(X, Y[:, ok], [vocab[j] for j in ok], splits,
+                                                ensemble, groups=groups)
+    return {t: float(a) for t, a in evaluation.term_auc().items() if a is not None}, ""
 
 
 # ---------------------------------------------------------------------- Grad-CAM
