@@ -96,6 +96,7 @@ def main() -> None:
         manifest = make_manifest(tmp)
         cli_train(manifest, tmp / "model0")  # fills the feature cache
         cli = cli_train(manifest, tmp / "model1")
+        print(f"  cli train (cached features): {cli:.1f} s", file=sys.stderr, flush=True)
 
         viewer = napari.Viewer(show=True)
         app = QApplication.instance()
@@ -121,6 +122,7 @@ def main() -> None:
             gap = meter.stop()
             assert runner.last_outcome in (None, "done"), runner.last_error
             rows.append((name, wall, gap))
+            print(f"  {name}: {wall:.2f} s, longest gap {gap:.3f} s", file=sys.stderr, flush=True)
             return wall
 
         run("open", lambda: annotator.embryos.open_paths([manifest], background=True),

@@ -94,3 +94,29 @@ def test_individual_panels_stay_available(make_napari_viewer):
     viewer = make_napari_viewer()
     for name in ("Embryos", "Annotate", "Explain", "Train"):
         assert dock(viewer, name).session is dock(viewer, "Embryos").session
+
+
+def test_importing_the_widgets_has_no_side_effects():
+    """The triton guard runs where the GUI imports torch, not on `import widgets`."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport napari_ish_annotator.widgets\n"
+            "assert 'triton' not in sys.modules, 'import blocked triton'\n"
+            "from napari_ish_annotator.widgets._worker import block_triton\n"
+            "block_triton()\nassert sys.modules['triton'] is None\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_private_napari_api_only_in_its_module():
+    from pathlib import Path
+
+    import napari_ish_annotator
+
+    root = Path(napari_ish_annotator.__file__).parent
+    private = ("._qt_window", "_relay_error", "__wrapped__", "._qt_viewer", "._dock_widgets")
+    offenders = [f"{p.name}: {name}" for p in root.rglob("*.py")
+                 if p.name != "_napari_private.py"
+                 for name in private if name in p.read_text(encoding="utf-8")]
+    assert offenders == []
