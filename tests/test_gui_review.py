@@ -144,7 +144,7 @@ def test_file_open_on_a_large_folder_reads_it_in_a_worker(make_napari_viewer, qt
     monkeypatch.setattr(_reader, "BACKGROUND_MIN_FILES", 8)  # "large" for this test
     viewer = make_napari_viewer()
     viewer.open(str(manifest), plugin="napari-ish-annotator")
-    embryos = dock(viewer, "Embryos")
+    embryos = dock(viewer, "ISH Annotator").embryos  # File > Open shows the annotator
     assert embryos.runner.running  # File > Open returned; the files are read in a worker
     _wait(qtbot, embryos.runner)
     session = get_session(viewer)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import Qt
-from qtpy.QtGui import QColor
+from qtpy.QtGui import QBrush, QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -20,9 +20,9 @@ from qtpy.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSpinBox,
+    QStyledItemDelegate,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -59,11 +59,29 @@ def _layer_names(backbone: str) -> tuple[list[str], str]:
         return ["17", "21", "24", "30"], "21"
 
 
+PROBABILITY_ROLE = Qt.ItemDataRole.UserRole
+
+
 def _bar_colour(p: float) -> str:
     """Blue for absent, amber when uncertain, green for present."""
     if abs(p - 0.5) < UNCERTAIN_BAND:
         return "#d9a227"
     return "#3fa34d" if p >= 0.5 else "#4a6fa5"
+
+
+class ProbabilityDelegate(QStyledItemDelegate):
+    """Draws a term's probability as a coloured bar under its number (no widget per row)."""
+
+    def paint(self, painter: Any, option: Any, index: Any) -> None:
+        p = index.data(PROBABILITY_ROLE)
+        if p is not None:
+            rect = option.rect.adjusted(2, 3, -2, -3)
+            painter.save()
+            painter.fillRect(rect, QColor(60, 60, 60))
+            rect.setWidth(int(rect.width() * float(p)))
+            painter.fillRect(rect, QColor(_bar_colour(float(p))))
+            painter.restore()
+        super().paint(painter, option, index)
 
 
 class ModelSection(QWidget):
@@ -299,11 +317,12 @@ class TermsSection(QWidget):
         self.table.setMinimumHeight(120)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header = self.table.horizontalHeader()  # fixed widths: no re-measuring on each update
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
-        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Fixed)
-        self.table.setColumnWidth(2, 90)
+        for column, width in ((0, 34), (2, 84), (3, 46), (4, 92)):
+            self.table.setColumnWidth(column, width)
+        self.table.setItemDelegateForColumn(2, ProbabilityDelegate(self.table))
         self.table.cellClicked.connect(self._cell_clicked)
         self.threshold_spin = QDoubleSpinBox()
         self.threshold_spin.setRange(0.0, 1.0)
@@ -336,6 +355,8 @@ class TermsSection(QWidget):
             self._refresh()
 
     def _refresh(self, *_: Any) -> None:
+        """Update the rows in place (items and combos are made once per vocabulary size):
+        a refresh after training costs a few milliseconds, not a rebuild."""
         s = self.session
         self._filling = True
         path = s.current_path
@@ -343,53 +364,53 @@ class TermsSection(QWidget):
         probs = s.probabilities_for()
         votes = s.predicted_for()
         labels = s.labels_for() if path is not None else {}
-        self.table.setRowCount(len(s.vocabulary))
-        for r, term in enumerate(s.vocabulary):
-            key = QTableWidgetItem(str((r + 1) % 10) if r < 10 else "")
-            key.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
-            self.table.setItem(r, 0, key)
-            name = QTableWidgetItem(term)
-            name.setToolTip("click to show its Grad-CAM map in the Explain panel")
-            self.table.setItem(r, 1, name)
-            p = probs.get(term)
-            bar = self.table.cellWidget(r, 2)
-            if not isinstance(bar, QProgressBar):
-                bar = QProgressBar()
-                bar.setRange(0, 1000)
-                bar.setTextVisible(True)
-                bar.setAlignment(Qt.AlignmentFlag.AlignCenter)
-                self.table.setCellWidget(r, 2, bar)
-            if p is None:
-                bar.setValue(0)
-                bar.setFormat("–")
-                bar.setStyleSheet("")
-            else:
-                bar.setValue(int(round(p * 1000)))
-                bar.setFormat(f"{p:.2f}")
-                bar.setStyleSheet(f"QProgressBar::chunk {{ background-color: {_bar_colour(p)}; }}")
-            vote = votes.get(term)
-            pred = QTableWidgetItem("" if vote is None else ("yes" if vote else "no"))
-            pred.setToolTip("majority vote of the term's ensemble")
-            pred.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
-            self.table.setItem(r, 3, pred)
-            combo = self.table.cellWidget(r, 4)
-            if not isinstance(combo, QComboBox):
-                combo = QComboBox()
-                combo.addItems(list(LABEL_VALUE))
-                combo.currentTextChanged.connect(
-                    lambda text, combo=combo: self._label_chosen(combo, text))
-                self.table.setCellWidget(r, 4, combo)
-            combo.setProperty("term", term)
-            combo.setEnabled(path is not None)
-            combo.setCurrentText(LABEL_TEXT[labels.get(term)])
-            uncertain = p is not None and abs(p - 0.5) < UNCERTAIN_BAND
-            if uncertain:
-                pred.setText(pred.text() + "?")
-                for c in (0, 1):
-                    item = self.table.item(r, c)
-                    item.setBackground(UNCERTAIN_COLOUR)
-                    item.setToolTip("uncertain (probability near 0.5): please check this term")
-        self._filling = False
+        table = self.table
+        table.setUpdatesEnabled(False)
+        try:
+            if table.rowCount() != len(s.vocabulary):
+                self._make_rows(len(s.vocabulary))
+            for r, term in enumerate(s.vocabulary):
+                key, name, prob, pred = (table.item(r, c) for c in range(4))
+                name.setText(term)
+                p = probs.get(term)
+                prob.setData(PROBABILITY_ROLE, p)
+                prob.setText("–" if p is None else f"{p:.2f}")
+                vote = votes.get(term)
+                uncertain = p is not None and abs(p - 0.5) < UNCERTAIN_BAND
+                pred.setText(("" if vote is None else ("yes" if vote else "no"))
+                             + ("?" if uncertain else ""))
+                for item in (key, name):
+                    item.setBackground(UNCERTAIN_COLOUR if uncertain else QBrush())
+                name.setToolTip("uncertain (probability near 0.5): please check this term"
+                                if uncertain else
+                                "click to show its Grad-CAM map in the Explain panel")
+                combo = table.cellWidget(r, 4)
+                combo.setProperty("term", term)
+                combo.setEnabled(path is not None)
+                text = LABEL_TEXT[labels.get(term)]
+                if combo.currentText() != text:
+                    combo.setCurrentText(text)
+        finally:
+            table.setUpdatesEnabled(True)
+            self._filling = False
+
+    def _make_rows(self, n: int) -> None:
+        table = self.table
+        old = table.rowCount()
+        table.setRowCount(n)
+        for r in range(old, n):
+            for c in range(4):
+                item = QTableWidgetItem("")
+                if c in (0, 2, 3):
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+                table.setItem(r, c, item)
+            table.item(r, 0).setText(str((r + 1) % 10) if r < 10 else "")
+            table.item(r, 3).setToolTip("majority vote of the term's ensemble")
+            combo = QComboBox()
+            combo.addItems(list(LABEL_VALUE))
+            combo.currentTextChanged.connect(
+                lambda text, combo=combo: self._label_chosen(combo, text))
+            table.setCellWidget(r, 4, combo)
 
     def _label_chosen(self, combo: QComboBox, text: str) -> None:
         if self._filling:
@@ -410,7 +431,7 @@ class TermsSection(QWidget):
         """(term, probability text, predicted, label) per row, as displayed."""
         out = []
         for r in range(self.table.rowCount()):
-            out.append((self.table.item(r, 1).text(), self.table.cellWidget(r, 2).format(),
+            out.append((self.table.item(r, 1).text(), self.table.item(r, 2).text(),
                         self.table.item(r, 3).text(), self.table.cellWidget(r, 4).currentText()))
         return out
 

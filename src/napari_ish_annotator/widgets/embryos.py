@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,19 @@ from ..session import OpenedDataset, StoreSwitch, steps
 from ._base import SessionDock, report_error, shows_input_error
 from ._embryo_table import IMAGE_ROLE, EmbryoFilterProxy, EmbryoTableModel
 from ._worker import TaskRunner
+
+
+def _open_in_worker(request: steps.OpenRequest) -> Generator:
+    """The opening step, after the imports napari makes for its first image layer.
+
+    napari imports xarray (and pandas) the first time it builds an image layer: about two
+    seconds of a frozen viewer on the GUI thread, paid here in the worker instead.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("xarray") is not None:
+        import xarray  # noqa: F401
+    return (yield from steps.iter_open(request))
 
 
 class EmbryosWidget(SessionDock):
@@ -160,7 +174,7 @@ class EmbryosWidget(SessionDock):
         except InputError as exc:
             report_error(exc)
             return None
-        return self.runner.start(steps.iter_open, request, on_done=self._opened,
+        return self.runner.start(_open_in_worker, request, on_done=self._opened,
                                  message="opening…", done_message="", needs_torch=False)
 
     def _opened(self, opened: OpenedDataset) -> None:
