@@ -23,19 +23,23 @@ from ..core.errors import InputError
 from ..session import OpenedDataset, StoreSwitch, steps
 from ._base import SessionDock, report_error, shows_input_error
 from ._embryo_table import IMAGE_ROLE, EmbryoFilterProxy, EmbryoTableModel
+from ._napari_private import warm_layer_units
 from ._worker import TaskRunner
+
+#: what napari imports the first time it builds an image layer (about two seconds of a
+#: frozen viewer on the GUI thread): the opening worker imports them first instead
+LAYER_IMPORTS = ("xarray", "scipy.ndimage", "pint")
 
 
 def _open_in_worker(request: steps.OpenRequest) -> Generator:
-    """The opening step, after the imports napari makes for its first image layer.
-
-    napari imports xarray (and pandas) the first time it builds an image layer: about two
-    seconds of a frozen viewer on the GUI thread, paid here in the worker instead.
-    """
+    """The opening step, after the imports napari needs for its first image layer."""
+    import importlib
     import importlib.util
 
-    if importlib.util.find_spec("xarray") is not None:
-        import xarray  # noqa: F401
+    for name in LAYER_IMPORTS:
+        if importlib.util.find_spec(name.split(".")[0]) is not None:
+            importlib.import_module(name)
+    warm_layer_units()
     return (yield from steps.iter_open(request))
 
 
