@@ -84,9 +84,10 @@ class GapMeter:
             late = time.perf_counter() - self.last
             if self.timer.isActive() and late > 0.15 and self.last != reported:
                 reported = self.last
-                frame = sys._current_frames().get(gui)
-                where = "".join(traceback.format_stack(frame, limit=8)) if frame else "?"
-                print(f"--- GUI thread {late:.2f} s late at:\n{where}", file=sys.stderr)
+                where = "".join(f"[{'GUI' if tid == gui else tid}]\n"
+                                + "".join(traceback.format_stack(frame)[-3:])
+                                for tid, frame in sys._current_frames().items())
+                print(f"--- GUI thread {late:.2f} s late; threads at:\n{where}", file=sys.stderr)
 
     def _tick(self) -> None:
         now = time.perf_counter()

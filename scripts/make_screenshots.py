@@ -106,7 +106,8 @@ def _shots(napari, manifest: Path, args: argparse.Namespace, w: int, h: int, suf
         annotator.tabs.setCurrentIndex(3)
         shot("gui-train.png")
     top = max(session.probabilities_for().items(), key=lambda kv: kv[1])[0]
-    annotator.explain.select_term(top)  # switches to the Explain tab
+    annotator.tabs.setCurrentIndex(2)
+    annotator.explain.select_term(top)
     shot(f"gui-explain{suffix}.png")
     viewer.close()
     return 0

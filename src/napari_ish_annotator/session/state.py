@@ -576,8 +576,6 @@ class AnnotatorSession:
 
     def train_request(self, cross_validate: bool = True, n_folds: int = 5) -> steps.TrainRequest:
         """Everything a Train run needs, frozen now (labels, settings, features)."""
-        from ..core.classify import EnsembleConfig
-
         if not self.paths:
             raise InputError("no images are open; open a folder or manifest first")
         Y = self.label_matrix().copy()  # the request owns its labels
@@ -586,7 +584,7 @@ class AnnotatorSession:
         config = self.extractor_config(use_bundle=False)  # train with the panel's settings
         return steps.TrainRequest(
             Y, tuple(self.vocabulary), self.paths, self.groups(),
-            EnsembleConfig(n_members=s.n_members, C=s.C, seed=s.seed), cross_validate, n_folds,
+            {"n_members": s.n_members, "C": s.C, "seed": s.seed}, cross_validate, n_folds,
             s.seed, self.current_features(config), self.extract_request(config))
 
     def apply_trained(self, result: TrainedModel) -> None:

@@ -280,7 +280,8 @@ class TrainRequest:
     vocabulary: tuple[str, ...]
     paths: tuple[Path, ...]
     groups: np.ndarray  # CV groups (gene, else gene+stage, else the image)
-    ensemble: Any  # core.classify.EnsembleConfig
+    ensemble: dict  # core.classify.EnsembleConfig arguments (made in the step: no import
+    #                 of the classifier modules on the GUI thread)
     cross_validate: bool
     n_folds: int
     seed: int
@@ -290,10 +291,12 @@ class TrainRequest:
 
 def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
     """Fit per-term ensembles (CV AUC where possible) and predict every image."""
+    from ..core.classify import EnsembleConfig
     from ..core.manifest import training_fingerprint
     from ..core.pipeline import iter_fit_bundle
 
     X, new = yield from _features(req.features, req.extract)
+    ensemble = EnsembleConfig(**req.ensemble)
     vocab = list(req.vocabulary)
     Y = req.Y
     skipped = failed_rows(X)
@@ -310,11 +313,11 @@ def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
     auc: dict[str, float] = {}
     note = ""
     if req.cross_validate:
-        auc, note = yield from iter_cv_auc(X, Y, vocab, req.groups, req.ensemble, req.n_folds,
+        auc, note = yield from iter_cv_auc(X, Y, vocab, req.groups, ensemble, req.n_folds,
                                            req.seed)
     extractor = req.extract.extractors.get(req.extract.config)
     bundle = yield from sub_progress(
-        iter_fit_bundle(X, Y, vocab, req.extract.config, req.ensemble,
+        iter_fit_bundle(X, Y, vocab, req.extract.config, ensemble,
                         fingerprint=training_fingerprint(req.paths, Y, vocab),
                         weights_id=extractor.weights_id), 0, prefix="fit: ")
     yield Progress(1, 1, "predicting")

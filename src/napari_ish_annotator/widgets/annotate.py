@@ -106,6 +106,9 @@ class ModelSection(QWidget):
         self.weights_combo = QComboBox()
         self.weights_combo.setEditable(True)
         self.weights_combo.addItems(["imagenet", "random"])
+        self.weights_combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.weights_combo.setMinimumContentsLength(12)
         self.weights_combo.setToolTip("imagenet, random, or a path to a state dict / fine-tuned checkpoint")
         self.weights_file_button = QPushButton("File…")
         self.weights_file_button.clicked.connect(self._choose_weights)
@@ -320,7 +323,7 @@ class TermsSection(QWidget):
         header = self.table.horizontalHeader()  # fixed widths: no re-measuring on each update
         header.setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
-        for column, width in ((0, 34), (2, 84), (3, 46), (4, 92)):
+        for column, width in ((0, 34), (2, 84), (3, 46), (4, 104)):
             self.table.setColumnWidth(column, width)
         self.table.setItemDelegateForColumn(2, ProbabilityDelegate(self.table))
         self.table.cellClicked.connect(self._cell_clicked)

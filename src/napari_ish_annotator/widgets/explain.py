@@ -43,7 +43,8 @@ class ExplainWidget(SessionDock):
         self._requested: tuple | None = None
 
         self.term_combo = QComboBox()
-        self.show_button = QPushButton("Show Grad-CAM")
+        self.show_button = QPushButton("Show")
+        self.show_button.setToolTip("compute and show the Grad-CAM map of this term")
         self.show_button.clicked.connect(self.show_map)
         trow = QHBoxLayout()
         trow.addWidget(self.term_combo, 1)
@@ -54,6 +55,9 @@ class ExplainWidget(SessionDock):
         self.source_combo = QComboBox()
         self.source_combo.addItem("logistic ensembles (layer features)", "ensemble")
         self.source_combo.addItem("fine-tuned network (its own term outputs)", "finetuned")
+        self.source_combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.source_combo.setMinimumContentsLength(14)
         self.source_combo.setToolTip("with a fine-tuned backbone in use, show where the network "
                                      "itself looks for a term (its multi-task head)")
         self.opacity_slider = QSlider(Qt.Orientation.Horizontal)

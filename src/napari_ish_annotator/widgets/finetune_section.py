@@ -90,11 +90,14 @@ class FinetuneSection(QWidget):
         for key, text in FROZEN_CHOICES:
             self.frozen_combo.addItem(text, key)
         self.frozen_combo.setToolTip("layers before this stay at their pretrained weights")
+        self.frozen_combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.frozen_combo.setMinimumContentsLength(14)
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
-        self.augment_check = QCheckBox("augment (rotation, scale, brightness/contrast, stain hue)")
+        self.augment_check = QCheckBox("augment images")
         self.augment_check.setChecked(True)
-        self.augment_check.setToolTip("off: on CPU the frozen layers are computed once and each "
+        self.augment_check.setToolTip("rotation, scale, brightness/contrast, stain hue. Off: on CPU the frozen layers are computed once and each "
                                       "epoch only runs the trainable part (much faster)")
         form = QFormLayout()
         form.addRow("Epochs", self.epochs_spin)

@@ -46,8 +46,9 @@ class TrainWidget(SessionDock):
         self.c_spin.setRange(0.001, 1000.0)
         self.c_spin.setValue(s.settings.C)
         self.c_spin.setToolTip("inverse L2 regularisation strength")
-        self.cv_check = QCheckBox(f"cross-validated AUC (needs ≥ {MIN_CV_PER_CLASS} present and "
-                                  f"≥ {MIN_CV_PER_CLASS} absent per term; folds by gene)")
+        self.cv_check = QCheckBox("cross-validated AUC (folds by gene)")
+        self.cv_check.setToolTip(f"needs ≥ {MIN_CV_PER_CLASS} present and ≥ {MIN_CV_PER_CLASS} "
+                                 "absent labels per term; images of one gene stay in one fold")
         self.cv_check.setChecked(True)
         form = QFormLayout()
         form.addRow("Ensemble members", self.members_spin)
