@@ -583,7 +583,7 @@ class AnnotatorSession:
         s = self.settings
         config = self.extractor_config(use_bundle=False)  # train with the panel's settings
         return steps.TrainRequest(
-            Y, tuple(self.vocabulary), self.paths, self.groups(),
+            Y, tuple(self.vocabulary), self.paths, self.genes, self.stages,
             {"n_members": s.n_members, "C": s.C, "seed": s.seed}, cross_validate, n_folds,
             s.seed, self.current_features(config), self.extract_request(config))
 
@@ -612,7 +612,7 @@ class AnnotatorSession:
                            input_size=int(config.input_size))
         refit, refit_settings = steps.finetune_refit(train, settings, Path(out))
         return steps.FinetuneRequest(tuple(self.paths[i] for i in rows), train.Y[rows],
-                                     train.vocabulary, train.groups[rows], config, Path(out),
+                                     train.vocabulary, rows, config, Path(out),
                                      refit, refit_settings)
 
     def model_state(self) -> ModelState:

@@ -276,10 +276,13 @@ def iter_predict(req: PredictRequest) -> ProgressGen[Predictions]:
 # ---------------------------------------------------------------------- training
 @dataclass(frozen=True)
 class TrainRequest:
+    """Labels, settings and (current) features of one Train run."""
+
     Y: np.ndarray  # (n, T) int8: 1 present, 0 absent, -1 unknown
     vocabulary: tuple[str, ...]
     paths: tuple[Path, ...]
-    groups: np.ndarray  # CV groups (gene, else gene+stage, else the image)
+    genes: tuple[str | None, ...]  # for the CV groups (computed in the step: core.evaluation
+    stages: tuple[str | None, ...]  # imports scikit-learn, not something for the GUI thread)
     ensemble: dict  # core.classify.EnsembleConfig arguments (made in the step: no import
     #                 of the classifier modules on the GUI thread)
     cross_validate: bool
@@ -287,6 +290,13 @@ class TrainRequest:
     seed: int
     features: ExtractedFeatures | None
     extract: ExtractRequest
+
+    @property
+    def groups(self) -> np.ndarray:
+        """Grouped-CV ids (by gene; see core.evaluation.group_ids)."""
+        from ..core.evaluation import group_ids
+
+        return group_ids(self.genes, self.stages)
 
 
 def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
@@ -414,7 +424,7 @@ class FinetuneRequest:
     images: tuple[Path, ...]
     Y: np.ndarray
     vocabulary: tuple[str, ...]
-    groups: np.ndarray
+    rows: np.ndarray  # the labelled images' rows in ``refit``
     config: Any  # core.finetune.FinetuneConfig
     out: Path
     refit: TrainRequest  # its extractor config is switched to the checkpoint after training
@@ -426,7 +436,7 @@ def iter_finetune(req: FinetuneRequest) -> ProgressGen[FinetuneOutcome]:
     from ..core.finetune import iter_finetune as core_finetune
 
     result = yield from core_finetune(list(req.images), req.Y, list(req.vocabulary), req.config,
-                                      req.out, groups=req.groups)
+                                      req.out, groups=req.refit.groups[req.rows])
     trained = yield from iter_train(req.refit)
     return FinetuneOutcome(result, trained, req.settings)
 

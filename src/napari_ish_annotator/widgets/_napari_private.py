@@ -5,8 +5,6 @@ widget, so a per-viewer session must be keyed by the viewer it wraps (``__wrappe
 wrapt proxy protocol, not napari API), and the proxy refuses private attributes. napari has
 no public "window closed" event for plugins, so the session's label store is closed when the
 Qt main window is destroyed, and the layout test/screenshot script need that window's size.
-napari builds its pint unit registry the first time it makes a layer (a third of a second on
-the GUI thread); :func:`warm_layer_units` lets a worker build it first.
 """
 
 from __future__ import annotations
@@ -36,10 +34,3 @@ def on_window_destroyed(viewer: Any, callback: Callable[..., None]) -> None:
         with contextlib.suppress(AttributeError, RuntimeError, TypeError):
             window.destroyed.connect(callback)
 
-
-def warm_layer_units() -> None:
-    """Build napari's (cached) pint unit registry now, e.g. in a worker before the first layer."""
-    with contextlib.suppress(Exception):  # an optimisation only
-        from napari.utils._units import get_unit_registry
-
-        get_unit_registry()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,6 @@ from ..core.errors import InputError
 from ..session import OpenedDataset, StoreSwitch, steps
 from ._base import SessionDock, report_error, shows_input_error
 from ._embryo_table import IMAGE_ROLE, EmbryoFilterProxy, EmbryoTableModel
-from ._napari_private import warm_layer_units
 from ._worker import TaskRunner
 
 #: what napari imports the first time it builds an image layer (about two seconds of a
@@ -39,7 +39,10 @@ def _open_in_worker(request: steps.OpenRequest) -> Generator:
     for name in LAYER_IMPORTS:
         if importlib.util.find_spec(name.split(".")[0]) is not None:
             importlib.import_module(name)
-    warm_layer_units()
+    with contextlib.suppress(Exception):  # an optimisation only
+        import pint  # napari's layers use pint's application registry, built on first use
+
+        pint.get_application_registry().Unit("pixel")
     return (yield from steps.iter_open(request))
 
 
