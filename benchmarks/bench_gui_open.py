@@ -19,7 +19,7 @@ from PIL import Image
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
-    from napari_ish_annotator.widgets._session import AnnotatorSession
+    from napari_ish_annotator.session import AnnotatorSession
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -33,15 +33,16 @@ def _gui(tmp: Path, folder: Path, terms: list[str]) -> None:
     import napari
 
     from napari_ish_annotator.core.progress import drive
-    from napari_ish_annotator.widgets._session import get_session
+    from napari_ish_annotator.session import steps
+    from napari_ish_annotator.widgets._registry import get_session
     from napari_ish_annotator.widgets.embryos import EmbryosWidget
 
     viewer = napari.Viewer(show=False)
     try:
         embryos = EmbryosWidget(viewer)
         session = get_session(viewer)
-        opened = drive(session.iter_open([folder], store_path=tmp / "a.sqlite",
-                                         vocabulary=terms))  # the worker's part
+        opened = drive(steps.iter_open(session.open_request(
+            [folder], store_path=tmp / "a.sqlite", vocabulary=terms)))  # the worker's part
         calls, spent = [], {}
         matrix = session.label_matrix
 
@@ -63,7 +64,7 @@ def _gui(tmp: Path, folder: Path, terms: list[str]) -> None:
         session.apply_open(opened)
         t1 = time.perf_counter()
         recounts = len(calls)
-        embryos._update_labels(None)
+        embryos._labels_changed(None)
         t2 = time.perf_counter()
         print(f"Embryos panel on open (table rows, label counts, predictions, filter): "
               f"{1000 * spent['rebuild']:.0f} ms; all open signals incl. the first image "
@@ -78,7 +79,7 @@ def main() -> None:
     n = int(args[0]) if args else 10000
     from napari_ish_annotator.core.manifest import Dataset, Sample
     from napari_ish_annotator.core.progress import drive
-    from napari_ish_annotator.widgets._session import AnnotatorSession
+    from napari_ish_annotator.session import AnnotatorSession, steps
 
     terms = [f"term{k}" for k in range(12)]
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -97,13 +98,9 @@ def main() -> None:
         t1 = time.perf_counter()
         session.label_matrix([n // 2])
         t2 = time.perf_counter()
-        if hasattr(session, "iter_use_store"):
-            switched = drive(session.iter_use_store(tmp / "b.sqlite"))
-            t3 = time.perf_counter()
-            session.apply_store(switched)
-        else:  # before the label-file switch moved to a worker: all on the GUI thread
-            t3 = time.perf_counter()
-            session.use_store(tmp / "b.sqlite")
+        switched = drive(steps.iter_use_store(*session.store_request(tmp / "b.sqlite")))
+        t3 = time.perf_counter()
+        session.apply_store(switched)
         t4 = time.perf_counter()
         session.close()
         print(f"images: {n}, terms: {len(terms)}, labelled rows: {int((Y >= 0).any(1).sum())}")

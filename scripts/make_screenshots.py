@@ -28,7 +28,8 @@ def main() -> int:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--input-size", type=int, default=224)
-    parser.add_argument("--size", default="1800x1100", help="window size WxH")
+    parser.add_argument("--sizes", default="1920x1080,1366x768",
+                        help="screen sizes WxH; the first one makes the main screenshots")
     parser.add_argument("--n-images", type=int, default=40)
     parser.add_argument("--C", type=float, default=10.0,
                         help="logistic-regression C set in the Train panel (package default 10)")
@@ -36,61 +37,52 @@ def main() -> int:
 
     if not os.environ.get("DISPLAY") and shutil.which("xvfb-run") and not os.environ.get("_ISH_XVFB"):
         env = dict(os.environ, _ISH_XVFB="1")
-        cmd = ["xvfb-run", "-a", "-s", "-screen 0 1920x1200x24", sys.executable, *sys.argv]
+        cmd = ["xvfb-run", "-a", "-s", "-screen 0 1920x1080x24", sys.executable, *sys.argv]
         return subprocess.call(cmd, env=env)
     os.environ.setdefault("ISH_ANNOTATOR_CACHE", tempfile.mkdtemp(prefix="ish-shots-"))
 
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated.*")
     import napari
-    from napari._qt.dialogs.qt_notification import NapariQtNotification
-    from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QApplication
 
     from napari_ish_annotator.core.synthetic import generate_dataset
-    from napari_ish_annotator.widgets import _worker, open_docks
-    from napari_ish_annotator.widgets._session import get_session
 
-    _worker.SYNCHRONOUS = True  # deterministic script: run the same generators inline
     args.out.mkdir(parents=True, exist_ok=True)
-    w, h = (int(v) for v in args.size.split("x"))
     manifest = generate_dataset(Path(os.environ["ISH_ANNOTATOR_CACHE"]) / "shots-data",
                                 args.n_images, stage="13-16", seed=3, size=(240, 480))
+    sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
+    for k, (w, h) in enumerate(sizes):
+        suffix = "" if k == 0 else f"-{w}x{h}"
+        if _shots(napari, manifest, args, w, h, suffix, full=k == 0):
+            return 1
+    return 0
 
-    viewer = napari.Viewer(title="napari-ish-annotator", show=True)
-    qt_window = viewer.window._qt_window
-    qt_window.resize(w, h)
-    viewer.open(str(manifest), plugin="napari-ish-annotator")  # File > Open on a manifest
-    docks = open_docks(viewer)
-    embryos, annotate, explain, train = (docks[k] for k in ("Embryos", "Annotate", "Explain", "Train"))
+
+def _shots(napari, manifest: Path, args: argparse.Namespace, w: int, h: int, suffix: str,
+           full: bool) -> int:
+    """The default layout (Plugins > ISH Annotator) in a window of w x h; no rearranging."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+    from qtpy.QtWidgets import QApplication
+
     from napari_ish_annotator.core.backbones import get_spec
+    from napari_ish_annotator.widgets import _worker, open_annotator
+    from napari_ish_annotator.widgets._napari_private import qt_main_window
 
-    annotate.set_settings(backbone=args.backbone, weights=args.weights,
-                          layer=get_spec(args.backbone).default_layer,
-                          input_size=args.input_size, device="cpu")
-    session = get_session(viewer)
-
-    def dock_of(widget):
-        for dock in viewer.window._dock_widgets.values():
-            if dock.isAncestorOf(widget):
-                return dock
-        raise LookupError(widget)
-
-    # layout: layer list + Embryos on the left, Annotate/Explain/Train tabs on the right
-    viewer.window._qt_viewer.dockLayerControls.setVisible(False)
-    left = dock_of(embryos)
-    qt_window.addDockWidget(Qt.LeftDockWidgetArea, left)
-    qt_window.resizeDocks([left, dock_of(annotate)], [520, 560], Qt.Horizontal)
-    qt_window.resizeDocks([viewer.window._qt_viewer.dockLayerList, left], [170, h - 250],
-                          Qt.Vertical)
+    _worker.SYNCHRONOUS = True  # deterministic script: run the same generators inline
+    viewer = napari.Viewer(title="napari-ish-annotator", show=True)
+    window = qt_main_window(viewer)
+    window.resize(w, h)
+    viewer.open(str(manifest), plugin="napari-ish-annotator")  # File > Open on a manifest
+    annotator = open_annotator(viewer)  # Plugins > ISH Annotator
+    session = annotator.session
+    session.update_settings(backbone=args.backbone, weights=args.weights,
+                            layer=str(get_spec(args.backbone).default_layer),
+                            input_size=args.input_size, device="cpu")
 
     def settle() -> None:
         for _ in range(10):
             QApplication.processEvents()
 
     def shot(name: str) -> None:
-        for note in qt_window.findChildren(NapariQtNotification):
+        for note in window.findChildren(NapariQtNotification):
             note.close()
         settle()
         from PIL import Image
@@ -99,34 +91,24 @@ def main() -> int:
         Image.fromarray(img).save(args.out / name)
         print(f"wrote {args.out / name} {img.shape[1]}x{img.shape[0]}")
 
-    def raise_tab(widget) -> None:
-        dock = dock_of(widget)
-        dock.show()
-        dock.raise_()
-        settle()
-
-    train.c_spin.setValue(args.C)
-    train.train()
+    annotator.train.c_spin.setValue(args.C)
+    annotator.train.train()
     if session.bundle is None:
-        print("training failed:", train.runner.last_error, file=sys.stderr)
+        print("training failed:", annotator.train.runner.last_error, file=sys.stderr)
         return 1
-    # show an embryo with a confident prediction
-    best = int(session.probabilities.max(1).argmax())
+    best = int(session.probabilities.max(1).argmax())  # an embryo with a confident prediction
     session.set_index(best)
-    annotate.threshold_spin.setValue(0.5)
     settle()
     viewer.reset_view()
-
-    raise_tab(annotate)
-    shot("gui-overview.png")
-
-    raise_tab(train)
-    shot("gui-train.png")
-
-    raise_tab(explain)
+    annotator.tabs.setCurrentIndex(0)
+    shot(f"gui-overview{suffix}.png")
+    if full:
+        annotator.tabs.setCurrentIndex(3)
+        shot("gui-train.png")
     top = max(session.probabilities_for().items(), key=lambda kv: kv[1])[0]
-    explain.select_term(top)
-    shot("gui-explain.png")
+    annotator.tabs.setCurrentIndex(2)
+    annotator.explain.select_term(top)
+    shot(f"gui-explain{suffix}.png")
     viewer.close()
     return 0
 

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.gui
 
 def test_reader_opens_manifest_into_embryos_widget(make_napari_viewer, tmp_path):
     from napari_ish_annotator.core.images import read_rgb
-    from napari_ish_annotator.widgets._session import get_session
+    from napari_ish_annotator.widgets._registry import get_session
     from napari_ish_annotator.widgets._viewer_binding import embryo_layer
 
     manifest = make_dataset(tmp_path / "data")
@@ -26,9 +26,9 @@ def test_reader_opens_manifest_into_embryos_widget(make_napari_viewer, tmp_path)
     np.testing.assert_array_equal(layers[0].data, read_rgb(tmp_path / "data" / "embryo_00.png"))
 
     embryos = dock(viewer, "Embryos")
-    assert embryos.table.rowCount() == 8
+    assert embryos.row_count() == 8
     # the manifest's terms were imported into the label store: every image has 3/3 labelled
-    assert {embryos.table.item(r, 4).text() for r in range(8)} == {"3/3"}
+    assert {embryos.cell_text(r, 4) for r in range(8)} == {"3/3"}
 
     # step with the keyboard and the table: the ONE embryo layer shows the new image
     press(viewer, "n")
@@ -39,7 +39,7 @@ def test_reader_opens_manifest_into_embryos_widget(make_napari_viewer, tmp_path)
     press(viewer, "p")
     assert session.index == 1
     embryos.table.selectRow(5)
-    assert session.index == int(embryos.table.item(5, 0).data(0x0100))
+    assert session.index == embryos.image_at(5)
     assert len([lay for lay in viewer.layers if lay.metadata.get("ish_annotator")]) == 1
 
     # the filter box hides rows not matching (gene3 = images 6, 7)
@@ -49,18 +49,18 @@ def test_reader_opens_manifest_into_embryos_widget(make_napari_viewer, tmp_path)
     assert embryos.visible_rows() == 8
 
     # sorting by name descending keeps the row -> image mapping right
-    embryos.table.sortItems(1, 1)
+    embryos.sort_by(1, descending=True)
     embryos.table.selectRow(0)
     assert session.current_path.name == "embryo_07.png"
 
     # a dataset folder (images + manifest.csv) opens through its manifest: genes come along
     viewer.open(str(tmp_path / "data"), plugin="napari-ish-annotator")
-    assert session.genes[:2] == ["gene0", "gene0"] and session.n_images == 8
+    assert list(session.genes[:2]) == ["gene0", "gene0"] and session.n_images == 8
     assert len([lay for lay in viewer.layers if lay.metadata.get("ish_annotator")]) == 1
 
 
 def test_folder_with_bad_files_reports_and_skips(make_napari_viewer, tmp_path):
-    from napari_ish_annotator.widgets._session import get_session
+    from napari_ish_annotator.widgets._registry import get_session
 
     folder = tmp_path / "mixed"
     make_dataset(folder, n=4)
@@ -70,14 +70,14 @@ def test_folder_with_bad_files_reports_and_skips(make_napari_viewer, tmp_path):
     (folder / "notes.docx").write_bytes(b"PK\x03\x04")
     viewer = make_napari_viewer()
     viewer.open(str(folder), plugin="napari-ish-annotator")  # File > Open on a folder
-    embryos = dock(viewer, "Embryos")  # the reader opened it already
+    embryos = dock(viewer, "ISH Annotator").embryos  # the reader opened the annotator
     session = get_session(viewer)
     assert [p.name for p in session.paths] == [f"embryo_{i:02d}.png" for i in range(4)]
     skipped = "\n".join(session.skipped)
     for bad in ("broken.png", "empty.jpg", "notes.docx"):
         assert bad in skipped
     assert "3 file(s) skipped" in embryos.skipped_label.text()
-    assert embryos.table.rowCount() == 4
+    assert embryos.row_count() == 4
     # a folder without manifest gets the built-in vocabulary of the stage range
     from napari_ish_annotator.core.vocabulary import default_vocabulary
 
@@ -85,16 +85,16 @@ def test_folder_with_bad_files_reports_and_skips(make_napari_viewer, tmp_path):
 
 
 def test_sample_data_loads_labelled_embryos(make_napari_viewer):
-    """`ish-annotator demo` = sample data + the four panels (open_demo)."""
-    from napari_ish_annotator.widgets import DOCK_NAMES, open_demo
-    from napari_ish_annotator.widgets._session import get_session
+    """Sample data fills the session with labelled embryos, shown in the annotator dock."""
+    from napari_ish_annotator.widgets import open_demo
+    from napari_ish_annotator.widgets._registry import get_session
 
     viewer = make_napari_viewer()
-    widgets = open_demo(viewer, weights="random")  # File > Open Sample + all panels
-    assert set(widgets) == set(DOCK_NAMES)
-    assert widgets["Annotate"].weights_combo.currentText() == "random"
+    annotator = open_demo(viewer, weights="random", train=False)
+    assert annotator.model.weights_combo.currentText() == "random"
+    widgets = {"Embryos": annotator.embryos}
     session = get_session(viewer)
-    assert widgets["Embryos"].table.rowCount() == session.n_images
+    assert widgets["Embryos"].row_count() == session.n_images
     assert session.n_images >= 6
     assert len(session.vocabulary) >= 3
     Y = session.label_matrix()

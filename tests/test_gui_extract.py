@@ -15,7 +15,7 @@ pytestmark = pytest.mark.gui
 
 def test_truncated_image_is_skipped_reported_and_never_classified(make_napari_viewer, qtbot,
                                                                    tmp_path):
-    from napari_ish_annotator.widgets._session import get_session
+    from napari_ish_annotator.widgets._registry import get_session
 
     manifest = make_dataset(tmp_path / "data", n=10)
     viewer = make_napari_viewer()
@@ -23,7 +23,7 @@ def test_truncated_image_is_skipped_reported_and_never_classified(make_napari_vi
                                                                                        "Train")
     assert embryos.open_paths([manifest])
     session = get_session(viewer)
-    assert session.skipped == [] and embryos.skipped_label.text() == ""
+    assert session.skipped == () and embryos.skipped_label.text() == ""
     bad = session.paths[9]  # truncated after opening (e.g. a sync still writing it)
     bad.write_bytes(bad.read_bytes()[:100])
     annotate.set_settings(weights="random", input_size=64, layer="21", device="cpu")
@@ -42,7 +42,8 @@ def test_truncated_image_is_skipped_reported_and_never_classified(make_napari_vi
     clf = session.bundle.classifier
     assert clf.vocabulary == list(TERMS)
     P = session.probabilities
-    np.testing.assert_allclose(P[:9], clf.predict_proba(X[:9]), rtol=1e-5, atol=1e-6)
+    # the bundle's calibrated probabilities (core.calibration), as `ish-annotator predict`
+    np.testing.assert_allclose(P[:9], session.bundle.predict_proba(X[:9]), rtol=1e-5, atol=1e-6)
     assert np.isnan(P[9]).all() and not session.votes[9].any()
     assert session.probabilities_for(9) == {} and session.predicted_for(9) == {}
     assert set(session.probabilities_for(3)) == set(TERMS)
@@ -51,7 +52,7 @@ def test_truncated_image_is_skipped_reported_and_never_classified(make_napari_vi
     # predicting with the model (features reused) and export leave the bad image out
     session.probabilities = None
     seen: list[np.ndarray] = []
-    for name in ("predict_proba", "predict"):
+    for name in ("decision_members",):  # what ModelBundle.predict_both scores rows with
         original = getattr(clf, name)
 
         def spy(X, _original=original):
@@ -64,7 +65,7 @@ def test_truncated_image_is_skipped_reported_and_never_classified(make_napari_vi
     np.testing.assert_array_equal(session.probabilities[:9], P[:9])
     assert np.isnan(session.probabilities[9]).all()
     assert seen and all(np.isfinite(x).all() for x in seen)  # NaN rows never classified
-    assert sum(len(x) for x in seen) == 2 * 9
+    assert sum(len(x) for x in seen) == 9
     out = tmp_path / "pred.csv"
     session.export_predictions(out)
     with open(out, newline="") as fh:

@@ -27,7 +27,7 @@ def _errors():
 
 def test_labels_written_at_once_undone_and_restored(make_napari_viewer, qtbot, tmp_path):
     from napari_ish_annotator.core.labels import LabelStore
-    from napari_ish_annotator.widgets._session import get_session
+    from napari_ish_annotator.widgets._registry import get_session
 
     manifest = make_dataset(tmp_path / "data")
     store_path = LabelStore.default_path_for(manifest)
@@ -45,8 +45,8 @@ def test_labels_written_at_once_undone_and_restored(make_napari_viewer, qtbot, t
     press(viewer, "2")  # unknown -> present
     assert _fresh_store_labels(store_path, image0)["brain"] == 1
     assert annotate.row_values()[1][3] == "present"
-    assert embryos.table.item(0, 4).text() == "3/3"
-    assert embryos.table.item(0, 4).toolTip() == "1 present, 2 absent"
+    assert embryos.cell_text(0, 4) == "3/3"
+    assert embryos.cell_tip(0, 4) == "1 present, 2 absent"
 
     # the three-state control in the list writes too
     annotate.table.cellWidget(2, 4).setCurrentText("present")
@@ -93,7 +93,7 @@ def test_labels_written_at_once_undone_and_restored(make_napari_viewer, qtbot, t
 
 def test_locked_store_gives_message_not_crash(make_napari_viewer, tmp_path):
     from napari_ish_annotator.core.labels import LabelStore
-    from napari_ish_annotator.widgets._session import get_session
+    from napari_ish_annotator.widgets._registry import get_session
 
     manifest = make_dataset(tmp_path / "data")
     viewer = make_napari_viewer()
@@ -119,7 +119,7 @@ def test_locked_store_gives_message_not_crash(make_napari_viewer, tmp_path):
 
 def test_export_labels_and_import_round_trip(make_napari_viewer, tmp_path):
     from napari_ish_annotator.core.manifest import read_manifest
-    from napari_ish_annotator.widgets._session import get_session
+    from napari_ish_annotator.widgets._registry import get_session
 
     manifest = make_dataset(tmp_path / "data")
     viewer = make_napari_viewer()

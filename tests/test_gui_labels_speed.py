@@ -10,46 +10,42 @@ pytestmark = pytest.mark.gui
 
 
 def test_open_counts_labels_once_and_counts_follow_changes(make_napari_viewer, tmp_path):
-    from napari_ish_annotator.widgets._session import get_session
+    from napari_ish_annotator.widgets._registry import get_session
 
     viewer = make_napari_viewer()
     embryos = dock(viewer, "Embryos")
     session = get_session(viewer)
     calls: list[int] = []
-    real = session.label_matrix
+    real = session._read_labels
 
-    def counting(indices=None):
-        calls.append(session.n_images if indices is None else len(indices))
-        return real(indices)
+    def counting(paths):
+        calls.append(len(paths))
+        return real(paths)
 
-    session.label_matrix = counting
-    redraws: list[int] = []
-    draw = embryos._update_predictions
-    embryos._update_predictions = lambda: redraws.append(1) or draw()
+    session._read_labels = counting
     assert embryos.open_paths([make_dataset(tmp_path / "a", n=6)])
-    assert calls == [6]  # one full count, not one per signal (dataset + vocabulary)
-    assert len(redraws) == 1  # the (still empty) predictions column is drawn once too
-    assert [embryos.table.item(r, 5).text() for r in range(6)] == [""] * 6
-    counts = [embryos.table.item(r, 4).text() for r in range(6)]
+    assert calls == []  # counted by the opening step (a worker in the GUI), not per signal
+    assert [embryos.cell_text(r, 5) for r in range(6)] == [""] * 6
+    counts = [embryos.cell_text(r, 4) for r in range(6)]
     assert counts == ["3/3"] * 6  # every manifest term is present or absent
-    Y = real()
+    Y = session.label_matrix()
     for r in range(6):
-        i = int(embryos.table.item(r, 0).text()) - 1
-        assert embryos.table.item(r, 4).toolTip().startswith(f"{int((Y[i] == 1).sum())} present")
+        i = int(embryos.cell_text(r, 0)) - 1
+        assert embryos.cell_tip(r, 4).startswith(f"{int((Y[i] == 1).sum())} present")
 
     calls.clear()
     session.set_label(TERMS[1], None, index=2)  # a keypress recounts its row only
-    assert calls == [1] and embryos.table.item(2, 4).text() == "2/3"
+    assert calls == [1] and embryos.cell_text(2, 4) == "2/3"
 
     calls.clear()
     session.set_vocabulary([*TERMS, "new term"])  # a new vocabulary is counted again
-    assert calls and embryos.table.item(2, 4).text() == "2/4"
-    assert embryos.table.item(0, 4).text() == "3/4"
+    assert calls and embryos.cell_text(2, 4) == "2/4"
+    assert embryos.cell_text(0, 4) == "3/4"
 
-    calls.clear()  # opening another dataset with the same vocabulary still recounts, once
+    calls.clear()  # opening another dataset: counted by the opening step again
     assert embryos.open_paths([make_dataset(tmp_path / "b", n=5, seed=1)])
-    assert calls == [5]
-    assert [embryos.table.item(r, 4).text() for r in range(5)] == ["3/3"] * 5
+    assert calls == []
+    assert [embryos.cell_text(r, 4) for r in range(5)] == ["3/3"] * 5
 
 
 def test_switching_label_file_runs_in_the_worker_without_rehashing(make_napari_viewer, qtbot,
@@ -59,7 +55,8 @@ def test_switching_label_file_runs_in_the_worker_without_rehashing(make_napari_v
     import napari_ish_annotator.core.labels as labels_mod
     from napari_ish_annotator.core.errors import InputError
     from napari_ish_annotator.core.progress import drive
-    from napari_ish_annotator.widgets._session import get_session
+    from napari_ish_annotator.session import steps
+    from napari_ish_annotator.widgets._registry import get_session
 
     viewer = make_napari_viewer()
     embryos = dock(viewer, "Embryos")
@@ -76,16 +73,16 @@ def test_switching_label_file_runs_in_the_worker_without_rehashing(make_napari_v
     assert session.store.path == other and str(other) in embryos.store_label.text()
     assert hashed == []  # the previous store's hashes were reused
     # the new file has no labels (not even the manifest's): counts show that
-    assert [embryos.table.item(r, 4).text() for r in range(6)] == ["0/3"] * 6
+    assert [embryos.cell_text(r, 4) for r in range(6)] == ["0/3"] * 6
     session.set_label(TERMS[0], 1, index=1)
     assert session.labels_for(1)[TERMS[0]] == 1
 
     # a result prepared for images that are no longer open is refused, and its file released
-    late = drive(session.iter_use_store(tmp_path / "late.sqlite"))
+    late = drive(steps.iter_use_store(*session.store_request(tmp_path / "late.sqlite")))
     assert embryos.open_paths([make_dataset(tmp_path / "b", n=4, seed=1)])
     current = session.store
     with pytest.raises(InputError, match="choose the label file again"):
         session.apply_store(late)
     assert session.store is current
     with pytest.raises(Exception, match="closed"):
-        late["store"].terms()
+        late.store.terms()

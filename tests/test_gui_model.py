@@ -13,7 +13,7 @@ pytestmark = pytest.mark.gui
 
 def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tmp_path):
     from napari_ish_annotator.core.gradcam import gradcam_for_image
-    from napari_ish_annotator.widgets._session import get_session
+    from napari_ish_annotator.widgets._registry import get_session
     from napari_ish_annotator.widgets._viewer_binding import text_overlay
     from napari_ish_annotator.widgets.explain import gradcam_layer
 
@@ -42,7 +42,7 @@ def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tm
     expected = bundle.classifier.predict_proba(X)
     votes = bundle.classifier.predict(X)
     np.testing.assert_allclose(session.probabilities, expected, rtol=1e-5, atol=1e-6)
-    auc = session.train_report["auc"]
+    auc = session.train_report.auc
     assert set(auc) == set(TERMS) and all(0.0 <= a <= 1.0 for a in auc.values())
     assert train.table.item(0, 3).text() == f"{auc[TERMS[0]]:.2f}"
 
@@ -62,7 +62,7 @@ def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tm
     annotate.threshold_spin.setValue(1.0)
     assert not any(term in text_overlay(viewer).text for term in TERMS)
     # the table lists the top predicted terms
-    assert embryos.table.item(3, 5).text() != ""
+    assert embryos.cell_text(3, 5) != ""
 
     # Predict again from the (cached) features: same numbers
     session.probabilities = None
@@ -117,7 +117,7 @@ def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tm
 
 
 def test_cancel_stops_extraction(make_napari_viewer, qtbot, tmp_path):
-    from napari_ish_annotator.widgets._session import get_session
+    from napari_ish_annotator.widgets._registry import get_session
 
     manifest = make_dataset(tmp_path / "data", n=8)
     viewer = make_napari_viewer()
@@ -156,7 +156,7 @@ def test_cancel_stops_extraction(make_napari_viewer, qtbot, tmp_path):
 
 
 def test_train_refuses_terms_without_both_labels(make_napari_viewer, tmp_path):
-    from napari_ish_annotator.widgets._session import get_session
+    from napari_ish_annotator.widgets._registry import get_session
 
     manifest = make_dataset(tmp_path / "data")
     viewer = make_napari_viewer()

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.gui
 def test_gradcam_follows_a_retrained_model(make_napari_viewer, qtbot, tmp_path):
     """A map computed with the previous model must not stay on screen after retraining."""
     from napari_ish_annotator.core.gradcam import gradcam_for_image
-    from napari_ish_annotator.widgets._session import get_session
+    from napari_ish_annotator.widgets._registry import get_session
     from napari_ish_annotator.widgets.explain import gradcam_layer
 
     viewer = make_napari_viewer()
@@ -55,16 +55,16 @@ def test_folder_button_opens_in_a_worker_and_cancel_keeps_the_open_dataset(
     """Checking and hashing thousands of files must not freeze the viewer."""
     from qtpy.QtWidgets import QFileDialog
 
-    from napari_ish_annotator.widgets import _session
-    from napari_ish_annotator.widgets._session import get_session
+    from napari_ish_annotator.core import opening
+    from napari_ish_annotator.widgets._registry import get_session
     from napari_ish_annotator.widgets._viewer_binding import embryo_layer
 
     first = make_dataset(tmp_path / "first", n=4)
     folder = tmp_path / "plain"
     make_dataset(folder, n=8, seed=1)
     (folder / "manifest.csv").unlink()  # a plain folder of images
-    monkeypatch.setattr(_session, "OPEN_CHUNK", 2)  # several progress steps for 8 images
-    check = _session._check_image_header
+    monkeypatch.setattr(opening, "CHECK_CHUNK", 2)  # several progress steps for 8 images
+    check = opening.check_image_header
 
     def slow_check(path):  # a slow network share: the cancel lands before the end
         import time
@@ -72,7 +72,7 @@ def test_folder_button_opens_in_a_worker_and_cancel_keeps_the_open_dataset(
         time.sleep(0.1)
         return check(path)
 
-    monkeypatch.setattr(_session, "_check_image_header", slow_check)
+    monkeypatch.setattr(opening, "check_image_header", slow_check)
     viewer = make_napari_viewer()
     embryos = dock(viewer, "Embryos")
     assert embryos.open_paths([first])
@@ -93,7 +93,7 @@ def test_folder_button_opens_in_a_worker_and_cancel_keeps_the_open_dataset(
     worker.yielded.connect(on_step)
     qtbot.waitUntil(lambda: not embryos.runner.running, timeout=WAIT_MS)
     assert embryos.runner.last_outcome == "cancelled"
-    assert session.n_images == 4 and embryos.table.rowCount() == 4
+    assert session.n_images == 4 and embryos.row_count() == 4
     assert session.labels_for(2)[TERMS[0]] == 1
     session.set_label(TERMS[1], 1, 2)  # the store is still open and writable
     assert embryos.open_folder_button.isEnabled()
@@ -101,7 +101,7 @@ def test_folder_button_opens_in_a_worker_and_cancel_keeps_the_open_dataset(
     embryos.open_folder_button.click()
     assert embryos.runner.running  # the click returned at once; the work is in a worker
     _wait(qtbot, embryos.runner)
-    assert session.n_images == 8 and embryos.table.rowCount() == 8
+    assert session.n_images == 8 and embryos.row_count() == 8
     assert session.source == folder
     assert session.store.path == folder / "ish-labels.sqlite"
     assert embryo_layer(viewer).data.shape == session.image(0).shape
@@ -113,7 +113,7 @@ def test_folder_button_opens_in_a_worker_and_cancel_keeps_the_open_dataset(
 def test_closing_napari_mid_task_stops_the_worker_without_crashing(
         make_napari_viewer, qtbot, tmp_path):
     """Late worker signals used to reach deleted Qt widgets (RuntimeError -> process abort)."""
-    from napari_ish_annotator.widgets._session import get_session
+    from napari_ish_annotator.widgets._registry import get_session
 
     viewer = make_napari_viewer()
     embryos, annotate = dock(viewer, "Embryos"), dock(viewer, "Annotate")
@@ -137,18 +137,18 @@ def test_file_open_on_a_large_folder_reads_it_in_a_worker(make_napari_viewer, qt
                                                           monkeypatch):
     """File > Open used to check and hash every file on the GUI thread."""
     from napari_ish_annotator import _reader
-    from napari_ish_annotator.widgets._session import get_session
+    from napari_ish_annotator.widgets._registry import get_session
     from napari_ish_annotator.widgets._viewer_binding import embryo_layer
 
     manifest = make_dataset(tmp_path / "data", n=8)
     monkeypatch.setattr(_reader, "BACKGROUND_MIN_FILES", 8)  # "large" for this test
     viewer = make_napari_viewer()
     viewer.open(str(manifest), plugin="napari-ish-annotator")
-    embryos = dock(viewer, "Embryos")
+    embryos = dock(viewer, "ISH Annotator").embryos  # File > Open shows the annotator
     assert embryos.runner.running  # File > Open returned; the files are read in a worker
     _wait(qtbot, embryos.runner)
     session = get_session(viewer)
-    assert session.n_images == 8 and embryos.table.rowCount() == 8
+    assert session.n_images == 8 and embryos.row_count() == 8
     assert session.labels_for(1)[TERMS[0]] == 1  # manifest labels imported
     layer = embryo_layer(viewer)
     assert layer.data.shape == session.image(0).shape
@@ -172,7 +172,7 @@ def test_a_wrong_label_file_keeps_the_working_store(make_napari_viewer, qtbot, t
     from qtpy.QtWidgets import QFileDialog
 
     from napari_ish_annotator.core.labels import LabelStore
-    from napari_ish_annotator.widgets._session import get_session
+    from napari_ish_annotator.widgets._registry import get_session
 
     manifest = make_dataset(tmp_path / "data")
     viewer = make_napari_viewer()
@@ -209,7 +209,10 @@ def test_a_wrong_label_file_keeps_the_working_store(make_napari_viewer, qtbot, t
 def test_switching_back_to_the_previous_model_restores_its_votes(make_napari_viewer, qtbot,
                                                                   tmp_path):
     """The 'pred.' column is the ensemble's majority vote, also after 'Switch to previous model'."""
-    from napari_ish_annotator.widgets._session import get_session
+    from dataclasses import replace
+
+    from napari_ish_annotator.session import Predictions
+    from napari_ish_annotator.widgets._registry import get_session
 
     viewer = make_napari_viewer()
     embryos, annotate, train = dock(viewer, "Embryos"), dock(viewer, "Annotate"), dock(viewer, "Train")
@@ -224,14 +227,16 @@ def test_switching_back_to_the_previous_model_restores_its_votes(make_napari_vie
     # a model whose majority vote differs from 'mean probability >= 0.5' somewhere
     votes = old_bundle.classifier.predict(session.features).astype(bool)
     votes[0, 0] = not votes[0, 0]
-    session.set_predictions(session.probabilities, votes)
+    session.apply_predictions(Predictions(session.probabilities, votes, session.generation))
     assert (votes != (session.probabilities >= 0.5)).any()
     sec = train.finetune
-    sec.other_model = sec._snapshot()  # as after a fine-tuning run
     train.c_spin.setValue(0.01)
     train.train()
     _wait(qtbot, train.runner)
     assert session.bundle is not old_bundle
+    # as after a fine-tuning run: the previous model is kept for "switch back"
+    session.previous_model = replace(session.model_state(), bundle=old_bundle, votes=votes)
+    sec._show_switch()
 
     sec.switch_model()
     assert session.bundle is old_bundle
@@ -243,7 +248,7 @@ def test_switching_back_to_the_previous_model_restores_its_votes(make_napari_vie
 def test_changing_backbone_during_fine_tuning_does_not_break_the_refit(make_napari_viewer, qtbot,
                                                                        tmp_path):
     """The refit after fine-tuning read the Annotate panel's backbone at the end of the run."""
-    from napari_ish_annotator.widgets._session import get_session
+    from napari_ish_annotator.widgets._registry import get_session
 
     viewer = make_napari_viewer()
     embryos, annotate, train = dock(viewer, "Embryos"), dock(viewer, "Annotate"), dock(viewer, "Train")

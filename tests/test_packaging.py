@@ -16,7 +16,8 @@ def test_npe2_manifest_validates_and_every_command_imports():
     manifest = PluginManifest.from_distribution("napari-ish-annotator")
     manifest.validate_imports()  # every python_name resolves to a real callable
     kinds = manifest.contributions
-    assert {w.display_name for w in kinds.widgets} == {"Embryos", "Annotate", "Explain", "Train"}
+    assert {w.display_name for w in kinds.widgets} == {"ISH Annotator", "Embryos", "Annotate",
+                                                         "Explain", "Train"}
     assert kinds.readers and kinds.writers and kinds.sample_data
     result = subprocess.run(["npe2", "validate", "napari-ish-annotator"], capture_output=True,
                             text=True, timeout=120)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 PLUGIN = "napari-ish-annotator"
+ANNOTATOR = "ISH Annotator"  # the dock with every panel (widgets.ANNOTATOR_DOCK)
 SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 #: from this many images on, File > Open reads them in the Embryos panel's worker (progress,
 #: Cancel) instead of freezing the viewer while every file is checked and hashed
@@ -68,17 +69,17 @@ def _count_images(inputs: list[str | Path]) -> int:
 def open_in_session(viewer: Any, inputs: list[str | Path]) -> list[tuple]:
     """Open ``inputs`` in the viewer's session; return the embryo layer for napari to add.
 
-    Large datasets open in the background through the Embryos panel; napari then gets no
+    Large datasets open in the background in the annotator's Embryos tab; napari gets no
     layer now, and the embryo layer appears when the worker is done.
     """
-    from .widgets._session import get_session
+    from .widgets._registry import get_session
     from .widgets._viewer_binding import embryo_layer, embryo_layer_kwargs
 
     session = get_session(viewer)
     if _count_images(inputs) >= BACKGROUND_MIN_FILES:
         embryos = None
         with contextlib.suppress(Exception):  # no Qt window (headless model): open below
-            embryos = viewer.window.add_plugin_dock_widget(PLUGIN, "Embryos")[1]
+            embryos = viewer.window.add_plugin_dock_widget(PLUGIN, ANNOTATOR)[1].embryos
         if embryos is not None and hasattr(embryos, "open_paths"):
             embryos.open_paths(list(inputs), background=True)
             return [(None,)]
@@ -101,7 +102,7 @@ def open_in_session(viewer: Any, inputs: list[str | Path]) -> list[tuple]:
         show_warning(f"{len(session.skipped)} file(s) skipped: " + "; ".join(session.skipped[:3]))
     # no Qt window (headless model): the session is still filled
     with contextlib.suppress(Exception):
-        viewer.window.add_plugin_dock_widget(PLUGIN, "Embryos")
+        viewer.window.add_plugin_dock_widget(PLUGIN, ANNOTATOR)
     return [(session.image(), embryo_layer_kwargs(session), "image")]
 
 

@@ -13,7 +13,7 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     import napari
 
     from .core.errors import InputError
-    from .widgets._session import get_session
+    from .widgets._registry import get_session
 
     viewer = napari.current_viewer()
     if viewer is None:

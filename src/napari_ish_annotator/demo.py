@@ -68,7 +68,8 @@ def has_qt_binding() -> bool:
 
 
 def run_gui_demo(args: argparse.Namespace) -> int:  # pragma: no cover - needs a display
-    """Open napari with the plugin's dock widgets and the bundled sample embryos."""
+    """Open napari with the annotator dock and the bundled sample embryos; train on their
+    labels in the background, then show predictions and a Grad-CAM map."""
     if not has_display():  # Qt would abort the process (exit 134) with a long plugin message
         print("ish-annotator demo: error: no display found (DISPLAY/WAYLAND_DISPLAY are not "
               "set); run `ish-annotator demo --headless OUT` on a machine without a screen",
@@ -76,7 +77,7 @@ def run_gui_demo(args: argparse.Namespace) -> int:  # pragma: no cover - needs a
         return 2
     if not has_qt_binding():  # napari itself does not install one
         print("ish-annotator demo: error: no Qt binding is installed, so napari cannot open a "
-              "window; pip install 'napari-ish-annotator[gui]' (PyQt5), or run `ish-annotator "
+              "window; pip install 'napari-ish-annotator[gui]' (PyQt6), or run `ish-annotator "
               "demo --headless OUT`", file=sys.stderr)
         return 2
     try:
@@ -85,12 +86,13 @@ def run_gui_demo(args: argparse.Namespace) -> int:  # pragma: no cover - needs a
         print(f"ish-annotator demo: error: napari is not installed ({exc}); "
               "`pip install napari-ish-annotator` or use `demo --headless OUT`", file=sys.stderr)
         return 2
-    from .widgets import open_demo
+    from .widgets import fit_window_to_screen, open_demo
 
     backbone, weights, note = resolve_demo_model(args.backbone, args.weights)
     if note:
         print(f"note: {note}", file=sys.stderr)
     viewer = napari.Viewer(title="napari-ish-annotator demo")
+    fit_window_to_screen(viewer)
     open_demo(viewer, weights=weights, backbone=backbone)
     napari.run()
     return 0

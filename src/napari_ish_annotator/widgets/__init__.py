@@ -1,24 +1,20 @@
-"""napari dock widgets: thin views over :mod:`napari_ish_annotator.core`.
+"""napari dock widgets: thin views over :mod:`napari_ish_annotator.session`.
 
-Importing this package keeps torchvision from loading ``triton`` later in the process:
-triton's bundled LLVM clashes with the LLVM inside Mesa's OpenGL driver that napari's
-canvas has already loaded, and the process segfaults (seen with Xvfb/llvmpipe). The
-plugin never uses ``torch.compile``, so CPU/GPU inference is unaffected. Set
-``ISH_ANNOTATOR_ALLOW_TRITON=1`` to opt out.
+Importing this package has no side effects (the triton guard runs where the GUI imports
+torch, see :func:`._worker.block_triton`).
 """
 
-import os as _os
-import sys as _sys
+from __future__ import annotations
 
-if "triton" not in _sys.modules and _os.environ.get("ISH_ANNOTATOR_ALLOW_TRITON") != "1":
-    _sys.modules["triton"] = None  # makes `import triton` raise ImportError
+from typing import Any
 
 PLUGIN = "napari-ish-annotator"
 DOCK_NAMES = ("Embryos", "Annotate", "Explain", "Train")
+ANNOTATOR_DOCK = "ISH Annotator"
 
 
-def open_docks(viewer, names=DOCK_NAMES) -> dict:
-    """Open the plugin's dock widgets (Explain and Train as tabs) and return them by name."""
+def open_docks(viewer: Any, names: tuple[str, ...] = DOCK_NAMES) -> dict:
+    """Open individual dock widgets (Explain and Train as tabs) and return them by name."""
     out = {}
     for name in names:
         _, widget = viewer.window.add_plugin_dock_widget(
@@ -27,19 +23,45 @@ def open_docks(viewer, names=DOCK_NAMES) -> dict:
     return out
 
 
-def open_demo(viewer, weights: str = "imagenet", backbone: str = "vgg16") -> dict:
-    """The `ish-annotator demo` window: synthetic sample embryos and all four panels."""
+def open_annotator(viewer: Any) -> Any:
+    """Open the whole annotator as one dock (term list on top, the panels as tabs)."""
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, ANNOTATOR_DOCK)
+    return widget
+
+
+def open_demo(viewer: Any, weights: str = "imagenet", backbone: str = "vgg16",
+              train: bool = True) -> Any:
+    """The `ish-annotator demo` window: sample embryos in the annotator layout; with ``train``
+    the sample labels train a model in the background, then predictions and a Grad-CAM show."""
     from ..core.backbones import get_spec
 
     viewer.open_sample(PLUGIN, "synthetic")
-    widgets = open_docks(viewer)
-    widgets["Annotate"].set_settings(backbone=backbone, weights=weights,
-                                     layer=get_spec(backbone).default_layer)
+    annotator = open_annotator(viewer)
+    annotator.session.update_settings(backbone=backbone, weights=weights,
+                                      layer=str(get_spec(backbone).default_layer))
     fit_view(viewer)
-    return widgets
+    if train:
+        annotator.train_and_explain()
+    return annotator
 
 
-def fit_view(viewer) -> None:
+def fit_window_to_screen(viewer: Any, fraction: float = 0.9) -> None:
+    """Size the main window to most of the screen (napari's default can exceed a laptop's)."""
+    from qtpy.QtWidgets import QApplication
+
+    from ._napari_private import qt_main_window
+
+    window, app = qt_main_window(viewer), QApplication.instance()
+    screen = app.primaryScreen() if app is not None else None
+    if window is None or screen is None:
+        return
+    area = screen.availableGeometry()
+    window.resize(int(area.width() * fraction), int(area.height() * fraction))
+    window.move(area.x() + int(area.width() * (1 - fraction) / 2),
+                area.y() + int(area.height() * (1 - fraction) / 2))
+
+
+def fit_view(viewer: Any) -> None:
     """Fit the embryo to the canvas the docks leave (napari fitted it before they opened)."""
     from qtpy.QtWidgets import QApplication
 

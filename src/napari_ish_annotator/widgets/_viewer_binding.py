@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.errors import InputError
-from ._session import AnnotatorSession
+from ..session import AnnotatorSession
 
 EMBRYO_LAYER = "ISH embryo"
 META_KEY = "ish_annotator"
@@ -84,8 +84,10 @@ def update_overlay(viewer: Any, session: AnnotatorSession) -> None:
 
 
 def bind_viewer(viewer: Any, session: AnnotatorSession) -> None:
-    """Keep viewer and session in step; bind PageUp/PageDown, n/p, 1-9/0 and Ctrl+Z."""
-    from napari.utils.notifications import show_error, show_info
+    """Keep viewer and session in step; bind PageUp/PageDown, n/p, 1-9/0, u and Ctrl+Z."""
+    from napari.utils.notifications import show_info
+
+    from ._base import shows_input_error
 
     overlay = text_overlay(viewer)
     try:
@@ -106,13 +108,12 @@ def bind_viewer(viewer: Any, session: AnnotatorSession) -> None:
         sig.connect(lambda *_: update_overlay(viewer, session))
 
     def guarded(func):
-        def handler(_viewer: Any = None) -> None:
-            try:
-                func()
-            except InputError as exc:
-                show_error(str(exc))
-        handler.__name__ = func.__name__ if hasattr(func, "__name__") else "handler"
-        return handler
+        handler = shows_input_error(func)
+
+        def bound(_viewer: Any = None) -> None:
+            handler()
+        bound.__name__ = getattr(func, "__name__", "handler")
+        return bound
 
     def step(delta: int):
         def go() -> None:
@@ -143,6 +144,13 @@ def bind_viewer(viewer: Any, session: AnnotatorSession) -> None:
         if not session.undo():
             show_info("nothing to undo")
     keys["Control-Z"] = guarded(undo)
+
+    def next_uncertain() -> None:
+        if session.probabilities is None:
+            show_info("no predictions yet: train a model or press Predict")
+        elif session.next_uncertain() is None:
+            show_info("no unlabelled uncertain term left")
+    keys["u"] = guarded(next_uncertain)
 
     def bind(provider: Any) -> None:
         for key, func in keys.items():

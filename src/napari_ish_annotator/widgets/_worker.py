@@ -1,4 +1,4 @@
-"""Run core progress generators off the GUI thread with a progress bar and a Cancel button.
+"""Run session steps (progress generators) off the GUI thread with a progress bar and Cancel.
 
 Set ``SYNCHRONOUS = True`` (or the environment variable ``ISH_ANNOTATOR_SYNC=1``) to run the
 same generators on the calling thread, which makes debugging with breakpoints easy.
@@ -10,6 +10,7 @@ import contextlib
 import functools
 import logging
 import os
+import sys
 import traceback
 from collections.abc import Callable, Generator
 from typing import Any
@@ -18,31 +19,33 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from ..core.errors import InputError
+from ..session.steps import throttled
+from ._base import report_error
 
 SYNCHRONOUS = os.environ.get("ISH_ANNOTATOR_SYNC", "") == "1"
 log = logging.getLogger(__name__)
 
 
-def report_error(exc: BaseException) -> str:
-    """Show a notification; user-fixable problems as their message, bugs with their type."""
-    from napari.utils.notifications import show_error
+def block_triton() -> None:
+    """Keep torchvision from loading ``triton`` in the viewer's process.
 
-    if isinstance(exc, InputError):
-        message = str(exc)
-    else:
-        message = f"{type(exc).__name__}: {exc}"
-        log.error("".join(traceback.format_exception(exc)))
-    show_error(message)
-    return message
+    triton's bundled LLVM clashes with the LLVM inside Mesa's OpenGL driver that napari's
+    canvas has already loaded, and the process segfaults (seen with Xvfb/llvmpipe). The plugin
+    never uses ``torch.compile``, so inference is unaffected. Only the GUI does this, right
+    before it imports torch; set ``ISH_ANNOTATOR_ALLOW_TRITON=1`` to opt out.
+    """
+    if "triton" not in sys.modules and os.environ.get("ISH_ANNOTATOR_ALLOW_TRITON") != "1" \
+            and "torchvision" not in sys.modules:
+        sys.modules["triton"] = None  # makes `import triton` raise ImportError
 
 
 def preload_torch() -> None:
     """Import torch/torchvision (and the core modules using them) on the GUI thread.
 
-    Importing torchvision's compiled pieces (triton via torch._dynamo) for the first time
-    inside a worker thread can crash the process, so the first long task pays the import
-    here instead.
+    Importing torchvision's compiled pieces for the first time inside a worker thread can
+    crash the process, so the first long task pays the import here instead.
     """
+    block_triton()
     import torch  # noqa: F401
     import torchvision  # noqa: F401
 
@@ -138,12 +141,12 @@ class TaskRunner(QWidget):
         self._begin(message)
         if SYNCHRONOUS:
             return self._run_sync(func, args, on_done, done_message)
-        from napari.qt.threading import create_worker
+        from superqt.utils import create_worker  # napari's adds a traceback relay on error
 
-        worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True)
-        # napari relays worker errors as tracebacks; we show InputError's message instead
-        with contextlib.suppress(AttributeError, TypeError, RuntimeError):
-            worker.errored.disconnect(worker._relay_error)
+        def run() -> Generator:  # progress reaches the GUI at most ~10 times a second
+            return (yield from throttled(func(*args)))
+
+        worker = create_worker(run, _start_thread=False, _ignore_errors=True)
         self.worker = worker
         self._life["worker"] = worker
         life = self._life
@@ -195,7 +198,7 @@ class TaskRunner(QWidget):
         from qtpy.QtWidgets import QApplication
 
         self.worker = "sync"
-        gen = func(*args)
+        gen = throttled(func(*args))
         try:
             while True:
                 if self._cancel_requested:

@@ -1,12 +1,14 @@
-"""Annotate panel: model settings, Extract/Predict, and the per-term list of the current image."""
+"""Annotate panel: model settings, Extract/Predict, vocabulary (:class:`ModelSection`) and the
+per-term list of the current image (:class:`TermsSection`); the annotator dock shows the two
+apart, so the term list stays visible whatever tab is open."""
 
 from __future__ import annotations
 
-import contextlib
+from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import Qt
-from qtpy.QtGui import QColor
+from qtpy.QtGui import QBrush, QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -18,9 +20,9 @@ from qtpy.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSpinBox,
+    QStyledItemDelegate,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -28,8 +30,9 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import InputError
-from ._session import UNCERTAIN_BAND, get_session, real_viewer
-from ._worker import TaskRunner, report_error
+from ..session import UNCERTAIN_BAND, steps
+from ._base import SessionDock, report_error, shows_input_error
+from ._worker import TaskRunner
 
 LABEL_TEXT = {None: "unknown", 1: "present", 0: "absent"}
 LABEL_VALUE = {"unknown": None, "present": 1, "absent": 0}
@@ -56,6 +59,9 @@ def _layer_names(backbone: str) -> tuple[list[str], str]:
         return ["17", "21", "24", "30"], "21"
 
 
+PROBABILITY_ROLE = Qt.ItemDataRole.UserRole
+
+
 def _bar_colour(p: float) -> str:
     """Blue for absent, amber when uncertain, green for present."""
     if abs(p - 0.5) < UNCERTAIN_BAND:
@@ -63,17 +69,28 @@ def _bar_colour(p: float) -> str:
     return "#3fa34d" if p >= 0.5 else "#4a6fa5"
 
 
-class AnnotateWidget(QWidget):
-    """Predict and label the current embryo, one row per vocabulary term."""
+class ProbabilityDelegate(QStyledItemDelegate):
+    """Draws a term's probability as a coloured bar under its number (no widget per row)."""
 
-    def __init__(self, napari_viewer: Any) -> None:
+    def paint(self, painter: Any, option: Any, index: Any) -> None:
+        p = index.data(PROBABILITY_ROLE)
+        if p is not None:
+            rect = option.rect.adjusted(2, 3, -2, -3)
+            painter.save()
+            painter.fillRect(rect, QColor(60, 60, 60))
+            rect.setWidth(int(rect.width() * float(p)))
+            painter.fillRect(rect, QColor(_bar_colour(float(p))))
+            painter.restore()
+        super().paint(painter, option, index)
+
+
+class ModelSection(QWidget):
+    """Backbone/weights/layer/device/size, Extract and Predict, vocabulary tools."""
+
+    def __init__(self, dock: SessionDock) -> None:
         super().__init__()
-        self.viewer = real_viewer(napari_viewer)
-        self.session = get_session(napari_viewer)
-        s = self.session
-        self._filling = False
+        self.session = s = dock.session
 
-        # --- model -----------------------------------------------------------------
         model_box = QGroupBox("Model")
         form = QFormLayout(model_box)
         self.model_label = QLabel("no model (train one, or load a bundle)")
@@ -86,11 +103,12 @@ class AnnotateWidget(QWidget):
         form.addRow(row)
         self.backbone_combo = QComboBox()
         self.backbone_combo.addItems(_backbone_names())
-        self.backbone_combo.setCurrentText(s.settings.backbone)
         self.weights_combo = QComboBox()
         self.weights_combo.setEditable(True)
         self.weights_combo.addItems(["imagenet", "random"])
-        self.weights_combo.setCurrentText(s.settings.weights)
+        self.weights_combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.weights_combo.setMinimumContentsLength(12)
         self.weights_combo.setToolTip("imagenet, random, or a path to a state dict / fine-tuned checkpoint")
         self.weights_file_button = QPushButton("File…")
         self.weights_file_button.clicked.connect(self._choose_weights)
@@ -107,14 +125,13 @@ class AnnotateWidget(QWidget):
         self.size_spin = QSpinBox()
         self.size_spin.setRange(32, 1024)
         self.size_spin.setSingleStep(16)
-        self.size_spin.setValue(s.settings.input_size)
         self.size_spin.setToolTip("input size in pixels (the paper uses 224)")
         form.addRow("Backbone", self.backbone_combo)
         form.addRow("Weights", wrow)
         form.addRow("Layer", self.layer_combo)
         form.addRow("Device", drow)
         form.addRow("Input size", self.size_spin)
-        self._fill_layers()
+        self._show_settings()
         self.backbone_combo.currentTextChanged.connect(self._backbone_changed)
         for w in (self.weights_combo, self.layer_combo, self.device_combo):
             w.currentTextChanged.connect(self._settings_from_ui)
@@ -132,7 +149,6 @@ class AnnotateWidget(QWidget):
         self.runner.started.connect(lambda: self._busy(True))
         self.runner.finished.connect(lambda *_: self._busy(False))
 
-        # --- vocabulary ------------------------------------------------------------
         vocab_box = QGroupBox("Vocabulary")
         vlay = QVBoxLayout(vocab_box)
         self.stage_combo = QComboBox()
@@ -159,99 +175,26 @@ class AnnotateWidget(QWidget):
         vlay.addLayout(r1)
         vlay.addLayout(r2)
 
-        # --- terms of the current image -------------------------------------------
-        self.image_label = QLabel("")
-        self.image_label.setStyleSheet("font-weight: bold;")
-        self.table = QTableWidget(0, 5)
-        self.table.setHorizontalHeaderLabels(["key", "term", "probability", "pred.", "label"])
-        self.table.verticalHeader().setVisible(False)
-        self.table.setMinimumHeight(240)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeToContents)
-        header.setSectionResizeMode(1, QHeaderView.Stretch)
-        header.setSectionResizeMode(2, QHeaderView.Fixed)
-        self.table.setColumnWidth(2, 110)
-        self.table.cellClicked.connect(self._cell_clicked)
-        self.threshold_spin = QDoubleSpinBox()
-        self.threshold_spin.setRange(0.0, 1.0)
-        self.threshold_spin.setSingleStep(0.05)
-        self.threshold_spin.setValue(s.settings.overlay_threshold)
-        self.threshold_spin.valueChanged.connect(self._threshold_changed)
-        trow = QHBoxLayout()
-        trow.addWidget(QLabel("Show on canvas terms with p ≥"))
-        trow.addWidget(self.threshold_spin)
-        trow.addStretch(1)
-        hint = QLabel("Keys: 1-9, 0 cycle the first ten terms (unknown → present → absent); "
-                      "n/p or PageDown/PageUp step; Ctrl+Z undoes. Amber rows are uncertain "
-                      f"(|p - 0.5| < {UNCERTAIN_BAND}).")
-        hint.setWordWrap(True)
-        hint.setStyleSheet("color: gray;")
-
         layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(model_box)
         layout.addLayout(brow)
         layout.addWidget(self.runner)
         layout.addWidget(vocab_box)
-        layout.addWidget(self.image_label)
-        layout.addWidget(self.table, 1)
-        layout.addLayout(trow)
-        layout.addWidget(hint)
+        layout.addStretch(1)
 
-        s.current_changed.connect(self._refresh)
-        s.labels_changed.connect(self._labels_changed)
-        s.vocabulary_changed.connect(self._refresh)
-        s.predictions_changed.connect(self._refresh)
-        s.model_changed.connect(self._model_changed)
-        s.dataset_changed.connect(self._dataset_changed)
-        self.destroyed.connect(lambda *_: self._disconnect(s))
+        dock.listen(s.model_changed, self._model_changed)
+        dock.listen(s.dataset_changed, self._dataset_changed)
+        dock.listen(s.settings_changed, self._show_settings)
         self._model_changed()
-        self._refresh()
-
-    def _disconnect(self, s: Any) -> None:
-        for sig, slot in ((s.current_changed, self._refresh), (s.labels_changed, self._labels_changed),
-                          (s.vocabulary_changed, self._refresh), (s.predictions_changed, self._refresh),
-                          (s.model_changed, self._model_changed),
-                          (s.dataset_changed, self._dataset_changed)):
-            with contextlib.suppress(Exception):
-                sig.disconnect(slot)
 
     # ------------------------------------------------------------------ settings
-    def _fill_layers(self) -> None:
-        layers, default = _layer_names(self.backbone_combo.currentText())
-        self.layer_combo.blockSignals(True)
-        self.layer_combo.clear()
-        self.layer_combo.addItems(layers)
-        want = self.session.settings.layer
-        self.layer_combo.setCurrentText(want if want in layers else default)
-        self.layer_combo.blockSignals(False)
-
-    def _backbone_changed(self, name: str) -> None:
-        self.session.settings.backbone = name
-        self.session.settings.layer = _layer_names(name)[1]
-        self._fill_layers()
-        self._settings_from_ui()
-
-    def _settings_from_ui(self, *_: Any) -> None:
+    def _show_settings(self) -> None:
+        """Controls follow the session's settings (changed here, by fine-tuning or scripts)."""
         st = self.session.settings
-        st.backbone = self.backbone_combo.currentText()
-        st.weights = self.weights_combo.currentText().strip() or "imagenet"
-        st.layer = self.layer_combo.currentText()
-        st.device = self.device_combo.currentText()
-        st.input_size = int(self.size_spin.value())
-        self._show_device()
-        self.session.settings_changed.emit()
-
-    def set_settings(self, **values: Any) -> None:
-        """Set model settings programmatically (scripts, tests) and update the controls."""
-        st = self.session.settings
-        for k, v in values.items():
-            if not hasattr(st, k):
-                raise AttributeError(k)
-            setattr(st, k, v)
-        for w in (self.backbone_combo, self.weights_combo, self.layer_combo, self.device_combo,
-                  self.size_spin):
+        widgets = (self.backbone_combo, self.weights_combo, self.layer_combo, self.device_combo,
+                   self.size_spin)
+        for w in widgets:
             w.blockSignals(True)
         self.backbone_combo.setCurrentText(st.backbone)
         self._fill_layers()
@@ -259,11 +202,31 @@ class AnnotateWidget(QWidget):
         self.layer_combo.setCurrentText(str(st.layer))
         self.device_combo.setCurrentText(st.device)
         self.size_spin.setValue(int(st.input_size))
-        for w in (self.backbone_combo, self.weights_combo, self.layer_combo, self.device_combo,
-                  self.size_spin):
+        for w in widgets:
             w.blockSignals(False)
         self._show_device()
-        self.session.settings_changed.emit()
+
+    def _fill_layers(self) -> None:
+        layers, default = _layer_names(self.backbone_combo.currentText())
+        self.layer_combo.clear()
+        self.layer_combo.addItems(layers)
+        want = str(self.session.settings.layer)
+        self.layer_combo.setCurrentText(want if want in layers else default)
+
+    def _backbone_changed(self, name: str) -> None:
+        self.session.update_settings(backbone=name, layer=_layer_names(name)[1])
+
+    def _settings_from_ui(self, *_: Any) -> None:
+        self.session.update_settings(
+            backbone=self.backbone_combo.currentText(),
+            weights=self.weights_combo.currentText().strip() or "imagenet",
+            layer=self.layer_combo.currentText(), device=self.device_combo.currentText(),
+            input_size=int(self.size_spin.value()))
+        self._show_device()
+
+    def set_settings(self, **values: Any) -> None:
+        """Set model settings programmatically (scripts, tests); the controls follow."""
+        self.session.update_settings(**values)
 
     def _show_device(self) -> None:
         self.device_label.setText(f"using: {self.session.device_name()}")
@@ -279,11 +242,9 @@ class AnnotateWidget(QWidget):
         if path:
             self.load_bundle(path)
 
+    @shows_input_error
     def load_bundle(self, path: str) -> None:
-        try:
-            self.session.load_bundle(path)
-        except InputError as exc:
-            report_error(exc)
+        self.session.load_bundle(path)
 
     def _model_changed(self) -> None:
         b = self.session.bundle
@@ -291,11 +252,12 @@ class AnnotateWidget(QWidget):
             self.model_label.setText("no model (train one in the Train panel, or load a bundle)")
         else:
             e = b.extractor
+            tuned = " (fine-tuned)" if self.session.finetuned is not None else ""
             self.model_label.setText(
                 f"{len(b.classifier.vocabulary)} terms · {e.backbone} layer {e.layer} · "
-                f"weights {e.weights} · {e.input_size}px")
-            self.set_settings(backbone=e.backbone, weights=str(e.weights),
-                              layer=str(e.layer), input_size=int(e.input_size))
+                f"weights {e.weights}{tuned} · {e.input_size}px")
+            self.session.update_settings(backbone=e.backbone, weights=str(e.weights),
+                                         layer=str(e.layer), input_size=int(e.input_size))
         self._show_device()
 
     def _dataset_changed(self) -> None:
@@ -306,56 +268,98 @@ class AnnotateWidget(QWidget):
         for w in (self.extract_button, self.predict_button, self.load_model_button):
             w.setEnabled(not busy)
 
+    @shows_input_error
     def extract(self) -> Any:
         """Extract (cached) features of every open image in the background."""
         self._settings_from_ui()
-        return self.runner.start(self.session.iter_extract, on_done=self._extracted,
-                                 message="extracting features…", done_message="features ready")
+        return self.runner.start(steps.iter_extract, self.session.extract_request(),
+                                 on_done=self._extracted, message="extracting features…",
+                                 done_message="features ready")
 
     def _extracted(self, result: Any) -> None:
-        self.session.set_features(result)
+        self.session.apply_features(result)
         self._show_device()
 
+    @shows_input_error
     def predict(self) -> Any:
         """Probabilities of every open image (extracts first if needed)."""
-        return self.runner.start(self.session.iter_predict, on_done=self.session.set_predictions,
+        return self.runner.start(steps.iter_predict, self.session.predict_request(),
+                                 on_done=self.session.apply_predictions,
                                  message="predicting…", done_message="predictions ready")
 
     # ------------------------------------------------------------------ vocabulary
+    @shows_input_error
     def _use_defaults(self) -> None:
-        try:
-            self.session.use_default_vocabulary(self.stage_combo.currentText())
-        except InputError as exc:
-            report_error(exc)
+        self.session.use_default_vocabulary(self.stage_combo.currentText())
 
+    @shows_input_error
     def _choose_term_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Term file (one term per line)", "",
                                               "Text (*.txt *.csv);;All files (*)")
         if path:
-            try:
-                from pathlib import Path
+            self.session.set_vocabulary(Path(path))
 
-                self.session.set_vocabulary(Path(path))
-            except InputError as exc:
-                report_error(exc)
-
+    @shows_input_error
     def _add_term(self) -> None:
-        try:
-            self.session.add_term(self.new_term_edit.text())
-            self.new_term_edit.clear()
-        except InputError as exc:
-            report_error(exc)
+        self.session.add_term(self.new_term_edit.text())
+        self.new_term_edit.clear()
 
-    def _threshold_changed(self, value: float) -> None:
-        self.session.settings.overlay_threshold = float(value)
-        self.session.settings_changed.emit()
 
-    # ------------------------------------------------------------------ term list
+class TermsSection(QWidget):
+    """The current image's terms: probability bar, ensemble vote, label (click: Grad-CAM)."""
+
+    def __init__(self, dock: SessionDock) -> None:
+        super().__init__()
+        self.session = s = dock.session
+        self._filling = False
+        self.image_label = QLabel("")
+        self.image_label.setStyleSheet("font-weight: bold;")
+        self.table = QTableWidget(0, 5)
+        self.table.setHorizontalHeaderLabels(["key", "term", "probability", "pred.", "label"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.setMinimumHeight(120)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        header = self.table.horizontalHeader()  # fixed widths: no re-measuring on each update
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        for column, width in ((0, 34), (2, 84), (3, 46), (4, 104)):
+            self.table.setColumnWidth(column, width)
+        self.table.setItemDelegateForColumn(2, ProbabilityDelegate(self.table))
+        self.table.cellClicked.connect(self._cell_clicked)
+        self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setRange(0.0, 1.0)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setValue(s.settings.overlay_threshold)
+        self.threshold_spin.valueChanged.connect(
+            lambda v: self.session.update_settings(overlay_threshold=float(v)))
+        trow = QHBoxLayout()
+        trow.addWidget(QLabel("On canvas: p ≥"))
+        trow.addWidget(self.threshold_spin)
+        trow.addStretch(1)
+        hint = QLabel("Keys: 1-9, 0 cycle the first ten terms (unknown → present → absent); "
+                      "n/p step; u next uncertain; Ctrl+Z undo. Amber: uncertain "
+                      f"(|p - 0.5| < {UNCERTAIN_BAND}).")
+        hint.setWordWrap(True)
+        hint.setStyleSheet("color: gray;")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.image_label)
+        layout.addWidget(self.table, 1)
+        layout.addLayout(trow)
+        layout.addWidget(hint)
+        for signal in (s.current_changed, s.vocabulary_changed, s.predictions_changed):
+            dock.listen(signal, self._refresh)
+        dock.listen(s.labels_changed, self._labels_changed)
+        self._refresh()
+
     def _labels_changed(self, indices: Any) -> None:
         if not indices or self.session.index in indices:
             self._refresh()
 
     def _refresh(self, *_: Any) -> None:
+        """Update the rows in place (items and combos are made once per vocabulary size):
+        a refresh after training costs a few milliseconds, not a rebuild."""
         s = self.session
         self._filling = True
         path = s.current_path
@@ -363,53 +367,53 @@ class AnnotateWidget(QWidget):
         probs = s.probabilities_for()
         votes = s.predicted_for()
         labels = s.labels_for() if path is not None else {}
-        self.table.setRowCount(len(s.vocabulary))
-        for r, term in enumerate(s.vocabulary):
-            key = QTableWidgetItem(str((r + 1) % 10) if r < 10 else "")
-            key.setTextAlignment(Qt.AlignCenter)
-            self.table.setItem(r, 0, key)
-            name = QTableWidgetItem(term)
-            name.setToolTip("click to show its Grad-CAM map in the Explain panel")
-            self.table.setItem(r, 1, name)
-            p = probs.get(term)
-            bar = self.table.cellWidget(r, 2)
-            if not isinstance(bar, QProgressBar):
-                bar = QProgressBar()
-                bar.setRange(0, 1000)
-                bar.setTextVisible(True)
-                bar.setAlignment(Qt.AlignCenter)
-                self.table.setCellWidget(r, 2, bar)
-            if p is None:
-                bar.setValue(0)
-                bar.setFormat("–")
-                bar.setStyleSheet("")
-            else:
-                bar.setValue(int(round(p * 1000)))
-                bar.setFormat(f"{p:.2f}")
-                bar.setStyleSheet(f"QProgressBar::chunk {{ background-color: {_bar_colour(p)}; }}")
-            vote = votes.get(term)
-            pred = QTableWidgetItem("" if vote is None else ("yes" if vote else "no"))
-            pred.setToolTip("majority vote of the term's ensemble")
-            pred.setTextAlignment(Qt.AlignCenter)
-            self.table.setItem(r, 3, pred)
-            combo = self.table.cellWidget(r, 4)
-            if not isinstance(combo, QComboBox):
-                combo = QComboBox()
-                combo.addItems(list(LABEL_VALUE))
-                combo.currentTextChanged.connect(
-                    lambda text, combo=combo: self._label_chosen(combo, text))
-                self.table.setCellWidget(r, 4, combo)
-            combo.setProperty("term", term)
-            combo.setEnabled(path is not None)
-            combo.setCurrentText(LABEL_TEXT[labels.get(term)])
-            uncertain = p is not None and abs(p - 0.5) < UNCERTAIN_BAND
-            if uncertain:
-                pred.setText(pred.text() + "?")
-                for c in (0, 1):
-                    item = self.table.item(r, c)
-                    item.setBackground(UNCERTAIN_COLOUR)
-                    item.setToolTip("uncertain (probability near 0.5): please check this term")
-        self._filling = False
+        table = self.table
+        table.setUpdatesEnabled(False)
+        try:
+            if table.rowCount() != len(s.vocabulary):
+                self._make_rows(len(s.vocabulary))
+            for r, term in enumerate(s.vocabulary):
+                key, name, prob, pred = (table.item(r, c) for c in range(4))
+                name.setText(term)
+                p = probs.get(term)
+                prob.setData(PROBABILITY_ROLE, p)
+                prob.setText("–" if p is None else f"{p:.2f}")
+                vote = votes.get(term)
+                uncertain = p is not None and abs(p - 0.5) < UNCERTAIN_BAND
+                pred.setText(("" if vote is None else ("yes" if vote else "no"))
+                             + ("?" if uncertain else ""))
+                for item in (key, name):
+                    item.setBackground(UNCERTAIN_COLOUR if uncertain else QBrush())
+                name.setToolTip("uncertain (probability near 0.5): please check this term"
+                                if uncertain else
+                                "click to show its Grad-CAM map in the Explain panel")
+                combo = table.cellWidget(r, 4)
+                combo.setProperty("term", term)
+                combo.setEnabled(path is not None)
+                text = LABEL_TEXT[labels.get(term)]
+                if combo.currentText() != text:
+                    combo.setCurrentText(text)
+        finally:
+            table.setUpdatesEnabled(True)
+            self._filling = False
+
+    def _make_rows(self, n: int) -> None:
+        table = self.table
+        old = table.rowCount()
+        table.setRowCount(n)
+        for r in range(old, n):
+            for c in range(4):
+                item = QTableWidgetItem("")
+                if c in (0, 2, 3):
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+                table.setItem(r, c, item)
+            table.item(r, 0).setText(str((r + 1) % 10) if r < 10 else "")
+            table.item(r, 3).setToolTip("majority vote of the term's ensemble")
+            combo = QComboBox()
+            combo.addItems(list(LABEL_VALUE))
+            combo.currentTextChanged.connect(
+                lambda text, combo=combo: self._label_chosen(combo, text))
+            table.setCellWidget(r, 4, combo)
 
     def _label_chosen(self, combo: QComboBox, text: str) -> None:
         if self._filling:
@@ -430,6 +434,25 @@ class AnnotateWidget(QWidget):
         """(term, probability text, predicted, label) per row, as displayed."""
         out = []
         for r in range(self.table.rowCount()):
-            out.append((self.table.item(r, 1).text(), self.table.cellWidget(r, 2).format(),
+            out.append((self.table.item(r, 1).text(), self.table.item(r, 2).text(),
                         self.table.item(r, 3).text(), self.table.cellWidget(r, 4).currentText()))
         return out
+
+
+class AnnotateWidget(SessionDock):
+    """Predict and label the current embryo, one row per vocabulary term."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__(napari_viewer)
+        self.model = ModelSection(self)
+        self.terms = TermsSection(self)
+        layout = QVBoxLayout(self.body)
+        layout.addWidget(self.model)
+        layout.addWidget(self.terms, 1)
+
+    def __getattr__(self, name: str) -> Any:  # annotate.predict_button, annotate.table, ...
+        for part in ("model", "terms"):
+            section = self.__dict__.get(part)
+            if section is not None and hasattr(section, name):
+                return getattr(section, name)
+        raise AttributeError(name)

@@ -1,12 +1,13 @@
-"""Embryos panel: open images, folders or a manifest and browse them in a sortable table."""
+"""Embryos panel: open images, folders or a manifest and browse them in a sortable list."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QItemSelectionModel, Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
@@ -15,40 +16,42 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
-    QTableWidget,
-    QTableWidgetItem,
+    QTableView,
     QVBoxLayout,
-    QWidget,
 )
 
 from ..core.errors import InputError
-from ._session import get_session, real_viewer
-from ._worker import TaskRunner, report_error
+from ..session import OpenedDataset, StoreSwitch, steps
+from ._base import SessionDock, report_error, shows_input_error
+from ._embryo_table import IMAGE_ROLE, EmbryoFilterProxy, EmbryoTableModel
+from ._worker import TaskRunner
 
-COLUMNS = ("#", "image", "gene", "stage", "labelled", "top predicted")
-
-
-class _NumberItem(QTableWidgetItem):
-    """Sorts numerically (Qt sorts display text otherwise)."""
-
-    def __lt__(self, other: QTableWidgetItem) -> bool:
-        a, b = self.data(Qt.UserRole + 1), other.data(Qt.UserRole + 1)
-        if a is None or b is None:
-            return super().__lt__(other)
-        return a < b
+#: what napari imports the first time it builds an image layer (about two seconds of a
+#: frozen viewer on the GUI thread): the opening worker imports them first instead
+LAYER_IMPORTS = ("xarray", "scipy.ndimage", "pint")
 
 
-class EmbryosWidget(QWidget):
+def _open_in_worker(request: steps.OpenRequest) -> Generator:
+    """The opening step, after the imports napari needs for its first image layer."""
+    import importlib
+    import importlib.util
+
+    for name in LAYER_IMPORTS:
+        if importlib.util.find_spec(name.split(".")[0]) is not None:
+            importlib.import_module(name)
+    with contextlib.suppress(Exception):  # an optimisation only
+        import pint  # napari's layers use pint's application registry, built on first use
+
+        pint.get_application_registry().Unit("pixel")
+    return (yield from steps.iter_open(request))
+
+
+class EmbryosWidget(SessionDock):
     """Lists every open image (name, gene, stage, #labelled terms, top predictions)."""
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
-        self.viewer = real_viewer(napari_viewer)
-        self.session = get_session(napari_viewer)
+        super().__init__(napari_viewer)
         self._updating = False
-        # (dataset generation, vocabulary) the label counts were last filled for
-        self._counts_for: tuple | None = None
-        self._blank_predictions_for: int | None = None  # generation shown without predictions
 
         self.open_files_button = QPushButton("Images…")
         self.open_folder_button = QPushButton("Folder…")
@@ -70,17 +73,24 @@ class EmbryosWidget(QWidget):
         self.filter_edit.setClearButtonEnabled(True)
         self.filter_edit.textChanged.connect(self._apply_filter)
 
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.model = EmbryoTableModel(self.session)
+        self.proxy = EmbryoFilterProxy(self.model)
+        self.table = QTableView()
+        self.table.setModel(self.proxy)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
-        self.table.setMinimumHeight(220)
+        self.table.verticalHeader().setDefaultSectionSize(22)
+        self.table.setMinimumHeight(120)
         header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setStretchLastSection(True)
-        self.table.itemSelectionChanged.connect(self._row_selected)
+        for c, width in enumerate((52, 150, 70, 56, 64)):
+            self.table.setColumnWidth(c, width)
+        self.table.setSortingEnabled(True)
+        header.setSortIndicator(0, Qt.SortOrder.AscendingOrder)
+        self.table.selectionModel().currentRowChanged.connect(self._row_selected)
 
         self.runner = TaskRunner()  # opening thousands of files: headers and hashes off the GUI
         self.runner.started.connect(lambda: self._busy(True))
@@ -127,7 +137,7 @@ class EmbryosWidget(QWidget):
         nav.addWidget(self.prev_button)
         nav.addWidget(self.next_button)
 
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.body)
         layout.addLayout(open_row)
         layout.addWidget(self.runner)
         layout.addWidget(self.info_label)
@@ -140,23 +150,14 @@ class EmbryosWidget(QWidget):
         layout.addLayout(export_row)
 
         s = self.session
-        s.dataset_changed.connect(self._rebuild)
-        s.labels_changed.connect(self._update_labels)
-        s.vocabulary_changed.connect(self._vocabulary_changed)
-        s.predictions_changed.connect(self._predictions_changed)
-        s.current_changed.connect(self._select_current)
-        self.destroyed.connect(lambda *_: self._disconnect(s))
+        self.listen(s.dataset_changed, self._rebuild)
+        self.listen(s.labels_changed, self._labels_changed)
+        self.listen(s.vocabulary_changed, self._vocabulary_changed)
+        self.listen(s.predictions_changed, self._predictions_changed)
+        self.listen(s.current_changed, self._select_current)
         if s.n_images:
             self._rebuild()
             self._select_current(s.index)
-
-    def _disconnect(self, s: Any) -> None:
-        for sig, slot in ((s.dataset_changed, self._rebuild), (s.labels_changed, self._update_labels),
-                          (s.vocabulary_changed, self._vocabulary_changed),
-                          (s.predictions_changed, self._predictions_changed),
-                          (s.current_changed, self._select_current)):
-            with contextlib.suppress(Exception):
-                sig.disconnect(slot)
 
     # ------------------------------------------------------------------ opening
     def open_paths(self, paths: list[str | Path], store_path: str | Path | None = None,
@@ -175,11 +176,15 @@ class EmbryosWidget(QWidget):
                 return False
             self._report_pending()
             return True
-        return self.runner.start(self.session.iter_open, list(paths), store_path,
-                                 on_done=self._opened, message="opening…", done_message="",
-                                 needs_torch=False)
+        try:
+            request = self.session.open_request(list(paths), store_path)
+        except InputError as exc:
+            report_error(exc)
+            return None
+        return self.runner.start(_open_in_worker, request, on_done=self._opened,
+                                 message="opening…", done_message="", needs_torch=False)
 
-    def _opened(self, opened: dict) -> None:
+    def _opened(self, opened: OpenedDataset) -> None:
         self.session.apply_open(opened)
         self._report_pending()
 
@@ -211,68 +216,48 @@ class EmbryosWidget(QWidget):
 
     def _choose_store(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Label file", "", "SQLite (*.sqlite)",
-                                              options=QFileDialog.DontConfirmOverwrite)
+                                              options=QFileDialog.Option.DontConfirmOverwrite)
         if path:  # registering thousands of images in the new file runs in the worker
-            self.runner.start(self.session.iter_use_store, path, on_done=self._store_chosen,
+            self.runner.start(steps.iter_use_store, *self.session.store_request(path),
+                              on_done=self._store_chosen,
                               message="opening the label file…", done_message="",
                               needs_torch=False)
 
-    def _store_chosen(self, switched: dict) -> None:
+    def _store_chosen(self, switched: StoreSwitch) -> None:
         try:
             self.session.apply_store(switched)  # an InputError is reported by the runner
         finally:
             self._update_store_label()
 
+    @shows_input_error
     def _import_labels(self) -> None:
-        try:
-            n = self.session.import_manifest_labels()
-            from napari.utils.notifications import show_info
+        from napari.utils.notifications import show_info
 
-            show_info(f"imported {n} labels from the manifest")
-        except InputError as exc:
-            report_error(exc)
+        n = self.session.import_manifest_labels()
+        show_info(f"imported {n} labels from the manifest")
 
+    @shows_input_error
     def _export_labels(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export labels as manifest", "labels.csv",
                                               "CSV (*.csv)")
         if path:
-            try:
-                self.session.export_manifest(path)
-            except InputError as exc:
-                report_error(exc)
+            self.session.export_manifest(path)
 
+    @shows_input_error
     def _export_predictions(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export predictions", "predictions.csv",
                                               "CSV (*.csv)")
         if path:
-            try:
-                self.session.export_predictions(path)
-            except InputError as exc:
-                report_error(exc)
+            self.session.export_predictions(path)
 
     # ------------------------------------------------------------------ table
     def _rebuild(self) -> None:
         s = self.session
         self._updating = True
-        self.table.setSortingEnabled(False)
-        self.table.setRowCount(s.n_images)
-        for i, path in enumerate(s.paths):
-            number = QTableWidgetItem()  # an int display value sorts in C++, not via __lt__
-            number.setData(Qt.DisplayRole, i + 1)
-            number.setData(Qt.UserRole, i)
-            self.table.setItem(i, 0, number)
-            name = QTableWidgetItem(path.name)
-            name.setToolTip(str(path))
-            self.table.setItem(i, 1, name)
-            self.table.setItem(i, 2, QTableWidgetItem(s.genes[i] or ""))
-            self.table.setItem(i, 3, QTableWidgetItem(s.stages[i] or ""))
-            self.table.setItem(i, 4, _NumberItem(""))
-            self.table.setItem(i, 5, QTableWidgetItem(""))
+        self.model.reset()
+        self.proxy.set_filter(self.filter_edit.text())
+        self.table.horizontalHeader().setSortIndicator(0, Qt.SortOrder.AscendingOrder)
         self._updating = False
-        self._update_labels(None)
-        self._update_predictions()
-        self.table.horizontalHeader().setSortIndicator(0, Qt.AscendingOrder)
-        self.table.setSortingEnabled(True)
         n_skip = len(s.skipped)
         self.info_label.setText(f"{s.n_images} images from {s.source}" if s.source else "")
         if n_skip:
@@ -286,15 +271,12 @@ class EmbryosWidget(QWidget):
             self.skipped_label.setText("")
             self.skipped_label.setToolTip("")
         self._update_store_label()
-        self._apply_filter(self.filter_edit.text())
 
+    @shows_input_error
     def _annotator_changed(self) -> None:
         name = self.annotator_edit.text().strip()
         if name and name != self.session.annotator_name:
-            try:
-                self.session.set_annotator(name)
-            except InputError as exc:
-                report_error(exc)
+            self.session.set_annotator(name)
 
     def _update_store_label(self) -> None:
         if not self.annotator_edit.hasFocus():
@@ -306,103 +288,61 @@ class EmbryosWidget(QWidget):
             ro = " (read-only)" if self.session.store_read_only else ""
             self.store_label.setText(f"labels: {getattr(store, 'path', '')}{ro}")
 
-    def _rows(self) -> dict[int, int]:
-        """image index -> table row (rows move when the table is sorted)."""
-        out = {}
-        for r in range(self.table.rowCount()):
-            item = self.table.item(r, 0)
-            if item is not None:
-                out[int(item.data(Qt.UserRole))] = r
-        return out
-
-    def _row_of_image(self, index: int) -> int:
-        return self._rows().get(index, -1)
-
     def _vocabulary_changed(self) -> None:
-        """Recount only if the counts shown are for another vocabulary or dataset.
+        self.model.labels_changed(None)
 
-        Opening emits dataset_changed (the table is rebuilt and counted) and then
-        vocabulary_changed; counting 10,000 images twice would double the GUI-thread time.
-        """
-        if self._counts_for != (self.session.generation, tuple(self.session.vocabulary)):
-            self._update_labels(None)
-
-    def _update_labels(self, indices: Any) -> None:
-        s = self.session
-        if not s.n_images or self.table.rowCount() != s.n_images:
-            return
-        rows = list(range(s.n_images)) if not indices else list(indices)
-        if len(rows) == s.n_images:
-            self._counts_for = (s.generation, tuple(s.vocabulary))
-        Y = s.label_matrix(rows)  # only the changed rows: one keypress stays cheap
-        sorting = self.table.isSortingEnabled()
-        self.table.setSortingEnabled(False)
-        where = self._rows()
-        n_labelled = (Y >= 0).sum(axis=1).tolist()  # whole-matrix sums: one numpy call each
-        n_present = (Y == 1).sum(axis=1).tolist()
-        for k, i in enumerate(rows):
-            item = self.table.item(where.get(i, -1), 4)
-            if item is None:
-                continue
-            labelled, present = n_labelled[k], n_present[k]
-            item.setText(f"{labelled}/{Y.shape[1]}")
-            item.setData(Qt.UserRole + 1, labelled)
-            item.setToolTip(f"{present} present, {labelled - present} absent")
-        self.table.setSortingEnabled(sorting)
+    def _labels_changed(self, indices: Any) -> None:
+        self.model.labels_changed(list(indices) if indices else None)
+        self.proxy.refilter()
 
     def _predictions_changed(self) -> None:
-        """Skip the redraw when there are still no predictions (opening emits this after the
-        rebuild has drawn the empty column; 10,000 rows cost a quarter second each time)."""
-        s = self.session
-        if s.probabilities is None and self._blank_predictions_for == s.generation:
-            return
-        self._update_predictions()
-
-    def _update_predictions(self) -> None:
-        s = self.session
-        if self.table.rowCount() != s.n_images:
-            return
-        self._blank_predictions_for = s.generation if s.probabilities is None else None
-        sorting = self.table.isSortingEnabled()
-        self.table.setSortingEnabled(False)
-        where = self._rows()
-        for i in range(s.n_images):
-            item = self.table.item(where.get(i, -1), 5)
-            if item is not None:
-                top = s.top_terms(i, 3)
-                item.setToolTip("\n".join(f"{p:.2f}  {t}" for t, p in s.top_terms(i, 10)))
-                item.setText(", ".join(f"{t} {p:.2f}" for t, p in top if p >= 0.5) or
-                             ("–" if top else ""))
-        self.table.setSortingEnabled(sorting)
-        self._apply_filter(self.filter_edit.text())
+        self.model.predictions_changed()
+        self.proxy.refilter()
 
     def _apply_filter(self, text: str) -> None:
-        text = text.strip().lower()
-        if not text:  # no filter: nothing to read (10,000 rows x 5 cells on every refresh)
-            for r in range(self.table.rowCount()):
-                self.table.setRowHidden(r, False)
-            return
-        for r in range(self.table.rowCount()):
-            cells = [self.table.item(r, c) for c in range(1, len(COLUMNS))]
-            hay = " ".join(c.text().lower() for c in cells if c is not None)
-            self.table.setRowHidden(r, bool(text) and text not in hay)
+        self.proxy.set_filter(text)
+        self._select_current(self.session.index)
 
-    def visible_rows(self) -> int:
-        return sum(not self.table.isRowHidden(r) for r in range(self.table.rowCount()))
+    # ------------------------------------------------------------------ rows
+    def row_count(self) -> int:
+        """Rows shown (after the filter)."""
+        return self.proxy.rowCount()
 
-    def _row_selected(self) -> None:
-        if self._updating:
+    visible_rows = row_count
+
+    def cell_text(self, row: int, column: int) -> str:
+        """The text shown in a cell (row as displayed, after sorting and filtering)."""
+        return str(self.proxy.index(row, column).data() or "")
+
+    def cell_tip(self, row: int, column: int) -> str:
+        return str(self.proxy.index(row, column).data(Qt.ItemDataRole.ToolTipRole) or "")
+
+    def image_at(self, row: int) -> int:
+        """The image index shown in a displayed row."""
+        return int(self.proxy.index(row, 0).data(IMAGE_ROLE))
+
+    def select_row(self, row: int) -> None:
+        self.table.selectRow(row)
+
+    def sort_by(self, column: int, descending: bool = False) -> None:
+        self.table.sortByColumn(column, Qt.SortOrder.DescendingOrder if descending
+                                else Qt.SortOrder.AscendingOrder)
+
+    def _row_selected(self, current: Any, _previous: Any = None) -> None:
+        if self._updating or not current.isValid():
             return
-        rows = self.table.selectionModel().selectedRows()
-        if rows:
-            item = self.table.item(rows[0].row(), 0)
-            self.session.set_index(int(item.data(Qt.UserRole)))
+        self.session.set_index(int(current.data(IMAGE_ROLE)))
 
     def _select_current(self, index: int) -> None:
-        r = self._row_of_image(index)
+        r = self.model.row_of(index)
         if r < 0:
             return
+        proxy_index = self.proxy.mapFromSource(self.model.index(r, 0))
+        if not proxy_index.isValid():
+            return  # filtered out
         self._updating = True
-        self.table.selectRow(r)
-        self.table.scrollToItem(self.table.item(r, 0))
+        self.table.selectionModel().setCurrentIndex(
+            proxy_index, QItemSelectionModel.SelectionFlag.ClearAndSelect
+            | QItemSelectionModel.SelectionFlag.Rows)
+        self.table.scrollTo(proxy_index)
         self._updating = False

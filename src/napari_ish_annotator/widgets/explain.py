@@ -16,10 +16,10 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSlider,
     QVBoxLayout,
-    QWidget,
 )
 
-from ._session import get_session, real_viewer
+from ..session import GradcamMaps, steps
+from ._base import SessionDock, shows_input_error
 from ._viewer_binding import META_KEY, embryo_layer
 from ._worker import TaskRunner
 
@@ -33,18 +33,18 @@ def gradcam_layer(viewer: Any) -> Any | None:
     return None
 
 
-class ExplainWidget(QWidget):
+class ExplainWidget(SessionDock):
     """Pick a term (or click one in Annotate) to see where the model looks for it."""
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
-        self.viewer = real_viewer(napari_viewer)
-        self.session = get_session(napari_viewer)
+        super().__init__(napari_viewer)
         s = self.session
         self._stack_terms: list[str] = []
+        self._requested: tuple | None = None
 
         self.term_combo = QComboBox()
-        self.show_button = QPushButton("Show Grad-CAM")
+        self.show_button = QPushButton("Show")
+        self.show_button.setToolTip("compute and show the Grad-CAM map of this term")
         self.show_button.clicked.connect(self.show_map)
         trow = QHBoxLayout()
         trow.addWidget(self.term_combo, 1)
@@ -52,7 +52,15 @@ class ExplainWidget(QWidget):
         self.follow_check = QCheckBox("update when the image or term changes")
         self.follow_check.setChecked(True)
         self.stack_check = QCheckBox("all terms as a stack (slider picks the term)")
-        self.opacity_slider = QSlider(Qt.Horizontal)
+        self.source_combo = QComboBox()
+        self.source_combo.addItem("logistic ensembles (layer features)", "ensemble")
+        self.source_combo.addItem("fine-tuned network (its own term outputs)", "finetuned")
+        self.source_combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.source_combo.setMinimumContentsLength(14)
+        self.source_combo.setToolTip("with a fine-tuned backbone in use, show where the network "
+                                     "itself looks for a term (its multi-task head)")
+        self.opacity_slider = QSlider(Qt.Orientation.Horizontal)
         self.opacity_slider.setRange(0, 100)
         self.opacity_slider.setValue(60)
         self.opacity_slider.valueChanged.connect(self._style_layer)
@@ -72,10 +80,11 @@ class ExplainWidget(QWidget):
 
         form = QFormLayout()
         form.addRow("Term", trow)
+        form.addRow("Explain", self.source_combo)
         form.addRow("Opacity", self.opacity_slider)
         form.addRow("Colormap", self.colormap_combo)
         form.addRow("Blending", self.blending_combo)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.body)
         layout.addLayout(form)
         layout.addWidget(self.follow_check)
         layout.addWidget(self.stack_check)
@@ -85,21 +94,13 @@ class ExplainWidget(QWidget):
 
         self.term_combo.activated.connect(lambda *_: self._maybe_update())
         self.stack_check.toggled.connect(lambda *_: self._maybe_update(force=True))
-        s.model_changed.connect(self._model_changed)
-        s.vocabulary_changed.connect(self._fill_terms)
-        s.term_selected.connect(self.select_term)
-        s.current_changed.connect(self._image_changed)
-        self.viewer.dims.events.current_step.connect(self._dims_changed)
-        self.destroyed.connect(lambda *_: self._disconnect(s, self.viewer))
+        self.source_combo.activated.connect(lambda *_: self._maybe_update(force=True))
+        self.listen(s.model_changed, self._model_changed)
+        self.listen(s.vocabulary_changed, self._fill_terms)
+        self.listen(s.term_selected, self.select_term)
+        self.listen(s.current_changed, self._image_changed)
+        self.listen(self.viewer.dims.events.current_step, self._dims_changed)
         self._fill_terms()
-
-    def _disconnect(self, s: Any, viewer: Any) -> None:
-        for sig, slot in ((s.model_changed, self._model_changed), (s.vocabulary_changed, self._fill_terms),
-                          (s.term_selected, self.select_term), (s.current_changed, self._image_changed)):
-            with contextlib.suppress(Exception):
-                sig.disconnect(slot)
-        with contextlib.suppress(Exception):
-            viewer.dims.events.current_step.disconnect(self._dims_changed)
 
     def _fill_terms(self) -> None:
         current = self.term_combo.currentText()
@@ -111,6 +112,10 @@ class ExplainWidget(QWidget):
             self.term_combo.setCurrentText(current)
         self.term_combo.blockSignals(False)
         self.show_button.setEnabled(bool(terms))
+        tuned = self.session.finetuned is not None
+        self.source_combo.model().item(1).setEnabled(tuned)
+        if not tuned:
+            self.source_combo.setCurrentIndex(0)
 
     def _model_changed(self) -> None:
         self._fill_terms()
@@ -148,23 +153,25 @@ class ExplainWidget(QWidget):
                 and self.term_combo.currentText()):
             self.show_map()
 
+    @shows_input_error
     def show_map(self) -> Any:
         """Compute the map(s) for the current image in the background and show them."""
         s = self.session
+        terms = (s.model_vocabulary if self.stack_check.isChecked()
+                 else [self.term_combo.currentText()])
+        request = s.gradcam_request(terms, finetuned=self.source_combo.currentData() == "finetuned")
         if self.runner.running:
             self.runner.cancel()
             self.runner.worker = None  # the newer request wins; the old result is ignored
-        terms = (s.model_vocabulary if self.stack_check.isChecked()
-                 else [self.term_combo.currentText()])
-        self._requested = (s.index, list(terms))
-        return self.runner.start(s.iter_gradcam, terms, on_done=self._show_result,
+        self._requested = (request.index, request.terms, request.finetuned)
+        return self.runner.start(steps.iter_gradcam, request, on_done=self._show_result,
                                  message="computing Grad-CAM…")
 
-    def _show_result(self, result: dict) -> None:
-        if (result["index"], result["terms"]) != getattr(self, "_requested", None):
+    def _show_result(self, result: GradcamMaps) -> None:
+        if (result.index, result.terms) != (self._requested or (None, None))[:2]:
             return  # the user moved on; a newer request is on its way
-        maps = result["maps"]
-        terms = result["terms"]
+        maps = result.maps
+        terms = list(result.terms)
         data = maps[0] if len(terms) == 1 else maps
         layer = gradcam_layer(self.viewer)
         base = embryo_layer(self.viewer)
@@ -188,7 +195,8 @@ class ExplainWidget(QWidget):
             layer.contrast_limits = (0.0, 1.0)
             layer.metadata["terms"] = terms
         layer.metadata["terms"] = terms
-        layer.metadata["index"] = result["index"]
+        layer.metadata["index"] = result.index
+        layer.metadata["source"] = result.source
         layer.visible = True
         layer.name = self._name(terms)
         self._style_layer()
@@ -196,9 +204,10 @@ class ExplainWidget(QWidget):
             # keep the embryo selected so keyboard shortcuts keep working on it
             with contextlib.suppress(Exception):
                 self.viewer.layers.selection.active = base
-        probs = dict(zip(terms, result["probabilities"], strict=False))
+        probs = dict(zip(terms, result.probabilities, strict=False))
+        by = " (fine-tuned network)" if result.source == "finetuned" else ""
         if len(terms) == 1:
-            self.info.setText(f"{terms[0]}: p = {probs[terms[0]]:.2f}")
+            self.info.setText(f"{terms[0]}: p = {probs[terms[0]]:.2f}{by}")
         else:
             self.info.setText(f"{len(terms)} terms; move the slider under the canvas")
 

@@ -10,11 +10,9 @@ re-predicted. One button switches back to the previous model (and forth again).
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -29,7 +27,9 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import InputError
-from ._worker import TaskRunner, report_error
+from ..session import FinetuneOutcome, steps
+from ._base import SessionDock, report_error
+from ._worker import TaskRunner
 
 FROZEN_CHOICES = [
     ("auto", "backbone default (VGG16: up to pool3, layer 17) - practical on CPU"),
@@ -66,12 +66,11 @@ class _Runner(TaskRunner):
 class FinetuneSection(QWidget):
     """Epochs, learning rate, frozen depth, device, Start/Stop, live plot, model switch."""
 
-    def __init__(self, session: Any, parent: QWidget | None = None) -> None:
+    def __init__(self, dock: SessionDock, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.session = session
+        self.session = dock.session
         self.history: list[dict] = []
         self.checkpoint: Path | None = None
-        self.other_model: dict | None = None  # the state "Switch model" goes back to
         self._t0 = 0.0
         self._first_batch_done = 0
 
@@ -91,11 +90,14 @@ class FinetuneSection(QWidget):
         for key, text in FROZEN_CHOICES:
             self.frozen_combo.addItem(text, key)
         self.frozen_combo.setToolTip("layers before this stay at their pretrained weights")
+        self.frozen_combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.frozen_combo.setMinimumContentsLength(14)
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
-        self.augment_check = QCheckBox("augment (rotation, scale, brightness/contrast, stain hue)")
+        self.augment_check = QCheckBox("augment images")
         self.augment_check.setChecked(True)
-        self.augment_check.setToolTip("off: on CPU the frozen layers are computed once and each "
+        self.augment_check.setToolTip("rotation, scale, brightness/contrast, stain hue. Off: on CPU the frozen layers are computed once and each "
                                       "epoch only runs the trainable part (much faster)")
         form = QFormLayout()
         form.addRow("Epochs", self.epochs_spin)
@@ -175,55 +177,21 @@ class FinetuneSection(QWidget):
         """Fine-tune on the labelled images in a worker, then switch to the new backbone."""
         s = self.session
         try:
-            if not s.paths:
-                raise InputError("no images are open; open a folder or manifest first")
-            s.check_trainable()  # the refit after fine-tuning needs every term labelled both ways
-            Y = s.label_matrix()
-            rows = np.flatnonzero((Y >= 0).any(axis=1))
-            if len(rows) < 2:
-                raise InputError("fine-tuning needs at least two labelled images; label more")
-            config = self.config()
             out = self._output_path()
+            request = s.finetune_request(self.config(), out)
         except InputError as exc:
             self.summary.setText(str(exc))
             report_error(exc)
             return None
-        images = [s.paths[i] for i in rows]
-        groups = s.groups()[rows]
         self.history = []
         self._redraw()
         self.checkpoint = out
         self._t0 = time.perf_counter()
         self._first_batch_done = 0
-        self.summary.setText(f"fine-tuning on {len(rows)} labelled images…")
-        return self.runner.start(self._iter_run, images, Y[rows], list(s.vocabulary), groups,
-                                 config, out, str(s.settings.layer), on_done=self._finished, message="loading images…",
+        self.summary.setText(f"fine-tuning on {len(request.images)} labelled images…")
+        return self.runner.start(steps.iter_finetune, request, on_done=self._finished,
+                                 message="loading images…",
                                  done_message="fine-tuned; using the new backbone")
-
-    def _iter_run(self, images, Y, vocabulary, groups, config, out, layer="21") -> Generator:
-        """Fine-tune, then re-extract / refit / re-predict with the fine-tuned weights.
-
-        The refit uses the backbone and layer chosen when fine-tuning started, even if the
-        Annotate panel was changed meanwhile (the checkpoint only fits that backbone).
-        """
-        from ..core.finetune import iter_finetune
-
-        result = yield from iter_finetune(images, Y, vocabulary, config, out, groups=groups)
-        s = self.session
-        st = s.settings
-        saved = (st.weights, st.input_size)
-        now = (st.backbone, st.layer)
-        done = False
-        try:
-            st.weights, st.input_size = str(out), int(config.input_size)
-            st.backbone, st.layer = config.backbone, layer
-            trained = yield from s.iter_train(True)
-            done = True
-        finally:
-            if not done:  # cancelled or failed during the refit: keep the old model
-                st.weights, st.input_size = saved
-                st.backbone, st.layer = now
-        return {"finetune": result, "trained": trained, "previous_settings": saved}
 
     def stop(self) -> None:
         """Stop at the next batch; the last complete epoch's checkpoint stays usable."""
@@ -232,7 +200,7 @@ class FinetuneSection(QWidget):
     def _busy(self, busy: bool) -> None:
         self.start_button.setEnabled(not busy)
         self.stop_button.setEnabled(busy)
-        self.switch_button.setEnabled(not busy and self.other_model is not None)
+        self.switch_button.setEnabled(not busy and self.session.previous_model is not None)
         if not busy and self.runner.last_outcome == "cancelled" and self.checkpoint is not None \
                 and self.checkpoint.exists():
             self.summary.setText(f"stopped; the last complete epoch is saved in {self.checkpoint} "
@@ -269,41 +237,10 @@ class FinetuneSection(QWidget):
         self.canvas.draw_idle()
 
     # ------------------------------------------------------------------ model switching
-    def _snapshot(self) -> dict:
-        s = self.session
-        return {"bundle": s.bundle, "probabilities": s.probabilities, "votes": s.votes,
-                "features": s.features,
-                "features_signature": s.features_signature, "train_report": s.train_report,
-                "weights": s.settings.weights, "input_size": s.settings.input_size}
-
-    def _restore(self, snap: dict) -> None:
-        s = self.session
-        s.settings.weights, s.settings.input_size = snap["weights"], snap["input_size"]
-        s.train_report = snap["train_report"]
-        if snap["features"] is not None:
-            s.set_features((snap["features"], snap["features_signature"]))
-        else:
-            s.features, s.features_signature = None, None
-            s.features_changed.emit()
-        if snap["bundle"] is not None:
-            s.set_bundle(snap["bundle"])
-            if snap["probabilities"] is not None:
-                s.set_predictions(snap["probabilities"], snap.get("votes"))
-        else:
-            s.bundle, s.probabilities = None, None
-            s.model_changed.emit()
-            s.predictions_changed.emit()
-        s.settings_changed.emit()
-        s.train_report_changed.emit()
-
-    def _finished(self, result: dict) -> None:
-        previous = self._snapshot()
-        previous["weights"], previous["input_size"] = result["previous_settings"]
-        self.session.set_trained(result["trained"])
-        self.session.settings_changed.emit()
-        self.other_model = previous
-        self.switch_button.setText("Switch to previous model")
-        ft = result["finetune"]
+    def _finished(self, outcome: FinetuneOutcome) -> None:
+        self.session.apply_finetuned(outcome)
+        self._show_switch()
+        ft = outcome.finetune
         auc = ft.best_score if ft.selection == "val_auc" else None
         self.summary.setText(
             f"fine-tuned {len(ft.history)} epochs{' (stopped early)' if ft.stopped_early else ''}"
@@ -311,18 +248,15 @@ class FinetuneSection(QWidget):
             + (f", validation AUC {auc:.2f}" if auc is not None else "")
             + f". Now using {ft.checkpoint.name}; features, classifiers and predictions updated.")
 
+    def _show_switch(self) -> None:
+        self.switch_button.setEnabled(self.session.previous_model is not None
+                                      and not self.runner.running)
+        self.switch_button.setText("Switch to previous model" if self.session.finetuned is not None
+                                   else "Switch to fine-tuned model")
+
     def switch_model(self) -> None:
         """Swap between the fine-tuned model and the one before it."""
-        if self.other_model is None or self.runner.running:
+        if self.runner.running:
             return
-        current = self._snapshot()
-        try:
-            self._restore(self.other_model)
-        except InputError as exc:
-            report_error(exc)
-            return
-        self.other_model = current
-        fine_tuned_now = self.checkpoint is not None and \
-            str(self.session.settings.weights) == str(self.checkpoint)
-        self.switch_button.setText("Switch to previous model" if fine_tuned_now
-                                   else "Switch to fine-tuned model")
+        self.session.switch_model()
+        self._show_switch()

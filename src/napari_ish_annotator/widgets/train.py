@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any
 
@@ -21,21 +20,19 @@ from qtpy.QtWidgets import (
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
-    QWidget,
 )
 
 from ..core.errors import InputError
-from ._session import MIN_CV_PER_CLASS, get_session, real_viewer
-from ._worker import TaskRunner, report_error
+from ..session import MIN_CV_PER_CLASS, TrainedModel, steps
+from ._base import SessionDock, report_error, shows_input_error
+from ._worker import TaskRunner
 
 
-class TrainWidget(QWidget):
+class TrainWidget(SessionDock):
     """Counts per term, Train (background, cancellable), cross-validated AUC, Save model."""
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
-        self.viewer = real_viewer(napari_viewer)
-        self.session = get_session(napari_viewer)
+        super().__init__(napari_viewer)
         s = self.session
 
         self.members_spin = QSpinBox()
@@ -49,8 +46,9 @@ class TrainWidget(QWidget):
         self.c_spin.setRange(0.001, 1000.0)
         self.c_spin.setValue(s.settings.C)
         self.c_spin.setToolTip("inverse L2 regularisation strength")
-        self.cv_check = QCheckBox(f"cross-validated AUC (needs ≥ {MIN_CV_PER_CLASS} present and "
-                                  f"≥ {MIN_CV_PER_CLASS} absent per term; folds by gene)")
+        self.cv_check = QCheckBox("cross-validated AUC (folds by gene)")
+        self.cv_check.setToolTip(f"needs ≥ {MIN_CV_PER_CLASS} present and ≥ {MIN_CV_PER_CLASS} "
+                                 "absent labels per term; images of one gene stay in one fold")
         self.cv_check.setChecked(True)
         form = QFormLayout()
         form.addRow("Ensemble members", self.members_spin)
@@ -60,10 +58,10 @@ class TrainWidget(QWidget):
         self.table.setHorizontalHeaderLabels(["term", "present", "absent", "CV AUC"])
         self.table.verticalHeader().setVisible(False)
         self.table.setMinimumHeight(150)
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeToContents)
-        header.setSectionResizeMode(0, QHeaderView.Stretch)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
 
         self.train_button = QPushButton("Train from labels")
         self.train_button.setToolTip("uses the Annotate panel's backbone, weights, layer and size")
@@ -79,7 +77,7 @@ class TrainWidget(QWidget):
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
 
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.body)
         layout.addLayout(form)
         layout.addWidget(self.cv_check)
         layout.addWidget(self.table, 1)
@@ -87,35 +85,22 @@ class TrainWidget(QWidget):
         layout.addWidget(self.runner)
         layout.addWidget(self.summary)
 
-        # ---------------------------------------------------------------------------
-        # FINE-TUNE SECTION (issue 4): multi-task fine-tuning controls go in this box.
-        # Build them in a separate module (e.g. widgets/finetune.py) and add the widget
-        # to `self.finetune_box`; this panel only reserves the place.
-        # ---------------------------------------------------------------------------
         self.finetune_box = QGroupBox("Fine-tune backbone (multi-task)")
         from .finetune_section import FinetuneSection
 
-        self.finetune = FinetuneSection(self.session)
+        self.finetune = FinetuneSection(self)
         QVBoxLayout(self.finetune_box).addWidget(self.finetune)
         layout.addWidget(self.finetune_box)
 
-        s.labels_changed.connect(self._refresh)
-        s.vocabulary_changed.connect(self._refresh)
-        s.dataset_changed.connect(self._refresh)
-        s.train_report_changed.connect(self._refresh)
-        self.destroyed.connect(lambda *_: self._disconnect(s))
+        for signal in (s.labels_changed, s.vocabulary_changed, s.dataset_changed,
+                       s.train_report_changed):
+            self.listen(signal, self._refresh)
         self._refresh()
-
-    def _disconnect(self, s: Any) -> None:
-        for sig in (s.labels_changed, s.vocabulary_changed, s.dataset_changed,
-                    s.train_report_changed):
-            with contextlib.suppress(Exception):
-                sig.disconnect(self._refresh)
 
     def _refresh(self, *_: Any) -> None:
         s = self.session
         counts = s.training_counts() if s.n_images else {t: (0, 0) for t in s.vocabulary}
-        auc = (s.train_report or {}).get("auc", {})
+        auc = s.train_report.auc if s.train_report is not None else {}
         self.table.setRowCount(len(counts))
         for r, (term, (pos, neg)) in enumerate(counts.items()):
             self.table.setItem(r, 0, QTableWidgetItem(term))
@@ -130,32 +115,30 @@ class TrainWidget(QWidget):
                 "–" if a is None or (isinstance(a, float) and math.isnan(a)) else f"{a:.2f}"))
 
     def train(self) -> Any:
+        """Fit the per-term ensembles from the current labels in the background."""
         s = self.session
-        s.settings.n_members = int(self.members_spin.value())
-        s.settings.C = float(self.c_spin.value())
+        s.update_settings(n_members=int(self.members_spin.value()), C=float(self.c_spin.value()))
         try:
-            s.check_trainable()
+            request = s.train_request(self.cv_check.isChecked())
         except InputError as exc:
             self.summary.setText(str(exc))
             report_error(exc)
             return None
-        return self.runner.start(s.iter_train, self.cv_check.isChecked(), on_done=self._trained,
+        return self.runner.start(steps.iter_train, request, on_done=self._trained,
                                  message="training…", done_message="trained; predictions updated")
 
-    def _trained(self, result: dict) -> None:
-        self.session.set_trained(result)
-        report = result["report"]
-        auc = report["auc"]
-        mean = sum(auc.values()) / len(auc) if auc else float("nan")
+    def _trained(self, result: TrainedModel) -> None:
+        self.session.apply_trained(result)
+        report = result.report
+        auc = report.auc
+        note = report.cv_note or "too few labels for cross-validation"
         self.summary.setText(
-            f"trained {len(report['counts'])} terms on {report['n_labelled_images']} labelled "
-            f"images" + (f"; mean CV AUC {mean:.2f} over {len(auc)} terms" if auc else
-                         "; too few labels for cross-validation"))
+            f"trained {len(report.counts)} terms on {report.n_labelled_images} labelled "
+            f"images" + (f"; mean CV AUC {report.mean_auc:.2f} over {len(auc)} terms" if auc
+                         else f"; {note}" if self.cv_check.isChecked() else ""))
 
+    @shows_input_error
     def _choose_save(self) -> None:
         path = QFileDialog.getSaveFileName(self, "Save model bundle (a folder)", "model")[0]
         if path:
-            try:
-                self.session.save_bundle(path)
-            except InputError as exc:
-                report_error(exc)
+            self.session.save_bundle(path)

@@ -1,0 +1,178 @@
+"""The annotation loop in a real viewer: Train (CV on) vs `ish-annotator train`, and how long
+the GUI event loop is ever blocked during open, extract, train, predict, Grad-CAM, fine-tuning.
+
+Synthetic data shaped like the BDGP check in issue 8: 167 images, 8 genes, 73 terms, features
+cached (EfficientNet-Lite0, the offline ImageNet weights). A 10 ms QTimer on the GUI thread
+records the longest gap between its ticks while each step runs in the panel's worker.
+
+    xvfb-run -a python benchmarks/bench_gui_loop.py [--quick] [--why]
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+N_IMAGES, N_GENES, N_TERMS = 167, 8, 73
+BACKBONE, WEIGHTS, SIZE = "efficientnet_lite0", "imagenet", 224
+
+
+def make_manifest(root: Path) -> Path:
+    """167 synthetic embryos; 73 terms, each present in some genes and absent in others."""
+    import numpy as np
+
+    from napari_ish_annotator.core.synthetic import generate_dataset
+
+    base = Path(generate_dataset(root / "imgs", N_IMAGES, stage="13-16", seed=0,
+                                 size=(128, 320), n_genes=N_GENES))
+    base = base if base.suffix == ".csv" else base / "manifest.csv"
+    with open(base, encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    rng = np.random.default_rng(0)
+    terms = [f"term {k:02d}" for k in range(N_TERMS)]
+    genes = sorted({r["gene"] for r in rows})
+    by_gene = {g: rng.random(N_TERMS) < rng.uniform(0.15, 0.5) for g in genes}
+    out = root / "manifest.csv"
+    with open(out, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=["image", "terms", "stage", "gene"])
+        w.writeheader()
+        for r in rows:
+            present = by_gene[r["gene"]] ^ (rng.random(N_TERMS) < 0.05)
+            w.writerow({"image": str(base.parent / r["image"]), "stage": "13-16",
+                        "gene": r["gene"], "terms": ";".join(t for t, p in zip(terms, present,
+                                                                                 strict=True) if p)})
+    return out
+
+
+def cli_train(manifest: Path, out: Path) -> float:
+    cmd = [sys.executable, "-m", "napari_ish_annotator.cli", "train", str(manifest), "--out",
+           str(out), "--backbone", BACKBONE, "--weights", WEIGHTS, "--device", "cpu", "-q"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+class GapMeter:
+    """Longest gap between 10 ms QTimer ticks on the GUI thread; with ``why``, a watchdog
+    thread prints where the GUI thread was when a tick is more than 0.15 s late."""
+
+    def __init__(self, why: bool = False) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self._tick)
+        self.last = time.perf_counter()
+        self.worst = 0.0
+        if why:
+            import threading
+
+            threading.Thread(target=self._watch, args=(threading.get_ident(),),
+                             daemon=True).start()
+
+    def _watch(self, gui: int) -> None:
+        import traceback
+
+        reported = 0.0
+        while True:
+            time.sleep(0.05)
+            late = time.perf_counter() - self.last
+            if self.timer.isActive() and late > 0.15 and self.last != reported:
+                reported = self.last
+                where = "".join(f"[{'GUI' if tid == gui else tid}]\n"
+                                + "".join(traceback.format_stack(frame)[-3:])
+                                for tid, frame in sys._current_frames().items())
+                print(f"--- GUI thread {late:.2f} s late; threads at:\n{where}", file=sys.stderr)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.worst = max(self.worst, now - self.last)
+        self.last = now
+
+    def start(self) -> None:
+        self.last, self.worst = time.perf_counter(), 0.0
+        self.timer.start()
+
+    def stop(self) -> float:
+        self.timer.stop()
+        return self.worst
+
+
+def main() -> None:
+    quick = "--quick" in sys.argv
+    import napari
+    from qtpy.QtCore import QEventLoop
+    from qtpy.QtWidgets import QApplication
+
+    from napari_ish_annotator.widgets import open_annotator
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        os.environ["ISH_ANNOTATOR_CACHE"] = str(tmp / "cache")
+        manifest = make_manifest(tmp)
+        cli_train(manifest, tmp / "model0")  # fills the feature cache
+        cli = cli_train(manifest, tmp / "model1")
+        print(f"  cli train (cached features): {cli:.1f} s", file=sys.stderr, flush=True)
+
+        viewer = napari.Viewer(show=True)
+        app = QApplication.instance()
+        meter = GapMeter(why="--why" in sys.argv)
+        annotator = open_annotator(viewer)
+        s = annotator.session
+        s.update_settings(backbone=BACKBONE, weights=WEIGHTS, layer="stage5", input_size=SIZE,
+                          device="cpu", n_members=11, C=10.0)
+        from napari_ish_annotator.widgets._worker import preload_torch
+
+        preload_torch()  # the first long task pays torch's import: not a loop stall we cause
+        rows = []
+
+        def run(name: str, start, runner) -> float:
+            loop = QEventLoop()  # waits in Qt's C++ loop, as napari.run() does (no busy polling)
+            runner.finished.connect(loop.quit)
+            meter.start()
+            t0 = time.perf_counter()
+            start()
+            if runner.running:
+                loop.exec()
+            runner.finished.disconnect(loop.quit)
+            app.processEvents()
+            wall = time.perf_counter() - t0
+            gap = meter.stop()
+            assert runner.last_outcome in (None, "done"), runner.last_error
+            rows.append((name, wall, gap))
+            print(f"  {name}: {wall:.2f} s, longest gap {gap:.3f} s", file=sys.stderr, flush=True)
+            return wall
+
+        run("open", lambda: annotator.embryos.open_paths([manifest], background=True),
+            annotator.embryos.runner)
+        run("extract (cached)", annotator.model.extract, annotator.model.runner)
+        annotator.train.cv_check.setChecked(True)
+        train = run("train, CV on", annotator.train.train, annotator.train.runner)
+        run("predict", annotator.model.predict, annotator.model.runner)
+        annotator.explain.term_combo.setCurrentText(s.model_vocabulary[0])
+        run("Grad-CAM", annotator.explain.show_map, annotator.explain.runner)
+        if not quick:
+            ft = annotator.train.finetune
+            ft.epochs_spin.setValue(1)
+            ft.frozen_combo.setCurrentIndex(ft.frozen_combo.findData("all"))
+            ft.augment_check.setChecked(False)
+            ft.device_combo.setCurrentText("cpu")
+            run("fine-tune 1 epoch + refit", ft.start, ft.runner)
+        viewer.close()
+
+    print(f"{N_IMAGES} images, {N_GENES} genes, {N_TERMS} terms, {BACKBONE} features cached")
+    print(f"`ish-annotator train` (process incl. imports): {cli:.1f} s")
+    print(f"Train panel, CV on: {train:.1f} s = {train / cli:.2f}x the CLI (target <= 2x)")
+    print(f"{'step':28s} {'wall s':>8s} {'longest GUI gap s':>18s}")
+    for name, wall, gap in rows:
+        print(f"{name:28s} {wall:8.2f} {gap:18.3f}")
+    print(f"longest gap overall: {max(g for _, _, g in rows):.3f} s (target <= 0.25 s)")
+
+
+if __name__ == "__main__":
+    main()

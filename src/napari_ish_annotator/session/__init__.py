@@ -1,0 +1,28 @@
+"""The annotation state of one viewer, with no Qt and no napari (scripts and tests use it too).
+
+:class:`AnnotatorSession` holds the dataset, label store, vocabulary, features, model and
+predictions and announces changes through psygnal signals; :mod:`.steps` are the long steps
+as progress generators (frozen request in, frozen :mod:`.results` out).
+"""
+
+from .results import (
+    ExtractedFeatures,
+    FinetuneOutcome,
+    GradcamMaps,
+    ModelState,
+    OpenedDataset,
+    Predictions,
+    SessionSettings,
+    StoreSwitch,
+    TrainedModel,
+    TrainReport,
+)
+from .state import LABEL_CYCLE, UNCERTAIN_BAND, AnnotatorSession, WrongThreadError
+from .steps import LABEL_FALLBACK, MIN_CV_PER_CLASS, classify_rows, failed_rows, throttled
+
+__all__ = [
+    "LABEL_CYCLE", "LABEL_FALLBACK", "MIN_CV_PER_CLASS", "UNCERTAIN_BAND", "AnnotatorSession",
+    "ExtractedFeatures", "FinetuneOutcome", "GradcamMaps", "ModelState", "OpenedDataset",
+    "Predictions", "SessionSettings", "StoreSwitch", "TrainReport", "TrainedModel",
+    "WrongThreadError", "classify_rows", "failed_rows", "throttled",
+]

@@ -1,0 +1,144 @@
+"""Frozen inputs and results of the session's steps.
+
+A step (see :mod:`.steps`) gets one request built on the GUI thread from the session's state,
+runs anywhere, and returns one result; only :class:`~.state.AnnotatorSession` applies results.
+Arrays inside are never written after construction (treat them as read-only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import InputError
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """Model/extraction choices the panels edit (defaults follow the paper).
+
+    Frozen: :meth:`AnnotatorSession.update_settings` replaces it, so a worker holding a
+    snapshot never sees it change under it.
+    """
+
+    backbone: str = "vgg16"
+    weights: str = "imagenet"
+    layer: str = "21"
+    device: str = "auto"
+    input_size: int = 224
+    batch_size: int = 8
+    seed: int = 0
+    overlay_threshold: float = 0.5
+    n_members: int = 11
+    C: float = 10.0
+    stage: str = "13-16"
+
+
+@dataclass(frozen=True)
+class OpenedDataset:
+    """Checked images with their manifest metadata, the vocabulary and an open label store."""
+
+    paths: tuple[Path, ...]
+    genes: tuple[str | None, ...]
+    stages: tuple[str | None, ...]
+    manifest_terms: tuple[tuple[str, ...] | None, ...]
+    dataset: Any
+    skipped: tuple[str, ...]
+    source: Path
+    stage: str
+    vocabulary: tuple[str, ...]
+    store: Any
+    store_read_only: bool
+    pending_error: InputError | None
+    labels: np.ndarray | None = None  # (n, T) label matrix read in the worker
+
+
+@dataclass(frozen=True)
+class StoreSwitch:
+    """Another label file, opened with the session's images registered in it."""
+
+    path: Path
+    store: Any
+    read_only: bool
+    error: InputError | None
+    generation: int
+
+
+@dataclass(frozen=True)
+class ExtractedFeatures:
+    """Feature rows of every open image (NaN rows: images that failed to decode)."""
+
+    X: np.ndarray
+    signature: dict
+    generation: int
+    failed: tuple[tuple[int, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Probabilities (n, T) float32 and the ensembles' majority votes (n, T) bool."""
+
+    probabilities: np.ndarray
+    votes: np.ndarray
+    generation: int
+    features: ExtractedFeatures | None = None  # extracted on the way, if they were missing
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """What a Train run saw: label counts per term and cross-validated AUCs."""
+
+    counts: dict[str, tuple[int, int]]
+    auc: dict[str, float]
+    n_labelled_images: int
+    cv_note: str = ""
+
+    @property
+    def mean_auc(self) -> float | None:
+        return float(np.mean(list(self.auc.values()))) if self.auc else None
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A fitted bundle, its report and the predictions it makes for every open image."""
+
+    bundle: Any
+    report: TrainReport
+    predictions: Predictions
+    features: ExtractedFeatures | None = None
+
+
+@dataclass(frozen=True)
+class GradcamMaps:
+    """Grad-CAM maps (image height x width, in [0, 1]) of one image for ``terms``."""
+
+    index: int
+    terms: tuple[str, ...]
+    maps: np.ndarray
+    probabilities: np.ndarray
+    source: str = "ensemble"  # or "finetuned": the fine-tuned network's own MTL head
+
+
+@dataclass(frozen=True)
+class FinetuneOutcome:
+    """A fine-tuning run and the model refitted on its backbone."""
+
+    finetune: Any  # core.finetune's result (history, best epoch, checkpoint)
+    trained: TrainedModel
+    settings: SessionSettings  # the settings the refit used (weights = the checkpoint)
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """Everything that changes when the session switches model (for 'switch back')."""
+
+    settings: SessionSettings
+    bundle: Any = None
+    features: ExtractedFeatures | None = None
+    probabilities: np.ndarray | None = None
+    votes: np.ndarray | None = None
+    train_report: TrainReport | None = None
+    extra: dict = field(default_factory=dict)

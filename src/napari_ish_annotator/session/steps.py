@@ -1,0 +1,449 @@
+"""The session's long steps: progress generators over ``core`` from a frozen request to a result.
+
+Each ``iter_*`` runs in any thread: it reads only its request (built on the GUI thread by the
+session's ``*_request`` methods) and returns a frozen result from :mod:`.results`; it never
+touches the session. :func:`throttled` is the one place that limits how often progress is
+reported (a GUI repaints once per step).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import InputError
+from ..core.progress import Progress, ProgressGen, sub_progress
+from .results import (
+    ExtractedFeatures,
+    FinetuneOutcome,
+    GradcamMaps,
+    OpenedDataset,
+    Predictions,
+    SessionSettings,
+    StoreSwitch,
+    TrainedModel,
+    TrainReport,
+)
+
+#: seconds a label write waits for a lock held by another program before reporting it
+STORE_TIMEOUT = 1.0
+#: images hashed into the label store per progress step
+STORE_CHUNK = 100
+#: minimum positives and negatives per term before a cross-validated AUC is reported
+MIN_CV_PER_CLASS = 3
+#: up to this many genes, cross-validation leaves one gene out; above, grouped k folds
+LOGO_MAX_GROUPS = 12
+#: annotators whose labels fill terms the user has not labelled (manifest imports)
+LABEL_FALLBACK = ("manifest",)
+#: at most this many progress reports per second reach the caller
+PROGRESS_RATE = 10.0
+
+
+def throttled(gen: ProgressGen, rate: float = PROGRESS_RATE) -> ProgressGen:
+    """Pass on at most ``rate`` progress steps a second (plus every step carrying a ``record``,
+    e.g. fine-tuning's per-epoch history); returns ``gen``'s result.
+
+    Without it a fit of 73 terms x 11 members reports ~800 steps and the GUI spends its time
+    repainting the progress bar.
+    """
+    interval = 1.0 / rate
+    last = -interval
+    try:
+        step = next(gen)
+        while True:
+            now = time.perf_counter()
+            if now - last >= interval or getattr(step, "record", None) is not None:
+                last = now
+                yield step
+            step = next(gen)
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        gen.close()
+
+
+class Extractors:
+    """Feature extractors by config, created once and shared by steps (thread-safe)."""
+
+    def __init__(self, cache_dir: Path | None, keep: int = 2) -> None:
+        self.cache_dir = cache_dir
+        self._keep = keep
+        self._lock = threading.Lock()
+        self._made: dict[tuple, Any] = {}
+
+    @staticmethod
+    def key(config: Any) -> tuple:
+        return tuple(sorted((k, str(v)) for k, v in vars(config).items()))
+
+    def get(self, config: Any) -> Any:
+        from ..core.cache import default_cache_dir
+        from ..core.features import FeatureExtractor
+
+        key = self.key(config)
+        with self._lock:
+            fx = self._made.pop(key, None)
+            if fx is None:
+                cache = self.cache_dir if self.cache_dir is not None else default_cache_dir()
+                fx = FeatureExtractor(config, cache_dir=cache)
+            self._made[key] = fx  # most recent last
+            while len(self._made) > self._keep:
+                self._made.pop(next(iter(self._made)))
+            return fx
+
+    def latest(self) -> Any | None:
+        with self._lock:
+            return next(reversed(self._made.values()), None)
+
+
+# ---------------------------------------------------------------------- opening
+@dataclass(frozen=True)
+class OpenRequest:
+    inputs: tuple[Path, ...]
+    store_path: Path | None
+    vocabulary: Any  # a term list, a term file, or None
+    annotator: str | None
+    default_stage: str
+
+
+def iter_open(req: OpenRequest) -> ProgressGen[OpenedDataset]:
+    """Check image headers, hash images into the label store, import manifest labels."""
+    from ..core.labels import LabelStore
+    from ..core.manifest import parse_vocabulary
+    from ..core.opening import iter_check_images, scan_inputs
+
+    yield Progress(0, 0, "listing images")
+    scanned = yield from iter_check_images(scan_inputs(req.inputs))
+    paths = scanned.paths
+    stage = req.default_stage
+    known = {s for s in scanned.stages if s}
+    if len(known) == 1:
+        stage = known.pop()
+    path = req.store_path or LabelStore.default_path_for(scanned.source)
+    store, read_only, pending = yield from iter_open_store(path, paths, req.annotator)
+    try:
+        vocab = list(scanned.vocabulary)
+        if req.vocabulary is not None:
+            vocab = parse_vocabulary(req.vocabulary)
+        if not vocab and store is not None:
+            vocab = list(store.terms())
+        if not vocab:
+            from ..core.vocabulary import default_vocabulary
+
+            vocab = list(default_vocabulary(stage))
+        if store is not None and not read_only:
+            yield Progress(len(paths), len(paths), "importing manifest labels")
+            store.add_terms(vocab)
+            if scanned.dataset is not None:  # idempotent: writes only what changed
+                store.import_dataset(scanned.dataset, annotator=LABEL_FALLBACK[0])
+        labels = None
+        if store is not None:  # counted here, so the GUI shows the counts without a query
+            yield Progress(len(paths), len(paths), "counting labels")
+            labels = np.asarray(store.label_matrix(list(paths), vocab, fallback=LABEL_FALLBACK),
+                                dtype=np.int8)
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
+    return OpenedDataset(paths, scanned.genes, scanned.stages, scanned.manifest_terms,
+                         scanned.dataset, scanned.skipped, scanned.source, stage, tuple(vocab),
+                         store, read_only, pending, labels)
+
+
+def iter_open_store(path: Path, paths: Sequence[Path], annotator: str | None,
+                    hashes_from: Any = None) -> ProgressGen[tuple[Any, bool, InputError | None]]:
+    """(store, read_only, pending error): hashes every image into the store in chunks.
+
+    ``hashes_from`` (the store being replaced) lends its path->hash cache, so switching
+    label files only stat()s the images instead of hashing them all again. A store that
+    cannot be written opens read-only (or not at all) with an error to show, never fatal.
+    """
+    from ..core.labels import LabelStore
+
+    store = None
+    done = False
+    try:
+        try:
+            store = LabelStore(path, annotator=annotator, busy_timeout=STORE_TIMEOUT)
+            if hashes_from is not None:
+                store.share_hash_cache(hashes_from)
+            for start in range(0, len(paths), STORE_CHUNK):
+                yield Progress(start, len(paths),
+                               f"reading images into the label store ({start}/{len(paths)})")
+                store.add_images(list(paths[start:start + STORE_CHUNK]))
+            done = True
+            return store, False, None
+        except InputError as exc:
+            reason = str(exc).removeprefix(f"{path}: ")
+        if store is not None:
+            store.close()
+            store = None
+        if path.exists():  # read-only folder or locked file: read, and say so
+            try:
+                store = LabelStore(path, annotator=annotator, read_only=True)
+                if hashes_from is not None:
+                    store.share_hash_cache(hashes_from)
+            except InputError:
+                store = None
+        error = InputError(
+            f"the label store cannot be written ({reason}); labels will not be saved - "
+            "choose another label file in the Embryos panel", path=path)
+        done = True
+        return store, store is not None, error
+    finally:
+        if not done and store is not None:  # cancelled or failed: release the file
+            store.close()
+
+
+def iter_use_store(path: Path, paths: Sequence[Path], annotator: str | None, hashes_from: Any,
+                   generation: int) -> ProgressGen[StoreSwitch]:
+    """Open another label file and register the open images in it."""
+    store, read_only, error = yield from iter_open_store(path, paths, annotator, hashes_from)
+    return StoreSwitch(path, store, read_only, error, generation)
+
+
+# ---------------------------------------------------------------------- features
+@dataclass(frozen=True)
+class ExtractRequest:
+    paths: tuple[Path, ...]
+    config: Any  # core.features.ExtractorConfig
+    extractors: Extractors
+    generation: int
+
+
+def iter_extract(req: ExtractRequest) -> ProgressGen[ExtractedFeatures]:
+    """Features of every image (cache-aware); unreadable images become NaN rows, listed."""
+    if not req.paths:
+        raise InputError("no images are open; open a folder or manifest first")
+    yield Progress(0, len(req.paths), "loading backbone")
+    extractor = req.extractors.get(req.config)
+    X = yield from extractor.iter_extract(list(req.paths), on_error="skip")
+    return ExtractedFeatures(np.asarray(X), extractor.signature(), req.generation,
+                             tuple(extractor.last_failed))
+
+
+def failed_rows(X: np.ndarray) -> np.ndarray:
+    """Bool mask of the feature rows of images skipped at extraction (all NaN)."""
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[1] == 0:
+        return np.zeros(len(X), dtype=bool)
+    return np.isnan(X[:, 0])
+
+
+def classify_rows(bundle: Any, X: np.ndarray, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(calibrated probabilities float32, majority votes bool) of every row; skipped images
+    get NaN / False and never reach the model (a block at a time: no copy of all of X)."""
+    n, T = len(X), len(bundle.classifier.vocabulary)
+    probabilities = np.full((n, T), np.nan, dtype=np.float32)
+    votes = np.zeros((n, T), dtype=bool)
+    ok = np.flatnonzero(~failed_rows(X))
+    for r0 in range(0, len(ok), block):
+        rows = ok[r0:r0 + block]
+        sel = slice(rows[0], rows[-1] + 1) if rows[-1] - rows[0] + 1 == len(rows) else rows
+        probabilities[sel], votes[sel] = bundle.predict_both(X[sel])
+    return probabilities, votes
+
+
+def _features(features: ExtractedFeatures | None, extract: ExtractRequest
+              ) -> ProgressGen[tuple[np.ndarray, ExtractedFeatures | None]]:
+    """(X, newly extracted or None): the session's features if current, else extracted."""
+    if features is not None:
+        return features.X, None
+    new = yield from iter_extract(extract)
+    return new.X, new
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    bundle: Any
+    features: ExtractedFeatures | None  # None: extract first
+    extract: ExtractRequest
+
+
+def iter_predict(req: PredictRequest) -> ProgressGen[Predictions]:
+    """Probabilities of the model for every image (extracting if needed)."""
+    X, new = yield from _features(req.features, req.extract)
+    yield Progress(len(X), len(X), "predicting")
+    P, votes = classify_rows(req.bundle, X)
+    return Predictions(P, votes, req.extract.generation, new)
+
+
+# ---------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class TrainRequest:
+    """Labels, settings and (current) features of one Train run."""
+
+    Y: np.ndarray  # (n, T) int8: 1 present, 0 absent, -1 unknown
+    vocabulary: tuple[str, ...]
+    paths: tuple[Path, ...]
+    genes: tuple[str | None, ...]  # for the CV groups (computed in the step: core.evaluation
+    stages: tuple[str | None, ...]  # imports scikit-learn, not something for the GUI thread)
+    ensemble: dict  # core.classify.EnsembleConfig arguments (made in the step: no import
+    #                 of the classifier modules on the GUI thread)
+    cross_validate: bool
+    n_folds: int
+    seed: int
+    features: ExtractedFeatures | None
+    extract: ExtractRequest
+
+    @property
+    def groups(self) -> np.ndarray:
+        """Grouped-CV ids (by gene; see core.evaluation.group_ids)."""
+        from ..core.evaluation import group_ids
+
+        return group_ids(self.genes, self.stages)
+
+
+def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
+    """Fit per-term ensembles (CV AUC where possible) and predict every image."""
+    from ..core.classify import EnsembleConfig
+    from ..core.manifest import training_fingerprint
+    from ..core.pipeline import iter_fit_bundle
+
+    X, new = yield from _features(req.features, req.extract)
+    ensemble = EnsembleConfig(**req.ensemble)
+    vocab = list(req.vocabulary)
+    Y = req.Y
+    skipped = failed_rows(X)
+    if skipped.any():  # images skipped at extraction have no features to learn from
+        Y = Y.copy()
+        Y[skipped] = -1
+        lost = [t for j, t in enumerate(vocab) if not ((Y[:, j] == 1).any() and (Y[:, j] == 0).any())]
+        if lost:
+            raise InputError(
+                f"cannot train: {int(skipped.sum())} image(s) could not be read (see the "
+                "skipped files), which leaves no 'present' or no 'absent' label for: "
+                + ", ".join(lost) + ". Replace those files or label more images.")
+    counts = {t: (int((Y[:, j] == 1).sum()), int((Y[:, j] == 0).sum())) for j, t in enumerate(vocab)}
+    auc: dict[str, float] = {}
+    note = ""
+    if req.cross_validate:
+        auc, note = yield from iter_cv_auc(X, Y, vocab, req.groups, ensemble, req.n_folds,
+                                           req.seed)
+    extractor = req.extract.extractors.get(req.extract.config)
+    bundle = yield from sub_progress(
+        iter_fit_bundle(X, Y, vocab, req.extract.config, ensemble,
+                        fingerprint=training_fingerprint(req.paths, Y, vocab),
+                        weights_id=extractor.weights_id), 0, prefix="fit: ")
+    yield Progress(1, 1, "predicting")
+    P, votes = classify_rows(bundle, X)
+    report = TrainReport(counts, auc, int((Y >= 0).any(1).sum()), note)
+    predictions = Predictions(P, votes, req.extract.generation, None)
+    return TrainedModel(bundle, report, predictions, new)
+
+
+def iter_cv_auc(X: np.ndarray, Y: np.ndarray, vocab: list[str], groups: np.ndarray,
+                ensemble: Any, n_folds: int, seed: int
+                ) -> ProgressGen[tuple[dict[str, float], str]]:
+    """Gene-grouped cross-validated AUC of every term with enough labels ({term: auc}, note).
+
+    The splits are chosen here (few genes: leave one gene out, so each training part still
+    sees both classes; more: grouped k folds); the fitting and scoring is
+    :func:`core.evaluation.iter_cross_validate` (one Gram matrix for all folds).
+    """
+    from ..core.evaluation import grouped_folds, iter_cross_validate
+
+    ok = [j for j in range(len(vocab))
+          if (Y[:, j] == 1).sum() >= MIN_CV_PER_CLASS and (Y[:, j] == 0).sum() >= MIN_CV_PER_CLASS]
+    if not ok:
+        return {}, f"no term has {MIN_CV_PER_CLASS} present and {MIN_CV_PER_CLASS} absent labels"
+    rows = np.flatnonzero((Y[:, ok] >= 0).any(1) & ~failed_rows(X))
+    g = groups[rows]
+    unique = np.unique(g)
+    if len(unique) < 2:
+        return {}, "all labelled images belong to one gene"
+    if len(unique) <= LOGO_MAX_GROUPS:
+        folds = [(np.flatnonzero(g != u), np.flatnonzero(g == u)) for u in unique]
+    else:
+        folds = grouped_folds(g, min(n_folds, len(unique)), seed)
+    splits = [(rows[tr], rows[te]) for tr, te in folds]
+    evaluation = yield from iter_cross_validate(X, Y[:, ok], [vocab[j] for j in ok], splits,
+                                                ensemble, groups=groups)
+    return {t: float(a) for t, a in evaluation.term_auc().items() if a is not None}, ""
+
+
+# ---------------------------------------------------------------------- Grad-CAM
+@dataclass(frozen=True)
+class GradcamRequest:
+    index: int
+    path: Path
+    terms: tuple[str, ...]
+    bundle: Any
+    extract: ExtractRequest  # the extractor the bundle's features come from
+    finetuned: Path | None = None  # a fine-tuned checkpoint: use its own MTL head
+
+
+def iter_gradcam(req: GradcamRequest) -> ProgressGen[GradcamMaps]:
+    """Grad-CAM maps of one image: the logistic ensembles' (default) or the fine-tuned
+    network's own term outputs (``finetuned``)."""
+    from ..core.images import read_rgb
+
+    yield Progress(0, 1, "Grad-CAM")
+    rgb = read_rgb(req.path)
+    if req.finetuned is not None:
+        from ..core.finetune import gradcam_mtl, load_finetuned
+
+        model = load_finetuned(req.finetuned, device=req.extract.config.device
+                               if req.extract.config.device != "auto" else "cpu")
+        missing = [t for t in req.terms if t not in model.vocabulary]
+        if missing:
+            raise InputError(f"the fine-tuned network has no output for {', '.join(missing)}; "
+                             "fine-tune again after labelling that term", path=req.finetuned)
+        maps = gradcam_mtl(model, rgb, list(req.terms), layer=str(req.extract.config.layer))
+        proba = _mtl_probabilities(model, rgb, list(req.terms))
+        source = "finetuned"
+    else:
+        from ..core.gradcam import gradcam_all_terms
+
+        maps, proba = gradcam_all_terms(req.bundle, req.extract.extractors.get(req.extract.config),
+                                        rgb, list(req.terms))
+        source = "ensemble"
+    yield Progress(1, 1, "Grad-CAM")
+    return GradcamMaps(req.index, req.terms, np.asarray(maps, np.float32),
+                       np.asarray(proba, np.float32), source)
+
+
+def _mtl_probabilities(model: Any, rgb: np.ndarray, terms: list[str]) -> np.ndarray:
+    import torch
+
+    cols = [model.vocabulary.index(t) for t in terms]
+    model.network.eval()
+    with torch.no_grad():
+        logits = model.network(model.preprocess(rgb)[None].to(model.device))[0, cols]
+    return torch.sigmoid(logits).float().cpu().numpy()
+
+
+# ---------------------------------------------------------------------- fine-tuning
+@dataclass(frozen=True)
+class FinetuneRequest:
+    images: tuple[Path, ...]
+    Y: np.ndarray
+    vocabulary: tuple[str, ...]
+    rows: np.ndarray  # the labelled images' rows in ``refit``
+    config: Any  # core.finetune.FinetuneConfig
+    out: Path
+    refit: TrainRequest  # its extractor config is switched to the checkpoint after training
+    settings: SessionSettings  # the settings the refit will use (weights = ``out``)
+
+
+def iter_finetune(req: FinetuneRequest) -> ProgressGen[FinetuneOutcome]:
+    """Fine-tune on the labelled images, then refit and re-predict with the new backbone."""
+    from ..core.finetune import iter_finetune as core_finetune
+
+    result = yield from core_finetune(list(req.images), req.Y, list(req.vocabulary), req.config,
+                                      req.out, groups=req.refit.groups[req.rows])
+    trained = yield from iter_train(req.refit)
+    return FinetuneOutcome(result, trained, req.settings)
+
+
+def finetune_refit(train: TrainRequest, settings: SessionSettings, out: Path) -> tuple:
+    """(refit request, refit settings): ``train`` switched to the checkpoint ``out``."""
+    new = replace(settings, weights=str(out))
+    config = replace(train.extract.config, weights=str(out), backbone=new.backbone,
+                     layer=new.layer, input_size=new.input_size)
+    return replace(train, features=None, extract=replace(train.extract, config=config)), new

@@ -1,0 +1,36 @@
+"""The only place that reaches past napari's public plugin API, each use with the reason.
+
+napari hands plugin widgets a ``PublicOnlyProxy`` of the viewer: a new proxy object per
+widget, so a per-viewer session must be keyed by the viewer it wraps (``__wrapped__`` is the
+wrapt proxy protocol, not napari API), and the proxy refuses private attributes. napari has
+no public "window closed" event for plugins, so the session's label store is closed when the
+Qt main window is destroyed, and the layout test/screenshot script need that window's size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+
+def real_viewer(viewer: Any) -> Any:
+    """The viewer behind napari's public-only proxy (the same object for every widget)."""
+    while hasattr(viewer, "__wrapped__"):
+        viewer = viewer.__wrapped__
+    return viewer
+
+
+def qt_main_window(viewer: Any) -> Any | None:
+    """The viewer's QMainWindow (no public accessor exists), or None without a window."""
+    window = getattr(real_viewer(viewer), "window", None)
+    return getattr(window, "_qt_window", None)
+
+
+def on_window_destroyed(viewer: Any, callback: Callable[..., None]) -> None:
+    """Call ``callback`` when the viewer's Qt window goes away (napari has no public event)."""
+    window = qt_main_window(viewer)
+    if window is not None:
+        with contextlib.suppress(AttributeError, RuntimeError, TypeError):
+            window.destroyed.connect(callback)
+

@@ -1,0 +1,122 @@
+"""One layout that fits a laptop: the annotator dock, its size, and the demo's first minute."""
+
+from __future__ import annotations
+
+import pytest
+
+from _gui_helpers import dock, make_dataset, press, wait_done
+
+pytestmark = pytest.mark.gui
+
+
+def _main_window(viewer):
+    from napari_ish_annotator.widgets._napari_private import qt_main_window
+
+    return qt_main_window(viewer)
+
+
+def test_everything_open_fits_a_laptop_and_leaves_half_the_canvas(make_napari_viewer, qtbot):
+    from napari_ish_annotator.widgets import DOCK_NAMES, open_annotator, open_docks
+
+    viewer = make_napari_viewer(show=True)
+    annotator = open_annotator(viewer)
+    window = _main_window(viewer)
+    window.resize(1920, 1080)
+    qtbot.wait(50)
+    canvas = viewer.window._qt_viewer.canvas.native  # the test may look inside napari
+    assert canvas.width() >= window.width() / 2, (canvas.width(), window.width())
+    assert annotator.terms.isVisible()  # the term list is visible whatever tab is open
+    for i in range(annotator.tabs.count()):
+        annotator.tabs.setCurrentIndex(i)
+        assert annotator.terms.isVisible()
+
+    open_docks(viewer, DOCK_NAMES)  # and every individual panel as well
+    qtbot.wait(50)
+    size = window.minimumSizeHint().expandedTo(window.minimumSize())
+    assert size.width() <= 1366 and size.height() <= 768, (size.width(), size.height())
+
+
+def test_keys_step_label_undo_and_jump_to_uncertain(make_napari_viewer, tmp_path):
+    import numpy as np
+
+    from napari_ish_annotator.session import Predictions
+    from napari_ish_annotator.widgets import open_annotator
+
+    viewer = make_napari_viewer()
+    annotator = open_annotator(viewer)
+    assert annotator.embryos.open_paths([make_dataset(tmp_path / "data", n=6)])
+    s = annotator.session
+    press(viewer, "n")
+    assert s.index == 1
+    before = s.labels_for(1)[s.vocabulary[0]]
+    press(viewer, "1")
+    assert s.labels_for(1)[s.vocabulary[0]] != before
+    press(viewer, "Control-Z")
+    assert s.labels_for(1)[s.vocabulary[0]] == before
+    press(viewer, "p")
+    assert s.index == 0
+
+    # "u": the next image with a term near 0.5 that is not labelled yet
+    s.set_vocabulary([*s.vocabulary, "new"])  # unlabelled everywhere
+    P = np.full((6, len(s.vocabulary)), 0.95, np.float32)
+    P[4, -1] = 0.5
+    s.bundle = type("B", (), {"classifier": type("C", (), {"vocabulary": list(s.vocabulary)})})
+    s.apply_predictions(Predictions(P, P >= 0.5, s.generation))
+    press(viewer, "u")
+    assert s.index == 4
+    assert annotator.terms.image_label.text().startswith("5/6")
+
+
+@pytest.mark.slow
+def test_demo_trains_in_the_background_and_shows_predictions_and_gradcam(make_napari_viewer,
+                                                                         qtbot):
+    import time
+
+    from napari_ish_annotator.widgets import open_demo
+    from napari_ish_annotator.widgets.explain import gradcam_layer
+
+    viewer = make_napari_viewer()
+    t0 = time.perf_counter()
+    annotator = open_demo(viewer, weights="random", backbone="efficientnet_lite0")
+    assert annotator.train.runner.running  # returned at once: training runs in a worker
+    wait_done(qtbot, annotator.train.runner)
+    qtbot.waitUntil(lambda: gradcam_layer(viewer) is not None, timeout=60_000)
+    wait_done(qtbot, annotator.explain.runner)
+    elapsed = time.perf_counter() - t0
+    s = annotator.session
+    assert s.probabilities is not None and s.probabilities.shape[0] == s.n_images
+    assert annotator.terms.table.rowCount() == len(s.vocabulary)
+    assert gradcam_layer(viewer).data.shape == s.image().shape[:2]
+    print(f"demo: predictions and Grad-CAM after {elapsed:.1f} s")
+
+
+def test_individual_panels_stay_available(make_napari_viewer):
+    viewer = make_napari_viewer()
+    for name in ("Embryos", "Annotate", "Explain", "Train"):
+        assert dock(viewer, name).session is dock(viewer, "Embryos").session
+
+
+def test_importing_the_widgets_has_no_side_effects():
+    """The triton guard runs where the GUI imports torch, not on `import widgets`."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport napari_ish_annotator.widgets\n"
+            "assert 'triton' not in sys.modules, 'import blocked triton'\n"
+            "from napari_ish_annotator.widgets._worker import block_triton\n"
+            "block_triton()\nassert sys.modules['triton'] is None\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_private_napari_api_only_in_its_module():
+    from pathlib import Path
+
+    import napari_ish_annotator
+
+    root = Path(napari_ish_annotator.__file__).parent
+    private = ("._qt_window", "_relay_error", "__wrapped__", "._qt_viewer", "._dock_widgets")
+    offenders = [f"{p.name}: {name}" for p in root.rglob("*.py")
+                 if p.name != "_napari_private.py"
+                 for name in private if name in p.read_text(encoding="utf-8")]
+    assert offenders == []
