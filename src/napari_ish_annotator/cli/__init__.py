@@ -87,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = None
     try:
         check_outputs(args)
-        return int(args.handler(args))
+        with c.dask_session(args):
+            return int(args.handler(args))
     except InputError as exc:
         print(f"ish-annotator {args.command}: error: {exc}", file=sys.stderr)
         return c.EXIT_INPUT

@@ -98,5 +98,6 @@ def register(sub) -> None:
     p.add_argument("--chunk-size", type=int, default=256,
                    help="images whose features are held in memory at once (default "
                         "%(default)s: about 200 MB at VGG16 layer 21)")
+    c.add_dask(p)
     c.add_common(p)
     p.set_defaults(handler=cmd_predict, outputs=[("out", False)])

@@ -20,9 +20,16 @@ from .progress import Progress, ProgressGen
 
 
 def make_extractor(config, cache_dir=None, loaded=None):
-    """A :class:`~.features.FeatureExtractor` (imported lazily: it pulls in torch)."""
+    """A :class:`~.features.FeatureExtractor`; inside :func:`.distributed.use` one that
+    computes cache misses on that dask cluster. Both build no network until a miss."""
+    import sys
+
     from .features import FeatureExtractor
 
+    distributed = sys.modules.get(f"{__package__}.distributed")  # only if --dask loaded it
+    client = distributed.current_client() if distributed is not None else None
+    if client is not None:
+        return distributed.DistributedExtractor(client, config, cache_dir)
     return FeatureExtractor(config, cache_dir=cache_dir, loaded=loaded)
 
 
