@@ -148,6 +148,29 @@ def test_closing_the_run_cancels_the_outstanding_chunks(tiny_dataset, client, mo
     assert not client.futures
 
 
+@pytest.mark.slow
+def test_a_cluster_lost_mid_run_is_one_input_error(tiny_dataset, monkeypatch):
+    from napari_ish_annotator.core.features import ExtractorConfig
+    from napari_ish_annotator.core.pipeline import iter_features, make_extractor
+
+    monkeypatch.setattr(ishd, "CHUNK", 1)
+    images = sorted((tiny_dataset.parent / "images").glob("*.png"))
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1",
+                                       dashboard_address=None)
+    try:
+        with distributed.Client(cluster) as c, ishd.use(c):
+            fx = make_extractor(ExtractorConfig(weights="random:seed=8", input_size=64), None)
+            gen = iter_features(fx, images)
+            next(gen)
+            next(gen)  # one chunk back, the rest queued
+            cluster.close()
+            with pytest.raises(InputError, match="lost the dask cluster"):
+                for _ in gen:
+                    pass
+    finally:
+        cluster.close()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
