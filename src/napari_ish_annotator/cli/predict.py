@@ -75,7 +75,7 @@ def iter_predict_chunked(bundle, images: Sequence[Path], cache_dir: Path | None,
     from ..core.progress import sub_progress
 
     config = bundle.extractor if device is None else replace(bundle.extractor, device=device)
-    extractor = make_extractor(config, cache_dir)  # loads the network once for all chunks
+    extractor = make_extractor(config, cache_dir)  # network built once, on the first miss
     n = len(images)
     probabilities = np.empty((n, len(bundle.classifier.vocabulary)), dtype=np.float64)
     for start in range(0, n, chunk_size):

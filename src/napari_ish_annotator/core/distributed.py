@@ -88,10 +88,17 @@ def connect(address: ClusterAddress | str) -> Iterator[Any]:
     Every worker is checked up front to import this package at the client's version (the
     feature cache key holds the version, so mixed versions would compute different features).
     """
+    import logging
+
     distributed = _import_distributed()
     if isinstance(address, str):
         address = ClusterAddress.parse(address)
     cluster = client = None
+    # dask's own warnings (e.g. "worker still alive after 4 s, killing" at shutdown) would
+    # break the CLI's one-line-per-problem stderr; problems reach the user as InputErrors
+    log = logging.getLogger("distributed")
+    level = log.level
+    log.setLevel(logging.ERROR)
     try:
         if address.kind == "local":
             # one thread per worker process: torch uses the cores, dask the processes
@@ -99,7 +106,7 @@ def connect(address: ClusterAddress | str) -> Iterator[Any]:
             cluster = distributed.LocalCluster(
                 n_workers=address.n_workers, threads_per_worker=1, processes=True,
                 host="127.0.0.1", dashboard_address=None,
-                env={"OMP_NUM_THREADS": str(threads)})
+                silence_logs=logging.ERROR, env={"OMP_NUM_THREADS": str(threads)})
             client = distributed.Client(cluster, timeout=CONNECT_TIMEOUT_S)
         else:
             where = (dict(address=address.target) if address.kind == "address"
@@ -120,6 +127,7 @@ def connect(address: ClusterAddress | str) -> Iterator[Any]:
         if cluster is not None:
             with contextlib.suppress(Exception):
                 cluster.close(timeout=10)
+        log.setLevel(level)
 
 
 def _package_version() -> str:
