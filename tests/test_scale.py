@@ -63,3 +63,14 @@ def test_training_on_a_memmap_gives_the_same_bundle(tiny_dataset, tmp_path, monk
     for a, b in zip(in_ram.classifier.terms, mapped.classifier.terms, strict=True):
         np.testing.assert_array_equal(a.coef, b.coef)
         np.testing.assert_array_equal(a.intercept, b.intercept)
+
+
+def test_features_with_skipped_images_are_float16_with_nan_rows(tiny_dataset, tmp_path):
+    images = sorted((tiny_dataset.parent / "images").glob("*.png"))[:3]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"no image")
+    fx = pipeline.make_extractor(ExtractorConfig(weights="random", input_size=64, device="cpu"))
+    X = drive(pipeline.iter_features(fx, [images[0], bad, *images[1:]], on_error="skip"))
+    assert X.dtype == np.float16 and X.shape == (4, fx.dim)
+    assert np.isnan(X[1]).all() and np.isfinite(X[[0, 2, 3]]).all()
+    assert [row for row, _ in fx.last_failed] == [1]

@@ -51,8 +51,8 @@ def feature_matrix(n: int, dim: int, folder: str | Path | None = None) -> np.nda
     return scratch_memmap((n, dim), np.float16, folder, what=f"the features of {n} images")
 
 
-def iter_features(extractor, images: Sequence[Path | np.ndarray], stage: str = "features"
-                  ) -> ProgressGen[np.ndarray]:
+def iter_features(extractor, images: Sequence[Path | np.ndarray], stage: str = "features",
+                  on_error: str = "raise") -> ProgressGen[np.ndarray]:
     """Features of ``images`` at the extractor's layer (cached), ``(n, d)`` float16.
 
     float16 halves the memory of training on thousands of images (layer 21: 0.8 instead of
@@ -60,12 +60,13 @@ def iter_features(extractor, images: Sequence[Path | np.ndarray], stage: str = "
     the classifier reads it block-wise in float32/float64. Large matrices are memory-mapped
     scratch files next to the feature cache (see :func:`feature_matrix`). If an in-memory
     image's features overflow float16 the extractor returns a float32 matrix instead, so no
-    value becomes inf.
+    value becomes inf. ``on_error="skip"``: unreadable images get NaN rows, listed in the
+    extractor's ``last_failed`` (see :meth:`~.features.FeatureExtractor.iter_extract`).
     """
     images = list(images)
     cache = getattr(extractor, "cache", None)
     out = feature_matrix(len(images), extractor.dim, cache.root if cache is not None else None)
-    gen = extractor.iter_extract(images, out=out)
+    gen = extractor.iter_extract(images, out=out, on_error=on_error)
     try:
         while True:
             done, total, message = next(gen)
