@@ -264,7 +264,12 @@ def _worker_extractor(config: dict, cache_dir: str | None) -> FeatureExtractor:
     with _LOCK:
         fx = _EXTRACTORS.get(key)
         if fx is None:
-            fx = FeatureExtractor(ExtractorConfig(**config), cache_dir=cache_dir)
+            import multiprocessing
+
+            # a nanny's worker is a daemon process, which may not start decoding processes
+            daemon = multiprocessing.current_process().daemon
+            fx = FeatureExtractor(ExtractorConfig(**config), cache_dir=cache_dir,
+                                  decode_workers=0 if daemon else None)
             fx.loaded  # noqa: B018 - build the network now, inside the lock
             LOADS["count"] += 1
             while len(_EXTRACTORS) >= 2:
