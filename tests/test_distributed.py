@@ -156,7 +156,7 @@ def test_a_cluster_lost_mid_run_is_one_input_error(tiny_dataset, monkeypatch):
     monkeypatch.setattr(ishd, "CHUNK", 1)
     images = sorted((tiny_dataset.parent / "images").glob("*.png"))
     cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1",
-                                       dashboard_address=None)
+                                       dashboard_address="127.0.0.1:0")
     try:
         with distributed.Client(cluster) as c, ishd.use(c):
             fx = make_extractor(ExtractorConfig(weights="random:seed=8", input_size=64), None)
@@ -217,7 +217,8 @@ def test_hand_started_scheduler_and_workers(local_model, tiny_dataset, tmp_path)
     procs: list[subprocess.Popen] = []
     try:
         procs.append(_start([sys.executable, "-m", "distributed.cli.dask_scheduler",
-                             "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                             "--host", "127.0.0.1", "--port", "0",
+                             "--dashboard-address", "127.0.0.1:0",
                              "--scheduler-file", str(sched_file)], env, tmp_path / "s.log"))
         _wait_for(sched_file, 60)
         for i in range(2):
@@ -262,7 +263,8 @@ def test_slurm_config_object_builds_a_job_script():
 
     cluster = slurm_cluster(queue="gpu", account="lab", cores=8, memory="32GB",
                             walltime="02:00:00", gpus=1,
-                            scheduler_options={"host": "127.0.0.1", "dashboard": False})
+                            scheduler_options={"host": "127.0.0.1",
+                                               "dashboard_address": "127.0.0.1:0"})
     try:
         script = cluster.job_script()  # built, never submitted
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")

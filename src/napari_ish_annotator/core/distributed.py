@@ -105,7 +105,7 @@ def connect(address: ClusterAddress | str) -> Iterator[Any]:
             threads = max(1, (os.cpu_count() or 1) // address.n_workers)
             cluster = distributed.LocalCluster(
                 n_workers=address.n_workers, threads_per_worker=1, processes=True,
-                host="127.0.0.1", dashboard_address=None,
+                host="127.0.0.1", dashboard_address="127.0.0.1:0",  # any free local port
                 silence_logs=logging.ERROR, env={"OMP_NUM_THREADS": str(threads)})
             client = distributed.Client(cluster, timeout=CONNECT_TIMEOUT_S)
         else:
