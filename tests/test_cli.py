@@ -223,9 +223,9 @@ def test_predict_holds_only_one_chunk_of_features_in_memory(cli_data, trained, t
     sizes: list[int] = []
     original = FeatureExtractor.iter_extract
 
-    def recording(self, images, out=None):
+    def recording(self, images, out=None, **kwargs):
         sizes.append(len(list(images)))
-        return original(self, images, out=out)
+        return original(self, images, out=out, **kwargs)
 
     monkeypatch.setattr(FeatureExtractor, "iter_extract", recording)
     chunked = tmp_path / "chunked.csv"

@@ -8,6 +8,7 @@ the problem, and exit status 2; long work shows a progress bar on stderr.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -86,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = None
     try:
         check_outputs(args)
-        return int(args.handler(args))
+        with c.dask_session(args):
+            return int(args.handler(args))
     except InputError as exc:
         print(f"ish-annotator {args.command}: error: {exc}", file=sys.stderr)
         return c.EXIT_INPUT
@@ -98,3 +100,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if os.environ.get("ISH_ANNOTATOR_DEBUG_IMPORTS"):  # tests/benchmarks of the warm path
+            print(f"ish-annotator: torch imported: {'yes' if 'torch' in sys.modules else 'no'}",
+                  file=sys.stderr)

@@ -115,6 +115,34 @@ def add_backbone(parser: argparse.ArgumentParser, default_weights: str = "imagen
     add_cache(parser)
 
 
+def add_dask(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dask", default=None, metavar="ADDRESS",
+                        help="extract features on a dask cluster: local[:N] starts N worker "
+                             "processes here, tcp://HOST:PORT or a scheduler file joins a "
+                             "running one (see docs/cluster.md; needs the [cluster] extra)")
+
+
+def dask_session(args: argparse.Namespace):
+    """The ``--dask`` cluster for the whole command (a no-op context without it)."""
+    import contextlib
+
+    address = getattr(args, "dask", None)
+    if not address:
+        return contextlib.nullcontext()
+    return _dask_session(address)
+
+
+def _dask_session(address: str):
+    import contextlib
+
+    from ..core import distributed
+
+    stack = contextlib.ExitStack()
+    client = stack.enter_context(distributed.connect(address))
+    stack.enter_context(distributed.use(client))
+    return stack
+
+
 def add_cache(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--cache", default=None,

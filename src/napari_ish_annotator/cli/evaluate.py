@@ -145,6 +145,7 @@ def register(sub) -> None:
                         "same folds and print both")
     c.add_backbone(p)
     c.add_classifier(p)
+    c.add_dask(p)
     c.add_common(p)
     p.set_defaults(handler=cmd_evaluate, outputs=[("json", False)], folds_given=False,
                    test_fraction_given=False)

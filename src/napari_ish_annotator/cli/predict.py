@@ -78,7 +78,7 @@ def iter_predict_chunked(bundle, images: Sequence[Path], cache_dir: Path | None,
     from ..core.progress import sub_progress
 
     config = bundle.extractor if device is None else replace(bundle.extractor, device=device)
-    extractor = make_extractor(config, cache_dir)  # loads the network once for all chunks
+    extractor = make_extractor(config, cache_dir)  # network built once, on the first miss
     n = len(images)
     probabilities = np.empty((n, len(bundle.classifier.vocabulary)), dtype=np.float64)
     votes = np.empty(probabilities.shape, dtype=bool)
@@ -106,5 +106,6 @@ def register(sub) -> None:
     p.add_argument("--votes", action="store_true",
                    help="also write '<term> vote' columns: the paper's decision, the ensemble "
                         "members' majority vote (1 present, 0 absent)")
+    c.add_dask(p)
     c.add_common(p)
     p.set_defaults(handler=cmd_predict, outputs=[("out", False)])

@@ -36,5 +36,6 @@ def register(sub) -> None:
     p.add_argument("--layer", default=None, help="feature layer (VGG16: 17, 21, 24, 30; default 21)")
     c.add_backbone(p)
     c.add_classifier(p)
+    c.add_dask(p)
     c.add_common(p)
     p.set_defaults(handler=cmd_train, outputs=[("out", True)], check=check_target)

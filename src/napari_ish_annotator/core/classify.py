@@ -48,6 +48,7 @@ __all__ = [
 _BLOCK_BYTES = 128 * 2**20
 #: widest feature block (bounds the float32 rounding of one block's partial Gram sums)
 _MAX_BLOCK_COLS = 4096
+_MEMMAP_ROWS = 256  # rows of a memmap mapped at once (256 x 0.8 MB at VGG16 layer 21)
 #: members with at least this many rows factorise their Newton systems in float32 first
 _SINGLE_MIN_ROWS = 256
 #: rows per block at prediction time
@@ -117,9 +118,24 @@ def _feature_blocks(n_rows: int, d: int) -> list[tuple[int, int]]:
 
 def _take_rows(X: Any, rows: np.ndarray | None, c0: int, c1: int,
                dtype: Any = np.float64) -> np.ndarray:
-    """Rows ``rows`` and columns ``c0:c1`` of ``X`` as ``dtype`` (only this block is copied)."""
-    block = X[:, c0:c1] if rows is None else X[rows, c0:c1]
-    return np.ascontiguousarray(block, dtype=dtype)
+    """Rows ``rows`` and columns ``c0:c1`` of ``X`` as ``dtype`` (only this block is copied).
+
+    A memmap is read :data:`_MEMMAP_ROWS` rows at a time, its pages released after each: the
+    kernel maps whole (large) page-cache folios, so one column block of a row-major file would
+    otherwise map nearly all of it; this keeps the resident size bounded at any n.
+    """
+    if getattr(X, "_mmap", None) is None:
+        block = X[:, c0:c1] if rows is None else X[rows, c0:c1]
+        return np.ascontiguousarray(block, dtype=dtype)
+    from .io import release_pages
+
+    n = X.shape[0] if rows is None else len(rows)
+    out = np.empty((n, c1 - c0), dtype=dtype)
+    for r0 in range(0, n, _MEMMAP_ROWS):
+        r1 = min(n, r0 + _MEMMAP_ROWS)
+        out[r0:r1] = X[r0:r1, c0:c1] if rows is None else X[rows[r0:r1], c0:c1]
+        release_pages(X)
+    return out
 
 
 def iter_gram(X: Any, rows: np.ndarray | None = None) -> ProgressGen[np.ndarray]:

@@ -20,5 +20,9 @@ class InputError(ValueError):
                 where += f", row {row}"
             where += ": "
         super().__init__(f"{where}{message}")
+        self.message = message
         self.path = Path(path) if path is not None else None
         self.row = row
+
+    def __reduce__(self):  # path and row survive the trip back from a dask worker
+        return (type(self), (self.message, self.path, self.row))

@@ -24,7 +24,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .backbones import LoadedBackbone, load_backbone, resolve_device
+from .backbones import (
+    LoadedBackbone,
+    WeightsIdentity,
+    get_spec,
+    load_backbone,
+    remember_identity,
+    resolve_device,
+    resolve_device_type,
+    weights_identity,
+)
 from .cache import FeatureCache
 from .errors import InputError
 from .preprocess import (  # noqa: F401 - re-exported: the names have always lived here too
@@ -37,6 +46,7 @@ from .preprocess import (  # noqa: F401 - re-exported: the names have always liv
     normalisation_affine,
     preprocess_np,
     resolve_precision,
+    resolve_precision_type,
     torch_dtype,
 )
 from .progress import CancelToken, Progress, ProgressCallback, ProgressGen, drive
@@ -157,18 +167,22 @@ class _DecodeBatches:
 
 
 class FeatureExtractor:
-    """Features of one backbone layer for images (paths or HxWx3 uint8 arrays)."""
+    """Features of one backbone layer for images (paths or HxWx3 uint8 arrays).
+
+    Lazy: the cache signature is worked out without torch where possible (weights identity,
+    device, precision and feature shape as plain data), and the network is built only when an
+    image is not in the cache. A run whose features are all cached never imports torch.
+    """
 
     def __init__(self, config: ExtractorConfig, cache_dir: str | Path | None = None,
                  loaded: LoadedBackbone | None = None, decode_workers: int | None = None):
         self.config = config
-        if loaded is None:
-            loaded = load_backbone(config.backbone, config.weights, seed=config.seed)
-        elif loaded.spec.name != config.backbone:
+        if loaded is not None and loaded.spec.name != config.backbone:
             raise InputError(f"the loaded backbone is {loaded.spec.name}, the settings ask for "
                              f"{config.backbone}")
-        self.loaded = loaded
-        self.spec = loaded.spec
+        self._loaded = loaded
+        self._memo_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
+        self.spec = get_spec(config.backbone)
         self.layer = self.spec.layer(config.layer).name
         self.layer_index = self.spec.layers[self.layer].index
         size = int(config.input_size)
@@ -179,17 +193,27 @@ class FeatureExtractor:
         if int(config.batch_size) < 1:
             raise InputError(f"batch size must be at least 1, got {config.batch_size}")
         self.batch_size = int(config.batch_size)
-        self.device = resolve_device(config.device)
-        self.precision = resolve_precision(config.precision, self.device)
+        self._device: torch.device | None = None
+        self.device_type = resolve_device_type(config.device)
+        precision = resolve_precision_type(config.precision, self.device_type)
+        identity = loaded.identity if loaded is not None else weights_identity(
+            config.backbone, config.weights, config.seed, self._memo_dir)
+        if identity is None or precision is None:  # only torch can tell: build it now
+            identity = self.loaded.identity
+            self.device_type = self.device.type
+            precision = resolve_precision(config.precision, self.device)
+        self.precision = precision
         #: decoding processes (0: two threads); None -> :func:`default_decode_workers`
-        self.decode_workers = (default_decode_workers(self.device.type)
+        self.decode_workers = (default_decode_workers(self.device_type)
                                if decode_workers is None else max(0, int(decode_workers)))
-        self.weights_id = loaded.weights_id
-        self.mean = tuple(float(v) for v in loaded.mean)
-        self.std = tuple(float(v) for v in loaded.std)
-        self.pixel_scale = float(loaded.pixel_scale)
-        loaded.truncated(self.layer)  # fail now if the weights do not cover the layer
-        self.shape = loaded.output_shape(self.layer, size)
+        self.identity: WeightsIdentity = identity
+        self.weights_id = identity.weights_id
+        self.mean = tuple(float(v) for v in identity.mean)
+        self.std = tuple(float(v) for v in identity.std)
+        self.pixel_scale = float(identity.pixel_scale)
+        if identity.available_upto is not None and self.layer_index > identity.available_upto:
+            self.loaded.truncated(self.layer)  # the weights do not cover the layer: its error
+        self.shape = self.spec.feature_shape(self.layer, size)
         self.dim = int(np.prod(self.shape))
         self.cache = FeatureCache(cache_dir, self.signature()) if cache_dir is not None else None
         self._module: torch.nn.Module | None = None
@@ -197,6 +221,28 @@ class FeatureExtractor:
         self._channels_last: bool | None = None
         #: ``(row, reason)`` of the images the last ``on_error="skip"`` extraction skipped
         self.last_failed: list[tuple[int, str]] = []
+
+    # ------------------------------------------------------------------ lazy parts
+    @property
+    def loaded(self) -> LoadedBackbone:
+        """The backbone with its weights, loaded (and torch imported) on first use."""
+        if self._loaded is None:
+            loaded = load_backbone(self.config.backbone, self.config.weights,
+                                   seed=self.config.seed)
+            known = getattr(self, "identity", None)
+            if known is not None and known.key() != loaded.identity.key():  # a bug, not input
+                raise RuntimeError(f"weights identity worked out without torch ({known}) differs "
+                                   f"from the loaded one ({loaded.identity})")
+            if self._memo_dir is not None:
+                remember_identity(self._memo_dir, loaded)
+            self._loaded = loaded
+        return self._loaded
+
+    @property
+    def device(self) -> torch.device:
+        if self._device is None:
+            self._device = resolve_device(self.config.device)
+        return self._device
 
     # ------------------------------------------------------------------ identity
     def signature(self) -> dict:
@@ -228,7 +274,7 @@ class FeatureExtractor:
         """Channels-last pays off with reduced precision and on GPUs (see the benchmark)."""
         if self._channels_last is not None:
             return self._channels_last
-        return self.precision != "fp32" or self.device.type != "cpu"
+        return self.precision != "fp32" or self.device_type != "cpu"
 
     @channels_last.setter
     def channels_last(self, value: bool | None) -> None:
@@ -410,6 +456,19 @@ class FeatureExtractor:
             else:
                 todo.append(k)
         yield Progress(done, n, f"{done} of {n} from the cache" if done else "starting")
+        if todo:
+            out = yield from self._iter_compute(images, todo, rows, out, done, failed, skip)
+        self.last_failed = sorted(failed.items())
+        return out
+
+    def _iter_compute(self, images: list, todo: list[str], rows: dict[str, list[int]],
+                      out: np.ndarray, done: int, failed: dict[int, str], skip: bool
+                      ) -> ProgressGen[np.ndarray]:
+        """Compute the features of the cache misses ``todo`` (one image per key) into their
+        ``rows`` of ``out``; failed images go into ``failed`` (``skip``) or raise. Here:
+        batches on this machine, decoded ahead in threads or processes; see also
+        :class:`.distributed.DistributedExtractor`."""
+        n = len(images)
         batches = [todo[s:s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
         item_batches = [[images[rows[k][0]] for k in b] for b in batches]
         workers = self._process_workers(len(batches))
@@ -430,7 +489,6 @@ class FeatureExtractor:
                 yield Progress(done, n, f"extracted {done}/{n} (layer {self.layer})")
         finally:
             decoded.close()
-        self.last_failed = sorted(failed.items())
         return out
 
     def _store_batch(self, x: torch.Tensor, batch_keys: list[str], rows: dict[str, list[int]],

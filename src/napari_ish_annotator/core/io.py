@@ -11,6 +11,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,3 +123,54 @@ def write_png_atomic(path: str | Path, rgb: np.ndarray) -> None:
 
     with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(np.asarray(rgb)).save(tmp, format="PNG")
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB"
+
+
+def scratch_memmap(shape: tuple[int, ...], dtype: Any, folder: str | Path | None = None,
+                   what: str = "the features") -> np.memmap:
+    """A zero-filled array backed by a scratch file in ``folder`` (default: the temp folder).
+
+    For arrays larger than memory should hold, e.g. the features of thousands of images. Free
+    space is checked first (InputError naming the folder if short), and on POSIX the file is
+    unlinked at once: its space comes back when the array is freed, even after a crash or
+    Ctrl-C, so no partial file is ever left behind.
+    """
+    folder = Path(folder).expanduser() if folder is not None else Path(tempfile.gettempdir())
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(folder).free
+    except OSError as exc:
+        raise InputError(f"cannot use it as scratch space for {what} ({exc})", path=folder) from exc
+    margin = 256 * 2**20
+    if free < nbytes + margin:
+        raise InputError(f"{what} of this run need {_gib(nbytes)} of scratch disk space here, but "
+                         f"only {_gib(free)} is free; free some space, or point --cache (or "
+                         "TMPDIR) to a larger disk", path=folder)
+    fd, name = tempfile.mkstemp(prefix="ish-scratch-", suffix=".bin", dir=folder)
+    try:
+        os.ftruncate(fd, max(nbytes, 1))  # sparse: blocks are allocated as rows are written
+        return np.memmap(name, dtype=dtype, mode="r+", shape=shape)
+    finally:
+        os.close(fd)
+        if os.name == "posix":
+            os.unlink(name)
+
+
+def release_pages(array: Any) -> None:
+    """Drop a memory-mapped array's pages from this process's resident set.
+
+    The data stays in the file (and the page cache, from where the kernel can reclaim it);
+    reading the next block maps it back. Streaming over a 6 GB feature memmap this way keeps
+    the resident size at a block, not the whole file. No-op for in-memory arrays.
+    """
+    import mmap
+
+    mm = getattr(array, "_mmap", None)  # numpy's memmap keeps its mmap here
+    if mm is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    with contextlib.suppress(OSError, ValueError):
+        mm.madvise(mmap.MADV_DONTNEED)

@@ -19,7 +19,7 @@ Torch is imported lazily.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -53,6 +53,46 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def cpu_flags_native_bf16() -> bool | None:
+    """:func:`cpu_has_native_bf16` from the kernel's CPU flags (the same CPUID bits), without
+    importing torch; None where ``/proc/cpuinfo`` does not exist (not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return "avx512_bf16" in flags or "amx_tile" in flags
+    except OSError:
+        return None
+    return False
+
+
+def _precision(precision: str, device_type: str, native_bf16: Callable[[], bool | None],
+               cpu_auto_bf16: bool) -> str | None:
+    """The one rule behind :func:`resolve_precision` (None: ``native_bf16`` does not know)."""
+    text = (precision or "auto").strip().lower()
+    if text not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+    if text == "auto":
+        if device_type == "cuda":
+            return "fp16"
+        if device_type == "cpu" and cpu_auto_bf16:
+            native = native_bf16()
+            return None if native is None else ("bf16" if native else "fp32")
+        return "fp32"
+    if device_type == "cpu" and text == "fp16":
+        raise InputError("precision fp16 is for GPUs; on the CPU use bf16 (if the CPU supports "
+                         "it) or fp32")
+    if device_type == "cpu" and text == "bf16":
+        native = native_bf16()
+        if native is None:
+            return None
+        if not native:
+            raise InputError("this CPU has no native bf16 support (AVX512-BF16/AMX), so bf16 "
+                             "would be slow; use --precision fp32 or auto")
+    return text
+
+
 def resolve_precision(precision: str, device: torch.device, cpu_auto_bf16: bool | None = None) -> str:
     """``auto`` -> fp16 on CUDA, bf16 on CPUs with native bf16 (if ``cpu_auto_bf16``), else fp32.
 
@@ -60,24 +100,16 @@ def resolve_precision(precision: str, device: torch.device, cpu_auto_bf16: bool 
     (bf16 gradients are only used when asked for). An explicit fp16 on a CPU, or bf16 on a
     CPU without native support (it would be emulated and slow), is an :class:`InputError`.
     """
-    text = (precision or "auto").strip().lower()
-    if text not in PRECISIONS:
-        raise InputError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
-    if cpu_auto_bf16 is None:
-        cpu_auto_bf16 = CPU_AUTO_BF16
-    if text == "auto":
-        if device.type == "cuda":
-            return "fp16"
-        if device.type == "cpu" and cpu_auto_bf16 and cpu_has_native_bf16():
-            return "bf16"
-        return "fp32"
-    if device.type == "cpu" and text == "fp16":
-        raise InputError("precision fp16 is for GPUs; on the CPU use bf16 (if the CPU supports "
-                         "it) or fp32")
-    if device.type == "cpu" and text == "bf16" and not cpu_has_native_bf16():
-        raise InputError("this CPU has no native bf16 support (AVX512-BF16/AMX), so bf16 would "
-                         "be slow; use --precision fp32 or auto")
-    return text
+    auto_bf16 = CPU_AUTO_BF16 if cpu_auto_bf16 is None else cpu_auto_bf16
+    return _precision(precision, device.type, cpu_has_native_bf16, auto_bf16)  # type: ignore[return-value]
+
+
+def resolve_precision_type(precision: str, device_type: str | None) -> str | None:
+    """:func:`resolve_precision` without torch (the feature cache key of the warm path), or
+    None where only torch can tell."""
+    if device_type is None:
+        return None
+    return _precision(precision, device_type, cpu_flags_native_bf16, CPU_AUTO_BF16)
 
 
 def torch_dtype(precision: str) -> torch.dtype:
