@@ -68,6 +68,7 @@ def test_keep_aspect_pads_with_border_colour_before_resizing():
 def test_bf16_check_applies_to_fine_tuning_too(monkeypatch):
     """Fine-tuning used to skip the extractor's bf16 check; now both refuse emulated bf16."""
     monkeypatch.setattr(preprocess, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(preprocess, "cpu_flags_native_bf16", lambda: False)  # torch-free probe
     cpu = torch.device("cpu")
     with pytest.raises(InputError, match="no native bf16"):
         preprocess.resolve_precision("bf16", cpu)

@@ -58,6 +58,8 @@ def test_torchvision_normalisation_table_matches_torchvision():
     from torchvision.models import get_weight
 
     for spec in bb.REGISTRY.values():
+        if not spec.normalisation_from_weights:  # InceptionV3: its own (x - 0.5) / 0.5
+            continue
         for enum in spec.torchvision_weights.values():
             t = get_weight(enum).transforms()
             mean, std = bb.TORCHVISION_NORMALISATION[enum]
@@ -128,3 +130,11 @@ def test_weights_file_identity_is_remembered_by_its_hash(tmp_path):
     with pytest.raises(InputError, match="only cover"):  # a partial file, known from the memo
         FeatureExtractor(ExtractorConfig(weights=str(path), layer="21", device="cpu"),
                          cache_dir=cache)
+
+
+def test_weights_identity_matches_loading_for_a_backbone_with_its_own_normalisation(tmp_path):
+    """InceptionV3 ignores the enum's advertised normalisation; the torch-free identity must
+    give the same mean/std as loading would (else warm and cold runs key the cache apart)."""
+    spec = bb.get_spec("inception_v3")
+    identity = bb.weights_identity("inception_v3", "imagenet")
+    assert (identity.mean, identity.std) == (spec.mean, spec.std)

@@ -384,7 +384,9 @@ def weights_identity(name: str = "vgg16", weights: str = "imagenet", seed: int =
         return WeightsIdentity(weights_id, spec.mean, spec.std, spec.pixel_scale)
     if weights == "imagenet" or weights.startswith("imagenet:"):
         enum = _torchvision_enum(spec, weights)
-        mean, std = TORCHVISION_NORMALISATION[enum]
+        # InceptionV3's weights expect the spec's own normalisation, whatever the enum says
+        mean, std = (TORCHVISION_NORMALISATION[enum] if spec.normalisation_from_weights
+                     else (spec.mean, spec.std))
         return WeightsIdentity(f"torchvision:{enum}", tuple(mean), tuple(std), spec.pixel_scale)
     path = _weights_file(weights)
     if memo_dir is None:
