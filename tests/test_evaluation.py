@@ -188,30 +188,47 @@ def _learnable(n: int, d: int, n_terms: int, seed: int = 0, p: float = 0.35,
     return X, Y
 
 
-@pytest.mark.parametrize("calibration", ["none", "prior"])
+def _refit_out_of_fold(X, Y, groups, folds, cfg, vocabulary):
+    """The straightforward way: a new EnsembleClassifier per fold, fitted on copied rows."""
+    P = np.full(Y.shape, np.nan)
+    votes = np.zeros(Y.shape, dtype=bool)
+    for train, test in folds:
+        clf = EnsembleClassifier(vocabulary, cfg).fit(X[train], Y[train])
+        P[test], votes[test] = clf.predict_proba(X[test]), clf.predict(X[test])
+    return P, votes
+
+
+@pytest.mark.parametrize("calibration", ["none", "prior", "platt"])
 def test_cross_validation_equals_a_per_fold_refit(calibration):
-    """Fitting each fold on sub-blocks of one Gram matrix is exact (same members, same scores)."""
-    from napari_ish_annotator.core.calibration import prior_correction
+    """Fitting each fold on sub-blocks of one Gram matrix is exact (same members, same scores),
+    the calibration included (Platt: fitted on out-of-fold scores inside each training part)."""
+    from napari_ish_annotator.core.calibration import CALIBRATION_FOLDS, fit
 
     X, Y = _learnable(72, 2000, 3)
     Y[5, 2] = -1  # an unknown label stays out of that term's training and scoring
     groups = np.arange(72) // 3
     folds = grouped_folds(groups, 4, seed=1)
     cfg = EnsembleConfig(n_members=4, seed=3)
-    ev = drive(iter_cross_validate(X, Y, ["a", "b", "c"], folds, cfg, calibration=calibration))
-    reference = np.full(Y.shape, np.nan)
-    votes = np.zeros(Y.shape, dtype=bool)
+    vocabulary = ["a", "b", "c"]
+    ev = drive(iter_cross_validate(X, Y, vocabulary, folds, cfg, calibration=calibration,
+                                   groups=groups))
+    raw, votes = _refit_out_of_fold(X, Y, groups, folds, cfg, vocabulary)
+    reference = raw.copy()
     for train, test in folds:
-        clf = EnsembleClassifier(["a", "b", "c"], cfg).fit(X[train], Y[train])
-        p = clf.predict_proba(X[test])
-        reference[test] = p if calibration == "none" else prior_correction(Y[train]).apply(p)
-        votes[test] = clf.predict(X[test])
+        oof = None
+        if calibration == "platt":
+            inner = [(train[a], train[b]) for a, b in
+                     grouped_folds(groups[train], CALIBRATION_FOLDS, seed=cfg.seed)]
+            oof = _refit_out_of_fold(X, Y, groups, inner, cfg, vocabulary)[0][train]
+        reference[test] = fit(calibration, Y[train], oof).apply(raw[test])
     np.testing.assert_allclose(ev.scores, reference, atol=2e-5)
-    expected = score_predictions(Y, votes, reference, ["a", "b", "c"])
-    for term in "abc":
+    expected = score_predictions(Y, votes, reference, vocabulary, ranking=raw)
+    for term in vocabulary:
         for m in METRICS:
             assert ev.summary["terms"][term][m] == pytest.approx(expected.summary["terms"][term][m],
                                                                  abs=1e-9)
+    for m in ("brier", "ece"):
+        assert ev.summary["mean"][m] == pytest.approx(expected.summary["mean"][m], abs=1e-5)
     assert ev.n_evaluated == 3 and ev.mean_auc > 0.8
 
 

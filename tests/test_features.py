@@ -27,10 +27,11 @@ def loaded():
     return load_backbone("vgg16", "random", seed=0)
 
 
-def make(loaded, cache_dir=None, **kw) -> FeatureExtractor:
+def make(loaded, cache_dir=None, decode_workers=None, **kw) -> FeatureExtractor:
     cfg = dict(weights="random", input_size=S, device="cpu", precision="fp32", batch_size=3)
     cfg.update(kw)
-    return FeatureExtractor(ExtractorConfig(**cfg), cache_dir=cache_dir, loaded=loaded)
+    return FeatureExtractor(ExtractorConfig(**cfg), cache_dir=cache_dir, loaded=loaded,
+                            decode_workers=decode_workers)
 
 
 def embryos(n: int, seed: int = 0, size=(40, 80)) -> list[np.ndarray]:
@@ -242,3 +243,76 @@ def test_on_error_skip_fills_nan_rows_and_reports_them(loaded, tmp_path, cached)
         np.testing.assert_array_equal(np.delete(X2, [2, 6], axis=0), reference)
     with pytest.raises(ValueError, match="on_error"):
         fx.extract(images, on_error="ignore")
+
+
+def test_default_decode_workers(loaded):
+    assert features_mod.default_decode_workers("cuda", 16) == 8
+    assert features_mod.default_decode_workers("cuda", 4) == 2
+    assert features_mod.default_decode_workers("cuda", 2) == 0
+    assert features_mod.default_decode_workers("cpu", 16) == 0
+    assert features_mod.default_decode_workers("mps", 16) == 0
+    assert make(loaded).decode_workers == 0  # CPU: threads
+
+
+def _png_files(tmp_path, n: int) -> list:
+    paths = []
+    for i, img in enumerate(embryos(n, seed=3)):
+        paths.append(tmp_path / f"p{i}.png")
+        Image.fromarray(img).save(paths[-1])
+    return paths
+
+
+def test_decoding_in_processes_equals_threads_and_reports_bad_files(loaded, tmp_path):
+    """DataLoader workers (the GPU default) give exactly the thread pool's features."""
+    import multiprocessing
+
+    paths = _png_files(tmp_path, 7)
+    bad = tmp_path / "truncated.png"
+    bad.write_bytes(paths[0].read_bytes()[:120])
+    reference = make(loaded, decode_workers=0).extract(paths)
+    fx = make(loaded, decode_workers=2)
+    steps = []
+    X = fx.extract(paths, progress=lambda d, t, m: steps.append(d))
+    np.testing.assert_array_equal(X, reference)
+    assert steps == [0, 3, 6, 7]
+    images = [paths[0], paths[1], bad, *paths[2:]]
+    with pytest.raises(InputError, match="truncated.png"):
+        fx.extract(images)
+    X = fx.extract(images, on_error="skip")
+    assert np.isnan(X[2]).all() and [i for i, _ in fx.last_failed] == [2]
+    threads = make(loaded, decode_workers=0)
+    np.testing.assert_array_equal(X, threads.extract(images, on_error="skip"))
+    assert fx.last_failed == threads.last_failed
+    # closing the extraction after one batch (cancel) ends the workers at once
+    gen = fx.iter_extract(paths)
+    next(gen)
+    next(gen)
+    gen.close()
+    assert not multiprocessing.active_children()
+
+
+@pytest.mark.slow
+def test_decoding_in_spawned_processes(loaded, tmp_path, monkeypatch):
+    """With other threads running (napari) workers are spawned, not forked."""
+    paths = _png_files(tmp_path, 4)
+    monkeypatch.setattr(features_mod, "_mp_context", lambda: "spawn")
+    X = make(loaded, decode_workers=1, batch_size=2).extract(paths)
+    np.testing.assert_array_equal(X, make(loaded, decode_workers=0, batch_size=2).extract(paths))
+
+
+def test_too_little_shared_memory_falls_back_to_threads(loaded, tmp_path, monkeypatch):
+    """Worker processes hand batches over in /dev/shm; when it is small they are not used."""
+    fx = make(loaded, decode_workers=4)
+    batch_bytes = 3 * 3 * S * S * 4
+    monkeypatch.setattr(features_mod, "_shm_free_bytes", lambda: 8 * batch_bytes)
+    assert fx._process_workers(10) == 2 and fx._process_workers(2) == 1
+    assert fx._process_workers(1) == 0  # one batch: nothing to overlap
+    monkeypatch.setattr(features_mod, "_shm_free_bytes", lambda: 3 * batch_bytes)
+    assert fx._process_workers(10) == 0
+
+    def no_processes(*args, **kwargs):
+        raise AssertionError("worker processes used without shared memory")
+
+    monkeypatch.setattr(FeatureExtractor, "_decoded_in_processes", no_processes)
+    paths = _png_files(tmp_path, 7)
+    np.testing.assert_array_equal(fx.extract(paths), make(loaded, decode_workers=0).extract(paths))

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from napari_ish_annotator.core.errors import InputError
+from napari_ish_annotator.core.evaluation import validation_split
 from napari_ish_annotator.core.finetune import (
     FORMAT,
     FinetuneConfig,
-    _split,
     build_head,
     finetune,
     gradcam_mtl,
@@ -98,7 +98,7 @@ def test_pos_weight_scales_positive_terms():
 def test_validation_split_keeps_genes_apart():
     groups = np.array([f"g{i // 3}" for i in range(30)])
     Y = np.tile(np.array([[1, 0], [0, 1], [1, 1]], np.int8), (10, 1))
-    tr, va = _split(groups, Y, 0.3, seed=1)
+    tr, va = validation_split(groups, Y, 0.3, seed=1)  # the split fine-tuning uses
     assert len(va) > 0 and len(tr) + len(va) == 30
     assert not set(groups[tr]) & set(groups[va])
 

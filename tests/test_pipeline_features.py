@@ -48,7 +48,8 @@ def test_train_and_predict_give_the_same_results_as_with_float32(dataset, loaded
     bundle = drive(pipeline.iter_train(dataset, CONFIG, ens, loaded=loaded))
     X32 = FeatureExtractor(CONFIG, loaded=loaded).extract(dataset.paths)
     Y = dataset.labels().astype(np.int8)
-    before = drive(pipeline.iter_fit_bundle(X32, Y, dataset.vocabulary, CONFIG, ens))
+    before = drive(pipeline.iter_fit_bundle(X32, Y, dataset.vocabulary, CONFIG, ens,
+                                            groups=dataset.groups()))
     P = drive(pipeline.iter_predict(bundle, dataset.paths, loaded=loaded))
     np.testing.assert_array_equal(P, before.predict_proba(X32))  # calibrated, as reported
     np.testing.assert_array_equal(bundle.classifier.predict(X32), before.classifier.predict(X32))

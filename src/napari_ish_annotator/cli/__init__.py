@@ -15,11 +15,11 @@ from .. import __version__
 from ..core.errors import InputError
 from ..core.progress import Cancelled
 from . import _common as c
-from . import demo, evaluate, finetune, gradcam, predict, train
+from . import demo, evaluate, export, finetune, gradcam, labels, predict, suggest, train
 
 # Each module adds its sub-parser with handler, output paths to check up front, and an
 # optional extra check; the order is the order of `ish-annotator --help`.
-COMMANDS = [demo, train, predict, evaluate, gradcam, finetune]
+COMMANDS = [demo, train, predict, evaluate, gradcam, finetune, labels, suggest, export]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -37,9 +37,16 @@ def extractor_config(args: argparse.Namespace, layer: str | None = None):
 
     return ExtractorConfig(
         backbone=args.backbone, weights=args.weights, layer=layer or args.layer,
-        input_size=args.input_size, keep_aspect=args.keep_aspect, device=args.device,
+        input_size=input_size(args), keep_aspect=args.keep_aspect, device=args.device,
         precision=args.precision, batch_size=args.batch_size, seed=args.seed,
     )
+
+
+def input_size(args: argparse.Namespace) -> int:
+    """``--input-size``, or the backbone's own (224; 299 for inception_v3) when not given."""
+    from ..core.backbones import get_spec
+
+    return int(args.input_size) if args.input_size else get_spec(args.backbone).input_size
 
 
 def ensemble_config(args: argparse.Namespace):
@@ -92,13 +99,15 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 def add_backbone(parser: argparse.ArgumentParser, default_weights: str = "imagenet",
                  default_backbone: str = "vgg16") -> None:
     parser.add_argument("--backbone", default=default_backbone,
-                        help="feature network: vgg16 (the paper's), resnet50 or "
-                             "efficientnet_lite0 (offline ImageNet weights; see "
+                        help="feature network: vgg16 (the paper's), resnet50, inception_v3 "
+                             "or efficientnet_lite0 (offline ImageNet weights; see "
                              "docs/backbones.md); default %(default)s")
     parser.add_argument("--weights", default=default_weights,
                         help="imagenet | imagenet:V1 | random | path to a state dict or "
                              "fine-tuned checkpoint (default %(default)s)")
-    parser.add_argument("--input-size", type=int, default=224, help="network input size in pixels")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="network input size in pixels (default: the backbone's, 224; "
+                             "299 for inception_v3)")
     parser.add_argument("--keep-aspect", action="store_true",
                         help="pad the image to a square before resizing instead of squashing it")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])

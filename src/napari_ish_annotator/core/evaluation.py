@@ -35,8 +35,8 @@ from .progress import Progress, ProgressGen, sub_progress
 __all__ = [
     "METRICS", "CALIBRATION_METRICS", "ECE_BINS", "Evaluation", "group_ids", "grouped_folds",
     "random_partitions", "validation_split", "per_term_auc", "term_metrics",
-    "expected_calibration_error", "score_predictions", "combine_partitions",
-    "iter_cross_validate", "format_table",
+    "expected_calibration_error", "score_predictions", "combine_partitions", "trainable_terms",
+    "iter_fold_decisions", "iter_out_of_fold", "iter_cross_validate", "format_table",
 ]
 
 METRICS = ("accuracy", "sensitivity", "specificity", "auc")
@@ -362,6 +362,70 @@ def _disjoint(splits: Sequence[tuple[np.ndarray, np.ndarray]]) -> bool:
     return len(tests) == len(np.unique(tests))
 
 
+def trainable_terms(Y: np.ndarray) -> list[int]:
+    """Term indices with both a present and an absent label in ``Y`` (what a fit can train)."""
+    return [t for t in range(Y.shape[1]) if (Y[:, t] == 1).any() and (Y[:, t] == 0).any()]
+
+
+def iter_fold_decisions(K: np.ndarray, train: np.ndarray, test: np.ndarray, Y_train: np.ndarray,
+                        config: Any, vocabulary: Sequence[str], terms: Sequence[int],
+                        label: str = "") -> ProgressGen[np.ndarray]:
+    """Member decision values ``(len(test), T, M)`` of a fit on rows ``train`` of the Gram ``K``.
+
+    ``K`` is the raw (uncentred) Gram matrix; ``train`` / ``test`` index its rows. Only
+    ``terms`` are fitted (others stay 0). The training block is centred on the fold's own
+    mean and normalised (:func:`.classify.prepare_gram`) and the test rows' cross block gets
+    the same treatment, so the decisions equal those of an ``EnsembleClassifier`` fitted on
+    these rows' features (up to float32 rounding of its stored weights).
+    """
+    from .classify import iter_fit_members, prepare_gram
+
+    n_terms, M = Y_train.shape[1], config.n_members
+    K_tr = K[np.ix_(train, train)]
+    train_mean = K_tr.mean(axis=1)  # x_i . mu for the training rows, before centring
+    norms = prepare_gram(K_tr, config)
+    alphas, b = yield from sub_progress(
+        iter_fit_members(K_tr, Y_train, config, vocabulary, terms), offset=0, prefix=label)
+    del K_tr
+    K_x = K[np.ix_(test, train)]
+    self_dot = K[test, test]
+    if config.center:  # (x - mu) . (x_i - mu) with mu the fold's training mean row
+        mu_mu = float(train_mean.mean())
+        x_mu = K_x.mean(axis=1)
+        K_x = K_x - x_mu[:, None] - train_mean[None, :] + mu_mu
+        self_dot = self_dot - 2.0 * x_mu + mu_mu
+    if config.normalize:
+        norm_x = np.sqrt(np.maximum(self_dot, 0.0))
+        norm_x[norm_x == 0] = 1.0
+        K_x = K_x / norm_x[:, None] / norms[None, :]
+    return (K_x @ alphas.T + b).reshape(len(test), n_terms, M)
+
+
+def iter_out_of_fold(K: np.ndarray, rows: np.ndarray, Y: np.ndarray, groups: Any, config: Any,
+                     vocabulary: Sequence[str], n_folds: int, seed: int = 0
+                     ) -> ProgressGen[np.ndarray]:
+    """Members' raw mean probability ``(len(rows), T)`` of each row from grouped folds that
+    did not train on it (NaN where a fold could not train the term, or with < 2 groups).
+
+    ``rows`` index the Gram matrix ``K``; ``Y`` and ``groups`` belong to those rows. Used to
+    fit Platt scaling (:mod:`.calibration`) without recomputing any Gram matrix.
+    """
+    rows = np.asarray(rows)
+    groups = np.asarray(groups)
+    out = np.full((len(rows), Y.shape[1]), np.nan)
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        return out
+    for k, (tr, te) in enumerate(grouped_folds(groups, min(n_folds, n_groups), seed)):
+        terms = trainable_terms(Y[tr])
+        if not terms:
+            continue
+        dec = yield from iter_fold_decisions(K, rows[tr], rows[te], Y[tr], config, vocabulary,
+                                             terms, label=f"calibration fold {k + 1}: ")
+        out[np.ix_(te, terms)] = expit(dec).mean(axis=2)[:, terms]
+    return out
+
+
 def iter_cross_validate(
     X: Any,
     Y: Any,
@@ -370,7 +434,7 @@ def iter_cross_validate(
     ensemble: Any,
     *,
     groups: Any = None,
-    calibration: str = "prior",
+    calibration: str | None = None,
 ) -> ProgressGen[Evaluation]:
     """Fit on each split's training rows, score its test rows, evaluate.
 
@@ -383,28 +447,29 @@ def iter_cross_validate(
 
     Test sets that do not overlap (k-fold, one held-out set) are pooled and scored once;
     overlapping ones (:func:`random_partitions`) are scored one by one and combined into mean
-    and std (:func:`combine_partitions`). ``calibration`` (``"prior"`` or ``"none"``) is
-    applied per split with that split's training prevalence; the brier and ece figures are of
-    the calibrated probability, AUC ranks by the members' raw mean (see
-    :func:`score_predictions`). ``groups`` only improves the "not evaluated" reasons.
+    and std (:func:`combine_partitions`). ``calibration`` (default: the bundles' method,
+    :data:`.calibration.DEFAULT_METHOD`) is fitted inside each split's training part exactly
+    as training a bundle fits it (Platt: on grouped out-of-fold scores of that part, by
+    ``groups``; without groups every image is its own group), so the brier and ece figures
+    are those of the probabilities a bundle reports; AUC ranks by the members' raw mean (see
+    :func:`score_predictions`). ``groups`` also improves the "not evaluated" reasons.
     """
-    from .calibration import prior_correction
-    from .classify import iter_fit_members, iter_gram, majority_vote, prepare_gram
+    from .calibration import DEFAULT_METHOD, METHODS, iter_calibrate
+    from .classify import iter_gram, majority_vote
 
+    calibration = DEFAULT_METHOD if calibration is None else calibration
     vocabulary = [str(t) for t in vocabulary]
     Y = np.asarray(Y)
     n_terms = len(vocabulary)
     if getattr(X, "ndim", None) != 2 or Y.shape != (X.shape[0], n_terms):
         raise InputError(f"labels have shape {Y.shape} but features have shape "
                          f"{getattr(X, 'shape', None)} and the vocabulary {n_terms} terms")
-    if calibration not in ("prior", "none"):
-        raise InputError(f"cross-validation calibrates with 'prior' or 'none', not "
-                         f"{calibration!r}")
+    if calibration not in METHODS:
+        raise InputError(f"unknown calibration {calibration!r}; use one of {', '.join(METHODS)}")
     if not splits:
         raise InputError("no splits to evaluate")
     Y = Y.astype(np.int8)
     cfg = ensemble
-    M = cfg.n_members
     used = np.unique(np.concatenate([np.concatenate([np.asarray(tr), np.asarray(te)])
                                      for tr, te in splits]))
     K = yield from iter_gram(X, used if len(used) < X.shape[0] else None)
@@ -412,6 +477,8 @@ def iter_cross_validate(
     pos[used] = np.arange(len(used))
     finite = np.isfinite(np.diag(K))
     labelled = (Y[used] != -1).any(axis=1)
+    Yu = Y[used]
+    g = np.arange(len(used)) if groups is None else np.asarray(groups)[used]
 
     pooled = _disjoint(splits)
     P = np.full((len(used), n_terms), np.nan)
@@ -421,54 +488,37 @@ def iter_cross_validate(
     parts: list[Evaluation] = []
     trained_anywhere = np.zeros(n_terms, dtype=bool)
     for k, (train, test) in enumerate(splits):
+        label = f"split {k + 1}/{len(splits)}: "
         yield Progress(k, len(splits), f"split {k + 1}/{len(splits)}")
         tr = pos[np.asarray(train)]
         tr = tr[finite[tr] & labelled[tr]]
         te = pos[np.asarray(test)]
         te = te[finite[te]]
         tested[te] = True
-        Ytr = Y[used[tr]]
-        fit_terms = [t for t in range(n_terms)
-                     if (Ytr[:, t] == 1).any() and (Ytr[:, t] == 0).any()]
+        Ytr = Yu[tr]
+        fit_terms = trainable_terms(Ytr)
         trained_anywhere[fit_terms] = True
         P_k = np.full((len(te), n_terms), np.nan)
         R_k = np.full((len(te), n_terms), np.nan)
         V_k = np.zeros((len(te), n_terms), dtype=bool)
         if fit_terms and len(te):
-            K_tr = K[np.ix_(tr, tr)]
-            train_mean = K_tr.mean(axis=1)  # x_i . mu for the training rows, before centring
-            norms = prepare_gram(K_tr, cfg)
-            alphas, b = yield from sub_progress(
-                iter_fit_members(K_tr, Ytr, cfg, vocabulary, fit_terms), offset=0,
-                prefix=f"split {k + 1}/{len(splits)}: ")
-            del K_tr
-            K_x = K[np.ix_(te, tr)]
-            self_dot = K[te, te]
-            if cfg.center:  # (x - mu) . (x_i - mu) with mu the fold's training mean row
-                mu_mu = float(train_mean.mean())
-                x_mu = K_x.mean(axis=1)
-                K_x = K_x - x_mu[:, None] - train_mean[None, :] + mu_mu
-                self_dot = self_dot - 2.0 * x_mu + mu_mu
-            if cfg.normalize:
-                norm_x = np.sqrt(np.maximum(self_dot, 0.0))
-                norm_x[norm_x == 0] = 1.0
-                K_x = K_x / norm_x[:, None] / norms[None, :]
-            dec = (K_x @ alphas.T + b).reshape(len(te), n_terms, M)
+            dec = yield from iter_fold_decisions(K, tr, te, Ytr, cfg, vocabulary, fit_terms,
+                                                 label=label)
             raw = expit(dec).mean(axis=2)[:, fit_terms]
+            cal = yield from sub_progress(iter_calibrate(
+                K, tr, Ytr[:, fit_terms], g[tr], cfg, [vocabulary[t] for t in fit_terms],
+                calibration), offset=0, prefix=label)
             R_k[:, fit_terms] = raw
-            P_k[:, fit_terms] = (prior_correction(Ytr[:, fit_terms]).apply(raw)
-                                 if calibration == "prior" else raw)
+            P_k[:, fit_terms] = cal.apply(raw)
             V_k[:, fit_terms] = majority_vote(dec)[:, fit_terms]
         if pooled:
             P[te], R[te], V[te] = P_k, R_k, V_k
         else:
-            parts.append(score_predictions(Y[used[te]], V_k, P_k, vocabulary, ranking=R_k))
+            parts.append(score_predictions(Yu[te], V_k, P_k, vocabulary, ranking=R_k))
     yield Progress(len(splits), len(splits), "scoring")
     del K
-    g = None if groups is None else np.asarray(groups)[used]
-    Yu = Y[used]
-    reasons = _untrainable_reasons(np.where(finite[:, None], Yu, -1), g, vocabulary,
-                                   trained_anywhere)
+    reasons = _untrainable_reasons(np.where(finite[:, None], Yu, -1),
+                                   None if groups is None else g, vocabulary, trained_anywhere)
     if pooled:
         result = score_predictions(Yu[tested], V[tested], P[tested], vocabulary, reasons,
                                    ranking=R[tested])

@@ -2,16 +2,21 @@
 
 Speed comes from running only the truncated trunk a layer needs, batching, channels-last
 memory, reduced precision where it is safe (see ``benchmarks/bench_extraction.py`` and
-``docs/benchmarks.md``), and decoding the next batch's images in a small thread pool while
-the current batch is computed. Features are always rounded through float16, the cache's storage
-type, so a cached run returns exactly what a fresh run returns (and a float16 result matrix,
-as the pipeline uses, holds them without loss).
+``docs/benchmarks.md``), and decoding the next batches' images while the current batch is
+computed: in a small thread pool on the CPU, in worker processes (torch ``DataLoader``
+workers) on a GPU, which computes a batch faster than one process decodes it. Features are
+always rounded through float16, the cache's storage type, so a cached run returns exactly what
+a fresh run returns (and a float16 result matrix, as the pipeline uses, holds them without
+loss).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,17 +27,22 @@ import numpy as np
 from .backbones import LoadedBackbone, load_backbone, resolve_device
 from .cache import FeatureCache
 from .errors import InputError
+from .preprocess import (  # noqa: F401 - re-exported: the names have always lived here too
+    CPU_AUTO_BF16,
+    PRECISIONS,
+    RESIZE_METHOD,
+    as_rgb,
+    border_colour,
+    cpu_has_native_bf16,
+    normalisation_affine,
+    preprocess_np,
+    resolve_precision,
+    torch_dtype,
+)
 from .progress import CancelToken, Progress, ProgressCallback, ProgressGen, drive
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-RESIZE_METHOD = "bilinear-antialias"  # part of the cache signature
-
-# "auto" on a CPU with native bf16 (AVX512-BF16 / AMX): benchmarks/bench_extraction.py showed
-# the ensembles' votes unchanged (0 of 320) at 1.7-2x the fp32 speed; see docs/benchmarks.md.
-CPU_AUTO_BF16 = True
 
 
 @dataclass
@@ -53,40 +63,6 @@ class ExtractorConfig:
         return asdict(self)
 
 
-def cpu_has_native_bf16() -> bool:
-    """True if this CPU computes bf16 convolutions natively (AVX512-BF16 or AMX)."""
-    import torch
-
-    cpu = getattr(torch, "cpu", None)
-    checks = [getattr(cpu, "_is_avx512_bf16_supported", None),
-              getattr(cpu, "_is_amx_tile_supported", None)]
-    try:
-        native = any(bool(f()) for f in checks if f is not None)
-        return native and bool(torch.backends.mkldnn.is_available())
-    except Exception:  # noqa: BLE001 - private probes; absent means "not known to be fast"
-        return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> fp16 on CUDA, bf16 on CPUs with native bf16 (if :data:`CPU_AUTO_BF16`), else fp32."""
-    text = (precision or "auto").lower()
-    if text not in PRECISIONS:
-        raise InputError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
-    if text == "auto":
-        if device.type == "cuda":
-            return "fp16"
-        if device.type == "cpu" and CPU_AUTO_BF16 and cpu_has_native_bf16():
-            return "bf16"
-        return "fp32"
-    if device.type == "cpu" and text == "fp16":
-        raise InputError("precision fp16 is for GPUs; on the CPU use bf16 (if the CPU supports "
-                         "it) or fp32")
-    if device.type == "cpu" and text == "bf16" and not cpu_has_native_bf16():
-        raise InputError("this CPU has no native bf16 support (AVX512-BF16/AMX), so bf16 would "
-                         "be slow; use --precision fp32 or auto")
-    return text
-
-
 def array_hash(arr: np.ndarray) -> str:
     """Content hash of an in-memory image (shape, dtype and bytes)."""
     a = np.ascontiguousarray(arr)
@@ -103,29 +79,88 @@ def _image_key(image: Any) -> str:
     return content_hash(image)
 
 
-def _as_rgb(image: Any) -> np.ndarray:
-    if isinstance(image, np.ndarray):
-        if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
-            return image
-        from .images import array_to_rgb
-
-        return array_to_rgb(image)
-    from .images import read_rgb
-
-    return read_rgb(image)
+def default_decode_workers(device_type: str, cpu_count: int | None = None) -> int:
+    """Decoding processes used when none are asked for: on a GPU up to 8 (leaving two cores
+    to the main process), since a GPU computes a batch faster than one core decodes it; on
+    the CPU none (the network needs the cores; two decoding threads keep up with it)."""
+    if device_type != "cuda":
+        return 0
+    cores = os.cpu_count() if cpu_count is None else cpu_count
+    return max(0, min(8, (cores or 1) - 2))
 
 
-def border_colour(rgb: np.ndarray) -> tuple[int, int, int]:
-    """Median colour of the image's outermost pixels (the slide background around the embryo)."""
-    edges = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]], axis=0)
-    return tuple(int(v) for v in np.median(edges, axis=0).round())  # type: ignore[return-value]
+def _shm_free_bytes() -> int | None:
+    """Free bytes in /dev/shm, where DataLoader workers hand over their batches (None: n/a).
+    Containers often give it only 64 MB."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return int(st.f_bavail * st.f_frsize)
+
+
+def _mp_context() -> str:
+    """``fork`` starts workers instantly but is unsafe while other threads run (napari's
+    worker threads, Qt): then ``spawn``. The queue feeder threads of a finished extraction's
+    workers, which may linger a moment, do not count."""
+    others = [t for t in threading.enumerate()
+              if t is not threading.main_thread() and t.name != "QueueFeederThread"]
+    if sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread() \
+            and not others:
+        return "fork"
+    return "spawn"
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """Decode + resize + normalise, as one picklable object (it runs in decoding processes)."""
+
+    input_size: int
+    keep_aspect: bool
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    pixel_scale: float
+
+    def __call__(self, image: Any) -> np.ndarray:
+        """Path or HxWx3 array -> ``(3, S, S)`` float32, normalised; the whole embryo."""
+        return preprocess_np(image, self.input_size, self.mean, self.std, self.pixel_scale,
+                             keep_aspect=self.keep_aspect)
+
+    def batch(self, items: Sequence[Any]) -> tuple[torch.Tensor | None, dict[int, str]]:
+        """Decoded batch of ``items``; images that cannot be decoded are left out and
+        returned as ``{position in items: reason}``."""
+        import torch
+
+        arrays, failed = [], {}
+        for pos, im in enumerate(items):
+            try:
+                arrays.append(self(im))
+            except InputError as exc:
+                failed[pos] = str(exc)
+        return (torch.from_numpy(np.stack(arrays)) if arrays else None), failed
+
+
+class _DecodeBatches:
+    """Map-style dataset for a ``DataLoader``: item ``j`` is the decoded batch ``j``."""
+
+    def __init__(self, preprocessor: Preprocessor, batches: list[list[Any]]):
+        self.preprocessor = preprocessor
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, j: int) -> tuple[torch.Tensor | None, dict[int, str]]:
+        return self.preprocessor.batch(self.batches[j])
 
 
 class FeatureExtractor:
     """Features of one backbone layer for images (paths or HxWx3 uint8 arrays)."""
 
     def __init__(self, config: ExtractorConfig, cache_dir: str | Path | None = None,
-                 loaded: LoadedBackbone | None = None):
+                 loaded: LoadedBackbone | None = None, decode_workers: int | None = None):
         self.config = config
         if loaded is None:
             loaded = load_backbone(config.backbone, config.weights, seed=config.seed)
@@ -137,14 +172,18 @@ class FeatureExtractor:
         self.layer = self.spec.layer(config.layer).name
         self.layer_index = self.spec.layers[self.layer].index
         size = int(config.input_size)
-        if size < 32:
-            raise InputError(f"input size {size} is too small; use at least 32 (224 is standard)")
+        if size < self.spec.min_input_size:
+            raise InputError(f"input size {size} is too small for {self.spec.name}; use at least "
+                             f"{self.spec.min_input_size} ({self.spec.input_size} is standard)")
         self.input_size = size
         if int(config.batch_size) < 1:
             raise InputError(f"batch size must be at least 1, got {config.batch_size}")
         self.batch_size = int(config.batch_size)
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.precision, self.device)
+        #: decoding processes (0: two threads); None -> :func:`default_decode_workers`
+        self.decode_workers = (default_decode_workers(self.device.type)
+                               if decode_workers is None else max(0, int(decode_workers)))
         self.weights_id = loaded.weights_id
         self.mean = tuple(float(v) for v in loaded.mean)
         self.std = tuple(float(v) for v in loaded.std)
@@ -182,10 +221,7 @@ class FeatureExtractor:
     # ------------------------------------------------------------------ modules
     @property
     def dtype(self) -> torch.dtype:
-        import torch
-
-        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
-            self.precision]
+        return torch_dtype(self.precision)
 
     @property
     def channels_last(self) -> bool:
@@ -223,29 +259,13 @@ class FeatureExtractor:
 
         return torch.from_numpy(self._preprocess_np(rgb))
 
-    def _preprocess_np(self, rgb: np.ndarray) -> np.ndarray:
-        import torch
-        from torchvision.transforms.v2 import InterpolationMode
-        from torchvision.transforms.v2 import functional as TF
+    @property
+    def preprocessor(self) -> Preprocessor:
+        return Preprocessor(self.input_size, bool(self.config.keep_aspect), self.mean, self.std,
+                            self.pixel_scale)
 
-        rgb = np.ascontiguousarray(_as_rgb(rgb))
-        if not rgb.flags.writeable:  # torch.from_numpy warns on read-only buffers
-            rgb = rgb.copy()
-        t = torch.from_numpy(rgb).permute(2, 0, 1)
-        if self.config.keep_aspect and t.shape[1] != t.shape[2]:
-            h, w = int(t.shape[1]), int(t.shape[2])
-            side = max(h, w)
-            top, left = (side - h) // 2, (side - w) // 2
-            t = TF.pad(t, [left, top, side - w - left, side - h - top],
-                       fill=list(border_colour(rgb)))
-        S = self.input_size
-        if tuple(t.shape[1:]) != (S, S):
-            t = TF.resize(t, [S, S], interpolation=InterpolationMode.BILINEAR, antialias=True)
-        # normalise in numpy: small torch element-wise ops start OpenMP regions, which stall
-        # for tens of ms when the cores are busy (this runs in the decode threads)
-        mean = np.asarray(self.mean, np.float32).reshape(3, 1, 1) * np.float32(255.0 / self.pixel_scale)
-        inv = np.float32(self.pixel_scale / 255.0) / np.asarray(self.std, np.float32).reshape(3, 1, 1)
-        return (t.numpy().astype(np.float32) - mean) * inv
+    def _preprocess_np(self, rgb: np.ndarray) -> np.ndarray:
+        return self.preprocessor(rgb)
 
     def activation(self, batch: torch.Tensor, grad: bool = False) -> torch.Tensor:
         """``(B, C, H, W)`` float32 at the layer for a preprocessed batch.
@@ -279,15 +299,54 @@ class FeatureExtractor:
                              ) -> tuple[torch.Tensor | None, dict[int, str]]:
         """Like :meth:`_load_batch`, but images that cannot be decoded are left out and
         returned as ``{position in items: reason}``."""
-        import torch
+        return self.preprocessor.batch(items)
 
-        arrays, failed = [], {}
-        for pos, im in enumerate(items):
-            try:
-                arrays.append(self._preprocess_np(im))
-            except InputError as exc:
-                failed[pos] = str(exc)
-        return (torch.from_numpy(np.stack(arrays)) if arrays else None), failed
+    def _process_workers(self, n_batches: int) -> int:
+        """Decoding processes for ``n_batches``: they pay their start-up only when there are
+        batches to overlap, and each keeps two batches in shared memory, which must fit
+        (with room to spare) or the workers die; 0 means decoding threads."""
+        workers = min(self.decode_workers, n_batches - 1)
+        free = _shm_free_bytes() if workers > 0 else None
+        if free is not None:
+            batch_bytes = self.batch_size * 3 * self.input_size * self.input_size * 4
+            workers = min(workers, free // (4 * batch_bytes))
+        return max(0, int(workers))
+
+    def _decoded_in_threads(self, item_batches: list[list[Any]], skip: bool) -> Iterator:
+        """Decoded batches in order, two decoding ahead in a thread pool."""
+        load = self._load_batch_skipping if skip else self._load_batch
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ish-decode")
+        try:
+            pending = [pool.submit(load, b) for b in item_batches[:2]]
+            for j in range(len(item_batches)):
+                x = pending.pop(0).result()
+                if j + 2 < len(item_batches):  # keep two batches decoding ahead
+                    pending.append(pool.submit(load, item_batches[j + 2]))
+                yield x
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _decoded_in_processes(self, item_batches: list[list[Any]], skip: bool,
+                              workers: int) -> Iterator:
+        """Decoded batches in order from ``DataLoader`` worker processes (shared-memory
+        transfer, pinned for the GPU). Workers always skip bad images; without ``skip`` the
+        first one's :class:`InputError` is raised here, with its own message."""
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(_DecodeBatches(self.preprocessor, item_batches), batch_size=None,
+                            num_workers=workers, prefetch_factor=2,
+                            pin_memory=self.device.type == "cuda",
+                            multiprocessing_context=_mp_context())
+        it = iter(loader)
+        try:
+            for x, failed in it:
+                if failed and not skip:
+                    raise InputError(failed[min(failed)])
+                yield (x, failed) if skip else x
+        finally:
+            shutdown = getattr(it, "_shutdown_workers", None)  # now, not when collected
+            if shutdown is not None:
+                shutdown()
 
     def iter_extract(self, images: Sequence[Path | str | np.ndarray],
                      out: np.ndarray | None = None, on_error: str = "raise"
@@ -352,15 +411,12 @@ class FeatureExtractor:
                 todo.append(k)
         yield Progress(done, n, f"{done} of {n} from the cache" if done else "starting")
         batches = [todo[s:s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
-        load = self._load_batch_skipping if skip else self._load_batch
-        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ish-decode")
+        item_batches = [[images[rows[k][0]] for k in b] for b in batches]
+        workers = self._process_workers(len(batches))
+        decoded = (self._decoded_in_processes(item_batches, skip, workers) if workers >= 1
+                   else self._decoded_in_threads(item_batches, skip))
         try:
-            pending = [pool.submit(load, [images[rows[k][0]] for k in b]) for b in batches[:2]]
-            for j, batch_keys in enumerate(batches):
-                x = pending.pop(0).result()
-                if j + 2 < len(batches):  # keep two batches decoding ahead
-                    nxt = batches[j + 2]
-                    pending.append(pool.submit(load, [images[rows[k][0]] for k in nxt]))
+            for batch_keys, x in zip(batches, decoded, strict=True):
                 if skip:
                     x, bad = x
                     for pos, why in bad.items():
@@ -373,23 +429,30 @@ class FeatureExtractor:
                     out, done = self._store_batch(x, batch_keys, rows, images, out, done)
                 yield Progress(done, n, f"extracted {done}/{n} (layer {self.layer})")
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            decoded.close()
         self.last_failed = sorted(failed.items())
         return out
 
     def _store_batch(self, x: torch.Tensor, batch_keys: list[str], rows: dict[str, list[int]],
                      images: list, out: np.ndarray, done: int) -> tuple[np.ndarray, int]:
-        """Features of one decoded batch into the cache and ``out`` (widened if need be)."""
-        feats = self.activation(x).cpu().numpy().reshape(len(batch_keys), *self.shape)
-        with np.errstate(over="ignore"):  # values beyond float16 are handled below
-            feats16 = feats.astype(np.float16)
+        """Features of one decoded batch into the cache and ``out`` (widened if need be).
+
+        Rounding to float16 happens where the network ran: on a GPU that halves the copy to
+        the host and spares the CPU a conversion (the same round-to-nearest-even either way).
+        """
+        import torch
+
+        y = self.activation(x)
+        y16 = y.to(torch.float16)  # values beyond float16 become inf: handled below
+        finite = torch.isfinite(y16.flatten(1)).all(dim=1).cpu().numpy()
+        feats16 = y16.cpu().numpy().reshape(len(batch_keys), *self.shape)
         for b, (k, f16) in enumerate(zip(batch_keys, feats16, strict=True)):
             stored = self.cache.put(k, f16) if self.cache is not None else False
             idx = rows[k]
-            if stored or np.isfinite(f16).all():
+            if stored or finite[b]:
                 row = f16
             else:  # outside float16's range: keep the float32 values
-                row = feats[b]
+                row = y[b].cpu().numpy()
                 if out.dtype == np.float16:
                     out = _widen(out, images[idx[0]])
             out[idx] = row.reshape(1, -1)

@@ -54,9 +54,22 @@ def check_output_path(path: str | Path, folder: bool = False) -> Path:
     return path
 
 
+def _new_file_mode(path: Path) -> int:
+    """The mode ``open()`` would give ``path``: an existing file's own, else 0666 less the
+    umask. ``mkstemp`` makes owner-only files, and outputs shared on a lab or cluster file
+    system (predictions, models, manifests) must stay readable by the group."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path``."""
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` (with the
+    permissions a plain write would have given it)."""
     path = Path(path)
     if path.is_dir():
         raise InputError("is a folder; give a file name for the output", path=path)
@@ -72,6 +85,8 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     try:
         yield tmp
         try:
+            if tmp.exists():
+                os.chmod(tmp, _new_file_mode(path))
             os.replace(tmp, path)
         except OSError as exc:
             raise InputError(f"cannot write here ({exc.strerror}); choose a writable location",

@@ -288,6 +288,18 @@ class LabelStore:
     def annotators(self) -> list[str]:
         return [r[0] for r in self._conn.execute("SELECT name FROM annotators ORDER BY id")]
 
+    def labelled_images(self) -> list[str]:
+        """Content hashes of the images with at least one label event, oldest first."""
+        return [r[0] for r in self._conn.execute(
+            "SELECT content_hash FROM images WHERE id IN (SELECT image FROM label_events) "
+            "ORDER BY id")]
+
+    def unlabelled(self, images: Sequence[str | Path]) -> list[str | Path]:
+        """The ``images`` this store holds no label event of (unknown files included)."""
+        have = set(self.labelled_images())
+        return [image for image, digest in zip(images, self._hashes(images), strict=True)
+                if digest not in have]
+
     # -- events ----------------------------------------------------------------------------
     def _event(self, event_id: int) -> LabelEvent:
         row = self._conn.execute(_EVENT_SQL + " WHERE e.id = ?", (event_id,)).fetchone()
@@ -517,25 +529,16 @@ class LabelStore:
                          annotators: Sequence[str] | None = None) -> np.ndarray:
         """Strict majority of annotators' latest known labels, needing ``min_agreement`` of them.
 
-        -1 where nobody labelled, on ties, or when the winning share is below min_agreement.
+        -1 where nobody labelled, on ties, or when the winning share is below min_agreement
+        (:func:`~napari_ish_annotator.core.consensus.majority_vote`). Names of annotators
+        without labels in this store are ignored.
         """
-        current = self._current(annotators)
-        digests = self._hashes(images)
-        votes: dict[tuple[str, str], list[int]] = {}
-        for (h, term, _a), value in current.items():
-            if value is not None:
-                votes.setdefault((h, term), []).append(value)
-        out = np.full((len(images), len(vocabulary)), -1, dtype=np.int8)
-        for i, digest in enumerate(digests):
-            for j, term in enumerate(vocabulary):
-                got = votes.get((digest, term), []) if digest else []
-                if got:
-                    share = sum(got) / len(got)
-                    if share > 0.5 and share >= min_agreement:
-                        out[i, j] = 1
-                    elif 1 - share > 0.5 and 1 - share >= min_agreement:
-                        out[i, j] = 0
-        return out
+        from .consensus import annotator_labels, majority_vote
+
+        known = self.annotators()
+        names = None if annotators is None else [a for a in annotators if a in known]
+        labels = annotator_labels(self, images, vocabulary, names)
+        return majority_vote(labels.labels, min_agreement)
 
     # -- manifests -------------------------------------------------------------------------
     def import_dataset(self, dataset: Dataset, annotator: str = "manifest") -> int:
@@ -565,15 +568,18 @@ class LabelStore:
 
     def export_manifest(self, path: str | Path, images: Sequence[Path], vocabulary: Sequence[str],
                         annotator: str | None = None,
-                        fallback: Sequence[str] = ("manifest",)) -> None:
+                        fallback: Sequence[str] = ("manifest",),
+                        matrix: np.ndarray | None = None) -> None:
         """Write a manifest CSV (image, terms[, stage, gene], unknown_terms) atomically.
 
         Labels are this annotator's, with imported manifest labels filling terms it never
-        labelled; ``unknown_terms`` lists the terms still without a label.
+        labelled, or ``matrix`` (n, T) in {1, 0, -1} (e.g. a consensus) when given;
+        ``unknown_terms`` lists the terms still without a label.
         """
         from .manifest import Sample, write_manifest
 
-        matrix = self.label_matrix(images, vocabulary, annotator, fallback)
+        if matrix is None:
+            matrix = self.label_matrix(images, vocabulary, annotator, fallback)
         samples, unknown = [], []
         for image, labels in zip(images, matrix, strict=True):
             digest, file_path = self._resolve(image)

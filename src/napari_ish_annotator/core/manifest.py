@@ -296,6 +296,12 @@ def read_manifest_images(path: str | Path, check_files: bool = True) -> list[Pat
     return [image for _, _, image in _image_rows(Path(path), ("image",), check_files)]
 
 
+def read_manifest_genes(path: str | Path, check_files: bool = True) -> dict[Path, str | None]:
+    """Gene of every image of a manifest (None without a ``gene`` column or cell)."""
+    return {image: (row.get("gene") or "").strip() or None
+            for _, row, image in _image_rows(Path(path), ("image",), check_files)}
+
+
 def read_manifest(path: str | Path, vocabulary: str | Path | Sequence[str] | None = None,
                   require_positives: bool = True, check_files: bool = True) -> Dataset:
     """Read and validate a manifest CSV into a :class:`Dataset` (see module docstring).

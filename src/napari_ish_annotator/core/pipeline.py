@@ -53,24 +53,41 @@ def iter_fit_bundle(
     ensemble,
     fingerprint: str = "",
     weights_id: str | None = None,
+    groups: np.ndarray | None = None,
+    calibration: str | None = None,
 ) -> ProgressGen:
     """Fit the per-term ensembles on precomputed features and wrap them in a model bundle.
 
     ``Y`` is ``(n, T)`` with 1 present, 0 absent and -1 unknown (skipped for that term).
-    The bundle's probabilities are calibrated to each term's prevalence in ``Y`` (prior
-    correction, :mod:`.calibration`). ``fingerprint`` is
+    The bundle's probabilities are calibrated (:mod:`.calibration`, default Platt scaling on
+    out-of-fold scores from folds grouped by ``groups``, e.g. ``Dataset.groups()``; without
+    groups every image is its own group). The Gram matrix is computed once for the
+    calibration folds and the final fit. ``fingerprint`` is
     :func:`.manifest.training_fingerprint` of the training images and ``Y``.
     """
     from .backbones import get_spec
     from .bundle import ModelBundle
-    from .calibration import prior_correction
-    from .classify import EnsembleClassifier
+    from .calibration import DEFAULT_METHOD, iter_calibrate
+    from .classify import EnsembleClassifier, iter_gram
 
     if extractor.layer is None:  # record the layer actually used, not "the default"
         extractor = replace(extractor, layer=get_spec(extractor.backbone).default_layer)
     Y = np.asarray(Y)
     classifier = EnsembleClassifier(vocabulary=list(vocabulary), config=ensemble)
-    classifier = yield from classifier.iter_fit(features, Y)
+    Y = classifier._check_labels(features, Y)  # before the Gram matrix: fail fast
+    labelled = np.flatnonzero((Y != -1).any(axis=1))
+    rows = None if len(labelled) == features.shape[0] else labelled
+    K = yield from sub_progress(iter_gram(features, rows), 0, prefix="fit: ")
+    if not np.isfinite(np.diag(K)).all():
+        K = None  # let the fit name the bad row
+        cal = None
+    else:
+        g = np.arange(len(labelled)) if groups is None else np.asarray(groups)[labelled]
+        cal = yield from sub_progress(iter_calibrate(
+            K, np.arange(len(labelled)), Y[labelled], g, ensemble, list(vocabulary),
+            DEFAULT_METHOD if calibration is None else calibration), 0, prefix="calibration: ")
+    classifier = yield from sub_progress(classifier.iter_fit(features, Y, gram=K), 0,
+                                         prefix="fit: ")
     counts = {
         term: {"positives": int((Y[:, i] == 1).sum()), "negatives": int((Y[:, i] == 0).sum())}
         for i, term in enumerate(vocabulary)
@@ -82,7 +99,7 @@ def iter_fit_bundle(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return ModelBundle(extractor=extractor, classifier=classifier, meta=meta,
-                       calibration=prior_correction(Y))
+                       calibration=cal)
 
 
 def iter_train(dataset: Dataset, extractor, ensemble, cache_dir=None, loaded=None
@@ -92,7 +109,7 @@ def iter_train(dataset: Dataset, extractor, ensemble, cache_dir=None, loaded=Non
     X = yield from iter_features(fx, dataset.paths)
     bundle = yield from iter_fit_bundle(
         X, dataset.labels().astype(np.int8), dataset.vocabulary, fx.config, ensemble,
-        fingerprint=dataset.fingerprint(), weights_id=fx.weights_id,
+        fingerprint=dataset.fingerprint(), weights_id=fx.weights_id, groups=dataset.groups(),
     )
     return bundle
 
@@ -136,7 +153,9 @@ def iter_evaluate(
         Y_all = np.vstack([dataset.labels(), test_dataset.labels()]).astype(np.int8)
         n_train = len(dataset.paths)
         splits = [(np.arange(n_train), np.arange(n_train, len(paths)))]
-        groups = None
+        train_groups = dataset.groups()
+        groups = np.concatenate([train_groups, train_groups.max(initial=-1) + 1
+                                 + test_dataset.groups()])
     else:
         paths = list(dataset.paths)
         Y_all = dataset.labels().astype(np.int8)

@@ -1,0 +1,54 @@
+"""Multi-task fine-tuning of the pretrained trunk on the user's labelled images (TL+MTL).
+
+The paper's second stage: put a shared hidden layer and one sigmoid output per controlled-
+vocabulary term on top of the pretrained CNN, train everything after a frozen prefix with the
+sum of the per-term binary cross-entropies, then use the *fine-tuned* layer-21 activations as
+features for the per-term logistic ensembles. The checkpoint written here is accepted wherever
+``--weights FILE`` is (``core.backbones`` reads its ``"backbone_state_dict"``), so the TL+MTL
+pipeline is simply the TL pipeline with other weights.
+
+The package, one concern per module:
+
+* :mod:`.config` - :class:`FinetuneConfig`, results and progress records;
+* :mod:`.network` - the multi-task head, the frozen depth, the masked loss (unknown labels
+  ``-1`` give neither loss nor gradient);
+* :mod:`.data` - label checks, the gene-grouped validation split (the one in
+  :mod:`..evaluation`), images in memory (through :mod:`..preprocess`, the path feature
+  extraction uses), augmentation, the frozen-layer cache;
+* :mod:`.trainer` - :class:`Trainer`: epoch loop, validation (per-term AUC of
+  :mod:`..evaluation`), early stopping, a checkpoint per epoch; :func:`iter_finetune` is the
+  entry point;
+* :mod:`.checkpoint` - atomic writes, checked reads (``weights_only=True``), inference models;
+* :mod:`.ensemble` - K networks in one checkpoint, mean and spread of their predictions.
+
+Grad-CAM through the multi-task head, :func:`gradcam_mtl`, lives with the other Grad-CAM code
+in :mod:`..gradcam` and is re-exported here.
+"""
+
+from __future__ import annotations
+
+from ..gradcam import gradcam_mtl
+from .checkpoint import FinetunedModel, load_checkpoint, load_finetuned
+from .config import FORMAT, FORMAT_VERSION, FinetuneConfig, FinetuneProgress, FinetuneResult
+from .data import check_labels, training_fingerprint
+from .ensemble import (
+    EnsembleProbabilities,
+    EnsembleResult,
+    FinetunedEnsemble,
+    finetune_ensemble,
+    is_ensemble,
+    iter_finetune_ensemble,
+    iter_finetune_ensemble_dataset,
+    load_ensemble,
+)
+from .network import build_head, masked_bce, resolve_frozen
+from .trainer import Trainer, finetune, iter_finetune, iter_finetune_dataset, mean_auc
+
+__all__ = [
+    "FORMAT", "FORMAT_VERSION", "EnsembleProbabilities", "EnsembleResult", "FinetuneConfig",
+    "FinetuneProgress", "FinetuneResult", "FinetunedEnsemble", "FinetunedModel", "Trainer",
+    "build_head", "check_labels", "finetune", "finetune_ensemble", "gradcam_mtl",
+    "is_ensemble", "iter_finetune", "iter_finetune_dataset", "iter_finetune_ensemble",
+    "iter_finetune_ensemble_dataset", "load_checkpoint", "load_ensemble", "load_finetuned",
+    "masked_bce", "mean_auc", "resolve_frozen", "training_fingerprint",
+]

@@ -1,0 +1,178 @@
+"""Checkpoint I/O: atomic writes, checked reads, rebuilding the network for inference.
+
+A checkpoint holds only tensors and plain containers, loadable with
+``torch.load(weights_only=True)``. Its ``"backbone_state_dict"`` has the trunk's own layout, so
+it is accepted wherever ``--weights FILE`` is (``core.backbones`` reads it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..io import atomic_path
+from ..preprocess import as_rgb, normalise, resize_uint8
+from .config import FORMAT, FinetuneConfig, FinetuneResult
+from .network import build_head, make_network
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+def atomic_save(obj: dict, path: Path) -> None:
+    """``torch.save`` to a temporary file renamed over ``path``: a reader never sees half a file."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def cpu_state(module: torch.nn.Module) -> dict:
+    """A detached CPU copy of a module's state dict (what a checkpoint stores)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read and check a fine-tuning checkpoint (``weights_only=True``)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("fine-tuning checkpoint not found; check the path", path=path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling problem is a bad file for the user
+        raise InputError(f"cannot read the checkpoint ({type(exc).__name__}: {exc}); it is "
+                         "corrupt or not a torch file - re-run fine-tuning", path=path) from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise InputError(f"not a fine-tuning checkpoint (no format {FORMAT!r}); pass a file "
+                         "written by 'ish-annotator finetune'", path=path)
+    for key in ("backbone", "backbone_state_dict", "head_state_dict", "vocabulary", "head"):
+        if key not in ckpt:
+            raise InputError(f"checkpoint lacks {key!r}; it is incomplete - re-run fine-tuning",
+                             path=path)
+    return ckpt
+
+
+def stored_result(state: dict, out: Path) -> FinetuneResult:
+    """The result a finished checkpoint describes (resuming it has nothing left to do)."""
+    m = state.get("metrics", {})
+    split = state.get("split", {})
+    return FinetuneResult(
+        checkpoint=out, history=list(state.get("history", [])),
+        best_epoch=int(m.get("best_epoch", state.get("epoch", 0))),
+        best_score=m.get("best_score"), selection=m.get("selection", "val_auc"),
+        stopped_early=bool(state.get("stopped_early")),
+        metrics={"n_train": int(split.get("n_train", 0)), "n_val": int(split.get("n_val", 0)),
+                 "cache_frozen": bool(state.get("cache_frozen", False))})
+
+
+def is_finished(state: dict, config: FinetuneConfig) -> bool:
+    """True if resuming ``state`` with ``config`` would train no further epoch."""
+    return bool(state.get("stopped_early")) or int(state.get("epoch", 0)) >= config.epochs
+
+
+def check_resumable(state: dict, config: FinetuneConfig, vocabulary: list[str],
+                    fingerprint: str, out: Path) -> None:
+    """InputError unless ``state`` was written by a run with this data and these settings."""
+    problems = []
+    if state["backbone"] != config.backbone:
+        problems.append(f"backbone {state['backbone']} != {config.backbone}")
+    if list(state["vocabulary"]) != vocabulary:
+        problems.append("different vocabulary")
+    if state.get("training_fingerprint") != fingerprint:
+        problems.append("different training images or labels")
+    if int(state.get("input_size", -1)) != config.input_size:
+        problems.append(f"input size {state.get('input_size')} != {config.input_size}")
+    saved = state.get("config", {})
+    for key in ("hidden", "pool", "frozen", "seed"):
+        if key in saved and str(saved[key]) != str(getattr(config, key)):
+            problems.append(f"{key} {saved[key]} != {getattr(config, key)}")
+    if problems:
+        raise InputError("cannot resume: the checkpoint was written for another run ("
+                         + "; ".join(problems) + "); choose another output file or drop --resume",
+                         path=out)
+
+
+@dataclass
+class FinetunedModel:
+    """A loaded fine-tuned network for inference, Grad-CAM and inspection."""
+
+    network: Any                 # torch.nn.Module with .trunk and .head
+    backbone: str
+    vocabulary: list[str]
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    pixel_scale: float
+    frozen: int
+    layers: dict[str, int]       # backbone layer name -> trunk index
+    checkpoint: dict
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    def preprocess(self, rgb: np.ndarray) -> torch.Tensor:
+        """``H x W x 3`` uint8 -> ``(3, S, S)`` normalised float, as during training."""
+        return normalise(resize_uint8(rgb, self.input_size), self.mean, self.std, self.pixel_scale)
+
+    def predict_proba(self, images: Sequence[str | Path | np.ndarray], batch_size: int = 8) -> np.ndarray:
+        """``(n, T)`` sigmoid outputs of the multi-task head."""
+        import torch
+
+        self.network.eval()
+        out = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            x = torch.stack([self.preprocess(as_rgb(im)) for im in chunk]).to(self.device)
+            out.append(self.predict_batch(x))
+        return np.concatenate(out) if out else np.zeros((0, len(self.vocabulary)), np.float32)
+
+    def predict_batch(self, x: torch.Tensor) -> np.ndarray:
+        """``(B, T)`` probabilities for an already preprocessed batch."""
+        import torch
+
+        self.network.eval()
+        with torch.no_grad():
+            return torch.sigmoid(self.network(x.to(self.device))).float().cpu().numpy()
+
+
+def load_finetuned(checkpoint: str | Path | dict, device: str = "cpu") -> FinetunedModel:
+    """Rebuild the trunk + multi-task head from a checkpoint, ready for inference.
+
+    An ensemble checkpoint (see :mod:`.ensemble`) gives its representative member, the one
+    ``--weights`` uses; :func:`.ensemble.load_ensemble` gives all members.
+    """
+    from ..backbones import empty_trunk, get_spec, resolve_device
+
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    spec = get_spec(ckpt["backbone"])
+    trunk = empty_trunk(spec.name)  # architecture only; every weight comes from the checkpoint
+    try:
+        trunk.load_state_dict(ckpt["backbone_state_dict"])
+        h = ckpt["head"]
+        head = build_head(int(h["in_features"]), len(ckpt["vocabulary"]), int(h["hidden"]),
+                          float(h["dropout"]), int(h["pool"]))
+        head.load_state_dict(ckpt["head_state_dict"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"the checkpoint's weights do not fit a {ckpt['backbone']} network with "
+                         f"its recorded head ({first}); it is damaged or from another version - "
+                         "re-run fine-tuning") from exc
+    net = make_network(trunk, head).to(resolve_device(device)).eval()
+    norm = ckpt.get("normalisation", {})
+    return FinetunedModel(
+        network=net, backbone=ckpt["backbone"], vocabulary=list(ckpt["vocabulary"]),
+        input_size=int(ckpt.get("input_size", spec.input_size)),
+        mean=tuple(norm.get("mean", spec.mean)), std=tuple(norm.get("std", spec.std)),
+        pixel_scale=float(norm.get("pixel_scale", spec.pixel_scale)),
+        frozen=int(ckpt.get("frozen", 0)),
+        layers={name: layer.index for name, layer in spec.layers.items()},
+        checkpoint=ckpt,
+    )
