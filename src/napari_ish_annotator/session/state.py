@@ -689,14 +689,17 @@ class AnnotatorSession:
         self.label_order_changed.emit()
 
     def next_to_label(self) -> int | None:
-        """Go to the best-ranked image (other than this one) that still has an unknown
-        model term; None without a ranking or when every ranked image is labelled."""
+        """Go to the next ranked image after this one (cyclically; from the best one when
+        this image is not ranked) that still has an unknown model term; None without a
+        ranking or when every other ranked image is labelled."""
         order = self.label_order
         if order is None or order.generation != self.generation or self.bundle is None:
             return None
         cols = [self.vocabulary.index(t) for t in self.model_vocabulary if t in self.vocabulary]
         Y = self.label_matrix()
-        for i in order.images.tolist():
+        images = order.images.tolist()
+        start = images.index(self.index) + 1 if self.index in images else 0
+        for i in images[start:] + images[:start]:
             if i != self.index and (Y[i, cols] < 0).any():
                 self.set_index(int(i))
                 return int(i)

@@ -30,7 +30,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import InputError
-from ..session import UNCERTAIN_BAND, steps
+from ..session import UNCERTAIN_BAND, multi, steps
 from ._base import SessionDock, report_error, shows_input_error
 from ._worker import TaskRunner
 
@@ -367,6 +367,7 @@ class TermsSection(QWidget):
         probs = s.probabilities_for()
         votes = s.predicted_for()
         labels = s.labels_for() if path is not None else {}
+        others = self._annotator_tips()
         table = self.table
         table.setUpdatesEnabled(False)
         try:
@@ -384,9 +385,10 @@ class TermsSection(QWidget):
                              + ("?" if uncertain else ""))
                 for item in (key, name):
                     item.setBackground(UNCERTAIN_COLOUR if uncertain else QBrush())
-                name.setToolTip("uncertain (probability near 0.5): please check this term"
-                                if uncertain else
-                                "click to show its Grad-CAM map in the Explain panel")
+                name.setToolTip(("uncertain (probability near 0.5): please check this term"
+                                 if uncertain else
+                                 "click to show its Grad-CAM map in the Explain panel")
+                                + (f"\nlabels: {others[term]}" if term in others else ""))
                 combo = table.cellWidget(r, 4)
                 combo.setProperty("term", term)
                 combo.setEnabled(path is not None)
@@ -396,6 +398,20 @@ class TermsSection(QWidget):
         finally:
             table.setUpdatesEnabled(True)
             self._filling = False
+
+    def _annotator_tips(self) -> dict[str, str]:
+        """Each annotator's label per term of this image, once the store has several."""
+        s = self.session
+        if s.store is None or s.current_path is None or len(s.store.annotators()) < 2:
+            return {}
+        try:
+            return multi.term_tooltips(s)
+        except InputError:
+            return {}
+
+    def term_tooltip(self, term: str) -> str:
+        """The hover text of a term's name (for tests and scripts)."""
+        return self.table.item(self.session.vocabulary.index(term), 1).toolTip()
 
     def _make_rows(self, n: int) -> None:
         table = self.table
