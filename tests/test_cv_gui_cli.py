@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -43,11 +43,8 @@ def test_session_cv_equals_cli_evaluate_folds(tmp_path, seed):
     session.update_settings(weights="random", input_size=64, layer="21", device="cpu",
                             n_members=3, C=10.0, seed=seed)
     request = session.train_request(cross_validate=True, n_folds=folds)
-    box: dict = {}
-    worker = threading.Thread(target=lambda: box.update(result=drive(steps.iter_train(request))))
-    worker.start()
-    worker.join()
-    gui = box["result"].report.auc
+    with ThreadPoolExecutor(1) as pool:  # in a worker, as the Train panel runs it
+        gui = pool.submit(drive, steps.iter_train(request)).result().report.auc
     assert set(gui) == set(cli) == set(TERMS)
     for term in TERMS:
         assert gui[term] == pytest.approx(cli[term], abs=1e-9), term

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -15,20 +15,8 @@ def _in_thread(gen):
     """Drive a step in a worker thread (as the widgets do) and return its result."""
     from napari_ish_annotator.core.progress import drive
 
-    box: dict = {}
-
-    def run():
-        try:
-            box["value"] = drive(gen)
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            box["error"] = exc
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(drive, gen).result()
 
 
 @pytest.fixture
