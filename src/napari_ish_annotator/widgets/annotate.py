@@ -338,7 +338,7 @@ class TermsSection(QWidget):
         trow.addWidget(self.threshold_spin)
         trow.addStretch(1)
         hint = QLabel("Keys: 1-9, 0 cycle the first ten terms (unknown → present → absent); "
-                      "n/p step; u next uncertain; Ctrl+Z undo. Amber: uncertain "
+                      "n/p step; u next uncertain; Shift+N next to label; Ctrl+Z undo. Amber: uncertain "
                       f"(|p - 0.5| < {UNCERTAIN_BAND}).")
         hint.setWordWrap(True)
         hint.setStyleSheet("color: gray;")
