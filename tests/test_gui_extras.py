@@ -108,3 +108,28 @@ def test_export_writes_a_package_that_passes_bioimageio_test(gui, qtbot, tmp_pat
     _wait(qtbot, train.runner)
     assert (tmp_path / "m.zip").is_file()
     assert "passed" in train.summary.text()
+
+
+def test_term_list_shows_the_finetuned_ensembles_spread(gui, qtbot, tmp_path):
+    from napari_ish_annotator.core.finetune import FinetuneConfig, finetune_ensemble, load_ensemble
+
+    viewer, session, embryos, annotate, train = gui
+    train.show_spread()  # no fine-tuned model: one message, nothing runs
+    assert not train.runner.running
+    train.train()
+    _wait(qtbot, train.runner)
+    config = FinetuneConfig(backbone="vgg16", weights="random", input_size=64, epochs=1,
+                            batch_size=4, frozen="all", augment=False, device="cpu", seed=0)
+    ckpt = tmp_path / "ens.pt"
+    finetune_ensemble(list(session.paths), session.label_matrix().copy(),
+                      list(session.vocabulary), config, ckpt, k=2)
+    session.set_bundle(session.bundle, finetuned=ckpt)  # as after fine-tuning: then predict
+    annotate.predict()
+    _wait(qtbot, annotate.runner)
+    session.set_index(5)
+    train.show_spread()
+    _wait(qtbot, train.runner)
+    std = load_ensemble(ckpt).predict_proba([session.paths[5]]).std[0]
+    P = session.probabilities[5]
+    for k, (term, ptext, _pred, _label) in enumerate(annotate.row_values()):
+        assert ptext == f"{P[k]:.2f} ± {std[k]:.2f}", term

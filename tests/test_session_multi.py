@@ -128,3 +128,36 @@ def test_export_request_and_missing_bioimageio_are_one_message(session, tmp_path
     with pytest.raises(InputError, match=r"\[bioimageio\]"):
         _in_thread(multi.iter_export(req))
     assert not (tmp_path / "m.zip").exists()
+
+
+@pytest.fixture
+def ensemble_ckpt(session, tmp_path):
+    """A 2-member fine-tuned ensemble (frozen backbone, one epoch: seconds)."""
+    from napari_ish_annotator.core.finetune import FinetuneConfig, finetune_ensemble
+
+    Y = session.label_matrix().copy()
+    config = FinetuneConfig(backbone="vgg16", weights="random", input_size=64, epochs=1,
+                            batch_size=4, frozen="all", augment=False, device="cpu", seed=0)
+    out = tmp_path / "ens.pt"
+    finetune_ensemble(list(session.paths), Y, list(session.vocabulary), config, out, k=2)
+    return out
+
+
+@pytest.mark.slow  # the GUI test covers the same chain in the default suite
+def test_member_spread_of_a_finetuned_ensemble(session, ensemble_ckpt):
+    from napari_ish_annotator.core.errors import InputError
+    from napari_ish_annotator.core.finetune import load_ensemble
+    from napari_ish_annotator.session import multi, steps
+
+    with pytest.raises(InputError, match="no fine-tuned model"):
+        multi.spread_request(session)
+    session.apply_trained(_in_thread(steps.iter_train(session.train_request(False))))
+    session.set_bundle(session.bundle, finetuned=ensemble_ckpt)
+    spread = _in_thread(multi.iter_member_spread(multi.spread_request(session), batch=3))
+    expected = load_ensemble(ensemble_ckpt).predict_proba(list(session.paths)).std
+    np.testing.assert_allclose(spread.std, expected, atol=1e-5)
+    assert spread.n_members == 2 and (spread.std > 0).any()
+    session.apply_member_spread(spread)
+    assert session.spread_for(4) == pytest.approx(dict(zip(TERMS, expected[4].tolist(), strict=True)))
+    session.set_bundle(session.bundle, finetuned=None)  # another model: no stale spread
+    assert session.spread_for(4) == {}

@@ -131,6 +131,55 @@ def iter_suggest(req: SuggestRequest) -> ProgressGen[LabelOrder]:
     return LabelOrder(req.candidates[s.order], np.asarray(s.score), req.generation)
 
 
+# ---------------------------------------------------------------------- ensemble spread
+@dataclass(frozen=True)
+class SpreadRequest:
+    checkpoint: Path
+    paths: tuple[Path, ...]
+    device: str
+    generation: int
+
+
+@dataclass(frozen=True)
+class MemberSpread:
+    """Std over a fine-tuned ensemble's members of each term's probability, per image."""
+
+    vocabulary: tuple[str, ...]
+    std: np.ndarray  # (n, T) float32
+    n_members: int
+    generation: int
+
+
+def spread_request(session: AnnotatorSession) -> SpreadRequest:
+    if session.finetuned is None:
+        raise InputError("no fine-tuned model is in use; fine-tune an ensemble "
+                         "(ish-annotator finetune --ensemble K) and use it as weights first")
+    if not session.n_images:
+        raise InputError("no images are open; open a folder or manifest first")
+    return SpreadRequest(Path(session.finetuned), session.paths, session.settings.device,
+                         session.generation)
+
+
+def iter_member_spread(req: SpreadRequest, batch: int = 8) -> ProgressGen[MemberSpread]:
+    """Every member's multi-task output for the open images (core.finetune.load_ensemble)."""
+    from ..core.backbones import resolve_device
+    from ..core.finetune import load_ensemble
+
+    yield Progress(0, len(req.paths), "loading the ensemble")
+    ensemble = load_ensemble(req.checkpoint, str(resolve_device(req.device)))
+    if len(ensemble.members) < 2:
+        raise InputError("this fine-tuned checkpoint is a single network, not an ensemble; "
+                         "fine-tune with --ensemble K (K >= 2) to see the members' spread",
+                         path=req.checkpoint)
+    parts = []
+    for start in range(0, len(req.paths), batch):
+        chunk = list(req.paths[start:start + batch])
+        parts.append(ensemble.predict_proba(chunk, batch_size=batch).std)
+        yield Progress(start + len(chunk), len(req.paths), "ensemble members")
+    return MemberSpread(tuple(ensemble.vocabulary), np.concatenate(parts).astype(np.float32),
+                        len(ensemble.members), req.generation)
+
+
 # ---------------------------------------------------------------------- bioimage.io
 @dataclass(frozen=True)
 class ExportRequest:

@@ -86,6 +86,7 @@ class AnnotatorSession:
         self.train_report: TrainReport | None = None
         self.previous_model: ModelState | None = None  # what "switch model" goes back to
         self.label_order: Any = None  # multi.LabelOrder: the "next to label" ranking
+        self.member_spread: Any = None  # multi.MemberSpread of the fine-tuned ensemble in use
         self.defer_layer = False  # set by the reader: napari adds the layer it returns
         self.generation = 0  # bumped on every open: late worker results are dropped
         self._pending_error: InputError | None = None
@@ -497,6 +498,8 @@ class AnnotatorSession:
 
     def set_bundle(self, bundle: Any, finetuned: Path | None = None) -> None:
         self.bundle = bundle
+        if finetuned != self.finetuned:
+            self.member_spread = None
         self.finetuned = finetuned
         self.probabilities = None
         self.votes = None
@@ -704,3 +707,20 @@ class AnnotatorSession:
                 self.set_index(int(i))
                 return int(i)
         return None
+
+    # ------------------------------------------------------------------ ensemble spread
+    def apply_member_spread(self, spread: Any) -> None:
+        """Show a fine-tuned ensemble's member spread (:func:`.multi.iter_member_spread`)."""
+        if spread.generation != self.generation:
+            return
+        self.member_spread = spread
+        self.predictions_changed.emit()
+
+    def spread_for(self, index: int | None = None) -> dict[str, float]:
+        """{term: std over the ensemble's members} of one image ({} without a spread)."""
+        spread = self.member_spread
+        i = self.index if index is None else index
+        if spread is None or spread.generation != self.generation or \
+                not 0 <= i < len(spread.std):
+            return {}
+        return {t: float(v) for t, v in zip(spread.vocabulary, spread.std[i], strict=True)}

@@ -69,6 +69,10 @@ def _bar_colour(p: float) -> str:
     return "#3fa34d" if p >= 0.5 else "#4a6fa5"
 
 
+#: probability column width once an ensemble's spread is shown
+SPREAD_WIDTH = 112
+
+
 class ProbabilityDelegate(QStyledItemDelegate):
     """Draws a term's probability as a coloured bar under its number (no widget per row)."""
 
@@ -365,6 +369,9 @@ class TermsSection(QWidget):
         path = s.current_path
         self.image_label.setText(f"{s.index + 1}/{s.n_images}: {path.name}" if path else "")
         probs = s.probabilities_for()
+        spread = s.spread_for() if probs else {}
+        if spread and self.table.columnWidth(2) < SPREAD_WIDTH:
+            self.table.setColumnWidth(2, SPREAD_WIDTH)  # room for "0.72 ± 0.05"
         votes = s.predicted_for()
         labels = s.labels_for() if path is not None else {}
         others = self._annotator_tips()
@@ -378,7 +385,11 @@ class TermsSection(QWidget):
                 name.setText(term)
                 p = probs.get(term)
                 prob.setData(PROBABILITY_ROLE, p)
-                prob.setText("–" if p is None else f"{p:.2f}")
+                sd = spread.get(term)
+                prob.setText("–" if p is None else f"{p:.2f}" if sd is None
+                             else f"{p:.2f} ± {sd:.2f}")
+                prob.setToolTip("" if sd is None else "± std of the fine-tuned ensemble's "
+                                "members for this term")
                 vote = votes.get(term)
                 uncertain = p is not None and abs(p - 0.5) < UNCERTAIN_BAND
                 pred.setText(("" if vote is None else ("yes" if vote else "no"))

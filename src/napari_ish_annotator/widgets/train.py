@@ -87,8 +87,13 @@ class TrainWidget(SessionDock):
         self.export_button.setToolTip("write the model in use as a bioimage.io package (.zip) "
                                       "that other tools (ilastik, deepImageJ, BiaPy) can run")
         self.export_button.clicked.connect(self._choose_export)
+        self.spread_button = QPushButton("Ensemble spread")
+        self.spread_button.setToolTip("with a fine-tuned ensemble (finetune --ensemble K) in "
+                                      "use: show each probability ± the std over its members")
+        self.spread_button.clicked.connect(self.show_spread)
         erow = QHBoxLayout()
         erow.addWidget(self.agreement_button)
+        erow.addWidget(self.spread_button)
         erow.addWidget(self.export_button)
         self.agreement_text = QPlainTextEdit()
         self.agreement_text.setReadOnly(True)
@@ -175,7 +180,8 @@ class TrainWidget(SessionDock):
             self.session.save_bundle(path)
 
     def _busy(self, busy: bool) -> None:
-        for b in (self.train_button, self.agreement_button, self.export_button):
+        for b in (self.train_button, self.agreement_button, self.spread_button,
+                  self.export_button):
             b.setEnabled(not busy)
 
     def show_agreement(self) -> Any:
@@ -192,6 +198,17 @@ class TrainWidget(SessionDock):
     def _agreement(self, table: Any) -> None:
         self.agreement_text.setPlainText(table.format_table())
         self.agreement_text.setVisible(True)
+
+    def show_spread(self) -> Any:
+        """Every open image through each ensemble member in a worker; Annotate shows ± std."""
+        try:
+            request = multi.spread_request(self.session)
+        except InputError as exc:
+            report_error(exc)
+            return None
+        return self.runner.start(multi.iter_member_spread, request,
+                                 on_done=self.session.apply_member_spread,
+                                 message="running the ensemble's members…", done_message="")
 
     def _choose_export(self) -> None:
         path = QFileDialog.getSaveFileName(self, "Export to bioimage.io", "model.bioimageio.zip",
