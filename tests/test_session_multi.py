@@ -161,3 +161,5 @@ def test_member_spread_of_a_finetuned_ensemble(session, ensemble_ckpt):
     assert session.spread_for(4) == pytest.approx(dict(zip(TERMS, expected[4].tolist(), strict=True)))
     session.set_bundle(session.bundle, finetuned=None)  # another model: no stale spread
     assert session.spread_for(4) == {}
+    session.apply_member_spread(spread)  # a late result for the model switched away from
+    assert session.member_spread is None

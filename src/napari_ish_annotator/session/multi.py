@@ -148,6 +148,7 @@ class MemberSpread:
     std: np.ndarray  # (n, T) float32
     n_members: int
     generation: int
+    checkpoint: Path  # the ensemble it was made with (a switched model drops it)
 
 
 def spread_request(session: AnnotatorSession) -> SpreadRequest:
@@ -177,7 +178,7 @@ def iter_member_spread(req: SpreadRequest, batch: int = 8) -> ProgressGen[Member
         parts.append(ensemble.predict_proba(chunk, batch_size=batch).std)
         yield Progress(start + len(chunk), len(req.paths), "ensemble members")
     return MemberSpread(tuple(ensemble.vocabulary), np.concatenate(parts).astype(np.float32),
-                        len(ensemble.members), req.generation)
+                        len(ensemble.members), req.generation, req.checkpoint)
 
 
 # ---------------------------------------------------------------------- bioimage.io

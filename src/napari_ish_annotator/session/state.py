@@ -711,8 +711,9 @@ class AnnotatorSession:
     # ------------------------------------------------------------------ ensemble spread
     def apply_member_spread(self, spread: Any) -> None:
         """Show a fine-tuned ensemble's member spread (:func:`.multi.iter_member_spread`)."""
-        if spread.generation != self.generation:
-            return
+        if spread.generation != self.generation or self.finetuned is None or \
+                Path(spread.checkpoint) != Path(self.finetuned):
+            return  # made for other images or another model
         self.member_spread = spread
         self.predictions_changed.emit()
 
