@@ -333,14 +333,10 @@ class EmbryosWidget(SessionDock):
 
     def rank_next_to_label(self) -> Any:
         """Rank the images to label next in a worker; the rows follow when it is done."""
-        try:
-            request = multi.suggest_request(self.session)
-        except InputError as exc:
-            report_error(exc)
-            return None
-        return self.runner.start(multi.iter_suggest, request,
-                                 on_done=self.session.apply_label_order,
-                                 message="ranking images to label…", done_message="")
+        return self.runner.start_request(lambda: multi.suggest_request(self.session),
+                                         multi.iter_suggest,
+                                         on_done=self.session.apply_label_order,
+                                         message="ranking images to label…", done_message="")
 
     def _label_order_changed(self) -> None:
         order = self.session.label_order

@@ -186,14 +186,10 @@ class TrainWidget(SessionDock):
 
     def show_agreement(self) -> Any:
         """Compare the annotators in a worker; the table appears below the buttons."""
-        try:
-            labels = multi.annotator_labels(self.session)
-        except InputError as exc:
-            report_error(exc)
-            return None
-        return self.runner.start(multi.iter_agreement, labels, on_done=self._agreement,
-                                 message="comparing annotators…", done_message="",
-                                 needs_torch=False)
+        return self.runner.start_request(lambda: multi.annotator_labels(self.session),
+                                         multi.iter_agreement, on_done=self._agreement,
+                                         message="comparing annotators…", done_message="",
+                                         needs_torch=False)
 
     def _agreement(self, table: Any) -> None:
         self.agreement_text.setPlainText(table.format_table())
@@ -201,14 +197,11 @@ class TrainWidget(SessionDock):
 
     def show_spread(self) -> Any:
         """Every open image through each ensemble member in a worker; Annotate shows ± std."""
-        try:
-            request = multi.spread_request(self.session)
-        except InputError as exc:
-            report_error(exc)
-            return None
-        return self.runner.start(multi.iter_member_spread, request,
-                                 on_done=self.session.apply_member_spread,
-                                 message="running the ensemble's members…", done_message="")
+        return self.runner.start_request(lambda: multi.spread_request(self.session),
+                                         multi.iter_member_spread,
+                                         on_done=self.session.apply_member_spread,
+                                         message="running the ensemble's members…",
+                                         done_message="")
 
     def _choose_export(self) -> None:
         path = QFileDialog.getSaveFileName(self, "Export to bioimage.io", "model.bioimageio.zip",
@@ -218,13 +211,9 @@ class TrainWidget(SessionDock):
 
     def export(self, path: str, test: bool = True) -> Any:
         """Write the model in use as a bioimage.io .zip in a worker (progress, Cancel)."""
-        try:
-            request = multi.export_request(self.session, path, test=test)
-        except InputError as exc:
-            report_error(exc)
-            return None
-        return self.runner.start(multi.iter_export, request, on_done=self._exported,
-                                 message="exporting to bioimage.io…")
+        return self.runner.start_request(lambda: multi.export_request(self.session, path, test),
+                                         multi.iter_export, on_done=self._exported,
+                                         message="exporting to bioimage.io…")
 
     def _exported(self, result: Any) -> None:
         self.summary.setText(f"wrote {result.path} (bioimage.io test: {result.test_status})")
