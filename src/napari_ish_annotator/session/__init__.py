@@ -5,6 +5,7 @@ predictions and announces changes through psygnal signals; :mod:`.steps` are the
 as progress generators (frozen request in, frozen :mod:`.results` out).
 """
 
+from . import multi
 from .results import (
     ExtractedFeatures,
     FinetuneOutcome,
@@ -24,5 +25,5 @@ __all__ = [
     "LABEL_CYCLE", "LABEL_FALLBACK", "MIN_CV_PER_CLASS", "UNCERTAIN_BAND", "AnnotatorSession",
     "ExtractedFeatures", "FinetuneOutcome", "GradcamMaps", "ModelState", "OpenedDataset",
     "Predictions", "SessionSettings", "StoreSwitch", "TrainReport", "TrainedModel",
-    "WrongThreadError", "classify_rows", "failed_rows", "throttled",
+    "WrongThreadError", "classify_rows", "failed_rows", "multi", "throttled",
 ]

@@ -60,6 +60,7 @@ class AnnotatorSession:
     settings_changed = Signal()
     term_selected = Signal(str)  # a widget asks "explain this term"
     train_report_changed = Signal()
+    label_order_changed = Signal()  # a new "next to label" ranking (session.multi)
 
     def __init__(self, cache_dir: str | Path | None = None, annotator: str | None = None):
         object.__setattr__(self, "_owner", threading.get_ident())
@@ -84,6 +85,8 @@ class AnnotatorSession:
         self.votes: np.ndarray | None = None  # majority vote of each term's ensemble
         self.train_report: TrainReport | None = None
         self.previous_model: ModelState | None = None  # what "switch model" goes back to
+        self.label_order: Any = None  # multi.LabelOrder: the "next to label" ranking
+        self.member_spread: Any = None  # multi.MemberSpread of the fine-tuned ensemble in use
         self.defer_layer = False  # set by the reader: napari adds the layer it returns
         self.generation = 0  # bumped on every open: late worker results are dropped
         self._pending_error: InputError | None = None
@@ -495,6 +498,8 @@ class AnnotatorSession:
 
     def set_bundle(self, bundle: Any, finetuned: Path | None = None) -> None:
         self.bundle = bundle
+        if finetuned != self.finetuned:
+            self.member_spread = None
         self.finetuned = finetuned
         self.probabilities = None
         self.votes = None
@@ -574,11 +579,16 @@ class AnnotatorSession:
                 "cannot train: every term needs at least one 'present' and one 'absent' label; "
                 "missing for: " + ", ".join(bad) + ". Label more images or remove those terms.")
 
-    def train_request(self, cross_validate: bool = True, n_folds: int = 5) -> steps.TrainRequest:
-        """Everything a Train run needs, frozen now (labels, settings, features)."""
+    def train_request(self, cross_validate: bool = True, n_folds: int = 5,
+                      Y: np.ndarray | None = None) -> steps.TrainRequest:
+        """Everything a Train run needs, frozen now (labels, settings, features).
+
+        ``Y`` trains on other labels of the open images (e.g. the annotators' consensus,
+        :func:`.multi.consensus_train_request`) instead of the session's own.
+        """
         if not self.paths:
             raise InputError("no images are open; open a folder or manifest first")
-        Y = self.label_matrix().copy()  # the request owns its labels
+        Y = self.label_matrix().copy() if Y is None else Y  # the request owns its labels
         self.check_trainable(Y)
         s = self.settings
         config = self.extractor_config(use_bundle=False)  # train with the panel's settings
@@ -673,3 +683,45 @@ class AnnotatorSession:
         return steps.GradcamRequest(i, self.paths[i], tuple(terms), self.bundle,
                                     self.extract_request(), self.finetuned if finetuned else None)
 
+    # ------------------------------------------------------------------ next to label
+    def apply_label_order(self, order: Any) -> None:
+        """Keep a "next to label" ranking (:func:`.multi.iter_suggest`; dropped if stale)."""
+        if order.generation != self.generation:
+            return
+        self.label_order = order
+        self.label_order_changed.emit()
+
+    def next_to_label(self) -> int | None:
+        """Go to the next ranked image after this one (cyclically; from the best one when
+        this image is not ranked) that still has an unknown model term; None without a
+        ranking or when every other ranked image is labelled."""
+        order = self.label_order
+        if order is None or order.generation != self.generation or self.bundle is None:
+            return None
+        cols = [self.vocabulary.index(t) for t in self.model_vocabulary if t in self.vocabulary]
+        Y = self.label_matrix()
+        images = order.images.tolist()
+        start = images.index(self.index) + 1 if self.index in images else 0
+        for i in images[start:] + images[:start]:
+            if i != self.index and (Y[i, cols] < 0).any():
+                self.set_index(int(i))
+                return int(i)
+        return None
+
+    # ------------------------------------------------------------------ ensemble spread
+    def apply_member_spread(self, spread: Any) -> None:
+        """Show a fine-tuned ensemble's member spread (:func:`.multi.iter_member_spread`)."""
+        if spread.generation != self.generation or self.finetuned is None or \
+                Path(spread.checkpoint) != Path(self.finetuned):
+            return  # made for other images or another model
+        self.member_spread = spread
+        self.predictions_changed.emit()
+
+    def spread_for(self, index: int | None = None) -> dict[str, float]:
+        """{term: std over the ensemble's members} of one image ({} without a spread)."""
+        spread = self.member_spread
+        i = self.index if index is None else index
+        if spread is None or spread.generation != self.generation or \
+                not 0 <= i < len(spread.std):
+            return {}
+        return {t: float(v) for t, v in zip(spread.vocabulary, spread.std[i], strict=True)}

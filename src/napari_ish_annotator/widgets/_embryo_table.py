@@ -33,6 +33,7 @@ class EmbryoTableModel(QAbstractTableModel):
         self.n_terms = 0
         self.sort_key: tuple[int, bool] = (0, False)
         self.mask: np.ndarray | None = None  # images matching the filter (None: all)
+        self.restrict: np.ndarray | None = None  # e.g. "annotators disagree" (None: all)
 
     # ------------------------------------------------------------------ Qt model API
     def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: B008, N802
@@ -120,6 +121,23 @@ class EmbryoTableModel(QAbstractTableModel):
         if len(self.order):
             self.dataChanged.emit(self.index(0, 5), self.index(len(self.order) - 1, 5))
 
+    def put_first(self, images: np.ndarray) -> None:
+        """Rows in this order first (e.g. "next to label"), the other images after them."""
+        n = self.session.n_images
+        images = np.asarray(images, np.int64)
+        rest = np.setdiff1d(np.arange(n, dtype=np.int64), images, assume_unique=False)
+        perm = np.concatenate([images, rest])
+        self.layoutAboutToBeChanged.emit()
+        old = self.order
+        self.order = perm
+        self.sort_key = (-1, False)
+        inverse = np.empty(n, np.int64)
+        inverse[self.order] = np.arange(n)
+        froms = self.persistentIndexList()
+        self.changePersistentIndexList(
+            froms, [self.index(int(inverse[old[p.row()]]), p.column()) for p in froms])
+        self.layoutChanged.emit()
+
     def row_of(self, image: int) -> int:
         hit = np.flatnonzero(self.order == image)
         return int(hit[0]) if len(hit) else -1
@@ -190,7 +208,10 @@ class EmbryoFilterProxy(QSortFilterProxyModel):
     def set_filter(self, text: str) -> None:
         self._text = text
         source: EmbryoTableModel = self.sourceModel()
-        source.mask = source.matching(text)
+        mask = source.matching(text)
+        if source.restrict is not None and len(source.restrict) == source.session.n_images:
+            mask = source.restrict if mask is None else mask & source.restrict
+        source.mask = mask
         want = "" if source.mask is None else "1"
         if self.filterRegularExpression().pattern() == want:
             self.invalidateFilter()
@@ -200,7 +221,7 @@ class EmbryoFilterProxy(QSortFilterProxyModel):
     def refilter(self) -> None:
         """Labels or predictions changed: recompute the mask if a filter is active."""
         source: EmbryoTableModel = self.sourceModel()
-        if source.mask is not None:
+        if source.mask is not None or source.restrict is not None:
             self.set_filter(self._text)
 
     def sort(self, column: int, order: Any = Qt.SortOrder.AscendingOrder) -> None:

@@ -84,7 +84,7 @@ def update_overlay(viewer: Any, session: AnnotatorSession) -> None:
 
 
 def bind_viewer(viewer: Any, session: AnnotatorSession) -> None:
-    """Keep viewer and session in step; bind PageUp/PageDown, n/p, 1-9/0, u and Ctrl+Z."""
+    """Keep viewer and session in step; bind PageUp/PageDown, n/p, 1-9/0, u, Shift+N, Ctrl+Z."""
     from napari.utils.notifications import show_info
 
     from ._base import shows_input_error
@@ -151,6 +151,13 @@ def bind_viewer(viewer: Any, session: AnnotatorSession) -> None:
         elif session.next_uncertain() is None:
             show_info("no unlabelled uncertain term left")
     keys["u"] = guarded(next_uncertain)
+
+    def next_to_label() -> None:
+        if session.label_order is None:
+            show_info("no 'next to label' order yet: press Next to label in the Embryos panel")
+        elif session.next_to_label() is None:
+            show_info("every ranked image is labelled: press Next to label to rank again")
+    keys["Shift-N"] = guarded(next_to_label)
 
     def bind(provider: Any) -> None:
         for key, func in keys.items():

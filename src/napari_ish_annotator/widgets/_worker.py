@@ -123,6 +123,20 @@ class TaskRunner(QWidget):
         self.status.setText(text)
         self.finished.emit(outcome)
 
+    def start_request(self, build: Callable[[], Any], func: Callable[..., Generator],
+                      **kwargs: Any) -> Any:
+        """Build a step's request now (GUI thread), then run ``func(request)`` in a worker.
+
+        A request that cannot be built (no model, nothing open, a bad path) is one message
+        and nothing runs; returns the worker or None.
+        """
+        try:
+            request = build()
+        except InputError as exc:
+            report_error(exc)
+            return None
+        return self.start(func, request, **kwargs)
+
     def start(
         self,
         func: Callable[..., Generator],

@@ -30,7 +30,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import InputError
-from ..session import UNCERTAIN_BAND, steps
+from ..session import UNCERTAIN_BAND, multi, steps
 from ._base import SessionDock, report_error, shows_input_error
 from ._worker import TaskRunner
 
@@ -67,6 +67,10 @@ def _bar_colour(p: float) -> str:
     if abs(p - 0.5) < UNCERTAIN_BAND:
         return "#d9a227"
     return "#3fa34d" if p >= 0.5 else "#4a6fa5"
+
+
+#: probability column width once an ensemble's spread is shown
+SPREAD_WIDTH = 112
 
 
 class ProbabilityDelegate(QStyledItemDelegate):
@@ -338,7 +342,7 @@ class TermsSection(QWidget):
         trow.addWidget(self.threshold_spin)
         trow.addStretch(1)
         hint = QLabel("Keys: 1-9, 0 cycle the first ten terms (unknown → present → absent); "
-                      "n/p step; u next uncertain; Ctrl+Z undo. Amber: uncertain "
+                      "n/p step; u next uncertain; Shift+N next to label; Ctrl+Z undo. Amber: uncertain "
                       f"(|p - 0.5| < {UNCERTAIN_BAND}).")
         hint.setWordWrap(True)
         hint.setStyleSheet("color: gray;")
@@ -365,8 +369,12 @@ class TermsSection(QWidget):
         path = s.current_path
         self.image_label.setText(f"{s.index + 1}/{s.n_images}: {path.name}" if path else "")
         probs = s.probabilities_for()
+        spread = s.spread_for() if probs else {}
+        if spread and self.table.columnWidth(2) < SPREAD_WIDTH:
+            self.table.setColumnWidth(2, SPREAD_WIDTH)  # room for "0.72 ± 0.05"
         votes = s.predicted_for()
         labels = s.labels_for() if path is not None else {}
+        others = self._annotator_tips()
         table = self.table
         table.setUpdatesEnabled(False)
         try:
@@ -377,16 +385,21 @@ class TermsSection(QWidget):
                 name.setText(term)
                 p = probs.get(term)
                 prob.setData(PROBABILITY_ROLE, p)
-                prob.setText("–" if p is None else f"{p:.2f}")
+                sd = spread.get(term)
+                prob.setText("–" if p is None else f"{p:.2f}" if sd is None
+                             else f"{p:.2f} ± {sd:.2f}")
+                prob.setToolTip("" if sd is None else "± std of the fine-tuned ensemble's "
+                                "members for this term")
                 vote = votes.get(term)
                 uncertain = p is not None and abs(p - 0.5) < UNCERTAIN_BAND
                 pred.setText(("" if vote is None else ("yes" if vote else "no"))
                              + ("?" if uncertain else ""))
                 for item in (key, name):
                     item.setBackground(UNCERTAIN_COLOUR if uncertain else QBrush())
-                name.setToolTip("uncertain (probability near 0.5): please check this term"
-                                if uncertain else
-                                "click to show its Grad-CAM map in the Explain panel")
+                name.setToolTip(("uncertain (probability near 0.5): please check this term"
+                                 if uncertain else
+                                 "click to show its Grad-CAM map in the Explain panel")
+                                + (f"\nlabels: {others[term]}" if term in others else ""))
                 combo = table.cellWidget(r, 4)
                 combo.setProperty("term", term)
                 combo.setEnabled(path is not None)
@@ -396,6 +409,20 @@ class TermsSection(QWidget):
         finally:
             table.setUpdatesEnabled(True)
             self._filling = False
+
+    def _annotator_tips(self) -> dict[str, str]:
+        """Each annotator's label per term of this image, once the store has several."""
+        s = self.session
+        if s.store is None or s.current_path is None or len(s.store.annotators()) < 2:
+            return {}
+        try:
+            return multi.term_tooltips(s)
+        except InputError:
+            return {}
+
+    def term_tooltip(self, term: str) -> str:
+        """The hover text of a term's name (for tests and scripts)."""
+        return self.table.item(self.session.vocabulary.index(term), 1).toolTip()
 
     def _make_rows(self, n: int) -> None:
         table = self.table

@@ -10,6 +10,7 @@ from typing import Any
 from qtpy.QtCore import QItemSelectionModel, Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QFileDialog,
     QHBoxLayout,
     QHeaderView,
@@ -21,7 +22,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import InputError
-from ..session import OpenedDataset, StoreSwitch, steps
+from ..session import OpenedDataset, StoreSwitch, multi, steps
 from ._base import SessionDock, report_error, shows_input_error
 from ._embryo_table import IMAGE_ROLE, EmbryoFilterProxy, EmbryoTableModel
 from ._worker import TaskRunner
@@ -137,12 +138,28 @@ class EmbryosWidget(SessionDock):
         nav.addWidget(self.prev_button)
         nav.addWidget(self.next_button)
 
+        # several annotators and active learning (issue 10)
+        self.disagree_check = QCheckBox("annotators disagree")
+        self.disagree_check.setToolTip("list only images where two annotators gave a term "
+                                       "different labels")
+        self.disagree_check.toggled.connect(self._disagree_toggled)
+        self.suggest_button = QPushButton("Next to label (Shift+N)")
+        self.suggest_button.setToolTip(
+            "rank the images the current model is least sure about (near 0.5, ensemble "
+            "members disagree, rare terms first, spread over genes), list them first and go "
+            "to the best; Shift+N goes on to the next one")
+        self.suggest_button.clicked.connect(self.rank_next_to_label)
+        extra_row = QHBoxLayout()
+        extra_row.addWidget(self.disagree_check)
+        extra_row.addWidget(self.suggest_button)
+
         layout = QVBoxLayout(self.body)
         layout.addLayout(open_row)
         layout.addWidget(self.runner)
         layout.addWidget(self.info_label)
         layout.addWidget(self.skipped_label)
         layout.addWidget(self.filter_edit)
+        layout.addLayout(extra_row)
         layout.addWidget(self.table, 1)
         layout.addLayout(nav)
         layout.addWidget(self.store_label)
@@ -155,6 +172,7 @@ class EmbryosWidget(SessionDock):
         self.listen(s.vocabulary_changed, self._vocabulary_changed)
         self.listen(s.predictions_changed, self._predictions_changed)
         self.listen(s.current_changed, self._select_current)
+        self.listen(s.label_order_changed, self._label_order_changed)
         if s.n_images:
             self._rebuild()
             self._select_current(s.index)
@@ -195,7 +213,7 @@ class EmbryosWidget(SessionDock):
 
     def _busy(self, busy: bool) -> None:
         for b in (self.open_files_button, self.open_folder_button, self.open_manifest_button,
-                  self.store_button, self.import_button):
+                  self.store_button, self.import_button, self.suggest_button):
             b.setEnabled(not busy)
 
     def _choose_files(self) -> None:
@@ -255,6 +273,8 @@ class EmbryosWidget(SessionDock):
         s = self.session
         self._updating = True
         self.model.reset()
+        self.model.restrict = None
+        self.disagree_check.setChecked(False)
         self.proxy.set_filter(self.filter_edit.text())
         self.table.horizontalHeader().setSortIndicator(0, Qt.SortOrder.AscendingOrder)
         self._updating = False
@@ -293,11 +313,40 @@ class EmbryosWidget(SessionDock):
 
     def _labels_changed(self, indices: Any) -> None:
         self.model.labels_changed(list(indices) if indices else None)
+        if self.disagree_check.isChecked():
+            self.model.restrict = multi.disagreement(self.session)
         self.proxy.refilter()
 
     def _predictions_changed(self) -> None:
         self.model.predictions_changed()
         self.proxy.refilter()
+
+    # ------------------------------------------------------------------ annotators, next to label
+    def _disagree_toggled(self, on: bool) -> None:
+        try:
+            self.model.restrict = multi.disagreement(self.session) if on else None
+        except InputError as exc:
+            report_error(exc)
+            self.disagree_check.setChecked(False)
+            return
+        self._apply_filter(self.filter_edit.text())
+
+    def rank_next_to_label(self) -> Any:
+        """Rank the images to label next in a worker; the rows follow when it is done."""
+        return self.runner.start_request(lambda: multi.suggest_request(self.session),
+                                         multi.iter_suggest,
+                                         on_done=self.session.apply_label_order,
+                                         message="ranking images to label…", done_message="")
+
+    def _label_order_changed(self) -> None:
+        order = self.session.label_order
+        if order is None:
+            return
+        self.model.put_first(order.images)
+        self.info_label.setText(f"{len(order.images)} images to label, most informative "
+                                "first (Shift+N: next)")
+        self.session.next_to_label()
+        self._select_current(self.session.index)
 
     def _apply_filter(self, text: str) -> None:
         self.proxy.set_filter(text)

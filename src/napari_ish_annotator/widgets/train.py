@@ -8,6 +8,7 @@ from typing import Any
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
+    QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
@@ -15,6 +16,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QPlainTextEdit,
     QPushButton,
     QSpinBox,
     QTableWidget,
@@ -23,7 +25,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import InputError
-from ..session import MIN_CV_PER_CLASS, TrainedModel, steps
+from ..session import MIN_CV_PER_CLASS, TrainedModel, multi, steps
 from ._base import SessionDock, report_error, shows_input_error
 from ._worker import TaskRunner
 
@@ -53,6 +55,12 @@ class TrainWidget(SessionDock):
         form = QFormLayout()
         form.addRow("Ensemble members", self.members_spin)
         form.addRow("C", self.c_spin)
+        self.source_combo = QComboBox()
+        self.source_combo.addItems(list(multi.TRAIN_SOURCES))
+        self.source_combo.setToolTip("train on your own labels (the manifest fills the rest) or "
+                                     "on the consensus of every annotator in the label file "
+                                     "(Dawid-Skene: careful annotators weigh more)")
+        form.addRow("Train on", self.source_combo)
 
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["term", "present", "absent", "CV AUC"])
@@ -71,9 +79,32 @@ class TrainWidget(SessionDock):
         brow = QHBoxLayout()
         brow.addWidget(self.train_button)
         brow.addWidget(self.save_button)
+        self.agreement_button = QPushButton("Annotator agreement")
+        self.agreement_button.setToolTip("agreement per term (observed share, Cohen's/Fleiss' "
+                                         "kappa) and each annotator's estimated accuracy")
+        self.agreement_button.clicked.connect(self.show_agreement)
+        self.export_button = QPushButton("Export to bioimage.io…")
+        self.export_button.setToolTip("write the model in use as a bioimage.io package (.zip) "
+                                      "that other tools (ilastik, deepImageJ, BiaPy) can run")
+        self.export_button.clicked.connect(self._choose_export)
+        self.spread_button = QPushButton("Ensemble spread")
+        self.spread_button.setToolTip("with a fine-tuned ensemble (finetune --ensemble K) in "
+                                      "use: show each probability ± the std over its members")
+        self.spread_button.clicked.connect(self.show_spread)
+        erow = QHBoxLayout()
+        erow.addWidget(self.agreement_button)
+        erow.addWidget(self.spread_button)
+        erow.addWidget(self.export_button)
+        self.agreement_text = QPlainTextEdit()
+        self.agreement_text.setReadOnly(True)
+        self.agreement_text.setVisible(False)
+        self.agreement_text.setMinimumHeight(120)
+        font = self.agreement_text.font()
+        font.setFamily("monospace")
+        self.agreement_text.setFont(font)
         self.runner = TaskRunner()
-        self.runner.started.connect(lambda: self.train_button.setEnabled(False))
-        self.runner.finished.connect(lambda *_: self.train_button.setEnabled(True))
+        self.runner.started.connect(lambda: self._busy(True))
+        self.runner.finished.connect(lambda *_: self._busy(False))
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
 
@@ -82,6 +113,8 @@ class TrainWidget(SessionDock):
         layout.addWidget(self.cv_check)
         layout.addWidget(self.table, 1)
         layout.addLayout(brow)
+        layout.addLayout(erow)
+        layout.addWidget(self.agreement_text)
         layout.addWidget(self.runner)
         layout.addWidget(self.summary)
 
@@ -119,7 +152,10 @@ class TrainWidget(SessionDock):
         s = self.session
         s.update_settings(n_members=int(self.members_spin.value()), C=float(self.c_spin.value()))
         try:
-            request = s.train_request(self.cv_check.isChecked())
+            if self.source_combo.currentIndex() == 1:
+                request = multi.consensus_train_request(s, self.cv_check.isChecked())
+            else:
+                request = s.train_request(self.cv_check.isChecked())
         except InputError as exc:
             self.summary.setText(str(exc))
             report_error(exc)
@@ -142,3 +178,42 @@ class TrainWidget(SessionDock):
         path = QFileDialog.getSaveFileName(self, "Save model bundle (a folder)", "model")[0]
         if path:
             self.session.save_bundle(path)
+
+    def _busy(self, busy: bool) -> None:
+        for b in (self.train_button, self.agreement_button, self.spread_button,
+                  self.export_button):
+            b.setEnabled(not busy)
+
+    def show_agreement(self) -> Any:
+        """Compare the annotators in a worker; the table appears below the buttons."""
+        return self.runner.start_request(lambda: multi.annotator_labels(self.session),
+                                         multi.iter_agreement, on_done=self._agreement,
+                                         message="comparing annotators…", done_message="",
+                                         needs_torch=False)
+
+    def _agreement(self, table: Any) -> None:
+        self.agreement_text.setPlainText(table.format_table())
+        self.agreement_text.setVisible(True)
+
+    def show_spread(self) -> Any:
+        """Every open image through each ensemble member in a worker; Annotate shows ± std."""
+        return self.runner.start_request(lambda: multi.spread_request(self.session),
+                                         multi.iter_member_spread,
+                                         on_done=self.session.apply_member_spread,
+                                         message="running the ensemble's members…",
+                                         done_message="")
+
+    def _choose_export(self) -> None:
+        path = QFileDialog.getSaveFileName(self, "Export to bioimage.io", "model.bioimageio.zip",
+                                           "bioimage.io package (*.zip)")[0]
+        if path:
+            self.export(path)
+
+    def export(self, path: str, test: bool = True) -> Any:
+        """Write the model in use as a bioimage.io .zip in a worker (progress, Cancel)."""
+        return self.runner.start_request(lambda: multi.export_request(self.session, path, test),
+                                         multi.iter_export, on_done=self._exported,
+                                         message="exporting to bioimage.io…")
+
+    def _exported(self, result: Any) -> None:
+        self.summary.setText(f"wrote {result.path} (bioimage.io test: {result.test_status})")

@@ -1,0 +1,66 @@
+"""The Train panel's cross-validation and ``ish-annotator evaluate --folds K`` agree (issue 9).
+
+Same labels (one manifest), same gene-grouped folds (same seed and K), same features (one
+shared cache folder, seeded random-weight VGG16 at 64 px): the per-term AUCs must be equal,
+because both go through core.evaluation (grouped_folds + iter_cross_validate).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from _gui_helpers import TERMS, make_dataset
+
+
+@pytest.mark.parametrize("seed", [3])
+def test_session_cv_equals_cli_evaluate_folds(tmp_path, seed):
+    from napari_ish_annotator.cli import main
+    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.session import AnnotatorSession, steps
+
+    folds = 4
+    # 28 images of 14 genes: more genes than the session's leave-one-gene-out limit, so it
+    # uses grouped k folds as the CLI does
+    assert steps.LOGO_MAX_GROUPS < 28 // 2
+    manifest = make_dataset(tmp_path / "data", n=28)
+    _shuffle_some_labels(manifest, 12)  # the blobs alone make every AUC 1.0
+    cache = tmp_path / "cache"
+    out = tmp_path / "cv.json"
+    code = main(["evaluate", str(manifest), "--folds", str(folds), "--layers", "21",
+                 "--ensemble", "3", "--C", "10", "--seed", str(seed), "--json", str(out),
+                 "--cache", str(cache), "--weights", "random", "--input-size", "64",
+                 "--device", "cpu", "--quiet"])
+    assert code == 0
+    cli = {t: m["auc"] for t, m in json.loads(out.read_text())["layers"]["21"]["terms"].items()}
+
+    session = AnnotatorSession(cache_dir=cache)
+    session.open([manifest], store_path=tmp_path / "labels.sqlite")
+    session.update_settings(weights="random", input_size=64, layer="21", device="cpu",
+                            n_members=3, C=10.0, seed=seed)
+    request = session.train_request(cross_validate=True, n_folds=folds)
+    with ThreadPoolExecutor(1) as pool:  # in a worker, as the Train panel runs it
+        gui = pool.submit(drive, steps.iter_train(request)).result().report.auc
+    assert set(gui) == set(cli) == set(TERMS)
+    for term in TERMS:
+        assert gui[term] == pytest.approx(cli[term], abs=1e-9), term
+    assert len({round(a, 6) for a in gui.values()}) > 1  # real, term-specific figures
+
+
+def _shuffle_some_labels(manifest, k: int) -> None:
+    """Permute the terms of ``k`` rows among themselves (seeded): label noise."""
+    with open(manifest, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    rng = np.random.default_rng(0)
+    picked = rng.choice(len(rows), k, replace=False)
+    terms = [rows[i]["terms"] for i in picked]
+    for i, t in zip(picked, np.roll(terms, 1), strict=True):
+        rows[i]["terms"] = str(t)
+    with open(manifest, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

@@ -1,0 +1,135 @@
+"""Several annotators, "next to label" and the bioimage.io export, driven through the widgets."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from _gui_helpers import TERMS, dock, make_dataset, press
+from _gui_helpers import wait_done as _wait
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def gui(make_napari_viewer, tmp_path):
+    from napari_ish_annotator.widgets._registry import get_session
+
+    viewer = make_napari_viewer()
+    embryos, annotate, train = dock(viewer, "Embryos"), dock(viewer, "Annotate"), dock(viewer, "Train")
+    assert embryos.open_paths([make_dataset(tmp_path / "data")])
+    annotate.set_settings(weights="random", input_size=64, layer="21", device="cpu")
+    train.members_spin.setValue(3)
+    train.cv_check.setChecked(False)
+    return viewer, get_session(viewer), embryos, annotate, train
+
+
+def _flip(session, who, index, term):
+    session.set_annotator(who)
+    was = session.store.labels_for(session.paths[index], fallback=("manifest",))[term]
+    session.set_label(term, 1 - was, index)
+    return 1 - was
+
+
+def test_disagreement_filter_hover_consensus_training_and_agreement(gui, qtbot):
+    viewer, session, embryos, annotate, train = gui
+    new = _flip(session, "alice", 2, "brain")
+    _flip(session, "bob", 2, "brain")
+    embryos.disagree_check.setChecked(True)
+    assert embryos.row_count() == 1 and embryos.image_at(0) == 2
+    embryos.disagree_check.setChecked(False)
+    assert embryos.row_count() == 8
+
+    session.set_index(2)
+    word = {1: "present", 0: "absent"}
+    assert annotate.term_tooltip("brain").endswith(
+        f"labels: manifest: {word[1 - new]}, alice: {word[new]}, bob: {word[new]}")
+
+    mine = session.label_matrix().copy()
+    train.source_combo.setCurrentIndex(1)  # consensus of all annotators
+    train.train()
+    _wait(qtbot, train.runner)
+    assert session.bundle is not None and session.bundle.classifier.vocabulary == list(TERMS)
+    np.testing.assert_array_equal(session.label_matrix(), mine)  # no label lost
+
+    train.show_agreement()
+    _wait(qtbot, train.runner)
+    text = train.agreement_text.toPlainText()
+    assert train.agreement_text.isVisibleTo(train) and "overall" in text and "bob" in text
+
+
+def test_next_to_label_ranks_lists_first_and_shift_n_goes_on(gui, qtbot):
+    viewer, session, embryos, annotate, train = gui
+    from napari_ish_annotator.core.active import suggest
+
+    embryos.rank_next_to_label()  # no model yet: one message, nothing runs
+    assert not embryos.runner.running and session.label_order is None
+    train.train()
+    _wait(qtbot, train.runner)
+    session.set_annotator("alice")
+    for i in (1, 4, 6):
+        session.set_label("hindgut", None, i)
+    embryos.rank_next_to_label()
+    _wait(qtbot, embryos.runner)
+    X = session.features[[1, 4, 6]]
+    expected = np.array([1, 4, 6])[suggest(session.bundle.classifier, X,
+                                           [session.genes[i] for i in (1, 4, 6)]).order]
+    assert [embryos.image_at(r) for r in range(3)] == expected.tolist()
+    assert session.index == expected[0]
+    press(viewer, "Shift-N")
+    assert session.index == expected[1]
+    press(viewer, "Shift-N")
+    assert session.index == expected[2]
+
+
+def test_export_without_bioimageio_is_one_message_and_writes_nothing(gui, qtbot, tmp_path,
+                                                                     monkeypatch):
+    viewer, session, embryos, annotate, train = gui
+    train.export(str(tmp_path / "m.zip"))  # no model yet
+    assert not train.runner.running
+    train.train()
+    _wait(qtbot, train.runner)
+    monkeypatch.setitem(sys.modules, "bioimageio.core", None)
+    train.export(str(tmp_path / "m.zip"))
+    qtbot.waitUntil(lambda: not train.runner.running, timeout=60_000)
+    assert train.runner.last_outcome == "error"
+    assert "[bioimageio]" in train.runner.last_error
+    assert not (tmp_path / "m.zip").exists()
+    assert session.bundle is not None  # the model in use is untouched
+
+
+def test_export_writes_a_package_that_passes_bioimageio_test(gui, qtbot, tmp_path):
+    viewer, session, embryos, annotate, train = gui
+    train.train()
+    _wait(qtbot, train.runner)
+    train.export(str(tmp_path / "m.zip"))
+    _wait(qtbot, train.runner)
+    assert (tmp_path / "m.zip").is_file()
+    assert "passed" in train.summary.text()
+
+
+def test_term_list_shows_the_finetuned_ensembles_spread(gui, qtbot, tmp_path):
+    from napari_ish_annotator.core.finetune import FinetuneConfig, finetune_ensemble, load_ensemble
+
+    viewer, session, embryos, annotate, train = gui
+    train.show_spread()  # no fine-tuned model: one message, nothing runs
+    assert not train.runner.running
+    train.train()
+    _wait(qtbot, train.runner)
+    config = FinetuneConfig(backbone="vgg16", weights="random", input_size=64, epochs=1,
+                            batch_size=4, frozen="all", augment=False, device="cpu", seed=0)
+    ckpt = tmp_path / "ens.pt"
+    finetune_ensemble(list(session.paths), session.label_matrix().copy(),
+                      list(session.vocabulary), config, ckpt, k=2)
+    session.set_bundle(session.bundle, finetuned=ckpt)  # as after fine-tuning: then predict
+    annotate.predict()
+    _wait(qtbot, annotate.runner)
+    session.set_index(5)
+    train.show_spread()
+    _wait(qtbot, train.runner)
+    std = load_ensemble(ckpt).predict_proba([session.paths[5]]).std[0]
+    P = session.probabilities[5]
+    for k, (term, ptext, _pred, _label) in enumerate(annotate.row_values()):
+        assert ptext == f"{P[k]:.2f} ± {std[k]:.2f}", term
