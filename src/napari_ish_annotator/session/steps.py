@@ -221,9 +221,11 @@ def iter_extract(req: ExtractRequest) -> ProgressGen[ExtractedFeatures]:
     if not req.paths:
         raise InputError("no images are open; open a folder or manifest first")
     yield Progress(0, len(req.paths), "loading backbone")
+    from ..core.pipeline import iter_features  # float16, memory-mapped at paper scale
+
     extractor = req.extractors.get(req.config)
-    X = yield from extractor.iter_extract(list(req.paths), on_error="skip")
-    return ExtractedFeatures(np.asarray(X), extractor.signature(), req.generation,
+    X = yield from iter_features(extractor, list(req.paths), on_error="skip")
+    return ExtractedFeatures(X, extractor.signature(), req.generation,
                              tuple(extractor.last_failed))
 
 
