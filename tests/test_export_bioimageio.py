@@ -113,6 +113,18 @@ def test_resnet50_package(tiny_dataset, tmp_path):
 
 
 @pytest.mark.slow
+def test_inception_v3_package(tiny_dataset, tmp_path):
+    """InceptionV3: its own (x - 0.5) / 0.5 normalisation and unpadded stem go into the network."""
+    model = _train(tiny_dataset, tmp_path / "inception", "--backbone", "inception_v3",
+                   "--weights", "random", "--input-size", "96", "--precision", "fp32")
+    paths = read_manifest(tiny_dataset).paths[:2]
+    package = tmp_path / "inception.zip"
+    result = export_bioimageio(model, package, ExportOptions(test=False))
+    reference = _predict_cli(model, paths, tmp_path / "pred.csv")
+    _check_package(package, list(result.vocabulary), reference, [read_rgb(p) for p in paths])
+
+
+@pytest.mark.slow
 def test_finetuned_checkpoint_package(tmp_path):
     from napari_ish_annotator.core.finetune import FinetuneConfig, finetune, load_finetuned
 
