@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -471,3 +472,20 @@ def test_unusable_default_cache_warns_once_and_runs_uncached(cli_data, trained, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "warning" in err and str(a_file) in err, err
     assert out.exists()
+
+
+def test_demo_prefers_a_qt6_binding_unless_the_user_chose_one(monkeypatch):
+    """qtpy takes PyQt5 first where both are installed; napari deprecates it."""
+    import importlib.util
+
+    import napari_ish_annotator.demo as demo
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name in (
+        "PyQt5", "PyQt6") else None if name == "PySide6" else real_find_spec(name, *a))
+    monkeypatch.delenv("QT_API", raising=False)
+    demo.prefer_qt6()
+    assert os.environ["QT_API"] == "pyqt6"
+    monkeypatch.setenv("QT_API", "pyside6")  # the user's own choice stays
+    demo.prefer_qt6()
+    assert os.environ["QT_API"] == "pyside6"

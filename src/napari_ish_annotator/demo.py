@@ -59,6 +59,19 @@ def has_display() -> bool:
     return any(os.environ.get(k) for k in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"))
 
 
+def prefer_qt6() -> None:
+    """Pick a Qt6 binding when one is installed and the user chose none: qtpy would take
+    PyQt5 first where both are present, and napari deprecates PyQt5."""
+    import importlib.util
+
+    if "QT_API" in os.environ:
+        return
+    for name, api in (("PyQt6", "pyqt6"), ("PySide6", "pyside6")):
+        if importlib.util.find_spec(name) is not None:
+            os.environ["QT_API"] = api
+            return
+
+
 def has_qt_binding() -> bool:
     """Whether a Qt binding napari can use is installed (napari's own dependencies have none)."""
     import importlib.util
@@ -80,6 +93,7 @@ def run_gui_demo(args: argparse.Namespace) -> int:  # pragma: no cover - needs a
               "window; pip install 'napari-ish-annotator[gui]' (PyQt6), or run `ish-annotator "
               "demo --headless OUT`", file=sys.stderr)
         return 2
+    prefer_qt6()
     try:
         import napari
     except ImportError as exc:
