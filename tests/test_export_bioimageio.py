@@ -102,23 +102,13 @@ def test_efficientnet_lite0_package(tiny_dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_resnet50_package(tiny_dataset, tmp_path):
-    model = _train(tiny_dataset, tmp_path / "resnet", "--backbone", "resnet50",
-                   "--weights", "random", "--input-size", "64", "--precision", "fp32")
+@pytest.mark.parametrize("backbone, size", [("resnet50", "64"), ("inception_v3", "96")])
+def test_torchvision_backbone_package(tiny_dataset, tmp_path, backbone, size):
+    """ResNet50, and InceptionV3 with its own (x - 0.5) / 0.5 normalisation and unpadded stem."""
+    model = _train(tiny_dataset, tmp_path / backbone, "--backbone", backbone,
+                   "--weights", "random", "--input-size", size, "--precision", "fp32")
     paths = read_manifest(tiny_dataset).paths[:2]
-    package = tmp_path / "resnet.zip"
-    result = export_bioimageio(model, package, ExportOptions(test=False))
-    reference = _predict_cli(model, paths, tmp_path / "pred.csv")
-    _check_package(package, list(result.vocabulary), reference, [read_rgb(p) for p in paths])
-
-
-@pytest.mark.slow
-def test_inception_v3_package(tiny_dataset, tmp_path):
-    """InceptionV3: its own (x - 0.5) / 0.5 normalisation and unpadded stem go into the network."""
-    model = _train(tiny_dataset, tmp_path / "inception", "--backbone", "inception_v3",
-                   "--weights", "random", "--input-size", "96", "--precision", "fp32")
-    paths = read_manifest(tiny_dataset).paths[:2]
-    package = tmp_path / "inception.zip"
+    package = tmp_path / f"{backbone}.zip"
     result = export_bioimageio(model, package, ExportOptions(test=False))
     reference = _predict_cli(model, paths, tmp_path / "pred.csv")
     _check_package(package, list(result.vocabulary), reference, [read_rgb(p) for p in paths])
