@@ -37,8 +37,6 @@ STORE_TIMEOUT = 1.0
 STORE_CHUNK = 100
 #: minimum positives and negatives per term before a cross-validated AUC is reported
 MIN_CV_PER_CLASS = 3
-#: up to this many genes, cross-validation leaves one gene out; above, grouped k folds
-LOGO_MAX_GROUPS = 12
 #: annotators whose labels fill terms the user has not labelled (manifest imports)
 LABEL_FALLBACK = ("manifest",)
 #: at most this many progress reports per second reach the caller
@@ -331,7 +329,8 @@ def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
     bundle = yield from sub_progress(
         iter_fit_bundle(X, Y, vocab, req.extract.config, ensemble,
                         fingerprint=training_fingerprint(req.paths, Y, vocab),
-                        weights_id=extractor.weights_id), 0, prefix="fit: ")
+                        weights_id=extractor.weights_id, groups=req.groups),
+        0, prefix="fit: ")  # gene-grouped calibration folds, as `ish-annotator train` uses
     yield Progress(1, 1, "predicting")
     P, votes = classify_rows(bundle, X)
     report = TrainReport(counts, auc, int((Y >= 0).any(1).sum()), note)
@@ -344,9 +343,10 @@ def iter_cv_auc(X: np.ndarray, Y: np.ndarray, vocab: list[str], groups: np.ndarr
                 ) -> ProgressGen[tuple[dict[str, float], str]]:
     """Gene-grouped cross-validated AUC of every term with enough labels ({term: auc}, note).
 
-    The splits are chosen here (few genes: leave one gene out, so each training part still
-    sees both classes; more: grouped k folds); the fitting and scoring is
-    :func:`core.evaluation.iter_cross_validate` (one Gram matrix for all folds).
+    The splits are ``evaluate --folds K``'s: gene-grouped k folds (k = ``n_folds``, or the number
+    of genes when fewer: then each fold leaves one gene out), so the panel and the command line
+    give the same AUCs; the fitting and scoring is :func:`core.evaluation.iter_cross_validate`
+    (one Gram matrix for all folds).
     """
     from ..core.evaluation import grouped_folds, iter_cross_validate
 
@@ -359,13 +359,12 @@ def iter_cv_auc(X: np.ndarray, Y: np.ndarray, vocab: list[str], groups: np.ndarr
     unique = np.unique(g)
     if len(unique) < 2:
         return {}, "all labelled images belong to one gene"
-    if len(unique) <= LOGO_MAX_GROUPS:
-        folds = [(np.flatnonzero(g != u), np.flatnonzero(g == u)) for u in unique]
-    else:
-        folds = grouped_folds(g, min(n_folds, len(unique)), seed)
+    folds = grouped_folds(g, min(n_folds, len(unique)), seed)
     splits = [(rows[tr], rows[te]) for tr, te in folds]
+    # the panel shows AUC, which ranks by the members' raw mean: fitting each fold's own
+    # calibration (Platt: three more fits per fold) would only cost time
     evaluation = yield from iter_cross_validate(X, Y[:, ok], [vocab[j] for j in ok], splits,
-                                                ensemble, groups=groups)
+                                                ensemble, groups=groups, calibration="none")
     return {t: float(a) for t, a in evaluation.term_auc().items() if a is not None}, ""
 
 
