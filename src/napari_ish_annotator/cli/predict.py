@@ -64,31 +64,16 @@ def _skip_bad_inputs(args: argparse.Namespace) -> list[Path]:
 
 def iter_predict_chunked(bundle, images: Sequence[Path], cache_dir: Path | None,
                          device: str | None, chunk_size: int):
-    """Calibrated probabilities and majority votes ``(n, T)``, ``chunk_size`` images at a time.
-
-    Only one chunk's features are in memory at once: at VGG16 layer 21 an image has 401,408
-    floats (0.8 MB as float16), so 5,000 images at once would need 4 GB; the probabilities
-    are tiny.
-    """
-    from dataclasses import replace
-
+    """Calibrated probabilities and majority votes ``(n, T)``, ``chunk_size`` images at a time
+    (:func:`core.pipeline.iter_score_chunked`)."""
     import numpy as np
 
-    from ..core.pipeline import iter_features, make_extractor
-    from ..core.progress import sub_progress
+    from ..core.pipeline import iter_score_chunked
 
-    config = bundle.extractor if device is None else replace(bundle.extractor, device=device)
-    extractor = make_extractor(config, cache_dir)  # network built once, on the first miss
-    n = len(images)
-    probabilities = np.empty((n, len(bundle.classifier.vocabulary)), dtype=np.float64)
-    votes = np.empty(probabilities.shape, dtype=bool)
-    for start in range(0, n, chunk_size):
-        part = list(images[start:start + chunk_size])
-        X = yield from sub_progress(iter_features(extractor, part), offset=start, scale_total=n)
-        probabilities[start:start + len(part)], votes[start:start + len(part)] = \
-            bundle.predict_both(X)
-        del X
-    return probabilities, votes
+    parts = yield from iter_score_chunked(bundle, images, bundle.predict_both, cache_dir,
+                                          device, chunk_size)
+    return (np.concatenate([p for p, _ in parts]).astype(np.float64, copy=False),
+            np.concatenate([v for _, v in parts]).astype(bool, copy=False))
 
 
 def register(sub) -> None:

@@ -109,23 +109,14 @@ def iter_suggest(bundle, images: Sequence[Path], genes: Sequence[str | None] | N
                  device: str | None = None, chunk_size: int = 256) -> ProgressGen[Suggestion]:
     """:func:`suggest` for image files: features are extracted ``chunk_size`` at a time, so
     only one chunk's features (0.8 MB per image at VGG16 layer 21) is in memory at once."""
-    from dataclasses import replace
-
-    from .pipeline import iter_features, make_extractor
-    from .progress import sub_progress
+    from .pipeline import iter_score_chunked
 
     classifier = bundle.classifier
-    config = bundle.extractor if device is None else replace(bundle.extractor, device=device)
-    extractor = make_extractor(config, cache_dir)
-    scores = np.empty(len(images))
     weights = term_weights(classifier)
-    for start in range(0, len(images), chunk_size):
-        part = list(images[start:start + chunk_size])
-        X = yield from sub_progress(iter_features(extractor, part), offset=start,
-                                    scale_total=len(images))
-        scores[start:start + len(part)] = informativeness(classifier.decision_members(X),
-                                                          weights)
-        del X
+    parts = yield from iter_score_chunked(
+        bundle, images, lambda X: informativeness(classifier.decision_members(X), weights),
+        cache_dir, device, chunk_size)
+    scores = np.concatenate(parts) if parts else np.empty(0)
     return rank(scores, genes, n)
 
 
