@@ -14,8 +14,9 @@ array, so the model never depends on how a lab happened to save its pictures:
 
 Files that cannot be used raise :class:`~napari_ish_annotator.core.errors.InputError`
 naming the file and what to do. :func:`collect_inputs` is strict (first problem raises);
-:func:`scan_inputs` is the forgiving variant the GUI uses to load a folder, skip bad files
-and report them.
+:func:`scan_inputs` is the forgiving variant (``predict --skip-bad``): it skips bad files and
+reports them. The napari session opens inputs with ``core.opening`` (manifest metadata,
+header-only checks).
 """
 
 from __future__ import annotations
@@ -259,7 +260,7 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
 
 def scan_inputs(inputs: Sequence[str | Path], decode: bool = True
                 ) -> tuple[list[Path], list[InputProblem]]:
-    """Forgiving :func:`collect_inputs` for the GUI: returns ``(usable_paths, problems)``.
+    """Forgiving :func:`collect_inputs` (``predict --skip-bad``): ``(usable_paths, problems)``.
 
     Unlike the strict version, bad entries are skipped and reported: missing paths,
     unsupported files (also inside folders, except hidden files), bad manifests, and with
