@@ -49,7 +49,7 @@ def test_labels_written_at_once_undone_and_restored(make_napari_viewer, qtbot, t
     assert embryos.cell_tip(0, 4) == "1 present, 2 absent"
 
     # the three-state control in the list writes too
-    annotate.table.cellWidget(2, 4).setCurrentText("present")
+    annotate.choose_label("hindgut", "present")
     assert _fresh_store_labels(store_path, image0)["hindgut"] == 1
 
     # Ctrl+Z reverts the latest change only
@@ -106,7 +106,7 @@ def test_locked_store_gives_message_not_crash(make_napari_viewer, tmp_path):
     try:
         before = len(_errors())
         press(viewer, "1")
-        annotate.table.cellWidget(0, 4).setCurrentText("present")
+        annotate.choose_label(session.vocabulary[0], "present")
         messages = _errors()[before:]
         assert any("locked" in m for m in messages), messages
         assert annotate.row_values()[0][3] == "absent"  # the list shows what is stored
@@ -134,3 +134,41 @@ def test_export_labels_and_import_round_trip(make_napari_viewer, tmp_path):
     original = read_manifest(manifest, require_positives=False)
     for a, b in list(zip(ds.samples, original.samples, strict=True))[1:]:
         assert set(a.terms) == set(b.terms)
+
+
+def test_label_cell_click_opens_a_three_state_editor(make_napari_viewer, qtbot, tmp_path):
+    """The label column is plain items (a live combo box per term cost 0.1-1 s of GUI time
+    per vocabulary); a click on a label opens a combo box for that row only."""
+    from qtpy.QtCore import Qt
+
+    from napari_ish_annotator.core.labels import LabelStore
+    from napari_ish_annotator.widgets._registry import get_session
+
+    manifest = make_dataset(tmp_path / "data")
+    viewer = make_napari_viewer(show=True)
+    annotator = dock(viewer, "ISH Annotator")  # the term list is always visible there
+    annotate = annotator.terms
+    assert annotator.embryos.open_paths([manifest])
+    session = get_session(viewer)
+    table = annotate.table
+    qtbot.waitUntil(table.isVisible, timeout=5000)
+    cells = [table.model().index(r, 4) for r in range(table.rowCount())]
+    assert all(table.indexWidget(i) is None for i in cells)  # no widget per row
+
+    row = TERMS.index("hindgut")
+    rect = table.visualRect(cells[row])
+    qtbot.mouseClick(table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    editor = table.indexWidget(cells[row])
+    assert editor is not None and editor.currentText() == "absent"
+    assert [editor.itemText(k) for k in range(editor.count())] == ["unknown", "present", "absent"]
+    editor.setCurrentText("present")
+    editor.activated.emit(editor.currentIndex())  # what choosing from the popup emits
+    qtbot.waitUntil(lambda: table.indexWidget(cells[row]) is None, timeout=2000)  # closed
+    store = LabelStore.default_path_for(manifest)
+    assert _fresh_store_labels(store, session.paths[0])["hindgut"] == 1
+    assert annotate.row_values()[row][3] == "present"
+
+    # names and probabilities are not editable: a click there opens nothing
+    qtbot.mouseClick(table.viewport(), Qt.MouseButton.LeftButton,
+                     pos=table.visualRect(table.model().index(row, 1)).center())
+    assert table.indexWidget(table.model().index(row, 1)) is None

@@ -38,6 +38,8 @@ LABEL_TEXT = {None: "unknown", 1: "present", 0: "absent"}
 LABEL_VALUE = {"unknown": None, "present": 1, "absent": 0}
 STAGES = ("4-6", "7-8", "9-10", "11-12", "13-16")
 UNCERTAIN_COLOUR = QColor(110, 85, 25)
+READ_ONLY = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+LABEL_FLAGS = READ_ONLY | Qt.ItemFlag.ItemIsEditable
 
 
 def _backbone_names() -> list[str]:
@@ -86,6 +88,28 @@ class ProbabilityDelegate(QStyledItemDelegate):
             painter.fillRect(rect, QColor(_bar_colour(float(p))))
             painter.restore()
         super().paint(painter, option, index)
+
+
+class LabelDelegate(QStyledItemDelegate):
+    """The label column: plain text per row, a three-state combo box only while one is being
+    edited (73 live combo boxes cost 0.1-1 s of GUI time whenever a vocabulary appears)."""
+
+    def createEditor(self, parent: Any, option: Any, index: Any) -> QComboBox:
+        editor = QComboBox(parent)
+        editor.addItems(list(LABEL_VALUE))
+        editor.activated.connect(lambda _i: self._commit(editor))
+        return editor
+
+    def _commit(self, editor: QComboBox) -> None:
+        self.commitData.emit(editor)
+        self.closeEditor.emit(editor)
+
+    def setEditorData(self, editor: QComboBox, index: Any) -> None:
+        editor.setCurrentText(index.data() or "unknown")
+
+    def setModelData(self, editor: QComboBox, model: Any, index: Any) -> None:
+        if editor.currentText() != index.data():
+            model.setData(index, editor.currentText())
 
 
 class ModelSection(QWidget):
@@ -323,13 +347,17 @@ class TermsSection(QWidget):
         self.table.verticalHeader().setVisible(False)
         self.table.setMinimumHeight(120)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        triggers = QAbstractItemView.EditTrigger  # only label cells are editable (item flags)
+        self.table.setEditTriggers(triggers.CurrentChanged | triggers.SelectedClicked
+                                   | triggers.DoubleClicked | triggers.EditKeyPressed)
         header = self.table.horizontalHeader()  # fixed widths: no re-measuring on each update
         header.setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         for column, width in ((0, 34), (2, 84), (3, 46), (4, 104)):
             self.table.setColumnWidth(column, width)
         self.table.setItemDelegateForColumn(2, ProbabilityDelegate(self.table))
+        self.table.setItemDelegateForColumn(4, LabelDelegate(self.table))
+        self.table.itemChanged.connect(self._item_changed)
         self.table.cellClicked.connect(self._cell_clicked)
         self.threshold_spin = QDoubleSpinBox()
         self.threshold_spin.setRange(0.0, 1.0)
@@ -400,12 +428,11 @@ class TermsSection(QWidget):
                                  if uncertain else
                                  "click to show its Grad-CAM map in the Explain panel")
                                 + (f"\nlabels: {others[term]}" if term in others else ""))
-                combo = table.cellWidget(r, 4)
-                combo.setProperty("term", term)
-                combo.setEnabled(path is not None)
-                text = LABEL_TEXT[labels.get(term)]
-                if combo.currentText() != text:
-                    combo.setCurrentText(text)
+                label = table.item(r, 4)
+                label.setFlags(LABEL_FLAGS if path is not None else READ_ONLY)
+                text = LABEL_TEXT[labels.get(term)] if path is not None else ""
+                if label.text() != text:
+                    label.setText(text)
         finally:
             table.setUpdatesEnabled(True)
             self._filling = False
@@ -429,28 +456,39 @@ class TermsSection(QWidget):
         old = table.rowCount()
         table.setRowCount(n)
         for r in range(old, n):
-            for c in range(4):
+            for c in range(5):
                 item = QTableWidgetItem("")
-                if c in (0, 2, 3):
+                item.setFlags(READ_ONLY)
+                if c != 1:
                     item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
                 table.setItem(r, c, item)
             table.item(r, 0).setText(str((r + 1) % 10) if r < 10 else "")
             table.item(r, 3).setToolTip("majority vote of the term's ensemble")
-            combo = QComboBox()
-            combo.addItems(list(LABEL_VALUE))
-            combo.currentTextChanged.connect(
-                lambda text, combo=combo: self._label_chosen(combo, text))
-            table.setCellWidget(r, 4, combo)
+            table.item(r, 4).setToolTip("click to choose unknown, present or absent")
 
-    def _label_chosen(self, combo: QComboBox, text: str) -> None:
-        if self._filling:
+    def _item_changed(self, item: QTableWidgetItem) -> None:
+        """A label chosen in the list (the delegate's combo box) goes to the store."""
+        if self._filling or item.column() != 4 or item.row() >= len(self.session.vocabulary):
             return
-        term = combo.property("term")
+        term = self.session.vocabulary[item.row()]
         try:
-            self.session.set_label(term, LABEL_VALUE[text])
-        except InputError as exc:
-            report_error(exc)
-            self._refresh()
+            self.session.set_label(term, LABEL_VALUE[item.text()])
+        except (InputError, KeyError) as exc:
+            if isinstance(exc, InputError):
+                report_error(exc)
+            self._refresh()  # the list shows what is stored
+
+    def choose_label(self, term: str, text: str) -> None:
+        """Pick a label in the term list as a user does: open the row's editor, choose ``text``
+        (for tests and scripts)."""
+        item = self.table.item(self.session.vocabulary.index(term), 4)
+        self.table.setCurrentItem(item)
+        self.table.editItem(item)
+        editor = self.table.indexWidget(self.table.indexFromItem(item))
+        if editor is None:
+            raise RuntimeError(f"the label of {term!r} cannot be edited now")
+        editor.setCurrentText(text)
+        editor.activated.emit(editor.currentIndex())
 
     def _cell_clicked(self, row: int, column: int) -> None:
         if column in (0, 1, 3) and row < len(self.session.vocabulary):
@@ -462,7 +500,7 @@ class TermsSection(QWidget):
         out = []
         for r in range(self.table.rowCount()):
             out.append((self.table.item(r, 1).text(), self.table.item(r, 2).text(),
-                        self.table.item(r, 3).text(), self.table.cellWidget(r, 4).currentText()))
+                        self.table.item(r, 3).text(), self.table.item(r, 4).text()))
         return out
 
 
