@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _gui_helpers import TERMS, WAIT_MS, dock, make_dataset
+from _gui_helpers import TERMS, WAIT_MS, dock, make_dataset, wait_embryo_shown
 from _gui_helpers import wait_done as _wait
 
 pytestmark = pytest.mark.gui
@@ -138,7 +138,6 @@ def test_file_open_on_a_large_folder_reads_it_in_a_worker(make_napari_viewer, qt
     """File > Open used to check and hash every file on the GUI thread."""
     from napari_ish_annotator import _reader
     from napari_ish_annotator.widgets._registry import get_session
-    from napari_ish_annotator.widgets._viewer_binding import embryo_layer
 
     manifest = make_dataset(tmp_path / "data", n=8)
     monkeypatch.setattr(_reader, "BACKGROUND_MIN_FILES", 8)  # "large" for this test
@@ -150,7 +149,7 @@ def test_file_open_on_a_large_folder_reads_it_in_a_worker(make_napari_viewer, qt
     session = get_session(viewer)
     assert session.n_images == 8 and embryos.row_count() == 8
     assert session.labels_for(1)[TERMS[0]] == 1  # manifest labels imported
-    layer = embryo_layer(viewer)
+    layer = wait_embryo_shown(qtbot, viewer)
     assert layer.data.shape == session.image(0).shape
     assert len(viewer.layers) == 1
 
@@ -287,3 +286,53 @@ def test_demo_window_shows_the_whole_embryo(make_napari_viewer, qtbot):
     zoom = viewer.camera.zoom
     assert zoom * w <= canvas_w + 1 and zoom * h <= canvas_h + 1, (zoom, (h, w), (canvas_h, canvas_w))
     assert zoom * w >= 0.5 * canvas_w or zoom * h >= 0.5 * canvas_h  # and it is not tiny
+
+
+def test_first_embryo_is_shown_in_stages_after_a_background_open(make_napari_viewer, qtbot,
+                                                                  tmp_path):
+    """napari's first layer of a session held the GUI thread for ~0.5 s in the same event
+    that applied the open; it now comes in its own timer events: hidden layer, shown, text."""
+    from napari_ish_annotator.widgets._viewer_binding import embryo_layer, text_overlay
+
+    manifest = make_dataset(tmp_path / "data", n=4)
+    viewer = make_napari_viewer()
+    embryos = dock(viewer, "Embryos")
+    order: list[str] = []
+    viewer.layers.events.inserted.connect(
+        lambda e: order.append(f"added visible={e.value.visible}"))
+    text_overlay(viewer).events.text.connect(
+        lambda e: order.append("text" if text_overlay(viewer).text else "no text"))
+    embryos.runner.finished.connect(lambda *_: order.append("open applied"))
+    embryos.open_paths([manifest], background=True)
+    _wait(qtbot, embryos.runner)
+    layer = wait_embryo_shown(qtbot, viewer)
+    order_text = [o for o in order if o != "no text"]
+    assert order_text[:3] == ["open applied", "added visible=False", "text"], order
+    assert layer.visible and layer.data.shape == get_session_image(viewer).shape
+
+    # the next open reuses the shown layer at once, in the same event
+    embryos.open_paths([manifest], background=True)
+    _wait(qtbot, embryos.runner)
+    assert embryo_layer(viewer) is layer and len(viewer.layers) == 1
+
+
+def get_session_image(viewer):
+    from napari_ish_annotator.widgets._registry import get_session
+
+    return get_session(viewer).image()
+
+
+def test_closing_before_the_first_embryo_is_shown_adds_nothing(make_napari_viewer, qtbot,
+                                                                tmp_path):
+    """The staged first show must not touch a viewer closed in between."""
+    from napari_ish_annotator.widgets._viewer_binding import embryo_layer
+
+    manifest = make_dataset(tmp_path / "data", n=4)
+    viewer = make_napari_viewer()
+    embryos = dock(viewer, "Embryos")
+    embryos.open_paths([manifest], background=True)
+    qtbot.waitUntil(lambda: not embryos.runner.running, timeout=WAIT_MS)
+    assert embryo_layer(viewer) is None  # staged: not yet added
+    viewer.close()
+    qtbot.wait(150)  # every stage's timer has fired
+    assert len(viewer.layers) == 0

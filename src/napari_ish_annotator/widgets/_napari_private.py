@@ -4,7 +4,8 @@ napari hands plugin widgets a ``PublicOnlyProxy`` of the viewer: a new proxy obj
 widget, so a per-viewer session must be keyed by the viewer it wraps (``__wrapped__`` is the
 wrapt proxy protocol, not napari API), and the proxy refuses private attributes. napari has
 no public "window closed" event for plugins, so the session's label store is closed when the
-Qt main window is destroyed, and the layout test/screenshot script need that window's size.
+Qt main window is destroyed, staged work checks that the window is still there, and the
+layout test/screenshot script need that window's size.
 """
 
 from __future__ import annotations
@@ -34,3 +35,10 @@ def on_window_destroyed(viewer: Any, callback: Callable[..., None]) -> None:
         with contextlib.suppress(AttributeError, RuntimeError, TypeError):
             window.destroyed.connect(callback)
 
+
+
+def window_closed(viewer: Any) -> bool:
+    """Whether the viewer's window was closed (napari drops ``_qt_window`` on close): a timer
+    set before must not add layers to a torn-down viewer."""
+    window = getattr(real_viewer(viewer), "window", None)
+    return window is not None and getattr(window, "_qt_window", None) is None

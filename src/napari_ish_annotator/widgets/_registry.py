@@ -25,8 +25,10 @@ def get_session(viewer: Any) -> AnnotatorSession:
     # closing the window closes the label store and drops the session (and its viewer refs)
     on_window_destroyed(viewer, functools.partial(_forget, key, session))
     from ._viewer_binding import bind_viewer
+    from ._worker import freeze_long_lived
 
     bind_viewer(viewer, session)
+    freeze_long_lived()  # napari's and Qt's start-up objects: see its docstring
     return session
 
 

@@ -6,10 +6,13 @@ keyboard work whichever panels are open.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from ..core.errors import InputError
 from ..session import AnnotatorSession
+from ._napari_private import window_closed
 
 EMBRYO_LAYER = "ISH embryo"
 META_KEY = "ish_annotator"
@@ -33,6 +36,19 @@ def show_current(viewer: Any, session: AnnotatorSession) -> None:
     """Put the current image into the one reused RGB layer (created if missing)."""
     if session.current_path is None:
         return
+    layer = embryo_layer(viewer)
+    if layer is None:
+        if not session.defer_layer:
+            try:
+                rgb = session.image()
+            except InputError as exc:
+                from napari.utils.notifications import show_error
+
+                show_error(str(exc))
+                return
+            viewer.add_image(rgb, **embryo_layer_kwargs(session))
+            viewer.reset_view()
+        return
     try:
         rgb = session.image()
     except InputError as exc:
@@ -40,19 +56,76 @@ def show_current(viewer: Any, session: AnnotatorSession) -> None:
 
         show_error(str(exc))
         return
-    layer = embryo_layer(viewer)
-    if layer is None:
-        if session.defer_layer:
-            return
-        viewer.add_image(rgb, **embryo_layer_kwargs(session))
-        viewer.reset_view()
-        return
     old_shape = layer.data.shape
     layer.data = rgb
     layer.metadata["path"] = str(session.current_path)
     if old_shape != rgb.shape:
         layer.reset_contrast_limits()
         viewer.reset_view()
+
+
+#: ms between the stages of a session's first image. napari's first layer costs 0.3-0.5 s of
+#: GUI time in one piece (layer controls, the image shaders, the overlay's glyphs and shaders);
+#: staged on timers (a zero delay would run in the same batch of events) no piece blocks the
+#: viewer for more than ~0.2 s, and the opening's own work is not added to any of them
+FIRST_SHOW_STAGE_MS = 15
+_FIRST_SHOW_PENDING: set[int] = set()  # sessions whose first image is being staged
+
+
+@contextlib.contextmanager
+def first_show_staged(viewer: Any, session: AnnotatorSession) -> Iterator[None]:
+    """Inside, a session change that would add the first embryo layer leaves it to
+    :func:`first_show_soon` (the background Open's result is applied this way)."""
+    if embryo_layer(viewer) is not None or session.defer_layer:
+        yield
+        return
+    first_show_soon(viewer, session)
+    session.defer_layer = True
+    try:
+        yield
+    finally:
+        session.defer_layer = False
+
+
+def first_show_soon(viewer: Any, session: AnnotatorSession) -> None:
+    """Add the embryo layer hidden, then show it, then write the canvas overlay: one timer
+    event each, showing whatever image is current by then."""
+    from qtpy.QtCore import QTimer
+
+    if id(session) in _FIRST_SHOW_PENDING:
+        return
+    _FIRST_SHOW_PENDING.add(id(session))
+
+    def add() -> None:
+        if window_closed(viewer) or embryo_layer(viewer) is not None \
+                or session.current_path is None:
+            _FIRST_SHOW_PENDING.discard(id(session))
+            return
+        try:
+            rgb = session.image()
+        except InputError as exc:
+            _FIRST_SHOW_PENDING.discard(id(session))
+            from napari.utils.notifications import show_error
+
+            show_error(str(exc))
+            return
+        layer = viewer.add_image(rgb, visible=False, **embryo_layer_kwargs(session))
+        viewer.reset_view()
+        QTimer.singleShot(FIRST_SHOW_STAGE_MS, lambda: show(layer))
+
+    def show(layer: Any) -> None:
+        if window_closed(viewer):
+            _FIRST_SHOW_PENDING.discard(id(session))
+            return
+        layer.visible = True
+        QTimer.singleShot(FIRST_SHOW_STAGE_MS, overlay)
+
+    def overlay() -> None:
+        _FIRST_SHOW_PENDING.discard(id(session))
+        if not window_closed(viewer):
+            update_overlay(viewer, session)
+
+    QTimer.singleShot(FIRST_SHOW_STAGE_MS, add)
 
 
 def overlay_text(session: AnnotatorSession) -> str:
@@ -78,6 +151,9 @@ def text_overlay(viewer: Any) -> Any:
 
 
 def update_overlay(viewer: Any, session: AnnotatorSession) -> None:
+    """Write the canvas text; it waits while the session's first image is being staged."""
+    if id(session) in _FIRST_SHOW_PENDING:
+        return
     overlay = text_overlay(viewer)
     overlay.text = overlay_text(session)
     overlay.visible = bool(overlay.text)

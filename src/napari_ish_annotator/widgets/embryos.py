@@ -25,7 +25,8 @@ from ..core.errors import InputError
 from ..session import OpenedDataset, StoreSwitch, multi, steps
 from ._base import SessionDock, report_error, shows_input_error
 from ._embryo_table import IMAGE_ROLE, EmbryoFilterProxy, EmbryoTableModel
-from ._worker import TaskRunner
+from ._viewer_binding import first_show_staged
+from ._worker import TaskRunner, freeze_long_lived
 
 #: what napari imports the first time it builds an image layer (about two seconds of a
 #: frozen viewer on the GUI thread): the opening worker imports them first instead
@@ -44,6 +45,7 @@ def _open_in_worker(request: steps.OpenRequest) -> Generator:
         import pint  # napari's layers use pint's application registry, built on first use
 
         pint.get_application_registry().Unit("pixel")
+    freeze_long_lived()  # the registry's objects live as long as the process
     return (yield from steps.iter_open(request))
 
 
@@ -203,7 +205,8 @@ class EmbryosWidget(SessionDock):
                                  message="opening…", done_message="", needs_torch=False)
 
     def _opened(self, opened: OpenedDataset) -> None:
-        self.session.apply_open(opened)
+        with first_show_staged(self.viewer, self.session):  # no 0.5 s freeze for layer one
+            self.session.apply_open(opened)
         self._report_pending()
 
     def _report_pending(self) -> None:
