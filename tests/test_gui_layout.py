@@ -120,3 +120,48 @@ def test_private_napari_api_only_in_its_module():
                  if p.name != "_napari_private.py"
                  for name in private if name in p.read_text(encoding="utf-8")]
     assert offenders == []
+
+
+def _scrolled_out(widget) -> bool:
+    """Below or above a vertical scroll area's view: reachable by scrolling down, not cut."""
+    from qtpy.QtWidgets import QScrollArea
+
+    parent = widget.parentWidget()
+    while parent is not None and not isinstance(parent, QScrollArea):
+        parent = parent.parentWidget()
+    if parent is None:
+        return False
+    view = parent.viewport()
+    top = widget.mapTo(view, widget.rect().topLeft()).y()
+    return top + widget.height() <= 0 or top >= view.height()
+
+
+@pytest.mark.parametrize("size", [(1920, 1080), (1366, 768)])
+def test_no_button_label_is_cut_off(make_napari_viewer, qtbot, size):
+    """At 1920x1080 the Train tab's third button in a row showed "Export to bioimag…"."""
+    from qtpy.QtWidgets import QPushButton, QScrollArea
+
+    from napari_ish_annotator.widgets import open_annotator
+
+    viewer = make_napari_viewer(show=True)
+    annotator = open_annotator(viewer)
+    _main_window(viewer).resize(*size)
+    qtbot.wait(50)
+    cut = []
+    for i in range(annotator.tabs.count()):
+        annotator.tabs.setCurrentIndex(i)
+        qtbot.wait(20)
+        for area in annotator.findChildren(QScrollArea):  # nothing wider than its view
+            if area.isVisible() and area.widget() is not None:
+                need = area.widget().minimumSizeHint().width()
+                if need > area.viewport().width():
+                    cut.append((annotator.tabs.tabText(i), "scroll area", area.viewport().width(),
+                                need))
+        for button in annotator.findChildren(QPushButton):
+            if not button.isVisible():
+                continue
+            shown = button.visibleRegion().boundingRect()  # clipped by a scroll area too
+            if shown.width() < button.sizeHint().width() and not _scrolled_out(button):
+                cut.append((annotator.tabs.tabText(i), button.text(), shown.width(),
+                            button.sizeHint().width()))
+    assert not cut, cut

@@ -76,9 +76,6 @@ class TrainWidget(SessionDock):
         self.train_button.clicked.connect(self.train)
         self.save_button = QPushButton("Save model…")
         self.save_button.clicked.connect(self._choose_save)
-        brow = QHBoxLayout()
-        brow.addWidget(self.train_button)
-        brow.addWidget(self.save_button)
         self.agreement_button = QPushButton("Annotator agreement")
         self.agreement_button.setToolTip("agreement per term (observed share, Cohen's/Fleiss' "
                                          "kappa) and each annotator's estimated accuracy")
@@ -91,10 +88,13 @@ class TrainWidget(SessionDock):
         self.spread_button.setToolTip("with a fine-tuned ensemble (finetune --ensemble K) in "
                                       "use: show each probability ± the std over its members")
         self.spread_button.clicked.connect(self.show_spread)
+        # two buttons a row at most: three cut the third one's label off in a 440 px dock
+        brow = QHBoxLayout()
+        brow.addWidget(self.save_button)
+        brow.addWidget(self.export_button)
         erow = QHBoxLayout()
         erow.addWidget(self.agreement_button)
         erow.addWidget(self.spread_button)
-        erow.addWidget(self.export_button)
         self.agreement_text = QPlainTextEdit()
         self.agreement_text.setReadOnly(True)
         self.agreement_text.setVisible(False)
@@ -112,6 +112,7 @@ class TrainWidget(SessionDock):
         layout.addLayout(form)
         layout.addWidget(self.cv_check)
         layout.addWidget(self.table, 1)
+        layout.addWidget(self.train_button)
         layout.addLayout(brow)
         layout.addLayout(erow)
         layout.addWidget(self.agreement_text)
