@@ -122,19 +122,30 @@ def main() -> None:
         viewer = napari.Viewer(show=True)
         app = QApplication.instance()
         meter = GapMeter(why="--why" in sys.argv)
-        annotator = open_annotator(viewer)
+        t0 = time.perf_counter()
+        meter.start()
+        annotator = open_annotator(viewer)  # once per session: reported, not a loop step
+        dock_build = time.perf_counter() - t0
+        settle = time.perf_counter() + 1.0
+        while time.perf_counter() < settle:
+            app.processEvents()
+            time.sleep(0.005)
+        dock_gap = meter.stop()
         s = annotator.session
         s.update_settings(backbone=BACKBONE, weights=WEIGHTS, layer="stage5", input_size=SIZE,
                           device="cpu", n_members=11, C=10.0)
-        from napari_ish_annotator.widgets._viewer_binding import embryo_layer, text_overlay
+        from napari_ish_annotator.widgets._viewer_binding import (
+            OPEN_HINT,
+            embryo_layer,
+            text_overlay,
+        )
 
         def shown(viewer) -> bool:
             """The first embryo on the canvas, with its overlay text."""
             layer = embryo_layer(viewer)
-            return layer is not None and layer.visible and bool(text_overlay(viewer).text)
-        from napari_ish_annotator.widgets._worker import preload_torch
+            text = text_overlay(viewer).text
+            return layer is not None and layer.visible and bool(text) and text != OPEN_HINT
 
-        preload_torch()  # the first long task pays torch's import: not a loop stall we cause
         settle = time.perf_counter() + 1.0  # the window's and dock's first paint, not a step
         while time.perf_counter() < settle:
             app.processEvents()
@@ -154,6 +165,9 @@ def main() -> None:
             while until is not None and not until():  # e.g. the embryo shown on the canvas
                 loop.processEvents(QEventLoop.ProcessEventsFlag.WaitForMoreEvents, 50)
             wall = time.perf_counter() - t0
+            tail = time.perf_counter() + 0.3  # paints and timers the step left behind
+            while time.perf_counter() < tail:
+                loop.processEvents(QEventLoop.ProcessEventsFlag.WaitForMoreEvents, 20)
             gap = meter.stop()
             assert runner.last_outcome in (None, "done"), runner.last_error
             rows.append((name, wall, gap))
@@ -162,7 +176,7 @@ def main() -> None:
 
         run("open", lambda: annotator.embryos.open_paths([manifest], background=True),
             annotator.embryos.runner, until=lambda: shown(viewer))
-        run("extract (cached)", annotator.model.extract, annotator.model.runner)
+        run("extract (cached; imports torch)", annotator.model.extract, annotator.model.runner)
         annotator.train.cv_check.setChecked(True)
         train = run("train, CV on", annotator.train.train, annotator.train.runner)
         run("predict", annotator.model.predict, annotator.model.runner)
@@ -184,6 +198,8 @@ def main() -> None:
     for name, wall, gap in rows:
         print(f"{name:28s} {wall:8.2f} {gap:18.3f}")
     print(f"longest gap overall: {max(g for _, _, g in rows):.3f} s (target <= 0.25 s)")
+    print(f"(once per session, not a loop step: building the annotator dock {dock_build:.2f} s "
+          f"on the GUI thread; longest gap in its first second {dock_gap:.3f} s)")
 
 
 if __name__ == "__main__":

@@ -70,11 +70,16 @@ def wait_done(qtbot, runner, timeout: int = WAIT_MS) -> None:
 def wait_embryo_shown(qtbot, viewer, timeout: int = WAIT_MS):
     """Wait until the embryo layer is on the canvas (a background Open adds the session's
     first one in stages on timers) and return it."""
-    from napari_ish_annotator.widgets._viewer_binding import embryo_layer, text_overlay
+    from napari_ish_annotator.widgets._viewer_binding import (
+        OPEN_HINT,
+        embryo_layer,
+        text_overlay,
+    )
 
     def shown() -> bool:
         layer = embryo_layer(viewer)
-        return layer is not None and layer.visible and bool(text_overlay(viewer).text)
+        text = text_overlay(viewer).text
+        return layer is not None and layer.visible and bool(text) and text != OPEN_HINT
 
     qtbot.waitUntil(shown, timeout=timeout)
     return embryo_layer(viewer)

@@ -12,6 +12,7 @@ of images open at once.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -442,6 +443,13 @@ class AnnotatorSession:
         fx = self._extractors.latest()
         if fx is not None:
             return str(fx.device)
+        from ..core.backbones import resolve_device_type
+
+        known = resolve_device_type(self.settings.device)
+        if known is not None:
+            return known
+        if "torch" not in sys.modules:  # importing torch (1.5 s) only to name the device: no
+            return f"{self.settings.device} (GPU if present; known once a model runs)"
         try:
             from ..core.backbones import resolve_device
 

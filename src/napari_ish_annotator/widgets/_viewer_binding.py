@@ -68,7 +68,7 @@ def show_current(viewer: Any, session: AnnotatorSession) -> None:
 #: GUI time in one piece (layer controls, the image shaders, the overlay's glyphs and shaders);
 #: staged on timers (a zero delay would run in the same batch of events) no piece blocks the
 #: viewer for more than ~0.2 s, and the opening's own work is not added to any of them
-FIRST_SHOW_STAGE_MS = 15
+FIRST_SHOW_STAGE_MS = 40
 _FIRST_SHOW_PENDING: set[int] = set()  # sessions whose first image is being staged
 
 
@@ -88,50 +88,65 @@ def first_show_staged(viewer: Any, session: AnnotatorSession) -> Iterator[None]:
 
 
 def first_show_soon(viewer: Any, session: AnnotatorSession) -> None:
-    """Add the embryo layer hidden, then show it, then write the canvas overlay: one timer
-    event each, showing whatever image is current by then."""
+    """Show the session's first embryo in timer events of their own: add the layer hidden
+    (layer controls), show it (image shaders), write the first word of the canvas text (text
+    shaders, a few glyphs), then all of it (the other glyphs), whatever image is current."""
     from qtpy.QtCore import QTimer
 
     if id(session) in _FIRST_SHOW_PENDING:
         return
     _FIRST_SHOW_PENDING.add(id(session))
+    layer: list[Any] = []
 
-    def add() -> None:
-        if window_closed(viewer) or embryo_layer(viewer) is not None \
-                or session.current_path is None:
-            _FIRST_SHOW_PENDING.discard(id(session))
-            return
+    def add() -> bool:
+        if embryo_layer(viewer) is not None or session.current_path is None:
+            return False
         try:
             rgb = session.image()
         except InputError as exc:
-            _FIRST_SHOW_PENDING.discard(id(session))
             from napari.utils.notifications import show_error
 
             show_error(str(exc))
-            return
-        layer = viewer.add_image(rgb, visible=False, **embryo_layer_kwargs(session))
+            return False
+        layer.append(viewer.add_image(rgb, visible=False, **embryo_layer_kwargs(session)))
         viewer.reset_view()
-        QTimer.singleShot(FIRST_SHOW_STAGE_MS, lambda: show(layer))
+        return True
 
-    def show(layer: Any) -> None:
-        if window_closed(viewer):
-            _FIRST_SHOW_PENDING.discard(id(session))
+    def show() -> bool:
+        layer[0].visible = True
+        return True
+
+    def first_word() -> bool:
+        overlay = text_overlay(viewer)
+        overlay.text = overlay_text(session).split(" ", 1)[0]
+        overlay.visible = bool(overlay.text)
+        return True
+
+    stages = [add, show, first_word]
+
+    def run_next() -> None:
+        stage = stages.pop(0)
+        go_on = not window_closed(viewer) and stage()
+        if go_on and stages:
+            QTimer.singleShot(FIRST_SHOW_STAGE_MS, run_next)
             return
-        layer.visible = True
-        QTimer.singleShot(FIRST_SHOW_STAGE_MS, overlay)
-
-    def overlay() -> None:
         _FIRST_SHOW_PENDING.discard(id(session))
-        if not window_closed(viewer):
+        if go_on:  # the whole text, the rest of its glyphs rendered in the next paint
             update_overlay(viewer, session)
 
-    QTimer.singleShot(FIRST_SHOW_STAGE_MS, add)
+    QTimer.singleShot(FIRST_SHOW_STAGE_MS, run_next)
+
+
+#: the canvas text before any image is open: what to do first (drawing it also prepares the
+#: canvas text's shaders and most glyphs, so the first embryo's text shows faster)
+OPEN_HINT = ("ISH Annotator: open embryo images in the Embryos tab\n"
+             "(Images…, Folder… or Manifest…), or File > Open a manifest.csv")
 
 
 def overlay_text(session: AnnotatorSession) -> str:
     """Terms at or above the threshold with their probabilities, highest first."""
     if session.current_path is None:
-        return ""
+        return OPEN_HINT if session.n_images == 0 else ""
     lines = [f"{session.index + 1}/{session.n_images}  {session.current_path.name}"]
     probs = session.probabilities_for()
     if probs:
@@ -173,6 +188,7 @@ def bind_viewer(viewer: Any, session: AnnotatorSession) -> None:
     except Exception:  # older napari versions name these differently
         pass
 
+    update_overlay(viewer, session)  # the hint, until images are open
     session.current_changed.connect(lambda *_: (show_current(viewer, session),
                                                 update_overlay(viewer, session)))
     def drop_stale_gradcam() -> None:

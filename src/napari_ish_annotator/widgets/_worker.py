@@ -13,12 +13,14 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Generator
+from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from ..core.errors import InputError
+from ..core.progress import Progress
 from ..session.steps import throttled
 from ._base import report_error
 
@@ -53,19 +55,53 @@ def freeze_long_lived() -> None:
     gc.freeze()
 
 
-def preload_torch() -> None:
-    """Import torch/torchvision (and the core modules using them) on the GUI thread.
+def load_torch() -> None:
+    """Import torch/torchvision and the core modules using them (any thread; call
+    :func:`block_triton` on the GUI thread first).
 
-    Importing torchvision's compiled pieces for the first time inside a worker thread can
-    crash the process, so the first long task pays the import here instead.
+    The first long task does this in its worker: on the GUI thread the import froze the
+    viewer for ~1.5 s; in a worker the viewer stalls once for ~0.25 s (loading libtorch's
+    shared libraries holds the GIL).
     """
-    block_triton()
+    _open_torch_libraries()
     import torch  # noqa: F401
     import torchvision  # noqa: F401
 
     from ..core import features  # noqa: F401
 
     freeze_long_lived()
+
+
+#: torch's largest shared libraries (Linux), in dependency order
+TORCH_LIBRARIES = ("libc10.so", "libtorch_cpu.so", "libtorch.so", "libtorch_python.so")
+
+
+def _open_torch_libraries() -> None:
+    """dlopen torch's big shared libraries before ``import torch`` (Linux only).
+
+    ctypes releases the GIL while the dynamic linker loads them and runs their C++ static
+    initialisers (~0.3 s), which ``import torch`` would do holding the GIL; later imports
+    then find them loaded (same soname). A library that fails to load here is left to torch.
+    """
+    if not sys.platform.startswith("linux") or "torch" in sys.modules:
+        return
+    import ctypes
+    import importlib.util
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    lib = Path(next(iter(spec.submodule_search_locations))) / "lib"
+    for name in TORCH_LIBRARIES:
+        if (lib / name).is_file():
+            try:
+                ctypes.CDLL(str(lib / name))
+            except OSError:
+                return
+
+
+def _torch_loaded() -> bool:
+    return "napari_ish_annotator.core.features" in sys.modules and "torchvision" in sys.modules
 
 
 def _orphan(life: dict[str, Any], *_: Any) -> None:
@@ -116,8 +152,8 @@ class TaskRunner(QWidget):
 
     def _progress(self, step: Any) -> None:
         done, total, message = step
-        self.bar.setMaximum(max(int(total), 1))
-        self.bar.setValue(min(int(done), max(int(total), 1)))
+        self.bar.setMaximum(max(int(total), 0))  # 0: busy, total unknown
+        self.bar.setValue(min(int(done), max(int(total), 0)))
         self.status.setText(message)
 
     def _begin(self, message: str) -> None:
@@ -166,14 +202,20 @@ class TaskRunner(QWidget):
         if self.running:
             report_error(InputError("another task is still running; wait or press Cancel"))
             return None
-        if needs_torch:
-            preload_torch()
+        load_first = needs_torch and not _torch_loaded()
+        if load_first:
+            block_triton()  # before any thread imports torchvision
         self._begin(message)
         if SYNCHRONOUS:
+            if load_first:
+                load_torch()
             return self._run_sync(func, args, on_done, done_message)
         from superqt.utils import create_worker  # napari's adds a traceback relay on error
 
         def run() -> Generator:  # progress reaches the GUI at most ~10 times a second
+            if load_first:
+                yield Progress(0, 0, "loading PyTorch (once per session)…")
+                load_torch()
             return (yield from throttled(func(*args)))
 
         worker = create_worker(run, _start_thread=False, _ignore_errors=True)

@@ -214,6 +214,7 @@ class ModelSection(QWidget):
         dock.listen(s.model_changed, self._model_changed)
         dock.listen(s.dataset_changed, self._dataset_changed)
         dock.listen(s.settings_changed, self._show_settings)
+        dock.listen(s.features_changed, self._show_device)  # a model ran: torch names it
         self._model_changed()
 
     # ------------------------------------------------------------------ settings

@@ -51,6 +51,14 @@ def _format_seconds(seconds: float) -> str:
     return f"{hours} h {m:02d} min"
 
 
+def _finetune_in_worker(request: Any) -> Any:
+    """Fine-tuning, after importing what the panel's plot needs (off the GUI thread)."""
+    import matplotlib.backends.backend_qtagg  # noqa: F401
+    import matplotlib.figure  # noqa: F401
+
+    return (yield from steps.iter_finetune(request))
+
+
 class _Runner(TaskRunner):
     """A TaskRunner that also hands every progress step to the section (plot, ETA)."""
 
@@ -127,20 +135,11 @@ class FinetuneSection(QWidget):
         self.summary = QLabel("Trains on the images you labelled; unknown labels are ignored.")
         self.summary.setWordWrap(True)
 
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        self.figure = Figure(figsize=(3.2, 1.8), tight_layout=True)
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(140)
-        self.ax_loss = self.figure.add_subplot(111)
-        self.ax_auc = self.ax_loss.twinx()
-        self.loss_line, = self.ax_loss.plot([], [], "o-", color="tab:blue", label="train loss")
-        self.auc_line, = self.ax_auc.plot([], [], "s-", color="tab:orange", label="val AUC")
-        self.ax_loss.set_xlabel("epoch")
-        self.ax_loss.set_ylabel("loss", color="tab:blue")
-        self.ax_auc.set_ylabel("val AUC", color="tab:orange")
-        self.ax_auc.set_ylim(0.0, 1.0)
+        # the loss/AUC plot is built on first use: importing matplotlib cost 0.4-0.55 s of
+        # GUI time when the dock opened; the fine-tuning worker imports it instead
+        self.canvas: Any = None
+        self.plot_placeholder = QLabel("Loss and validation AUC per epoch appear here.")
+        self.plot_placeholder.setStyleSheet("color: gray;")
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -149,8 +148,9 @@ class FinetuneSection(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.runner)
         layout.addWidget(self.eta_label)
-        layout.addWidget(self.canvas)
+        layout.addWidget(self.plot_placeholder)
         layout.addWidget(self.summary)
+        self._layout = layout
 
     # ------------------------------------------------------------------ config
     def config(self) -> Any:
@@ -189,7 +189,7 @@ class FinetuneSection(QWidget):
         self._t0 = time.perf_counter()
         self._first_batch_done = 0
         self.summary.setText(f"fine-tuning on {len(request.images)} labelled images…")
-        return self.runner.start(steps.iter_finetune, request, on_done=self._finished,
+        return self.runner.start(_finetune_in_worker, request, on_done=self._finished,
                                  message="loading images…",
                                  done_message="fine-tuned; using the new backbone")
 
@@ -224,7 +224,31 @@ class FinetuneSection(QWidget):
             self.history.append(dict(step.record))
             self._redraw()
 
+    def _ensure_plot(self) -> None:
+        """Build the loss/AUC plot where the placeholder is (matplotlib imported by then)."""
+        if self.canvas is not None:
+            return
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(3.2, 1.8), tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(140)
+        self.ax_loss = self.figure.add_subplot(111)
+        self.ax_auc = self.ax_loss.twinx()
+        self.loss_line, = self.ax_loss.plot([], [], "o-", color="tab:blue", label="train loss")
+        self.auc_line, = self.ax_auc.plot([], [], "s-", color="tab:orange", label="val AUC")
+        self.ax_loss.set_xlabel("epoch")
+        self.ax_loss.set_ylabel("loss", color="tab:blue")
+        self.ax_auc.set_ylabel("val AUC", color="tab:orange")
+        self.ax_auc.set_ylim(0.0, 1.0)
+        self._layout.replaceWidget(self.plot_placeholder, self.canvas)
+        self.plot_placeholder.hide()
+
     def _redraw(self) -> None:
+        if self.canvas is None and not self.history:
+            return  # nothing to plot yet: matplotlib is imported by the worker first
+        self._ensure_plot()
         epochs = [h["epoch"] for h in self.history]
         self.loss_line.set_data(epochs, [h["train_loss"] for h in self.history])
         auc = [(e, h["val_auc"]) for e, h in zip(epochs, self.history, strict=True)

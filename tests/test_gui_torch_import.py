@@ -1,0 +1,62 @@
+"""The first model step imports torch in its worker, not on the GUI thread (a 1.5 s freeze).
+
+torch is already imported in the test process, so this runs a fresh viewer in a subprocess
+and records, with an audit hook, which thread imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from _gui_helpers import make_dataset
+
+pytestmark = [pytest.mark.gui, pytest.mark.slow]
+
+SCRIPT = textwrap.dedent("""
+    import json, sys, threading
+    seen = {}
+
+    def hook(event, args):
+        if event == "import" and args[0] in ("torch", "torchvision") and args[0] not in seen:
+            seen[args[0]] = threading.current_thread() is threading.main_thread()
+
+    sys.addaudithook(hook)
+    import napari
+    from qtpy.QtCore import QEventLoop
+    from napari_ish_annotator.widgets import open_annotator
+
+    viewer = napari.Viewer(show=False)
+    annotator = open_annotator(viewer)
+    assert "torch" not in sys.modules, "building the dock imported torch"
+    assert annotator.embryos.open_paths([sys.argv[1]])
+    annotator.session.update_settings(backbone="vgg16", weights="random", input_size=64)
+    runner = annotator.model.runner
+    loop = QEventLoop()
+    runner.finished.connect(loop.quit)
+    annotator.model.extract()
+    if runner.running:
+        loop.exec()
+    print(json.dumps({"outcome": runner.last_outcome, "error": runner.last_error,
+                      "on_gui_thread": seen,
+                      "features": annotator.session.features is not None}))
+    viewer.close()
+""")
+
+
+def test_first_model_step_imports_torch_in_its_worker(tmp_path):
+    manifest = make_dataset(tmp_path / "data", n=4)
+    env = {**os.environ, "ISH_ANNOTATOR_CACHE": str(tmp_path / "cache")}
+    env.pop("ISH_ANNOTATOR_SYNC", None)
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(manifest)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["outcome"] == "done", result["error"]
+    assert result["features"]
+    assert result["on_gui_thread"] == {"torch": False, "torchvision": False}, result
