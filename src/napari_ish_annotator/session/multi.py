@@ -9,6 +9,7 @@ and the session applies them. The science is ``core.consensus``, ``core.active``
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,11 +41,13 @@ def annotator_labels(session: AnnotatorSession) -> Any:
     return read(_store(session), session.paths, session.vocabulary)
 
 
-def disagreement(session: AnnotatorSession) -> np.ndarray:
-    """(n,) True where two annotators gave different values for some term of an image."""
+def disagreement(session: AnnotatorSession, indices: Sequence[int] | None = None) -> np.ndarray:
+    """(n,) True where two annotators gave different values for some term of an image; with
+    ``indices``, only for those images (a label change re-reads its own image only)."""
     from ..core.consensus import disagreement_mask
 
-    return disagreement_mask(_store(session), session.paths, session.vocabulary)
+    paths = session.paths if indices is None else [session.paths[i] for i in indices]
+    return disagreement_mask(_store(session), paths, session.vocabulary)
 
 
 def term_tooltips(session: AnnotatorSession, index: int | None = None) -> dict[str, str]:

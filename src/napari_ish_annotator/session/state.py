@@ -216,6 +216,8 @@ class AnnotatorSession:
         name = name.strip()
         if not name:
             raise InputError("the annotator name is empty; type your name or initials")
+        if name == self.annotator and name == self.annotator_name:
+            return  # the same annotator: nothing to re-read
         self.annotator = name
         if self.store is not None:
             self.store.annotator = name

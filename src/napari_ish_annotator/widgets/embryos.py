@@ -317,8 +317,18 @@ class EmbryosWidget(SessionDock):
     def _labels_changed(self, indices: Any) -> None:
         self.model.labels_changed(list(indices) if indices else None)
         if self.disagree_check.isChecked():
-            self.model.restrict = multi.disagreement(self.session)
+            self._update_disagreement(sorted(set(indices)) if indices else None)
         self.proxy.refilter()
+
+    def _update_disagreement(self, rows: list[int] | None) -> None:
+        """Re-read the changed images only (the whole store once per toggle)."""
+        restrict = self.model.restrict
+        if rows and restrict is not None and len(restrict) == self.session.n_images:
+            restrict = restrict.copy()
+            restrict[rows] = multi.disagreement(self.session, rows)
+            self.model.restrict = restrict
+        else:
+            self.model.restrict = multi.disagreement(self.session)
 
     def _predictions_changed(self) -> None:
         self.model.predictions_changed()
