@@ -194,9 +194,9 @@ def main() -> None:
     print(f"{N_IMAGES} images, {N_GENES} genes, {N_TERMS} terms, {BACKBONE} features cached")
     print(f"`ish-annotator train` (process incl. imports): {cli:.1f} s")
     print(f"Train panel, CV on: {train:.1f} s = {train / cli:.2f}x the CLI (target <= 2x)")
-    print(f"{'step':28s} {'wall s':>8s} {'longest GUI gap s':>18s}")
+    print(f"{'step':32s} {'wall s':>8s} {'longest GUI gap s':>18s}")
     for name, wall, gap in rows:
-        print(f"{name:28s} {wall:8.2f} {gap:18.3f}")
+        print(f"{name:32s} {wall:8.2f} {gap:18.3f}")
     print(f"longest gap overall: {max(g for _, _, g in rows):.3f} s (target <= 0.25 s)")
     print(f"(once per session, not a loop step: building the annotator dock {dock_build:.2f} s "
           f"on the GUI thread; longest gap in its first second {dock_gap:.3f} s)")
