@@ -260,17 +260,44 @@ def test_folder_of_gene_subfolders_says_subfolders_are_not_searched(tmp_path, rg
 
 def test_scan_inputs_skips_and_reports(tmp_path, rgb8):
     d = _folder(tmp_path, rgb8)
+    (d / "movie.gif").write_bytes(b"GIF89a")
     usable, problems = scan_inputs([d, tmp_path / "ghost.png"])
     assert [p.name for p in usable] == ["a.TIF", "b.png", "c.bmp"]
     by_name = {p.path.name: p.message for p in problems}
-    assert set(by_name) == {"notes.txt", "broken.jpg", "ghost.png"}
-    assert "not a supported image" in by_name["notes.txt"]
+    assert set(by_name) == {"movie.gif", "broken.jpg", "ghost.png"}  # notes.txt: not an image
+    assert "not a supported image" in by_name["movie.gif"]
     assert "cannot decode" in by_name["broken.jpg"]
     assert "not found" in by_name["ghost.png"]
     assert str(problems[0]).startswith(str(problems[0].path))
     usable2, problems2 = scan_inputs([d], decode=False)
     assert "broken.jpg" in [p.name for p in usable2]
-    assert [p.path.name for p in problems2] == ["notes.txt"]
+    assert [p.path.name for p in problems2] == ["movie.gif"]
+
+
+def test_one_listing_rule_for_the_cli_and_the_session(tmp_path, rgb8):
+    """predict, predict --skip-bad and the napari session list the same images for the same
+    inputs (they had three listing functions with different rules)."""
+    from napari_ish_annotator.core.opening import scan_inputs as session_scan
+
+    d = _folder(tmp_path, rgb8)
+    single = tmp_path / "single.png"
+    Image.fromarray(rgb8).save(single)
+    (tmp_path / "m.csv").write_text("image,terms,gene\nsingle.png,brain,g1\nimgs/c.bmp,,g2\n")
+    inputs = [d, tmp_path / "m.csv"]
+    strict = collect_inputs(inputs)
+    forgiving, _ = scan_inputs(inputs, decode=False)
+    session = session_scan(inputs)
+    names = ["a.TIF", "b.png", "broken.jpg", "c.bmp", "single.png"]  # c.bmp once
+    assert [p.name for p in strict] == [p.name for p in forgiving] == names
+    assert [p.name for p in session.paths] == names
+    assert session.genes == (None, None, None, None, "g1")  # c.bmp came from the folder first
+    assert session.manifest_terms[-1] == ("brain",) and session.vocabulary == ("brain",)
+
+    # a manifest with only an image column (prediction inputs) opens everywhere
+    (tmp_path / "images-only.csv").write_text("image\nsingle.png\n")
+    only = [tmp_path / "images-only.csv"]
+    assert collect_inputs(only) == scan_inputs(only)[0] == list(session_scan(only).paths)
+    assert session_scan(only).dataset is None
 
 
 def test_decompression_bomb_is_input_error(tmp_path, monkeypatch):

@@ -15,8 +15,7 @@ array, so the model never depends on how a lab happened to save its pictures:
 Files that cannot be used raise :class:`~napari_ish_annotator.core.errors.InputError`
 naming the file and what to do. :func:`collect_inputs` is strict (first problem raises);
 :func:`scan_inputs` is the forgiving variant (``predict --skip-bad``): it skips bad files and
-reports them. The napari session opens inputs with ``core.opening`` (manifest metadata,
-header-only checks).
+reports them. Both list inputs with ``core.opening.list_inputs``, as the napari session does.
 """
 
 from __future__ import annotations
@@ -228,71 +227,35 @@ class InputProblem:
 def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     """Expand image files, folders and manifests (``*.csv``) into image paths (strict).
 
-    Folders contribute their supported images (sorted, non-recursive; other files are
-    ignored); manifests their ``image`` column. Duplicates are dropped, order is kept.
-    Any missing path, unsupported file, image-less folder or bad manifest raises
+    The listing rule is :func:`~napari_ish_annotator.core.opening.list_inputs`; here any
+    missing path, unsupported file, image-less folder or bad manifest raises
     :class:`InputError`. Images are not decoded here; use :func:`scan_inputs` for that.
     """
+    from .opening import list_inputs
+
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     if not inputs:
         raise InputError("no inputs given; pass image files, folders or manifest CSVs")
-    out: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = list_images(path)
-            if not found:
-                nested = any(p.is_dir() and not _is_hidden(p) for p in path.iterdir())
-                raise InputError(f"folder contains no {_SUPPORTED_TEXT} images" + (
-                    "; subfolders are not searched - pass them too (e.g. folder/*/) or list "
-                    "the images in a manifest CSV" if nested else ""), path=path)
-            out.extend(found)
-        elif path.suffix.lower() == ".csv":
-            from .manifest import read_manifest_images
-
-            out.extend(read_manifest_images(path, check_files=True))
-        else:
-            _check_file(path)
-            out.append(path)
-    return _dedupe(out)
+    return list(list_inputs(inputs, strict=True).paths)
 
 
 def scan_inputs(inputs: Sequence[str | Path], decode: bool = True
                 ) -> tuple[list[Path], list[InputProblem]]:
     """Forgiving :func:`collect_inputs` (``predict --skip-bad``): ``(usable_paths, problems)``.
 
-    Unlike the strict version, bad entries are skipped and reported: missing paths,
-    unsupported files (also inside folders, except hidden files), bad manifests, and with
-    ``decode=True`` images that fail to decode (corrupt or truncated). Decoding every file
-    costs time, so the GUI can pass ``decode=False`` and rely on :func:`read_rgb` later.
+    Bad entries are skipped and reported: missing paths, unsupported files, image-less
+    folders, bad manifests, and with ``decode=True`` images that fail to decode (corrupt or
+    truncated). Decoding every file costs time; ``decode=False`` checks names and types only.
     """
+    from .opening import list_inputs
+
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
-    candidates: list[Path] = []
-    problems: list[InputProblem] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            for p in sorted(path.iterdir(), key=lambda q: q.name):
-                if not p.is_file() or _is_hidden(p):
-                    continue
-                if p.suffix.lower() in SUPPORTED_SUFFIXES:
-                    candidates.append(p)
-                elif p.suffix.lower() != ".csv":
-                    problems.append(InputProblem(
-                        p, f"skipped: not a supported image type ({_SUPPORTED_TEXT})"))
-        elif path.suffix.lower() == ".csv" and path.is_file():
-            from .manifest import read_manifest_images
-
-            try:
-                candidates.extend(read_manifest_images(path, check_files=False))
-            except InputError as exc:
-                problems.append(InputProblem(path, str(exc)))
-        else:
-            candidates.append(path)
+    listing = list_inputs(inputs)
+    problems = list(listing.problems)
     usable: list[Path] = []
-    for p in _dedupe(candidates):
+    for p in listing.paths:
         try:
             if decode:
                 read_rgb(p)
@@ -305,14 +268,3 @@ def scan_inputs(inputs: Sequence[str | Path], decode: bool = True
             continue
         usable.append(p)
     return usable, problems
-
-
-def _dedupe(paths: list[Path]) -> list[Path]:
-    seen: set[str] = set()
-    out = []
-    for p in paths:
-        key = str(p.resolve()) if p.exists() else str(p)
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
-    return out

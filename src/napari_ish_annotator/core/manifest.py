@@ -296,6 +296,12 @@ def read_manifest_images(path: str | Path, check_files: bool = True) -> list[Pat
     return [image for _, _, image in _image_rows(Path(path), ("image",), check_files)]
 
 
+def lists_terms(path: str | Path) -> bool:
+    """Whether a manifest names any term (prediction inputs may have images only)."""
+    header, rows = _open_table(Path(path))
+    return "terms" in header and any((row.get("terms") or "").strip() for _, row in rows)
+
+
 def read_manifest_genes(path: str | Path, check_files: bool = True) -> dict[Path, str | None]:
     """Gene of every image of a manifest (None without a ``gene`` column or cell)."""
     return {image: (row.get("gene") or "").strip() or None
