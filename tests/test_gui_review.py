@@ -336,3 +336,20 @@ def test_closing_before_the_first_embryo_is_shown_adds_nothing(make_napari_viewe
     viewer.close()
     qtbot.wait(150)  # every stage's timer has fired
     assert len(viewer.layers) == 0
+
+
+def test_long_lived_objects_are_frozen_once_per_reason():
+    """gc.freeze keeps full collections (0.2 s over napari+torch's objects, GIL held) from
+    stalling the viewer; it happens once per reason, so later garbage cycles stay collectable."""
+    import gc
+
+    from napari_ish_annotator.widgets._worker import freeze_long_lived
+
+    keep = [[i] for i in range(1000)]
+    before = gc.get_freeze_count()
+    freeze_long_lived("a test's reason")
+    frozen = gc.get_freeze_count()
+    assert frozen >= before + len(keep)
+    keep += [[i] for i in range(1000)]
+    freeze_long_lived("a test's reason")
+    assert gc.get_freeze_count() == frozen

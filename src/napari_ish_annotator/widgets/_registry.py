@@ -28,7 +28,7 @@ def get_session(viewer: Any) -> AnnotatorSession:
     from ._worker import freeze_long_lived
 
     bind_viewer(viewer, session)
-    freeze_long_lived()  # napari's and Qt's start-up objects: see its docstring
+    freeze_long_lived("start-up")  # napari's and Qt's objects: see its docstring
     return session
 
 

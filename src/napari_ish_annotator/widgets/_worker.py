@@ -41,15 +41,23 @@ def block_triton() -> None:
         sys.modules["triton"] = None  # makes `import triton` raise ImportError
 
 
-def freeze_long_lived() -> None:
-    """Exclude the objects alive now from future garbage collections (``gc.freeze``).
+_FROZEN: set[str] = set()
+
+
+def freeze_long_lived(after: str) -> None:
+    """Exclude the objects alive now from future garbage collections (``gc.freeze``), once
+    per ``after`` ("start-up", "layer imports", "torch"): at most three times a process.
 
     napari, Qt and torch keep ~0.4-0.5 million long-lived objects. A full collection scans
     them all, 0.17-0.24 s here, holding the GIL, so the viewer stalls; a worker that builds
     many lasting objects (pint's unit registry for the first image layer, a network) sets
     one off. What is alive after start-up and the heavy imports is module state that lives
-    as long as the process, so full collections need only look at what came later.
+    as long as the process, so full collections need only look at what came later. (Frozen
+    objects are still freed by reference counting; only cycles among them stay.)
     """
+    if after in _FROZEN:
+        return
+    _FROZEN.add(after)
     import gc
 
     gc.freeze()
@@ -69,7 +77,7 @@ def load_torch() -> None:
 
     from ..core import features  # noqa: F401
 
-    freeze_long_lived()
+    freeze_long_lived("torch")
 
 
 #: torch's largest shared libraries (Linux), in dependency order

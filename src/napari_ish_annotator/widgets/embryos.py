@@ -45,7 +45,7 @@ def _open_in_worker(request: steps.OpenRequest) -> Generator:
         import pint  # napari's layers use pint's application registry, built on first use
 
         pint.get_application_registry().Unit("pixel")
-    freeze_long_lived()  # the registry's objects live as long as the process
+    freeze_long_lived("layer imports")  # the registry lives as long as the process
     return (yield from steps.iter_open(request))
 
 
