@@ -269,3 +269,18 @@ def test_dual_solver_extreme_separable_case():
     ours, theirs = objective(X.T @ alpha, b), objective(sk.coef_[0], sk.intercept_[0])
     assert np.isfinite(ours) and ours <= theirs * (1 + 1e-6)
     assert ((X @ (X.T @ alpha) + b > 0) == (y == 1)).all()
+
+
+def test_gram_block_gives_sub_blocks_and_refuses_rows_it_lacks():
+    from napari_ish_annotator.core.classify import GramBlock, gram_matrix
+
+    rng = np.random.default_rng(0)
+    X = rng.random((12, 40)).astype(np.float32)
+    rows = np.array([0, 2, 3, 5, 8, 9, 11])
+    block = GramBlock(rows, gram_matrix(X, rows))
+    sub = np.array([2, 5, 11])
+    np.testing.assert_allclose(block.take(sub, 12), gram_matrix(X, sub), rtol=1e-6)
+    assert block.take(np.array([2, 4]), 12) is None  # row 4 is not in the block
+    assert block.take(None, 12) is None  # "all rows": the block lacks some
+    full = GramBlock(np.arange(12), gram_matrix(X))
+    np.testing.assert_array_equal(full.take(None, 12), full.K)

@@ -62,3 +62,34 @@ def _shuffle_some_labels(manifest, k: int) -> None:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def test_train_with_cv_reads_the_features_once(tmp_path, monkeypatch):
+    """The panel's CV and its final fit share one Gram matrix (its sub-blocks), and the model
+    is the one trained without CV."""
+    from napari_ish_annotator.core import classify
+    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.session import AnnotatorSession, steps
+
+    manifest = make_dataset(tmp_path / "data", n=28)
+    _shuffle_some_labels(manifest, 12)
+    session = AnnotatorSession(cache_dir=tmp_path / "cache")
+    session.open([manifest], store_path=tmp_path / "labels.sqlite")
+    session.update_settings(weights="random", input_size=64, layer="21", device="cpu",
+                            n_members=3, C=10.0, seed=3)
+    session.set_label(TERMS[0], None, 5)  # an unknown label: CV and fit use other rows
+    plain = drive(steps.iter_train(session.train_request(cross_validate=False)))
+
+    calls: list[int] = []
+    real = classify.iter_gram
+
+    def counting(X, rows=None):
+        calls.append(X.shape[0] if rows is None else len(rows))
+        return (yield from real(X, rows))
+
+    monkeypatch.setattr(classify, "iter_gram", counting)
+    with_cv = drive(steps.iter_train(session.train_request(cross_validate=True, n_folds=4)))
+    assert len(calls) == 1, calls
+    assert with_cv.report.auc and set(with_cv.report.auc) <= set(TERMS)
+    np.testing.assert_allclose(with_cv.predictions.probabilities,
+                               plain.predictions.probabilities, atol=1e-6)

@@ -37,6 +37,7 @@ __all__ = [
     "TermEnsemble",
     "EnsembleClassifier",
     "fit_logistic_gram",
+    "GramBlock",
     "gram_matrix",
     "member_rows",
     "prepare_gram",
@@ -163,6 +164,25 @@ def iter_gram(X: Any, rows: np.ndarray | None = None) -> ProgressGen[np.ndarray]
 def gram_matrix(X: Any, rows: np.ndarray | None = None) -> np.ndarray:
     """Blocking version of :func:`iter_gram`."""
     return drive(iter_gram(X, rows))
+
+
+@dataclass(frozen=True)
+class GramBlock:
+    """A raw Gram matrix ``K`` of the feature rows ``rows``, computed once and handed to every
+    fit over a subset of them (the Train panel's CV folds and its final fit): each takes its
+    sub-block instead of reading the features again."""
+
+    rows: np.ndarray  # ascending, as np.flatnonzero gives them
+    K: np.ndarray
+
+    def take(self, rows: np.ndarray | None, n_rows: int) -> np.ndarray | None:
+        """The Gram matrix of ``rows`` (None: all ``n_rows``), or None if not all are here."""
+        want = np.arange(n_rows) if rows is None else np.asarray(rows)
+        pos = np.searchsorted(self.rows, want)
+        if len(self.rows) == 0 or (pos >= len(self.rows)).any() \
+                or not np.array_equal(self.rows[np.minimum(pos, len(self.rows) - 1)], want):
+            return None
+        return self.K[np.ix_(pos, pos)]
 
 
 def _objective(Ka: np.ndarray, alpha: np.ndarray, b: float, y: np.ndarray, C: float) -> float:

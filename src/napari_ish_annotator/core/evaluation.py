@@ -435,6 +435,7 @@ def iter_cross_validate(
     *,
     groups: Any = None,
     calibration: str | None = None,
+    gram: Any = None,
 ) -> ProgressGen[Evaluation]:
     """Fit on each split's training rows, score its test rows, evaluate.
 
@@ -453,6 +454,7 @@ def iter_cross_validate(
     ``groups``; without groups every image is its own group), so the brier and ece figures
     are those of the probabilities a bundle reports; AUC ranks by the members' raw mean (see
     :func:`score_predictions`). ``groups`` also improves the "not evaluated" reasons.
+    ``gram`` (a :class:`.classify.GramBlock` holding those rows) saves computing it again.
     """
     from .calibration import DEFAULT_METHOD, METHODS, iter_calibrate
     from .classify import iter_gram, majority_vote
@@ -472,7 +474,9 @@ def iter_cross_validate(
     cfg = ensemble
     used = np.unique(np.concatenate([np.concatenate([np.asarray(tr), np.asarray(te)])
                                      for tr, te in splits]))
-    K = yield from iter_gram(X, used if len(used) < X.shape[0] else None)
+    K = None if gram is None else gram.take(used, X.shape[0])
+    if K is None:
+        K = yield from iter_gram(X, used if len(used) < X.shape[0] else None)
     pos = np.full(X.shape[0], -1)
     pos[used] = np.arange(len(used))
     finite = np.isfinite(np.diag(K))

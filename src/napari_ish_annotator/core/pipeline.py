@@ -87,6 +87,7 @@ def iter_fit_bundle(
     weights_id: str | None = None,
     groups: np.ndarray | None = None,
     calibration: str | None = None,
+    gram: Any = None,
 ) -> ProgressGen:
     """Fit the per-term ensembles on precomputed features and wrap them in a model bundle.
 
@@ -94,7 +95,8 @@ def iter_fit_bundle(
     The bundle's probabilities are calibrated (:mod:`.calibration`, default Platt scaling on
     out-of-fold scores from folds grouped by ``groups``, e.g. ``Dataset.groups()``; without
     groups every image is its own group). The Gram matrix is computed once for the
-    calibration folds and the final fit. ``fingerprint`` is
+    calibration folds and the final fit (or taken from ``gram``, a
+    :class:`.classify.GramBlock` that holds the labelled rows). ``fingerprint`` is
     :func:`.manifest.training_fingerprint` of the training images and ``Y``.
     """
     from .backbones import get_spec
@@ -109,7 +111,9 @@ def iter_fit_bundle(
     Y = classifier._check_labels(features, Y)  # before the Gram matrix: fail fast
     labelled = np.flatnonzero((Y != -1).any(axis=1))
     rows = None if len(labelled) == features.shape[0] else labelled
-    K = yield from sub_progress(iter_gram(features, rows), 0, prefix="fit: ")
+    K = None if gram is None else gram.take(rows, features.shape[0])
+    if K is None:
+        K = yield from sub_progress(iter_gram(features, rows), 0, prefix="fit: ")
     if not np.isfinite(np.diag(K)).all():
         K = None  # let the fit name the bad row
         cal = None

@@ -322,14 +322,20 @@ def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
     counts = {t: (int((Y[:, j] == 1).sum()), int((Y[:, j] == 0).sum())) for j, t in enumerate(vocab)}
     auc: dict[str, float] = {}
     note = ""
-    if req.cross_validate:
+    gram = None
+    if req.cross_validate:  # one Gram matrix of the labelled rows for the CV and the fit
+        from ..core.classify import GramBlock, iter_gram
+
+        labelled = np.flatnonzero((Y != -1).any(axis=1))
+        K = yield from sub_progress(iter_gram(X, labelled), 0, prefix="features: ")
+        gram = GramBlock(labelled, K)
         auc, note = yield from iter_cv_auc(X, Y, vocab, req.groups, ensemble, req.n_folds,
-                                           req.seed)
+                                           req.seed, gram=gram)
     extractor = req.extract.extractors.get(req.extract.config)
     bundle = yield from sub_progress(
         iter_fit_bundle(X, Y, vocab, req.extract.config, ensemble,
                         fingerprint=training_fingerprint(req.paths, Y, vocab),
-                        weights_id=extractor.weights_id, groups=req.groups),
+                        weights_id=extractor.weights_id, groups=req.groups, gram=gram),
         0, prefix="fit: ")  # gene-grouped calibration folds, as `ish-annotator train` uses
     yield Progress(1, 1, "predicting")
     P, votes = classify_rows(bundle, X)
@@ -339,7 +345,7 @@ def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
 
 
 def iter_cv_auc(X: np.ndarray, Y: np.ndarray, vocab: list[str], groups: np.ndarray,
-                ensemble: Any, n_folds: int, seed: int
+                ensemble: Any, n_folds: int, seed: int, gram: Any = None
                 ) -> ProgressGen[tuple[dict[str, float], str]]:
     """Gene-grouped cross-validated AUC of every term with enough labels ({term: auc}, note).
 
@@ -364,7 +370,8 @@ def iter_cv_auc(X: np.ndarray, Y: np.ndarray, vocab: list[str], groups: np.ndarr
     # the panel shows AUC, which ranks by the members' raw mean: fitting each fold's own
     # calibration (Platt: three more fits per fold) would only cost time
     evaluation = yield from iter_cross_validate(X, Y[:, ok], [vocab[j] for j in ok], splits,
-                                                ensemble, groups=groups, calibration="none")
+                                                ensemble, groups=groups, calibration="none",
+                                                gram=gram)
     return {t: float(a) for t, a in evaluation.term_auc().items() if a is not None}, ""
 
 
