@@ -103,7 +103,7 @@ def test_importing_the_widgets_has_no_side_effects():
 
     code = ("import sys\nimport napari_ish_annotator.widgets\n"
             "assert 'triton' not in sys.modules, 'import blocked triton'\n"
-            "from napari_ish_annotator.widgets._worker import block_triton\n"
+            "from napari_ish_annotator.widgets._loading import block_triton\n"
             "block_triton()\nassert sys.modules['triton'] is None\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -343,7 +343,7 @@ def test_long_lived_objects_are_frozen_once_per_reason():
     stalling the viewer; it happens once per reason, so later garbage cycles stay collectable."""
     import gc
 
-    from napari_ish_annotator.widgets._worker import freeze_long_lived
+    from napari_ish_annotator.widgets._loading import freeze_long_lived
 
     keep = [[i] for i in range(1000)]
     before = gc.get_freeze_count()

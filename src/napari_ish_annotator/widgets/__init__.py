@@ -1,7 +1,7 @@
 """napari dock widgets: thin views over :mod:`napari_ish_annotator.session`.
 
 Importing this package has no side effects (the triton guard runs where the GUI imports
-torch, see :func:`._worker.block_triton`).
+torch, see :func:`._loading.block_triton`).
 """
 
 from __future__ import annotations

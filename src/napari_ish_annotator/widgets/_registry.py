@@ -24,8 +24,8 @@ def get_session(viewer: Any) -> AnnotatorSession:
     weakref.finalize(viewer, _forget, key, session)
     # closing the window closes the label store and drops the session (and its viewer refs)
     on_window_destroyed(viewer, functools.partial(_forget, key, session))
+    from ._loading import freeze_long_lived
     from ._viewer_binding import bind_viewer
-    from ._worker import freeze_long_lived
 
     bind_viewer(viewer, session)
     freeze_long_lived("start-up")  # napari's and Qt's objects: see its docstring

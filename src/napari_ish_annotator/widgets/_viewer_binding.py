@@ -32,29 +32,30 @@ def embryo_layer_kwargs(session: AnnotatorSession) -> dict:
             "metadata": {META_KEY: "embryo", "path": str(session.current_path)}}
 
 
+def _current_rgb(session: AnnotatorSession) -> Any | None:
+    """The current image, or None after telling the user why it cannot be read."""
+    try:
+        return session.image()
+    except InputError as exc:
+        from napari.utils.notifications import show_error
+
+        show_error(str(exc))
+        return None
+
+
 def show_current(viewer: Any, session: AnnotatorSession) -> None:
     """Put the current image into the one reused RGB layer (created if missing)."""
     if session.current_path is None:
         return
     layer = embryo_layer(viewer)
-    if layer is None:
-        if not session.defer_layer:
-            try:
-                rgb = session.image()
-            except InputError as exc:
-                from napari.utils.notifications import show_error
-
-                show_error(str(exc))
-                return
-            viewer.add_image(rgb, **embryo_layer_kwargs(session))
-            viewer.reset_view()
+    if layer is None and session.defer_layer:
+        return  # the reader's layer or the staged first show (first_show_staged) comes
+    rgb = _current_rgb(session)
+    if rgb is None:
         return
-    try:
-        rgb = session.image()
-    except InputError as exc:
-        from napari.utils.notifications import show_error
-
-        show_error(str(exc))
+    if layer is None:
+        viewer.add_image(rgb, **embryo_layer_kwargs(session))
+        viewer.reset_view()
         return
     old_shape = layer.data.shape
     layer.data = rgb
@@ -67,7 +68,7 @@ def show_current(viewer: Any, session: AnnotatorSession) -> None:
 #: ms between the stages of a session's first image. napari's first layer costs 0.3-0.5 s of
 #: GUI time in one piece (layer controls, the image shaders, the overlay's glyphs and shaders);
 #: staged on timers (a zero delay would run in the same batch of events) no piece blocks the
-#: viewer for more than ~0.2 s, and the opening's own work is not added to any of them
+#: viewer for more than ~0.13 s here, and the opening's own work is not added to any of them
 FIRST_SHOW_STAGE_MS = 40
 _FIRST_SHOW_PENDING: set[int] = set()  # sessions whose first image is being staged
 
@@ -101,12 +102,8 @@ def first_show_soon(viewer: Any, session: AnnotatorSession) -> None:
     def add() -> bool:
         if embryo_layer(viewer) is not None or session.current_path is None:
             return False
-        try:
-            rgb = session.image()
-        except InputError as exc:
-            from napari.utils.notifications import show_error
-
-            show_error(str(exc))
+        rgb = _current_rgb(session)
+        if rgb is None:
             return False
         layer.append(viewer.add_image(rgb, visible=False, **embryo_layer_kwargs(session)))
         viewer.reset_view()

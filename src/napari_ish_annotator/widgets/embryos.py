@@ -25,8 +25,9 @@ from ..core.errors import InputError
 from ..session import OpenedDataset, StoreSwitch, multi, steps
 from ._base import SessionDock, report_error, shows_input_error
 from ._embryo_table import IMAGE_ROLE, EmbryoFilterProxy, EmbryoTableModel
+from ._loading import freeze_long_lived
 from ._viewer_binding import first_show_staged
-from ._worker import TaskRunner, freeze_long_lived
+from ._worker import TaskRunner
 
 #: what napari imports the first time it builds an image layer (about two seconds of a
 #: frozen viewer on the GUI thread): the opening worker imports them first instead
