@@ -139,8 +139,12 @@ def _take_rows(X: Any, rows: np.ndarray | None, c0: int, c1: int,
     return out
 
 
-def iter_gram(X: Any, rows: np.ndarray | None = None) -> ProgressGen[np.ndarray]:
+def iter_gram(X: Any, rows: np.ndarray | None = None, reuse: GramBlock | None = None
+              ) -> ProgressGen[np.ndarray]:
     """``K = X[rows] X[rows]^T`` accumulated in float64, one feature block at a time.
+
+    With ``reuse`` (a :class:`GramBlock` computed before) holding all of ``rows``, its
+    sub-block is returned and no feature is read.
 
     Memory stays bounded (one block of at most ``_MAX_BLOCK_COLS`` columns is copied), so ``X``
     can be a float16/float32 memmap. For float16/float32 features each block product runs in
@@ -148,6 +152,10 @@ def iter_gram(X: Any, rows: np.ndarray | None = None) -> ProgressGen[np.ndarray]
     float32 data: about 1e-6 relative per block of non-negative features) and the blocks are
     summed in float64; float64 features are multiplied in float64 throughout.
     """
+    if reuse is not None:
+        K = reuse.take(rows, X.shape[0])
+        if K is not None:
+            return K
     n = X.shape[0] if rows is None else len(rows)
     blocks = _feature_blocks(n, X.shape[1])
     work = np.float64 if np.dtype(X.dtype).itemsize > 4 else np.float32

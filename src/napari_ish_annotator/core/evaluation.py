@@ -474,9 +474,7 @@ def iter_cross_validate(
     cfg = ensemble
     used = np.unique(np.concatenate([np.concatenate([np.asarray(tr), np.asarray(te)])
                                      for tr, te in splits]))
-    K = None if gram is None else gram.take(used, X.shape[0])
-    if K is None:
-        K = yield from iter_gram(X, used if len(used) < X.shape[0] else None)
+    K = yield from iter_gram(X, used if len(used) < X.shape[0] else None, reuse=gram)
     pos = np.full(X.shape[0], -1)
     pos[used] = np.arange(len(used))
     finite = np.isfinite(np.diag(K))

@@ -223,6 +223,13 @@ class InputProblem:
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
 
+    @classmethod
+    def from_error(cls, path: Path, exc: InputError) -> InputProblem:
+        """The problem an :class:`InputError` about ``path`` describes (without the path
+        prefix the error's text already starts with)."""
+        msg, prefix = str(exc), f"{path}: "
+        return cls(path, msg[len(prefix):] if msg.startswith(prefix) else msg)
+
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     """Expand image files, folders and manifests (``*.csv``) into image paths (strict).
@@ -262,9 +269,7 @@ def scan_inputs(inputs: Sequence[str | Path], decode: bool = True
             else:
                 _check_file(p)
         except InputError as exc:
-            msg = str(exc)
-            prefix = f"{p}: "
-            problems.append(InputProblem(p, msg[len(prefix):] if msg.startswith(prefix) else msg))
+            problems.append(InputProblem.from_error(p, exc))
             continue
         usable.append(p)
     return usable, problems

@@ -95,7 +95,14 @@ def list_inputs(inputs: Sequence[str | Path], *, dataset_folders: bool = False,
     ``dataset_folders`` a folder holding ``manifest.csv`` opens that manifest. ``strict``
     raises :class:`InputError` at the first problem instead of listing it. Nothing is decoded.
     """
-    from .images import SUPPORTED_SUFFIXES, InputProblem, _check_file, _is_hidden, list_images
+    from .images import (
+        _SUPPORTED_TEXT,
+        SUPPORTED_SUFFIXES,
+        InputProblem,
+        _check_file,
+        _is_hidden,
+        list_images,
+    )
 
     problems: list[InputProblem] = []
 
@@ -117,10 +124,10 @@ def list_inputs(inputs: Sequence[str | Path], *, dataset_folders: bool = False,
                 if p.is_file() and not _is_hidden(p) and not _is_sidecar(p) \
                         and p.suffix.lower() not in SUPPORTED_SUFFIXES:  # noted, not fatal
                     problems.append(InputProblem(p, "skipped: not a supported image type "
-                                    f"({p.suffix or 'no suffix'}; use PNG, JPEG, TIFF or BMP)"))
+                                    f"({p.suffix or 'no suffix'}; use {_SUPPORTED_TEXT})"))
             if not listed:
                 nested = any(p.is_dir() and not _is_hidden(p) for p in item.iterdir())
-                problem(item, "folder contains no PNG, JPEG, TIFF or BMP images" + (
+                problem(item, f"folder contains no {_SUPPORTED_TEXT} images" + (
                     "; subfolders are not searched - pass them too (e.g. folder/*/) or list "
                     "the images in a manifest CSV" if nested else ""))
             found += [(p, None) for p in listed]
@@ -130,7 +137,7 @@ def list_inputs(inputs: Sequence[str | Path], *, dataset_folders: bool = False,
             except InputError as exc:
                 if strict:
                     raise
-                problems.append(InputProblem(item, _without_path(str(exc), item)))
+                problems.append(InputProblem.from_error(item, exc))
                 continue
             found += rows
             if dataset is not None:
@@ -160,11 +167,6 @@ def _manifest_rows(path: Path, check_files: bool) -> tuple[list[tuple[Path, Any]
         return [(p, None) for p in read_manifest_images(path, check_files=check_files)], None
     dataset = read_manifest(path, require_positives=False, check_files=check_files)
     return [(Path(s.image), s) for s in dataset.samples], dataset
-
-
-def _without_path(message: str, path: Path) -> str:
-    prefix = f"{path}: "
-    return message[len(prefix):] if message.startswith(prefix) else message
 
 
 def scan_inputs(inputs: Sequence[str | Path]) -> ScannedInputs:

@@ -111,9 +111,7 @@ def iter_fit_bundle(
     Y = classifier._check_labels(features, Y)  # before the Gram matrix: fail fast
     labelled = np.flatnonzero((Y != -1).any(axis=1))
     rows = None if len(labelled) == features.shape[0] else labelled
-    K = None if gram is None else gram.take(rows, features.shape[0])
-    if K is None:
-        K = yield from sub_progress(iter_gram(features, rows), 0, prefix="fit: ")
+    K = yield from sub_progress(iter_gram(features, rows, reuse=gram), 0, prefix="fit: ")
     if not np.isfinite(np.diag(K)).all():
         K = None  # let the fit name the bad row
         cal = None

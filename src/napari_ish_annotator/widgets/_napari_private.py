@@ -36,9 +36,8 @@ def on_window_destroyed(viewer: Any, callback: Callable[..., None]) -> None:
             window.destroyed.connect(callback)
 
 
-
 def window_closed(viewer: Any) -> bool:
     """Whether the viewer's window was closed (napari drops ``_qt_window`` on close): a timer
     set before must not add layers to a torn-down viewer."""
-    window = getattr(real_viewer(viewer), "window", None)
-    return window is not None and getattr(window, "_qt_window", None) is None
+    return getattr(real_viewer(viewer), "window", None) is not None \
+        and qt_main_window(viewer) is None

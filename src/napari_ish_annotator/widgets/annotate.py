@@ -477,9 +477,8 @@ class TermsSection(QWidget):
         term = self.session.vocabulary[item.row()]
         try:
             self.session.set_label(term, LABEL_VALUE[item.text()])
-        except (InputError, KeyError) as exc:
-            if isinstance(exc, InputError):
-                report_error(exc)
+        except InputError as exc:
+            report_error(exc)
             self._refresh()  # the list shows what is stored
 
     def choose_label(self, term: str, text: str) -> None:
