@@ -82,7 +82,11 @@ class GapMeter:
         while True:
             time.sleep(0.05)
             late = time.perf_counter() - self.last
-            if self.timer.isActive() and late > 0.15 and self.last != reported:
+            try:
+                active = self.timer.isActive()
+            except RuntimeError:  # the QTimer went with the application: the run is over
+                return
+            if active and late > 0.15 and self.last != reported:
                 reported = self.last
                 where = "".join(f"[{'GUI' if tid == gui else tid}]\n"
                                 + "".join(traceback.format_stack(frame)[-3:])
