@@ -134,8 +134,9 @@ def first_show_soon(viewer: Any, session: AnnotatorSession) -> None:
     QTimer.singleShot(FIRST_SHOW_STAGE_MS, run_next)
 
 
-#: the canvas text before any image is open: what to do first (drawing it also prepares the
-#: canvas text's shaders and most glyphs, so the first embryo's text shows faster)
+#: the canvas text before any image is open: what to do first. napari's welcome screen hides
+#: it while the viewer has no layer (it shows over other layers), but it is drawn either way,
+#: which prepares the text shaders and most glyphs: opening's longest GUI stall 0.21 -> 0.13 s
 OPEN_HINT = ("ISH Annotator: open embryo images in the Embryos tab\n"
              "(Images…, Folder… or Manifest…), or File > Open a manifest.csv")
 
