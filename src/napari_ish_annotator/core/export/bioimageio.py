@@ -16,10 +16,10 @@ export leaves nothing behind. bioimageio.spec/core are optional
 
 from __future__ import annotations
 
-import getpass
 import shutil
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +29,15 @@ import numpy as np
 from ..errors import InputError
 from ..progress import Progress, ProgressGen, drive
 from .model import ExportableModel, load_exportable
+from .packages import as_input as _as_input
+from .packages import failed_details, predict_package, run_package_test
 
 __all__ = ["CITATION_DOI", "CITATION_TEXT", "ExportOptions", "ExportResult",
-           "iter_export_bioimageio", "export_bioimageio", "require_bioimageio"]
+           "iter_export_bioimageio", "export_bioimageio", "require_bioimageio",
+           "predict_package", "run_package_test", "failed_details"]
 
-EXTRA = "pip install napari-ish-annotator[bioimageio]"
+#: what bioimageio.spec's description and package writer depend on (named in error messages)
+_STACK = ("bioimageio.spec", "bioimageio.core", "pydantic", "pydantic-core")
 CITATION_TEXT = ("Zhang W, Li R, Zeng T, Sun Q, Kumar S, Ye J, Ji S. Deep model based transfer and "
                  "multi-task learning for biological image analysis. KDD 2015, 1475-1484.")
 CITATION_DOI = "10.1145/2783258.2783304"
@@ -48,7 +52,7 @@ class ExportOptions:
 
     name: str | None = None                 # default: from backbone, layer and vocabulary
     description: str | None = None
-    authors: tuple[str, ...] = ()           # default: the user name of this account
+    authors: tuple[str, ...] = ()           # default: none (never the account's user name)
     license: str = "BSD-3-Clause"           # an SPDX identifier
     cite_text: str = CITATION_TEXT
     cite_doi: str | None = CITATION_DOI
@@ -67,14 +71,25 @@ class ExportResult:
     test_status: str                        # bioimageio.core's verdict, or "not run"
 
 
-def require_bioimageio() -> None:
-    """InputError saying what to install when bioimageio.spec/core are missing."""
-    try:
-        import bioimageio.core  # noqa: F401
-        import bioimageio.spec  # noqa: F401
-    except ImportError:
-        raise InputError(f"the bioimage.io export needs bioimageio.spec and bioimageio.core; "
-                         f"install them with: {EXTRA}") from None
+def require_bioimageio(purpose: str = "the bioimage.io export") -> None:
+    """InputError saying what to install (or which versions to use) when bioimageio.spec/core
+    are missing, do not import, or are a known-broken combination (``core.extras``)."""
+    from ..extras import check_compatible, require_extra
+
+    for module in ("bioimageio.spec", "bioimageio.core"):
+        require_extra(module, "bioimageio", purpose)
+    check_compatible("bioimageio")
+
+
+def _stack_failure(exc: Exception, what: str) -> InputError:
+    """A failure inside bioimageio.spec/pydantic as one line naming the installed versions:
+    an incompatibility nobody listed in ``core.extras.KNOWN_BREAKS`` yet."""
+    from ..extras import versions
+
+    first = " ".join(str(exc).split())[:400]
+    return InputError(f"{what} failed inside bioimageio.spec with {versions(*_STACK)} "
+                      f"({type(exc).__name__}: {first}); these versions may not work together - "
+                      "use the tested ones listed in docs/bioimageio.md")
 
 
 def check_options(options: ExportOptions) -> None:
@@ -110,11 +125,6 @@ def _test_image(path: Path | None, vocabulary: Sequence[str]) -> tuple[np.ndarra
     rng = np.random.default_rng(0)
     image, _ = make_embryo(list(vocabulary[:1]), list(vocabulary), rng, size=(160, 320))
     return image, f"a synthetic embryo stained for {vocabulary[0]!r} (core.synthetic, seed 0)"
-
-
-def _as_input(image: np.ndarray) -> np.ndarray:
-    """HxWx3 uint8 -> the network's ``(1, 3, H, W)`` float32 input."""
-    return np.ascontiguousarray(image.transpose(2, 0, 1)[None].astype(np.float32))
 
 
 def _torchscript(model: ExportableModel):
@@ -250,14 +260,6 @@ def _environment(path: Path) -> None:
         f"      - napari-ish-annotator>={__version__}\n", encoding="utf-8")
 
 
-def _user_name() -> str:
-    """This account's name, the default author (containers may have no passwd entry)."""
-    try:
-        return getpass.getuser() or "napari-ish-annotator user"
-    except (KeyError, OSError):
-        return "napari-ish-annotator user"
-
-
 def _describe(model: ExportableModel, options: ExportOptions, files: dict[str, Path]):
     """The bioimageio.spec ModelDescr (validated on construction)."""
     import torch
@@ -265,7 +267,7 @@ def _describe(model: ExportableModel, options: ExportOptions, files: dict[str, P
 
     version = spec.Version(torch.__version__.split("+")[0])
     vocabulary = list(model.vocabulary)
-    authors = options.authors or (_user_name(),)
+    authors = options.authors  # none unless given: never the OS account name
     cite = [spec.CiteEntry(text=options.cite_text,
                            doi=spec.Doi(options.cite_doi) if options.cite_doi else None,
                            url=None if options.cite_doi else
@@ -358,6 +360,7 @@ def iter_export_bioimageio(source: str | Path, out: str | Path,
         with warnings.catch_warnings():  # deprecated in favour of torch.export, which
             warnings.simplefilter("ignore")  # bioimage.io's TorchScript format is not
             torch.jit.save(scripted, str(files["torchscript"]))
+        strip_debug_records(files["torchscript"])
         files["architecture"].write_bytes(Path(__file__).with_name("network.py").read_bytes())
         _environment(files["environment"])
         yield Progress(3, _STEPS, "drawing the cover (Grad-CAM)")
@@ -365,7 +368,10 @@ def iter_export_bioimageio(source: str | Path, out: str | Path,
         files["documentation"].write_text(
             _documentation(model, options, image_name, cover_term), encoding="utf-8")
         yield Progress(4, _STEPS, "building and validating the description")
-        descr = _describe(model, options, files)
+        try:
+            descr = _describe(model, options, files)
+        except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+            raise _stack_failure(exc, "building the package description") from exc
         status = yield from _package_and_test(descr, d / "package.zip", options.test)
         with atomic_path(out, suffix=".zip") as target:
             shutil.copyfile(d / "package.zip", target)
@@ -380,7 +386,10 @@ def iter_export_bioimageio(source: str | Path, out: str | Path,
 def _package_and_test(descr, path: Path, test: bool) -> ProgressGen[str]:
     from bioimageio.spec import save_bioimageio_package
 
-    save_bioimageio_package(descr, output_path=path)
+    try:
+        save_bioimageio_package(descr, output_path=path)
+    except (ValueError, TypeError) as exc:
+        raise _stack_failure(exc, "writing the package") from exc
     if not test:
         return "not run"
     yield Progress(5, _STEPS, "testing the package with bioimageio.core")
@@ -391,36 +400,26 @@ def _package_and_test(descr, path: Path, test: bool) -> ProgressGen[str]:
     return str(summary.status)
 
 
-def run_package_test(path: str | Path):
-    """``bioimageio test`` of a package, offline: the ValidationSummary."""
-    from bioimageio.core import test_model
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return test_model(str(path), devices=["cpu"])
-
-
-def failed_details(summary) -> str:
-    """The failed checks of a ValidationSummary, one line."""
-    bad = [f"{d.name}: {'; '.join(str(e.msg) for e in d.errors)}"
-           for d in summary.details if d.status == "failed"]
-    return " | ".join(bad) or str(summary.status)
-
-
 def export_bioimageio(source: str | Path, out: str | Path, options: ExportOptions | None = None,
                       progress=None, cancel=None) -> ExportResult:
     """Blocking form of :func:`iter_export_bioimageio`."""
     return drive(iter_export_bioimageio(source, out, options), progress, cancel)
 
 
-def predict_package(path: str | Path, images: Sequence[np.ndarray]) -> np.ndarray:
-    """Per-term probabilities ``(n, T)`` of HxWx3 images, run by bioimageio.core from the
-    package (its own weights, its own loader): how other tools see the exported model."""
-    from bioimageio.core import load_model_description, predict
+def strip_debug_records(path: Path) -> None:
+    """Rewrite a TorchScript archive without its ``*.debug_pkl`` records.
 
-    descr = load_model_description(str(path), perform_io_checks=False)
-    rows = []
-    for image in images:
-        sample = predict(model=descr, inputs={"image": _as_input(image)})
-        rows.append(np.asarray(sample.members["probabilities"].data).reshape(-1))
-    return np.stack(rows)
+    They map each op to its Python source: file names with this machine's absolute paths
+    (the checkout, site-packages, the home folder) and the source text. TorchScript runs
+    without them; an error inside the model then names no source line, which a user of the
+    package could not open anyway.
+    """
+    tmp = path.with_name(path.name + ".strip")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            if info.filename.endswith(".debug_pkl"):
+                continue
+            clean = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            clean.compress_type = info.compress_type
+            dst.writestr(clean, src.read(info))
+    tmp.replace(path)
