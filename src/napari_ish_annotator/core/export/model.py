@@ -173,12 +173,12 @@ def _from_checkpoint(path: Path) -> ExportableModel:
                 "n_images": (int(n_train) + int(n_val)) if n_train is not None and n_val is not None
                 else None,
                 "n_train": n_train, "n_val": n_val, "epochs": ckpt.get("epoch"),
-                "base_weights": ckpt.get("base_weights")}
+                "base_weights": Path(str(ckpt.get("base_weights"))).name}  # no machine paths
     return ExportableModel(
         kind="checkpoint", source=path, network=network, architecture=arch,
         vocabulary=vocabulary, backbone=model.backbone, layer="whole trunk + multi-task head",
         weights_id=f"file:sha256={sha256_file(path)} (fine-tuned from "
-                   f"{ckpt.get('base_weights_id') or ckpt.get('base_weights')})",
+                   f"{ckpt.get('base_weights_id') or Path(str(ckpt.get('base_weights'))).name})",
         input_size=model.input_size, keep_aspect=False, training=training,
         metrics={"terms": {t: {"val_auc": v} for t, v in per_term.items()}} if per_term else None,
         calibration={"method": "none", "a": [1.0] * len(vocabulary),
