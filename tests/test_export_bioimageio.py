@@ -162,3 +162,27 @@ def test_unexportable_model_is_one_error_and_writes_nothing(tmp_path, capsys):
     assert "license 'NOPE' is not valid" in capsys.readouterr().err
     assert not package.exists() and not (tmp_path / "out.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
+
+
+@pytest.mark.slow
+def test_a_failure_inside_bioimageio_spec_names_the_versions(tiny_dataset, tmp_path, capsys,
+                                                            monkeypatch):
+    """A break nobody listed yet (here: the pydantic 2.14 error, raised by a stand-in for
+    bioimageio.spec's writer) is one line naming the versions, exit 2, nothing written."""
+    import bioimageio.spec
+
+    from napari_ish_annotator.core.extras import versions
+
+    model = _train(tiny_dataset, tmp_path / "vgg", "--weights", "random", "--input-size", "64")
+
+    def broken(*args, **kwargs):
+        raise TypeError("'index_key' is expected to be an integer or a string, got "
+                        "'SerializationInfo(include=None)'")
+
+    monkeypatch.setattr(bioimageio.spec, "save_bioimageio_package", broken)
+    package = tmp_path / "m.zip"
+    assert main(["export", str(model), "--out", str(package), "-q", "--no-test"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert versions("bioimageio.spec", "bioimageio.core", "pydantic") in err and "index_key" in err
+    assert not package.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["vgg"]

@@ -370,6 +370,8 @@ def iter_export_bioimageio(source: str | Path, out: str | Path,
         yield Progress(4, _STEPS, "building and validating the description")
         try:
             descr = _describe(model, options, files)
+        except InputError:
+            raise
         except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
             raise _stack_failure(exc, "building the package description") from exc
         status = yield from _package_and_test(descr, d / "package.zip", options.test)
