@@ -15,6 +15,7 @@ labels (its stored path is updated the next time it is seen).
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import os
 import re
@@ -30,33 +31,26 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import InputError
+from .label_schema import (
+    OPTIONAL_INDEXES,
+    QUERY_SECONDS,
+    SCHEMA_VERSION,
+    BudgetConnection,
+    check_pages,
+    check_rows,
+    check_schema,
+    connect,
+    create_schema,
+    store_error,
+)
 
 if TYPE_CHECKING:
     from .manifest import Dataset
 
 LabelValue = int | None  # 1 present, 0 absent, None unknown
-SCHEMA_VERSION = 1
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 #: up to this many images, label queries name them (SQL IN list) instead of reading all labels
 _FEW = 200
-
-_SCHEMA = """
-CREATE TABLE images (id INTEGER PRIMARY KEY, content_hash TEXT NOT NULL UNIQUE,
-    path TEXT NOT NULL, added REAL NOT NULL, gene TEXT, stage TEXT);
-CREATE TABLE terms (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
-CREATE TABLE annotators (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
-CREATE TABLE label_events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    image INTEGER NOT NULL REFERENCES images(id),
-    term INTEGER NOT NULL REFERENCES terms(id),
-    value INTEGER CHECK (value IN (0, 1)),
-    annotator INTEGER NOT NULL REFERENCES annotators(id),
-    time REAL NOT NULL,
-    undo_of INTEGER REFERENCES label_events(id));
-CREATE INDEX label_events_key ON label_events (image, term, annotator, id);
-CREATE INDEX label_events_annotator ON label_events (annotator, id);
-CREATE INDEX label_events_undo ON label_events (undo_of);
-"""
 
 # An event counts towards the current label unless it is an undo record or has been undone.
 # Undoing an annotator's first label of a term therefore leaves *no* label of theirs (so a
@@ -76,6 +70,18 @@ def _content_hash(path: Path) -> str:
     return content_hash(path)
 
 
+def _guarded(method):
+    """A SQLite error inside a store method becomes one :class:`InputError` line (a Ctrl-C or
+    SIGTERM that stopped the query is re-raised as itself)."""
+    @functools.wraps(method)
+    def run(self: LabelStore, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.path, self._conn) from None
+    return run
+
+
 def default_annotator() -> str:
     """$ISH_ANNOTATOR_USER, else the OS user name."""
     name = os.environ.get("ISH_ANNOTATOR_USER", "").strip()
@@ -85,6 +91,18 @@ def default_annotator() -> str:
         return getpass.getuser()
     except Exception:  # no user database entry (some containers)
         return "unknown"
+
+
+def _lookup(keys: dict[int, int], query: np.ndarray) -> np.ndarray:
+    """``keys[q]`` for each id in ``query``, -1 where absent (memory follows len(keys))."""
+    if not keys or not len(query):
+        return np.full(len(query), -1, dtype=np.int64)
+    k = np.fromiter(keys.keys(), np.int64, len(keys))
+    v = np.fromiter(keys.values(), np.int64, len(keys))
+    order = np.argsort(k)
+    k, v = k[order], v[order]
+    pos = np.minimum(np.searchsorted(k, query), len(k) - 1)
+    return np.where(k[pos] == query, v[pos], -1)
 
 
 @dataclass(frozen=True)
@@ -103,7 +121,7 @@ class LabelStore:
     """Append-only label events in one SQLite file; see the module docstring."""
 
     def __init__(self, path: str | Path, annotator: str | None = None, read_only: bool = False,
-                 busy_timeout: float = 5.0):
+                 busy_timeout: float = 5.0, query_budget: float = QUERY_SECONDS):
         self.path = Path(path)
         self.annotator = annotator or default_annotator()
         self.read_only = read_only
@@ -112,61 +130,85 @@ class LabelStore:
         # image instead of resolve() + is_file() + stat(), for label counts over large folders
         self._given_cache: dict[str, tuple[int, int, int, int, str]] = {}
         self._lock = threading.RLock()  # widgets may write from worker threads
+        self._conn: BudgetConnection | None = None
         if read_only and not self.path.is_file():
             raise InputError("no label store here; check the path", path=self.path)
-        if self.path.is_file() and self.path.stat().st_size > 0:
+        exists = self.path.is_file() and self.path.stat().st_size > 0
+        if exists:
             with open(self.path, "rb") as fh:  # SQLite would silently reuse a tiny non-db file
                 if fh.read(16) != b"SQLite format 3\x00":
                     raise InputError("file is not a label store (not SQLite); pick another "
                                      "file name", path=self.path)
-        uri = self.path.resolve().as_uri() + ("?mode=ro" if read_only else "")
-        try:
-            version = self._connect(uri, busy_timeout)
-        except InputError:
-            wal = Path(f"{self.path}-wal")
-            if not read_only or (wal.exists() and wal.stat().st_size > 0):
+        uri = self.path.resolve().as_uri()
+        give_up = time.monotonic() + busy_timeout
+        while True:  # two processes creating one new store: the loser waits, never fails
+            try:
+                self._open(uri, exists or read_only, busy_timeout, query_budget)
+                return
+            except sqlite3.Error as exc:
+                error = store_error(exc, self.path, self._conn)
+                self.close()
+                if "locked" not in str(exc) or time.monotonic() > give_up:
+                    raise error from None
+                time.sleep(0.02)
+            except BaseException:
+                self.close()
                 raise
-            # read-only disk: a WAL store cannot create its -shm file; with no pending WAL
-            # content the file alone is complete and nobody can write it, so read it as is
-            version = self._connect(uri + "&immutable=1", busy_timeout)
-        try:
+
+    def _open(self, uri: str, vet: bool, busy_timeout: float, budget: float) -> None:
+        """Vet an existing file on a read-only connection, then (unless read-only) open it for
+        writing: nothing is written to a file that fails any check, so it stays byte-identical."""
+        if vet:
+            self._conn = self._connect_read_only(uri, busy_timeout, budget)
+            version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
             if version > SCHEMA_VERSION:
                 raise InputError(
                     f"label store has schema version {version} but this napari-ish-annotator "
                     f"only knows up to {SCHEMA_VERSION}; update the package to open it",
                     path=self.path)
-            if not read_only:
-                self._conn.execute("PRAGMA journal_mode = WAL")
-                self._conn.execute("PRAGMA synchronous = FULL")
+            check_schema(self._conn, self.path)
+            if self.read_only:
                 if version == 0:
-                    with self._write() as conn:  # re-check: another process may have won
-                        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-                            for statement in _SCHEMA.split(";"):
-                                if statement.strip():
-                                    conn.execute(statement)
-                            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version == 0:
-                raise InputError("file is not a napari-ish-annotator label store", path=self.path)
-        except sqlite3.Error as exc:
+                    raise InputError("file is not a napari-ish-annotator label store",
+                                     path=self.path)
+                check_pages(self._conn, self.path)
+                check_rows(self._conn, self.path)
+                return
+            if version:
+                check_pages(self._conn, self.path)
+                check_rows(self._conn, self.path)
             self._conn.close()
-            raise self._error(exc) from None
-        except InputError:
-            self._conn.close()
-            raise
+        self._conn = connect(uri, busy_timeout, budget)
+        check_schema(self._conn, self.path)  # again on the writing connection: no gap
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = FULL")
+        self._conn.execute("PRAGMA foreign_keys = ON")
+        if self._needs_schema(self._conn):
+            with self._write() as conn:  # re-check: another process may have won
+                if self._needs_schema(conn):
+                    create_schema(conn)
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    def _connect(self, uri: str, busy_timeout: float) -> int:
-        """Open the connection and return the schema version (PRAGMA user_version)."""
+    @staticmethod
+    def _needs_schema(conn: sqlite3.Connection) -> bool:
+        """A new file, or an older store without a later index."""
+        have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        return (conn.execute("PRAGMA user_version").fetchone()[0] == 0
+                or not set(OPTIONAL_INDEXES) <= have)
+
+    def _connect_read_only(self, uri: str, busy_timeout: float, budget: float
+                           ) -> BudgetConnection:
         try:
-            self._conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout,
-                                         isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise self._error(exc) from None
-        try:
-            self._conn.execute("PRAGMA foreign_keys = ON")
-            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
-        except sqlite3.Error as exc:
-            self._conn.close()
-            raise self._error(exc) from None
+            conn = connect(uri + "?mode=ro", busy_timeout, budget)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.Error:
+            wal = Path(f"{self.path}-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                raise
+        # read-only disk: a WAL store cannot create its -shm file; with no pending WAL
+        # content the file alone is complete and nobody can write it, so read it as is
+        return connect(uri + "?mode=ro&immutable=1", busy_timeout, budget)
 
     # -- plumbing --------------------------------------------------------------------------
     @staticmethod
@@ -178,18 +220,12 @@ class LabelStore:
         return source.with_name(source.stem + ".labels.sqlite")
 
     def _error(self, exc: sqlite3.Error) -> InputError:
-        text = str(exc).lower()
-        if "locked" in text or "busy" in text:
-            msg = ("another program holds this label store (locked); close the other napari "
-                   "window or program using it and try again")
-        elif "readonly" in text or "read-only" in text or "unable to open" in text:
-            msg = ("cannot write the label store here (read-only file or folder); copy the file "
-                   "to a writable location or pick another label file")
-        elif "not a database" in text or "malformed" in text:
-            msg = "file is not a valid SQLite label store; pick another file or restore a backup"
-        else:
-            msg = f"label store error: {exc}"
-        return InputError(msg, path=self.path)
+        return store_error(exc, self.path, self._conn)
+
+    def cancel(self) -> None:
+        """Stop the query running now (from any thread); it raises :class:`InputError`."""
+        if self._conn is not None:
+            self._conn.cancel()
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -213,7 +249,8 @@ class LabelStore:
                 raise
 
     def close(self) -> None:
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
 
     def __enter__(self) -> LabelStore:
         return self
@@ -229,7 +266,8 @@ class LabelStore:
         if cached and cached[:2] == (st.st_mtime_ns, st.st_size):
             return cached[2]
         digest = _content_hash(path)
-        self._hash_cache[key] = (st.st_mtime_ns, st.st_size, digest)
+        with self._lock:
+            self._hash_cache[key] = (st.st_mtime_ns, st.st_size, digest)
         return digest
 
     def _resolve(self, image: str | Path) -> tuple[str, str | None]:
@@ -269,6 +307,7 @@ class LabelStore:
         self._conn.execute(f"INSERT OR IGNORE INTO {table} (name) VALUES (?)", (name,))
         return self._conn.execute(f"SELECT id FROM {table} WHERE name = ?", (name,)).fetchone()[0]
 
+    @_guarded
     def add_images(self, paths: Sequence[Path], hashes: Sequence[str] | None = None) -> None:
         """Register images (path updated if the same content was seen elsewhere)."""
         if hashes is None:
@@ -277,23 +316,28 @@ class LabelStore:
             for path, digest in zip(paths, hashes, strict=True):
                 self._upsert_image(digest, str(Path(path).resolve()))
 
+    @_guarded
     def add_terms(self, terms: Sequence[str]) -> None:
         with self._write():
             for term in terms:
                 self._named_id("terms", term)
 
+    @_guarded
     def terms(self) -> list[str]:
         return [r[0] for r in self._conn.execute("SELECT name FROM terms ORDER BY id")]
 
+    @_guarded
     def annotators(self) -> list[str]:
         return [r[0] for r in self._conn.execute("SELECT name FROM annotators ORDER BY id")]
 
+    @_guarded
     def labelled_images(self) -> list[str]:
         """Content hashes of the images with at least one label event, oldest first."""
         return [r[0] for r in self._conn.execute(
             "SELECT content_hash FROM images WHERE id IN (SELECT image FROM label_events) "
             "ORDER BY id")]
 
+    @_guarded
     def unlabelled(self, images: Sequence[str | Path]) -> list[str | Path]:
         """The ``images`` this store holds no label event of (unknown files included)."""
         have = set(self.labelled_images())
@@ -307,10 +351,13 @@ class LabelStore:
 
     def _latest(self, image_id: int, term_id: int, annotator_id: int,
                 before: int | None = None) -> tuple[int, LabelValue] | None:
+        args: tuple[int, ...] = (image_id, term_id, annotator_id)
+        if before is not None:
+            args += (before,)
         row = self._conn.execute(
             "SELECT id, value FROM label_events WHERE image = ? AND term = ? AND annotator = ? "
-            "AND id < ? AND " + _EFFECTIVE.format(e="label_events") + " ORDER BY id DESC LIMIT 1",
-            (image_id, term_id, annotator_id, before if before is not None else 2**62)).fetchone()
+            + ("AND id < ? " if before is not None else "") + "AND "
+            + _EFFECTIVE.format(e="label_events") + " ORDER BY id DESC LIMIT 1", args).fetchone()
         return (row[0], row[1]) if row else None
 
     def _insert(self, image_id: int, term_id: int, value: LabelValue, annotator_id: int,
@@ -329,6 +376,7 @@ class LabelStore:
         raise InputError(f"label value must be 1 (present), 0 (absent) or None (unknown), "
                          f"not {value!r}")
 
+    @_guarded
     def set_label(self, image: str | Path, term: str, value: LabelValue,
                   annotator: str | None = None) -> LabelEvent:
         """Record one label in its own committed transaction; a no-op change writes nothing."""
@@ -345,6 +393,7 @@ class LabelStore:
                 event_id = self._insert(image_id, term_id, value, annotator_id)
         return self._event(event_id)
 
+    @_guarded
     def undo(self, annotator: str | None = None) -> LabelEvent | None:
         """Revert the annotator's latest change not yet undone; repeated calls walk back.
 
@@ -366,6 +415,7 @@ class LabelStore:
                                     annotator_id, undo_of=target)
         return self._event(event_id)
 
+    @_guarded
     def history(self, image: str | Path | None = None, term: str | None = None) -> list[LabelEvent]:
         """All events (optionally of one image and/or term), oldest first."""
         where, args = [], []
@@ -403,10 +453,15 @@ class LabelStore:
         except InputError:
             return None
 
-    def share_hash_cache(self, other: LabelStore) -> None:
-        """Reuse ``other``'s path->hash cache (switching label files then re-hashes nothing)."""
-        self._hash_cache = other._hash_cache
-        self._given_cache = other._given_cache
+    def copy_hashes_from(self, other: LabelStore) -> None:
+        """Take a copy of ``other``'s path->hash caches (switching label files then re-hashes
+        nothing). Copied under ``other``'s lock, so a worker thread may call this while the
+        GUI thread still uses ``other``; the two stores never share a dict."""
+        with other._lock:
+            hashes, given = dict(other._hash_cache), dict(other._given_cache)
+        with self._lock:
+            self._hash_cache.update(hashes)
+            self._given_cache.update(given)
 
     def _hashes(self, images: Sequence[str | Path], strict: bool = False) -> list[str | None]:
         """Content hash per image (None when unknown unless ``strict``), one stat() per hit.
@@ -439,10 +494,12 @@ class LabelStore:
                 out.append(None)
                 continue
             if key is not None and path is not None:
-                cache[text] = (*key, digest)
+                with self._lock:
+                    cache[text] = (*key, digest)
             out.append(digest)
         return out
 
+    @_guarded
     def labels_for(self, image: str | Path, annotator: str | None = None,
                    fallback: Sequence[str] = ("manifest",)) -> dict[str, LabelValue]:
         """Latest value per term for one annotator; ``fallback`` annotators fill unlabelled terms."""
@@ -456,6 +513,7 @@ class LabelStore:
                     out[term] = value
         return out
 
+    @_guarded
     def label_matrix(self, images: Sequence[str | Path], vocabulary: Sequence[str],
                      annotator: str | None = None,
                      fallback: Sequence[str] = ("manifest",)) -> np.ndarray:
@@ -497,50 +555,33 @@ class LabelStore:
                "JOIN (SELECT max(id) AS id FROM label_events WHERE " + " AND ".join(where) +
                " GROUP BY image, term, annotator) last ON last.id = e.id")
         events = np.array(conn.execute(sql, args).fetchall(), dtype=np.int64).reshape(-1, 4)
-        # image id -> first row showing it (same content under two paths: copied below)
-        row_of = np.full(max(ids.values()) + 1, -1, dtype=np.int64)
+        # image id -> first row showing it (same content under two paths: copied below);
+        # lookups are sized by the number of rows, never by how large an id is
         first: dict[str, int] = {}
         for i, d in enumerate(digests):
             if d in ids and d not in first:
                 first[d] = i
-                row_of[ids[d]] = i
-        col_of = np.full(max(term_ids.values()) + 1, -1, dtype=np.int64)
+        first_col: dict[int, int] = {}
         for j, term in enumerate(vocabulary):
-            if term in term_ids and col_of[term_ids[term]] < 0:
-                col_of[term_ids[term]] = j
+            if term in term_ids:
+                first_col.setdefault(term_ids[term], j)
         image, term, who, value = events.T
-        inside = (image < len(row_of)) & (term < len(col_of))
-        image, term, who, value = image[inside], term[inside], who[inside], value[inside]
-        rows, cols = row_of[image], col_of[term]
+        rows = _lookup({ids[d]: i for d, i in first.items()}, image)
+        cols = _lookup(first_col, term)
         for annotator_id in reversed(chain_ids):  # earlier annotators in the chain win: last
             pick = (who == annotator_id) & (rows >= 0) & (cols >= 0)
             out[rows[pick], cols[pick]] = value[pick]
         if len(vocabulary) != len(set(vocabulary)):  # a repeated term column copies the first
             for j, term in enumerate(vocabulary):
-                if term in term_ids and col_of[term_ids[term]] != j:
-                    out[:, j] = out[:, col_of[term_ids[term]]]
+                if term in term_ids and first_col[term_ids[term]] != j:
+                    out[:, j] = out[:, first_col[term_ids[term]]]
         for i, d in enumerate(digests):
             if d in first and first[d] != i:
                 out[i] = out[first[d]]
         return out
 
-    def consensus_matrix(self, images: Sequence[str | Path], vocabulary: Sequence[str],
-                         min_agreement: float = 0.5,
-                         annotators: Sequence[str] | None = None) -> np.ndarray:
-        """Strict majority of annotators' latest known labels, needing ``min_agreement`` of them.
-
-        -1 where nobody labelled, on ties, or when the winning share is below min_agreement
-        (:func:`~napari_ish_annotator.core.consensus.majority_vote`). Names of annotators
-        without labels in this store are ignored.
-        """
-        from .consensus import annotator_labels, majority_vote
-
-        known = self.annotators()
-        names = None if annotators is None else [a for a in annotators if a in known]
-        labels = annotator_labels(self, images, vocabulary, names)
-        return majority_vote(labels.labels, min_agreement)
-
     # -- manifests -------------------------------------------------------------------------
+    @_guarded
     def import_dataset(self, dataset: Dataset, annotator: str = "manifest") -> int:
         """Write the manifest's labels (unlisted vocabulary terms = 0) in ONE transaction.
 
@@ -566,6 +607,7 @@ class LabelStore:
                         written += 1
         return written
 
+    @_guarded
     def export_manifest(self, path: str | Path, images: Sequence[Path], vocabulary: Sequence[str],
                         annotator: str | None = None,
                         fallback: Sequence[str] = ("manifest",),

@@ -169,7 +169,7 @@ def iter_open_store(path: Path, paths: Sequence[Path], annotator: str | None,
         try:
             store = LabelStore(path, annotator=annotator, busy_timeout=STORE_TIMEOUT)
             if hashes_from is not None:
-                store.share_hash_cache(hashes_from)
+                store.copy_hashes_from(hashes_from)
             for start in range(0, len(paths), STORE_CHUNK):
                 yield Progress(start, len(paths),
                                f"reading images into the label store ({start}/{len(paths)})")
@@ -185,7 +185,7 @@ def iter_open_store(path: Path, paths: Sequence[Path], annotator: str | None,
             try:
                 store = LabelStore(path, annotator=annotator, read_only=True)
                 if hashes_from is not None:
-                    store.share_hash_cache(hashes_from)
+                    store.copy_hashes_from(hashes_from)
             except InputError:
                 store = None
         error = InputError(
