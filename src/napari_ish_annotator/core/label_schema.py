@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import InputError
@@ -99,6 +100,8 @@ class BudgetConnection(sqlite3.Connection):
     aborts the statement when it is spent, when :meth:`cancel` was called (any thread), or
     when a signal handler raises (Ctrl-C, the CLI's SIGTERM) - that exception is kept in
     ``stopped`` and re-raised by :func:`store_error` instead of being swallowed by SQLite.
+    Only the thread running the query sees signals (the main thread, as in the CLI); the
+    GUI stops a worker's query with :meth:`cancel`.
     """
 
     budget: float = QUERY_SECONDS
@@ -115,17 +118,29 @@ class BudgetConnection(sqlite3.Connection):
         self.stopped = "cancelled"
         self.interrupt()
 
-    def _tick(self) -> int:
-        try:
-            if self.stopped is not None:
-                return 1
-            if time.monotonic() > self.deadline:
-                self.stopped = "budget"
-                return 1
-        except BaseException as exc:  # KeyboardInterrupt / SIGTERM raised in a signal handler
-            self.stopped = exc
+    def _over(self) -> int:
+        if self.stopped is not None:
+            return 1
+        if time.monotonic() > self.deadline:
+            self.stopped = "budget"
             return 1
         return 0
+
+    def ticks(self) -> Iterator[int]:
+        """The progress handler, as a generator's ``__next__``: Python runs a pending signal
+        handler (Ctrl-C, SIGTERM) when a frame starts or resumes, and SQLite swallows an
+        exception raised by its callback. A resumed generator raises it *inside* this try,
+        so it is kept in ``stopped`` instead of being lost."""
+        result = 0
+        while True:
+            try:
+                yield result
+                result = self._over()
+            except GeneratorExit:
+                return
+            except BaseException as exc:  # KeyboardInterrupt / SIGTERM from a signal handler
+                self.stopped = exc
+                result = 1
 
 
 def connect(uri: str, busy_timeout: float, budget: float = QUERY_SECONDS) -> BudgetConnection:
@@ -135,7 +150,9 @@ def connect(uri: str, busy_timeout: float, budget: float = QUERY_SECONDS) -> Bud
     assert isinstance(conn, BudgetConnection)
     try:
         conn.budget = budget
-        conn.set_progress_handler(conn._tick, _TICK_OPS)
+        ticks = conn.ticks()
+        next(ticks)  # started here, so a signal can only arrive where it is caught
+        conn.set_progress_handler(ticks.__next__, _TICK_OPS)
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, _MAX_LENGTH)
         if hasattr(conn, "setconfig"):  # Python 3.12+
             conn.setconfig(sqlite3.SQLITE_DBCONFIG_DEFENSIVE, True)  # type: ignore[attr-defined]
@@ -243,7 +260,8 @@ def check_pages(conn: sqlite3.Connection, path: Path) -> None:
     """``PRAGMA quick_check``: a damaged page gives one line with the recover hint."""
     problems = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
     if problems != ["ok"]:
-        raise InputError(f"file is damaged ({problems[0]}); "
+        first = " ".join(problems[0].replace("*** in database main ***", "").split())
+        raise InputError(f"file is damaged ({first[:120]}); "
                          + RECOVER_HINT.format(name=path.name), path=path)
 
 
