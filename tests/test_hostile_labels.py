@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from napari_ish_annotator.cli import main
 from napari_ish_annotator.core.errors import InputError
 from napari_ish_annotator.core.labels import LabelStore
-from PIL import Image
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 VOCAB = "brain;gut;eye"
@@ -197,7 +197,8 @@ def test_query_budget_stops_an_endless_query(tmp_path):
 
 HANG = textwrap.dedent("""
     import sys, time
-    from napari_ish_annotator.core.labels import LabelStore, _guarded
+    from napari_ish_annotator.core.labels import LabelStore
+    from napari_ish_annotator.core.label_open import guarded as _guarded
     from napari_ish_annotator.cli import main
     from unittest import mock
     @_guarded

@@ -1,34 +1,27 @@
-"""What a label store file may contain, and connections that never run a received file's code.
+"""What a label store file may contain: the project's schema, an allow-list check of
+``sqlite_master`` and a type check of every row.
 
 A label store is often someone else's file (a colleague's, another lab's). SQLite files can
 carry code: triggers fire on our INSERTs, views run arbitrary (even endless) queries, and a
 schema may mix in extra tables, columns or indexes. So every store, our own included, is
-checked *before* any statement of ours touches its tables:
+checked before any statement of ours touches its tables (see :mod:`.label_open`):
 
-* the connection is hardened: ``PRAGMA trusted_schema=OFF`` (schema code may not call
-  functions with side effects), defensive mode where Python offers it (3.12+:
-  ``Connection.setconfig``; Python 3.11 has no way to reach ``sqlite3_db_config``, so there
-  the read-only URI, ``trusted_schema=OFF`` and the allow-list below carry the protection
-  alone), a 64 MiB limit on any string or blob, and a per-statement time budget enforced by
-  a progress handler that also stops on Ctrl-C / SIGTERM or :meth:`BudgetConnection.cancel`;
 * :func:`check_schema` compares ``sqlite_master`` with the project's own schema (an
   allow-list): any trigger, view, other table, column or index is refused in one line
   naming what was found;
 * :func:`check_rows` type-checks every row (values 0/1/NULL, ids in range, names text of
-  sane length, hashes 64 hex digits) and names the first bad row;
+  sane length, hashes 64 hex digits) and names the first bad row, so a bad value is never
+  read as a label;
 * :func:`check_pages` (``PRAGMA quick_check``) turns a damaged file into one line with the
   ``sqlite3 .recover`` hint.
 
-All of these only read; :class:`~napari_ish_annotator.core.labels.LabelStore` runs them on a
-read-only connection, so a refused store is byte-identical afterwards.
+All of these only read.
 """
 
 from __future__ import annotations
 
 import re
 import sqlite3
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import InputError
@@ -60,15 +53,17 @@ _INTERNAL = {
     ("table", "sqlite_stat1"): "CREATE TABLE sqlite_stat1(tbl,idx,stat)",
 }
 
+# An event counts towards the current label unless it is an undo record or has been undone.
+# Undoing an annotator's first label of a term therefore leaves *no* label of theirs (so a
+# fallback such as the imported manifest shows through again), not an explicit "unknown".
+EFFECTIVE = ("{e}.undo_of IS NULL AND NOT EXISTS "
+              "(SELECT 1 FROM label_events u WHERE u.undo_of = {e}.id)")
+
 #: largest id accepted (2**53 - 1: exact in a float, far beyond any real store)
 MAX_ID = 2**53 - 1
 #: longest term, annotator, gene or stage name, and longest image path
 MAX_NAME = 1000
 MAX_PATH = 4096
-#: per-statement time budget (seconds) over a store, and how often the handler looks
-QUERY_SECONDS = 30.0
-_TICK_OPS = 20_000
-_MAX_LENGTH = 64 * 2**20
 
 RECOVER_HINT = ('recover what is readable with: sqlite3 {name} ".recover" | sqlite3 '
                 'fixed.sqlite (then open fixed.sqlite), or restore a backup')
@@ -91,105 +86,6 @@ def _expected() -> dict[tuple[str, str], tuple[str, str]]:
 
 
 _EXPECTED = _expected()
-
-
-class BudgetConnection(sqlite3.Connection):
-    """A connection whose every statement has a time budget and can be stopped.
-
-    The budget restarts at each :meth:`execute`; the progress handler (every ~20k VM steps)
-    aborts the statement when it is spent, when :meth:`cancel` was called (any thread), or
-    when a signal handler raises (Ctrl-C, the CLI's SIGTERM) - that exception is kept in
-    ``stopped`` and re-raised by :func:`store_error` instead of being swallowed by SQLite.
-    Only the thread running the query sees signals (the main thread, as in the CLI); the
-    GUI stops a worker's query with :meth:`cancel`.
-    """
-
-    budget: float = QUERY_SECONDS
-    deadline: float = float("inf")
-    stopped: BaseException | str | None = None
-
-    def execute(self, sql: str, parameters=(), /) -> sqlite3.Cursor:  # type: ignore[override]
-        self.deadline = time.monotonic() + self.budget
-        self.stopped = None
-        return super().execute(sql, parameters)
-
-    def cancel(self) -> None:
-        """Stop the running statement (thread-safe)."""
-        self.stopped = "cancelled"
-        self.interrupt()
-
-    def _over(self) -> int:
-        if self.stopped is not None:
-            return 1
-        if time.monotonic() > self.deadline:
-            self.stopped = "budget"
-            return 1
-        return 0
-
-    def ticks(self) -> Iterator[int]:
-        """The progress handler, as a generator's ``__next__``: Python runs a pending signal
-        handler (Ctrl-C, SIGTERM) when a frame starts or resumes, and SQLite swallows an
-        exception raised by its callback. A resumed generator raises it *inside* this try,
-        so it is kept in ``stopped`` instead of being lost."""
-        result = 0
-        while True:
-            try:
-                yield result
-                result = self._over()
-            except GeneratorExit:
-                return
-            except BaseException as exc:  # KeyboardInterrupt / SIGTERM from a signal handler
-                self.stopped = exc
-                result = 1
-
-
-def connect(uri: str, busy_timeout: float, budget: float = QUERY_SECONDS) -> BudgetConnection:
-    """A hardened connection (see the module docstring); raises sqlite3.Error."""
-    conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None,
-                           check_same_thread=False, factory=BudgetConnection)
-    assert isinstance(conn, BudgetConnection)
-    try:
-        conn.budget = budget
-        ticks = conn.ticks()
-        next(ticks)  # started here, so a signal can only arrive where it is caught
-        conn.set_progress_handler(ticks.__next__, _TICK_OPS)
-        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, _MAX_LENGTH)
-        if hasattr(conn, "setconfig"):  # Python 3.12+
-            conn.setconfig(sqlite3.SQLITE_DBCONFIG_DEFENSIVE, True)  # type: ignore[attr-defined]
-            conn.setconfig(sqlite3.SQLITE_DBCONFIG_TRUSTED_SCHEMA, False)  # type: ignore[attr-defined]
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        conn.execute("PRAGMA trusted_schema = OFF")
-        conn.execute("PRAGMA cell_size_check = ON")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def store_error(exc: sqlite3.Error, path: Path, conn: sqlite3.Connection | None = None
-                ) -> InputError:
-    """One line for a SQLite error; re-raises a Ctrl-C/SIGTERM caught by the progress handler."""
-    stopped = getattr(conn, "stopped", None)
-    if isinstance(stopped, BaseException):
-        raise stopped
-    text = str(exc).lower()
-    if stopped == "budget" or (stopped is None and "interrupted" in text):
-        budget = getattr(conn, "budget", QUERY_SECONDS)
-        msg = (f"a query over the label store ran longer than its {budget:g} s budget and was "
-               "stopped; the file may be built to hang readers - ask its sender for a fresh copy")
-    elif stopped == "cancelled":
-        msg = "reading the label store was cancelled"
-    elif "locked" in text or "busy" in text:
-        msg = ("another program holds this label store (locked); close the other napari "
-               "window or program using it and try again")
-    elif "readonly" in text or "read-only" in text or "unable to open" in text:
-        msg = ("cannot write the label store here (read-only file or folder); copy the file "
-               "to a writable location or pick another label file")
-    elif "not a database" in text or "malformed" in text or "corrupt" in text:
-        msg = "file is damaged or not a SQLite label store; " + RECOVER_HINT.format(name=path.name)
-    else:
-        msg = f"label store error: {exc}"
-    return InputError(msg, path=path)
 
 
 def _refuse(path: Path, what: str) -> InputError:

@@ -10,12 +10,16 @@ per change costs nothing noticeable and FULL is the safe choice.
 
 Images are identified by the sha256 of their bytes, so a moved or renamed image keeps its
 labels (its stored path is updated the next time it is seen).
+
+Files: this module holds the store's events and image identities; opening a file safely
+(read-only vetting first, time budget, Ctrl-C) is :mod:`.label_open`, what a store may
+contain is :mod:`.label_schema`, reading current labels :mod:`.label_reading` and manifest
+import/export :mod:`.label_manifests` (mixins of :class:`LabelStore`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import getpass
 import os
 import re
@@ -26,37 +30,15 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import numpy as np
 
 from .errors import InputError
-from .label_schema import (
-    OPTIONAL_INDEXES,
-    QUERY_SECONDS,
-    SCHEMA_VERSION,
-    BudgetConnection,
-    check_pages,
-    check_rows,
-    check_schema,
-    connect,
-    create_schema,
-    store_error,
-)
-
-if TYPE_CHECKING:
-    from .manifest import Dataset
+from .label_manifests import ManifestIO
+from .label_open import QUERY_SECONDS, BudgetConnection, guarded, open_store, store_error
+from .label_reading import CurrentLabels
+from .label_schema import EFFECTIVE
 
 LabelValue = int | None  # 1 present, 0 absent, None unknown
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
-#: up to this many images, label queries name them (SQL IN list) instead of reading all labels
-_FEW = 200
-
-# An event counts towards the current label unless it is an undo record or has been undone.
-# Undoing an annotator's first label of a term therefore leaves *no* label of theirs (so a
-# fallback such as the imported manifest shows through again), not an explicit "unknown".
-_EFFECTIVE = ("{e}.undo_of IS NULL AND NOT EXISTS "
-              "(SELECT 1 FROM label_events u WHERE u.undo_of = {e}.id)")
 
 _EVENT_SQL = """SELECT e.id, i.content_hash, i.path, t.name, e.value, a.name, e.time, e.undo_of
 FROM label_events e JOIN images i ON i.id = e.image JOIN terms t ON t.id = e.term
@@ -70,18 +52,6 @@ def _content_hash(path: Path) -> str:
     return content_hash(path)
 
 
-def _guarded(method):
-    """A SQLite error inside a store method becomes one :class:`InputError` line (a Ctrl-C or
-    SIGTERM that stopped the query is re-raised as itself)."""
-    @functools.wraps(method)
-    def run(self: LabelStore, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except sqlite3.Error as exc:
-            raise store_error(exc, self.path, self._conn) from None
-    return run
-
-
 def default_annotator() -> str:
     """$ISH_ANNOTATOR_USER, else the OS user name."""
     name = os.environ.get("ISH_ANNOTATOR_USER", "").strip()
@@ -91,18 +61,6 @@ def default_annotator() -> str:
         return getpass.getuser()
     except Exception:  # no user database entry (some containers)
         return "unknown"
-
-
-def _lookup(keys: dict[int, int], query: np.ndarray) -> np.ndarray:
-    """``keys[q]`` for each id in ``query``, -1 where absent (memory follows len(keys))."""
-    if not keys or not len(query):
-        return np.full(len(query), -1, dtype=np.int64)
-    k = np.fromiter(keys.keys(), np.int64, len(keys))
-    v = np.fromiter(keys.values(), np.int64, len(keys))
-    order = np.argsort(k)
-    k, v = k[order], v[order]
-    pos = np.minimum(np.searchsorted(k, query), len(k) - 1)
-    return np.where(k[pos] == query, v[pos], -1)
 
 
 @dataclass(frozen=True)
@@ -117,7 +75,7 @@ class LabelEvent:
     undo_of: int | None
 
 
-class LabelStore:
+class LabelStore(CurrentLabels, ManifestIO):
     """Append-only label events in one SQLite file; see the module docstring."""
 
     def __init__(self, path: str | Path, annotator: str | None = None, read_only: bool = False,
@@ -131,84 +89,7 @@ class LabelStore:
         self._given_cache: dict[str, tuple[int, int, int, int, str]] = {}
         self._lock = threading.RLock()  # widgets may write from worker threads
         self._conn: BudgetConnection | None = None
-        if read_only and not self.path.is_file():
-            raise InputError("no label store here; check the path", path=self.path)
-        exists = self.path.is_file() and self.path.stat().st_size > 0
-        if exists:
-            with open(self.path, "rb") as fh:  # SQLite would silently reuse a tiny non-db file
-                if fh.read(16) != b"SQLite format 3\x00":
-                    raise InputError("file is not a label store (not SQLite); pick another "
-                                     "file name", path=self.path)
-        uri = self.path.resolve().as_uri()
-        give_up = time.monotonic() + busy_timeout
-        while True:  # two processes creating one new store: the loser waits, never fails
-            try:
-                self._open(uri, exists or read_only, busy_timeout, query_budget)
-                return
-            except sqlite3.Error as exc:
-                error = store_error(exc, self.path, self._conn)
-                self.close()
-                if "locked" not in str(exc) or time.monotonic() > give_up:
-                    raise error from None
-                time.sleep(0.02)
-            except BaseException:
-                self.close()
-                raise
-
-    def _open(self, uri: str, vet: bool, busy_timeout: float, budget: float) -> None:
-        """Vet an existing file on a read-only connection, then (unless read-only) open it for
-        writing: nothing is written to a file that fails any check, so it stays byte-identical."""
-        if vet:
-            self._conn = self._connect_read_only(uri, busy_timeout, budget)
-            version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                raise InputError(
-                    f"label store has schema version {version} but this napari-ish-annotator "
-                    f"only knows up to {SCHEMA_VERSION}; update the package to open it",
-                    path=self.path)
-            check_schema(self._conn, self.path)
-            if self.read_only:
-                if version == 0:
-                    raise InputError("file is not a napari-ish-annotator label store",
-                                     path=self.path)
-                check_pages(self._conn, self.path)
-                check_rows(self._conn, self.path)
-                return
-            if version:
-                check_pages(self._conn, self.path)
-                check_rows(self._conn, self.path)
-            self._conn.close()
-        self._conn = connect(uri, busy_timeout, budget)
-        check_schema(self._conn, self.path)  # again on the writing connection: no gap
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = FULL")
-        self._conn.execute("PRAGMA foreign_keys = ON")
-        if self._needs_schema(self._conn):
-            with self._write() as conn:  # re-check: another process may have won
-                if self._needs_schema(conn):
-                    create_schema(conn)
-                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    @staticmethod
-    def _needs_schema(conn: sqlite3.Connection) -> bool:
-        """A new file, or an older store without a later index."""
-        have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-        return (conn.execute("PRAGMA user_version").fetchone()[0] == 0
-                or not set(OPTIONAL_INDEXES) <= have)
-
-    def _connect_read_only(self, uri: str, busy_timeout: float, budget: float
-                           ) -> BudgetConnection:
-        try:
-            conn = connect(uri + "?mode=ro", busy_timeout, budget)
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            return conn
-        except sqlite3.Error:
-            wal = Path(f"{self.path}-wal")
-            if wal.exists() and wal.stat().st_size > 0:
-                raise
-        # read-only disk: a WAL store cannot create its -shm file; with no pending WAL
-        # content the file alone is complete and nobody can write it, so read it as is
-        return connect(uri + "?mode=ro&immutable=1", busy_timeout, budget)
+        self._conn = open_store(self.path, read_only, busy_timeout, query_budget)
 
     # -- plumbing --------------------------------------------------------------------------
     @staticmethod
@@ -307,7 +188,7 @@ class LabelStore:
         self._conn.execute(f"INSERT OR IGNORE INTO {table} (name) VALUES (?)", (name,))
         return self._conn.execute(f"SELECT id FROM {table} WHERE name = ?", (name,)).fetchone()[0]
 
-    @_guarded
+    @guarded
     def add_images(self, paths: Sequence[Path], hashes: Sequence[str] | None = None) -> None:
         """Register images (path updated if the same content was seen elsewhere)."""
         if hashes is None:
@@ -316,28 +197,28 @@ class LabelStore:
             for path, digest in zip(paths, hashes, strict=True):
                 self._upsert_image(digest, str(Path(path).resolve()))
 
-    @_guarded
+    @guarded
     def add_terms(self, terms: Sequence[str]) -> None:
         with self._write():
             for term in terms:
                 self._named_id("terms", term)
 
-    @_guarded
+    @guarded
     def terms(self) -> list[str]:
         return [r[0] for r in self._conn.execute("SELECT name FROM terms ORDER BY id")]
 
-    @_guarded
+    @guarded
     def annotators(self) -> list[str]:
         return [r[0] for r in self._conn.execute("SELECT name FROM annotators ORDER BY id")]
 
-    @_guarded
+    @guarded
     def labelled_images(self) -> list[str]:
         """Content hashes of the images with at least one label event, oldest first."""
         return [r[0] for r in self._conn.execute(
             "SELECT content_hash FROM images WHERE id IN (SELECT image FROM label_events) "
             "ORDER BY id")]
 
-    @_guarded
+    @guarded
     def unlabelled(self, images: Sequence[str | Path]) -> list[str | Path]:
         """The ``images`` this store holds no label event of (unknown files included)."""
         have = set(self.labelled_images())
@@ -357,7 +238,7 @@ class LabelStore:
         row = self._conn.execute(
             "SELECT id, value FROM label_events WHERE image = ? AND term = ? AND annotator = ? "
             + ("AND id < ? " if before is not None else "") + "AND "
-            + _EFFECTIVE.format(e="label_events") + " ORDER BY id DESC LIMIT 1", args).fetchone()
+            + EFFECTIVE.format(e="label_events") + " ORDER BY id DESC LIMIT 1", args).fetchone()
         return (row[0], row[1]) if row else None
 
     def _insert(self, image_id: int, term_id: int, value: LabelValue, annotator_id: int,
@@ -376,7 +257,7 @@ class LabelStore:
         raise InputError(f"label value must be 1 (present), 0 (absent) or None (unknown), "
                          f"not {value!r}")
 
-    @_guarded
+    @guarded
     def set_label(self, image: str | Path, term: str, value: LabelValue,
                   annotator: str | None = None) -> LabelEvent:
         """Record one label in its own committed transaction; a no-op change writes nothing."""
@@ -393,7 +274,7 @@ class LabelStore:
                 event_id = self._insert(image_id, term_id, value, annotator_id)
         return self._event(event_id)
 
-    @_guarded
+    @guarded
     def undo(self, annotator: str | None = None) -> LabelEvent | None:
         """Revert the annotator's latest change not yet undone; repeated calls walk back.
 
@@ -415,7 +296,7 @@ class LabelStore:
                                     annotator_id, undo_of=target)
         return self._event(event_id)
 
-    @_guarded
+    @guarded
     def history(self, image: str | Path | None = None, term: str | None = None) -> list[LabelEvent]:
         """All events (optionally of one image and/or term), oldest first."""
         where, args = [], []
@@ -428,25 +309,7 @@ class LabelStore:
         sql = _EVENT_SQL + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY e.id"
         return [LabelEvent(*r) for r in self._conn.execute(sql, args)]
 
-    # -- current labels --------------------------------------------------------------------
-    def _current(self, annotators: Sequence[str] | None,
-                 image: str | None = None) -> dict[tuple[str, str, str], LabelValue]:
-        """{(hash, term, annotator): latest value} for the given annotators (None = all)."""
-        where, args = [_EFFECTIVE.format(e="label_events")], []
-        if annotators is not None:
-            where.append("annotator IN (SELECT id FROM annotators WHERE name IN "
-                         f"({','.join('?' * len(annotators))}))")
-            args = list(annotators)
-        if image is not None:
-            where.append("image = (SELECT id FROM images WHERE content_hash = ?)")
-            args.append(image)
-        sql = ("SELECT i.content_hash, t.name, a.name, e.value FROM label_events e "
-               "JOIN (SELECT max(id) AS id FROM label_events WHERE " + " AND ".join(where) +
-               " GROUP BY image, term, annotator) last ON last.id = e.id "
-               "JOIN images i ON i.id = e.image JOIN terms t ON t.id = e.term "
-               "JOIN annotators a ON a.id = e.annotator")
-        return {(h, t, a): v for h, t, a, v in self._conn.execute(sql, args)}
-
+    # -- image identities (content hashes) -------------------------------------------------
     def _hash_or_none(self, image: str | Path) -> str | None:
         try:
             return self._resolve(image)[0]
@@ -499,141 +362,3 @@ class LabelStore:
             out.append(digest)
         return out
 
-    @_guarded
-    def labels_for(self, image: str | Path, annotator: str | None = None,
-                   fallback: Sequence[str] = ("manifest",)) -> dict[str, LabelValue]:
-        """Latest value per term for one annotator; ``fallback`` annotators fill unlabelled terms."""
-        digest = self._resolve(image)[0]
-        chain = [annotator or self.annotator, *fallback]
-        current = self._current(chain, digest)
-        out: dict[str, LabelValue] = {}
-        for name in chain:  # earlier annotators in the chain win
-            for (h, term, a), value in current.items():
-                if h == digest and a == name and term not in out:
-                    out[term] = value
-        return out
-
-    @_guarded
-    def label_matrix(self, images: Sequence[str | Path], vocabulary: Sequence[str],
-                     annotator: str | None = None,
-                     fallback: Sequence[str] = ("manifest",)) -> np.ndarray:
-        """(n, T) int8 of 1/0, -1 unknown; unseen images are all -1.
-
-        ``fallback`` annotators (by default the imported manifest) fill terms the annotator
-        never labelled; an explicit "unknown" from the annotator is kept. ``fallback=()``
-        gives the annotator's own labels only.
-        """
-        out = np.full((len(images), len(vocabulary)), -1, dtype=np.int8)
-        if not len(images) or not len(vocabulary):
-            return out
-        chain = list(dict.fromkeys([annotator or self.annotator, *fallback]))
-        digests = self._hashes(images)
-        wanted = {d for d in digests if d is not None}
-        if not wanted:
-            return out
-        conn = self._conn
-        if len(wanted) <= _FEW:  # one row (a keypress): only that image's events
-            ids = dict(conn.execute("SELECT content_hash, id FROM images WHERE content_hash IN "
-                                    f"({','.join('?' * len(wanted))})", list(wanted)))
-        else:
-            ids = {h: i for h, i in conn.execute("SELECT content_hash, id FROM images")
-                   if h in wanted}
-        if not ids:
-            return out
-        term_ids = dict(conn.execute("SELECT name, id FROM terms"))
-        names = dict(conn.execute("SELECT name, id FROM annotators"))
-        chain_ids = [names[a] for a in chain if a in names]
-        if not chain_ids or not any(t in term_ids for t in vocabulary):
-            return out
-        where = [_EFFECTIVE.format(e="label_events"),
-                 f"annotator IN ({','.join('?' * len(chain_ids))})"]
-        args: list[object] = list(chain_ids)
-        if len(ids) <= _FEW:
-            where.append(f"image IN ({','.join('?' * len(ids))})")
-            args += list(ids.values())
-        sql = ("SELECT e.image, e.term, e.annotator, coalesce(e.value, -1) FROM label_events e "
-               "JOIN (SELECT max(id) AS id FROM label_events WHERE " + " AND ".join(where) +
-               " GROUP BY image, term, annotator) last ON last.id = e.id")
-        events = np.array(conn.execute(sql, args).fetchall(), dtype=np.int64).reshape(-1, 4)
-        # image id -> first row showing it (same content under two paths: copied below);
-        # lookups are sized by the number of rows, never by how large an id is
-        first: dict[str, int] = {}
-        for i, d in enumerate(digests):
-            if d in ids and d not in first:
-                first[d] = i
-        first_col: dict[int, int] = {}
-        for j, term in enumerate(vocabulary):
-            if term in term_ids:
-                first_col.setdefault(term_ids[term], j)
-        image, term, who, value = events.T
-        rows = _lookup({ids[d]: i for d, i in first.items()}, image)
-        cols = _lookup(first_col, term)
-        for annotator_id in reversed(chain_ids):  # earlier annotators in the chain win: last
-            pick = (who == annotator_id) & (rows >= 0) & (cols >= 0)
-            out[rows[pick], cols[pick]] = value[pick]
-        if len(vocabulary) != len(set(vocabulary)):  # a repeated term column copies the first
-            for j, term in enumerate(vocabulary):
-                if term in term_ids and first_col[term_ids[term]] != j:
-                    out[:, j] = out[:, first_col[term_ids[term]]]
-        for i, d in enumerate(digests):
-            if d in first and first[d] != i:
-                out[i] = out[first[d]]
-        return out
-
-    # -- manifests -------------------------------------------------------------------------
-    @_guarded
-    def import_dataset(self, dataset: Dataset, annotator: str = "manifest") -> int:
-        """Write the manifest's labels (unlisted vocabulary terms = 0) in ONE transaction.
-
-        Only values that differ from the annotator's current ones are written, so importing
-        the same manifest again writes nothing. Returns the number of events written.
-        """
-        hashes = [self._resolve(s.image)[0] for s in dataset.samples]  # before taking the lock
-        written = 0
-        with self._write():
-            term_ids = {t: self._named_id("terms", t) for t in dataset.vocabulary}
-            annotator_id = self._named_id("annotators", annotator)
-            for sample, digest in zip(dataset.samples, hashes, strict=True):
-                image_id = self._upsert_image(digest, str(Path(sample.image).resolve()),
-                                              sample.gene, sample.stage)
-                positives = set(sample.terms)
-                for term in positives - term_ids.keys():
-                    term_ids[term] = self._named_id("terms", term)
-                for term, term_id in term_ids.items():
-                    value = 1 if term in positives else 0
-                    latest = self._latest(image_id, term_id, annotator_id)
-                    if latest is None or latest[1] != value:
-                        self._insert(image_id, term_id, value, annotator_id)
-                        written += 1
-        return written
-
-    @_guarded
-    def export_manifest(self, path: str | Path, images: Sequence[Path], vocabulary: Sequence[str],
-                        annotator: str | None = None,
-                        fallback: Sequence[str] = ("manifest",),
-                        matrix: np.ndarray | None = None) -> None:
-        """Write a manifest CSV (image, terms[, stage, gene], unknown_terms) atomically.
-
-        Labels are this annotator's, with imported manifest labels filling terms it never
-        labelled, or ``matrix`` (n, T) in {1, 0, -1} (e.g. a consensus) when given;
-        ``unknown_terms`` lists the terms still without a label.
-        """
-        from .manifest import Sample, write_manifest
-
-        if matrix is None:
-            matrix = self.label_matrix(images, vocabulary, annotator, fallback)
-        samples, unknown = [], []
-        for image, labels in zip(images, matrix, strict=True):
-            digest, file_path = self._resolve(image)
-            stored = self._conn.execute("SELECT path, gene, stage FROM images "
-                                        "WHERE content_hash = ?", (digest,)).fetchone()
-            gene, stage = (stored[1], stored[2]) if stored else (None, None)
-            full = Path(file_path or stored[0])
-            samples.append(Sample(image=full, gene=gene, stage=stage, terms=tuple(
-                t for t, v in zip(vocabulary, labels, strict=True) if v == 1)))
-            unknown.append(";".join(t for t, v in zip(vocabulary, labels, strict=True) if v == -1))
-        try:
-            write_manifest(path, samples, extra_columns={"unknown_terms": unknown})
-        except OSError as exc:
-            raise InputError(f"cannot write the manifest ({exc.strerror}); pick a writable "
-                             "location", path=path) from None
