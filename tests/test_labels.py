@@ -423,7 +423,10 @@ def test_new_store_reuses_hashes_from_the_old_one(tmp_path, imgs, monkeypatch):
         real = labels_mod._content_hash
         monkeypatch.setattr(labels_mod, "_content_hash", lambda p: calls.append(p) or real(p))
         with LabelStore(tmp_path / "b.sqlite", annotator="a") as second:
-            second.copy_hashes_from(first)
+            second.copy_hashes_from(first)  # a copy: a worker never writes the GUI's dicts
+            assert second._hash_cache == first._hash_cache
+            assert second._hash_cache is not first._hash_cache
+            assert second._given_cache is not first._given_cache
             second.add_images(imgs)
             second.set_label(imgs[2], "gut", 1)
             assert calls == []
