@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from napari_ish_annotator.core.consensus import annotator_labels, majority_vote
 from napari_ish_annotator.core.errors import InputError
 from napari_ish_annotator.core.images import content_hash
 from napari_ish_annotator.core.labels import LabelStore
@@ -148,12 +149,16 @@ def test_consensus_of_three_annotators(tmp_path, imgs):
                 store.set_label(imgs[0], term, value, annotator=who)
         store.set_label(imgs[1], "brain", 1, annotator="a")
         store.set_label(imgs[1], "brain", 0, annotator="a")  # only the latest counts
-        c = store.consensus_matrix([imgs[0], imgs[1], imgs[2]], vocab)
+        def consensus_matrix(images, vocab, min_agreement=0.5, annotators=None):
+            labels = annotator_labels(store, images, vocab, annotators)
+            return majority_vote(labels.labels, min_agreement)
+
+        c = consensus_matrix([imgs[0], imgs[1], imgs[2]], vocab)
         # brain 2/3 present; gut 1 vs 1 tie; eye 2/3 present; fat only c says present
         np.testing.assert_array_equal(c, [[1, -1, 1, 1], [0, -1, -1, -1], [-1, -1, -1, -1]])
-        strict = store.consensus_matrix([imgs[0]], vocab, min_agreement=0.75)
+        strict = consensus_matrix([imgs[0]], vocab, min_agreement=0.75)
         np.testing.assert_array_equal(strict, [[-1, -1, -1, 1]])
-        only_ab = store.consensus_matrix([imgs[0]], vocab, annotators=["a", "b"])
+        only_ab = consensus_matrix([imgs[0]], vocab, annotators=["a", "b"])
         np.testing.assert_array_equal(only_ab, [[1, -1, -1, -1]])
 
 
@@ -195,14 +200,20 @@ def test_import_is_all_or_nothing(tmp_path, imgs):
     ds = Dataset(samples=[Sample(p, ("brain",)) for p in imgs], vocabulary=["brain", "gut"])
     with LabelStore(db) as store:
         store.add_terms(["brain", "gut"])
-    con = sqlite3.connect(db)  # make the 4th insert fail inside the import transaction
-    con.execute("CREATE TRIGGER boom BEFORE INSERT ON label_events WHEN "
-                "(SELECT count(*) FROM label_events) >= 3 BEGIN SELECT RAISE(ABORT, 'boom'); END")
-    con.commit()
-    con.close()
     with LabelStore(db) as store:
-        with pytest.raises(sqlite3.IntegrityError, match="boom"):
+        real, calls = store._insert, []
+
+        def failing_insert(*args, **kwargs):  # the 4th insert fails inside the transaction
+            calls.append(args)
+            if len(calls) >= 4:
+                raise sqlite3.IntegrityError("boom")
+            return real(*args, **kwargs)
+
+        store._insert = failing_insert
+        with pytest.raises(InputError, match="boom"):
             store.import_dataset(ds)
+        assert len(calls) == 4
+        store._insert = real
         assert store.history() == [] and store.annotators() == []
         assert store.labels_for(imgs[0]) == {}
         missing = Dataset(samples=[Sample(imgs[0], ("brain",)), Sample(imgs[0].with_name("no.png"),
@@ -412,7 +423,10 @@ def test_new_store_reuses_hashes_from_the_old_one(tmp_path, imgs, monkeypatch):
         real = labels_mod._content_hash
         monkeypatch.setattr(labels_mod, "_content_hash", lambda p: calls.append(p) or real(p))
         with LabelStore(tmp_path / "b.sqlite", annotator="a") as second:
-            second.share_hash_cache(first)
+            second.copy_hashes_from(first)  # a copy: a worker never writes the GUI's dicts
+            assert second._hash_cache == first._hash_cache
+            assert second._hash_cache is not first._hash_cache
+            assert second._given_cache is not first._given_cache
             second.add_images(imgs)
             second.set_label(imgs[2], "gut", 1)
             assert calls == []

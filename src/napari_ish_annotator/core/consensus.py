@@ -303,7 +303,7 @@ class Consensus:
 def majority_vote(L: np.ndarray, min_agreement: float = 0.5) -> np.ndarray:
     """Strict majority of the known labels, needing ``min_agreement`` of them; -1 otherwise.
 
-    (Ties and unlabelled cells are -1.) :meth:`LabelStore.consensus_matrix` uses this.
+    (Ties and unlabelled cells are -1.)
     """
     known = (L >= 0).sum(axis=0)
     share = np.where(known > 0, (L == 1).sum(axis=0) / np.maximum(known, 1), np.nan)

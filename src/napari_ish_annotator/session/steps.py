@@ -157,7 +157,7 @@ def iter_open_store(path: Path, paths: Sequence[Path], annotator: str | None,
                     hashes_from: Any = None) -> ProgressGen[tuple[Any, bool, InputError | None]]:
     """(store, read_only, pending error): hashes every image into the store in chunks.
 
-    ``hashes_from`` (the store being replaced) lends its path->hash cache, so switching
+    ``hashes_from`` (the store being replaced) lends a copy of its path->hash cache, so switching
     label files only stat()s the images instead of hashing them all again. A store that
     cannot be written opens read-only (or not at all) with an error to show, never fatal.
     """
@@ -169,7 +169,7 @@ def iter_open_store(path: Path, paths: Sequence[Path], annotator: str | None,
         try:
             store = LabelStore(path, annotator=annotator, busy_timeout=STORE_TIMEOUT)
             if hashes_from is not None:
-                store.share_hash_cache(hashes_from)
+                store.copy_hashes_from(hashes_from)
             for start in range(0, len(paths), STORE_CHUNK):
                 yield Progress(start, len(paths),
                                f"reading images into the label store ({start}/{len(paths)})")
@@ -185,7 +185,7 @@ def iter_open_store(path: Path, paths: Sequence[Path], annotator: str | None,
             try:
                 store = LabelStore(path, annotator=annotator, read_only=True)
                 if hashes_from is not None:
-                    store.share_hash_cache(hashes_from)
+                    store.copy_hashes_from(hashes_from)
             except InputError:
                 store = None
         error = InputError(
