@@ -211,7 +211,8 @@ def _read_pillow(path: Path) -> np.ndarray:
 
     with _open_pillow(path) as img:
         img.load()
-        img = ImageOps.exif_transpose(img)  # phone/camera JPEGs may be stored rotated
+        # phone/camera JPEGs may be stored rotated; in place: no copy when they are not
+        ImageOps.exif_transpose(img, in_place=True)
         mode = img.mode
         if mode == "P":
             img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -222,12 +223,31 @@ def _read_pillow(path: Path) -> np.ndarray:
         elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La"):
             img = img.convert("RGBA" if mode in ("RGBa", "La") else "RGB")
         elif mode.startswith("I;16"):
-            return array_to_rgb(np.asarray(img).astype(np.uint16), path=path)
-        arr = np.asarray(img)
+            return array_to_rgb(_pixels(img).astype(np.uint16, copy=False), path=path)
+        arr = _pixels(img)
     # "I" is a 32-bit integer container; Pillow uses it for 16-bit PNGs
     if mode == "I" and arr.size and arr.min() >= 0 and arr.max() <= 65535:
         arr = arr.astype(np.uint16)
     return array_to_rgb(arr, path=path)
+
+
+#: pixels copied out of Pillow per step
+_BAND_PIXELS = 1 << 22
+
+
+def _pixels(img: Any) -> np.ndarray:
+    """``np.asarray(img)`` a band of rows at a time: Pillow's own conversion first copies the
+    whole image into one bytes object, which for a large image costs as much again."""
+    width, height = img.size
+    if width * height <= _BAND_PIXELS:
+        return np.asarray(img)
+    step = max(1, _BAND_PIXELS // width)
+    first = np.asarray(img.crop((0, 0, width, min(step, height))))
+    out = np.empty((height, *first.shape[1:]), dtype=first.dtype)
+    out[:len(first)] = first
+    for r in range(step, height, step):
+        out[r:r + step] = np.asarray(img.crop((0, r, width, min(r + step, height))))
+    return out
 
 
 @contextlib.contextmanager
