@@ -107,17 +107,18 @@ def _let_pillow_follow(budget: int) -> None:
         Image.MAX_IMAGE_PIXELS = budget
 
 
-def _too_large(path: Path, n: int, size: str = "") -> InputError:
+def _too_large(path: Path, n: int, dims: str = "") -> InputError:
     """The one message for an image over the budget: the file, its size, how to go on."""
-    return InputError(f"image is {size}{n / 1e6:.1f} Mpx, over the {max_pixels() / 1e6:g} Mpx "
-                      f"limit; crop or downscale it, or raise the limit with --max-pixels {n} "
-                      f"(GUI and scripts: {MAX_PIXELS_ENV}={n})", path=path)
+    return InputError(f"image is {dims or n} pixels ({n / 1e6:.1f} Mpx), over the "
+                      f"{max_pixels() / 1e6:g} Mpx limit; crop or downscale it, or raise the "
+                      f"limit with --max-pixels {n} (GUI and scripts: {MAX_PIXELS_ENV}={n})",
+                      path=path)
 
 
 def _check_pixels(path: Path, width: int, height: int, depth: int = 1) -> None:
     n = int(width) * int(height) * max(int(depth), 1)
     if n > max_pixels():
-        raise _too_large(path, n, f"{width}x{height} pixels, ")
+        raise _too_large(path, n, f"{width}x{height}" + (f"x{depth}" if depth > 1 else ""))
 
 
 def check_image_path(path: Path) -> None:
