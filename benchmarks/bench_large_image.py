@@ -13,28 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-
-CHILD = ("import resource, sys\n"
-         "from napari_ish_annotator.cli import main\n"
-         "code = main(sys.argv[1:])\n"
-         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
-         "sys.exit(code)\n")
-
-
-def run(*argv: str) -> tuple[int, float, float, str]:
-    start = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True,
-                          env=dict(os.environ))
-    rss = int(done.stdout.strip().splitlines()[-1]) / 1024
-    return done.returncode, time.monotonic() - start, rss, done.stderr.strip()[-200:]
 
 
 def main() -> None:
@@ -47,7 +30,7 @@ def main() -> None:
     from napari_ish_annotator.core.synthetic import generate_dataset
 
     sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-    from test_hostile_images import write_tiff_bomb
+    from test_hostile_images import run_cli, write_tiff_bomb
 
     with tempfile.TemporaryDirectory(prefix="bench-large-") as tmp:
         root = Path(tmp)
@@ -61,17 +44,17 @@ def main() -> None:
             image = root / f"side{side}.png"
             ramp = np.linspace(0, 255, side, dtype=np.float32).astype(np.uint8)
             Image.fromarray(np.tile(ramp, (side, 1))).convert("RGB").save(image)
-            code, seconds, rss, err = run(
+            code, err, seconds, rss = run_cli(
                 "gradcam", str(model), str(image), "--term", term, "--out", str(root / "h.png"),
                 "--npy", str(root / "h.npy"), "--overlay", "--device", "cpu", "--quiet",
                 "--max-pixels", str(side * side))
             print(f"gradcam {side}x{side} ({side * side / 1e6:.0f} Mpx): exit {code}, "
-                  f"{seconds:.1f} s, peak RSS {rss:.0f} MB {err}")
+                  f"{seconds:.1f} s, peak RSS {rss:.0f} MB {' '.join(err)[-200:]}")
         bomb = write_tiff_bomb(root / "bomb.tif")
         for argv in (["predict", str(model), str(bomb), "--out", str(root / "p.csv")],
                      ["gradcam", str(model), str(bomb), "--term", term, "--out",
                       str(root / "b.png")]):
-            code, seconds, rss, _ = run(*argv, "--quiet")
+            code, _, seconds, rss = run_cli(*argv, "--quiet")
             print(f"{argv[0]} on a {bomb.stat().st_size / 1e6:.1f} MB 30000x30000 TIFF: exit "
                   f"{code}, {seconds:.1f} s, peak RSS {rss:.0f} MB")
 
