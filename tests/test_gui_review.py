@@ -64,7 +64,7 @@ def test_folder_button_opens_in_a_worker_and_cancel_keeps_the_open_dataset(
     make_dataset(folder, n=8, seed=1)
     (folder / "manifest.csv").unlink()  # a plain folder of images
     monkeypatch.setattr(opening, "CHECK_CHUNK", 2)  # several progress steps for 8 images
-    check = opening.check_image_header
+    check = opening.check_image
 
     def slow_check(path):  # a slow network share: the cancel lands before the end
         import time
@@ -72,7 +72,7 @@ def test_folder_button_opens_in_a_worker_and_cancel_keeps_the_open_dataset(
         time.sleep(0.1)
         return check(path)
 
-    monkeypatch.setattr(opening, "check_image_header", slow_check)
+    monkeypatch.setattr(opening, "check_image", slow_check)
     viewer = make_napari_viewer()
     embryos = dock(viewer, "Embryos")
     assert embryos.open_paths([first])

@@ -11,12 +11,11 @@ from napari_ish_annotator.core.errors import InputError
 from napari_ish_annotator.core.images import (
     SUPPORTED_SUFFIXES,
     array_to_rgb,
-    collect_inputs,
     content_hash,
     list_images,
     read_rgb,
-    scan_inputs,
 )
+from napari_ish_annotator.core.opening import collect_inputs, scan_inputs
 
 
 @pytest.fixture
@@ -261,23 +260,31 @@ def test_folder_of_gene_subfolders_says_subfolders_are_not_searched(tmp_path, rg
 def test_scan_inputs_skips_and_reports(tmp_path, rgb8):
     d = _folder(tmp_path, rgb8)
     (d / "movie.gif").write_bytes(b"GIF89a")
-    usable, problems = scan_inputs([d, tmp_path / "ghost.png"])
-    assert [p.name for p in usable] == ["a.TIF", "b.png", "c.bmp"]
-    by_name = {p.path.name: p.message for p in problems}
-    assert set(by_name) == {"movie.gif", "broken.jpg", "ghost.png"}  # notes.txt: not an image
-    assert "not a supported image" in by_name["movie.gif"]
-    assert "cannot decode" in by_name["broken.jpg"]
-    assert "not found" in by_name["ghost.png"]
-    assert str(problems[0]).startswith(str(problems[0].path))
-    usable2, problems2 = scan_inputs([d], decode=False)
-    assert "broken.jpg" in [p.name for p in usable2]
-    assert [p.path.name for p in problems2] == ["movie.gif"]
+    (d / "trunc.png").write_bytes((d / "b.png").read_bytes()[:60])  # header reads, pixels don't
+    for check in ("decode", "header"):
+        scanned = scan_inputs([d, tmp_path / "ghost.png"], check=check)
+        problems = scanned.problems
+        by_name = {p.path.name: p.message for p in problems}
+        usable = ["a.TIF", "b.png", "c.bmp"] + (["trunc.png"] if check == "header" else [])
+        assert [p.name for p in scanned.paths] == sorted(usable)
+        assert set(by_name) == {"movie.gif", "broken.jpg", "ghost.png"} | (
+            {"trunc.png"} if check == "decode" else set())  # notes.txt: not an image
+        assert "not a supported image" in by_name["movie.gif"]
+        assert [p.path.name for p in problems if p.ignorable] == ["movie.gif"]
+        assert "cannot decode" in by_name["broken.jpg"]
+        assert "not found" in by_name["ghost.png"]
+        assert str(problems[0]).startswith(str(problems[0].path))
+    scanned = scan_inputs([d], check="path")
+    assert "broken.jpg" in [p.name for p in scanned.paths]
+    assert [p.path.name for p in scanned.problems] == ["movie.gif"]
+    with pytest.raises(InputError, match="no readable images found"):
+        scan_inputs([d / "broken.jpg"])
 
 
 def test_one_listing_rule_for_the_cli_and_the_session(tmp_path, rgb8):
     """predict, predict --skip-bad and the napari session list the same images for the same
     inputs (they had three listing functions with different rules)."""
-    from napari_ish_annotator.core.opening import scan_inputs as session_scan
+    session_scan = scan_inputs  # one function, called with the session's settings
 
     d = _folder(tmp_path, rgb8)
     single = tmp_path / "single.png"
@@ -285,8 +292,8 @@ def test_one_listing_rule_for_the_cli_and_the_session(tmp_path, rgb8):
     (tmp_path / "m.csv").write_text("image,terms,gene\nsingle.png,brain,g1\nimgs/c.bmp,,g2\n")
     inputs = [d, tmp_path / "m.csv"]
     strict = collect_inputs(inputs)
-    forgiving, _ = scan_inputs(inputs, decode=False)
-    session = session_scan(inputs)
+    forgiving = list(scan_inputs(inputs, check="path").paths)
+    session = session_scan(inputs, check="path", dataset_folders=True)
     names = ["a.TIF", "b.png", "broken.jpg", "c.bmp", "single.png"]  # c.bmp once
     assert [p.name for p in strict] == [p.name for p in forgiving] == names
     assert [p.name for p in session.paths] == names
@@ -296,7 +303,8 @@ def test_one_listing_rule_for_the_cli_and_the_session(tmp_path, rgb8):
     # a manifest with only an image column (prediction inputs) opens everywhere
     (tmp_path / "images-only.csv").write_text("image\nsingle.png\n")
     only = [tmp_path / "images-only.csv"]
-    assert collect_inputs(only) == scan_inputs(only)[0] == list(session_scan(only).paths)
+    assert collect_inputs(only) == list(scan_inputs(only, check="decode").paths) \
+        == list(session_scan(only, dataset_folders=True).paths)
     assert session_scan(only).dataset is None
 
 

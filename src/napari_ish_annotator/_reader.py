@@ -6,29 +6,19 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from .core.images import SUPPORTED_SUFFIXES
+from .core.manifest import is_manifest
+
 PLUGIN = "napari-ish-annotator"
 ANNOTATOR = "ISH Annotator"  # the dock with every panel (widgets.ANNOTATOR_DOCK)
-SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 #: from this many images on, File > Open reads them in the Embryos panel's worker (progress,
 #: Cancel) instead of freezing the viewer while every file is checked and hashed
 BACKGROUND_MIN_FILES = 500
 
 
-def _is_manifest(path: Path) -> bool:
-    if path.suffix.lower() != ".csv" or not path.is_file():
-        return False
-    try:
-        with open(path, encoding="utf-8-sig", errors="replace") as fh:
-            header = fh.readline()
-    except OSError:
-        return False
-    columns = {c.strip().strip('"').lower() for c in header.replace(";", ",").replace("\t", ",").split(",")}
-    return "image" in columns
-
-
 def _has_images(path: Path) -> bool:
     try:
-        return path.is_dir() and any(p.suffix.lower() in SUFFIXES for p in path.iterdir())
+        return path.is_dir() and any(p.suffix.lower() in SUPPORTED_SUFFIXES for p in path.iterdir())
     except OSError:
         return False
 
@@ -40,9 +30,9 @@ def napari_get_reader(path: str | list[str]) -> Any:
             return None
         path = path[0]
     p = Path(path)
-    if p.is_dir() and _is_manifest(p / "manifest.csv"):
+    if p.is_dir() and is_manifest(p / "manifest.csv"):
         return read_dataset  # a dataset folder: its manifest is opened
-    if _is_manifest(p) or _has_images(p):
+    if is_manifest(p) or _has_images(p):
         return read_dataset
     return None
 
@@ -55,7 +45,7 @@ def _count_images(inputs: list[str | Path]) -> int:
             item = item / "manifest.csv"
         try:
             if item.is_dir():
-                n += sum(1 for p in item.iterdir() if p.suffix.lower() in SUFFIXES)
+                n += sum(1 for p in item.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES)
             elif item.suffix.lower() == ".csv":
                 with open(item, "rb") as fh:
                     n += max(sum(1 for _ in fh) - 1, 0)
@@ -113,7 +103,8 @@ def read_dataset(path: str | list[str]) -> list[tuple]:
     paths = path if isinstance(path, list) else [path]
     viewer = napari.current_viewer()
     if viewer is None:  # no viewer to attach a session to: show the first image only
-        from .core.images import collect_inputs, read_rgb
+        from .core.images import read_rgb
+        from .core.opening import collect_inputs
 
         first = collect_inputs(paths)[0]
         return [(read_rgb(first), {"name": first.name, "rgb": True}, "image")]

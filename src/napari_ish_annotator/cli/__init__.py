@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..core.errors import InputError
+from ..core.images import pixel_budget
 from ..core.progress import Cancelled
 from . import _common as c
 from . import demo, evaluate, export, finetune, gradcam, labels, predict, suggest, train
@@ -86,9 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:  # not the main thread: leave signals alone
         previous = None
     try:
-        check_outputs(args)
-        with c.dask_session(args):
-            return int(args.handler(args))
+        # the budget first: --dask local workers started below inherit it
+        with pixel_budget(getattr(args, "max_pixels", None)):
+            check_outputs(args)
+            with c.dask_session(args):
+                return int(args.handler(args))
     except InputError as exc:
         print(f"ish-annotator {args.command}: error: {exc}", file=sys.stderr)
         return c.EXIT_INPUT

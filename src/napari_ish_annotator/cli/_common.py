@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from ..core.errors import InputError
+from ..core.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV
 from ..core.progress import TqdmCallback, drive
 
 EXIT_OK, EXIT_INPUT, EXIT_CANCELLED, EXIT_TERMINATED = 0, 2, 130, 143
@@ -94,6 +95,24 @@ def add_common(parser: argparse.ArgumentParser) -> None:
                         help="where the CNN runs (auto: CUDA, then MPS, then CPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed for undersampling and random weights")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar or messages")
+    add_max_pixels(parser)
+
+
+def add_max_pixels(parser: argparse.ArgumentParser) -> None:
+    """``--max-pixels``: the one pixel budget of every image reader (core.images)."""
+    parser.add_argument("--max-pixels", type=_pixels, default=None, metavar="N",
+                        help="refuse images over N pixels (width x height), checked before "
+                             f"decoding (default {DEFAULT_MAX_PIXELS:_}, or ${MAX_PIXELS_ENV})")
+
+
+def _pixels(text: str) -> int:
+    try:
+        value = int(float(text.replace("_", "")))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of pixels")
+    return value
 
 
 def add_backbone(parser: argparse.ArgumentParser, default_weights: str = "imagenet",

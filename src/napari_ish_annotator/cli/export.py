@@ -59,4 +59,5 @@ def register(sub) -> None:
     p.add_argument("--no-test", action="store_true",
                    help="skip bioimageio.core's model test of the package before writing it")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or messages")
+    c.add_max_pixels(p)
     p.set_defaults(handler=cmd_export, outputs=[("out", False)], check=check_export)

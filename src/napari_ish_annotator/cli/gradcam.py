@@ -33,7 +33,7 @@ def cmd_gradcam(args: argparse.Namespace) -> int:
 
         config = replace(config, device=args.device)
     heat = gradcam_for_image(bundle, make_extractor(config), image, args.term, method=args.method)
-    _write(args, image, heat.astype(np.float32), "")
+    _write(args, image, np.asarray(heat, dtype=np.float32), "")
     return c.EXIT_OK
 
 
@@ -51,7 +51,7 @@ def cmd_gradcam_mtl(args: argparse.Namespace) -> int:
                          f"{'; '.join(model.vocabulary)}", path=args.model_dir)
     image = read_rgb(args.image)
     heat = gradcam_mtl(model, image, [args.term])[0]
-    _write(args, image, heat.astype(np.float32), " through the fine-tuned head")
+    _write(args, image, np.asarray(heat, dtype=np.float32), " through the fine-tuned head")
     return c.EXIT_OK
 
 

@@ -59,7 +59,7 @@ def cmd_agreement(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ..core.consensus import annotator_labels, consensus
-    from ..core.images import collect_inputs
+    from ..core.opening import collect_inputs
 
     if args.annotator is not None and args.min_agreement is not None:
         raise InputError("--min-agreement applies to a consensus; leave it out with "

@@ -13,7 +13,7 @@ from . import _common as c
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..core.bundle import load_bundle
-    from ..core.images import collect_inputs
+    from ..core.opening import collect_inputs
     from ..core.pipeline import write_predictions
 
     out = Path(args.out).absolute()
@@ -49,17 +49,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _skip_bad_inputs(args: argparse.Namespace) -> list[Path]:
     """``predict --skip-bad``: decode every input once, warn about each unusable one.
 
-    One corrupt file among thousands should not stop a batch job, nor should each re-run
-    reveal only the next bad file. Non-image files inside folders stay silently ignored,
-    as without the option.
+    One corrupt (or oversized) file among thousands should not stop a batch job, nor should
+    each re-run reveal only the next bad file. Non-image files inside folders stay silently
+    ignored, as without the option.
     """
-    from ..core.images import scan_inputs
+    from ..core.opening import iter_scan_inputs
 
-    images, problems = scan_inputs(args.inputs, decode=True)
-    for problem in problems:
-        if not problem.message.startswith("skipped: not a supported image type"):
+    scanned = c.run(iter_scan_inputs(args.inputs, check="decode"), args, "checking images")
+    for problem in scanned.problems:
+        if not problem.ignorable:
             print(f"ish-annotator predict: warning: skipped {problem}", file=sys.stderr)
-    return images
+    return list(scanned.paths)
 
 
 def iter_predict_chunked(bundle, images: Sequence[Path], cache_dir: Path | None,

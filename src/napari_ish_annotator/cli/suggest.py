@@ -23,7 +23,7 @@ def _genes(inputs: list[Path]) -> dict[Path, str | None]:
 def cmd_suggest(args: argparse.Namespace) -> int:
     from ..core.active import iter_suggest, write_suggestions
     from ..core.bundle import load_bundle
-    from ..core.images import collect_inputs
+    from ..core.opening import collect_inputs
 
     if args.n < 1:
         raise InputError(f"--n must be at least 1, got {args.n}")

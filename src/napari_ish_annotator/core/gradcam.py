@@ -101,13 +101,15 @@ def gradcam_linear(
     return (cam / peak * float(np.clip(probability, 0.0, 1.0))).astype(np.float32)
 
 
-def upsample_to_image(cam: np.ndarray, image_shape: tuple[int, int], keep_aspect: bool = False
-                      ) -> np.ndarray:
-    """Resize a layer-resolution map to the image's own height and width.
+def upsample_to_image(cam: np.ndarray, image_shape: tuple[int, int], keep_aspect: bool = False,
+                      out: np.ndarray | None = None) -> np.ndarray:
+    """Resize a layer-resolution map to the image's own height and width (float32).
 
     Without ``keep_aspect`` the network saw the whole image squashed to a square, so the map
     covers the whole image. With it, the image was centred on a square canvas; the padding
-    is cropped before resizing.
+    is cropped before resizing. The map is computed at the analysis resolution; only this
+    final, displayed map has the image's size: float32, clipped in place, written into
+    ``out`` when given (no other full-size array is made).
     """
     import torch
     import torch.nn.functional as F
@@ -124,8 +126,12 @@ def upsample_to_image(cam: np.ndarray, image_shape: tuple[int, int], keep_aspect
             inner = max(1, round(side * width / height))
             left = (side - inner) // 2
             t = t[..., :, left:left + inner]
-    out = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)
-    return np.clip(out[0, 0].numpy(), 0.0, 1.0)
+    up = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+    up.clamp_(0.0, 1.0)
+    if out is None:
+        return up.numpy()
+    out[...] = up.numpy()
+    return out
 
 
 def _term_index(bundle: ModelBundle, term: str) -> int:
@@ -180,12 +186,12 @@ def gradcam_all_terms(
     proba = bundle.predict_proba(act.reshape(1, -1))[0]
     normalize = bool(bundle.classifier.config.normalize)
     keep_aspect = bool(bundle.extractor.keep_aspect)
-    maps = []
-    for index in indices:
+    maps = np.empty((len(indices), *image_rgb.shape[:2]), dtype=np.float32)
+    for k, index in enumerate(indices):
         cam = gradcam_linear(act, bundle.classifier.terms[index].coef, float(proba[index]),
                              normalize=normalize, method=method, center=bundle.classifier.center)
-        maps.append(upsample_to_image(cam, image_rgb.shape[:2], keep_aspect))
-    return np.stack(maps), proba[indices].astype(np.float32)
+        upsample_to_image(cam, image_rgb.shape[:2], keep_aspect, out=maps[k])
+    return maps, proba[indices].astype(np.float32)
 
 
 def gradcam_for_image(
@@ -200,12 +206,39 @@ def gradcam_for_image(
     return maps[0]
 
 
-def heat_to_rgb(cam: np.ndarray, colormap: str = "inferno") -> np.ndarray:
-    """Colour a [0, 1] map with a perceptual colormap, as RGB uint8."""
+#: pixels coloured per step: the float temporaries of one step stay near 30 MB
+_CHUNK_PIXELS = 1 << 19
+
+
+def _colour_table(colormap: str) -> np.ndarray:
+    """The colormap's colours as float64 RGB: matplotlib maps a float ``v`` in [0, 1] to
+    entry ``min(int(v * N), N - 1)``, so indexing this table gives its exact colours."""
     from matplotlib import colormaps
 
-    colours = colormaps[colormap](np.clip(cam, 0.0, 1.0))[..., :3]
-    return (colours * 255.0 + 0.5).astype(np.uint8)
+    cmap = colormaps[colormap]
+    return cmap(np.arange(cmap.N))[:, :3]
+
+
+def _lut_index(cam: np.ndarray, n: int) -> np.ndarray:
+    return np.minimum((np.clip(cam, 0.0, 1.0) * n).astype(np.intp), n - 1)
+
+
+def _rows_per_step(width: int) -> int:
+    return max(1, _CHUNK_PIXELS // max(int(width), 1))
+
+
+def heat_to_rgb(cam: np.ndarray, colormap: str = "inferno") -> np.ndarray:
+    """Colour a [0, 1] map with a perceptual colormap, as RGB uint8 (a band of rows at a
+    time, so a map of a huge image needs no float copy of itself)."""
+    table = (_colour_table(colormap) * 255.0 + 0.5).astype(np.uint8)
+    cam = np.asarray(cam)
+    if cam.ndim != 2:
+        return table[_lut_index(cam, len(table))]
+    out = np.empty((*cam.shape, 3), dtype=np.uint8)
+    step = _rows_per_step(cam.shape[1])
+    for r in range(0, cam.shape[0], step):
+        out[r:r + step] = table[_lut_index(cam[r:r + step], len(table))]
+    return out
 
 
 def overlay(image_rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.85,
@@ -214,15 +247,20 @@ def overlay(image_rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.85,
 
     The blend weight rises linearly to ``alpha`` at ``cam = saturate``: the same curve for
     every term, so overlays stay comparable across terms, weak evidence is still visible and
-    near-zero values leave the image untouched.
+    near-zero values leave the image untouched. Built a band of rows at a time: the only
+    full-size array made is the uint8 result.
     """
-    from matplotlib import colormaps
-
-    heat = np.clip(cam, 0.0, 1.0)
-    colours = colormaps[colormap](heat)[..., :3]
-    weight = (alpha * np.clip(heat / saturate, 0.0, 1.0))[..., None]
-    blended = image_rgb.astype(np.float32) / 255.0 * (1.0 - weight) + colours * weight
-    return (np.clip(blended, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    table = _colour_table(colormap)
+    out = np.empty(image_rgb.shape[:2] + (3,), dtype=np.uint8)
+    step = _rows_per_step(image_rgb.shape[1])
+    for r in range(0, image_rgb.shape[0], step):
+        heat = np.clip(cam[r:r + step], 0.0, 1.0)
+        colours = table[_lut_index(heat, len(table))]
+        weight = (alpha * np.clip(heat / saturate, 0.0, 1.0))[..., None]
+        blended = image_rgb[r:r + step].astype(np.float32) / 255.0 * (1.0 - weight) \
+            + colours * weight
+        out[r:r + step] = (np.clip(blended, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return out
 
 
 # --------------------------------------------------------------------------- fine-tuned head
@@ -283,6 +321,7 @@ def gradcam_mtl(model: FinetunedModel | FinetunedEnsemble | str | Path | dict, i
     peak = cam.flatten(1).max(dim=1).values.clamp_min(1e-12).view(-1, 1, 1)
     prob = torch.sigmoid(logits.detach()).view(-1, 1, 1)
     cam = cam / peak * prob
-    H, W = image_rgb.shape[:2]
-    up = F.interpolate(cam[None].float(), size=(H, W), mode="bilinear", align_corners=False)[0]
-    return up.clamp(0, 1).cpu().numpy().astype(np.float32)
+    H, W = image_rgb.shape[:2]  # only the displayed maps have the image's size
+    up = F.interpolate(cam[None].float().cpu(), size=(H, W), mode="bilinear",
+                       align_corners=False)[0]
+    return up.clamp_(0, 1).numpy()

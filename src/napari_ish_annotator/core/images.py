@@ -11,20 +11,27 @@ array, so the model never depends on how a lab happened to save its pictures:
   across images, which is what the classifier learns from (a faint pattern must stay faint).
 * Grayscale is replicated to three channels; an alpha channel is composited on white,
   matching the bright background of brightfield ISH images.
+* One pixel budget (:func:`max_pixels`, default 100 Mpx) for every format, checked from the
+  file's header *before* anything is decoded: a 1 MB deflate TIFF or a 17 KB PNG can claim
+  30000 x 30000 pixels and would otherwise take gigabytes. ``--max-pixels`` (CLI) or
+  ``ISH_ANNOTATOR_MAX_PIXELS`` (GUI, scripts, decoding and dask worker processes started
+  afterwards) raise it.
 
 Files that cannot be used raise :class:`~napari_ish_annotator.core.errors.InputError`
-naming the file and what to do. :func:`collect_inputs` is strict (first problem raises);
-:func:`scan_inputs` is the forgiving variant (``predict --skip-bad``): it skips bad files and
-reports them. Both list inputs with ``core.opening.list_inputs``, as the napari session does.
+naming the file and what to do. :func:`check_image` is the cheap header-only check; listing
+inputs (folders, manifests) is :mod:`.opening`'s job, which builds on this module.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import os
+import re
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,11 +39,91 @@ from .errors import InputError
 from .io import sha256_file
 
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+#: how messages name the supported types
+SUPPORTED_TEXT = "PNG, JPEG, TIFF or BMP"
 _TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
-_SUPPORTED_TEXT = "PNG, JPEG, TIFF or BMP"
+
+#: the pixel budget when neither ``set_max_pixels`` nor the environment says otherwise
+DEFAULT_MAX_PIXELS = 100_000_000
+#: environment variable holding the budget; also how child processes inherit a raised one
+MAX_PIXELS_ENV = "ISH_ANNOTATOR_MAX_PIXELS"
 
 
-def _check_file(path: Path) -> None:
+def max_pixels() -> int:
+    """The pixel budget (width x height) every image reader applies before decoding."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(text))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InputError(f"{MAX_PIXELS_ENV}={text!r} is not a positive number of pixels; "
+                         f"set it to e.g. {DEFAULT_MAX_PIXELS} or unset it")
+    return value
+
+
+def set_max_pixels(value: int | None) -> None:
+    """Set the pixel budget for this process and the processes it starts later (decoding
+    workers, ``--dask local`` workers); None restores the default."""
+    if value is None:
+        os.environ.pop(MAX_PIXELS_ENV, None)
+        return
+    if int(value) < 1:
+        raise InputError(f"--max-pixels must be at least 1, got {value}")
+    os.environ[MAX_PIXELS_ENV] = str(int(value))
+
+
+@contextlib.contextmanager
+def pixel_budget(value: int | None) -> Iterator[None]:
+    """:func:`set_max_pixels` for the block, then the previous budget (None: unchanged);
+    the CLI wraps each command in it, so a test calling ``main`` twice starts afresh."""
+    if value is None:
+        yield
+        return
+    old = os.environ.get(MAX_PIXELS_ENV)
+    set_max_pixels(value)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(MAX_PIXELS_ENV, None)
+        else:
+            os.environ[MAX_PIXELS_ENV] = old
+
+
+#: Pillow's own decompression-bomb limit (it warns above it, refuses above twice it)
+_PILLOW_DEFAULT_LIMIT = 1024 * 1024 * 1024 // 4 // 3
+
+
+def _let_pillow_follow(budget: int) -> None:
+    """Raise Pillow's bomb limit to a raised budget, so Pillow does not refuse first; a limit
+    someone made stricter than Pillow's default is left alone."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and _PILLOW_DEFAULT_LIMIT <= limit < budget:
+        Image.MAX_IMAGE_PIXELS = budget
+
+
+def _too_large(path: Path, n: int, dims: str = "") -> InputError:
+    """The one message for an image over the budget: the file, its size, how to go on."""
+    return InputError(f"image is {dims or n} pixels ({n / 1e6:.1f} Mpx), over the "
+                      f"{max_pixels() / 1e6:g} Mpx limit; crop or downscale it, or raise the "
+                      f"limit with --max-pixels {n} (GUI and scripts: {MAX_PIXELS_ENV}={n})",
+                      path=path)
+
+
+def _check_pixels(path: Path, width: int, height: int, depth: int = 1) -> None:
+    n = int(width) * int(height) * max(int(depth), 1)
+    if n > max_pixels():
+        raise _too_large(path, n, f"{width}x{height}" + (f"x{depth}" if depth > 1 else ""))
+
+
+def check_image_path(path: Path) -> None:
+    """Raise :class:`InputError` unless ``path`` is an existing file of a supported type
+    (nothing is read)."""
     if not path.exists():
         raise InputError("image file not found; check the path (relative paths are resolved "
                          "from the current folder, or from the manifest's folder)", path=path)
@@ -45,41 +132,88 @@ def _check_file(path: Path) -> None:
                          "load every image inside it", path=path)
     if path.suffix.lower() not in SUPPORTED_SUFFIXES:
         raise InputError(f"unsupported file type {path.suffix or '(no suffix)'!r}; convert it to "
-                         f"{_SUPPORTED_TEXT}", path=path)
+                         f"{SUPPORTED_TEXT}", path=path)
+
+
+def _decode_error(path: Path, exc: BaseException) -> InputError:
+    return InputError(f"cannot decode the image ({type(exc).__name__}: {exc}); the file is "
+                      f"corrupt, truncated or not really {SUPPORTED_TEXT} - re-export it",
+                      path=path)
+
+
+#: what decoders raise for a bad file (anything else is a bug and propagates)
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, MemoryError, IndexError, KeyError)
+
+
+def check_image(path: str | Path) -> None:
+    """Raise :class:`InputError` unless ``path`` is a supported image whose header reads and
+    whose size fits the pixel budget. Reads the header only, so thousands of files are
+    checked in seconds (the napari session, ``--skip-bad``)."""
+    path = Path(path)
+    check_image_path(path)
+    if path.stat().st_size == 0:
+        raise InputError("file is empty; re-export it", path=path)
+    try:
+        if path.suffix.lower() in _TIFF_SUFFIXES:
+            with _open_tiff(path) as (_tif, page):
+                if page is not None:
+                    return
+        with _open_pillow(path):
+            pass
+    except InputError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise _decode_error(path, exc) from exc
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file into an ``H x W x 3`` uint8 RGB array (see module docstring)."""
+    """Decode an image file into an ``H x W x 3`` uint8 RGB array (see module docstring).
+
+    The pixel budget is checked from the header first: an oversized image is refused before
+    any pixel is decoded."""
     path = Path(path)
-    _check_file(path)
+    check_image_path(path)
     try:
         reader = _read_tiff if path.suffix.lower() in _TIFF_SUFFIXES else _read_pillow
         rgb = reader(path)
     except InputError:
         raise
-    except Exception as exc:
-        from PIL import Image
-
-        if isinstance(exc, Image.DecompressionBombError):
-            raise InputError(f"image is too large to load safely ({exc}); crop or downscale "
-                             "it to a single embryo", path=path) from exc
-        if not isinstance(exc, (OSError, ValueError, SyntaxError, EOFError, MemoryError,
-                                IndexError, KeyError)):
-            raise
-        raise InputError(f"cannot decode the image ({type(exc).__name__}: {exc}); the file is "
-                         f"corrupt, truncated or not really {_SUPPORTED_TEXT} - re-export it",
-                         path=path) from exc
+    except _DECODE_ERRORS as exc:
+        raise _decode_error(path, exc) from exc
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise InputError("image has zero width or height; re-export it", path=path)
     return rgb
 
 
-def _read_pillow(path: Path) -> np.ndarray:
-    from PIL import Image, ImageOps
+@contextlib.contextmanager
+def _open_pillow(path: Path) -> Iterator[Any]:
+    """``Image.open`` (header only) with the pixel budget checked; Pillow's bomb warning is
+    silenced and its bomb error reported like our own limit."""
+    from PIL import Image
 
-    with Image.open(path) as img:
+    _let_pillow_follow(max_pixels())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(path)
+        except Image.DecompressionBombError as exc:  # over twice Pillow's limit
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            if found and int(found.group(1)) > max_pixels():
+                raise _too_large(path, int(found.group(1))) from None
+            raise InputError(f"image is too large to load safely ({exc}); crop or downscale "
+                             "it", path=path) from exc
+    with img:
+        _check_pixels(path, *img.size)
+        yield img
+
+
+def _read_pillow(path: Path) -> np.ndarray:
+    from PIL import ImageOps
+
+    with _open_pillow(path) as img:
         img.load()
-        img = ImageOps.exif_transpose(img)  # phone/camera JPEGs may be stored rotated
+        # phone/camera JPEGs may be stored rotated; in place: no copy when they are not
+        ImageOps.exif_transpose(img, in_place=True)
         mode = img.mode
         if mode == "P":
             img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -90,15 +224,37 @@ def _read_pillow(path: Path) -> np.ndarray:
         elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La"):
             img = img.convert("RGBA" if mode in ("RGBa", "La") else "RGB")
         elif mode.startswith("I;16"):
-            return array_to_rgb(np.asarray(img).astype(np.uint16), path=path)
-        arr = np.asarray(img)
+            return array_to_rgb(_pixels(img).astype(np.uint16, copy=False), path=path)
+        arr = _pixels(img)
     # "I" is a 32-bit integer container; Pillow uses it for 16-bit PNGs
     if mode == "I" and arr.size and arr.min() >= 0 and arr.max() <= 65535:
         arr = arr.astype(np.uint16)
     return array_to_rgb(arr, path=path)
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+#: pixels copied out of Pillow per step
+_BAND_PIXELS = 1 << 22
+
+
+def _pixels(img: Any) -> np.ndarray:
+    """``np.asarray(img)`` a band of rows at a time: Pillow's own conversion first copies the
+    whole image into one bytes object, which for a large image costs as much again."""
+    width, height = img.size
+    if width * height <= _BAND_PIXELS:
+        return np.asarray(img)
+    step = max(1, _BAND_PIXELS // width)
+    first = np.asarray(img.crop((0, 0, width, min(step, height))))
+    out = np.empty((height, *first.shape[1:]), dtype=first.dtype)
+    out[:len(first)] = first
+    for r in range(step, height, step):
+        out[r:r + step] = np.asarray(img.crop((0, r, width, min(r + step, height))))
+    return out
+
+
+@contextlib.contextmanager
+def _open_tiff(path: Path) -> Iterator[tuple[Any, Any]]:
+    """``(TiffFile, first page)`` with the page's size checked against the pixel budget from
+    its tags; the page is None for a TIFF flavour Pillow must decode (palette, YCbCr...)."""
     import tifffile
 
     # tifffile logs warnings ("contains no pages", bad tags) straight to stderr; the problem
@@ -107,8 +263,14 @@ def _read_tiff(path: Path) -> np.ndarray:
         if not tif.pages:
             raise InputError("TIFF file has no images; re-export it", path=path)
         page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
+        _check_pixels(path, page.imagewidth, page.imagelength, getattr(page, "imagedepth", 1))
         photometric = getattr(page.photometric, "name", str(page.photometric))
-        if photometric in ("PALETTE", "CIELAB", "SEPARATED", "YCBCR"):
+        yield tif, None if photometric in ("PALETTE", "CIELAB", "SEPARATED", "YCBCR") else page
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    with _open_tiff(path) as (_tif, page):
+        if page is None:
             return _read_pillow(path)
         try:
             arr = page.asarray()
@@ -197,7 +359,8 @@ def content_hash(path: str | Path) -> str:
     return sha256_file(path)
 
 
-def _is_hidden(path: Path) -> bool:
+def is_hidden(path: Path) -> bool:
+    """Hidden files are never images to open."""
     return path.name.startswith(".")  # also skips macOS "._name.png" resource forks
 
 
@@ -208,68 +371,6 @@ def list_images(folder: str | Path) -> list[Path]:
         raise InputError("folder not found; check the path", path=folder)
     return sorted(
         (p for p in folder.iterdir()
-         if p.is_file() and not _is_hidden(p) and p.suffix.lower() in SUPPORTED_SUFFIXES),
+         if p.is_file() and not is_hidden(p) and p.suffix.lower() in SUPPORTED_SUFFIXES),
         key=lambda p: p.name,
     )
-
-
-@dataclass(frozen=True)
-class InputProblem:
-    """A file that was skipped while collecting inputs, and why (shown to the user)."""
-
-    path: Path
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-    @classmethod
-    def from_error(cls, path: Path, exc: InputError) -> InputProblem:
-        """The problem an :class:`InputError` about ``path`` describes (without the path
-        prefix the error's text already starts with)."""
-        msg, prefix = str(exc), f"{path}: "
-        return cls(path, msg[len(prefix):] if msg.startswith(prefix) else msg)
-
-
-def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Expand image files, folders and manifests (``*.csv``) into image paths (strict).
-
-    The listing rule is :func:`~napari_ish_annotator.core.opening.list_inputs`; here any
-    missing path, unsupported file, image-less folder or bad manifest raises
-    :class:`InputError`. Images are not decoded here; use :func:`scan_inputs` for that.
-    """
-    from .opening import list_inputs
-
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
-    if not inputs:
-        raise InputError("no inputs given; pass image files, folders or manifest CSVs")
-    return list(list_inputs(inputs, strict=True).paths)
-
-
-def scan_inputs(inputs: Sequence[str | Path], decode: bool = True
-                ) -> tuple[list[Path], list[InputProblem]]:
-    """Forgiving :func:`collect_inputs` (``predict --skip-bad``): ``(usable_paths, problems)``.
-
-    Bad entries are skipped and reported: missing paths, unsupported files, image-less
-    folders, bad manifests, and with ``decode=True`` images that fail to decode (corrupt or
-    truncated). Decoding every file costs time; ``decode=False`` checks names and types only.
-    """
-    from .opening import list_inputs
-
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
-    listing = list_inputs(inputs)
-    problems = list(listing.problems)
-    usable: list[Path] = []
-    for p in listing.paths:
-        try:
-            if decode:
-                read_rgb(p)
-            else:
-                _check_file(p)
-        except InputError as exc:
-            problems.append(InputProblem.from_error(p, exc))
-            continue
-        usable.append(p)
-    return usable, problems

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .images import SUPPORTED_SUFFIXES, SUPPORTED_TEXT
 from .io import atomic_path
 
 REQUIRED_COLUMNS = ("image", "terms")
@@ -198,6 +199,17 @@ def _read_text(path: Path) -> str:
                          "as UTF-8 (e.g. 'CSV UTF-8' in Excel)", path=path, row=None) from exc
 
 
+def _delimiter(first_line: str) -> str:
+    """``,``; else tab, or Excel's ``;`` CSV in locales with a decimal comma."""
+    if "," in first_line:
+        return ","
+    return "\t" if "\t" in first_line else ";" if ";" in first_line else ","
+
+
+def _header(line: str) -> list[str]:
+    return [h.strip() for h in next(csv.reader([line], delimiter=_delimiter(line)), [])]
+
+
 def _open_table(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """Header and ``(line_number, row)`` pairs of a CSV; blank rows are skipped."""
     if not path.exists():
@@ -208,11 +220,7 @@ def _open_table(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]
     if not text.strip():
         raise InputError("manifest is empty; it needs a header row 'image,terms' and one row "
                          "per image", path=path)
-    first = text.splitlines()[0]
-    delimiter = ","
-    if "," not in first:  # tab-separated, or Excel's ';' CSV in locales with a decimal comma
-        delimiter = "\t" if "\t" in first else ";" if ";" in first else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text.splitlines()[0]))
     try:
         header = [h.strip() for h in next(reader)]
         rows: list[tuple[int, dict[str, str]]] = []
@@ -256,15 +264,13 @@ def _resolve_image(path: Path, cell: str) -> Path:
 
 
 def _check_image(csv_path: Path, line: int, image: Path, cell: str) -> None:
-    from .images import SUPPORTED_SUFFIXES
-
     if not image.is_file():
         raise InputError(f"image file {cell!r} not found (looked for {image}); fix the path - "
                          "relative paths are resolved from the manifest's folder",
                          path=csv_path, row=line)
     if image.suffix.lower() not in SUPPORTED_SUFFIXES:
-        raise InputError(f"image {cell!r} has unsupported type {image.suffix!r}; use PNG, "
-                         "JPEG, TIFF or BMP", path=csv_path, row=line)
+        raise InputError(f"image {cell!r} has unsupported type {image.suffix!r}; use "
+                         f"{SUPPORTED_TEXT}", path=csv_path, row=line)
 
 
 def _image_rows(path: Path, required: Sequence[str], check_files: bool
@@ -294,6 +300,20 @@ def read_manifest_images(path: str | Path, check_files: bool = True) -> list[Pat
     Used for prediction inputs, where rows may carry no terms at all.
     """
     return [image for _, _, image in _image_rows(Path(path), ("image",), check_files)]
+
+
+def is_manifest(path: str | Path) -> bool:
+    """Whether ``path`` is a CSV whose header has an ``image`` column: what File > Open
+    claims as a manifest. Reads the first line only; any unreadable file is not one."""
+    path = Path(path)
+    if path.suffix.lower() != ".csv" or not path.is_file():
+        return False
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
+            first = fh.readline()
+    except OSError:
+        return False
+    return "image" in {h.lower() for h in _header(first.rstrip("\r\n"))}
 
 
 def lists_terms(path: str | Path) -> bool:

@@ -113,10 +113,10 @@ def iter_open(req: OpenRequest) -> ProgressGen[OpenedDataset]:
     """Check image headers, hash images into the label store, import manifest labels."""
     from ..core.labels import LabelStore
     from ..core.manifest import parse_vocabulary
-    from ..core.opening import iter_check_images, scan_inputs
+    from ..core.opening import iter_scan_inputs
 
-    yield Progress(0, 0, "listing images")
-    scanned = yield from iter_check_images(scan_inputs(req.inputs))
+    scanned = yield from iter_scan_inputs(req.inputs, check="header", dataset_folders=True,
+                                          missing_inputs=False)
     paths = scanned.paths
     stage = req.default_stage
     known = {s for s in scanned.stages if s}

@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import InputError
+from ..core.images import SUPPORTED_SUFFIXES
 from ..session import OpenedDataset, StoreSwitch, multi, steps
 from ._base import SessionDock, report_error, shows_input_error
 from ._embryo_table import IMAGE_ROLE, EmbryoFilterProxy, EmbryoTableModel
@@ -222,7 +223,8 @@ class EmbryosWidget(SessionDock):
 
     def _choose_files(self) -> None:
         files, _ = QFileDialog.getOpenFileNames(
-            self, "Open images", "", "Images (*.png *.jpg *.jpeg *.tif *.tiff *.bmp)")
+            self, "Open images", "",
+            f"Images ({' '.join(f'*{s}' for s in sorted(SUPPORTED_SUFFIXES))})")
         if files:
             self.open_paths(files, background=True)
 

@@ -1,0 +1,245 @@
+"""Hostile images (issue 18): tiny files that claim huge pixel counts are refused from their
+header, by every reader, within seconds and without memory; a raised ``--max-pixels`` lets a
+large image through and Grad-CAM's memory stays proportional to the image."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_ish_annotator.core import images
+from napari_ish_annotator.core.errors import InputError
+from napari_ish_annotator.core.images import check_image, max_pixels, pixel_budget, read_rgb
+
+SRC = str(Path(images.__file__).parents[2])
+FAST = ["--weights", "random", "--input-size", "64", "--device", "cpu", "--quiet"]
+MB = 1024 * 1024
+#: the child's own peak RSS in KiB: VmHWM of its memory map. (ru_maxrss is no good here: Linux
+#: carries the spawning process's peak over exec, so a child of a 3 GB pytest reports 3 GB.)
+PEAK_RSS_SOURCE = (
+    "def PEAK_RSS_KB():\n"
+    "    try:\n"
+    "        with open('/proc/self/status') as fh:\n"
+    "            return next(int(ln.split()[1]) for ln in fh if ln.startswith('VmHWM:'))\n"
+    "    except (OSError, StopIteration):  # not Linux: not measured\n"
+    "        return 0\n")
+
+
+def write_png_bomb(path: Path, width: int, height: int) -> Path:
+    """A 1-bit grayscale PNG of zeros, streamed through zlib (17 KB for 12000 x 12000)."""
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    row = b"\x00" + bytes((width + 7) // 8)
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(row * min(500, height - r)) for r in range(0, height, 500))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat + z.flush()) + chunk(b"IEND", b""))
+    return path
+
+
+def write_tiff_bomb(path: Path, side: int = 30000, tile: int = 1024) -> Path:
+    """A deflate TIFF of ``side`` x ``side`` zeros (~1 MB at 30000), written tile by tile:
+    the writer never holds the image."""
+    import tifffile
+
+    zeros = np.zeros((tile, tile), np.uint8)
+    n = -(-side // tile)
+    tifffile.imwrite(path, (zeros for _ in range(n * n)), shape=(side, side), dtype=np.uint8,
+                     tile=(tile, tile), compression="zlib", photometric="minisblack")
+    return path
+
+
+@pytest.fixture(scope="module")
+def bombs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bombs")
+    return {"tif": write_tiff_bomb(root / "bomb.tif"),
+            "png": write_png_bomb(root / "bomb.png", 12000, 12000)}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> tuple[Path, str, Path]:
+    """(model folder, a term, the training images folder): VGG16 with random weights at 64 px."""
+    from napari_ish_annotator.cli import main
+    from napari_ish_annotator.core.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("hostile_model")
+    manifest = generate_dataset(root / "data", n_images=12, stage="13-16", seed=5, size=(64, 128),
+                                min_positives=3, write_masks=False)
+    out = root / "model"
+    assert main(["train", str(manifest), "--out", str(out), "--ensemble", "3", "--cache",
+                 str(root / "cache"), *FAST]) == 0
+    term = json.loads((out / "model.json").read_text())["vocabulary"][0]
+    return out, term, manifest.parent / "images"
+
+
+def run_cli(*argv: str, env: dict[str, str] | None = None) -> tuple[int, list[str], float, float]:
+    """``ish-annotator ARGV`` in a fresh process: (exit code, stderr lines, seconds, its own
+    peak RSS in MB, measured by the process itself; 0 where /proc is missing)."""
+    code = (PEAK_RSS_SOURCE + "import sys\n"
+            "from napari_ish_annotator.cli import main\n"
+            "code = main(sys.argv[1:])\n"
+            "print(PEAK_RSS_KB())\n"
+            "sys.exit(code)\n")
+    environ = {**os.environ, "PYTHONPATH": SRC, **(env or {})}
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                          env=environ, timeout=300)
+    seconds = time.monotonic() - start
+    rss_mb = int(done.stdout.strip().splitlines()[-1]) / 1024  # Linux: KiB
+    return done.returncode, done.stderr.strip().splitlines(), seconds, rss_mb
+
+
+# ------------------------------------------------------------------ in-process, header only
+
+@pytest.mark.parametrize("kind, size", [("tif", "30000x30000"), ("png", "12000x12000")])
+def test_readers_refuse_from_the_header(bombs, kind, size):
+    path = bombs[kind]
+    assert path.stat().st_size < 1.2 * MB
+    for reader in (read_rgb, check_image):
+        start = time.monotonic()
+        with pytest.raises(InputError) as err:
+            reader(path)
+        assert time.monotonic() - start < 2.0  # nothing decoded
+        text = str(err.value)
+        assert text.startswith(str(path)) and "\n" not in text
+        assert size in text and "--max-pixels" in text and images.MAX_PIXELS_ENV in text
+
+
+def test_one_budget_for_every_format(tmp_path, monkeypatch):
+    """PNG, JPEG, BMP and TIFF all obey the same budget, lowered or raised."""
+    import tifffile
+    from PIL import Image
+
+    rgb = np.full((40, 50, 3), 200, np.uint8)
+    paths = []
+    for suffix in (".png", ".jpg", ".bmp"):
+        Image.fromarray(rgb).save(tmp_path / f"e{suffix}")
+        paths.append(tmp_path / f"e{suffix}")
+    tifffile.imwrite(tmp_path / "e.tif", rgb, photometric="rgb")
+    paths.append(tmp_path / "e.tif")
+    assert max_pixels() == images.DEFAULT_MAX_PIXELS
+    with pixel_budget(1999):  # 40 x 50 = 2000 pixels
+        assert max_pixels() == 1999 and os.environ[images.MAX_PIXELS_ENV] == "1999"
+        for p in paths:
+            with pytest.raises(InputError, match="50x40 pixels"):
+                read_rgb(p)
+    assert max_pixels() == images.DEFAULT_MAX_PIXELS  # restored
+    with pixel_budget(2000):
+        assert all(read_rgb(p).shape == (40, 50, 3) for p in paths)
+    monkeypatch.setenv(images.MAX_PIXELS_ENV, "lots")
+    with pytest.raises(InputError, match=images.MAX_PIXELS_ENV):
+        read_rgb(paths[0])
+
+
+def test_raised_budget_lets_pillow_decode_past_its_own_limit(tmp_path, monkeypatch):
+    """Pillow refuses above twice its own limit (179 Mpx by default); a raised budget must
+    not be refused by Pillow first (here Pillow's limit is scaled down to keep it small)."""
+    from PIL import Image
+
+    monkeypatch.setattr(images, "_PILLOW_DEFAULT_LIMIT", 1000)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    path = write_png_bomb(tmp_path / "wide.png", 300, 20)  # 6000 > 2 x 1000
+    with pixel_budget(5000), pytest.raises(InputError, match=r"300x20 pixels \(0.0 Mpx\)"):
+        read_rgb(path)
+    with pixel_budget(6000):
+        assert read_rgb(path).shape == (20, 300, 3)
+
+
+# ------------------------------------------------------------------ the command line
+
+def test_predict_and_gradcam_exit_2_in_seconds_with_one_line(bombs, model, tmp_path):
+    folder, term, _ = model
+    for kind in ("tif", "png"):
+        for argv in (["predict", str(folder), str(bombs[kind]), "--out", str(tmp_path / "p.csv"),
+                      "--cache", str(tmp_path / "cache")],
+                     ["gradcam", str(folder), str(bombs[kind]), "--term", term,
+                      "--out", str(tmp_path / "h.png")]):
+            code, err, seconds, rss = run_cli(*argv, "--quiet")
+            assert code == 2, err
+            assert len(err) == 1 and bombs[kind].name in err[0] and "--max-pixels" in err[0], err
+            assert seconds < 60 and rss < 1500, (argv[0], kind, seconds, rss)
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "h.png").exists()
+
+
+def test_predict_skip_bad_skips_oversized_images_with_a_warning(bombs, model, tmp_path):
+    folder, _, images_dir = model
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    good = sorted(images_dir.glob("*.png"))[:2]
+    for p in good:
+        (batch / p.name).write_bytes(p.read_bytes())
+    (batch / "zz_bomb.png").write_bytes(bombs["png"].read_bytes())
+    out = tmp_path / "pred.csv"
+    code, err, seconds, rss = run_cli("predict", str(folder), str(batch), "--out", str(out),
+                                      "--skip-bad", "--quiet")
+    assert code == 0, err
+    assert len(err) == 1 and "warning" in err[0] and "zz_bomb.png" in err[0] \
+        and "12000x12000" in err[0], err
+    assert [line.split(",")[0].rsplit("/", 1)[-1] for line in out.read_text().splitlines()[1:]] \
+        == [p.name for p in good]
+    assert rss < 1500
+
+
+@pytest.mark.slow
+def test_raised_budget_gradcam_memory_is_proportional_to_the_image(model, tmp_path):
+    """With --max-pixels raised, Grad-CAM of a 16 Mpx image works; its peak memory over a
+    small image's stays within ~25 bytes per pixel (image 3, map 4, overlay 3, PNG encoding
+    4: the map is built at the layer's resolution and only the displayed one is full size).
+    Before, the colour mapping alone made float64 RGBA copies: ~120 bytes per pixel."""
+    from PIL import Image
+
+    folder, term, images_dir = model
+    side = 4000
+    ramp = np.linspace(0, 255, side, dtype=np.float32).astype(np.uint8)
+    big = tmp_path / "big.png"
+    Image.fromarray(np.stack([np.tile(ramp, (side, 1))] * 3, axis=-1)).save(big)
+    small = sorted(images_dir.glob("*.png"))[0]
+
+    def gradcam(image: Path, *extra: str):
+        npy = tmp_path / f"{image.stem}.npy"
+        result = run_cli("gradcam", str(folder), str(image), "--term", term, "--out",
+                         str(tmp_path / f"{image.stem}.png"), "--npy", str(npy), "--overlay",
+                         "--device", "cpu", "--quiet", *extra)
+        return (*result, npy)
+
+    code, err, _, _, _ = gradcam(big, "--max-pixels", str(side * side - 1))
+    assert code == 2 and "4000x4000" in err[0] and "--max-pixels 16000000" in err[0], err
+    code, err, _, base, _ = gradcam(small)
+    assert code == 0, err
+    code, err, _, peak, npy = gradcam(big, "--max-pixels", str(side * side))
+    assert code == 0, err
+    heat = np.load(npy, allow_pickle=False)
+    assert heat.shape == (side, side) and heat.dtype == np.float32
+    assert heat.min() >= 0.0 and heat.max() <= 1.0
+    assert Image.open(tmp_path / "big.png").size == (side, side)
+    assert (peak - base) * MB < 25 * side * side, (base, peak)
+
+
+# ------------------------------------------------------------------ the napari session
+
+def test_session_lists_the_same_one_line_problem(bombs, tmp_path):
+    from _gui_helpers import make_dataset
+    from napari_ish_annotator.session import AnnotatorSession
+
+    folder = tmp_path / "mixed"
+    make_dataset(folder, n=3)
+    (folder / "manifest.csv").unlink()
+    (folder / "zz_bomb.tif").write_bytes(bombs["tif"].read_bytes())
+    session = AnnotatorSession()
+    session.open([folder])
+    assert session.n_images == 3
+    skipped = [s for s in session.skipped if "zz_bomb.tif" in s]
+    assert len(skipped) == 1 and "30000x30000" in skipped[0] and "--max-pixels" in skipped[0]
+    with pytest.raises(InputError, match="no readable images found.*30000x30000"):
+        session.open([bombs["tif"]])
