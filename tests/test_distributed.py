@@ -47,6 +47,8 @@ def local_model(tiny_dataset, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def client():
+    # local:N secures its cluster with a temporary TLS certificate (docs/cluster.md)
+    pytest.importorskip("cryptography", reason="--dask local needs the [cluster] extra")
     with ishd.connect("local:2") as c:
         yield c
 

@@ -137,8 +137,14 @@ def add_backbone(parser: argparse.ArgumentParser, default_weights: str = "imagen
 def add_dask(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dask", default=None, metavar="ADDRESS",
                         help="extract features on a dask cluster: local[:N] starts N worker "
-                             "processes here, tcp://HOST:PORT or a scheduler file joins a "
-                             "running one (see docs/cluster.md; needs the [cluster] extra)")
+                             "processes here (TLS, only this run can join), tcp://HOST:PORT, "
+                             "tls://HOST:PORT or a scheduler file joins a running one (see "
+                             "docs/cluster.md; needs the [cluster] extra)")
+    for flag, what in (("ca", "the cluster's certificate authority"),
+                       ("cert", "this client's certificate"), ("key", "this client's key")):
+        parser.add_argument(f"--dask-{flag}", default=None, metavar="PEM",
+                            help=f"joining a tls:// scheduler: PEM file of {what} (default: "
+                                 "dask's configuration, distributed.comm.tls.*)")
 
 
 def dask_session(args: argparse.Namespace):
@@ -147,17 +153,23 @@ def dask_session(args: argparse.Namespace):
 
     address = getattr(args, "dask", None)
     if not address:
+        if any(getattr(args, f"dask_{k}", None) for k in ("ca", "cert", "key")):
+            from ..core.errors import InputError
+
+            raise InputError("--dask-ca/--dask-cert/--dask-key need --dask tls://HOST:PORT")
         return contextlib.nullcontext()
-    return _dask_session(address)
+    return _dask_session(address, args)
 
 
-def _dask_session(address: str):
+def _dask_session(address: str, args: argparse.Namespace):
     import contextlib
 
     from ..core import distributed
 
+    tls = distributed.TLSFiles(getattr(args, "dask_ca", None), getattr(args, "dask_cert", None),
+                               getattr(args, "dask_key", None))
     stack = contextlib.ExitStack()
-    client = stack.enter_context(distributed.connect(address))
+    client = stack.enter_context(distributed.connect(address, tls))
     stack.enter_context(distributed.use(client))
     return stack
 

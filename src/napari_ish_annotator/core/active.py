@@ -122,15 +122,10 @@ def iter_suggest(bundle, images: Sequence[Path], genes: Sequence[str | None] | N
 
 def write_suggestions(path: str | Path, images: Sequence[Path | str],
                       suggestion: Suggestion) -> None:
-    """The ``image,score`` CSV of CONTRACTS.md, best first, written atomically."""
-    import csv
-    import io
+    """The ``image,score`` CSV of CONTRACTS.md, best first, written atomically (formula-like
+    cells neutralised, :mod:`.csvio`)."""
+    from .csvio import write_csv
 
-    from .io import write_text_atomic
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["image", "score"])
-    for i, score in zip(suggestion.order, suggestion.score, strict=True):
-        writer.writerow([str(images[i]), f"{float(score):.6f}"])
-    write_text_atomic(path, buffer.getvalue())
+    write_csv(path, ["image", "score"],
+              ([str(images[i]), f"{float(score):.6f}"]
+               for i, score in zip(suggestion.order, suggestion.score, strict=True)))

@@ -16,6 +16,14 @@ what it computes into the feature cache (the same folder, if the cluster shares 
 Images are sent as paths: workers must see them (and the cache) at the same paths, as on a
 cluster's shared file system. dask is imported only when ``--dask`` is given
 (``pip install napari-ish-annotator[cluster]``).
+
+Whoever can talk to a scheduler or worker can run any code in it, so ``local:N`` starts a
+cluster only this process can join: every scheduler, nanny and worker listens on loopback
+TLS with a throw-away certificate (``Security.temporary()``, kept in memory and handed to
+the worker processes at start) and demands it of every peer; dask's HTTP servers serve no
+pages (no dashboard). A
+``tls://`` address is joined with the certificates given (:class:`TLSFiles`, the CLI's
+``--dask-ca/--dask-cert/--dask-key``) or those in dask's configuration (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -66,6 +74,85 @@ class ClusterAddress:
         raise InputError("--dask: not local[:N], a scheduler address such as "
                          "tcp://127.0.0.1:8786, or an existing scheduler file", path=text)
 
+    def scheduler_address(self) -> str:
+        """The address joined (a scheduler file's ``address``); ``""`` for a local cluster."""
+        if self.kind == "address":
+            return self.target
+        if self.kind == "file":
+            import json
+
+            try:
+                return str(json.loads(Path(self.target).read_text(encoding="utf-8"))
+                           .get("address", ""))
+            except (OSError, ValueError, AttributeError):
+                return ""  # Client reports the unreadable file as "cannot reach"
+        return ""
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files for joining a ``tls://`` scheduler (``--dask-ca/--dask-cert/--dask-key``)."""
+
+    ca: str | None = None  # the cluster's certificate authority
+    cert: str | None = None  # this client's certificate (may hold the key too)
+    key: str | None = None  # this client's private key
+
+    def given(self) -> bool:
+        return any((self.ca, self.cert, self.key))
+
+
+_TLS_HINT = ("give the cluster's certificates with --dask-ca CA.pem --dask-cert CERT.pem "
+             "--dask-key KEY.pem, or name them in dask's configuration "
+             "(distributed.comm.tls.ca-file, .client.cert, .client.key; see docs/cluster.md)")
+
+
+def _local_security(distributed: Any) -> Any:
+    """A throw-away TLS identity shared by this process and the cluster it starts."""
+    try:
+        return distributed.Security.temporary()
+    except ImportError:
+        raise InputError("--dask local:N secures its cluster with TLS, which needs the "
+                         f"'cryptography' package; install it with: {CLUSTER_EXTRA}") from None
+
+
+def _join_security(distributed: Any, address: ClusterAddress, tls: TLSFiles) -> Any:
+    """The ``Security`` for joining ``address``: the files given, else dask's configuration.
+
+    Every problem (a tls:// address without certificates, a missing or unreadable file,
+    certificates with a tcp:// address) is one InputError here, before any connection.
+    """
+    import ssl
+
+    target = address.scheduler_address()
+    if tls.given():
+        if not (tls.ca and tls.cert):
+            raise InputError("--dask-ca and --dask-cert are both needed to join a tls:// "
+                             "scheduler (and --dask-key unless CERT holds the key)")
+        for flag, name in (("--dask-ca", tls.ca), ("--dask-cert", tls.cert),
+                           ("--dask-key", tls.key)):
+            if name is not None and not Path(name).expanduser().is_file():
+                raise InputError(f"{flag}: file not found; give the PEM file", path=name)
+        files = {k: str(Path(v).expanduser()) for k, v in asdict(tls).items() if v}
+        security = distributed.Security(
+            require_encryption=True, tls_ca_file=files["ca"], tls_client_cert=files["cert"],
+            tls_client_key=files.get("key"))
+        if target and not target.startswith("tls://"):
+            raise InputError(f"--dask-ca/--dask-cert are for a tls:// scheduler, but the "
+                             f"address is {target}; give tls://HOST:PORT", path=address.target)
+    else:
+        security = distributed.Security()  # what dask's configuration says, if anything
+    if target.startswith("tls://") or security.require_encryption:
+        if not (security.tls_ca_file and security.tls_client_cert):
+            raise InputError(f"--dask {target or address.target}: a tls:// scheduler needs "
+                             f"certificates; {_TLS_HINT}")
+        try:
+            security.get_connection_args("client")  # reads the files now, not mid-connect
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise InputError(f"cannot use the TLS certificates ({_one_line(exc)}); give the "
+                             "cluster's CA and this client's certificate and key as PEM files",
+                             path=tls.cert or security.tls_client_cert) from None
+    return security
+
 
 def _one_line(exc: BaseException) -> str:
     """A remote exception as ``Type: message`` on one line (CLI errors are one line)."""
@@ -79,17 +166,25 @@ def _import_distributed() -> Any:
 
 
 @contextlib.contextmanager
-def connect(address: ClusterAddress | str) -> Iterator[Any]:
+def connect(address: ClusterAddress | str, tls: TLSFiles | None = None) -> Iterator[Any]:
     """A ``distributed.Client`` for ``address``; a local cluster is started and stopped here.
 
-    Every worker is checked up front to import this package at the client's version (the
-    feature cache key holds the version, so mixed versions would compute different features).
+    A local cluster speaks TLS with a throw-away certificate (module docstring); a running
+    one is joined with ``tls`` or dask's configured certificates. Every worker is checked
+    up front to import this package at the client's version (the feature cache key holds
+    the version, so mixed versions would compute different features).
     """
     import logging
 
     distributed = _import_distributed()
     if isinstance(address, str):
         address = ClusterAddress.parse(address)
+    tls = tls or TLSFiles()
+    if address.kind == "local" and tls.given():
+        raise InputError("--dask-ca/--dask-cert/--dask-key are for joining a tls:// "
+                         "scheduler; --dask local makes its own certificate")
+    security = (_local_security(distributed) if address.kind == "local"
+                else _join_security(distributed, address, tls))
     cluster = client = None
     # dask's own warnings (e.g. "worker still alive after 4 s, killing" at shutdown) would
     # break the CLI's one-line-per-problem stderr; problems reach the user as InputErrors
@@ -100,21 +195,31 @@ def connect(address: ClusterAddress | str) -> Iterator[Any]:
         if address.kind == "local":
             # one thread per worker process: torch uses the cores, dask the processes
             threads = max(1, (os.cpu_count() or 1) // address.n_workers)
-            cluster = distributed.LocalCluster(
-                n_workers=address.n_workers, threads_per_worker=1, processes=True,
-                host="127.0.0.1", dashboard_address="127.0.0.1:0",  # any free local port
-                silence_logs=logging.ERROR, env={"OMP_NUM_THREADS": str(threads)})
+            import dask
+
+            # dask's HTTP servers (plain HTTP even under TLS) serve no pages: no dashboard,
+            # no task or worker listings, no proxy; they listen on a loopback ephemeral port
+            with dask.config.set({"distributed.scheduler.http.routes": [],
+                                  "distributed.worker.http.routes": []}):
+                cluster = distributed.LocalCluster(
+                    n_workers=address.n_workers, threads_per_worker=1, processes=True,
+                    host="127.0.0.1", protocol="tls", security=security,
+                    dashboard_address=None, silence_logs=logging.ERROR,
+                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                    env={"OMP_NUM_THREADS": str(threads)})
             client = distributed.Client(cluster, timeout=CONNECT_TIMEOUT_S)
         else:
             where = (dict(address=address.target) if address.kind == "address"
                      else dict(scheduler_file=address.target))
             try:
-                client = distributed.Client(**where, timeout=CONNECT_TIMEOUT_S)
-            except (OSError, TimeoutError, ValueError) as exc:
+                client = distributed.Client(**where, security=security,
+                                            timeout=CONNECT_TIMEOUT_S)
+            except (OSError, TimeoutError, ValueError, TypeError) as exc:
+                # TypeError: dask's "TLS expects a ssl_context" for a tls:// scheduler file
                 raise InputError(
                     f"cannot reach the dask scheduler ({_one_line(exc)}); check the "
-                    "address and that `dask scheduler` is running there",
-                    path=address.target) from None
+                    "address, that `dask scheduler` is running there and, for tls://, "
+                    "the certificates", path=address.target) from None
         check_workers(client)
         yield client
     finally:

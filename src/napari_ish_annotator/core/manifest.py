@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .csvio import restore, write_csv
 from .errors import InputError
 from .images import SUPPORTED_SUFFIXES, SUPPORTED_TEXT
-from .io import atomic_path
 
 REQUIRED_COLUMNS = ("image", "terms")
 OPTIONAL_COLUMNS = ("stage", "gene")
@@ -222,7 +222,8 @@ def _open_table(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]
                          "per image", path=path)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text.splitlines()[0]))
     try:
-        header = [h.strip() for h in next(reader)]
+        # restore(): the quote csvio.neutralise put before a formula-like cell comes off
+        header = [restore(h).strip() for h in next(reader)]
         rows: list[tuple[int, dict[str, str]]] = []
         for raw in reader:
             line = reader.line_num
@@ -234,7 +235,7 @@ def _open_table(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]
                     raise InputError(f"row has {len(raw)} fields but the header has "
                                      f"{len(header)}; quote fields that contain commas",
                                      path=path, row=line)
-            rows.append((line, {h: (raw[k] if k < len(raw) else "") for k, h in
+            rows.append((line, {h: (restore(raw[k]) if k < len(raw) else "") for k, h in
                                 enumerate(header)}))
     except csv.Error as exc:
         raise InputError(f"malformed CSV ({exc}); fix the quoting", path=path,
@@ -368,7 +369,8 @@ def read_manifest(path: str | Path, vocabulary: str | Path | Sequence[str] | Non
 
 def write_manifest(path: str | Path, samples: Sequence[Sample],
                    extra_columns: dict[str, Sequence[object]] | None = None) -> None:
-    """Write a manifest atomically; image paths relative to the CSV's folder when possible.
+    """Write a manifest atomically (:func:`.csvio.write_csv`: formula-like cells neutralised);
+    image paths relative to the CSV's folder when possible.
 
     ``stage``/``gene`` columns are written when any sample has them; ``extra_columns``
     maps a column name to one value per sample (e.g. ``split``).
@@ -385,13 +387,11 @@ def write_manifest(path: str | Path, samples: Sequence[Sample],
     if any(s.gene for s in samples):
         header.append("gene")
     header += [k for k in extra if k not in header]
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", errors="surrogateescape",
-                                            newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        for i, s in enumerate(samples):
-            values = {"image": _relative(s.image, path.parent), "terms": ";".join(s.terms),
-                      "stage": s.stage or "", "gene": s.gene or ""}
-            for name, col in extra.items():
-                values[name] = "" if col[i] is None else str(col[i])
-            writer.writerow([values[h] for h in header])
+    rows = []
+    for i, s in enumerate(samples):
+        values = {"image": _relative(s.image, path.parent), "terms": ";".join(s.terms),
+                  "stage": s.stage or "", "gene": s.gene or ""}
+        for name, col in extra.items():
+            values[name] = "" if col[i] is None else str(col[i])
+        rows.append([values[h] for h in header])
+    write_csv(path, header, rows)

@@ -239,22 +239,18 @@ def iter_evaluate(
 def write_predictions(path: str | Path, images: Sequence[Path | str],
                       vocabulary: Sequence[str], probabilities: np.ndarray,
                       votes: np.ndarray | None = None) -> None:
-    """Write the predictions CSV of CONTRACTS.md: ``image`` plus one probability column per term.
+    """Write the predictions CSV of CONTRACTS.md: ``image`` plus one probability column per term
+    (atomically, formula-like cells neutralised: :mod:`.csvio`).
 
     With ``votes`` (the members' majority vote, ``predict --votes``) a ``<term> vote`` column
     (1 present / 0 absent) per term follows the probability columns.
     """
-    import csv
-    import io
-
-    from .io import write_text_atomic
+    from .csvio import write_csv
 
     probabilities = np.asarray(probabilities)
     if probabilities.shape != (len(images), len(vocabulary)):
         raise ValueError(f"probabilities have shape {probabilities.shape}, expected "
                          f"({len(images)}, {len(vocabulary)})")
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
     if votes is not None:
         votes = np.asarray(votes, dtype=bool)
         if votes.shape != probabilities.shape:
@@ -262,10 +258,10 @@ def write_predictions(path: str | Path, images: Sequence[Path | str],
     header = ["image", *vocabulary]
     if votes is not None:
         header += [f"{term} vote" for term in vocabulary]
-    writer.writerow(header)
+    rows = []
     for i, (image, row) in enumerate(zip(images, probabilities, strict=True)):
         cells = [str(image), *(f"{float(p):.6f}" for p in row)]
         if votes is not None:
             cells += [str(int(v)) for v in votes[i]]
-        writer.writerow(cells)
-    write_text_atomic(path, buffer.getvalue())
+        rows.append(cells)
+    write_csv(path, header, rows)
