@@ -25,7 +25,6 @@ MAX_LINES = 450
 #: sets once those branches are merged (a stale entry fails the test too, so it cannot linger)
 KNOWN_REMAINING_CYCLES: set[frozenset[str]] = {
     frozenset({"core.labels", "core.consensus"}),
-    frozenset({"core.finetune", "core.gradcam"}),
     frozenset({"core.images", "core.opening"}),
     frozenset({"widgets._base", "widgets._registry", "widgets._viewer_binding"}),
 }
@@ -54,6 +53,9 @@ def _is_type_checking(test: ast.expr) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
+_NESTED = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.For, ast.While)
+
+
 def _import_nodes(body: Iterable[ast.stmt], top_level: bool) -> Iterable[ast.Import | ast.ImportFrom]:
     """Import statements at module level (inside ``if``/``try`` too, but not under
     ``if TYPE_CHECKING``: those never run); with ``top_level=False`` every import statement:
@@ -69,12 +71,7 @@ def _import_nodes(body: Iterable[ast.stmt], top_level: bool) -> Iterable[ast.Imp
         elif isinstance(node, ast.Try):
             for block in (node.body, node.orelse, node.finalbody, *(h.body for h in node.handlers)):
                 yield from _import_nodes(block, top_level)
-        elif isinstance(node, ast.With):
-            yield from _import_nodes(node.body, top_level)
-        elif not top_level and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef
-                                           | ast.ClassDef):
-            yield from _import_nodes(node.body, top_level)
-        elif not top_level and isinstance(node, ast.For | ast.While):
+        elif isinstance(node, ast.With) or (not top_level and isinstance(node, _NESTED)):
             yield from _import_nodes(node.body, top_level)
 
 

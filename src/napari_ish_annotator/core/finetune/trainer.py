@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
+from ..metrics import defined_mean, per_term_auc
 from ..progress import ProgressGen, drive
 from .checkpoint import (
     atomic_save,
@@ -57,13 +58,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def mean_auc(Y: np.ndarray, scores: np.ndarray) -> tuple[float, list[float]]:
-    """Mean of :func:`..evaluation.per_term_auc` over the terms it defines (NaN if none), and
-    the per-term list with NaN where undefined (the checkpoint's ``val_auc_per_term``)."""
-    from ..evaluation import per_term_auc
-
-    per = [float("nan") if a is None else float(a) for a in per_term_auc(Y, scores)]
-    finite = [a for a in per if not math.isnan(a)]
-    return (float(np.mean(finite)) if finite else float("nan")), per
+    """:func:`..metrics.mean_auc` (NaN if no term defines one) and the per-term AUCs it
+    averages, NaN where undefined (the checkpoint's ``val_auc_per_term``)."""
+    per = per_term_auc(Y, scores)
+    return defined_mean(per), [math.nan if a is None else float(a) for a in per]
 
 
 def amp_dtype(config: FinetuneConfig, device: torch.device) -> torch.dtype | None:
