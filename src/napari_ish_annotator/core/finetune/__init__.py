@@ -41,7 +41,7 @@ from .ensemble import (
 )
 from .explain import gradcam_mtl
 from .network import build_head, masked_bce, resolve_frozen
-from .trainer import Trainer, finetune, iter_finetune, iter_finetune_dataset, mean_auc
+from .trainer import Trainer, finetune, iter_finetune, iter_finetune_dataset
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "EnsembleProbabilities", "EnsembleResult", "FinetuneConfig",
@@ -49,5 +49,5 @@ __all__ = [
     "build_head", "check_labels", "finetune", "finetune_ensemble", "gradcam_mtl",
     "is_ensemble", "iter_finetune", "iter_finetune_dataset", "iter_finetune_ensemble",
     "iter_finetune_ensemble_dataset", "load_checkpoint", "load_ensemble", "load_finetuned",
-    "masked_bce", "mean_auc", "resolve_frozen", "training_fingerprint",
+    "masked_bce", "resolve_frozen", "training_fingerprint",
 ]

@@ -57,13 +57,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..manifest import Dataset
 
 
-def mean_auc(Y: np.ndarray, scores: np.ndarray) -> tuple[float, list[float]]:
-    """:func:`..metrics.mean_auc` (NaN if no term defines one) and the per-term AUCs it
-    averages, NaN where undefined (the checkpoint's ``val_auc_per_term``)."""
-    per = per_term_auc(Y, scores)
-    return defined_mean(per), [math.nan if a is None else float(a) for a in per]
-
-
 def amp_dtype(config: FinetuneConfig, device: torch.device) -> torch.dtype | None:
     """Autocast dtype: the shared precision rules, with fp32 (no autocast) as the CPU default."""
     from ..preprocess import resolve_precision, torch_dtype
@@ -270,7 +263,9 @@ class Trainer:
                 logits = self.forward(idx, train=False).float()
                 losses += float(masked_bce(logits, self.Y_t[idx].to(self.device), self.pos_weight)) * len(idx)
                 scores.append(torch.sigmoid(logits).cpu().numpy())
-        auc, per = mean_auc(self.Y[val], np.concatenate(scores))
+        aucs = per_term_auc(self.Y[val], np.concatenate(scores))
+        auc = defined_mean(aucs)  # the checkpoint keeps NaN where a term has no AUC
+        per = [math.nan if a is None else float(a) for a in aucs]
         return (None if math.isnan(auc) else auc), losses / len(val), per
 
     def _better(self, score: float, val_loss: float | None) -> bool:
