@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         FinetuneConfig,
         finetune,
         load_finetuned,
-        mean_auc,
     )
     from napari_ish_annotator.core.manifest import read_manifest
+    from napari_ish_annotator.core.metrics import mean_auc
     from napari_ish_annotator.core.pipeline import iter_evaluate
     from napari_ish_annotator.core.progress import drive
     from napari_ish_annotator.core.synthetic import generate_dataset
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         rows[name] = (res["layers"]["21"]["mean"], time.perf_counter() - t)
 
     model = load_finetuned(ckpt, device=args.device)
-    head_auc, _ = mean_auc(test.labels().astype(np.int8), model.predict_proba(test.paths))
+    head_auc = mean_auc(test.labels().astype(np.int8), model.predict_proba(test.paths))
 
     print("\nHeld-out test images, layer 21, mean over terms")
     print(f"{'method':<8} {'accuracy':>9} {'sensitivity':>12} {'specificity':>12} {'auc':>7}  seconds")

@@ -50,9 +50,9 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict:
         FinetuneConfig,
         finetune_ensemble,
         load_ensemble,
-        mean_auc,
     )
     from napari_ish_annotator.core.manifest import read_manifest
+    from napari_ish_annotator.core.metrics import mean_auc
     from napari_ish_annotator.core.synthetic import generate_dataset
 
     manifest = generate_dataset(work / f"data{seed}", args.n_images, seed=seed,
@@ -72,12 +72,12 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict:
     seconds = time.perf_counter() - t
     proba = load_ensemble(result.checkpoint, device=args.device).predict_proba(test.paths)
     Y = test.labels().astype(np.int8)
-    members = [mean_auc(Y, p)[0] for p in proba.members]
+    members = [mean_auc(Y, p) for p in proba.members]
     flag_auc, wrong_spread, right_spread = _spread_flags_errors(Y, proba.mean, proba.std)
     return {"seed": seed, "n_train": len(train.samples), "n_test": len(test.samples),
             "terms": len(train.vocabulary), "members": members,
             "representative": members[result.representative],
-            "ensemble": mean_auc(Y, proba.mean)[0], "flag_auc": flag_auc,
+            "ensemble": mean_auc(Y, proba.mean), "flag_auc": flag_auc,
             "wrong_spread": wrong_spread, "right_spread": right_spread,
             "epochs": [len(m.history) for m in result.members], "seconds": seconds}
 

@@ -44,12 +44,12 @@ def test_unsure_and_split_ensembles_score_high_and_rare_terms_weigh_more():
 
 @pytest.mark.slow
 def test_suggest_learns_faster_than_random_picking():
-    """Over the label-efficiency curve (20 -> 140 of a 600-image pool) and two seeds, picking
-    by `suggest` must reach at least random picking's held-out AUC (the benchmark has more
-    seeds and the figures)."""
+    """Over the label-efficiency curve (20 -> 140 of a 600-image pool) and the benchmark's six
+    seeds (a seed's held-out genes alone swing the gain by +-0.01), picking by `suggest` must
+    reach at least random picking's held-out AUC on average (figures: docs/benchmarks.md)."""
     features = synthetic_features(1000, seed=0)
     gain = []
-    for seed in (0, 1):
+    for seed in range(6):
         smart = learning_curve(features, "suggest", seed, start=20, batch=20, rounds=6)
         blind = learning_curve(features, "random", seed, start=20, batch=20, rounds=6)
         assert smart.auc[0] == blind.auc[0]  # same starting images

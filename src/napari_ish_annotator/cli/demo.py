@@ -24,13 +24,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_gui_demo(args)
 
 
-def _split_by_gene(dataset, test_fraction: float, seed: int):
-    """Hold out whole genes (their images share labels, so splitting them would leak)."""
+def _held_out_genes(dataset, test_fraction: float, seed: int):
+    """The dataset as (train, test) datasets of whole genes (:func:`.splits.held_out_genes`:
+    images of one gene share labels, so splitting them would leak)."""
     from dataclasses import replace
 
-    from ..core.evaluation import random_partitions
+    from ..core.splits import held_out_genes
 
-    train, test = random_partitions(dataset.groups(), 1, test_fraction, seed=seed)[0]
+    train, test = held_out_genes(dataset.groups(), test_fraction, seed=seed)
     return (replace(dataset, samples=[dataset.samples[i] for i in train]),
             replace(dataset, samples=[dataset.samples[i] for i in test]))
 
@@ -45,6 +46,7 @@ def run_headless_demo(args: argparse.Namespace) -> int:
     from ..core.images import read_rgb
     from ..core.io import write_json_atomic, write_png_atomic, write_text_atomic
     from ..core.manifest import read_manifest
+    from ..core.metrics import trainable_terms
     from ..core.pipeline import iter_features, iter_train, make_extractor, write_predictions
     from ..core.synthetic import generate_dataset
 
@@ -60,9 +62,8 @@ def run_headless_demo(args: argparse.Namespace) -> int:
     manifest_path = generate_dataset(out / "data", n_images=args.n_images, stage=DEMO_STAGE,
                                      seed=args.seed, size=DEMO_IMAGE_SIZE)
     dataset = read_manifest(manifest_path, require_positives=False)
-    train, test = _split_by_gene(dataset, test_fraction=0.3, seed=args.seed)
-    keep = [i for i, term in enumerate(dataset.vocabulary)
-            if 0 < train.labels()[:, i].sum() < len(train.samples)]
+    train, test = _held_out_genes(dataset, test_fraction=0.3, seed=args.seed)
+    keep = trainable_terms(train.labels())
     vocabulary = [dataset.vocabulary[i] for i in keep]
     train, test = replace(train, vocabulary=vocabulary), replace(test, vocabulary=vocabulary)
 

@@ -25,6 +25,8 @@ import numpy as np
 from scipy.special import expit, logit
 
 from .errors import InputError
+from .folds import iter_out_of_fold
+from .metrics import class_counts, has_both_classes
 from .progress import ProgressGen
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "CALIBRATION_FOLDS", "PLATT_MIN_PER_CLASS",
@@ -78,12 +80,10 @@ def identity(n_terms: int) -> Calibration:
 
 
 def _prevalence(Y: Any) -> np.ndarray:
-    Y = np.asarray(Y)
-    pos = (Y == 1).sum(axis=0).astype(np.float64)
-    neg = (Y == 0).sum(axis=0).astype(np.float64)
-    if ((pos == 0) | (neg == 0)).any():
+    if not has_both_classes(Y).all():
         raise InputError("calibration needs at least one present and one absent label per "
                          "term; label more images")
+    pos, neg = (c.astype(np.float64) for c in class_counts(Y))
     return pos / (pos + neg)
 
 
@@ -115,7 +115,7 @@ def fit_platt(p_raw: Any, Y: Any) -> Calibration:
     for t in range(Y.shape[1]):
         ok = (Y[:, t] >= 0) & np.isfinite(z[:, t])
         y = Y[ok, t]
-        if min(int((y == 1).sum()), int((y == 0).sum())) < PLATT_MIN_PER_CLASS:
+        if not has_both_classes(y, PLATT_MIN_PER_CLASS):
             continue
         model = LogisticRegression(C=1e4).fit(z[ok, t][:, None], y)
         if model.coef_[0, 0] > 0:  # else the scores carry no usable order: keep the prior
@@ -147,8 +147,6 @@ def iter_calibrate(K: np.ndarray, rows: np.ndarray, Y: np.ndarray, groups: Any, 
     """
     if method != "platt":
         return fit(method, Y)
-    from .evaluation import iter_out_of_fold
-
     oof = yield from iter_out_of_fold(K, rows, Y, groups, config, vocabulary,
                                       CALIBRATION_FOLDS, seed=config.seed)
     return fit_platt(oof, Y)

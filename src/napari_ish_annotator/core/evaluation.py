@@ -1,12 +1,12 @@
-"""The one evaluation engine: grouped splits, the paper's Table-2 metrics, calibration scores.
+"""The one evaluation engine: the paper's Table-2 metrics and calibration scores of predictions
+on held-out genes, and cross-validation.
 
 Used by ``ish-annotator evaluate``, the headless demo, the Train panel's cross-validation and
-fine-tuning validation, so they all give the same answer to the same question.
+fine-tuning validation, so they all give the same answer to the same question. The pieces
+below it, each written once: gene-grouped splits (:mod:`.splits`), the per-term rules and
+metrics (:mod:`.metrics`: "a term has both classes", "mean over defined terms", AUC, ECE),
+fits of folds on one Gram matrix (:mod:`.folds`); their names are re-exported here.
 
-* Splits keep every gene's images together (images of one gene share labels; a near-duplicate
-  of a test image in the training set would inflate every metric): :func:`group_ids`,
-  :func:`grouped_folds` (k-fold), :func:`random_partitions` (the paper's repeated random
-  partitions), :func:`validation_split` (fine-tuning).
 * Per term: accuracy, sensitivity, specificity and AUC on the labelled images (unknown labels
   ``-1`` masked). A term is *evaluated* when its scored test images hold both a present and an
   absent label; otherwise it is "not evaluated" with a reason, left out of the means and
@@ -27,176 +27,36 @@ from typing import Any
 
 import numpy as np
 from scipy.special import expit
-from sklearn.metrics import confusion_matrix, roc_auc_score
 
+from . import classify
+from .calibration import DEFAULT_METHOD, METHODS, iter_calibrate
 from .errors import InputError
+from .folds import iter_fold_decisions, iter_out_of_fold
+from .logistic import majority_vote
+from .metrics import (
+    CALIBRATION_METRICS,
+    ECE_BINS,
+    METRICS,
+    class_counts,
+    defined_mean,
+    expected_calibration_error,
+    has_both_classes,
+    per_term_auc,
+    term_metrics,
+    trainable_terms,
+)
 from .progress import Progress, ProgressGen, sub_progress
+from .splits import group_ids, grouped_folds, held_out_genes, random_partitions, validation_split
 
 __all__ = [
     "METRICS", "CALIBRATION_METRICS", "ECE_BINS", "Evaluation", "group_ids", "grouped_folds",
-    "random_partitions", "validation_split", "per_term_auc", "term_metrics",
+    "random_partitions", "held_out_genes", "validation_split", "per_term_auc", "term_metrics",
     "expected_calibration_error", "score_predictions", "combine_partitions", "trainable_terms",
     "iter_fold_decisions", "iter_out_of_fold", "iter_cross_validate", "format_table",
 ]
 
-METRICS = ("accuracy", "sensitivity", "specificity", "auc")
-CALIBRATION_METRICS = ("brier", "ece")
-ECE_BINS = 10
-
-
-# ------------------------------------------------------------------------------------ splits
-def _first_appearance_ids(keys: Sequence[Any]) -> np.ndarray:
-    ids: dict[Any, int] = {}
-    return np.array([ids.setdefault(k, len(ids)) for k in keys], dtype=np.int64)
-
-
-def group_ids(genes: Sequence[str | None], stages: Sequence[str | None]) -> np.ndarray:
-    """One group id per image (ints in order of first appearance).
-
-    By gene (images of one gene share their pattern across stages); if that leaves a single
-    group (one gene only), by gene and stage; if still one group, every image on its own.
-    An image without a gene is always its own group.
-    """
-    genes = [g if g else None for g in genes]
-    stages = list(stages)
-    if len(stages) != len(genes):
-        raise ValueError(f"{len(genes)} genes but {len(stages)} stages")
-    by_gene = [("g", g) if g else ("i", i) for i, g in enumerate(genes)]
-    if len(set(by_gene)) >= 2:
-        return _first_appearance_ids(by_gene)
-    by_stage = [("g", g, s or "") if g else ("i", i)
-                for i, (g, s) in enumerate(zip(genes, stages, strict=True))]
-    if len(set(by_stage)) >= 2:
-        return _first_appearance_ids(by_stage)
-    return np.arange(len(genes), dtype=np.int64)
-
-
-def grouped_folds(groups: Any, n_splits: int, seed: int = 0
-                  ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``n_splits`` (train, test) index pairs; all images of a group land in one test fold.
-
-    scikit-learn's ``GroupKFold(shuffle=True)``: the assignment of groups to folds is random
-    (seeded) but fold sizes stay balanced.
-    """
-    from sklearn.model_selection import GroupKFold
-
-    groups = np.asarray(groups)
-    n_splits = int(n_splits)
-    if n_splits < 2:
-        raise InputError(f"cross-validation needs at least 2 folds, got {n_splits}; "
-                         "use e.g. --folds 5")
-    n_groups = len(np.unique(groups))
-    if n_groups < n_splits:
-        raise InputError(f"only {n_groups} gene group(s) for {n_splits}-fold cross-validation; "
-                         f"use --folds {max(2, n_groups)} or fewer, add images of more genes, "
-                         "or give a separate --test manifest")
-    splitter = GroupKFold(n_splits=n_splits, shuffle=True, random_state=int(seed))
-    dummy = np.zeros((len(groups), 1))
-    return [(train, test) for train, test in splitter.split(dummy, groups=groups)]
-
-
-def random_partitions(groups: Any, repeats: int, test_fraction: float = 0.25, seed: int = 0
-                      ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``repeats`` seeded random (train, test) partitions of whole groups (the paper's protocol).
-
-    ``test_fraction`` is the share of *groups* held out in each partition.
-    """
-    from sklearn.model_selection import GroupShuffleSplit
-
-    groups = np.asarray(groups)
-    repeats = int(repeats)
-    if repeats < 1:
-        raise InputError(f"--repeats must be at least 1, got {repeats}")
-    if not 0.0 < float(test_fraction) < 1.0:
-        raise InputError(f"--test-fraction must be between 0 and 1, got {test_fraction}; "
-                         "use e.g. --test-fraction 0.25")
-    n_groups = len(np.unique(groups))
-    if n_groups < 2:
-        raise InputError(f"only {n_groups} gene group(s): random partitions need images of at "
-                         "least two genes, or give a separate --test manifest")
-    n_test = min(n_groups - 1, max(1, int(round(n_groups * float(test_fraction)))))
-    splitter = GroupShuffleSplit(n_splits=repeats, test_size=n_test, random_state=int(seed))
-    return [(np.sort(tr), np.sort(te))
-            for tr, te in splitter.split(np.zeros((len(groups), 1)), groups=groups)]
-
-
-def validation_split(groups: Any, Y: Any, fraction: float, seed: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Grouped (train, validation) split for fine-tuning; empty validation if impossible.
-
-    Up to 20 seeded draws; the first whose validation part can score an AUC for some term
-    (and whose training part has a positive) is taken.
-    """
-    from sklearn.model_selection import GroupShuffleSplit
-
-    groups = np.asarray(groups)
-    Y = np.asarray(Y)
-    n = len(groups)
-    if fraction <= 0 or len(np.unique(groups)) < 2:
-        return np.arange(n), np.zeros(0, dtype=int)
-    best = None
-    for attempt in range(20):
-        splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed + attempt)
-        tr, va = next(splitter.split(np.zeros(n), groups=groups))
-        if best is None:
-            best = (tr, va)
-        yv = Y[va]
-        if ((yv == 1).any(axis=0) & (yv == 0).any(axis=0)).any() and (Y[tr] == 1).any():
-            return np.sort(tr), np.sort(va)
-    return np.sort(best[0]), np.sort(best[1])
-
 
 # ----------------------------------------------------------------------------------- metrics
-def term_metrics(y_true: Any, y_pred: Any, y_score: Any) -> dict[str, float]:
-    """Metrics of one term. Undefined ones are NaN: sensitivity without positives,
-    specificity without negatives, AUC unless both classes occur."""
-    y_true = np.asarray(y_true).astype(int).ravel()
-    y_pred = np.asarray(y_pred).astype(int).ravel()
-    y_score = np.asarray(y_score, dtype=np.float64).ravel()
-    if not (len(y_true) == len(y_pred) == len(y_score)):
-        raise InputError(f"metric inputs differ in length: {len(y_true)} labels, "
-                         f"{len(y_pred)} predictions, {len(y_score)} scores")
-    if len(y_true) == 0:
-        raise InputError("no labelled images to score; give a test set with labels")
-    tn, fp, fn, tp = confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel()
-    n_pos, n_neg = tp + fn, tn + fp
-    both = n_pos > 0 and n_neg > 0
-    return {
-        "accuracy": float((tp + tn) / len(y_true)),
-        "sensitivity": float(tp / n_pos) if n_pos else math.nan,
-        "specificity": float(tn / n_neg) if n_neg else math.nan,
-        "auc": float(roc_auc_score(y_true, y_score)) if both else math.nan,
-        "n_pos": int(n_pos),
-    }
-
-
-def per_term_auc(Y_true: Any, scores: Any) -> list[float | None]:
-    """ROC AUC per term over known labels (``-1`` and NaN scores masked); None where undefined."""
-    Y_true = np.asarray(Y_true)
-    scores = np.asarray(scores, dtype=np.float64)
-    out: list[float | None] = []
-    for t in range(Y_true.shape[1]):
-        ok = (Y_true[:, t] >= 0) & np.isfinite(scores[:, t])
-        y = Y_true[ok, t]
-        out.append(float(roc_auc_score(y, scores[ok, t]))
-                   if (y == 1).any() and (y == 0).any() else None)
-    return out
-
-
-def expected_calibration_error(y: Any, p: Any, bins: int = ECE_BINS) -> float:
-    """ECE: mean over equal-width probability bins of |observed frequency - mean probability|,
-    weighted by the share of pairs in the bin."""
-    y = np.asarray(y, dtype=np.float64).ravel()
-    p = np.asarray(p, dtype=np.float64).ravel()
-    if len(y) == 0:
-        return math.nan
-    idx = np.minimum((p * bins).astype(int), bins - 1)
-    count = np.bincount(idx, minlength=bins)
-    gap = np.abs(np.bincount(idx, weights=y, minlength=bins)
-                 - np.bincount(idx, weights=p, minlength=bins))
-    return float(gap.sum() / count.sum())
-
-
 def _number(x: float | None) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
@@ -229,7 +89,7 @@ class Evaluation:
 
 
 def _not_evaluated_reason(y: np.ndarray) -> str:
-    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    n_pos, n_neg = (int(c) for c in class_counts(y))
     if n_pos + n_neg == 0:
         return "no labelled test image was scored for it"
     missing = "present" if n_pos == 0 else "absent"
@@ -265,7 +125,7 @@ def score_predictions(Y_true: Any, votes: Any, probabilities: Any, vocabulary: S
     for t, term in enumerate(vocabulary):
         ok = (Y_true[:, t] >= 0) & np.isfinite(P[:, t])
         y = Y_true[ok, t]
-        if not ((y == 1).any() and (y == 0).any()):
+        if not has_both_classes(y):
             why = (reasons or {}).get(term) or _not_evaluated_reason(y)
             not_evaluated[term] = why
             terms[term] = {**{m: None for m in METRICS}, "n_pos": int((y == 1).sum()),
@@ -278,8 +138,7 @@ def score_predictions(Y_true: Any, votes: Any, probabilities: Any, vocabulary: S
                        "evaluated": True}
         ys.append(y)
         ps.append(P[ok, t])
-    mean: dict[str, float | None] = {
-        m: (float(np.mean(v)) if v else None) for m, v in per_metric.items()}
+    mean: dict[str, float | None] = {m: _number(defined_mean(v)) for m, v in per_metric.items()}
     if ys:
         y_all, p_all = np.concatenate(ys), np.concatenate(ps)
         mean["brier"] = float(np.mean((p_all - y_all) ** 2))
@@ -309,7 +168,7 @@ def combine_partitions(parts: Sequence[Evaluation], reasons: dict[str, str] | No
     std: dict[str, float | None] = {}
     for m in keys:
         vals = [p.summary["mean"][m] for p in parts if p.summary["mean"].get(m) is not None]
-        mean[m] = float(np.mean(vals)) if vals else None
+        mean[m] = _number(defined_mean(vals))
         std[m] = float(np.std(vals)) if vals else None
     terms: dict[str, dict] = {}
     not_evaluated: dict[str, str] = {}
@@ -325,8 +184,7 @@ def combine_partitions(parts: Sequence[Evaluation], reasons: dict[str, str] | No
             continue
         entry: dict = {}
         for m in METRICS:
-            vals = [s[m] for s in scored if s[m] is not None]
-            entry[m] = float(np.mean(vals)) if vals else None
+            entry[m] = _number(defined_mean(s[m] for s in scored))
         terms[term] = {**entry, "n_pos": count, "evaluated": True,
                        "n_partitions": len(scored)}
     n_eval = len(vocabulary) - len(not_evaluated)
@@ -343,8 +201,8 @@ def _untrainable_reasons(Y: np.ndarray, groups: np.ndarray | None, vocabulary: S
     out: dict[str, str] = {}
     for t, term in enumerate(vocabulary):
         y = Y[:, t]
-        n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
-        if n_pos == 0 or n_neg == 0:
+        n_pos, n_neg = (int(c) for c in class_counts(y))
+        if not has_both_classes(y):
             out[term] = f"no image is labelled {'present' if n_pos == 0 else 'absent'}"
         elif groups is not None and len(np.unique(groups[y == 1])) == 1:
             out[term] = (f"all {n_pos} present image(s) belong to one gene group, so no split "
@@ -360,70 +218,6 @@ def _untrainable_reasons(Y: np.ndarray, groups: np.ndarray | None, vocabulary: S
 def _disjoint(splits: Sequence[tuple[np.ndarray, np.ndarray]]) -> bool:
     tests = np.concatenate([np.asarray(te) for _, te in splits]) if splits else np.zeros(0)
     return len(tests) == len(np.unique(tests))
-
-
-def trainable_terms(Y: np.ndarray) -> list[int]:
-    """Term indices with both a present and an absent label in ``Y`` (what a fit can train)."""
-    return [t for t in range(Y.shape[1]) if (Y[:, t] == 1).any() and (Y[:, t] == 0).any()]
-
-
-def iter_fold_decisions(K: np.ndarray, train: np.ndarray, test: np.ndarray, Y_train: np.ndarray,
-                        config: Any, vocabulary: Sequence[str], terms: Sequence[int],
-                        label: str = "") -> ProgressGen[np.ndarray]:
-    """Member decision values ``(len(test), T, M)`` of a fit on rows ``train`` of the Gram ``K``.
-
-    ``K`` is the raw (uncentred) Gram matrix; ``train`` / ``test`` index its rows. Only
-    ``terms`` are fitted (others stay 0). The training block is centred on the fold's own
-    mean and normalised (:func:`.classify.prepare_gram`) and the test rows' cross block gets
-    the same treatment, so the decisions equal those of an ``EnsembleClassifier`` fitted on
-    these rows' features (up to float32 rounding of its stored weights).
-    """
-    from .classify import iter_fit_members, prepare_gram
-
-    n_terms, M = Y_train.shape[1], config.n_members
-    K_tr = K[np.ix_(train, train)]
-    train_mean = K_tr.mean(axis=1)  # x_i . mu for the training rows, before centring
-    norms = prepare_gram(K_tr, config)
-    alphas, b = yield from sub_progress(
-        iter_fit_members(K_tr, Y_train, config, vocabulary, terms), offset=0, prefix=label)
-    del K_tr
-    K_x = K[np.ix_(test, train)]
-    self_dot = K[test, test]
-    if config.center:  # (x - mu) . (x_i - mu) with mu the fold's training mean row
-        mu_mu = float(train_mean.mean())
-        x_mu = K_x.mean(axis=1)
-        K_x = K_x - x_mu[:, None] - train_mean[None, :] + mu_mu
-        self_dot = self_dot - 2.0 * x_mu + mu_mu
-    if config.normalize:
-        norm_x = np.sqrt(np.maximum(self_dot, 0.0))
-        norm_x[norm_x == 0] = 1.0
-        K_x = K_x / norm_x[:, None] / norms[None, :]
-    return (K_x @ alphas.T + b).reshape(len(test), n_terms, M)
-
-
-def iter_out_of_fold(K: np.ndarray, rows: np.ndarray, Y: np.ndarray, groups: Any, config: Any,
-                     vocabulary: Sequence[str], n_folds: int, seed: int = 0
-                     ) -> ProgressGen[np.ndarray]:
-    """Members' raw mean probability ``(len(rows), T)`` of each row from grouped folds that
-    did not train on it (NaN where a fold could not train the term, or with < 2 groups).
-
-    ``rows`` index the Gram matrix ``K``; ``Y`` and ``groups`` belong to those rows. Used to
-    fit Platt scaling (:mod:`.calibration`) without recomputing any Gram matrix.
-    """
-    rows = np.asarray(rows)
-    groups = np.asarray(groups)
-    out = np.full((len(rows), Y.shape[1]), np.nan)
-    n_groups = len(np.unique(groups))
-    if n_groups < 2:
-        return out
-    for k, (tr, te) in enumerate(grouped_folds(groups, min(n_folds, n_groups), seed)):
-        terms = trainable_terms(Y[tr])
-        if not terms:
-            continue
-        dec = yield from iter_fold_decisions(K, rows[tr], rows[te], Y[tr], config, vocabulary,
-                                             terms, label=f"calibration fold {k + 1}: ")
-        out[np.ix_(te, terms)] = expit(dec).mean(axis=2)[:, terms]
-    return out
 
 
 def iter_cross_validate(
@@ -456,9 +250,6 @@ def iter_cross_validate(
     :func:`score_predictions`). ``groups`` also improves the "not evaluated" reasons.
     ``gram`` (a :class:`.classify.GramBlock` holding those rows) saves computing it again.
     """
-    from .calibration import DEFAULT_METHOD, METHODS, iter_calibrate
-    from .classify import iter_gram, majority_vote
-
     calibration = DEFAULT_METHOD if calibration is None else calibration
     vocabulary = [str(t) for t in vocabulary]
     Y = np.asarray(Y)
@@ -474,7 +265,8 @@ def iter_cross_validate(
     cfg = ensemble
     used = np.unique(np.concatenate([np.concatenate([np.asarray(tr), np.asarray(te)])
                                      for tr, te in splits]))
-    K = yield from iter_gram(X, used if len(used) < X.shape[0] else None, reuse=gram)
+    # through the module: the one Gram computation, one place to count feature reads
+    K = yield from classify.iter_gram(X, used if len(used) < X.shape[0] else None, reuse=gram)
     pos = np.full(X.shape[0], -1)
     pos[used] = np.arange(len(used))
     finite = np.isfinite(np.diag(K))

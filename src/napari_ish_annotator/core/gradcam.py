@@ -19,8 +19,8 @@ Ensemble members are averaged through their gradients (the gradient of the mean 
 Maps are scaled by the term's predicted probability instead of being min-max stretched per
 term: a term predicted absent stays dark, so maps are comparable across terms.
 
-:func:`gradcam_mtl` does the same through a fine-tuned network's own multi-task head, with
-autograd (the head is non-linear).
+:func:`.finetune.gradcam_mtl` (in :mod:`.finetune.explain`) does the same through a fine-tuned
+network's own multi-task head, with autograd (the head is non-linear).
 """
 
 from __future__ import annotations
@@ -33,11 +33,8 @@ import numpy as np
 from .errors import InputError
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from .bundle import ModelBundle
     from .features import FeatureExtractor
-    from .finetune import FinetunedEnsemble, FinetunedModel
 
 METHODS = ("hirescam", "gradcam")
 
@@ -262,66 +259,3 @@ def overlay(image_rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.85,
         out[r:r + step] = (np.clip(blended, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     return out
 
-
-# --------------------------------------------------------------------------- fine-tuned head
-
-
-def gradcam_mtl(model: FinetunedModel | FinetunedEnsemble | str | Path | dict, image_rgb: np.ndarray,
-                terms: Sequence[str] | None = None, layer: str | None = None) -> np.ndarray:
-    """Grad-CAM through the fine-tuned network's own term outputs: ``(T, H_img, W_img)`` in [0, 1].
-
-    One forward pass; the trunk runs up to ``layer`` (default: the backbone's default layer, 21
-    for VGG16) and that activation ``A`` becomes the tensor we differentiate against directly
-    (module backward hooks break on torchvision VGG's in-place ReLUs). The gradients of all
-    term logits are taken in one batched autograd call. Each map is scaled by its term's
-    predicted probability (as in ``core.gradcam``), so absent terms stay dark. An ensemble
-    (or an ensemble checkpoint) gives the mean of its members' maps.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    from .backbones import get_spec
-    from .finetune import FinetunedEnsemble, FinetunedModel, load_ensemble
-
-    if not isinstance(model, FinetunedModel | FinetunedEnsemble):
-        model = load_ensemble(model)
-    if isinstance(model, FinetunedEnsemble):
-        if len(model.members) > 1:
-            return np.mean([gradcam_mtl(m, image_rgb, terms, layer) for m in model.members],
-                           axis=0).astype(np.float32)
-        model = model.members[0]
-    spec = get_spec(model.backbone)
-    layer = str(layer or spec.default_layer)
-    if layer not in model.layers:
-        raise InputError(f"layer {layer!r} is not a layer of {model.backbone}; use one of "
-                         f"{', '.join(model.layers)}")
-    terms = list(terms) if terms is not None else list(model.vocabulary)
-    unknown = [t for t in terms if t not in model.vocabulary]
-    if unknown:
-        raise InputError(f"term(s) {', '.join(unknown)} not in the checkpoint's vocabulary "
-                         f"({', '.join(model.vocabulary)})")
-    cols = [model.vocabulary.index(t) for t in terms]
-    k = model.layers[layer]
-    trunk, head = model.network.trunk, model.network.head
-    model.network.eval()
-    x = model.preprocess(image_rgb)[None].to(model.device)
-    with torch.no_grad():
-        a = trunk[:k + 1](x)
-    a = a.detach().requires_grad_(True)
-    logits = head(trunk[k + 1:](a.clone()))[0, cols]  # clone: later in-place ReLUs must not hit the leaf
-    eye = torch.eye(len(cols), device=a.device, dtype=logits.dtype)
-    try:
-        (grads,) = torch.autograd.grad(logits, a, grad_outputs=eye, is_grads_batched=True)
-        grads = grads[:, 0]                                   # (T, C, h, w)
-    except RuntimeError:  # an op without a batching rule: fall back to one call per term
-        grads = torch.stack([torch.autograd.grad(logits[i], a, retain_graph=True)[0][0]
-                             for i in range(len(cols))])
-    weights = grads.mean(dim=(2, 3), keepdim=True)            # (T, C, 1, 1)
-    cam = F.relu((weights * a.detach()[0][None]).sum(dim=1))  # (T, h, w)
-    peak = cam.flatten(1).max(dim=1).values.clamp_min(1e-12).view(-1, 1, 1)
-    prob = torch.sigmoid(logits.detach()).view(-1, 1, 1)
-    cam = cam / peak * prob
-    H, W = image_rgb.shape[:2]  # only the displayed maps have the image's size
-    up = F.interpolate(cam[None].float().cpu(), size=(H, W), mode="bilinear",
-                       align_corners=False)[0]
-    return up.clamp_(0, 1).numpy()

@@ -16,11 +16,16 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from .active import suggest
 from .classify import EnsembleClassifier, EnsembleConfig
+from .consensus import consensus
+from .metrics import mean_auc, trainable_terms
 from .progress import Progress, ProgressGen, drive
+from .splits import held_out_genes
+from .synthetic import _images_per_gene, make_embryo, sample_label_sets
+from .vocabulary import default_vocabulary, resolve_stage
 
-__all__ = ["SyntheticFeatures", "synthetic_features", "noisy_annotators", "mean_auc",
-           "fit_scores", "ConsensusTrial", "consensus_trial", "LearningCurve",
+__all__ = ["SyntheticFeatures", "synthetic_features", "noisy_annotators", "fit_scores", "ConsensusTrial", "consensus_trial", "LearningCurve",
            "learning_curve"]
 
 
@@ -36,9 +41,6 @@ def iter_synthetic_features(n_images: int, seed: int = 0, stage: str = "13-16",
                             size: tuple[int, int] = (64, 128), cell: int = 4
                             ) -> ProgressGen[SyntheticFeatures]:
     """Render ``n_images`` embryos (1-3 per gene, real term co-occurrence) into features."""
-    from .synthetic import _images_per_gene, make_embryo, sample_label_sets
-    from .vocabulary import default_vocabulary, resolve_stage
-
     stage = resolve_stage(stage)
     vocab = default_vocabulary(stage)
     rng = np.random.default_rng([seed, 7919])
@@ -78,23 +80,12 @@ def noisy_annotators(Y: np.ndarray, flip: float | Sequence[float], seed: int = 0
     return out
 
 
-def mean_auc(Y_true: np.ndarray, scores: np.ndarray, vocabulary: Sequence[str]) -> float:
-    """Mean held-out AUC over the terms where it is defined (the project's one metric)."""
-    from .evaluation import per_term_auc
-
-    if np.shape(scores)[1] != len(vocabulary):
-        raise ValueError(f"scores have {np.shape(scores)[1]} columns for {len(vocabulary)} terms")
-    aucs = [a for a in per_term_auc(np.asarray(Y_true), scores) if a is not None]
-    return float(np.mean(aucs)) if aucs else float("nan")
-
-
 def fit_scores(X_train: np.ndarray, Y_train: np.ndarray, X_test: np.ndarray,
                vocabulary: Sequence[str], seed: int = 0, n_members: int = 11
                ) -> tuple[EnsembleClassifier, np.ndarray]:
     """Fit the project's ensemble classifier; terms without both classes score 0.5."""
     Y_train = np.asarray(Y_train, np.int8)
-    ok = [t for t in range(Y_train.shape[1])
-          if (Y_train[:, t] == 1).any() and (Y_train[:, t] == 0).any()]
+    ok = trainable_terms(Y_train)
     clf = EnsembleClassifier([vocabulary[t] for t in ok],
                              EnsembleConfig(n_members=n_members, seed=seed))
     clf.fit(X_train, Y_train[:, ok])
@@ -115,15 +106,14 @@ class ConsensusTrial:
 
 def consensus_trial(data: SyntheticFeatures, flip: float | Sequence[float] = 0.25,
                     seed: int = 0, test_fraction: float = 0.5) -> ConsensusTrial:
-    """Split by gene, corrupt the training labels per annotator, train on each version.
+    """Hold out whole genes (:func:`.splits.held_out_genes`), corrupt the training labels
+    per annotator, train on each version.
 
     'single' is the first annotator's labels (the best one when rates differ, so the
     consensus must beat the best single annotator, not the average one).
     """
-    from .consensus import consensus
-
-    test = _split_by_gene(data.genes, test_fraction, seed)
-    Xtr, Ytr, Xte, Yte = data.X[~test], data.Y[~test], data.X[test], data.Y[test]
+    train, test = held_out_genes(data.genes, test_fraction, seed)
+    Xtr, Ytr, Xte, Yte = data.X[train], data.Y[train], data.X[test], data.Y[test]
     L = noisy_annotators(Ytr, flip, seed)
     versions = {"truth": Ytr, "single": L[0],
                 "majority": consensus(L, "majority").labels,
@@ -132,7 +122,7 @@ def consensus_trial(data: SyntheticFeatures, flip: float | Sequence[float] = 0.2
     for name, labels in versions.items():
         with threadpool_limits(1):  # tiny matrices: BLAS threads only contend
             _, scores = fit_scores(Xtr, labels, Xte, data.vocabulary, seed)
-        auc[name] = mean_auc(Yte, scores, data.vocabulary)
+        auc[name] = mean_auc(Yte, scores)
         known = labels >= 0
         acc[name] = float((labels[known] == Ytr[known]).mean())
     rates = (float(flip),) * 3 if np.isscalar(flip) else tuple(float(f) for f in flip)
@@ -149,14 +139,6 @@ class LearningCurve:
     auc: tuple[float, ...]
 
 
-def _split_by_gene(genes: Sequence[str], test_fraction: float, seed: int) -> np.ndarray:
-    """Boolean test mask: a random ``test_fraction`` of the genes with all their images."""
-    rng = np.random.default_rng([seed, 31])
-    unique = np.unique(genes)
-    test_genes = set(rng.choice(unique, size=int(len(unique) * test_fraction), replace=False))
-    return np.array([g in test_genes for g in genes])
-
-
 def learning_curve(data: SyntheticFeatures, strategy: str = "suggest", seed: int = 0,
                    start: int = 20, batch: int = 20, rounds: int = 8,
                    test_fraction: float = 0.4) -> LearningCurve:
@@ -166,10 +148,7 @@ def learning_curve(data: SyntheticFeatures, strategy: str = "suggest", seed: int
     Both strategies start from the same random images, so the curves differ only by the
     choice of what to label next.
     """
-    from .active import suggest
-
-    test = _split_by_gene(data.genes, test_fraction, seed)
-    pool = np.flatnonzero(~test)
+    pool, test = held_out_genes(data.genes, test_fraction, seed)
     rng = np.random.default_rng([seed, 17])
     labelled = list(rng.choice(pool, size=start, replace=False))
     genes = np.asarray(data.genes)
@@ -179,7 +158,7 @@ def learning_curve(data: SyntheticFeatures, strategy: str = "suggest", seed: int
             clf, scores = fit_scores(data.X[labelled], data.Y[labelled], data.X[test],
                                      data.vocabulary, seed)
         sizes.append(len(labelled))
-        aucs.append(mean_auc(data.Y[test], scores, data.vocabulary))
+        aucs.append(mean_auc(data.Y[test], scores))
         if step == rounds:
             break
         rest = np.setdiff1d(pool, labelled)

@@ -8,11 +8,8 @@ term. Label sets are sampled from the *real* FlyExpress co-occurrence rows of th
 correlations between terms are realistic; pose, stain strength, illumination, noise and blur
 vary so that the task is learnable but not trivial (nuisance haze and off-target blobs too).
 
-Regions are defined in normalised embryo coordinates: ``u`` in [-1, 1] along the
-anterior-posterior axis (-1 = anterior pole, left) and ``d`` in [-1, 1] along the
-dorsal-ventral axis (+1 = dorsal, up). Each term has a list of parts (blob, box, tube or
-dots, optionally restricted to the outer shell and/or cut into segmental stripes). Unknown
-terms get a deterministic placement hashed from their name.
+Where each term's region lies on the embryo (parts in normalised embryo coordinates) is
+:mod:`.synthetic_regions`; its names are re-exported here.
 
 Fields are evaluated at half resolution and upsampled (stains are smooth and the image is
 blurred afterwards), which keeps a 640 x 320 image well under 50 ms.
@@ -20,7 +17,6 @@ blurred afterwards), which keeps a 640 x 320 image well under 50 ms.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from collections.abc import Sequence
@@ -31,112 +27,12 @@ import numpy as np
 
 from .io import write_png_atomic, write_text_atomic
 from .progress import Progress, ProgressGen, drive
+from .synthetic_regions import TERM_REGIONS, Part, blob, term_region
 
-Part = dict
+__all__ = ["BDGP_STAIN_RGB", "Part", "TERM_REGIONS", "term_region", "random_pose", "make_embryo",
+           "slugify", "sample_label_sets", "iter_generate_dataset", "generate_dataset"]
+
 BDGP_STAIN_RGB = (70, 60, 120)
-
-# ----------------------------------------------------------------------------- regions
-
-
-def _blob(u: float, d: float, ru: float, rd: float, **kw: object) -> Part:
-    return {"kind": "blob", "u": u, "d": d, "ru": ru, "rd": rd, **kw}
-
-
-def _box(u0: float, u1: float, d0: float, d1: float, **kw: object) -> Part:
-    return {"kind": "box", "u0": u0, "u1": u1, "d0": d0, "d1": d1, **kw}
-
-
-def _tube(points: Sequence[tuple[float, float]], width: float, **kw: object) -> Part:
-    return {"kind": "tube", "points": tuple(points), "width": width, **kw}
-
-
-def _dots(n: int, u0: float, u1: float, d: float, ru: float, rd: float, **kw: object) -> Part:
-    return {"kind": "dots", "n": n, "u0": u0, "u1": u1, "d": d, "ru": ru, "rd": rd, **kw}
-
-
-_BRAIN = _blob(-0.70, 0.30, 0.20, 0.33)
-_VNC = _box(-0.50, 0.78, -0.84, -0.56)
-_PHARYNX = _tube([(-0.96, -0.22), (-0.80, -0.08), (-0.62, 0.04)], 0.07)
-
-#: Placement of every built-in term (all stage ranges) on a lateral embryo.
-TERM_REGIONS: dict[str, list[Part]] = {
-    # --- stages 4-6 (blastoderm, gastrulation onset) ---
-    "cellular blastoderm": [_box(-1.1, 1.1, -1.1, 1.1, shell=0.13)],
-    "dorsal ectoderm anlage in statu nascendi": [_box(-0.55, 0.85, 0.25, 1.1, shell=0.16)],
-    "ventral ectoderm anlage in statu nascendi": [_box(-0.55, 0.85, -0.75, -0.20, shell=0.30)],
-    "procephalic ectoderm anlage in statu nascendi": [_box(-1.1, -0.50, -0.20, 1.1, shell=0.22)],
-    "anlage in statu nascendi": [_box(-0.60, 0.70, -1.1, 1.1, stripes=(7, 0.35))],
-    "posterior endoderm anlage in statu nascendi": [_blob(0.92, 0.0, 0.20, 0.45)],
-    "mesoderm anlage in statu nascendi": [_box(-0.80, 0.85, -1.1, -0.62)],
-    "yolk nuclei": [_blob(0.0, 0.0, 0.68, 0.58, gain=0.7, speckle=True)],
-    "hindgut anlage in statu nascendi": [_blob(0.80, 0.45, 0.12, 0.16)],
-    "foregut anlage in statu nascendi": [_blob(-0.80, -0.25, 0.10, 0.16)],
-    # --- stages 7-8 (germ band extension) ---
-    "ventral ectoderm primordium P2": [_box(-0.50, 0.80, -1.1, -0.30, shell=0.22,
-                                            stripes=(10, 0.5))],
-    "trunk mesoderm primordium P2": [_box(-0.50, 0.75, -0.55, -0.20)],
-    "posterior endoderm primordium P2": [_blob(0.55, 0.55, 0.22, 0.25)],
-    "head mesoderm primordium P4": [_blob(-0.62, -0.35, 0.15, 0.20)],
-    "procephalic ectoderm anlage": [_box(-1.1, -0.55, -0.30, 1.1, shell=0.22)],
-    "anterior endoderm anlage": [_blob(-0.78, -0.15, 0.12, 0.25)],
-    "dorsal ectoderm primordium": [_box(-0.50, 0.60, 0.35, 1.1, shell=0.18)],
-    "hindgut anlage": [_blob(0.40, 0.70, 0.10, 0.12)],
-    "ventral nerve cord anlage": [_box(-0.45, 0.75, -0.95, -0.70)],
-    "foregut anlage": [_blob(-0.85, -0.45, 0.08, 0.12)],
-    # --- stages 9-10 ---
-    "trunk mesoderm primordium": [_box(-0.50, 0.80, -0.55, 0.20, stripes=(11, 0.55))],
-    "head mesoderm primordium P2": [_blob(-0.55, -0.40, 0.14, 0.16)],
-    "posterior endoderm primordium": [_blob(0.50, 0.30, 0.22, 0.28)],
-    "anterior endoderm primordium": [_blob(-0.65, 0.0, 0.16, 0.25)],
-    "procephalic ectoderm primordium": [_box(-1.1, -0.50, -0.40, 1.1, shell=0.25)],
-    "ventral ectoderm primordium": [_box(-0.50, 0.85, -1.1, -0.35, shell=0.20)],
-    "ventral nerve cord primordium P3": [_dots(12, -0.50, 0.80, -0.78, 0.035, 0.07)],
-    "inclusive hindgut primordium": [_blob(0.25, 0.75, 0.12, 0.13)],
-    "foregut primordium": [_blob(-0.72, -0.35, 0.10, 0.14)],
-    # --- stages 11-12 ---
-    "posterior midgut primordium": [_blob(0.35, 0.20, 0.28, 0.30)],
-    "anterior midgut primordium": [_blob(-0.45, 0.05, 0.22, 0.30)],
-    "brain primordium": [_blob(-0.72, 0.35, 0.20, 0.30)],
-    "ventral nerve cord primordium": [_box(-0.55, 0.90, -0.75, -0.50)],
-    "hindgut proper primordium": [_tube([(0.20, 0.75), (0.50, 0.70), (0.75, 0.45),
-                                         (0.85, 0.10)], 0.08)],
-    "dorsal epidermis primordium": [_box(-0.50, 0.90, 0.50, 1.1, shell=0.20,
-                                         stripes=(11, 0.45))],
-    "ventral epidermis primordium": [_box(-0.50, 0.90, -1.1, -0.35, shell=0.18,
-                                          stripes=(11, 0.40))],
-    "somatic muscle primordium": [_dots(11, -0.45, 0.85, 0.10, 0.045, 0.12),
-                                  _dots(11, -0.45, 0.85, -0.25, 0.045, 0.10)],
-    # --- stages 13-16 ---
-    "embryonic midgut": [_blob(-0.25, 0.05, 0.17, 0.30), _blob(0.05, 0.02, 0.17, 0.32),
-                         _blob(0.35, 0.05, 0.17, 0.30)],
-    "ventral nerve cord": [_VNC],
-    "embryonic brain": [_BRAIN],
-    "embryonic dorsal epidermis": [_box(-0.65, 0.90, 0.45, 1.1, shell=0.20,
-                                        stripes=(11, 0.50))],
-    "embryonic hindgut": [_tube([(0.55, 0.35), (0.75, 0.25), (0.82, 0.0), (0.72, -0.20)],
-                                0.07)],
-    "embryonic ventral epidermis": [_box(-0.55, 0.90, -1.1, -0.45, shell=0.15,
-                                         stripes=(11, 0.50))],
-    "embryonic central nervous system": [_BRAIN, _VNC],
-    "embryonic/larval muscle system": [_box(-0.55, 0.85, -0.40, 0.50, stripes=(11, 0.22)),
-                                       _blob(-0.86, -0.05, 0.07, 0.10)],
-    "embryonic head epidermis": [_box(-1.1, -0.60, -1.1, 1.1, shell=0.15)],
-    "embryonic foregut": [_PHARYNX],
-}
-
-
-def term_region(term: str) -> list[Part]:
-    """Parts of a term's region; unknown terms get a stable placement hashed from the name."""
-    if term in TERM_REGIONS:
-        return TERM_REGIONS[term]
-    seed = int.from_bytes(hashlib.sha256(term.encode("utf-8")).digest()[:8], "little")
-    rng = np.random.default_rng(seed)
-    parts = []
-    for _ in range(int(rng.integers(1, 3))):
-        parts.append(_blob(float(rng.uniform(-0.7, 0.7)), float(rng.uniform(-0.55, 0.55)),
-                           float(rng.uniform(0.10, 0.25)), float(rng.uniform(0.12, 0.30))))
-    return parts
-
 
 # ---------------------------------------------------------------------------- rendering
 
@@ -330,7 +226,7 @@ def make_embryo(terms_present: Sequence[str], vocabulary: Sequence[str],
     if rng.random() < 0.25:  # faint ubiquitous haze (a non-anatomical annotation in BDGP)
         keep *= 1.0 - rng.uniform(0.05, 0.2)
     if rng.random() < 0.2:  # faint off-target blob that is not in the vocabulary
-        junk = _blob(rng.uniform(-0.6, 0.6), rng.uniform(-0.5, 0.5), rng.uniform(0.08, 0.2),
+        junk = blob(rng.uniform(-0.6, 0.6), rng.uniform(-0.5, 0.5), rng.uniform(0.08, 0.2),
                      rng.uniform(0.1, 0.3))
         keep *= 1.0 - rng.uniform(0.15, 0.35) * _part_density(junk, wu, wd, r, e, (0, 0, 1))
     stain = (1.0 - keep) * _smoothstep(1.0, 0.96, r)

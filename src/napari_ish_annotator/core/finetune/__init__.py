@@ -13,21 +13,19 @@ The package, one concern per module:
 * :mod:`.network` - the multi-task head, the frozen depth, the masked loss (unknown labels
   ``-1`` give neither loss nor gradient);
 * :mod:`.data` - label checks, the gene-grouped validation split (the one in
-  :mod:`..evaluation`), images in memory (through :mod:`..preprocess`, the path feature
+  :mod:`..splits`), images in memory (through :mod:`..preprocess`, the path feature
   extraction uses), augmentation, the frozen-layer cache;
 * :mod:`.trainer` - :class:`Trainer`: epoch loop, validation (per-term AUC of
-  :mod:`..evaluation`), early stopping, a checkpoint per epoch; :func:`iter_finetune` is the
+  :mod:`..metrics`), early stopping, a checkpoint per epoch; :func:`iter_finetune` is the
   entry point;
 * :mod:`.checkpoint` - atomic writes, checked reads (``weights_only=True``), inference models;
-* :mod:`.ensemble` - K networks in one checkpoint, mean and spread of their predictions.
-
-Grad-CAM through the multi-task head, :func:`gradcam_mtl`, lives with the other Grad-CAM code
-in :mod:`..gradcam` and is re-exported here.
+* :mod:`.ensemble` - K networks in one checkpoint, mean and spread of their predictions;
+* :mod:`.explain` - Grad-CAM through the multi-task head, :func:`gradcam_mtl` (the linear
+  Grad-CAM of the logistic ensembles is :mod:`..gradcam`, which does not import this package).
 """
 
 from __future__ import annotations
 
-from ..gradcam import gradcam_mtl
 from .checkpoint import FinetunedModel, load_checkpoint, load_finetuned
 from .config import FORMAT, FORMAT_VERSION, FinetuneConfig, FinetuneProgress, FinetuneResult
 from .data import check_labels, training_fingerprint
@@ -41,8 +39,9 @@ from .ensemble import (
     iter_finetune_ensemble_dataset,
     load_ensemble,
 )
+from .explain import gradcam_mtl
 from .network import build_head, masked_bce, resolve_frozen
-from .trainer import Trainer, finetune, iter_finetune, iter_finetune_dataset, mean_auc
+from .trainer import Trainer, finetune, iter_finetune, iter_finetune_dataset
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "EnsembleProbabilities", "EnsembleResult", "FinetuneConfig",
@@ -50,5 +49,5 @@ __all__ = [
     "build_head", "check_labels", "finetune", "finetune_ensemble", "gradcam_mtl",
     "is_ensemble", "iter_finetune", "iter_finetune_dataset", "iter_finetune_ensemble",
     "iter_finetune_ensemble_dataset", "load_checkpoint", "load_ensemble", "load_finetuned",
-    "masked_bce", "mean_auc", "resolve_frozen", "training_fingerprint",
+    "masked_bce", "resolve_frozen", "training_fingerprint",
 ]

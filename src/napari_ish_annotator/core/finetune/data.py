@@ -1,7 +1,7 @@
 """Training data for fine-tuning: labels, the validation split, images in memory, augmentation.
 
-The split and the fingerprint are the package's single ones (:mod:`..evaluation`,
-:mod:`..manifest`); images go through :mod:`..preprocess`, as for feature extraction.
+The split, the "term has both classes" rule and the fingerprint are the package's single ones
+(:mod:`..splits`, :mod:`..metrics`, :mod:`..manifest`); images go through :mod:`..preprocess`, as for feature extraction.
 
 Images are read once, through the same :mod:`..preprocess` path as feature extraction, and kept
 as ``uint8`` (``3 * S * S`` bytes each). On CPU the frozen prefix of the trunk dominates the
@@ -22,8 +22,10 @@ import numpy as np
 
 from ..errors import InputError
 from ..manifest import training_fingerprint  # noqa: F401 - the one training fingerprint
+from ..metrics import has_both_classes, trainable_terms
 from ..preprocess import as_rgb, border_colour, resize_uint8
 from ..progress import ProgressGen
+from ..splits import validation_split
 from .config import FinetuneConfig, progress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,7 +45,7 @@ def check_labels(images: Sequence, Y: np.ndarray, vocabulary: Sequence[str]) -> 
     if len(images) < 2:
         raise InputError("fine-tuning needs at least two labelled images; label more images")
     Y = Y.astype(np.int8)
-    if not ((Y == 1).any(axis=0) & (Y == 0).any(axis=0)).any():
+    if not has_both_classes(Y).any():
         raise InputError("no term has both a present and an absent label; label at least one "
                          "positive and one negative image for some term")
     return Y
@@ -64,16 +66,14 @@ class Split:
 
 
 def make_split(groups: Sequence | np.ndarray | None, Y: np.ndarray, fraction: float, seed: int) -> Split:
-    """The validation split of one run (:func:`..evaluation.validation_split`: gene-grouped,
+    """The validation split of one run (:func:`..splits.validation_split`: gene-grouped,
     seeded); InputError if the training part cannot train any term."""
     n = len(Y)
     arr = np.array([str(g) for g in (groups if groups is not None else np.arange(n))])
     if len(arr) != n:
         raise InputError(f"{len(arr)} group labels for {n} images; pass one group (gene) per image")
-    from ..evaluation import validation_split  # sklearn: imported when a run starts
-
     train_idx, val_idx = validation_split(arr, Y, fraction, seed)
-    if not ((Y[train_idx] == 1).any(axis=0) & (Y[train_idx] == 0).any(axis=0)).any():
+    if not trainable_terms(Y[train_idx]):
         raise InputError("after holding out a validation set no term has both classes in the "
                          "training part; label more images or lower the validation fraction")
     return Split(train_idx, val_idx, tuple(sorted({str(g) for g in arr[val_idx]})))

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
+from ..metrics import defined_mean, per_term_auc
 from ..progress import ProgressGen, drive
 from .checkpoint import (
     atomic_save,
@@ -54,16 +55,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..backbones import LoadedBackbone
     from ..manifest import Dataset
-
-
-def mean_auc(Y: np.ndarray, scores: np.ndarray) -> tuple[float, list[float]]:
-    """Mean of :func:`..evaluation.per_term_auc` over the terms it defines (NaN if none), and
-    the per-term list with NaN where undefined (the checkpoint's ``val_auc_per_term``)."""
-    from ..evaluation import per_term_auc
-
-    per = [float("nan") if a is None else float(a) for a in per_term_auc(Y, scores)]
-    finite = [a for a in per if not math.isnan(a)]
-    return (float(np.mean(finite)) if finite else float("nan")), per
 
 
 def amp_dtype(config: FinetuneConfig, device: torch.device) -> torch.dtype | None:
@@ -272,7 +263,9 @@ class Trainer:
                 logits = self.forward(idx, train=False).float()
                 losses += float(masked_bce(logits, self.Y_t[idx].to(self.device), self.pos_weight)) * len(idx)
                 scores.append(torch.sigmoid(logits).cpu().numpy())
-        auc, per = mean_auc(self.Y[val], np.concatenate(scores))
+        aucs = per_term_auc(self.Y[val], np.concatenate(scores))
+        auc = defined_mean(aucs)  # the checkpoint keeps NaN where a term has no AUC
+        per = [math.nan if a is None else float(a) for a in aucs]
         return (None if math.isnan(auc) else auc), losses / len(val), per
 
     def _better(self, score: float, val_loss: float | None) -> bool:
