@@ -19,11 +19,11 @@ from .results import (
     TrainReport,
 )
 from .state import LABEL_CYCLE, UNCERTAIN_BAND, AnnotatorSession, WrongThreadError
-from .steps import LABEL_FALLBACK, MIN_CV_PER_CLASS, classify_rows, failed_rows, throttled
+from .steps import LABEL_FALLBACK, MIN_CV_PER_CLASS, failed_rows, throttled
 
 __all__ = [
     "LABEL_CYCLE", "LABEL_FALLBACK", "MIN_CV_PER_CLASS", "UNCERTAIN_BAND", "AnnotatorSession",
     "ExtractedFeatures", "FinetuneOutcome", "GradcamMaps", "ModelState", "OpenedDataset",
     "Predictions", "SessionSettings", "StoreSwitch", "TrainReport", "TrainedModel",
-    "WrongThreadError", "classify_rows", "failed_rows", "multi", "throttled",
+    "WrongThreadError", "failed_rows", "multi", "throttled",
 ]

@@ -589,9 +589,12 @@ class AnnotatorSession:
                 "cannot train: every term needs at least one 'present' and one 'absent' label; "
                 "missing for: " + ", ".join(bad) + ". Label more images or remove those terms.")
 
-    def train_request(self, cross_validate: bool = True, n_folds: int = 5,
+    def train_request(self, cross_validate: bool = True, n_folds: int | None = None,
                       Y: np.ndarray | None = None) -> steps.TrainRequest:
         """Everything a Train run needs, frozen now (labels, settings, features).
+
+        ``n_folds``: the gene-grouped folds of the one out-of-fold pass that gives the CV AUCs
+        and the calibration (default: the calibration's own, so the model is ``train``'s).
 
         ``Y`` trains on other labels of the open images (e.g. the annotators' consensus,
         :func:`.multi.consensus_train_request`) instead of the session's own.
