@@ -88,7 +88,6 @@ class AnnotatorSession:
         self.previous_model: ModelState | None = None  # what "switch model" goes back to
         self.label_order: Any = None  # multi.LabelOrder: the "next to label" ranking
         self.member_spread: Any = None  # multi.MemberSpread of the fine-tuned ensemble in use
-        self.defer_layer = False  # set by the reader: napari adds the layer it returns
         self.generation = 0  # bumped on every open: late worker results are dropped
         self._pending_error: InputError | None = None
         self._extractors = steps.Extractors(self.cache_dir)

@@ -31,7 +31,8 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import InputError
 from ..session import UNCERTAIN_BAND, multi, steps
-from ._base import SessionDock, report_error, shows_input_error
+from ._base import SessionDock
+from ._errors import report_error, shows_input_error
 from ._worker import TaskRunner
 
 LABEL_TEXT = {None: "unknown", 1: "present", 0: "absent"}

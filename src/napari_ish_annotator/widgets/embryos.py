@@ -23,8 +23,9 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import InputError
 from ..session import OpenedDataset, StoreSwitch, multi, steps
-from ._base import SessionDock, report_error, shows_input_error
+from ._base import SessionDock
 from ._embryo_table import IMAGE_ROLE, EmbryoFilterProxy, EmbryoTableModel
+from ._errors import report_error, shows_input_error
 from ._loading import freeze_long_lived
 from ._viewer_binding import first_show_staged
 from ._worker import TaskRunner

@@ -26,7 +26,8 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import InputError
 from ..session import MIN_CV_PER_CLASS, TrainedModel, multi, steps
-from ._base import SessionDock, report_error, shows_input_error
+from ._base import SessionDock
+from ._errors import report_error, shows_input_error
 from ._worker import TaskRunner
 
 
