@@ -23,7 +23,7 @@ def test_session_cv_equals_cli_evaluate_folds(tmp_path, seed):
     from napari_ish_annotator.core.progress import drive
     from napari_ish_annotator.session import AnnotatorSession, steps
 
-    folds = 4
+    folds = 4  # not the calibration's 3: the panel's folds are the ones asked for
     # 28 images of 14 genes: more genes than folds, so both use grouped k folds
     manifest = make_dataset(tmp_path / "data", n=28)
     _shuffle_some_labels(manifest, 12)  # the blobs alone make every AUC 1.0
@@ -65,9 +65,11 @@ def _shuffle_some_labels(manifest, k: int) -> None:
 
 
 def test_train_with_cv_reads_the_features_once(tmp_path, monkeypatch):
-    """The panel's CV and its final fit share one Gram matrix (its sub-blocks), and the model
-    is the one trained without CV."""
-    from napari_ish_annotator.core import classify
+    """The panel's CV and its final fit share one Gram matrix (its sub-blocks), one
+    out-of-fold pass gives both the AUCs and the Platt calibration (3 fold fits, not the CV's
+    plus the calibration's), and the model is the one trained without CV."""
+    from napari_ish_annotator.core import classify, evaluation
+    from napari_ish_annotator.core.calibration import CALIBRATION_FOLDS
     from napari_ish_annotator.core.progress import drive
     from napari_ish_annotator.session import AnnotatorSession, steps
 
@@ -88,9 +90,18 @@ def test_train_with_cv_reads_the_features_once(tmp_path, monkeypatch):
             calls.append(X.shape[0] if rows is None else len(rows))
         return (yield from real(X, rows, reuse))
 
+    folds: list[int] = []
+    real_fold = evaluation.iter_fold_decisions
+
+    def counting_folds(K, train, test, *args, **kwargs):
+        folds.append(len(test))
+        return (yield from real_fold(K, train, test, *args, **kwargs))
+
     monkeypatch.setattr(classify, "iter_gram", counting)
-    with_cv = drive(steps.iter_train(session.train_request(cross_validate=True, n_folds=4)))
+    monkeypatch.setattr(evaluation, "iter_fold_decisions", counting_folds)
+    with_cv = drive(steps.iter_train(session.train_request(cross_validate=True)))
     assert len(calls) == 1, calls
+    assert len(folds) == CALIBRATION_FOLDS and sum(folds) == 28, folds  # each image once
     assert with_cv.report.auc and set(with_cv.report.auc) <= set(TERMS)
     np.testing.assert_allclose(with_cv.predictions.probabilities,
                                plain.predictions.probabilities, atol=1e-6)

@@ -42,9 +42,10 @@ def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tm
     expected = bundle.classifier.predict_proba(X)
     votes = bundle.classifier.predict(X)
     np.testing.assert_allclose(session.probabilities, expected, rtol=1e-5, atol=1e-6)
-    auc = session.train_report.auc
-    assert set(auc) == set(TERMS) and all(0.0 <= a <= 1.0 for a in auc.values())
-    assert train.table.item(0, 3).text() == f"{auc[TERMS[0]]:.2f}"
+    auc = session.train_report.auc  # 3 gene-grouped folds of 4 genes: not every term has one
+    assert auc and set(auc) <= set(TERMS) and all(0.0 <= a <= 1.0 for a in auc.values())
+    shown = {train.table.item(r, 0).text(): train.table.item(r, 3).text() for r in range(3)}
+    assert all(shown[t] == f"{a:.2f}" for t, a in auc.items())
 
     # the Annotate list shows the model's numbers for the current image (image 3)
     session.set_index(3)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
 from .core.images import SUPPORTED_SUFFIXES
 from .core.manifest import is_manifest
 
-PLUGIN = "napari-ish-annotator"
-ANNOTATOR = "ISH Annotator"  # the dock with every panel (widgets.ANNOTATOR_DOCK)
 #: from this many images on, File > Open reads them in the Embryos panel's worker (progress,
 #: Cancel) instead of freezing the viewer while every file is checked and hashed
 BACKGROUND_MIN_FILES = 500
@@ -57,43 +54,13 @@ def _count_images(inputs: list[str | Path]) -> int:
 
 
 def open_in_session(viewer: Any, inputs: list[str | Path]) -> list[tuple]:
-    """Open ``inputs`` in the viewer's session; return the embryo layer for napari to add.
+    """Open ``inputs`` in the viewer's session (:func:`widgets.open_in_viewer`, which shows
+    the embryo layer itself); datasets of :data:`BACKGROUND_MIN_FILES` images or more open
+    in the annotator's worker."""
+    from .widgets import open_in_viewer
 
-    Large datasets open in the background in the annotator's Embryos tab; napari gets no
-    layer now, and the embryo layer appears when the worker is done.
-    """
-    from .widgets._registry import get_session
-    from .widgets._viewer_binding import embryo_layer, embryo_layer_kwargs
-
-    session = get_session(viewer)
-    if _count_images(inputs) >= BACKGROUND_MIN_FILES:
-        embryos = None
-        with contextlib.suppress(Exception):  # no Qt window (headless model): open below
-            embryos = viewer.window.add_plugin_dock_widget(PLUGIN, ANNOTATOR)[1].embryos
-        if embryos is not None and hasattr(embryos, "open_paths"):
-            embryos.open_paths(list(inputs), background=True)
-            return [(None,)]
-    old = embryo_layer(viewer)
-    if old is not None:
-        viewer.layers.remove(old)
-    session.defer_layer = True  # napari adds the layer we return; do not add a second one
-    try:
-        session.open(inputs)
-    finally:
-        session.defer_layer = False
-    err = session.take_pending_error()
-    if err is not None:
-        from napari.utils.notifications import show_error
-
-        show_error(str(err))
-    if session.skipped:
-        from napari.utils.notifications import show_warning
-
-        show_warning(f"{len(session.skipped)} file(s) skipped: " + "; ".join(session.skipped[:3]))
-    # no Qt window (headless model): the session is still filled
-    with contextlib.suppress(Exception):
-        viewer.window.add_plugin_dock_widget(PLUGIN, ANNOTATOR)
-    return [(session.image(), embryo_layer_kwargs(session), "image")]
+    return open_in_viewer(viewer, inputs,
+                          background=_count_images(inputs) >= BACKGROUND_MIN_FILES)
 
 
 def read_dataset(path: str | list[str]) -> list[tuple]:

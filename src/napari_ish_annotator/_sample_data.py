@@ -34,8 +34,8 @@ def make_sample_data() -> list[tuple]:
     """'Synthetic ISH embryos': fills the current viewer's session, returns the embryo layer."""
     import napari
 
-    from ._reader import open_in_session
     from .core.images import read_rgb
+    from .widgets import open_in_viewer
 
     manifest = ensure_sample_manifest()
     viewer = napari.current_viewer()
@@ -44,4 +44,4 @@ def make_sample_data() -> list[tuple]:
 
         first = read_manifest(manifest, require_positives=False).paths[0]
         return [(read_rgb(first), {"name": first.name, "rgb": True}, "image")]
-    return open_in_session(viewer, [manifest])
+    return open_in_viewer(viewer, [manifest])

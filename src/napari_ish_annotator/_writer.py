@@ -13,12 +13,12 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     import napari
 
     from .core.errors import InputError
-    from .widgets._registry import get_session
+    from .widgets import session_of
 
     viewer = napari.current_viewer()
     if viewer is None:
         raise InputError("no viewer with an open ISH dataset; open one in the Embryos panel")
-    session = get_session(viewer)
+    session = session_of(viewer)
     return export_session(session, path)
 
 

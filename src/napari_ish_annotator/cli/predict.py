@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from ..core.errors import InputError
@@ -14,7 +13,7 @@ from . import _common as c
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..core.bundle import load_bundle
     from ..core.opening import collect_inputs
-    from ..core.pipeline import write_predictions
+    from ..core.pipeline import iter_predict_chunked, write_predictions
 
     out = Path(args.out).absolute()
     for item in args.inputs:
@@ -60,20 +59,6 @@ def _skip_bad_inputs(args: argparse.Namespace) -> list[Path]:
         if not problem.ignorable:
             print(f"ish-annotator predict: warning: skipped {problem}", file=sys.stderr)
     return list(scanned.paths)
-
-
-def iter_predict_chunked(bundle, images: Sequence[Path], cache_dir: Path | None,
-                         device: str | None, chunk_size: int):
-    """Calibrated probabilities and majority votes ``(n, T)``, ``chunk_size`` images at a time
-    (:func:`core.pipeline.iter_score_chunked`)."""
-    import numpy as np
-
-    from ..core.pipeline import iter_score_chunked
-
-    parts = yield from iter_score_chunked(bundle, images, bundle.predict_both, cache_dir,
-                                          device, chunk_size)
-    return (np.concatenate([p for p, _ in parts]).astype(np.float64, copy=False),
-            np.concatenate([v for _, v in parts]).astype(bool, copy=False))
 
 
 def register(sub) -> None:

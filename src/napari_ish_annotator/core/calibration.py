@@ -137,16 +137,22 @@ def fit(method: str, Y: Any, p_raw_oof: Any = None) -> Calibration:
 
 
 def iter_calibrate(K: np.ndarray, rows: np.ndarray, Y: np.ndarray, groups: Any, config: Any,
-                   vocabulary: Sequence[str], method: str = DEFAULT_METHOD
-                   ) -> ProgressGen[Calibration]:
+                   vocabulary: Sequence[str], method: str = DEFAULT_METHOD,
+                   oof: np.ndarray | None = None) -> ProgressGen[Calibration]:
     """The calibration of a model fitted on rows ``rows`` of the Gram matrix ``K``.
 
     ``Y`` and ``groups`` belong to those rows. Platt scaling fits on out-of-fold scores from
     :data:`CALIBRATION_FOLDS` gene-grouped folds, each fitted on sub-blocks of ``K`` (no
-    feature row is read again); the prior correction and "none" need no fits.
+    feature row is read again); the prior correction and "none" need no fits. ``oof``: those
+    scores, when the caller already has them (the Train panel's CV makes them once and shows
+    their AUC too, :func:`.evaluation.iter_out_of_fold`), so no fold is fitted here.
     """
     if method != "platt":
         return fit(method, Y)
-    oof = yield from iter_out_of_fold(K, rows, Y, groups, config, vocabulary,
-                                      CALIBRATION_FOLDS, seed=config.seed)
+    if oof is None:
+        oof = yield from iter_out_of_fold(K, rows, Y, groups, config, vocabulary,
+                                          CALIBRATION_FOLDS, seed=config.seed)
+    elif np.shape(oof) != np.shape(Y):
+        raise ValueError(f"out-of-fold scores have shape {np.shape(oof)}, expected "
+                         f"{np.shape(Y)}")
     return fit_platt(oof, Y)

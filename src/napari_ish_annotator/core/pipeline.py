@@ -88,6 +88,7 @@ def iter_fit_bundle(
     groups: np.ndarray | None = None,
     calibration: str | None = None,
     gram: Any = None,
+    oof: np.ndarray | None = None,
 ) -> ProgressGen:
     """Fit the per-term ensembles on precomputed features and wrap them in a model bundle.
 
@@ -97,7 +98,9 @@ def iter_fit_bundle(
     groups every image is its own group). The Gram matrix is computed once for the
     calibration folds and the final fit (or taken from ``gram``, a
     :class:`.classify.GramBlock` that holds the labelled rows). ``fingerprint`` is
-    :func:`.manifest.training_fingerprint` of the training images and ``Y``.
+    :func:`.manifest.training_fingerprint` of the training images and ``Y``. ``oof``: the
+    labelled rows' out-of-fold raw scores for Platt scaling, when the caller made them already
+    (:func:`.evaluation.iter_out_of_fold`; the Train panel shows their AUC), else made here.
     """
     from .backbones import get_spec
     from .bundle import ModelBundle
@@ -119,7 +122,8 @@ def iter_fit_bundle(
         g = np.arange(len(labelled)) if groups is None else np.asarray(groups)[labelled]
         cal = yield from sub_progress(iter_calibrate(
             K, np.arange(len(labelled)), Y[labelled], g, ensemble, list(vocabulary),
-            DEFAULT_METHOD if calibration is None else calibration), 0, prefix="calibration: ")
+            DEFAULT_METHOD if calibration is None else calibration, oof=oof), 0,
+            prefix="calibration: ")
     classifier = yield from sub_progress(classifier.iter_fit(features, Y, gram=K), 0,
                                          prefix="fit: ")
     counts = {
@@ -148,33 +152,76 @@ def iter_train(dataset: Dataset, extractor, ensemble, cache_dir=None, loaded=Non
     return bundle
 
 
+def failed_rows(X: np.ndarray) -> np.ndarray:
+    """Bool mask of the feature rows of images that could not be read (all NaN: what
+    ``iter_features(..., on_error="skip")`` leaves for them)."""
+    X = np.asarray(X) if not hasattr(X, "shape") else X
+    if X.ndim != 2 or X.shape[1] == 0:
+        return np.zeros(len(X), dtype=bool)
+    return np.isnan(np.asarray(X[:, 0], dtype=np.float32))
+
+
+def predict_rows(bundle, X: np.ndarray, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """The one way a model scores feature rows (CLI ``predict``, the napari session): the
+    calibrated probabilities and the members' majority votes, ``(n, T)`` each.
+
+    Rows of unreadable images (:func:`failed_rows`) get NaN / False and never reach the
+    model; the others are scored ``block`` rows at a time (no float32 copy of all of ``X``).
+    """
+    n, T = len(X), len(bundle.classifier.vocabulary)
+    probabilities = np.full((n, T), np.nan)
+    votes = np.zeros((n, T), dtype=bool)
+    ok = np.flatnonzero(~failed_rows(X))
+    for r0 in range(0, len(ok), block):
+        rows = ok[r0:r0 + block]
+        sel = slice(rows[0], rows[-1] + 1) if rows[-1] - rows[0] + 1 == len(rows) else rows
+        probabilities[sel], votes[sel] = bundle.predict_both(X[sel])
+    return probabilities, votes
+
+
 def iter_predict(bundle, images: Sequence[Path | np.ndarray], cache_dir=None, device=None,
                  loaded=None) -> ProgressGen[np.ndarray]:
     """Calibrated probabilities ``(n, T)`` of the bundle's terms for ``images``."""
     config = bundle.extractor if device is None else replace(bundle.extractor, device=device)
     X = yield from iter_features(make_extractor(config, cache_dir, loaded), images)
-    return bundle.predict_proba(X)
+    return predict_rows(bundle, X)[0]
 
 
 def iter_score_chunked(bundle, images: Sequence[Path], score: Callable[[np.ndarray], Any],
-                       cache_dir=None, device: str | None = None, chunk_size: int = 256
-                       ) -> ProgressGen[list]:
+                       cache_dir=None, device: str | None = None, chunk_size: int = 256,
+                       on_error: str = "raise") -> ProgressGen[list]:
     """``score(X)`` of the features of ``chunk_size`` images at a time, one result per chunk.
 
     Batch work on thousands of images (predict, suggest) holds only one chunk's features: at
     VGG16 layer 21 an image has 401,408 floats (0.8 MB as float16), so 5,000 images at once
     would need 4 GB, while the scores are tiny. The network is built once for all chunks.
+    ``on_error="skip"``: unreadable images get NaN feature rows (see :func:`iter_features`).
     """
     config = bundle.extractor if device is None else replace(bundle.extractor, device=device)
     extractor = make_extractor(config, cache_dir)  # network built once, on the first miss
     results = []
     for start in range(0, len(images), chunk_size):
         part = list(images[start:start + chunk_size])
-        X = yield from sub_progress(iter_features(extractor, part), offset=start,
-                                    scale_total=len(images))
+        X = yield from sub_progress(iter_features(extractor, part, on_error=on_error),
+                                    offset=start, scale_total=len(images))
         results.append(score(X))
         del X
     return results
+
+
+def iter_predict_chunked(bundle, images: Sequence[Path], cache_dir=None,
+                         device: str | None = None, chunk_size: int = 256,
+                         on_error: str = "raise") -> ProgressGen[tuple[np.ndarray, np.ndarray]]:
+    """:func:`predict_rows` of image files, ``chunk_size`` images' features at a time
+    (``ish-annotator predict``); with ``on_error="skip"`` an unreadable image's row is NaN /
+    False, as in the napari session."""
+    parts = yield from iter_score_chunked(bundle, images, lambda X: predict_rows(bundle, X),
+                                          cache_dir, device, chunk_size, on_error)
+    T = len(bundle.classifier.vocabulary)
+    if not parts:
+        return np.empty((0, T)), np.zeros((0, T), dtype=bool)
+    return (np.concatenate([p for p, _ in parts]),
+            np.concatenate([v for _, v in parts]).astype(bool, copy=False))
 
 
 def iter_evaluate(

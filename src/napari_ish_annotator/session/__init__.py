@@ -5,7 +5,8 @@ predictions and announces changes through psygnal signals; :mod:`.steps` are the
 as progress generators (frozen request in, frozen :mod:`.results` out).
 """
 
-from . import multi
+from . import annotators, model_outputs
+from .labels import LABEL_CYCLE
 from .results import (
     ExtractedFeatures,
     FinetuneOutcome,
@@ -18,12 +19,12 @@ from .results import (
     TrainedModel,
     TrainReport,
 )
-from .state import LABEL_CYCLE, UNCERTAIN_BAND, AnnotatorSession, WrongThreadError
-from .steps import LABEL_FALLBACK, MIN_CV_PER_CLASS, classify_rows, failed_rows, throttled
+from .state import UNCERTAIN_BAND, AnnotatorSession, WrongThreadError
+from .steps import LABEL_FALLBACK, MIN_CV_PER_CLASS, failed_rows, throttled
 
 __all__ = [
     "LABEL_CYCLE", "LABEL_FALLBACK", "MIN_CV_PER_CLASS", "UNCERTAIN_BAND", "AnnotatorSession",
     "ExtractedFeatures", "FinetuneOutcome", "GradcamMaps", "ModelState", "OpenedDataset",
     "Predictions", "SessionSettings", "StoreSwitch", "TrainReport", "TrainedModel",
-    "WrongThreadError", "classify_rows", "failed_rows", "multi", "throttled",
+    "WrongThreadError", "annotators", "failed_rows", "model_outputs", "throttled",
 ]

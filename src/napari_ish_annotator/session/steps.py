@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import InputError
+from ..core.pipeline import failed_rows
 from ..core.progress import Progress, ProgressGen, sub_progress
 from .results import (
     ExtractedFeatures,
@@ -227,28 +228,6 @@ def iter_extract(req: ExtractRequest) -> ProgressGen[ExtractedFeatures]:
                              tuple(extractor.last_failed))
 
 
-def failed_rows(X: np.ndarray) -> np.ndarray:
-    """Bool mask of the feature rows of images skipped at extraction (all NaN)."""
-    X = np.asarray(X)
-    if X.ndim != 2 or X.shape[1] == 0:
-        return np.zeros(len(X), dtype=bool)
-    return np.isnan(X[:, 0])
-
-
-def classify_rows(bundle: Any, X: np.ndarray, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(calibrated probabilities float32, majority votes bool) of every row; skipped images
-    get NaN / False and never reach the model (a block at a time: no copy of all of X)."""
-    n, T = len(X), len(bundle.classifier.vocabulary)
-    probabilities = np.full((n, T), np.nan, dtype=np.float32)
-    votes = np.zeros((n, T), dtype=bool)
-    ok = np.flatnonzero(~failed_rows(X))
-    for r0 in range(0, len(ok), block):
-        rows = ok[r0:r0 + block]
-        sel = slice(rows[0], rows[-1] + 1) if rows[-1] - rows[0] + 1 == len(rows) else rows
-        probabilities[sel], votes[sel] = bundle.predict_both(X[sel])
-    return probabilities, votes
-
-
 def _features(features: ExtractedFeatures | None, extract: ExtractRequest
               ) -> ProgressGen[tuple[np.ndarray, ExtractedFeatures | None]]:
     """(X, newly extracted or None): the session's features if current, else extracted."""
@@ -268,8 +247,10 @@ class PredictRequest:
 def iter_predict(req: PredictRequest) -> ProgressGen[Predictions]:
     """Probabilities of the model for every image (extracting if needed)."""
     X, new = yield from _features(req.features, req.extract)
+    from ..core.pipeline import predict_rows
+
     yield Progress(len(X), len(X), "predicting")
-    P, votes = classify_rows(req.bundle, X)
+    P, votes = predict_rows(req.bundle, X)
     return Predictions(P, votes, req.extract.generation, new)
 
 
@@ -286,7 +267,7 @@ class TrainRequest:
     ensemble: dict  # core.classify.EnsembleConfig arguments (made in the step: no import
     #                 of the classifier modules on the GUI thread)
     cross_validate: bool
-    n_folds: int
+    n_folds: int | None  # None: core.calibration.CALIBRATION_FOLDS, as `train` calibrates
     seed: int
     features: ExtractedFeatures | None
     extract: ExtractRequest
@@ -300,10 +281,17 @@ class TrainRequest:
 
 
 def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
-    """Fit per-term ensembles (CV AUC where possible) and predict every image."""
-    from ..core.classify import EnsembleConfig
+    """Fit per-term ensembles (CV AUC where possible) and predict every image.
+
+    With CV the work is the CLI's ``train`` plus nothing: one Gram matrix of the labelled
+    rows serves every fit, and one out-of-fold pass (gene-grouped folds) gives both the AUCs
+    shown and the scores Platt scaling is fitted on, which ``train`` computes anyway.
+    """
+    from ..core.calibration import CALIBRATION_FOLDS
+    from ..core.classify import EnsembleConfig, GramBlock, iter_gram
+    from ..core.evaluation import trainable_terms
     from ..core.manifest import training_fingerprint
-    from ..core.pipeline import iter_fit_bundle
+    from ..core.pipeline import iter_fit_bundle, predict_rows
 
     X, new = yield from _features(req.features, req.extract)
     ensemble = EnsembleConfig(**req.ensemble)
@@ -313,66 +301,68 @@ def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
     if skipped.any():  # images skipped at extraction have no features to learn from
         Y = Y.copy()
         Y[skipped] = -1
-        lost = [t for j, t in enumerate(vocab) if not ((Y[:, j] == 1).any() and (Y[:, j] == 0).any())]
+        lost = sorted(set(range(len(vocab))) - set(trainable_terms(Y)))
         if lost:
             raise InputError(
                 f"cannot train: {int(skipped.sum())} image(s) could not be read (see the "
                 "skipped files), which leaves no 'present' or no 'absent' label for: "
-                + ", ".join(lost) + ". Replace those files or label more images.")
+                + ", ".join(vocab[j] for j in lost) + ". Replace those files or label more "
+                "images.")
     counts = {t: (int((Y[:, j] == 1).sum()), int((Y[:, j] == 0).sum())) for j, t in enumerate(vocab)}
     auc: dict[str, float] = {}
     note = ""
-    gram = None
+    gram = oof = None
+    groups = req.groups
     if req.cross_validate:  # one Gram matrix of the labelled rows for the CV and the fit
-        from ..core.classify import GramBlock, iter_gram
-
         labelled = np.flatnonzero((Y != -1).any(axis=1))
         K = yield from sub_progress(iter_gram(X, labelled), 0, prefix="features: ")
         gram = GramBlock(labelled, K)
-        auc, note = yield from iter_cv_auc(X, Y, vocab, req.groups, ensemble, req.n_folds,
-                                           req.seed, gram=gram)
+        auc, note, oof = yield from iter_cv_auc(gram, Y, vocab, groups, ensemble,
+                                                req.n_folds or CALIBRATION_FOLDS, req.seed)
     extractor = req.extract.extractors.get(req.extract.config)
     bundle = yield from sub_progress(
         iter_fit_bundle(X, Y, vocab, req.extract.config, ensemble,
                         fingerprint=training_fingerprint(req.paths, Y, vocab),
-                        weights_id=extractor.weights_id, groups=req.groups, gram=gram),
+                        weights_id=extractor.weights_id, groups=groups, gram=gram, oof=oof),
         0, prefix="fit: ")  # gene-grouped calibration folds, as `ish-annotator train` uses
     yield Progress(1, 1, "predicting")
-    P, votes = classify_rows(bundle, X)
+    P, votes = predict_rows(bundle, X)
     report = TrainReport(counts, auc, int((Y >= 0).any(1).sum()), note)
     predictions = Predictions(P, votes, req.extract.generation, None)
     return TrainedModel(bundle, report, predictions, new)
 
 
-def iter_cv_auc(X: np.ndarray, Y: np.ndarray, vocab: list[str], groups: np.ndarray,
-                ensemble: Any, n_folds: int, seed: int, gram: Any = None
-                ) -> ProgressGen[tuple[dict[str, float], str]]:
-    """Gene-grouped cross-validated AUC of every term with enough labels ({term: auc}, note).
+def iter_cv_auc(gram: Any, Y: np.ndarray, vocab: list[str], groups: np.ndarray,
+                ensemble: Any, n_folds: int, seed: int
+                ) -> ProgressGen[tuple[dict[str, float], str, np.ndarray | None]]:
+    """({term: cross-validated AUC}, note, out-of-fold scores) from ONE out-of-fold pass.
 
-    The splits are ``evaluate --folds K``'s: gene-grouped k folds (k = ``n_folds``, or the number
-    of genes when fewer: then each fold leaves one gene out), so the panel and the command line
-    give the same AUCs; the fitting and scoring is :func:`core.evaluation.iter_cross_validate`
-    (one Gram matrix for all folds).
+    ``gram`` is the :class:`core.classify.GramBlock` of the labelled rows (those of ``Y``
+    with any known label). The pass is :func:`core.evaluation.iter_out_of_fold`: gene-grouped
+    folds (``n_folds``, or the number of genes when fewer), the members' raw mean of every
+    labelled image from the fold that did not train on it. Its AUCs (terms with at least
+    :data:`MIN_CV_PER_CLASS` of each class) are ``evaluate --folds K``'s when every image is
+    labelled, and the same scores are what Platt scaling is fitted on (``oof``, for
+    :func:`core.pipeline.iter_fit_bundle`; with ``n_folds`` =
+    :data:`core.calibration.CALIBRATION_FOLDS` the model is ``train``'s). None: fewer than
+    two genes, the fit calibrates as without CV.
     """
-    from ..core.evaluation import grouped_folds, iter_cross_validate
+    from ..core.evaluation import iter_out_of_fold, per_term_auc
 
+    rows = gram.rows
+    Yl = Y[rows]
     ok = [j for j in range(len(vocab))
-          if (Y[:, j] == 1).sum() >= MIN_CV_PER_CLASS and (Y[:, j] == 0).sum() >= MIN_CV_PER_CLASS]
+          if (Yl[:, j] == 1).sum() >= MIN_CV_PER_CLASS and (Yl[:, j] == 0).sum() >= MIN_CV_PER_CLASS]
+    g = np.asarray(groups)[rows]
+    if len(np.unique(g)) < 2:
+        return {}, "all labelled images belong to one gene", None
+    oof = yield from iter_out_of_fold(gram.K, np.arange(len(rows)), Yl, g, ensemble, vocab,
+                                      n_folds, seed=seed)
     if not ok:
-        return {}, f"no term has {MIN_CV_PER_CLASS} present and {MIN_CV_PER_CLASS} absent labels"
-    rows = np.flatnonzero((Y[:, ok] >= 0).any(1) & ~failed_rows(X))
-    g = groups[rows]
-    unique = np.unique(g)
-    if len(unique) < 2:
-        return {}, "all labelled images belong to one gene"
-    folds = grouped_folds(g, min(n_folds, len(unique)), seed)
-    splits = [(rows[tr], rows[te]) for tr, te in folds]
-    # the panel shows AUC, which ranks by the members' raw mean: fitting each fold's own
-    # calibration (Platt: three more fits per fold) would only cost time
-    evaluation = yield from iter_cross_validate(X, Y[:, ok], [vocab[j] for j in ok], splits,
-                                                ensemble, groups=groups, calibration="none",
-                                                gram=gram)
-    return {t: float(a) for t, a in evaluation.term_auc().items() if a is not None}, ""
+        return {}, (f"no term has {MIN_CV_PER_CLASS} present and {MIN_CV_PER_CLASS} absent "
+                    "labels"), oof
+    aucs = per_term_auc(Yl[:, ok], oof[:, ok])
+    return {vocab[j]: float(a) for j, a in zip(ok, aucs, strict=True) if a is not None}, "", oof
 
 
 # ---------------------------------------------------------------------- Grad-CAM
@@ -403,7 +393,8 @@ def iter_gradcam(req: GradcamRequest) -> ProgressGen[GradcamMaps]:
             raise InputError(f"the fine-tuned network has no output for {', '.join(missing)}; "
                              "fine-tune again after labelling that term", path=req.finetuned)
         maps = gradcam_mtl(model, rgb, list(req.terms), layer=str(req.extract.config.layer))
-        proba = _mtl_probabilities(model, rgb, list(req.terms))
+        cols = [model.vocabulary.index(t) for t in req.terms]
+        proba = model.predict_batch(model.preprocess(rgb)[None])[0, cols]
         source = "finetuned"
     else:
         from ..core.gradcam import gradcam_all_terms
@@ -414,16 +405,6 @@ def iter_gradcam(req: GradcamRequest) -> ProgressGen[GradcamMaps]:
     yield Progress(1, 1, "Grad-CAM")
     return GradcamMaps(req.index, req.terms, np.asarray(maps, np.float32),
                        np.asarray(proba, np.float32), source)
-
-
-def _mtl_probabilities(model: Any, rgb: np.ndarray, terms: list[str]) -> np.ndarray:
-    import torch
-
-    cols = [model.vocabulary.index(t) for t in terms]
-    model.network.eval()
-    with torch.no_grad():
-        logits = model.network(model.preprocess(rgb)[None].to(model.device))[0, cols]
-    return torch.sigmoid(logits).float().cpu().numpy()
 
 
 # ---------------------------------------------------------------------- fine-tuning

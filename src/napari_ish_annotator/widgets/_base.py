@@ -1,51 +1,18 @@
-"""What every dock widget shares: its viewer's session, self-disconnecting signal
-connections, and one way to show a user-fixable problem (:func:`shows_input_error`)."""
+"""What every dock widget shares: its viewer's session and self-disconnecting signal
+connections (a user-fixable problem is shown by :mod:`._errors`)."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
-from ..core.errors import InputError
 from ._napari_private import real_viewer
 from ._registry import get_session
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def report_error(exc: BaseException) -> str:
-    """Show a notification: a user-fixable problem as its message, a bug with its type."""
-    import logging
-    import traceback
-
-    from napari.utils.notifications import show_error
-
-    if isinstance(exc, InputError):
-        message = str(exc)
-    else:
-        message = f"{type(exc).__name__}: {exc}"
-        logging.getLogger(__name__).error("".join(traceback.format_exception(exc)))
-    show_error(message)
-    return message
-
-
-def shows_input_error(func: F) -> F:
-    """Run a GUI handler; an :class:`InputError` becomes one notification (returns None)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except InputError as exc:
-            report_error(exc)
-            return None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _disconnect_all(connections: list[tuple[Any, Callable]], *_: Any) -> None:

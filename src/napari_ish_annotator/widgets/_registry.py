@@ -7,7 +7,9 @@ import weakref
 from typing import Any
 
 from ..session import AnnotatorSession
+from ._loading import freeze_long_lived
 from ._napari_private import on_window_destroyed, real_viewer
+from ._viewer_binding import bind_viewer
 
 _SESSIONS: dict[int, tuple[Any, AnnotatorSession]] = {}
 
@@ -24,9 +26,6 @@ def get_session(viewer: Any) -> AnnotatorSession:
     weakref.finalize(viewer, _forget, key, session)
     # closing the window closes the label store and drops the session (and its viewer refs)
     on_window_destroyed(viewer, functools.partial(_forget, key, session))
-    from ._loading import freeze_long_lived
-    from ._viewer_binding import bind_viewer
-
     bind_viewer(viewer, session)
     freeze_long_lived("start-up")  # napari's and Qt's objects: see its docstring
     return session

@@ -1,7 +1,12 @@
 """Connect a session to its viewer: the one embryo layer, the canvas text overlay, the keys.
 
 This lives outside the dock widgets so the image, the on-canvas probabilities and the
-keyboard work whichever panels are open.
+keyboard work whichever panels are open. It owns the embryo layer, the only code that makes
+one: :func:`show_current` (on every ``current_changed``: fills the layer, or adds it); for a
+session's first image after a background open, :func:`first_show_soon` (staged on timers);
+for File > Open and the sample data, which must hand napari layer data,
+:func:`open_returning_layer` (reached through :func:`napari_ish_annotator.widgets.open_in_viewer`).
+While one of the last two is under way, :func:`show_current` leaves the layer to it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import Any
 
 from ..core.errors import InputError
 from ..session import AnnotatorSession
+from ._errors import shows_input_error
 from ._napari_private import window_closed
 
 EMBRYO_LAYER = "ISH embryo"
@@ -27,9 +33,27 @@ def embryo_layer(viewer: Any) -> Any | None:
 
 
 def embryo_layer_kwargs(session: AnnotatorSession) -> dict:
-    """Layer kwargs for the embryo layer (also used by the reader and sample data)."""
+    """Layer kwargs for the embryo layer."""
     return {"name": EMBRYO_LAYER, "rgb": True,
             "metadata": {META_KEY: "embryo", "path": str(session.current_path)}}
+
+
+#: sessions whose embryo layer napari is about to add from layer data we returned
+_LAYER_RETURNED: set[int] = set()
+
+
+def open_returning_layer(viewer: Any, session: AnnotatorSession, inputs: list) -> list[tuple]:
+    """Open ``inputs`` in the session and return the embryo layer's data for napari to add
+    (a reader or sample must return layer data); the previous embryo layer goes."""
+    old = embryo_layer(viewer)
+    if old is not None:
+        viewer.layers.remove(old)
+    _LAYER_RETURNED.add(id(session))
+    try:
+        session.open(inputs)
+    finally:
+        _LAYER_RETURNED.discard(id(session))
+    return [(session.image(), embryo_layer_kwargs(session), "image")]
 
 
 def _current_rgb(session: AnnotatorSession) -> Any | None:
@@ -48,8 +72,8 @@ def show_current(viewer: Any, session: AnnotatorSession) -> None:
     if session.current_path is None:
         return
     layer = embryo_layer(viewer)
-    if layer is None and session.defer_layer:
-        return  # the reader's layer or the staged first show (first_show_staged) comes
+    if layer is None and (id(session) in _FIRST_SHOW_PENDING or id(session) in _LAYER_RETURNED):
+        return  # the staged first show or napari (open_returning_layer) adds it
     rgb = _current_rgb(session)
     if rgb is None:
         return
@@ -77,15 +101,9 @@ _FIRST_SHOW_PENDING: set[int] = set()  # sessions whose first image is being sta
 def first_show_staged(viewer: Any, session: AnnotatorSession) -> Iterator[None]:
     """Inside, a session change that would add the first embryo layer leaves it to
     :func:`first_show_soon` (the background Open's result is applied this way)."""
-    if embryo_layer(viewer) is not None or session.defer_layer:
-        yield
-        return
-    first_show_soon(viewer, session)
-    session.defer_layer = True
-    try:
-        yield
-    finally:
-        session.defer_layer = False
+    if embryo_layer(viewer) is None:
+        first_show_soon(viewer, session)  # pending from now on: show_current leaves it be
+    yield
 
 
 def first_show_soon(viewer: Any, session: AnnotatorSession) -> None:
@@ -175,8 +193,6 @@ def update_overlay(viewer: Any, session: AnnotatorSession) -> None:
 def bind_viewer(viewer: Any, session: AnnotatorSession) -> None:
     """Keep viewer and session in step; bind PageUp/PageDown, n/p, 1-9/0, u, Shift+N, Ctrl+Z."""
     from napari.utils.notifications import show_info
-
-    from ._base import shows_input_error
 
     overlay = text_overlay(viewer)
     try:

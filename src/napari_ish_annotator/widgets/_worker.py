@@ -20,7 +20,7 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBox
 from ..core.errors import InputError
 from ..core.progress import Progress
 from ..session.steps import throttled
-from ._base import report_error
+from ._errors import report_error
 from ._loading import block_triton, load_torch, torch_loaded
 
 SYNCHRONOUS = os.environ.get("ISH_ANNOTATOR_SYNC", "") == "1"

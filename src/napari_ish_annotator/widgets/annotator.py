@@ -12,9 +12,10 @@ from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import QSplitter, QTabWidget, QVBoxLayout
 
 from ._base import SessionDock, scrolling
-from .annotate import ModelSection, TermsSection
+from .annotate import ModelSection
 from .embryos import EmbryosWidget
 from .explain import ExplainWidget
+from .terms import TermsSection
 from .train import TrainWidget
 
 DOCK_WIDTH = 440

@@ -23,9 +23,10 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import InputError
 from ..core.images import SUPPORTED_SUFFIXES
-from ..session import OpenedDataset, StoreSwitch, multi, steps
-from ._base import SessionDock, report_error, shows_input_error
+from ..session import OpenedDataset, StoreSwitch, annotators, model_outputs, steps
+from ._base import SessionDock
 from ._embryo_table import IMAGE_ROLE, EmbryoFilterProxy, EmbryoTableModel
+from ._errors import report_error, shows_input_error
 from ._loading import freeze_long_lived
 from ._viewer_binding import first_show_staged
 from ._worker import TaskRunner
@@ -328,10 +329,10 @@ class EmbryosWidget(SessionDock):
         restrict = self.model.restrict
         if rows and restrict is not None and len(restrict) == self.session.n_images:
             restrict = restrict.copy()
-            restrict[rows] = multi.disagreement(self.session, rows)
+            restrict[rows] = annotators.disagreement(self.session, rows)
             self.model.restrict = restrict
         else:
-            self.model.restrict = multi.disagreement(self.session)
+            self.model.restrict = annotators.disagreement(self.session)
 
     def _predictions_changed(self) -> None:
         self.model.predictions_changed()
@@ -340,7 +341,7 @@ class EmbryosWidget(SessionDock):
     # ------------------------------------------------------------------ annotators, next to label
     def _disagree_toggled(self, on: bool) -> None:
         try:
-            self.model.restrict = multi.disagreement(self.session) if on else None
+            self.model.restrict = annotators.disagreement(self.session) if on else None
         except InputError as exc:
             report_error(exc)
             self.disagree_check.setChecked(False)
@@ -349,8 +350,8 @@ class EmbryosWidget(SessionDock):
 
     def rank_next_to_label(self) -> Any:
         """Rank the images to label next in a worker; the rows follow when it is done."""
-        return self.runner.start_request(lambda: multi.suggest_request(self.session),
-                                         multi.iter_suggest,
+        return self.runner.start_request(lambda: model_outputs.suggest_request(self.session),
+                                         model_outputs.iter_suggest,
                                          on_done=self.session.apply_label_order,
                                          message="ranking images to label…", done_message="")
 

@@ -19,7 +19,8 @@ from qtpy.QtWidgets import (
 )
 
 from ..session import GradcamMaps, steps
-from ._base import SessionDock, shows_input_error
+from ._base import SessionDock
+from ._errors import shows_input_error
 from ._viewer_binding import META_KEY, embryo_layer
 from ._worker import TaskRunner
 

@@ -28,7 +28,8 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import InputError
 from ..session import FinetuneOutcome, steps
-from ._base import SessionDock, report_error
+from ._base import SessionDock
+from ._errors import report_error
 from ._worker import TaskRunner
 
 FROZEN_CHOICES = [

@@ -25,8 +25,9 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import InputError
-from ..session import MIN_CV_PER_CLASS, TrainedModel, multi, steps
-from ._base import SessionDock, report_error, shows_input_error
+from ..session import MIN_CV_PER_CLASS, TrainedModel, annotators, model_outputs, steps
+from ._base import SessionDock
+from ._errors import report_error, shows_input_error
 from ._worker import TaskRunner
 
 
@@ -56,7 +57,7 @@ class TrainWidget(SessionDock):
         form.addRow("Ensemble members", self.members_spin)
         form.addRow("C", self.c_spin)
         self.source_combo = QComboBox()
-        self.source_combo.addItems(list(multi.TRAIN_SOURCES))
+        self.source_combo.addItems(list(annotators.TRAIN_SOURCES))
         self.source_combo.setToolTip("train on your own labels (the manifest fills the rest) or "
                                      "on the consensus of every annotator in the label file "
                                      "(Dawid-Skene: careful annotators weigh more)")
@@ -154,7 +155,7 @@ class TrainWidget(SessionDock):
         s.update_settings(n_members=int(self.members_spin.value()), C=float(self.c_spin.value()))
         try:
             if self.source_combo.currentIndex() == 1:
-                request = multi.consensus_train_request(s, self.cv_check.isChecked())
+                request = annotators.consensus_train_request(s, self.cv_check.isChecked())
             else:
                 request = s.train_request(self.cv_check.isChecked())
         except InputError as exc:
@@ -187,8 +188,8 @@ class TrainWidget(SessionDock):
 
     def show_agreement(self) -> Any:
         """Compare the annotators in a worker; the table appears below the buttons."""
-        return self.runner.start_request(lambda: multi.annotator_labels(self.session),
-                                         multi.iter_agreement, on_done=self._agreement,
+        return self.runner.start_request(lambda: annotators.annotator_labels(self.session),
+                                         annotators.iter_agreement, on_done=self._agreement,
                                          message="comparing annotators…", done_message="",
                                          needs_torch=False)
 
@@ -198,8 +199,8 @@ class TrainWidget(SessionDock):
 
     def show_spread(self) -> Any:
         """Every open image through each ensemble member in a worker; Annotate shows ± std."""
-        return self.runner.start_request(lambda: multi.spread_request(self.session),
-                                         multi.iter_member_spread,
+        return self.runner.start_request(lambda: model_outputs.spread_request(self.session),
+                                         model_outputs.iter_member_spread,
                                          on_done=self.session.apply_member_spread,
                                          message="running the ensemble's members…",
                                          done_message="")
@@ -212,8 +213,8 @@ class TrainWidget(SessionDock):
 
     def export(self, path: str, test: bool = True) -> Any:
         """Write the model in use as a bioimage.io .zip in a worker (progress, Cancel)."""
-        return self.runner.start_request(lambda: multi.export_request(self.session, path, test),
-                                         multi.iter_export, on_done=self._exported,
+        return self.runner.start_request(lambda: model_outputs.export_request(self.session, path, test),
+                                         model_outputs.iter_export, on_done=self._exported,
                                          message="exporting to bioimage.io…")
 
     def _exported(self, result: Any) -> None:

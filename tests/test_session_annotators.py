@@ -37,13 +37,13 @@ def _flip(session, annotator, index, term):
 
 
 def test_disagreement_and_each_annotators_label_on_hover(session):
-    from napari_ish_annotator.session import multi
+    from napari_ish_annotator.session import annotators
 
-    assert not multi.disagreement(session).any()  # only the manifest's labels so far
+    assert not annotators.disagreement(session).any()  # only the manifest's labels so far
     new = _flip(session, "alice", 2, "brain")
-    mask = multi.disagreement(session)
+    mask = annotators.disagreement(session)
     assert mask.tolist() == [i == 2 for i in range(8)]
-    tips = multi.term_tooltips(session, 2)
+    tips = annotators.term_tooltips(session, 2)
     word = {1: "present", 0: "absent"}
     assert tips["brain"] == f"manifest: {word[1 - new]}, alice: {word[new]}"
     assert tips["hindgut"].startswith("manifest: ") and "alice" not in tips["hindgut"]
@@ -51,17 +51,17 @@ def test_disagreement_and_each_annotators_label_on_hover(session):
 
 def test_consensus_request_trains_on_the_majority_and_keeps_my_labels(session):
     from napari_ish_annotator.core.consensus import consensus
-    from napari_ish_annotator.session import multi, steps
+    from napari_ish_annotator.session import annotators, steps
 
     new = _flip(session, "alice", 0, "brain")
     _flip(session, "bob", 0, "brain")
     _flip(session, "bob", 5, "hindgut")  # one of two: a tie for majority vote
     mine = session.label_matrix().copy()  # bob's view
-    req = multi.consensus_train_request(session, cross_validate=False, method="majority")
+    req = annotators.consensus_train_request(session, cross_validate=False, method="majority")
     b, h = session.vocabulary.index("brain"), session.vocabulary.index("hindgut")
     assert req.Y[0, b] == new          # two of three annotators
     assert req.Y[5, h] == -1           # manifest vs bob: no majority
-    expected = consensus(multi.annotator_labels(session), "majority").labels
+    expected = consensus(annotators.annotator_labels(session), "majority").labels
     np.testing.assert_array_equal(req.Y, expected)
     result = _in_thread(steps.iter_train(req))
     session.apply_trained(result)
@@ -70,10 +70,10 @@ def test_consensus_request_trains_on_the_majority_and_keeps_my_labels(session):
 
 
 def test_agreement_table_is_computed_in_a_worker(session):
-    from napari_ish_annotator.session import multi
+    from napari_ish_annotator.session import annotators
 
     _flip(session, "alice", 1, "brain")
-    table = _in_thread(multi.iter_agreement(multi.annotator_labels(session)))
+    table = _in_thread(annotators.iter_agreement(annotators.annotator_labels(session)))
     assert table.annotators == ("manifest", "alice")
     brain = {t.term: t for t in table.terms}["brain"]
     assert brain.images == 1 and brain.observed == 0.0  # the one shared image disagrees
@@ -83,19 +83,19 @@ def test_agreement_table_is_computed_in_a_worker(session):
 def test_next_to_label_follows_the_active_learning_order(session):
     from napari_ish_annotator.core.active import suggest
     from napari_ish_annotator.core.errors import InputError
-    from napari_ish_annotator.session import multi, steps
+    from napari_ish_annotator.session import model_outputs, steps
 
     with pytest.raises(InputError, match="needs a model"):
-        multi.suggest_request(session)
+        model_outputs.suggest_request(session)
     session.apply_trained(_in_thread(steps.iter_train(session.train_request(False))))
     with pytest.raises(InputError, match="every open image is labelled"):
-        multi.suggest_request(session)  # the manifest labelled every term of every image
+        model_outputs.suggest_request(session)  # the manifest labelled every term of every image
     for t in TERMS:  # an explicit "unknown" of alice's overrides the manifest
         session.set_label(t, None, 3)
     session.set_label("brain", None, 6)
-    req = multi.suggest_request(session)
+    req = model_outputs.suggest_request(session)
     assert req.candidates.tolist() == [3, 6]
-    order = _in_thread(multi.iter_suggest(req))
+    order = _in_thread(model_outputs.iter_suggest(req))
     direct = suggest(session.bundle.classifier, session.features[[3, 6]],
                      [session.genes[3], session.genes[6]])
     assert order.images.tolist() == [[3, 6][k] for k in direct.order]
@@ -116,17 +116,17 @@ def test_next_to_label_follows_the_active_learning_order(session):
 
 def test_export_request_and_missing_bioimageio_are_one_message(session, tmp_path, monkeypatch):
     from napari_ish_annotator.core.errors import InputError
-    from napari_ish_annotator.session import multi, steps
+    from napari_ish_annotator.session import model_outputs, steps
 
     with pytest.raises(InputError, match="no model to export"):
-        multi.export_request(session, tmp_path / "m.zip")
+        model_outputs.export_request(session, tmp_path / "m.zip")
     session.apply_trained(_in_thread(steps.iter_train(session.train_request(False))))
     with pytest.raises(InputError, match=r"\.zip"):
-        multi.export_request(session, tmp_path / "m.tar")
-    req = multi.export_request(session, tmp_path / "m.zip")
+        model_outputs.export_request(session, tmp_path / "m.tar")
+    req = model_outputs.export_request(session, tmp_path / "m.zip")
     monkeypatch.setitem(sys.modules, "bioimageio.core", None)
     with pytest.raises(InputError, match=r"\[bioimageio\]"):
-        _in_thread(multi.iter_export(req))
+        _in_thread(model_outputs.iter_export(req))
     assert not (tmp_path / "m.zip").exists()
 
 
@@ -147,13 +147,13 @@ def ensemble_ckpt(session, tmp_path):
 def test_member_spread_of_a_finetuned_ensemble(session, ensemble_ckpt):
     from napari_ish_annotator.core.errors import InputError
     from napari_ish_annotator.core.finetune import load_ensemble
-    from napari_ish_annotator.session import multi, steps
+    from napari_ish_annotator.session import model_outputs, steps
 
     with pytest.raises(InputError, match="no fine-tuned model"):
-        multi.spread_request(session)
+        model_outputs.spread_request(session)
     session.apply_trained(_in_thread(steps.iter_train(session.train_request(False))))
     session.set_bundle(session.bundle, finetuned=ensemble_ckpt)
-    spread = _in_thread(multi.iter_member_spread(multi.spread_request(session), batch=3))
+    spread = _in_thread(model_outputs.iter_member_spread(model_outputs.spread_request(session), batch=3))
     expected = load_ensemble(ensemble_ckpt).predict_proba(list(session.paths)).std
     np.testing.assert_allclose(spread.std, expected, atol=1e-5)
     assert spread.n_members == 2 and (spread.std > 0).any()

@@ -1,0 +1,153 @@
+"""The open images' vocabulary and labels, a part of :class:`.state.AnnotatorSession`.
+
+Labels live in the SQLite label store (``core.labels``); the session keeps the full label
+matrix and updates it row by row, so counting labels after a keypress costs no query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import InputError
+from .steps import LABEL_FALLBACK
+
+#: unknown -> present -> absent -> unknown (the keys 1-9/0 and a click on a label cell)
+LABEL_CYCLE = {None: 1, 1: 0, 0: None}
+
+
+class LabelsPart:
+    """Vocabulary and label methods of the session (attributes are set by its __init__)."""
+
+    # ------------------------------------------------------------------ vocabulary
+    def set_vocabulary(self, terms: Sequence[str] | str | Path) -> None:
+        from ..core.manifest import parse_vocabulary
+
+        terms = parse_vocabulary(terms) if isinstance(terms, (str, Path)) else list(terms)
+        if not terms:
+            raise InputError("the vocabulary is empty; give at least one term")
+        self.vocabulary = list(dict.fromkeys(terms))
+        if self.store is not None and not self.store_read_only:
+            self.store.add_terms(self.vocabulary)
+        self._label_cache = {}
+        self._Y = None
+        self.vocabulary_changed.emit()
+        self.labels_changed.emit(list(range(self.n_images)))
+
+    def use_default_vocabulary(self, stage: str) -> None:
+        from ..core.vocabulary import default_vocabulary
+
+        self.update_settings(stage=stage)
+        self.set_vocabulary(default_vocabulary(stage))
+
+    def add_term(self, term: str) -> None:
+        term = term.strip()
+        if not term:
+            raise InputError("the new term is empty; type a term name")
+        if term not in self.vocabulary:
+            self.set_vocabulary([*self.vocabulary, term])
+
+    # ------------------------------------------------------------------ labels
+    def _require_store(self) -> Any:
+        if self.store is None or self.store_read_only:
+            raise InputError("labels cannot be saved: the label store is read-only, locked or "
+                             "not open; choose a writable label file in the Embryos panel")
+        return self.store
+
+    def labels_for(self, index: int | None = None) -> dict[str, int | None]:
+        i = self.index if index is None else index
+        if i < 0 or self.store is None:
+            return {}
+        if i not in self._label_cache:
+            self._label_cache[i] = dict(self.store.labels_for(self.paths[i],
+                                                              fallback=LABEL_FALLBACK))
+        return self._label_cache[i]
+
+    def label_matrix(self, indices: Sequence[int] | None = None) -> np.ndarray:
+        """(n_images, n_terms) int8 with 1 present, 0 absent, -1 unknown (or those rows).
+
+        The full matrix is read once and then kept up to date row by row (a read-only view:
+        copy it to change it), so counting labels after a keypress costs no query.
+        """
+        if indices is None:
+            Y = self._Y
+            if Y is None or Y.shape != (self.n_images, len(self.vocabulary)):
+                Y = self._read_labels(self.paths)
+                self._Y = Y
+            view = Y.view()
+            view.flags.writeable = False
+            return view
+        return self._read_labels([self.paths[i] for i in indices])
+
+    def _read_labels(self, paths: Sequence[Path]) -> np.ndarray:
+        if self.store is None or not paths:
+            return np.full((len(paths), len(self.vocabulary)), -1, np.int8)
+        return np.asarray(self.store.label_matrix(list(paths), self.vocabulary,
+                                                  fallback=LABEL_FALLBACK), dtype=np.int8)
+
+    def _labels_written(self, rows: Sequence[int]) -> None:
+        for i in rows:
+            self._label_cache.pop(i, None)
+        if self._Y is not None and rows:
+            self._Y[list(rows)] = self._read_labels([self.paths[i] for i in rows])
+        self.labels_changed.emit(list(rows))
+
+    def set_label(self, term: str, value: int | None, index: int | None = None) -> None:
+        """Record one label change at once (one SQLite transaction)."""
+        store = self._require_store()
+        i = self.index if index is None else index
+        if term not in self.vocabulary:
+            raise InputError(f"unknown term {term!r}; add it to the vocabulary first")
+        store.set_label(self.paths[i], term, value)
+        self._labels_written([i])
+
+    def cycle_label(self, term: str, index: int | None = None) -> int | None:
+        """unknown -> present -> absent -> unknown; returns the new value."""
+        i = self.index if index is None else index
+        new = LABEL_CYCLE[self.labels_for(i).get(term)]
+        self.set_label(term, new, i)
+        return new
+
+    def undo(self) -> bool:
+        store = self._require_store()
+        event = store.undo()
+        if event is None:
+            return False
+        changed = [i for i, p in enumerate(self.paths)
+                   if str(p) == str(event.image_path) or Path(event.image_path) == p]
+        if changed:
+            self._labels_written(changed)
+        else:
+            self._label_cache = {}
+            self._Y = None
+            self.labels_changed.emit(list(range(self.n_images)))
+        if changed and changed[0] != self.index:
+            self.set_index(changed[0])
+        return True
+
+    def import_manifest_labels(self, dataset: Any = None, emit: bool = True) -> int:
+        """Copy a manifest's terms into the label store (terms not listed become absent)."""
+        from ..core.manifest import read_manifest
+
+        store = self._require_store()
+        if dataset is None or isinstance(dataset, (str, Path)):
+            src = dataset if dataset is not None else self.source
+            if src is None or Path(src).suffix.lower() != ".csv":
+                raise InputError("no manifest to import from; open or choose a manifest CSV")
+            dataset = read_manifest(src, vocabulary=self.vocabulary or None,
+                                    require_positives=False, check_files=False)
+        n = store.import_dataset(dataset, annotator=LABEL_FALLBACK[0])
+        self._label_cache = {}
+        self._Y = None
+        if emit:
+            self.labels_changed.emit(list(range(self.n_images)))
+        return int(n)
+
+    def export_manifest(self, path: str | Path) -> None:
+        """Write a manifest CSV whose ``terms`` column holds the present labels."""
+        if self.store is None:
+            raise InputError("no label store is open; open images or a manifest first")
+        self.store.export_manifest(path, list(self.paths), self.vocabulary)

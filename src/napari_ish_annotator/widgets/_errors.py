@@ -1,0 +1,42 @@
+"""One way to show a problem: a user-fixable :class:`InputError` as its message, a bug with
+its type (the docks, the key bindings and the workers all report through here)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ..core.errors import InputError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def report_error(exc: BaseException) -> str:
+    """Show a notification: a user-fixable problem as its message, a bug with its type."""
+    import logging
+    import traceback
+
+    from napari.utils.notifications import show_error
+
+    if isinstance(exc, InputError):
+        message = str(exc)
+    else:
+        message = f"{type(exc).__name__}: {exc}"
+        logging.getLogger(__name__).error("".join(traceback.format_exception(exc)))
+    show_error(message)
+    return message
+
+
+def shows_input_error(func: F) -> F:
+    """Run a GUI handler; an :class:`InputError` becomes one notification (returns None)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except InputError as exc:
+            report_error(exc)
+            return None
+
+    return wrapper  # type: ignore[return-value]
