@@ -134,6 +134,25 @@ def test_fused_conv_relu_gives_the_same_activations(loaded, precision, channels_
         torch.testing.assert_close(fused(x).float(), plain(x).float(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_max_pool_replacement_gives_the_same_values(dtype):
+    from napari_ish_annotator.core.inference import replace_max_pools
+
+    pool = torch.nn.Sequential(torch.nn.MaxPool2d(2, 2))
+    fast = replace_max_pools(pool)
+    assert type(fast[0]) is not torch.nn.MaxPool2d
+    g = torch.Generator().manual_seed(0)
+    for shape in [(2, 8, 16, 16), (1, 3, 15, 17)]:  # odd sides: floor, as MaxPool2d
+        x = torch.randn(shape, generator=g).to(dtype)
+        x[0, 0, 0, 0] = float("nan")
+        for xm in (x, x.contiguous(memory_format=torch.channels_last)):
+            y = fast(xm)
+            torch.testing.assert_close(y, pool(xm), equal_nan=True, rtol=0, atol=0)
+            assert y.is_contiguous(memory_format=torch.channels_last) == (xm is not x)
+    other = torch.nn.Sequential(torch.nn.MaxPool2d(3, 2, padding=1))
+    assert replace_max_pools(other) is other  # ResNet's pool is left alone
+
+
 def test_compute_batch_keeps_activations_under_the_mmap_threshold(loaded):
     from napari_ish_annotator.core.inference import compute_batch
 

@@ -9,6 +9,9 @@ the same run, layer by layer. On a CPU oneDNN runs the convolutions at or above 
   224 px behind conv1_2 in bf16) that cost about as long as a conv on AMX. oneDNN applies the
   ReLU as a post-op of the convolution (:func:`fuse_conv_relu`; the same op torch.compile
   emits, with bit-identical results), so it costs nothing.
+* *2x2 max pooling*: torch's channels-last bf16 kernel ran at a third of memory speed (12 ms
+  of the trunk's 123 ms for 5 images); two element-wise maxima over strided views give the
+  same values in less than half the time (:func:`replace_max_pools`).
 * *Batch size*: a tensor above glibc's mmap threshold (at most 32 MB) is fresh, page-faulting
   memory every call; at batch 8 and 224 px the first activations are 51 MB in bf16 and the
   trunk ran at half speed. :func:`compute_batch` keeps every activation below the threshold.
@@ -94,6 +97,44 @@ def fuse_conv_relu(trunk: torch.nn.Sequential) -> torch.nn.Sequential:
     return torch.nn.Sequential(*out)
 
 
+def _max_pool_class():
+    import torch
+
+    class MaxPool2x2(torch.nn.Module):
+        """``max_pool2d(x, 2, 2)`` (floor rounding) as two element-wise maxima of strided
+        views: the same values, in the input's memory format."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+            rows = torch.maximum(x[..., 0:h:2, :w], x[..., 1:h:2, :w])
+            return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+    return MaxPool2x2
+
+
+def replace_max_pools(trunk: torch.nn.Sequential) -> torch.nn.Sequential:
+    """``trunk`` with each plain 2x2, stride-2 ``MaxPool2d`` (VGG16's) as :class:`MaxPool2x2`;
+    other pools and trunks come back unchanged (inference only: it returns no indices)."""
+    import torch
+
+    if not isinstance(trunk, torch.nn.Sequential):
+        return trunk
+    MaxPool2x2 = _max_pool_class()
+
+    def plain(m: torch.nn.Module) -> bool:
+        def pair(v):
+            return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+        return (type(m) is torch.nn.MaxPool2d and pair(m.kernel_size) == (2, 2)
+                and pair(m.stride) == (2, 2) and pair(m.padding) == (0, 0)
+                and pair(m.dilation) == (1, 1) and not m.ceil_mode and not m.return_indices)
+
+    children = list(trunk)
+    if not any(plain(m) for m in children):
+        return trunk
+    return torch.nn.Sequential(*[MaxPool2x2() if plain(m) else m for m in children])
+
+
 def compute_batch(device_type: str, largest_activation_bytes: int, batch_size: int) -> int:
     """How many images go through the network at once: the whole decoded batch on a GPU;
     on a CPU as many as keep every activation below glibc's mmap threshold (at least one)."""
@@ -122,7 +163,7 @@ def largest_activation_bytes(module: torch.nn.Module, input_size: int, itemsize:
 def inference_trunk(trunk: torch.nn.Module, device: torch.device, dtype: torch.dtype,
                     channels_last: bool) -> torch.nn.Module:
     """A private copy of ``trunk`` for inference: no gradients, ``dtype``, memory format and,
-    on a CPU, fused conv+ReLU."""
+    on a CPU, fused conv+ReLU and faster 2x2 max pooling."""
     import copy
 
     import torch
@@ -134,5 +175,5 @@ def inference_trunk(trunk: torch.nn.Module, device: torch.device, dtype: torch.d
     if channels_last:
         m = m.to(memory_format=torch.channels_last)
     if device.type == "cpu":
-        m = fuse_conv_relu(m)
+        m = replace_max_pools(fuse_conv_relu(m))
     return m
