@@ -92,7 +92,6 @@ def _image_key(image: Any) -> str:
     return content_hash(image)
 
 
-
 class FeatureExtractor:
     """Features of one backbone layer for images (paths or HxWx3 uint8 arrays).
 
