@@ -247,7 +247,7 @@ def _extractor(loaded, settings: Settings, precision: str, batch: int, device: s
 def measure_extraction(loaded, paths: list[Path], settings: Settings, precision: str, batch: int,
                        decode_workers: int | None = -1) -> dict:
     """images/s over all files, after a warm-up of two batches (cuDNN picks its kernels)."""
-    from napari_ish_annotator.core.features import _mp_context
+    from napari_ish_annotator.core.decoding import _mp_context
 
     fx = _extractor(loaded, settings, precision, batch, decode_workers=decode_workers)
     fx.extract(paths[:2 * batch])

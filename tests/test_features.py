@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from napari_ish_annotator.core import decoding
 from napari_ish_annotator.core import features as features_mod
 from napari_ish_annotator.core.backbones import load_backbone
 from napari_ish_annotator.core.errors import InputError
@@ -97,11 +100,71 @@ def test_activation_shapes_for_each_layer(loaded):
 def test_only_the_truncated_network_runs_and_original_is_untouched(loaded):
     fx = make(loaded, layer="17", precision="bf16") if cpu_has_native_bf16() else \
         make(loaded, layer="17")
-    assert len(fx.module) == 17
+    def n_params(m):
+        return sum(p.numel() for p in m.parameters())
+
+    assert n_params(fx.module) == n_params(loaded.truncated("17")) < n_params(loaded.module)
     fx.extract(embryos(1))
     # the private copy changed dtype / memory format; the shared trunk did not
     assert loaded.module[0].weight.dtype == torch.float32
     assert loaded.module[0].weight.is_contiguous()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_conv_relu_gives_the_same_activations(loaded, precision, channels_last):
+    """The CPU trunk runs ReLU as a post-op of the conv (one oneDNN call); same numbers."""
+    from napari_ish_annotator.core.inference import _pointwise_conv_op, fuse_conv_relu
+
+    if _pointwise_conv_op() is None:
+        pytest.skip("this torch build has no fused oneDNN convolution")
+    if precision == "bf16" and not cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16")
+    fx = make(loaded, precision=precision)
+    fx.channels_last = channels_last
+    fused = fx.module
+    assert sum(type(m) is torch.nn.ReLU for m in fused) == 0  # every ReLU of relu4_2 fused
+    plain = copy.deepcopy(loaded.truncated(fx.layer)).to(fx.dtype)  # .to() is in place
+    assert fuse_conv_relu(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Tanh())) \
+        is not None  # nothing to fuse: returned as it was
+    x = torch.stack([fx.preprocess(im) for im in embryos(2)]).to(fx.dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x).float(), plain(x).float(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_max_pool_replacement_gives_the_same_values(dtype):
+    from napari_ish_annotator.core.inference import replace_max_pools
+
+    pool = torch.nn.Sequential(torch.nn.MaxPool2d(2, 2))
+    fast = replace_max_pools(pool)
+    assert type(fast[0]) is not torch.nn.MaxPool2d
+    g = torch.Generator().manual_seed(0)
+    for shape in [(2, 8, 16, 16), (1, 3, 15, 17)]:  # odd sides: floor, as MaxPool2d
+        x = torch.randn(shape, generator=g).to(dtype)
+        x[0, 0, 0, 0] = float("nan")
+        for xm in (x, x.contiguous(memory_format=torch.channels_last)):
+            y = fast(xm)
+            torch.testing.assert_close(y, pool(xm), equal_nan=True, rtol=0, atol=0)
+            assert y.is_contiguous(memory_format=torch.channels_last) == (xm is not x)
+    other = torch.nn.Sequential(torch.nn.MaxPool2d(3, 2, padding=1))
+    assert replace_max_pools(other) is other  # ResNet's pool is left alone
+
+
+def test_compute_batch_keeps_activations_under_the_mmap_threshold(loaded):
+    from napari_ish_annotator.core.inference import compute_batch
+
+    assert compute_batch("cuda", 10**9, 8) == 8  # GPUs take the whole batch
+    assert compute_batch("cpu", 6_422_528, 8) == 5  # 64x224x224 bf16: 5 images < 32 MB
+    assert compute_batch("cpu", 10**9, 8) == 1
+    fx = make(loaded, batch_size=16, input_size=224)
+    assert fx.compute_batch == 2  # 64x224x224 fp32 = 12.8 MB per image
+    imgs = embryos(3)
+    small = make(loaded, batch_size=3)
+    small._compute_batch = 1  # three network calls, one output
+    np.testing.assert_array_equal(small.extract(imgs), make(loaded, batch_size=3).extract(imgs))
 
 
 def test_batched_equals_unbatched(loaded):
@@ -295,7 +358,7 @@ def test_decoding_in_processes_equals_threads_and_reports_bad_files(loaded, tmp_
 def test_decoding_in_spawned_processes(loaded, tmp_path, monkeypatch):
     """With other threads running (napari) workers are spawned, not forked."""
     paths = _png_files(tmp_path, 4)
-    monkeypatch.setattr(features_mod, "_mp_context", lambda: "spawn")
+    monkeypatch.setattr(decoding, "_mp_context", lambda: "spawn")
     X = make(loaded, decode_workers=1, batch_size=2).extract(paths)
     np.testing.assert_array_equal(X, make(loaded, decode_workers=0, batch_size=2).extract(paths))
 
@@ -304,10 +367,10 @@ def test_too_little_shared_memory_falls_back_to_threads(loaded, tmp_path, monkey
     """Worker processes hand batches over in /dev/shm; when it is small they are not used."""
     fx = make(loaded, decode_workers=4)
     batch_bytes = 3 * 3 * S * S * 4
-    monkeypatch.setattr(features_mod, "_shm_free_bytes", lambda: 8 * batch_bytes)
+    monkeypatch.setattr(decoding, "_shm_free_bytes", lambda: 8 * batch_bytes)
     assert fx._process_workers(10) == 2 and fx._process_workers(2) == 1
     assert fx._process_workers(1) == 0  # one batch: nothing to overlap
-    monkeypatch.setattr(features_mod, "_shm_free_bytes", lambda: 3 * batch_bytes)
+    monkeypatch.setattr(decoding, "_shm_free_bytes", lambda: 3 * batch_bytes)
     assert fx._process_workers(10) == 0
 
     def no_processes(*args, **kwargs):

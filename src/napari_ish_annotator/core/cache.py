@@ -42,6 +42,12 @@ def signature_hash(signature: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _crc32(arr: np.ndarray) -> int:
+    """CRC-32 of an array's bytes in C order, read in place (``tobytes`` would copy them)."""
+    a = np.ascontiguousarray(arr)
+    return zlib.crc32(a.reshape(-1).view(np.uint8))
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -119,7 +125,7 @@ class FeatureCache:
             return None
         crc = name.split(".")[1]
         if (arr.dtype != np.float16 or (self.shape is not None and arr.shape != self.shape)
-                or f"{zlib.crc32(arr.tobytes()):08x}" != crc):
+                or f"{_crc32(arr):08x}" != crc):
             self._discard(image_hash, name)
             return None
         return arr
@@ -136,7 +142,7 @@ class FeatureCache:
         if self.write_error is not None:
             return False
         arr16 = np.ascontiguousarray(arr, dtype=np.float16)
-        name = f"{image_hash}.{zlib.crc32(arr16.tobytes()):08x}.npy"
+        name = f"{image_hash}.{_crc32(arr16):08x}.npy"
         import io
 
         buf = io.BytesIO()

@@ -1,23 +1,19 @@
 """Fixed-backbone feature extraction (the paper's "transfer learning" step), fast and cached.
 
-Speed comes from running only the truncated trunk a layer needs, batching, channels-last
-memory, reduced precision where it is safe (see ``benchmarks/bench_extraction.py`` and
-``docs/benchmarks.md``), and decoding the next batches' images while the current batch is
-computed: in a small thread pool on the CPU, in worker processes (torch ``DataLoader``
-workers) on a GPU, which computes a batch faster than one process decodes it. Features are
-always rounded through float16, the cache's storage type, so a cached run returns exactly what
-a fresh run returns (and a float16 result matrix, as the pipeline uses, holds them without
+Speed comes from running only the truncated trunk a layer needs, in reduced precision where
+it is safe, channels-last and with conv+ReLU fused on a CPU (:mod:`.inference`; measured
+against the machine's matmul peak by ``benchmarks/bench_peak.py``, see
+``docs/benchmarks.md``), and from decoding the next batches' images while the current batch is
+computed (:mod:`.decoding`: threads on a CPU, worker processes on a GPU). Features are always
+rounded through float16, the cache's storage type, so a cached run returns exactly what a
+fresh run returns (and a float16 result matrix, as the pipeline uses, holds them without
 loss).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import sys
-import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +31,15 @@ from .backbones import (
     weights_identity,
 )
 from .cache import FeatureCache
+from .decoding import (
+    Preprocessor,
+    decoded_in_processes,
+    decoded_in_threads,
+    default_decode_workers,
+    process_workers,
+)
 from .errors import InputError
+from .inference import compute_batch, inference_trunk, largest_activation_bytes
 from .preprocess import (  # noqa: F401 - re-exported: the names have always lived here too
     CPU_AUTO_BF16,
     PRECISIONS,
@@ -44,7 +48,6 @@ from .preprocess import (  # noqa: F401 - re-exported: the names have always liv
     border_colour,
     cpu_has_native_bf16,
     normalisation_affine,
-    preprocess_np,
     resolve_precision,
     resolve_precision_type,
     torch_dtype,
@@ -87,83 +90,6 @@ def _image_key(image: Any) -> str:
     from .images import content_hash
 
     return content_hash(image)
-
-
-def default_decode_workers(device_type: str, cpu_count: int | None = None) -> int:
-    """Decoding processes used when none are asked for: on a GPU up to 8 (leaving two cores
-    to the main process), since a GPU computes a batch faster than one core decodes it; on
-    the CPU none (the network needs the cores; two decoding threads keep up with it)."""
-    if device_type != "cuda":
-        return 0
-    cores = os.cpu_count() if cpu_count is None else cpu_count
-    return max(0, min(8, (cores or 1) - 2))
-
-
-def _shm_free_bytes() -> int | None:
-    """Free bytes in /dev/shm, where DataLoader workers hand over their batches (None: n/a).
-    Containers often give it only 64 MB."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        st = os.statvfs("/dev/shm")
-    except OSError:
-        return None
-    return int(st.f_bavail * st.f_frsize)
-
-
-def _mp_context() -> str:
-    """``fork`` starts workers instantly but is unsafe while other threads run (napari's
-    worker threads, Qt): then ``spawn``. The queue feeder threads of a finished extraction's
-    workers, which may linger a moment, do not count."""
-    others = [t for t in threading.enumerate()
-              if t is not threading.main_thread() and t.name != "QueueFeederThread"]
-    if sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread() \
-            and not others:
-        return "fork"
-    return "spawn"
-
-
-@dataclass(frozen=True)
-class Preprocessor:
-    """Decode + resize + normalise, as one picklable object (it runs in decoding processes)."""
-
-    input_size: int
-    keep_aspect: bool
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    pixel_scale: float
-
-    def __call__(self, image: Any) -> np.ndarray:
-        """Path or HxWx3 array -> ``(3, S, S)`` float32, normalised; the whole embryo."""
-        return preprocess_np(image, self.input_size, self.mean, self.std, self.pixel_scale,
-                             keep_aspect=self.keep_aspect)
-
-    def batch(self, items: Sequence[Any]) -> tuple[torch.Tensor | None, dict[int, str]]:
-        """Decoded batch of ``items``; images that cannot be decoded are left out and
-        returned as ``{position in items: reason}``."""
-        import torch
-
-        arrays, failed = [], {}
-        for pos, im in enumerate(items):
-            try:
-                arrays.append(self(im))
-            except InputError as exc:
-                failed[pos] = str(exc)
-        return (torch.from_numpy(np.stack(arrays)) if arrays else None), failed
-
-
-class _DecodeBatches:
-    """Map-style dataset for a ``DataLoader``: item ``j`` is the decoded batch ``j``."""
-
-    def __init__(self, preprocessor: Preprocessor, batches: list[list[Any]]):
-        self.preprocessor = preprocessor
-        self.batches = batches
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, j: int) -> tuple[torch.Tensor | None, dict[int, str]]:
-        return self.preprocessor.batch(self.batches[j])
 
 
 class FeatureExtractor:
@@ -219,6 +145,7 @@ class FeatureExtractor:
         self._module: torch.nn.Module | None = None
         self._grad_module: torch.nn.Module | None = None
         self._channels_last: bool | None = None
+        self._compute_batch: int | None = None
         #: ``(row, reason)`` of the images the last ``on_error="skip"`` extraction skipped
         self.last_failed: list[tuple[int, str]] = []
 
@@ -271,32 +198,39 @@ class FeatureExtractor:
 
     @property
     def channels_last(self) -> bool:
-        """Channels-last pays off with reduced precision and on GPUs (see the benchmark)."""
-        if self._channels_last is not None:
-            return self._channels_last
-        return self.precision != "fp32" or self.device_type != "cpu"
+        """Channels-last memory (oneDNN's and the GPUs' native layout) unless set otherwise:
+        on this project's AVX-512 test CPU it made the fp32 trunk 1.25x faster and bf16 needs
+        it (``benchmarks/bench_peak.py``)."""
+        return True if self._channels_last is None else self._channels_last
 
     @channels_last.setter
     def channels_last(self, value: bool | None) -> None:
         self._channels_last = value
         self._module = None
+        self._compute_batch = None
 
     @property
     def module(self) -> torch.nn.Module:
-        """The inference network: a private copy of the truncated trunk in the run's precision."""
+        """The inference network: a private copy of the truncated trunk in the run's precision
+        (see :func:`.inference.inference_trunk`)."""
         if self._module is None:
-            import copy
+            self._module = inference_trunk(self.loaded.truncated(self.layer), self.device,
+                                           self.dtype, self.channels_last)
+            self._compute_batch = None
+        return self._module
 
+    @property
+    def compute_batch(self) -> int:
+        """Images per network call (:func:`.inference.compute_batch`); decoding, progress and
+        the cache still go by :attr:`batch_size`."""
+        if self._compute_batch is None:
             import torch
 
-            m = copy.deepcopy(self.loaded.truncated(self.layer)).eval()
-            for p in m.parameters():
-                p.requires_grad_(False)
-            m = m.to(device=self.device, dtype=self.dtype)
-            if self.channels_last:
-                m = m.to(memory_format=torch.channels_last)
-            self._module = m
-        return self._module
+            itemsize = torch.empty((), dtype=self.dtype).element_size()
+            biggest = largest_activation_bytes(self.loaded.truncated(self.layer),
+                                               self.input_size, itemsize)
+            self._compute_batch = compute_batch(self.device.type, biggest, self.batch_size)
+        return self._compute_batch
 
     # ------------------------------------------------------------------ compute
     def preprocess(self, rgb: np.ndarray) -> torch.Tensor:
@@ -329,12 +263,21 @@ class FeatureExtractor:
             with torch.enable_grad():
                 return self._grad_module(batch.to(self.device, torch.float32))
         m = self.module
+        step = self.compute_batch
         with torch.inference_mode():
             x = batch.to(self.device, self.dtype)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            y = m(x)
-            return y.to(torch.float32).contiguous()
+            if len(x) <= step:
+                return m(x).to(torch.float32).contiguous()
+            out = None
+            for start in range(0, len(x), step):
+                y = m(x[start:start + step])
+                if out is None:
+                    out = torch.empty((len(x), *y.shape[1:]), dtype=torch.float32,
+                                      device=y.device)
+                out[start:start + len(y)] = y
+            return out
 
     def _load_batch(self, items: Sequence[Any]) -> torch.Tensor:
         import torch
@@ -348,51 +291,18 @@ class FeatureExtractor:
         return self.preprocessor.batch(items)
 
     def _process_workers(self, n_batches: int) -> int:
-        """Decoding processes for ``n_batches``: they pay their start-up only when there are
-        batches to overlap, and each keeps two batches in shared memory, which must fit
-        (with room to spare) or the workers die; 0 means decoding threads."""
-        workers = min(self.decode_workers, n_batches - 1)
-        free = _shm_free_bytes() if workers > 0 else None
-        if free is not None:
-            batch_bytes = self.batch_size * 3 * self.input_size * self.input_size * 4
-            workers = min(workers, free // (4 * batch_bytes))
-        return max(0, int(workers))
+        """Decoding processes for ``n_batches`` (0: threads); see :func:`.decoding.process_workers`."""
+        batch_bytes = self.batch_size * 3 * self.input_size * self.input_size * 4
+        return process_workers(self.decode_workers, n_batches, batch_bytes)
 
     def _decoded_in_threads(self, item_batches: list[list[Any]], skip: bool) -> Iterator:
-        """Decoded batches in order, two decoding ahead in a thread pool."""
-        load = self._load_batch_skipping if skip else self._load_batch
-        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ish-decode")
-        try:
-            pending = [pool.submit(load, b) for b in item_batches[:2]]
-            for j in range(len(item_batches)):
-                x = pending.pop(0).result()
-                if j + 2 < len(item_batches):  # keep two batches decoding ahead
-                    pending.append(pool.submit(load, item_batches[j + 2]))
-                yield x
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        return decoded_in_threads(self._load_batch_skipping if skip else self._load_batch,
+                                  item_batches)
 
     def _decoded_in_processes(self, item_batches: list[list[Any]], skip: bool,
                               workers: int) -> Iterator:
-        """Decoded batches in order from ``DataLoader`` worker processes (shared-memory
-        transfer, pinned for the GPU). Workers always skip bad images; without ``skip`` the
-        first one's :class:`InputError` is raised here, with its own message."""
-        from torch.utils.data import DataLoader
-
-        loader = DataLoader(_DecodeBatches(self.preprocessor, item_batches), batch_size=None,
-                            num_workers=workers, prefetch_factor=2,
-                            pin_memory=self.device.type == "cuda",
-                            multiprocessing_context=_mp_context())
-        it = iter(loader)
-        try:
-            for x, failed in it:
-                if failed and not skip:
-                    raise InputError(failed[min(failed)])
-                yield (x, failed) if skip else x
-        finally:
-            shutdown = getattr(it, "_shutdown_workers", None)  # now, not when collected
-            if shutdown is not None:
-                shutdown()
+        return decoded_in_processes(self.preprocessor, item_batches, skip, workers,
+                                    pin_memory=self.device.type == "cuda")
 
     def iter_extract(self, images: Sequence[Path | str | np.ndarray],
                      out: np.ndarray | None = None, on_error: str = "raise"
