@@ -68,7 +68,8 @@ def test_train_with_cv_reads_the_features_once(tmp_path, monkeypatch):
     """The panel's CV and its final fit share one Gram matrix (its sub-blocks), one
     out-of-fold pass gives both the AUCs and the Platt calibration (3 fold fits, not the CV's
     plus the calibration's), and the model is the one trained without CV."""
-    from napari_ish_annotator.core import classify, evaluation
+    from napari_ish_annotator.core import classify
+    from napari_ish_annotator.core import folds as fold_fits
     from napari_ish_annotator.core.calibration import CALIBRATION_FOLDS
     from napari_ish_annotator.core.progress import drive
     from napari_ish_annotator.session import AnnotatorSession, steps
@@ -91,14 +92,14 @@ def test_train_with_cv_reads_the_features_once(tmp_path, monkeypatch):
         return (yield from real(X, rows, reuse))
 
     folds: list[int] = []
-    real_fold = evaluation.iter_fold_decisions
+    real_fold = fold_fits.iter_fold_decisions
 
     def counting_folds(K, train, test, *args, **kwargs):
         folds.append(len(test))
         return (yield from real_fold(K, train, test, *args, **kwargs))
 
     monkeypatch.setattr(classify, "iter_gram", counting)
-    monkeypatch.setattr(evaluation, "iter_fold_decisions", counting_folds)
+    monkeypatch.setattr(fold_fits, "iter_fold_decisions", counting_folds)
     with_cv = drive(steps.iter_train(session.train_request(cross_validate=True)))
     assert len(calls) == 1, calls
     assert len(folds) == CALIBRATION_FOLDS and sum(folds) == 28, folds  # each image once

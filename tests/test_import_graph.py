@@ -21,17 +21,10 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "napari_ish_annotator"
 MAX_LINES = 450
 
-#: circles and long files other branches of issue 19 are removing; the lead empties these
-#: sets once those branches are merged (a stale entry fails the test too, so it cannot linger)
-KNOWN_REMAINING_CYCLES: set[frozenset[str]] = {
-    frozenset({"core.labels", "core.consensus"}),
-    frozenset({"core.images", "core.opening"}),
-    frozenset({"widgets._base", "widgets._registry", "widgets._viewer_binding"}),
-}
-KNOWN_REMAINING_LONG: set[str] = {
-    "core/labels.py", "core/backbones.py", "core/features.py", "session/state.py",
-    "session/steps.py", "widgets/annotate.py",
-}
+#: exceptions, each needing a reason in a comment; none remain (issue 19). A stale entry
+#: fails the test too, so an exception cannot outlive its reason
+KNOWN_REMAINING_CYCLES: set[frozenset[str]] = set()
+KNOWN_REMAINING_LONG: set[str] = set()
 
 
 # ------------------------------------------------------------------------------- the graph
@@ -208,7 +201,7 @@ def test_graph_resolves_relative_imports_and_packages() -> None:
     assert "core" not in top["core.classify"]  # its own package is being imported already
     assert "core.finetune.config" in top["core.finetune.trainer"]
     assert "cli._common" in top["cli.demo"]
-    assert "core.manifest" not in top["core.labels"] and "core.manifest" in full["core.labels"]
+    assert "core.images" not in top["core.labels"] and "core.images" in full["core.labels"]
     assert top[""] == set()  # the root package imports nothing of its own
     assert set(top) == set(full) and all(top[m] <= full[m] for m in top)
     assert any(full[m] - top[m] for m in top)  # lazy imports exist and are seen

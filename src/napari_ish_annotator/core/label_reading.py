@@ -9,15 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .label_open import guarded
-from .label_schema import EFFECTIVE
-
-if TYPE_CHECKING:
-    from .labels import LabelValue
+from .label_schema import EFFECTIVE, LabelValue
 
 #: up to this many images, label queries name them (SQL IN list) instead of reading all labels
 _FEW = 200

@@ -26,6 +26,9 @@ from pathlib import Path
 
 from .errors import InputError
 
+#: a label's value: 1 present, 0 absent, None unknown
+LabelValue = int | None
+
 SCHEMA_VERSION = 1
 
 SCHEMA = """

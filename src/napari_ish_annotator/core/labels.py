@@ -35,9 +35,8 @@ from .errors import InputError
 from .label_manifests import ManifestIO
 from .label_open import QUERY_SECONDS, BudgetConnection, guarded, open_store, store_error
 from .label_reading import CurrentLabels
-from .label_schema import EFFECTIVE
+from .label_schema import EFFECTIVE, LabelValue
 
-LabelValue = int | None  # 1 present, 0 absent, None unknown
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 
 _EVENT_SQL = """SELECT e.id, i.content_hash, i.path, t.name, e.value, a.name, e.time, e.undo_of

@@ -30,7 +30,7 @@ from ..errors import InputError
 from ..progress import Progress, ProgressGen, drive
 from .model import ExportableModel, load_exportable
 from .packages import as_input as _as_input
-from .packages import failed_details, predict_package, run_package_test
+from .packages import failed_details, predict_package, require_bioimageio, run_package_test
 
 __all__ = ["CITATION_DOI", "CITATION_TEXT", "ExportOptions", "ExportResult",
            "iter_export_bioimageio", "export_bioimageio", "require_bioimageio",
@@ -69,16 +69,6 @@ class ExportResult:
     cover_term: str
     weight_formats: tuple[str, ...]
     test_status: str                        # bioimageio.core's verdict, or "not run"
-
-
-def require_bioimageio(purpose: str = "the bioimage.io export") -> None:
-    """InputError saying what to install (or which versions to use) when bioimageio.spec/core
-    are missing, do not import, or are a known-broken combination (``core.extras``)."""
-    from ..extras import check_compatible, require_extra
-
-    for module in ("bioimageio.spec", "bioimageio.core"):
-        require_extra(module, "bioimageio", purpose)
-    check_compatible("bioimageio")
 
 
 def _stack_failure(exc: Exception, what: str) -> InputError:

@@ -17,9 +17,18 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..extras import check_compatible, require_extra
 
 __all__ = ["SAFE_WEIGHT_FORMATS", "as_input", "failed_details", "predict_package",
            "run_package_test"]
+
+
+def require_bioimageio(purpose: str = "the bioimage.io export") -> None:
+    """InputError saying what to install (or which versions to use) when bioimageio.spec/core
+    are missing, do not import, or are a known-broken combination (``core.extras``)."""
+    for module in ("bioimageio.spec", "bioimageio.core"):
+        require_extra(module, "bioimageio", purpose)
+    check_compatible("bioimageio")
 
 
 def as_input(image: np.ndarray) -> np.ndarray:
@@ -63,8 +72,6 @@ def predict_package(path: str | Path, images: Sequence[np.ndarray],
     unless ``trust_code=True``, which lets bioimageio.core choose the format (it may then
     import and run the package's code).
     """
-    from .bioimageio import require_bioimageio
-
     require_bioimageio("running a bioimage.io package")
     from bioimageio.core import create_prediction_pipeline, load_model_description, predict
 
