@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import InputError
+from .metrics import has_both_classes
 
 if TYPE_CHECKING:
     from .labels import LabelStore, LabelValue
@@ -362,7 +363,7 @@ def disagreement_mask(store: LabelStore, images: Sequence[str | Path],
     """(n,) True where two annotators gave different known values for some term
     (the Embryos panel's "annotators disagree" filter)."""
     L = annotator_labels(store, images, vocabulary).labels
-    return ((L == 1).any(axis=0) & (L == 0).any(axis=0)).any(axis=1)
+    return has_both_classes(L).any(axis=1)  # over annotators: someone said 1, someone 0
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import numpy as np
 from .csvio import restore, write_csv
 from .errors import InputError
 from .images import SUPPORTED_SUFFIXES, SUPPORTED_TEXT
+from .splits import group_ids
 
 REQUIRED_COLUMNS = ("image", "terms")
 OPTIONAL_COLUMNS = ("stage", "gene")
@@ -78,8 +79,6 @@ class Dataset:
     def groups(self) -> np.ndarray:
         """Group id per image for grouped splits (:func:`.evaluation.group_ids`: by gene,
         else gene and stage, else the image itself), so no gene is both trained and tested."""
-        from .evaluation import group_ids
-
         return group_ids(self.genes, self.stages)
 
     def fingerprint(self) -> str:

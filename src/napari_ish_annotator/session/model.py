@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import InputError
+from ..core.metrics import class_counts, has_both_classes
 from . import steps
 from .results import (
     ExtractedFeatures,
@@ -181,14 +182,15 @@ class ModelPart:
 
     def training_counts(self) -> dict[str, tuple[int, int]]:
         Y = self.label_matrix()
-        return {t: (int((Y[:, j] == 1).sum()), int((Y[:, j] == 0).sum()))
-                for j, t in enumerate(self.vocabulary)}
+        n_pos, n_neg = class_counts(Y)
+        return {t: (int(n_pos[j]), int(n_neg[j])) for j, t in enumerate(self.vocabulary)}
 
     def check_trainable(self, Y: np.ndarray | None = None) -> None:
         Y = self.label_matrix() if Y is None else Y
-        bad = [f"{t} ({int((Y[:, j] == 1).sum())} present, {int((Y[:, j] == 0).sum())} absent)"
-               for j, t in enumerate(self.vocabulary)
-               if not ((Y[:, j] == 1).any() and (Y[:, j] == 0).any())]
+        n_pos, n_neg = class_counts(Y)
+        ok = has_both_classes(Y)
+        bad = [f"{t} ({int(n_pos[j])} present, {int(n_neg[j])} absent)"
+               for j, t in enumerate(self.vocabulary) if not ok[j]]
         if bad:
             raise InputError(
                 "cannot train: every term needs at least one 'present' and one 'absent' label; "

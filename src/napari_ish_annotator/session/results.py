@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import InputError
+from ..core.metrics import defined_mean
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class TrainReport:
 
     @property
     def mean_auc(self) -> float | None:
-        return float(np.mean(list(self.auc.values()))) if self.auc else None
+        return defined_mean(self.auc.values()) if self.auc else None
 
 
 @dataclass(frozen=True)
