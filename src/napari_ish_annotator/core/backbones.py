@@ -1,15 +1,8 @@
 """Backbone registry: which network, which layers, which weights and which normalisation.
 
-The paper (Zhang et al., KDD 2015) uses ImageNet VGG16 as a fixed feature extractor and
-names layers by their MatConvNet index; :data:`REGISTRY` maps those names onto the torchvision
-``vgg16().features`` trunk ("21" -> ``features[20]`` = relu4_2, 512x28x28 at 224 px).
-
-Adding a backbone means one :class:`BackboneSpec`: a builder for its feature *trunk* (an
-``nn.Sequential``, possibly with named children, so that "run up to layer i" is simply
-``trunk[:i + 1]``), a seeded initialiser, where the trunk lives in the full torchvision
-model's state dict (``state_prefix``), its layer names, default layer, input size, the
-normalisation that goes with its default weights, and which torchvision weight enums the
-``imagenet`` specs mean.
+What a backbone is (the paper's VGG16 layers, the trunk, its spec) is explained in
+:mod:`.backbone_specs`; loading weights in :mod:`.backbone_weights`; devices in :mod:`.devices`.
+This module re-exports their public names, so callers import from one place.
 
 Weights SPEC (``--weights``):
 
