@@ -182,3 +182,26 @@ def test_fine_tuned_model_explains_with_its_own_head(session, tmp_path):
         assert maps.maps.shape == (1, *session.image(3).shape[:2])
         assert float(maps.maps.min()) >= 0.0 and float(maps.maps.max()) <= 1.0
         assert 0.0 <= float(maps.probabilities[0]) <= 1.0
+
+
+def test_gradcam_maps_of_a_large_image_stay_small_and_carry_their_scale(session):
+    """A large image's maps are built at most DISPLAY_MAX_SIDE on the longer side (the stack of
+    T maps would otherwise be T x H x W float32), with the factor napari scales them up by."""
+    from PIL import Image
+
+    from napari_ish_annotator.core.gradcam import DISPLAY_MAX_SIDE
+    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.session import steps
+
+    session.apply_trained(drive(steps.iter_train(session.train_request(cross_validate=False))))
+    request = session.gradcam_request(list(TERMS), 2)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (600, 2400, 3), dtype=np.uint8)).save(request.path)
+    maps = drive(steps.iter_gradcam(request))
+    assert maps.maps.shape == (len(TERMS), 256, DISPLAY_MAX_SIDE)
+    assert maps.scale == pytest.approx((600 / 256, 2400 / DISPLAY_MAX_SIDE))
+    assert maps.maps.min() >= 0.0 and maps.maps.max() <= 1.0
+
+    small = drive(steps.iter_gradcam(session.gradcam_request([TERMS[0]], 3)))
+    assert small.scale == (1.0, 1.0)
+    assert small.maps.shape == (1, *session.image(3).shape[:2])

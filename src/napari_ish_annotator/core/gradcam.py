@@ -164,17 +164,33 @@ def layer_activation(extractor: FeatureExtractor, image_rgb: np.ndarray) -> np.n
     return act[0].float().cpu().numpy()
 
 
+#: the napari views show every term's map as a layer over the image: beyond this many pixels on
+#: its longer side a map is drawn at this size and scaled up by napari, so a (T, H, W) stack
+#: stays small however large the image (the CLI's --npy keeps the image's own size)
+DISPLAY_MAX_SIDE = 1024
+
+
+def display_shape(image_shape: tuple[int, int], max_side: int = DISPLAY_MAX_SIDE
+                  ) -> tuple[int, int]:
+    """The shape a displayed map needs: the image's, shrunk to ``max_side`` on its longer side."""
+    height, width = int(image_shape[0]), int(image_shape[1])
+    factor = min(1.0, max_side / max(height, width, 1))
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
 def gradcam_all_terms(
     bundle: ModelBundle,
     extractor: FeatureExtractor,
     image_rgb: np.ndarray,
     terms: Sequence[str] | None = None,
     method: str = "hirescam",
+    out_shape: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Maps for several terms from one forward pass.
 
-    Returns ``(maps, probabilities)``: maps ``(T, H_img, W_img)`` in [0, 1] and the terms'
-    calibrated probabilities ``(T,)``, by which each map is scaled.
+    Returns ``(maps, probabilities)``: maps ``(T, H_img, W_img)`` in [0, 1] (or ``out_shape``,
+    e.g. :func:`display_shape`, with the image's aspect) and the terms' calibrated
+    probabilities ``(T,)``, by which each map is scaled.
     """
     terms = list(bundle.classifier.vocabulary if terms is None else terms)
     indices = [_term_index(bundle, t) for t in terms]
@@ -183,11 +199,12 @@ def gradcam_all_terms(
     proba = bundle.predict_proba(act.reshape(1, -1))[0]
     normalize = bool(bundle.classifier.config.normalize)
     keep_aspect = bool(bundle.extractor.keep_aspect)
-    maps = np.empty((len(indices), *image_rgb.shape[:2]), dtype=np.float32)
+    shape = tuple(out_shape) if out_shape is not None else image_rgb.shape[:2]
+    maps = np.empty((len(indices), *shape), dtype=np.float32)
     for k, index in enumerate(indices):
         cam = gradcam_linear(act, bundle.classifier.terms[index].coef, float(proba[index]),
                              normalize=normalize, method=method, center=bundle.classifier.center)
-        upsample_to_image(cam, image_rgb.shape[:2], keep_aspect, out=maps[k])
+        upsample_to_image(cam, shape, keep_aspect, out=maps[k])
     return maps, proba[indices].astype(np.float32)
 
 

@@ -114,13 +114,16 @@ class TrainedModel:
 
 @dataclass(frozen=True)
 class GradcamMaps:
-    """Grad-CAM maps (image height x width, in [0, 1]) of one image for ``terms``."""
+    """Grad-CAM maps in [0, 1] of one image for ``terms``: the image's height x width, or a
+    smaller map of the same aspect for a large image, ``scale`` (rows, columns) times the image's
+    pixel size (:func:`core.gradcam.display_shape`)."""
 
     index: int
     terms: tuple[str, ...]
     maps: np.ndarray
     probabilities: np.ndarray
     source: str = "ensemble"  # or "finetuned": the fine-tuned network's own MTL head
+    scale: tuple[float, float] = (1.0, 1.0)
 
 
 @dataclass(frozen=True)

@@ -379,10 +379,12 @@ class GradcamRequest:
 def iter_gradcam(req: GradcamRequest) -> ProgressGen[GradcamMaps]:
     """Grad-CAM maps of one image: the logistic ensembles' (default) or the fine-tuned
     network's own term outputs (``finetuned``)."""
+    from ..core.gradcam import display_shape
     from ..core.images import read_rgb
 
     yield Progress(0, 1, "Grad-CAM")
     rgb = read_rgb(req.path)
+    shape = display_shape(rgb.shape[:2])  # a stack of T maps stays small for a huge image
     if req.finetuned is not None:
         from ..core.finetune import gradcam_mtl, load_finetuned
 
@@ -392,7 +394,8 @@ def iter_gradcam(req: GradcamRequest) -> ProgressGen[GradcamMaps]:
         if missing:
             raise InputError(f"the fine-tuned network has no output for {', '.join(missing)}; "
                              "fine-tune again after labelling that term", path=req.finetuned)
-        maps = gradcam_mtl(model, rgb, list(req.terms), layer=str(req.extract.config.layer))
+        maps = gradcam_mtl(model, rgb, list(req.terms), layer=str(req.extract.config.layer),
+                           out_shape=shape)
         cols = [model.vocabulary.index(t) for t in req.terms]
         proba = model.predict_batch(model.preprocess(rgb)[None])[0, cols]
         source = "finetuned"
@@ -400,11 +403,12 @@ def iter_gradcam(req: GradcamRequest) -> ProgressGen[GradcamMaps]:
         from ..core.gradcam import gradcam_all_terms
 
         maps, proba = gradcam_all_terms(req.bundle, req.extract.extractors.get(req.extract.config),
-                                        rgb, list(req.terms))
+                                        rgb, list(req.terms), out_shape=shape)
         source = "ensemble"
     yield Progress(1, 1, "Grad-CAM")
+    scale = (rgb.shape[0] / shape[0], rgb.shape[1] / shape[1])
     return GradcamMaps(req.index, req.terms, np.asarray(maps, np.float32),
-                       np.asarray(proba, np.float32), source)
+                       np.asarray(proba, np.float32), source, scale)
 
 
 # ---------------------------------------------------------------------- fine-tuning

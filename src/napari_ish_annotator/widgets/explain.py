@@ -177,8 +177,9 @@ class ExplainWidget(SessionDock):
         layer = gradcam_layer(self.viewer)
         base = embryo_layer(self.viewer)
         kwargs: dict[str, Any] = {}
-        if base is not None:
-            kwargs = {"scale": tuple(base.scale[-2:]), "translate": tuple(base.translate[-2:])}
+        if base is not None:  # a large image's maps are smaller: napari scales them up
+            scale = tuple(s * f for s, f in zip(base.scale[-2:], result.scale, strict=True))
+            kwargs = {"scale": scale, "translate": tuple(base.translate[-2:])}
         if layer is not None and layer.data.ndim != data.ndim:
             self.viewer.layers.remove(layer)
             layer = None
@@ -193,6 +194,8 @@ class ExplainWidget(SessionDock):
                 **kwargs)
         else:
             layer.data = data
+            if "scale" in kwargs:
+                layer.scale = (*tuple(layer.scale)[:-2], *kwargs["scale"])
             layer.contrast_limits = (0.0, 1.0)
             layer.metadata["terms"] = terms
         layer.metadata["terms"] = terms

@@ -21,7 +21,8 @@ __all__ = ["gradcam_mtl"]
 
 
 def gradcam_mtl(model: FinetunedModel | FinetunedEnsemble | str | Path | dict, image_rgb: np.ndarray,
-                terms: Sequence[str] | None = None, layer: str | None = None) -> np.ndarray:
+                terms: Sequence[str] | None = None, layer: str | None = None,
+                out_shape: tuple[int, int] | None = None) -> np.ndarray:
     """Grad-CAM through the fine-tuned network's own term outputs: ``(T, H_img, W_img)`` in [0, 1].
 
     One forward pass; the trunk runs up to ``layer`` (default: the backbone's default layer, 21
@@ -40,7 +41,8 @@ def gradcam_mtl(model: FinetunedModel | FinetunedEnsemble | str | Path | dict, i
         model = load_ensemble(model)
     if isinstance(model, FinetunedEnsemble):
         if len(model.members) > 1:
-            return np.mean([gradcam_mtl(m, image_rgb, terms, layer) for m in model.members],
+            return np.mean([gradcam_mtl(m, image_rgb, terms, layer, out_shape)
+                            for m in model.members],
                            axis=0).astype(np.float32)
         model = model.members[0]
     spec = get_spec(model.backbone)
@@ -74,7 +76,7 @@ def gradcam_mtl(model: FinetunedModel | FinetunedEnsemble | str | Path | dict, i
     peak = cam.flatten(1).max(dim=1).values.clamp_min(1e-12).view(-1, 1, 1)
     prob = torch.sigmoid(logits.detach()).view(-1, 1, 1)
     cam = cam / peak * prob
-    H, W = image_rgb.shape[:2]
+    H, W = out_shape if out_shape is not None else image_rgb.shape[:2]
     up = F.interpolate(cam[None].float().cpu(), size=(H, W), mode="bilinear",
                        align_corners=False)[0]  # only the displayed maps have the image's size
     return up.clamp_(0, 1).numpy()
