@@ -169,3 +169,26 @@ def test_train_refuses_terms_without_both_labels(make_napari_viewer, tmp_path):
     assert not train.runner.running
     assert "midgut (0 present, 0 absent)" in train.summary.text()
     assert get_session(viewer).bundle is None
+
+
+def test_gradcam_layer_takes_the_maps_scale(make_napari_viewer, qtbot, tmp_path):
+    """A large image's maps come smaller (GradcamMaps.scale); the layer is scaled up to cover
+    the embryo exactly, also when a later map of another scale replaces its data."""
+    from napari_ish_annotator.session import GradcamMaps
+    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets._viewer_binding import embryo_layer
+    from napari_ish_annotator.widgets.explain import gradcam_layer
+
+    viewer = make_napari_viewer()
+    embryos, explain = dock(viewer, "Embryos"), dock(viewer, "Explain")
+    assert embryos.open_paths([make_dataset(tmp_path / "data")])
+    session = get_session(viewer)
+    qtbot.waitUntil(lambda: embryo_layer(viewer) is not None, timeout=10_000)
+    base = tuple(embryo_layer(viewer).scale[-2:])
+    for scale in ((2.0, 3.0), (1.0, 1.0)):
+        terms = (TERMS[0],)
+        explain._requested = (session.index, terms, None)  # as show_map() records it
+        explain._show_result(GradcamMaps(session.index, terms, np.zeros((1, 12, 20), np.float32),
+                                         np.array([0.5], np.float32), "ensemble", scale))
+        layer = gradcam_layer(viewer)
+        assert tuple(layer.scale[-2:]) == pytest.approx((base[0] * scale[0], base[1] * scale[1]))
