@@ -17,6 +17,7 @@ import numpy as np
 
 from ..core.errors import InputError
 from ..core.metrics import class_counts, has_both_classes
+from ..core.splits import group_ids
 from . import steps
 from .results import (
     ExtractedFeatures,
@@ -175,9 +176,7 @@ class ModelPart:
 
     # ------------------------------------------------------------------ training
     def groups(self) -> np.ndarray:
-        """Grouped-CV ids of the open images (by gene; see core.evaluation.group_ids)."""
-        from ..core.evaluation import group_ids
-
+        """Grouped-CV ids of the open images (by gene; see core.splits.group_ids)."""
         return group_ids(self.genes, self.stages)
 
     def training_counts(self) -> dict[str, tuple[int, int]]:

@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import InputError
-from ..core.pipeline import failed_rows
+from ..core.metrics import class_counts, trainable_terms
+from ..core.pipeline import failed_rows, iter_fit_bundle, predict_rows
 from ..core.progress import Progress, ProgressGen, sub_progress
+from ..core.splits import group_ids
 from .results import (
     ExtractedFeatures,
     FinetuneOutcome,
@@ -247,8 +249,6 @@ class PredictRequest:
 def iter_predict(req: PredictRequest) -> ProgressGen[Predictions]:
     """Probabilities of the model for every image (extracting if needed)."""
     X, new = yield from _features(req.features, req.extract)
-    from ..core.pipeline import predict_rows
-
     yield Progress(len(X), len(X), "predicting")
     P, votes = predict_rows(req.bundle, X)
     return Predictions(P, votes, req.extract.generation, new)
@@ -274,9 +274,7 @@ class TrainRequest:
 
     @property
     def groups(self) -> np.ndarray:
-        """Grouped-CV ids (by gene; see core.evaluation.group_ids)."""
-        from ..core.evaluation import group_ids
-
+        """Grouped-CV ids (by gene; see core.splits.group_ids)."""
         return group_ids(self.genes, self.stages)
 
 
@@ -289,9 +287,7 @@ def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
     """
     from ..core.calibration import CALIBRATION_FOLDS
     from ..core.classify import EnsembleConfig, GramBlock, iter_gram
-    from ..core.evaluation import trainable_terms
     from ..core.manifest import training_fingerprint
-    from ..core.pipeline import iter_fit_bundle, predict_rows
 
     X, new = yield from _features(req.features, req.extract)
     ensemble = EnsembleConfig(**req.ensemble)
@@ -308,7 +304,8 @@ def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
                 "skipped files), which leaves no 'present' or no 'absent' label for: "
                 + ", ".join(vocab[j] for j in lost) + ". Replace those files or label more "
                 "images.")
-    counts = {t: (int((Y[:, j] == 1).sum()), int((Y[:, j] == 0).sum())) for j, t in enumerate(vocab)}
+    n_pos, n_neg = class_counts(Y)
+    counts = {t: (int(n_pos[j]), int(n_neg[j])) for j, t in enumerate(vocab)}
     auc: dict[str, float] = {}
     note = ""
     gram = oof = None
