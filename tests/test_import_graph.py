@@ -21,10 +21,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "napari_ish_annotator"
 MAX_LINES = 450
 
-#: exceptions, each needing a reason in a comment; none remain (issue 19). A stale entry
-#: fails the test too, so an exception cannot outlive its reason
-KNOWN_REMAINING_CYCLES: set[frozenset[str]] = set()
-KNOWN_REMAINING_LONG: set[str] = set()
 
 
 # ------------------------------------------------------------------------------- the graph
@@ -181,17 +177,6 @@ def long_files() -> dict[str, int]:
     return out
 
 
-def _check_known(found: dict, known: set, what: str) -> None:
-    new = {k: v for k, v in found.items() if k not in known}
-    stale = known - set(found)
-    msg = []
-    if new:
-        msg.append(f"{what}:\n" + "\n".join(f"  {v}" for v in new.values()))
-    if stale:
-        msg.append(f"gone now, remove from the KNOWN_REMAINING sets: {sorted(map(str, stale))}")
-    assert not msg, "\n".join(msg)
-
-
 # ------------------------------------------------------------------------------- the tests
 def test_graph_resolves_relative_imports_and_packages() -> None:
     """The graph builder itself: a relative import reaches the module and its packages; a
@@ -214,13 +199,13 @@ def test_no_import_circles(top_level: bool) -> None:
     ``TYPE_CHECKING`` import either (lazy imports of the package's own modules must follow
     the layers too; lazy imports of torch, matplotlib etc. are not edges)."""
     found = {frozenset(c): " -> ".join(c) for c in cycles(import_graph(top_level))}
-    known = {k for k in KNOWN_REMAINING_CYCLES if not top_level or k in found}
-    _check_known(found, known, "import circles")
+    assert not found, "import circles:\n" + "\n".join(f"  {v}" for v in found.values())
 
 
 def test_no_file_over_450_lines() -> None:
-    _check_known({k: f"{k}: {n} lines" for k, n in long_files().items()},
-                 KNOWN_REMAINING_LONG, f"files over {MAX_LINES} lines (split them by concern)")
+    long = long_files()
+    assert not long, (f"files over {MAX_LINES} lines (split them by concern):\n"
+                      + "\n".join(f"  {k}: {n} lines" for k, n in long.items()))
 
 
 #: modules that are programs, not libraries: importing one runs it

@@ -180,9 +180,7 @@ class ModelPart:
         return group_ids(self.genes, self.stages)
 
     def training_counts(self) -> dict[str, tuple[int, int]]:
-        Y = self.label_matrix()
-        n_pos, n_neg = class_counts(Y)
-        return {t: (int(n_pos[j]), int(n_neg[j])) for j, t in enumerate(self.vocabulary)}
+        return steps.term_counts(self.label_matrix(), self.vocabulary)
 
     def check_trainable(self, Y: np.ndarray | None = None) -> None:
         Y = self.label_matrix() if Y is None else Y

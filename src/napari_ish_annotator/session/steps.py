@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import InputError
-from ..core.metrics import class_counts, trainable_terms
+from ..core.metrics import class_counts, has_both_classes, trainable_terms
 from ..core.pipeline import failed_rows, iter_fit_bundle, predict_rows
 from ..core.progress import Progress, ProgressGen, sub_progress
 from ..core.splits import group_ids
@@ -278,6 +278,12 @@ class TrainRequest:
         return group_ids(self.genes, self.stages)
 
 
+def term_counts(Y: np.ndarray, vocabulary: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """(present, absent) labels per term, as the Train panel's table shows them."""
+    n_pos, n_neg = class_counts(Y)
+    return {t: (int(n_pos[j]), int(n_neg[j])) for j, t in enumerate(vocabulary)}
+
+
 def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
     """Fit per-term ensembles (CV AUC where possible) and predict every image.
 
@@ -297,15 +303,14 @@ def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
     if skipped.any():  # images skipped at extraction have no features to learn from
         Y = Y.copy()
         Y[skipped] = -1
-        lost = sorted(set(range(len(vocab))) - set(trainable_terms(Y)))
+        lost = np.flatnonzero(~has_both_classes(Y)).tolist()
         if lost:
             raise InputError(
                 f"cannot train: {int(skipped.sum())} image(s) could not be read (see the "
                 "skipped files), which leaves no 'present' or no 'absent' label for: "
                 + ", ".join(vocab[j] for j in lost) + ". Replace those files or label more "
                 "images.")
-    n_pos, n_neg = class_counts(Y)
-    counts = {t: (int(n_pos[j]), int(n_neg[j])) for j, t in enumerate(vocab)}
+    counts = term_counts(Y, vocab)
     auc: dict[str, float] = {}
     note = ""
     gram = oof = None
@@ -348,8 +353,7 @@ def iter_cv_auc(gram: Any, Y: np.ndarray, vocab: list[str], groups: np.ndarray,
 
     rows = gram.rows
     Yl = Y[rows]
-    ok = [j for j in range(len(vocab))
-          if (Yl[:, j] == 1).sum() >= MIN_CV_PER_CLASS and (Yl[:, j] == 0).sum() >= MIN_CV_PER_CLASS]
+    ok = trainable_terms(Yl, MIN_CV_PER_CLASS)
     g = np.asarray(groups)[rows]
     if len(np.unique(g)) < 2:
         return {}, "all labelled images belong to one gene", None

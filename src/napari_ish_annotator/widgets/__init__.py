@@ -6,6 +6,7 @@ torch, see :func:`._loading.block_triton`).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 PLUGIN = "napari-ish-annotator"
@@ -29,8 +30,6 @@ def open_in_viewer(viewer: Any, inputs: list, background: bool = False) -> list[
     Embryos worker, with progress and Cancel, and the binding shows the layer when done; a
     viewer with no Qt window opens at once).
     """
-    import contextlib
-
     from napari.utils.notifications import show_error, show_warning
 
     from ._registry import get_session
@@ -38,8 +37,12 @@ def open_in_viewer(viewer: Any, inputs: list, background: bool = False) -> list[
 
     session = get_session(viewer)
     if background:
-        with contextlib.suppress(Exception):  # no Qt window (a headless viewer model)
-            open_annotator(viewer).embryos.open_paths(list(inputs), background=True)
+        try:
+            embryos = open_annotator(viewer).embryos
+        except Exception:  # noqa: BLE001 - no Qt window (a headless viewer model): open at once
+            embryos = None
+        if embryos is not None:
+            embryos.open_paths(list(inputs), background=True)
             return [(None,)]
     layers = open_returning_layer(viewer, session, list(inputs))
     err = session.take_pending_error()

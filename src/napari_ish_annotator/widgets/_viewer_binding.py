@@ -11,8 +11,6 @@ While one of the last two is under way, :func:`show_current` leaves the layer to
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 from ..core.errors import InputError
@@ -97,13 +95,11 @@ FIRST_SHOW_STAGE_MS = 40
 _FIRST_SHOW_PENDING: set[int] = set()  # sessions whose first image is being staged
 
 
-@contextlib.contextmanager
-def first_show_staged(viewer: Any, session: AnnotatorSession) -> Iterator[None]:
-    """Inside, a session change that would add the first embryo layer leaves it to
-    :func:`first_show_soon` (the background Open's result is applied this way)."""
+def stage_first_show(viewer: Any, session: AnnotatorSession) -> None:
+    """Leave the first embryo layer to :func:`first_show_soon`: from now on a session change
+    that would add it (the background Open's result, applied next) leaves it be."""
     if embryo_layer(viewer) is None:
-        first_show_soon(viewer, session)  # pending from now on: show_current leaves it be
-    yield
+        first_show_soon(viewer, session)
 
 
 def first_show_soon(viewer: Any, session: AnnotatorSession) -> None:

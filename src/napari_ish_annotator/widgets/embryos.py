@@ -28,7 +28,7 @@ from ._base import SessionDock
 from ._embryo_table import IMAGE_ROLE, EmbryoFilterProxy, EmbryoTableModel
 from ._errors import report_error, shows_input_error
 from ._loading import freeze_long_lived
-from ._viewer_binding import first_show_staged
+from ._viewer_binding import stage_first_show
 from ._worker import TaskRunner
 
 #: what napari imports the first time it builds an image layer (about two seconds of a
@@ -208,8 +208,8 @@ class EmbryosWidget(SessionDock):
                                  message="opening…", done_message="", needs_torch=False)
 
     def _opened(self, opened: OpenedDataset) -> None:
-        with first_show_staged(self.viewer, self.session):  # no 0.5 s freeze for layer one
-            self.session.apply_open(opened)
+        stage_first_show(self.viewer, self.session)  # no 0.5 s freeze for layer one
+        self.session.apply_open(opened)
         self._report_pending()
 
     def _report_pending(self) -> None:
