@@ -307,3 +307,26 @@ def test_two_processes_creating_one_store_never_see_locked(tmp_path):
         assert outcome == ["ok", "ok"], (round_, outcome)
         with LabelStore(path, read_only=True) as store:
             assert store.terms() == ["brain"]
+
+
+def test_a_stop_inside_a_write_is_re_raised_not_reported_as_a_timeout(tmp_path):
+    """Ctrl-C caught by the progress handler during a write: the ROLLBACK that follows is a
+    statement of its own and must not clear it (it was reported as a spent 30 s budget)."""
+    import sqlite3
+
+    from napari_ish_annotator.core.label_open import guarded
+    from napari_ish_annotator.core.labels import LabelStore
+
+    store = LabelStore(tmp_path / "s.sqlite", annotator="a")
+    store.add_terms(["t"])
+
+    @guarded
+    def stopped_write(self):
+        with self._write() as conn:
+            conn.execute("INSERT INTO terms (name) VALUES ('u')")
+            conn.stopped = KeyboardInterrupt()  # as the progress handler keeps a signal
+            raise sqlite3.OperationalError("interrupted")
+
+    with pytest.raises(KeyboardInterrupt):
+        stopped_write(store)
+    assert store.terms() == ["t"]  # rolled back

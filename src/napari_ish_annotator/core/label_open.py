@@ -216,10 +216,19 @@ def _open(path: Path, uri: str, read_only: bool, vet: bool, busy_timeout: float,
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            rollback(conn)
             raise
     return conn
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """Roll back an open transaction, keeping what stopped it: the ROLLBACK is a statement of
+    its own, which would otherwise clear a Ctrl-C/SIGTERM that :func:`store_error` re-raises."""
+    stopped = getattr(conn, "stopped", None)
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+    if stopped is not None:
+        conn.stopped = stopped
 
 
 def _needs_schema(conn: sqlite3.Connection) -> bool:

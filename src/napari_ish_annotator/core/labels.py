@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .label_manifests import ManifestIO
-from .label_open import QUERY_SECONDS, BudgetConnection, guarded, open_store, store_error
+from .label_open import QUERY_SECONDS, BudgetConnection, guarded, open_store, rollback
 from .label_reading import CurrentLabels
 from .label_schema import EFFECTIVE, LabelValue
 
@@ -99,9 +99,6 @@ class LabelStore(CurrentLabels, ManifestIO):
             return source / "ish-labels.sqlite"
         return source.with_name(source.stem + ".labels.sqlite")
 
-    def _error(self, exc: sqlite3.Error) -> InputError:
-        return store_error(exc, self.path, self._conn)
-
     def cancel(self) -> None:
         """Stop the query running now (from any thread); it raises :class:`InputError`."""
         if self._conn is not None:
@@ -109,23 +106,18 @@ class LabelStore(CurrentLabels, ManifestIO):
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One committed transaction (BEGIN IMMEDIATE: take the write lock before reading)."""
+        """One committed transaction (BEGIN IMMEDIATE: take the write lock before reading).
+        Every caller is :func:`guarded`, which turns a SQLite error into one line."""
         if self.read_only:
             raise InputError("label store was opened read-only; reopen it without read_only "
                              "to change labels", path=self.path)
         with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise self._error(exc) from None
+            self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
                 self._conn.execute("COMMIT")
-            except BaseException as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.OperationalError):
-                    raise self._error(exc) from None
+            except BaseException:
+                rollback(self._conn)
                 raise
 
     def close(self) -> None:
