@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..core.errors import InputError
-from ..core.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV
+from ..core.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, parse_pixels
 from ..core.progress import TqdmCallback, drive
 
 EXIT_OK, EXIT_INPUT, EXIT_CANCELLED, EXIT_TERMINATED = 0, 2, 130, 143
@@ -107,12 +107,9 @@ def add_max_pixels(parser: argparse.ArgumentParser) -> None:
 
 def _pixels(text: str) -> int:
     try:
-        value = int(float(text.replace("_", "")))
+        return parse_pixels(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of pixels")
-    return value
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of pixels") from None
 
 
 def add_backbone(parser: argparse.ArgumentParser, default_weights: str = "imagenet",
@@ -154,8 +151,6 @@ def dask_session(args: argparse.Namespace):
     address = getattr(args, "dask", None)
     if not address:
         if any(getattr(args, f"dask_{k}", None) for k in ("ca", "cert", "key")):
-            from ..core.errors import InputError
-
             raise InputError("--dask-ca/--dask-cert/--dask-key need --dask tls://HOST:PORT")
         return contextlib.nullcontext()
     return _dask_session(address, args)

@@ -39,13 +39,14 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .extras import install_hint
 from .features import ExtractorConfig, FeatureExtractor, _widen
 from .progress import Progress, ProgressGen
 
 CHUNK = 16  # images per task: small enough for a live progress bar and load balancing
 RETRIES = 2  # per chunk, for exceptions raised by the task
 CONNECT_TIMEOUT_S = float(os.environ.get("ISH_ANNOTATOR_DASK_TIMEOUT", "20"))
-CLUSTER_EXTRA = "pip install napari-ish-annotator[cluster]"
+CLUSTER_EXTRA = install_hint("cluster")
 PACKAGE = "napari_ish_annotator"
 
 

@@ -49,19 +49,24 @@ DEFAULT_MAX_PIXELS = 100_000_000
 MAX_PIXELS_ENV = "ISH_ANNOTATOR_MAX_PIXELS"
 
 
+def parse_pixels(text: str) -> int:
+    """A pixel count from text ("1e8", "100_000_000"); ValueError unless it is at least 1."""
+    value = int(float(str(text).replace("_", "")))
+    if value < 1:
+        raise ValueError(f"{text!r} is below 1")
+    return value
+
+
 def max_pixels() -> int:
     """The pixel budget (width x height) every image reader applies before decoding."""
     text = os.environ.get(MAX_PIXELS_ENV, "").strip()
     if not text:
         return DEFAULT_MAX_PIXELS
     try:
-        value = int(float(text))
+        return parse_pixels(text)
     except ValueError:
-        value = 0
-    if value < 1:
         raise InputError(f"{MAX_PIXELS_ENV}={text!r} is not a positive number of pixels; "
-                         f"set it to e.g. {DEFAULT_MAX_PIXELS} or unset it")
-    return value
+                         f"set it to e.g. {DEFAULT_MAX_PIXELS} or unset it") from None
 
 
 def set_max_pixels(value: int | None) -> None:
