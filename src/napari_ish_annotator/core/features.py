@@ -207,7 +207,6 @@ class FeatureExtractor:
     def channels_last(self, value: bool | None) -> None:
         self._channels_last = value
         self._module = None
-        self._compute_batch = None
 
     @property
     def module(self) -> torch.nn.Module:
@@ -216,7 +215,6 @@ class FeatureExtractor:
         if self._module is None:
             self._module = inference_trunk(self.loaded.truncated(self.layer), self.device,
                                            self.dtype, self.channels_last)
-            self._compute_batch = None
         return self._module
 
     @property
