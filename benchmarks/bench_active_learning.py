@@ -1,9 +1,9 @@
 """Label efficiency: held-out AUC against the number of labelled images, `suggest` vs random.
 
-Synthetic embryos reduced to cheap features (:mod:`napari_ish_annotator.core.simulate`);
+Synthetic embryos reduced to cheap features (:mod:`napari_ish_annotator.core.synthetic.simulate`);
 40 % of the genes are held out, the rest is the unlabelled pool. Both strategies start from
 the same random images, then label a batch at a time, chosen either by
-:func:`napari_ish_annotator.core.active.suggest` (what ``ish-annotator suggest`` writes) or at
+:func:`napari_ish_annotator.core.learn.active.suggest` (what ``ish-annotator suggest`` writes) or at
 random, and retrain the project's classifier after each batch.
 
     python benchmarks/bench_active_learning.py                   # 1000 images, 6 seeds
@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from napari_ish_annotator.core.simulate import learning_curve, synthetic_features
+from napari_ish_annotator.core.synthetic.simulate import learning_curve, synthetic_features
 
 
 def main() -> None:

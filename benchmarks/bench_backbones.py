@@ -71,13 +71,19 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from napari_ish_annotator.core.backbones import get_spec, imagenet_weights_available
-    from napari_ish_annotator.core.classify import EnsembleConfig
-    from napari_ish_annotator.core.features import ExtractorConfig, FeatureExtractor
-    from napari_ish_annotator.core.manifest import read_manifest
-    from napari_ish_annotator.core.pipeline import iter_evaluate
-    from napari_ish_annotator.core.progress import drive
-    from napari_ish_annotator.core.synthetic import generate_dataset
+    from napari_ish_annotator.core.backbones.registry import (
+        get_spec,
+        imagenet_weights_available,
+    )
+    from napari_ish_annotator.core.data.manifest import read_manifest
+    from napari_ish_annotator.core.features.extractor import (
+        ExtractorConfig,
+        FeatureExtractor,
+    )
+    from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+    from napari_ish_annotator.core.synthetic.embryos import generate_dataset
+    from napari_ish_annotator.core.utils.progress import drive
+    from napari_ish_annotator.core.workflow import iter_evaluate
 
     h, w = (int(v) for v in args.size.lower().split("x"))
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "

@@ -37,7 +37,7 @@ import numpy as np
 
 
 def _figures(name: str, P: np.ndarray, Y: np.ndarray) -> dict:
-    from napari_ish_annotator.core.evaluation import expected_calibration_error, per_term_auc
+    from napari_ish_annotator.core.learn.evaluation import expected_calibration_error, per_term_auc
 
     aucs = [a for a in per_term_auc(Y, P) if a is not None]
     return {"name": name, "called": float((P >= 0.5).sum(axis=1).mean()),
@@ -52,9 +52,9 @@ def _time(fn):
 
 
 def _cv_speed(X, Y, groups, vocabulary, folds, cfg, label: str) -> None:
-    from napari_ish_annotator.core.classify import EnsembleClassifier
-    from napari_ish_annotator.core.evaluation import grouped_folds, iter_cross_validate
-    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier
+    from napari_ish_annotator.core.learn.evaluation import grouped_folds, iter_cross_validate
+    from napari_ish_annotator.core.utils.progress import drive
 
     splits = grouped_folds(groups, folds, seed=0)
     keep = [t for t in range(Y.shape[1])
@@ -97,14 +97,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="width of the random float16 matrix for the CV speed test (0: skip)")
     args = ap.parse_args(argv)
 
-    from napari_ish_annotator.core.calibration import prior_correction
-    from napari_ish_annotator.core.classify import EnsembleClassifier, EnsembleConfig
-    from napari_ish_annotator.core.features import ExtractorConfig, FeatureExtractor
-    from napari_ish_annotator.core.manifest import read_manifest
-    from napari_ish_annotator.core.pipeline import iter_fit_bundle
-    from napari_ish_annotator.core.progress import drive
-    from napari_ish_annotator.core.synthetic import generate_dataset
-    from napari_ish_annotator.core.vocabulary import default_vocabulary
+    from napari_ish_annotator.core.data.manifest import read_manifest
+    from napari_ish_annotator.core.data.vocabulary import default_vocabulary
+    from napari_ish_annotator.core.features.extractor import (
+        ExtractorConfig,
+        FeatureExtractor,
+    )
+    from napari_ish_annotator.core.learn.calibration import prior_correction
+    from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier, EnsembleConfig
+    from napari_ish_annotator.core.synthetic.embryos import generate_dataset
+    from napari_ish_annotator.core.utils.progress import drive
+    from napari_ish_annotator.core.workflow import iter_fit_bundle
 
     h, w = (int(x) for x in args.size.split("x"))
     vocabulary = default_vocabulary("13-16")

@@ -1,7 +1,7 @@
 """Training on the consensus of noisy annotators vs on one annotator (simulated).
 
 Synthetic embryos (64 x 128, 1-3 per gene, real term co-occurrence) are reduced to cheap
-features (4 x 4-pixel stain darkness, :mod:`napari_ish_annotator.core.simulate`); half the
+features (4 x 4-pixel stain darkness, :mod:`napari_ish_annotator.core.synthetic.simulate`); half the
 genes are held out. Three simulated annotators label the training half, each flipping every
 label independently with their own rate. The project's classifier (11-member undersampled
 ensembles, C=10) is trained on: the true labels, the first annotator's labels, the
@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from napari_ish_annotator.core.simulate import consensus_trial, synthetic_features
+from napari_ish_annotator.core.synthetic.simulate import consensus_trial, synthetic_features
 
 METHODS = ("truth", "single", "majority", "dawid-skene")
 
@@ -51,8 +51,8 @@ def main() -> None:
               f"Dawid-Skene - majority {np.mean(auc['dawid-skene'] - auc['majority']):+.4f} "
               f"(min {np.min(auc['dawid-skene'] - auc['majority']):+.4f})")
     # speed of the consensus itself on a large store's worth of labels
-    from napari_ish_annotator.core.consensus import dawid_skene
-    from napari_ish_annotator.core.simulate import noisy_annotators
+    from napari_ish_annotator.core.labels.consensus import dawid_skene
+    from napari_ish_annotator.core.synthetic.simulate import noisy_annotators
 
     rng = np.random.default_rng(0)
     L = noisy_annotators((rng.random((10_000, 50)) < 0.2).astype(np.int8), (0.1, 0.2, 0.3))

@@ -38,7 +38,7 @@ def _naive(model, fx, paths):
     """Batch-1 fp32 full VGG16 forward per image; returns layer-21 features (n, d)."""
     import torch
 
-    from napari_ish_annotator.core.images import read_rgb
+    from napari_ish_annotator.core.data.images import read_rgb
 
     grabbed = {}
     hook = model.features[20].register_forward_hook(lambda m, i, o: grabbed.__setitem__("x", o))
@@ -62,8 +62,8 @@ def _timed(fn):
 
 def _cv_agreement(X32, X16, Y, groups, vocabulary, folds, seed):
     """Grouped-CV predictions of the ensembles fitted on fp32 vs on bf16 features."""
-    from napari_ish_annotator.core.classify import EnsembleClassifier, EnsembleConfig
-    from napari_ish_annotator.core.evaluation import grouped_folds, score_predictions
+    from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier, EnsembleConfig
+    from napari_ish_annotator.core.learn.evaluation import grouped_folds, score_predictions
 
     folds_list = grouped_folds(groups, folds, seed)
     # small runs: keep the terms that have both classes in every training part
@@ -104,14 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from torchvision.models import vgg16
 
-    from napari_ish_annotator.core.backbones import load_backbone
-    from napari_ish_annotator.core.features import (
+    from napari_ish_annotator.core.backbones.registry import load_backbone
+    from napari_ish_annotator.core.data.manifest import read_manifest
+    from napari_ish_annotator.core.features.extractor import (
         ExtractorConfig,
         FeatureExtractor,
         cpu_has_native_bf16,
     )
-    from napari_ish_annotator.core.manifest import read_manifest
-    from napari_ish_annotator.core.synthetic import generate_dataset
+    from napari_ish_annotator.core.synthetic.embryos import generate_dataset
 
     info = {
         "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),

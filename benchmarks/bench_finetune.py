@@ -33,7 +33,7 @@ import numpy as np
 def _split_manifests(manifest: Path, test_fraction: float, seed: int) -> tuple[Path, Path]:
     from sklearn.model_selection import GroupShuffleSplit
 
-    from napari_ish_annotator.core.manifest import read_manifest, write_manifest
+    from napari_ish_annotator.core.data.manifest import read_manifest, write_manifest
 
     ds = read_manifest(manifest)
     splitter = GroupShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
@@ -65,19 +65,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
     args = parser.parse_args(argv)
 
-    from napari_ish_annotator.core.backbones import imagenet_weights_available, resolve_device
-    from napari_ish_annotator.core.classify import EnsembleConfig
-    from napari_ish_annotator.core.features import ExtractorConfig
+    from napari_ish_annotator.core.backbones.registry import (
+        imagenet_weights_available,
+        resolve_device,
+    )
+    from napari_ish_annotator.core.data.manifest import read_manifest
+    from napari_ish_annotator.core.features.extractor import ExtractorConfig
     from napari_ish_annotator.core.finetune import (
         FinetuneConfig,
         finetune,
         load_finetuned,
     )
-    from napari_ish_annotator.core.manifest import read_manifest
-    from napari_ish_annotator.core.metrics import mean_auc
-    from napari_ish_annotator.core.pipeline import iter_evaluate
-    from napari_ish_annotator.core.progress import drive
-    from napari_ish_annotator.core.synthetic import generate_dataset
+    from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+    from napari_ish_annotator.core.learn.metrics import mean_auc
+    from napari_ish_annotator.core.synthetic.embryos import generate_dataset
+    from napari_ish_annotator.core.utils.progress import drive
+    from napari_ish_annotator.core.workflow import iter_evaluate
 
     weights = args.weights or ("imagenet" if imagenet_weights_available() else "random")
     device = resolve_device(args.device)

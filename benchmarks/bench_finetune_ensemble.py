@@ -46,14 +46,14 @@ def _spread_flags_errors(Y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tu
 
 
 def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict:
+    from napari_ish_annotator.core.data.manifest import read_manifest
     from napari_ish_annotator.core.finetune import (
         FinetuneConfig,
         finetune_ensemble,
         load_ensemble,
     )
-    from napari_ish_annotator.core.manifest import read_manifest
-    from napari_ish_annotator.core.metrics import mean_auc
-    from napari_ish_annotator.core.synthetic import generate_dataset
+    from napari_ish_annotator.core.learn.metrics import mean_auc
+    from napari_ish_annotator.core.synthetic.embryos import generate_dataset
 
     manifest = generate_dataset(work / f"data{seed}", args.n_images, seed=seed,
                                 size=tuple(args.image_size), write_masks=False)

@@ -72,7 +72,7 @@ class Settings:
 
     @classmethod
     def smoke(cls, budget_s: float = 120.0) -> Settings:
-        from napari_ish_annotator.core.features import cpu_has_native_bf16
+        from napari_ish_annotator.core.features.extractor import cpu_has_native_bf16
 
         return cls(device="cpu", n_images=8, image_size=(40, 100), input_size=32,
                    batch_sizes=(4,), precisions=("fp32", "bf16") if cpu_has_native_bf16()
@@ -201,7 +201,7 @@ def write_images(folder: Path, settings: Settings, seed: int = 0) -> tuple[list[
     made unique by two corner pixels (so nothing could be shared between files)."""
     from PIL import Image
 
-    from napari_ish_annotator.core.synthetic import make_embryo
+    from napari_ish_annotator.core.synthetic.embryos import make_embryo
 
     rng = np.random.default_rng(seed)
     n_base = min(40, settings.n_images)
@@ -235,7 +235,10 @@ def _sync(device: str) -> None:
 
 def _extractor(loaded, settings: Settings, precision: str, batch: int, device: str | None = None,
                decode_workers: int | None = -1):
-    from napari_ish_annotator.core.features import ExtractorConfig, FeatureExtractor
+    from napari_ish_annotator.core.features.extractor import (
+        ExtractorConfig,
+        FeatureExtractor,
+    )
 
     config = ExtractorConfig(backbone=loaded.spec.name, weights=loaded.weights,
                              input_size=settings.input_size, device=device or settings.device,
@@ -247,7 +250,7 @@ def _extractor(loaded, settings: Settings, precision: str, batch: int, device: s
 def measure_extraction(loaded, paths: list[Path], settings: Settings, precision: str, batch: int,
                        decode_workers: int | None = -1) -> dict:
     """images/s over all files, after a warm-up of two batches (cuDNN picks its kernels)."""
-    from napari_ish_annotator.core.decoding import _mp_context
+    from napari_ish_annotator.core.features.decoding import _mp_context
 
     fx = _extractor(loaded, settings, precision, batch, decode_workers=decode_workers)
     fx.extract(paths[:2 * batch])
@@ -302,10 +305,10 @@ def measure_feature_agreement(loaded, paths, settings: Settings, reference: np.n
 
 
 def fit_small_model(X: np.ndarray, Y: np.ndarray, loaded, settings: Settings):
-    from napari_ish_annotator.core.classify import EnsembleConfig
-    from napari_ish_annotator.core.features import ExtractorConfig
-    from napari_ish_annotator.core.pipeline import iter_fit_bundle
-    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.core.features.extractor import ExtractorConfig
+    from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+    from napari_ish_annotator.core.utils.progress import drive
+    from napari_ish_annotator.core.workflow import iter_fit_bundle
 
     config = ExtractorConfig(backbone=loaded.spec.name, weights=loaded.weights,
                              input_size=settings.input_size, device="cpu", precision="fp32")
@@ -331,7 +334,7 @@ def measure_finetune(paths, Y, settings: Settings, out: Path) -> dict:
         load_checkpoint,
         load_finetuned,
     )
-    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.core.utils.progress import drive
 
     config = FinetuneConfig(backbone="vgg16", weights="random", input_size=settings.input_size,
                             epochs=1, batch_size=settings.ft_batch, frozen=settings.ft_frozen,
@@ -371,7 +374,7 @@ def _median_ms(fn: Callable[[], Any], repeats: int, device: str) -> float:
 
 
 def measure_gradcam_linear(bundle, loaded, image: np.ndarray, settings: Settings) -> dict:
-    from napari_ish_annotator.core.gradcam import gradcam_all_terms
+    from napari_ish_annotator.core.explain.gradcam import gradcam_all_terms
 
     fx = _extractor(loaded, settings, "auto", 1)
     cpu = _extractor(loaded, settings, "fp32", 1, device="cpu")
@@ -403,7 +406,7 @@ def measure_gradcam_mtl(checkpoint: Path, image: np.ndarray, settings: Settings)
 def environment(settings: Settings, mode: str) -> dict:
     import torch
 
-    from napari_ish_annotator.core.features import default_decode_workers
+    from napari_ish_annotator.core.features.extractor import default_decode_workers
 
     cuda = settings.device == "cuda"
     if cuda:
@@ -423,7 +426,10 @@ def environment(settings: Settings, mode: str) -> dict:
 
 def run(settings: Settings, out: Path, mode: str) -> dict:
     """Every measurement in order of importance; returns the report (also written to ``out``)."""
-    from napari_ish_annotator.core.backbones import imagenet_weights_available, load_backbone
+    from napari_ish_annotator.core.backbones.registry import (
+        imagenet_weights_available,
+        load_backbone,
+    )
 
     rec = Recorder(out, settings.budget_s, settings.needs_scale)
     rec.meta = environment(settings, mode)
@@ -494,7 +500,7 @@ def run(settings: Settings, out: Path, mode: str) -> dict:
     n_ft = min(settings.ft_images, len(paths))
     rec.step("finetune/vgg16/1-epoch", lambda: measure_finetune(paths[:n_ft], Y[:n_ft], settings,
                                                                 ft_out), needs_s=60)
-    from napari_ish_annotator.core.images import read_rgb
+    from napari_ish_annotator.core.data.images import read_rgb
 
     image = read_rgb(paths[0])
     if "bundle" in state:

@@ -16,14 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_ish_annotator.core.classify import EnsembleConfig
-from napari_ish_annotator.core.features import ExtractorConfig
-from napari_ish_annotator.core.gradcam import gradcam_all_terms, gradcam_linear, layer_activation
-from napari_ish_annotator.core.images import read_rgb
-from napari_ish_annotator.core.manifest import read_manifest
-from napari_ish_annotator.core.pipeline import iter_train, make_extractor
-from napari_ish_annotator.core.progress import drive
-from napari_ish_annotator.core.synthetic import generate_dataset
+from napari_ish_annotator.core.data.images import read_rgb
+from napari_ish_annotator.core.data.manifest import read_manifest
+from napari_ish_annotator.core.explain.gradcam import (
+    gradcam_all_terms,
+    gradcam_linear,
+    layer_activation,
+)
+from napari_ish_annotator.core.features.extractor import ExtractorConfig
+from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+from napari_ish_annotator.core.synthetic.embryos import generate_dataset
+from napari_ish_annotator.core.utils.progress import drive
+from napari_ish_annotator.core.workflow import iter_train, make_extractor
 
 
 def main() -> None:

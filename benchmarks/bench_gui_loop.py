@@ -32,7 +32,7 @@ def make_manifest(root: Path) -> Path:
     """167 synthetic embryos; 73 terms, each present in some genes and absent in others."""
     import numpy as np
 
-    from napari_ish_annotator.core.synthetic import generate_dataset
+    from napari_ish_annotator.core.synthetic.embryos import generate_dataset
 
     base = Path(generate_dataset(root / "imgs", N_IMAGES, stage="13-16", seed=0,
                                  size=(128, 320), n_genes=N_GENES))
@@ -117,11 +117,11 @@ def headless(profile: bool = False, repeats: int = 3) -> None:
     """Train with CV through the session (worker thread, no viewer) vs the CLI, same run."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from napari_ish_annotator.core.classify import EnsembleConfig
-    from napari_ish_annotator.core.features import ExtractorConfig
-    from napari_ish_annotator.core.manifest import read_manifest
-    from napari_ish_annotator.core.pipeline import iter_train
-    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.core.data.manifest import read_manifest
+    from napari_ish_annotator.core.features.extractor import ExtractorConfig
+    from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+    from napari_ish_annotator.core.utils.progress import drive
+    from napari_ish_annotator.core.workflow import iter_train
     from napari_ish_annotator.session import AnnotatorSession, steps, throttled
 
     with tempfile.TemporaryDirectory() as tmp_name:

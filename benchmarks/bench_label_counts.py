@@ -32,7 +32,7 @@ def _images(folder: Path, n: int) -> None:
 def _gui(tmp: Path, folder: Path, terms: list[str]) -> None:
     import napari
 
-    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.session import steps
     from napari_ish_annotator.widgets._registry import get_session
     from napari_ish_annotator.widgets.embryos import EmbryosWidget
@@ -77,8 +77,8 @@ def _gui(tmp: Path, folder: Path, terms: list[str]) -> None:
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     n = int(args[0]) if args else 10000
-    from napari_ish_annotator.core.manifest import Dataset, Sample
-    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.core.data.manifest import Dataset, Sample
+    from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.session import AnnotatorSession, steps
 
     terms = [f"term{k}" for k in range(12)]

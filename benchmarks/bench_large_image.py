@@ -27,7 +27,7 @@ def main() -> None:
     from PIL import Image
 
     from napari_ish_annotator.cli import main as cli
-    from napari_ish_annotator.core.synthetic import generate_dataset
+    from napari_ish_annotator.core.synthetic.embryos import generate_dataset
 
     sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
     from test_hostile_images import run_cli, write_tiff_bomb

@@ -172,10 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
         CLOCK = time.thread_time
 
-    from napari_ish_annotator.core.backbones import load_backbone
-    from napari_ish_annotator.core.features import ExtractorConfig, FeatureExtractor
-    from napari_ish_annotator.core.manifest import read_manifest
-    from napari_ish_annotator.core.synthetic import generate_dataset
+    from napari_ish_annotator.core.backbones.registry import load_backbone
+    from napari_ish_annotator.core.data.manifest import read_manifest
+    from napari_ish_annotator.core.features.extractor import (
+        ExtractorConfig,
+        FeatureExtractor,
+    )
+    from napari_ish_annotator.core.synthetic.embryos import generate_dataset
 
     loaded = load_backbone("vgg16", "random", seed=0)
 

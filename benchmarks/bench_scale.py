@@ -39,13 +39,13 @@ DIM = 512 * 28 * 28  # VGG16 layer 21 at 224 px
 def child(n: int, n_terms: int, members: int, folder: Path, memmap_above: float | None) -> dict:
     import numpy as np
 
-    from napari_ish_annotator.core import pipeline
-    from napari_ish_annotator.core.bundle import save_bundle
-    from napari_ish_annotator.core.classify import EnsembleConfig
-    from napari_ish_annotator.core.features import ExtractorConfig
-    from napari_ish_annotator.core.io import release_pages
-    from napari_ish_annotator.core.pipeline import feature_matrix, iter_fit_bundle
-    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.core import workflow as pipeline
+    from napari_ish_annotator.core.features.extractor import ExtractorConfig
+    from napari_ish_annotator.core.learn.bundle import save_bundle
+    from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+    from napari_ish_annotator.core.utils.files import release_pages
+    from napari_ish_annotator.core.utils.progress import drive
+    from napari_ish_annotator.core.workflow import feature_matrix, iter_fit_bundle
 
     if memmap_above is not None:
         pipeline.MEMMAP_BYTES = int(memmap_above * 2**30)

@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 
-from napari_ish_annotator.core.synthetic import make_embryo
-from napari_ish_annotator.core.vocabulary import STAGE_RANGES, default_vocabulary
+from napari_ish_annotator.core.data.vocabulary import STAGE_RANGES, default_vocabulary
+from napari_ish_annotator.core.synthetic.embryos import make_embryo
 
 
 def main() -> None:

@@ -103,10 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     from bench_extraction import _naive
     from torchvision.models import vgg16
 
-    from napari_ish_annotator.core.backbones import load_backbone
-    from napari_ish_annotator.core.features import ExtractorConfig, FeatureExtractor
-    from napari_ish_annotator.core.manifest import read_manifest
-    from napari_ish_annotator.core.synthetic import generate_dataset
+    from napari_ish_annotator.core.backbones.registry import load_backbone
+    from napari_ish_annotator.core.data.manifest import read_manifest
+    from napari_ish_annotator.core.features.extractor import (
+        ExtractorConfig,
+        FeatureExtractor,
+    )
+    from napari_ish_annotator.core.synthetic.embryos import generate_dataset
 
     print(f"# n_images={args.n_images}, torch {torch.__version__}, "
           f"threads={torch.get_num_threads()}, cpus={os.cpu_count()}, "

@@ -23,23 +23,23 @@ rule() {  # rule TITLE DEFINITION-REGEX HOME-FILE INLINE-REGEX
 
 # a term has both a present and an absent label (trainable / evaluable)
 rule "a term has both classes" \
-  '^def (class_counts|has_both_classes|trainable_terms)\(' core/metrics.py \
+  '^def (class_counts|has_both_classes|trainable_terms)\(' core/learn/metrics.py \
   '== ?1\)\.any\(.*== ?0\)\.any\(|n_pos == 0 or n_neg == 0|0 < .*labels\(\)\[.*\]\.sum\(\) <'
 
 # the mean of a per-term metric over the terms where it is defined
 rule "mean over defined terms (mean AUC)" \
-  '^def (defined_mean|mean_auc|per_term_auc)\(' core/metrics.py \
+  '^def (defined_mean|mean_auc|per_term_auc)\(' core/learn/metrics.py \
   'nanmean|np\.mean\(.*auc|auc.*np\.mean\(|roc_auc_score\(|if a is not None\]'
 
 # gene-grouped splits (k-fold, random partitions, held-out genes, validation)
 rule "gene-grouped splits" \
   '^def (group_ids|grouped_folds|random_partitions|held_out_genes|validation_split)\(' \
-  core/splits.py \
+  core/learn/splits.py \
   'GroupKFold|GroupShuffleSplit|choice\(unique|test_genes ='
 
 # the Gram matrix of the feature rows (every fit and CV reads the features through it)
 rule "Gram matrix of the features" \
-  '^def (iter_gram|gram_matrix)\(|^class GramBlock' core/classify.py \
+  '^def (iter_gram|gram_matrix)\(|^class GramBlock' core/learn/ensembles.py \
   '[A-Z]\w* @ [A-Z]\w*\.T  # .*syrk|def iter_gram|def gram_matrix'
 
 exit $status

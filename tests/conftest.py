@@ -18,7 +18,7 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     13-16 terms in order; the manifest's own first-appearance order may differ). Every term
     has >= 3 positive images; genes have 1-3 images. Treat it as read-only (session-scoped).
     """
-    from napari_ish_annotator.core.synthetic import generate_dataset
+    from napari_ish_annotator.core.synthetic.embryos import generate_dataset
 
     root = tmp_path_factory.mktemp("tiny_dataset")
     return generate_dataset(root, TINY_N, stage="13-16", seed=0, size=TINY_SIZE)

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_ish_annotator.core.active import informativeness, rank, suggest, term_weights
-from napari_ish_annotator.core.classify import EnsembleClassifier, EnsembleConfig
-from napari_ish_annotator.core.simulate import learning_curve, synthetic_features
+from napari_ish_annotator.core.learn.active import informativeness, rank, suggest, term_weights
+from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier, EnsembleConfig
+from napari_ish_annotator.core.synthetic.simulate import learning_curve, synthetic_features
 
 
 def test_rank_spreads_picks_across_genes():
@@ -69,11 +69,11 @@ def trained(tiny_dataset, tmp_path_factory) -> Path:
 
 def test_suggest_cli_writes_the_best_unlabelled_images_first(tiny_dataset, trained, tmp_path):
     from napari_ish_annotator.cli import main
-    from napari_ish_annotator.core.bundle import load_bundle
-    from napari_ish_annotator.core.labels import LabelStore
-    from napari_ish_annotator.core.manifest import read_manifest
-    from napari_ish_annotator.core.pipeline import iter_features, make_extractor
-    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.core.data.manifest import read_manifest
+    from napari_ish_annotator.core.labels.store import LabelStore
+    from napari_ish_annotator.core.learn.bundle import load_bundle
+    from napari_ish_annotator.core.utils.progress import drive
+    from napari_ish_annotator.core.workflow import iter_features, make_extractor
 
     dataset = read_manifest(tiny_dataset)
     store = tmp_path / "labels.sqlite"

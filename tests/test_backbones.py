@@ -8,8 +8,8 @@ from urllib.error import URLError
 import pytest
 import torch
 
-from napari_ish_annotator.core import backbones
-from napari_ish_annotator.core.backbones import (
+from napari_ish_annotator.core.backbones import registry as backbones
+from napari_ish_annotator.core.backbones.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     get_spec,
@@ -17,7 +17,7 @@ from napari_ish_annotator.core.backbones import (
     load_backbone,
     resolve_device,
 )
-from napari_ish_annotator.core.errors import InputError
+from napari_ish_annotator.core.utils.errors import InputError
 
 PAPER_LAYERS = {"17": (16, "pool3", (256, 28, 28)), "21": (20, "relu4_2", (512, 28, 28)),
                 "24": (23, "pool4", (512, 14, 14)), "30": (29, "relu5_3", (512, 14, 14))}

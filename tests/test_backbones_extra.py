@@ -16,17 +16,17 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ish_annotator.core import backbones
-from napari_ish_annotator.core.backbones import (
+from napari_ish_annotator.core.backbones import registry as backbones
+from napari_ish_annotator.core.backbones.registry import (
     REGISTRY,
     get_spec,
     imagenet_weights_available,
     load_backbone,
 )
-from napari_ish_annotator.core.classify import EnsembleClassifier, EnsembleConfig
-from napari_ish_annotator.core.errors import InputError
-from napari_ish_annotator.core.features import ExtractorConfig, FeatureExtractor
-from napari_ish_annotator.core.gradcam import gradcam_linear, layer_activation
+from napari_ish_annotator.core.explain.gradcam import gradcam_linear, layer_activation
+from napari_ish_annotator.core.features.extractor import ExtractorConfig, FeatureExtractor
+from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier, EnsembleConfig
+from napari_ish_annotator.core.utils.errors import InputError
 
 NAMES = ["vgg16", "resnet50", "efficientnet_lite0", "inception_v3"]
 # small test inputs: InceptionV3's unpadded stride-2 convolutions need at least 75 px
@@ -363,10 +363,10 @@ def test_finetune_checkpoint_per_backbone(name, tmp_path):
 # ----------------------------------------------------------------------------- bundle and CLI
 
 def test_bundle_records_backbone_and_refuses_another(tmp_path):
-    from napari_ish_annotator.core.bundle import load_bundle, save_bundle
-    from napari_ish_annotator.core.gradcam import gradcam_for_image
-    from napari_ish_annotator.core.pipeline import iter_fit_bundle
-    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.core.explain.gradcam import gradcam_for_image
+    from napari_ish_annotator.core.learn.bundle import load_bundle, save_bundle
+    from napari_ish_annotator.core.utils.progress import drive
+    from napari_ish_annotator.core.workflow import iter_fit_bundle
 
     ims, Y = blobs(12)
     cfg = ExtractorConfig(backbone="efficientnet_lite0", weights="imagenet", input_size=64,
@@ -388,7 +388,7 @@ def test_bundle_records_backbone_and_refuses_another(tmp_path):
 
 def test_cli_train_evaluate_predict_with_offline_backbone(tmp_path, no_network, capsys):
     from napari_ish_annotator.cli import main
-    from napari_ish_annotator.core.synthetic import generate_dataset
+    from napari_ish_annotator.core.synthetic.embryos import generate_dataset
 
     manifest = generate_dataset(tmp_path / "data", 24, seed=1, size=(96, 192), write_masks=False)
     common = ["--backbone", "efficientnet_lite0", "--weights", "imagenet", "--input-size", "96",
@@ -418,10 +418,10 @@ def test_imagenet_efficientnet_features_beat_random_weights(tmp_path, no_network
     Over synthetic seeds 0-4 (64 images, 160 px input, layer stage5, 3 gene-grouped folds) the
     gap was 0.11-0.19 AUC (ImageNet 0.84-0.92, random 0.72-0.80); the test asks for 0.05.
     """
-    from napari_ish_annotator.core.manifest import read_manifest
-    from napari_ish_annotator.core.pipeline import iter_evaluate
-    from napari_ish_annotator.core.progress import drive
-    from napari_ish_annotator.core.synthetic import generate_dataset
+    from napari_ish_annotator.core.data.manifest import read_manifest
+    from napari_ish_annotator.core.synthetic.embryos import generate_dataset
+    from napari_ish_annotator.core.utils.progress import drive
+    from napari_ish_annotator.core.workflow import iter_evaluate
 
     ds = read_manifest(generate_dataset(tmp_path / "data", 64, seed=0, size=(128, 256),
                                         write_masks=False))
@@ -489,7 +489,7 @@ def test_demo_picks_a_pretrained_network_that_works_offline(monkeypatch, tmp_pat
     # with VGG16's weights in the hub cache, the demo uses the paper's network
     from torchvision.models import VGG16_Weights
 
-    from napari_ish_annotator.core.backbones import hub_cache_path
+    from napari_ish_annotator.core.backbones.registry import hub_cache_path
 
     cached = hub_cache_path(VGG16_Weights.IMAGENET1K_FEATURES)
     cached.parent.mkdir(parents=True)

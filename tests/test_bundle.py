@@ -9,17 +9,17 @@ import sys
 import numpy as np
 import pytest
 
-from napari_ish_annotator.core import bundle as bundle_mod
-from napari_ish_annotator.core.bundle import (
+from napari_ish_annotator.core.features.extractor import ExtractorConfig
+from napari_ish_annotator.core.learn import bundle as bundle_mod
+from napari_ish_annotator.core.learn.bundle import (
     FORMAT,
     ModelBundle,
     load_bundle,
     package_versions,
     save_bundle,
 )
-from napari_ish_annotator.core.classify import EnsembleClassifier, EnsembleConfig
-from napari_ish_annotator.core.errors import InputError
-from napari_ish_annotator.core.features import ExtractorConfig
+from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier, EnsembleConfig
+from napari_ish_annotator.core.utils.errors import InputError
 
 VOCAB = ["ventral nerve cord", "brain", "foregut"]
 
@@ -85,7 +85,7 @@ def test_round_trip(tmp_path):
 
 
 def test_versions_without_importing_torch():
-    code = ("import sys; from napari_ish_annotator.core.bundle import package_versions; "
+    code = ("import sys; from napari_ish_annotator.core.learn.bundle import package_versions; "
             "v = package_versions(); assert v['numpy']; assert 'torch' not in sys.modules")
     assert os.system(f'{sys.executable} -c "{code}"') == 0
     assert package_versions()["scikit-learn"]
@@ -196,7 +196,7 @@ def test_calibrated_bundle_round_trip_and_prevalence(tmp_path):
     """The bundle reports calibrated probabilities; the vote stays the members' majority."""
     from scipy.special import expit, logit
 
-    from napari_ish_annotator.core.calibration import prior_correction
+    from napari_ish_annotator.core.learn.calibration import prior_correction
 
     b, X = _bundle()
     Y = np.stack([X[:, 0] > 0, X[:, 1] > 0.3, X[:, 2] < -0.5], axis=1).astype(np.int8)

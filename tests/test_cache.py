@@ -10,9 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_ish_annotator.core.backbones import load_backbone
-from napari_ish_annotator.core.cache import FeatureCache, default_cache_dir, signature_hash
-from napari_ish_annotator.core.features import (
+from napari_ish_annotator.core.backbones.registry import load_backbone
+from napari_ish_annotator.core.features.cache import (
+    FeatureCache,
+    default_cache_dir,
+    signature_hash,
+)
+from napari_ish_annotator.core.features.extractor import (
     ExtractorConfig,
     FeatureExtractor,
     cpu_has_native_bf16,
@@ -213,7 +217,7 @@ def test_corrupt_entry_is_rebuilt(tmp_path, loaded):
     cache = tmp_path / "cache"
     X1 = Counted(BASE, cache, loaded).extract(paths)
     c = Counted(BASE, cache, loaded)
-    from napari_ish_annotator.core.images import content_hash
+    from napari_ish_annotator.core.data.images import content_hash
 
     entry = c.fx.cache.path_for(content_hash(paths[2]))
     entry.write_bytes(entry.read_bytes()[:100])  # truncated by a crash / full disk

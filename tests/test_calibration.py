@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 from scipy.special import expit, logit
 
-from napari_ish_annotator.core.calibration import (
+from napari_ish_annotator.core.learn.calibration import (
     apply,
     fit,
     fit_platt,
     identity,
     prior_correction,
 )
-from napari_ish_annotator.core.classify import EnsembleClassifier, EnsembleConfig
-from napari_ish_annotator.core.errors import InputError
-from napari_ish_annotator.core.evaluation import expected_calibration_error
+from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier, EnsembleConfig
+from napari_ish_annotator.core.learn.evaluation import expected_calibration_error
+from napari_ish_annotator.core.utils.errors import InputError
 
 
 def test_map_is_the_agreed_logit_affine_form():

@@ -8,14 +8,14 @@ from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import normalize
 
-from napari_ish_annotator.core.classify import (
+from napari_ish_annotator.core.learn.ensembles import (
     EnsembleClassifier,
     EnsembleConfig,
     fit_logistic_gram,
     gram_matrix,
     member_rows,
 )
-from napari_ish_annotator.core.errors import InputError
+from napari_ish_annotator.core.utils.errors import InputError
 
 
 def _sk(X, y, C):
@@ -55,7 +55,7 @@ def test_dual_solver_matches_sklearn(n, d, C):
 
 def test_gram_blocks_and_float16_memmap(tmp_path, monkeypatch):
     """K is exact float64 accumulation for a float16 memmap read in several feature blocks."""
-    import napari_ish_annotator.core.classify as classify
+    import napari_ish_annotator.core.learn.ensembles as classify
 
     monkeypatch.setattr(classify, "_BLOCK_BYTES", 8 * 30 * 600)  # force several blocks
     rng = np.random.default_rng(1)
@@ -272,7 +272,7 @@ def test_dual_solver_extreme_separable_case():
 
 
 def test_gram_block_gives_sub_blocks_and_refuses_rows_it_lacks():
-    from napari_ish_annotator.core.classify import GramBlock, gram_matrix
+    from napari_ish_annotator.core.learn.ensembles import GramBlock, gram_matrix
 
     rng = np.random.default_rng(0)
     X = rng.random((12, 40)).astype(np.float32)

@@ -19,7 +19,7 @@ FAST = ["--weights", "random", "--input-size", "96", "--device", "cpu", "--quiet
 
 @pytest.fixture(scope="module")
 def cli_data(tmp_path_factory) -> Path:
-    from napari_ish_annotator.core.synthetic import generate_dataset
+    from napari_ish_annotator.core.synthetic.embryos import generate_dataset
 
     root = tmp_path_factory.mktemp("cli")
     generate_dataset(root / "data", n_images=30, stage="13-16", seed=3, size=(96, 192),
@@ -66,8 +66,8 @@ def test_predict_csv_has_image_and_one_probability_column_per_term(cli_data, tra
 
 
 def test_predict_votes_option_adds_the_majority_vote_columns(cli_data, trained, tmp_path):
-    from napari_ish_annotator.core.bundle import load_bundle
-    from napari_ish_annotator.core.features import FeatureExtractor
+    from napari_ish_annotator.core.features.extractor import FeatureExtractor
+    from napari_ish_annotator.core.learn.bundle import load_bundle
 
     images = sorted((cli_data / "data" / "images").glob("*.png"))[:4]
     out = tmp_path / "votes.csv"
@@ -89,7 +89,7 @@ def test_predictions_track_labels_on_training_images(cli_data, trained, tmp_path
     """The model must have learned something: training positives rank above negatives."""
     from sklearn.metrics import roc_auc_score
 
-    from napari_ish_annotator.core.manifest import read_manifest
+    from napari_ish_annotator.core.data.manifest import read_manifest
 
     manifest = cli_data / "data" / "manifest.csv"
     out = tmp_path / "pred.csv"
@@ -145,7 +145,7 @@ def test_evaluate_repeats_prints_mean_std_and_writes_std_json(cli_data, tmp_path
 
 
 def test_evaluate_with_held_out_test_manifest(cli_data, tmp_path):
-    from napari_ish_annotator.core.manifest import read_manifest
+    from napari_ish_annotator.core.data.manifest import read_manifest
 
     data = cli_data / "data"
     dataset = read_manifest(data / "manifest.csv")
@@ -215,7 +215,7 @@ def test_console_script_reports_bad_input_without_traceback(tmp_path):
 def test_predict_holds_only_one_chunk_of_features_in_memory(cli_data, trained, tmp_path,
                                                              monkeypatch):
     """5,000 images x 401,408 floats would be 8 GB: predict must extract chunk by chunk."""
-    from napari_ish_annotator.core.features import FeatureExtractor
+    from napari_ish_annotator.core.features.extractor import FeatureExtractor
 
     images_dir = cli_data / "data" / "images"
     whole = tmp_path / "whole.csv"
@@ -242,7 +242,7 @@ def test_predict_holds_only_one_chunk_of_features_in_memory(cli_data, trained, t
 def test_unwritable_output_fails_fast_with_exit_2(cli_data, trained, tmp_path, capsys,
                                                   monkeypatch, command):
     """A bad output path must be reported before any feature is extracted, in one line."""
-    from napari_ish_annotator.core.features import FeatureExtractor
+    from napari_ish_annotator.core.features.extractor import FeatureExtractor
 
     def no_work(self, *args, **kwargs):
         raise AssertionError("features extracted before the output path was checked")
@@ -274,8 +274,8 @@ def test_unwritable_output_fails_fast_with_exit_2(cli_data, trained, tmp_path, c
 
 
 def test_atomic_write_onto_a_folder_is_an_input_error(tmp_path):
-    from napari_ish_annotator.core.errors import InputError
-    from napari_ish_annotator.core.io import write_png_atomic, write_text_atomic
+    from napari_ish_annotator.core.utils.errors import InputError
+    from napari_ish_annotator.core.utils.files import write_png_atomic, write_text_atomic
 
     with pytest.raises(InputError, match="is a folder"):
         write_text_atomic(tmp_path, "x")
@@ -422,7 +422,7 @@ def test_usage_errors_are_one_line_with_exit_2(argv, capsys):
 
 def test_bad_layer_in_list_fails_before_any_extraction(cli_data, monkeypatch, capsys):
     """`--layers 17,99`: report 99 now, not after extracting and fitting layer 17."""
-    from napari_ish_annotator.core.features import FeatureExtractor
+    from napari_ish_annotator.core.features.extractor import FeatureExtractor
 
     def no_work(self, *args, **kwargs):
         raise AssertionError("features extracted before the layers were checked")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from napari_ish_annotator.cli import main
-from napari_ish_annotator.core.labels import LabelStore
+from napari_ish_annotator.core.labels.store import LabelStore
 from test_labels import make_images
 
 VOCAB = "brain;gut;eye"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_ish_annotator.core.consensus import (
+from napari_ish_annotator.core.labels.consensus import (
     AnnotatorLabels,
     agreement,
     annotator_labels,
@@ -18,9 +18,13 @@ from napari_ish_annotator.core.consensus import (
     image_annotations,
     majority_vote,
 )
-from napari_ish_annotator.core.errors import InputError
-from napari_ish_annotator.core.labels import LabelStore
-from napari_ish_annotator.core.simulate import consensus_trial, noisy_annotators, synthetic_features
+from napari_ish_annotator.core.labels.store import LabelStore
+from napari_ish_annotator.core.synthetic.simulate import (
+    consensus_trial,
+    noisy_annotators,
+    synthetic_features,
+)
+from napari_ish_annotator.core.utils.errors import InputError
 
 
 def labels_of(*rows: list[list[int]], terms: tuple[str, ...] = ("t",)) -> AnnotatorLabels:

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from napari_ish_annotator.core.backbones import load_backbone, resolve_device
-from napari_ish_annotator.core.features import ExtractorConfig, FeatureExtractor
+from napari_ish_annotator.core.backbones.registry import load_backbone, resolve_device
+from napari_ish_annotator.core.features.extractor import ExtractorConfig, FeatureExtractor
 
 pytestmark = [
     pytest.mark.cuda,
@@ -33,7 +33,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def embryos(n: int, seed: int = 0, size=(64, 160)) -> list[np.ndarray]:
     """Synthetic stained embryos (the real test images' look, fast to make)."""
-    from napari_ish_annotator.core.synthetic import make_embryo
+    from napari_ish_annotator.core.synthetic.embryos import make_embryo
 
     rng = np.random.default_rng(seed)
     vocab = ["ventral nerve cord", "brain", "embryonic midgut"]
@@ -80,7 +80,10 @@ def test_cuda_decoding_in_processes_equals_threads(loaded, image_files):
 
 
 def test_device_auto_picks_cuda(loaded):
-    from napari_ish_annotator.core.features import default_decode_workers, resolve_precision
+    from napari_ish_annotator.core.features.extractor import (
+        default_decode_workers,
+        resolve_precision,
+    )
     from napari_ish_annotator.core.finetune import FinetuneConfig
 
     assert resolve_device("auto").type == "cuda"
@@ -144,9 +147,9 @@ def test_fine_tuned_model_moves_between_devices(tmp_path):
 @pytest.fixture(scope="module")
 def bundle(loaded):
     """A small logistic-ensemble model fitted on CPU fp32 features."""
-    from napari_ish_annotator.core.classify import EnsembleConfig
-    from napari_ish_annotator.core.pipeline import iter_fit_bundle
-    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+    from napari_ish_annotator.core.utils.progress import drive
+    from napari_ish_annotator.core.workflow import iter_fit_bundle
 
     images = embryos(16, seed=2)
     X = extractor(loaded, "cpu", "fp32").extract(images)
@@ -157,7 +160,7 @@ def bundle(loaded):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_gradcam_on_cuda_equals_cpu(loaded, bundle, precision):
-    from napari_ish_annotator.core.gradcam import gradcam_all_terms
+    from napari_ish_annotator.core.explain.gradcam import gradcam_all_terms
 
     image = embryos(1, seed=5)[0]
     maps_cpu, p_cpu = gradcam_all_terms(bundle, extractor(loaded, "cpu", "fp32"), image)
@@ -168,8 +171,8 @@ def test_gradcam_on_cuda_equals_cpu(loaded, bundle, precision):
 
 
 def test_bundle_predicts_the_same_on_cuda_and_cpu(loaded, bundle, image_files):
-    from napari_ish_annotator.core.pipeline import iter_predict
-    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.core.utils.progress import drive
+    from napari_ish_annotator.core.workflow import iter_predict
 
     p_cpu = drive(iter_predict(bundle, image_files, device="cpu", loaded=loaded))
     p_gpu = drive(iter_predict(bundle, image_files, device="cuda", loaded=loaded))

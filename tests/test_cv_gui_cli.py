@@ -20,7 +20,7 @@ from _gui_helpers import TERMS, make_dataset
 @pytest.mark.parametrize("seed", [3])
 def test_session_cv_equals_cli_evaluate_folds(tmp_path, seed):
     from napari_ish_annotator.cli import main
-    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.session import AnnotatorSession, steps
 
     folds = 4  # not the calibration's 3: the panel's folds are the ones asked for
@@ -68,10 +68,10 @@ def test_train_with_cv_reads_the_features_once(tmp_path, monkeypatch):
     """The panel's CV and its final fit share one Gram matrix (its sub-blocks), one
     out-of-fold pass gives both the AUCs and the Platt calibration (3 fold fits, not the CV's
     plus the calibration's), and the model is the one trained without CV."""
-    from napari_ish_annotator.core import classify
-    from napari_ish_annotator.core import folds as fold_fits
-    from napari_ish_annotator.core.calibration import CALIBRATION_FOLDS
-    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.core.learn import ensembles as classify
+    from napari_ish_annotator.core.learn import folds as fold_fits
+    from napari_ish_annotator.core.learn.calibration import CALIBRATION_FOLDS
+    from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.session import AnnotatorSession, steps
 
     manifest = make_dataset(tmp_path / "data", n=28)

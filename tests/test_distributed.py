@@ -21,8 +21,8 @@ import pytest
 distributed = pytest.importorskip("distributed")
 
 from napari_ish_annotator.cli import main  # noqa: E402
-from napari_ish_annotator.core import distributed as ishd  # noqa: E402
-from napari_ish_annotator.core.errors import InputError  # noqa: E402
+from napari_ish_annotator.core.features import distributed as ishd  # noqa: E402
+from napari_ish_annotator.core.utils.errors import InputError  # noqa: E402
 
 FAST = ["--weights", "random", "--input-size", "64", "--device", "cpu", "--quiet"]
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -86,9 +86,9 @@ def test_skip_bad_and_a_bad_image_on_a_worker(local_model, tiny_dataset, client,
         assert code == 0
         assert len(_read(tmp_path / "p.csv")[0]) == 4
         with pytest.raises(InputError, match="broken.png") as info:
-            from napari_ish_annotator.core.features import ExtractorConfig
-            from napari_ish_annotator.core.pipeline import iter_features, make_extractor
-            from napari_ish_annotator.core.progress import drive
+            from napari_ish_annotator.core.features.extractor import ExtractorConfig
+            from napari_ish_annotator.core.utils.progress import drive
+            from napari_ish_annotator.core.workflow import iter_features, make_extractor
 
             fx = make_extractor(ExtractorConfig(weights="random", input_size=64), None)
             drive(iter_features(fx, [*images, bad]))
@@ -131,8 +131,8 @@ def test_a_chunk_whose_worker_dies_is_recomputed(local_model, tiny_dataset, clie
 
 def test_closing_the_run_cancels_the_outstanding_chunks(tiny_dataset, client, monkeypatch):
     """Ctrl-C unwinds through the generator: its futures are cancelled, none keep running."""
-    from napari_ish_annotator.core.features import ExtractorConfig
-    from napari_ish_annotator.core.pipeline import iter_features, make_extractor
+    from napari_ish_annotator.core.features.extractor import ExtractorConfig
+    from napari_ish_annotator.core.workflow import iter_features, make_extractor
 
     monkeypatch.setattr(ishd, "CHUNK", 1)
     images = sorted((tiny_dataset.parent / "images").glob("*.png"))
@@ -152,8 +152,8 @@ def test_closing_the_run_cancels_the_outstanding_chunks(tiny_dataset, client, mo
 
 @pytest.mark.slow
 def test_a_cluster_lost_mid_run_is_one_input_error(tiny_dataset, monkeypatch):
-    from napari_ish_annotator.core.features import ExtractorConfig
-    from napari_ish_annotator.core.pipeline import iter_features, make_extractor
+    from napari_ish_annotator.core.features.extractor import ExtractorConfig
+    from napari_ish_annotator.core.workflow import iter_features, make_extractor
 
     monkeypatch.setattr(ishd, "CHUNK", 1)
     images = sorted((tiny_dataset.parent / "images").glob("*.png"))
@@ -261,7 +261,7 @@ def test_hand_started_scheduler_and_workers(local_model, tiny_dataset, tmp_path)
 
 def test_slurm_config_object_builds_a_job_script():
     pytest.importorskip("dask_jobqueue")
-    from napari_ish_annotator.core.distributed import slurm_cluster
+    from napari_ish_annotator.core.features.distributed import slurm_cluster
 
     cluster = slurm_cluster(queue="gpu", account="lab", cores=8, memory="32GB",
                             walltime="02:00:00", gpus=1,

@@ -9,9 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from napari_ish_annotator.core.classify import EnsembleClassifier, EnsembleConfig
-from napari_ish_annotator.core.errors import InputError
-from napari_ish_annotator.core.evaluation import (
+from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier, EnsembleConfig
+from napari_ish_annotator.core.learn.evaluation import (
     METRICS,
     expected_calibration_error,
     format_table,
@@ -24,7 +23,8 @@ from napari_ish_annotator.core.evaluation import (
     term_metrics,
     validation_split,
 )
-from napari_ish_annotator.core.progress import drive
+from napari_ish_annotator.core.utils.errors import InputError
+from napari_ish_annotator.core.utils.progress import drive
 
 Y_TRUE = [1, 1, 1, 0, 0, 0, 0, 1]
 Y_PRED = [1, 0, 0, 0, 1, 0, 0, 1]
@@ -202,7 +202,7 @@ def _refit_out_of_fold(X, Y, groups, folds, cfg, vocabulary):
 def test_cross_validation_equals_a_per_fold_refit(calibration):
     """Fitting each fold on sub-blocks of one Gram matrix is exact (same members, same scores),
     the calibration included (Platt: fitted on out-of-fold scores inside each training part)."""
-    from napari_ish_annotator.core.calibration import CALIBRATION_FOLDS, fit
+    from napari_ish_annotator.core.learn.calibration import CALIBRATION_FOLDS, fit
 
     X, Y = _learnable(72, 2000, 3)
     Y[5, 2] = -1  # an unknown label stays out of that term's training and scoring
@@ -304,11 +304,11 @@ def test_evaluate_frees_each_layers_features_before_the_next(monkeypatch):
     import weakref
     from pathlib import Path
 
-    from napari_ish_annotator.core import pipeline
-    from napari_ish_annotator.core.classify import EnsembleConfig
-    from napari_ish_annotator.core.features import ExtractorConfig
-    from napari_ish_annotator.core.manifest import Dataset, Sample
-    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.core import workflow as pipeline
+    from napari_ish_annotator.core.data.manifest import Dataset, Sample
+    from napari_ish_annotator.core.features.extractor import ExtractorConfig
+    from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+    from napari_ish_annotator.core.utils.progress import drive
 
     rng = np.random.default_rng(0)
     samples = [Sample(Path(f"img{i}.png"), ("a",) if i % 3 == 0 else (), gene=f"g{i // 2}")
@@ -326,7 +326,7 @@ def test_evaluate_frees_each_layers_features_before_the_next(monkeypatch):
         yield pipeline.Progress(len(images), len(images), stage)
         return X
 
-    from napari_ish_annotator.core import backbones
+    from napari_ish_annotator.core.backbones import registry as backbones
 
     monkeypatch.setattr(pipeline, "iter_features", fake_features)
     monkeypatch.setattr(pipeline, "make_extractor", lambda config, cache_dir, loaded: None)

@@ -20,6 +20,8 @@ else:
                         "(pip install napari-ish-annotator[bioimageio])")
 
 from napari_ish_annotator.cli import main  # noqa: E402
+from napari_ish_annotator.core.data.images import read_rgb  # noqa: E402
+from napari_ish_annotator.core.data.manifest import read_manifest  # noqa: E402
 from napari_ish_annotator.core.export.bioimageio import (  # noqa: E402
     ExportOptions,
     export_bioimageio,
@@ -27,8 +29,6 @@ from napari_ish_annotator.core.export.bioimageio import (  # noqa: E402
     predict_package,
     run_package_test,
 )
-from napari_ish_annotator.core.images import read_rgb  # noqa: E402
-from napari_ish_annotator.core.manifest import read_manifest  # noqa: E402
 
 TOLERANCE = 0.02
 
@@ -96,7 +96,7 @@ def test_vgg16_package_passes_the_test_and_matches_predict(tiny_dataset, tmp_pat
 def test_efficientnet_lite0_package(tiny_dataset, tmp_path):
     """fp32 features: the exported network computes in fp32, and EfficientNet's bf16 features
     (precision auto on CPUs with native bf16) move its probabilities by up to ~0.05."""
-    from napari_ish_annotator.core.backbones import imagenet_weights_available
+    from napari_ish_annotator.core.backbones.registry import imagenet_weights_available
 
     if not imagenet_weights_available("efficientnet_lite0"):
         if os.environ.get("ISH_TEST_REQUIRE_EXTRAS"):
@@ -171,7 +171,7 @@ def test_a_failure_inside_bioimageio_spec_names_the_versions(tiny_dataset, tmp_p
     bioimageio.spec's writer) is one line naming the versions, exit 2, nothing written."""
     import bioimageio.spec
 
-    from napari_ish_annotator.core.extras import versions
+    from napari_ish_annotator.core.utils.extras import versions
 
     model = _train(tiny_dataset, tmp_path / "vgg", "--weights", "random", "--input-size", "64")
 

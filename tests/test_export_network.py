@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ish_annotator.core.bundle import load_bundle, save_bundle
-from napari_ish_annotator.core.classify import EnsembleConfig
-from napari_ish_annotator.core.errors import InputError
+from napari_ish_annotator.core.data.images import read_rgb
+from napari_ish_annotator.core.data.manifest import read_manifest
 from napari_ish_annotator.core.export.model import load_exportable
 from napari_ish_annotator.core.export.network import build_network
-from napari_ish_annotator.core.features import ExtractorConfig
-from napari_ish_annotator.core.images import read_rgb
-from napari_ish_annotator.core.manifest import read_manifest
-from napari_ish_annotator.core.pipeline import iter_predict, iter_train
-from napari_ish_annotator.core.progress import drive
+from napari_ish_annotator.core.features.extractor import ExtractorConfig
+from napari_ish_annotator.core.learn.bundle import load_bundle, save_bundle
+from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+from napari_ish_annotator.core.utils.errors import InputError
+from napari_ish_annotator.core.utils.progress import drive
+from napari_ish_annotator.core.workflow import iter_predict, iter_train
 
 
 def _train(dataset: Path, out: Path, keep_aspect: bool = False) -> Path:
@@ -92,7 +92,7 @@ def test_architecture_kwargs_and_state_dict_rebuild_the_network(vgg_bundles, tin
 def test_calibration_is_core_calibrations_map(vgg_bundles, tiny_dataset, tmp_path):
     """The network carries the bundle's own calibration; any stored a, b is applied as
     ``core.calibration.apply`` applies it."""
-    from napari_ish_annotator.core.calibration import apply
+    from napari_ish_annotator.core.learn.calibration import apply
 
     source = vgg_bundles[False]
     n = len(load_bundle(source).classifier.vocabulary)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from napari_ish_annotator.core import extras
-from napari_ish_annotator.core.errors import InputError
+from napari_ish_annotator.core.utils import extras
+from napari_ish_annotator.core.utils.errors import InputError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

@@ -9,18 +9,18 @@ import pytest
 import torch
 from PIL import Image
 
-from napari_ish_annotator.core import decoding
-from napari_ish_annotator.core import features as features_mod
-from napari_ish_annotator.core.backbones import load_backbone
-from napari_ish_annotator.core.errors import InputError
-from napari_ish_annotator.core.features import (
+from napari_ish_annotator.core.backbones.registry import load_backbone
+from napari_ish_annotator.core.features import decoding
+from napari_ish_annotator.core.features import extractor as features_mod
+from napari_ish_annotator.core.features.extractor import (
     ExtractorConfig,
     FeatureExtractor,
     border_colour,
     cpu_has_native_bf16,
     resolve_precision,
 )
-from napari_ish_annotator.core.progress import Cancelled, CancelToken
+from napari_ish_annotator.core.utils.errors import InputError
+from napari_ish_annotator.core.utils.progress import Cancelled, CancelToken
 
 S = 64  # small input: the point of these tests is not the 224 px shape
 
@@ -114,7 +114,10 @@ def test_only_the_truncated_network_runs_and_original_is_untouched(loaded):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fused_conv_relu_gives_the_same_activations(loaded, precision, channels_last):
     """The CPU trunk runs ReLU as a post-op of the conv (one oneDNN call); same numbers."""
-    from napari_ish_annotator.core.inference import _pointwise_conv_op, fuse_conv_relu
+    from napari_ish_annotator.core.backbones.trunk import (
+        _pointwise_conv_op,
+        fuse_conv_relu,
+    )
 
     if _pointwise_conv_op() is None:
         pytest.skip("this torch build has no fused oneDNN convolution")
@@ -136,7 +139,7 @@ def test_fused_conv_relu_gives_the_same_activations(loaded, precision, channels_
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_max_pool_replacement_gives_the_same_values(dtype):
-    from napari_ish_annotator.core.inference import replace_max_pools
+    from napari_ish_annotator.core.backbones.trunk import replace_max_pools
 
     pool = torch.nn.Sequential(torch.nn.MaxPool2d(2, 2))
     fast = replace_max_pools(pool)
@@ -154,7 +157,7 @@ def test_max_pool_replacement_gives_the_same_values(dtype):
 
 
 def test_compute_batch_keeps_activations_under_the_mmap_threshold(loaded):
-    from napari_ish_annotator.core.inference import compute_batch
+    from napari_ish_annotator.core.backbones.trunk import compute_batch
 
     assert compute_batch("cuda", 10**9, 8) == 8  # GPUs take the whole batch
     assert compute_batch("cpu", 6_422_528, 8) == 5  # 64x224x224 bf16: 5 images < 32 MB

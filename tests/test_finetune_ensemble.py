@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ish_annotator.core.backbones import load_backbone
-from napari_ish_annotator.core.errors import InputError
+from napari_ish_annotator.core.backbones.registry import load_backbone
 from napari_ish_annotator.core.finetune import (
     FinetunedEnsemble,
     finetune,
@@ -18,6 +17,7 @@ from napari_ish_annotator.core.finetune import (
     load_ensemble,
     load_finetuned,
 )
+from napari_ish_annotator.core.utils.errors import InputError
 from test_finetune import VOCAB, make_images, small_config
 
 GROUPS = [f"gene{i // 2}" for i in range(12)]

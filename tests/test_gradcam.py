@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_ish_annotator.core.errors import InputError
-from napari_ish_annotator.core.gradcam import (
+from napari_ish_annotator.core.explain.gradcam import (
     gradcam_linear,
     heat_to_rgb,
     member_gradient,
     overlay,
     upsample_to_image,
 )
+from napari_ish_annotator.core.utils.errors import InputError
 
 
 def _decision(w: np.ndarray, x: np.ndarray, normalize: bool) -> float:
@@ -104,11 +104,14 @@ def test_extractor_must_match_the_models_layer():
     """VGG16 layers 24 and 30 have the same size: only the settings tell them apart."""
     from dataclasses import replace
 
-    from napari_ish_annotator.core.classify import EnsembleConfig
-    from napari_ish_annotator.core.features import ExtractorConfig, FeatureExtractor
-    from napari_ish_annotator.core.gradcam import gradcam_all_terms
-    from napari_ish_annotator.core.pipeline import iter_fit_bundle
-    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.core.explain.gradcam import gradcam_all_terms
+    from napari_ish_annotator.core.features.extractor import (
+        ExtractorConfig,
+        FeatureExtractor,
+    )
+    from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+    from napari_ish_annotator.core.utils.progress import drive
+    from napari_ish_annotator.core.workflow import iter_fit_bundle
 
     config = ExtractorConfig(weights="random", layer="24", input_size=64, device="cpu",
                              precision="fp32")

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_ish_annotator.core.classify import EnsembleConfig
-from napari_ish_annotator.core.features import ExtractorConfig
-from napari_ish_annotator.core.gradcam import gradcam_all_terms
-from napari_ish_annotator.core.images import read_rgb
-from napari_ish_annotator.core.manifest import read_manifest
-from napari_ish_annotator.core.pipeline import iter_train, make_extractor
-from napari_ish_annotator.core.progress import drive
-from napari_ish_annotator.core.synthetic import generate_dataset, slugify
+from napari_ish_annotator.core.data.images import read_rgb
+from napari_ish_annotator.core.data.manifest import read_manifest
+from napari_ish_annotator.core.explain.gradcam import gradcam_all_terms
+from napari_ish_annotator.core.features.extractor import ExtractorConfig
+from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+from napari_ish_annotator.core.synthetic.embryos import generate_dataset, slugify
+from napari_ish_annotator.core.utils.progress import drive
+from napari_ish_annotator.core.workflow import iter_train, make_extractor
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.gui
 
 
 def test_reader_opens_manifest_into_embryos_widget(make_napari_viewer, tmp_path):
-    from napari_ish_annotator.core.images import read_rgb
+    from napari_ish_annotator.core.data.images import read_rgb
     from napari_ish_annotator.widgets._registry import get_session
     from napari_ish_annotator.widgets._viewer_binding import embryo_layer
 
@@ -79,7 +79,7 @@ def test_folder_with_bad_files_reports_and_skips(make_napari_viewer, tmp_path):
     assert "3 file(s) skipped" in embryos.skipped_label.text()
     assert embryos.row_count() == 4
     # a folder without manifest gets the built-in vocabulary of the stage range
-    from napari_ish_annotator.core.vocabulary import default_vocabulary
+    from napari_ish_annotator.core.data.vocabulary import default_vocabulary
 
     assert session.vocabulary == default_vocabulary("13-16")
 

@@ -41,7 +41,7 @@ def test_disagreement_filter_hover_consensus_training_and_agreement(gui, qtbot, 
     assert embryos.row_count() == 1 and embryos.image_at(0) == 2
 
     # with the filter on, a label change re-reads only its own image and the list follows
-    from napari_ish_annotator.core import consensus
+    from napari_ish_annotator.core.labels import consensus
 
     read: list[int] = []
     real = consensus.disagreement_mask
@@ -79,7 +79,7 @@ def test_disagreement_filter_hover_consensus_training_and_agreement(gui, qtbot, 
 
 def test_next_to_label_ranks_lists_first_and_shift_n_goes_on(gui, qtbot):
     viewer, session, embryos, annotate, train = gui
-    from napari_ish_annotator.core.active import suggest
+    from napari_ish_annotator.core.learn.active import suggest
 
     embryos.rank_next_to_label()  # no model yet: one message, nothing runs
     assert not embryos.runner.running and session.label_order is None

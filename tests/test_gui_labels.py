@@ -13,7 +13,7 @@ pytestmark = pytest.mark.gui
 
 def _fresh_store_labels(path, image):
     """Read the SQLite file with a new connection, as another program would."""
-    from napari_ish_annotator.core.labels import LabelStore
+    from napari_ish_annotator.core.labels.store import LabelStore
 
     with LabelStore(path, read_only=True) as store:
         return store.labels_for(image, fallback=("manifest",))
@@ -26,7 +26,7 @@ def _errors():
 
 
 def test_labels_written_at_once_undone_and_restored(make_napari_viewer, qtbot, tmp_path):
-    from napari_ish_annotator.core.labels import LabelStore
+    from napari_ish_annotator.core.labels.store import LabelStore
     from napari_ish_annotator.widgets._registry import get_session
 
     manifest = make_dataset(tmp_path / "data")
@@ -92,7 +92,7 @@ def test_labels_written_at_once_undone_and_restored(make_napari_viewer, qtbot, t
 
 
 def test_locked_store_gives_message_not_crash(make_napari_viewer, tmp_path):
-    from napari_ish_annotator.core.labels import LabelStore
+    from napari_ish_annotator.core.labels.store import LabelStore
     from napari_ish_annotator.widgets._registry import get_session
 
     manifest = make_dataset(tmp_path / "data")
@@ -118,7 +118,7 @@ def test_locked_store_gives_message_not_crash(make_napari_viewer, tmp_path):
 
 
 def test_export_labels_and_import_round_trip(make_napari_viewer, tmp_path):
-    from napari_ish_annotator.core.manifest import read_manifest
+    from napari_ish_annotator.core.data.manifest import read_manifest
     from napari_ish_annotator.widgets._registry import get_session
 
     manifest = make_dataset(tmp_path / "data")
@@ -141,7 +141,7 @@ def test_label_cell_click_opens_a_three_state_editor(make_napari_viewer, qtbot, 
     per vocabulary); a click on a label opens a combo box for that row only."""
     from qtpy.QtCore import Qt
 
-    from napari_ish_annotator.core.labels import LabelStore
+    from napari_ish_annotator.core.labels.store import LabelStore
     from napari_ish_annotator.widgets._registry import get_session
 
     manifest = make_dataset(tmp_path / "data")

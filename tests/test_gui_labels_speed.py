@@ -52,9 +52,9 @@ def test_switching_label_file_runs_in_the_worker_without_rehashing(make_napari_v
                                                                    tmp_path, monkeypatch):
     from qtpy.QtWidgets import QFileDialog
 
-    import napari_ish_annotator.core.labels as labels_mod
-    from napari_ish_annotator.core.errors import InputError
-    from napari_ish_annotator.core.progress import drive
+    import napari_ish_annotator.core.labels.store as labels_mod
+    from napari_ish_annotator.core.utils.errors import InputError
+    from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.session import steps
     from napari_ish_annotator.widgets._registry import get_session
 

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.gui
 
 
 def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tmp_path):
-    from napari_ish_annotator.core.gradcam import gradcam_for_image
+    from napari_ish_annotator.core.explain.gradcam import gradcam_for_image
     from napari_ish_annotator.widgets._registry import get_session
     from napari_ish_annotator.widgets._viewer_binding import text_overlay
     from napari_ish_annotator.widgets.explain import gradcam_layer
@@ -102,7 +102,7 @@ def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tm
     assert len([lay for lay in viewer.layers if lay.metadata.get("ish_annotator") == "gradcam"]) == 1
 
     # File > Save on the embryo layer: labels manifest + predictions CSV (CONTRACTS.md)
-    from napari_ish_annotator.core.manifest import read_manifest
+    from napari_ish_annotator.core.data.manifest import read_manifest
     from napari_ish_annotator.widgets._viewer_binding import embryo_layer
 
     out = tmp_path / "export" / "labels.csv"

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.gui
 
 def test_gradcam_follows_a_retrained_model(make_napari_viewer, qtbot, tmp_path):
     """A map computed with the previous model must not stay on screen after retraining."""
-    from napari_ish_annotator.core.gradcam import gradcam_for_image
+    from napari_ish_annotator.core.explain.gradcam import gradcam_for_image
     from napari_ish_annotator.widgets._registry import get_session
     from napari_ish_annotator.widgets.explain import gradcam_layer
 
@@ -55,7 +55,7 @@ def test_folder_button_opens_in_a_worker_and_cancel_keeps_the_open_dataset(
     """Checking and hashing thousands of files must not freeze the viewer."""
     from qtpy.QtWidgets import QFileDialog
 
-    from napari_ish_annotator.core import opening
+    from napari_ish_annotator.core.data import inputs as opening
     from napari_ish_annotator.widgets._registry import get_session
     from napari_ish_annotator.widgets._viewer_binding import embryo_layer
 
@@ -170,7 +170,7 @@ def test_a_wrong_label_file_keeps_the_working_store(make_napari_viewer, qtbot, t
     from napari.utils.notifications import notification_manager
     from qtpy.QtWidgets import QFileDialog
 
-    from napari_ish_annotator.core.labels import LabelStore
+    from napari_ish_annotator.core.labels.store import LabelStore
     from napari_ish_annotator.widgets._registry import get_session
 
     manifest = make_dataset(tmp_path / "data")

@@ -23,8 +23,8 @@ import pytest
 distributed = pytest.importorskip("distributed")
 
 from napari_ish_annotator.cli import main  # noqa: E402
-from napari_ish_annotator.core import distributed as ishd  # noqa: E402
-from napari_ish_annotator.core.errors import InputError  # noqa: E402
+from napari_ish_annotator.core.features import distributed as ishd  # noqa: E402
+from napari_ish_annotator.core.utils.errors import InputError  # noqa: E402
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

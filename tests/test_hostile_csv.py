@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from napari_ish_annotator.cli import main
-from napari_ish_annotator.core.csvio import FORMULA_START, csv_text, neutralise, restore
-from napari_ish_annotator.core.manifest import (
+from napari_ish_annotator.core.data.manifest import (
     Sample,
     read_manifest,
     read_manifest_images,
     write_manifest,
 )
+from napari_ish_annotator.core.utils.csvio import FORMULA_START, csv_text, neutralise, restore
 
 FAST = ["--weights", "random", "--input-size", "64", "--device", "cpu", "--quiet"]
 HOSTILE_STEMS = ["=cmd|' -C calc'!A0", "+SUM(1,2)", "-2+3", "@SUM(A1)", "=HYPERLINK(x)"]

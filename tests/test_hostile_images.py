@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_ish_annotator.core import images
-from napari_ish_annotator.core.errors import InputError
-from napari_ish_annotator.core.images import check_image, max_pixels, pixel_budget, read_rgb
+from napari_ish_annotator.core.data import images
+from napari_ish_annotator.core.data.images import check_image, max_pixels, pixel_budget, read_rgb
+from napari_ish_annotator.core.utils.errors import InputError
 
 SRC = str(Path(images.__file__).parents[2])
 FAST = ["--weights", "random", "--input-size", "64", "--device", "cpu", "--quiet"]
@@ -71,7 +71,7 @@ def bombs(tmp_path_factory) -> dict[str, Path]:
 def model(tmp_path_factory) -> tuple[Path, str, Path]:
     """(model folder, a term, the training images folder): VGG16 with random weights at 64 px."""
     from napari_ish_annotator.cli import main
-    from napari_ish_annotator.core.synthetic import generate_dataset
+    from napari_ish_annotator.core.synthetic.embryos import generate_dataset
 
     root = tmp_path_factory.mktemp("hostile_model")
     manifest = generate_dataset(root / "data", n_images=12, stage="13-16", seed=5, size=(64, 128),

@@ -22,8 +22,8 @@ import pytest
 from PIL import Image
 
 from napari_ish_annotator.cli import main
-from napari_ish_annotator.core.errors import InputError
-from napari_ish_annotator.core.labels import LabelStore
+from napari_ish_annotator.core.labels.store import LabelStore
+from napari_ish_annotator.core.utils.errors import InputError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 VOCAB = "brain;gut;eye"
@@ -197,8 +197,8 @@ def test_query_budget_stops_an_endless_query(tmp_path):
 
 HANG = textwrap.dedent("""
     import sys, time
-    from napari_ish_annotator.core.labels import LabelStore
-    from napari_ish_annotator.core.label_open import guarded as _guarded
+    from napari_ish_annotator.core.labels.store import LabelStore
+    from napari_ish_annotator.core.labels.connection import guarded as _guarded
     from napari_ish_annotator.cli import main
     from unittest import mock
     @_guarded
@@ -314,8 +314,8 @@ def test_a_stop_inside_a_write_is_re_raised_not_reported_as_a_timeout(tmp_path):
     statement of its own and must not clear it (it was reported as a spent 30 s budget)."""
     import sqlite3
 
-    from napari_ish_annotator.core.label_open import guarded
-    from napari_ish_annotator.core.labels import LabelStore
+    from napari_ish_annotator.core.labels.connection import guarded
+    from napari_ish_annotator.core.labels.store import LabelStore
 
     store = LabelStore(tmp_path / "s.sqlite", annotator="a")
     store.add_terms(["t"])

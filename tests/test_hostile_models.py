@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from napari_ish_annotator.cli import main
-from napari_ish_annotator.core.bundle import load_bundle
-from napari_ish_annotator.core.errors import InputError
-from napari_ish_annotator.core.manifest import read_manifest
+from napari_ish_annotator.core.data.manifest import read_manifest
+from napari_ish_annotator.core.learn.bundle import load_bundle
+from napari_ish_annotator.core.utils.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,8 +140,8 @@ def _hostile(package: Path, tmp_path: Path, marker: Path, torchscript: bool) -> 
 @pytest.mark.slow
 def test_package_whose_weights_need_its_code_is_refused(package, trained, tmp_path,
                                                         tiny_dataset):
+    from napari_ish_annotator.core.data.images import read_rgb
     from napari_ish_annotator.core.export.bioimageio import predict_package
-    from napari_ish_annotator.core.images import read_rgb
 
     marker = tmp_path / "marker.txt"
     hostile = _hostile(package, tmp_path, marker, torchscript=False)
@@ -159,8 +159,8 @@ def test_package_whose_weights_need_its_code_is_refused(package, trained, tmp_pa
 
 @pytest.mark.slow
 def test_torchscript_package_runs_without_its_python(package, tmp_path, tiny_dataset):
+    from napari_ish_annotator.core.data.images import read_rgb
     from napari_ish_annotator.core.export.bioimageio import predict_package
-    from napari_ish_annotator.core.images import read_rgb
 
     marker = tmp_path / "marker.txt"
     hostile = _hostile(package, tmp_path, marker, torchscript=True)

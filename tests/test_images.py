@@ -7,15 +7,15 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_ish_annotator.core.errors import InputError
-from napari_ish_annotator.core.images import (
+from napari_ish_annotator.core.data.images import (
     SUPPORTED_SUFFIXES,
     array_to_rgb,
     content_hash,
     list_images,
     read_rgb,
 )
-from napari_ish_annotator.core.opening import collect_inputs, scan_inputs
+from napari_ish_annotator.core.data.inputs import collect_inputs, scan_inputs
+from napari_ish_annotator.core.utils.errors import InputError
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ MAX_LINES = 450
 
 # ------------------------------------------------------------------------------- the graph
 def module_files() -> dict[str, Path]:
-    """Dotted module name (without the package prefix for brevity: ``core.classify``) -> file;
+    """Dotted module name (without the package prefix for brevity: ``core.learn.ensembles``) -> file;
     a package is named by its ``__init__.py`` (``core.finetune``); the root package is ``""``."""
     out: dict[str, Path] = {}
     root = SRC / PACKAGE
@@ -182,11 +182,12 @@ def test_graph_resolves_relative_imports_and_packages() -> None:
     """The graph builder itself: a relative import reaches the module and its packages; a
     ``TYPE_CHECKING`` or function-level import is an edge of the full graph only."""
     top, full = import_graph(top_level=True), import_graph(top_level=False)
-    assert "core.errors" in top["core.classify"]
-    assert "core" not in top["core.classify"]  # its own package is being imported already
+    assert "core.utils.errors" in top["core.learn.ensembles"]
+    assert "core.learn" not in top["core.learn.ensembles"]  # its own package is being imported already
     assert "core.finetune.config" in top["core.finetune.trainer"]
     assert "cli._common" in top["cli.demo"]
-    assert "core.images" not in top["core.labels"] and "core.images" in full["core.labels"]
+    assert "core.data.images" not in top["core.labels.store"]
+    assert "core.data.images" in full["core.labels.store"]
     assert top[""] == set()  # the root package imports nothing of its own
     assert set(top) == set(full) and all(top[m] <= full[m] for m in top)
     assert any(full[m] - top[m] for m in top)  # lazy imports exist and are seen

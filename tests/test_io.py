@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
-from napari_ish_annotator.core.io import write_npy_atomic, write_text_atomic
+from napari_ish_annotator.core.utils.files import write_npy_atomic, write_text_atomic
 
 
 def _mode(path) -> int:

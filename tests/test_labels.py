@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_ish_annotator.core.consensus import annotator_labels, majority_vote
-from napari_ish_annotator.core.errors import InputError
-from napari_ish_annotator.core.images import content_hash
-from napari_ish_annotator.core.labels import LabelStore
-from napari_ish_annotator.core.manifest import Dataset, Sample, read_manifest
+from napari_ish_annotator.core.data.images import content_hash
+from napari_ish_annotator.core.data.manifest import Dataset, Sample, read_manifest
+from napari_ish_annotator.core.labels.consensus import annotator_labels, majority_vote
+from napari_ish_annotator.core.labels.store import LabelStore
+from napari_ish_annotator.core.utils.errors import InputError
 
 
 def make_images(folder: Path, n: int = 3) -> list[Path]:
@@ -64,7 +64,7 @@ def test_label_survives_sigkill_right_after_set_label(tmp_path, imgs):
     db = tmp_path / "labels.sqlite"
     script = textwrap.dedent(f"""
         import os, signal
-        from napari_ish_annotator.core.labels import LabelStore
+        from napari_ish_annotator.core.labels.store import LabelStore
         store = LabelStore({str(db)!r}, annotator="bob")
         store.set_label({str(imgs[2])!r}, "ventral nerve cord", 1)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -257,8 +257,8 @@ def test_read_only_filesystem_gives_input_error(tmp_path, imgs):
     with LabelStore(db, annotator="a") as store:
         store.set_label(imgs[0], "brain", 1)
     script = textwrap.dedent(f"""
-        from napari_ish_annotator.core.errors import InputError
-        from napari_ish_annotator.core.labels import LabelStore
+        from napari_ish_annotator.core.utils.errors import InputError
+        from napari_ish_annotator.core.labels.store import LabelStore
         try:
             LabelStore({str(db.parent / "new.sqlite")!r})
         except InputError as e:
@@ -415,7 +415,7 @@ def test_label_matrix_rehashes_a_file_that_changed(tmp_path, imgs):
 
 def test_new_store_reuses_hashes_from_the_old_one(tmp_path, imgs, monkeypatch):
     """Switching label files re-hashes nothing that the previous store already hashed."""
-    import napari_ish_annotator.core.labels as labels_mod
+    import napari_ish_annotator.core.labels.store as labels_mod
 
     with LabelStore(tmp_path / "a.sqlite", annotator="a") as first:
         first.add_images(imgs)

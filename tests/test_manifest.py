@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_ish_annotator.core.errors import InputError
-from napari_ish_annotator.core.manifest import (
+from napari_ish_annotator.core.data.manifest import (
     Dataset,
     Sample,
     normalise_stage,
@@ -18,6 +17,7 @@ from napari_ish_annotator.core.manifest import (
     read_manifest_images,
     write_manifest,
 )
+from napari_ish_annotator.core.utils.errors import InputError
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_fingerprint_stable_and_sensitive(folder, tmp_path):
 def test_one_training_fingerprint_for_manifests_and_label_matrices(folder, tmp_path):
     """A manifest and an annotation store's label matrix (absolute paths, -1 unknown) that
     hold the same labels get the same fingerprint, wherever the data folder lives."""
-    from napari_ish_annotator.core.manifest import training_fingerprint
+    from napari_ish_annotator.core.data.manifest import training_fingerprint
 
     p = _write(folder, "image,terms\nimg/e0.png,a\nimg/e1.png,b\n")
     ds = read_manifest(p)

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_ish_annotator.core import pipeline
-from napari_ish_annotator.core.backbones import load_backbone
-from napari_ish_annotator.core.classify import EnsembleConfig
-from napari_ish_annotator.core.errors import InputError
-from napari_ish_annotator.core.features import ExtractorConfig, FeatureExtractor
-from napari_ish_annotator.core.manifest import read_manifest
-from napari_ish_annotator.core.progress import drive
+from napari_ish_annotator.core import workflow as pipeline
+from napari_ish_annotator.core.backbones.registry import load_backbone
+from napari_ish_annotator.core.data.manifest import read_manifest
+from napari_ish_annotator.core.features.extractor import ExtractorConfig, FeatureExtractor
+from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+from napari_ish_annotator.core.utils.errors import InputError
+from napari_ish_annotator.core.utils.progress import drive
 
 CONFIG = ExtractorConfig(weights="random", input_size=64, device="cpu", precision="fp32",
                          batch_size=4)
@@ -26,7 +26,7 @@ def loaded():
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> object:
-    from napari_ish_annotator.core.synthetic import generate_dataset
+    from napari_ish_annotator.core.synthetic.embryos import generate_dataset
 
     root = tmp_path_factory.mktemp("pipe")
     manifest = generate_dataset(root / "data", n_images=16, stage="13-16", seed=5,

@@ -6,14 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ish_annotator.core import preprocess
-from napari_ish_annotator.core.backbones import load_backbone
-from napari_ish_annotator.core.errors import InputError
-from napari_ish_annotator.core.features import ExtractorConfig, FeatureExtractor
+from napari_ish_annotator.core.backbones.registry import load_backbone
+from napari_ish_annotator.core.features import preprocess
+from napari_ish_annotator.core.features.extractor import ExtractorConfig, FeatureExtractor
+from napari_ish_annotator.core.features.preprocess import (
+    normalise,
+    normalise_np,
+    resize_uint8,
+)
 from napari_ish_annotator.core.finetune import FinetuneConfig, finetune
 from napari_ish_annotator.core.finetune.data import iter_load_images
-from napari_ish_annotator.core.preprocess import normalise, normalise_np, resize_uint8
-from napari_ish_annotator.core.progress import drive
+from napari_ish_annotator.core.utils.errors import InputError
+from napari_ish_annotator.core.utils.progress import drive
 
 
 def embryo(seed: int = 0, shape=(45, 83)) -> np.ndarray:

@@ -8,13 +8,13 @@ from collections import namedtuple
 import numpy as np
 import pytest
 
-from napari_ish_annotator.core import io as ish_io
-from napari_ish_annotator.core import pipeline
-from napari_ish_annotator.core.classify import EnsembleConfig, gram_matrix
-from napari_ish_annotator.core.errors import InputError
-from napari_ish_annotator.core.features import ExtractorConfig
-from napari_ish_annotator.core.manifest import read_manifest
-from napari_ish_annotator.core.progress import drive
+from napari_ish_annotator.core import workflow as pipeline
+from napari_ish_annotator.core.data.manifest import read_manifest
+from napari_ish_annotator.core.features.extractor import ExtractorConfig
+from napari_ish_annotator.core.learn.ensembles import EnsembleConfig, gram_matrix
+from napari_ish_annotator.core.utils import files as ish_io
+from napari_ish_annotator.core.utils.errors import InputError
+from napari_ish_annotator.core.utils.progress import drive
 
 
 def test_large_feature_matrices_are_unlinked_float16_memmaps(tmp_path, monkeypatch):
@@ -38,7 +38,7 @@ def test_too_little_disk_space_is_one_clear_input_error(tmp_path, monkeypatch):
 
 
 def test_memmap_blocks_give_the_in_memory_gram(tmp_path, monkeypatch):
-    monkeypatch.setattr("napari_ish_annotator.core.classify._MEMMAP_ROWS", 7)
+    monkeypatch.setattr("napari_ish_annotator.core.learn.ensembles._MEMMAP_ROWS", 7)
     rng = np.random.default_rng(0)
     A = rng.random((30, 5000)).astype(np.float16)
     X = ish_io.scratch_memmap(A.shape, np.float16, tmp_path)

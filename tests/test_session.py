@@ -67,7 +67,7 @@ def test_state_written_from_another_thread_raises(session):
 
 def test_steps_run_in_a_worker_thread_and_only_the_owner_applies(session):
     """Train, predict and Grad-CAM run in another thread without touching the session."""
-    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.session import GradcamMaps, TrainedModel, steps
 
     labels_before = session.label_matrix().copy()
@@ -92,7 +92,7 @@ def test_steps_run_in_a_worker_thread_and_only_the_owner_applies(session):
 
 
 def test_results_for_a_replaced_dataset_are_dropped(session, tmp_path):
-    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.session import steps
 
     request = session.train_request(cross_validate=False)
@@ -102,7 +102,7 @@ def test_results_for_a_replaced_dataset_are_dropped(session, tmp_path):
 
 
 def test_bad_input_gives_one_message_and_changes_nothing(session, tmp_path):
-    from napari_ish_annotator.core.errors import InputError
+    from napari_ish_annotator.core.utils.errors import InputError
 
     with pytest.raises(InputError, match="no such file"):
         session.open([tmp_path / "missing"])
@@ -115,7 +115,7 @@ def test_bad_input_gives_one_message_and_changes_nothing(session, tmp_path):
 
 
 def test_throttled_reports_at_most_ten_steps_a_second_and_keeps_records():
-    from napari_ish_annotator.core.progress import Progress
+    from napari_ish_annotator.core.utils.progress import Progress
     from napari_ish_annotator.session import throttled
 
     class Epoch(Progress):
@@ -145,7 +145,7 @@ def test_fine_tune_outcome_switches_model_and_back(session):
     """apply_finetuned / switch_model swap settings, model and predictions on the owner."""
     from dataclasses import replace
 
-    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.session import FinetuneOutcome, steps
 
     session.apply_trained(drive(steps.iter_train(session.train_request(False))))
@@ -166,7 +166,7 @@ def test_fine_tune_outcome_switches_model_and_back(session):
 def test_fine_tuned_model_explains_with_its_own_head(session, tmp_path):
     """After fine-tuning, Grad-CAM can come from the network's MTL head as well."""
     from napari_ish_annotator.core.finetune import FinetuneConfig
-    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.session import steps
 
     config = FinetuneConfig(backbone="vgg16", weights="random", input_size=64, epochs=1,
@@ -189,8 +189,8 @@ def test_gradcam_maps_of_a_large_image_stay_small_and_carry_their_scale(session)
     T maps would otherwise be T x H x W float32), with the factor napari scales them up by."""
     from PIL import Image
 
-    from napari_ish_annotator.core.gradcam import DISPLAY_MAX_SIDE
-    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.core.explain.gradcam import DISPLAY_MAX_SIDE
+    from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.session import steps
 
     session.apply_trained(drive(steps.iter_train(session.train_request(cross_validate=False))))

@@ -13,7 +13,7 @@ from _gui_helpers import TERMS, make_dataset
 
 def _in_thread(gen):
     """Drive a step in a worker thread (as the widgets do) and return its result."""
-    from napari_ish_annotator.core.progress import drive
+    from napari_ish_annotator.core.utils.progress import drive
 
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(drive, gen).result()
@@ -50,7 +50,7 @@ def test_disagreement_and_each_annotators_label_on_hover(session):
 
 
 def test_consensus_request_trains_on_the_majority_and_keeps_my_labels(session):
-    from napari_ish_annotator.core.consensus import consensus
+    from napari_ish_annotator.core.labels.consensus import consensus
     from napari_ish_annotator.session import annotators, steps
 
     new = _flip(session, "alice", 0, "brain")
@@ -81,8 +81,8 @@ def test_agreement_table_is_computed_in_a_worker(session):
 
 
 def test_next_to_label_follows_the_active_learning_order(session):
-    from napari_ish_annotator.core.active import suggest
-    from napari_ish_annotator.core.errors import InputError
+    from napari_ish_annotator.core.learn.active import suggest
+    from napari_ish_annotator.core.utils.errors import InputError
     from napari_ish_annotator.session import model_outputs, steps
 
     with pytest.raises(InputError, match="needs a model"):
@@ -115,7 +115,7 @@ def test_next_to_label_follows_the_active_learning_order(session):
 
 
 def test_export_request_and_missing_bioimageio_are_one_message(session, tmp_path, monkeypatch):
-    from napari_ish_annotator.core.errors import InputError
+    from napari_ish_annotator.core.utils.errors import InputError
     from napari_ish_annotator.session import model_outputs, steps
 
     with pytest.raises(InputError, match="no model to export"):
@@ -145,8 +145,8 @@ def ensemble_ckpt(session, tmp_path):
 
 @pytest.mark.slow  # the GUI test covers the same chain in the default suite
 def test_member_spread_of_a_finetuned_ensemble(session, ensemble_ckpt):
-    from napari_ish_annotator.core.errors import InputError
     from napari_ish_annotator.core.finetune import load_ensemble
+    from napari_ish_annotator.core.utils.errors import InputError
     from napari_ish_annotator.session import model_outputs, steps
 
     with pytest.raises(InputError, match="no fine-tuned model"):

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_ish_annotator.core.manifest import read_manifest
-from napari_ish_annotator.core.synthetic import (
+from napari_ish_annotator.core.data.manifest import read_manifest
+from napari_ish_annotator.core.data.vocabulary import (
+    STAGE_RANGES,
+    all_default_terms,
+    default_vocabulary,
+    term_statistics,
+)
+from napari_ish_annotator.core.synthetic.embryos import (
     TERM_REGIONS,
     generate_dataset,
     make_embryo,
@@ -15,12 +21,6 @@ from napari_ish_annotator.core.synthetic import (
     sample_label_sets,
     slugify,
     term_region,
-)
-from napari_ish_annotator.core.vocabulary import (
-    STAGE_RANGES,
-    all_default_terms,
-    default_vocabulary,
-    term_statistics,
 )
 
 SIZE = (96, 192)
@@ -184,7 +184,7 @@ def test_tiny_dataset_fixture(tiny_dataset, tiny_vocabulary):
 def test_windowed_evaluation_matches_full_inside_embryo():
     """Parts are evaluated on a crop around them for speed; inside the embryo (where stain
     can appear) that must equal evaluating on the whole grid."""
-    from napari_ish_annotator.core import synthetic as S
+    from napari_ish_annotator.core.synthetic import embryos as S
 
     rng = np.random.default_rng(0)
     for _ in range(8):

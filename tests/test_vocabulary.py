@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from napari_ish_annotator.core import vocabulary as V
-from napari_ish_annotator.core.errors import InputError
+from napari_ish_annotator.core.data import vocabulary as V
+from napari_ish_annotator.core.utils.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def test_all_default_terms():
 
 def test_loaded_without_shared(tmp_path):
     """The package file alone suffices: run from a folder where ../shared does not exist."""
-    code = ("from napari_ish_annotator.core.vocabulary import default_vocabulary;"
+    code = ("from napari_ish_annotator.core.data.vocabulary import default_vocabulary;"
             "print(default_vocabulary('9-10')[0])")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                          text=True, check=True)

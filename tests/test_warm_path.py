@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_ish_annotator.core import backbones as bb
-from napari_ish_annotator.core.features import (
+from napari_ish_annotator.core.backbones import registry as bb
+from napari_ish_annotator.core.features.extractor import (
     ExtractorConfig,
     FeatureExtractor,
     resolve_precision,
@@ -125,7 +125,7 @@ def test_weights_file_identity_is_remembered_by_its_hash(tmp_path):
     assert identity.mean == (0.5, 0.5, 0.5) and identity.available_upto == 16
     second = FeatureExtractor(config, cache_dir=cache)
     assert second._loaded is None and second.signature() == first.signature()
-    from napari_ish_annotator.core.errors import InputError
+    from napari_ish_annotator.core.utils.errors import InputError
 
     with pytest.raises(InputError, match="only cover"):  # a partial file, known from the memo
         FeatureExtractor(ExtractorConfig(weights=str(path), layer="21", device="cpu"),

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .core.images import SUPPORTED_SUFFIXES
-from .core.manifest import is_manifest
+from .core.data.images import SUPPORTED_SUFFIXES
+from .core.data.manifest import is_manifest
 
 #: from this many images on, File > Open reads them in the Embryos panel's worker (progress,
 #: Cancel) instead of freezing the viewer while every file is checked and hashed
@@ -70,8 +70,8 @@ def read_dataset(path: str | list[str]) -> list[tuple]:
     paths = path if isinstance(path, list) else [path]
     viewer = napari.current_viewer()
     if viewer is None:  # no viewer to attach a session to: show the first image only
-        from .core.images import read_rgb
-        from .core.opening import collect_inputs
+        from .core.data.images import read_rgb
+        from .core.data.inputs import collect_inputs
 
         first = collect_inputs(paths)[0]
         return [(read_rgb(first), {"name": first.name, "rgb": True}, "image")]

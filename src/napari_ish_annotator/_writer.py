@@ -12,7 +12,7 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     ``<stem>.predictions.csv`` beside it (``image`` + one column per term)."""
     import napari
 
-    from .core.errors import InputError
+    from .core.utils.errors import InputError
     from .widgets import session_of
 
     viewer = napari.current_viewer()

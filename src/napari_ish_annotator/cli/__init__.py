@@ -13,9 +13,9 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from ..core.errors import InputError
-from ..core.images import pixel_budget
-from ..core.progress import Cancelled
+from ..core.data.images import pixel_budget
+from ..core.utils.errors import InputError
+from ..core.utils.progress import Cancelled
 from . import _common as c
 from . import demo, evaluate, export, finetune, gradcam, labels, predict, suggest, train
 
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 def check_outputs(args: argparse.Namespace) -> None:
     """Output paths checked before any work starts, so a typo in --out fails in a second
     instead of after hours of feature extraction."""
-    from ..core.io import check_output_path
+    from ..core.utils.files import check_output_path
 
     for attr, folder in getattr(args, "outputs", []):
         value = getattr(args, attr, None)

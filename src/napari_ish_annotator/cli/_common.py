@@ -10,9 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..core.errors import InputError
-from ..core.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, parse_pixels
-from ..core.progress import TqdmCallback, drive
+from ..core.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, parse_pixels
+from ..core.utils.errors import InputError
+from ..core.utils.progress import TqdmCallback, drive
 
 EXIT_OK, EXIT_INPUT, EXIT_CANCELLED, EXIT_TERMINATED = 0, 2, 130, 143
 
@@ -34,7 +34,7 @@ def say(args: argparse.Namespace, text: str) -> None:
 
 def extractor_config(args: argparse.Namespace, layer: str | None = None):
     """The feature-extraction settings the backbone options describe."""
-    from ..core.features import ExtractorConfig
+    from ..core.features.extractor import ExtractorConfig
 
     return ExtractorConfig(
         backbone=args.backbone, weights=args.weights, layer=layer or args.layer,
@@ -45,21 +45,21 @@ def extractor_config(args: argparse.Namespace, layer: str | None = None):
 
 def input_size(args: argparse.Namespace) -> int:
     """``--input-size``, or the backbone's own (224; 299 for inception_v3) when not given."""
-    from ..core.backbones import get_spec
+    from ..core.backbones.registry import get_spec
 
     return int(args.input_size) if args.input_size else get_spec(args.backbone).input_size
 
 
 def ensemble_config(args: argparse.Namespace):
     """The per-term ensemble settings the classifier options describe."""
-    from ..core.classify import EnsembleConfig
+    from ..core.learn.ensembles import EnsembleConfig
 
     return EnsembleConfig(n_members=args.ensemble, C=args.C, seed=args.seed)
 
 
 def vocabulary(args: argparse.Namespace) -> list[str] | None:
     """``--terms``/``--vocab`` as a list, or None for 'every term of the manifest'."""
-    from ..core.manifest import parse_vocabulary
+    from ..core.data.manifest import parse_vocabulary
 
     spec = getattr(args, "terms", None)
     return parse_vocabulary(spec) if spec else None
@@ -67,7 +67,7 @@ def vocabulary(args: argparse.Namespace) -> list[str] | None:
 
 def cache_dir(args: argparse.Namespace) -> Path | None:
     """The feature cache folder, or None with ``--no-cache``."""
-    from ..core.cache import default_cache_dir
+    from ..core.features.cache import default_cache_dir
 
     if getattr(args, "no_cache", False):
         return None
@@ -76,7 +76,7 @@ def cache_dir(args: argparse.Namespace) -> Path | None:
 
 def parse_layers(text: str | None, backbone: str = "vgg16") -> list[str]:
     """``--layers 17,21`` checked against the backbone now, not after hours of extraction."""
-    from ..core.backbones import get_spec
+    from ..core.backbones.registry import get_spec
 
     spec = get_spec(backbone)
     if text is None:  # the backbone's default layer (21 for VGG16)
@@ -159,7 +159,7 @@ def dask_session(args: argparse.Namespace):
 def _dask_session(address: str, args: argparse.Namespace):
     import contextlib
 
-    from ..core import distributed
+    from ..core.features import distributed
 
     tls = distributed.TLSFiles(getattr(args, "dask_ca", None), getattr(args, "dask_cert", None),
                                getattr(args, "dask_key", None))

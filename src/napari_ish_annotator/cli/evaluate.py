@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..core.errors import InputError
+from ..core.utils.errors import InputError
 from . import _common as c
 
 
@@ -15,9 +15,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.repeats is not None:
             raise InputError("--compare runs k-fold or --test; drop --repeats")
         return cmd_evaluate_compare(args)
-    from ..core.evaluation import format_table
-    from ..core.manifest import read_manifest
-    from ..core.pipeline import iter_evaluate
+    from ..core.data.manifest import read_manifest
+    from ..core.learn.evaluation import format_table
+    from ..core.workflow import iter_evaluate
 
     _check_protocol(args)
     dataset = read_manifest(args.manifest, vocabulary=c.vocabulary(args))
@@ -32,7 +32,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args, "evaluate")
     print(format_table(results))
     if args.json:
-        from ..core.io import write_json_atomic
+        from ..core.utils.files import write_json_atomic
 
         write_json_atomic(args.json, results)
         c.say(args, f"wrote metrics to {args.json}")
@@ -63,7 +63,7 @@ class _Given(argparse.Action):
 
 def format_compare_table(results: dict[str, dict]) -> str:
     """The paper's Table 2 layout: one row per (method, layer), mean metrics over terms."""
-    from ..core.evaluation import METRICS
+    from ..core.learn.evaluation import METRICS
 
     header = f"{'method':<8}  {'layer':>5}  " + "  ".join(f"{m:>11}" for m in METRICS)
     lines = ["Mean over terms", header, "-" * len(header)]
@@ -82,9 +82,9 @@ def cmd_evaluate_compare(args: argparse.Namespace) -> int:
     """TL (``--weights``) and TL+MTL (the checkpoint) on the same folds / the same test set."""
     from dataclasses import replace
 
+    from ..core.data.manifest import read_manifest
     from ..core.finetune import load_checkpoint
-    from ..core.manifest import read_manifest
-    from ..core.pipeline import iter_evaluate
+    from ..core.workflow import iter_evaluate
 
     ckpt_path = Path(args.compare)
     ckpt = load_checkpoint(ckpt_path)  # fail fast on a bad file, before any extraction
@@ -113,7 +113,7 @@ def cmd_evaluate_compare(args: argparse.Namespace) -> int:
                               args, f"evaluate {name}")
     print(format_compare_table(results))
     if args.json:
-        from ..core.io import write_json_atomic
+        from ..core.utils.files import write_json_atomic
 
         payload = dict(results["TL"])  # CONTRACTS layout for the baseline ...
         payload["tl_mtl"] = {"checkpoint": str(ckpt_path), **results["TL+MTL"]}  # ... plus TL+MTL

@@ -24,8 +24,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def check_export(args: argparse.Namespace) -> None:
     """Fail before loading any network when bioimageio is missing or --out is not a .zip."""
-    from ..core.errors import InputError
     from ..core.export.bioimageio import require_bioimageio
+    from ..core.utils.errors import InputError
 
     if Path(args.out).suffix.lower() != ".zip":
         raise InputError("a bioimage.io package is a .zip file; give --out NAME.zip",

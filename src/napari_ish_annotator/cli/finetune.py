@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..core.errors import InputError
+from ..core.utils.errors import InputError
 from . import _common as c
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune trunk + multi-task head on a manifest and write the checkpoint."""
+    from ..core.data.manifest import read_manifest
     from ..core.finetune import FinetuneConfig, iter_finetune_dataset
-    from ..core.manifest import read_manifest
 
     dataset = read_manifest(args.manifest, vocabulary=c.vocabulary(args))
     pos_weight = args.pos_weight

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..core.errors import InputError
+from ..core.utils.errors import InputError
 from . import _common as c
 
 
@@ -15,10 +15,10 @@ def cmd_gradcam(args: argparse.Namespace) -> int:
         return cmd_gradcam_mtl(args)
     import numpy as np
 
-    from ..core.bundle import load_bundle
-    from ..core.gradcam import gradcam_for_image
-    from ..core.images import read_rgb
-    from ..core.pipeline import make_extractor
+    from ..core.data.images import read_rgb
+    from ..core.explain.gradcam import gradcam_for_image
+    from ..core.learn.bundle import load_bundle
+    from ..core.workflow import make_extractor
 
     bundle = load_bundle(args.model_dir)
     for note in bundle.notes:
@@ -42,8 +42,8 @@ def cmd_gradcam_mtl(args: argparse.Namespace) -> int:
     for an ensemble checkpoint the mean of its members' maps."""
     import numpy as np
 
+    from ..core.data.images import read_rgb
     from ..core.finetune import gradcam_mtl, load_ensemble
-    from ..core.images import read_rgb
 
     model = load_ensemble(args.model_dir, device="cpu" if args.device == "auto" else args.device)
     if args.term not in model.vocabulary:
@@ -56,8 +56,8 @@ def cmd_gradcam_mtl(args: argparse.Namespace) -> int:
 
 
 def _write(args: argparse.Namespace, image, heat, how: str) -> None:
-    from ..core.gradcam import heat_to_rgb, overlay
-    from ..core.io import write_npy_atomic, write_png_atomic
+    from ..core.explain.gradcam import heat_to_rgb, overlay
+    from ..core.utils.files import write_npy_atomic, write_png_atomic
 
     write_png_atomic(args.out, overlay(image, heat) if args.overlay else heat_to_rgb(heat))
     if args.npy:

@@ -7,13 +7,13 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from ..core.errors import InputError
+from ..core.utils.errors import InputError
 from . import _common as c
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from ..core.labels import LabelStore
-    from ..core.manifest import read_manifest
+    from ..core.data.manifest import read_manifest
+    from ..core.labels.store import LabelStore
 
     name = args.annotator.strip()
     if not name:
@@ -34,14 +34,14 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _open(path: Path):
-    from ..core.labels import LabelStore
+    from ..core.labels.store import LabelStore
 
     return LabelStore(path, read_only=True)
 
 
 def cmd_agreement(args: argparse.Namespace) -> int:
-    from ..core.consensus import agreement, annotator_labels
-    from ..core.io import write_json_atomic
+    from ..core.labels.consensus import agreement, annotator_labels
+    from ..core.utils.files import write_json_atomic
 
     with _open(args.store) as store:
         images = store.labelled_images()
@@ -58,8 +58,8 @@ def cmd_agreement(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..core.consensus import annotator_labels, consensus
-    from ..core.opening import collect_inputs
+    from ..core.data.inputs import collect_inputs
+    from ..core.labels.consensus import annotator_labels, consensus
 
     if args.annotator is not None and args.min_agreement is not None:
         raise InputError("--min-agreement applies to a consensus; leave it out with "
@@ -117,7 +117,7 @@ def _shared(q) -> None:
 
 
 def register(sub) -> None:
-    from ..core.consensus import METHODS
+    from ..core.labels.consensus import METHODS
 
     p = sub.add_parser("labels", help="several annotators' labels: import, agreement, "
                                       "consensus export")

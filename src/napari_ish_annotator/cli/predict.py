@@ -6,14 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..core.errors import InputError
+from ..core.utils.errors import InputError
 from . import _common as c
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..core.bundle import load_bundle
-    from ..core.opening import collect_inputs
-    from ..core.pipeline import iter_predict_chunked, write_predictions
+    from ..core.data.inputs import collect_inputs
+    from ..core.learn.bundle import load_bundle
+    from ..core.workflow import iter_predict_chunked, write_predictions
 
     out = Path(args.out).absolute()
     for item in args.inputs:
@@ -52,7 +52,7 @@ def _skip_bad_inputs(args: argparse.Namespace) -> list[Path]:
     each re-run reveal only the next bad file. Non-image files inside folders stay silently
     ignored, as without the option.
     """
-    from ..core.opening import iter_scan_inputs
+    from ..core.data.inputs import iter_scan_inputs
 
     scanned = c.run(iter_scan_inputs(args.inputs, check="decode"), args, "checking images")
     for problem in scanned.problems:

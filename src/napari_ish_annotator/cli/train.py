@@ -9,9 +9,9 @@ from . import _common as c
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..core.bundle import save_bundle
-    from ..core.manifest import read_manifest
-    from ..core.pipeline import iter_train
+    from ..core.data.manifest import read_manifest
+    from ..core.learn.bundle import save_bundle
+    from ..core.workflow import iter_train
 
     dataset = read_manifest(args.manifest, vocabulary=c.vocabulary(args))
     bundle = c.run(iter_train(dataset, c.extractor_config(args), c.ensemble_config(args),
@@ -24,7 +24,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def check_target(args: argparse.Namespace) -> None:
     """An existing folder that is not a model bundle is never overwritten."""
-    from ..core.bundle import check_bundle_target
+    from ..core.learn.bundle import check_bundle_target
 
     check_bundle_target(args.out)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import InputError
+from ..core.utils.errors import InputError
 from .steps import LABEL_FALLBACK
 
 #: unknown -> present -> absent -> unknown (the keys 1-9/0 and a click on a label cell)
@@ -24,7 +24,7 @@ class LabelsPart:
 
     # ------------------------------------------------------------------ vocabulary
     def set_vocabulary(self, terms: Sequence[str] | str | Path) -> None:
-        from ..core.manifest import parse_vocabulary
+        from ..core.data.manifest import parse_vocabulary
 
         terms = parse_vocabulary(terms) if isinstance(terms, (str, Path)) else list(terms)
         if not terms:
@@ -38,7 +38,7 @@ class LabelsPart:
         self.labels_changed.emit(list(range(self.n_images)))
 
     def use_default_vocabulary(self, stage: str) -> None:
-        from ..core.vocabulary import default_vocabulary
+        from ..core.data.vocabulary import default_vocabulary
 
         self.update_settings(stage=stage)
         self.set_vocabulary(default_vocabulary(stage))
@@ -130,7 +130,7 @@ class LabelsPart:
 
     def import_manifest_labels(self, dataset: Any = None, emit: bool = True) -> int:
         """Copy a manifest's terms into the label store (terms not listed become absent)."""
-        from ..core.manifest import read_manifest
+        from ..core.data.manifest import read_manifest
 
         store = self._require_store()
         if dataset is None or isinstance(dataset, (str, Path)):

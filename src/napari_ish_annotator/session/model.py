@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import InputError
-from ..core.metrics import class_counts, has_both_classes
-from ..core.splits import group_ids
+from ..core.learn.metrics import class_counts, has_both_classes
+from ..core.learn.splits import group_ids
+from ..core.utils.errors import InputError
 from . import steps
 from .results import (
     ExtractedFeatures,
@@ -34,7 +34,7 @@ class ModelPart:
     # ------------------------------------------------------------------ features & model
     def extractor_config(self, use_bundle: bool = True) -> Any:
         """The model's extractor settings when a model is loaded, else the panel's."""
-        from ..core.features import ExtractorConfig
+        from ..core.features.extractor import ExtractorConfig
 
         if use_bundle and self.bundle is not None:
             return replace(self.bundle.extractor, device=self.settings.device,
@@ -52,7 +52,7 @@ class ModelPart:
         fx = self._extractors.latest()
         if fx is not None:
             return str(fx.device)
-        from ..core.backbones import resolve_device_type
+        from ..core.backbones.registry import resolve_device_type
 
         known = resolve_device_type(self.settings.device)
         if known is not None:
@@ -60,7 +60,7 @@ class ModelPart:
         if "torch" not in sys.modules:  # importing torch (1.5 s) only to name the device: no
             return f"{self.settings.device} (GPU if present; known once a model runs)"
         try:
-            from ..core.backbones import resolve_device
+            from ..core.backbones.registry import resolve_device
 
             return str(resolve_device(self.settings.device))
         except Exception:
@@ -130,12 +130,12 @@ class ModelPart:
         self.predictions_changed.emit()
 
     def load_bundle(self, path: str | Path) -> None:
-        from ..core.bundle import load_bundle
+        from ..core.learn.bundle import load_bundle
 
         self.set_bundle(load_bundle(path))
 
     def save_bundle(self, path: str | Path) -> None:
-        from ..core.bundle import save_bundle
+        from ..core.learn.bundle import save_bundle
 
         if self.bundle is None:
             raise InputError("no model to save; train one first")
@@ -166,7 +166,7 @@ class ModelPart:
 
     def export_predictions(self, path: str | Path) -> None:
         """predictions CSV: ``image`` + one probability column per model term (CONTRACTS)."""
-        from ..core.pipeline import write_predictions
+        from ..core.workflow import write_predictions
 
         if self.probabilities is None:
             raise InputError("no predictions yet; press Predict first")

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..core.errors import InputError
-from ..core.progress import Progress, ProgressGen, sub_progress
+from ..core.utils.errors import InputError
+from ..core.utils.progress import Progress, ProgressGen, sub_progress
 from .steps import failed_rows
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def suggest_request(session: AnnotatorSession) -> SuggestRequest:
 
 def iter_suggest(req: SuggestRequest) -> ProgressGen[LabelOrder]:
     """core.active.suggest over the candidates (members' decisions: a worker's job)."""
-    from ..core.active import suggest
+    from ..core.learn.active import suggest
 
     yield Progress(0, 1, "ranking images to label")
     s = suggest(req.classifier, req.X, list(req.genes))
@@ -102,7 +102,7 @@ def spread_request(session: AnnotatorSession) -> SpreadRequest:
 
 def iter_member_spread(req: SpreadRequest, batch: int = 8) -> ProgressGen[MemberSpread]:
     """Every member's multi-task output for the open images (core.finetune.load_ensemble)."""
-    from ..core.backbones import resolve_device
+    from ..core.backbones.registry import resolve_device
     from ..core.finetune import load_ensemble
 
     yield Progress(0, len(req.paths), "loading the ensemble")
@@ -145,8 +145,8 @@ def export_request(session: AnnotatorSession, out: str | Path, test: bool = True
 
 def iter_export(req: ExportRequest) -> ProgressGen[Any]:
     """Save the bundle to a temporary folder, then core.export's packaging (cancellable)."""
-    from ..core.bundle import save_bundle
     from ..core.export.bioimageio import iter_export_bioimageio, require_bioimageio
+    from ..core.learn.bundle import save_bundle
 
     require_bioimageio()  # before any work: one message naming the [bioimageio] extra
     with tempfile.TemporaryDirectory(prefix=".ish-export-") as tmp:

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import InputError
-from ..core.metrics import defined_mean
+from ..core.learn.metrics import defined_mean
+from ..core.utils.errors import InputError
 
 
 @dataclass(frozen=True)

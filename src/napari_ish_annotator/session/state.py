@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from psygnal import Signal
 
-from ..core.errors import InputError
+from ..core.utils.errors import InputError
 from . import steps
 from .labels import LabelsPart
 from .model import ModelPart
@@ -131,7 +131,7 @@ class AnnotatorSession(LabelsPart, ModelPart):
         Bad files are skipped and listed; a manifest's terms are imported into the label
         store. Widgets run :func:`.steps.iter_open` in a worker and then :meth:`apply_open`.
         """
-        from ..core.progress import drive
+        from ..core.utils.progress import drive
 
         self.apply_open(drive(steps.iter_open(self.open_request(inputs, store_path, vocabulary))))
 
@@ -178,7 +178,7 @@ class AnnotatorSession(LabelsPart, ModelPart):
 
     def use_store(self, path: str | Path) -> None:
         """Switch to another label file here and now (the panel runs it in a worker)."""
-        from ..core.progress import drive
+        from ..core.utils.progress import drive
 
         self.apply_store(drive(steps.iter_use_store(*self.store_request(path))))
 
@@ -276,7 +276,7 @@ class AnnotatorSession(LabelsPart, ModelPart):
 
     def image(self, index: int | None = None) -> np.ndarray:
         """RGB pixels of one image, decoded on demand (small LRU cache, any thread)."""
-        from ..core.images import read_rgb
+        from ..core.data.images import read_rgb
 
         i = self.index if index is None else index
         with self._images_lock:

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import InputError
-from ..core.metrics import class_counts, has_both_classes, trainable_terms
-from ..core.pipeline import failed_rows, iter_fit_bundle, predict_rows
-from ..core.progress import Progress, ProgressGen, sub_progress
-from ..core.splits import group_ids
+from ..core.learn.metrics import class_counts, has_both_classes, trainable_terms
+from ..core.learn.splits import group_ids
+from ..core.utils.errors import InputError
+from ..core.utils.progress import Progress, ProgressGen, sub_progress
+from ..core.workflow import failed_rows, iter_fit_bundle, predict_rows
 from .results import (
     ExtractedFeatures,
     FinetuneOutcome,
@@ -83,8 +83,8 @@ class Extractors:
         return tuple(sorted((k, str(v)) for k, v in vars(config).items()))
 
     def get(self, config: Any) -> Any:
-        from ..core.cache import default_cache_dir
-        from ..core.features import FeatureExtractor
+        from ..core.features.cache import default_cache_dir
+        from ..core.features.extractor import FeatureExtractor
 
         key = self.key(config)
         with self._lock:
@@ -114,9 +114,9 @@ class OpenRequest:
 
 def iter_open(req: OpenRequest) -> ProgressGen[OpenedDataset]:
     """Check image headers, hash images into the label store, import manifest labels."""
-    from ..core.labels import LabelStore
-    from ..core.manifest import parse_vocabulary
-    from ..core.opening import iter_scan_inputs
+    from ..core.data.inputs import iter_scan_inputs
+    from ..core.data.manifest import parse_vocabulary
+    from ..core.labels.store import LabelStore
 
     scanned = yield from iter_scan_inputs(req.inputs, check="header", dataset_folders=True,
                                           missing_inputs=False)
@@ -134,7 +134,7 @@ def iter_open(req: OpenRequest) -> ProgressGen[OpenedDataset]:
         if not vocab and store is not None:
             vocab = list(store.terms())
         if not vocab:
-            from ..core.vocabulary import default_vocabulary
+            from ..core.data.vocabulary import default_vocabulary
 
             vocab = list(default_vocabulary(stage))
         if store is not None and not read_only:
@@ -164,7 +164,7 @@ def iter_open_store(path: Path, paths: Sequence[Path], annotator: str | None,
     label files only stat()s the images instead of hashing them all again. A store that
     cannot be written opens read-only (or not at all) with an error to show, never fatal.
     """
-    from ..core.labels import LabelStore
+    from ..core.labels.store import LabelStore
 
     store = None
     done = False
@@ -222,7 +222,7 @@ def iter_extract(req: ExtractRequest) -> ProgressGen[ExtractedFeatures]:
     if not req.paths:
         raise InputError("no images are open; open a folder or manifest first")
     yield Progress(0, len(req.paths), "loading backbone")
-    from ..core.pipeline import iter_features  # float16, memory-mapped at paper scale
+    from ..core.workflow import iter_features  # float16, memory-mapped at paper scale
 
     extractor = req.extractors.get(req.config)
     X = yield from iter_features(extractor, list(req.paths), on_error="skip")
@@ -291,9 +291,9 @@ def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
     rows serves every fit, and one out-of-fold pass (gene-grouped folds) gives both the AUCs
     shown and the scores Platt scaling is fitted on, which ``train`` computes anyway.
     """
-    from ..core.calibration import CALIBRATION_FOLDS
-    from ..core.classify import EnsembleConfig, GramBlock, iter_gram
-    from ..core.manifest import training_fingerprint
+    from ..core.data.manifest import training_fingerprint
+    from ..core.learn.calibration import CALIBRATION_FOLDS
+    from ..core.learn.ensembles import EnsembleConfig, GramBlock, iter_gram
 
     X, new = yield from _features(req.features, req.extract)
     ensemble = EnsembleConfig(**req.ensemble)
@@ -349,7 +349,7 @@ def iter_cv_auc(gram: Any, Y: np.ndarray, vocab: list[str], groups: np.ndarray,
     :data:`core.calibration.CALIBRATION_FOLDS` the model is ``train``'s). None: fewer than
     two genes, the fit calibrates as without CV.
     """
-    from ..core.evaluation import iter_out_of_fold, per_term_auc
+    from ..core.learn.evaluation import iter_out_of_fold, per_term_auc
 
     rows = gram.rows
     Yl = Y[rows]
@@ -380,8 +380,8 @@ class GradcamRequest:
 def iter_gradcam(req: GradcamRequest) -> ProgressGen[GradcamMaps]:
     """Grad-CAM maps of one image: the logistic ensembles' (default) or the fine-tuned
     network's own term outputs (``finetuned``)."""
-    from ..core.gradcam import display_shape
-    from ..core.images import read_rgb
+    from ..core.data.images import read_rgb
+    from ..core.explain.gradcam import display_shape
 
     yield Progress(0, 1, "Grad-CAM")
     rgb = read_rgb(req.path)
@@ -401,7 +401,7 @@ def iter_gradcam(req: GradcamRequest) -> ProgressGen[GradcamMaps]:
         proba = model.predict_batch(model.preprocess(rgb)[None])[0, cols]
         source = "finetuned"
     else:
-        from ..core.gradcam import gradcam_all_terms
+        from ..core.explain.gradcam import gradcam_all_terms
 
         maps, proba = gradcam_all_terms(req.bundle, req.extract.extractors.get(req.extract.config),
                                         rgb, list(req.terms), out_shape=shape)

@@ -7,7 +7,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..core.errors import InputError
+from ..core.utils.errors import InputError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -56,7 +56,7 @@ def load_torch() -> None:
     import torch  # noqa: F401
     import torchvision  # noqa: F401
 
-    from ..core import features  # noqa: F401
+    from ..core.features import extractor  # noqa: F401
 
     freeze_long_lived("torch")
 
@@ -96,4 +96,4 @@ def _open_torch_libraries() -> None:
 
 def torch_loaded() -> bool:
     """Whether torch, torchvision and the feature code are imported already."""
-    return "napari_ish_annotator.core.features" in sys.modules and "torchvision" in sys.modules
+    return "napari_ish_annotator.core.features.extractor" in sys.modules and "torchvision" in sys.modules

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core.errors import InputError
+from ..core.utils.errors import InputError
 from ..session import AnnotatorSession
 from ._errors import shows_input_error
 from ._napari_private import window_closed

@@ -17,8 +17,8 @@ from typing import Any
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from ..core.errors import InputError
-from ..core.progress import Progress
+from ..core.utils.errors import InputError
+from ..core.utils.progress import Progress
 from ..session.steps import throttled
 from ._errors import report_error
 from ._loading import block_triton, load_torch, torch_loaded

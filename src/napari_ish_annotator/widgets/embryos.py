@@ -21,8 +21,8 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from ..core.errors import InputError
-from ..core.images import SUPPORTED_SUFFIXES
+from ..core.data.images import SUPPORTED_SUFFIXES
+from ..core.utils.errors import InputError
 from ..session import OpenedDataset, StoreSwitch, annotators, model_outputs, steps
 from ._base import SessionDock
 from ._embryo_table import IMAGE_ROLE, EmbryoFilterProxy, EmbryoTableModel

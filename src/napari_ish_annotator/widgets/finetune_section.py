@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.errors import InputError
+from ..core.utils.errors import InputError
 from ..session import FinetuneOutcome, steps
 from ._base import SessionDock
 from ._errors import report_error
@@ -166,7 +166,7 @@ class FinetuneSection(QWidget):
             seed=int(st.seed))
 
     def _output_path(self) -> Path:
-        from ..core.cache import default_cache_dir
+        from ..core.features.cache import default_cache_dir
 
         root = self.session.cache_dir if self.session.cache_dir is not None else default_cache_dir()
         folder = Path(root) / "finetuned"

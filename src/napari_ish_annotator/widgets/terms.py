@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.errors import InputError
+from ..core.utils.errors import InputError
 from ..session import UNCERTAIN_BAND, annotators
 from ._base import SessionDock
 from ._errors import report_error

@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from ..core.errors import InputError
+from ..core.utils.errors import InputError
 from ..session import MIN_CV_PER_CLASS, TrainedModel, annotators, model_outputs, steps
 from ._base import SessionDock
 from ._errors import report_error, shows_input_error

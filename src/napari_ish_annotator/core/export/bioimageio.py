@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from ..progress import Progress, ProgressGen, drive
+from ..utils.errors import InputError
+from ..utils.progress import Progress, ProgressGen, drive
 from .model import ExportableModel, load_exportable
 from .packages import as_input as _as_input
 from .packages import failed_details, predict_package, require_bioimageio, run_package_test
@@ -74,7 +74,7 @@ class ExportResult:
 def _stack_failure(exc: Exception, what: str) -> InputError:
     """A failure inside bioimageio.spec/pydantic as one line naming the installed versions:
     an incompatibility nobody listed in ``core.extras.KNOWN_BREAKS`` yet."""
-    from ..extras import versions
+    from ..utils.extras import versions
 
     first = " ".join(str(exc).split())[:400]
     return InputError(f"{what} failed inside bioimageio.spec with {versions(*_STACK)} "
@@ -106,11 +106,11 @@ def check_options(options: ExportOptions) -> None:
 
 def _test_image(path: Path | None, vocabulary: Sequence[str]) -> tuple[np.ndarray, str]:
     """``--image``, else a synthetic embryo stained where the model's first term lies."""
-    from ..images import read_rgb
+    from ..data.images import read_rgb
 
     if path is not None:
         return read_rgb(path), Path(path).name
-    from ..synthetic import make_embryo
+    from ..synthetic.embryos import make_embryo
 
     rng = np.random.default_rng(0)
     image, _ = make_embryo(list(vocabulary[:1]), list(vocabulary), rng, size=(160, 320))
@@ -139,9 +139,9 @@ def _cover(model: ExportableModel, image: np.ndarray, probabilities: np.ndarray,
     recommends for covers)."""
     from PIL import Image, ImageOps
 
-    from ..features import border_colour
-    from ..gradcam import overlay
-    from ..io import write_png_atomic
+    from ..explain.gradcam import overlay
+    from ..features.extractor import border_colour
+    from ..utils.files import write_png_atomic
 
     term = model.vocabulary[int(np.argmax(probabilities))]
     heat = model.gradcam(image, term)
@@ -312,7 +312,7 @@ def iter_export_bioimageio(source: str | Path, out: str | Path,
     import tifffile
     import torch
 
-    from ..io import atomic_path, check_output_path
+    from ..utils.files import atomic_path, check_output_path
 
     options = options or ExportOptions()
     out = check_output_path(out)

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import InputError
-from ..io import sha256_file
+from ..utils.errors import InputError
+from ..utils.files import sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from .network import TermNetwork
@@ -64,9 +64,9 @@ def load_exportable(source: str | Path) -> ExportableModel:
 def _from_bundle(path: Path) -> ExportableModel:
     import torch
 
-    from ..bundle import load_bundle
-    from ..features import FeatureExtractor, normalisation_affine
-    from ..gradcam import gradcam_for_image
+    from ..explain.gradcam import gradcam_for_image
+    from ..features.extractor import FeatureExtractor, normalisation_affine
+    from ..learn.bundle import load_bundle
     from .network import EnsembleHead, Preprocess, TermNetwork
 
     bundle = load_bundle(path)
@@ -138,7 +138,7 @@ def _metrics(info: dict) -> dict | None:
 def _from_checkpoint(path: Path) -> ExportableModel:
     import torch
 
-    from ..features import normalisation_affine
+    from ..features.extractor import normalisation_affine
     from ..finetune import gradcam_mtl, load_finetuned
     from .network import MultitaskHead, Preprocess, TermNetwork
 

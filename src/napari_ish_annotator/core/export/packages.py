@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from ..extras import check_compatible, require_extra
+from ..utils.errors import InputError
+from ..utils.extras import check_compatible, require_extra
 
 __all__ = ["SAFE_WEIGHT_FORMATS", "as_input", "failed_details", "predict_package",
            "run_package_test"]

@@ -26,6 +26,7 @@ The package, one concern per module:
 
 from __future__ import annotations
 
+from ..explain.finetuned import gradcam_mtl
 from .checkpoint import FinetunedModel, load_checkpoint, load_finetuned
 from .config import FORMAT, FORMAT_VERSION, FinetuneConfig, FinetuneProgress, FinetuneResult
 from .data import check_labels, training_fingerprint
@@ -39,7 +40,6 @@ from .ensemble import (
     iter_finetune_ensemble_dataset,
     load_ensemble,
 )
-from .explain import gradcam_mtl
 from .network import build_head, masked_bce, resolve_frozen
 from .trainer import Trainer, finetune, iter_finetune, iter_finetune_dataset
 

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import InputError
-from ..io import atomic_path
-from ..preprocess import as_rgb, normalise, resize_uint8
+from ..features.preprocess import as_rgb, normalise, resize_uint8
+from ..utils.errors import InputError
+from ..utils.files import atomic_path
 from .config import FORMAT, FinetuneConfig, FinetuneResult
 from .network import build_head, make_network
 
@@ -149,7 +149,7 @@ def load_finetuned(checkpoint: str | Path | dict, device: str = "cpu") -> Finetu
     An ensemble checkpoint (see :mod:`.ensemble`) gives its representative member, the one
     ``--weights`` uses; :func:`.ensemble.load_ensemble` gives all members.
     """
-    from ..backbones import empty_trunk, get_spec, resolve_device
+    from ..backbones.registry import empty_trunk, get_spec, resolve_device
 
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     spec = get_spec(ckpt["backbone"])

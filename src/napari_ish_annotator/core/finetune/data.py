@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import InputError
-from ..manifest import training_fingerprint  # noqa: F401 - the one training fingerprint
-from ..metrics import has_both_classes, trainable_terms
-from ..preprocess import as_rgb, border_colour, resize_uint8
-from ..progress import ProgressGen
-from ..splits import validation_split
+from ..data.manifest import training_fingerprint  # noqa: F401 - the one training fingerprint
+from ..features.preprocess import as_rgb, border_colour, resize_uint8
+from ..learn.metrics import has_both_classes, trainable_terms
+from ..learn.splits import validation_split
+from ..utils.errors import InputError
+from ..utils.progress import ProgressGen
 from .config import FinetuneConfig, progress
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import InputError
-from ..preprocess import as_rgb, normalise, resize_uint8
-from ..progress import ProgressGen, drive
+from ..features.preprocess import as_rgb, normalise, resize_uint8
+from ..utils.errors import InputError
+from ..utils.progress import ProgressGen, drive
 from .checkpoint import (
     FinetunedModel,
     atomic_save,
@@ -44,7 +44,7 @@ from .data import iter_load_images
 from .trainer import iter_finetune, load_base, prepare
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..manifest import Dataset
+    from ..data.manifest import Dataset
 
 _DROP = ("optimizer_state_dict", "scaler_state_dict", "latest_backbone_state_dict",
          "latest_head_state_dict")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import InputError
+from ..utils.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from ..backbones import LoadedBackbone
+    from ..backbones.registry import LoadedBackbone
 
 
 def build_head(in_features: int, n_terms: int, hidden: int, dropout: float, pool: int) -> torch.nn.Sequential:

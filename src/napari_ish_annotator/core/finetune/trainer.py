@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import InputError
-from ..metrics import defined_mean, per_term_auc
-from ..progress import ProgressGen, drive
+from ..learn.metrics import defined_mean, per_term_auc
+from ..utils.errors import InputError
+from ..utils.progress import ProgressGen, drive
 from .checkpoint import (
     atomic_save,
     check_resumable,
@@ -53,13 +53,13 @@ from .network import build_head, make_network, masked_bce, resolve_frozen, trunk
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from ..backbones import LoadedBackbone
-    from ..manifest import Dataset
+    from ..backbones.registry import LoadedBackbone
+    from ..data.manifest import Dataset
 
 
 def amp_dtype(config: FinetuneConfig, device: torch.device) -> torch.dtype | None:
     """Autocast dtype: the shared precision rules, with fp32 (no autocast) as the CPU default."""
-    from ..preprocess import resolve_precision, torch_dtype
+    from ..features.preprocess import resolve_precision, torch_dtype
 
     precision = resolve_precision(config.precision, device, cpu_auto_bf16=False)
     return None if precision == "fp32" else torch_dtype(precision)
@@ -198,7 +198,7 @@ class Trainer:
     def _run_frozen(self, idx: np.ndarray) -> torch.Tensor:
         import torch
 
-        from ..preprocess import normalise
+        from ..features.preprocess import normalise
 
         x = normalise(self.data.pixels[idx].to(self.device), self.mean, self.std, self.pixel_scale)
         with torch.no_grad(), self._autocast():
@@ -231,7 +231,7 @@ class Trainer:
         """Logits of images ``idx`` (augmented when training), through the cache if possible."""
         import torch
 
-        from ..preprocess import normalise
+        from ..features.preprocess import normalise
 
         augmenting = train and self.augment is not None
         if self.n_frozen and not augmenting and all(int(i) in self.cache for i in idx):
@@ -367,7 +367,7 @@ def prepare(images: Sequence, Y: np.ndarray, vocabulary: Sequence[str], config: 
 
 def load_base(config: FinetuneConfig, resuming: bool) -> LoadedBackbone:
     """The starting weights (architecture only when resuming: the checkpoint has every weight)."""
-    from ..backbones import load_backbone
+    from ..backbones.registry import load_backbone
 
     loaded = load_backbone(config.backbone, "random" if resuming else config.weights, config.seed)
     check_complete(loaded, config)
@@ -410,7 +410,7 @@ def iter_finetune(
     keeps the last complete checkpoint. A ``loaded`` backbone is trained in place; ``data``
     (images already loaded at ``config.input_size``) is reused, e.g. by an ensemble's members.
     """
-    from ..backbones import resolve_device
+    from ..backbones.registry import resolve_device
 
     Y, vocabulary, out, fingerprint = prepare(images, Y, vocabulary, config, out, fingerprint)
     device = resolve_device(config.device)

@@ -1,0 +1,1 @@
+"""The pretrained networks: specs, weights, builders, the truncated inference trunk, devices."""

@@ -1,0 +1,1 @@
+"""Input data: images (decoding + pixel budget), the manifest CSV, the one input listing, vocabularies."""

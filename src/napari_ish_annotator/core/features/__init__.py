@@ -1,0 +1,1 @@
+"""Feature extraction: the one preprocessing path, decoding ahead, the extractor, cache, dask."""

@@ -1,0 +1,355 @@
+"""SQLite label store that never loses a biologist's labels.
+
+Every label change is an *event* appended in its own committed transaction, so nothing is
+ever overwritten: the current label is the latest event per (image, term, annotator), undo
+writes a new event that restores the previous value, and the whole history stays readable.
+
+Durability: WAL journal with ``synchronous=FULL``. NORMAL would survive an application crash
+but may drop the last commits on power loss; labels arrive at human speed, so the extra fsync
+per change costs nothing noticeable and FULL is the safe choice.
+
+Images are identified by the sha256 of their bytes, so a moved or renamed image keeps its
+labels (its stored path is updated the next time it is seen).
+
+Files: this module holds the store's events and image identities; opening a file safely
+(read-only vetting first, time budget, Ctrl-C) is :mod:`.label_open`, what a store may
+contain is :mod:`.label_schema`, reading current labels :mod:`.label_reading` and manifest
+import/export :mod:`.label_manifests` (mixins of :class:`LabelStore`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import re
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..utils.errors import InputError
+from .connection import QUERY_SECONDS, BudgetConnection, guarded, open_store, rollback
+from .manifests import ManifestIO
+from .reading import CurrentLabels
+from .schema import EFFECTIVE, LabelValue
+
+_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+
+_EVENT_SQL = """SELECT e.id, i.content_hash, i.path, t.name, e.value, a.name, e.time, e.undo_of
+FROM label_events e JOIN images i ON i.id = e.image JOIN terms t ON t.id = e.term
+JOIN annotators a ON a.id = e.annotator"""
+
+
+def _content_hash(path: Path) -> str:
+    """sha256 of the file bytes: the same image identity as the feature cache uses."""
+    from ..data.images import content_hash
+
+    return content_hash(path)
+
+
+def default_annotator() -> str:
+    """$ISH_ANNOTATOR_USER, else the OS user name."""
+    name = os.environ.get("ISH_ANNOTATOR_USER", "").strip()
+    if name:
+        return name
+    try:
+        return getpass.getuser()
+    except Exception:  # no user database entry (some containers)
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class LabelEvent:
+    id: int
+    image_hash: str
+    image_path: str
+    term: str
+    value: LabelValue
+    annotator: str
+    time: float
+    undo_of: int | None
+
+
+class LabelStore(CurrentLabels, ManifestIO):
+    """Append-only label events in one SQLite file; see the module docstring."""
+
+    def __init__(self, path: str | Path, annotator: str | None = None, read_only: bool = False,
+                 busy_timeout: float = 5.0, query_budget: float = QUERY_SECONDS):
+        self.path = Path(path)
+        self.annotator = annotator or default_annotator()
+        self.read_only = read_only
+        self._hash_cache: dict[str, tuple[int, int, str]] = {}
+        # path exactly as given -> (st_dev, st_ino, st_mtime_ns, st_size, hash): one stat() per
+        # image instead of resolve() + is_file() + stat(), for label counts over large folders
+        self._given_cache: dict[str, tuple[int, int, int, int, str]] = {}
+        self._lock = threading.RLock()  # widgets may write from worker threads
+        self._conn: BudgetConnection | None = None
+        self._conn = open_store(self.path, read_only, busy_timeout, query_budget)
+
+    # -- plumbing --------------------------------------------------------------------------
+    @staticmethod
+    def default_path_for(source: str | Path) -> Path:
+        """manifest.csv -> manifest.labels.sqlite beside it; folder -> folder/ish-labels.sqlite."""
+        source = Path(source)
+        if source.is_dir() or not source.suffix:
+            return source / "ish-labels.sqlite"
+        return source.with_name(source.stem + ".labels.sqlite")
+
+    def cancel(self) -> None:
+        """Stop the query running now (from any thread); it raises :class:`InputError`."""
+        if self._conn is not None:
+            self._conn.cancel()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One committed transaction (BEGIN IMMEDIATE: take the write lock before reading).
+        Every caller is :func:`guarded`, which turns a SQLite error into one line."""
+        if self.read_only:
+            raise InputError("label store was opened read-only; reopen it without read_only "
+                             "to change labels", path=self.path)
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                rollback(self._conn)
+                raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    def __enter__(self) -> LabelStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- identities ------------------------------------------------------------------------
+    def _hash_file(self, path: Path) -> str:
+        st = path.stat()
+        key = str(path)
+        cached = self._hash_cache.get(key)
+        if cached and cached[:2] == (st.st_mtime_ns, st.st_size):
+            return cached[2]
+        digest = _content_hash(path)
+        with self._lock:
+            self._hash_cache[key] = (st.st_mtime_ns, st.st_size, digest)
+        return digest
+
+    def _resolve(self, image: str | Path) -> tuple[str, str | None]:
+        """(content hash, current file path or None) for a path or a known hash."""
+        text = str(image)
+        if _HASH_RE.match(text) and self._image_id(text) is not None:
+            return text, None
+        path = Path(image).resolve()
+        if path.is_file():
+            return self._hash_file(path), str(path)
+        row = self._conn.execute("SELECT content_hash FROM images WHERE path = ?",
+                                 (str(path),)).fetchone()
+        if row:
+            return row[0], None
+        raise InputError("image not found and not known to the label store; check the path",
+                         path=image)
+
+    def _image_id(self, digest: str) -> int | None:
+        row = self._conn.execute("SELECT id FROM images WHERE content_hash = ?",
+                                 (digest,)).fetchone()
+        return row[0] if row else None
+
+    def _upsert_image(self, digest: str, path: str | None, gene: str | None = None,
+                      stage: str | None = None) -> int:
+        if path is not None:
+            self._conn.execute(
+                "INSERT INTO images (content_hash, path, added, gene, stage) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(content_hash) DO UPDATE SET path = excluded.path, "
+                "gene = coalesce(excluded.gene, gene), stage = coalesce(excluded.stage, stage)",
+                (digest, path, time.time(), gene, stage))
+        image_id = self._image_id(digest)
+        if image_id is None:
+            raise InputError("unknown image hash; add the image by its path first", path=digest)
+        return image_id
+
+    def _named_id(self, table: str, name: str) -> int:
+        self._conn.execute(f"INSERT OR IGNORE INTO {table} (name) VALUES (?)", (name,))
+        return self._conn.execute(f"SELECT id FROM {table} WHERE name = ?", (name,)).fetchone()[0]
+
+    @guarded
+    def add_images(self, paths: Sequence[Path], hashes: Sequence[str] | None = None) -> None:
+        """Register images (path updated if the same content was seen elsewhere)."""
+        if hashes is None:
+            hashes = self._hashes(paths, strict=True)
+        with self._write():
+            for path, digest in zip(paths, hashes, strict=True):
+                self._upsert_image(digest, str(Path(path).resolve()))
+
+    @guarded
+    def add_terms(self, terms: Sequence[str]) -> None:
+        with self._write():
+            for term in terms:
+                self._named_id("terms", term)
+
+    @guarded
+    def terms(self) -> list[str]:
+        return [r[0] for r in self._conn.execute("SELECT name FROM terms ORDER BY id")]
+
+    @guarded
+    def annotators(self) -> list[str]:
+        return [r[0] for r in self._conn.execute("SELECT name FROM annotators ORDER BY id")]
+
+    @guarded
+    def labelled_images(self) -> list[str]:
+        """Content hashes of the images with at least one label event, oldest first."""
+        return [r[0] for r in self._conn.execute(
+            "SELECT content_hash FROM images WHERE id IN (SELECT image FROM label_events) "
+            "ORDER BY id")]
+
+    @guarded
+    def unlabelled(self, images: Sequence[str | Path]) -> list[str | Path]:
+        """The ``images`` this store holds no label event of (unknown files included)."""
+        have = set(self.labelled_images())
+        return [image for image, digest in zip(images, self._hashes(images), strict=True)
+                if digest not in have]
+
+    # -- events ----------------------------------------------------------------------------
+    def _event(self, event_id: int) -> LabelEvent:
+        row = self._conn.execute(_EVENT_SQL + " WHERE e.id = ?", (event_id,)).fetchone()
+        return LabelEvent(*row)
+
+    def _latest(self, image_id: int, term_id: int, annotator_id: int,
+                before: int | None = None) -> tuple[int, LabelValue] | None:
+        args: tuple[int, ...] = (image_id, term_id, annotator_id)
+        if before is not None:
+            args += (before,)
+        row = self._conn.execute(
+            "SELECT id, value FROM label_events WHERE image = ? AND term = ? AND annotator = ? "
+            + ("AND id < ? " if before is not None else "") + "AND "
+            + EFFECTIVE.format(e="label_events") + " ORDER BY id DESC LIMIT 1", args).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def _insert(self, image_id: int, term_id: int, value: LabelValue, annotator_id: int,
+                undo_of: int | None = None) -> int:
+        cur = self._conn.execute(
+            "INSERT INTO label_events (image, term, value, annotator, time, undo_of) "
+            "VALUES (?,?,?,?,?,?)", (image_id, term_id, value, annotator_id, time.time(), undo_of))
+        return int(cur.lastrowid)
+
+    @staticmethod
+    def _check_value(value: object) -> LabelValue:
+        if value is None:
+            return None
+        if value in (0, 1) and not isinstance(value, float):
+            return int(value)  # type: ignore[arg-type]
+        raise InputError(f"label value must be 1 (present), 0 (absent) or None (unknown), "
+                         f"not {value!r}")
+
+    @guarded
+    def set_label(self, image: str | Path, term: str, value: LabelValue,
+                  annotator: str | None = None) -> LabelEvent:
+        """Record one label in its own committed transaction; a no-op change writes nothing."""
+        value = self._check_value(value)
+        digest, path = self._resolve(image)
+        with self._write():
+            image_id = self._upsert_image(digest, path)
+            term_id = self._named_id("terms", term)
+            annotator_id = self._named_id("annotators", annotator or self.annotator)
+            latest = self._latest(image_id, term_id, annotator_id)
+            if latest is not None and latest[1] == value:
+                event_id = latest[0]
+            else:
+                event_id = self._insert(image_id, term_id, value, annotator_id)
+        return self._event(event_id)
+
+    @guarded
+    def undo(self, annotator: str | None = None) -> LabelEvent | None:
+        """Revert the annotator's latest change not yet undone; repeated calls walk back.
+
+        The undo is itself recorded (``undo_of`` = the reverted event, ``value`` = the value
+        now in force, ``None`` when the annotator has no earlier label of that term).
+        """
+        name = annotator or self.annotator
+        with self._write():
+            row = self._conn.execute(
+                "SELECT e.id, e.image, e.term, e.annotator FROM label_events e "
+                "JOIN annotators a ON a.id = e.annotator WHERE a.name = ? AND e.undo_of IS NULL "
+                "AND NOT EXISTS (SELECT 1 FROM label_events u WHERE u.undo_of = e.id) "
+                "ORDER BY e.id DESC LIMIT 1", (name,)).fetchone()
+            if row is None:
+                return None
+            target, image_id, term_id, annotator_id = row
+            previous = self._latest(image_id, term_id, annotator_id, before=target)
+            event_id = self._insert(image_id, term_id, previous[1] if previous else None,
+                                    annotator_id, undo_of=target)
+        return self._event(event_id)
+
+    @guarded
+    def history(self, image: str | Path | None = None, term: str | None = None) -> list[LabelEvent]:
+        """All events (optionally of one image and/or term), oldest first."""
+        where, args = [], []
+        if image is not None:
+            where.append("i.content_hash = ?")
+            args.append(self._resolve(image)[0])
+        if term is not None:
+            where.append("t.name = ?")
+            args.append(term)
+        sql = _EVENT_SQL + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY e.id"
+        return [LabelEvent(*r) for r in self._conn.execute(sql, args)]
+
+    # -- image identities (content hashes) -------------------------------------------------
+    def _hash_or_none(self, image: str | Path) -> str | None:
+        try:
+            return self._resolve(image)[0]
+        except InputError:
+            return None
+
+    def copy_hashes_from(self, other: LabelStore) -> None:
+        """Take a copy of ``other``'s path->hash caches (switching label files then re-hashes
+        nothing). Copied under ``other``'s lock, so a worker thread may call this while the
+        GUI thread still uses ``other``; the two stores never share a dict."""
+        with other._lock:
+            hashes, given = dict(other._hash_cache), dict(other._given_cache)
+        with self._lock:
+            self._hash_cache.update(hashes)
+            self._given_cache.update(given)
+
+    def _hashes(self, images: Sequence[str | Path], strict: bool = False) -> list[str | None]:
+        """Content hash per image (None when unknown unless ``strict``), one stat() per hit.
+
+        A hit needs the same file (device, inode) with the same mtime_ns and size as when it
+        was hashed, so a changed, replaced or re-targeted file is hashed again; anything else
+        (known hashes, moved files, unknown paths) goes through :meth:`_resolve`.
+        """
+        out: list[str | None] = []
+        cache = self._given_cache
+        for image in images:
+            text = str(image)
+            try:
+                st = os.stat(text)
+            except (OSError, ValueError):
+                st = None
+            if st is not None and stat.S_ISREG(st.st_mode) and not _HASH_RE.match(text):
+                key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+                hit = cache.get(text)
+                if hit is not None and hit[:4] == key:
+                    out.append(hit[4])
+                    continue
+            else:
+                key = None
+            try:
+                digest, path = self._resolve(image)
+            except InputError:
+                if strict:
+                    raise
+                out.append(None)
+                continue
+            if key is not None and path is not None:
+                with self._lock:
+                    cache[text] = (*key, digest)
+            out.append(digest)
+        return out
+

@@ -1,0 +1,1 @@
+"""Learning from features: logistic ensembles, folds, splits, metrics, calibration, evaluation, bundles."""

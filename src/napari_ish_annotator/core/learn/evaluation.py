@@ -1,0 +1,381 @@
+"""The one evaluation engine: the paper's Table-2 metrics and calibration scores of predictions
+on held-out genes, and cross-validation.
+
+Used by ``ish-annotator evaluate``, the headless demo, the Train panel's cross-validation and
+fine-tuning validation, so they all give the same answer to the same question. The pieces
+below it, each written once: gene-grouped splits (:mod:`.splits`), the per-term rules and
+metrics (:mod:`.metrics`: "a term has both classes", "mean over defined terms", AUC, ECE),
+fits of folds on one Gram matrix (:mod:`.folds`); their names are re-exported here.
+
+* Per term: accuracy, sensitivity, specificity and AUC on the labelled images (unknown labels
+  ``-1`` masked). A term is *evaluated* when its scored test images hold both a present and an
+  absent label; otherwise it is "not evaluated" with a reason, left out of the means and
+  counted. A fold whose training part lacks a class for a term contributes no scores for it.
+* ``brier`` and ``ece`` (expected calibration error, 10 equal-width bins) of the calibrated
+  probability, over all labelled (image, term) pairs of the evaluated terms.
+* :func:`iter_cross_validate` computes the Gram matrix of the features once and fits every
+  fold on its sub-blocks (centred on the fold's own training mean), which gives exactly the
+  models a per-fold refit gives at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from scipy.special import expit
+
+from ..utils.errors import InputError
+from ..utils.progress import Progress, ProgressGen, sub_progress
+from . import ensembles as classify
+from .calibration import DEFAULT_METHOD, METHODS, iter_calibrate
+from .folds import iter_fold_decisions, iter_out_of_fold
+from .logistic import majority_vote
+from .metrics import (
+    CALIBRATION_METRICS,
+    ECE_BINS,
+    METRICS,
+    class_counts,
+    defined_mean,
+    expected_calibration_error,
+    has_both_classes,
+    per_term_auc,
+    term_metrics,
+    trainable_terms,
+)
+from .splits import group_ids, grouped_folds, held_out_genes, random_partitions, validation_split
+
+__all__ = [
+    "METRICS", "CALIBRATION_METRICS", "ECE_BINS", "Evaluation", "group_ids", "grouped_folds",
+    "random_partitions", "held_out_genes", "validation_split", "per_term_auc", "term_metrics",
+    "expected_calibration_error", "score_predictions", "combine_partitions", "trainable_terms",
+    "iter_fold_decisions", "iter_out_of_fold", "iter_cross_validate", "format_table",
+]
+
+
+# ----------------------------------------------------------------------------------- metrics
+def _number(x: float | None) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics of one feature layer: the CONTRACTS.md ``{"mean", "terms"}`` dict plus counts.
+
+    ``summary`` is plain JSON: ``mean`` (the four metrics averaged over evaluated terms, plus
+    ``brier`` and ``ece``), ``terms`` (per term, ``None`` where not evaluated), ``n_evaluated``,
+    ``n_terms``, ``not_evaluated`` (term -> reason) and, for repeated partitions, ``std``.
+    """
+
+    vocabulary: tuple[str, ...]
+    summary: dict
+    std: dict | None
+    n_evaluated: int
+    n_terms: int
+    not_evaluated: dict[str, str]
+    #: pooled out-of-fold probabilities ``(n, T)`` in the rows of ``X`` (NaN where a row was
+    #: not scored for a term); only from :func:`iter_cross_validate` with disjoint test sets
+    scores: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def mean_auc(self) -> float | None:
+        return self.summary["mean"].get("auc")
+
+    def term_auc(self) -> dict[str, float | None]:
+        return {t: self.summary["terms"][t]["auc"] for t in self.vocabulary}
+
+
+def _not_evaluated_reason(y: np.ndarray) -> str:
+    n_pos, n_neg = (int(c) for c in class_counts(y))
+    if n_pos + n_neg == 0:
+        return "no labelled test image was scored for it"
+    missing = "present" if n_pos == 0 else "absent"
+    return f"no test image labelled {missing} was scored for it ({n_pos + n_neg} scored)"
+
+
+def score_predictions(Y_true: Any, votes: Any, probabilities: Any, vocabulary: Sequence[str],
+                      reasons: dict[str, str] | None = None, ranking: Any = None
+                      ) -> Evaluation:
+    """Evaluate predictions: ``votes`` (the decision) and calibrated ``probabilities``.
+
+    All ``(n, T)``; labels ``-1`` and NaN probabilities (rows a fold did not score) are left
+    out per term. AUC ranks by ``ranking`` when given (cross-validation passes the members'
+    raw mean: pooled over folds, calibrated probabilities would mix the folds' different
+    prevalence shifts into the ranking), else by ``probabilities``; brier and ece are always
+    of ``probabilities``. ``reasons`` gives a better explanation for terms that turn out not
+    evaluable (e.g. "all positives in one gene").
+    """
+    vocabulary = tuple(str(t) for t in vocabulary)
+    Y_true, votes, P = (np.asarray(a) for a in (Y_true, votes, probabilities))
+    R = P if ranking is None else np.asarray(ranking, dtype=np.float64)
+    shape = (Y_true.shape[0], len(vocabulary))
+    for name, arr in (("labels", Y_true), ("predictions", votes), ("probabilities", P),
+                      ("ranking scores", R)):
+        if arr.shape != shape:
+            raise InputError(f"{name} have shape {arr.shape}, expected {shape} "
+                             "(images x vocabulary terms)")
+    P = P.astype(np.float64)
+    terms: dict[str, dict] = {}
+    not_evaluated: dict[str, str] = {}
+    per_metric: dict[str, list[float]] = {m: [] for m in METRICS}
+    ys, ps = [], []
+    for t, term in enumerate(vocabulary):
+        ok = (Y_true[:, t] >= 0) & np.isfinite(P[:, t])
+        y = Y_true[ok, t]
+        if not has_both_classes(y):
+            why = (reasons or {}).get(term) or _not_evaluated_reason(y)
+            not_evaluated[term] = why
+            terms[term] = {**{m: None for m in METRICS}, "n_pos": int((y == 1).sum()),
+                           "evaluated": False, "reason": why}
+            continue
+        res = term_metrics(y, votes[ok, t], R[ok, t])
+        for m in METRICS:
+            per_metric[m].append(res[m])
+        terms[term] = {**{m: _number(res[m]) for m in METRICS}, "n_pos": res["n_pos"],
+                       "evaluated": True}
+        ys.append(y)
+        ps.append(P[ok, t])
+    mean: dict[str, float | None] = {m: _number(defined_mean(v)) for m, v in per_metric.items()}
+    if ys:
+        y_all, p_all = np.concatenate(ys), np.concatenate(ps)
+        mean["brier"] = float(np.mean((p_all - y_all) ** 2))
+        mean["ece"] = expected_calibration_error(y_all, p_all)
+    else:
+        mean["brier"] = mean["ece"] = None
+    n_eval = len(vocabulary) - len(not_evaluated)
+    summary = {"mean": mean, "terms": terms, "n_evaluated": n_eval,
+               "n_terms": len(vocabulary), "not_evaluated": not_evaluated}
+    return Evaluation(vocabulary, summary, None, n_eval, len(vocabulary), not_evaluated)
+
+
+def combine_partitions(parts: Sequence[Evaluation], reasons: dict[str, str] | None = None,
+                       n_pos: Sequence[int] | None = None) -> Evaluation:
+    """Mean and std over repeated partitions (the paper's Table 2: mean ± std).
+
+    Each metric's per-partition mean over terms is averaged over partitions (std beside it);
+    a term's own figures are its mean over the partitions that evaluated it; a term no
+    partition evaluated is "not evaluated". ``n_pos`` (per term) replaces the per-partition
+    test positives in ``terms`` (e.g. by the term's positives in the whole data set).
+    """
+    if not parts:
+        raise InputError("no partitions to combine")
+    vocabulary = parts[0].vocabulary
+    keys = METRICS + CALIBRATION_METRICS
+    mean: dict[str, float | None] = {}
+    std: dict[str, float | None] = {}
+    for m in keys:
+        vals = [p.summary["mean"][m] for p in parts if p.summary["mean"].get(m) is not None]
+        mean[m] = _number(defined_mean(vals))
+        std[m] = float(np.std(vals)) if vals else None
+    terms: dict[str, dict] = {}
+    not_evaluated: dict[str, str] = {}
+    for t, term in enumerate(vocabulary):
+        scored = [p.summary["terms"][term] for p in parts if term not in p.not_evaluated]
+        count = int(n_pos[t]) if n_pos is not None else \
+            int(round(np.mean([p.summary["terms"][term]["n_pos"] for p in parts])))
+        if not scored:
+            why = (reasons or {}).get(term) or parts[0].not_evaluated[term]
+            not_evaluated[term] = f"in none of the {len(parts)} partitions: {why}"
+            terms[term] = {**{m: None for m in METRICS}, "n_pos": count, "evaluated": False,
+                           "reason": not_evaluated[term]}
+            continue
+        entry: dict = {}
+        for m in METRICS:
+            entry[m] = _number(defined_mean(s[m] for s in scored))
+        terms[term] = {**entry, "n_pos": count, "evaluated": True,
+                       "n_partitions": len(scored)}
+    n_eval = len(vocabulary) - len(not_evaluated)
+    summary = {"mean": mean, "std": std, "terms": terms, "n_evaluated": n_eval,
+               "n_terms": len(vocabulary), "not_evaluated": not_evaluated,
+               "n_partitions": len(parts)}
+    return Evaluation(vocabulary, summary, std, n_eval, len(vocabulary), not_evaluated)
+
+
+# -------------------------------------------------------------------------- cross-validation
+def _untrainable_reasons(Y: np.ndarray, groups: np.ndarray | None, vocabulary: Sequence[str],
+                         trained_anywhere: np.ndarray) -> dict[str, str]:
+    """Why each term no split could evaluate, from the labels alone."""
+    out: dict[str, str] = {}
+    for t, term in enumerate(vocabulary):
+        y = Y[:, t]
+        n_pos, n_neg = (int(c) for c in class_counts(y))
+        if not has_both_classes(y):
+            out[term] = f"no image is labelled {'present' if n_pos == 0 else 'absent'}"
+        elif groups is not None and len(np.unique(groups[y == 1])) == 1:
+            out[term] = (f"all {n_pos} present image(s) belong to one gene group, so no split "
+                         "both trains and tests it")
+        elif groups is not None and len(np.unique(groups[y == 0])) == 1:
+            out[term] = (f"all {n_neg} absent image(s) belong to one gene group, so no split "
+                         "both trains and tests it")
+        elif not trained_anywhere[t]:
+            out[term] = "no split's training part has both a present and an absent image"
+    return out
+
+
+def _disjoint(splits: Sequence[tuple[np.ndarray, np.ndarray]]) -> bool:
+    tests = np.concatenate([np.asarray(te) for _, te in splits]) if splits else np.zeros(0)
+    return len(tests) == len(np.unique(tests))
+
+
+def iter_cross_validate(
+    X: Any,
+    Y: Any,
+    vocabulary: Sequence[str],
+    splits: Sequence[tuple[np.ndarray, np.ndarray]],
+    ensemble: Any,
+    *,
+    groups: Any = None,
+    calibration: str | None = None,
+    gram: Any = None,
+) -> ProgressGen[Evaluation]:
+    """Fit on each split's training rows, score its test rows, evaluate.
+
+    ``X`` ``(n, d)`` feature rows (float16/32, may be a memmap; rows holding NaN are failed
+    images and are left out), ``Y`` ``(n, T)`` with 1 / 0 / -1 unknown. The Gram matrix of
+    the rows the splits use is computed once; every split centres and normalises a copy of its
+    training block and fits its members there (``core.classify``), and its test rows are
+    scored from the cross block, so no feature row is read again. A split whose training part
+    lacks a class for a term contributes no scores for that term.
+
+    Test sets that do not overlap (k-fold, one held-out set) are pooled and scored once;
+    overlapping ones (:func:`random_partitions`) are scored one by one and combined into mean
+    and std (:func:`combine_partitions`). ``calibration`` (default: the bundles' method,
+    :data:`.calibration.DEFAULT_METHOD`) is fitted inside each split's training part exactly
+    as training a bundle fits it (Platt: on grouped out-of-fold scores of that part, by
+    ``groups``; without groups every image is its own group), so the brier and ece figures
+    are those of the probabilities a bundle reports; AUC ranks by the members' raw mean (see
+    :func:`score_predictions`). ``groups`` also improves the "not evaluated" reasons.
+    ``gram`` (a :class:`.classify.GramBlock` holding those rows) saves computing it again.
+    """
+    calibration = DEFAULT_METHOD if calibration is None else calibration
+    vocabulary = [str(t) for t in vocabulary]
+    Y = np.asarray(Y)
+    n_terms = len(vocabulary)
+    if getattr(X, "ndim", None) != 2 or Y.shape != (X.shape[0], n_terms):
+        raise InputError(f"labels have shape {Y.shape} but features have shape "
+                         f"{getattr(X, 'shape', None)} and the vocabulary {n_terms} terms")
+    if calibration not in METHODS:
+        raise InputError(f"unknown calibration {calibration!r}; use one of {', '.join(METHODS)}")
+    if not splits:
+        raise InputError("no splits to evaluate")
+    Y = Y.astype(np.int8)
+    cfg = ensemble
+    used = np.unique(np.concatenate([np.concatenate([np.asarray(tr), np.asarray(te)])
+                                     for tr, te in splits]))
+    # through the module: the one Gram computation, one place to count feature reads
+    K = yield from classify.iter_gram(X, used if len(used) < X.shape[0] else None, reuse=gram)
+    pos = np.full(X.shape[0], -1)
+    pos[used] = np.arange(len(used))
+    finite = np.isfinite(np.diag(K))
+    labelled = (Y[used] != -1).any(axis=1)
+    Yu = Y[used]
+    g = np.arange(len(used)) if groups is None else np.asarray(groups)[used]
+
+    pooled = _disjoint(splits)
+    P = np.full((len(used), n_terms), np.nan)
+    R = np.full((len(used), n_terms), np.nan)
+    V = np.zeros((len(used), n_terms), dtype=bool)
+    tested = np.zeros(len(used), dtype=bool)
+    parts: list[Evaluation] = []
+    trained_anywhere = np.zeros(n_terms, dtype=bool)
+    for k, (train, test) in enumerate(splits):
+        label = f"split {k + 1}/{len(splits)}: "
+        yield Progress(k, len(splits), f"split {k + 1}/{len(splits)}")
+        tr = pos[np.asarray(train)]
+        tr = tr[finite[tr] & labelled[tr]]
+        te = pos[np.asarray(test)]
+        te = te[finite[te]]
+        tested[te] = True
+        Ytr = Yu[tr]
+        fit_terms = trainable_terms(Ytr)
+        trained_anywhere[fit_terms] = True
+        P_k = np.full((len(te), n_terms), np.nan)
+        R_k = np.full((len(te), n_terms), np.nan)
+        V_k = np.zeros((len(te), n_terms), dtype=bool)
+        if fit_terms and len(te):
+            dec = yield from iter_fold_decisions(K, tr, te, Ytr, cfg, vocabulary, fit_terms,
+                                                 label=label)
+            raw = expit(dec).mean(axis=2)[:, fit_terms]
+            cal = yield from sub_progress(iter_calibrate(
+                K, tr, Ytr[:, fit_terms], g[tr], cfg, [vocabulary[t] for t in fit_terms],
+                calibration), offset=0, prefix=label)
+            R_k[:, fit_terms] = raw
+            P_k[:, fit_terms] = cal.apply(raw)
+            V_k[:, fit_terms] = majority_vote(dec)[:, fit_terms]
+        if pooled:
+            P[te], R[te], V[te] = P_k, R_k, V_k
+        else:
+            parts.append(score_predictions(Yu[te], V_k, P_k, vocabulary, ranking=R_k))
+    yield Progress(len(splits), len(splits), "scoring")
+    del K
+    reasons = _untrainable_reasons(np.where(finite[:, None], Yu, -1),
+                                   None if groups is None else g, vocabulary, trained_anywhere)
+    if pooled:
+        result = score_predictions(Yu[tested], V[tested], P[tested], vocabulary, reasons,
+                                   ranking=R[tested])
+        scores = np.full((X.shape[0], n_terms), np.nan)
+        scores[used] = P
+        return replace(result, scores=scores)
+    n_pos = (Yu[finite] == 1).sum(axis=0)
+    return combine_partitions(parts, reasons, n_pos=n_pos)
+
+
+# -------------------------------------------------------------------------------- the table
+def _cell(value: Any, spread: Any = None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.3f}" if spread is None else f"{value:.3f} ± {spread:.3f}"
+
+
+def format_table(results: dict, per_term: bool = False) -> str:
+    """Plain-text table in the paper's Table 2 layout: one row per layer, mean metrics.
+
+    ``results`` is the ``{"layers": {layer: summary}}`` dict of CONTRACTS.md; with ``std``
+    in a layer (repeated partitions) each cell is ``mean ± std``. The title says over how
+    many of the terms the means are; terms not evaluated are listed with their reason.
+    With ``per_term`` a table per layer with one row per term (and its positives) follows.
+    """
+    layers = results.get("layers", {})
+    columns = METRICS + CALIBRATION_METRICS
+    spread = any(s.get("std") for s in layers.values())
+    width = 15 if spread else 11
+    counts = {(s.get("n_evaluated"), s.get("n_terms")) for s in layers.values()}
+    if len(counts) == 1 and None not in next(iter(counts)):
+        n_eval, n_terms = next(iter(counts))
+        title = f"Mean over {n_eval} of {n_terms} terms"
+    else:
+        title = "Mean over the evaluated terms"
+    if spread:
+        title += f" (mean ± std over {max(s.get('n_partitions', 0) for s in layers.values())} " \
+                 "random gene-grouped partitions)"
+    header = f"{'layer':>8}  " + "  ".join(f"{m:>{width}}" for m in columns)
+    if len(counts) > 1:
+        header += "  terms"
+    lines = [title, header, "-" * len(header)]
+    for layer, summary in layers.items():
+        mean, std = summary.get("mean", {}), summary.get("std") or {}
+        row = f"{layer:>8}  " + "  ".join(
+            f"{_cell(mean.get(m), std.get(m) if spread else None):>{width}}" for m in columns)
+        if len(counts) > 1:
+            row += f"  {summary.get('n_evaluated')}/{summary.get('n_terms')}"
+        lines.append(row)
+    missing: dict[str, str] = {}
+    for summary in layers.values():
+        for term, why in (summary.get("not_evaluated") or {}).items():
+            missing.setdefault(term, why)
+    if missing:
+        lines += ["", f"Not evaluated ({len(missing)}):"]
+        lines += [f"  {term}: {why}" for term, why in missing.items()]
+    if per_term:
+        for layer, summary in layers.items():
+            terms = summary.get("terms", {})
+            w = max([len("term")] + [len(t) for t in terms])
+            head = f"{'term':<{w}}  {'n_pos':>5}  " + "  ".join(f"{m:>11}" for m in METRICS)
+            lines += ["", f"Layer {layer}", head, "-" * len(head)]
+            for term, res in terms.items():
+                lines.append(f"{term:<{w}}  {res.get('n_pos', 0):>5}  "
+                             + "  ".join(f"{_cell(res.get(m)):>11}" for m in METRICS))
+    return "\n".join(lines)

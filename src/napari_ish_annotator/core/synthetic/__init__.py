@@ -1,0 +1,1 @@
+"""Synthetic BDGP-like embryos with known ground truth, and simulated experiments on them."""
