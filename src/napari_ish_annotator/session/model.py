@@ -308,19 +308,20 @@ class ModelPart:
         self.label_order = order
         self.label_order_changed.emit()
 
-    def next_to_label(self) -> int | None:
+    def next_to_label(self, from_top: bool = False) -> int | None:
         """Go to the next ranked image after this one (cyclically; from the best one when
         this image is not ranked) that still has an unknown model term; None without a
-        ranking or when every other ranked image is labelled."""
+        ranking or when every other ranked image is labelled. ``from_top`` (a new ranking):
+        the best unlabelled one, this image included, so the user starts at the top."""
         order = self.label_order
         if order is None or order.generation != self.generation or self.bundle is None:
             return None
         cols = [self.vocabulary.index(t) for t in self.model_vocabulary if t in self.vocabulary]
         Y = self.label_matrix()
         images = order.images.tolist()
-        start = images.index(self.index) + 1 if self.index in images else 0
+        start = images.index(self.index) + 1 if self.index in images and not from_top else 0
         for i in images[start:] + images[:start]:
-            if i != self.index and (Y[i, cols] < 0).any():
+            if (Y[i, cols] < 0).any() and (i != self.index or from_top):
                 self.set_index(int(i))
                 return int(i)
         return None

@@ -4,6 +4,7 @@ its type (the docks, the key bindings and the workers all report through here)."
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -29,10 +30,18 @@ def report_error(exc: BaseException) -> str:
 
 
 def shows_input_error(func: F) -> F:
-    """Run a GUI handler; an :class:`InputError` becomes one notification (returns None)."""
+    """Run a GUI handler; an :class:`InputError` becomes one notification (returns None).
+
+    Extra positional arguments a signal adds (``clicked(checked)``) are dropped when the
+    handler takes fewer, so a wrapped slot keeps its own signature."""
+    params = list(inspect.signature(func).parameters.values())
+    varargs = any(p.kind is p.VAR_POSITIONAL for p in params)
+    n_positional = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not varargs:
+            args = args[:n_positional]
         try:
             return func(*args, **kwargs)
         except InputError as exc:

@@ -28,7 +28,7 @@ from ._base import SessionDock
 from ._embryo_table import IMAGE_ROLE, EmbryoFilterProxy, EmbryoTableModel
 from ._errors import report_error, shows_input_error
 from ._loading import freeze_long_lived
-from ._viewer_binding import stage_first_show
+from ._viewer_binding import forward_annotation_keys, stage_first_show
 from ._worker import TaskRunner
 
 #: what napari imports the first time it builds an image layer (about two seconds of a
@@ -97,6 +97,7 @@ class EmbryosWidget(SessionDock):
         self.table.setSortingEnabled(True)
         header.setSortIndicator(0, Qt.SortOrder.AscendingOrder)
         self.table.selectionModel().currentRowChanged.connect(self._row_selected)
+        forward_annotation_keys(self.table, self.session)
 
         self.runner = TaskRunner()  # opening thousands of files: headers and hashes off the GUI
         self.runner.started.connect(lambda: self._busy(True))
@@ -359,10 +360,13 @@ class EmbryosWidget(SessionDock):
         order = self.session.label_order
         if order is None:
             return
-        self.model.put_first(order.images)
+        self._updating = True
+        self.table.horizontalHeader().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
+        self._updating = False
+        self.model.put_first(order.images)  # after the indicator: no column sorts them
         self.info_label.setText(f"{len(order.images)} images to label, most informative "
                                 "first (Shift+N: next)")
-        self.session.next_to_label()
+        self.session.next_to_label(from_top=True)
         self._select_current(self.session.index)
 
     def _apply_filter(self, text: str) -> None:
