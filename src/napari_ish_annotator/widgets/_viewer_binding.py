@@ -16,7 +16,7 @@ from typing import Any
 from ..core.utils.errors import InputError
 from ..session import AnnotatorSession
 from ._errors import shows_input_error
-from ._napari_private import window_closed
+from ._napari_private import route_csv_saves, window_closed
 
 EMBRYO_LAYER = "ISH embryo"
 META_KEY = "ish_annotator"
@@ -309,6 +309,8 @@ def bind_viewer(viewer: Any, session: AnnotatorSession) -> None:
     keys["Shift-N"] = guarded(next_to_label)
 
     _KEYS[id(session)] = keys
+    route_csv_saves(viewer, lambda layer: layer.metadata.get(META_KEY) == "embryo",
+                    session.export_all)
 
     def bind(provider: Any) -> None:
         for key, func in keys.items():

@@ -102,6 +102,8 @@ class TermsSection(QWidget):
         self.table = QTableWidget(0, 5)
         self.table.setHorizontalHeaderLabels(["key", "term", "probability", "pred.", "label"])
         self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeaderItem(2).setToolTip(
+            "the term ensemble's probability (the model named in the Model tab)")
         self.table.setMinimumHeight(120)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         triggers = QAbstractItemView.EditTrigger  # only label cells are editable (item flags)
