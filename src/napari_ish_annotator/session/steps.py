@@ -160,8 +160,7 @@ def iter_open(req: OpenRequest) -> ProgressGen[OpenedDataset]:
 def _readable_rows(dataset: Any, paths: Sequence[Path]) -> Any:
     """The manifest's rows whose image was opened (the skipped ones are listed apart)."""
     keep = set(paths)
-    return None if dataset is None else replace(
-        dataset, samples=[x for x in dataset.samples if x.image in keep])
+    return dataset and replace(dataset, samples=[x for x in dataset.samples if x.image in keep])
 
 
 def iter_open_store(path: Path, paths: Sequence[Path], annotator: str | None,
