@@ -142,9 +142,9 @@ class ModelSection(QWidget):
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        form.insertRow(1, brow)  # the main actions right under the model's name
+        form.insertRow(2, self.runner)
         layout.addWidget(model_box)
-        layout.addLayout(brow)
-        layout.addWidget(self.runner)
         layout.addWidget(vocab_box)
         layout.addStretch(1)
 

@@ -104,7 +104,8 @@ class TermsSection(QWidget):
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeaderItem(2).setToolTip(
             "the term ensemble's probability (the model named in the Model tab)")
-        self.table.setMinimumHeight(120)
+        self.table.setMinimumHeight(110)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         triggers = QAbstractItemView.EditTrigger  # only label cells are editable (item flags)
         self.table.setEditTriggers(triggers.CurrentChanged | triggers.SelectedClicked
