@@ -42,6 +42,7 @@ def _notifications() -> int:
 
 def test_a_biologists_day(make_napari_viewer, qtbot, tmp_path, monkeypatch):  # noqa: PLR0915
     from napari_ish_annotator.widgets import open_annotator
+    from napari_ish_annotator.widgets._napari_private import qt_main_window
     from napari_ish_annotator.widgets._viewer_binding import embryo_layer, text_overlay
     from napari_ish_annotator.widgets.explain import gradcam_layer
 
@@ -54,6 +55,8 @@ def test_a_biologists_day(make_napari_viewer, qtbot, tmp_path, monkeypatch):  # 
     viewer = make_napari_viewer(show=True)
     a = open_annotator(viewer)
     s, e, m, t, terms = a.session, a.embryos, a.model, a.train, a.terms
+    qt_main_window(viewer).resize(1366, 768)  # a laptop
+    qtbot.waitUntil(e.open_manifest_button.isVisible)
 
     # open: the rest opens, the missing image is listed
     _answer(monkeypatch, "getOpenFileName", (str(manifest), "Manifest (*.csv)"))
@@ -64,23 +67,38 @@ def test_a_biologists_day(make_napari_viewer, qtbot, tmp_path, monkeypatch):  # 
     assert "1 file(s) skipped" in e.skipped_label.text()
     assert "embryo_05.png" in e.skipped_label.toolTip()
 
+    # a term the manifest does not have: add it, label it by keys on four images
+    a.tabs.setCurrentIndex(1)
+    qtbot.keyClicks(m.new_term_edit, "midgut")
+    _click(qtbot, m.add_term_button)
+    assert terms.row_values()[3][0] == "midgut" and terms.row_values()[3][3] == "unknown"
+    terms.table.setFocus()
+    for presses in (1, 1, 2, 2):  # unknown -> present -> absent
+        for _ in range(presses):
+            qtbot.keyClick(terms.table, Qt.Key.Key_4)
+        qtbot.keyClick(terms.table, Qt.Key.Key_N)
+    assert s.index == 4 and [s.labels_for(i).get("midgut") for i in range(5)] == [1, 1, 0, 0, None]
+    a.tabs.setCurrentIndex(0)
+    for _ in range(4):
+        _click(qtbot, e.prev_button)
+
     # step, label by keys while the term list has focus, undo
     _click(qtbot, e.next_button)
     assert s.index == 1 and terms.image_label.text().startswith("2/9")
     terms.table.setFocus()
     first = s.vocabulary[0]
-    before, shown = s.labels_for()[first], terms.row_values()[0][3]
+    before, shown = s.labels_for().get(first), terms.row_values()[0][3]
     n_notes = _notifications()
     qtbot.keyClick(terms.table, Qt.Key.Key_1)
-    assert s.labels_for()[first] != before and terms.row_values()[0][3] != shown
+    assert s.labels_for().get(first) != before and terms.row_values()[0][3] != shown
     assert _notifications() == n_notes  # the list shows the change: no toast per key
     qtbot.keyClick(terms.table, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
-    assert s.labels_for()[first] == before and terms.row_values()[0][3] == shown
+    assert s.labels_for().get(first) == before and terms.row_values()[0][3] == shown
     qtbot.keyClick(terms.table, Qt.Key.Key_N)
     assert s.index == 2
     qtbot.keyClick(terms.table, Qt.Key.Key_2)  # image 3: the second term cycles to present
     second = s.vocabulary[1]
-    mine = s.labels_for()[second]
+    mine = s.labels_for().get(second)
     assert terms.row_values()[1][3] == {1: "present", 0: "absent", None: "unknown"}[mine]
 
     # a second annotator labels the same image; the first one's label stays in the store
@@ -92,6 +110,10 @@ def test_a_biologists_day(make_napari_viewer, qtbot, tmp_path, monkeypatch):  # 
     terms.table.setFocus()
     qtbot.keyClick(terms.table, Qt.Key.Key_3)
     assert {first_name, "bob"} <= set(s.store.annotators())
+    e.annotator_edit.selectAll()  # back to one's own labels (training reads them)
+    qtbot.keyClicks(e.annotator_edit, first_name)
+    qtbot.keyClick(e.annotator_edit, Qt.Key.Key_Return)
+    assert s.annotator_name == first_name and s.labels_for().get(second) == mine
 
     # train (small and fast: random weights at 64 px), then the threshold on the canvas
     a.tabs.setCurrentIndex(1)
@@ -102,6 +124,7 @@ def test_a_biologists_day(make_napari_viewer, qtbot, tmp_path, monkeypatch):  # 
     t.cv_check.setChecked(False)
     t.members_spin.setValue(3)
     _click(qtbot, t.train_button)
+    assert t.runner.running, t.summary.text()
     wait_done(qtbot, t.runner)
     assert s.probabilities is not None and s.probabilities.shape[0] == 9
     assert all(row[1] != "–" for row in terms.row_values())
@@ -182,11 +205,13 @@ def test_a_biologists_day(make_napari_viewer, qtbot, tmp_path, monkeypatch):  # 
     assert s.n_images == 4
     _answer(monkeypatch, "getExistingDirectory", str(bundle_dir))
     a.tabs.setCurrentIndex(1)
-    _click(qtbot, m.load_model_button)
+    folder_terms, listed = set(s.store.terms()), list(s.vocabulary)
+    _click(qtbot, m.load_model_button)  # its terms predict here; none join this label file
+    assert set(s.store.terms()) == folder_terms and s.vocabulary == listed
     _click(qtbot, m.predict_button)
     wait_done(qtbot, m.runner)
-    assert s.probabilities is not None and s.probabilities.shape == (4, len(s.model_vocabulary))
-    assert all(row[1] != "–" for row in terms.row_values())
+    assert s.probabilities is not None and s.probabilities.shape == (4, 4)
+    assert "midgut" in text_overlay(viewer).text  # the model's own terms are on the canvas
 
     # reopen the first manifest: every label is back
     _answer(monkeypatch, "getOpenFileName", (str(manifest), "Manifest (*.csv)"))
