@@ -253,9 +253,9 @@ class Dialogs:
         for name in ("exec", "exec_"):  # a modal dialog nobody answers would hang the test
             for cls in (QDialog, QMessageBox, QFileDialog):
                 if hasattr(cls, name):
-                    monkeypatch.setattr(cls, name, self._unanswered)
+                    monkeypatch.setattr(cls, name, lambda dialog, *_a: self._unanswered(dialog))
 
-    def _unanswered(self, dialog, *_a) -> int:
+    def _unanswered(self, dialog) -> int:
         self.asked.append(f"unanswered dialog {dialog.windowTitle()!r}")
         return 0
 
@@ -264,7 +264,7 @@ class Dialogs:
 
     @staticmethod
     def _patterns(filters: str) -> list[str]:
-        return [p for p in re.findall(r"\*\.[\w.]+", filters or "")]
+        return re.findall(r"\*\.[\w.]+", filters or "")
 
     def save(self, _parent=None, caption="", directory="", filters="", *_a, **_k):
         self.asked.append(caption)

@@ -5,6 +5,7 @@ handlers that take no argument and raised a TypeError on 10 of 21 buttons)."""
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import pytest
 from qtpy.QtCore import Qt
@@ -127,3 +128,24 @@ def test_an_input_error_in_a_clicked_handler_is_one_message(qtbot, monkeypatch):
     assert [(str(n.message), n.severity) for n in notes] == [
         ("terms.txt: line 3 is empty; remove it", NotificationSeverity.ERROR)]
     assert watch.problems() == []
+
+
+def test_dialogs_answer_from_files_and_refuse_to_hang(qtbot, monkeypatch, tmp_path):
+    """The click-all tests' dialog answers (tests/_gui_helpers.Dialogs)."""
+    from qtpy.QtWidgets import QFileDialog, QMessageBox
+
+    from _gui_helpers import Dialogs, make_dataset
+
+    make_dataset(tmp_path / "data", n=2)
+    dialogs = Dialogs(monkeypatch, tmp_path, tmp_path / "data")
+    path, _ = QFileDialog.getSaveFileName(None, "Label file", "", "SQLite (*.sqlite)")
+    assert path.endswith("_out.sqlite") and Path(path).parent == dialogs.out
+    assert QFileDialog.getOpenFileName(None, "Open", "", "Manifest (*.csv)")[0].endswith(
+        "manifest.csv")
+    assert len(QFileDialog.getOpenFileNames(None, "Open", "", "Images (*.png *.tif)")[0]) == 2
+    assert QFileDialog.getOpenFileName(None, "Weights", "", "Weights (*.pt)")[0] == ""
+    assert QFileDialog.getExistingDirectory(None, "Model bundle folder") == ""  # none saved
+    box = QMessageBox()
+    qtbot.addWidget(box)
+    assert box.exec() == 0
+    assert dialogs.asked[-1] == "unanswered dialog ''"
