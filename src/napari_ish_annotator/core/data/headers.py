@@ -9,6 +9,7 @@ any decoder sees the file. :mod:`.images` applies the budget and opens the decod
 
 from __future__ import annotations
 
+import numbers
 import struct
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -184,14 +185,20 @@ def _bmp(fh: BinaryIO) -> ImageHeader:
 
 def tiff_header(page: Any) -> ImageHeader:
     """The header of a tifffile page (the one decoded: the first)."""
-    bits = page.bitspersample
-    if isinstance(bits, (tuple, list)):
-        bits = max(bits)
+    values = {}
+    for name in ("imagewidth", "imagelength", "samplesperpixel", "bitspersample", "imagedepth"):
+        value = getattr(page, name, 1)
+        if isinstance(value, (tuple, list)) and value and name == "bitspersample":
+            value = max(value)
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise HeaderError(f"the TIFF has a malformed {name} tag ({type(value).__name__})")
+        values[name] = int(value)
+    bits = values["bitspersample"]
     dtype = getattr(page, "dtype", None)
     if dtype is not None:
-        bits = max(int(bits), 8 * dtype.itemsize)
-    return _sized("TIFF", int(page.imagewidth), int(page.imagelength),
-                  int(page.samplesperpixel), int(bits), int(getattr(page, "imagedepth", 1)))
+        bits = max(bits, 8 * int(dtype.itemsize))
+    return _sized("TIFF", values["imagewidth"], values["imagelength"],
+                  values["samplesperpixel"], bits, values["imagedepth"])
 
 
 _READERS = {"PNG": _png, "JPEG": _jpeg, "BMP": _bmp}

@@ -36,6 +36,7 @@ import logging
 import os
 import re
 import stat
+import struct
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,8 +185,13 @@ def _decode_error(path: Path, exc: BaseException) -> InputError:
                       path=path)
 
 
-#: what decoders raise for a bad file (anything else is a bug and propagates)
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, MemoryError, IndexError, KeyError)
+#: what decoders raise for a bad file (anything else is a bug and propagates); found by
+#: fuzzing (tests/test_fuzz_images.py): imagecodecs' errors are RuntimeErrors, tifffile's
+#: and Pillow's arithmetic on nonsense tags gives struct and arithmetic errors
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, MemoryError, IndexError, KeyError,
+                  RuntimeError, struct.error, ArithmeticError)
+#: what tifffile raises for tags of the wrong type (caught around its calls only)
+_TIFF_TAG_ERRORS = (TypeError, AttributeError)
 
 
 def check_image(path: str | Path) -> None:
@@ -300,7 +306,12 @@ def _tiff_file(path: Path, fh: BinaryIO) -> Iterator[tuple[Any, Any]]:
     # tifffile logs warnings ("contains no pages", bad tags) straight to stderr; the problem
     # is reported once, as an InputError naming the file, so the CLI keeps to one line.
     fh.seek(0)
-    with _quiet_logger("tifffile"), tifffile.TiffFile(fh, name=path.name) as tif:
+    with _quiet_logger("tifffile"):
+        try:
+            tif = tifffile.TiffFile(fh, name=path.name)
+        except _TIFF_TAG_ERRORS as exc:
+            raise _decode_error(path, exc) from exc
+    with _quiet_logger("tifffile"), tif:
         if not tif.pages:
             raise InputError("TIFF file has no images; re-export it", path=path)
         yield tif, tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
@@ -314,8 +325,12 @@ def _read_tiff(path: Path, fh: BinaryIO) -> np.ndarray:
         arr = None
         if photometric not in ("PALETTE", "CIELAB", "SEPARATED", "YCBCR"):
             # e.g. JPEG/LZW flavours needing imagecodecs: let Pillow try
-            with contextlib.suppress(ValueError, NotImplementedError, KeyError, ImportError):
+            try:
                 arr = page.asarray()
+            except (ValueError, NotImplementedError, KeyError, ImportError):
+                arr = None
+            except _TIFF_TAG_ERRORS as exc:
+                raise _decode_error(path, exc) from exc
         axes = page.axes
     if arr is None:
         return _read_pillow(path, fh, "TIFF")
