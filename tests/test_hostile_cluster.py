@@ -289,6 +289,6 @@ def test_a_tcp_endpoint_that_is_no_dask_scheduler_is_one_input_error(monkeypatch
     finally:
         server.close()
     text = str(err.value)
-    assert text.startswith(server.address) and "cannot reach a dask scheduler" in text, text
+    assert text.startswith(server.address) and "cannot reach the dask scheduler" in text, text
     assert "\n" not in text and len(text) < 600, text
     assert time.monotonic() - start < 30

@@ -316,3 +316,25 @@ def test_decompression_bomb_is_input_error(tmp_path, monkeypatch):
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)  # 64*64 > 2 * 100 -> error
     with pytest.raises(InputError, match="too large"):
         read_rgb(p)
+
+
+def test_non_regular_files_named_like_images_are_listed_as_problems(tmp_path, rgb8):
+    """A FIFO or a folder named .png inside a folder is never opened: the strict listing
+    (predict) stops at it, the scan (--skip-bad, napari) lists it and keeps the rest."""
+    import os
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(rgb8).save(d / "a.png")
+    os.mkfifo(d / "pipe.png")
+    (d / "dir.tif").mkdir()
+    with pytest.raises(InputError, match=r"dir.tif: is a folder"):
+        collect_inputs([d])
+    scanned = scan_inputs([d], check="decode")
+    assert [p.name for p in scanned.paths] == ["a.png"]
+    by_name = {p.path.name: p.message for p in scanned.problems}
+    assert by_name["pipe.png"].startswith("is a named pipe (FIFO), not an image file")
+    assert set(by_name) == {"pipe.png", "dir.tif"}
+    (d / "dir.tif").rmdir()
+    with pytest.raises(InputError, match=r"pipe.png: is a named pipe \(FIFO\)"):
+        collect_inputs([d])

@@ -244,7 +244,7 @@ def connect(address: ClusterAddress | str, tls: TLSFiles | None = None) -> Itera
                 # what answers may be no dask scheduler at all (AssertionError, MemoryError
                 # from a nonsense frame length); TypeError: "TLS expects a ssl_context"
                 raise InputError(
-                    f"cannot reach a dask scheduler there ({_one_line(exc)[:200]}); check the "
+                    f"cannot reach the dask scheduler ({_one_line(exc)[:200]}); check the "
                     "address, that `dask scheduler` is running there and, for tls://, "
                     "the certificates", path=address.target) from None
         check_workers(client)
