@@ -1,16 +1,27 @@
-"""File > Open for manifest CSVs and folders of images: fills the Embryos session."""
+"""File > Open for manifest CSVs and folders of images: plain napari layer data.
+
+The reader never touches the viewer: it returns the embryo layer (the first image, tagged
+with the inputs to open, :func:`~.widgets._viewer_binding.embryo_layer_data`) and the
+viewer's :class:`~.widgets._viewer_binding.ViewerBinding` opens them in the session when
+napari adds it (at once, or when the ISH Annotator panel is opened).
+"""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
-from .core.data.images import SUPPORTED_SUFFIXES
-from .core.data.manifest import is_manifest
+import numpy as np
 
-#: from this many images on, File > Open reads them in the Embryos panel's worker (progress,
-#: Cancel) instead of freezing the viewer while every file is checked and hashed
-BACKGROUND_MIN_FILES = 500
+from .core.data.images import SUPPORTED_SUFFIXES, read_rgb
+from .core.data.manifest import is_manifest
+from .core.utils.errors import InputError
+from .widgets._viewer_binding import embryo_layer_data
+
+#: from this many images on, opening (header checks, content hashes) runs in the Embryos
+#: panel's worker with progress and Cancel; below it (~10 ms an image) it runs at once
+BACKGROUND_MIN_FILES = 16
 
 
 def _has_images(path: Path) -> bool:
@@ -34,12 +45,14 @@ def napari_get_reader(path: str | list[str]) -> Any:
     return None
 
 
+def _manifest_of(item: Path) -> Path:
+    return item / "manifest.csv" if item.is_dir() and (item / "manifest.csv").is_file() else item
+
+
 def _count_images(inputs: list[str | Path]) -> int:
     """A cheap upper bound on how many images ``inputs`` hold (names and CSV rows only)."""
     n = 0
-    for item in map(Path, inputs):
-        if item.is_dir() and (item / "manifest.csv").is_file():
-            item = item / "manifest.csv"
+    for item in map(_manifest_of, map(Path, inputs)):
         try:
             if item.is_dir():
                 n += sum(1 for p in item.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES)
@@ -53,26 +66,43 @@ def _count_images(inputs: list[str | Path]) -> int:
     return n
 
 
-def open_in_session(viewer: Any, inputs: list[str | Path]) -> list[tuple]:
-    """Open ``inputs`` in the viewer's session (:func:`widgets.open_in_viewer`, which shows
-    the embryo layer itself); datasets of :data:`BACKGROUND_MIN_FILES` images or more open
-    in the annotator's worker."""
-    from .widgets import open_in_viewer
+def _first_candidates(item: Path, limit: int = 3) -> list[Path]:
+    """The first few images ``item`` names, without listing or checking all of them."""
+    if item.is_dir():
+        return sorted(p for p in item.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES)[:limit]
+    if item.suffix.lower() != ".csv":
+        return [item]
+    out: list[Path] = []
+    with open(item, newline="", encoding="utf-8", errors="replace") as fh:
+        for row in csv.DictReader(fh):
+            name = (row.get("image") or "").strip()
+            if name:
+                p = Path(name)
+                out.append(p if p.is_absolute() else item.parent / p)
+            if len(out) >= limit:
+                break
+    return out
 
-    return open_in_viewer(viewer, inputs,
-                          background=_count_images(inputs) >= BACKGROUND_MIN_FILES)
+
+def first_image(inputs: list[str | Path]) -> tuple[np.ndarray, Path | None]:
+    """The first readable image of ``inputs`` (a grey pixel if none of the first few reads:
+    the session's open then says what is wrong)."""
+    for item in map(_manifest_of, map(Path, inputs)):
+        try:
+            candidates = _first_candidates(item)
+        except (OSError, csv.Error):
+            continue
+        for path in candidates:
+            try:
+                return read_rgb(path), path
+            except (InputError, OSError):
+                continue
+    return np.full((1, 1, 3), 128, np.uint8), None
 
 
 def read_dataset(path: str | list[str]) -> list[tuple]:
-    """Reader function: open the dataset in the current viewer's session."""
-    import napari
-
+    """Reader function: the embryo layer's data, asking the session to open ``path``."""
     paths = path if isinstance(path, list) else [path]
-    viewer = napari.current_viewer()
-    if viewer is None:  # no viewer to attach a session to: show the first image only
-        from .core.data.images import read_rgb
-        from .core.data.inputs import collect_inputs
-
-        first = collect_inputs(paths)[0]
-        return [(read_rgb(first), {"name": first.name, "rgb": True}, "image")]
-    return open_in_session(viewer, paths)
+    rgb, first = first_image(paths)
+    return [embryo_layer_data(rgb, first, paths,
+                              background=_count_images(paths) >= BACKGROUND_MIN_FILES)]

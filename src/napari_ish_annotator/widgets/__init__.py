@@ -6,7 +6,6 @@ torch, see :func:`._loading.block_triton`).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 PLUGIN = "napari-ish-annotator"
@@ -19,40 +18,6 @@ def session_of(viewer: Any) -> Any:
     from ._registry import get_session
 
     return get_session(viewer)
-
-
-def open_in_viewer(viewer: Any, inputs: list, background: bool = False) -> list[tuple]:
-    """Open images, folders or manifests in the viewer's session: the one entry for File >
-    Open (``_reader``) and the sample data; returns the napari layer data they hand back.
-
-    The embryo layer is :mod:`._viewer_binding`'s: here its data for napari to add (the old
-    one is removed), or with ``background`` nothing (the files are read in the annotator's
-    Embryos worker, with progress and Cancel, and the binding shows the layer when done; a
-    viewer with no Qt window opens at once).
-    """
-    from napari.utils.notifications import show_error, show_warning
-
-    from ._registry import get_session
-    from ._viewer_binding import open_returning_layer
-
-    session = get_session(viewer)
-    if background:
-        try:
-            embryos = open_annotator(viewer).embryos
-        except Exception:  # noqa: BLE001 - no Qt window (a headless viewer model): open at once
-            embryos = None
-        if embryos is not None:
-            embryos.open_paths(list(inputs), background=True)
-            return [(None,)]
-    layers = open_returning_layer(viewer, session, list(inputs))
-    err = session.take_pending_error()
-    if err is not None:
-        show_error(str(err))
-    if session.skipped:
-        show_warning(f"{len(session.skipped)} file(s) skipped: " + "; ".join(session.skipped[:3]))
-    with contextlib.suppress(Exception):  # no Qt window: the session is still filled
-        open_annotator(viewer)
-    return layers
 
 
 def open_docks(viewer: Any, names: tuple[str, ...] = DOCK_NAMES) -> dict:

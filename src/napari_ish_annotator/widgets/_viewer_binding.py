@@ -1,16 +1,20 @@
 """Connect a session to its viewer: the one embryo layer, the canvas text overlay, the keys.
 
-This lives outside the dock widgets so the image, the on-canvas probabilities and the
-keyboard work whichever panels are open. It owns the embryo layer, the only code that makes
-one: :func:`show_current` (on every ``current_changed``: fills the layer, or adds it); for a
-session's first image after a background open, :func:`first_show_soon` (staged on timers);
-for File > Open and the sample data, which must hand napari layer data,
-:func:`open_returning_layer` (reached through :func:`napari_ish_annotator.widgets.open_in_viewer`).
-While one of the last two is under way, :func:`show_current` leaves the layer to it.
+The napari boundary. File > Open and the sample data hand napari plain layer data
+(:func:`embryo_layer_data`: the first image, tagged with the inputs to open) and never touch
+the viewer; a :class:`ViewerBinding` finds such a layer through napari's public events
+(``viewer.layers.events.inserted``, and the layers already there when it binds) and opens
+its inputs in the session: a handful of files at once, more in the Embryos panel's worker
+(progress, Cancel; the GUI thread only applies the result). The binding is the only code that
+adds an embryo layer itself (:meth:`ViewerBinding.show_current`, or staged on timers for a
+session's first image after a background open); its state lives on the binding, one per
+viewer, not in module-level sets.
 """
 
 from __future__ import annotations
 
+import weakref
+from pathlib import Path
 from typing import Any
 
 from ..core.utils.errors import InputError
@@ -20,6 +24,10 @@ from ._napari_private import route_csv_saves, window_closed
 
 EMBRYO_LAYER = "ISH embryo"
 META_KEY = "ish_annotator"
+#: layer metadata: the inputs a reader's embryo layer asks the session to open
+OPEN_KEY = "ish_open"
+#: layer metadata: whether those inputs are many (read in a worker)
+BACKGROUND_KEY = "ish_open_background"
 
 
 def embryo_layer(viewer: Any) -> Any | None:
@@ -30,28 +38,25 @@ def embryo_layer(viewer: Any) -> Any | None:
     return None
 
 
-def embryo_layer_kwargs(session: AnnotatorSession) -> dict:
-    """Layer kwargs for the embryo layer."""
-    return {"name": EMBRYO_LAYER, "rgb": True,
-            "metadata": {META_KEY: "embryo", "path": str(session.current_path)}}
+def embryo_layer_data(rgb: Any, path: Path | str | None, inputs: list | None = None,
+                      background: bool = False, visible: bool = True) -> tuple:
+    """The embryo layer as napari layer data: the one description of it (the reader's and
+    the sample data's layer, and the binding's own). ``inputs``: what the session should open
+    when the layer appears (read in a worker with ``background``)."""
+    metadata: dict[str, Any] = {META_KEY: "embryo", "path": str(path or "")}
+    if inputs is not None:
+        metadata[OPEN_KEY] = [str(p) for p in inputs]
+        metadata[BACKGROUND_KEY] = bool(background)
+    return rgb, {"name": EMBRYO_LAYER, "rgb": True, "visible": visible,
+                 "metadata": metadata}, "image"
 
 
-#: sessions whose embryo layer napari is about to add from layer data we returned
-_LAYER_RETURNED: set[int] = set()
-
-
-def open_returning_layer(viewer: Any, session: AnnotatorSession, inputs: list) -> list[tuple]:
-    """Open ``inputs`` in the session and return the embryo layer's data for napari to add
-    (a reader or sample must return layer data); the previous embryo layer goes."""
-    old = embryo_layer(viewer)
-    if old is not None:
-        viewer.layers.remove(old)
-    _LAYER_RETURNED.add(id(session))
-    try:
-        session.open(inputs)
-    finally:
-        _LAYER_RETURNED.discard(id(session))
-    return [(session.image(), embryo_layer_kwargs(session), "image")]
+def _add_embryo_layer(viewer: Any, session: AnnotatorSession, rgb: Any,
+                      visible: bool = True) -> Any:
+    data, kwargs, _ = embryo_layer_data(rgb, session.current_path, visible=visible)
+    layer = viewer.add_image(data, **kwargs)
+    viewer.reset_view()
+    return layer
 
 
 def _current_rgb(session: AnnotatorSession) -> Any | None:
@@ -65,88 +70,11 @@ def _current_rgb(session: AnnotatorSession) -> Any | None:
         return None
 
 
-def show_current(viewer: Any, session: AnnotatorSession) -> None:
-    """Put the current image into the one reused RGB layer (created if missing)."""
-    if session.current_path is None:
-        return
-    layer = embryo_layer(viewer)
-    if layer is None and (id(session) in _FIRST_SHOW_PENDING or id(session) in _LAYER_RETURNED):
-        return  # the staged first show or napari (open_returning_layer) adds it
-    rgb = _current_rgb(session)
-    if rgb is None:
-        return
-    if layer is None:
-        viewer.add_image(rgb, **embryo_layer_kwargs(session))
-        viewer.reset_view()
-        return
-    old_shape = layer.data.shape
-    layer.data = rgb
-    layer.metadata["path"] = str(session.current_path)
-    if old_shape != rgb.shape:
-        layer.reset_contrast_limits()
-        viewer.reset_view()
-
-
 #: ms between the stages of a session's first image. napari's first layer costs 0.3-0.5 s of
 #: GUI time in one piece (layer controls, the image shaders, the overlay's glyphs and shaders);
 #: staged on timers (a zero delay would run in the same batch of events) no piece blocks the
 #: viewer for more than ~0.13 s here, and the opening's own work is not added to any of them
 FIRST_SHOW_STAGE_MS = 40
-_FIRST_SHOW_PENDING: set[int] = set()  # sessions whose first image is being staged
-
-
-def stage_first_show(viewer: Any, session: AnnotatorSession) -> None:
-    """Leave the first embryo layer to :func:`first_show_soon`: from now on a session change
-    that would add it (the background Open's result, applied next) leaves it be."""
-    if embryo_layer(viewer) is None:
-        first_show_soon(viewer, session)
-
-
-def first_show_soon(viewer: Any, session: AnnotatorSession) -> None:
-    """Show the session's first embryo in timer events of their own: add the layer hidden
-    (layer controls), show it (image shaders), write the first word of the canvas text (text
-    shaders, a few glyphs), then all of it (the other glyphs), whatever image is current."""
-    from qtpy.QtCore import QTimer
-
-    if id(session) in _FIRST_SHOW_PENDING:
-        return
-    _FIRST_SHOW_PENDING.add(id(session))
-    layer: list[Any] = []
-
-    def add() -> bool:
-        if embryo_layer(viewer) is not None or session.current_path is None:
-            return False
-        rgb = _current_rgb(session)
-        if rgb is None:
-            return False
-        layer.append(viewer.add_image(rgb, visible=False, **embryo_layer_kwargs(session)))
-        viewer.reset_view()
-        return True
-
-    def show() -> bool:
-        layer[0].visible = True
-        return True
-
-    def first_word() -> bool:
-        overlay = text_overlay(viewer)
-        overlay.text = overlay_text(session).split(" ", 1)[0]
-        overlay.visible = bool(overlay.text)
-        return True
-
-    stages = [add, show, first_word]
-
-    def run_next() -> None:
-        stage = stages.pop(0)
-        go_on = not window_closed(viewer) and stage()
-        if go_on and stages:
-            QTimer.singleShot(FIRST_SHOW_STAGE_MS, run_next)
-            return
-        _FIRST_SHOW_PENDING.discard(id(session))
-        if go_on:  # the whole text, the rest of its glyphs rendered in the next paint
-            update_overlay(viewer, session)
-
-    QTimer.singleShot(FIRST_SHOW_STAGE_MS, run_next)
-
 
 #: the canvas text before any image is open: what to do first. napari's welcome screen hides
 #: it while the viewer has no layer (it shows over other layers), but it is drawn either way,
@@ -177,19 +105,6 @@ def text_overlay(viewer: Any) -> Any:
     return viewer.text_overlay
 
 
-def update_overlay(viewer: Any, session: AnnotatorSession) -> None:
-    """Write the canvas text; it waits while the session's first image is being staged."""
-    if id(session) in _FIRST_SHOW_PENDING:
-        return
-    overlay = text_overlay(viewer)
-    overlay.text = overlay_text(session)
-    overlay.visible = bool(overlay.text)
-
-
-#: each bound session's key handlers by napari key name, for the panels' tables
-_KEYS: dict[int, dict[str, Any]] = {}
-
-
 def hint(viewer: Any, text: str) -> None:
     """A key's "nothing to do" answer in the status bar: a toast would stay on the canvas
     after it stopped being true (and the term list already shows every label change)."""
@@ -215,51 +130,221 @@ def key_name(event: Any) -> str:
     return text.lower()
 
 
-def forward_annotation_keys(widget: Any, session: AnnotatorSession) -> None:
-    """The annotation keys act while ``widget`` (a panel's table) has focus, as on the canvas:
-    a table would otherwise swallow 1-0 and n/p for its own keyboard search."""
-    from qtpy.QtCore import QEvent, QObject
+#: the live bindings (one per viewer), found by identity; a binding leaves on close()
+_BINDINGS: list[ViewerBinding] = []
 
-    class _Forward(QObject):
-        def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt API
-            if event.type() != QEvent.Type.KeyPress:
+
+def binding_of(viewer: Any = None, session: AnnotatorSession | None = None
+               ) -> ViewerBinding | None:
+    """The live binding of ``viewer`` or of ``session``, or None."""
+    for binding in _BINDINGS:
+        if binding.viewer is viewer or binding.session is session:
+            return binding
+    return None
+
+
+class ViewerBinding:
+    """Keeps one viewer and its session in step: the embryo layer, the canvas text, the keys
+    (PageUp/PageDown, n/p, 1-9/0, u, Shift+N, Ctrl+Z) and the layers napari adds from our
+    reader or sample data (their inputs are opened in the session)."""
+
+    def __init__(self, viewer: Any, session: AnnotatorSession) -> None:
+        self.viewer = viewer
+        self.session = session
+        self.keys: dict[str, Any] = {}
+        self.first_show_pending = False  # a session's first image is being staged
+        self._openers: list[weakref.ref] = []
+        _BINDINGS.append(self)
+        self._bind()
+        self.adopt_pending()  # File > Open before any panel existed
+
+    def close(self) -> None:
+        """Forget this binding (its key handlers hold the viewer)."""
+        if self in _BINDINGS:
+            _BINDINGS.remove(self)
+
+    # ------------------------------------------------------------------ the embryo layer
+    def show_current(self) -> None:
+        """Put the current image into the one reused RGB layer (created if missing)."""
+        viewer, session = self.viewer, self.session
+        if session.current_path is None:
+            return
+        layer = embryo_layer(viewer)
+        if layer is None and self.first_show_pending:
+            return  # the staged first show adds it
+        rgb = _current_rgb(session)
+        if rgb is None:
+            return
+        if layer is None:
+            _add_embryo_layer(viewer, session, rgb)
+            return
+        old_shape = layer.data.shape
+        layer.data = rgb
+        layer.metadata["path"] = str(session.current_path)
+        if old_shape != rgb.shape:
+            layer.reset_contrast_limits()
+            viewer.reset_view()
+
+    def stage_first_show(self) -> None:
+        """Leave the first embryo layer to :meth:`first_show_soon`: from now on a session
+        change that would add it (the background Open's result, applied next) leaves it be."""
+        if embryo_layer(self.viewer) is None:
+            self.first_show_soon()
+
+    def first_show_soon(self) -> None:
+        """Show the session's first embryo in timer events of their own: add the layer hidden
+        (layer controls), show it (image shaders), write the first word of the canvas text
+        (text shaders, a few glyphs), then all of it (the other glyphs)."""
+        from qtpy.QtCore import QTimer
+
+        if self.first_show_pending:
+            return
+        self.first_show_pending = True
+        viewer, session = self.viewer, self.session
+        layer: list[Any] = []
+
+        def add() -> bool:
+            if embryo_layer(viewer) is not None or session.current_path is None:
                 return False
-            handler = _KEYS.get(id(session), {}).get(key_name(event))
-            if handler is None:
+            rgb = _current_rgb(session)
+            if rgb is None:
                 return False
-            handler()
+            layer.append(_add_embryo_layer(viewer, session, rgb, visible=False))
             return True
 
-    widget.installEventFilter(_Forward(widget))
+        def show() -> bool:
+            layer[0].visible = True
+            return True
+
+        def first_word() -> bool:
+            overlay = text_overlay(viewer)
+            overlay.text = overlay_text(session).split(" ", 1)[0]
+            overlay.visible = bool(overlay.text)
+            return True
+
+        stages = [add, show, first_word]
+
+        def run_next() -> None:
+            stage = stages.pop(0)
+            go_on = not window_closed(viewer) and stage()
+            if go_on and stages:
+                QTimer.singleShot(FIRST_SHOW_STAGE_MS, run_next)
+                return
+            self.first_show_pending = False
+            if go_on:  # the whole text, the rest of its glyphs rendered in the next paint
+                self.update_overlay()
+
+        QTimer.singleShot(FIRST_SHOW_STAGE_MS, run_next)
+
+    def update_overlay(self) -> None:
+        """Write the canvas text; it waits while the session's first image is being staged."""
+        if self.first_show_pending:
+            return
+        overlay = text_overlay(self.viewer)
+        overlay.text = overlay_text(self.session)
+        overlay.visible = bool(overlay.text)
+
+    # ------------------------------------------------------------------ layers napari adds
+    def add_opener(self, opener: Any) -> None:
+        """An Embryos panel (``open_paths(paths, background=True)``) that reads large inputs
+        in its worker; a reader's layer waiting for one is opened now."""
+        self._openers.append(weakref.ref(opener))
+        self.adopt_pending()
+
+    def _opener(self) -> Any | None:
+        for ref in self._openers:
+            opener = ref()
+            if opener is not None and not getattr(opener, "closed", False):
+                return opener
+        return None
+
+    def adopt_pending(self) -> None:
+        """Open the inputs of every reader layer that asks for it (see :data:`OPEN_KEY`)."""
+        for layer in list(self.viewer.layers):
+            if OPEN_KEY in layer.metadata:
+                self._adopt(layer)
+
+    def _adopt(self, layer: Any) -> None:
+        """Make a reader's layer THE embryo layer and open its inputs: a handful at once,
+        more in the Embryos panel's worker (left waiting until a panel exists)."""
+        background = bool(layer.metadata.get(BACKGROUND_KEY))
+        opener = self._opener() if background else None
+        if background and opener is None:
+            return
+        inputs = layer.metadata.pop(OPEN_KEY)
+        layer.metadata.pop(BACKGROUND_KEY, None)
+        for old in [lay for lay in self.viewer.layers
+                    if lay is not layer and lay.metadata.get(META_KEY) == "embryo"]:
+            self.viewer.layers.remove(old)
+        layer.name = EMBRYO_LAYER  # napari numbered it while the old one was there
+        if opener is not None:
+            try:
+                opener.open_paths(list(inputs), background=True)
+                return
+            except RuntimeError:  # its Qt widget was deleted: open here
+                pass
+        self._open_now(list(inputs))
+
+    def _open_now(self, inputs: list[str]) -> None:
+        from napari.utils.notifications import show_error, show_warning
+
+        try:
+            self.session.open(inputs)
+        except InputError as exc:
+            show_error(str(exc))
+            return
+        err = self.session.take_pending_error()
+        if err is not None:
+            show_error(str(err))
+        skipped = self.session.skipped
+        if skipped:
+            show_warning(f"{len(skipped)} file(s) skipped: " + "; ".join(skipped[:3]))
+
+    def _layer_inserted(self, event: Any) -> None:
+        layer = event.value
+        if layer.metadata.get(META_KEY) in ("embryo", "gradcam"):
+            self._bind_keys(layer)  # an active layer's own keys come before the viewer's
+        if OPEN_KEY in layer.metadata:
+            self._adopt(layer)
+
+    # ------------------------------------------------------------------ signals and keys
+    def _bind(self) -> None:
+        viewer, session = self.viewer, self.session
+        overlay = text_overlay(viewer)
+        try:
+            overlay.position = "top_left"
+            overlay.font_size = 11
+            overlay.color = "white"
+        except Exception:  # older napari versions name these differently
+            pass
+        self.update_overlay()  # the hint, until images are open
+        session.current_changed.connect(lambda *_: (self.show_current(), self.update_overlay()))
+
+        def drop_stale_gradcam() -> None:
+            for layer in list(viewer.layers):
+                if layer.metadata.get(META_KEY) == "gradcam":
+                    viewer.layers.remove(layer)
+        session.dataset_changed.connect(drop_stale_gradcam)
+        for sig in (session.predictions_changed, session.settings_changed,
+                    session.dataset_changed):
+            sig.connect(lambda *_: self.update_overlay())
+        self.keys = _key_handlers(viewer, session)
+        route_csv_saves(viewer, lambda layer: layer.metadata.get(META_KEY) == "embryo",
+                        session.export_all)
+        self._bind_keys(viewer)
+        viewer.layers.events.inserted.connect(self._layer_inserted)
+        for layer in viewer.layers:
+            if layer.metadata.get(META_KEY) in ("embryo", "gradcam"):
+                self._bind_keys(layer)
+
+    def _bind_keys(self, provider: Any) -> None:
+        for key, func in self.keys.items():
+            provider.bind_key(key, func, overwrite=True)
 
 
-def unbind_session(session: AnnotatorSession) -> None:
-    """Forget a closed session's key handlers (they hold its viewer)."""
-    _KEYS.pop(id(session), None)
-
-
-def bind_viewer(viewer: Any, session: AnnotatorSession) -> None:
-    """Keep viewer and session in step; bind PageUp/PageDown, n/p, 1-9/0, u, Shift+N, Ctrl+Z."""
-    overlay = text_overlay(viewer)
-    try:
-        overlay.position = "top_left"
-        overlay.font_size = 11
-        overlay.color = "white"
-    except Exception:  # older napari versions name these differently
-        pass
-
-    update_overlay(viewer, session)  # the hint, until images are open
-    session.current_changed.connect(lambda *_: (show_current(viewer, session),
-                                                update_overlay(viewer, session)))
-    def drop_stale_gradcam() -> None:
-        for layer in list(viewer.layers):
-            if layer.metadata.get(META_KEY) == "gradcam":
-                viewer.layers.remove(layer)
-    session.dataset_changed.connect(drop_stale_gradcam)
-    for sig in (session.predictions_changed, session.settings_changed, session.dataset_changed):
-        sig.connect(lambda *_: update_overlay(viewer, session))
-
-    def guarded(func):
+def _key_handlers(viewer: Any, session: AnnotatorSession) -> dict[str, Any]:
+    """napari key name -> handler: PageUp/PageDown, n/p, 1-9/0, u, Shift+N, Ctrl+Z."""
+    def guarded(func: Any) -> Any:
         handler = shows_input_error(func)
 
         def bound(_viewer: Any = None) -> None:
@@ -267,7 +352,7 @@ def bind_viewer(viewer: Any, session: AnnotatorSession) -> None:
         bound.__name__ = getattr(func, "__name__", "handler")
         return bound
 
-    def step(delta: int):
+    def step(delta: int) -> Any:
         def go() -> None:
             session.step(delta)
         go.__name__ = f"ish_step_{'next' if delta > 0 else 'previous'}"
@@ -279,7 +364,7 @@ def bind_viewer(viewer: Any, session: AnnotatorSession) -> None:
     for key in ("PageUp", "p"):
         keys[key] = step(-1)
 
-    def toggle(k: int):
+    def toggle(k: int) -> Any:
         def go() -> None:
             if k < len(session.vocabulary) and session.current_path is not None:
                 session.cycle_label(session.vocabulary[k])  # the term list shows it
@@ -307,25 +392,37 @@ def bind_viewer(viewer: Any, session: AnnotatorSession) -> None:
         elif session.next_to_label() is None:
             hint(viewer, "every ranked image is labelled: press Next to label to rank again")
     keys["Shift-N"] = guarded(next_to_label)
+    return keys
 
-    _KEYS[id(session)] = keys
-    route_csv_saves(viewer, lambda layer: layer.metadata.get(META_KEY) == "embryo",
-                    session.export_all)
 
-    def bind(provider: Any) -> None:
-        for key, func in keys.items():
-            provider.bind_key(key, func, overwrite=True)
+def forward_annotation_keys(widget: Any, session: AnnotatorSession) -> None:
+    """The annotation keys act while ``widget`` (a panel's table) has focus, as on the canvas:
+    a table would otherwise swallow 1-0 and n/p for its own keyboard search."""
+    from qtpy.QtCore import QEvent, QObject
 
-    bind(viewer)
+    class _Forward(QObject):
+        def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt API
+            if event.type() != QEvent.Type.KeyPress:
+                return False
+            binding = binding_of(session=session)
+            handler = binding.keys.get(key_name(event)) if binding is not None else None
+            if handler is None:
+                return False
+            handler()
+            return True
 
-    # An active image layer's own keys (1/2 = pan/transform mode, ...) come before the
-    # viewer's, so our layers get the annotation keys too.
-    def layer_added(event: Any) -> None:
-        layer = event.value
-        if layer.metadata.get(META_KEY) in ("embryo", "gradcam"):
-            bind(layer)
+    widget.installEventFilter(_Forward(widget))
 
-    viewer.layers.events.inserted.connect(layer_added)
-    for layer in viewer.layers:
-        if layer.metadata.get(META_KEY) in ("embryo", "gradcam"):
-            bind(layer)
+
+def stage_first_show(viewer: Any, session: AnnotatorSession) -> None:
+    """:meth:`ViewerBinding.stage_first_show` of the session's binding."""
+    binding = binding_of(session=session)
+    if binding is not None:
+        binding.stage_first_show()
+
+
+def add_opener(session: AnnotatorSession, opener: Any) -> None:
+    """:meth:`ViewerBinding.add_opener` of the session's binding."""
+    binding = binding_of(session=session)
+    if binding is not None:
+        binding.add_opener(opener)

@@ -30,7 +30,7 @@ from ._base import Collapsible, SessionDock
 from ._embryo_table import IMAGE_ROLE, EmbryoFilterProxy, EmbryoTableModel
 from ._errors import report_error, shows_input_error
 from ._loading import freeze_long_lived
-from ._viewer_binding import forward_annotation_keys, stage_first_show
+from ._viewer_binding import add_opener, forward_annotation_keys, stage_first_show
 from ._worker import TaskRunner
 
 #: what napari imports the first time it builds an image layer (about two seconds of a
@@ -196,6 +196,7 @@ class EmbryosWidget(SessionDock):
         if s.n_images:
             self._rebuild()
             self._select_current(s.index)
+        add_opener(s, self)  # File > Open of many files reads them in this panel's worker
 
     # ------------------------------------------------------------------ opening
     def open_paths(self, paths: list[str | Path], store_path: str | Path | None = None,
