@@ -97,14 +97,15 @@ def test_individual_panels_stay_available(make_napari_viewer):
 
 
 def test_importing_the_widgets_has_no_side_effects():
-    """The triton guard runs where the GUI imports torch, not on `import widgets`."""
+    """The triton guard is scoped to the GUI's torch import, not on `import widgets`."""
     import subprocess
     import sys
 
     code = ("import sys\nimport napari_ish_annotator.widgets\n"
             "assert 'triton' not in sys.modules, 'import blocked triton'\n"
-            "from napari_ish_annotator.widgets._loading import block_triton\n"
-            "block_triton()\nassert sys.modules['triton'] is None\n")
+            "from napari_ish_annotator.widgets._loading import triton_blocked\n"
+            "with triton_blocked():\n    assert sys.modules['triton'] is None\n"
+            "assert 'triton' not in sys.modules, 'the guard outlived its block'\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 

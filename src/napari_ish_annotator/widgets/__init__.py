@@ -1,7 +1,7 @@
 """napari dock widgets: thin views over :mod:`napari_ish_annotator.session`.
 
-Importing this package has no side effects (the triton guard runs where the GUI imports
-torch, see :func:`._loading.block_triton`).
+Importing this package has no side effects (the triton guard is scoped to the GUI's torch
+import, see :func:`._loading.triton_blocked`).
 """
 
 from __future__ import annotations

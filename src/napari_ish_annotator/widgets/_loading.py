@@ -1,25 +1,42 @@
 """Heavy loading that must not freeze the viewer: torch imported in a worker (its shared
-libraries loaded with the GIL released, triton kept out) and ``gc.freeze`` after the big
-imports, so later full garbage collections do not stall the GUI thread."""
+libraries loaded with the GIL released, triton kept out while it loads) and ``gc.freeze``
+after the big imports while a session is bound, so full garbage collections do not stall
+the GUI thread. Both are scoped: ``sys.modules`` is restored after the import, and the
+freeze is undone when the last ISH session closes (:func:`release_frozen`)."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+#: set to "1" to let torch load triton in the viewer's process (read when torch is imported)
+ALLOW_TRITON_ENV = "ISH_ANNOTATOR_ALLOW_TRITON"
 
-def block_triton() -> None:
-    """Keep torchvision from loading ``triton`` in the viewer's process.
+
+@contextlib.contextmanager
+def triton_blocked() -> Iterator[None]:
+    """Keep torchvision from loading ``triton`` while torch is imported in the viewer's
+    process; ``sys.modules`` is restored afterwards.
 
     triton's bundled LLVM clashes with the LLVM inside Mesa's OpenGL driver that napari's
-    canvas has already loaded, and the process segfaults (seen with Xvfb/llvmpipe). The plugin
-    never uses ``torch.compile``, so inference is unaffected. Only the GUI does this, right
-    before it imports torch; set ``ISH_ANNOTATOR_ALLOW_TRITON=1`` to opt out.
+    canvas has already loaded, and the process segfaults (seen with Xvfb/llvmpipe); the
+    import of torchvision is what loads it. The plugin never uses ``torch.compile``, so
+    inference is unaffected. Set ``ISH_ANNOTATOR_ALLOW_TRITON=1`` to opt out.
     """
-    if "triton" not in sys.modules and os.environ.get("ISH_ANNOTATOR_ALLOW_TRITON") != "1" \
-            and "torchvision" not in sys.modules:
-        sys.modules["triton"] = None  # makes `import triton` raise ImportError
+    if "triton" in sys.modules or "torchvision" in sys.modules \
+            or os.environ.get(ALLOW_TRITON_ENV) == "1":
+        yield
+        return
+    sys.modules["triton"] = None  # type: ignore[assignment]  # `import triton` raises ImportError
+    try:
+        yield
+    finally:
+        if "triton" in sys.modules and sys.modules["triton"] is None:
+            del sys.modules["triton"]
 
 
 _FROZEN: set[str] = set()
@@ -27,7 +44,8 @@ _FROZEN: set[str] = set()
 
 def freeze_long_lived(after: str) -> None:
     """Exclude the objects alive now from future garbage collections (``gc.freeze``), once
-    per ``after`` ("start-up", "layer imports", "torch"): at most three times a process.
+    per ``after`` ("start-up", "layer imports", "torch") while an ISH session is bound to a
+    viewer; :func:`release_frozen` undoes it when the last one closes.
 
     napari, Qt and torch keep ~0.4-0.5 million long-lived objects. A full collection scans
     them all, 0.17-0.24 s here, holding the GIL, so the viewer stalls; a worker that builds
@@ -39,24 +57,30 @@ def freeze_long_lived(after: str) -> None:
     if after in _FROZEN:
         return
     _FROZEN.add(after)
-    import gc
-
     gc.freeze()
 
 
+def release_frozen() -> None:
+    """Give the objects :func:`freeze_long_lived` froze back to the garbage collector."""
+    if _FROZEN:
+        _FROZEN.clear()
+        gc.unfreeze()
+
+
 def load_torch() -> None:
-    """Import torch/torchvision and the core modules using them (any thread; call
-    :func:`block_triton` on the GUI thread first).
+    """Import torch/torchvision and the core modules using them (any thread), with triton
+    kept out (:func:`triton_blocked`).
 
     The first long task does this in its worker: on the GUI thread the import froze the
     viewer for ~1.5 s; in a worker, with torch's libraries loaded first without the GIL, the
     viewer stalls for no more than ~0.1-0.2 s (the Python bindings' initialisation).
     """
     _open_torch_libraries()
-    import torch  # noqa: F401
-    import torchvision  # noqa: F401
+    with triton_blocked():
+        import torch  # noqa: F401
+        import torchvision  # noqa: F401
 
-    from ..core.features import extractor  # noqa: F401
+        from ..core.features import extractor  # noqa: F401
 
     freeze_long_lived("torch")
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..session import AnnotatorSession
+from ._loading import freeze_long_lived, release_frozen
 from ._napari_private import on_window_destroyed, real_viewer
-from ._viewer_binding import ViewerBinding, binding_of
+from ._viewer_binding import ViewerBinding, binding_of, bindings_alive
 
 
 def get_session(viewer: Any) -> AnnotatorSession:
@@ -19,12 +20,15 @@ def get_session(viewer: Any) -> AnnotatorSession:
     binding = ViewerBinding(viewer, session)
     # closing the window closes the label store and drops the session (and its viewer refs)
     on_window_destroyed(viewer, lambda *_: _forget(binding))
+    freeze_long_lived("start-up")  # napari's and Qt's objects: see its docstring
     return session
 
 
 def _forget(binding: ViewerBinding) -> None:
     binding.close()
     binding.session.close()
+    if not bindings_alive():
+        release_frozen()  # the freeze lasts while the plugin is in use, no longer
 
 
 def forget_session(viewer: Any) -> None:

@@ -143,6 +143,11 @@ def binding_of(viewer: Any = None, session: AnnotatorSession | None = None
     return None
 
 
+def bindings_alive() -> int:
+    """How many viewers have a bound session."""
+    return len(_BINDINGS)
+
+
 class ViewerBinding:
     """Keeps one viewer and its session in step: the embryo layer, the canvas text, the keys
     (PageUp/PageDown, n/p, 1-9/0, u, Shift+N, Ctrl+Z) and the layers napari adds from our

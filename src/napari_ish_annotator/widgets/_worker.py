@@ -1,7 +1,8 @@
 """Run session steps (progress generators) off the GUI thread with a progress bar and Cancel.
 
-Set ``SYNCHRONOUS = True`` (or the environment variable ``ISH_ANNOTATOR_SYNC=1``) to run the
-same generators on the calling thread, which makes debugging with breakpoints easy.
+Set ``SYNCHRONOUS = True`` (or the environment variable ``ISH_ANNOTATOR_SYNC=1``, read when a
+task starts) to run the same generators on the calling thread, which makes debugging with
+breakpoints easy.
 """
 
 from __future__ import annotations
@@ -21,9 +22,17 @@ from ..core.utils.errors import InputError
 from ..core.utils.progress import Progress
 from ..session.steps import throttled
 from ._errors import report_error
-from ._loading import block_triton, load_torch, torch_loaded
+from ._loading import load_torch, torch_loaded
 
-SYNCHRONOUS = os.environ.get("ISH_ANNOTATOR_SYNC", "") == "1"
+#: run tasks inline (True/False); None: as ``ISH_ANNOTATOR_SYNC`` says when a task starts
+SYNCHRONOUS: bool | None = None
+
+
+def synchronous() -> bool:
+    """Whether tasks run on the calling thread (:data:`SYNCHRONOUS`, else the environment)."""
+    if SYNCHRONOUS is not None:
+        return SYNCHRONOUS
+    return os.environ.get("ISH_ANNOTATOR_SYNC", "") == "1"
 log = logging.getLogger(__name__)
 
 
@@ -126,10 +135,8 @@ class TaskRunner(QWidget):
             report_error(InputError("another task is still running; wait or press Cancel"))
             return None
         load_first = needs_torch and not torch_loaded()
-        if load_first:
-            block_triton()  # before any thread imports torchvision
         self._begin(message)
-        if SYNCHRONOUS:
+        if synchronous():
             if load_first:
                 load_torch()
             return self._run_sync(func, args, on_done, done_message)

@@ -37,6 +37,7 @@ import os
 import re
 import stat
 import struct
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,14 +73,28 @@ SUPPORTED_TEXT = "PNG, JPEG, TIFF or BMP"
 _PILLOW_DEFAULT_LIMIT = 1024 * 1024 * 1024 // 4 // 3
 
 
-def _let_pillow_follow(budget: int) -> None:
-    """Raise Pillow's bomb limit to a raised budget, so Pillow does not refuse first; a limit
-    someone made stricter than Pillow's default is left alone."""
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pillow_follows(budget: int) -> Iterator[None]:
+    """Pillow's bomb limit raised to a raised budget for one ``Image.open``, then restored:
+    Pillow must not refuse (above twice its limit) what the budget lets through. A limit
+    someone made stricter than Pillow's default, or one that already suffices, is left alone;
+    nothing changes for the process (the lock keeps concurrent opens from restoring a raise)."""
     from PIL import Image
 
     limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and _PILLOW_DEFAULT_LIMIT <= limit < budget:
+    if limit is None or limit < _PILLOW_DEFAULT_LIMIT or 2 * limit >= budget:
+        yield
+        return
+    with _PILLOW_LIMIT_LOCK:
+        old = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = budget
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
 
 
 _KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
@@ -237,9 +252,8 @@ def _open_pillow(path: Path, fh: BinaryIO, fmt: str) -> Iterator[Any]:
     Pillow's bomb warning is silenced and its bomb error reported like our own limit."""
     from PIL import Image
 
-    _let_pillow_follow(max_pixels())
     fh.seek(0)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _pillow_follows(max_pixels()):
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             img = Image.open(fh, formats=[fmt])
