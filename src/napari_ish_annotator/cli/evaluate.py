@@ -6,12 +6,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..core.learn.groups import parse_by
 from ..core.utils.errors import InputError
 from . import _common as c
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.compare:
+        if args.by:
+            raise InputError("--by evaluates one model's records; drop --compare (or --by)")
         if args.repeats is not None:
             raise InputError("--compare runs k-fold or --test; drop --repeats")
         return cmd_evaluate_compare(args)
@@ -20,6 +23,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..core.workflow import iter_evaluate
 
     _check_protocol(args)
+    by = parse_by(args.by) if args.by else None
     dataset = read_manifest(args.manifest, vocabulary=c.vocabulary(args))
     test = None
     if args.test:
@@ -28,7 +32,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         iter_evaluate(dataset, c.extractor_config(args), c.ensemble_config(args),
                       layers=c.parse_layers(args.layers, args.backbone), folds=args.folds,
                       test_dataset=test, cache_dir=c.cache_dir(args), repeats=args.repeats,
-                      test_fraction=args.test_fraction),
+                      test_fraction=args.test_fraction, by=by),
         args, "evaluate")
     print(format_table(results))
     if args.json:
@@ -139,6 +143,10 @@ def register(sub) -> None:
                    help="comma-separated layers, e.g. 17,21,24,30 (default: the backbone's "
                         "default layer, 21 for VGG16)")
     p.add_argument("--json", type=Path, default=None, help="write metrics JSON here")
+    p.add_argument("--by", default=None, metavar="gene,stage",
+                   help="also evaluate gene x stage records (the annotation curators submit): "
+                        "the held-out genes' image probabilities combined per record, same "
+                        "splits; --json adds \"groups\" beside \"layers\"")
     p.add_argument("--layer", default=None, help=argparse.SUPPRESS)
     p.add_argument("--compare", metavar="CKPT", default=None,
                    help="also evaluate TL+MTL with this fine-tuned checkpoint on the "

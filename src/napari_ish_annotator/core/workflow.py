@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from .data.manifest import Dataset
+from .learn.decision import calls_text
+from .learn.groups import GroupRecords, record_groups
 from .utils.errors import InputError
 from .utils.files import release_pages
 from .utils.progress import Progress, ProgressGen, sub_progress
@@ -234,6 +236,7 @@ def iter_evaluate(
     cache_dir=None,
     repeats: int | None = None,
     test_fraction: float = 0.25,
+    by: Sequence[str] | None = None,
 ) -> ProgressGen[dict]:
     """Accuracy, sensitivity, specificity and AUC per term and layer (the paper's Table 2).
 
@@ -241,7 +244,8 @@ def iter_evaluate(
     ``repeats`` R seeded random gene-grouped partitions (mean and std over them); otherwise
     k-fold cross-validation grouped by gene (images of one gene share labels, so a random
     split would leak). Returns ``{"layers": {layer: summary}}`` (CONTRACTS.md, see
-    :class:`~.evaluation.Evaluation`).
+    :class:`~.evaluation.Evaluation`). With ``by`` (``("gene", "stage")``) the same figures
+    for the gene x stage records of the test genes go under ``"groups"``, same shape.
     """
     from .backbones.registry import load_backbone
     from .learn.evaluation import grouped_folds, iter_cross_validate, random_partitions
@@ -268,6 +272,10 @@ def iter_evaluate(
             splits = grouped_folds(groups, folds, seed=ensemble.seed)
     if not layers:
         raise InputError("no layers to evaluate; pass --layers, e.g. --layers 21")
+    records = None
+    if by:
+        samples = list(dataset.samples) + (list(test_dataset.samples) if test_dataset else [])
+        records = record_groups([s.gene for s in samples], [s.stage for s in samples], by)
 
     loaded = load_backbone(extractor.backbone, extractor.weights, seed=extractor.seed)
     results: dict = {"layers": {}}
@@ -276,9 +284,12 @@ def iter_evaluate(
         X = yield from iter_features(make_extractor(config, cache_dir, loaded), paths,
                                      stage=f"layer {layer} features")
         evaluation = yield from sub_progress(
-            iter_cross_validate(X, Y_all, vocabulary, splits, ensemble, groups=groups),
+            iter_cross_validate(X, Y_all, vocabulary, splits, ensemble, groups=groups,
+                                records=records),
             offset=0, prefix=f"layer {layer}: ")
         results["layers"][str(layer)] = evaluation.summary
+        if evaluation.groups is not None:
+            results.setdefault("groups", {})[str(layer)] = evaluation.groups.summary
         del X  # free this layer's features before the next layer's are extracted
     return results
 
@@ -312,3 +323,22 @@ def write_predictions(path: str | Path, images: Sequence[Path | str],
             cells += [str(int(v)) for v in votes[i]]
         rows.append(cells)
     write_csv(path, header, rows)
+
+
+def write_records(path: str | Path, records: GroupRecords, vocabulary: Sequence[str],
+                  probabilities: np.ndarray) -> None:
+    """Write ``predict --by``'s CSV: ``gene``, ``stage``, ``images``, one probability column per
+    term, ``calls`` (the one decision rule, :mod:`.learn.decision`) and ``note`` (why a record
+    holds one image only), one row per record."""
+    from .utils.csvio import write_csv
+
+    probabilities = np.asarray(probabilities)
+    if probabilities.shape != (len(records), len(vocabulary)):
+        raise ValueError(f"probabilities have shape {probabilities.shape}, expected "
+                         f"({len(records)}, {len(vocabulary)})")
+    sizes = records.sizes()
+    rows = [[records.genes[g], records.stages[g], str(int(sizes[g])),
+             *(f"{float(p):.6f}" for p in probabilities[g]),
+             calls_text(vocabulary, probabilities[g]), records.notes[g]]
+            for g in range(len(records))]
+    write_csv(path, ["gene", "stage", "images", *vocabulary, "calls", "note"], rows)

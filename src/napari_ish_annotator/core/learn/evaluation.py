@@ -32,7 +32,9 @@ from ..utils.errors import InputError
 from ..utils.progress import Progress, ProgressGen, sub_progress
 from . import ensembles as classify
 from .calibration import DEFAULT_METHOD, METHODS, iter_calibrate
+from .decision import calls
 from .folds import iter_fold_decisions, iter_out_of_fold
+from .groups import DEFAULT_COMBINATION, GroupRecords, combine_probabilities, group_labels
 from .logistic import majority_vote
 from .metrics import (
     CALIBRATION_METRICS,
@@ -79,6 +81,8 @@ class Evaluation:
     #: pooled out-of-fold probabilities ``(n, T)`` in the rows of ``X`` (NaN where a row was
     #: not scored for a term); only from :func:`iter_cross_validate` with disjoint test sets
     scores: np.ndarray | None = field(default=None, compare=False, repr=False)
+    #: the same figures for gene x stage records (``records=`` of :func:`iter_cross_validate`)
+    groups: Evaluation | None = field(default=None, compare=False, repr=False)
 
     @property
     def mean_auc(self) -> float | None:
@@ -194,6 +198,29 @@ def combine_partitions(parts: Sequence[Evaluation], reasons: dict[str, str] | No
     return Evaluation(vocabulary, summary, std, n_eval, len(vocabulary), not_evaluated)
 
 
+def score_groups(Y: Any, P: Any, records: GroupRecords, vocabulary: Sequence[str],
+                 not_evaluated: dict[str, str] | None = None,
+                 method: str = DEFAULT_COMBINATION) -> Evaluation:
+    """Table-2 metrics of gene x stage records (:mod:`.groups`) from held-out image
+    probabilities ``P`` (NaN where not scored); a record is called by the one decision rule
+    (:mod:`.decision`) on its combined probability. Records with no scored image are left out;
+    terms in ``not_evaluated`` (the image level's verdicts) are left out here too, so a term is
+    never scored at one level and silently dropped at the other.
+    """
+    vocabulary = [str(t) for t in vocabulary]
+    Pg = combine_probabilities(P, records, method)
+    skip = {t: why for t, why in (not_evaluated or {}).items() if t in vocabulary}
+    for term in skip:
+        Pg[:, vocabulary.index(term)] = np.nan
+    Yg = group_labels(Y, records)
+    scored = np.isfinite(Pg).any(axis=1)
+    result = score_predictions(Yg[scored], calls(Pg[scored]), Pg[scored], vocabulary,
+                               reasons={t: f"not evaluated for images: {why}"
+                                        for t, why in skip.items()})
+    result.summary["n_groups"] = int(scored.sum())
+    return result
+
+
 # -------------------------------------------------------------------------- cross-validation
 def _untrainable_reasons(Y: np.ndarray, groups: np.ndarray | None, vocabulary: Sequence[str],
                          trained_anywhere: np.ndarray) -> dict[str, str]:
@@ -230,6 +257,7 @@ def iter_cross_validate(
     groups: Any = None,
     calibration: str | None = None,
     gram: Any = None,
+    records: GroupRecords | None = None,
 ) -> ProgressGen[Evaluation]:
     """Fit on each split's training rows, score its test rows, evaluate.
 
@@ -249,6 +277,9 @@ def iter_cross_validate(
     are those of the probabilities a bundle reports; AUC ranks by the members' raw mean (see
     :func:`score_predictions`). ``groups`` also improves the "not evaluated" reasons.
     ``gram`` (a :class:`.classify.GramBlock` holding those rows) saves computing it again.
+    With ``records`` (gene x stage records of the rows, :func:`.groups.record_groups`) the
+    result's ``groups`` holds the same figures for the records of the test genes
+    (:func:`score_groups`), on the same splits.
     """
     calibration = DEFAULT_METHOD if calibration is None else calibration
     vocabulary = [str(t) for t in vocabulary]
@@ -280,6 +311,7 @@ def iter_cross_validate(
     V = np.zeros((len(used), n_terms), dtype=bool)
     tested = np.zeros(len(used), dtype=bool)
     parts: list[Evaluation] = []
+    group_parts: list[Evaluation] = []
     trained_anywhere = np.zeros(n_terms, dtype=bool)
     for k, (train, test) in enumerate(splits):
         label = f"split {k + 1}/{len(splits)}: "
@@ -309,6 +341,11 @@ def iter_cross_validate(
             P[te], R[te], V[te] = P_k, R_k, V_k
         else:
             parts.append(score_predictions(Yu[te], V_k, P_k, vocabulary, ranking=R_k))
+            if records is not None:
+                P_rows = np.full((X.shape[0], n_terms), np.nan)
+                P_rows[used[te]] = P_k
+                group_parts.append(score_groups(Y, P_rows, records, vocabulary,
+                                                parts[-1].not_evaluated))
     yield Progress(len(splits), len(splits), "scoring")
     del K
     reasons = _untrainable_reasons(np.where(finite[:, None], Yu, -1),
@@ -318,9 +355,14 @@ def iter_cross_validate(
                                    ranking=R[tested])
         scores = np.full((X.shape[0], n_terms), np.nan)
         scores[used] = P
-        return replace(result, scores=scores)
+        groups_result = None if records is None else \
+            score_groups(Y, scores, records, vocabulary, result.not_evaluated)
+        return replace(result, scores=scores, groups=groups_result)
     n_pos = (Yu[finite] == 1).sum(axis=0)
-    return combine_partitions(parts, reasons, n_pos=n_pos)
+    combined = combine_partitions(parts, reasons, n_pos=n_pos)
+    if records is None:
+        return combined
+    return replace(combined, groups=combine_partitions(group_parts))
 
 
 # -------------------------------------------------------------------------------- the table
@@ -337,8 +379,18 @@ def format_table(results: dict, per_term: bool = False) -> str:
     in a layer (repeated partitions) each cell is ``mean ± std``. The title says over how
     many of the terms the means are; terms not evaluated are listed with their reason.
     With ``per_term`` a table per layer with one row per term (and its positives) follows.
+    With ``"groups"`` (``evaluate --by gene,stage``) the records' table follows the images'.
     """
-    layers = results.get("layers", {})
+    text = _format_level(results.get("layers", {}), per_term)
+    if not results.get("groups"):
+        return text
+    n_groups = {s.get("n_groups") for s in results["groups"].values()} - {None}
+    counted = f" ({', '.join(map(str, sorted(n_groups)))} records)" if n_groups else ""
+    return (f"Images\n{text}\n\nGene x stage records{counted}, same splits\n"
+            + _format_level(results["groups"], per_term))
+
+
+def _format_level(layers: dict, per_term: bool) -> str:
     columns = METRICS + CALIBRATION_METRICS
     spread = any(s.get("std") for s in layers.values())
     width = 15 if spread else 11
