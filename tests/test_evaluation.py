@@ -13,7 +13,6 @@ from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier, Ensemb
 from napari_ish_annotator.core.learn.evaluation import (
     METRICS,
     expected_calibration_error,
-    format_table,
     group_ids,
     grouped_folds,
     iter_cross_validate,
@@ -23,6 +22,7 @@ from napari_ish_annotator.core.learn.evaluation import (
     term_metrics,
     validation_split,
 )
+from napari_ish_annotator.core.learn.table import format_table
 from napari_ish_annotator.core.utils.errors import InputError
 from napari_ish_annotator.core.utils.progress import drive
 

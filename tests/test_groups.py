@@ -159,3 +159,40 @@ def test_bad_by_is_one_line_and_exit_2(data, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--by" in err[0]
+
+
+# ------------------------------------------------------------------------------ the report
+def test_evaluate_report_writes_figures_and_an_index_naming_untrainable_terms(data, tmp_path):
+    from PIL import Image
+
+    report = tmp_path / "report"
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", str(data / "data" / "manifest.csv"), "--folds", "3", "--by",
+                 "gene,stage", "--report", str(report), "--json", str(out), "--ensemble", "3",
+                 "--cache", str(data / "cache"), *FAST]) == 0
+    metrics = json.loads(out.read_text())["layers"]["21"]
+    index = (report / "index.md").read_text(encoding="utf-8")
+    for name in ("auc-per-term-L21.png", "roc-L21.png", "reliability-L21.png"):
+        assert f"]({name})" in index
+        with Image.open(report / name) as img:
+            assert img.format == "PNG" and min(img.size) > 200
+    table = [line for line in index.splitlines() if line.startswith("| ") and "±" in line]
+    assert len(table) == metrics["n_evaluated"]  # one row per evaluated term, no more
+    for term, why in metrics["not_evaluated"].items():
+        assert f"- {term}: {why}" in index
+        assert not any(line.startswith(f"| {term} |") for line in table)
+    assert not list(report.glob(".*tmp*"))  # written atomically, nothing left behind
+
+
+def test_split_aucs_mean_and_std_over_folds():
+    from napari_ish_annotator.core.learn.evaluation import Evaluation, HeldOut
+    from napari_ish_annotator.core.learn.report import split_aucs
+
+    Y = np.array([[1, 1], [0, 1], [1, 0], [0, 0], [1, 1], [0, 0]], dtype=np.int8)
+    raw = np.array([[0.9, 0.6], [0.1, 0.4], [0.8, 0.5], [0.3, 0.5], [0.4, 0.7], [0.6, 0.2]])
+    held = HeldOut(np.arange(6), np.array([0, 0, 0, 0, 1, 1]), raw, raw)
+    ev = Evaluation(("a", "b"), {"mean": {}, "terms": {}}, None, 1, 2, {"b": "why"},
+                    held_out=held)
+    a, b = split_aucs(ev, Y)
+    assert a.mean == pytest.approx(0.5) and a.std == pytest.approx(0.5) and a.n_splits == 2
+    assert b.mean is None  # not evaluated: no figure, not 0

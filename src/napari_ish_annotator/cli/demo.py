@@ -44,8 +44,9 @@ def run_headless_demo(args: argparse.Namespace) -> int:
     from ..core.data.manifest import read_manifest
     from ..core.explain.gradcam import gradcam_all_terms, overlay
     from ..core.learn.bundle import save_bundle
-    from ..core.learn.evaluation import format_table, score_predictions
+    from ..core.learn.evaluation import score_predictions
     from ..core.learn.metrics import trainable_terms
+    from ..core.learn.table import format_table
     from ..core.synthetic.embryos import generate_dataset
     from ..core.utils.files import write_json_atomic, write_png_atomic, write_text_atomic
     from ..core.workflow import iter_features, iter_train, make_extractor, write_predictions

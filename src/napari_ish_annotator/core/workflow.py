@@ -17,6 +17,7 @@ import numpy as np
 from .data.manifest import Dataset
 from .learn.decision import calls_text
 from .learn.groups import GroupRecords, record_groups
+from .learn.report import write_report
 from .utils.errors import InputError
 from .utils.files import release_pages
 from .utils.progress import Progress, ProgressGen, sub_progress
@@ -237,6 +238,7 @@ def iter_evaluate(
     repeats: int | None = None,
     test_fraction: float = 0.25,
     by: Sequence[str] | None = None,
+    report: str | Path | None = None,
 ) -> ProgressGen[dict]:
     """Accuracy, sensitivity, specificity and AUC per term and layer (the paper's Table 2).
 
@@ -246,6 +248,7 @@ def iter_evaluate(
     split would leak). Returns ``{"layers": {layer: summary}}`` (CONTRACTS.md, see
     :class:`~.evaluation.Evaluation`). With ``by`` (``("gene", "stage")``) the same figures
     for the gene x stage records of the test genes go under ``"groups"``, same shape.
+    ``report`` (a folder) receives PNG figures and an ``index.md`` (:mod:`.learn.report`).
     """
     from .backbones.registry import load_backbone
     from .learn.evaluation import grouped_folds, iter_cross_validate, random_partitions
@@ -279,6 +282,7 @@ def iter_evaluate(
 
     loaded = load_backbone(extractor.backbone, extractor.weights, seed=extractor.seed)
     results: dict = {"layers": {}}
+    evaluations: dict = {}
     for layer in layers:
         config = replace(extractor, layer=str(layer))
         X = yield from iter_features(make_extractor(config, cache_dir, loaded), paths,
@@ -288,9 +292,14 @@ def iter_evaluate(
                                 records=records),
             offset=0, prefix=f"layer {layer}: ")
         results["layers"][str(layer)] = evaluation.summary
+        evaluations[str(layer)] = evaluation
         if evaluation.groups is not None:
             results.setdefault("groups", {})[str(layer)] = evaluation.groups.summary
         del X  # free this layer's features before the next layer's are extracted
+    if report is not None:
+        yield Progress(0, 1, "writing the report")
+        write_report(report, evaluations, Y_all, records,
+                     title=f"Evaluation of {getattr(dataset.source, 'name', 'the manifest')}")
     return results
 
 
