@@ -19,6 +19,7 @@ The package, one concern per module:
   :mod:`..metrics`), early stopping, a checkpoint per epoch; :func:`iter_finetune` is the
   entry point;
 * :mod:`.checkpoint` - atomic writes, checked reads (``weights_only=True``), inference models;
+* :mod:`.starting` - the base weights, or a saved network continued with new labels (``--init``);
 * :mod:`.ensemble` - K networks in one checkpoint, mean and spread of their predictions;
 * :mod:`.explain` - Grad-CAM through the multi-task head, :func:`gradcam_mtl` (the linear
   Grad-CAM of the logistic ensembles is :mod:`..gradcam`, which does not import this package).
@@ -27,7 +28,7 @@ The package, one concern per module:
 from __future__ import annotations
 
 from ..explain.finetuned import gradcam_mtl
-from .checkpoint import FinetunedModel, load_checkpoint, load_finetuned
+from .checkpoint import FinetunedModel, is_ensemble, load_checkpoint, load_finetuned
 from .config import FORMAT, FORMAT_VERSION, FinetuneConfig, FinetuneProgress, FinetuneResult
 from .data import check_labels, training_fingerprint
 from .ensemble import (
@@ -35,7 +36,6 @@ from .ensemble import (
     EnsembleResult,
     FinetunedEnsemble,
     finetune_ensemble,
-    is_ensemble,
     iter_finetune_ensemble,
     iter_finetune_ensemble_dataset,
     load_ensemble,
