@@ -10,7 +10,8 @@ group share them. Here image-level results become group-level ones:
   odds): a group's images are correlated views of one pattern, so summing their evidence
   (noisy-OR, naive Bayes) is over-confident, while the arithmetic mean lets one washed-out
   image pull a clear pattern down. ``benchmarks/bench_groups.py`` measures the three
-  (docs/benchmarks.md#gene-x-stage-records); the logit mean has the best Brier score there;
+  (docs/benchmarks.md, "Gene x stage records"): the two means tie on AUC and Brier, the
+  log-odds mean has the lower ECE, noisy-OR twice the ECE;
 * :func:`group_labels` - a group's label per term: present if any of its images is
   labelled present (curators annotate what any view shows), absent if all its labelled
   images are absent, unknown otherwise;
