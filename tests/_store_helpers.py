@@ -67,7 +67,7 @@ def hot_journal(current: bytes, wanted: bytes, super_journal: Path | None = None
     """A rollback journal (SQLite's file format) whose replay turns ``current`` into
     ``wanted``; with ``super_journal`` its record names that file, which SQLite deletes
     after the replay."""
-    page = int.from_bytes(current[16:18], "big")
+    page = int.from_bytes(wanted[16:18], "big")  # the page size of the file it restores
     sector, init = 512, 0x2545F491
     n_pages = len(wanted) // page
     records = []
