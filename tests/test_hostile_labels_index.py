@@ -111,3 +111,9 @@ def test_a_clean_store_still_opens_and_reads_its_labels(lab):
     with LabelStore(db, read_only=True) as store:
         matrix = store.label_matrix(imgs, VOCAB, annotator="carol", fallback=())
     assert matrix.tolist() == [[(i + j) % 2 for j in range(3)] for i in range(8)]
+
+
+def test_text_that_is_not_utf8_is_refused_on_opening(lab, capsys):
+    db, imgs, dave = lab
+    tampered(db, db, "UPDATE terms SET name = CAST(x'62ff80' AS TEXT) WHERE id = 2")
+    refused(db, dave, capsys, "not valid UTF-8")

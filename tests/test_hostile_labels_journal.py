@@ -211,3 +211,19 @@ def test_store_error_names_the_changing_store(lab, monkeypatch):
     with pytest.raises(InputError, match="kept changing while it was checked"):
         LabelStore(db, annotator="dave")
     assert count_events(db) == len(imgs) * len(VOCAB)
+
+
+def test_a_second_opening_in_this_process_shares_the_live_wal(lab):
+    """The GUI keeps a store open (its WAL pending) while an export opens it again: the
+    second opening sees every label, and the first keeps writing afterwards (this process
+    never opens and closes its own descriptor of a store SQLite holds: that would drop
+    SQLite's locks)."""
+    db, imgs, dave = lab
+    with LabelStore(db, annotator="gui") as first:
+        first.set_label(imgs[0], "brain", 1)
+        assert Path(f"{db}-wal").stat().st_size > 0
+        for read_only in (True, False):
+            with LabelStore(db, read_only=read_only) as second:
+                assert "gui" in second.annotators() and len(second.history()) == 31
+        first.set_label(imgs[1], "brain", 0)
+    assert count_events(db) == 32

@@ -41,6 +41,8 @@ from .sidefiles import (
     Changed,
     HotJournal,
     Snapshot,
+    held,
+    hold,
     main_file,
     real_path,
     same,
@@ -155,11 +157,20 @@ def store_error(exc: sqlite3.Error, path: Path, conn: sqlite3.Connection | None 
     elif "readonly" in text or "read-only" in text or "unable to open" in text:
         msg = ("cannot write the label store here (read-only file or folder); copy the file "
                "to a writable location or pick another label file")
+    elif "could not decode" in text:  # the message would echo the raw bytes: not shown
+        return not_utf8(path)
     elif "not a database" in text or "malformed" in text or "corrupt" in text:
         msg = "file is damaged or not a SQLite label store; " + RECOVER_HINT.format(name=path.name)
     else:
         msg = f"label store error: {exc}"
     return InputError(msg, path=path)
+
+
+def not_utf8(path: Path) -> InputError:
+    """Text SQLite hands back that is not UTF-8: only a damaged or hand-made store has it."""
+    return InputError("the label store holds text that is not valid UTF-8 (damaged, or not "
+                      "written by napari-ish-annotator); "
+                      + RECOVER_HINT.format(name=path.name), path=path)
 
 
 def guarded(method: F) -> F:
@@ -171,6 +182,8 @@ def guarded(method: F) -> F:
             return method(self, *args, **kwargs)
         except sqlite3.Error as exc:
             raise store_error(exc, self.path, self._conn) from None
+        except UnicodeDecodeError:
+            raise not_utf8(self.path) from None
     return run  # type: ignore[return-value]
 
 
@@ -196,13 +209,19 @@ def open_store(path: Path, read_only: bool, busy_timeout: float,
     while True:  # two processes creating one new store: the loser waits, never fails
         conns: list[BudgetConnection] = []
         try:
-            return _open(path, real, read_only, exists or read_only, busy_timeout, budget, conns)
+            conn = _open(path, real, read_only, exists or read_only, busy_timeout, budget, conns)
+            if conn.on_close is None:  # SQLite has the store itself open (not a private copy)
+                conn.on_close = hold(real)
+            return conn
         except sqlite3.Error as exc:
             error = store_error(exc, path, conns[-1] if conns else None)
             _close(conns)
             if "locked" not in str(exc) or time.monotonic() > give_up:
                 raise error from None
             time.sleep(0.02)
+        except UnicodeDecodeError:
+            _close(conns)
+            raise not_utf8(path) from None
         except HotJournal:
             _close(conns)
             if time.monotonic() > journal_gone_by:
@@ -252,7 +271,7 @@ def _open(path: Path, real: Path, read_only: bool, vet: bool, busy_timeout: floa
     uri = real.as_uri()
     main, _ = main_file(real, path)
     wal = side_files(real, path)
-    if vet and main is not None and wal is not None:
+    if vet and main is not None and wal is not None and not held(main):
         snapshot = Snapshot(real, main, wal)  # the WAL is replayed there, never here
         try:
             conns.append(connect(snapshot.uri, busy_timeout, budget))
@@ -268,7 +287,7 @@ def _open(path: Path, real: Path, read_only: bool, vet: bool, busy_timeout: floa
     elif vet:
         conns.append(_connect_read_only(real, path, uri, busy_timeout, budget))
         _vet(conns[-1], path, read_only)
-        if not same(real, main, None):
+        if not same(real, main, wal):
             raise Changed
         if read_only:
             return conns[-1]

@@ -211,6 +211,7 @@ def check_rows(conn: sqlite3.Connection, path: Path) -> None:
     for table, checks in _ROW_CHECKS.items():
         if table not in have:  # sqlite_sequence: only once an event was written
             continue
+        _decode_text(conn, table, path)
         bad = " OR ".join(f"NOT {rule.replace('{c}', col)}" for col, rule in checks)
         cols = ", ".join(col for col, _ in checks)
         row = conn.execute(f"SELECT rowid, {cols} FROM {table} WHERE {bad} LIMIT 1").fetchone()
@@ -226,3 +227,28 @@ def check_rows(conn: sqlite3.Connection, path: Path) -> None:
                     f"{table} row {row[0]} has {col} {shown} ({limit}); this store was not "
                     "written by napari-ish-annotator or was edited by hand - ask its sender "
                     "for a fresh copy", path=path)
+
+
+_TEXT = {"images": "content_hash, path, gene, stage", "terms": "name", "annotators": "name",
+         "sqlite_sequence": "name"}
+
+
+def _decode_text(conn: sqlite3.Connection, table: str, path: Path) -> None:
+    """Read every text cell once, so text that is not UTF-8 is refused now, in one line,
+    rather than when some later query happens to fetch it."""
+    if table not in _TEXT:
+        return
+    cursor = conn.execute(f"SELECT rowid, {_TEXT[table]} FROM {table}")
+    rowid = None
+    while True:
+        try:
+            row = cursor.fetchone()
+        except (UnicodeDecodeError, sqlite3.OperationalError) as exc:
+            if "decode" not in str(exc).lower():
+                raise
+            raise InputError(f"{table} row after {rowid or 0} holds text that is not valid UTF-8 "
+                             "(damaged, or not written by napari-ish-annotator) - ask its "
+                             "sender for a fresh copy", path=path) from None
+        if row is None:
+            return
+        rowid = row[0]

@@ -26,6 +26,8 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,11 +81,51 @@ def _why(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc)
 
 
+#: (device, inode) -> how many SQLite connections of this process have that store open
+_HELD: dict[tuple[int, int], int] = {}
+_HELD_LOCK = threading.Lock()
+
+
+def hold(real: Path) -> Callable[[], None]:
+    """Note that this process has the store open (until the returned function is called).
+
+    POSIX locks belong to the process: closing *any* descriptor of a file drops every lock
+    SQLite holds on it in this process, which can let another process delete a WAL still in
+    use (SQLite's "how to corrupt", 2.2). So a store this process has open is never opened
+    by our own descriptors (:func:`main_file`, :class:`Snapshot`): SQLite shares it safely."""
+    st = os.stat(real)
+    key = (st.st_dev, st.st_ino)
+    with _HELD_LOCK:
+        _HELD[key] = _HELD.get(key, 0) + 1
+
+    def release() -> None:
+        with _HELD_LOCK:
+            _HELD[key] -= 1
+            if not _HELD[key]:
+                del _HELD[key]
+    return release
+
+
+def held(state: FileState | None) -> bool:
+    """Has this process the store with this state open already (see :func:`hold`)?"""
+    with _HELD_LOCK:
+        return state is not None and (state.dev, state.ino) in _HELD
+
+
 def main_file(real: Path, path: Path) -> tuple[FileState | None, bytes]:
     """State and first 100 bytes of the store file; ``(None, b"")`` when there is none.
 
     Opened without following a symlink and without blocking, so a FIFO or a device named
-    ``.sqlite`` is refused at once instead of hanging the program."""
+    ``.sqlite`` is refused at once instead of hanging the program. A store this process
+    has open already (:func:`hold`) is not opened again: it passed when it was opened."""
+    try:
+        st = os.stat(real)
+    except (FileNotFoundError, NotADirectoryError):
+        return None, b""
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISREG(st.st_mode) and held(FileState.of(st)):
+        return FileState.of(st), SQLITE_MAGIC
     try:
         fd = os.open(real, _FLAGS)
     except (FileNotFoundError, NotADirectoryError):  # nothing there (SQLite says the rest)
