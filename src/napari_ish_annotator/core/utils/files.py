@@ -35,7 +35,8 @@ def sha256_file(path: str | Path) -> str:
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
-def refuse_overwrite(path: str | Path, inputs: Iterable[str | Path] = ()) -> None:
+def refuse_overwrite(path: str | Path, inputs: Iterable[str | Path] = (),
+                     option: str = "the output") -> None:
     """The one guard of every output file: it may not replace one of the command's
     ``inputs`` nor any SQLite file (a label store), however it is named.
 
@@ -55,8 +56,8 @@ def refuse_overwrite(path: str | Path, inputs: Iterable[str | Path] = ()) -> Non
         except (RuntimeError, OSError, ValueError):
             continue
         if same:
-            raise InputError(f"is also an input of this command ({given}); writing the output "
-                             "there would destroy it - choose another output name", path=path)
+            raise InputError(f"is also an input of this command ({given}); writing {option} "
+                             f"there would destroy it - choose another {option}", path=path)
     try:
         st = os.stat(target)
     except (OSError, ValueError):
@@ -72,12 +73,13 @@ def refuse_overwrite(path: str | Path, inputs: Iterable[str | Path] = ()) -> Non
     finally:
         os.close(fd)
     if head == _SQLITE_MAGIC:
-        raise InputError("is a SQLite file (a label store?); an output never replaces one - "
-                         "choose another output name", path=path)
+        raise InputError(f"is a SQLite file (a label store?); {option} never replaces one - "
+                         f"choose another {option}", path=path)
 
 
 def check_output_path(path: str | Path, folder: bool = False,
-                      inputs: Iterable[str | Path] | None = None) -> Path:
+                      inputs: Iterable[str | Path] | None = None,
+                      option: str = "the output") -> Path:
     """Fail fast, before hours of work, if ``path`` cannot be written.
 
     ``path`` must not be a folder (or, with ``folder=True``, a file); its nearest existing
@@ -87,7 +89,7 @@ def check_output_path(path: str | Path, folder: bool = False,
     """
     path = Path(path)
     if inputs is not None and not folder:
-        refuse_overwrite(path, inputs)
+        refuse_overwrite(path, inputs, option)
     if not folder and path.is_dir():
         raise InputError("is a folder; give a file name for the output", path=path)
     if folder and path.exists() and not path.is_dir():
