@@ -23,6 +23,7 @@ from _store_helpers import (
     build_store,
     count_events,
     fingerprint,
+    fold,
     hot_journal,
     make_images,
     manifest,
@@ -227,3 +228,31 @@ def test_a_second_opening_in_this_process_shares_the_live_wal(lab):
                 assert "gui" in second.annotators() and len(second.history()) == 31
         first.set_label(imgs[1], "brain", 0)
     assert count_events(db) == 32
+
+
+def test_opening_the_data_folder_never_replays_a_journal_beside_its_store(tmp_path):
+    """The napari session opens the store beside the data by itself: a crafted journal there
+    is refused with one message, the victim it names survives, nothing is changed."""
+    from _gui_helpers import make_dataset
+    from napari_ish_annotator.session import AnnotatorSession
+
+    data = make_dataset(tmp_path / "data", n=8)
+    first = AnnotatorSession(cache_dir=tmp_path / "cache", annotator="alice")
+    first.open([data])
+    first.set_label(first.vocabulary[0], 1, 0)
+    db = first.store.path
+    first.close()
+    fold(db)
+    victim = tmp_path / "mine" / "labels.sqlite"
+    victim.parent.mkdir()
+    victim.write_bytes(db.read_bytes())
+    hostile = tampered(db, tmp_path / "hostile.sqlite", TRIGGER)
+    Path(f"{db}-journal").write_bytes(hot_journal(db.read_bytes(), hostile, victim))
+    before = fingerprint(db.parent, victim.parent)
+    second = AnnotatorSession(cache_dir=tmp_path / "cache", annotator="alice")
+    second.open([data])
+    error = second.take_pending_error()
+    assert second.store is None and error is not None and "-journal" in str(error)
+    assert "\n" not in str(error)
+    second.close()
+    assert fingerprint(db.parent, victim.parent) == before
