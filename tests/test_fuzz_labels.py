@@ -4,8 +4,8 @@ one-line refusal or a working store, within a time and memory bound, with nothin
 the store and its side files changed and a refused store left byte-identical.
 
 The default suite runs a short fixed-seed run (derandomized, 50 examples). The long run:
-``ISH_FUZZ_EXAMPLES=5000 python -m pytest -m fuzz tests/test_fuzz_labels.py
---hypothesis-show-statistics`` (random seeds; see docs/sharing-data-safely.md).
+``python -m pytest -m fuzz -s tests/test_fuzz_labels.py`` (random seeds, ISH_FUZZ_EXAMPLES
+examples, default 2000; see docs/sharing-data-safely.md).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from napari_ish_annotator.core.labels import connection
 from napari_ish_annotator.core.labels.store import LabelStore
 from napari_ish_annotator.core.utils.errors import InputError
 
-LONG = int(os.environ.get("ISH_FUZZ_EXAMPLES", "0") or 0)
 SECONDS = 10.0  # per example: open, vet, write and read (a clean store takes ~50 ms)
 GROWTH_MIB = 512  # peak resident memory the whole run may add
 TABLES = ["images", "terms", "annotators", "label_events", "sqlite_sequence"]
@@ -177,6 +176,10 @@ def test_fuzzed_stores_are_refused_in_one_line_or_work(seed, tmp_path, monkeypat
 
 
 @pytest.mark.fuzz
-@pytest.mark.skipif(not LONG, reason="long fuzz run: set ISH_FUZZ_EXAMPLES=N")
-def test_fuzzed_stores_long_run(seed, tmp_path, monkeypatch):
-    _run(seed, tmp_path, monkeypatch, examples=LONG, derandomize=False)
+def test_fuzzed_stores_long_run(seed, tmp_path, monkeypatch, request):
+    """The long run: ``pytest -m fuzz -s tests/test_fuzz_labels.py`` (ISH_FUZZ_EXAMPLES sets
+    the number of examples, default 2000: about 3.5 minutes)."""
+    if "fuzz" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("the long fuzz run: select it with -m fuzz")
+    examples = int(os.environ.get("ISH_FUZZ_EXAMPLES", "2000"))
+    _run(seed, tmp_path, monkeypatch, examples=examples, derandomize=False)
