@@ -16,16 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ish_annotator.core.backbones import registry as backbones
-from napari_ish_annotator.core.backbones.registry import (
-    REGISTRY,
-    get_spec,
-    imagenet_weights_available,
-    load_backbone,
-)
+from napari_ish_annotator.core import backbones as backbones
+from napari_ish_annotator.core.backbones.specs import REGISTRY, get_spec
+from napari_ish_annotator.core.backbones.weights import imagenet_weights_available, load_backbone
 from napari_ish_annotator.core.explain.gradcam import gradcam_linear, layer_activation
 from napari_ish_annotator.core.features.extractor import ExtractorConfig, FeatureExtractor
-from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier, EnsembleConfig
+from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier
+from napari_ish_annotator.core.learn.logistic import EnsembleConfig
 from napari_ish_annotator.core.utils.errors import InputError
 
 NAMES = ["vgg16", "resnet50", "efficientnet_lite0", "inception_v3"]
@@ -334,7 +331,8 @@ def test_efficientnet_features_cached_under_their_weights_identity(tmp_path, no_
 
 @pytest.mark.parametrize("name", NAMES)
 def test_finetune_checkpoint_per_backbone(name, tmp_path):
-    from napari_ish_annotator.core.finetune import FinetuneConfig, finetune, gradcam_mtl
+    from napari_ish_annotator.core.explain.finetuned import gradcam_mtl
+    from napari_ish_annotator.core.finetune import FinetuneConfig, finetune
 
     ims, Y = blobs(8, size=(48, 64))
     cfg = FinetuneConfig(backbone=name, weights="random", input_size=SMALL.get(name, 64),
@@ -489,7 +487,7 @@ def test_demo_picks_a_pretrained_network_that_works_offline(monkeypatch, tmp_pat
     # with VGG16's weights in the hub cache, the demo uses the paper's network
     from torchvision.models import VGG16_Weights
 
-    from napari_ish_annotator.core.backbones.registry import hub_cache_path
+    from napari_ish_annotator.core.backbones.weights import hub_cache_path
 
     cached = hub_cache_path(VGG16_Weights.IMAGENET1K_FEATURES)
     cached.parent.mkdir(parents=True)

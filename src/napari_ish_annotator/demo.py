@@ -26,7 +26,7 @@ def resolve_demo_model(backbone: str, weights: str) -> tuple[str, str, str | Non
     with seeded random weights. ``weights="auto"`` means ImageNet when available, else random.
     Returns ``(backbone, weights, note)``; the note says what was chosen instead and why.
     """
-    from .core.backbones.registry import imagenet_weights_available
+    from .core.backbones.weights import imagenet_weights_available
 
     if backbone == "auto":
         backbone = "vgg16"

@@ -45,14 +45,14 @@ def extractor_config(args: argparse.Namespace, layer: str | None = None):
 
 def input_size(args: argparse.Namespace) -> int:
     """``--input-size``, or the backbone's own (224; 299 for inception_v3) when not given."""
-    from ..core.backbones.registry import get_spec
+    from ..core.backbones.specs import get_spec
 
     return int(args.input_size) if args.input_size else get_spec(args.backbone).input_size
 
 
 def ensemble_config(args: argparse.Namespace):
     """The per-term ensemble settings the classifier options describe."""
-    from ..core.learn.ensembles import EnsembleConfig
+    from ..core.learn.logistic import EnsembleConfig
 
     return EnsembleConfig(n_members=args.ensemble, C=args.C, seed=args.seed)
 
@@ -76,7 +76,7 @@ def cache_dir(args: argparse.Namespace) -> Path | None:
 
 def parse_layers(text: str | None, backbone: str = "vgg16") -> list[str]:
     """``--layers 17,21`` checked against the backbone now, not after hours of extraction."""
-    from ..core.backbones.registry import get_spec
+    from ..core.backbones.specs import get_spec
 
     spec = get_spec(backbone)
     if text is None:  # the backbone's default layer (21 for VGG16)

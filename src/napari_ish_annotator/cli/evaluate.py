@@ -63,7 +63,7 @@ class _Given(argparse.Action):
 
 def format_compare_table(results: dict[str, dict]) -> str:
     """The paper's Table 2 layout: one row per (method, layer), mean metrics over terms."""
-    from ..core.learn.evaluation import METRICS
+    from ..core.learn.metrics import METRICS
 
     header = f"{'method':<8}  {'layer':>5}  " + "  ".join(f"{m:>11}" for m in METRICS)
     lines = ["Mean over terms", header, "-" * len(header)]

@@ -24,7 +24,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def check_export(args: argparse.Namespace) -> None:
     """Fail before loading any network when bioimageio is missing or --out is not a .zip."""
-    from ..core.export.bioimageio import require_bioimageio
+    from ..core.export.packages import require_bioimageio
     from ..core.utils.errors import InputError
 
     if Path(args.out).suffix.lower() != ".zip":

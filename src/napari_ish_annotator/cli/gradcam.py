@@ -43,7 +43,8 @@ def cmd_gradcam_mtl(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..core.data.images import read_rgb
-    from ..core.finetune import gradcam_mtl, load_ensemble
+    from ..core.explain.finetuned import gradcam_mtl
+    from ..core.finetune import load_ensemble
 
     model = load_ensemble(args.model_dir, device="cpu" if args.device == "auto" else args.device)
     if args.term not in model.vocabulary:

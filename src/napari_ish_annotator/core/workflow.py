@@ -102,7 +102,7 @@ def iter_fit_bundle(
     labelled rows' out-of-fold raw scores for Platt scaling, when the caller made them already
     (:func:`.evaluation.iter_out_of_fold`; the Train panel shows their AUC), else made here.
     """
-    from .backbones.registry import get_spec
+    from .backbones.specs import get_spec
     from .learn.bundle import ModelBundle
     from .learn.calibration import DEFAULT_METHOD, iter_calibrate
     from .learn.ensembles import EnsembleClassifier, iter_gram
@@ -243,8 +243,9 @@ def iter_evaluate(
     split would leak). Returns ``{"layers": {layer: summary}}`` (CONTRACTS.md, see
     :class:`~.evaluation.Evaluation`).
     """
-    from .backbones.registry import load_backbone
-    from .learn.evaluation import grouped_folds, iter_cross_validate, random_partitions
+    from .backbones.weights import load_backbone
+    from .learn.evaluation import iter_cross_validate
+    from .learn.splits import grouped_folds, random_partitions
 
     vocabulary = list(dataset.vocabulary)
     if test_dataset is not None:

@@ -52,7 +52,7 @@ class ModelPart:
         fx = self._extractors.latest()
         if fx is not None:
             return str(fx.device)
-        from ..core.backbones.registry import resolve_device_type
+        from ..core.backbones.devices import resolve_device_type
 
         known = resolve_device_type(self.settings.device)
         if known is not None:
@@ -60,7 +60,7 @@ class ModelPart:
         if "torch" not in sys.modules:  # importing torch (1.5 s) only to name the device: no
             return f"{self.settings.device} (GPU if present; known once a model runs)"
         try:
-            from ..core.backbones.registry import resolve_device
+            from ..core.backbones.devices import resolve_device
 
             return str(resolve_device(self.settings.device))
         except Exception:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..core.utils.errors import InputError
 from ..core.utils.progress import Progress, ProgressGen, sub_progress
-from .steps import failed_rows
+from ..core.workflow import failed_rows
 
 if TYPE_CHECKING:
     from .state import AnnotatorSession
@@ -102,7 +102,7 @@ def spread_request(session: AnnotatorSession) -> SpreadRequest:
 
 def iter_member_spread(req: SpreadRequest, batch: int = 8) -> ProgressGen[MemberSpread]:
     """Every member's multi-task output for the open images (core.finetune.load_ensemble)."""
-    from ..core.backbones.registry import resolve_device
+    from ..core.backbones.devices import resolve_device
     from ..core.finetune import load_ensemble
 
     yield Progress(0, len(req.paths), "loading the ensemble")
@@ -145,7 +145,8 @@ def export_request(session: AnnotatorSession, out: str | Path, test: bool = True
 
 def iter_export(req: ExportRequest) -> ProgressGen[Any]:
     """Save the bundle to a temporary folder, then core.export's packaging (cancellable)."""
-    from ..core.export.bioimageio import iter_export_bioimageio, require_bioimageio
+    from ..core.export.bioimageio import iter_export_bioimageio
+    from ..core.export.packages import require_bioimageio
     from ..core.learn.bundle import save_bundle
 
     require_bioimageio()  # before any work: one message naming the [bioimageio] extra

@@ -293,7 +293,8 @@ def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
     """
     from ..core.data.manifest import training_fingerprint
     from ..core.learn.calibration import CALIBRATION_FOLDS
-    from ..core.learn.ensembles import EnsembleConfig, GramBlock, iter_gram
+    from ..core.learn.ensembles import GramBlock, iter_gram
+    from ..core.learn.logistic import EnsembleConfig
 
     X, new = yield from _features(req.features, req.extract)
     ensemble = EnsembleConfig(**req.ensemble)
@@ -349,7 +350,8 @@ def iter_cv_auc(gram: Any, Y: np.ndarray, vocab: list[str], groups: np.ndarray,
     :data:`core.calibration.CALIBRATION_FOLDS` the model is ``train``'s). None: fewer than
     two genes, the fit calibrates as without CV.
     """
-    from ..core.learn.evaluation import iter_out_of_fold, per_term_auc
+    from ..core.learn.folds import iter_out_of_fold
+    from ..core.learn.metrics import per_term_auc
 
     rows = gram.rows
     Yl = Y[rows]
@@ -387,7 +389,8 @@ def iter_gradcam(req: GradcamRequest) -> ProgressGen[GradcamMaps]:
     rgb = read_rgb(req.path)
     shape = display_shape(rgb.shape[:2])  # a stack of T maps stays small for a huge image
     if req.finetuned is not None:
-        from ..core.finetune import gradcam_mtl, load_finetuned
+        from ..core.explain.finetuned import gradcam_mtl
+        from ..core.finetune import load_finetuned
 
         model = load_finetuned(req.finetuned, device=req.extract.config.device
                                if req.extract.config.device != "auto" else "cpu")

@@ -32,7 +32,7 @@ STAGES = ("4-6", "7-8", "9-10", "11-12", "13-16")
 
 def _backbone_names() -> list[str]:
     try:
-        from ..core.backbones.registry import REGISTRY
+        from ..core.backbones.specs import REGISTRY
 
         return list(REGISTRY)
     except Exception:
@@ -41,7 +41,7 @@ def _backbone_names() -> list[str]:
 
 def _layer_names(backbone: str) -> tuple[list[str], str]:
     try:
-        from ..core.backbones.registry import get_spec
+        from ..core.backbones.specs import get_spec
 
         spec = get_spec(backbone)
         return list(spec.layers), str(spec.default_layer)

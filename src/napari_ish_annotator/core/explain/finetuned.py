@@ -35,7 +35,7 @@ def gradcam_mtl(model: FinetunedModel | FinetunedEnsemble | str | Path | dict, i
     import torch
     import torch.nn.functional as F
 
-    from ..backbones.registry import get_spec
+    from ..backbones.specs import get_spec
 
     if not isinstance(model, FinetunedModel | FinetunedEnsemble):
         model = load_ensemble(model)

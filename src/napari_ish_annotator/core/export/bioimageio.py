@@ -140,7 +140,7 @@ def _cover(model: ExportableModel, image: np.ndarray, probabilities: np.ndarray,
     from PIL import Image, ImageOps
 
     from ..explain.gradcam import overlay
-    from ..features.extractor import border_colour
+    from ..features.preprocess import border_colour
     from ..utils.files import write_png_atomic
 
     term = model.vocabulary[int(np.argmax(probabilities))]

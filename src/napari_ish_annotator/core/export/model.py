@@ -65,7 +65,8 @@ def _from_bundle(path: Path) -> ExportableModel:
     import torch
 
     from ..explain.gradcam import gradcam_for_image
-    from ..features.extractor import FeatureExtractor, normalisation_affine
+    from ..features.extractor import FeatureExtractor
+    from ..features.preprocess import normalisation_affine
     from ..learn.bundle import load_bundle
     from .network import EnsembleHead, Preprocess, TermNetwork
 
@@ -138,8 +139,9 @@ def _metrics(info: dict) -> dict | None:
 def _from_checkpoint(path: Path) -> ExportableModel:
     import torch
 
-    from ..features.extractor import normalisation_affine
-    from ..finetune import gradcam_mtl, load_finetuned
+    from ..explain.finetuned import gradcam_mtl
+    from ..features.preprocess import normalisation_affine
+    from ..finetune import load_finetuned
     from .network import MultitaskHead, Preprocess, TermNetwork
 
     try:

@@ -4,7 +4,7 @@ This file is also the *architecture source* of the exported ``pytorch_state_dict
 bioimage.io tools import it on its own (not as part of this package) and call
 :func:`build_network` with the keyword arguments stored in the model's ``rdf.yaml``, then
 load the state dict. It therefore uses absolute imports only; the backbone trunks come from
-``napari_ish_annotator.core.backbones.registry`` (one place that knows how each trunk is built).
+``napari_ish_annotator.core.backbones`` (one place that knows how each trunk is built).
 
 Input: ``(batch, 3, y, x)`` float32 RGB with 0-255 values, any size. Output: ``(batch, terms)``
 probabilities. Inside, in order:
@@ -140,7 +140,7 @@ def build_network(backbone: str, layer_index: int, input_size: int, n_terms: int
     ``n_features``, ``n_members``, ``center``, ``normalize``) or ``"multitask"`` (uses
     ``in_features``, ``hidden``, ``dropout``, ``pool``).
     """
-    from napari_ish_annotator.core.backbones.registry import get_spec
+    from napari_ish_annotator.core.backbones.specs import get_spec
 
     trunk = get_spec(backbone).build_trunk()[: int(layer_index) + 1]
     if head == "ensemble":

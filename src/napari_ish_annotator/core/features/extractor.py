@@ -20,17 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..backbones.registry import (
+from ..backbones.devices import resolve_device, resolve_device_type
+from ..backbones.specs import get_spec
+from ..backbones.trunk import compute_batch, inference_trunk, largest_activation_bytes
+from ..backbones.weights import (
     LoadedBackbone,
     WeightsIdentity,
-    get_spec,
     load_backbone,
     remember_identity,
-    resolve_device,
-    resolve_device_type,
     weights_identity,
 )
-from ..backbones.trunk import compute_batch, inference_trunk, largest_activation_bytes
 from ..utils.errors import InputError
 from ..utils.progress import CancelToken, Progress, ProgressCallback, ProgressGen, drive
 from .cache import FeatureCache
@@ -41,18 +40,7 @@ from .decoding import (
     default_decode_workers,
     process_workers,
 )
-from .preprocess import (  # noqa: F401 - re-exported: the names have always lived here too
-    CPU_AUTO_BF16,
-    PRECISIONS,
-    RESIZE_METHOD,
-    as_rgb,
-    border_colour,
-    cpu_has_native_bf16,
-    normalisation_affine,
-    resolve_precision,
-    resolve_precision_type,
-    torch_dtype,
-)
+from .preprocess import RESIZE_METHOD, resolve_precision, resolve_precision_type, torch_dtype
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

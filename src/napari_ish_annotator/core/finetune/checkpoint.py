@@ -149,7 +149,9 @@ def load_finetuned(checkpoint: str | Path | dict, device: str = "cpu") -> Finetu
     An ensemble checkpoint (see :mod:`.ensemble`) gives its representative member, the one
     ``--weights`` uses; :func:`.ensemble.load_ensemble` gives all members.
     """
-    from ..backbones.registry import empty_trunk, get_spec, resolve_device
+    from ..backbones.devices import resolve_device
+    from ..backbones.specs import get_spec
+    from ..backbones.weights import empty_trunk
 
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     spec = get_spec(ckpt["backbone"])

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..data.manifest import training_fingerprint
 from ..learn.metrics import defined_mean, per_term_auc
 from ..utils.errors import InputError
 from ..utils.progress import ProgressGen, drive
@@ -46,14 +47,13 @@ from .data import (
     image_names,
     iter_load_images,
     make_split,
-    training_fingerprint,
 )
 from .network import build_head, make_network, masked_bce, resolve_frozen, trunk_out_channels
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from ..backbones.registry import LoadedBackbone
+    from ..backbones.weights import LoadedBackbone
     from ..data.manifest import Dataset
 
 
@@ -367,7 +367,7 @@ def prepare(images: Sequence, Y: np.ndarray, vocabulary: Sequence[str], config: 
 
 def load_base(config: FinetuneConfig, resuming: bool) -> LoadedBackbone:
     """The starting weights (architecture only when resuming: the checkpoint has every weight)."""
-    from ..backbones.registry import load_backbone
+    from ..backbones.weights import load_backbone
 
     loaded = load_backbone(config.backbone, "random" if resuming else config.weights, config.seed)
     check_complete(loaded, config)
@@ -410,7 +410,7 @@ def iter_finetune(
     keeps the last complete checkpoint. A ``loaded`` backbone is trained in place; ``data``
     (images already loaded at ``config.input_size``) is reused, e.g. by an ensemble's members.
     """
-    from ..backbones.registry import resolve_device
+    from ..backbones.devices import resolve_device
 
     Y, vocabulary, out, fingerprint = prepare(images, Y, vocabulary, config, out, fingerprint)
     device = resolve_device(config.device)

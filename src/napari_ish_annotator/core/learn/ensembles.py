@@ -38,27 +38,13 @@ from ..utils.progress import (
 )
 from .logistic import (
     EnsembleConfig,
-    fit_logistic_gram,
     iter_fit_members,
     majority_vote,
-    member_rows,
     prepare_gram,
 )
 from .metrics import class_counts, has_both_classes
 
-__all__ = [
-    "EnsembleConfig",
-    "TermEnsemble",
-    "EnsembleClassifier",
-    "fit_logistic_gram",
-    "GramBlock",
-    "iter_gram",
-    "gram_matrix",
-    "member_rows",
-    "prepare_gram",
-    "iter_fit_members",
-    "majority_vote",
-]
+__all__ = ["TermEnsemble", "EnsembleClassifier", "GramBlock", "iter_gram", "gram_matrix"]
 
 #: bytes of float64 scratch per feature block (Gram and weight recovery passes)
 _BLOCK_BYTES = 128 * 2**20

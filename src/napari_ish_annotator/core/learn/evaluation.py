@@ -32,28 +32,21 @@ from ..utils.errors import InputError
 from ..utils.progress import Progress, ProgressGen, sub_progress
 from . import ensembles as classify
 from .calibration import DEFAULT_METHOD, METHODS, iter_calibrate
-from .folds import iter_fold_decisions, iter_out_of_fold
+from .folds import iter_fold_decisions
 from .logistic import majority_vote
 from .metrics import (
     CALIBRATION_METRICS,
-    ECE_BINS,
     METRICS,
     class_counts,
     defined_mean,
     expected_calibration_error,
     has_both_classes,
-    per_term_auc,
     term_metrics,
     trainable_terms,
 )
-from .splits import group_ids, grouped_folds, held_out_genes, random_partitions, validation_split
 
-__all__ = [
-    "METRICS", "CALIBRATION_METRICS", "ECE_BINS", "Evaluation", "group_ids", "grouped_folds",
-    "random_partitions", "held_out_genes", "validation_split", "per_term_auc", "term_metrics",
-    "expected_calibration_error", "score_predictions", "combine_partitions", "trainable_terms",
-    "iter_fold_decisions", "iter_out_of_fold", "iter_cross_validate", "format_table",
-]
+__all__ = ["Evaluation", "score_predictions", "combine_partitions", "iter_cross_validate",
+           "format_table"]
 
 
 # ----------------------------------------------------------------------------------- metrics

@@ -27,10 +27,10 @@ import numpy as np
 
 from ..utils.files import write_png_atomic, write_text_atomic
 from ..utils.progress import Progress, ProgressGen, drive
-from .regions import TERM_REGIONS, Part, blob, term_region
+from .regions import Part, blob, term_region
 
-__all__ = ["BDGP_STAIN_RGB", "Part", "TERM_REGIONS", "term_region", "random_pose", "make_embryo",
-           "slugify", "sample_label_sets", "iter_generate_dataset", "generate_dataset"]
+__all__ = ["BDGP_STAIN_RGB", "random_pose", "make_embryo", "slugify", "sample_label_sets",
+           "iter_generate_dataset", "generate_dataset"]
 
 BDGP_STAIN_RGB = (70, 60, 120)
 
