@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from .. import __version__
 from ..core.data.images import pixel_budget
 from ..core.utils.errors import InputError
+from ..core.utils.files import check_output_path
 from ..core.utils.progress import Cancelled
 from . import _common as c
 from . import demo, evaluate, export, finetune, gradcam, labels, predict, suggest, train
@@ -46,8 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
 def check_outputs(args: argparse.Namespace) -> None:
     """Output paths checked before any work starts, so a typo in --out fails in a second
     instead of after hours of feature extraction."""
-    from ..core.utils.files import check_output_path
-
     for attr, folder in getattr(args, "outputs", []):
         value = getattr(args, attr, None)
         if value is not None:

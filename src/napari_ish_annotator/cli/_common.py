@@ -10,7 +10,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..core.backbones.specs import get_spec
 from ..core.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, parse_pixels
+from ..core.data.manifest import parse_vocabulary
+from ..core.features import distributed
+from ..core.features.cache import default_cache_dir
+from ..core.features.extractor import ExtractorConfig
+from ..core.learn.logistic import EnsembleConfig
 from ..core.utils.errors import InputError
 from ..core.utils.progress import TqdmCallback, drive
 
@@ -34,8 +40,6 @@ def say(args: argparse.Namespace, text: str) -> None:
 
 def extractor_config(args: argparse.Namespace, layer: str | None = None):
     """The feature-extraction settings the backbone options describe."""
-    from ..core.features.extractor import ExtractorConfig
-
     return ExtractorConfig(
         backbone=args.backbone, weights=args.weights, layer=layer or args.layer,
         input_size=input_size(args), keep_aspect=args.keep_aspect, device=args.device,
@@ -45,30 +49,22 @@ def extractor_config(args: argparse.Namespace, layer: str | None = None):
 
 def input_size(args: argparse.Namespace) -> int:
     """``--input-size``, or the backbone's own (224; 299 for inception_v3) when not given."""
-    from ..core.backbones.specs import get_spec
-
     return int(args.input_size) if args.input_size else get_spec(args.backbone).input_size
 
 
 def ensemble_config(args: argparse.Namespace):
     """The per-term ensemble settings the classifier options describe."""
-    from ..core.learn.logistic import EnsembleConfig
-
     return EnsembleConfig(n_members=args.ensemble, C=args.C, seed=args.seed)
 
 
 def vocabulary(args: argparse.Namespace) -> list[str] | None:
     """``--terms``/``--vocab`` as a list, or None for 'every term of the manifest'."""
-    from ..core.data.manifest import parse_vocabulary
-
     spec = getattr(args, "terms", None)
     return parse_vocabulary(spec) if spec else None
 
 
 def cache_dir(args: argparse.Namespace) -> Path | None:
     """The feature cache folder, or None with ``--no-cache``."""
-    from ..core.features.cache import default_cache_dir
-
     if getattr(args, "no_cache", False):
         return None
     return Path(args.cache) if args.cache else default_cache_dir()
@@ -76,8 +72,6 @@ def cache_dir(args: argparse.Namespace) -> Path | None:
 
 def parse_layers(text: str | None, backbone: str = "vgg16") -> list[str]:
     """``--layers 17,21`` checked against the backbone now, not after hours of extraction."""
-    from ..core.backbones.specs import get_spec
-
     spec = get_spec(backbone)
     if text is None:  # the backbone's default layer (21 for VGG16)
         return [spec.default_layer]
@@ -158,8 +152,6 @@ def dask_session(args: argparse.Namespace):
 
 def _dask_session(address: str, args: argparse.Namespace):
     import contextlib
-
-    from ..core.features import distributed
 
     tls = distributed.TLSFiles(getattr(args, "dask_ca", None), getattr(args, "dask_cert", None),
                                getattr(args, "dask_key", None))

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..core.data.manifest import read_manifest
+from ..core.learn.bundle import check_bundle_target, save_bundle
+from ..core.workflow import iter_train
 from . import _common as c
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..core.data.manifest import read_manifest
-    from ..core.learn.bundle import save_bundle
-    from ..core.workflow import iter_train
-
     dataset = read_manifest(args.manifest, vocabulary=c.vocabulary(args))
     bundle = c.run(iter_train(dataset, c.extractor_config(args), c.ensemble_config(args),
                               cache_dir=c.cache_dir(args)), args, "train")
@@ -24,8 +23,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def check_target(args: argparse.Namespace) -> None:
     """An existing folder that is not a model bundle is never overwritten."""
-    from ..core.learn.bundle import check_bundle_target
-
     check_bundle_target(args.out)
 
 

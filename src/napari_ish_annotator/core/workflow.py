@@ -14,9 +14,18 @@ from typing import Any
 
 import numpy as np
 
+from .backbones.specs import get_spec
+from .backbones.weights import load_backbone
 from .data.manifest import Dataset
+from .features.extractor import FeatureExtractor
+from .learn.bundle import ModelBundle
+from .learn.calibration import DEFAULT_METHOD, iter_calibrate
+from .learn.ensembles import EnsembleClassifier, iter_gram
+from .learn.evaluation import iter_cross_validate
+from .learn.splits import grouped_folds, random_partitions
+from .utils.csvio import write_csv
 from .utils.errors import InputError
-from .utils.files import release_pages
+from .utils.files import release_pages, scratch_memmap
 from .utils.progress import Progress, ProgressGen, sub_progress
 
 
@@ -24,8 +33,6 @@ def make_extractor(config, cache_dir=None, loaded=None):
     """A :class:`~.features.FeatureExtractor`; inside :func:`.distributed.use` one that
     computes cache misses on that dask cluster. Both build no network until a miss."""
     import sys
-
-    from .features.extractor import FeatureExtractor
 
     distributed = sys.modules.get(f"{__package__}.features.distributed")  # only if --dask loaded it
     client = distributed.current_client() if distributed is not None else None
@@ -47,7 +54,6 @@ def feature_matrix(n: int, dim: int, folder: str | Path | None = None) -> np.nda
     """
     if n * dim * 2 <= MEMMAP_BYTES:
         return np.empty((n, dim), dtype=np.float16)
-    from .utils.files import scratch_memmap
 
     return scratch_memmap((n, dim), np.float16, folder, what=f"the features of {n} images")
 
@@ -102,11 +108,6 @@ def iter_fit_bundle(
     labelled rows' out-of-fold raw scores for Platt scaling, when the caller made them already
     (:func:`.evaluation.iter_out_of_fold`; the Train panel shows their AUC), else made here.
     """
-    from .backbones.specs import get_spec
-    from .learn.bundle import ModelBundle
-    from .learn.calibration import DEFAULT_METHOD, iter_calibrate
-    from .learn.ensembles import EnsembleClassifier, iter_gram
-
     if extractor.layer is None:  # record the layer actually used, not "the default"
         extractor = replace(extractor, layer=get_spec(extractor.backbone).default_layer)
     Y = np.asarray(Y)
@@ -243,10 +244,6 @@ def iter_evaluate(
     split would leak). Returns ``{"layers": {layer: summary}}`` (CONTRACTS.md, see
     :class:`~.evaluation.Evaluation`).
     """
-    from .backbones.weights import load_backbone
-    from .learn.evaluation import iter_cross_validate
-    from .learn.splits import grouped_folds, random_partitions
-
     vocabulary = list(dataset.vocabulary)
     if test_dataset is not None:
         missing = [t for t in vocabulary if t not in test_dataset.vocabulary]
@@ -293,8 +290,6 @@ def write_predictions(path: str | Path, images: Sequence[Path | str],
     With ``votes`` (the members' majority vote, ``predict --votes``) a ``<term> vote`` column
     (1 present / 0 absent) per term follows the probability columns.
     """
-    from .utils.csvio import write_csv
-
     probabilities = np.asarray(probabilities)
     if probabilities.shape != (len(images), len(vocabulary)):
         raise ValueError(f"probabilities have shape {probabilities.shape}, expected "

@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core.backbones.specs import REGISTRY, get_spec
 from ..session import steps
 from ._base import SessionDock
 from ._errors import shows_input_error
@@ -32,8 +33,6 @@ STAGES = ("4-6", "7-8", "9-10", "11-12", "13-16")
 
 def _backbone_names() -> list[str]:
     try:
-        from ..core.backbones.specs import REGISTRY
-
         return list(REGISTRY)
     except Exception:
         return ["vgg16"]
@@ -41,8 +40,6 @@ def _backbone_names() -> list[str]:
 
 def _layer_names(backbone: str) -> tuple[list[str], str]:
     try:
-        from ..core.backbones.specs import get_spec
-
         spec = get_spec(backbone)
         return list(spec.layers), str(spec.default_layer)
     except Exception:

@@ -29,6 +29,7 @@ from ..session import MIN_CV_PER_CLASS, TrainedModel, annotators, model_outputs,
 from ._base import SessionDock
 from ._errors import report_error, shows_input_error
 from ._worker import TaskRunner
+from .finetune_section import FinetuneSection
 
 
 class TrainWidget(SessionDock):
@@ -121,7 +122,6 @@ class TrainWidget(SessionDock):
         layout.addWidget(self.summary)
 
         self.finetune_box = QGroupBox("Fine-tune backbone (multi-task)")
-        from .finetune_section import FinetuneSection
 
         self.finetune = FinetuneSection(self)
         QVBoxLayout(self.finetune_box).addWidget(self.finetune)

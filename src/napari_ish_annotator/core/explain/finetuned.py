@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backbones.specs import get_spec
 from ..finetune.checkpoint import FinetunedModel
 from ..finetune.ensemble import FinetunedEnsemble, load_ensemble
 from ..utils.errors import InputError
@@ -34,8 +35,6 @@ def gradcam_mtl(model: FinetunedModel | FinetunedEnsemble | str | Path | dict, i
     """
     import torch
     import torch.nn.functional as F
-
-    from ..backbones.specs import get_spec
 
     if not isinstance(model, FinetunedModel | FinetunedEnsemble):
         model = load_ensemble(model)

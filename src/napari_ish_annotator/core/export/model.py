@@ -16,6 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..explain.finetuned import gradcam_mtl
+from ..explain.gradcam import gradcam_for_image
+from ..features.extractor import FeatureExtractor
+from ..features.preprocess import normalisation_affine
+from ..finetune import load_finetuned
+from ..learn.bundle import load_bundle
 from ..utils.errors import InputError
 from ..utils.files import sha256_file
 
@@ -64,10 +70,6 @@ def load_exportable(source: str | Path) -> ExportableModel:
 def _from_bundle(path: Path) -> ExportableModel:
     import torch
 
-    from ..explain.gradcam import gradcam_for_image
-    from ..features.extractor import FeatureExtractor
-    from ..features.preprocess import normalisation_affine
-    from ..learn.bundle import load_bundle
     from .network import EnsembleHead, Preprocess, TermNetwork
 
     bundle = load_bundle(path)
@@ -139,9 +141,6 @@ def _metrics(info: dict) -> dict | None:
 def _from_checkpoint(path: Path) -> ExportableModel:
     import torch
 
-    from ..explain.finetuned import gradcam_mtl
-    from ..features.preprocess import normalisation_affine
-    from ..finetune import load_finetuned
     from .network import MultitaskHead, Preprocess, TermNetwork
 
     try:

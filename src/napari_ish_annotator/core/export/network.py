@@ -26,6 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_ish_annotator.core.backbones.specs import get_spec
+from napari_ish_annotator.core.finetune import build_head
+
 #: probabilities are clipped to [EPS, 1 - EPS] before the calibration's logit, as
 #: ``core.calibration.apply`` does (tests/test_export_network.py compares the two)
 CALIBRATION_EPS = 1e-6
@@ -108,7 +111,6 @@ class MultitaskHead(nn.Module):
     def __init__(self, in_features: int, n_terms: int, hidden: int, dropout: float,
                  pool: int) -> None:
         super().__init__()
-        from napari_ish_annotator.core.finetune import build_head
 
         self.layers = build_head(int(in_features), int(n_terms), int(hidden), float(dropout),
                                  int(pool))
@@ -140,8 +142,6 @@ def build_network(backbone: str, layer_index: int, input_size: int, n_terms: int
     ``n_features``, ``n_members``, ``center``, ``normalize``) or ``"multitask"`` (uses
     ``in_features``, ``hidden``, ``dropout``, ``pool``).
     """
-    from napari_ish_annotator.core.backbones.specs import get_spec
-
     trunk = get_spec(backbone).build_trunk()[: int(layer_index) + 1]
     if head == "ensemble":
         top: nn.Module = EnsembleHead(n_features, n_terms, n_members, center, normalize)

@@ -38,8 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from ... import __version__
 from ..utils.errors import InputError
-from ..utils.extras import install_hint
+from ..utils.extras import install_hint, require_extra
 from ..utils.progress import Progress, ProgressGen
 from .extractor import ExtractorConfig, FeatureExtractor, _widen
 
@@ -161,8 +162,6 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _import_distributed() -> Any:
-    from ..utils.extras import require_extra
-
     return require_extra("distributed", "cluster", "--dask")
 
 
@@ -234,15 +233,11 @@ def connect(address: ClusterAddress | str, tls: TLSFiles | None = None) -> Itera
 
 
 def _package_version() -> str:
-    from ... import __version__
-
     return __version__
 
 
 def check_workers(client: Any) -> None:
     """InputError unless every worker imports this package at the client's version."""
-    from ... import __version__
-
     if not client.scheduler_info().get("workers"):
         with contextlib.suppress(Exception):
             client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
@@ -407,8 +402,6 @@ def slurm_cluster(queue: str | None = None, account: str | None = None, cores: i
     Call ``.scale(jobs=N)`` and pass ``.scheduler_address`` to ``--dask``. Extra keyword
     arguments go to ``SLURMCluster`` (e.g. ``scheduler_options``, ``job_extra_directives``).
     """
-    from ..utils.extras import require_extra
-
     SLURMCluster = require_extra("dask_jobqueue", "cluster", "a SLURM cluster",  # noqa: N806
                                  distribution="dask-jobqueue").SLURMCluster
     extra = list(kwargs.pop("job_extra_directives", []))

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ... import __version__
 from ..backbones.devices import resolve_device, resolve_device_type
 from ..backbones.specs import get_spec
 from ..backbones.trunk import compute_batch, inference_trunk, largest_activation_bytes
@@ -30,6 +31,7 @@ from ..backbones.weights import (
     remember_identity,
     weights_identity,
 )
+from ..data.images import content_hash
 from ..utils.errors import InputError
 from ..utils.progress import CancelToken, Progress, ProgressCallback, ProgressGen, drive
 from .cache import FeatureCache
@@ -75,7 +77,6 @@ def array_hash(arr: np.ndarray) -> str:
 def _image_key(image: Any) -> str:
     if isinstance(image, np.ndarray):
         return array_hash(image)
-    from ..data.images import content_hash
 
     return content_hash(image)
 
@@ -162,8 +163,6 @@ class FeatureExtractor:
     # ------------------------------------------------------------------ identity
     def signature(self) -> dict:
         """Everything the features depend on except the image content."""
-        from ... import __version__
-
         return {
             "backbone": self.spec.name,
             "weights_id": self.weights_id,

@@ -28,6 +28,7 @@ import numpy as np
 from scipy.special import expit
 
 from ..utils.errors import InputError
+from ..utils.files import release_pages
 from ..utils.progress import (
     CancelToken,
     Progress,
@@ -92,7 +93,6 @@ def _take_rows(X: Any, rows: np.ndarray | None, c0: int, c1: int,
     if getattr(X, "_mmap", None) is None:
         block = X[:, c0:c1] if rows is None else X[rows, c0:c1]
         return np.ascontiguousarray(block, dtype=dtype)
-    from ..utils.files import release_pages
 
     n = X.shape[0] if rows is None else len(rows)
     out = np.empty((n, c1 - c0), dtype=dtype)
