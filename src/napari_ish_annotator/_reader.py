@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .core.data.images import SUPPORTED_SUFFIXES, read_rgb
+from .core.data.images import has_image_suffix, read_rgb
 from .core.data.inputs import collect_inputs
 from .core.data.manifest import is_manifest
 from .widgets import open_in_viewer
@@ -17,7 +17,7 @@ BACKGROUND_MIN_FILES = 500
 
 def _has_images(path: Path) -> bool:
     try:
-        return path.is_dir() and any(p.suffix.lower() in SUPPORTED_SUFFIXES for p in path.iterdir())
+        return path.is_dir() and any(has_image_suffix(p) for p in path.iterdir())
     except OSError:
         return False
 
@@ -44,7 +44,7 @@ def _count_images(inputs: list[str | Path]) -> int:
             item = item / "manifest.csv"
         try:
             if item.is_dir():
-                n += sum(1 for p in item.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES)
+                n += sum(1 for p in item.iterdir() if has_image_suffix(p))
             elif item.suffix.lower() == ".csv":
                 with open(item, "rb") as fh:
                     n += max(sum(1 for _ in fh) - 1, 0)

@@ -7,7 +7,9 @@ between commands (or between a command and the demo).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..core.backbones.specs import get_spec
@@ -93,7 +95,7 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def add_max_pixels(parser: argparse.ArgumentParser) -> None:
-    """``--max-pixels``: the one pixel budget of every image reader (core.images)."""
+    """``--max-pixels``: the one pixel budget of every image reader (core.data.images)."""
     parser.add_argument("--max-pixels", type=_pixels, default=None, metavar="N",
                         help="refuse images over N pixels (width x height), checked before "
                              f"decoding (default {DEFAULT_MAX_PIXELS:_}, or ${MAX_PIXELS_ENV})")
@@ -138,27 +140,30 @@ def add_dask(parser: argparse.ArgumentParser) -> None:
                                  "dask's configuration, distributed.comm.tls.*)")
 
 
-def dask_session(args: argparse.Namespace):
-    """The ``--dask`` cluster for the whole command (a no-op context without it)."""
-    import contextlib
-
+def dask_session(args: argparse.Namespace, given: distributed.DaskExecutor | None = None
+                 ) -> contextlib.AbstractContextManager[distributed.DaskExecutor | None]:
+    """The command's executor: ``given`` (a caller's cluster), the ``--dask`` cluster for the
+    whole command, or None (extract here). Commands pass it on as ``executor=``."""
     address = getattr(args, "dask", None)
-    if not address:
-        if any(getattr(args, f"dask_{k}", None) for k in ("ca", "cert", "key")):
+    if given is not None or not address:
+        if not address and any(getattr(args, f"dask_{k}", None) for k in ("ca", "cert", "key")):
             raise InputError("--dask-ca/--dask-cert/--dask-key need --dask tls://HOST:PORT")
-        return contextlib.nullcontext()
+        return contextlib.nullcontext(given)
     return _dask_session(address, args)
 
 
-def _dask_session(address: str, args: argparse.Namespace):
-    import contextlib
-
+@contextlib.contextmanager
+def _dask_session(address: str, args: argparse.Namespace
+                  ) -> Iterator[distributed.DaskExecutor]:
     tls = distributed.TLSFiles(getattr(args, "dask_ca", None), getattr(args, "dask_cert", None),
                                getattr(args, "dask_key", None))
-    stack = contextlib.ExitStack()
-    client = stack.enter_context(distributed.connect(address, tls))
-    stack.enter_context(distributed.use(client))
-    return stack
+    with distributed.connect(address, tls) as client:
+        yield distributed.DaskExecutor(client)
+
+
+def executor(args: argparse.Namespace) -> distributed.DaskExecutor | None:
+    """Where this command computes features (set by :func:`..main` from ``--dask``)."""
+    return getattr(args, "executor", None)
 
 
 def add_cache(parser: argparse.ArgumentParser) -> None:

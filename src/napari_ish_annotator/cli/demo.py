@@ -21,7 +21,13 @@ from ..core.learn.splits import held_out_genes
 from ..core.synthetic.embryos import generate_dataset
 from ..core.utils.errors import InputError
 from ..core.utils.files import write_json_atomic, write_png_atomic, write_text_atomic
-from ..core.workflow import iter_features, iter_train, make_extractor, write_predictions
+from ..core.workflow import (
+    iter_features,
+    iter_train,
+    make_extractor,
+    predict_rows,
+    write_predictions,
+)
 from ..demo import (
     DEMO_IMAGE_SIZE,
     DEMO_STAGE,
@@ -81,7 +87,7 @@ def run_headless_demo(args: argparse.Namespace) -> int:
     c.say(args, f"3/5 predicting {len(test.samples)} held-out images")
     fx = make_extractor(bundle.extractor, out / "cache")
     X_test = c.run(iter_features(fx, test.paths), args, "predict")
-    probabilities, votes = bundle.predict_both(X_test)
+    probabilities, votes = predict_rows(bundle, X_test)
     write_predictions(out / "predictions.csv", test.paths, vocabulary, probabilities)
 
     c.say(args, "4/5 evaluating on the held-out genes")

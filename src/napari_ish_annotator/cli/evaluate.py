@@ -31,7 +31,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         iter_evaluate(dataset, c.extractor_config(args), c.ensemble_config(args),
                       layers=c.parse_layers(args.layers, args.backbone), folds=args.folds,
                       test_dataset=test, cache_dir=c.cache_dir(args), repeats=args.repeats,
-                      test_fraction=args.test_fraction),
+                      test_fraction=args.test_fraction, executor=c.executor(args)),
         args, "evaluate")
     print(format_table(results))
     if args.json:
@@ -104,7 +104,8 @@ def cmd_evaluate_compare(args: argparse.Namespace) -> int:
     results = {}
     for name, config in (("TL", tl_config), ("TL+MTL", mtl_config)):
         results[name] = c.run(iter_evaluate(dataset, config, ens, layers=layers, folds=args.folds,
-                                            test_dataset=test, cache_dir=c.cache_dir(args)),
+                                            test_dataset=test, cache_dir=c.cache_dir(args),
+                                            executor=c.executor(args)),
                               args, f"evaluate {name}")
     print(format_compare_table(results))
     if args.json:

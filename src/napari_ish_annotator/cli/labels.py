@@ -11,6 +11,7 @@ from ..core.data.inputs import collect_inputs
 from ..core.data.manifest import read_manifest
 from ..core.labels.consensus import METHODS, agreement, annotator_labels, consensus
 from ..core.labels.store import LabelStore
+from ..core.learn.metrics import labelled_mask
 from ..core.utils.errors import InputError
 from ..core.utils.files import write_json_atomic
 from . import _common as c
@@ -82,7 +83,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                                args.min_agreement or 0.0)
             matrix, unsettled = result.labels, result.n_unsettled
             what = f"{args.consensus} consensus"
-        keep = (matrix >= 0).any(axis=1)
+        keep = labelled_mask(matrix)
         kept = [image for image, k in zip(images, keep, strict=True) if k]
         if not kept:
             raise InputError(f"no image has a label in the {what}; nothing to export "

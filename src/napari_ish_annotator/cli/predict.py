@@ -31,8 +31,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                          path=" ".join(map(str, args.inputs)))
     device = None if args.device == "auto" else args.device
     try:
-        probabilities, votes = c.run(iter_predict_chunked(bundle, images, c.cache_dir(args),
-                                                          device, args.chunk_size), args, "predict")
+        probabilities, votes = c.run(iter_predict_chunked(
+            bundle, images, c.cache_dir(args), device, args.chunk_size,
+            executor=c.executor(args)), args, "predict")
     except InputError as exc:
         if args.skip_bad or exc.path is None or Path(exc.path) not in set(images):
             raise

@@ -18,7 +18,7 @@ import numpy as np
 from ..core.backbones.devices import resolve_device, resolve_device_type
 from ..core.features.extractor import ExtractorConfig
 from ..core.learn.bundle import load_bundle, save_bundle
-from ..core.learn.metrics import class_counts, has_both_classes
+from ..core.learn.metrics import class_counts, has_both_classes, labelled_rows
 from ..core.learn.splits import group_ids
 from ..core.utils.errors import InputError
 from ..core.workflow import write_predictions
@@ -225,7 +225,7 @@ class ModelPart:
         if not self.paths:
             raise InputError("no images are open; open a folder or manifest first")
         train = self.train_request(True)
-        rows = np.flatnonzero((train.Y >= 0).any(axis=1))
+        rows = labelled_rows(train.Y)
         if len(rows) < 2:
             raise InputError("fine-tuning needs at least two labelled images; label more")
         settings = replace(self.settings, backbone=config.backbone,

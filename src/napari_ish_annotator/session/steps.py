@@ -32,7 +32,13 @@ from ..core.learn.calibration import CALIBRATION_FOLDS
 from ..core.learn.ensembles import GramBlock, iter_gram
 from ..core.learn.folds import iter_out_of_fold
 from ..core.learn.logistic import EnsembleConfig
-from ..core.learn.metrics import class_counts, has_both_classes, per_term_auc, trainable_terms
+from ..core.learn.metrics import (
+    class_counts,
+    has_both_classes,
+    labelled_rows,
+    per_term_auc,
+    trainable_terms,
+)
 from ..core.learn.splits import group_ids
 from ..core.utils.errors import InputError
 from ..core.utils.progress import Progress, ProgressGen, sub_progress
@@ -320,7 +326,7 @@ def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
     gram = oof = None
     groups = req.groups
     if req.cross_validate:  # one Gram matrix of the labelled rows for the CV and the fit
-        labelled = np.flatnonzero((Y != -1).any(axis=1))
+        labelled = labelled_rows(Y)
         K = yield from sub_progress(iter_gram(X, labelled), 0, prefix="features: ")
         gram = GramBlock(labelled, K)
         auc, note, oof = yield from iter_cv_auc(gram, Y, vocab, groups, ensemble,
@@ -333,7 +339,7 @@ def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
         0, prefix="fit: ")  # gene-grouped calibration folds, as `ish-annotator train` uses
     yield Progress(1, 1, "predicting")
     P, votes = predict_rows(bundle, X)
-    report = TrainReport(counts, auc, int((Y >= 0).any(1).sum()), note)
+    report = TrainReport(counts, auc, len(labelled_rows(Y)), note)
     predictions = Predictions(P, votes, req.extract.generation, None)
     return TrainedModel(bundle, report, predictions, new)
 

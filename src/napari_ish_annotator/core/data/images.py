@@ -28,6 +28,7 @@ import contextlib
 import logging
 import os
 import re
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +43,12 @@ SUPPORTED_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif",
 #: how messages name the supported types
 SUPPORTED_TEXT = "PNG, JPEG, TIFF or BMP"
 _TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
+
+
+def has_image_suffix(path: str | Path) -> bool:
+    """The one suffix test: ``path`` names a supported image type (its content is checked
+    when it is read)."""
+    return Path(path).suffix.lower() in SUPPORTED_SUFFIXES
 
 #: the pixel budget when neither ``set_max_pixels`` nor the environment says otherwise
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -102,14 +109,31 @@ def pixel_budget(value: int | None) -> Iterator[None]:
 _PILLOW_DEFAULT_LIMIT = 1024 * 1024 * 1024 // 4 // 3
 
 
-def _let_pillow_follow(budget: int) -> None:
-    """Raise Pillow's bomb limit to a raised budget, so Pillow does not refuse first; a limit
-    someone made stricter than Pillow's default is left alone."""
+_pillow_lock = threading.Lock()
+_pillow_users = [0, None]  # opens under way, Pillow's limit before the first of them
+
+
+@contextlib.contextmanager
+def _pillow_follows(budget: int) -> Iterator[None]:
+    """Pillow's bomb limit raised to a raised budget while images open (so Pillow does not
+    refuse first), then put back when the last concurrent open ends: nothing process-wide
+    outlives the read. A limit someone made stricter than Pillow's default is left alone."""
     from PIL import Image
 
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and _PILLOW_DEFAULT_LIMIT <= limit < budget:
-        Image.MAX_IMAGE_PIXELS = budget
+    with _pillow_lock:
+        if _pillow_users[0] == 0:
+            _pillow_users[1] = Image.MAX_IMAGE_PIXELS
+        _pillow_users[0] += 1
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and _PILLOW_DEFAULT_LIMIT <= limit < budget:
+            Image.MAX_IMAGE_PIXELS = budget
+    try:
+        yield
+    finally:
+        with _pillow_lock:
+            _pillow_users[0] -= 1
+            if _pillow_users[0] == 0:
+                Image.MAX_IMAGE_PIXELS = _pillow_users[1]
 
 
 def _too_large(path: Path, n: int, dims: str = "") -> InputError:
@@ -135,7 +159,7 @@ def check_image_path(path: Path) -> None:
     if path.is_dir():
         raise InputError("is a folder, not an image file; pass the folder as an input to "
                          "load every image inside it", path=path)
-    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+    if not has_image_suffix(path):
         raise InputError(f"unsupported file type {path.suffix or '(no suffix)'!r}; convert it to "
                          f"{SUPPORTED_TEXT}", path=path)
 
@@ -196,8 +220,7 @@ def _open_pillow(path: Path) -> Iterator[Any]:
     silenced and its bomb error reported like our own limit."""
     from PIL import Image
 
-    _let_pillow_follow(max_pixels())
-    with warnings.catch_warnings():
+    with _pillow_follows(max_pixels()), warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             img = Image.open(path)
@@ -376,6 +399,6 @@ def list_images(folder: str | Path) -> list[Path]:
         raise InputError("folder not found; check the path", path=folder)
     return sorted(
         (p for p in folder.iterdir()
-         if p.is_file() and not is_hidden(p) and p.suffix.lower() in SUPPORTED_SUFFIXES),
+         if p.is_file() and not is_hidden(p) and has_image_suffix(p)),
         key=lambda p: p.name,
     )

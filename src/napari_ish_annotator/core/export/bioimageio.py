@@ -80,7 +80,7 @@ class ExportResult:
 
 def _stack_failure(exc: Exception, what: str) -> InputError:
     """A failure inside bioimageio.spec/pydantic as one line naming the installed versions:
-    an incompatibility nobody listed in ``core.extras.KNOWN_BREAKS`` yet."""
+    an incompatibility nobody listed in ``core.utils.extras.KNOWN_BREAKS`` yet."""
     first = " ".join(str(exc).split())[:400]
     return InputError(f"{what} failed inside bioimageio.spec with {versions(*_STACK)} "
                       f"({type(exc).__name__}: {first}); these versions may not work together - "

@@ -47,7 +47,7 @@ class ExportableModel:
     keep_aspect: bool
     training: dict                  # fingerprint, n_images, term counts where known
     metrics: dict | None            # per-term metrics where the model records them
-    calibration: dict               # method and the per-term a, b (core.calibration)
+    calibration: dict               # method and the per-term a, b (core.learn.calibration)
     #: Grad-CAM of one term for an HxWx3 uint8 image -> (H, W) map in [0, 1]
     gradcam: Callable[[np.ndarray, str], np.ndarray] = field(repr=False, compare=False)
 

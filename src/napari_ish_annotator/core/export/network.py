@@ -30,7 +30,7 @@ from napari_ish_annotator.core.backbones.specs import get_spec
 from napari_ish_annotator.core.finetune import build_head
 
 #: probabilities are clipped to [EPS, 1 - EPS] before the calibration's logit, as
-#: ``core.calibration.apply`` does (tests/test_export_network.py compares the two)
+#: ``core.learn.calibration.apply`` does (tests/test_export_network.py compares the two)
 CALIBRATION_EPS = 1e-6
 
 __all__ = ["Preprocess", "EnsembleHead", "MultitaskHead", "TermNetwork", "build_network"]
@@ -72,7 +72,7 @@ class Preprocess(nn.Module):
 
 
 class EnsembleHead(nn.Module):
-    """Per-term logistic ensembles on centred, L2-normalised rows (``core.classify``).
+    """Per-term logistic ensembles on centred, L2-normalised rows (``core.learn.ensembles``).
 
     ``members`` holds every member of every term as one output row, term-major (term ``t``'s
     member ``m`` is row ``t * n_members + m``), so all ``T x M`` decisions are one matmul.

@@ -46,9 +46,23 @@ from .extractor import ExtractorConfig, FeatureExtractor, _widen
 
 CHUNK = 16  # images per task: small enough for a live progress bar and load balancing
 RETRIES = 2  # per chunk, for exceptions raised by the task
-CONNECT_TIMEOUT_S = float(os.environ.get("ISH_ANNOTATOR_DASK_TIMEOUT", "20"))
+#: seconds to reach a scheduler or see a worker; None: ``$ISH_ANNOTATOR_DASK_TIMEOUT`` (read
+#: when connecting, not at import) or 20
+CONNECT_TIMEOUT_S: float | None = None
+TIMEOUT_ENV = "ISH_ANNOTATOR_DASK_TIMEOUT"
 CLUSTER_EXTRA = install_hint("cluster")
 PACKAGE = "napari_ish_annotator"
+
+
+def _connect_timeout() -> float:
+    if CONNECT_TIMEOUT_S is not None:
+        return CONNECT_TIMEOUT_S
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        return float(text) if text else 20.0
+    except ValueError:
+        raise InputError(f"{TIMEOUT_ENV}={text!r} is not a number of seconds; set it to e.g. "
+                         "20 or unset it") from None
 
 
 @dataclass(frozen=True)
@@ -207,13 +221,13 @@ def connect(address: ClusterAddress | str, tls: TLSFiles | None = None) -> Itera
                     dashboard_address=None, silence_logs=logging.ERROR,
                     scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                     env={"OMP_NUM_THREADS": str(threads)})
-            client = distributed.Client(cluster, timeout=CONNECT_TIMEOUT_S)
+            client = distributed.Client(cluster, timeout=_connect_timeout())
         else:
             where = (dict(address=address.target) if address.kind == "address"
                      else dict(scheduler_file=address.target))
             try:
                 client = distributed.Client(**where, security=security,
-                                            timeout=CONNECT_TIMEOUT_S)
+                                            timeout=_connect_timeout())
             except (OSError, TimeoutError, ValueError, TypeError) as exc:
                 # TypeError: dask's "TLS expects a ssl_context" for a tls:// scheduler file
                 raise InputError(
@@ -240,7 +254,7 @@ def check_workers(client: Any) -> None:
     """InputError unless every worker imports this package at the client's version."""
     if not client.scheduler_info().get("workers"):
         with contextlib.suppress(Exception):
-            client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+            client.wait_for_workers(1, timeout=_connect_timeout())
     versions = client.run(_package_version, on_error="return")
     if not versions:
         raise InputError("the dask cluster has no workers; start some with `dask worker "
@@ -256,24 +270,6 @@ def check_workers(client: Any) -> None:
 
 
 # ------------------------------------------------------------------------------ client side
-_current: list[Any] = []
-
-
-@contextlib.contextmanager
-def use(client: Any) -> Iterator[Any]:
-    """Within this block :func:`.pipeline.make_extractor` extracts on ``client``'s cluster."""
-    _current.append(client)
-    try:
-        yield client
-    finally:
-        _current.pop()
-
-
-def current_client() -> Any:
-    """The client of the innermost :func:`use` block, or None (extract locally)."""
-    return _current[-1] if _current else None
-
-
 class DistributedExtractor(FeatureExtractor):
     """A :class:`FeatureExtractor` whose cache misses are computed on a dask cluster.
 
@@ -322,6 +318,21 @@ class DistributedExtractor(FeatureExtractor):
                 with contextlib.suppress(Exception):
                     self.client.cancel(list(futures))
         return out
+
+
+@dataclass(frozen=True)
+class DaskExecutor:
+    """Features computed on ``client``'s dask cluster: the explicit ``executor`` argument of
+    :mod:`..workflow` (``None`` there computes on this machine). The CLI makes one for
+    ``--dask``; nothing process-wide decides where extraction runs."""
+
+    client: Any
+
+    def extractor(self, config: ExtractorConfig, cache_dir: str | Path | None = None,
+                  loaded: Any = None) -> DistributedExtractor:
+        """A :class:`DistributedExtractor` (``loaded`` is not used: each worker builds its own
+        network, once per settings)."""
+        return DistributedExtractor(self.client, config, cache_dir)
 
 
 def _portable(image: Any) -> Any:

@@ -428,5 +428,5 @@ def iter_finetune(
 
 def finetune(images, Y, vocabulary, config: FinetuneConfig, out, progress=None, cancel=None,
              **kwargs: Any) -> FinetuneResult:
-    """Blocking wrapper around :func:`iter_finetune` (see :func:`core.progress.drive`)."""
+    """Blocking wrapper around :func:`iter_finetune` (see :func:`core.utils.progress.drive`)."""
     return drive(iter_finetune(images, Y, vocabulary, config, out, **kwargs), progress, cancel)

@@ -23,7 +23,7 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "calibration": ["Calibration", "DEFAULT_METHOD", "METHODS", "iter_calibrate"],
     "folds": ["iter_fold_decisions", "iter_out_of_fold"],
     "splits": ["group_ids", "grouped_folds", "held_out_genes", "random_partitions", "validation_split"],
-    "metrics": ["CALIBRATION_METRICS", "METRICS", "class_counts", "defined_mean", "expected_calibration_error", "has_both_classes", "mean_auc", "per_term_auc", "term_metrics", "trainable_terms"],
+    "metrics": ["CALIBRATION_METRICS", "METRICS", "class_counts", "labelled_mask", "labelled_rows", "defined_mean", "expected_calibration_error", "has_both_classes", "mean_auc", "per_term_auc", "term_metrics", "trainable_terms"],
     "evaluation": ["Evaluation", "format_table", "iter_cross_validate", "score_predictions"],
     "bundle": ["ModelBundle", "check_bundle_target", "load_bundle", "save_bundle"],
     "active": ["iter_suggest", "rank", "suggest", "write_suggestions"],

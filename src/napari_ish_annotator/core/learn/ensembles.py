@@ -43,7 +43,7 @@ from .logistic import (
     majority_vote,
     prepare_gram,
 )
-from .metrics import class_counts, has_both_classes
+from .metrics import class_counts, has_both_classes, labelled_rows
 
 __all__ = ["TermEnsemble", "EnsembleClassifier", "GramBlock", "iter_gram", "gram_matrix"]
 
@@ -235,7 +235,7 @@ class EnsembleClassifier:
         """
         Y = self._check_labels(X, Y)
         cfg = self.config
-        labelled = np.flatnonzero((Y != -1).any(axis=1))
+        labelled = labelled_rows(Y)
         Yl = Y[labelled]
         n_lab, d = len(labelled), int(X.shape[1])
         n_terms, M = len(self.vocabulary), cfg.n_members

@@ -41,6 +41,7 @@ from .metrics import (
     defined_mean,
     expected_calibration_error,
     has_both_classes,
+    labelled_mask,
     term_metrics,
     trainable_terms,
 )
@@ -229,7 +230,7 @@ def iter_cross_validate(
     ``X`` ``(n, d)`` feature rows (float16/32, may be a memmap; rows holding NaN are failed
     images and are left out), ``Y`` ``(n, T)`` with 1 / 0 / -1 unknown. The Gram matrix of
     the rows the splits use is computed once; every split centres and normalises a copy of its
-    training block and fits its members there (``core.classify``), and its test rows are
+    training block and fits its members there (``core.learn.ensembles``), and its test rows are
     scored from the cross block, so no feature row is read again. A split whose training part
     lacks a class for a term contributes no scores for that term.
 
@@ -263,7 +264,7 @@ def iter_cross_validate(
     pos = np.full(X.shape[0], -1)
     pos[used] = np.arange(len(used))
     finite = np.isfinite(np.diag(K))
-    labelled = (Y[used] != -1).any(axis=1)
+    labelled = labelled_mask(Y[used])
     Yu = Y[used]
     g = np.arange(len(used)) if groups is None else np.asarray(groups)[used]
 
