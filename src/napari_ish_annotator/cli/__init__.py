@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..core.data.images import pixel_budget
+from ..core.data.budget import pixel_budget
 from ..core.utils.errors import InputError
 from ..core.utils.files import check_output_path
 from ..core.utils.progress import Cancelled

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..core.backbones.specs import get_spec
-from ..core.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, parse_pixels
+from ..core.data.budget import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, parse_pixels
 from ..core.data.manifest import parse_vocabulary
 from ..core.features import distributed
 from ..core.features.cache import default_cache_dir

@@ -37,7 +37,6 @@ import os
 import re
 import stat
 import struct
-import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +51,7 @@ from .budget import (
     MAX_PIXELS_ENV,
     check_header,
     check_pixels,
+    follow_in_pillow,
     max_pixels,
     parse_pixels,
     pixel_budget,
@@ -74,37 +74,6 @@ def has_image_suffix(path: str | Path) -> bool:
     """The one suffix test: ``path`` names a supported image type (its content is checked
     when it is read)."""
     return Path(path).suffix.lower() in SUPPORTED_SUFFIXES
-
-
-#: Pillow's own decompression-bomb limit (it warns above it, refuses above twice it)
-_PILLOW_DEFAULT_LIMIT = 1024 * 1024 * 1024 // 4 // 3
-
-
-_pillow_lock = threading.Lock()
-_pillow_users: list = [0, None]  # opens under way, Pillow's limit before the first of them
-
-
-@contextlib.contextmanager
-def _pillow_follows(budget: int) -> Iterator[None]:
-    """Pillow's bomb limit raised to a raised budget while images open (so Pillow does not
-    refuse first), then put back when the last concurrent open ends: nothing process-wide
-    outlives the read. A limit someone made stricter than Pillow's default is left alone."""
-    from PIL import Image
-
-    with _pillow_lock:
-        if _pillow_users[0] == 0:
-            _pillow_users[1] = Image.MAX_IMAGE_PIXELS
-        _pillow_users[0] += 1
-        limit = Image.MAX_IMAGE_PIXELS
-        if limit is not None and _PILLOW_DEFAULT_LIMIT <= limit < budget:
-            Image.MAX_IMAGE_PIXELS = budget
-    try:
-        yield
-    finally:
-        with _pillow_lock:
-            _pillow_users[0] -= 1
-            if _pillow_users[0] == 0:
-                Image.MAX_IMAGE_PIXELS = _pillow_users[1]
 
 
 _KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
@@ -263,7 +232,7 @@ def _open_pillow(path: Path, fh: BinaryIO, fmt: str) -> Iterator[Any]:
     from PIL import Image
 
     fh.seek(0)
-    with _pillow_follows(max_pixels()), warnings.catch_warnings():
+    with follow_in_pillow(max_pixels()), warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             img = Image.open(fh, formats=[fmt])

@@ -158,7 +158,7 @@ def _not_regular_images(folder: Path) -> list[Path]:
     """Entries of ``folder`` named like images that are not regular files (named pipes,
     devices, sockets, folders, broken links): listed as problems, never opened."""
     return sorted((p for p in folder.iterdir()
-                   if p.suffix.lower() in SUPPORTED_SUFFIXES and not is_hidden(p)
+                   if has_image_suffix(p) and not is_hidden(p)
                    and not p.is_file()), key=lambda p: p.name)
 
 

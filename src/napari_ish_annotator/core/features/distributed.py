@@ -349,15 +349,13 @@ class DistributedExtractor(FeatureExtractor):
 @dataclass(frozen=True)
 class DaskExecutor:
     """Features computed on ``client``'s dask cluster: the explicit ``executor`` argument of
-    :mod:`..workflow` (``None`` there computes on this machine). The CLI makes one for
-    ``--dask``; nothing process-wide decides where extraction runs."""
+    :mod:`..workflow` (``None``: on this machine); the CLI makes one for ``--dask``."""
 
     client: Any
 
     def extractor(self, config: ExtractorConfig, cache_dir: str | Path | None = None,
                   loaded: Any = None) -> DistributedExtractor:
-        """A :class:`DistributedExtractor` (``loaded`` is not used: each worker builds its own
-        network, once per settings)."""
+        """A :class:`DistributedExtractor` (``loaded`` unused: workers build their own)."""
         return DistributedExtractor(self.client, config, cache_dir)
 
 
