@@ -7,14 +7,17 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from ..core.data.inputs import collect_inputs
+from ..core.data.manifest import read_manifest
+from ..core.labels.consensus import METHODS, agreement, annotator_labels, consensus
+from ..core.labels.store import LabelStore
+from ..core.learn.metrics import labelled_mask
 from ..core.utils.errors import InputError
+from ..core.utils.files import write_json_atomic
 from . import _common as c
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from ..core.data.manifest import read_manifest
-    from ..core.labels.store import LabelStore
-
     name = args.annotator.strip()
     if not name:
         raise InputError("--annotator is empty; give the name of whoever made these labels")
@@ -34,15 +37,10 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _open(path: Path):
-    from ..core.labels.store import LabelStore
-
     return LabelStore(path, read_only=True)
 
 
 def cmd_agreement(args: argparse.Namespace) -> int:
-    from ..core.labels.consensus import agreement, annotator_labels
-    from ..core.utils.files import write_json_atomic
-
     with _open(args.store) as store:
         images = store.labelled_images()
         if not images:
@@ -58,9 +56,6 @@ def cmd_agreement(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..core.data.inputs import collect_inputs
-    from ..core.labels.consensus import annotator_labels, consensus
-
     if args.annotator is not None and args.min_agreement is not None:
         raise InputError("--min-agreement applies to a consensus; leave it out with "
                          "--annotator")
@@ -84,7 +79,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                                args.min_agreement or 0.0)
             matrix, unsettled = result.labels, result.n_unsettled
             what = f"{args.consensus} consensus"
-        keep = (matrix >= 0).any(axis=1)
+        keep = labelled_mask(matrix)
         kept = [image for image, k in zip(images, keep, strict=True) if k]
         if not kept:
             raise InputError(f"no image has a label in the {what}; nothing to export "
@@ -121,8 +116,6 @@ def _shared(q) -> None:
 
 
 def register(sub) -> None:
-    from ..core.labels.consensus import METHODS
-
     p = sub.add_parser("labels", help="several annotators' labels: import, agreement, "
                                       "consensus export")
     verbs = p.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -26,6 +26,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core.features.cache import default_cache_dir
+from ..core.finetune import FinetuneConfig
 from ..core.utils.errors import InputError
 from ..session import FinetuneOutcome, steps
 from ._base import SessionDock
@@ -186,8 +188,6 @@ class FinetuneSection(QWidget):
 
     # ------------------------------------------------------------------ config
     def config(self) -> Any:
-        from ..core.finetune import FinetuneConfig
-
         st = self.session.settings
         return FinetuneConfig(
             backbone=st.backbone, weights=st.weights, input_size=int(st.input_size),
@@ -197,8 +197,6 @@ class FinetuneSection(QWidget):
             seed=int(st.seed))
 
     def _output_path(self) -> Path:
-        from ..core.features.cache import default_cache_dir
-
         root = self.session.cache_dir if self.session.cache_dir is not None else default_cache_dir()
         folder = Path(root) / "finetuned"
         folder.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.images import content_hash
 from ..utils.errors import InputError
 from .connection import QUERY_SECONDS, BudgetConnection, guarded, open_store, rollback
 from .manifests import ManifestIO
@@ -47,8 +48,6 @@ JOIN annotators a ON a.id = e.annotator"""
 
 def _content_hash(path: Path) -> str:
     """sha256 of the file bytes: the same image identity as the feature cache uses."""
-    from ..data.images import content_hash
-
     return content_hash(path)
 
 
