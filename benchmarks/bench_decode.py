@@ -2,8 +2,9 @@
 
     python benchmarks/bench_decode.py [--n 400] [--repeats 3] [--size 224]
 
-Writes synthetic embryos (the BDGP size, 320 x 128) as PNG, BMP and JPEG, then times, on ONE
-thread (``torch.set_num_threads(1)``), each way of turning a file into pixels:
+Writes synthetic embryos (the BDGP size, 320 x 128) as PNG, BMP and JPEG, then measures the CPU
+time of ONE thread (``torch.set_num_threads(1)``, ``time.thread_time``) for each way of turning
+a file into pixels:
 
 * ``read_rgb`` - today's decoder (Pillow, after the header check of core/data/images.py);
 * ``pillow`` - bare ``Image.open(...).convert("RGB")`` (what read_rgb costs without checks);
@@ -11,8 +12,9 @@ thread (``torch.set_num_threads(1)``), each way of turning a file into pixels:
 * ``torchvision`` - ``torchvision.io.decode_image`` on the file's bytes (C++, no GIL);
 * ``numpy-bmp`` - 24-bit BMP rows read straight into a numpy array;
 * ``decode_rgb`` - the extraction path now (core/features/decoding.py: vetting + fastest exact);
-* ``+preprocess`` - decode_rgb plus resize and normalise to the network's input (what a
-  decoding worker does per image).
+* ``+resize`` - decode_rgb plus the resize to uint8 (what a decoding worker does per image
+  for a GPU, which normalises on the device);
+* ``+preprocess`` - decode_rgb plus resize and normalise to float32 (what it does on the CPU).
 
 It prints images/s per core and, for each alternative, the max abs difference from Pillow's
 pixels. A GPU at 3,000 img/s needs 3,000 / (img/s per core) cores.
@@ -30,7 +32,7 @@ import numpy as np
 
 from napari_ish_annotator.core.data.images import read_rgb
 from napari_ish_annotator.core.features.decoding import decode_rgb
-from napari_ish_annotator.core.features.preprocess import preprocess_np
+from napari_ish_annotator.core.features.preprocess import preprocess_np, resize_uint8
 from napari_ish_annotator.core.synthetic.embryos import generate_dataset
 
 FORMATS = ("png", "bmp", "jpg")
@@ -118,6 +120,7 @@ def decoders(size: int) -> dict[str, Callable[[Path], np.ndarray]]:
         "torchvision": _torchvision,
         "numpy-bmp": _numpy_bmp,
         "decode_rgb": decode_rgb,
+        "decode_rgb+resize": lambda p: resize_uint8(decode_rgb(p), size),
         "decode_rgb+preprocess": lambda p: preprocess_np(decode_rgb(p), size, mean, std),
     }
 
@@ -134,15 +137,16 @@ def applies(name: str, fmt: str) -> bool:
 
 def times_per_image(fns: dict[str, Callable[[Path], np.ndarray]], paths: list[Path],
                     repeats: int) -> dict[str, float]:
-    """Seconds per image of each decoder: the best of ``repeats`` rounds, the decoders taking
-    turns within a round, so a busy machine slows them alike."""
+    """CPU seconds of this thread per image for each decoder (``time.thread_time``: what one
+    core spends, not the wall time a busy machine stretches); the best of ``repeats`` rounds,
+    the decoders taking turns within a round."""
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             for p in paths:
                 fn(p)
-            best[name] = min(best[name], (time.perf_counter() - t0) / len(paths))
+            best[name] = min(best[name], (time.thread_time() - t0) / len(paths))
     return best
 
 
@@ -179,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 fn(files[fmt][0])  # warm-up: imports, lazy init
             seconds = times_per_image(fns, files[fmt], args.repeats)
             for name, fn in fns.items():
-                diff = "-" if name.endswith("+preprocess") else max_diff(fn, files[fmt][:50])
+                diff = "-" if "+" in name else max_diff(fn, files[fmt][:50])
                 print(f"| {name} | {fmt} | {1 / seconds[name]:,.0f} | "
                       f"{seconds[name] * 1e3:.2f} | {diff} |", flush=True)
     print(f"one thread (torch.set_num_threads(1)); torch {torch.__version__}, "

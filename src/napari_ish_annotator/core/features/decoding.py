@@ -78,8 +78,10 @@ def decode_rgb(path: str | Path) -> np.ndarray:
     """``H x W x 3`` uint8 RGB of an image file, as :func:`~..data.images.read_rgb` gives it,
     faster for the formats a GPU is fed with (benchmarks/bench_decode.py, docs/benchmarks.md):
 
-    * every file first passes the one vetting, :func:`~..data.images.check_image` (type by
-      content, pixel budget, regular files only); its :class:`InputError` is raised unchanged;
+    * a file whose first bytes say PNG or JPEG first passes the one vetting,
+      :func:`~..data.images.check_image` (type by content, pixel budget, regular files only;
+      its :class:`InputError` raised unchanged), every other file goes to ``read_rgb``, which
+      vets it the same way;
     * plain 8-bit RGB/gray PNG and JPEG: torchvision's C++ decoders (libpng, libjpeg-turbo,
       the GIL released) - PNG pixels identical to Pillow's, JPEG within
       :data:`JPEG_TOLERANCE` (0 measured);
@@ -87,13 +89,16 @@ def decode_rgb(path: str | Path) -> np.ndarray:
       16-bit, palette, alpha): ``read_rgb``.
     """
     path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            fast = f.read(8).startswith((_PNG_MAGIC, _JPEG_MAGIC))
+    except OSError:
+        fast = False
+    if not fast:  # read_rgb vets the file itself (a second check would only cost time)
+        return read_rgb(path)
     check_image(path)
     try:
         with open(path, "rb") as f:
-            head = f.read(8)
-            f.seek(0)
-            if not head.startswith((_PNG_MAGIC, _JPEG_MAGIC)):
-                return read_rgb(path)
             data = f.read()
     except OSError:
         return read_rgb(path)  # its message names the file and the problem
