@@ -28,8 +28,8 @@ class Settings:
     decode_workers: int | None = None  # None: the extractor's default for the device
     agreement_images: int = 32
     model_images: int = 48
-    ft_images: int = 512
-    ft_batch: int = 32
+    ft_images: int = 1024  # several batches of 128, so the first (cuDNN tuning) does not dominate
+    ft_batch: int = 128  # issue 28: a batch that fills the GPU (the first run used 32)
     ft_frozen: str = "auto"  # the defaults of ish-annotator finetune
     ft_augment: bool = True
     ft_hidden: int = 512
