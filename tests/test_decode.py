@@ -75,7 +75,7 @@ def test_other_flavours_are_read_rgb_exactly(tmp_path, name, make):
 
 
 def test_bad_files_fail_the_one_vetting(tmp_path, monkeypatch):
-    """Every file passes check_image first: its InputError, naming the file, not a crash."""
+    """Every file goes through open_image first: its InputError, naming the file, not a crash."""
     good = save(tmp_path / "good.png", embryo(5))
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(good.read_bytes()[:200])
@@ -148,3 +148,22 @@ def test_jpeg_bytes_from_memory_match_pillow_too():
         got = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
                           mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
         assert int(np.abs(got.astype(np.int16) - ref).max()) <= JPEG_TOLERANCE
+
+
+def test_hostile_files_are_refused_by_the_one_door(tmp_path):
+    """A GIF (or PostScript) named .png and a FIFO named .jpg never reach a decoder."""
+    import os
+
+    gif = tmp_path / "gif.png"
+    Image.fromarray(embryo(8)).save(gif, format="GIF")
+    with pytest.raises(InputError, match="gif.png"):
+        decode_rgb(gif)
+    script = tmp_path / "script.png"
+    script.write_bytes(b"%!PS-Adobe-3.0\n(hello) print\n")
+    with pytest.raises(InputError, match="script.png"):
+        decode_rgb(script)
+    if hasattr(os, "mkfifo"):
+        fifo = tmp_path / "fifo.jpg"
+        os.mkfifo(fifo)
+        with pytest.raises(InputError, match="fifo.jpg"):  # at once: nothing blocks
+            decode_rgb(fifo)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..data.images import check_image, read_rgb
+from ..data.images import open_image, read_rgb
 from ..utils.errors import InputError
 from .preprocess import as_rgb, normalise, normalise_np, resize_uint8
 
@@ -83,31 +83,21 @@ def decode_rgb(path: str | Path) -> np.ndarray:
     """``H x W x 3`` uint8 RGB of an image file, as :func:`~..data.images.read_rgb` gives it,
     faster for the formats a GPU is fed with (benchmarks/bench_decode.py, docs/benchmarks.md):
 
-    * a file whose first bytes say PNG or JPEG first passes the one vetting,
-      :func:`~..data.images.check_image` (type by content, pixel budget, regular files only;
-      its :class:`InputError` raised unchanged), every other file goes to ``read_rgb``, which
-      vets it the same way;
+    * the file is read only through :func:`~..data.images.open_image`, the one door (regular
+      files, format by content, header within the budget; its :class:`InputError` raised
+      unchanged), and the bytes decoded are the ones it handed out;
     * plain 8-bit RGB/gray PNG and JPEG: torchvision's C++ decoders (libpng, libjpeg-turbo,
       the GIL released) - PNG pixels identical to Pillow's, JPEG within
       :data:`JPEG_TOLERANCE` (0 measured);
     * anything else (BMP - Pillow's BMP reader is a copy, numpy was no faster -, TIFF,
-      16-bit, palette, alpha): ``read_rgb``.
+      16-bit, palette, alpha, files over :data:`_FAST_MAX_BYTES`): ``read_rgb``.
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            fast = f.read(8).startswith((_PNG_MAGIC, _JPEG_MAGIC))
-    except OSError:
-        fast = False
-    if not fast:  # read_rgb vets the file itself (a second check would only cost time)
-        return read_rgb(path)
-    check_image(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return read_rgb(path)  # its message names the file and the problem
-    if data[:8] == _PNG_MAGIC and not _plain_png(data):
+    with open_image(path) as (fh, header):
+        fast = header.format in ("PNG", "JPEG") and \
+            os.fstat(fh.fileno()).st_size <= _FAST_MAX_BYTES
+        data = fh.read() if fast else b""
+    if not fast or (header.format == "PNG" and not _plain_png(data)):
         return read_rgb(path)
     import torch
 
@@ -117,13 +107,17 @@ def decode_rgb(path: str | Path) -> np.ndarray:
         return read_rgb(path)
     buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     try:
-        if data[:8] == _PNG_MAGIC:
+        if header.format == "PNG":
             chw = decode_png(buffer, mode=ImageReadMode.RGB)
         else:
             chw = decode_jpeg(buffer, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except RuntimeError:  # corrupt or a flavour libjpeg/libpng refuse: Pillow's verdict
         return read_rgb(path)
     return np.ascontiguousarray(chw.permute(1, 2, 0).numpy())
+
+
+#: files larger than this are left to Pillow, which reads them in steps
+_FAST_MAX_BYTES = 64 << 20
 
 
 #: max abs difference of :func:`decode_rgb`'s JPEG pixels from Pillow's (both libjpeg-turbo;
