@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 
@@ -19,17 +18,4 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     if viewer is None:
         raise InputError("no viewer with an open ISH dataset; open one in the Embryos panel")
     session = session_of(viewer)
-    return export_session(session, path)
-
-
-def export_session(session: Any, path: str | Path) -> list[str]:
-    path = Path(path)
-    if path.suffix.lower() != ".csv":
-        path = path.with_suffix(".csv")
-    session.export_manifest(path)
-    written = [str(path)]
-    if session.probabilities is not None:
-        pred = path.with_name(f"{path.stem}.predictions.csv")
-        session.export_predictions(pred)
-        written.append(str(pred))
-    return written
+    return session.export_all(path)

@@ -48,10 +48,12 @@ def check_outputs(args: argparse.Namespace) -> None:
     instead of after hours of feature extraction."""
     from ..core.utils.files import check_output_path
 
+    inputs = c.input_paths(args)  # an output never overwrites an input or a label store
     for attr, folder in getattr(args, "outputs", []):
         value = getattr(args, attr, None)
         if value is not None:
-            check_output_path(value, folder=folder)
+            check_output_path(value, folder=folder, inputs=inputs,
+                              option="--" + attr.replace("_", "-"))
     if hasattr(args, "cache") and not getattr(args, "uses_own_cache", False):
         cache = c.cache_dir(args)
         if cache is not None and args.cache:  # asked for: must work

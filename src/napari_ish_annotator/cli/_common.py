@@ -32,6 +32,21 @@ def say(args: argparse.Namespace, text: str) -> None:
         print(text, file=sys.stderr)
 
 
+def input_paths(args: argparse.Namespace) -> list[str | Path]:
+    """Every path-like argument of the command that is not one of its outputs: what an
+    output may never overwrite (:func:`..core.utils.files.refuse_overwrite`). Over-inclusive
+    on purpose: an option value that happens to name an existing file counts too."""
+    outputs = {attr for attr, _ in getattr(args, "outputs", [])}
+    found: list[str | Path] = []
+    for attr, value in vars(args).items():
+        if attr in outputs or attr in ("outputs", "handler", "check"):
+            continue
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(item, str | Path) and str(item):
+                found.append(item)
+    return found
+
+
 def extractor_config(args: argparse.Namespace, layer: str | None = None):
     """The feature-extraction settings the backbone options describe."""
     from ..core.features.extractor import ExtractorConfig

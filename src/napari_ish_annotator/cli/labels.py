@@ -64,11 +64,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.annotator is not None and args.min_agreement is not None:
         raise InputError("--min-agreement applies to a consensus; leave it out with "
                          "--annotator")
-    out = Path(args.out).absolute()
-    for given in (args.images, args.store):
-        if Path(given).absolute() == out:
-            raise InputError("is both an input and the --out file; choose another --out",
-                             path=given)
+    # --out is neither an input nor any label store: checked up front (cli.check_outputs)
     images = collect_inputs([args.images])
     with _open(args.store) as store:
         if not store.labelled_images():
@@ -111,6 +107,14 @@ def _verb(verbs, name: str, text: str, handler, output: str | None):
     return q
 
 
+def _check_store(args: argparse.Namespace) -> None:
+    """``labels import`` writes INTO its store (a SQLite file by design): only a writable
+    place is checked here; opening the store vets it (core.labels.connection)."""
+    from ..core.utils.files import check_output_path
+
+    check_output_path(args.store)
+
+
 def _shared(q) -> None:
     c.add_vocabulary(q)
     q.add_argument("--quiet", "-q", action="store_true", help="no messages")
@@ -124,7 +128,8 @@ def register(sub) -> None:
     verbs = p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     q = _verb(verbs, "import", "record a manifest's terms as one annotator's labels (the "
-                               "store is created if needed)", cmd_import, "store")
+                               "store is created if needed)", cmd_import, None)
+    q.set_defaults(check=_check_store)
     q.add_argument("manifest", type=Path)
     q.add_argument("--annotator", required=True, help="whose labels these are")
     _shared(q)

@@ -113,26 +113,33 @@ class ModelPart:
         self.votes = np.asarray(result.votes, dtype=bool)
         self.predictions_changed.emit()
 
-    def set_bundle(self, bundle: Any, finetuned: Path | None = None) -> None:
+    def set_bundle(self, bundle: Any, finetuned: Path | None = None) -> list[str]:
+        """Use ``bundle``; returns its terms the labelled vocabulary leaves out.
+
+        A folder's vocabulary is the biologist's (what its label file holds): a model with
+        more terms predicts them (canvas, exports) but adds none to the list or the label
+        file (Add term does, one by one). With no vocabulary yet the model's is taken."""
         self.bundle = bundle
         if finetuned != self.finetuned:
             self.member_spread = None
         self.finetuned = finetuned
         self.probabilities = None
         self.votes = None
-        new_terms = [t for t in bundle.classifier.vocabulary if t not in self.vocabulary]
-        if new_terms:
-            self.vocabulary = [*self.vocabulary, *new_terms]
-        if self.store is not None and not self.store_read_only:
-            self.store.add_terms(self.vocabulary)
+        model_terms = list(bundle.classifier.vocabulary)
+        if not self.vocabulary:
+            self.vocabulary = model_terms
+            if self.store is not None and not self.store_read_only:
+                self.store.add_terms(self.vocabulary)
         self.model_changed.emit()
         self.vocabulary_changed.emit()
         self.predictions_changed.emit()
+        return [t for t in model_terms if t not in self.vocabulary]
 
-    def load_bundle(self, path: str | Path) -> None:
+    def load_bundle(self, path: str | Path) -> list[str]:
+        """Load a saved model; returns its terms this folder's vocabulary leaves out."""
         from ..core.learn.bundle import load_bundle
 
-        self.set_bundle(load_bundle(path))
+        return self.set_bundle(load_bundle(path))
 
     def save_bundle(self, path: str | Path) -> None:
         from ..core.learn.bundle import save_bundle
@@ -173,6 +180,20 @@ class ModelPart:
         keep = np.flatnonzero(~np.isnan(self.probabilities).all(axis=1))  # not the skipped
         write_predictions(path, [self.paths[i] for i in keep], self.model_vocabulary,
                           self.probabilities[keep])
+
+    def export_all(self, path: str | Path) -> list[str]:
+        """File > Save's output: the labels as a manifest CSV at ``path`` (``.csv`` added)
+        and, with predictions, ``<stem>.predictions.csv`` beside it; returns what was written."""
+        path = Path(path)
+        if path.suffix.lower() != ".csv":
+            path = path.with_suffix(".csv")
+        self.export_manifest(path)
+        written = [str(path)]
+        if self.probabilities is not None:
+            pred = path.with_name(f"{path.stem}.predictions.csv")
+            self.export_predictions(pred)
+            written.append(str(pred))
+        return written
 
     # ------------------------------------------------------------------ training
     def groups(self) -> np.ndarray:
@@ -308,19 +329,20 @@ class ModelPart:
         self.label_order = order
         self.label_order_changed.emit()
 
-    def next_to_label(self) -> int | None:
+    def next_to_label(self, from_top: bool = False) -> int | None:
         """Go to the next ranked image after this one (cyclically; from the best one when
         this image is not ranked) that still has an unknown model term; None without a
-        ranking or when every other ranked image is labelled."""
+        ranking or when every other ranked image is labelled. ``from_top`` (a new ranking):
+        the best unlabelled one, this image included, so the user starts at the top."""
         order = self.label_order
         if order is None or order.generation != self.generation or self.bundle is None:
             return None
         cols = [self.vocabulary.index(t) for t in self.model_vocabulary if t in self.vocabulary]
         Y = self.label_matrix()
         images = order.images.tolist()
-        start = images.index(self.index) + 1 if self.index in images else 0
+        start = images.index(self.index) + 1 if self.index in images and not from_top else 0
         for i in images[start:] + images[:start]:
-            if i != self.index and (Y[i, cols] < 0).any():
+            if (Y[i, cols] < 0).any() and (i != self.index or from_top):
                 self.set_index(int(i))
                 return int(i)
         return None

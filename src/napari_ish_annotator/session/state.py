@@ -263,10 +263,11 @@ class AnnotatorSession(LabelsPart, ModelPart):
         labelled: the images a biologist's label teaches the model most."""
         if self.probabilities is None or not self.n_images:
             return None
-        near = np.abs(self.probabilities - 0.5) < UNCERTAIN_BAND
+        model = self.model_vocabulary
+        labelled = np.asarray([t in self.vocabulary for t in model], bool)  # terms one can label
+        near = (np.abs(self.probabilities - 0.5) < UNCERTAIN_BAND) & labelled
         n = self.n_images
         order = (self.index + delta * np.arange(1, n + 1)) % n
-        model = self.model_vocabulary
         for i in order[near[order].any(axis=1)]:
             labels = self.labels_for(int(i))
             if any(labels.get(model[c]) is None for c in np.flatnonzero(near[i])):

@@ -121,6 +121,7 @@ def iter_open(req: OpenRequest) -> ProgressGen[OpenedDataset]:
     scanned = yield from iter_scan_inputs(req.inputs, check="header", dataset_folders=True,
                                           missing_inputs=False)
     paths = scanned.paths
+    dataset = _readable_rows(scanned.dataset, paths)  # a missing image is listed, not fatal
     stage = req.default_stage
     known = {s for s in scanned.stages if s}
     if len(known) == 1:
@@ -140,8 +141,8 @@ def iter_open(req: OpenRequest) -> ProgressGen[OpenedDataset]:
         if store is not None and not read_only:
             yield Progress(len(paths), len(paths), "importing manifest labels")
             store.add_terms(vocab)
-            if scanned.dataset is not None:  # idempotent: writes only what changed
-                store.import_dataset(scanned.dataset, annotator=LABEL_FALLBACK[0])
+            if dataset is not None:  # idempotent: writes only what changed
+                store.import_dataset(dataset, annotator=LABEL_FALLBACK[0])
         labels = None
         if store is not None:  # counted here, so the GUI shows the counts without a query
             yield Progress(len(paths), len(paths), "counting labels")
@@ -152,8 +153,14 @@ def iter_open(req: OpenRequest) -> ProgressGen[OpenedDataset]:
             store.close()
         raise
     return OpenedDataset(paths, scanned.genes, scanned.stages, scanned.manifest_terms,
-                         scanned.dataset, scanned.skipped, scanned.source, stage, tuple(vocab),
+                         dataset, scanned.skipped, scanned.source, stage, tuple(vocab),
                          store, read_only, pending, labels)
+
+
+def _readable_rows(dataset: Any, paths: Sequence[Path]) -> Any:
+    """The manifest's rows whose image was opened (the skipped ones are listed apart)."""
+    keep = set(paths)
+    return dataset and replace(dataset, samples=[x for x in dataset.samples if x.image in keep])
 
 
 def iter_open_store(path: Path, paths: Sequence[Path], annotator: str | None,

@@ -142,9 +142,9 @@ class ModelSection(QWidget):
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        form.insertRow(1, brow)  # the main actions right under the model's name
+        form.insertRow(2, self.runner)
         layout.addWidget(model_box)
-        layout.addLayout(brow)
-        layout.addWidget(self.runner)
         layout.addWidget(vocab_box)
         layout.addStretch(1)
 
@@ -210,7 +210,14 @@ class ModelSection(QWidget):
 
     @shows_input_error
     def load_bundle(self, path: str) -> None:
-        self.session.load_bundle(path)
+        """Load a model; say which of its terms this folder does not label (none are added)."""
+        from napari.utils.notifications import show_info
+
+        left_out = self.session.load_bundle(path)
+        if left_out:
+            show_info(f"The model predicts {len(left_out)} terms this folder does not label "
+                      "(shown on the canvas and in exports; Add term to label one): "
+                      + ", ".join(left_out[:5]) + (" …" if len(left_out) > 5 else ""))
 
     def _model_changed(self) -> None:
         b = self.session.bundle
