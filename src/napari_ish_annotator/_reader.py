@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .core.data.images import SUPPORTED_SUFFIXES, read_rgb
+from .core.data.images import has_image_suffix, read_rgb
 from .core.data.manifest import is_manifest
 from .core.utils.errors import InputError
 from .widgets._viewer_binding import embryo_layer_data
@@ -26,7 +26,7 @@ BACKGROUND_MIN_FILES = 16
 
 def _has_images(path: Path) -> bool:
     try:
-        return path.is_dir() and any(p.suffix.lower() in SUPPORTED_SUFFIXES for p in path.iterdir())
+        return path.is_dir() and any(has_image_suffix(p) for p in path.iterdir())
     except OSError:
         return False
 
@@ -55,7 +55,7 @@ def _count_images(inputs: list[str | Path]) -> int:
     for item in map(_manifest_of, map(Path, inputs)):
         try:
             if item.is_dir():
-                n += sum(1 for p in item.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES)
+                n += sum(1 for p in item.iterdir() if has_image_suffix(p))
             elif item.suffix.lower() == ".csv":
                 with open(item, "rb") as fh:
                     n += max(sum(1 for _ in fh) - 1, 0)
@@ -69,7 +69,7 @@ def _count_images(inputs: list[str | Path]) -> int:
 def _first_candidates(item: Path, limit: int = 3) -> list[Path]:
     """The first few images ``item`` names, without listing or checking all of them."""
     if item.is_dir():
-        return sorted(p for p in item.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES)[:limit]
+        return sorted(p for p in item.iterdir() if has_image_suffix(p))[:limit]
     if item.suffix.lower() != ".csv":
         return [item]
     out: list[Path] = []

@@ -37,7 +37,6 @@ import os
 import re
 import stat
 import struct
-import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +51,7 @@ from .budget import (
     MAX_PIXELS_ENV,
     check_header,
     check_pixels,
+    follow_in_pillow,
     max_pixels,
     parse_pixels,
     pixel_budget,
@@ -62,39 +62,18 @@ from .headers import HeaderError, ImageHeader, read_header, sniff, tiff_header
 
 __all__ = ["BYTES_PER_PIXEL", "DEFAULT_MAX_PIXELS", "MAX_PIXELS_ENV", "SUPPORTED_SUFFIXES",
            "SUPPORTED_TEXT", "ImageHeader", "array_to_rgb", "check_image", "check_image_path",
-           "content_hash", "is_hidden", "list_images", "max_pixels", "open_image",
+           "content_hash", "has_image_suffix", "is_hidden", "list_images", "max_pixels", "open_image",
            "parse_pixels", "pixel_budget", "read_rgb", "set_max_pixels", "vet_image"]
 
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 #: how messages name the supported types
 SUPPORTED_TEXT = "PNG, JPEG, TIFF or BMP"
 
-#: Pillow's own decompression-bomb limit (it warns above it, refuses above twice it)
-_PILLOW_DEFAULT_LIMIT = 1024 * 1024 * 1024 // 4 // 3
 
-
-_PILLOW_LIMIT_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _pillow_follows(budget: int) -> Iterator[None]:
-    """Pillow's bomb limit raised to a raised budget for one ``Image.open``, then restored:
-    Pillow must not refuse (above twice its limit) what the budget lets through. A limit
-    someone made stricter than Pillow's default, or one that already suffices, is left alone;
-    nothing changes for the process (the lock keeps concurrent opens from restoring a raise)."""
-    from PIL import Image
-
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is None or limit < _PILLOW_DEFAULT_LIMIT or 2 * limit >= budget:
-        yield
-        return
-    with _PILLOW_LIMIT_LOCK:
-        old = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = budget
-        try:
-            yield
-        finally:
-            Image.MAX_IMAGE_PIXELS = old
+def has_image_suffix(path: str | Path) -> bool:
+    """The one suffix test: ``path`` names a supported image type (its content is checked
+    when it is read)."""
+    return Path(path).suffix.lower() in SUPPORTED_SUFFIXES
 
 
 _KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
@@ -125,7 +104,7 @@ def check_image_path(path: Path) -> None:
                          "load every image inside it", path=path)
     if not stat.S_ISREG(mode):
         raise _not_regular(path, mode)
-    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+    if not has_image_suffix(path):
         raise InputError(f"unsupported file type {path.suffix or '(no suffix)'!r}; convert it to "
                          f"{SUPPORTED_TEXT}", path=path)
 
@@ -253,7 +232,7 @@ def _open_pillow(path: Path, fh: BinaryIO, fmt: str) -> Iterator[Any]:
     from PIL import Image
 
     fh.seek(0)
-    with warnings.catch_warnings(), _pillow_follows(max_pixels()):
+    with follow_in_pillow(max_pixels()), warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             img = Image.open(fh, formats=[fmt])
@@ -449,6 +428,6 @@ def list_images(folder: str | Path) -> list[Path]:
         raise InputError("folder not found; check the path", path=folder)
     return sorted(
         (p for p in folder.iterdir()
-         if p.is_file() and not is_hidden(p) and p.suffix.lower() in SUPPORTED_SUFFIXES),
+         if p.is_file() and not is_hidden(p) and has_image_suffix(p)),
         key=lambda p: p.name,
     )
