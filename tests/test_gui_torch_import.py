@@ -61,3 +61,49 @@ def test_first_model_step_imports_torch_in_its_worker(tmp_path):
     assert result["outcome"] == "done", result["error"]
     assert result["features"]
     assert result["on_gui_thread"] == {"torch": False, "torchvision": False}, result
+
+
+TRAIN_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import napari
+    from qtpy.QtCore import QEventLoop, Qt
+    from qtpy.QtTest import QTest
+    from napari_ish_annotator.widgets import open_annotator
+
+    viewer = napari.Viewer(show=False)
+    viewer.open(sys.argv[1], plugin="napari-ish-annotator")  # File > Open
+    annotator = open_annotator(viewer)
+    annotator.session.update_settings(backbone="vgg16", weights="random", input_size=64,
+                                      device="cpu")
+    panel = annotator.model if sys.argv[2] == "extract" else annotator.train
+    button = panel.extract_button if sys.argv[2] == "extract" else panel.train_button
+    if sys.argv[2] == "train":
+        panel.cv_check.setChecked(True)
+    loop = QEventLoop()
+    panel.runner.finished.connect(loop.quit)
+    QTest.mouseClick(button, Qt.MouseButton.LeftButton)
+    if panel.runner.running:
+        loop.exec()
+    print(json.dumps({"outcome": panel.runner.last_outcome, "error": panel.runner.last_error,
+                      "torch": "torch" in sys.modules,
+                      "trained": annotator.session.bundle is not None}))
+    viewer.close()
+""")
+
+
+def test_train_on_cached_features_imports_no_torch(tmp_path):
+    """The first Train after opening, features cached by an earlier session: like the CLI's
+    warm path it imports no torch (~4 s, and on the GUI thread when the panel named the
+    device), and the CV folds need no sklearn.model_selection of their own."""
+    manifest = make_dataset(tmp_path / "data", n=8)
+    env = {**os.environ, "ISH_ANNOTATOR_CACHE": str(tmp_path / "cache")}
+    env.pop("ISH_ANNOTATOR_SYNC", None)
+    results = []
+    for step in ("extract", "train"):  # a first session fills the cache, a second trains
+        out = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT, str(manifest), step],
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    extract, train = results
+    assert extract["outcome"] == "done" and extract["torch"], extract
+    assert train == {"outcome": "done", "error": None, "torch": False, "trained": True}, train

@@ -134,3 +134,29 @@ def test_weights_identity_matches_loading_for_a_backbone_with_its_own_normalisat
     spec = bb.get_spec("inception_v3")
     identity = bb.weights_identity("inception_v3", "imagenet")
     assert (identity.mean, identity.std) == (spec.mean, spec.std)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_grouped_folds_match_scikit_learn_without_importing_it(seed):
+    """The numpy gene-grouped k-fold assigns folds exactly as GroupKFold(shuffle=True) does
+    (so CV AUCs and calibration stay as they were), and importing it loads no scikit-learn."""
+    from sklearn.model_selection import GroupKFold
+
+    from napari_ish_annotator.core.learn.splits import grouped_folds
+
+    rng = np.random.default_rng(seed)
+    for groups in (rng.integers(0, 23, 167), np.array([f"gene{g}" for g in
+                                                       rng.integers(0, 9, 60)])):
+        ours = grouped_folds(groups, 5, seed=seed)
+        theirs = GroupKFold(n_splits=5, shuffle=True, random_state=seed).split(
+            np.zeros((len(groups), 1)), groups=groups)
+        for (train, test), (train_s, test_s) in zip(ours, theirs, strict=True):
+            np.testing.assert_array_equal(test, test_s)
+            np.testing.assert_array_equal(train, train_s)
+            assert not set(groups[train]) & set(groups[test])
+    code = ("import sys\nfrom napari_ish_annotator.core.learn.splits import grouped_folds\n"
+            "grouped_folds(['a', 'b', 'c', 'a'], 3)\n"
+            "assert 'sklearn.model_selection' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=SRC), timeout=120)
+    assert done.returncode == 0, done.stderr

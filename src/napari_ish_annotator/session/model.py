@@ -52,10 +52,9 @@ class ModelPart:
 
     def device_name(self) -> str:
         fx = self._extractors.latest()
-        if fx is not None:
+        if fx is not None and "torch" in sys.modules:  # else a warm-cache step built it
             return str(fx.device)
-
-        known = resolve_device_type(self.settings.device)
+        known = resolve_device_type(fx.config.device if fx is not None else self.settings.device)
         if known is not None:
             return known
         if "torch" not in sys.modules:  # importing torch (1.5 s) only to name the device: no

@@ -22,7 +22,7 @@ from ..core.utils.errors import InputError
 from ..core.utils.progress import Progress
 from ..session.steps import throttled
 from ._errors import report_error
-from ._loading import load_torch, torch_loaded
+from ._loading import load_torch, torch_loaded, triton_blocked
 
 #: run tasks inline (True/False); None: as ``ISH_ANNOTATOR_SYNC`` says when a task starts
 SYNCHRONOUS: bool | None = None
@@ -128,25 +128,34 @@ class TaskRunner(QWidget):
         on_done: Callable[[Any], None] | None = None,
         message: str = "working…",
         done_message: str = "",
-        needs_torch: bool = True,
+        needs_torch: bool | Callable[[], bool] = True,
     ) -> Any:
-        """Run ``func(*args)`` (a progress generator) in a napari ``thread_worker``."""
+        """Run ``func(*args)`` (a progress generator) in a napari ``thread_worker``.
+
+        ``needs_torch``: the step runs a network, so torch is imported first, in the worker
+        (:func:`._loading.load_torch`); a callable decides in the worker (e.g. Train: only if
+        some features are not cached, as the CLI's warm path imports no torch)."""
         if self.running:
             report_error(InputError("another task is still running; wait or press Cancel"))
             return None
-        load_first = needs_torch and not torch_loaded()
+        load_first = bool(needs_torch) and not torch_loaded()
+
+        def must_load() -> bool:
+            return load_first and (not callable(needs_torch) or needs_torch())
+
         self._begin(message)
         if synchronous():
-            if load_first:
+            if must_load():
                 load_torch()
             return self._run_sync(func, args, on_done, done_message)
         from superqt.utils import create_worker  # napari's adds a traceback relay on error
 
         def run() -> Generator:  # progress reaches the GUI at most ~10 times a second
-            if load_first:
+            if must_load():
                 yield Progress(0, 0, "loading PyTorch (once per session)…")
                 load_torch()
-            return (yield from throttled(func(*args)))
+            with triton_blocked():  # a step that imports torch after all keeps triton out
+                return (yield from throttled(func(*args)))
 
         worker = create_worker(run, _start_thread=False, _ignore_errors=True)
         self.worker = worker

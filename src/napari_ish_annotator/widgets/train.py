@@ -179,8 +179,10 @@ class TrainWidget(SessionDock):
             self.summary.setText(str(exc))
             report_error(exc)
             return None
-        return self.runner.start(steps.iter_train, request, on_done=self._trained,
-                                 message="training…", done_message="trained; predictions updated")
+        return self.runner.start(  # torch only if some features are not cached yet
+            steps.iter_train, request, on_done=self._trained, message="training…",
+            done_message="trained; predictions updated",
+            needs_torch=lambda: steps.needs_network(request.features, request.extract))
 
     def _trained(self, result: TrainedModel) -> None:
         self.session.apply_trained(result)

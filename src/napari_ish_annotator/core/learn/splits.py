@@ -51,24 +51,26 @@ def grouped_folds(groups: Any, n_splits: int, seed: int = 0
                   ) -> list[tuple[np.ndarray, np.ndarray]]:
     """``n_splits`` (train, test) index pairs; all images of a group land in one test fold.
 
-    scikit-learn's ``GroupKFold(shuffle=True)``: the assignment of groups to folds is random
-    (seeded) but fold sizes stay balanced.
+    scikit-learn's ``GroupKFold(shuffle=True, random_state=seed)``, the same assignment in
+    numpy (the seeded permutation of the sorted groups, cut into ``n_splits`` near-equal
+    runs): Train in the GUI does not wait 1.4 s for ``sklearn.model_selection``.
     """
-    from sklearn.model_selection import GroupKFold
-
     groups = np.asarray(groups)
     n_splits = int(n_splits)
     if n_splits < 2:
         raise InputError(f"cross-validation needs at least 2 folds, got {n_splits}; "
                          "use e.g. --folds 5")
-    n_groups = len(np.unique(groups))
-    if n_groups < n_splits:
-        raise InputError(f"only {n_groups} gene group(s) for {n_splits}-fold cross-validation; "
-                         f"use --folds {max(2, n_groups)} or fewer, add images of more genes, "
-                         "or give a separate --test manifest")
-    splitter = GroupKFold(n_splits=n_splits, shuffle=True, random_state=int(seed))
-    dummy = np.zeros((len(groups), 1))
-    return [(train, test) for train, test in splitter.split(dummy, groups=groups)]
+    unique = np.unique(groups)
+    if len(unique) < n_splits:
+        raise InputError(f"only {len(unique)} gene group(s) for {n_splits}-fold "
+                         f"cross-validation; use --folds {max(2, len(unique))} or fewer, add "
+                         "images of more genes, or give a separate --test manifest")
+    order = np.random.RandomState(int(seed)).permutation(unique)
+    out = []
+    for test_groups in np.array_split(order, n_splits):
+        test = np.isin(groups, test_groups)
+        out.append((np.flatnonzero(~test), np.flatnonzero(test)))
+    return out
 
 
 def random_partitions(groups: Any, repeats: int, test_fraction: float = 0.25, seed: int = 0
