@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from .core.utils.errors import InputError
+from .widgets import session_of
+
 
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     """Single-layer writer for the embryo image layer: write the session's labels to ``path``
     (manifest CSV, ``terms`` = present labels) and, when there are predictions,
     ``<stem>.predictions.csv`` beside it (``image`` + one column per term)."""
     import napari
-
-    from .core.utils.errors import InputError
-    from .widgets import session_of
 
     viewer = napari.current_viewer()
     if viewer is None:

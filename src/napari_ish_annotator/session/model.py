@@ -15,9 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from ..core.learn.metrics import class_counts, has_both_classes
+from ..core.backbones.devices import resolve_device, resolve_device_type
+from ..core.features.extractor import ExtractorConfig
+from ..core.learn.bundle import load_bundle, save_bundle
+from ..core.learn.metrics import class_counts, has_both_classes, labelled_rows
 from ..core.learn.splits import group_ids
 from ..core.utils.errors import InputError
+from ..core.workflow import write_predictions
 from . import steps
 from .results import (
     ExtractedFeatures,
@@ -34,8 +38,6 @@ class ModelPart:
     # ------------------------------------------------------------------ features & model
     def extractor_config(self, use_bundle: bool = True) -> Any:
         """The model's extractor settings when a model is loaded, else the panel's."""
-        from ..core.features.extractor import ExtractorConfig
-
         if use_bundle and self.bundle is not None:
             return replace(self.bundle.extractor, device=self.settings.device,
                            batch_size=self.settings.batch_size)
@@ -52,7 +54,6 @@ class ModelPart:
         fx = self._extractors.latest()
         if fx is not None:
             return str(fx.device)
-        from ..core.backbones.registry import resolve_device_type
 
         known = resolve_device_type(self.settings.device)
         if known is not None:
@@ -60,8 +61,6 @@ class ModelPart:
         if "torch" not in sys.modules:  # importing torch (1.5 s) only to name the device: no
             return f"{self.settings.device} (GPU if present; known once a model runs)"
         try:
-            from ..core.backbones.registry import resolve_device
-
             return str(resolve_device(self.settings.device))
         except Exception:
             return self.settings.device
@@ -137,13 +136,9 @@ class ModelPart:
 
     def load_bundle(self, path: str | Path) -> list[str]:
         """Load a saved model; returns its terms this folder's vocabulary leaves out."""
-        from ..core.learn.bundle import load_bundle
-
         return self.set_bundle(load_bundle(path))
 
     def save_bundle(self, path: str | Path) -> None:
-        from ..core.learn.bundle import save_bundle
-
         if self.bundle is None:
             raise InputError("no model to save; train one first")
         save_bundle(path, self.bundle)
@@ -173,8 +168,6 @@ class ModelPart:
 
     def export_predictions(self, path: str | Path) -> None:
         """predictions CSV: ``image`` + one probability column per model term (CONTRACTS)."""
-        from ..core.workflow import write_predictions
-
         if self.probabilities is None:
             raise InputError("no predictions yet; press Predict first")
         keep = np.flatnonzero(~np.isnan(self.probabilities).all(axis=1))  # not the skipped
@@ -253,7 +246,7 @@ class ModelPart:
         if not self.paths:
             raise InputError("no images are open; open a folder or manifest first")
         train = self.train_request(True)
-        rows = np.flatnonzero((train.Y >= 0).any(axis=1))
+        rows = labelled_rows(train.Y)
         if len(rows) < 2:
             raise InputError("fine-tuning needs at least two labelled images; label more")
         settings = replace(self.settings, backbone=config.backbone,

@@ -21,6 +21,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core.backbones.specs import REGISTRY, get_spec
+from ..core.data.vocabulary import STAGE_RANGES
 from ..session import steps
 from ..session.first_run import back_to_paper, first_run_model
 from ._base import SessionDock
@@ -28,26 +30,15 @@ from ._errors import shows_input_error
 from ._worker import TaskRunner
 from .terms import TermsSection
 
-STAGES = ("4-6", "7-8", "9-10", "11-12", "13-16")
-
 
 def _backbone_names() -> list[str]:
-    try:
-        from ..core.backbones.registry import REGISTRY
-
-        return list(REGISTRY)
-    except Exception:
-        return ["vgg16"]
+    return list(REGISTRY)
 
 
 def _layer_names(backbone: str) -> tuple[list[str], str]:
-    try:
-        from ..core.backbones.registry import get_spec
-
-        spec = get_spec(backbone)
-        return list(spec.layers), str(spec.default_layer)
-    except Exception:
-        return ["17", "21", "24", "30"], "21"
+    """The backbone's feature layers and its default (the registry is plain data: no torch)."""
+    spec = get_spec(backbone)
+    return list(spec.layers), str(spec.default_layer)
 
 
 class ModelSection(QWidget):
@@ -123,7 +114,7 @@ class ModelSection(QWidget):
         vocab_box = QGroupBox("Vocabulary")
         vlay = QVBoxLayout(vocab_box)
         self.stage_combo = QComboBox()
-        self.stage_combo.addItems(STAGES)
+        self.stage_combo.addItems(STAGE_RANGES)
         self.stage_combo.setCurrentText(s.settings.stage)
         self.defaults_button = QPushButton("Use defaults")
         self.defaults_button.setToolTip("the ten most frequent FlyExpress terms of this stage range")

@@ -26,6 +26,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core.features.cache import default_cache_dir
+from ..core.finetune import FinetuneConfig
 from ..core.utils.errors import InputError
 from ..session import FinetuneOutcome, steps
 from ._base import SessionDock
@@ -47,7 +49,7 @@ def frozen_choices(backbone: str) -> list[tuple[str, str]]:
     if backbone == "vgg16":
         return list(FROZEN_CHOICES)
     try:
-        from ..core.backbones.registry import get_spec
+        from ..core.backbones.specs import get_spec
 
         default = get_spec(backbone).frozen_default
     except Exception:  # noqa: BLE001 - an unknown name: the generic wording
@@ -186,8 +188,6 @@ class FinetuneSection(QWidget):
 
     # ------------------------------------------------------------------ config
     def config(self) -> Any:
-        from ..core.finetune import FinetuneConfig
-
         st = self.session.settings
         return FinetuneConfig(
             backbone=st.backbone, weights=st.weights, input_size=int(st.input_size),
@@ -197,8 +197,6 @@ class FinetuneSection(QWidget):
             seed=int(st.seed))
 
     def _output_path(self) -> Path:
-        from ..core.features.cache import default_cache_dir
-
         root = self.session.cache_dir if self.session.cache_dir is not None else default_cache_dir()
         folder = Path(root) / "finetuned"
         folder.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from ..session import MIN_CV_PER_CLASS, TrainedModel, annotators, model_outputs,
 from ._base import Collapsible, SessionDock
 from ._errors import report_error, shows_input_error
 from ._worker import TaskRunner
+from .finetune_section import FinetuneSection
 
 
 class TrainWidget(SessionDock):
@@ -135,7 +136,6 @@ class TrainWidget(SessionDock):
         layout.addWidget(self.tools_section)
 
         self.finetune_box = QWidget()
-        from .finetune_section import FinetuneSection
 
         self.finetune = FinetuneSection(self)
         flay = QVBoxLayout(self.finetune_box)
