@@ -184,6 +184,18 @@ def test_clicked_errors_lead_with_advice_and_end_with_the_path(make_napari_viewe
     assert spread.startswith("no fine-tuned model is in use; choose a fine-tuned ensemble")
     assert "\n" not in spread and no_cli_options(spread)
 
+    annotate.new_term_edit.setFocus()
+    qtbot.keyClicks(annotate.new_term_edit, "midgut")
+    click(qtbot, annotate.add_term_button)  # a term nothing is labelled with yet
+    before = len(notification_manager.records)
+    click(qtbot, train.train_button)
+    assert not train.runner.running
+    (untrainable,) = _notifications_since(before)
+    assert untrainable.startswith("cannot train: every term needs")
+    assert untrainable.endswith("midgut (0 present, 0 absent); label more images or remove "
+                                "those terms")
+    assert "\n" not in untrainable and no_cli_options(untrainable)
+
     not_a_model = tmp_path / "not a model"
     not_a_model.mkdir()
     monkeypatch.setattr(QFileDialog, "getExistingDirectory",

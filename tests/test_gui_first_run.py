@@ -12,7 +12,7 @@ import pytest
 
 from _gui_helpers import choose, dock
 from napari_ish_annotator.core.backbones.hub_files import HUB_FILES, weights_cached
-from napari_ish_annotator.core.backbones.registry import REGISTRY
+from napari_ish_annotator.core.backbones.specs import REGISTRY
 
 VGG16_FILE = HUB_FILES["VGG16_Weights.IMAGENET1K_FEATURES"]
 
@@ -48,7 +48,7 @@ def test_choice_never_imports_torch(tmp_path):
             "from napari_ish_annotator.session.first_run import first_run_model\n"
             "from napari_ish_annotator.session.results import SessionSettings\n"
             "choice = first_run_model(SessionSettings())\n"
-            "assert choice is not None and 'VGG16' in choice.note\n"
+            "assert choice is not None and 'VGG16' in choice.detail\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n")
     env = dict(os.environ, TORCH_HOME=str(tmp_path))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
@@ -71,10 +71,13 @@ def test_offline_first_run_starts_on_efficientnet_and_says_so(make_napari_viewer
     assert model.layer_combo.currentText() == str(REGISTRY["efficientnet_lite0"].default_layer)
     assert (session.settings.backbone, session.settings.weights) == ("efficientnet_lite0",
                                                                      "imagenet")
-    note = model.first_run_label.text()
+    # a few words beside the Backbone box (the panel still fits 1366x768), the why on hover
     assert not model.first_run_label.isHidden()
-    assert "\n" not in note and "VGG16" in note and "EfficientNet-Lite0" in note
-    assert "--" not in note
+    assert model.first_run_label.text() == "VGG16 weights absent"
+    why = model.first_run_label.toolTip()
+    assert "\n" not in why and "--" not in why
+    assert "VGG16's ImageNet weights are not on this computer" in why
+    assert "EfficientNet-Lite0" in why and "[offline] extra" in why
 
     # random weights need no download: the stand-in ends, back to the paper's VGG16
     choose(qtbot, model.weights_combo, "random")

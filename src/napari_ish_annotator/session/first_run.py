@@ -18,10 +18,12 @@ PAPER_BACKBONE = "vgg16"
 
 @dataclass(frozen=True)
 class FirstRunChoice:
-    """The settings to start on (None: keep them) and one line saying why."""
+    """The settings to start on (None: keep them), a few words saying why (beside the
+    Backbone box, so the panel still fits 1366x768) and the whole story (their tooltip)."""
 
     values: dict | None
     note: str
+    detail: str
 
 
 def first_run_model(settings: SessionSettings) -> FirstRunChoice | None:
@@ -34,12 +36,15 @@ def first_run_model(settings: SessionSettings) -> FirstRunChoice | None:
     if weights_cached(OFFLINE_BACKBONE):
         return FirstRunChoice(
             {"backbone": OFFLINE_BACKBONE, "layer": str(get_spec(OFFLINE_BACKBONE).default_layer)},
-            "VGG16's ImageNet weights are not on this computer, so the panel uses "
-            "EfficientNet-Lite0 (its weights come with the [offline] extra); choose vgg16 "
-            "once its weights are downloaded.")
+            "VGG16 weights absent",
+            "VGG16's ImageNet weights are not on this computer (torch hub's cache), so the "
+            "panel uses EfficientNet-Lite0, whose weights come with the [offline] extra; choose "
+            "vgg16 once its weights are downloaded.")
     return FirstRunChoice(
-        None, "VGG16's ImageNet weights are not on this computer: choose random weights or a "
-        "weights file (File…), or install the [offline] extra for EfficientNet-Lite0.")
+        None, "weights absent",
+        "VGG16's ImageNet weights are not on this computer (torch hub's cache): choose random "
+        "weights or a weights file (File…), or install the [offline] extra for "
+        "EfficientNet-Lite0.")
 
 
 def back_to_paper(values: dict) -> dict:

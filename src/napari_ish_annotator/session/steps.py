@@ -202,8 +202,7 @@ def iter_open_store(path: Path, paths: Sequence[Path], annotator: str | None,
             done = True
             return store, False, None
         except InputError as exc:
-            reason = str(exc).removeprefix(f"{path}: ")
-            cause = exc
+            reason, cause = str(exc).removeprefix(f"{path}: "), exc
         if store is not None:
             store.close()
             store = None

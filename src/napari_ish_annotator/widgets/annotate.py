@@ -60,6 +60,9 @@ class ModelSection(QWidget):
         form.addRow(row)
         self.backbone_combo = QComboBox()
         self.backbone_combo.addItems(_backbone_names())
+        self.backbone_combo.setSizeAdjustPolicy(  # room for the first-run note beside it
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.backbone_combo.setMinimumContentsLength(8)
         self.weights_combo = QComboBox()
         self.weights_combo.setEditable(True)
         self.weights_combo.addItems(["imagenet", "random"])
@@ -84,11 +87,12 @@ class ModelSection(QWidget):
         self.size_spin.setSingleStep(16)
         self.size_spin.setToolTip("input size in pixels (the paper uses 224)")
         self.first_run_label = QLabel("")  # why the panel does not start on VGG16
-        self.first_run_label.setWordWrap(True)
         self.first_run_label.setVisible(False)
         self._first_run: Any = None  # the settings the first-run choice left (None: over)
-        form.addRow("Backbone", self.backbone_combo)
-        form.addRow(self.first_run_label)
+        bbrow = QHBoxLayout()
+        bbrow.addWidget(self.backbone_combo, 1)
+        bbrow.addWidget(self.first_run_label)
+        form.addRow("Backbone", bbrow)
         form.addRow("Weights", wrow)
         form.addRow("Layer", self.layer_combo)
         form.addRow("Device", drow)
@@ -182,6 +186,7 @@ class ModelSection(QWidget):
         st = self.session.settings
         self._first_run = (st.backbone, st.weights)
         self.first_run_label.setText(choice.note)
+        self.first_run_label.setToolTip(choice.detail)
         self.first_run_label.setVisible(True)
 
     def _end_first_run(self) -> None:
