@@ -17,11 +17,11 @@ from ..core.data.images import pixel_budget
 from ..core.utils.errors import InputError
 from ..core.utils.progress import Cancelled
 from . import _common as c
-from . import demo, evaluate, export, finetune, gradcam, labels, predict, suggest, train
+from . import demo, evaluate, export, finetune, gradcam, labels, predict, suggest, suspicious, train
 
 # Each module adds its sub-parser with handler, output paths to check up front, and an
 # optional extra check; the order is the order of `ish-annotator --help`.
-COMMANDS = [demo, train, predict, evaluate, gradcam, finetune, labels, suggest, export]
+COMMANDS = [demo, train, predict, evaluate, gradcam, finetune, labels, suggest, suspicious, export]
 
 
 class _Parser(argparse.ArgumentParser):
