@@ -52,11 +52,13 @@ def update_table_layer(viewer: Any, session: AnnotatorSession) -> None:
         layer = viewer.add_points(coords, features=table, name=TABLE_LAYER, visible=False,
                                   size=2.0, metadata={META_KEY: "table"})
 
-        def picked(_event: Any = None, layer: Any = layer) -> None:
-            rows = sorted(int(i) for i in layer.selected_data)
-            if "index" in layer.features:
-                session.table_selected.emit([int(layer.features["index"][i]) for i in rows])
-        layer.selected_data.events.items_changed.connect(picked)
+        made = layer
+
+        def picked(*_: Any) -> None:
+            rows = sorted(int(i) for i in made.selected_data)
+            if "index" in made.features:
+                session.table_selected.emit([int(made.features["index"][i]) for i in rows])
+        made.selected_data.events.items_changed.connect(picked)
         return
     layer.data = coords
     layer.features = table
