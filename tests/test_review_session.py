@@ -82,3 +82,28 @@ def test_features_table_has_one_row_per_image_with_calls_and_a_map(trained):
     P = np.array([[0.9, 0.1], [0.1, 0.9], [np.nan, 0.5]])
     xy = embedding(P)
     assert np.isnan(xy[2]).all() and abs(xy[0, 0] - xy[1, 0]) > 1.0
+
+
+def test_previews_are_cached_by_content_and_a_planted_cache_file_is_remade(tmp_path):
+    from PIL import Image
+
+    from napari_ish_annotator.core.data.images import content_hash, pixel_budget
+    from napari_ish_annotator.core.data.thumbnails import iter_thumbnails, thumbnail
+
+    img = tmp_path / "a.png"
+    Image.fromarray(np.full((50, 200, 3), 120, np.uint8)).save(img)
+    thumb = thumbnail(img, tmp_path / "cache", size=40)
+    assert thumb.shape == (10, 40, 3) and thumb.dtype == np.uint8
+    digest = content_hash(img)
+    cached = tmp_path / "cache" / "thumbnails" / "40" / digest[:2] / f"{digest}.npy"
+    assert cached.is_file()
+    np.save(cached, np.zeros((3, 3), np.float64))  # damaged / planted: wrong shape and dtype
+    again = thumbnail(img, tmp_path / "cache", size=40)
+    np.testing.assert_array_equal(again, thumb)
+    assert np.load(cached, allow_pickle=False).shape == (10, 40, 3)  # remade
+    # an image over the pixel budget, or not an image, gives no preview instead of an error
+    bad = tmp_path / "b.png"
+    bad.write_bytes(b"not a png")
+    with pixel_budget(100):
+        out = dict(iter_thumbnails([img, bad], [1, 0], tmp_path / "cache2", size=40))
+    assert out == {1: None, 0: None}
