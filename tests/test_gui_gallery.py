@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
-from _gui_helpers import TERMS, WAIT_MS, dock, make_dataset
+from _gui_helpers import TERMS, WAIT_MS, choose, click, dock, make_dataset
 
 pytestmark = pytest.mark.gui
 
@@ -27,8 +27,8 @@ def test_gallery_marks_a_selection_in_one_undoable_batch(make_napari_viewer, qtb
     session = get_session(viewer)
     gallery = dock(viewer, "Gallery")
     gallery.show()
-    gallery.term_combo.setCurrentText(TERMS[1])
-    gallery.sort_combo.setCurrentText("list order")
+    choose(qtbot, gallery.term_combo, TERMS[1])
+    choose(qtbot, gallery.sort_combo, "list order")
     assert gallery.model.rowCount() == 8
     # previews arrive from the worker, each with the image's aspect ratio
     qtbot.waitUntil(lambda: len(gallery.model.icons) == 8, timeout=WAIT_MS)
@@ -39,7 +39,7 @@ def test_gallery_marks_a_selection_in_one_undoable_batch(make_napari_viewer, qtb
     _click(qtbot, gallery, 1)
     _click(qtbot, gallery, 4, Qt.KeyboardModifier.ShiftModifier)
     assert gallery.selected_images() == [1, 2, 3, 4]
-    qtbot.mouseClick(gallery.buttons["absent"], Qt.MouseButton.LeftButton)
+    click(qtbot, gallery.buttons["absent"])
     assert (session.label_matrix()[1:5, 1] == 0).all()
     assert "absent" in gallery.model.data(gallery.model.index(2), Qt.ItemDataRole.DisplayRole)
     # a key does the same for Ctrl-clicked images (both present in the manifest)
@@ -56,7 +56,7 @@ def test_gallery_marks_a_selection_in_one_undoable_batch(make_napari_viewer, qtb
     np.testing.assert_array_equal(session.label_matrix()[:, 1], before)
 
     # filters and double-click
-    gallery.gene_combo.setCurrentText("gene2")
+    choose(qtbot, gallery.gene_combo, "gene2")
     assert [int(i) for i in gallery.model.order] == [4, 5]
     qtbot.waitUntil(lambda: gallery.view.visualRect(gallery.model.index(1)).isValid())
     rect = gallery.view.visualRect(gallery.model.index(1))
@@ -81,12 +81,12 @@ def test_gallery_sorts_by_the_model_and_follows_the_table_layer(make_napari_view
     train.train()
     wait_done(qtbot, train.runner)
     gallery = dock(viewer, "Gallery")
-    gallery.term_combo.setCurrentText(TERMS[0])
-    gallery.sort_combo.setCurrentText("p high first")
+    choose(qtbot, gallery.term_combo, TERMS[0])
+    choose(qtbot, gallery.sort_combo, "p high first")
     p = session.probabilities[:, 0]
     shown = [int(i) for i in gallery.model.order]
     assert np.all(np.diff(p[shown]) <= 0)
-    gallery.sort_combo.setCurrentText("label contradicts the model")
+    choose(qtbot, gallery.sort_combo, "label contradicts the model")
     Y = session.label_matrix()[:, 0]
     shown = [int(i) for i in gallery.model.order]
     assert np.all(np.diff(np.abs(Y[shown] - p[shown])) <= 1e-6)

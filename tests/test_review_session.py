@@ -64,6 +64,8 @@ def test_marks_are_one_batch_that_one_undo_reverts(tmp_path):
     changed = s.set_labels(term, 1, [0, 1, 2, 3, 4, 5, 5])
     assert changed == int((before[:6] != 1).sum()) > 1  # images already present: no event
     assert (s.label_matrix()[:6, 2] == 1).all()
+    mine = gallery_order(s, term, "list order", GalleryFilter(annotator="ana"))
+    assert list(mine) == [i for i in range(6) if before[i] != 1]  # what ana labelled
     assert s.undo()  # one undo: the whole batch
     np.testing.assert_array_equal(s.label_matrix()[:, 2], before)
     assert s.label_matrix()[7, 0] != v0  # the single change before it stays ...

@@ -120,6 +120,8 @@ class GalleryWidget(SessionDock):
         self.sort_combo.addItems(list(SORTS))
         self.gene_combo, self.stage_combo, self.labelled_combo = QComboBox(), QComboBox(), QComboBox()
         self.labelled_combo.addItems([ANY, "labelled", "unlabelled"])
+        self.annotator_combo = QComboBox()
+        self.annotator_combo.setToolTip("only embryos this annotator labelled for the term")
         self.model = GalleryModel()
         keys = {Qt.Key.Key_P: 1, Qt.Key.Key_A: 0, Qt.Key.Key_U: None}
         self.view = GalleryView({k: (lambda v=v: self.mark(v)) for k, v in keys.items()},
@@ -131,8 +133,9 @@ class GalleryWidget(SessionDock):
         self.view.setLayoutMode(QListView.LayoutMode.Batched)
         self.view.setBatchSize(200)
         self.view.setMovement(QListView.Movement.Static)
-        self.view.setIconSize(QSize(THUMB_SIZE, THUMB_SIZE))
-        self.view.setGridSize(QSize(THUMB_SIZE + 16, THUMB_SIZE + 34))
+        # embryos are about twice as wide as high: a grid cell of that shape wastes no rows
+        self.view.setIconSize(QSize(THUMB_SIZE, THUMB_SIZE * 2 // 3))
+        self.view.setGridSize(QSize(THUMB_SIZE + 12, THUMB_SIZE * 2 // 3 + 30))
         self.view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.view.setMinimumHeight(300)
         self.view.doubleClicked.connect(self._show_embryo)
@@ -150,9 +153,12 @@ class GalleryWidget(SessionDock):
         grid = QGridLayout()
         for r, (text, combo) in enumerate((("term", self.term_combo), ("sort", self.sort_combo),
                                            ("gene", self.gene_combo), ("stage", self.stage_combo),
-                                           ("labels", self.labelled_combo))):
+                                           ("labels", self.labelled_combo),
+                                           ("labelled by", self.annotator_combo))):
             grid.addWidget(QLabel(text), r // 2, 2 * (r % 2))
             grid.addWidget(combo, r // 2, 2 * (r % 2) + 1)
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(6)  # a narrow dock keeps every combo box visible
             combo.currentTextChanged.connect(self.refresh)
         layout = QVBoxLayout(self.body)
         layout.addLayout(grid)
@@ -171,7 +177,8 @@ class GalleryWidget(SessionDock):
         s = self.session
         combos = ((self.term_combo, list(s.vocabulary), False),
                   (self.gene_combo, sorted({g for g in s.genes if g}), True),
-                  (self.stage_combo, sorted({x for x in s.stages if x}), True))
+                  (self.stage_combo, sorted({x for x in s.stages if x}), True),
+                  (self.annotator_combo, list(s.store.annotators()) if s.store else [], True))
         for combo, items, with_any in combos:
             current = combo.currentText()
             combo.blockSignals(True)
@@ -190,7 +197,9 @@ class GalleryWidget(SessionDock):
                              stage=pick.get(self.stage_combo.currentText(),
                                             self.stage_combo.currentText() or None),
                              labelled=pick.get(self.labelled_combo.currentText(),
-                                               self.labelled_combo.currentText()))
+                                               self.labelled_combo.currentText()),
+                             annotator=pick.get(self.annotator_combo.currentText(),
+                                                self.annotator_combo.currentText() or None))
 
     def refresh(self, *_: Any) -> None:
         """Order, filter and show the images for the chosen term; previews follow."""
