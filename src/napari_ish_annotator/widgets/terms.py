@@ -115,9 +115,9 @@ class TermsSection(QWidget):
         self.table.itemChanged.connect(self._item_changed)
         self.table.cellClicked.connect(self._cell_clicked)
         hint = QLabel("Keys: 1-9, 0 cycle the first ten terms (unknown → present → absent); "
-                      "n/p step; u next uncertain; Shift+N next to label; Ctrl+Z undo. pred. and the "
-                      f"canvas: called present when p ≥ {CALL_THRESHOLD}; amber: uncertain "
-                      f"(|p - {CALL_THRESHOLD}| < {UNCERTAIN_BAND}).")
+                      "n/p step; u next uncertain; Shift+N next to label; Ctrl+Z undo. Called: p ≥ "
+                      f"{CALL_THRESHOLD}; amber: uncertain (|p - {CALL_THRESHOLD}| < "
+                      f"{UNCERTAIN_BAND}).")
         hint.setWordWrap(True)
         hint.setStyleSheet("color: gray;")
         layout = QVBoxLayout(self)
