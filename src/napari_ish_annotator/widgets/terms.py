@@ -26,6 +26,7 @@ from ..core.utils.errors import InputError
 from ..session import UNCERTAIN_BAND, annotators
 from ._base import SessionDock
 from ._errors import report_error
+from ._viewer_binding import forward_annotation_keys
 
 LABEL_TEXT = {None: "unknown", 1: "present", 0: "absent"}
 LABEL_VALUE = {"unknown": None, "present": 1, "absent": 0}
@@ -100,7 +101,10 @@ class TermsSection(QWidget):
         self.table = QTableWidget(0, 5)
         self.table.setHorizontalHeaderLabels(["key", "term", "probability", "pred.", "label"])
         self.table.verticalHeader().setVisible(False)
-        self.table.setMinimumHeight(120)
+        self.table.horizontalHeaderItem(2).setToolTip(
+            "the term ensemble's probability (the model named in the Model tab)")
+        self.table.setMinimumHeight(110)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         triggers = QAbstractItemView.EditTrigger  # only label cells are editable (item flags)
         self.table.setEditTriggers(triggers.CurrentChanged | triggers.SelectedClicked
@@ -114,6 +118,7 @@ class TermsSection(QWidget):
         self.table.setItemDelegateForColumn(4, LabelDelegate(self.table))
         self.table.itemChanged.connect(self._item_changed)
         self.table.cellClicked.connect(self._cell_clicked)
+        forward_annotation_keys(self.table, s)  # 1-0, n, u, Shift+N... with the list focused
         hint = QLabel("Keys: 1-9, 0 cycle the first ten terms (unknown → present → absent); "
                       "n/p step; u next uncertain; Shift+N next to label; Ctrl+Z undo. Called: p ≥ "
                       f"{CALL_THRESHOLD}; amber: uncertain (|p - {CALL_THRESHOLD}| < "
