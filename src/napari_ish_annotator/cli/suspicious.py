@@ -41,11 +41,6 @@ def cmd_suspicious(args: argparse.Namespace) -> int:
     from ..core.utils.csvio import write_csv
     from ..core.workflow import iter_features, make_extractor
 
-    out = Path(args.out).absolute()
-    for given in (args.manifest, args.labels):
-        if given is not None and Path(given).absolute() == out:
-            raise InputError("is both an input and the --out file; choose another --out",
-                             path=given)
     if args.folds < 2:
         raise InputError(f"--folds must be at least 2, got {args.folds}")
     dataset = read_manifest(args.manifest, vocabulary=c.vocabulary(args), require_positives=False)
