@@ -11,7 +11,6 @@ import pytest
 
 from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier
 from napari_ish_annotator.core.learn.evaluation import (
-    format_table,
     iter_cross_validate,
     score_predictions,
 )
@@ -28,6 +27,7 @@ from napari_ish_annotator.core.learn.splits import (
     random_partitions,
     validation_split,
 )
+from napari_ish_annotator.core.learn.table import format_table
 from napari_ish_annotator.core.utils.errors import InputError
 from napari_ish_annotator.core.utils.progress import drive
 
@@ -332,7 +332,7 @@ def test_evaluate_frees_each_layers_features_before_the_next(monkeypatch):
         return X
 
     monkeypatch.setattr(pipeline, "iter_features", fake_features)
-    monkeypatch.setattr(pipeline, "make_extractor", lambda config, cache_dir, loaded: None)
+    monkeypatch.setattr(pipeline, "make_extractor", lambda config, cache_dir, loaded, executor=None: None)
     monkeypatch.setattr(pipeline, "load_backbone", lambda *a, **k: None)
     config = ExtractorConfig(weights="random", input_size=64, device="cpu", precision="fp32")
     res = drive(pipeline.iter_evaluate(dataset, config, EnsembleConfig(n_members=3),

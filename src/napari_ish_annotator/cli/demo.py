@@ -15,9 +15,10 @@ from ..core.data.images import read_rgb
 from ..core.data.manifest import read_manifest
 from ..core.explain.gradcam import gradcam_all_terms, overlay
 from ..core.learn.bundle import save_bundle
-from ..core.learn.evaluation import format_table, score_predictions
+from ..core.learn.evaluation import score_predictions
 from ..core.learn.metrics import trainable_terms
 from ..core.learn.splits import held_out_genes
+from ..core.learn.table import format_table
 from ..core.synthetic.embryos import generate_dataset
 from ..core.utils.errors import InputError
 from ..core.utils.files import write_json_atomic, write_png_atomic, write_text_atomic

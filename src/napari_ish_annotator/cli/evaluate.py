@@ -8,8 +8,9 @@ from pathlib import Path
 
 from ..core.data.manifest import read_manifest
 from ..core.finetune import load_checkpoint
-from ..core.learn.evaluation import format_table
+from ..core.learn.groups import parse_by
 from ..core.learn.metrics import METRICS
+from ..core.learn.table import format_table
 from ..core.utils.errors import InputError
 from ..core.utils.files import write_json_atomic
 from ..core.workflow import iter_evaluate
@@ -18,11 +19,16 @@ from . import _common as c
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.compare:
+        if args.by:
+            raise InputError("--by evaluates one model's records; drop --compare (or --by)")
+        if args.report:
+            raise InputError("--report draws one model's figures; drop --compare (or --report)")
         if args.repeats is not None:
             raise InputError("--compare runs k-fold or --test; drop --repeats")
         return cmd_evaluate_compare(args)
 
     _check_protocol(args)
+    by = parse_by(args.by) if args.by else None
     dataset = read_manifest(args.manifest, vocabulary=c.vocabulary(args))
     test = None
     if args.test:
@@ -31,12 +37,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         iter_evaluate(dataset, c.extractor_config(args), c.ensemble_config(args),
                       layers=c.parse_layers(args.layers, args.backbone), folds=args.folds,
                       test_dataset=test, cache_dir=c.cache_dir(args), repeats=args.repeats,
-                      test_fraction=args.test_fraction, executor=c.executor(args)),
+                      test_fraction=args.test_fraction, by=by, report=args.report,
+                      executor=c.executor(args)),
         args, "evaluate")
     print(format_table(results))
     if args.json:
         write_json_atomic(args.json, results)
         c.say(args, f"wrote metrics to {args.json}")
+    if args.report:
+        c.say(args, f"wrote figures and {Path(args.report) / 'index.md'}")
     return c.EXIT_OK
 
 
@@ -133,6 +142,14 @@ def register(sub) -> None:
                    help="comma-separated layers, e.g. 17,21,24,30 (default: the backbone's "
                         "default layer, 21 for VGG16)")
     p.add_argument("--json", type=Path, default=None, help="write metrics JSON here")
+    p.add_argument("--report", type=Path, default=None, metavar="DIR",
+                   help="write PNG figures (AUC per term with mean ± std over the splits, ROC "
+                        "curves of the best and worst terms, a reliability diagram) and an "
+                        "index.md showing them into DIR")
+    p.add_argument("--by", default=None, metavar="gene,stage",
+                   help="also evaluate gene x stage records (the annotation curators submit): "
+                        "the held-out genes' image probabilities combined per record, same "
+                        "splits; --json adds \"groups\" beside \"layers\"")
     p.add_argument("--layer", default=None, help=argparse.SUPPRESS)
     p.add_argument("--compare", metavar="CKPT", default=None,
                    help="also evaluate TL+MTL with this fine-tuned checkpoint on the "
@@ -141,5 +158,5 @@ def register(sub) -> None:
     c.add_classifier(p)
     c.add_dask(p)
     c.add_common(p)
-    p.set_defaults(handler=cmd_evaluate, outputs=[("json", False)], folds_given=False,
-                   test_fraction_given=False)
+    p.set_defaults(handler=cmd_evaluate, outputs=[("json", False), ("report", True)],
+                   folds_given=False, test_fraction_given=False)

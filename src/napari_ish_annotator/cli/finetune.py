@@ -30,10 +30,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         flip=args.flip, cache_frozen=args.cache_frozen, device=args.device,
         precision=args.precision, seed=args.seed,
     )
+    if args.init is not None and (args.resume or (args.ensemble or 1) != 1):
+        raise InputError("--init starts a new run from a checkpoint; drop --resume and --ensemble")
     if args.ensemble is not None and args.ensemble != 1:
         return _ensemble(args, dataset, config)
-    result = c.run(iter_finetune_dataset(dataset, config, args.out, resume=args.resume), args,
-                  "finetune")
+    result = c.run(iter_finetune_dataset(dataset, config, args.out, resume=args.resume,
+                                         init=args.init), args, "finetune")
+    for note in result.notes:
+        c.say(args, note)
     last = result.history[-1] if result.history else {}
     best = next((h for h in result.history if h["epoch"] == result.best_epoch), last)
     auc = best.get("val_auc")
@@ -98,6 +102,10 @@ def register(sub) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--resume", action="store_true",
                    help="continue the run stored in --out (same images, labels and settings)")
+    p.add_argument("--init", type=Path, default=None, metavar="CKPT",
+                   help="continue this fine-tuned checkpoint with the manifest's current labels "
+                        "(old images stay in, new terms get new outputs, dropped terms are "
+                        "noted); the new checkpoint records which one it continued")
     p.add_argument("--ensemble", type=int, default=None, metavar="K",
                    help="train K networks (seeds SEED..SEED+K-1, each with other validation "
                         "genes) into the one checkpoint --out; predictions average them and "

@@ -6,10 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..core.data.inputs import collect_inputs, iter_scan_inputs
+from ..core.data.inputs import iter_scan_inputs, list_inputs
 from ..core.learn.bundle import load_bundle
+from ..core.learn.groups import combine_probabilities, parse_by, record_groups
 from ..core.utils.errors import InputError
-from ..core.workflow import iter_predict_chunked, write_predictions
+from ..core.workflow import iter_predict_chunked, write_predictions, write_records
 from . import _common as c
 
 
@@ -25,7 +26,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         c.say(args, note)
     if args.chunk_size < 1:
         raise InputError(f"--chunk-size must be at least 1, got {args.chunk_size}")
-    images = _skip_bad_inputs(args) if args.skip_bad else collect_inputs(args.inputs)
+    by = parse_by(args.by) if args.by else None
+    images, genes, stages = _skip_bad_inputs(args) if args.skip_bad else _inputs(args.inputs)
     if not images:
         raise InputError("no images found; give image files, folders of images or manifests",
                          path=" ".join(map(str, args.inputs)))
@@ -38,6 +40,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.skip_bad or exc.path is None or Path(exc.path) not in set(images):
             raise
         raise InputError(f"{exc} (or pass --skip-bad to leave unreadable images out)") from exc
+    if by:
+        records = record_groups(genes, stages, by)
+        write_records(args.out, records, bundle.classifier.vocabulary,
+                      combine_probabilities(probabilities, records))
+        c.say(args, f"wrote {len(records)} {' x '.join(by)} records of {len(images)} images "
+                    f"to {args.out}")
+        return c.EXIT_OK
     write_predictions(args.out, images, bundle.classifier.vocabulary, probabilities,
                       votes if args.votes else None)
     c.say(args, f"wrote probabilities of {len(bundle.classifier.vocabulary)} terms for "
@@ -45,7 +54,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return c.EXIT_OK
 
 
-def _skip_bad_inputs(args: argparse.Namespace) -> list[Path]:
+def _inputs(inputs: list[Path]) -> tuple[list[Path], list[str | None], list[str | None]]:
+    """The images the inputs name (strict), with each one's gene and stage where a manifest
+    gives them."""
+    if not inputs:
+        raise InputError("no inputs given; pass image files, folders or manifest CSVs")
+    listing = list_inputs(inputs, strict=True)
+    return (list(listing.paths), [s.gene if s else None for s in listing.samples],
+            [s.stage if s else None for s in listing.samples])
+
+
+def _skip_bad_inputs(args: argparse.Namespace
+                     ) -> tuple[list[Path], list[str | None], list[str | None]]:
     """``predict --skip-bad``: decode every input once, warn about each unusable one.
 
     One corrupt (or oversized) file among thousands should not stop a batch job, nor should
@@ -56,7 +76,7 @@ def _skip_bad_inputs(args: argparse.Namespace) -> list[Path]:
     for problem in scanned.problems:
         if not problem.ignorable:
             print(f"ish-annotator predict: warning: skipped {problem}", file=sys.stderr)
-    return list(scanned.paths)
+    return list(scanned.paths), list(scanned.genes), list(scanned.stages)
 
 
 def register(sub) -> None:
@@ -74,6 +94,11 @@ def register(sub) -> None:
     p.add_argument("--votes", action="store_true",
                    help="also write '<term> vote' columns: the paper's decision, the ensemble "
                         "members' majority vote (1 present, 0 absent)")
+    p.add_argument("--by", default=None, metavar="gene,stage",
+                   help="write one row per gene x stage record instead of per image: gene, "
+                        "stage, images, one probability per term (the images' log-odds "
+                        "averaged) and calls; images without a gene or stage are records of "
+                        "their own")
     c.add_dask(p)
     c.add_common(p)
     p.set_defaults(handler=cmd_predict, outputs=[("out", False)])

@@ -23,7 +23,9 @@ from .learn.calibration import DEFAULT_METHOD, iter_calibrate
 from .learn.decision import calls_text
 from .learn.ensembles import EnsembleClassifier, iter_gram
 from .learn.evaluation import iter_cross_validate
+from .learn.groups import GroupRecords, record_groups
 from .learn.metrics import labelled_rows
+from .learn.report import write_report
 from .learn.splits import grouped_folds, random_partitions
 from .utils.csvio import write_csv
 from .utils.errors import InputError
@@ -241,6 +243,8 @@ def iter_evaluate(
     cache_dir=None,
     repeats: int | None = None,
     test_fraction: float = 0.25,
+    by: Sequence[str] | None = None,
+    report: str | Path | None = None,
     executor: DaskExecutor | None = None,
 ) -> ProgressGen[dict]:
     """Accuracy, sensitivity, specificity and AUC per term and layer (the paper's Table 2).
@@ -249,7 +253,9 @@ def iter_evaluate(
     ``repeats`` R seeded random gene-grouped partitions (mean and std over them); otherwise
     k-fold cross-validation grouped by gene (images of one gene share labels, so a random
     split would leak). Returns ``{"layers": {layer: summary}}`` (CONTRACTS.md, see
-    :class:`~.evaluation.Evaluation`).
+    :class:`~.evaluation.Evaluation`). With ``by`` (``("gene", "stage")``) the same figures
+    for the gene x stage records of the test genes go under ``"groups"``, same shape.
+    ``report`` (a folder) receives PNG figures and an ``index.md`` (:mod:`.learn.report`).
     """
     vocabulary = list(dataset.vocabulary)
     if test_dataset is not None:
@@ -273,18 +279,31 @@ def iter_evaluate(
             splits = grouped_folds(groups, folds, seed=ensemble.seed)
     if not layers:
         raise InputError("no layers to evaluate; pass --layers, e.g. --layers 21")
+    records = None
+    if by:
+        samples = list(dataset.samples) + (list(test_dataset.samples) if test_dataset else [])
+        records = record_groups([s.gene for s in samples], [s.stage for s in samples], by)
 
     loaded = load_backbone(extractor.backbone, extractor.weights, seed=extractor.seed)
     results: dict = {"layers": {}}
+    evaluations: dict = {}
     for layer in layers:
         config = replace(extractor, layer=str(layer))
         X = yield from iter_features(make_extractor(config, cache_dir, loaded, executor), paths,
                                      stage=f"layer {layer} features")
         evaluation = yield from sub_progress(
-            iter_cross_validate(X, Y_all, vocabulary, splits, ensemble, groups=groups),
+            iter_cross_validate(X, Y_all, vocabulary, splits, ensemble, groups=groups,
+                                records=records),
             offset=0, prefix=f"layer {layer}: ")
         results["layers"][str(layer)] = evaluation.summary
+        evaluations[str(layer)] = evaluation
+        if evaluation.groups is not None:
+            results.setdefault("groups", {})[str(layer)] = evaluation.groups.summary
         del X  # free this layer's features before the next layer's are extracted
+    if report is not None:
+        yield Progress(0, 1, "writing the report")
+        write_report(report, evaluations, Y_all, records,
+                     title=f"Evaluation of {getattr(dataset.source, 'name', 'the manifest')}")
     return results
 
 
@@ -316,3 +335,20 @@ def write_predictions(path: str | Path, images: Sequence[Path | str],
             cells += [str(int(v)) for v in votes[i]]
         rows.append(cells)
     write_csv(path, header, rows)
+
+
+def write_records(path: str | Path, records: GroupRecords, vocabulary: Sequence[str],
+                  probabilities: np.ndarray) -> None:
+    """Write ``predict --by``'s CSV: ``gene``, ``stage``, ``images``, one probability column per
+    term, ``calls`` (the one decision rule, :mod:`.learn.decision`) and ``note`` (why a record
+    holds one image only), one row per record."""
+    probabilities = np.asarray(probabilities)
+    if probabilities.shape != (len(records), len(vocabulary)):
+        raise ValueError(f"probabilities have shape {probabilities.shape}, expected "
+                         f"({len(records)}, {len(vocabulary)})")
+    sizes = records.sizes()
+    rows = [[records.genes[g], records.stages[g], str(int(sizes[g])),
+             *(f"{float(p):.6f}" for p in probabilities[g]),
+             calls_text(vocabulary, probabilities[g]), records.notes[g]]
+            for g in range(len(records))]
+    write_csv(path, ["gene", "stage", "images", *vocabulary, "calls", "note"], rows)

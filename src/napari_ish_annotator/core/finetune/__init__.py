@@ -19,6 +19,7 @@ The package, one concern per module:
   :mod:`..learn.metrics`), early stopping, a checkpoint per epoch; :func:`iter_finetune` is the
   entry point;
 * :mod:`.checkpoint` - atomic writes, checked reads (``weights_only=True``), inference models;
+* :mod:`.starting` - the base weights, or a saved network continued with new labels (``--init``);
 * :mod:`.ensemble` - K networks in one checkpoint, mean and spread of their predictions;
 
 Grad-CAM through the multi-task head is :func:`..explain.finetuned.gradcam_mtl`. The names
@@ -34,6 +35,7 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "network": ["build_head", "masked_bce", "resolve_frozen"],
     "data": ["check_labels"],
     "trainer": ["Trainer", "finetune", "iter_finetune", "iter_finetune_dataset"],
-    "checkpoint": ["FinetunedModel", "load_checkpoint", "load_finetuned"],
-    "ensemble": ["EnsembleProbabilities", "EnsembleResult", "FinetunedEnsemble", "finetune_ensemble", "is_ensemble", "iter_finetune_ensemble", "iter_finetune_ensemble_dataset", "load_ensemble"],
+    "checkpoint": ["FinetunedModel", "is_ensemble", "load_checkpoint", "load_finetuned"],
+    "starting": ["WarmStart", "load_warm_start"],
+    "ensemble": ["EnsembleProbabilities", "EnsembleResult", "FinetunedEnsemble", "finetune_ensemble", "iter_finetune_ensemble", "iter_finetune_ensemble_dataset", "load_ensemble"],
 })

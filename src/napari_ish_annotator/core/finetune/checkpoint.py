@@ -40,6 +40,11 @@ def cpu_state(module: torch.nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
+def is_ensemble(ckpt: dict) -> bool:
+    """Does the checkpoint hold K fine-tuned networks (``finetune --ensemble K``)?"""
+    return isinstance(ckpt.get("ensemble"), dict)
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Read and check a fine-tuning checkpoint (``weights_only=True``)."""
     import torch

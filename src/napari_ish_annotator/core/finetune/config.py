@@ -98,6 +98,7 @@ class FinetuneResult:
     selection: str              # "val_auc", "val_loss" or "train_loss"
     stopped_early: bool
     metrics: dict = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # for the user, e.g. terms a continued run added or dropped
 
 
 class FinetuneProgress(Progress):

@@ -35,13 +35,15 @@ from .checkpoint import (
     FinetunedModel,
     atomic_save,
     check_resumable,
+    is_ensemble,
     load_checkpoint,
     load_finetuned,
     stored_result,
 )
 from .config import FinetuneConfig, FinetuneProgress, FinetuneResult, progress
 from .data import iter_load_images
-from .trainer import iter_finetune, load_base, prepare
+from .starting import load_base
+from .trainer import iter_finetune, prepare
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..data.manifest import Dataset
@@ -107,10 +109,6 @@ class FinetunedEnsemble:
                                              m.mean, m.std, m.pixel_scale)
                 out[k, start:start + len(rgbs)] = m.predict_batch(batches[key])
         return EnsembleProbabilities(mean=out.mean(axis=0), std=out.std(axis=0), members=out)
-
-
-def is_ensemble(ckpt: dict) -> bool:
-    return isinstance(ckpt.get("ensemble"), dict)
 
 
 def load_ensemble(checkpoint: str | Path | dict, device: str = "cpu") -> FinetunedEnsemble:

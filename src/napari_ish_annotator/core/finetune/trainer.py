@@ -13,13 +13,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..backbones.devices import resolve_device
-from ..backbones.weights import load_backbone
 from ..data.manifest import training_fingerprint
 from ..features.preprocess import normalise, resolve_precision, torch_dtype
 from ..learn.metrics import defined_mean, per_term_auc
@@ -52,6 +52,7 @@ from .data import (
     make_split,
 )
 from .network import build_head, make_network, masked_bce, resolve_frozen, trunk_out_channels
+from .starting import WarmStart, apply_head, check_complete, load_base, load_warm_start
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -71,7 +72,8 @@ class Trainer:
 
     def __init__(self, config: FinetuneConfig, vocabulary: list[str], Y: np.ndarray,
                  data: TrainingImages, split: Split, loaded: LoadedBackbone, out: Path,
-                 fingerprint: str, device: torch.device, state: dict | None = None) -> None:
+                 fingerprint: str, device: torch.device, state: dict | None = None,
+                 init: WarmStart | None = None) -> None:
         import torch
 
         self.config, self.vocabulary, self.Y, self.data, self.split = config, vocabulary, Y, data, split
@@ -82,6 +84,10 @@ class Trainer:
             self.mean, self.std = tuple(norm["mean"]), tuple(norm["std"])
             self.pixel_scale = float(norm.get("pixel_scale", 1.0))
             weights_id = state.get("base_weights_id", "")
+        elif init is not None:  # continued: the checkpoint's weights and normalisation
+            self.mean, self.std, self.pixel_scale = init.mean_std_scale()
+            weights_id = f"finetuned-sha256:{init.provenance['sha256']}"
+            trunk.load_state_dict(init.backbone_state)
         else:
             self.mean, self.std = tuple(loaded.mean), tuple(loaded.std)
             self.pixel_scale = float(loaded.pixel_scale)
@@ -94,6 +100,8 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.trunk = trunk
         self.head = build_head(in_features, len(vocabulary), config.hidden, config.dropout, config.pool)
+        if init is not None and state is None:
+            apply_head(self.head, init, vocabulary)
         self.net = make_network(trunk, self.head).to(device)
         self.frozen_part = trunk[:n_frozen] if n_frozen else torch.nn.Identity()
         self.trainable = trunk[n_frozen:] if n_frozen < len(trunk) else torch.nn.Identity()
@@ -142,6 +150,8 @@ class Trainer:
                       "val_groups": list(split.val_groups)},
             "cache_frozen": bool(self.use_cache),
         }
+        if init is not None or (state or {}).get("continued_from"):
+            self.meta["continued_from"] = dict(init.provenance) if init else state["continued_from"]
 
     # ------------------------------------------------------------------ state
     def _restore(self, state: dict) -> None:
@@ -362,26 +372,13 @@ def prepare(images: Sequence, Y: np.ndarray, vocabulary: Sequence[str], config: 
     return Y, vocabulary, out, fingerprint
 
 
-def load_base(config: FinetuneConfig, resuming: bool) -> LoadedBackbone:
-    """The starting weights (architecture only when resuming: the checkpoint has every weight)."""
-    loaded = load_backbone(config.backbone, "random" if resuming else config.weights, config.seed)
-    check_complete(loaded, config)
-    return loaded
-
-
-def check_complete(loaded: LoadedBackbone, config: FinetuneConfig) -> None:
-    if loaded.available_upto is not None and loaded.available_upto < len(loaded.module) - 1:
-        raise InputError(f"the weights ({loaded.weights or loaded.weights_id}) cover only "
-                         f"{config.backbone}'s trunk up to index {loaded.available_upto}, but "
-                         "fine-tuning trains the whole trunk; pass a complete weights file")
-
-
 def iter_finetune_dataset(dataset: Dataset, config: FinetuneConfig, out: str | Path,
-                          resume: bool = False) -> ProgressGen[FinetuneResult]:
+                          resume: bool = False, init: str | Path | None = None
+                          ) -> ProgressGen[FinetuneResult]:
     """Fine-tune on a manifest :class:`Dataset` (validation grouped by gene)."""
     return iter_finetune(dataset.paths, dataset.labels().astype(np.int8), dataset.vocabulary,
                          config, out, groups=dataset.groups(), resume=resume,
-                         fingerprint=dataset.fingerprint())
+                         fingerprint=dataset.fingerprint(), init=init)
 
 
 def iter_finetune(
@@ -395,6 +392,7 @@ def iter_finetune(
     fingerprint: str | None = None,
     loaded: LoadedBackbone | None = None,
     data: TrainingImages | None = None,
+    init: str | Path | None = None,
 ) -> ProgressGen[FinetuneResult]:
     """Fine-tune trunk + multi-task head; write ``out`` after every epoch; return the result.
 
@@ -404,6 +402,7 @@ def iter_finetune(
     Yields :class:`FinetuneProgress` after every batch and epoch; closing the generator there
     keeps the last complete checkpoint. A ``loaded`` backbone is trained in place; ``data``
     (images already loaded at ``config.input_size``) is reused, e.g. by an ensemble's members.
+    ``init`` continues a saved checkpoint with these labels (:mod:`.continued`).
     """
     Y, vocabulary, out, fingerprint = prepare(images, Y, vocabulary, config, out, fingerprint)
     device = resolve_device(config.device)
@@ -414,16 +413,19 @@ def iter_finetune(
         check_resumable(state, config, vocabulary, fingerprint, out)
         if is_finished(state, config):
             return stored_result(state, out)
+    start = load_warm_start(init, config, vocabulary) if init and state is None else None
     if loaded is None:
-        loaded = load_base(config, resuming=state is not None)
+        loaded = load_base(config, resuming=state is not None or start is not None)
     else:
         check_complete(loaded, config)
     resolve_frozen(loaded, config.frozen)  # a bad depth fails before images are read
     split = make_split(groups, Y, config.val_fraction, config.seed)
     if data is None or data.size != config.input_size:
         data = yield from iter_load_images(images, config.input_size)
-    trainer = Trainer(config, vocabulary, Y, data, split, loaded, out, fingerprint, device, state)
-    return (yield from trainer.iter_train())
+    trainer = Trainer(config, vocabulary, Y, data, split, loaded, out, fingerprint, device, state,
+                      init=start)
+    result = yield from trainer.iter_train()
+    return replace(result, notes=start.notes) if start else result
 
 
 def finetune(images, Y, vocabulary, config: FinetuneConfig, out, progress=None, cancel=None,

@@ -5,7 +5,10 @@
 * :mod:`.calibration` - Platt scaling and prior correction;
 * :mod:`.folds`, :mod:`.splits` - out-of-fold decisions and gene-grouped splits;
 * :mod:`.metrics` - the per-term metrics and the one "labelled rows"/"both classes" rule;
-* :mod:`.evaluation` - cross-validation and held-out evaluation (CONTRACTS.md summary);
+* :mod:`.evaluation` - cross-validation and held-out evaluation (CONTRACTS.md summary), and
+  the same figures for gene x stage records; :mod:`.table` prints them, :mod:`.report` draws them;
+* :mod:`.groups` - gene x stage records: which images form one, their combined probability;
+* :mod:`.decision` - the one call rule shown to a biologist;
 * :mod:`.bundle` - the model bundle on disk;
 * :mod:`.active` - which images to label next.
 
@@ -24,7 +27,11 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "folds": ["iter_fold_decisions", "iter_out_of_fold"],
     "splits": ["group_ids", "grouped_folds", "held_out_genes", "random_partitions", "validation_split"],
     "metrics": ["CALIBRATION_METRICS", "METRICS", "class_counts", "labelled_mask", "labelled_rows", "defined_mean", "expected_calibration_error", "has_both_classes", "mean_auc", "per_term_auc", "term_metrics", "trainable_terms"],
-    "evaluation": ["Evaluation", "format_table", "iter_cross_validate", "score_predictions"],
+    "evaluation": ["Evaluation", "HeldOut", "iter_cross_validate", "score_groups", "score_predictions"],
+    "table": ["format_table"],
+    "groups": ["GroupRecords", "combine_probabilities", "group_labels", "parse_by", "record_groups"],
+    "report": ["split_aucs", "write_report"],
+    "decision": ["CALL_THRESHOLD", "calls", "calls_text"],
     "bundle": ["ModelBundle", "check_bundle_target", "load_bundle", "save_bundle"],
     "active": ["iter_suggest", "rank", "suggest", "write_suggestions"],
 })

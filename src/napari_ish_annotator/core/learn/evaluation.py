@@ -32,7 +32,9 @@ from ..utils.errors import InputError
 from ..utils.progress import Progress, ProgressGen, sub_progress
 from . import ensembles as classify
 from .calibration import DEFAULT_METHOD, METHODS, iter_calibrate
+from .decision import calls
 from .folds import iter_fold_decisions
+from .groups import DEFAULT_COMBINATION, GroupRecords, combine_probabilities, group_labels
 from .logistic import majority_vote
 from .metrics import (
     CALIBRATION_METRICS,
@@ -46,13 +48,25 @@ from .metrics import (
     trainable_terms,
 )
 
-__all__ = ["Evaluation", "score_predictions", "combine_partitions", "iter_cross_validate",
-           "format_table"]
+__all__ = ["Evaluation", "HeldOut", "score_predictions", "score_groups", "combine_partitions",
+           "iter_cross_validate"]
 
 
 # ----------------------------------------------------------------------------------- metrics
 def _number(x: float | None) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Held-out predictions of every split, concatenated: ``rows`` index the feature rows,
+    ``split`` says which split scored them, ``probabilities`` are calibrated, ``raw`` the
+    members' mean (NaN where a split did not fit a term)."""
+
+    rows: np.ndarray
+    split: np.ndarray
+    probabilities: np.ndarray
+    raw: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,10 @@ class Evaluation:
     #: pooled out-of-fold probabilities ``(n, T)`` in the rows of ``X`` (NaN where a row was
     #: not scored for a term); only from :func:`iter_cross_validate` with disjoint test sets
     scores: np.ndarray | None = field(default=None, compare=False, repr=False)
+    #: the same figures for gene x stage records (``records=`` of :func:`iter_cross_validate`)
+    groups: Evaluation | None = field(default=None, compare=False, repr=False)
+    #: every split's held-out predictions, for figures (:mod:`.report`)
+    held_out: HeldOut | None = field(default=None, compare=False, repr=False)
 
     @property
     def mean_auc(self) -> float | None:
@@ -188,6 +206,31 @@ def combine_partitions(parts: Sequence[Evaluation], reasons: dict[str, str] | No
     return Evaluation(vocabulary, summary, std, n_eval, len(vocabulary), not_evaluated)
 
 
+def score_groups(Y: Any, P: Any, records: GroupRecords, vocabulary: Sequence[str],
+                 not_evaluated: dict[str, str] | None = None,
+                 method: str = DEFAULT_COMBINATION, raw: Any = None) -> Evaluation:
+    """Table-2 metrics of gene x stage records (:mod:`.groups`) from held-out image
+    probabilities ``P`` (NaN where not scored); a record is called by the one decision rule
+    (:mod:`.decision`) on its combined probability. Records with no scored image are left out;
+    terms in ``not_evaluated`` (the image level's verdicts) are left out here too, so a term is
+    never scored at one level and silently dropped at the other. AUC ranks by the combined
+    ``raw`` (the members' mean) when given, as :func:`score_predictions` does for images.
+    """
+    vocabulary = [str(t) for t in vocabulary]
+    Pg = combine_probabilities(P, records, method)
+    skip = {t: why for t, why in (not_evaluated or {}).items() if t in vocabulary}
+    for term in skip:
+        Pg[:, vocabulary.index(term)] = np.nan
+    Yg = group_labels(Y, records)
+    scored = np.isfinite(Pg).any(axis=1)
+    ranking = None if raw is None else combine_probabilities(raw, records, method)[scored]
+    result = score_predictions(Yg[scored], calls(Pg[scored]), Pg[scored], vocabulary,
+                               reasons={t: f"not evaluated for images: {why}"
+                                        for t, why in skip.items()}, ranking=ranking)
+    result.summary["n_groups"] = int(scored.sum())
+    return result
+
+
 # -------------------------------------------------------------------------- cross-validation
 def _untrainable_reasons(Y: np.ndarray, groups: np.ndarray | None, vocabulary: Sequence[str],
                          trained_anywhere: np.ndarray) -> dict[str, str]:
@@ -224,6 +267,7 @@ def iter_cross_validate(
     groups: Any = None,
     calibration: str | None = None,
     gram: Any = None,
+    records: GroupRecords | None = None,
 ) -> ProgressGen[Evaluation]:
     """Fit on each split's training rows, score its test rows, evaluate.
 
@@ -243,6 +287,9 @@ def iter_cross_validate(
     are those of the probabilities a bundle reports; AUC ranks by the members' raw mean (see
     :func:`score_predictions`). ``groups`` also improves the "not evaluated" reasons.
     ``gram`` (a :class:`.classify.GramBlock` holding those rows) saves computing it again.
+    With ``records`` (gene x stage records of the rows, :func:`.groups.record_groups`) the
+    result's ``groups`` holds the same figures for the records of the test genes
+    (:func:`score_groups`), on the same splits.
     """
     calibration = DEFAULT_METHOD if calibration is None else calibration
     vocabulary = [str(t) for t in vocabulary]
@@ -274,6 +321,11 @@ def iter_cross_validate(
     V = np.zeros((len(used), n_terms), dtype=bool)
     tested = np.zeros(len(used), dtype=bool)
     parts: list[Evaluation] = []
+    group_parts: list[Evaluation] = []
+    held_rows: list[np.ndarray] = []
+    held_split: list[np.ndarray] = []
+    held_p: list[np.ndarray] = []
+    held_r: list[np.ndarray] = []
     trained_anywhere = np.zeros(n_terms, dtype=bool)
     for k, (train, test) in enumerate(splits):
         label = f"split {k + 1}/{len(splits)}: "
@@ -283,6 +335,8 @@ def iter_cross_validate(
         te = pos[np.asarray(test)]
         te = te[finite[te]]
         tested[te] = True
+        held_rows.append(used[te])
+        held_split.append(np.full(len(te), k))
         Ytr = Yu[tr]
         fit_terms = trainable_terms(Ytr)
         trained_anywhere[fit_terms] = True
@@ -299,12 +353,22 @@ def iter_cross_validate(
             R_k[:, fit_terms] = raw
             P_k[:, fit_terms] = cal.apply(raw)
             V_k[:, fit_terms] = majority_vote(dec)[:, fit_terms]
+        held_p.append(P_k)
+        held_r.append(R_k)
         if pooled:
             P[te], R[te], V[te] = P_k, R_k, V_k
         else:
             parts.append(score_predictions(Yu[te], V_k, P_k, vocabulary, ranking=R_k))
+            if records is not None:
+                P_rows = np.full((X.shape[0], n_terms), np.nan)
+                R_rows = P_rows.copy()
+                P_rows[used[te]], R_rows[used[te]] = P_k, R_k
+                group_parts.append(score_groups(Y, P_rows, records, vocabulary,
+                                                parts[-1].not_evaluated, raw=R_rows))
     yield Progress(len(splits), len(splits), "scoring")
     del K
+    held_out = HeldOut(np.concatenate(held_rows), np.concatenate(held_split),
+                       np.concatenate(held_p), np.concatenate(held_r))
     reasons = _untrainable_reasons(np.where(finite[:, None], Yu, -1),
                                    None if groups is None else g, vocabulary, trained_anywhere)
     if pooled:
@@ -312,64 +376,13 @@ def iter_cross_validate(
                                    ranking=R[tested])
         scores = np.full((X.shape[0], n_terms), np.nan)
         scores[used] = P
-        return replace(result, scores=scores)
+        raw = np.full((X.shape[0], n_terms), np.nan)
+        raw[used] = R
+        groups_result = None if records is None else \
+            score_groups(Y, scores, records, vocabulary, result.not_evaluated, raw=raw)
+        return replace(result, scores=scores, groups=groups_result, held_out=held_out)
     n_pos = (Yu[finite] == 1).sum(axis=0)
-    return combine_partitions(parts, reasons, n_pos=n_pos)
-
-
-# -------------------------------------------------------------------------------- the table
-def _cell(value: Any, spread: Any = None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.3f}" if spread is None else f"{value:.3f} ± {spread:.3f}"
-
-
-def format_table(results: dict, per_term: bool = False) -> str:
-    """Plain-text table in the paper's Table 2 layout: one row per layer, mean metrics.
-
-    ``results`` is the ``{"layers": {layer: summary}}`` dict of CONTRACTS.md; with ``std``
-    in a layer (repeated partitions) each cell is ``mean ± std``. The title says over how
-    many of the terms the means are; terms not evaluated are listed with their reason.
-    With ``per_term`` a table per layer with one row per term (and its positives) follows.
-    """
-    layers = results.get("layers", {})
-    columns = METRICS + CALIBRATION_METRICS
-    spread = any(s.get("std") for s in layers.values())
-    width = 15 if spread else 11
-    counts = {(s.get("n_evaluated"), s.get("n_terms")) for s in layers.values()}
-    if len(counts) == 1 and None not in next(iter(counts)):
-        n_eval, n_terms = next(iter(counts))
-        title = f"Mean over {n_eval} of {n_terms} terms"
-    else:
-        title = "Mean over the evaluated terms"
-    if spread:
-        title += f" (mean ± std over {max(s.get('n_partitions', 0) for s in layers.values())} " \
-                 "random gene-grouped partitions)"
-    header = f"{'layer':>8}  " + "  ".join(f"{m:>{width}}" for m in columns)
-    if len(counts) > 1:
-        header += "  terms"
-    lines = [title, header, "-" * len(header)]
-    for layer, summary in layers.items():
-        mean, std = summary.get("mean", {}), summary.get("std") or {}
-        row = f"{layer:>8}  " + "  ".join(
-            f"{_cell(mean.get(m), std.get(m) if spread else None):>{width}}" for m in columns)
-        if len(counts) > 1:
-            row += f"  {summary.get('n_evaluated')}/{summary.get('n_terms')}"
-        lines.append(row)
-    missing: dict[str, str] = {}
-    for summary in layers.values():
-        for term, why in (summary.get("not_evaluated") or {}).items():
-            missing.setdefault(term, why)
-    if missing:
-        lines += ["", f"Not evaluated ({len(missing)}):"]
-        lines += [f"  {term}: {why}" for term, why in missing.items()]
-    if per_term:
-        for layer, summary in layers.items():
-            terms = summary.get("terms", {})
-            w = max([len("term")] + [len(t) for t in terms])
-            head = f"{'term':<{w}}  {'n_pos':>5}  " + "  ".join(f"{m:>11}" for m in METRICS)
-            lines += ["", f"Layer {layer}", head, "-" * len(head)]
-            for term, res in terms.items():
-                lines.append(f"{term:<{w}}  {res.get('n_pos', 0):>5}  "
-                             + "  ".join(f"{_cell(res.get(m)):>11}" for m in METRICS))
-    return "\n".join(lines)
+    combined = replace(combine_partitions(parts, reasons, n_pos=n_pos), held_out=held_out)
+    if records is None:
+        return combined
+    return replace(combined, groups=combine_partitions(group_parts))
