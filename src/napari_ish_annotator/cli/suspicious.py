@@ -8,7 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.data.manifest import read_manifest
+from ..core.labels.consensus import annotator_labels
+from ..core.labels.store import LabelStore
+from ..core.learn.metrics import labelled_mask
+from ..core.learn.review import iter_out_of_fold_probabilities, rank_suspicious
+from ..core.utils.csvio import write_csv
 from ..core.utils.errors import InputError
+from ..core.workflow import iter_features, make_extractor
 from . import _common as c
 
 LABEL_WORD = {1: "present", 0: "absent"}
@@ -27,8 +34,6 @@ def _labels(args: argparse.Namespace, dataset) -> np.ndarray:
     if not Path(args.labels).is_file():
         raise InputError("label store not found; give the .sqlite file the plugin or "
                          "'ish-annotator labels import' wrote", path=args.labels)
-    from ..core.labels.consensus import annotator_labels
-    from ..core.labels.store import LabelStore
 
     with LabelStore(args.labels, read_only=True) as store:
         return annotator_labels(store, dataset.paths, dataset.vocabulary,
@@ -36,10 +41,6 @@ def _labels(args: argparse.Namespace, dataset) -> np.ndarray:
 
 
 def cmd_suspicious(args: argparse.Namespace) -> int:
-    from ..core.data.manifest import read_manifest
-    from ..core.learn.review import iter_out_of_fold_probabilities, rank_suspicious
-    from ..core.utils.csvio import write_csv
-    from ..core.workflow import iter_features, make_extractor
 
     if args.folds < 2:
         raise InputError(f"--folds must be at least 2, got {args.folds}")
@@ -49,7 +50,7 @@ def cmd_suspicious(args: argparse.Namespace) -> int:
         raise InputError("no image of the manifest has a label to review"
                          + (f" by {args.annotator!r}" if args.labels else ""),
                          path=args.labels or args.manifest)
-    labelled = (Y >= 0).any(axis=1)
+    labelled = labelled_mask(Y)
     paths = [p for p, k in zip(dataset.paths, labelled, strict=True) if k]
     extractor = make_extractor(c.extractor_config(args), c.cache_dir(args))
     X = c.run(iter_features(extractor, paths), args, "features")
@@ -83,7 +84,7 @@ def register(sub) -> None:
     p.add_argument("--folds", type=int, default=5,
                    help="gene-grouped folds for the out-of-fold probabilities (default "
                         "%(default)s)")
-    p.add_argument("--layer", default=None, help="feature layer (VGG16: 17, 21, 24, 30; default 21)")
+    c.add_layer(p)
     c.add_backbone(p)
     c.add_classifier(p)
     c.add_dask(p)

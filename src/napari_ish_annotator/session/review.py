@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.labels.consensus import annotator_labels
 from ..core.learn.decision import calls, calls_text, uncertainty
 from ..core.learn.review import contradiction
 from ..core.utils.errors import InputError
@@ -54,8 +55,6 @@ def term_labels(session: Any, term: str) -> np.ndarray:
 def disagreement(session: Any, term: str) -> np.ndarray:
     """Per image, how split the store's annotators are on ``term``: the minority share of
     their present/absent labels (0 = all agree or fewer than two labelled, 0.5 = a tie)."""
-    from ..core.labels.consensus import annotator_labels
-
     store = session.store
     if store is None or len(store.annotators()) < 2:
         return np.zeros(session.n_images)
@@ -88,8 +87,6 @@ def gallery_order(session: Any, term: str, sort: str = "list order",
     elif where.labelled == "unlabelled":
         keep &= labels < 0
     if where.annotator:
-        from ..core.labels.consensus import annotator_labels
-
         if session.store is None:
             raise InputError("no label store is open; open images first")
         theirs = annotator_labels(session.store, list(session.paths), [term],

@@ -25,7 +25,7 @@ from ..utils.errors import InputError
 from ..utils.progress import ProgressGen, sub_progress
 from .calibration import fit_platt
 from .folds import iter_out_of_fold
-from .metrics import trainable_terms
+from .metrics import labelled_rows, trainable_terms
 
 __all__ = ["REVIEW_FOLDS", "SuspiciousLabel", "contradiction", "iter_out_of_fold_probabilities",
            "rank_suspicious"]
@@ -86,7 +86,7 @@ def iter_out_of_fold_probabilities(X: Any, Y: np.ndarray, groups: Any, config: A
 
     Y = np.asarray(Y, dtype=np.int8)
     groups = np.asarray(groups)
-    labelled = np.flatnonzero((Y != -1).any(axis=1))
+    labelled = labelled_rows(Y)
     if len(np.unique(groups[labelled])) < 2:
         raise InputError("the labelled images belong to fewer than two genes; out-of-fold "
                          "probabilities hold each image's gene out, so give images of several "
