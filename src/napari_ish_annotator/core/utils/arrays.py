@@ -256,7 +256,8 @@ def _check_torch_zip(fh: IO[bytes], path: str | Path, what: str, hint: str,
         with zipfile.ZipFile(fh) as zf:
             infos = zf.infolist()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        raise InputError(f"the {what} is not a torch file (torch.save's zip format); {hint}",
+        raise InputError(f"cannot read the {what}: it is not a torch file (torch.save's zip format); "
+                         f"{hint}",
                          path=path) from None
     fh.seek(0)
     if len(infos) > _MAX_ZIP_RECORDS:
