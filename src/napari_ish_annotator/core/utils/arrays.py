@@ -273,20 +273,30 @@ def _check_torch_zip(fh: IO[bytes], path: str | Path, what: str, hint: str,
         raise over_budget(total, f"the {what}", path)
 
 
-def torch_load(path: str | Path, what: str, hint: str, budget: int | None = None) -> Any:
-    """``torch.load(weights_only=True)`` of a regular file that passed the checks above: torch's
-    zip format, stored records only, within the budget (one handle: what is checked is what is
-    loaded). Every failure is one line."""
-    import torch
+def torch_load(path: str | Path, what: str, hint: str, budget: int | None = None,
+               data: bytes | None = None) -> Any:
+    """``torch.load(weights_only=True)`` of a regular file (or of ``data``, e.g. a package
+    member, with ``path`` naming it) that passed the checks above: torch's zip format, stored
+    records only, within the budget (one handle: what is checked is what is loaded). Every
+    failure is one line."""
+    import io
 
     budget = model_budget() if budget is None else budget
-    with open_regular(path, what) as fh:
+    with contextlib.ExitStack() as stack:
+        fh = io.BytesIO(data) if data is not None else stack.enter_context(
+            open_regular(path, what))
         _check_torch_zip(fh, path, what, hint, budget)
-        try:
-            return torch.load(fh, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unpickling problem is a bad file
-            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
-            if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-                first = "it holds Python objects that only a full (code-running) unpickling loads"
-            raise InputError(f"cannot read the {what} ({type(exc).__name__}: {first[:200]}); "
-                             f"{hint}", path=path) from None
+        return _load(fh, path, what, hint)
+
+
+def _load(fh: IO[bytes], path: str | Path, what: str, hint: str) -> Any:
+    import torch
+
+    try:
+        return torch.load(fh, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling problem is a bad file
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            first = "it holds Python objects that only a full (code-running) unpickling loads"
+        raise InputError(f"cannot read the {what} ({type(exc).__name__}: {first[:200]}); "
+                         f"{hint}", path=path) from None
