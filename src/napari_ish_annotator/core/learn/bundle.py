@@ -314,8 +314,8 @@ def load_bundle(
                                 center=bool(ens.get("center", False)))
         backbone, layer = str(info["backbone"]), info["layer"]
         input_size = int(info.get("input_size", 224))
-        training = info.get("training") or {}
-        term_counts = training.get("term_counts") or {}
+        training = info.get("training")
+        term_counts = {} if training is None else training.get("term_counts") or {}
         if not isinstance(term_counts, dict):
             raise TypeError("training.term_counts is not a mapping")
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:

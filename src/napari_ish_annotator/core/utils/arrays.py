@@ -107,8 +107,8 @@ def _depth(obj: Any, limit: int) -> int:
 
 def load_json(path: str | Path, what: str, hint: str, max_bytes: int = _MAX_JSON_BYTES) -> Any:
     """Parse a JSON file with bounded size and depth, finite numbers only; errors are one line."""
-    with open_regular(path, what) as fh:
-        data = fh.read(max_bytes + 1)
+    with open_regular(path, what) as fh:  # read() preallocates what it is asked for
+        data = fh.read(min(os.fstat(fh.fileno()).st_size, max_bytes) + 1)
     if len(data) > max_bytes:
         raise InputError(f"the {what} is larger than {max_bytes >> 20} MiB; {hint}", path=path)
     try:
