@@ -387,8 +387,11 @@ def _check_sizes(mj: Path, backbone: str, layer: object, input_size: int, d: int
     if not 1 <= input_size <= MAX_INPUT_SIZE:
         raise InputError(f"input size {input_size} is outside 1..{MAX_INPUT_SIZE}; the model is "
                          "damaged, train it again", path=mj)
-    spec = get_spec(backbone)
-    most = math.prod(spec.feature_shape(None if layer is None else str(layer), input_size))
+    try:
+        spec = get_spec(backbone)
+        most = math.prod(spec.feature_shape(None if layer is None else str(layer), input_size))
+    except InputError as exc:  # unknown backbone or layer: say which file names it
+        raise InputError(f"{exc}; the model names it - train the model again", path=mj) from None
     if not (1 <= d <= most and 1 <= n_members <= 10_000 and 0 <= n_terms <= 100_000):
         raise InputError(f"declares {d} features x {n_members} members x {n_terms} terms, but "
                          f"{spec.name} layer {layer} at {input_size} px gives at most {most} "
