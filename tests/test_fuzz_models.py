@@ -166,7 +166,7 @@ def _check_checkpoint(folder: Path, blob: bytes, timed: bool = True) -> str:
             load_finetuned(ckpt)
         except InputError as exc:
             assert "\n" not in str(exc), str(exc)
-    assert time.monotonic() - start < SECONDS_PER_EXAMPLE
+    assert not timed or time.monotonic() - start < SECONDS_PER_EXAMPLE
     assert path.read_bytes() == blob
     return outcome
 
