@@ -144,7 +144,7 @@ def test_package_python_runs_only_with_trust(package, trained, tmp_path, tiny_da
     """Without trust_code neither the package's network.py nor its TorchScript runs: this
     project's own network code is filled from the package's state dict (issue 24, item 1)."""
     from napari_ish_annotator.core.data.images import read_rgb
-    from napari_ish_annotator.core.export.bioimageio import predict_package
+    from napari_ish_annotator.core.export.packages import predict_package
 
     marker = tmp_path / "marker.txt"
     hostile = _hostile(package, tmp_path, marker, torchscript=torchscript)
@@ -308,7 +308,7 @@ def test_npz_headers_are_checked_against_model_json_first(trained, tmp_path, mem
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> dict:
     """A real, complete fine-tuning checkpoint's contents (random VGG16 trunk, 2 terms)."""
-    from napari_ish_annotator.core.backbones.registry import load_backbone
+    from napari_ish_annotator.core.backbones.weights import load_backbone
     from napari_ish_annotator.core.finetune.config import FORMAT
     from napari_ish_annotator.core.finetune.network import build_head
 
@@ -383,7 +383,7 @@ def test_hostile_checkpoints_are_one_line(checkpoint, tmp_path, capsys, case, wh
     if case in ("legacy-pickle", "deflated", "reduce", "nan-normalisation",
                 "short-normalisation"):  # the same file as --weights: the same line
         with pytest.raises(InputError, match=why):
-            from napari_ish_annotator.core.backbones.registry import load_backbone
+            from napari_ish_annotator.core.backbones.weights import load_backbone
 
             load_backbone("vgg16", str(path))
     torch.save(checkpoint, path)  # the intact checkpoint loads

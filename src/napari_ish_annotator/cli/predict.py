@@ -6,15 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..core.data.inputs import collect_inputs, iter_scan_inputs
+from ..core.learn.bundle import load_bundle
 from ..core.utils.errors import InputError
+from ..core.workflow import iter_predict_chunked, write_predictions
 from . import _common as c
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..core.data.inputs import collect_inputs
-    from ..core.learn.bundle import load_bundle
-    from ..core.workflow import iter_predict_chunked, write_predictions
-
     out = Path(args.out).absolute()
     for item in args.inputs:
         if Path(item).absolute() == out or (Path(item).exists() and out.exists()
@@ -32,8 +31,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                          path=" ".join(map(str, args.inputs)))
     device = None if args.device == "auto" else args.device
     try:
-        probabilities, votes = c.run(iter_predict_chunked(bundle, images, c.cache_dir(args),
-                                                          device, args.chunk_size), args, "predict")
+        probabilities, votes = c.run(iter_predict_chunked(
+            bundle, images, c.cache_dir(args), device, args.chunk_size,
+            executor=c.executor(args)), args, "predict")
     except InputError as exc:
         if args.skip_bad or exc.path is None or Path(exc.path) not in set(images):
             raise
@@ -52,8 +52,6 @@ def _skip_bad_inputs(args: argparse.Namespace) -> list[Path]:
     each re-run reveal only the next bad file. Non-image files inside folders stay silently
     ignored, as without the option.
     """
-    from ..core.data.inputs import iter_scan_inputs
-
     scanned = c.run(iter_scan_inputs(args.inputs, check="decode"), args, "checking images")
     for problem in scanned.problems:
         if not problem.ignorable:

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..utils.errors import InputError
 from ..utils.extras import check_compatible, require_extra
+from .received import vet_package
 
 __all__ = ["as_input", "failed_details", "predict_package",
            "run_package_test"]
@@ -25,7 +26,7 @@ __all__ = ["as_input", "failed_details", "predict_package",
 
 def require_bioimageio(purpose: str = "the bioimage.io export") -> None:
     """InputError saying what to install (or which versions to use) when bioimageio.spec/core
-    are missing, do not import, or are a known-broken combination (``core.extras``)."""
+    are missing, do not import, or are a known-broken combination (``core.utils.extras``)."""
     for module in ("bioimageio.spec", "bioimageio.core"):
         require_extra(module, "bioimageio", purpose)
     check_compatible("bioimageio")
@@ -68,8 +69,6 @@ def predict_package(path: str | Path, images: Sequence[np.ndarray],
     hands the vetted package to bioimageio.core, which picks a weight format and may import
     and run the package's code.
     """
-    from .received import vet_package
-
     package = vet_package(path)
     if not trust_code:
         import torch

@@ -31,11 +31,13 @@ from typing import Any
 
 import numpy as np
 
+from ..backbones.specs import get_spec
 from ..features.extractor import ExtractorConfig
 from ..utils.arrays import MAX_INPUT_SIZE, NpzReader, load_json, model_budget, over_budget
 from ..utils.errors import InputError
 from .calibration import Calibration, identity
-from .ensembles import EnsembleClassifier, EnsembleConfig, TermEnsemble
+from .ensembles import EnsembleClassifier, TermEnsemble
+from .logistic import EnsembleConfig, majority_vote
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ModelBundle", "save_bundle", "load_bundle",
            "file_in_bundle"]
@@ -85,8 +87,6 @@ class ModelBundle:
         """:meth:`predict_proba` and :meth:`predict_votes` from one pass over the members."""
         from scipy.special import expit
 
-        from .ensembles import majority_vote
-
         dec = self.classifier.decision_members(X)
         return self.calibration_or_identity().apply(expit(dec).mean(axis=2)), majority_vote(dec)
 
@@ -105,8 +105,6 @@ def package_versions() -> dict[str, str | None]:
 def _backbone_defaults(backbone: str) -> tuple[str | None, dict | None]:
     """Default layer and normalisation of a registered backbone (None if unknown)."""
     try:
-        from ..backbones.registry import get_spec
-
         spec = get_spec(backbone)
     except InputError:
         return None, None
@@ -382,8 +380,6 @@ def _check_sizes(mj: Path, backbone: str, layer: object, input_size: int, d: int
                  n_members: int, n_terms: int) -> None:
     """Declared sizes against the backbone and the memory budget, before any array is read
     (a 7M-feature model.json would otherwise inflate gigabytes before its shape check)."""
-    from ..backbones.registry import get_spec
-
     if not 1 <= input_size <= MAX_INPUT_SIZE:
         raise InputError(f"input size {input_size} is outside 1..{MAX_INPUT_SIZE}; the model is "
                          "damaged, train it again", path=mj)
