@@ -102,6 +102,27 @@ class LabelsPart:
         store.set_label(self.paths[i], term, value)
         self._labels_written([i])
 
+    def set_labels(self, term: str, value: int | None, indices: Sequence[int]) -> int:
+        """One term's label of several images as one batch (the Gallery's marks): one
+        :meth:`undo` reverts all of it. Images that already have ``value`` are left alone, so
+        every write is a new event. Returns the number of labels changed."""
+        store = self._require_store()
+        if term not in self.vocabulary:
+            raise InputError(f"unknown term {term!r}; add it to the vocabulary first")
+        rows = [int(i) for i in dict.fromkeys(indices) if 0 <= int(i) < self.n_images]
+        current = self.label_matrix()[:, self.vocabulary.index(term)] if rows else []
+        want = -1 if value is None else int(value)
+        rows = [i for i in rows if current[i] != want]
+        events = []
+        try:
+            for i in rows:
+                events.append(store.set_label(self.paths[i], term, value))
+        finally:
+            if events:
+                self._label_batches.append((events[-1].id, len(events)))
+                self._labels_written(rows[:len(events)])
+        return len(events)
+
     def cycle_label(self, term: str, index: int | None = None) -> int | None:
         """unknown -> present -> absent -> unknown; returns the new value."""
         i = self.index if index is None else index
@@ -114,15 +135,24 @@ class LabelsPart:
         event = store.undo()
         if event is None:
             return False
-        changed = [i for i, p in enumerate(self.paths)
-                   if str(p) == str(event.image_path) or Path(event.image_path) == p]
+        events = [event]
+        if self._label_batches and event.undo_of == self._label_batches[-1][0]:
+            # the latest change was a batch (set_labels): undo the rest of it too
+            for _ in range(self._label_batches.pop()[1] - 1):
+                more = store.undo()
+                if more is None:
+                    break
+                events.append(more)
+        where = {str(e.image_path) for e in events}
+        where_paths = {Path(w) for w in where}
+        changed = [i for i, p in enumerate(self.paths) if str(p) in where or p in where_paths]
         if changed:
             self._labels_written(changed)
         else:
             self._label_cache = {}
             self._Y = None
             self.labels_changed.emit(list(range(self.n_images)))
-        if changed and changed[0] != self.index:
+        if len(events) == 1 and changed and changed[0] != self.index:
             self.set_index(changed[0])
         return True
 

@@ -19,7 +19,8 @@ from typing import Any
 
 from ..core.utils.errors import InputError
 from ..session import AnnotatorSession
-from ._errors import shows_input_error
+from ._embryo_features import bind_table_layer
+from ._errors import report_error, shows_input_error
 from ._napari_private import route_csv_saves, window_closed
 
 EMBRYO_LAYER = "ISH embryo"
@@ -64,9 +65,7 @@ def _current_rgb(session: AnnotatorSession) -> Any | None:
     try:
         return session.image()
     except InputError as exc:
-        from napari.utils.notifications import show_error
-
-        show_error(str(exc))
+        report_error(exc)
         return None
 
 
@@ -84,15 +83,15 @@ OPEN_HINT = ("ISH Annotator: open embryo images in the Embryos tab\n"
 
 
 def overlay_text(session: AnnotatorSession) -> str:
-    """Terms at or above the threshold with their probabilities, highest first."""
+    """The terms called present (the one rule, :mod:`..core.learn.decision`) with their
+    probabilities, highest first: the same answer as the Annotate list's pred. column."""
     if session.current_path is None:
         return OPEN_HINT if session.n_images == 0 else ""
     lines = [f"{session.index + 1}/{session.n_images}  {session.current_path.name}"]
-    probs = session.probabilities_for()
+    probs, called = session.probabilities_for(), session.called_for()
     if probs:
-        thr = session.settings.overlay_threshold
-        shown = [(t, p) for t, p in sorted(probs.items(), key=lambda kv: -kv[1]) if p >= thr]
-        lines += [f"{p:.2f}  {t}" for t, p in shown] or [f"(no term >= {thr:.2f})"]
+        shown = [(t, p) for t, p in sorted(probs.items(), key=lambda kv: -kv[1]) if called[t]]
+        lines += [f"{p:.2f}  {t}" for t, p in shown] or ["(no term called present)"]
     return "\n".join(lines)
 
 
@@ -291,16 +290,16 @@ class ViewerBinding:
         self._open_now(list(inputs))
 
     def _open_now(self, inputs: list[str]) -> None:
-        from napari.utils.notifications import show_error, show_warning
+        from napari.utils.notifications import show_warning
 
         try:
             self.session.open(inputs)
         except InputError as exc:
-            show_error(str(exc))
+            report_error(exc)
             return
         err = self.session.take_pending_error()
         if err is not None:
-            show_error(str(err))
+            report_error(err)
         skipped = self.session.skipped
         if skipped:
             show_warning(f"{len(skipped)} file(s) skipped: " + "; ".join(skipped[:3]))
@@ -333,6 +332,7 @@ class ViewerBinding:
         for sig in (session.predictions_changed, session.settings_changed,
                     session.dataset_changed):
             sig.connect(lambda *_: self.update_overlay())
+        bind_table_layer(viewer, session)  # predictions as a layer's features table
         self.keys = _key_handlers(viewer, session)
         route_csv_saves(viewer, lambda layer: layer.metadata.get(META_KEY) == "embryo",
                         session.export_all)
