@@ -73,8 +73,8 @@ TRAIN_SCRIPT = textwrap.dedent("""
     viewer = napari.Viewer(show=False)
     viewer.open(sys.argv[1], plugin="napari-ish-annotator")  # File > Open
     annotator = open_annotator(viewer)
-    annotator.session.update_settings(backbone="vgg16", weights="random", input_size=64,
-                                      device="cpu")
+    annotator.session.update_settings(backbone="vgg16", weights="random", layer="21",
+                                      input_size=64, device="cpu")
     panel = annotator.model if sys.argv[2] == "extract" else annotator.train
     button = panel.extract_button if sys.argv[2] == "extract" else panel.train_button
     if sys.argv[2] == "train":
