@@ -8,6 +8,7 @@ as progress generators (frozen request in, frozen :mod:`.results` out).
 from ..core.workflow import failed_rows
 from . import annotators, model_outputs
 from .labels import LABEL_CYCLE
+from .model import needs_network
 from .results import (
     ExtractedFeatures,
     FinetuneOutcome,
@@ -27,5 +28,6 @@ __all__ = [
     "LABEL_CYCLE", "LABEL_FALLBACK", "MIN_CV_PER_CLASS", "UNCERTAIN_BAND", "AnnotatorSession",
     "ExtractedFeatures", "FinetuneOutcome", "GradcamMaps", "ModelState", "OpenedDataset",
     "Predictions", "SessionSettings", "StoreSwitch", "TrainReport", "TrainedModel",
-    "WrongThreadError", "annotators", "failed_rows", "model_outputs", "throttled",
+    "WrongThreadError", "annotators", "failed_rows", "model_outputs", "needs_network",
+    "throttled",
 ]

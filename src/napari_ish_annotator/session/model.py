@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..core.backbones.devices import resolve_device, resolve_device_type
+from ..core.data.images import content_hash
 from ..core.features.extractor import ExtractorConfig
 from ..core.learn.bundle import load_bundle, save_bundle
 from ..core.learn.decision import calls
@@ -365,3 +366,18 @@ class ModelPart:
                 not 0 <= i < len(spread.std):
             return {}
         return {t: float(v) for t, v in zip(spread.vocabulary, spread.std[i], strict=True)}
+
+
+def needs_network(features: ExtractedFeatures | None,
+                  extract: steps.ExtractRequest) -> bool:
+    """Whether getting the features runs the network (some image not in the feature cache).
+    Reads every file's content hash: call it in a worker, not on the GUI thread."""
+    if features is not None:
+        return False
+    cache = extract.extractors.get(extract.config).cache
+    if cache is None:
+        return True
+    try:
+        return not all(content_hash(p) in cache for p in extract.paths)
+    except (InputError, OSError):
+        return True

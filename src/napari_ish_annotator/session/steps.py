@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.data.images import content_hash, read_rgb
+from ..core.data.images import read_rgb
 from ..core.data.inputs import iter_scan_inputs
 from ..core.data.manifest import parse_vocabulary, training_fingerprint
 from ..core.data.vocabulary import default_vocabulary
@@ -250,20 +250,6 @@ def iter_extract(req: ExtractRequest) -> ProgressGen[ExtractedFeatures]:
     X = yield from iter_features(extractor, list(req.paths), on_error="skip")
     return ExtractedFeatures(X, extractor.signature(), req.generation,
                              tuple(extractor.last_failed))
-
-
-def needs_network(features: ExtractedFeatures | None, extract: ExtractRequest) -> bool:
-    """Whether getting the features runs the network (some image not in the feature cache).
-    Reads every file's content hash: call it in a worker, not on the GUI thread."""
-    if features is not None:
-        return False
-    cache = extract.extractors.get(extract.config).cache
-    if cache is None:
-        return True
-    try:
-        return not all(content_hash(p) in cache for p in extract.paths)
-    except (InputError, OSError):
-        return True
 
 
 def _features(features: ExtractedFeatures | None, extract: ExtractRequest

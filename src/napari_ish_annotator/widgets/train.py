@@ -26,7 +26,14 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.utils.errors import InputError
-from ..session import MIN_CV_PER_CLASS, TrainedModel, annotators, model_outputs, steps
+from ..session import (
+    MIN_CV_PER_CLASS,
+    TrainedModel,
+    annotators,
+    model_outputs,
+    needs_network,
+    steps,
+)
 from ._base import Collapsible, SessionDock
 from ._errors import report_error, shows_input_error
 from ._worker import TaskRunner
@@ -181,7 +188,7 @@ class TrainWidget(SessionDock):
         return self.runner.start(  # torch only if some features are not cached yet
             steps.iter_train, request, on_done=self._trained, message="training…",
             done_message="trained; predictions updated",
-            needs_torch=lambda: steps.needs_network(request.features, request.extract))
+            needs_torch=lambda: needs_network(request.features, request.extract))
 
     def _trained(self, result: TrainedModel) -> None:
         self.session.apply_trained(result)
