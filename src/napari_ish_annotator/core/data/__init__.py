@@ -19,7 +19,7 @@ from ..utils.lazy import attach
 __getattr__, __dir__, __all__ = attach(__name__, {
     "budget": ["DEFAULT_MAX_PIXELS", "max_pixels", "parse_pixels", "pixel_budget"],
     "images": ["SUPPORTED_SUFFIXES", "SUPPORTED_TEXT", "array_to_rgb", "check_image",
-               "check_image_path", "content_hash", "has_image_suffix", "is_hidden",
+               "check_image_path", "has_image_suffix", "is_hidden",
                "list_images", "open_image", "read_rgb", "vet_image"],
     "headers": ["ImageHeader", "read_header"],
     "inputs": ["collect_inputs", "iter_scan_inputs", "scan_inputs"],

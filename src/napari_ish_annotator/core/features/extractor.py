@@ -31,8 +31,8 @@ from ..backbones.weights import (
     remember_identity,
     weights_identity,
 )
-from ..data.images import content_hash
 from ..utils.errors import InputError
+from ..utils.hashing import content_hash
 from ..utils.progress import CancelToken, Progress, ProgressCallback, ProgressGen, drive
 from .cache import FeatureCache
 from .decoding import (
@@ -79,7 +79,7 @@ def _image_key(image: Any) -> str:
     if isinstance(image, np.ndarray):
         return array_hash(image)
 
-    return content_hash(image)
+    return content_hash(image, "image")
 
 
 class FeatureExtractor:
