@@ -10,10 +10,9 @@ from PIL import Image
 from napari_ish_annotator.core.data.images import (
     SUPPORTED_SUFFIXES,
     array_to_rgb,
-    list_images,
     read_rgb,
 )
-from napari_ish_annotator.core.data.inputs import collect_inputs, scan_inputs
+from napari_ish_annotator.core.data.inputs import collect_inputs, list_images, scan_inputs
 from napari_ish_annotator.core.utils.errors import InputError
 
 

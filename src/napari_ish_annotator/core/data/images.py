@@ -62,7 +62,7 @@ from .headers import HeaderError, ImageHeader, read_header, sniff, tiff_header
 
 __all__ = ["BYTES_PER_PIXEL", "DEFAULT_MAX_PIXELS", "MAX_PIXELS_ENV", "SUPPORTED_SUFFIXES",
            "SUPPORTED_TEXT", "ImageHeader", "array_to_rgb", "check_image", "check_image_path",
-           "has_image_suffix", "is_hidden", "list_images", "max_pixels", "open_image",
+           "has_image_suffix", "max_pixels", "open_image",
            "parse_pixels", "pixel_budget", "read_rgb", "set_max_pixels", "vet_image"]
 
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
@@ -398,20 +398,3 @@ def array_to_rgb(arr: np.ndarray, path: str | Path | None = None) -> np.ndarray:
     if out.shape[-1] == 1:
         out = np.repeat(out, 3, axis=-1)
     return np.ascontiguousarray(out)
-
-
-def is_hidden(path: Path) -> bool:
-    """Hidden files are never images to open."""
-    return path.name.startswith(".")  # also skips macOS "._name.png" resource forks
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    """Supported images directly inside ``folder`` (not recursive), sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError("folder not found; check the path", path=folder)
-    return sorted(
-        (p for p in folder.iterdir()
-         if p.is_file() and not is_hidden(p) and has_image_suffix(p)),
-        key=lambda p: p.name,
-    )
