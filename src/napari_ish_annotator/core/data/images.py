@@ -46,24 +46,16 @@ import numpy as np
 
 from ..utils.errors import InputError
 from .budget import (
-    BYTES_PER_PIXEL,
-    DEFAULT_MAX_PIXELS,
-    MAX_PIXELS_ENV,
     check_header,
     check_pixels,
     follow_in_pillow,
     max_pixels,
-    parse_pixels,
-    pixel_budget,
-    set_max_pixels,
     too_large,
 )
 from .headers import HeaderError, ImageHeader, read_header, sniff, tiff_header
 
-__all__ = ["BYTES_PER_PIXEL", "DEFAULT_MAX_PIXELS", "MAX_PIXELS_ENV", "SUPPORTED_SUFFIXES",
-           "SUPPORTED_TEXT", "ImageHeader", "array_to_rgb", "check_image", "check_image_path",
-           "has_image_suffix", "max_pixels", "open_image",
-           "parse_pixels", "pixel_budget", "read_rgb", "set_max_pixels", "vet_image"]
+__all__ = ["SUPPORTED_SUFFIXES", "SUPPORTED_TEXT", "array_to_rgb", "check_image",
+           "check_image_path", "has_image_suffix", "open_image", "read_rgb", "vet_image"]
 
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 #: how messages name the supported types
