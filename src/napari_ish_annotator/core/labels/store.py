@@ -12,9 +12,9 @@ Images are identified by the sha256 of their bytes, so a moved or renamed image 
 labels (its stored path is updated the next time it is seen).
 
 Files: this module holds the store's events and image identities; opening a file safely
-(read-only vetting first, time budget, Ctrl-C) is :mod:`.label_open`, what a store may
-contain is :mod:`.label_schema`, reading current labels :mod:`.label_reading` and manifest
-import/export :mod:`.label_manifests` (mixins of :class:`LabelStore`).
+(read-only vetting first, time budget, Ctrl-C) is :mod:`.connection`, what a store may
+contain is :mod:`.schema`, reading current labels :mod:`.reading` and manifest
+import/export :mod:`.manifests` (mixins of :class:`LabelStore`).
 """
 
 from __future__ import annotations
