@@ -10,7 +10,7 @@ pytestmark = pytest.mark.gui
 
 
 def test_open_counts_labels_once_and_counts_follow_changes(make_napari_viewer, tmp_path):
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     viewer = make_napari_viewer()
     embryos = dock(viewer, "Embryos")
@@ -56,7 +56,7 @@ def test_switching_label_file_runs_in_the_worker_without_rehashing(make_napari_v
     from napari_ish_annotator.core.utils.hashing import FILE_HASHES
     from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.session import steps
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     viewer = make_napari_viewer()
     embryos = dock(viewer, "Embryos")
