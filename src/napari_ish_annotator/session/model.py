@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 
 from ..core.backbones.devices import resolve_device, resolve_device_type
-from ..core.data.images import content_hash
 from ..core.features.extractor import ExtractorConfig
 from ..core.learn.bundle import load_bundle, save_bundle
 from ..core.learn.decision import calls
 from ..core.learn.metrics import class_counts, has_both_classes, labelled_rows
 from ..core.learn.splits import group_ids
 from ..core.utils.errors import InputError
+from ..core.utils.hashing import content_hash
 from ..core.workflow import write_predictions
 from . import steps
 from .results import (
@@ -371,13 +371,13 @@ class ModelPart:
 def needs_network(features: ExtractedFeatures | None,
                   extract: steps.ExtractRequest) -> bool:
     """Whether getting the features runs the network (some image not in the feature cache).
-    Reads every file's content hash: call it in a worker, not on the GUI thread."""
+    Hashes every file not hashed yet (once per process): call it in a worker."""
     if features is not None:
         return False
     cache = extract.extractors.get(extract.config).cache
     if cache is None:
         return True
     try:
-        return not all(content_hash(p) in cache for p in extract.paths)
+        return not all(content_hash(p, "image") in cache for p in extract.paths)
     except (InputError, OSError):
         return True
