@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from _gui_helpers import TERMS, dock, make_dataset
+from _gui_helpers import TERMS, click, dock, make_dataset
 from _gui_helpers import wait_done as _wait
 
 pytestmark = pytest.mark.gui
@@ -28,7 +28,7 @@ def test_truncated_image_is_skipped_reported_and_never_classified(make_napari_vi
     bad.write_bytes(bad.read_bytes()[:100])
     annotate.set_settings(weights="random", input_size=64, layer="21", device="cpu")
 
-    annotate.extract()
+    click(qtbot, annotate.extract_button)
     _wait(qtbot, annotate.runner)  # completes despite the bad image
     X = session.features
     assert np.isnan(X[9]).all() and np.isfinite(X[:9]).all()
@@ -37,7 +37,7 @@ def test_truncated_image_is_skipped_reported_and_never_classified(make_napari_vi
     assert bad.name in embryos.skipped_label.toolTip()
 
     train.members_spin.setValue(3)
-    train.train()
+    click(qtbot, train.train_button)
     _wait(qtbot, train.runner)
     clf = session.bundle.classifier
     assert clf.vocabulary == list(TERMS)
@@ -60,7 +60,7 @@ def test_truncated_image_is_skipped_reported_and_never_classified(make_napari_vi
             return _original(X)
 
         setattr(clf, name, spy)
-    annotate.predict()
+    click(qtbot, annotate.predict_button)
     _wait(qtbot, annotate.runner)
     np.testing.assert_array_equal(session.probabilities[:9], P[:9])
     assert np.isnan(session.probabilities[9]).all()

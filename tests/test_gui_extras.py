@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from _gui_helpers import TERMS, dock, make_dataset, press
+from _gui_helpers import TERMS, answer_save_dialog, click, dock, make_dataset, press
 from _gui_helpers import wait_done as _wait
 
 pytestmark = pytest.mark.gui
@@ -66,12 +66,12 @@ def test_disagreement_filter_hover_consensus_training_and_agreement(gui, qtbot, 
 
     mine = session.label_matrix().copy()
     train.source_combo.setCurrentIndex(1)  # consensus of all annotators
-    train.train()
+    click(qtbot, train.train_button)
     _wait(qtbot, train.runner)
     assert session.bundle is not None and session.bundle.classifier.vocabulary == list(TERMS)
     np.testing.assert_array_equal(session.label_matrix(), mine)  # no label lost
 
-    train.show_agreement()
+    click(qtbot, train.agreement_button)
     _wait(qtbot, train.runner)
     text = train.agreement_text.toPlainText()
     assert train.agreement_text.isVisibleTo(train) and "overall" in text and "bob" in text
@@ -81,14 +81,14 @@ def test_next_to_label_ranks_lists_first_and_shift_n_goes_on(gui, qtbot):
     viewer, session, embryos, annotate, train = gui
     from napari_ish_annotator.core.learn.active import suggest
 
-    embryos.rank_next_to_label()  # no model yet: one message, nothing runs
+    click(qtbot, embryos.suggest_button)  # no model yet: one message, nothing runs
     assert not embryos.runner.running and session.label_order is None
-    train.train()
+    click(qtbot, train.train_button)
     _wait(qtbot, train.runner)
     session.set_annotator("alice")
     for i in (1, 4, 6):
         session.set_label("hindgut", None, i)
-    embryos.rank_next_to_label()
+    click(qtbot, embryos.suggest_button)
     _wait(qtbot, embryos.runner)
     X = session.features[[1, 4, 6]]
     expected = np.array([1, 4, 6])[suggest(session.bundle.classifier, X,
@@ -104,12 +104,13 @@ def test_next_to_label_ranks_lists_first_and_shift_n_goes_on(gui, qtbot):
 def test_export_without_bioimageio_is_one_message_and_writes_nothing(gui, qtbot, tmp_path,
                                                                      monkeypatch):
     viewer, session, embryos, annotate, train = gui
-    train.export(str(tmp_path / "m.zip"))  # no model yet
+    answer_save_dialog(monkeypatch, tmp_path / "m.zip")
+    click(qtbot, train.export_button)  # no model yet
     assert not train.runner.running
-    train.train()
+    click(qtbot, train.train_button)
     _wait(qtbot, train.runner)
     monkeypatch.setitem(sys.modules, "bioimageio.core", None)
-    train.export(str(tmp_path / "m.zip"))
+    click(qtbot, train.export_button)
     qtbot.waitUntil(lambda: not train.runner.running, timeout=60_000)
     assert train.runner.last_outcome == "error"
     assert "[bioimageio]" in train.runner.last_error
@@ -117,11 +118,12 @@ def test_export_without_bioimageio_is_one_message_and_writes_nothing(gui, qtbot,
     assert session.bundle is not None  # the model in use is untouched
 
 
-def test_export_writes_a_package_that_passes_bioimageio_test(gui, qtbot, tmp_path):
+def test_export_writes_a_package_that_passes_bioimageio_test(gui, qtbot, tmp_path, monkeypatch):
     viewer, session, embryos, annotate, train = gui
-    train.train()
+    click(qtbot, train.train_button)
     _wait(qtbot, train.runner)
-    train.export(str(tmp_path / "m.zip"))
+    answer_save_dialog(monkeypatch, tmp_path / "m.zip")
+    click(qtbot, train.export_button)
     _wait(qtbot, train.runner)
     assert (tmp_path / "m.zip").is_file()
     assert "passed" in train.summary.text()
@@ -131,9 +133,9 @@ def test_term_list_shows_the_finetuned_ensembles_spread(gui, qtbot, tmp_path):
     from napari_ish_annotator.core.finetune import FinetuneConfig, finetune_ensemble, load_ensemble
 
     viewer, session, embryos, annotate, train = gui
-    train.show_spread()  # no fine-tuned model: one message, nothing runs
+    click(qtbot, train.spread_button)  # no fine-tuned model: one message, nothing runs
     assert not train.runner.running
-    train.train()
+    click(qtbot, train.train_button)
     _wait(qtbot, train.runner)
     config = FinetuneConfig(backbone="vgg16", weights="random", input_size=64, epochs=1,
                             batch_size=4, frozen="all", augment=False, device="cpu", seed=0)
@@ -141,10 +143,10 @@ def test_term_list_shows_the_finetuned_ensembles_spread(gui, qtbot, tmp_path):
     finetune_ensemble(list(session.paths), session.label_matrix().copy(),
                       list(session.vocabulary), config, ckpt, k=2)
     session.set_bundle(session.bundle, finetuned=ckpt)  # as after fine-tuning: then predict
-    annotate.predict()
+    click(qtbot, annotate.predict_button)
     _wait(qtbot, annotate.runner)
     session.set_index(5)
-    train.show_spread()
+    click(qtbot, train.spread_button)
     _wait(qtbot, train.runner)
     std = load_ensemble(ckpt).predict_proba([session.paths[5]]).std[0]
     P = session.probabilities[5]

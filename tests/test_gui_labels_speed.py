@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from _gui_helpers import TERMS, dock, make_dataset
+from _gui_helpers import TERMS, click, dock, make_dataset
 
 pytestmark = pytest.mark.gui
 
@@ -67,7 +67,7 @@ def test_switching_label_file_runs_in_the_worker_without_rehashing(make_napari_v
     monkeypatch.setattr(labels_mod, "_content_hash", lambda p: hashed.append(p) or real(p))
     other = tmp_path / "mine.sqlite"
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(other), ""))
-    embryos.store_button.click()
+    click(qtbot, embryos.store_button)
     qtbot.waitUntil(lambda: not embryos.runner.running, timeout=60_000)
     assert embryos.runner.last_outcome == "done", embryos.runner.last_error
     assert session.store.path == other and str(other) in embryos.store_label.text()

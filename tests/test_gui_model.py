@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _gui_helpers import TERMS, WAIT_MS, dock, make_dataset
+from _gui_helpers import TERMS, WAIT_MS, click, dock, make_dataset
 from _gui_helpers import wait_done as _wait
 
 pytestmark = pytest.mark.gui
@@ -26,7 +26,7 @@ def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tm
     annotate.set_settings(weights="random", input_size=64, layer="21", device="cpu")
     assert annotate.device_label.text() == "using: cpu"
 
-    annotate.extract()
+    click(qtbot, annotate.extract_button)
     assert annotate.runner.running  # in a worker: the GUI thread is free meanwhile
     _wait(qtbot, annotate.runner)
     X = session.features
@@ -35,7 +35,7 @@ def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tm
     # every term has 4 present / 4 absent labels (from the manifest), genes in pairs
     assert [train.table.item(r, 1).text() for r in range(3)] == ["4", "4", "4"]
     train.members_spin.setValue(3)
-    train.train()
+    click(qtbot, train.train_button)
     _wait(qtbot, train.runner)
     bundle = session.bundle
     assert bundle.classifier.vocabulary == list(TERMS)
@@ -67,14 +67,14 @@ def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tm
 
     # Predict again from the (cached) features: same numbers
     session.probabilities = None
-    annotate.predict()
+    click(qtbot, annotate.predict_button)
     _wait(qtbot, annotate.runner)
     np.testing.assert_allclose(session.probabilities, expected, rtol=1e-5, atol=1e-6)
 
     # Grad-CAM: one layer with the image's shape, and it follows the chosen term
     image = session.image()
     explain.term_combo.setCurrentText(TERMS[0])
-    explain.show_map()
+    click(qtbot, explain.show_button)
     _wait(qtbot, explain.runner)
     layer = gradcam_layer(viewer)
     assert layer.name == f"Grad-CAM: {TERMS[0]}"
@@ -83,7 +83,8 @@ def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tm
     ref0 = gradcam_for_image(bundle, session.extractor(), image, TERMS[0])
     np.testing.assert_allclose(layer.data, ref0, atol=1e-5)
 
-    annotate._cell_clicked(1, 1)  # click "brain" in the Annotate list
+    table = annotate.terms.table  # click "brain" in the Annotate list
+    click(qtbot, table.viewport(), table.visualItemRect(table.item(1, 1)).center())
     _wait(qtbot, explain.runner)
     assert gradcam_layer(viewer) is layer and layer.name == f"Grad-CAM: {TERMS[1]}"
     ref1 = gradcam_for_image(bundle, session.extractor(), image, TERMS[1])
@@ -130,11 +131,11 @@ def test_cancel_stops_extraction(make_napari_viewer, qtbot, tmp_path):
 
     def on_step(step):
         steps.append(step)
-        if step[0] >= 1:
-            annotate.runner.cancel()
+        if step[0] >= 1 and annotate.runner.cancel_button.isEnabled():
+            click(qtbot, annotate.runner.cancel_button)
 
-    worker = annotate.extract()
-    worker.yielded.connect(on_step)
+    click(qtbot, annotate.extract_button)
+    annotate.runner.worker.yielded.connect(on_step)
     qtbot.waitUntil(lambda: not annotate.runner.running, timeout=WAIT_MS)
     assert annotate.runner.last_outcome == "cancelled"
     assert annotate.runner.status.text() == "cancelled"
@@ -147,7 +148,7 @@ def test_cancel_stops_extraction(make_napari_viewer, qtbot, tmp_path):
 
     before = len(notification_manager.records)
     annotate.set_settings(weights="imagenet")
-    annotate.extract()
+    click(qtbot, annotate.extract_button)
     qtbot.waitUntil(lambda: not annotate.runner.running, timeout=WAIT_MS)
     if session.features is None:  # a machine with the weights in its cache just extracts
         assert annotate.runner.last_outcome == "error"
@@ -156,7 +157,7 @@ def test_cancel_stops_extraction(make_napari_viewer, qtbot, tmp_path):
         assert annotate.runner.status.text() == annotate.runner.last_error
 
 
-def test_train_refuses_terms_without_both_labels(make_napari_viewer, tmp_path):
+def test_train_refuses_terms_without_both_labels(make_napari_viewer, qtbot, tmp_path):
     from napari_ish_annotator.widgets._registry import get_session
 
     manifest = make_dataset(tmp_path / "data")
@@ -165,7 +166,7 @@ def test_train_refuses_terms_without_both_labels(make_napari_viewer, tmp_path):
     assert embryos.open_paths([manifest])
     get_session(viewer).add_term("midgut")
     assert train.table.rowCount() == 4
-    assert train.train() is None
+    click(qtbot, train.train_button)
     assert not train.runner.running
     assert "midgut (0 present, 0 absent)" in train.summary.text()
     assert get_session(viewer).bundle is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _gui_helpers import TERMS, WAIT_MS, dock, make_dataset, wait_embryo_shown
+from _gui_helpers import TERMS, WAIT_MS, click, dock, make_dataset, wait_embryo_shown
 from _gui_helpers import wait_done as _wait
 
 pytestmark = pytest.mark.gui
@@ -25,15 +25,15 @@ def test_gradcam_follows_a_retrained_model(make_napari_viewer, qtbot, tmp_path):
     annotate.set_settings(weights="random", input_size=64, layer="21", device="cpu")
     train.members_spin.setValue(3)
     train.cv_check.setChecked(False)
-    train.train()
+    click(qtbot, train.train_button)
     _wait(qtbot, train.runner)
     explain.term_combo.setCurrentText(TERMS[1])
-    explain.show_map()
+    click(qtbot, explain.show_button)
     _wait(qtbot, explain.runner)
     old = np.array(gradcam_layer(viewer).data)
 
     train.c_spin.setValue(0.01)  # a different model: other probabilities, other maps
-    train.train()
+    click(qtbot, train.train_button)
     _wait(qtbot, train.runner)
     qtbot.waitUntil(lambda: not explain.runner.running, timeout=WAIT_MS)
     layer = gradcam_layer(viewer)
@@ -45,7 +45,7 @@ def test_gradcam_follows_a_retrained_model(make_napari_viewer, qtbot, tmp_path):
     # without "update when the image or term changes" the stale map is hidden instead
     explain.follow_check.setChecked(False)
     train.c_spin.setValue(1.0)
-    train.train()
+    click(qtbot, train.train_button)
     _wait(qtbot, train.runner)
     assert not gradcam_layer(viewer).visible
 
@@ -85,9 +85,10 @@ def test_folder_button_opens_in_a_worker_and_cancel_keeps_the_open_dataset(
 
     def on_step(step):
         steps.append(step)
-        embryos.runner.cancel()
+        if embryos.runner.cancel_button.isEnabled():
+            click(qtbot, embryos.runner.cancel_button)
 
-    embryos.open_folder_button.click()
+    click(qtbot, embryos.open_folder_button)
     worker = embryos.runner.worker
     assert embryos.runner.running and not embryos.open_folder_button.isEnabled()
     worker.yielded.connect(on_step)
@@ -98,7 +99,7 @@ def test_folder_button_opens_in_a_worker_and_cancel_keeps_the_open_dataset(
     session.set_label(TERMS[1], 1, 2)  # the store is still open and writable
     assert embryos.open_folder_button.isEnabled()
 
-    embryos.open_folder_button.click()
+    click(qtbot, embryos.open_folder_button)
     assert embryos.runner.running  # the click returned at once; the work is in a worker
     _wait(qtbot, embryos.runner)
     assert session.n_images == 8 and embryos.row_count() == 8
@@ -122,7 +123,8 @@ def test_closing_napari_mid_task_stops_the_worker_without_crashing(
     session.set_label(TERMS[0], 1, 0)
     annotate.set_settings(weights="random", input_size=224, batch_size=1, device="cpu")
     steps, ended = [], []
-    worker = annotate.extract()
+    click(qtbot, annotate.extract_button)
+    worker = annotate.runner.worker
     worker.yielded.connect(lambda step: steps.append(step))
     worker.finished.connect(lambda: ended.append(True))
     qtbot.waitUntil(lambda: any(s[0] >= 1 for s in steps), timeout=WAIT_MS)
@@ -183,7 +185,7 @@ def test_a_wrong_label_file_keeps_the_working_store(make_napari_viewer, qtbot, t
     notes.write_text("my notes, not a database\n" * 10)
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(notes), ""))
     before = len(notification_manager.records)
-    embryos.store_button.click()  # the new file is prepared in the worker
+    click(qtbot, embryos.store_button)  # the new file is prepared in the worker
     qtbot.waitUntil(lambda: not embryos.runner.running, timeout=WAIT_MS)
     assert embryos.runner.last_outcome == "error"
     messages = [str(n.message) for n in notification_manager.records[before:]]
@@ -198,7 +200,7 @@ def test_a_wrong_label_file_keeps_the_working_store(make_napari_viewer, qtbot, t
 
     other = tmp_path / "mine.sqlite"  # a good pick switches
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(other), ""))
-    embryos.store_button.click()
+    click(qtbot, embryos.store_button)
     _wait(qtbot, embryos.runner)
     assert session.store.path == other and str(other) in embryos.store_label.text()
     session.set_label(TERMS[0], 1, 3)
@@ -220,7 +222,7 @@ def test_switching_back_to_the_previous_model_restores_its_votes(make_napari_vie
     annotate.set_settings(weights="random", input_size=64, layer="21", device="cpu")
     train.members_spin.setValue(3)
     train.cv_check.setChecked(False)
-    train.train()
+    click(qtbot, train.train_button)
     _wait(qtbot, train.runner)
     old_bundle = session.bundle
     # a model whose majority vote differs from 'mean probability >= 0.5' somewhere
@@ -230,14 +232,14 @@ def test_switching_back_to_the_previous_model_restores_its_votes(make_napari_vie
     assert (votes != (session.probabilities >= 0.5)).any()
     sec = train.finetune
     train.c_spin.setValue(0.01)
-    train.train()
+    click(qtbot, train.train_button)
     _wait(qtbot, train.runner)
     assert session.bundle is not old_bundle
     # as after a fine-tuning run: the previous model is kept for "switch back"
     session.previous_model = replace(session.model_state(), bundle=old_bundle, votes=votes)
     sec._show_switch()
 
-    sec.switch_model()
+    click(qtbot, sec.switch_button)
     assert session.bundle is old_bundle
     np.testing.assert_array_equal(session.votes, votes)
     word = "yes" if votes[0, 0] else "no"
@@ -261,7 +263,7 @@ def test_changing_backbone_during_fine_tuning_does_not_break_the_refit(make_napa
     sec.frozen_combo.setCurrentIndex(sec.frozen_combo.findData("17"))
     sec.augment_check.setChecked(False)
     sec.device_combo.setCurrentText("cpu")
-    sec.start()
+    click(qtbot, sec.start_button)
     assert sec.runner.running
     annotate.backbone_combo.setCurrentText("resnet50")  # the user browses the settings meanwhile
     qtbot.waitUntil(lambda: not sec.runner.running, timeout=180_000)

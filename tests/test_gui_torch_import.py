@@ -28,7 +28,8 @@ SCRIPT = textwrap.dedent("""
 
     sys.addaudithook(hook)
     import napari
-    from qtpy.QtCore import QEventLoop
+    from qtpy.QtCore import QEventLoop, Qt
+    from qtpy.QtTest import QTest
     from napari_ish_annotator.widgets import open_annotator
 
     viewer = napari.Viewer(show=False)
@@ -39,7 +40,7 @@ SCRIPT = textwrap.dedent("""
     runner = annotator.model.runner
     loop = QEventLoop()
     runner.finished.connect(loop.quit)
-    annotator.model.extract()
+    QTest.mouseClick(annotator.model.extract_button, Qt.MouseButton.LeftButton)
     if runner.running:
         loop.exec()
     print(json.dumps({"outcome": runner.last_outcome, "error": runner.last_error,
