@@ -111,20 +111,40 @@ class LabelsPart:
         self.set_label(term, new, i)
         return new
 
-    def undo(self) -> bool:
+    def set_labels(self, changes: Sequence[tuple[int, str, int | None]]) -> int:
+        """Record many label changes (image index, term, value) in one transaction, undone
+        together by one :meth:`undo`; returns how many labels changed."""
         store = self._require_store()
-        event = store.undo()
-        if event is None:
+        unknown = sorted({t for _, t, _ in changes if t not in self.vocabulary})
+        if unknown:
+            raise InputError(f"unknown term(s) {', '.join(unknown)}; add them to the "
+                             "vocabulary first")
+        events = store.set_labels([(self.paths[i], t, v) for i, t, v in changes])
+        if events:
+            self._label_batches.append((store, frozenset(e.id for e in events)))
+        self._labels_written(sorted({i for i, _, _ in changes}))
+        return len(events)
+
+    def undo(self) -> bool:
+        """Undo the annotator's latest change; a batch from :meth:`set_labels` as one."""
+        store = self._require_store()
+        batches = self._label_batches
+        batch = batches[-1][1] if batches and batches[-1][0] is store else frozenset()
+        events = store.undo_together(batch)
+        if not events:
             return False
-        changed = [i for i, p in enumerate(self.paths)
-                   if str(p) == str(event.image_path) or Path(event.image_path) == p]
+        if events[0].undo_of in batch:
+            batches.pop()
+        wanted = {e.image_path for e in events}
+        as_paths = {Path(p) for p in wanted}
+        changed = [i for i, p in enumerate(self.paths) if str(p) in wanted or p in as_paths]
         if changed:
             self._labels_written(changed)
         else:
             self._label_cache = {}
             self._Y = None
             self.labels_changed.emit(list(range(self.n_images)))
-        if changed and changed[0] != self.index:
+        if changed and self.index not in changed:
             self.set_index(changed[0])
         return True
 

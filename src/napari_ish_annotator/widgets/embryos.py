@@ -30,6 +30,7 @@ from ._errors import report_error, shows_input_error
 from ._loading import freeze_long_lived
 from ._viewer_binding import stage_first_show
 from ._worker import TaskRunner
+from .records_section import RecordSection
 
 #: what napari imports the first time it builds an image layer (about two seconds of a
 #: frozen viewer on the GUI thread): the opening worker imports them first instead
@@ -167,6 +168,8 @@ class EmbryosWidget(SessionDock):
         layout.addLayout(extra_row)
         layout.addWidget(self.table, 1)
         layout.addLayout(nav)
+        self.record = RecordSection(self)  # the current image's gene x stage record
+        layout.addWidget(self.record)
         layout.addWidget(self.store_label)
         layout.addLayout(store_row)
         layout.addLayout(export_row)
