@@ -423,6 +423,7 @@ class FinetuneRequest:
     out: Path
     refit: TrainRequest  # its extractor config is switched to the checkpoint after training
     settings: SessionSettings  # the settings the refit will use (weights = ``out``)
+    init: Path | None = None  # a fine-tuned checkpoint this run continues (finetune --init)
 
 
 def iter_finetune(req: FinetuneRequest) -> ProgressGen[FinetuneOutcome]:
@@ -430,7 +431,7 @@ def iter_finetune(req: FinetuneRequest) -> ProgressGen[FinetuneOutcome]:
     from ..core.finetune import iter_finetune as core_finetune
 
     result = yield from core_finetune(list(req.images), req.Y, list(req.vocabulary), req.config,
-                                      req.out, groups=req.refit.groups[req.rows])
+                                      req.out, groups=req.refit.groups[req.rows], init=req.init)
     trained = yield from iter_train(req.refit)
     return FinetuneOutcome(result, trained, req.settings)
 
