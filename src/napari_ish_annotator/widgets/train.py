@@ -25,10 +25,11 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.utils.errors import InputError
-from ..session import MIN_CV_PER_CLASS, TrainedModel, annotators, model_outputs, steps
+from ..session import MIN_CV_PER_CLASS, TrainedModel, annotators, model_outputs
 from ._base import SessionDock
 from ._errors import report_error, shows_input_error
 from ._worker import TaskRunner
+from .cv_chart import CvChart, train_in_worker
 
 
 class TrainWidget(SessionDock):
@@ -119,6 +120,8 @@ class TrainWidget(SessionDock):
         layout.addWidget(self.agreement_text)
         layout.addWidget(self.runner)
         layout.addWidget(self.summary)
+        self.cv_chart = CvChart(self)  # AUC per term after a CV run (issue 27)
+        layout.addWidget(self.cv_chart)
 
         self.finetune_box = QGroupBox("Fine-tune backbone (multi-task)")
         from .finetune_section import FinetuneSection
@@ -162,7 +165,7 @@ class TrainWidget(SessionDock):
             self.summary.setText(str(exc))
             report_error(exc)
             return None
-        return self.runner.start(steps.iter_train, request, on_done=self._trained,
+        return self.runner.start(train_in_worker, request, on_done=self._trained,
                                  message="training…", done_message="trained; predictions updated")
 
     def _trained(self, result: TrainedModel) -> None:
