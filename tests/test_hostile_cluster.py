@@ -10,6 +10,7 @@ certificates is one line and exit status 2 within seconds; certificates given wi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -207,3 +208,87 @@ def test_certificates_given_on_the_command_line_join_a_tls_scheduler(tmp_path, n
 def _targets_of(cluster) -> list[tuple[str, str]]:
     return [("run_function", cluster.scheduler_address),
             *(("run", w.address) for w in cluster.workers.values())]
+
+
+# ------------------------------------------------------------------ rough edges (issue 23)
+
+@pytest.mark.parametrize(("dask", "expect"), [
+    ("{passwd}", "is not a dask scheduler file"),
+    ("{broken}", "is not a dask scheduler file (JSONDecodeError)"),
+    ("{no_address}", 'it holds no scheduler "address"'),
+    ("{fifo}", "an existing scheduler file"),
+    ("local:100000", "at most"),
+])
+def test_bad_dask_addresses_are_one_line_and_exit_2(tiny_dataset, tmp_path, capsys, dask,
+                                                    expect):
+    """A file that is no scheduler file (a password file, broken JSON, a FIFO, which is never
+    opened) and a local cluster of 100,000 workers: one line, exit 2, in seconds."""
+    files = {"passwd": tmp_path / "passwd", "broken": tmp_path / "broken.json",
+             "no_address": tmp_path / "s.json", "fifo": tmp_path / "fifo.json"}
+    files["passwd"].write_text("root:x:0:0:root:/root:/bin/bash\n")
+    files["broken"].write_text('{"address": "tcp://127.0.0.1:9",')
+    files["no_address"].write_text('{"type": "Scheduler", "address": 8786}')
+    os.mkfifo(files["fifo"])
+    out = tmp_path / "p.csv"
+    start = time.monotonic()
+    code = main(["predict", str(tmp_path / "no-model"), str(tiny_dataset), "--out", str(out),
+                 "--quiet", "--dask", dask.format(**files)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "Traceback" not in err, err
+    assert expect in err, err
+    assert time.monotonic() - start < 10 and not out.exists()
+    if dask == "local:100000":
+        assert f"local:{ishd.max_local_workers()} or fewer" in err
+        assert ishd.max_local_workers() <= 64
+
+
+class _NotDask:
+    """A loopback TCP server that is no dask scheduler: each connection gets ``reply`` (then
+    the server closes it, or keeps it silent when ``hold``)."""
+
+    def __init__(self, reply: bytes, hold: bool = False):
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.address = f"tcp://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.reply, self.hold, self.conns = reply, hold, []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            with contextlib.suppress(OSError):
+                conn.sendall(self.reply)
+                if not self.hold:
+                    conn.close()
+
+    def close(self) -> None:
+        for conn in [self.sock, *self.conns]:
+            conn.close()
+
+
+@pytest.mark.parametrize(("reply", "hold"), [
+    (b"\xff" * 64, False),  # a frame length of 2^64 - 1 bytes: dask's MemoryError
+    (b"\x03" + b"\x00" * 7 + b"\xff" * 24, False),  # three frames of nonsense lengths
+    (b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n", False),  # a web server
+    (b"", False),  # hangs up at once
+    (b"SSH-2.0-OpenSSH_9.6\r\n", True),  # says hello, then nothing
+])
+def test_a_tcp_endpoint_that_is_no_dask_scheduler_is_one_input_error(monkeypatch, reply, hold):
+    monkeypatch.setattr(ishd, "CONNECT_TIMEOUT_S", 3.0)
+    server = _NotDask(reply, hold)
+    start = time.monotonic()
+    try:
+        with pytest.raises(InputError) as err, ishd.connect(server.address):
+            pass
+    finally:
+        server.close()
+    text = str(err.value)
+    assert text.startswith(server.address) and "cannot reach the dask scheduler" in text, text
+    assert "\n" not in text and len(text) < 600, text
+    assert time.monotonic() - start < 30

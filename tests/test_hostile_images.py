@@ -4,6 +4,7 @@ large image through and Grad-CAM's memory stays proportional to the image."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -20,7 +21,7 @@ from napari_ish_annotator.core.data import images
 from napari_ish_annotator.core.data.images import check_image, max_pixels, pixel_budget, read_rgb
 from napari_ish_annotator.core.utils.errors import InputError
 
-SRC = str(Path(images.__file__).parents[2])
+SRC = str(Path(images.__file__).parents[3])  # the src folder
 FAST = ["--weights", "random", "--input-size", "64", "--device", "cpu", "--quiet"]
 MB = 1024 * 1024
 #: the child's own peak RSS in KiB: VmHWM of its memory map. (ru_maxrss is no good here: Linux
@@ -243,3 +244,173 @@ def test_session_lists_the_same_one_line_problem(bombs, tmp_path):
     assert len(skipped) == 1 and "30000x30000" in skipped[0] and "--max-pixels" in skipped[0]
     with pytest.raises(InputError, match="no readable images found.*30000x30000"):
         session.open([bombs["tif"]])
+
+
+# ------------------------------------------------------------------ issue 23: what a file is
+
+#: a PostScript program that never ends (Ghostscript would run it for ever)
+ENDLESS_PS = b"%!PS-Adobe-3.0\n%%BoundingBox: 0 0 10 10\n{ 1 pop } loop\nshowpage\n"
+
+
+def tiff_claim(width: int = 10000, height: int = 10000, samples: int = 8, bits: int = 64,
+               depth: int = 1) -> bytes:
+    """A 146-byte TIFF whose one IFD claims ``width x height`` pixels of ``samples`` float
+    samples of ``bits`` bits (and an ImageDepth when ``depth`` > 1); no pixel data."""
+    tags = [(256, 4, width), (257, 4, height), (258, 3, bits), (259, 3, 1), (262, 3, 1),
+            (273, 4, 8), (277, 3, samples), (278, 4, height), (279, 4, 0xFFFFFFFF),
+            (284, 3, 1), (339, 3, 3)] + ([(32997, 4, depth)] if depth > 1 else [])
+    ifd = struct.pack("<H", len(tags)) + b"".join(
+        struct.pack("<HHI", tag, typ, 1)
+        + (struct.pack("<HH", v, 0) if typ == 3 else struct.pack("<I", v))
+        for tag, typ, v in tags) + struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd
+
+
+def test_the_content_not_the_name_chooses_the_decoder(tmp_path):
+    """A GIF named .jpg and PostScript named .png are refused, saying what they are (Pillow
+    would decode the GIF and hand the PostScript to Ghostscript); a PNG named .jpg is read."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 6), (10, 200, 30)).save(tmp_path / "x.jpg", format="GIF")
+    Image.new("RGB", (8, 6), (10, 200, 30)).save(tmp_path / "png.jpg", format="PNG")
+    (tmp_path / "loop.png").write_bytes(ENDLESS_PS)
+    (tmp_path / "doc.tif").write_bytes(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
+    for name, what in (("x.jpg", "a GIF image"), ("loop.png", "a PostScript program"),
+                       ("doc.tif", "a PDF document")):
+        for reader in (read_rgb, check_image):
+            start = time.monotonic()
+            with pytest.raises(InputError) as err:
+                reader(tmp_path / name)
+            assert time.monotonic() - start < 2
+            assert str(err.value) == (f"{tmp_path / name}: the file is {what}, whatever its "
+                                      "name says; supported: PNG, JPEG, TIFF or BMP - convert "
+                                      "it to one of them")
+    assert images.vet_image(tmp_path / "png.jpg").format == "PNG"
+    assert (read_rgb(tmp_path / "png.jpg") == (10, 200, 30)).all()
+
+
+def test_samples_and_bit_depth_count_in_the_budget(tmp_path):
+    """The 146-byte TIFF of 10000 x 10000 pixels (within 100 Mpx) of 8 samples of 64 bits
+    is 6.4 GB decoded: refused from its header, in a process whose peak stays small."""
+    bomb = tmp_path / "samples.tif"
+    bomb.write_bytes(tiff_claim())
+    assert bomb.stat().st_size == 146
+    code = (PEAK_RSS_SOURCE + "import sys\nfrom napari_ish_annotator.core.data import images\n"
+            "base = PEAK_RSS_KB()\n"
+            "try:\n    images.read_rgb(sys.argv[1])\nexcept images.InputError as exc:\n"
+            "    print(exc)\nprint(base, PEAK_RSS_KB())\n")
+    done = subprocess.run([sys.executable, "-c", code, str(bomb)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": SRC})
+    message, rss = done.stdout.strip().splitlines()
+    base, peak = (int(v) for v in rss.split())
+    assert message == (
+        f"{bomb}: image decodes to 6.4 GB (10000x10000, 8 samples of 64 bits), over the 0.8 GB "
+        "the 100 Mpx limit allows (8 bytes a pixel, as 16-bit RGBA); supported images have "
+        "1-4 samples of 8 or 16 bits - re-export it, or raise the limit with --max-pixels "
+        f"800000000 (GUI and scripts: {images.MAX_PIXELS_ENV}=800000000)")
+    assert (peak - base) * 1024 < 50 * MB, (base, peak)
+    # a volume's planes count too; a raised budget lets the header through (to tifffile)
+    (tmp_path / "deep.tif").write_bytes(tiff_claim(1000, 1000, 1, 8, depth=500))
+    with pytest.raises(InputError, match=r"1000x1000x500 pixels \(500.0 Mpx\)"):
+        check_image(tmp_path / "deep.tif")
+    with pixel_budget(800_000_000):
+        assert images.vet_image(bomb).decoded_bytes == 6_400_000_000
+
+
+def test_every_reader_budgets_the_decoded_bytes(tmp_path):
+    """JPEG (components x precision), PNG, BMP and TIFF headers give the decoded bytes."""
+    import tifffile
+    from PIL import Image
+
+    rgb = np.full((30, 40, 3), 120, np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "e.jpg")
+    Image.fromarray(rgb).save(tmp_path / "e.bmp")
+    Image.fromarray(np.zeros((30, 40), np.uint16)).save(tmp_path / "e16.png")
+    tifffile.imwrite(tmp_path / "e.tif", np.zeros((2, 30, 40, 4), np.uint16), photometric="rgb")
+    got = {p: images.vet_image(tmp_path / p) for p in ("e.jpg", "e.bmp", "e16.png", "e.tif")}
+    assert {p: (h.format, h.width, h.height, h.samples, h.bits) for p, h in got.items()} == {
+        "e.jpg": ("JPEG", 40, 30, 3, 8), "e.bmp": ("BMP", 40, 30, 3, 8),
+        "e16.png": ("PNG", 40, 30, 1, 16), "e.tif": ("TIFF", 40, 30, 4, 16)}
+    # a JPEG frame header claiming 255 components: 306 kB from 1200 pixels
+    data = bytearray((tmp_path / "e.jpg").read_bytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 9] = 255
+    (tmp_path / "many.jpg").write_bytes(bytes(data))
+    with pixel_budget(1200), pytest.raises(InputError, match=r"40x30, 255 samples of 8 bits"):
+        read_rgb(tmp_path / "many.jpg")
+
+
+def _call_within(seconds: float, fn, *args):
+    """``fn(*args)`` in a daemon thread: (finished, its exception)."""
+    import threading
+
+    box: list[BaseException | None] = []
+
+    def target():
+        try:
+            fn(*args)
+            box.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            box.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return bool(box), (box[0] if box else None)
+
+
+def test_a_fifo_or_device_named_png_is_never_opened(tmp_path, monkeypatch):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    for reader in (read_rgb, check_image, images.content_hash):
+        done, exc = _call_within(10, reader, fifo)
+        assert done and isinstance(exc, InputError), exc
+    assert "is a named pipe (FIFO), not an image file" in str(_call_within(10, read_rgb, fifo)[1])
+    if os.path.exists("/dev/zero"):
+        done, exc = _call_within(10, read_rgb, Path("/dev/zero"))
+        assert done and isinstance(exc, InputError) and "character device" in str(exc)
+    # swapped in after the path was checked: the open descriptor is checked, without blocking
+    monkeypatch.setattr(images, "check_image_path", lambda path: None)
+    done, exc = _call_within(10, read_rgb, fifo)
+    assert done and isinstance(exc, InputError) and "named pipe" in str(exc), exc
+
+
+def _gs_left(marker: str) -> list[str]:
+    """Processes whose command line names ``marker`` (a Ghostscript left running)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if marker in cmd and "pytest" not in cmd:
+                found.append(cmd)
+    return found
+
+
+def test_predict_on_a_folder_with_postscript_and_a_fifo_finishes(model, tmp_path):
+    """predict: exit 2 with one line naming the file; --skip-bad warns and skips both; no
+    Ghostscript is started, nothing blocks."""
+    folder, _, images_dir = model
+    good = sorted(images_dir.glob("*.png"))[:2]
+    for bad in ("zz_loop.png", "zz_pipe.png"):
+        batch = tmp_path / bad.split(".")[0]
+        batch.mkdir()
+        for p in good:
+            (batch / p.name).write_bytes(p.read_bytes())
+        if bad == "zz_pipe.png":
+            os.mkfifo(batch / bad)
+        else:
+            (batch / bad).write_bytes(ENDLESS_PS)
+        code, err, seconds, _ = run_cli("predict", str(folder), str(batch), "--out",
+                                        str(tmp_path / "p.csv"), "--quiet")
+        assert code == 2 and len(err) == 1 and bad in err[0], err
+        assert ("PostScript program" if "loop" in bad else "named pipe (FIFO)") in err[0]
+        assert seconds < 120 and not (tmp_path / "p.csv").exists()
+    both = tmp_path / "zz_loop"
+    os.mkfifo(both / "zz_pipe.png")
+    out = tmp_path / "pred.csv"
+    code, err, seconds, _ = run_cli("predict", str(folder), str(both), "--out", str(out),
+                                    "--skip-bad", "--quiet")
+    assert code == 0 and len(err) == 2 and all("warning" in line for line in err), err
+    assert [line.split(",")[0].rsplit("/", 1)[-1] for line in out.read_text().splitlines()[1:]] \
+        == [p.name for p in good]
+    assert seconds < 120 and not _gs_left("zz_loop.png")

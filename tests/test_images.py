@@ -163,7 +163,7 @@ def test_missing_directory_and_unsupported(tmp_path):
 def test_corrupt_and_truncated(tmp_path, rgb8):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"this is not a png at all")
-    with pytest.raises(InputError, match="cannot decode.*bad.png|bad.png.*cannot decode"):
+    with pytest.raises(InputError, match="bad.png: the file is a text file, whatever its name"):
         read_rgb(bad)
     big = np.random.default_rng(2).integers(0, 256, (200, 200, 3), dtype=np.uint8)
     good = tmp_path / "good.png"
@@ -271,7 +271,7 @@ def test_scan_inputs_skips_and_reports(tmp_path, rgb8):
             {"trunc.png"} if check == "decode" else set())  # notes.txt: not an image
         assert "not a supported image" in by_name["movie.gif"]
         assert [p.path.name for p in problems if p.ignorable] == ["movie.gif"]
-        assert "cannot decode" in by_name["broken.jpg"]
+        assert "is a text file, whatever its name says" in by_name["broken.jpg"]
         assert "not found" in by_name["ghost.png"]
         assert str(problems[0]).startswith(str(problems[0].path))
     scanned = scan_inputs([d], check="path")
@@ -316,3 +316,25 @@ def test_decompression_bomb_is_input_error(tmp_path, monkeypatch):
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)  # 64*64 > 2 * 100 -> error
     with pytest.raises(InputError, match="too large"):
         read_rgb(p)
+
+
+def test_non_regular_files_named_like_images_are_listed_as_problems(tmp_path, rgb8):
+    """A FIFO or a folder named .png inside a folder is never opened: the strict listing
+    (predict) stops at it, the scan (--skip-bad, napari) lists it and keeps the rest."""
+    import os
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(rgb8).save(d / "a.png")
+    os.mkfifo(d / "pipe.png")
+    (d / "dir.tif").mkdir()
+    with pytest.raises(InputError, match=r"dir.tif: is a folder"):
+        collect_inputs([d])
+    scanned = scan_inputs([d], check="decode")
+    assert [p.name for p in scanned.paths] == ["a.png"]
+    by_name = {p.path.name: p.message for p in scanned.problems}
+    assert by_name["pipe.png"].startswith("is a named pipe (FIFO), not an image file")
+    assert set(by_name) == {"pipe.png", "dir.tif"}
+    (d / "dir.tif").rmdir()
+    with pytest.raises(InputError, match=r"pipe.png: is a named pipe \(FIFO\)"):
+        collect_inputs([d])

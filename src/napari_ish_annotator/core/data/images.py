@@ -11,15 +11,22 @@ array, so the model never depends on how a lab happened to save its pictures:
   across images, which is what the classifier learns from (a faint pattern must stay faint).
 * Grayscale is replicated to three channels; an alpha channel is composited on white,
   matching the bright background of brightfield ISH images.
-* One pixel budget (:func:`max_pixels`, default 100 Mpx) for every format, checked from the
-  file's header *before* anything is decoded: a 1 MB deflate TIFF or a 17 KB PNG can claim
-  30000 x 30000 pixels and would otherwise take gigabytes. ``--max-pixels`` (CLI) or
+* Files from other labs are untrusted. :func:`open_image` is the one door to an image file:
+  only a regular file is opened (a FIFO or device named ``.png`` would block or worse), and
+  without blocking; the format is chosen from its magic bytes among PNG, JPEG, TIFF and BMP,
+  never from its name (Pillow would hand PostScript to Ghostscript); and its header is read
+  (:mod:`.headers`) and checked against the budget before any decoder sees the file.
+* One budget (:func:`max_pixels`, default 100 Mpx) for every format, checked from the
+  header *before* anything is decoded: a 1 MB deflate TIFF or a 17 KB PNG can claim
+  30000 x 30000 pixels, a 146-byte TIFF 10000 x 10000 pixels of 8 samples of 64 bits.
+  Width x height must fit it, and the decoded bytes (width x height x samples x bytes per
+  sample) must fit :data:`BYTES_PER_PIXEL` bytes per pixel of it. ``--max-pixels`` (CLI) or
   ``ISH_ANNOTATOR_MAX_PIXELS`` (GUI, scripts, decoding and dask worker processes started
   afterwards) raise it.
 
 Files that cannot be used raise :class:`~napari_ish_annotator.core.utils.errors.InputError`
 naming the file and what to do. :func:`check_image` is the cheap header-only check; listing
-inputs (folders, manifests) is :mod:`.opening`'s job, which builds on this module.
+inputs (folders, manifests) is :mod:`.inputs`' job, which builds on this module.
 """
 
 from __future__ import annotations
@@ -28,75 +35,38 @@ import contextlib
 import logging
 import os
 import re
+import stat
+import struct
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from ..utils.errors import InputError
-from ..utils.files import sha256_file
+from .budget import (
+    BYTES_PER_PIXEL,
+    DEFAULT_MAX_PIXELS,
+    MAX_PIXELS_ENV,
+    check_header,
+    check_pixels,
+    max_pixels,
+    parse_pixels,
+    pixel_budget,
+    set_max_pixels,
+    too_large,
+)
+from .headers import HeaderError, ImageHeader, read_header, sniff, tiff_header
+
+__all__ = ["BYTES_PER_PIXEL", "DEFAULT_MAX_PIXELS", "MAX_PIXELS_ENV", "SUPPORTED_SUFFIXES",
+           "SUPPORTED_TEXT", "ImageHeader", "array_to_rgb", "check_image", "check_image_path",
+           "content_hash", "is_hidden", "list_images", "max_pixels", "open_image",
+           "parse_pixels", "pixel_budget", "read_rgb", "set_max_pixels", "vet_image"]
 
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 #: how messages name the supported types
 SUPPORTED_TEXT = "PNG, JPEG, TIFF or BMP"
-_TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
-
-#: the pixel budget when neither ``set_max_pixels`` nor the environment says otherwise
-DEFAULT_MAX_PIXELS = 100_000_000
-#: environment variable holding the budget; also how child processes inherit a raised one
-MAX_PIXELS_ENV = "ISH_ANNOTATOR_MAX_PIXELS"
-
-
-def parse_pixels(text: str) -> int:
-    """A pixel count from text ("1e8", "100_000_000"); ValueError unless it is at least 1."""
-    value = int(float(str(text).replace("_", "")))
-    if value < 1:
-        raise ValueError(f"{text!r} is below 1")
-    return value
-
-
-def max_pixels() -> int:
-    """The pixel budget (width x height) every image reader applies before decoding."""
-    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
-    if not text:
-        return DEFAULT_MAX_PIXELS
-    try:
-        return parse_pixels(text)
-    except ValueError:
-        raise InputError(f"{MAX_PIXELS_ENV}={text!r} is not a positive number of pixels; "
-                         f"set it to e.g. {DEFAULT_MAX_PIXELS} or unset it") from None
-
-
-def set_max_pixels(value: int | None) -> None:
-    """Set the pixel budget for this process and the processes it starts later (decoding
-    workers, ``--dask local`` workers); None restores the default."""
-    if value is None:
-        os.environ.pop(MAX_PIXELS_ENV, None)
-        return
-    if int(value) < 1:
-        raise InputError(f"--max-pixels must be at least 1, got {value}")
-    os.environ[MAX_PIXELS_ENV] = str(int(value))
-
-
-@contextlib.contextmanager
-def pixel_budget(value: int | None) -> Iterator[None]:
-    """:func:`set_max_pixels` for the block, then the previous budget (None: unchanged);
-    the CLI wraps each command in it, so a test calling ``main`` twice starts afresh."""
-    if value is None:
-        yield
-        return
-    old = os.environ.get(MAX_PIXELS_ENV)
-    set_max_pixels(value)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(MAX_PIXELS_ENV, None)
-        else:
-            os.environ[MAX_PIXELS_ENV] = old
-
 
 #: Pillow's own decompression-bomb limit (it warns above it, refuses above twice it)
 _PILLOW_DEFAULT_LIMIT = 1024 * 1024 * 1024 // 4 // 3
@@ -112,32 +82,101 @@ def _let_pillow_follow(budget: int) -> None:
         Image.MAX_IMAGE_PIXELS = budget
 
 
-def _too_large(path: Path, n: int, dims: str = "") -> InputError:
-    """The one message for an image over the budget: the file, its size, how to go on."""
-    return InputError(f"image is {dims or n} pixels ({n / 1e6:.1f} Mpx), over the "
-                      f"{max_pixels() / 1e6:g} Mpx limit; crop or downscale it, or raise the "
-                      f"limit with --max-pixels {n} (GUI and scripts: {MAX_PIXELS_ENV}={n})",
-                      path=path)
+_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
-def _check_pixels(path: Path, width: int, height: int, depth: int = 1) -> None:
-    n = int(width) * int(height) * max(int(depth), 1)
-    if n > max_pixels():
-        raise _too_large(path, n, f"{width}x{height}" + (f"x{depth}" if depth > 1 else ""))
+def _not_regular(path: Path, mode: int) -> InputError:
+    what = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    return InputError(f"is {what}, not an image file; only regular files are read - copy the "
+                      "image itself", path=path)
 
 
 def check_image_path(path: Path) -> None:
-    """Raise :class:`InputError` unless ``path`` is an existing file of a supported type
-    (nothing is read)."""
-    if not path.exists():
-        raise InputError("image file not found; check the path (relative paths are resolved "
-                         "from the current folder, or from the manifest's folder)", path=path)
-    if path.is_dir():
+    """Raise :class:`InputError` unless ``path`` is an existing regular file of a supported
+    type (nothing is opened or read)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        broken = " (a broken link)" if path.is_symlink() else ""
+        raise InputError(f"image file not found{broken}; check the path (relative paths are "
+                         "resolved from the current folder, or from the manifest's folder)",
+                         path=path) from None
+    except OSError as exc:  # a link loop, no permission, a name too long
+        raise InputError(f"cannot reach the file ({exc.strerror or exc}); check the path and "
+                         "its permissions", path=path) from None
+    if stat.S_ISDIR(mode):
         raise InputError("is a folder, not an image file; pass the folder as an input to "
                          "load every image inside it", path=path)
+    if not stat.S_ISREG(mode):
+        raise _not_regular(path, mode)
     if path.suffix.lower() not in SUPPORTED_SUFFIXES:
         raise InputError(f"unsupported file type {path.suffix or '(no suffix)'!r}; convert it to "
                          f"{SUPPORTED_TEXT}", path=path)
+
+
+#: open without blocking (a FIFO swapped in after the check) and never as a terminal
+_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+               | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """The file opened for reading, if it is still a regular file once open (checked on the
+    descriptor: the path may have been swapped since it was listed)."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        raise InputError(f"cannot open the image ({exc.strerror or exc}); check the file and "
+                         "its permissions", path=path) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(path, mode)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+@contextlib.contextmanager
+def open_image(path: str | Path) -> Iterator[tuple[BinaryIO, ImageHeader]]:
+    """The one door to an image file: ``(open file at offset 0, its header)`` once the file
+    is a regular file, its content (not its name) is PNG, JPEG, TIFF or BMP and its header
+    fits the budget; :class:`InputError` otherwise. Decoders read the file handed out here,
+    with that format only (never by path: the path may change meanwhile)."""
+    path = Path(path)
+    check_image_path(path)
+    with _open_regular(path) as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            raise InputError("file is empty; re-export it", path=path)
+        fmt, what = sniff(fh.read(32))
+        if fmt is None:
+            raise InputError(f"the file is {what}, whatever its name says; supported: "
+                             f"{SUPPORTED_TEXT} - convert it to one of them", path=path)
+        try:
+            if fmt == "TIFF":
+                with _tiff_file(path, fh) as (_tif, page):
+                    header = tiff_header(page)
+            else:
+                header = read_header(fh, fmt)
+        except HeaderError as exc:
+            raise InputError(f"cannot read the image: {exc}; re-export it", path=path) from None
+        except InputError:
+            raise
+        except _DECODE_ERRORS as exc:
+            raise _decode_error(path, exc) from exc
+        check_header(path, header)
+        fh.seek(0)
+        yield fh, header
+
+
+def vet_image(path: str | Path) -> ImageHeader:
+    """The header of a usable image (:func:`open_image`'s checks, nothing decoded): any
+    decoder reads a file only after this, or through :func:`open_image`."""
+    with open_image(path) as (_fh, header):
+        return header
 
 
 def _decode_error(path: Path, exc: BaseException) -> InputError:
@@ -146,25 +185,25 @@ def _decode_error(path: Path, exc: BaseException) -> InputError:
                       path=path)
 
 
-#: what decoders raise for a bad file (anything else is a bug and propagates)
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, MemoryError, IndexError, KeyError)
+#: what decoders raise for a bad file (anything else is a bug and propagates); found by
+#: fuzzing (tests/test_fuzz_images.py): imagecodecs' errors are RuntimeErrors, tifffile's
+#: and Pillow's arithmetic on nonsense tags gives struct and arithmetic errors
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, MemoryError, IndexError, KeyError,
+                  RuntimeError, struct.error, ArithmeticError)
+#: what tifffile raises for tags of the wrong type (caught around its calls only)
+_TIFF_TAG_ERRORS = (TypeError, AttributeError)
 
 
 def check_image(path: str | Path) -> None:
     """Raise :class:`InputError` unless ``path`` is a supported image whose header reads and
-    whose size fits the pixel budget. Reads the header only, so thousands of files are
-    checked in seconds (the napari session, ``--skip-bad``)."""
+    whose size fits the budget. Reads the header only, so thousands of files are checked in
+    seconds (the napari session, ``--skip-bad``)."""
     path = Path(path)
-    check_image_path(path)
-    if path.stat().st_size == 0:
-        raise InputError("file is empty; re-export it", path=path)
     try:
-        if path.suffix.lower() in _TIFF_SUFFIXES:
-            with _open_tiff(path) as (_tif, page):
-                if page is not None:
-                    return
-        with _open_pillow(path):
-            pass
+        with open_image(path) as (fh, header):
+            if header.format != "TIFF":  # Pillow's own header checks too
+                with _open_pillow(path, fh, header.format):
+                    pass
     except InputError:
         raise
     except _DECODE_ERRORS as exc:
@@ -174,13 +213,15 @@ def check_image(path: str | Path) -> None:
 def read_rgb(path: str | Path) -> np.ndarray:
     """Decode an image file into an ``H x W x 3`` uint8 RGB array (see module docstring).
 
-    The pixel budget is checked from the header first: an oversized image is refused before
-    any pixel is decoded."""
+    The budget is checked from the header first: an oversized image is refused before any
+    pixel is decoded."""
     path = Path(path)
-    check_image_path(path)
     try:
-        reader = _read_tiff if path.suffix.lower() in _TIFF_SUFFIXES else _read_pillow
-        rgb = reader(path)
+        with open_image(path) as (fh, header):
+            if header.format == "TIFF":
+                rgb = _read_tiff(path, fh)
+            else:
+                rgb = _read_pillow(path, fh, header.format)
     except InputError:
         raise
     except _DECODE_ERRORS as exc:
@@ -191,31 +232,32 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _open_pillow(path: Path) -> Iterator[Any]:
-    """``Image.open`` (header only) with the pixel budget checked; Pillow's bomb warning is
-    silenced and its bomb error reported like our own limit."""
+def _open_pillow(path: Path, fh: BinaryIO, fmt: str) -> Iterator[Any]:
+    """``Image.open`` (header only) of ``fh`` as ``fmt`` only, with the pixel budget checked;
+    Pillow's bomb warning is silenced and its bomb error reported like our own limit."""
     from PIL import Image
 
     _let_pillow_follow(max_pixels())
+    fh.seek(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            img = Image.open(path)
+            img = Image.open(fh, formats=[fmt])
         except Image.DecompressionBombError as exc:  # over twice Pillow's limit
             found = re.search(r"\((\d+) pixels\)", str(exc))
             if found and int(found.group(1)) > max_pixels():
-                raise _too_large(path, int(found.group(1))) from None
+                raise too_large(path, int(found.group(1))) from None
             raise InputError(f"image is too large to load safely ({exc}); crop or downscale "
                              "it", path=path) from exc
     with img:
-        _check_pixels(path, *img.size)
+        check_pixels(path, *img.size)
         yield img
 
 
-def _read_pillow(path: Path) -> np.ndarray:
+def _read_pillow(path: Path, fh: BinaryIO, fmt: str) -> np.ndarray:
     from PIL import ImageOps
 
-    with _open_pillow(path) as img:
+    with _open_pillow(path, fh, fmt) as img:
         img.load()
         # phone/camera JPEGs may be stored rotated; in place: no copy when they are not
         ImageOps.exif_transpose(img, in_place=True)
@@ -257,32 +299,41 @@ def _pixels(img: Any) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _open_tiff(path: Path) -> Iterator[tuple[Any, Any]]:
-    """``(TiffFile, first page)`` with the page's size checked against the pixel budget from
-    its tags; the page is None for a TIFF flavour Pillow must decode (palette, YCbCr...)."""
+def _tiff_file(path: Path, fh: BinaryIO) -> Iterator[tuple[Any, Any]]:
+    """``(TiffFile, first page)`` of ``fh``; only the first page is parsed (and decoded)."""
     import tifffile
 
     # tifffile logs warnings ("contains no pages", bad tags) straight to stderr; the problem
     # is reported once, as an InputError naming the file, so the CLI keeps to one line.
-    with _quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
+    fh.seek(0)
+    with _quiet_logger("tifffile"):
+        try:
+            tif = tifffile.TiffFile(fh, name=path.name)
+        except _TIFF_TAG_ERRORS as exc:
+            raise _decode_error(path, exc) from exc
+    with _quiet_logger("tifffile"), tif:
         if not tif.pages:
             raise InputError("TIFF file has no images; re-export it", path=path)
-        page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
-        _check_pixels(path, page.imagewidth, page.imagelength, getattr(page, "imagedepth", 1))
+        yield tif, tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
+
+
+def _read_tiff(path: Path, fh: BinaryIO) -> np.ndarray:
+    """tifffile's decoding of the first page; palette, YCbCr... and compressions that need
+    codecs tifffile lacks go to Pillow (as TIFF only)."""
+    with _tiff_file(path, fh) as (_tif, page):
         photometric = getattr(page.photometric, "name", str(page.photometric))
-        yield tif, None if photometric in ("PALETTE", "CIELAB", "SEPARATED", "YCBCR") else page
-
-
-def _read_tiff(path: Path) -> np.ndarray:
-    with _open_tiff(path) as (_tif, page):
-        if page is None:
-            return _read_pillow(path)
-        try:
-            arr = page.asarray()
-        except (ValueError, NotImplementedError, KeyError, ImportError):
-            # e.g. JPEG/LZW flavours needing imagecodecs: let Pillow try before giving up
-            return _read_pillow(path)
+        arr = None
+        if photometric not in ("PALETTE", "CIELAB", "SEPARATED", "YCBCR"):
+            # e.g. JPEG/LZW flavours needing imagecodecs: let Pillow try
+            try:
+                arr = page.asarray()
+            except (ValueError, NotImplementedError, KeyError, ImportError):
+                arr = None
+            except _TIFF_TAG_ERRORS as exc:
+                raise _decode_error(path, exc) from exc
         axes = page.axes
+    if arr is None:
+        return _read_pillow(path, fh, "TIFF")
     # Reorder to Y, X, S (samples); planar TIFFs come as S, Y, X.
     arr = np.asarray(arr)
     if arr.ndim == 3 and "S" in axes and axes.index("S") == 0:
@@ -357,11 +408,19 @@ def array_to_rgb(arr: np.ndarray, path: str | Path | None = None) -> np.ndarray:
 
 
 def content_hash(path: str | Path) -> str:
-    """SHA-256 hex digest of the file bytes: identity of an image for caches and labels."""
+    """SHA-256 hex digest of the file bytes: identity of an image for caches and labels
+    (read from a regular file opened without blocking, like every image)."""
+    import hashlib
+
     path = Path(path)
-    if not path.is_file():
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        mode = 0
+    if not stat.S_ISREG(mode):
         raise InputError("image file not found; check the path", path=path)
-    return sha256_file(path)
+    with _open_regular(path) as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def is_hidden(path: Path) -> bool:

@@ -107,6 +107,13 @@ def list_inputs(inputs: Sequence[str | Path], *, dataset_folders: bool = False,
     for item in items:
         if item.is_dir():
             listed = list_images(item)
+            for p in _not_regular_images(item):  # a FIFO, device... named .png: never opened
+                try:
+                    check_image_path(p)
+                except InputError as exc:
+                    if strict:
+                        raise
+                    problems.append(InputProblem.from_error(p, exc))
             for p in sorted(item.iterdir(), key=lambda q: q.name) if not strict else ():
                 if p.is_file() and not is_hidden(p) and not _is_sidecar(p) \
                         and p.suffix.lower() not in SUPPORTED_SUFFIXES:  # noted, not fatal
@@ -145,6 +152,14 @@ def list_inputs(inputs: Sequence[str | Path], *, dataset_folders: bool = False,
             samples.append(sample)
     return InputListing(tuple(paths), tuple(samples), tuple(manifests), tuple(problems),
                         tuple(items))
+
+
+def _not_regular_images(folder: Path) -> list[Path]:
+    """Entries of ``folder`` named like images that are not regular files (named pipes,
+    devices, sockets, folders, broken links): listed as problems, never opened."""
+    return sorted((p for p in folder.iterdir()
+                   if p.suffix.lower() in SUPPORTED_SUFFIXES and not is_hidden(p)
+                   and not p.is_file()), key=lambda p: p.name)
 
 
 def _manifest_rows(path: Path, check_files: bool

@@ -4,6 +4,11 @@ On the CPU a small thread pool decodes the next batches while the current one is
 (PNG/JPEG decoding releases the GIL). On a GPU, which computes a batch faster than one
 process decodes it, worker processes (torch ``DataLoader`` workers) decode instead. Images that
 cannot be decoded are either raised (their :class:`InputError`) or left out and reported.
+
+Files are untrusted: every decoder reads an image only through
+:func:`..data.images.open_image` (or after :func:`..data.images.vet_image`), which opens
+regular files only, without blocking, picks the format from the content and checks the
+header against the budget, so no worker blocks on a FIFO or runs a PostScript program.
 """
 
 from __future__ import annotations

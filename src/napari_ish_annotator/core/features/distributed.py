@@ -60,34 +60,61 @@ class ClusterAddress:
 
     @classmethod
     def parse(cls, text: str) -> ClusterAddress:
-        """``local[:N]``, ``tcp://HOST:PORT`` (any dask protocol) or a scheduler-file path."""
+        """``local[:N]``, ``tcp://HOST:PORT`` (any dask protocol) or a scheduler-file path
+        (read and checked here: a JSON object with the scheduler's ``address``)."""
         text = str(text).strip()
         if text == "local" or text.startswith("local:"):
             count = text[len("local:"):] if ":" in text else str(max(1, (os.cpu_count() or 2)))
             if not count.isdigit() or int(count) < 1:
                 raise InputError(f"--dask {text!r}: write local or local:N with N >= 1 worker "
                                  "processes, e.g. local:4")
+            if int(count) > max_local_workers():
+                raise InputError(f"--dask {text}: at most {max_local_workers()} local worker "
+                                 f"processes on this machine (4 per core, 64 at most); give "
+                                 f"local:{max_local_workers()} or fewer, or join a cluster")
             return cls("local", "", int(count))
         if "://" in text:
             return cls("address", text)
         if Path(text).expanduser().is_file():
-            return cls("file", str(Path(text).expanduser()))
+            return cls("file", _scheduler_file_address(Path(text).expanduser()))
         raise InputError("--dask: not local[:N], a scheduler address such as "
                          "tcp://127.0.0.1:8786, or an existing scheduler file", path=text)
 
     def scheduler_address(self) -> str:
         """The address joined (a scheduler file's ``address``); ``""`` for a local cluster."""
-        if self.kind == "address":
-            return self.target
-        if self.kind == "file":
-            import json
+        return "" if self.kind == "local" else self.target
 
-            try:
-                return str(json.loads(Path(self.target).read_text(encoding="utf-8"))
-                           .get("address", ""))
-            except (OSError, ValueError, AttributeError):
-                return ""  # Client reports the unreadable file as "cannot reach"
-        return ""
+
+def max_local_workers() -> int:
+    """Most worker processes ``--dask local:N`` starts: 4 per core, 64 at most."""
+    return max(1, min(64, 4 * (os.cpu_count() or 1)))
+
+
+#: a scheduler file is a few hundred bytes of JSON
+_SCHEDULER_FILE_MAX = 1 << 20
+
+
+def _scheduler_file_address(path: Path) -> str:
+    """The ``address`` in a scheduler file (``dask scheduler --scheduler-file``), read once
+    (without blocking) and checked; anything else is one InputError."""
+    import json
+    import stat
+
+    what = "is not a dask scheduler file"
+    hint = ("give local[:N], tcp://HOST:PORT or the JSON file `dask scheduler "
+            "--scheduler-file` writes")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise InputError(f"{what}; {hint}", path=path)
+            data = json.loads(fh.read(_SCHEDULER_FILE_MAX + 1)[:_SCHEDULER_FILE_MAX])
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{what} ({type(exc).__name__}); {hint}", path=path) from None
+    address = data.get("address") if isinstance(data, dict) else None
+    if not isinstance(address, str) or "://" not in address or len(address) > 1000:
+        raise InputError(f'{what}: it holds no scheduler "address"; {hint}', path=path)
+    return address
 
 
 @dataclass(frozen=True)
@@ -210,15 +237,14 @@ def connect(address: ClusterAddress | str, tls: TLSFiles | None = None) -> Itera
                     env={"OMP_NUM_THREADS": str(threads)})
             client = distributed.Client(cluster, timeout=CONNECT_TIMEOUT_S)
         else:
-            where = (dict(address=address.target) if address.kind == "address"
-                     else dict(scheduler_file=address.target))
             try:
-                client = distributed.Client(**where, security=security,
+                client = distributed.Client(address.target, security=security,
                                             timeout=CONNECT_TIMEOUT_S)
-            except (OSError, TimeoutError, ValueError, TypeError) as exc:
-                # TypeError: dask's "TLS expects a ssl_context" for a tls:// scheduler file
+            except Exception as exc:  # noqa: BLE001 - whatever the other end sent
+                # what answers may be no dask scheduler at all (AssertionError, MemoryError
+                # from a nonsense frame length); TypeError: "TLS expects a ssl_context"
                 raise InputError(
-                    f"cannot reach the dask scheduler ({_one_line(exc)}); check the "
+                    f"cannot reach the dask scheduler ({_one_line(exc)[:200]}); check the "
                     "address, that `dask scheduler` is running there and, for tls://, "
                     "the certificates", path=address.target) from None
         check_workers(client)
