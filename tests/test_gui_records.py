@@ -127,3 +127,6 @@ def test_a_batch_is_undone_as_one_and_a_later_single_change_first(tmp_path):
     assert not session.undo()
     with pytest.raises(Exception, match="unknown term"):
         session.set_labels([(0, "no such term", 1)])
+    with pytest.raises(Exception, match="label value"):  # all or nothing: nothing written
+        session.store.set_labels([(session.paths[0], terms[0], 1), (session.paths[1], terms[0], 2)])
+    assert all(_own(session, i) == {} for i in range(6))

@@ -13,6 +13,7 @@ Undo (:meth:`.labels.LabelsPart.set_labels`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -51,12 +52,18 @@ class RecordView:
         return tuple((self.terms[j], float(self.probabilities[j])) for j in order)
 
 
+@lru_cache(maxsize=4)
+def _records(genes: tuple[str | None, ...], stages: tuple[str | None, ...]) -> GroupRecords:
+    """The open images' records, computed once per dataset (the panel asks on every step)."""
+    return record_groups(genes, stages)
+
+
 def current_record(session: AnnotatorSession, index: int | None = None) -> RecordView | None:
     """The record of image ``index`` (default: the current one); None without images."""
     i = session.index if index is None else index
     if not 0 <= i < session.n_images:
         return None
-    records = record_groups(session.genes, session.stages)
+    records = _records(tuple(session.genes), tuple(session.stages))
     g = int(records.index[i])
     members = records.members(g)
     terms: tuple[str, ...] = ()

@@ -39,7 +39,7 @@ class RecordSection(QWidget):
         layout.addWidget(self.terms_label)
         s = self.session
         for signal in (s.current_changed, s.dataset_changed, s.predictions_changed,
-                       s.model_changed):
+                       s.model_changed, s.labels_changed):  # labels: a store switch
             dock.listen(signal, self.refresh)
         self.refresh()
 
