@@ -60,6 +60,9 @@ def test_accept_record_labels_every_image_and_one_undo_restores_all(
     click(qtbot, train.train_button)
     wait_done(qtbot, train.runner)
 
+    qtbot.keyClicks(model.new_term_edit, "amnioserosa")  # added after training: no prediction
+    click(qtbot, model.add_term_button)
+    assert session.vocabulary[-1] == "amnioserosa"
     sizes = {g: session.genes.count(g) for g in session.genes}
     target = next(i for i, g in enumerate(session.genes) if 2 <= sizes[g] <= 3 and i > 0)
     while session.index < target:
@@ -73,13 +76,14 @@ def test_accept_record_labels_every_image_and_one_undo_restores_all(
     called = {t for t, p in zip(session.model_vocabulary, combined, strict=True) if p >= 0.5}
     for t in called:
         assert t in section.terms_label.text()
+    assert "left as they are: amnioserosa" in section.terms_label.text()
     others = [i for i in range(session.n_images) if i not in members]
     before = {i: _own(session, i) for i in range(session.n_images)}
     assert all(not v for v in before.values())
 
     click(qtbot, section.accept_button)
     for i in members:  # every image of the record, as the curator's labels
-        assert _own(session, i) == {t: int(t in called) for t in session.vocabulary}
+        assert _own(session, i) == {t: int(t in called) for t in session.model_vocabulary}
         assert {e.annotator for e in session.store.history(session.paths[i])
                 if e.annotator != "manifest"} == {"curator"}
     assert all(_own(session, i) == {} for i in others)

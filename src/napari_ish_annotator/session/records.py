@@ -25,7 +25,7 @@ from ..core.utils.errors import InputError
 if TYPE_CHECKING:
     from .state import AnnotatorSession
 
-__all__ = ["RecordView", "current_record", "record_changes", "accept_record"]
+__all__ = ["RecordView", "current_record", "record_changes", "unpredicted", "accept_record"]
 
 
 @dataclass(frozen=True)
@@ -81,13 +81,24 @@ def current_record(session: AnnotatorSession, index: int | None = None) -> Recor
 def record_changes(session: AnnotatorSession, record: RecordView
                    ) -> list[tuple[int, str, int]]:
     """(image, term, value) of accepting ``record``: present for its called terms, absent for
-    every other term of the vocabulary (as a manifest's unlisted terms), on each image."""
+    the other terms it has a probability of (as a manifest's unlisted terms), on each image.
+    A term the model does not predict (added since training) is left as it is: no call, no
+    evidence to write."""
     if not record.predicted:
         raise InputError("this record has no prediction yet; train a model or press Predict "
                          "first, then accept the record")
     present = {term for term, _ in record.called}
+    scored = {t for t, p in zip(record.terms, record.probabilities, strict=True)
+              if np.isfinite(p)}
     return [(i, term, int(term in present)) for i in record.members
-            for term in session.vocabulary]
+            for term in session.vocabulary if term in scored]
+
+
+def unpredicted(session: AnnotatorSession, record: RecordView) -> list[str]:
+    """Vocabulary terms accepting ``record`` leaves alone (no probability for them)."""
+    scored = {t for t, p in zip(record.terms, record.probabilities, strict=True)
+              if np.isfinite(p)}
+    return [t for t in session.vocabulary if t not in scored]
 
 
 def accept_record(session: AnnotatorSession, index: int | None = None) -> int:

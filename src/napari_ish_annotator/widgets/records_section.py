@@ -28,7 +28,7 @@ class RecordSection(QWidget):
         self.accept_button = QPushButton("Accept record")
         self.accept_button.setToolTip(
             "label every image of this gene x stage record at once: the called terms present, "
-            "the other terms absent (as your labels; one Undo / Ctrl+Z takes it back)")
+            "the other predicted terms absent (as your labels; one Ctrl+Z takes it back)")
         self.accept_button.clicked.connect(self.accept)
         row = QHBoxLayout()
         row.addWidget(self.title, 1)
@@ -65,8 +65,10 @@ class RecordSection(QWidget):
         called = record.called
         shown = ", ".join(f"{t} {p:.2f}" for t, p in called[:SHOWN_TERMS])
         more = f" and {len(called) - SHOWN_TERMS} more" if len(called) > SHOWN_TERMS else ""
-        self.terms_label.setText(f"called: {shown}{more}" if called else
-                                 "no term is called present (every term would become absent)")
+        left = records.unpredicted(self.session, record)
+        self.terms_label.setText(
+            (f"called: {shown}{more}" if called else "no term is called present")
+            + (f" (not predicted, left as they are: {', '.join(left)})" if left else ""))
 
     @shows_input_error
     def accept(self) -> None:
