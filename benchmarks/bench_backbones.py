@@ -71,16 +71,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from napari_ish_annotator.core.backbones.registry import (
-        get_spec,
-        imagenet_weights_available,
-    )
+    from napari_ish_annotator.core.backbones.specs import get_spec
+    from napari_ish_annotator.core.backbones.weights import imagenet_weights_available
     from napari_ish_annotator.core.data.manifest import read_manifest
     from napari_ish_annotator.core.features.extractor import (
         ExtractorConfig,
         FeatureExtractor,
     )
-    from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+    from napari_ish_annotator.core.learn.logistic import EnsembleConfig
     from napari_ish_annotator.core.synthetic.embryos import generate_dataset
     from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.core.workflow import iter_evaluate

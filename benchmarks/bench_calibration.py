@@ -37,7 +37,7 @@ import numpy as np
 
 
 def _figures(name: str, P: np.ndarray, Y: np.ndarray) -> dict:
-    from napari_ish_annotator.core.learn.evaluation import expected_calibration_error, per_term_auc
+    from napari_ish_annotator.core.learn.metrics import expected_calibration_error, per_term_auc
 
     aucs = [a for a in per_term_auc(Y, P) if a is not None]
     return {"name": name, "called": float((P >= 0.5).sum(axis=1).mean()),
@@ -53,7 +53,8 @@ def _time(fn):
 
 def _cv_speed(X, Y, groups, vocabulary, folds, cfg, label: str) -> None:
     from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier
-    from napari_ish_annotator.core.learn.evaluation import grouped_folds, iter_cross_validate
+    from napari_ish_annotator.core.learn.evaluation import iter_cross_validate
+    from napari_ish_annotator.core.learn.splits import grouped_folds
     from napari_ish_annotator.core.utils.progress import drive
 
     splits = grouped_folds(groups, folds, seed=0)
@@ -104,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         FeatureExtractor,
     )
     from napari_ish_annotator.core.learn.calibration import prior_correction
-    from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier, EnsembleConfig
+    from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier
+    from napari_ish_annotator.core.learn.logistic import EnsembleConfig
     from napari_ish_annotator.core.synthetic.embryos import generate_dataset
     from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.core.workflow import iter_fit_bundle

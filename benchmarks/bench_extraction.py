@@ -62,8 +62,10 @@ def _timed(fn):
 
 def _cv_agreement(X32, X16, Y, groups, vocabulary, folds, seed):
     """Grouped-CV predictions of the ensembles fitted on fp32 vs on bf16 features."""
-    from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier, EnsembleConfig
-    from napari_ish_annotator.core.learn.evaluation import grouped_folds, score_predictions
+    from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier
+    from napari_ish_annotator.core.learn.evaluation import score_predictions
+    from napari_ish_annotator.core.learn.logistic import EnsembleConfig
+    from napari_ish_annotator.core.learn.splits import grouped_folds
 
     folds_list = grouped_folds(groups, folds, seed)
     # small runs: keep the terms that have both classes in every training part
@@ -104,13 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from torchvision.models import vgg16
 
-    from napari_ish_annotator.core.backbones.registry import load_backbone
+    from napari_ish_annotator.core.backbones.weights import load_backbone
     from napari_ish_annotator.core.data.manifest import read_manifest
-    from napari_ish_annotator.core.features.extractor import (
-        ExtractorConfig,
-        FeatureExtractor,
-        cpu_has_native_bf16,
-    )
+    from napari_ish_annotator.core.features.extractor import ExtractorConfig, FeatureExtractor
+    from napari_ish_annotator.core.features.preprocess import cpu_has_native_bf16
     from napari_ish_annotator.core.synthetic.embryos import generate_dataset
 
     info = {

@@ -65,10 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
     args = parser.parse_args(argv)
 
-    from napari_ish_annotator.core.backbones.registry import (
-        imagenet_weights_available,
-        resolve_device,
-    )
+    from napari_ish_annotator.core.backbones.devices import resolve_device
+    from napari_ish_annotator.core.backbones.weights import imagenet_weights_available
     from napari_ish_annotator.core.data.manifest import read_manifest
     from napari_ish_annotator.core.features.extractor import ExtractorConfig
     from napari_ish_annotator.core.finetune import (
@@ -76,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         finetune,
         load_finetuned,
     )
-    from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+    from napari_ish_annotator.core.learn.logistic import EnsembleConfig
     from napari_ish_annotator.core.learn.metrics import mean_auc
     from napari_ish_annotator.core.synthetic.embryos import generate_dataset
     from napari_ish_annotator.core.utils.progress import drive

@@ -65,7 +65,8 @@ def generate(workdir: Path, n: int, d: int, n_terms: int, seed: int, rank: int =
 
 
 def worker_gram(workdir: Path, members: int, C: float, seed: int) -> dict:
-    from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier, EnsembleConfig
+    from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier
+    from napari_ish_annotator.core.learn.logistic import EnsembleConfig
 
     X = np.load(workdir / "X.npy", mmap_mode="r")
     Y = np.load(workdir / "Y.npy")
@@ -80,7 +81,7 @@ def worker_gram(workdir: Path, members: int, C: float, seed: int) -> dict:
 
 def _members(Y: np.ndarray, members: int, seed: int) -> list[list[np.ndarray]]:
     """The same member rows as EnsembleClassifier.iter_fit draws (no unknown labels here)."""
-    from napari_ish_annotator.core.learn.ensembles import member_rows
+    from napari_ish_annotator.core.learn.logistic import member_rows
 
     seqs = np.random.SeedSequence(seed).spawn(Y.shape[1])
     return [member_rows(Y[:, t], members, np.random.default_rng(seqs[t]))
@@ -95,7 +96,7 @@ def worker_naive(workdir: Path, members: int, C: float, seed: int, terms: list[i
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+    from napari_ish_annotator.core.learn.logistic import EnsembleConfig
 
     cfg = EnsembleConfig(n_members=members, C=C, seed=seed)
     warnings.simplefilter("ignore", ConvergenceWarning)

@@ -72,7 +72,7 @@ class Settings:
 
     @classmethod
     def smoke(cls, budget_s: float = 120.0) -> Settings:
-        from napari_ish_annotator.core.features.extractor import cpu_has_native_bf16
+        from napari_ish_annotator.core.features.preprocess import cpu_has_native_bf16
 
         return cls(device="cpu", n_images=8, image_size=(40, 100), input_size=32,
                    batch_sizes=(4,), precisions=("fp32", "bf16") if cpu_has_native_bf16()
@@ -306,7 +306,7 @@ def measure_feature_agreement(loaded, paths, settings: Settings, reference: np.n
 
 def fit_small_model(X: np.ndarray, Y: np.ndarray, loaded, settings: Settings):
     from napari_ish_annotator.core.features.extractor import ExtractorConfig
-    from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+    from napari_ish_annotator.core.learn.logistic import EnsembleConfig
     from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.core.workflow import iter_fit_bundle
 
@@ -390,7 +390,8 @@ def measure_gradcam_linear(bundle, loaded, image: np.ndarray, settings: Settings
 
 
 def measure_gradcam_mtl(checkpoint: Path, image: np.ndarray, settings: Settings) -> dict:
-    from napari_ish_annotator.core.finetune import gradcam_mtl, load_finetuned
+    from napari_ish_annotator.core.explain.finetuned import gradcam_mtl
+    from napari_ish_annotator.core.finetune import load_finetuned
 
     model = load_finetuned(checkpoint, device=settings.device)
     maps_dev = gradcam_mtl(model, image)
@@ -406,7 +407,7 @@ def measure_gradcam_mtl(checkpoint: Path, image: np.ndarray, settings: Settings)
 def environment(settings: Settings, mode: str) -> dict:
     import torch
 
-    from napari_ish_annotator.core.features.extractor import default_decode_workers
+    from napari_ish_annotator.core.features.decoding import default_decode_workers
 
     cuda = settings.device == "cuda"
     if cuda:
@@ -426,7 +427,7 @@ def environment(settings: Settings, mode: str) -> dict:
 
 def run(settings: Settings, out: Path, mode: str) -> dict:
     """Every measurement in order of importance; returns the report (also written to ``out``)."""
-    from napari_ish_annotator.core.backbones.registry import (
+    from napari_ish_annotator.core.backbones.weights import (
         imagenet_weights_available,
         load_backbone,
     )

@@ -24,7 +24,7 @@ from napari_ish_annotator.core.explain.gradcam import (
     layer_activation,
 )
 from napari_ish_annotator.core.features.extractor import ExtractorConfig
-from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+from napari_ish_annotator.core.learn.logistic import EnsembleConfig
 from napari_ish_annotator.core.synthetic.embryos import generate_dataset
 from napari_ish_annotator.core.utils.progress import drive
 from napari_ish_annotator.core.workflow import iter_train, make_extractor

@@ -119,7 +119,7 @@ def headless(profile: bool = False, repeats: int = 3) -> None:
 
     from napari_ish_annotator.core.data.manifest import read_manifest
     from napari_ish_annotator.core.features.extractor import ExtractorConfig
-    from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+    from napari_ish_annotator.core.learn.logistic import EnsembleConfig
     from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.core.workflow import iter_train
     from napari_ish_annotator.session import AnnotatorSession, steps, throttled

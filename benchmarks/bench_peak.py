@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
         CLOCK = time.thread_time
 
-    from napari_ish_annotator.core.backbones.registry import load_backbone
+    from napari_ish_annotator.core.backbones.weights import load_backbone
     from napari_ish_annotator.core.data.manifest import read_manifest
     from napari_ish_annotator.core.features.extractor import (
         ExtractorConfig,

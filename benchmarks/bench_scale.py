@@ -42,7 +42,7 @@ def child(n: int, n_terms: int, members: int, folder: Path, memmap_above: float 
     from napari_ish_annotator.core import workflow as pipeline
     from napari_ish_annotator.core.features.extractor import ExtractorConfig
     from napari_ish_annotator.core.learn.bundle import save_bundle
-    from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+    from napari_ish_annotator.core.learn.logistic import EnsembleConfig
     from napari_ish_annotator.core.utils.files import release_pages
     from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.core.workflow import feature_matrix, iter_fit_bundle

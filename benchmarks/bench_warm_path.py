@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench_extraction import _naive
     from torchvision.models import vgg16
 
-    from napari_ish_annotator.core.backbones.registry import load_backbone
+    from napari_ish_annotator.core.backbones.weights import load_backbone
     from napari_ish_annotator.core.data.manifest import read_manifest
     from napari_ish_annotator.core.features.extractor import (
         ExtractorConfig,

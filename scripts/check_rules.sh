@@ -42,4 +42,34 @@ rule "Gram matrix of the features" \
   '^def (iter_gram|gram_matrix)\(|^class GramBlock' core/learn/ensembles.py \
   '[A-Z]\w* @ [A-Z]\w*\.T  # .*syrk|def iter_gram|def gram_matrix'
 
+# an image takes part when it has at least one known label (issue 25: six inline copies)
+rule "labelled rows (at least one known label)" \
+  '^def (labelled_mask|labelled_rows)\(' core/learn/metrics.py \
+  '(!= ?-1|>= ?0)\)\.any\((axis=)?1\)'
+
+# a file name is a supported image by its suffix (issue 25: five copies)
+rule "supported image suffix" \
+  '^def has_image_suffix\(' core/data/images.py \
+  'suffix\.lower\(\) (not )?in SUPPORTED_SUFFIXES'
+
+# the developmental stage ranges (the Annotate panel's list was a copy)
+rule "stage ranges" \
+  '^STAGE_RANGES' core/data/vocabulary.py \
+  '"4-6", "7-8"'
+
+# a backbone's feature layers come from its spec (the panel and --layer help had VGG16's)
+rule "feature layer list" \
+  '^VGG16 = ' core/backbones/specs.py \
+  '"17", "21", "24"|17, 21, 24, 30'
+
+# a model scores feature rows one way (CLI predict, session, demo): NaN rows never reach it
+rule "scoring feature rows" \
+  '^def predict_rows\(' core/workflow.py \
+  '\.predict_both\('
+
+# where features are computed is an explicit executor argument, never a module lookup
+rule "the executor is an argument" \
+  '^class DaskExecutor' core/features/distributed.py \
+  'sys\.modules\.get\(.*distributed|def current_client|_current\.append'
+
 exit $status

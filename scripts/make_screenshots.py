@@ -62,7 +62,7 @@ def _shots(napari, manifest: Path, args: argparse.Namespace, w: int, h: int, suf
     from napari._qt.dialogs.qt_notification import NapariQtNotification
     from qtpy.QtWidgets import QApplication
 
-    from napari_ish_annotator.core.backbones.registry import get_spec
+    from napari_ish_annotator.core.backbones.specs import get_spec
     from napari_ish_annotator.widgets import _worker, open_annotator
     from napari_ish_annotator.widgets._napari_private import qt_main_window
 

@@ -119,6 +119,10 @@ def reveal(qtbot, widget) -> None:
                 page = ancestor.widget(i)
                 if page is not ancestor.currentWidget() and (page is widget or page in chain):
                     click_tab(qtbot, ancestor, i)
+        toggle = getattr(ancestor, "toggle", None)  # a folded section (widgets._base.Collapsible)
+        content = getattr(ancestor, "content", None)
+        if toggle is not None and content in chain and not content.isVisible():
+            click(qtbot, toggle)
     for ancestor in chain:
         if isinstance(ancestor, QScrollArea) and ancestor.widget() in chain + [widget]:
             ancestor.ensureWidgetVisible(widget)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from napari_ish_annotator.core.learn.active import informativeness, rank, suggest, term_weights
-from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier, EnsembleConfig
+from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier
+from napari_ish_annotator.core.learn.logistic import EnsembleConfig
 from napari_ish_annotator.core.synthetic.simulate import learning_curve, synthetic_features
 
 

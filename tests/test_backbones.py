@@ -8,15 +8,10 @@ from urllib.error import URLError
 import pytest
 import torch
 
-from napari_ish_annotator.core.backbones import registry as backbones
-from napari_ish_annotator.core.backbones.registry import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    get_spec,
-    imagenet_weights_available,
-    load_backbone,
-    resolve_device,
-)
+from napari_ish_annotator.core import backbones as backbones
+from napari_ish_annotator.core.backbones.devices import resolve_device
+from napari_ish_annotator.core.backbones.specs import IMAGENET_MEAN, IMAGENET_STD, get_spec
+from napari_ish_annotator.core.backbones.weights import imagenet_weights_available, load_backbone
 from napari_ish_annotator.core.utils.errors import InputError
 
 PAPER_LAYERS = {"17": (16, "pool3", (256, 28, 28)), "21": (20, "relu4_2", (512, 28, 28)),

@@ -18,7 +18,8 @@ from napari_ish_annotator.core.learn.bundle import (
     package_versions,
     save_bundle,
 )
-from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier, EnsembleConfig
+from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier
+from napari_ish_annotator.core.learn.logistic import EnsembleConfig
 from napari_ish_annotator.core.utils.errors import InputError
 
 VOCAB = ["ventral nerve cord", "brain", "foregut"]

@@ -10,17 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_ish_annotator.core.backbones.registry import load_backbone
+from napari_ish_annotator.core.backbones.weights import load_backbone
 from napari_ish_annotator.core.features.cache import (
     FeatureCache,
     default_cache_dir,
     signature_hash,
 )
-from napari_ish_annotator.core.features.extractor import (
-    ExtractorConfig,
-    FeatureExtractor,
-    cpu_has_native_bf16,
-)
+from napari_ish_annotator.core.features.extractor import ExtractorConfig, FeatureExtractor
+from napari_ish_annotator.core.features.preprocess import cpu_has_native_bf16
 
 SIG = {"backbone": "vgg16", "weights_id": "random:seed=0", "layer": "21", "input_size": 64,
        "keep_aspect": False, "precision": "fp32", "shape": [2, 3, 4]}

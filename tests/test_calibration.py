@@ -13,8 +13,9 @@ from napari_ish_annotator.core.learn.calibration import (
     identity,
     prior_correction,
 )
-from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier, EnsembleConfig
-from napari_ish_annotator.core.learn.evaluation import expected_calibration_error
+from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier
+from napari_ish_annotator.core.learn.logistic import EnsembleConfig
+from napari_ish_annotator.core.learn.metrics import expected_calibration_error
 from napari_ish_annotator.core.utils.errors import InputError
 
 

@@ -8,13 +8,8 @@ from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import normalize
 
-from napari_ish_annotator.core.learn.ensembles import (
-    EnsembleClassifier,
-    EnsembleConfig,
-    fit_logistic_gram,
-    gram_matrix,
-    member_rows,
-)
+from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier, gram_matrix
+from napari_ish_annotator.core.learn.logistic import EnsembleConfig, fit_logistic_gram, member_rows
 from napari_ish_annotator.core.utils.errors import InputError
 
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from napari_ish_annotator.core.backbones.registry import load_backbone, resolve_device
+from napari_ish_annotator.core.backbones.devices import resolve_device
+from napari_ish_annotator.core.backbones.weights import load_backbone
 from napari_ish_annotator.core.features.extractor import ExtractorConfig, FeatureExtractor
 
 pytestmark = [
@@ -80,10 +81,8 @@ def test_cuda_decoding_in_processes_equals_threads(loaded, image_files):
 
 
 def test_device_auto_picks_cuda(loaded):
-    from napari_ish_annotator.core.features.extractor import (
-        default_decode_workers,
-        resolve_precision,
-    )
+    from napari_ish_annotator.core.features.decoding import default_decode_workers
+    from napari_ish_annotator.core.features.preprocess import resolve_precision
     from napari_ish_annotator.core.finetune import FinetuneConfig
 
     assert resolve_device("auto").type == "cuda"
@@ -130,7 +129,8 @@ def test_finetune_one_epoch_with_autocast_and_grad_scaler(tmp_path):
 
 
 def test_fine_tuned_model_moves_between_devices(tmp_path):
-    from napari_ish_annotator.core.finetune import gradcam_mtl, load_finetuned
+    from napari_ish_annotator.core.explain.finetuned import gradcam_mtl
+    from napari_ish_annotator.core.finetune import load_finetuned
 
     images, result = _small_finetune(tmp_path, "cuda")
     model = load_finetuned(result.checkpoint, device="cuda")
@@ -147,7 +147,7 @@ def test_fine_tuned_model_moves_between_devices(tmp_path):
 @pytest.fixture(scope="module")
 def bundle(loaded):
     """A small logistic-ensemble model fitted on CPU fp32 features."""
-    from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+    from napari_ish_annotator.core.learn.logistic import EnsembleConfig
     from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.core.workflow import iter_fit_bundle
 

@@ -98,7 +98,7 @@ def test_train_with_cv_reads_the_features_once(tmp_path, monkeypatch):
         folds.append(len(test))
         return (yield from real_fold(K, train, test, *args, **kwargs))
 
-    monkeypatch.setattr(classify, "iter_gram", counting)
+    monkeypatch.setattr(steps, "iter_gram", counting)  # where the session looks it up
     monkeypatch.setattr(fold_fits, "iter_fold_decisions", counting_folds)
     with_cv = drive(steps.iter_train(session.train_request(cross_validate=True)))
     assert len(calls) == 1, calls

@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-distributed = pytest.importorskip("distributed")
+from _extras import require
+
+distributed = require("distributed")
 
 from napari_ish_annotator.cli import main  # noqa: E402
 from napari_ish_annotator.core.features import distributed as ishd  # noqa: E402
@@ -48,7 +50,7 @@ def local_model(tiny_dataset, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def client():
     # local:N secures its cluster with a temporary TLS certificate (docs/cluster.md)
-    pytest.importorskip("cryptography", reason="--dask local needs the [cluster] extra")
+    require("cryptography", reason="--dask local needs the [cluster] extra")
     with ishd.connect("local:2") as c:
         yield c
 
@@ -56,12 +58,13 @@ def client():
 def test_local_cluster_predict_and_train_match_a_local_run(local_model, tiny_dataset, client,
                                                            tmp_path, monkeypatch):
     monkeypatch.setattr(ishd, "CHUNK", 5)  # several chunks over both workers
-    with ishd.use(client):
+    with contextlib.nullcontext(ishd.DaskExecutor(client)) as dask:
         assert main(["predict", str(local_model / "model"), str(tiny_dataset.parent / "images"),
                      "--out", str(tmp_path / "dask.csv"), "--cache", str(tmp_path / "c"),
-                     "--quiet"]) == 0
+                     "--quiet"], executor=dask) == 0
         assert main(["train", str(tiny_dataset), "--out", str(tmp_path / "model"),
-                     "--ensemble", "3", "--cache", str(tmp_path / "c"), *FAST]) == 0
+                     "--ensemble", "3", "--cache", str(tmp_path / "c"), *FAST],
+                    executor=dask) == 0
     names_local, p_local = _read(local_model / "local.csv")
     names_dask, p_dask = _read(tmp_path / "dask.csv")
     assert names_dask == names_local  # input order kept
@@ -80,9 +83,10 @@ def test_skip_bad_and_a_bad_image_on_a_worker(local_model, tiny_dataset, client,
     images = sorted((tiny_dataset.parent / "images").glob("*.png"))[:4]
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
-    with ishd.use(client):
+    with contextlib.nullcontext(ishd.DaskExecutor(client)) as dask:
         code = main(["predict", str(local_model / "model"), *map(str, images), str(bad),
-                     "--out", str(tmp_path / "p.csv"), "--no-cache", "--quiet", "--skip-bad"])
+                     "--out", str(tmp_path / "p.csv"), "--no-cache", "--quiet", "--skip-bad"],
+                    executor=dask)
         assert code == 0
         assert len(_read(tmp_path / "p.csv")[0]) == 4
         with pytest.raises(InputError, match="broken.png") as info:
@@ -90,7 +94,8 @@ def test_skip_bad_and_a_bad_image_on_a_worker(local_model, tiny_dataset, client,
             from napari_ish_annotator.core.utils.progress import drive
             from napari_ish_annotator.core.workflow import iter_features, make_extractor
 
-            fx = make_extractor(ExtractorConfig(weights="random", input_size=64), None)
+            fx = make_extractor(ExtractorConfig(weights="random", input_size=64), None,
+                                executor=dask)
             drive(iter_features(fx, [*images, bad]))
         assert info.value.path == bad  # the worker's error keeps its file
     assert not (tmp_path / "q.csv").exists()
@@ -117,10 +122,10 @@ def test_a_chunk_whose_worker_dies_is_recomputed(local_model, tiny_dataset, clie
     marker = tmp_path / "died"
     client.register_plugin(_DieOnce(str(marker)), name="die-once")
     try:
-        with ishd.use(client):
+        with contextlib.nullcontext(ishd.DaskExecutor(client)) as dask:
             assert main(["predict", str(local_model / "model"),
                          str(tiny_dataset.parent / "images"), "--out", str(tmp_path / "p.csv"),
-                         "--no-cache", "--quiet"]) == 0
+                         "--no-cache", "--quiet"], executor=dask) == 0
     finally:
         client.unregister_worker_plugin("die-once")
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
@@ -136,8 +141,9 @@ def test_closing_the_run_cancels_the_outstanding_chunks(tiny_dataset, client, mo
 
     monkeypatch.setattr(ishd, "CHUNK", 1)
     images = sorted((tiny_dataset.parent / "images").glob("*.png"))
-    with ishd.use(client):
-        fx = make_extractor(ExtractorConfig(weights="random:seed=9", input_size=64), None)
+    with contextlib.nullcontext(ishd.DaskExecutor(client)) as dask:
+        fx = make_extractor(ExtractorConfig(weights="random:seed=9", input_size=64), None,
+                            executor=dask)
         gen = iter_features(fx, images)
         next(gen)  # cache checked, every chunk submitted
         next(gen)  # the first chunk is back
@@ -160,8 +166,10 @@ def test_a_cluster_lost_mid_run_is_one_input_error(tiny_dataset, monkeypatch):
     cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1",
                                        dashboard_address="127.0.0.1:0")
     try:
-        with distributed.Client(cluster) as c, ishd.use(c):
-            fx = make_extractor(ExtractorConfig(weights="random:seed=8", input_size=64), None)
+        with distributed.Client(cluster) as c:
+            dask = ishd.DaskExecutor(c)
+            fx = make_extractor(ExtractorConfig(weights="random:seed=8", input_size=64), None,
+                                executor=dask)
             gen = iter_features(fx, images)
             next(gen)
             next(gen)  # one chunk back, the rest queued
@@ -260,7 +268,7 @@ def test_hand_started_scheduler_and_workers(local_model, tiny_dataset, tmp_path)
 
 
 def test_slurm_config_object_builds_a_job_script():
-    pytest.importorskip("dask_jobqueue")
+    require("dask_jobqueue")
     from napari_ish_annotator.core.features.distributed import slurm_cluster
 
     cluster = slurm_cluster(queue="gpu", account="lab", cores=8, memory="32GB",

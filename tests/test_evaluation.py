@@ -9,17 +9,22 @@ import math
 import numpy as np
 import pytest
 
-from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier, EnsembleConfig
+from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier
 from napari_ish_annotator.core.learn.evaluation import (
+    iter_cross_validate,
+    score_predictions,
+)
+from napari_ish_annotator.core.learn.logistic import EnsembleConfig
+from napari_ish_annotator.core.learn.metrics import (
     METRICS,
     expected_calibration_error,
+    per_term_auc,
+    term_metrics,
+)
+from napari_ish_annotator.core.learn.splits import (
     group_ids,
     grouped_folds,
-    iter_cross_validate,
-    per_term_auc,
     random_partitions,
-    score_predictions,
-    term_metrics,
     validation_split,
 )
 from napari_ish_annotator.core.learn.table import format_table
@@ -307,7 +312,7 @@ def test_evaluate_frees_each_layers_features_before_the_next(monkeypatch):
     from napari_ish_annotator.core import workflow as pipeline
     from napari_ish_annotator.core.data.manifest import Dataset, Sample
     from napari_ish_annotator.core.features.extractor import ExtractorConfig
-    from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+    from napari_ish_annotator.core.learn.logistic import EnsembleConfig
     from napari_ish_annotator.core.utils.progress import drive
 
     rng = np.random.default_rng(0)
@@ -326,11 +331,9 @@ def test_evaluate_frees_each_layers_features_before_the_next(monkeypatch):
         yield pipeline.Progress(len(images), len(images), stage)
         return X
 
-    from napari_ish_annotator.core.backbones import registry as backbones
-
     monkeypatch.setattr(pipeline, "iter_features", fake_features)
     monkeypatch.setattr(pipeline, "make_extractor", lambda config, cache_dir, loaded: None)
-    monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: None)
+    monkeypatch.setattr(pipeline, "load_backbone", lambda *a, **k: None)
     config = ExtractorConfig(weights="random", input_size=64, device="cpu", precision="fp32")
     res = drive(pipeline.iter_evaluate(dataset, config, EnsembleConfig(n_members=3),
                                        layers=["17", "21", "24"], folds=3))

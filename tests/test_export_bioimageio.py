@@ -22,9 +22,8 @@ else:
 from napari_ish_annotator.cli import main  # noqa: E402
 from napari_ish_annotator.core.data.images import read_rgb  # noqa: E402
 from napari_ish_annotator.core.data.manifest import read_manifest  # noqa: E402
-from napari_ish_annotator.core.export.bioimageio import (  # noqa: E402
-    ExportOptions,
-    export_bioimageio,
+from napari_ish_annotator.core.export.bioimageio import ExportOptions, export_bioimageio
+from napari_ish_annotator.core.export.packages import (
     failed_details,
     predict_package,
     run_package_test,
@@ -96,7 +95,7 @@ def test_vgg16_package_passes_the_test_and_matches_predict(tiny_dataset, tmp_pat
 def test_efficientnet_lite0_package(tiny_dataset, tmp_path):
     """fp32 features: the exported network computes in fp32, and EfficientNet's bf16 features
     (precision auto on CPUs with native bf16) move its probabilities by up to ~0.05."""
-    from napari_ish_annotator.core.backbones.registry import imagenet_weights_available
+    from napari_ish_annotator.core.backbones.weights import imagenet_weights_available
 
     if not imagenet_weights_available("efficientnet_lite0"):
         if os.environ.get("ISH_TEST_REQUIRE_EXTRAS"):

@@ -20,7 +20,7 @@ from napari_ish_annotator.core.export.model import load_exportable
 from napari_ish_annotator.core.export.network import build_network
 from napari_ish_annotator.core.features.extractor import ExtractorConfig
 from napari_ish_annotator.core.learn.bundle import load_bundle, save_bundle
-from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+from napari_ish_annotator.core.learn.logistic import EnsembleConfig
 from napari_ish_annotator.core.utils.errors import InputError
 from napari_ish_annotator.core.utils.progress import drive
 from napari_ish_annotator.core.workflow import iter_predict, iter_train

@@ -9,12 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from napari_ish_annotator.core.backbones.registry import load_backbone
+from napari_ish_annotator.core.backbones.weights import load_backbone
 from napari_ish_annotator.core.features import decoding
 from napari_ish_annotator.core.features import extractor as features_mod
-from napari_ish_annotator.core.features.extractor import (
-    ExtractorConfig,
-    FeatureExtractor,
+from napari_ish_annotator.core.features.extractor import ExtractorConfig, FeatureExtractor
+from napari_ish_annotator.core.features.preprocess import (
     border_colour,
     cpu_has_native_bf16,
     resolve_precision,

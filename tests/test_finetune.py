@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 import torch
 
+from napari_ish_annotator.core.explain.finetuned import gradcam_mtl
 from napari_ish_annotator.core.finetune import (
     FORMAT,
     FinetuneConfig,
     build_head,
     finetune,
-    gradcam_mtl,
     iter_finetune,
     load_checkpoint,
     load_finetuned,
     masked_bce,
 )
-from napari_ish_annotator.core.learn.evaluation import validation_split
+from napari_ish_annotator.core.learn.splits import validation_split
 from napari_ish_annotator.core.utils.errors import InputError
 
 VOCAB = ["anterior", "posterior", "ventral"]
@@ -187,7 +187,7 @@ def test_cancel_mid_epoch_keeps_last_complete_checkpoint(tmp_path):
 
 
 def test_frozen_layers_stay_and_trainable_layers_change_with_augmentation(tmp_path):
-    from napari_ish_annotator.core.backbones.registry import load_backbone
+    from napari_ish_annotator.core.backbones.weights import load_backbone
 
     images, Y = make_images(6, seed=3)
     cfg = small_config(frozen="17", augment=True, batch_size=3, epochs=1, lr=1e-3)
@@ -253,7 +253,7 @@ def test_bad_input_is_reported():
 
 def test_partial_weights_cannot_be_fine_tuned(tmp_path):
     """A checkpoint covering only the first layers leaves NaN deeper: training would be NaN."""
-    from napari_ish_annotator.core.backbones.registry import load_backbone
+    from napari_ish_annotator.core.backbones.weights import load_backbone
 
     trunk = load_backbone("vgg16", "random", 0).module
     partial = {k: v for k, v in trunk.state_dict().items() if k.split(".")[0] in ("0", "2")}
@@ -266,7 +266,7 @@ def test_partial_weights_cannot_be_fine_tuned(tmp_path):
 
 
 def test_frozen_depth_names():
-    from napari_ish_annotator.core.backbones.registry import load_backbone
+    from napari_ish_annotator.core.backbones.weights import load_backbone
     from napari_ish_annotator.core.finetune import resolve_frozen
 
     vgg = load_backbone("vgg16", "random", 0)
@@ -291,7 +291,7 @@ def test_checkpoint_errors(tmp_path):
     with pytest.raises(InputError, match="cannot read"):
         load_checkpoint(tmp_path / "junk.pt")
     # the right keys but weights that do not fit the network: a clear error, no traceback
-    from napari_ish_annotator.core.backbones.registry import load_backbone
+    from napari_ish_annotator.core.backbones.weights import load_backbone
 
     trunk = load_backbone("vgg16", "random", 0).module.state_dict()
     head = build_head(512, 2, 16, 0.0, 3).state_dict()

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ish_annotator.core.backbones.registry import load_backbone
+from napari_ish_annotator.core.backbones.weights import load_backbone
+from napari_ish_annotator.core.explain.finetuned import gradcam_mtl
 from napari_ish_annotator.core.finetune import (
     FinetunedEnsemble,
     finetune,
     finetune_ensemble,
-    gradcam_mtl,
     iter_finetune_ensemble,
     load_checkpoint,
     load_ensemble,

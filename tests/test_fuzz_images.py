@@ -24,7 +24,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from napari_ish_annotator.core.data.images import check_image, pixel_budget, read_rgb  # noqa: E402
+from napari_ish_annotator.core.data.budget import pixel_budget  # noqa: E402
+from napari_ish_annotator.core.data.images import check_image, read_rgb  # noqa: E402
 from napari_ish_annotator.core.utils.errors import InputError  # noqa: E402
 
 BUDGET = 1_000_000  # pixels: at most 8 MB decoded per example

@@ -109,7 +109,7 @@ def test_extractor_must_match_the_models_layer():
         ExtractorConfig,
         FeatureExtractor,
     )
-    from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+    from napari_ish_annotator.core.learn.logistic import EnsembleConfig
     from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.core.workflow import iter_fit_bundle
 

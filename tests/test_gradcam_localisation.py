@@ -13,7 +13,7 @@ from napari_ish_annotator.core.data.images import read_rgb
 from napari_ish_annotator.core.data.manifest import read_manifest
 from napari_ish_annotator.core.explain.gradcam import gradcam_all_terms
 from napari_ish_annotator.core.features.extractor import ExtractorConfig
-from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+from napari_ish_annotator.core.learn.logistic import EnsembleConfig
 from napari_ish_annotator.core.synthetic.embryos import generate_dataset, slugify
 from napari_ish_annotator.core.utils.progress import drive
 from napari_ish_annotator.core.workflow import iter_train, make_extractor

@@ -41,17 +41,17 @@ def test_disagreement_filter_hover_consensus_training_and_agreement(gui, qtbot, 
     assert embryos.row_count() == 1 and embryos.image_at(0) == 2
 
     # with the filter on, a label change re-reads only its own image and the list follows
-    from napari_ish_annotator.core.labels import consensus
+    from napari_ish_annotator.session import annotators
 
     read: list[int] = []
-    real = consensus.disagreement_mask
+    real = annotators.disagreement_mask
 
     def counting(store, images, vocabulary=None):
         read.append(len(images))
         return real(store, images, vocabulary)
 
     session.set_annotator("alice")  # switching annotator re-reads every image, rightly
-    monkeypatch.setattr(consensus, "disagreement_mask", counting)
+    monkeypatch.setattr(annotators, "disagreement_mask", counting)
     _flip(session, "alice", 5, "hindgut")  # alice now differs from the manifest on image 5
     assert read == [1]
     assert sorted(embryos.image_at(r) for r in range(embryos.row_count())) == [2, 5]

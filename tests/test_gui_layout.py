@@ -165,3 +165,74 @@ def test_no_button_label_is_cut_off(make_napari_viewer, qtbot, size):
                 cut.append((annotator.tabs.tabText(i), button.text(), shown.width(),
                             button.sizeHint().width()))
     assert not cut, cut
+
+
+def _fully_shown(widget) -> bool:
+    """Visible and wholly inside its scroll area's view (no scrolling needed to reach it)."""
+    if not widget.isVisible():
+        return False
+    shown = widget.visibleRegion().boundingRect()
+    return shown.width() >= widget.width() - 1 and shown.height() >= widget.height() - 1
+
+
+def test_main_controls_of_every_tab_fit_1366x768_without_scrolling(make_napari_viewer, qtbot):
+    """A laptop: each tab's main action and the controls a day needs are on screen as the
+    tab opens; the rarely used fold under one line; names elide in the middle."""
+    from qtpy.QtCore import Qt
+
+    from napari_ish_annotator.widgets import open_annotator
+
+    viewer = make_napari_viewer(show=True)
+    annotator = open_annotator(viewer)
+    _main_window(viewer).resize(1366, 768)
+    qtbot.wait(100)
+    e, m, t = annotator.embryos, annotator.model, annotator.train
+    need = {
+        "Embryos": [e.open_files_button, e.open_folder_button, e.open_manifest_button,
+                    e.suggest_button, e.prev_button, e.next_button, e.annotator_edit,
+                    e.files_section.toggle],
+        "Model": [m.load_model_button, m.extract_button, m.predict_button, m.defaults_button,
+                  m.add_term_button],
+        "Explain": [annotator.explain.show_button],
+        "Train": [t.train_button, t.save_button, t.export_button, t.options_section.toggle,
+                  t.finetune_section.toggle],
+    }
+    hidden = []
+    for i in range(annotator.tabs.count()):
+        annotator.tabs.setCurrentIndex(i)
+        qtbot.wait(30)
+        name = annotator.tabs.tabText(i)
+        hidden += [(name, getattr(w, "text", lambda: "")() or type(w).__name__)
+                   for w in need[name] if not _fully_shown(w)]
+        bar = annotator.tabs.tabBar()  # the tab's own label is whole
+        assert bar.tabRect(i).width() >= bar.fontMetrics().horizontalAdvance(name), name
+    assert not hidden, hidden
+    assert annotator.terms.table.rowCount() == 0 or annotator.terms.table.height() >= 110
+    assert e.table.textElideMode() == Qt.TextElideMode.ElideMiddle
+    assert annotator.terms.table.textElideMode() == Qt.TextElideMode.ElideMiddle
+
+    e.files_section.toggle.click()  # unfolding shows what was folded
+    qtbot.wait(30)
+    annotator.tabs.setCurrentIndex(0)
+    assert e.export_labels_button.isVisible() and e.store_button.isVisible()
+
+
+def test_single_panels_keep_a_usable_height_at_1366x768(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    _main_window(viewer).resize(1366, 768)
+    embryos, annotate = dock(viewer, "Embryos"), dock(viewer, "Annotate")
+    qtbot.wait(100)
+    assert embryos.height() >= 150 and annotate.height() >= 150, \
+        (embryos.height(), annotate.height())
+
+
+def test_frozen_layers_name_the_selected_backbone(make_napari_viewer):
+    from napari_ish_annotator.widgets import open_annotator
+
+    annotator = open_annotator(make_napari_viewer())
+    combo = annotator.train.finetune.frozen_combo
+    annotator.model.backbone_combo.setCurrentText("efficientnet_lite0")
+    assert "efficientnet_lite0" in combo.itemText(0) and "VGG16" not in combo.itemText(0)
+    assert combo.findData("17") < 0  # VGG16's layer numbers are not offered for it
+    annotator.model.backbone_combo.setCurrentText("vgg16")
+    assert "VGG16" in combo.itemText(0) and combo.findData("17") >= 0

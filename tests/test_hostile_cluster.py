@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-distributed = pytest.importorskip("distributed")
+from _extras import require
+
+distributed = require("distributed")
 
 from napari_ish_annotator.cli import main  # noqa: E402
 from napari_ish_annotator.core.features import distributed as ishd  # noqa: E402
@@ -118,7 +120,7 @@ def _assert_no_pages(client) -> None:
 
 
 def test_local_cluster_cannot_be_joined_by_another_process(tmp_path):
-    pytest.importorskip("cryptography", reason="--dask local needs the [cluster] extra")
+    require("cryptography", reason="--dask local needs the [cluster] extra")
     marker = tmp_path / "owned"
     with ishd.connect("local:2") as client:
         targets = _targets(client)

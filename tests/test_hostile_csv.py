@@ -173,3 +173,109 @@ def test_labels_import_and_export_round_trip_hostile_names(tiny_dataset, tmp_pat
         [set(filter(None, t.split(";"))) for t in terms]
     assert back.genes == [f"-g{i}" for i in range(5)]
     assert back.stages == [f"@{i}" for i in range(5)]
+
+
+# ------------------------------------------------------------------------------ ';' pieces
+PIECES = ["g;=2+3", "=HYPERLINK(x);b", "x;=1+2.png", "a;;@b", ";-c", "'=x;'-y", "1;-0.5",
+          "a; =b"]
+
+
+def _pieces_safe(path: Path) -> None:
+    """What Excel in a ';'-separator locale evaluates: each ';'-piece of a cell."""
+    bad = [c for row in _rows(path) for c in row for piece in c.split(";") if _is_formula(piece)]
+    assert not bad, f"{path.name}: formula pieces {bad}"
+
+
+@pytest.mark.parametrize("value", PIECES)
+def test_each_semicolon_piece_is_neutralised_and_round_trips(value):
+    cell = neutralise(value)
+    assert restore(cell) == value
+    assert not any(_is_formula(piece) for piece in cell.split(";"))
+
+
+def test_labels_export_neutralises_formulas_behind_semicolons(tiny_dataset, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rgb = np.asarray(Image.open(read_manifest_images(tiny_dataset)[0]).convert("RGB")).copy()
+    imgs = []
+    for i, stem in enumerate(["x;=1+2", "plain", "y;+3;@z"]):
+        rgb[0, 0] = i
+        imgs.append(folder / f"{stem}.png")
+        Image.fromarray(rgb).save(imgs[-1])
+    given = folder / "ann.csv"
+    write_manifest(given, [Sample(image=p, terms=("=HYPERLINK(x)",) if i else ("gut",),
+                                  gene=["g;=2+3", "-g", "ok"][i], stage="13-16")
+                           for i, p in enumerate(imgs)])
+    db, out = tmp_path / "team.sqlite", tmp_path / "export.csv"
+    vocab = "=HYPERLINK(x);gut"
+    assert main(["labels", "import", str(db), str(given), "--annotator", "a", "--vocab", vocab,
+                 "-q"]) == 0
+    assert main(["labels", "export", str(db), "--images", str(given), "--out", str(out),
+                 "--annotator", "a", "-q"]) == 0
+    _pieces_safe(out)
+    back = read_manifest(out, vocabulary=["=HYPERLINK(x)", "gut"], require_positives=False)
+    assert [p.name for p in back.paths] == [p.name for p in imgs]
+    assert back.genes == ["g;=2+3", "-g", "ok"]
+
+
+# ------------------------------------------------------------------------------ outputs
+@pytest.fixture
+def labelled(tmp_path) -> tuple[Path, Path, Path]:
+    """(label store, its images' manifest, a second, unrelated label store)."""
+    from _store_helpers import build_store, make_images, manifest
+
+    imgs = make_images(tmp_path / "imgs", 4)
+    db, other = tmp_path / "store.sqlite", tmp_path / "theirs" / "other.db"
+    build_store(db, imgs)
+    other.parent.mkdir()
+    build_store(other, imgs, annotator="erin")
+    return db, manifest(tmp_path / "imgs", imgs, ["gut"] * 4, "m"), other
+
+
+def _refused(capsys, args: list[str], words: str, *folders: Path) -> None:
+    from _store_helpers import fingerprint
+
+    before = fingerprint(*folders)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err, err
+    assert fingerprint(*folders) == before
+
+
+def test_no_output_replaces_an_input_or_a_label_store(labelled, tmp_path, capsys):
+    db, m, other = labelled
+    export = ["labels", "export", str(db), "--images", str(m), "--annotator", "carol", "-q"]
+    (tmp_path / "link.csv").symlink_to(db)
+    (tmp_path / "hard.csv").hardlink_to(m)
+    for out, words in ((tmp_path / "imgs" / ".." / "store.sqlite", "is also an input"),
+                       (tmp_path / "link.csv", "is also an input"),
+                       (tmp_path / "hard.csv", "is also an input"),
+                       (other, "is a SQLite file")):
+        _refused(capsys, [*export, "--out", str(out)], words, tmp_path)
+    # predict / evaluate: refused before the model or any image is touched
+    _refused(capsys, ["predict", str(tmp_path / "model"), str(m), "--out", str(other), "-q"],
+             "is a SQLite file", tmp_path)
+    _refused(capsys, ["predict", str(tmp_path / "model"), str(m), "--out",
+                      str(tmp_path / "imgs" / ".." / "imgs" / "m.csv"), "-q"],
+             "is also an input", tmp_path)
+    _refused(capsys, ["evaluate", str(m), "--json", str(tmp_path / "link.csv"), *FAST],
+             "is a SQLite file", tmp_path)
+    _refused(capsys, ["evaluate", str(m), "--json", str(tmp_path / "hard.csv"), *FAST],
+             "is also an input", tmp_path)
+    assert main([*export, "--out", str(tmp_path / "fine.csv")]) == 0  # an honest --out works
+
+
+def test_the_atomic_writer_never_replaces_a_label_store(labelled):
+    from napari_ish_annotator.core.utils.csvio import write_csv
+    from napari_ish_annotator.core.utils.errors import InputError
+    from napari_ish_annotator.core.utils.files import write_json_atomic
+
+    db, m, other = labelled
+    before = other.read_bytes()
+    with pytest.raises(InputError, match="is a SQLite file"):
+        write_csv(other, ["image"], [["x"]])
+    with pytest.raises(InputError, match="is a SQLite file"):
+        write_json_atomic(db.parent / "imgs" / ".." / "store.sqlite", {})
+    assert other.read_bytes() == before and not list(other.parent.glob(".*tmp*"))

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_ish_annotator.core.data import images
-from napari_ish_annotator.core.data.images import check_image, max_pixels, pixel_budget, read_rgb
+from napari_ish_annotator.core.data import budget, images
+from napari_ish_annotator.core.data.budget import max_pixels, pixel_budget
+from napari_ish_annotator.core.data.images import check_image, read_rgb
 from napari_ish_annotator.core.utils.errors import InputError
 
 SRC = str(Path(images.__file__).parents[3])  # the src folder
@@ -148,13 +149,14 @@ def test_raised_budget_lets_pillow_decode_past_its_own_limit(tmp_path, monkeypat
     not be refused by Pillow first (here Pillow's limit is scaled down to keep it small)."""
     from PIL import Image
 
-    monkeypatch.setattr(images, "_PILLOW_DEFAULT_LIMIT", 1000)
+    monkeypatch.setattr(budget, "_PILLOW_DEFAULT_LIMIT", 1000)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     path = write_png_bomb(tmp_path / "wide.png", 300, 20)  # 6000 > 2 x 1000
     with pixel_budget(5000), pytest.raises(InputError, match=r"300x20 pixels \(0.0 Mpx\)"):
         read_rgb(path)
     with pixel_budget(6000):
         assert read_rgb(path).shape == (20, 300, 3)
+        assert Image.MAX_IMAGE_PIXELS == 1000  # raised only while the image opened (issue 25)
 
 
 # ------------------------------------------------------------------ the command line

@@ -141,7 +141,7 @@ def _hostile(package: Path, tmp_path: Path, marker: Path, torchscript: bool) -> 
 def test_package_whose_weights_need_its_code_is_refused(package, trained, tmp_path,
                                                         tiny_dataset):
     from napari_ish_annotator.core.data.images import read_rgb
-    from napari_ish_annotator.core.export.bioimageio import predict_package
+    from napari_ish_annotator.core.export.packages import predict_package
 
     marker = tmp_path / "marker.txt"
     hostile = _hostile(package, tmp_path, marker, torchscript=False)
@@ -160,7 +160,7 @@ def test_package_whose_weights_need_its_code_is_refused(package, trained, tmp_pa
 @pytest.mark.slow
 def test_torchscript_package_runs_without_its_python(package, tmp_path, tiny_dataset):
     from napari_ish_annotator.core.data.images import read_rgb
-    from napari_ish_annotator.core.export.bioimageio import predict_package
+    from napari_ish_annotator.core.export.packages import predict_package
 
     marker = tmp_path / "marker.txt"
     hostile = _hostile(package, tmp_path, marker, torchscript=True)

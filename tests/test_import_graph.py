@@ -1,6 +1,7 @@
 """The package's shape: every module imports on its own and in any order, no import circles
-(not even ones hidden by function-level or ``TYPE_CHECKING`` imports), no source file over
-450 lines.
+(not even ones hidden by function-level or ``TYPE_CHECKING`` imports), imports of the
+package's own modules at module heads (at most :data:`MAX_LAZY_OWN` inside functions), no
+file in src/, tests/ or benchmarks/ over 450 lines.
 
 ``python tests/test_import_graph.py`` prints the import graph's circles and the long files.
 """
@@ -17,10 +18,17 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
 PACKAGE = "napari_ish_annotator"
 MAX_LINES = 450
-
+#: imports of the package's own modules inside functions, in all of src/ (issue 25): a
+#: module's head says what it needs; the few left keep torch or Qt out of a light module
+MAX_LAZY_OWN = 25
+#: folders whose .py files obey MAX_LINES
+LINE_CHECKED = ("src", "tests", "benchmarks")
+#: files over MAX_LINES that another developer is splitting now (issue 25 lists them)
+LINES_PENDING = {"benchmarks/bench_gpu.py"}
 
 
 # ------------------------------------------------------------------------------- the graph
@@ -167,13 +175,37 @@ def _circle(graph: dict[str, set[str]], comp: set[str]) -> list[str]:
 
 
 def long_files() -> dict[str, int]:
-    """``{path under the package: lines}`` of source files over :data:`MAX_LINES`."""
-    root = SRC / PACKAGE
+    """``{path under the repository: lines}`` of .py files in :data:`LINE_CHECKED` over
+    :data:`MAX_LINES`."""
     out = {}
-    for path in sorted(root.rglob("*.py")):
-        n = len(path.read_text(encoding="utf-8").splitlines())
-        if n > MAX_LINES:
-            out[path.relative_to(root).as_posix()] = n
+    for folder in LINE_CHECKED:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            n = len(path.read_text(encoding="utf-8").splitlines())
+            if n > MAX_LINES:
+                out[path.relative_to(ROOT).as_posix()] = n
+    return out
+
+
+def _is_own(node: ast.Import | ast.ImportFrom) -> bool:
+    if isinstance(node, ast.ImportFrom):
+        return bool(node.level) or (node.module or "").split(".")[0] == PACKAGE
+    return any(a.name.split(".")[0] == PACKAGE for a in node.names)
+
+
+def lazy_own_imports() -> list[str]:
+    """``path:line`` of every import of the package's own modules inside a function."""
+    out = []
+
+    def visit(node: ast.AST, path: str, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if in_function and isinstance(child, ast.Import | ast.ImportFrom) and _is_own(child):
+                out.append(f"{path}:{child.lineno}")
+            visit(child, path, in_function or isinstance(
+                child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda))
+
+    for path in sorted((SRC / PACKAGE).rglob("*.py")):
+        visit(ast.parse(path.read_text(encoding="utf-8")), path.relative_to(SRC).as_posix(),
+              False)
     return out
 
 
@@ -186,8 +218,8 @@ def test_graph_resolves_relative_imports_and_packages() -> None:
     assert "core.learn" not in top["core.learn.ensembles"]  # its own package is being imported already
     assert "core.finetune.config" in top["core.finetune.trainer"]
     assert "cli._common" in top["cli.demo"]
-    assert "core.data.images" not in top["core.labels.store"]
-    assert "core.data.images" in full["core.labels.store"]
+    assert "core.export.network" not in top["core.export.model"]  # torch at its head
+    assert "core.export.network" in full["core.export.model"]
     assert top[""] == set()  # the root package imports nothing of its own
     assert set(top) == set(full) and all(top[m] <= full[m] for m in top)
     assert any(full[m] - top[m] for m in top)  # lazy imports exist and are seen
@@ -204,9 +236,16 @@ def test_no_import_circles(top_level: bool) -> None:
 
 
 def test_no_file_over_450_lines() -> None:
-    long = long_files()
+    long = {k: n for k, n in long_files().items() if k not in LINES_PENDING}
     assert not long, (f"files over {MAX_LINES} lines (split them by concern):\n"
                       + "\n".join(f"  {k}: {n} lines" for k, n in long.items()))
+
+
+def test_own_imports_sit_at_module_heads() -> None:
+    """At most MAX_LAZY_OWN imports of the package's own modules inside functions (there
+    were 183): the rest are at module heads, where a reader sees what a module needs."""
+    lazy = lazy_own_imports()
+    assert len(lazy) <= MAX_LAZY_OWN, f"{len(lazy)} function-level imports:\n" + "\n".join(lazy)
 
 
 #: modules that are programs, not libraries: importing one runs it
@@ -267,3 +306,5 @@ if __name__ == "__main__":  # pragma: no cover
             print("  ", " -> ".join(c))
     for path, n in long_files().items():
         print(f"{path}: {n} lines")
+    lazy = lazy_own_imports()
+    print(f"{len(lazy)} function-level imports of the package's own modules:", *lazy, sep="\n  ")

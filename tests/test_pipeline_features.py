@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from napari_ish_annotator.core import workflow as pipeline
-from napari_ish_annotator.core.backbones.registry import load_backbone
+from napari_ish_annotator.core.backbones.weights import load_backbone
 from napari_ish_annotator.core.data.manifest import read_manifest
 from napari_ish_annotator.core.features.extractor import ExtractorConfig, FeatureExtractor
-from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+from napari_ish_annotator.core.learn.logistic import EnsembleConfig
 from napari_ish_annotator.core.utils.errors import InputError
 from napari_ish_annotator.core.utils.progress import drive
 

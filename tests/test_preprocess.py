@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ish_annotator.core.backbones.registry import load_backbone
+from napari_ish_annotator.core.backbones.weights import load_backbone
 from napari_ish_annotator.core.features import preprocess
 from napari_ish_annotator.core.features.extractor import ExtractorConfig, FeatureExtractor
 from napari_ish_annotator.core.features.preprocess import (

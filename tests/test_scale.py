@@ -11,7 +11,8 @@ import pytest
 from napari_ish_annotator.core import workflow as pipeline
 from napari_ish_annotator.core.data.manifest import read_manifest
 from napari_ish_annotator.core.features.extractor import ExtractorConfig
-from napari_ish_annotator.core.learn.ensembles import EnsembleConfig, gram_matrix
+from napari_ish_annotator.core.learn.ensembles import gram_matrix
+from napari_ish_annotator.core.learn.logistic import EnsembleConfig
 from napari_ish_annotator.core.utils import files as ish_io
 from napari_ish_annotator.core.utils.errors import InputError
 from napari_ish_annotator.core.utils.progress import drive

@@ -14,14 +14,13 @@ from napari_ish_annotator.core.data.vocabulary import (
     term_statistics,
 )
 from napari_ish_annotator.core.synthetic.embryos import (
-    TERM_REGIONS,
     generate_dataset,
     make_embryo,
     random_pose,
     sample_label_sets,
     slugify,
-    term_region,
 )
+from napari_ish_annotator.core.synthetic.regions import TERM_REGIONS, term_region
 
 SIZE = (96, 192)
 

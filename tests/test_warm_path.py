@@ -14,13 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_ish_annotator.core.backbones import registry as bb
-from napari_ish_annotator.core.features.extractor import (
-    ExtractorConfig,
-    FeatureExtractor,
-    resolve_precision,
-    resolve_precision_type,
-)
+from napari_ish_annotator.core import backbones as bb
+from napari_ish_annotator.core.features.extractor import ExtractorConfig, FeatureExtractor
+from napari_ish_annotator.core.features.preprocess import resolve_precision, resolve_precision_type
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -73,7 +69,7 @@ def test_feature_shape_arithmetic_matches_the_network(name):
     spec = bb.get_spec(name)
     if spec.packaged_weights is not None:
         pytest.importorskip("efficientnet_lite_pytorch")
-    loaded = bb.LoadedBackbone(spec, bb._build_empty(spec).eval(), "x", spec.mean, spec.std)
+    loaded = bb.LoadedBackbone(spec, bb.empty_trunk(spec.name), "x", spec.mean, spec.std)
     for layer in spec.layers:
         for size in (max(33, spec.min_input_size), 97, 225):  # InceptionV3 needs >= 75 px
             assert spec.feature_shape(layer, size) == loaded.output_shape(layer, size), \

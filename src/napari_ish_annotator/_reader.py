@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .core.data.images import SUPPORTED_SUFFIXES
+from .core.data.images import has_image_suffix, read_rgb
+from .core.data.inputs import collect_inputs
 from .core.data.manifest import is_manifest
+from .widgets import open_in_viewer
 
 #: from this many images on, File > Open reads them in the Embryos panel's worker (progress,
 #: Cancel) instead of freezing the viewer while every file is checked and hashed
@@ -15,7 +17,7 @@ BACKGROUND_MIN_FILES = 500
 
 def _has_images(path: Path) -> bool:
     try:
-        return path.is_dir() and any(p.suffix.lower() in SUPPORTED_SUFFIXES for p in path.iterdir())
+        return path.is_dir() and any(has_image_suffix(p) for p in path.iterdir())
     except OSError:
         return False
 
@@ -42,7 +44,7 @@ def _count_images(inputs: list[str | Path]) -> int:
             item = item / "manifest.csv"
         try:
             if item.is_dir():
-                n += sum(1 for p in item.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES)
+                n += sum(1 for p in item.iterdir() if has_image_suffix(p))
             elif item.suffix.lower() == ".csv":
                 with open(item, "rb") as fh:
                     n += max(sum(1 for _ in fh) - 1, 0)
@@ -57,8 +59,6 @@ def open_in_session(viewer: Any, inputs: list[str | Path]) -> list[tuple]:
     """Open ``inputs`` in the viewer's session (:func:`widgets.open_in_viewer`, which shows
     the embryo layer itself); datasets of :data:`BACKGROUND_MIN_FILES` images or more open
     in the annotator's worker."""
-    from .widgets import open_in_viewer
-
     return open_in_viewer(viewer, inputs,
                           background=_count_images(inputs) >= BACKGROUND_MIN_FILES)
 
@@ -70,8 +70,6 @@ def read_dataset(path: str | list[str]) -> list[tuple]:
     paths = path if isinstance(path, list) else [path]
     viewer = napari.current_viewer()
     if viewer is None:  # no viewer to attach a session to: show the first image only
-        from .core.data.images import read_rgb
-        from .core.data.inputs import collect_inputs
 
         first = collect_inputs(paths)[0]
         return [(read_rgb(first), {"name": first.name, "rgb": True}, "image")]

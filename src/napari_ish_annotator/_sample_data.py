@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .core.data.images import read_rgb
+from .core.data.manifest import read_manifest
+from .core.features.cache import default_cache_dir
+from .core.synthetic.embryos import generate_dataset
+from .widgets import open_in_viewer
+
 N_SAMPLE_IMAGES = 12
 SAMPLE_SIZE = (200, 400)
 
 
 def sample_folder() -> Path:
-    from .core.features.cache import default_cache_dir
-
     return default_cache_dir() / "sample-data" / f"synthetic-13-16-n{N_SAMPLE_IMAGES}-v1"
 
 
 def ensure_sample_manifest(folder: Path | None = None) -> Path:
     """Generate the synthetic dataset once (reused afterwards) and return its manifest."""
-    from .core.synthetic.embryos import generate_dataset
-
     folder = sample_folder() if folder is None else Path(folder)
     manifest = folder / "manifest.csv"
     if not manifest.is_file():
@@ -34,14 +36,9 @@ def make_sample_data() -> list[tuple]:
     """'Synthetic ISH embryos': fills the current viewer's session, returns the embryo layer."""
     import napari
 
-    from .core.data.images import read_rgb
-    from .widgets import open_in_viewer
-
     manifest = ensure_sample_manifest()
     viewer = napari.current_viewer()
     if viewer is None:
-        from .core.data.manifest import read_manifest
-
         first = read_manifest(manifest, require_positives=False).paths[0]
         return [(read_rgb(first), {"name": first.name, "rgb": True}, "image")]
     return open_in_viewer(viewer, [manifest])

@@ -10,6 +10,9 @@ import os
 import re
 import sys
 
+from .core.backbones.weights import imagenet_weights_available
+from .widgets import fit_window_to_screen, open_demo
+
 MIN_DEMO_IMAGES = 20
 DEMO_STAGE = "13-16"
 DEMO_IMAGE_SIZE = (256, 512)  # BDGP lateral images are about twice as wide as high
@@ -26,8 +29,6 @@ def resolve_demo_model(backbone: str, weights: str) -> tuple[str, str, str | Non
     with seeded random weights. ``weights="auto"`` means ImageNet when available, else random.
     Returns ``(backbone, weights, note)``; the note says what was chosen instead and why.
     """
-    from .core.backbones.registry import imagenet_weights_available
-
     if backbone == "auto":
         backbone = "vgg16"
         if weights in ("auto", "imagenet") and not imagenet_weights_available("vgg16") \
@@ -100,7 +101,6 @@ def run_gui_demo(args: argparse.Namespace) -> int:  # pragma: no cover - needs a
         print(f"ish-annotator demo: error: napari is not installed ({exc}); "
               "`pip install napari-ish-annotator` or use `demo --headless OUT`", file=sys.stderr)
         return 2
-    from .widgets import fit_window_to_screen, open_demo
 
     backbone, weights, note = resolve_demo_model(args.backbone, args.weights)
     if note:

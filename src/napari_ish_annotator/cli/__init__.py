@@ -11,13 +11,18 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..core.data.images import pixel_budget
+from ..core.data.budget import pixel_budget
 from ..core.utils.errors import InputError
+from ..core.utils.files import check_output_path
 from ..core.utils.progress import Cancelled
 from . import _common as c
 from . import demo, evaluate, export, finetune, gradcam, labels, predict, suggest, train
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..core.features.distributed import DaskExecutor
 
 # Each module adds its sub-parser with handler, output paths to check up front, and an
 # optional extra check; the order is the order of `ish-annotator --help`.
@@ -46,12 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 def check_outputs(args: argparse.Namespace) -> None:
     """Output paths checked before any work starts, so a typo in --out fails in a second
     instead of after hours of feature extraction."""
-    from ..core.utils.files import check_output_path
-
+    inputs = c.input_paths(args)  # an output never overwrites an input or a label store
     for attr, folder in getattr(args, "outputs", []):
         value = getattr(args, attr, None)
         if value is not None:
-            check_output_path(value, folder=folder)
+            check_output_path(value, folder=folder, inputs=inputs,
+                              option="--" + attr.replace("_", "-"))
     if hasattr(args, "cache") and not getattr(args, "uses_own_cache", False):
         cache = c.cache_dir(args)
         if cache is not None and args.cache:  # asked for: must work
@@ -77,7 +82,10 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise _Terminated
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, executor: DaskExecutor | None = None) -> int:
+    """Run one ``ish-annotator`` command; the exit status. ``executor``: where features are
+    computed when the caller already holds a dask cluster (tests, embedding programs), as
+    ``--dask`` would give; by default, here."""
     import signal
 
     parser = build_parser()
@@ -90,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the budget first: --dask local workers started below inherit it
         with pixel_budget(getattr(args, "max_pixels", None)):
             check_outputs(args)
-            with c.dask_session(args):
+            with c.dask_session(args, executor) as args.executor:
                 return int(args.handler(args))
     except InputError as exc:
         print(f"ish-annotator {args.command}: error: {exc}", file=sys.stderr)

@@ -7,10 +7,18 @@ between commands (or between a command and the demo).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from ..core.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, parse_pixels
+from ..core.backbones.specs import get_spec
+from ..core.data.budget import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, parse_pixels
+from ..core.data.manifest import parse_vocabulary
+from ..core.features import distributed
+from ..core.features.cache import default_cache_dir
+from ..core.features.extractor import ExtractorConfig
+from ..core.learn.logistic import EnsembleConfig
 from ..core.utils.errors import InputError
 from ..core.utils.progress import TqdmCallback, drive
 
@@ -32,10 +40,23 @@ def say(args: argparse.Namespace, text: str) -> None:
         print(text, file=sys.stderr)
 
 
+def input_paths(args: argparse.Namespace) -> list[str | Path]:
+    """Every path-like argument of the command that is not one of its outputs: what an
+    output may never overwrite (:func:`..core.utils.files.refuse_overwrite`). Over-inclusive
+    on purpose: an option value that happens to name an existing file counts too."""
+    outputs = {attr for attr, _ in getattr(args, "outputs", [])}
+    found: list[str | Path] = []
+    for attr, value in vars(args).items():
+        if attr in outputs or attr in ("outputs", "handler", "check"):
+            continue
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(item, str | Path) and str(item):
+                found.append(item)
+    return found
+
+
 def extractor_config(args: argparse.Namespace, layer: str | None = None):
     """The feature-extraction settings the backbone options describe."""
-    from ..core.features.extractor import ExtractorConfig
-
     return ExtractorConfig(
         backbone=args.backbone, weights=args.weights, layer=layer or args.layer,
         input_size=input_size(args), keep_aspect=args.keep_aspect, device=args.device,
@@ -45,30 +66,22 @@ def extractor_config(args: argparse.Namespace, layer: str | None = None):
 
 def input_size(args: argparse.Namespace) -> int:
     """``--input-size``, or the backbone's own (224; 299 for inception_v3) when not given."""
-    from ..core.backbones.registry import get_spec
-
     return int(args.input_size) if args.input_size else get_spec(args.backbone).input_size
 
 
 def ensemble_config(args: argparse.Namespace):
     """The per-term ensemble settings the classifier options describe."""
-    from ..core.learn.ensembles import EnsembleConfig
-
     return EnsembleConfig(n_members=args.ensemble, C=args.C, seed=args.seed)
 
 
 def vocabulary(args: argparse.Namespace) -> list[str] | None:
     """``--terms``/``--vocab`` as a list, or None for 'every term of the manifest'."""
-    from ..core.data.manifest import parse_vocabulary
-
     spec = getattr(args, "terms", None)
     return parse_vocabulary(spec) if spec else None
 
 
 def cache_dir(args: argparse.Namespace) -> Path | None:
     """The feature cache folder, or None with ``--no-cache``."""
-    from ..core.features.cache import default_cache_dir
-
     if getattr(args, "no_cache", False):
         return None
     return Path(args.cache) if args.cache else default_cache_dir()
@@ -76,8 +89,6 @@ def cache_dir(args: argparse.Namespace) -> Path | None:
 
 def parse_layers(text: str | None, backbone: str = "vgg16") -> list[str]:
     """``--layers 17,21`` checked against the backbone now, not after hours of extraction."""
-    from ..core.backbones.registry import get_spec
-
     spec = get_spec(backbone)
     if text is None:  # the backbone's default layer (21 for VGG16)
         return [spec.default_layer]
@@ -99,7 +110,7 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def add_max_pixels(parser: argparse.ArgumentParser) -> None:
-    """``--max-pixels``: the one pixel budget of every image reader (core.images)."""
+    """``--max-pixels``: the one pixel budget of every image reader (core.data.images)."""
     parser.add_argument("--max-pixels", type=_pixels, default=None, metavar="N",
                         help="refuse images over N pixels (width x height), checked before "
                              f"decoding (default {DEFAULT_MAX_PIXELS:_}, or ${MAX_PIXELS_ENV})")
@@ -144,29 +155,30 @@ def add_dask(parser: argparse.ArgumentParser) -> None:
                                  "dask's configuration, distributed.comm.tls.*)")
 
 
-def dask_session(args: argparse.Namespace):
-    """The ``--dask`` cluster for the whole command (a no-op context without it)."""
-    import contextlib
-
+def dask_session(args: argparse.Namespace, given: distributed.DaskExecutor | None = None
+                 ) -> contextlib.AbstractContextManager[distributed.DaskExecutor | None]:
+    """The command's executor: ``given`` (a caller's cluster), the ``--dask`` cluster for the
+    whole command, or None (extract here). Commands pass it on as ``executor=``."""
     address = getattr(args, "dask", None)
-    if not address:
-        if any(getattr(args, f"dask_{k}", None) for k in ("ca", "cert", "key")):
+    if given is not None or not address:
+        if not address and any(getattr(args, f"dask_{k}", None) for k in ("ca", "cert", "key")):
             raise InputError("--dask-ca/--dask-cert/--dask-key need --dask tls://HOST:PORT")
-        return contextlib.nullcontext()
+        return contextlib.nullcontext(given)
     return _dask_session(address, args)
 
 
-def _dask_session(address: str, args: argparse.Namespace):
-    import contextlib
-
-    from ..core.features import distributed
-
+@contextlib.contextmanager
+def _dask_session(address: str, args: argparse.Namespace
+                  ) -> Iterator[distributed.DaskExecutor]:
     tls = distributed.TLSFiles(getattr(args, "dask_ca", None), getattr(args, "dask_cert", None),
                                getattr(args, "dask_key", None))
-    stack = contextlib.ExitStack()
-    client = stack.enter_context(distributed.connect(address, tls))
-    stack.enter_context(distributed.use(client))
-    return stack
+    with distributed.connect(address, tls) as client:
+        yield distributed.DaskExecutor(client)
+
+
+def executor(args: argparse.Namespace) -> distributed.DaskExecutor | None:
+    """Where this command computes features (set by :func:`..main` from ``--dask``)."""
+    return getattr(args, "executor", None)
 
 
 def add_cache(parser: argparse.ArgumentParser) -> None:

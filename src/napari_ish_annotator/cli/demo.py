@@ -11,15 +11,38 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.data.images import read_rgb
+from ..core.data.manifest import read_manifest
+from ..core.explain.gradcam import gradcam_all_terms, overlay
+from ..core.learn.bundle import save_bundle
+from ..core.learn.evaluation import score_predictions
+from ..core.learn.metrics import trainable_terms
+from ..core.learn.splits import held_out_genes
+from ..core.learn.table import format_table
+from ..core.synthetic.embryos import generate_dataset
 from ..core.utils.errors import InputError
-from ..demo import DEMO_IMAGE_SIZE, DEMO_STAGE, MIN_DEMO_IMAGES, resolve_demo_model, slug
+from ..core.utils.files import write_json_atomic, write_png_atomic, write_text_atomic
+from ..core.workflow import (
+    iter_features,
+    iter_train,
+    make_extractor,
+    predict_rows,
+    write_predictions,
+)
+from ..demo import (
+    DEMO_IMAGE_SIZE,
+    DEMO_STAGE,
+    MIN_DEMO_IMAGES,
+    resolve_demo_model,
+    run_gui_demo,
+    slug,
+)
 from . import _common as c
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.headless:
         return run_headless_demo(args)
-    from ..demo import run_gui_demo
 
     return run_gui_demo(args)
 
@@ -29,8 +52,6 @@ def _held_out_genes(dataset, test_fraction: float, seed: int):
     images of one gene share labels, so splitting them would leak)."""
     from dataclasses import replace
 
-    from ..core.learn.splits import held_out_genes
-
     train, test = held_out_genes(dataset.groups(), test_fraction, seed=seed)
     return (replace(dataset, samples=[dataset.samples[i] for i in train]),
             replace(dataset, samples=[dataset.samples[i] for i in test]))
@@ -39,17 +60,6 @@ def _held_out_genes(dataset, test_fraction: float, seed: int):
 def run_headless_demo(args: argparse.Namespace) -> int:
     """Generate embryos, train, predict, evaluate and write Grad-CAM overlays into OUT."""
     from dataclasses import replace
-
-    from ..core.data.images import read_rgb
-    from ..core.data.manifest import read_manifest
-    from ..core.explain.gradcam import gradcam_all_terms, overlay
-    from ..core.learn.bundle import save_bundle
-    from ..core.learn.evaluation import score_predictions
-    from ..core.learn.metrics import trainable_terms
-    from ..core.learn.table import format_table
-    from ..core.synthetic.embryos import generate_dataset
-    from ..core.utils.files import write_json_atomic, write_png_atomic, write_text_atomic
-    from ..core.workflow import iter_features, iter_train, make_extractor, write_predictions
 
     if args.n_images < MIN_DEMO_IMAGES:
         raise InputError(f"--n-images {args.n_images} is too few to train and evaluate on "
@@ -78,7 +88,7 @@ def run_headless_demo(args: argparse.Namespace) -> int:
     c.say(args, f"3/5 predicting {len(test.samples)} held-out images")
     fx = make_extractor(bundle.extractor, out / "cache")
     X_test = c.run(iter_features(fx, test.paths), args, "predict")
-    probabilities, votes = bundle.predict_both(X_test)
+    probabilities, votes = predict_rows(bundle, X_test)
     write_predictions(out / "predictions.csv", test.paths, vocabulary, probabilities)
 
     c.say(args, "4/5 evaluating on the held-out genes")

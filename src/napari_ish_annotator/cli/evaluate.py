@@ -6,8 +6,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..core.data.manifest import read_manifest
+from ..core.finetune import load_checkpoint
 from ..core.learn.groups import parse_by
+from ..core.learn.metrics import METRICS
+from ..core.learn.table import format_table
 from ..core.utils.errors import InputError
+from ..core.utils.files import write_json_atomic
+from ..core.workflow import iter_evaluate
 from . import _common as c
 
 
@@ -20,9 +26,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.repeats is not None:
             raise InputError("--compare runs k-fold or --test; drop --repeats")
         return cmd_evaluate_compare(args)
-    from ..core.data.manifest import read_manifest
-    from ..core.learn.table import format_table
-    from ..core.workflow import iter_evaluate
 
     _check_protocol(args)
     by = parse_by(args.by) if args.by else None
@@ -34,12 +37,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         iter_evaluate(dataset, c.extractor_config(args), c.ensemble_config(args),
                       layers=c.parse_layers(args.layers, args.backbone), folds=args.folds,
                       test_dataset=test, cache_dir=c.cache_dir(args), repeats=args.repeats,
-                      test_fraction=args.test_fraction, by=by, report=args.report),
+                      test_fraction=args.test_fraction, by=by, report=args.report,
+                      executor=c.executor(args)),
         args, "evaluate")
     print(format_table(results))
     if args.json:
-        from ..core.utils.files import write_json_atomic
-
         write_json_atomic(args.json, results)
         c.say(args, f"wrote metrics to {args.json}")
     if args.report:
@@ -71,8 +73,6 @@ class _Given(argparse.Action):
 
 def format_compare_table(results: dict[str, dict]) -> str:
     """The paper's Table 2 layout: one row per (method, layer), mean metrics over terms."""
-    from ..core.learn.evaluation import METRICS
-
     header = f"{'method':<8}  {'layer':>5}  " + "  ".join(f"{m:>11}" for m in METRICS)
     lines = ["Mean over terms", header, "-" * len(header)]
     for method, res in results.items():
@@ -89,10 +89,6 @@ def format_compare_table(results: dict[str, dict]) -> str:
 def cmd_evaluate_compare(args: argparse.Namespace) -> int:
     """TL (``--weights``) and TL+MTL (the checkpoint) on the same folds / the same test set."""
     from dataclasses import replace
-
-    from ..core.data.manifest import read_manifest
-    from ..core.finetune import load_checkpoint
-    from ..core.workflow import iter_evaluate
 
     ckpt_path = Path(args.compare)
     ckpt = load_checkpoint(ckpt_path)  # fail fast on a bad file, before any extraction
@@ -117,12 +113,11 @@ def cmd_evaluate_compare(args: argparse.Namespace) -> int:
     results = {}
     for name, config in (("TL", tl_config), ("TL+MTL", mtl_config)):
         results[name] = c.run(iter_evaluate(dataset, config, ens, layers=layers, folds=args.folds,
-                                            test_dataset=test, cache_dir=c.cache_dir(args)),
+                                            test_dataset=test, cache_dir=c.cache_dir(args),
+                                            executor=c.executor(args)),
                               args, f"evaluate {name}")
     print(format_compare_table(results))
     if args.json:
-        from ..core.utils.files import write_json_atomic
-
         payload = dict(results["TL"])  # CONTRACTS layout for the baseline ...
         payload["tl_mtl"] = {"checkpoint": str(ckpt_path), **results["TL+MTL"]}  # ... plus TL+MTL
         write_json_atomic(args.json, payload)

@@ -6,12 +6,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..core.export.bioimageio import (
+    CITATION_DOI,
+    CITATION_TEXT,
+    ExportOptions,
+    iter_export_bioimageio,
+)
+from ..core.export.packages import require_bioimageio
+from ..core.utils.errors import InputError
 from . import _common as c
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..core.export.bioimageio import ExportOptions, iter_export_bioimageio
-
     options = ExportOptions(
         name=args.name, description=args.description, authors=tuple(args.author or ()),
         license=args.license, cite_text=args.cite_text, cite_doi=args.cite_doi or None,
@@ -24,9 +30,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def check_export(args: argparse.Namespace) -> None:
     """Fail before loading any network when bioimageio is missing or --out is not a .zip."""
-    from ..core.export.bioimageio import require_bioimageio
-    from ..core.utils.errors import InputError
-
     if Path(args.out).suffix.lower() != ".zip":
         raise InputError("a bioimage.io package is a .zip file; give --out NAME.zip",
                          path=args.out)
@@ -34,8 +37,6 @@ def check_export(args: argparse.Namespace) -> None:
 
 
 def register(sub) -> None:
-    from ..core.export.bioimageio import CITATION_DOI, CITATION_TEXT
-
     p = sub.add_parser("export", help="write a model as a bioimage.io package (docs/bioimageio.md)")
     p.add_argument("model", type=Path, metavar="MODEL",
                    help="model folder (train --out) or fine-tuning checkpoint (finetune --out)")

@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..core.data.manifest import read_manifest
+from ..core.finetune import FinetuneConfig, iter_finetune_dataset, iter_finetune_ensemble_dataset
 from ..core.utils.errors import InputError
 from . import _common as c
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune trunk + multi-task head on a manifest and write the checkpoint."""
-    from ..core.data.manifest import read_manifest
-    from ..core.finetune import FinetuneConfig, iter_finetune_dataset
-
     dataset = read_manifest(args.manifest, vocabulary=c.vocabulary(args))
     pos_weight = args.pos_weight
     if pos_weight not in ("none", "balanced"):
@@ -54,8 +53,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def _ensemble(args: argparse.Namespace, dataset, config) -> int:
     """``--ensemble K``: K networks (seeds seed..seed+K-1, each its own validation genes)."""
-    from ..core.finetune import iter_finetune_ensemble_dataset
-
     result = c.run(iter_finetune_ensemble_dataset(dataset, config, args.out, args.ensemble,
                                                   resume=args.resume), args, "finetune")
     scores = ", ".join("n/a" if s is None else f"{s:.3f}" for s in result.best_scores)

@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..core.data.images import read_rgb
+from ..core.explain.finetuned import gradcam_mtl
+from ..core.explain.gradcam import gradcam_for_image, heat_to_rgb, overlay
+from ..core.finetune import load_ensemble
+from ..core.learn.bundle import load_bundle
 from ..core.utils.errors import InputError
+from ..core.utils.files import write_npy_atomic, write_png_atomic
+from ..core.workflow import make_extractor
 from . import _common as c
 
 
@@ -14,11 +21,6 @@ def cmd_gradcam(args: argparse.Namespace) -> int:
     if Path(args.model_dir).is_file():  # a fine-tuning checkpoint: its multi-task head
         return cmd_gradcam_mtl(args)
     import numpy as np
-
-    from ..core.data.images import read_rgb
-    from ..core.explain.gradcam import gradcam_for_image
-    from ..core.learn.bundle import load_bundle
-    from ..core.workflow import make_extractor
 
     bundle = load_bundle(args.model_dir)
     for note in bundle.notes:
@@ -42,9 +44,6 @@ def cmd_gradcam_mtl(args: argparse.Namespace) -> int:
     for an ensemble checkpoint the mean of its members' maps."""
     import numpy as np
 
-    from ..core.data.images import read_rgb
-    from ..core.finetune import gradcam_mtl, load_ensemble
-
     model = load_ensemble(args.model_dir, device="cpu" if args.device == "auto" else args.device)
     if args.term not in model.vocabulary:
         raise InputError(f"term {args.term!r} is not in the checkpoint's vocabulary: "
@@ -56,9 +55,6 @@ def cmd_gradcam_mtl(args: argparse.Namespace) -> int:
 
 
 def _write(args: argparse.Namespace, image, heat, how: str) -> None:
-    from ..core.explain.gradcam import heat_to_rgb, overlay
-    from ..core.utils.files import write_npy_atomic, write_png_atomic
-
     write_png_atomic(args.out, overlay(image, heat) if args.overlay else heat_to_rgb(heat))
     if args.npy:
         write_npy_atomic(args.npy, heat)

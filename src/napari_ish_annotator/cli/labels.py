@@ -7,14 +7,17 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from ..core.data.inputs import collect_inputs
+from ..core.data.manifest import read_manifest
+from ..core.labels.consensus import METHODS, agreement, annotator_labels, consensus
+from ..core.labels.store import LabelStore
+from ..core.learn.metrics import labelled_mask
 from ..core.utils.errors import InputError
+from ..core.utils.files import write_json_atomic
 from . import _common as c
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from ..core.data.manifest import read_manifest
-    from ..core.labels.store import LabelStore
-
     name = args.annotator.strip()
     if not name:
         raise InputError("--annotator is empty; give the name of whoever made these labels")
@@ -34,15 +37,10 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _open(path: Path):
-    from ..core.labels.store import LabelStore
-
     return LabelStore(path, read_only=True)
 
 
 def cmd_agreement(args: argparse.Namespace) -> int:
-    from ..core.labels.consensus import agreement, annotator_labels
-    from ..core.utils.files import write_json_atomic
-
     with _open(args.store) as store:
         images = store.labelled_images()
         if not images:
@@ -58,17 +56,10 @@ def cmd_agreement(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..core.data.inputs import collect_inputs
-    from ..core.labels.consensus import annotator_labels, consensus
-
     if args.annotator is not None and args.min_agreement is not None:
         raise InputError("--min-agreement applies to a consensus; leave it out with "
                          "--annotator")
-    out = Path(args.out).absolute()
-    for given in (args.images, args.store):
-        if Path(given).absolute() == out:
-            raise InputError("is both an input and the --out file; choose another --out",
-                             path=given)
+    # --out is neither an input nor any label store: checked up front (cli.check_outputs)
     images = collect_inputs([args.images])
     with _open(args.store) as store:
         if not store.labelled_images():
@@ -88,7 +79,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                                args.min_agreement or 0.0)
             matrix, unsettled = result.labels, result.n_unsettled
             what = f"{args.consensus} consensus"
-        keep = (matrix >= 0).any(axis=1)
+        keep = labelled_mask(matrix)
         kept = [image for image, k in zip(images, keep, strict=True) if k]
         if not kept:
             raise InputError(f"no image has a label in the {what}; nothing to export "
@@ -111,20 +102,27 @@ def _verb(verbs, name: str, text: str, handler, output: str | None):
     return q
 
 
+def _check_store(args: argparse.Namespace) -> None:
+    """``labels import`` writes INTO its store (a SQLite file by design): only a writable
+    place is checked here; opening the store vets it (core.labels.connection)."""
+    from ..core.utils.files import check_output_path
+
+    check_output_path(args.store)
+
+
 def _shared(q) -> None:
     c.add_vocabulary(q)
     q.add_argument("--quiet", "-q", action="store_true", help="no messages")
 
 
 def register(sub) -> None:
-    from ..core.labels.consensus import METHODS
-
     p = sub.add_parser("labels", help="several annotators' labels: import, agreement, "
                                       "consensus export")
     verbs = p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     q = _verb(verbs, "import", "record a manifest's terms as one annotator's labels (the "
-                               "store is created if needed)", cmd_import, "store")
+                               "store is created if needed)", cmd_import, None)
+    q.set_defaults(check=_check_store)
     q.add_argument("manifest", type=Path)
     q.add_argument("--annotator", required=True, help="whose labels these are")
     _shared(q)

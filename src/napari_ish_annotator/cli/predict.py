@@ -6,16 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..core.data.inputs import list_inputs
+from ..core.data.inputs import iter_scan_inputs, list_inputs
+from ..core.learn.bundle import load_bundle
 from ..core.learn.groups import combine_probabilities, parse_by, record_groups
 from ..core.utils.errors import InputError
+from ..core.workflow import iter_predict_chunked, write_predictions, write_records
 from . import _common as c
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..core.learn.bundle import load_bundle
-    from ..core.workflow import iter_predict_chunked, write_predictions, write_records
-
     out = Path(args.out).absolute()
     for item in args.inputs:
         if Path(item).absolute() == out or (Path(item).exists() and out.exists()
@@ -34,8 +33,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                          path=" ".join(map(str, args.inputs)))
     device = None if args.device == "auto" else args.device
     try:
-        probabilities, votes = c.run(iter_predict_chunked(bundle, images, c.cache_dir(args),
-                                                          device, args.chunk_size), args, "predict")
+        probabilities, votes = c.run(iter_predict_chunked(
+            bundle, images, c.cache_dir(args), device, args.chunk_size,
+            executor=c.executor(args)), args, "predict")
     except InputError as exc:
         if args.skip_bad or exc.path is None or Path(exc.path) not in set(images):
             raise
@@ -72,8 +72,6 @@ def _skip_bad_inputs(args: argparse.Namespace
     each re-run reveal only the next bad file. Non-image files inside folders stay silently
     ignored, as without the option.
     """
-    from ..core.data.inputs import iter_scan_inputs
-
     scanned = c.run(iter_scan_inputs(args.inputs, check="decode"), args, "checking images")
     for problem in scanned.problems:
         if not problem.ignorable:

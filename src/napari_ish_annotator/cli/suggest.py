@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..core.data.inputs import collect_inputs
+from ..core.data.manifest import read_manifest_genes
+from ..core.labels.store import LabelStore
+from ..core.learn.active import iter_suggest, write_suggestions
+from ..core.learn.bundle import load_bundle
 from ..core.utils.errors import InputError
 from . import _common as c
 
 
 def _genes(inputs: list[Path]) -> dict[Path, str | None]:
     """Genes of images listed in manifest inputs (other inputs: unknown)."""
-    from ..core.data.manifest import read_manifest_genes
-
     genes: dict[Path, str | None] = {}
     for item in inputs:
         if Path(item).suffix.lower() == ".csv" and Path(item).is_file():
@@ -21,10 +24,6 @@ def _genes(inputs: list[Path]) -> dict[Path, str | None]:
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
-    from ..core.data.inputs import collect_inputs
-    from ..core.learn.active import iter_suggest, write_suggestions
-    from ..core.learn.bundle import load_bundle
-
     if args.n < 1:
         raise InputError(f"--n must be at least 1, got {args.n}")
     out = Path(args.out).absolute()
@@ -35,7 +34,6 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     images = collect_inputs(args.inputs)
     n_given = len(images)
     if args.labels is not None:  # leave out images anybody has labelled already
-        from ..core.labels.store import LabelStore
 
         with LabelStore(args.labels, read_only=True) as store:
             images = [Path(p) for p in store.unlabelled(images)]

@@ -5,17 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..core.backbones.specs import VGG16
+from ..core.data.manifest import read_manifest
+from ..core.learn.bundle import check_bundle_target, save_bundle
+from ..core.workflow import iter_train
 from . import _common as c
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..core.data.manifest import read_manifest
-    from ..core.learn.bundle import save_bundle
-    from ..core.workflow import iter_train
-
     dataset = read_manifest(args.manifest, vocabulary=c.vocabulary(args))
     bundle = c.run(iter_train(dataset, c.extractor_config(args), c.ensemble_config(args),
-                              cache_dir=c.cache_dir(args)), args, "train")
+                              cache_dir=c.cache_dir(args), executor=c.executor(args)),
+                   args, "train")
     save_bundle(args.out, bundle)
     c.say(args, f"saved model for {len(dataset.vocabulary)} terms trained on "
                 f"{len(dataset.samples)} images to {args.out}")
@@ -24,8 +25,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def check_target(args: argparse.Namespace) -> None:
     """An existing folder that is not a model bundle is never overwritten."""
-    from ..core.learn.bundle import check_bundle_target
-
     check_bundle_target(args.out)
 
 
@@ -33,7 +32,8 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="fit the per-term classifiers on a manifest")
     p.add_argument("manifest", type=Path)
     p.add_argument("--out", required=True, type=Path, help="model folder to write")
-    p.add_argument("--layer", default=None, help="feature layer (VGG16: 17, 21, 24, 30; default 21)")
+    p.add_argument("--layer", default=None, help=f"feature layer (VGG16: {', '.join(VGG16.layers)}; default: the "
+                        f"backbone's, {VGG16.default_layer} for VGG16)")
     c.add_backbone(p)
     c.add_classifier(p)
     c.add_dask(p)

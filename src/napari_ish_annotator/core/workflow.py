@@ -10,30 +10,40 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .backbones.specs import get_spec
+from .backbones.weights import load_backbone
 from .data.manifest import Dataset
+from .features.extractor import FeatureExtractor
+from .learn.bundle import ModelBundle
+from .learn.calibration import DEFAULT_METHOD, iter_calibrate
 from .learn.decision import calls_text
+from .learn.ensembles import EnsembleClassifier, iter_gram
+from .learn.evaluation import iter_cross_validate
 from .learn.groups import GroupRecords, record_groups
+from .learn.metrics import labelled_rows
 from .learn.report import write_report
+from .learn.splits import grouped_folds, random_partitions
+from .utils.csvio import write_csv
 from .utils.errors import InputError
-from .utils.files import release_pages
+from .utils.files import release_pages, scratch_memmap
 from .utils.progress import Progress, ProgressGen, sub_progress
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .features.distributed import DaskExecutor
 
-def make_extractor(config, cache_dir=None, loaded=None):
-    """A :class:`~.features.FeatureExtractor`; inside :func:`.distributed.use` one that
-    computes cache misses on that dask cluster. Both build no network until a miss."""
-    import sys
 
-    from .features.extractor import FeatureExtractor
-
-    distributed = sys.modules.get(f"{__package__}.features.distributed")  # only if --dask loaded it
-    client = distributed.current_client() if distributed is not None else None
-    if client is not None:
-        return distributed.DistributedExtractor(client, config, cache_dir)
+def make_extractor(config, cache_dir=None, loaded=None, executor: DaskExecutor | None = None):
+    """A :class:`~.features.extractor.FeatureExtractor` computing here, or the one the
+    ``executor`` makes (:class:`~.features.distributed.DaskExecutor`: cache misses computed
+    on its dask cluster). Either builds no network until a miss. The executor is an argument
+    of every step below, so where the work runs is never decided by what happens to be
+    imported."""
+    if executor is not None:
+        return executor.extractor(config, cache_dir, loaded)
     return FeatureExtractor(config, cache_dir=cache_dir, loaded=loaded)
 
 
@@ -50,7 +60,6 @@ def feature_matrix(n: int, dim: int, folder: str | Path | None = None) -> np.nda
     """
     if n * dim * 2 <= MEMMAP_BYTES:
         return np.empty((n, dim), dtype=np.float16)
-    from .utils.files import scratch_memmap
 
     return scratch_memmap((n, dim), np.float16, folder, what=f"the features of {n} images")
 
@@ -105,17 +114,12 @@ def iter_fit_bundle(
     labelled rows' out-of-fold raw scores for Platt scaling, when the caller made them already
     (:func:`.evaluation.iter_out_of_fold`; the Train panel shows their AUC), else made here.
     """
-    from .backbones.registry import get_spec
-    from .learn.bundle import ModelBundle
-    from .learn.calibration import DEFAULT_METHOD, iter_calibrate
-    from .learn.ensembles import EnsembleClassifier, iter_gram
-
     if extractor.layer is None:  # record the layer actually used, not "the default"
         extractor = replace(extractor, layer=get_spec(extractor.backbone).default_layer)
     Y = np.asarray(Y)
     classifier = EnsembleClassifier(vocabulary=list(vocabulary), config=ensemble)
     Y = classifier._check_labels(features, Y)  # before the Gram matrix: fail fast
-    labelled = np.flatnonzero((Y != -1).any(axis=1))
+    labelled = labelled_rows(Y)
     rows = None if len(labelled) == features.shape[0] else labelled
     K = yield from sub_progress(iter_gram(features, rows, reuse=gram), 0, prefix="fit: ")
     if not np.isfinite(np.diag(K)).all():
@@ -143,10 +147,10 @@ def iter_fit_bundle(
                        calibration=cal)
 
 
-def iter_train(dataset: Dataset, extractor, ensemble, cache_dir=None, loaded=None
-               ) -> ProgressGen:
+def iter_train(dataset: Dataset, extractor, ensemble, cache_dir=None, loaded=None,
+               executor: DaskExecutor | None = None) -> ProgressGen:
     """Extract (cached) features for a labelled dataset and fit its model bundle."""
-    fx = make_extractor(extractor, cache_dir, loaded)
+    fx = make_extractor(extractor, cache_dir, loaded, executor)
     X = yield from iter_features(fx, dataset.paths)
     bundle = yield from iter_fit_bundle(
         X, dataset.labels().astype(np.int8), dataset.vocabulary, fx.config, ensemble,
@@ -183,16 +187,17 @@ def predict_rows(bundle, X: np.ndarray, block: int = 256) -> tuple[np.ndarray, n
 
 
 def iter_predict(bundle, images: Sequence[Path | np.ndarray], cache_dir=None, device=None,
-                 loaded=None) -> ProgressGen[np.ndarray]:
+                 loaded=None, executor: DaskExecutor | None = None) -> ProgressGen[np.ndarray]:
     """Calibrated probabilities ``(n, T)`` of the bundle's terms for ``images``."""
     config = bundle.extractor if device is None else replace(bundle.extractor, device=device)
-    X = yield from iter_features(make_extractor(config, cache_dir, loaded), images)
+    X = yield from iter_features(make_extractor(config, cache_dir, loaded, executor), images)
     return predict_rows(bundle, X)[0]
 
 
 def iter_score_chunked(bundle, images: Sequence[Path], score: Callable[[np.ndarray], Any],
                        cache_dir=None, device: str | None = None, chunk_size: int = 256,
-                       on_error: str = "raise") -> ProgressGen[list]:
+                       on_error: str = "raise", executor: DaskExecutor | None = None
+                       ) -> ProgressGen[list]:
     """``score(X)`` of the features of ``chunk_size`` images at a time, one result per chunk.
 
     Batch work on thousands of images (predict, suggest) holds only one chunk's features: at
@@ -201,7 +206,7 @@ def iter_score_chunked(bundle, images: Sequence[Path], score: Callable[[np.ndarr
     ``on_error="skip"``: unreadable images get NaN feature rows (see :func:`iter_features`).
     """
     config = bundle.extractor if device is None else replace(bundle.extractor, device=device)
-    extractor = make_extractor(config, cache_dir)  # network built once, on the first miss
+    extractor = make_extractor(config, cache_dir, executor=executor)  # network built on a miss
     results = []
     for start in range(0, len(images), chunk_size):
         part = list(images[start:start + chunk_size])
@@ -214,12 +219,13 @@ def iter_score_chunked(bundle, images: Sequence[Path], score: Callable[[np.ndarr
 
 def iter_predict_chunked(bundle, images: Sequence[Path], cache_dir=None,
                          device: str | None = None, chunk_size: int = 256,
-                         on_error: str = "raise") -> ProgressGen[tuple[np.ndarray, np.ndarray]]:
+                         on_error: str = "raise", executor: DaskExecutor | None = None
+                         ) -> ProgressGen[tuple[np.ndarray, np.ndarray]]:
     """:func:`predict_rows` of image files, ``chunk_size`` images' features at a time
     (``ish-annotator predict``); with ``on_error="skip"`` an unreadable image's row is NaN /
     False, as in the napari session."""
     parts = yield from iter_score_chunked(bundle, images, lambda X: predict_rows(bundle, X),
-                                          cache_dir, device, chunk_size, on_error)
+                                          cache_dir, device, chunk_size, on_error, executor)
     T = len(bundle.classifier.vocabulary)
     if not parts:
         return np.empty((0, T)), np.zeros((0, T), dtype=bool)
@@ -239,6 +245,7 @@ def iter_evaluate(
     test_fraction: float = 0.25,
     by: Sequence[str] | None = None,
     report: str | Path | None = None,
+    executor: DaskExecutor | None = None,
 ) -> ProgressGen[dict]:
     """Accuracy, sensitivity, specificity and AUC per term and layer (the paper's Table 2).
 
@@ -250,9 +257,6 @@ def iter_evaluate(
     for the gene x stage records of the test genes go under ``"groups"``, same shape.
     ``report`` (a folder) receives PNG figures and an ``index.md`` (:mod:`.learn.report`).
     """
-    from .backbones.registry import load_backbone
-    from .learn.evaluation import grouped_folds, iter_cross_validate, random_partitions
-
     vocabulary = list(dataset.vocabulary)
     if test_dataset is not None:
         missing = [t for t in vocabulary if t not in test_dataset.vocabulary]
@@ -285,7 +289,7 @@ def iter_evaluate(
     evaluations: dict = {}
     for layer in layers:
         config = replace(extractor, layer=str(layer))
-        X = yield from iter_features(make_extractor(config, cache_dir, loaded), paths,
+        X = yield from iter_features(make_extractor(config, cache_dir, loaded, executor), paths,
                                      stage=f"layer {layer} features")
         evaluation = yield from sub_progress(
             iter_cross_validate(X, Y_all, vocabulary, splits, ensemble, groups=groups,
@@ -312,8 +316,6 @@ def write_predictions(path: str | Path, images: Sequence[Path | str],
     With ``votes`` (the members' majority vote, ``predict --votes``) a ``<term> vote`` column
     (1 present / 0 absent) per term follows the probability columns.
     """
-    from .utils.csvio import write_csv
-
     probabilities = np.asarray(probabilities)
     if probabilities.shape != (len(images), len(vocabulary)):
         raise ValueError(f"probabilities have shape {probabilities.shape}, expected "
@@ -339,8 +341,6 @@ def write_records(path: str | Path, records: GroupRecords, vocabulary: Sequence[
     """Write ``predict --by``'s CSV: ``gene``, ``stage``, ``images``, one probability column per
     term, ``calls`` (the one decision rule, :mod:`.learn.decision`) and ``note`` (why a record
     holds one image only), one row per record."""
-    from .utils.csvio import write_csv
-
     probabilities = np.asarray(probabilities)
     if probabilities.shape != (len(records), len(vocabulary)):
         raise ValueError(f"probabilities have shape {probabilities.shape}, expected "

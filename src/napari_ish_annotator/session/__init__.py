@@ -5,6 +5,7 @@ predictions and announces changes through psygnal signals; :mod:`.steps` are the
 as progress generators (frozen request in, frozen :mod:`.results` out).
 """
 
+from ..core.workflow import failed_rows
 from . import annotators, model_outputs
 from .labels import LABEL_CYCLE
 from .results import (
@@ -20,7 +21,7 @@ from .results import (
     TrainReport,
 )
 from .state import UNCERTAIN_BAND, AnnotatorSession, WrongThreadError
-from .steps import LABEL_FALLBACK, MIN_CV_PER_CLASS, failed_rows, throttled
+from .steps import LABEL_FALLBACK, MIN_CV_PER_CLASS, throttled
 
 __all__ = [
     "LABEL_CYCLE", "LABEL_FALLBACK", "MIN_CV_PER_CLASS", "UNCERTAIN_BAND", "AnnotatorSession",

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..core.labels.consensus import agreement, consensus, disagreement_mask, image_annotations
+from ..core.labels.consensus import annotator_labels as stored_annotator_labels
 from ..core.utils.errors import InputError
 from ..core.utils.progress import Progress, ProgressGen
 from .steps import TrainRequest
@@ -32,24 +34,18 @@ def _store(session: AnnotatorSession) -> Any:
 # ---------------------------------------------------------------------- annotators
 def annotator_labels(session: AnnotatorSession) -> Any:
     """Every annotator's own labels of the open images (core.consensus.AnnotatorLabels)."""
-    from ..core.labels.consensus import annotator_labels as read
-
-    return read(_store(session), session.paths, session.vocabulary)
+    return stored_annotator_labels(_store(session), session.paths, session.vocabulary)
 
 
 def disagreement(session: AnnotatorSession, indices: Sequence[int] | None = None) -> np.ndarray:
     """(n,) True where two annotators gave different values for some term of an image; with
     ``indices``, only for those images (a label change re-reads its own image only)."""
-    from ..core.labels.consensus import disagreement_mask
-
     paths = session.paths if indices is None else [session.paths[i] for i in indices]
     return disagreement_mask(_store(session), paths, session.vocabulary)
 
 
 def term_tooltips(session: AnnotatorSession, index: int | None = None) -> dict[str, str]:
     """{term: "alice: present, bob: absent"} for one image (default: the current one)."""
-    from ..core.labels.consensus import image_annotations
-
     i = session.index if index is None else index
     if session.store is None or not 0 <= i < session.n_images or not session.vocabulary:
         return {}
@@ -59,8 +55,6 @@ def term_tooltips(session: AnnotatorSession, index: int | None = None) -> dict[s
 
 def iter_agreement(labels: Any) -> ProgressGen[Any]:
     """core.consensus.agreement in a worker (it fits Dawid-Skene and imports scikit-learn)."""
-    from ..core.labels.consensus import agreement
-
     yield Progress(0, 1, "comparing annotators")
     return agreement(labels)
 
@@ -72,8 +66,6 @@ def consensus_train_request(session: AnnotatorSession, cross_validate: bool = Tr
     The consensus (numpy EM over at most 3^A label patterns per term) is cheap; the request
     is otherwise the session's own, so training, CV and prediction are the same step.
     """
-    from ..core.labels.consensus import consensus
-
     labels = annotator_labels(session)
     agreed = consensus(labels, method).labels
     if not (agreed >= 0).any():

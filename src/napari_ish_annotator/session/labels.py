@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core.data.manifest import parse_vocabulary, read_manifest
+from ..core.data.vocabulary import default_vocabulary
 from ..core.utils.errors import InputError
 from .steps import LABEL_FALLBACK
 
@@ -24,8 +26,6 @@ class LabelsPart:
 
     # ------------------------------------------------------------------ vocabulary
     def set_vocabulary(self, terms: Sequence[str] | str | Path) -> None:
-        from ..core.data.manifest import parse_vocabulary
-
         terms = parse_vocabulary(terms) if isinstance(terms, (str, Path)) else list(terms)
         if not terms:
             raise InputError("the vocabulary is empty; give at least one term")
@@ -38,8 +38,6 @@ class LabelsPart:
         self.labels_changed.emit(list(range(self.n_images)))
 
     def use_default_vocabulary(self, stage: str) -> None:
-        from ..core.data.vocabulary import default_vocabulary
-
         self.update_settings(stage=stage)
         self.set_vocabulary(default_vocabulary(stage))
 
@@ -150,8 +148,6 @@ class LabelsPart:
 
     def import_manifest_labels(self, dataset: Any = None, emit: bool = True) -> int:
         """Copy a manifest's terms into the label store (terms not listed become absent)."""
-        from ..core.data.manifest import read_manifest
-
         store = self._require_store()
         if dataset is None or isinstance(dataset, (str, Path)):
             src = dataset if dataset is not None else self.source

@@ -15,9 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from ..core.learn.metrics import class_counts, has_both_classes
+from ..core.backbones.devices import resolve_device, resolve_device_type
+from ..core.features.extractor import ExtractorConfig
+from ..core.learn.bundle import load_bundle, save_bundle
+from ..core.learn.metrics import class_counts, has_both_classes, labelled_rows
 from ..core.learn.splits import group_ids
 from ..core.utils.errors import InputError
+from ..core.workflow import write_predictions
 from . import steps
 from .results import (
     ExtractedFeatures,
@@ -34,8 +38,6 @@ class ModelPart:
     # ------------------------------------------------------------------ features & model
     def extractor_config(self, use_bundle: bool = True) -> Any:
         """The model's extractor settings when a model is loaded, else the panel's."""
-        from ..core.features.extractor import ExtractorConfig
-
         if use_bundle and self.bundle is not None:
             return replace(self.bundle.extractor, device=self.settings.device,
                            batch_size=self.settings.batch_size)
@@ -52,7 +54,6 @@ class ModelPart:
         fx = self._extractors.latest()
         if fx is not None:
             return str(fx.device)
-        from ..core.backbones.registry import resolve_device_type
 
         known = resolve_device_type(self.settings.device)
         if known is not None:
@@ -60,8 +61,6 @@ class ModelPart:
         if "torch" not in sys.modules:  # importing torch (1.5 s) only to name the device: no
             return f"{self.settings.device} (GPU if present; known once a model runs)"
         try:
-            from ..core.backbones.registry import resolve_device
-
             return str(resolve_device(self.settings.device))
         except Exception:
             return self.settings.device
@@ -113,30 +112,33 @@ class ModelPart:
         self.votes = np.asarray(result.votes, dtype=bool)
         self.predictions_changed.emit()
 
-    def set_bundle(self, bundle: Any, finetuned: Path | None = None) -> None:
+    def set_bundle(self, bundle: Any, finetuned: Path | None = None) -> list[str]:
+        """Use ``bundle``; returns its terms the labelled vocabulary leaves out.
+
+        A folder's vocabulary is the biologist's (what its label file holds): a model with
+        more terms predicts them (canvas, exports) but adds none to the list or the label
+        file (Add term does, one by one). With no vocabulary yet the model's is taken."""
         self.bundle = bundle
         if finetuned != self.finetuned:
             self.member_spread = None
         self.finetuned = finetuned
         self.probabilities = None
         self.votes = None
-        new_terms = [t for t in bundle.classifier.vocabulary if t not in self.vocabulary]
-        if new_terms:
-            self.vocabulary = [*self.vocabulary, *new_terms]
-        if self.store is not None and not self.store_read_only:
-            self.store.add_terms(self.vocabulary)
+        model_terms = list(bundle.classifier.vocabulary)
+        if not self.vocabulary:
+            self.vocabulary = model_terms
+            if self.store is not None and not self.store_read_only:
+                self.store.add_terms(self.vocabulary)
         self.model_changed.emit()
         self.vocabulary_changed.emit()
         self.predictions_changed.emit()
+        return [t for t in model_terms if t not in self.vocabulary]
 
-    def load_bundle(self, path: str | Path) -> None:
-        from ..core.learn.bundle import load_bundle
-
-        self.set_bundle(load_bundle(path))
+    def load_bundle(self, path: str | Path) -> list[str]:
+        """Load a saved model; returns its terms this folder's vocabulary leaves out."""
+        return self.set_bundle(load_bundle(path))
 
     def save_bundle(self, path: str | Path) -> None:
-        from ..core.learn.bundle import save_bundle
-
         if self.bundle is None:
             raise InputError("no model to save; train one first")
         save_bundle(path, self.bundle)
@@ -166,13 +168,25 @@ class ModelPart:
 
     def export_predictions(self, path: str | Path) -> None:
         """predictions CSV: ``image`` + one probability column per model term (CONTRACTS)."""
-        from ..core.workflow import write_predictions
-
         if self.probabilities is None:
             raise InputError("no predictions yet; press Predict first")
         keep = np.flatnonzero(~np.isnan(self.probabilities).all(axis=1))  # not the skipped
         write_predictions(path, [self.paths[i] for i in keep], self.model_vocabulary,
                           self.probabilities[keep])
+
+    def export_all(self, path: str | Path) -> list[str]:
+        """File > Save's output: the labels as a manifest CSV at ``path`` (``.csv`` added)
+        and, with predictions, ``<stem>.predictions.csv`` beside it; returns what was written."""
+        path = Path(path)
+        if path.suffix.lower() != ".csv":
+            path = path.with_suffix(".csv")
+        self.export_manifest(path)
+        written = [str(path)]
+        if self.probabilities is not None:
+            pred = path.with_name(f"{path.stem}.predictions.csv")
+            self.export_predictions(pred)
+            written.append(str(pred))
+        return written
 
     # ------------------------------------------------------------------ training
     def groups(self) -> np.ndarray:
@@ -236,7 +250,7 @@ class ModelPart:
         if init is not None and (self.finetuned is None or Path(init) != Path(self.finetuned)):
             raise InputError("no fine-tuned network is in use to continue; fine-tune first")
         train = self.train_request(True)
-        rows = np.flatnonzero((train.Y >= 0).any(axis=1))
+        rows = labelled_rows(train.Y)
         if len(rows) < 2:
             raise InputError("fine-tuning needs at least two labelled images; label more")
         settings = replace(self.settings, backbone=config.backbone,
@@ -312,19 +326,20 @@ class ModelPart:
         self.label_order = order
         self.label_order_changed.emit()
 
-    def next_to_label(self) -> int | None:
+    def next_to_label(self, from_top: bool = False) -> int | None:
         """Go to the next ranked image after this one (cyclically; from the best one when
         this image is not ranked) that still has an unknown model term; None without a
-        ranking or when every other ranked image is labelled."""
+        ranking or when every other ranked image is labelled. ``from_top`` (a new ranking):
+        the best unlabelled one, this image included, so the user starts at the top."""
         order = self.label_order
         if order is None or order.generation != self.generation or self.bundle is None:
             return None
         cols = [self.vocabulary.index(t) for t in self.model_vocabulary if t in self.vocabulary]
         Y = self.label_matrix()
         images = order.images.tolist()
-        start = images.index(self.index) + 1 if self.index in images else 0
+        start = images.index(self.index) + 1 if self.index in images and not from_top else 0
         for i in images[start:] + images[:start]:
-            if i != self.index and (Y[i, cols] < 0).any():
+            if (Y[i, cols] < 0).any() and (i != self.index or from_top):
                 self.set_index(int(i))
                 return int(i)
         return None

@@ -15,9 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..core.backbones.devices import resolve_device
+from ..core.export.bioimageio import ExportOptions, iter_export_bioimageio
+from ..core.export.packages import require_bioimageio
+from ..core.finetune import load_ensemble
+from ..core.learn.active import suggest
+from ..core.learn.bundle import save_bundle
 from ..core.utils.errors import InputError
 from ..core.utils.progress import Progress, ProgressGen, sub_progress
-from .steps import failed_rows
+from ..core.workflow import failed_rows
 
 if TYPE_CHECKING:
     from .state import AnnotatorSession
@@ -63,8 +69,6 @@ def suggest_request(session: AnnotatorSession) -> SuggestRequest:
 
 def iter_suggest(req: SuggestRequest) -> ProgressGen[LabelOrder]:
     """core.active.suggest over the candidates (members' decisions: a worker's job)."""
-    from ..core.learn.active import suggest
-
     yield Progress(0, 1, "ranking images to label")
     s = suggest(req.classifier, req.X, list(req.genes))
     return LabelOrder(req.candidates[s.order], np.asarray(s.score), req.generation)
@@ -102,9 +106,6 @@ def spread_request(session: AnnotatorSession) -> SpreadRequest:
 
 def iter_member_spread(req: SpreadRequest, batch: int = 8) -> ProgressGen[MemberSpread]:
     """Every member's multi-task output for the open images (core.finetune.load_ensemble)."""
-    from ..core.backbones.registry import resolve_device
-    from ..core.finetune import load_ensemble
-
     yield Progress(0, len(req.paths), "loading the ensemble")
     ensemble = load_ensemble(req.checkpoint, str(resolve_device(req.device)))
     if len(ensemble.members) < 2:
@@ -131,8 +132,6 @@ class ExportRequest:
 def export_request(session: AnnotatorSession, out: str | Path, test: bool = True
                    ) -> ExportRequest:
     """Export the model in use as a bioimage.io .zip (checks what can be checked now)."""
-    from ..core.export.bioimageio import ExportOptions
-
     if session.bundle is None:
         raise InputError("no model to export; train one or load a bundle first")
     out = Path(out)
@@ -145,9 +144,6 @@ def export_request(session: AnnotatorSession, out: str | Path, test: bool = True
 
 def iter_export(req: ExportRequest) -> ProgressGen[Any]:
     """Save the bundle to a temporary folder, then core.export's packaging (cancellable)."""
-    from ..core.export.bioimageio import iter_export_bioimageio, require_bioimageio
-    from ..core.learn.bundle import save_bundle
-
     require_bioimageio()  # before any work: one message naming the [bioimageio] extra
     with tempfile.TemporaryDirectory(prefix=".ish-export-") as tmp:
         yield Progress(0, 1, "saving the model")

@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 from psygnal import Signal
 
+from ..core.data.images import read_rgb
 from ..core.utils.errors import InputError
+from ..core.utils.progress import drive
 from . import steps
 from .labels import LabelsPart
 from .model import ModelPart
@@ -132,8 +134,6 @@ class AnnotatorSession(LabelsPart, ModelPart):
         Bad files are skipped and listed; a manifest's terms are imported into the label
         store. Widgets run :func:`.steps.iter_open` in a worker and then :meth:`apply_open`.
         """
-        from ..core.utils.progress import drive
-
         self.apply_open(drive(steps.iter_open(self.open_request(inputs, store_path, vocabulary))))
 
     def apply_open(self, opened: OpenedDataset) -> None:
@@ -179,8 +179,6 @@ class AnnotatorSession(LabelsPart, ModelPart):
 
     def use_store(self, path: str | Path) -> None:
         """Switch to another label file here and now (the panel runs it in a worker)."""
-        from ..core.utils.progress import drive
-
         self.apply_store(drive(steps.iter_use_store(*self.store_request(path))))
 
     def apply_store(self, switched: StoreSwitch) -> None:
@@ -264,10 +262,11 @@ class AnnotatorSession(LabelsPart, ModelPart):
         labelled: the images a biologist's label teaches the model most."""
         if self.probabilities is None or not self.n_images:
             return None
-        near = np.abs(self.probabilities - 0.5) < UNCERTAIN_BAND
+        model = self.model_vocabulary
+        labelled = np.asarray([t in self.vocabulary for t in model], bool)  # terms one can label
+        near = (np.abs(self.probabilities - 0.5) < UNCERTAIN_BAND) & labelled
         n = self.n_images
         order = (self.index + delta * np.arange(1, n + 1)) % n
-        model = self.model_vocabulary
         for i in order[near[order].any(axis=1)]:
             labels = self.labels_for(int(i))
             if any(labels.get(model[c]) is None for c in np.flatnonzero(near[i])):
@@ -277,8 +276,6 @@ class AnnotatorSession(LabelsPart, ModelPart):
 
     def image(self, index: int | None = None) -> np.ndarray:
         """RGB pixels of one image, decoded on demand (small LRU cache, any thread)."""
-        from ..core.data.images import read_rgb
-
         i = self.index if index is None else index
         with self._images_lock:
             if i in self._images:

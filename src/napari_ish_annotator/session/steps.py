@@ -17,11 +17,37 @@ from typing import Any
 
 import numpy as np
 
-from ..core.learn.metrics import class_counts, has_both_classes, trainable_terms
+from ..core.data.images import read_rgb
+from ..core.data.inputs import iter_scan_inputs
+from ..core.data.manifest import parse_vocabulary, training_fingerprint
+from ..core.data.vocabulary import default_vocabulary
+from ..core.explain.finetuned import gradcam_mtl
+from ..core.explain.gradcam import display_shape, gradcam_all_terms
+from ..core.features.cache import default_cache_dir
+from ..core.features.extractor import FeatureExtractor
+from ..core.finetune import iter_finetune as core_finetune
+from ..core.finetune import load_finetuned
+from ..core.labels.store import LabelStore
+from ..core.learn.calibration import CALIBRATION_FOLDS
+from ..core.learn.ensembles import GramBlock, iter_gram
+from ..core.learn.folds import iter_out_of_fold
+from ..core.learn.logistic import EnsembleConfig
+from ..core.learn.metrics import (
+    class_counts,
+    has_both_classes,
+    labelled_rows,
+    per_term_auc,
+    trainable_terms,
+)
 from ..core.learn.splits import group_ids
 from ..core.utils.errors import InputError
 from ..core.utils.progress import Progress, ProgressGen, sub_progress
-from ..core.workflow import failed_rows, iter_fit_bundle, predict_rows
+from ..core.workflow import (
+    failed_rows,
+    iter_features,  # float16, memory-mapped at paper scale
+    iter_fit_bundle,
+    predict_rows,
+)
 from .results import (
     ExtractedFeatures,
     FinetuneOutcome,
@@ -83,9 +109,6 @@ class Extractors:
         return tuple(sorted((k, str(v)) for k, v in vars(config).items()))
 
     def get(self, config: Any) -> Any:
-        from ..core.features.cache import default_cache_dir
-        from ..core.features.extractor import FeatureExtractor
-
         key = self.key(config)
         with self._lock:
             fx = self._made.pop(key, None)
@@ -114,13 +137,10 @@ class OpenRequest:
 
 def iter_open(req: OpenRequest) -> ProgressGen[OpenedDataset]:
     """Check image headers, hash images into the label store, import manifest labels."""
-    from ..core.data.inputs import iter_scan_inputs
-    from ..core.data.manifest import parse_vocabulary
-    from ..core.labels.store import LabelStore
-
     scanned = yield from iter_scan_inputs(req.inputs, check="header", dataset_folders=True,
                                           missing_inputs=False)
     paths = scanned.paths
+    dataset = _readable_rows(scanned.dataset, paths)  # a missing image is listed, not fatal
     stage = req.default_stage
     known = {s for s in scanned.stages if s}
     if len(known) == 1:
@@ -134,14 +154,12 @@ def iter_open(req: OpenRequest) -> ProgressGen[OpenedDataset]:
         if not vocab and store is not None:
             vocab = list(store.terms())
         if not vocab:
-            from ..core.data.vocabulary import default_vocabulary
-
             vocab = list(default_vocabulary(stage))
         if store is not None and not read_only:
             yield Progress(len(paths), len(paths), "importing manifest labels")
             store.add_terms(vocab)
-            if scanned.dataset is not None:  # idempotent: writes only what changed
-                store.import_dataset(scanned.dataset, annotator=LABEL_FALLBACK[0])
+            if dataset is not None:  # idempotent: writes only what changed
+                store.import_dataset(dataset, annotator=LABEL_FALLBACK[0])
         labels = None
         if store is not None:  # counted here, so the GUI shows the counts without a query
             yield Progress(len(paths), len(paths), "counting labels")
@@ -152,8 +170,14 @@ def iter_open(req: OpenRequest) -> ProgressGen[OpenedDataset]:
             store.close()
         raise
     return OpenedDataset(paths, scanned.genes, scanned.stages, scanned.manifest_terms,
-                         scanned.dataset, scanned.skipped, scanned.source, stage, tuple(vocab),
+                         dataset, scanned.skipped, scanned.source, stage, tuple(vocab),
                          store, read_only, pending, labels)
+
+
+def _readable_rows(dataset: Any, paths: Sequence[Path]) -> Any:
+    """The manifest's rows whose image was opened (the skipped ones are listed apart)."""
+    keep = set(paths)
+    return dataset and replace(dataset, samples=[x for x in dataset.samples if x.image in keep])
 
 
 def iter_open_store(path: Path, paths: Sequence[Path], annotator: str | None,
@@ -164,8 +188,6 @@ def iter_open_store(path: Path, paths: Sequence[Path], annotator: str | None,
     label files only stat()s the images instead of hashing them all again. A store that
     cannot be written opens read-only (or not at all) with an error to show, never fatal.
     """
-    from ..core.labels.store import LabelStore
-
     store = None
     done = False
     try:
@@ -222,7 +244,6 @@ def iter_extract(req: ExtractRequest) -> ProgressGen[ExtractedFeatures]:
     if not req.paths:
         raise InputError("no images are open; open a folder or manifest first")
     yield Progress(0, len(req.paths), "loading backbone")
-    from ..core.workflow import iter_features  # float16, memory-mapped at paper scale
 
     extractor = req.extractors.get(req.config)
     X = yield from iter_features(extractor, list(req.paths), on_error="skip")
@@ -291,10 +312,6 @@ def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
     rows serves every fit, and one out-of-fold pass (gene-grouped folds) gives both the AUCs
     shown and the scores Platt scaling is fitted on, which ``train`` computes anyway.
     """
-    from ..core.data.manifest import training_fingerprint
-    from ..core.learn.calibration import CALIBRATION_FOLDS
-    from ..core.learn.ensembles import EnsembleConfig, GramBlock, iter_gram
-
     X, new = yield from _features(req.features, req.extract)
     ensemble = EnsembleConfig(**req.ensemble)
     vocab = list(req.vocabulary)
@@ -316,7 +333,7 @@ def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
     gram = oof = None
     groups = req.groups
     if req.cross_validate:  # one Gram matrix of the labelled rows for the CV and the fit
-        labelled = np.flatnonzero((Y != -1).any(axis=1))
+        labelled = labelled_rows(Y)
         K = yield from sub_progress(iter_gram(X, labelled), 0, prefix="features: ")
         gram = GramBlock(labelled, K)
         auc, note, oof = yield from iter_cv_auc(gram, Y, vocab, groups, ensemble,
@@ -329,7 +346,7 @@ def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
         0, prefix="fit: ")  # gene-grouped calibration folds, as `ish-annotator train` uses
     yield Progress(1, 1, "predicting")
     P, votes = predict_rows(bundle, X)
-    report = TrainReport(counts, auc, int((Y >= 0).any(1).sum()), note)
+    report = TrainReport(counts, auc, len(labelled_rows(Y)), note)
     predictions = Predictions(P, votes, req.extract.generation, None)
     return TrainedModel(bundle, report, predictions, new)
 
@@ -349,8 +366,6 @@ def iter_cv_auc(gram: Any, Y: np.ndarray, vocab: list[str], groups: np.ndarray,
     :data:`core.calibration.CALIBRATION_FOLDS` the model is ``train``'s). None: fewer than
     two genes, the fit calibrates as without CV.
     """
-    from ..core.learn.evaluation import iter_out_of_fold, per_term_auc
-
     rows = gram.rows
     Yl = Y[rows]
     ok = trainable_terms(Yl, MIN_CV_PER_CLASS)
@@ -380,15 +395,10 @@ class GradcamRequest:
 def iter_gradcam(req: GradcamRequest) -> ProgressGen[GradcamMaps]:
     """Grad-CAM maps of one image: the logistic ensembles' (default) or the fine-tuned
     network's own term outputs (``finetuned``)."""
-    from ..core.data.images import read_rgb
-    from ..core.explain.gradcam import display_shape
-
     yield Progress(0, 1, "Grad-CAM")
     rgb = read_rgb(req.path)
     shape = display_shape(rgb.shape[:2])  # a stack of T maps stays small for a huge image
     if req.finetuned is not None:
-        from ..core.finetune import gradcam_mtl, load_finetuned
-
         model = load_finetuned(req.finetuned, device=req.extract.config.device
                                if req.extract.config.device != "auto" else "cpu")
         missing = [t for t in req.terms if t not in model.vocabulary]
@@ -401,8 +411,6 @@ def iter_gradcam(req: GradcamRequest) -> ProgressGen[GradcamMaps]:
         proba = model.predict_batch(model.preprocess(rgb)[None])[0, cols]
         source = "finetuned"
     else:
-        from ..core.explain.gradcam import gradcam_all_terms
-
         maps, proba = gradcam_all_terms(req.bundle, req.extract.extractors.get(req.extract.config),
                                         rgb, list(req.terms), out_shape=shape)
         source = "ensemble"
@@ -428,8 +436,6 @@ class FinetuneRequest:
 
 def iter_finetune(req: FinetuneRequest) -> ProgressGen[FinetuneOutcome]:
     """Fine-tune on the labelled images, then refit and re-predict with the new backbone."""
-    from ..core.finetune import iter_finetune as core_finetune
-
     result = yield from core_finetune(list(req.images), req.Y, list(req.vocabulary), req.config,
                                       req.out, groups=req.refit.groups[req.rows], init=req.init)
     trained = yield from iter_train(req.refit)

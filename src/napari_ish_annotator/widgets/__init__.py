@@ -75,7 +75,7 @@ def open_demo(viewer: Any, weights: str = "imagenet", backbone: str = "vgg16",
               train: bool = True) -> Any:
     """The `ish-annotator demo` window: sample embryos in the annotator layout; with ``train``
     the sample labels train a model in the background, then predictions and a Grad-CAM show."""
-    from ..core.backbones.registry import get_spec
+    from ..core.backbones.specs import get_spec
 
     viewer.open_sample(PLUGIN, "synthetic")
     annotator = open_annotator(viewer)

@@ -225,4 +225,5 @@ class EmbryoFilterProxy(QSortFilterProxyModel):
             self.set_filter(self._text)
 
     def sort(self, column: int, order: Any = Qt.SortOrder.AscendingOrder) -> None:
-        self.sourceModel().sort(column, order)
+        if column >= 0:  # -1: the indicator was cleared (a ranking put its rows first)
+            self.sourceModel().sort(column, order)

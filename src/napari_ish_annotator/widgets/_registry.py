@@ -9,7 +9,7 @@ from typing import Any
 from ..session import AnnotatorSession
 from ._loading import freeze_long_lived
 from ._napari_private import on_window_destroyed, real_viewer
-from ._viewer_binding import bind_viewer
+from ._viewer_binding import bind_viewer, unbind_session
 
 _SESSIONS: dict[int, tuple[Any, AnnotatorSession]] = {}
 
@@ -35,6 +35,7 @@ def _forget(key: int, session: AnnotatorSession, *_: Any) -> None:
     entry = _SESSIONS.get(key)
     if entry is not None and entry[1] is session:
         del _SESSIONS[key]
+    unbind_session(session)
     session.close()
 
 
@@ -42,4 +43,5 @@ def forget_session(viewer: Any) -> None:
     """Close the session's label store (used when a viewer closes)."""
     entry = _SESSIONS.pop(id(real_viewer(viewer)), None)
     if entry is not None:
+        unbind_session(entry[1])
         entry[1].close()

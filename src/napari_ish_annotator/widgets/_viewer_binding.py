@@ -16,7 +16,7 @@ from typing import Any
 from ..core.utils.errors import InputError
 from ..session import AnnotatorSession
 from ._errors import shows_input_error
-from ._napari_private import window_closed
+from ._napari_private import route_csv_saves, window_closed
 
 EMBRYO_LAYER = "ISH embryo"
 META_KEY = "ish_annotator"
@@ -186,10 +186,60 @@ def update_overlay(viewer: Any, session: AnnotatorSession) -> None:
     overlay.visible = bool(overlay.text)
 
 
+#: each bound session's key handlers by napari key name, for the panels' tables
+_KEYS: dict[int, dict[str, Any]] = {}
+
+
+def hint(viewer: Any, text: str) -> None:
+    """A key's "nothing to do" answer in the status bar: a toast would stay on the canvas
+    after it stopped being true (and the term list already shows every label change)."""
+    viewer.status = text
+
+
+def key_name(event: Any) -> str:
+    """napari's spelling of a Qt key press ("n", "Shift-N", "Control-Z", "PageDown"), or ""."""
+    from qtpy.QtCore import Qt
+
+    key, mods = event.key(), event.modifiers()
+    names = {Qt.Key.Key_PageDown: "PageDown", Qt.Key.Key_PageUp: "PageUp"}
+    if key in names:
+        return names[key]
+    text = chr(key) if Qt.Key.Key_0 <= key <= Qt.Key.Key_9 or Qt.Key.Key_A <= key <= Qt.Key.Key_Z \
+        else ""
+    if not text:
+        return ""
+    if mods & Qt.KeyboardModifier.ControlModifier:
+        return f"Control-{text.upper()}"
+    if mods & Qt.KeyboardModifier.ShiftModifier and text.isalpha():
+        return f"Shift-{text.upper()}"
+    return text.lower()
+
+
+def forward_annotation_keys(widget: Any, session: AnnotatorSession) -> None:
+    """The annotation keys act while ``widget`` (a panel's table) has focus, as on the canvas:
+    a table would otherwise swallow 1-0 and n/p for its own keyboard search."""
+    from qtpy.QtCore import QEvent, QObject
+
+    class _Forward(QObject):
+        def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt API
+            if event.type() != QEvent.Type.KeyPress:
+                return False
+            handler = _KEYS.get(id(session), {}).get(key_name(event))
+            if handler is None:
+                return False
+            handler()
+            return True
+
+    widget.installEventFilter(_Forward(widget))
+
+
+def unbind_session(session: AnnotatorSession) -> None:
+    """Forget a closed session's key handlers (they hold its viewer)."""
+    _KEYS.pop(id(session), None)
+
+
 def bind_viewer(viewer: Any, session: AnnotatorSession) -> None:
     """Keep viewer and session in step; bind PageUp/PageDown, n/p, 1-9/0, u, Shift+N, Ctrl+Z."""
-    from napari.utils.notifications import show_info
-
     overlay = text_overlay(viewer)
     try:
         overlay.position = "top_left"
@@ -232,10 +282,7 @@ def bind_viewer(viewer: Any, session: AnnotatorSession) -> None:
     def toggle(k: int):
         def go() -> None:
             if k < len(session.vocabulary) and session.current_path is not None:
-                term = session.vocabulary[k]
-                value = session.cycle_label(term)
-                word = {1: "present", 0: "absent", None: "unknown"}[value]
-                show_info(f"{term}: {word}")
+                session.cycle_label(session.vocabulary[k])  # the term list shows it
         go.__name__ = f"ish_toggle_term_{k + 1}"
         return guarded(go)
 
@@ -244,22 +291,26 @@ def bind_viewer(viewer: Any, session: AnnotatorSession) -> None:
 
     def undo() -> None:
         if not session.undo():
-            show_info("nothing to undo")
+            hint(viewer, "nothing to undo")
     keys["Control-Z"] = guarded(undo)
 
     def next_uncertain() -> None:
         if session.probabilities is None:
-            show_info("no predictions yet: train a model or press Predict")
+            hint(viewer, "no predictions yet: train a model or press Predict")
         elif session.next_uncertain() is None:
-            show_info("no unlabelled uncertain term left")
+            hint(viewer, "no unlabelled uncertain term left")
     keys["u"] = guarded(next_uncertain)
 
     def next_to_label() -> None:
         if session.label_order is None:
-            show_info("no 'next to label' order yet: press Next to label in the Embryos panel")
+            hint(viewer, "no 'next to label' order yet: press Next to label in the Embryos panel")
         elif session.next_to_label() is None:
-            show_info("every ranked image is labelled: press Next to label to rank again")
+            hint(viewer, "every ranked image is labelled: press Next to label to rank again")
     keys["Shift-N"] = guarded(next_to_label)
+
+    _KEYS[id(session)] = keys
+    route_csv_saves(viewer, lambda layer: layer.metadata.get(META_KEY) == "embryo",
+                    session.export_all)
 
     def bind(provider: Any) -> None:
         for key, func in keys.items():

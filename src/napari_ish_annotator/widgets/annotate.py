@@ -21,32 +21,23 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core.backbones.specs import REGISTRY, get_spec
+from ..core.data.vocabulary import STAGE_RANGES
 from ..session import steps
 from ._base import SessionDock
 from ._errors import shows_input_error
 from ._worker import TaskRunner
 from .terms import TermsSection
 
-STAGES = ("4-6", "7-8", "9-10", "11-12", "13-16")
-
 
 def _backbone_names() -> list[str]:
-    try:
-        from ..core.backbones.registry import REGISTRY
-
-        return list(REGISTRY)
-    except Exception:
-        return ["vgg16"]
+    return list(REGISTRY)
 
 
 def _layer_names(backbone: str) -> tuple[list[str], str]:
-    try:
-        from ..core.backbones.registry import get_spec
-
-        spec = get_spec(backbone)
-        return list(spec.layers), str(spec.default_layer)
-    except Exception:
-        return ["17", "21", "24", "30"], "21"
+    """The backbone's feature layers and its default (the registry is plain data: no torch)."""
+    spec = get_spec(backbone)
+    return list(spec.layers), str(spec.default_layer)
 
 
 class ModelSection(QWidget):
@@ -117,7 +108,7 @@ class ModelSection(QWidget):
         vocab_box = QGroupBox("Vocabulary")
         vlay = QVBoxLayout(vocab_box)
         self.stage_combo = QComboBox()
-        self.stage_combo.addItems(STAGES)
+        self.stage_combo.addItems(STAGE_RANGES)
         self.stage_combo.setCurrentText(s.settings.stage)
         self.defaults_button = QPushButton("Use defaults")
         self.defaults_button.setToolTip("the ten most frequent FlyExpress terms of this stage range")
@@ -142,9 +133,9 @@ class ModelSection(QWidget):
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        form.insertRow(1, brow)  # the main actions right under the model's name
+        form.insertRow(2, self.runner)
         layout.addWidget(model_box)
-        layout.addLayout(brow)
-        layout.addWidget(self.runner)
         layout.addWidget(vocab_box)
         layout.addStretch(1)
 
@@ -210,7 +201,14 @@ class ModelSection(QWidget):
 
     @shows_input_error
     def load_bundle(self, path: str) -> None:
-        self.session.load_bundle(path)
+        """Load a model; say which of its terms this folder does not label (none are added)."""
+        from napari.utils.notifications import show_info
+
+        left_out = self.session.load_bundle(path)
+        if left_out:
+            show_info(f"The model predicts {len(left_out)} terms this folder does not label "
+                      "(shown on the canvas and in exports; Add term to label one): "
+                      + ", ".join(left_out[:5]) + (" …" if len(left_out) > 5 else ""))
 
     def _model_changed(self) -> None:
         b = self.session.bundle

@@ -35,6 +35,8 @@ class AnnotatorWidget(SessionDock):
         self.train = TrainWidget(napari_viewer)
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
+        self.tabs.setElideMode(Qt.TextElideMode.ElideNone)  # "Model" was clipped to "Mo…"
+        self.tabs.tabBar().setExpanding(False)
         for widget, name in ((self.embryos, "Embryos"), (scrolling(self.model), "Model"),
                              (self.explain, "Explain"), (self.train, "Train")):
             self.tabs.addTab(widget, name)
@@ -42,8 +44,9 @@ class AnnotatorWidget(SessionDock):
         splitter.addWidget(self.terms)
         splitter.addWidget(self.tabs)
         splitter.setChildrenCollapsible(False)
-        splitter.setStretchFactor(0, 1)
-        splitter.setStretchFactor(1, 1)
+        splitter.setStretchFactor(0, 2)  # the tabs' main controls fit a 768 px screen
+        splitter.setStretchFactor(1, 3)
+        splitter.setSizes([240, 360])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addWidget(splitter)

@@ -17,18 +17,20 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
+    QSizePolicy,
     QTableView,
     QVBoxLayout,
+    QWidget,
 )
 
 from ..core.data.images import SUPPORTED_SUFFIXES
 from ..core.utils.errors import InputError
 from ..session import OpenedDataset, StoreSwitch, annotators, model_outputs, steps
-from ._base import SessionDock
+from ._base import Collapsible, SessionDock
 from ._embryo_table import IMAGE_ROLE, EmbryoFilterProxy, EmbryoTableModel
 from ._errors import report_error, shows_input_error
 from ._loading import freeze_long_lived
-from ._viewer_binding import stage_first_show
+from ._viewer_binding import forward_annotation_keys, stage_first_show
 from ._worker import TaskRunner
 from .records_section import RecordSection
 
@@ -89,7 +91,11 @@ class EmbryosWidget(SessionDock):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
         self.table.verticalHeader().setDefaultSectionSize(22)
-        self.table.setMinimumHeight(120)
+        self.table.setMinimumHeight(110)
+        # its preferred height (192 px) would set the tab's height through the word-wrapped
+        # labels' height-for-width and push the controls under it below a laptop's fold
+        self.table.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Ignored)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # names differ at the end
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setStretchLastSection(True)
@@ -98,6 +104,7 @@ class EmbryosWidget(SessionDock):
         self.table.setSortingEnabled(True)
         header.setSortIndicator(0, Qt.SortOrder.AscendingOrder)
         self.table.selectionModel().currentRowChanged.connect(self._row_selected)
+        forward_annotation_keys(self.table, self.session)
 
         self.runner = TaskRunner()  # opening thousands of files: headers and hashes off the GUI
         self.runner.started.connect(lambda: self._busy(True))
@@ -108,6 +115,7 @@ class EmbryosWidget(SessionDock):
         self.skipped_label = QLabel("")
         self.skipped_label.setWordWrap(True)
         self.skipped_label.setStyleSheet("color: #e0a040;")
+        self.skipped_label.setVisible(False)  # a line only when files were skipped
 
         self.store_label = QLabel("labels: –")
         self.store_label.setWordWrap(True)
@@ -127,27 +135,34 @@ class EmbryosWidget(SessionDock):
         self.annotator_edit.setToolTip("your name: labels are stored per annotator (with undo "
                                        "and history), so several people's labels can be combined")
         self.annotator_edit.editingFinished.connect(self._annotator_changed)
+        files = QWidget()  # used now and then: folded under one line
+        files_layout = QVBoxLayout(files)
+        files_layout.setContentsMargins(0, 0, 0, 0)
         store_row = QHBoxLayout()
-        store_row.addWidget(QLabel("Annotator"))
-        store_row.addWidget(self.annotator_edit)
         store_row.addWidget(self.store_button)
         store_row.addWidget(self.import_button)
         export_row = QHBoxLayout()
         export_row.addWidget(self.export_labels_button)
         export_row.addWidget(self.export_pred_button)
+        files_layout.addWidget(self.store_label)
+        files_layout.addLayout(store_row)
+        files_layout.addLayout(export_row)
+        self.files_section = Collapsible("Label file, import, export", files)
 
         nav = QHBoxLayout()
-        self.prev_button = QPushButton("◀ Previous (p)")
-        self.next_button = QPushButton("Next (n) ▶")
+        self.prev_button = QPushButton("◀ (p)")
+        self.prev_button.setToolTip("previous image (p, PageUp)")
+        self.next_button = QPushButton("(n) ▶")
+        self.next_button.setToolTip("next image (n, PageDown)")
         self.prev_button.clicked.connect(lambda: self.session.step(-1))
         self.next_button.clicked.connect(lambda: self.session.step(+1))
         nav.addWidget(self.prev_button)
         nav.addWidget(self.next_button)
 
         # several annotators and active learning (issue 10)
-        self.disagree_check = QCheckBox("annotators disagree")
+        self.disagree_check = QCheckBox("disagreements only")
         self.disagree_check.setToolTip("list only images where two annotators gave a term "
-                                       "different labels")
+                                       "different labels (annotators disagree)")
         self.disagree_check.toggled.connect(self._disagree_toggled)
         self.suggest_button = QPushButton("Next to label (Shift+N)")
         self.suggest_button.setToolTip(
@@ -155,9 +170,11 @@ class EmbryosWidget(SessionDock):
             "members disagree, rare terms first, spread over genes), list them first and go "
             "to the best; Shift+N goes on to the next one")
         self.suggest_button.clicked.connect(self.rank_next_to_label)
-        extra_row = QHBoxLayout()
-        extra_row.addWidget(self.disagree_check)
-        extra_row.addWidget(self.suggest_button)
+        nav.addWidget(self.suggest_button)  # one row of moves: a laptop's height is short
+        annotator_row = QHBoxLayout()
+        annotator_row.addWidget(QLabel("Annotator"))
+        annotator_row.addWidget(self.annotator_edit, 1)
+        annotator_row.addWidget(self.disagree_check)
 
         layout = QVBoxLayout(self.body)
         layout.addLayout(open_row)
@@ -165,14 +182,12 @@ class EmbryosWidget(SessionDock):
         layout.addWidget(self.info_label)
         layout.addWidget(self.skipped_label)
         layout.addWidget(self.filter_edit)
-        layout.addLayout(extra_row)
         layout.addWidget(self.table, 1)
         layout.addLayout(nav)
         self.record = RecordSection(self)  # the current image's gene x stage record
         layout.addWidget(self.record)
-        layout.addWidget(self.store_label)
-        layout.addLayout(store_row)
-        layout.addLayout(export_row)
+        layout.addLayout(annotator_row)
+        layout.addWidget(self.files_section)
 
         s = self.session
         self.listen(s.dataset_changed, self._rebuild)
@@ -291,7 +306,8 @@ class EmbryosWidget(SessionDock):
         n_skip = len(s.skipped)
         self.info_label.setText(f"{s.n_images} images from {s.source}" if s.source else "")
         if n_skip:
-            self.skipped_label.setText(f"{n_skip} file(s) skipped - hover for details")
+            self.skipped_label.setText(f"{n_skip} file(s) skipped (missing or unreadable) "
+                                       "- hover for the list")
             self.skipped_label.setToolTip("\n".join(s.skipped[:50]))
             from napari.utils.notifications import show_warning
 
@@ -300,6 +316,7 @@ class EmbryosWidget(SessionDock):
         else:
             self.skipped_label.setText("")
             self.skipped_label.setToolTip("")
+        self.skipped_label.setVisible(bool(n_skip))
         self._update_store_label()
 
     @shows_input_error
@@ -362,10 +379,13 @@ class EmbryosWidget(SessionDock):
         order = self.session.label_order
         if order is None:
             return
-        self.model.put_first(order.images)
+        self._updating = True
+        self.table.horizontalHeader().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
+        self._updating = False
+        self.model.put_first(order.images)  # after the indicator: no column sorts them
         self.info_label.setText(f"{len(order.images)} images to label, most informative "
                                 "first (Shift+N: next)")
-        self.session.next_to_label()
+        self.session.next_to_label(from_top=True)
         self._select_current(self.session.index)
 
     def _apply_filter(self, text: str) -> None:

@@ -209,11 +209,20 @@ class ExplainWidget(SessionDock):
             with contextlib.suppress(Exception):
                 self.viewer.layers.selection.active = base
         probs = dict(zip(terms, result.probabilities, strict=False))
-        by = " (fine-tuned network)" if result.source == "finetuned" else ""
         if len(terms) == 1:
-            self.info.setText(f"{terms[0]}: p = {probs[terms[0]]:.2f}{by}")
+            self.info.setText(self._probability_text(terms[0], probs[terms[0]], result))
         else:
             self.info.setText(f"{len(terms)} terms; move the slider under the canvas")
+
+    def _probability_text(self, term: str, p: float, result: Any) -> str:
+        """Name the model behind each number: the fine-tuned network's own output differs
+        from the term list's probability (the logistic ensembles'), so both are labelled."""
+        if result.source != "finetuned":
+            return f"{term}: p = {p:.2f} from the term ensemble (the term list's probability)"
+        listed = self.session.probabilities_for(result.index).get(term)
+        other = ("" if listed is None else
+                 f"; the term list's p = {listed:.2f} is the term ensemble's")
+        return f"{term}: p = {p:.2f} from the fine-tuned network's own output{other}"
 
     def _name(self, terms: list[str]) -> str:
         if len(terms) == 1:

@@ -26,6 +26,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core.features.cache import default_cache_dir
+from ..core.finetune import FinetuneConfig
 from ..core.utils.errors import InputError
 from ..session import FinetuneOutcome, steps
 from ._base import SessionDock
@@ -39,6 +41,21 @@ FROZEN_CHOICES = [
     ("none", "nothing - train the whole trunk (GPU)"),
     ("all", "whole trunk - train only the head"),
 ]
+VGG_ONLY = ("17", "24")  # VGG16 layer numbers: other backbones name their own stages
+
+
+def frozen_choices(backbone: str) -> list[tuple[str, str]]:
+    """The Frozen choices for ``backbone``: its own default named, VGG16's layers for it only."""
+    if backbone == "vgg16":
+        return list(FROZEN_CHOICES)
+    try:
+        from ..core.backbones.registry import get_spec
+
+        default = get_spec(backbone).frozen_default
+    except Exception:  # noqa: BLE001 - an unknown name: the generic wording
+        default = None
+    auto = f"backbone default ({backbone}: up to {default})" if default else "backbone default"
+    return [("auto", auto)] + [c for c in FROZEN_CHOICES[1:] if c[0] not in VGG_ONLY]
 
 
 def _format_seconds(seconds: float) -> str:
@@ -96,8 +113,8 @@ class FinetuneSection(QWidget):
         self.batch_spin.setRange(1, 256)
         self.batch_spin.setValue(16)
         self.frozen_combo = QComboBox()
-        for key, text in FROZEN_CHOICES:
-            self.frozen_combo.addItem(text, key)
+        self._fill_frozen()
+        dock.listen(self.session.settings_changed, self._fill_frozen)
         self.frozen_combo.setToolTip("layers before this stay at their pretrained weights")
         self.frozen_combo.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -159,10 +176,24 @@ class FinetuneSection(QWidget):
             dock.listen(signal, self._update_continue)
         self._update_continue()
 
+    def _fill_frozen(self, *_: Any) -> None:
+        """Name the selected backbone's own default (it said VGG16 for EfficientNet-Lite0)."""
+        choices = frozen_choices(self.session.settings.backbone)
+        combo = self.frozen_combo
+        if [combo.itemData(i) for i in range(combo.count())] == [k for k, _ in choices] \
+                and combo.itemText(0) == choices[0][1]:
+            return
+        keep = combo.currentData()
+        combo.blockSignals(True)
+        combo.clear()
+        for key, text in choices:
+            combo.addItem(text, key)
+        index = combo.findData(keep)
+        combo.setCurrentIndex(max(index, 0))
+        combo.blockSignals(False)
+
     # ------------------------------------------------------------------ config
     def config(self) -> Any:
-        from ..core.finetune import FinetuneConfig
-
         st = self.session.settings
         return FinetuneConfig(
             backbone=st.backbone, weights=st.weights, input_size=int(st.input_size),
@@ -172,8 +203,6 @@ class FinetuneSection(QWidget):
             seed=int(st.seed))
 
     def _output_path(self) -> Path:
-        from ..core.features.cache import default_cache_dir
-
         root = self.session.cache_dir if self.session.cache_dir is not None else default_cache_dir()
         folder = Path(root) / "finetuned"
         folder.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from ..core.utils.errors import InputError
 from ..session import UNCERTAIN_BAND, annotators
 from ._base import SessionDock
 from ._errors import report_error
+from ._viewer_binding import forward_annotation_keys
 
 LABEL_TEXT = {None: "unknown", 1: "present", 0: "absent"}
 LABEL_VALUE = {"unknown": None, "present": 1, "absent": 0}
@@ -101,7 +102,10 @@ class TermsSection(QWidget):
         self.table = QTableWidget(0, 5)
         self.table.setHorizontalHeaderLabels(["key", "term", "probability", "pred.", "label"])
         self.table.verticalHeader().setVisible(False)
-        self.table.setMinimumHeight(120)
+        self.table.horizontalHeaderItem(2).setToolTip(
+            "the term ensemble's probability (the model named in the Model tab)")
+        self.table.setMinimumHeight(110)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         triggers = QAbstractItemView.EditTrigger  # only label cells are editable (item flags)
         self.table.setEditTriggers(triggers.CurrentChanged | triggers.SelectedClicked
@@ -115,6 +119,7 @@ class TermsSection(QWidget):
         self.table.setItemDelegateForColumn(4, LabelDelegate(self.table))
         self.table.itemChanged.connect(self._item_changed)
         self.table.cellClicked.connect(self._cell_clicked)
+        forward_annotation_keys(self.table, s)  # 1-0, n, u, Shift+N... with the list focused
         self.threshold_spin = QDoubleSpinBox()
         self.threshold_spin.setRange(0.0, 1.0)
         self.threshold_spin.setSingleStep(0.05)

@@ -12,24 +12,26 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QGroupBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QPlainTextEdit,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
+    QWidget,
 )
 
 from ..core.utils.errors import InputError
 from ..session import MIN_CV_PER_CLASS, TrainedModel, annotators, model_outputs
-from ._base import SessionDock
+from ._base import Collapsible, SessionDock
 from ._errors import report_error, shows_input_error
 from ._worker import TaskRunner
 from .cv_chart import CvChart, train_in_worker
+from .finetune_section import FinetuneSection
 
 
 class TrainWidget(SessionDock):
@@ -110,25 +112,40 @@ class TrainWidget(SessionDock):
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
 
+        # the main action and its result first; options and rarer tools fold (1366x768)
+        options = QWidget()
+        olay = QVBoxLayout(options)
+        olay.setContentsMargins(0, 0, 0, 0)
+        olay.addLayout(form)
+        olay.addWidget(self.cv_check)
+        self.options_section = Collapsible("Training options", options)
+        tools = QWidget()
+        tlay = QVBoxLayout(tools)
+        tlay.setContentsMargins(0, 0, 0, 0)
+        tlay.addLayout(erow)
+        tlay.addWidget(self.agreement_text)
+        self.tools_section = Collapsible("Annotator agreement, ensemble spread", tools)
+        self.table.setMinimumHeight(100)  # preferred height ignored: see EmbryosWidget
+        self.table.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Ignored)
         layout = QVBoxLayout(self.body)
-        layout.addLayout(form)
-        layout.addWidget(self.cv_check)
-        layout.addWidget(self.table, 1)
         layout.addWidget(self.train_button)
         layout.addLayout(brow)
-        layout.addLayout(erow)
-        layout.addWidget(self.agreement_text)
         layout.addWidget(self.runner)
         layout.addWidget(self.summary)
+        layout.addWidget(self.options_section)
+        layout.addWidget(self.table, 1)
         self.cv_chart = CvChart(self)  # AUC per term after a CV run (issue 27)
         layout.addWidget(self.cv_chart)
+        layout.addWidget(self.tools_section)
 
-        self.finetune_box = QGroupBox("Fine-tune backbone (multi-task)")
-        from .finetune_section import FinetuneSection
+        self.finetune_box = QWidget()
 
         self.finetune = FinetuneSection(self)
-        QVBoxLayout(self.finetune_box).addWidget(self.finetune)
-        layout.addWidget(self.finetune_box)
+        flay = QVBoxLayout(self.finetune_box)
+        flay.setContentsMargins(0, 0, 0, 0)
+        flay.addWidget(self.finetune)
+        self.finetune_section = Collapsible("Fine-tune backbone (multi-task)", self.finetune_box)
+        layout.addWidget(self.finetune_section)
 
         for signal in (s.labels_changed, s.vocabulary_changed, s.dataset_changed,
                        s.train_report_changed):

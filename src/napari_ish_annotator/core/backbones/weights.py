@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..utils.errors import InputError
+from ..utils.files import write_text_atomic
 from . import builders as _extra
 from .specs import (
     IMAGENET_MEAN,
@@ -106,8 +107,6 @@ def remember_identity(memo_dir: str | Path, loaded: LoadedBackbone) -> None:
     """Remember a weights file's identity for :func:`weights_identity` (best effort: a
     read-only cache only means the next run loads the file again)."""
     from dataclasses import asdict
-
-    from ..utils.files import write_text_atomic
 
     if not loaded.weights_id.startswith("file:sha256="):
         return

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,3 +106,34 @@ def check_header(path: Path, header: ImageHeader) -> None:
             f"({BYTES_PER_PIXEL} bytes a pixel, as 16-bit RGBA); supported images have 1-4 "
             f"samples of 8 or 16 bits - re-export it, or raise the limit with --max-pixels "
             f"{need} (GUI and scripts: {MAX_PIXELS_ENV}={need})", path=path)
+
+
+#: Pillow's own decompression-bomb limit (it warns above it, refuses above twice it)
+_PILLOW_DEFAULT_LIMIT = 1024 * 1024 * 1024 // 4 // 3
+
+
+_pillow_lock = threading.Lock()
+_pillow_users: list = [0, None]  # opens under way, Pillow's limit before the first of them
+
+
+@contextlib.contextmanager
+def follow_in_pillow(budget: int) -> Iterator[None]:
+    """Pillow's bomb limit raised to a raised budget while images open (so Pillow does not
+    refuse first), then put back when the last concurrent open ends: nothing process-wide
+    outlives the read. A limit someone made stricter than Pillow's default is left alone."""
+    from PIL import Image
+
+    with _pillow_lock:
+        if _pillow_users[0] == 0:
+            _pillow_users[1] = Image.MAX_IMAGE_PIXELS
+        _pillow_users[0] += 1
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and _PILLOW_DEFAULT_LIMIT <= limit < budget:
+            Image.MAX_IMAGE_PIXELS = budget
+    try:
+        yield
+    finally:
+        with _pillow_lock:
+            _pillow_users[0] -= 1
+            if _pillow_users[0] == 0:
+                Image.MAX_IMAGE_PIXELS = _pillow_users[1]

@@ -51,6 +51,7 @@ from .budget import (
     MAX_PIXELS_ENV,
     check_header,
     check_pixels,
+    follow_in_pillow,
     max_pixels,
     parse_pixels,
     pixel_budget,
@@ -61,25 +62,18 @@ from .headers import HeaderError, ImageHeader, read_header, sniff, tiff_header
 
 __all__ = ["BYTES_PER_PIXEL", "DEFAULT_MAX_PIXELS", "MAX_PIXELS_ENV", "SUPPORTED_SUFFIXES",
            "SUPPORTED_TEXT", "ImageHeader", "array_to_rgb", "check_image", "check_image_path",
-           "content_hash", "is_hidden", "list_images", "max_pixels", "open_image",
+           "content_hash", "has_image_suffix", "is_hidden", "list_images", "max_pixels", "open_image",
            "parse_pixels", "pixel_budget", "read_rgb", "set_max_pixels", "vet_image"]
 
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 #: how messages name the supported types
 SUPPORTED_TEXT = "PNG, JPEG, TIFF or BMP"
 
-#: Pillow's own decompression-bomb limit (it warns above it, refuses above twice it)
-_PILLOW_DEFAULT_LIMIT = 1024 * 1024 * 1024 // 4 // 3
 
-
-def _let_pillow_follow(budget: int) -> None:
-    """Raise Pillow's bomb limit to a raised budget, so Pillow does not refuse first; a limit
-    someone made stricter than Pillow's default is left alone."""
-    from PIL import Image
-
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and _PILLOW_DEFAULT_LIMIT <= limit < budget:
-        Image.MAX_IMAGE_PIXELS = budget
+def has_image_suffix(path: str | Path) -> bool:
+    """The one suffix test: ``path`` names a supported image type (its content is checked
+    when it is read)."""
+    return Path(path).suffix.lower() in SUPPORTED_SUFFIXES
 
 
 _KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
@@ -110,7 +104,7 @@ def check_image_path(path: Path) -> None:
                          "load every image inside it", path=path)
     if not stat.S_ISREG(mode):
         raise _not_regular(path, mode)
-    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+    if not has_image_suffix(path):
         raise InputError(f"unsupported file type {path.suffix or '(no suffix)'!r}; convert it to "
                          f"{SUPPORTED_TEXT}", path=path)
 
@@ -237,9 +231,8 @@ def _open_pillow(path: Path, fh: BinaryIO, fmt: str) -> Iterator[Any]:
     Pillow's bomb warning is silenced and its bomb error reported like our own limit."""
     from PIL import Image
 
-    _let_pillow_follow(max_pixels())
     fh.seek(0)
-    with warnings.catch_warnings():
+    with follow_in_pillow(max_pixels()), warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             img = Image.open(fh, formats=[fmt])
@@ -435,6 +428,6 @@ def list_images(folder: str | Path) -> list[Path]:
         raise InputError("folder not found; check the path", path=folder)
     return sorted(
         (p for p in folder.iterdir()
-         if p.is_file() and not is_hidden(p) and p.suffix.lower() in SUPPORTED_SUFFIXES),
+         if p.is_file() and not is_hidden(p) and has_image_suffix(p)),
         key=lambda p: p.name,
     )

@@ -21,10 +21,10 @@ from typing import Literal
 from ..utils.errors import InputError
 from ..utils.progress import Progress, ProgressGen, drive
 from .images import (
-    SUPPORTED_SUFFIXES,
     SUPPORTED_TEXT,
     check_image,
     check_image_path,
+    has_image_suffix,
     is_hidden,
     list_images,
     read_rgb,
@@ -116,7 +116,7 @@ def list_inputs(inputs: Sequence[str | Path], *, dataset_folders: bool = False,
                     problems.append(InputProblem.from_error(p, exc))
             for p in sorted(item.iterdir(), key=lambda q: q.name) if not strict else ():
                 if p.is_file() and not is_hidden(p) and not _is_sidecar(p) \
-                        and p.suffix.lower() not in SUPPORTED_SUFFIXES:  # noted, not fatal
+                        and not has_image_suffix(p):  # noted, not fatal
                     problems.append(InputProblem(p, "skipped: not a supported image type "
                                     f"({p.suffix or 'no suffix'}; use {SUPPORTED_TEXT})",
                                     ignorable=True))
@@ -158,7 +158,7 @@ def _not_regular_images(folder: Path) -> list[Path]:
     """Entries of ``folder`` named like images that are not regular files (named pipes,
     devices, sockets, folders, broken links): listed as problems, never opened."""
     return sorted((p for p in folder.iterdir()
-                   if p.suffix.lower() in SUPPORTED_SUFFIXES and not is_hidden(p)
+                   if has_image_suffix(p) and not is_hidden(p)
                    and not p.is_file()), key=lambda p: p.name)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from ..learn.splits import group_ids
 from ..utils.csvio import restore, write_csv
 from ..utils.errors import InputError
-from .images import SUPPORTED_SUFFIXES, SUPPORTED_TEXT
+from .images import SUPPORTED_TEXT, has_image_suffix
 
 REQUIRED_COLUMNS = ("image", "terms")
 OPTIONAL_COLUMNS = ("stage", "gene")
@@ -268,7 +268,7 @@ def _check_image(csv_path: Path, line: int, image: Path, cell: str) -> None:
         raise InputError(f"image file {cell!r} not found (looked for {image}); fix the path - "
                          "relative paths are resolved from the manifest's folder",
                          path=csv_path, row=line)
-    if image.suffix.lower() not in SUPPORTED_SUFFIXES:
+    if not has_image_suffix(image):
         raise InputError(f"image {cell!r} has unsupported type {image.suffix!r}; use "
                          f"{SUPPORTED_TEXT}", path=csv_path, row=line)
 

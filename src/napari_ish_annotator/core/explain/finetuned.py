@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backbones.specs import get_spec
 from ..finetune.checkpoint import FinetunedModel
 from ..finetune.ensemble import FinetunedEnsemble, load_ensemble
 from ..utils.errors import InputError
@@ -29,13 +30,11 @@ def gradcam_mtl(model: FinetunedModel | FinetunedEnsemble | str | Path | dict, i
     for VGG16) and that activation ``A`` becomes the tensor we differentiate against directly
     (module backward hooks break on torchvision VGG's in-place ReLUs). The gradients of all
     term logits are taken in one batched autograd call. Each map is scaled by its term's
-    predicted probability (as in ``core.gradcam``), so absent terms stay dark. An ensemble
+    predicted probability (as in ``core.explain.gradcam``), so absent terms stay dark. An ensemble
     (or an ensemble checkpoint) gives the mean of its members' maps.
     """
     import torch
     import torch.nn.functional as F
-
-    from ..backbones.registry import get_spec
 
     if not isinstance(model, FinetunedModel | FinetunedEnsemble):
         model = load_ensemble(model)

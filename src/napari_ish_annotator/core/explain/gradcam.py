@@ -19,7 +19,7 @@ Ensemble members are averaged through their gradients (the gradient of the mean 
 Maps are scaled by the term's predicted probability instead of being min-max stretched per
 term: a term predicted absent stays dark, so maps are comparable across terms.
 
-:func:`.finetune.gradcam_mtl` (in :mod:`.finetune.explain`) does the same through a fine-tuned
+:func:`.finetune.gradcam_mtl` (in :mod:`.explain.finetuned`) does the same through a fine-tuned
 network's own multi-task head, with autograd (the head is non-linear).
 """
 

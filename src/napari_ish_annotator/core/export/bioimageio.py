@@ -26,7 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ... import __version__
+from ..data.images import read_rgb
+from ..explain.gradcam import overlay
+from ..features.preprocess import border_colour
+from ..synthetic.embryos import make_embryo
 from ..utils.errors import InputError
+from ..utils.extras import versions
+from ..utils.files import atomic_path, check_output_path, write_png_atomic
 from ..utils.progress import Progress, ProgressGen, drive
 from .model import ExportableModel, load_exportable
 from .packages import as_input as _as_input
@@ -73,9 +80,7 @@ class ExportResult:
 
 def _stack_failure(exc: Exception, what: str) -> InputError:
     """A failure inside bioimageio.spec/pydantic as one line naming the installed versions:
-    an incompatibility nobody listed in ``core.extras.KNOWN_BREAKS`` yet."""
-    from ..utils.extras import versions
-
+    an incompatibility nobody listed in ``core.utils.extras.KNOWN_BREAKS`` yet."""
     first = " ".join(str(exc).split())[:400]
     return InputError(f"{what} failed inside bioimageio.spec with {versions(*_STACK)} "
                       f"({type(exc).__name__}: {first}); these versions may not work together - "
@@ -106,11 +111,8 @@ def check_options(options: ExportOptions) -> None:
 
 def _test_image(path: Path | None, vocabulary: Sequence[str]) -> tuple[np.ndarray, str]:
     """``--image``, else a synthetic embryo stained where the model's first term lies."""
-    from ..data.images import read_rgb
-
     if path is not None:
         return read_rgb(path), Path(path).name
-    from ..synthetic.embryos import make_embryo
 
     rng = np.random.default_rng(0)
     image, _ = make_embryo(list(vocabulary[:1]), list(vocabulary), rng, size=(160, 320))
@@ -138,10 +140,6 @@ def _cover(model: ExportableModel, image: np.ndarray, probabilities: np.ndarray,
     """Image | image with the most probable term's Grad-CAM, side by side (2:1, as bioimage.io
     recommends for covers)."""
     from PIL import Image, ImageOps
-
-    from ..explain.gradcam import overlay
-    from ..features.extractor import border_colour
-    from ..utils.files import write_png_atomic
 
     term = model.vocabulary[int(np.argmax(probabilities))]
     heat = model.gradcam(image, term)
@@ -241,8 +239,6 @@ def _description(model: ExportableModel) -> str:
 def _environment(path: Path) -> None:
     import torch
 
-    from ... import __version__
-
     path.write_text(
         "name: napari-ish-annotator\nchannels:\n  - conda-forge\ndependencies:\n"
         "  - python>=3.10\n  - pip\n  - pip:\n"
@@ -311,8 +307,6 @@ def iter_export_bioimageio(source: str | Path, out: str | Path,
     """Write the bioimage.io package of a bundle folder or fine-tuning checkpoint to ``out``."""
     import tifffile
     import torch
-
-    from ..utils.files import atomic_path, check_output_path
 
     options = options or ExportOptions()
     out = check_output_path(out)

@@ -16,6 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..explain.finetuned import gradcam_mtl
+from ..explain.gradcam import gradcam_for_image
+from ..features.extractor import FeatureExtractor
+from ..features.preprocess import normalisation_affine
+from ..finetune import load_finetuned
+from ..learn.bundle import load_bundle
 from ..utils.errors import InputError
 from ..utils.files import sha256_file
 
@@ -41,7 +47,7 @@ class ExportableModel:
     keep_aspect: bool
     training: dict                  # fingerprint, n_images, term counts where known
     metrics: dict | None            # per-term metrics where the model records them
-    calibration: dict               # method and the per-term a, b (core.calibration)
+    calibration: dict               # method and the per-term a, b (core.learn.calibration)
     #: Grad-CAM of one term for an HxWx3 uint8 image -> (H, W) map in [0, 1]
     gradcam: Callable[[np.ndarray, str], np.ndarray] = field(repr=False, compare=False)
 
@@ -64,9 +70,6 @@ def load_exportable(source: str | Path) -> ExportableModel:
 def _from_bundle(path: Path) -> ExportableModel:
     import torch
 
-    from ..explain.gradcam import gradcam_for_image
-    from ..features.extractor import FeatureExtractor, normalisation_affine
-    from ..learn.bundle import load_bundle
     from .network import EnsembleHead, Preprocess, TermNetwork
 
     bundle = load_bundle(path)
@@ -138,8 +141,6 @@ def _metrics(info: dict) -> dict | None:
 def _from_checkpoint(path: Path) -> ExportableModel:
     import torch
 
-    from ..features.extractor import normalisation_affine
-    from ..finetune import gradcam_mtl, load_finetuned
     from .network import MultitaskHead, Preprocess, TermNetwork
 
     try:

@@ -4,7 +4,7 @@ This file is also the *architecture source* of the exported ``pytorch_state_dict
 bioimage.io tools import it on its own (not as part of this package) and call
 :func:`build_network` with the keyword arguments stored in the model's ``rdf.yaml``, then
 load the state dict. It therefore uses absolute imports only; the backbone trunks come from
-``napari_ish_annotator.core.backbones.registry`` (one place that knows how each trunk is built).
+``napari_ish_annotator.core.backbones`` (one place that knows how each trunk is built).
 
 Input: ``(batch, 3, y, x)`` float32 RGB with 0-255 values, any size. Output: ``(batch, terms)``
 probabilities. Inside, in order:
@@ -26,8 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_ish_annotator.core.backbones.specs import get_spec
+from napari_ish_annotator.core.finetune import build_head
+
 #: probabilities are clipped to [EPS, 1 - EPS] before the calibration's logit, as
-#: ``core.calibration.apply`` does (tests/test_export_network.py compares the two)
+#: ``core.learn.calibration.apply`` does (tests/test_export_network.py compares the two)
 CALIBRATION_EPS = 1e-6
 
 __all__ = ["Preprocess", "EnsembleHead", "MultitaskHead", "TermNetwork", "build_network"]
@@ -69,7 +72,7 @@ class Preprocess(nn.Module):
 
 
 class EnsembleHead(nn.Module):
-    """Per-term logistic ensembles on centred, L2-normalised rows (``core.classify``).
+    """Per-term logistic ensembles on centred, L2-normalised rows (``core.learn.ensembles``).
 
     ``members`` holds every member of every term as one output row, term-major (term ``t``'s
     member ``m`` is row ``t * n_members + m``), so all ``T x M`` decisions are one matmul.
@@ -108,7 +111,6 @@ class MultitaskHead(nn.Module):
     def __init__(self, in_features: int, n_terms: int, hidden: int, dropout: float,
                  pool: int) -> None:
         super().__init__()
-        from napari_ish_annotator.core.finetune import build_head
 
         self.layers = build_head(int(in_features), int(n_terms), int(hidden), float(dropout),
                                  int(pool))
@@ -140,8 +142,6 @@ def build_network(backbone: str, layer_index: int, input_size: int, n_terms: int
     ``n_features``, ``n_members``, ``center``, ``normalize``) or ``"multitask"`` (uses
     ``in_features``, ``hidden``, ``dropout``, ``pool``).
     """
-    from napari_ish_annotator.core.backbones.registry import get_spec
-
     trunk = get_spec(backbone).build_trunk()[: int(layer_index) + 1]
     if head == "ensemble":
         top: nn.Module = EnsembleHead(n_features, n_terms, n_members, center, normalize)

@@ -25,7 +25,7 @@ __all__ = ["SAFE_WEIGHT_FORMATS", "as_input", "failed_details", "predict_package
 
 def require_bioimageio(purpose: str = "the bioimage.io export") -> None:
     """InputError saying what to install (or which versions to use) when bioimageio.spec/core
-    are missing, do not import, or are a known-broken combination (``core.extras``)."""
+    are missing, do not import, or are a known-broken combination (``core.utils.extras``)."""
     for module in ("bioimageio.spec", "bioimageio.core"):
         require_extra(module, "bioimageio", purpose)
     check_compatible("bioimageio")

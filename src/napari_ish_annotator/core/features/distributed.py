@@ -38,16 +38,31 @@ from typing import Any
 
 import numpy as np
 
+from ... import __version__
 from ..utils.errors import InputError
-from ..utils.extras import install_hint
+from ..utils.extras import install_hint, require_extra
 from ..utils.progress import Progress, ProgressGen
 from .extractor import ExtractorConfig, FeatureExtractor, _widen
 
 CHUNK = 16  # images per task: small enough for a live progress bar and load balancing
 RETRIES = 2  # per chunk, for exceptions raised by the task
-CONNECT_TIMEOUT_S = float(os.environ.get("ISH_ANNOTATOR_DASK_TIMEOUT", "20"))
+#: seconds to reach a scheduler or see a worker; None: ``$ISH_ANNOTATOR_DASK_TIMEOUT`` (read
+#: when connecting, not at import) or 20
+CONNECT_TIMEOUT_S: float | None = None
+TIMEOUT_ENV = "ISH_ANNOTATOR_DASK_TIMEOUT"
 CLUSTER_EXTRA = install_hint("cluster")
 PACKAGE = "napari_ish_annotator"
+
+
+def _connect_timeout() -> float:
+    if CONNECT_TIMEOUT_S is not None:
+        return CONNECT_TIMEOUT_S
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        return float(text) if text else 20.0
+    except ValueError:
+        raise InputError(f"{TIMEOUT_ENV}={text!r} is not a number of seconds; set it to e.g. "
+                         "20 or unset it") from None
 
 
 @dataclass(frozen=True)
@@ -188,8 +203,6 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _import_distributed() -> Any:
-    from ..utils.extras import require_extra
-
     return require_extra("distributed", "cluster", "--dask")
 
 
@@ -235,11 +248,11 @@ def connect(address: ClusterAddress | str, tls: TLSFiles | None = None) -> Itera
                     dashboard_address=None, silence_logs=logging.ERROR,
                     scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                     env={"OMP_NUM_THREADS": str(threads)})
-            client = distributed.Client(cluster, timeout=CONNECT_TIMEOUT_S)
+            client = distributed.Client(cluster, timeout=_connect_timeout())
         else:
             try:
                 client = distributed.Client(address.target, security=security,
-                                            timeout=CONNECT_TIMEOUT_S)
+                                            timeout=_connect_timeout())
             except Exception as exc:  # noqa: BLE001 - whatever the other end sent
                 # what answers may be no dask scheduler at all (AssertionError, MemoryError
                 # from a nonsense frame length); TypeError: "TLS expects a ssl_context"
@@ -260,18 +273,14 @@ def connect(address: ClusterAddress | str, tls: TLSFiles | None = None) -> Itera
 
 
 def _package_version() -> str:
-    from ... import __version__
-
     return __version__
 
 
 def check_workers(client: Any) -> None:
     """InputError unless every worker imports this package at the client's version."""
-    from ... import __version__
-
     if not client.scheduler_info().get("workers"):
         with contextlib.suppress(Exception):
-            client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+            client.wait_for_workers(1, timeout=_connect_timeout())
     versions = client.run(_package_version, on_error="return")
     if not versions:
         raise InputError("the dask cluster has no workers; start some with `dask worker "
@@ -287,24 +296,6 @@ def check_workers(client: Any) -> None:
 
 
 # ------------------------------------------------------------------------------ client side
-_current: list[Any] = []
-
-
-@contextlib.contextmanager
-def use(client: Any) -> Iterator[Any]:
-    """Within this block :func:`.pipeline.make_extractor` extracts on ``client``'s cluster."""
-    _current.append(client)
-    try:
-        yield client
-    finally:
-        _current.pop()
-
-
-def current_client() -> Any:
-    """The client of the innermost :func:`use` block, or None (extract locally)."""
-    return _current[-1] if _current else None
-
-
 class DistributedExtractor(FeatureExtractor):
     """A :class:`FeatureExtractor` whose cache misses are computed on a dask cluster.
 
@@ -353,6 +344,19 @@ class DistributedExtractor(FeatureExtractor):
                 with contextlib.suppress(Exception):
                     self.client.cancel(list(futures))
         return out
+
+
+@dataclass(frozen=True)
+class DaskExecutor:
+    """Features computed on ``client``'s dask cluster: the explicit ``executor`` argument of
+    :mod:`..workflow` (``None``: on this machine); the CLI makes one for ``--dask``."""
+
+    client: Any
+
+    def extractor(self, config: ExtractorConfig, cache_dir: str | Path | None = None,
+                  loaded: Any = None) -> DistributedExtractor:
+        """A :class:`DistributedExtractor` (``loaded`` unused: workers build their own)."""
+        return DistributedExtractor(self.client, config, cache_dir)
 
 
 def _portable(image: Any) -> Any:
@@ -433,8 +437,6 @@ def slurm_cluster(queue: str | None = None, account: str | None = None, cores: i
     Call ``.scale(jobs=N)`` and pass ``.scheduler_address`` to ``--dask``. Extra keyword
     arguments go to ``SLURMCluster`` (e.g. ``scheduler_options``, ``job_extra_directives``).
     """
-    from ..utils.extras import require_extra
-
     SLURMCluster = require_extra("dask_jobqueue", "cluster", "a SLURM cluster",  # noqa: N806
                                  distribution="dask-jobqueue").SLURMCluster
     extra = list(kwargs.pop("job_extra_directives", []))

@@ -20,17 +20,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..backbones.registry import (
+from ... import __version__
+from ..backbones.devices import resolve_device, resolve_device_type
+from ..backbones.specs import get_spec
+from ..backbones.trunk import compute_batch, inference_trunk, largest_activation_bytes
+from ..backbones.weights import (
     LoadedBackbone,
     WeightsIdentity,
-    get_spec,
     load_backbone,
     remember_identity,
-    resolve_device,
-    resolve_device_type,
     weights_identity,
 )
-from ..backbones.trunk import compute_batch, inference_trunk, largest_activation_bytes
+from ..data.images import content_hash
 from ..utils.errors import InputError
 from ..utils.progress import CancelToken, Progress, ProgressCallback, ProgressGen, drive
 from .cache import FeatureCache
@@ -41,18 +42,7 @@ from .decoding import (
     default_decode_workers,
     process_workers,
 )
-from .preprocess import (  # noqa: F401 - re-exported: the names have always lived here too
-    CPU_AUTO_BF16,
-    PRECISIONS,
-    RESIZE_METHOD,
-    as_rgb,
-    border_colour,
-    cpu_has_native_bf16,
-    normalisation_affine,
-    resolve_precision,
-    resolve_precision_type,
-    torch_dtype,
-)
+from .preprocess import RESIZE_METHOD, resolve_precision, resolve_precision_type, torch_dtype
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -87,7 +77,6 @@ def array_hash(arr: np.ndarray) -> str:
 def _image_key(image: Any) -> str:
     if isinstance(image, np.ndarray):
         return array_hash(image)
-    from ..data.images import content_hash
 
     return content_hash(image)
 
@@ -174,8 +163,6 @@ class FeatureExtractor:
     # ------------------------------------------------------------------ identity
     def signature(self) -> dict:
         """Everything the features depend on except the image content."""
-        from ... import __version__
-
         return {
             "backbone": self.spec.name,
             "weights_id": self.weights_id,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..data.images import array_to_rgb, read_rgb
 from ..utils.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -126,10 +127,8 @@ def as_rgb(image: Any) -> np.ndarray:
     if isinstance(image, np.ndarray):
         if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
             return image
-        from ..data.images import array_to_rgb
 
         return array_to_rgb(image)
-    from ..data.images import read_rgb
 
     return read_rgb(image)
 

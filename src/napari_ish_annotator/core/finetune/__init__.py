@@ -13,41 +13,29 @@ The package, one concern per module:
 * :mod:`.network` - the multi-task head, the frozen depth, the masked loss (unknown labels
   ``-1`` give neither loss nor gradient);
 * :mod:`.data` - label checks, the gene-grouped validation split (the one in
-  :mod:`..splits`), images in memory (through :mod:`..preprocess`, the path feature
+  :mod:`..learn.splits`), images in memory (through :mod:`..features.preprocess`, the path feature
   extraction uses), augmentation, the frozen-layer cache;
 * :mod:`.trainer` - :class:`Trainer`: epoch loop, validation (per-term AUC of
-  :mod:`..metrics`), early stopping, a checkpoint per epoch; :func:`iter_finetune` is the
+  :mod:`..learn.metrics`), early stopping, a checkpoint per epoch; :func:`iter_finetune` is the
   entry point;
 * :mod:`.checkpoint` - atomic writes, checked reads (``weights_only=True``), inference models;
 * :mod:`.starting` - the base weights, or a saved network continued with new labels (``--init``);
 * :mod:`.ensemble` - K networks in one checkpoint, mean and spread of their predictions;
-* :mod:`.explain` - Grad-CAM through the multi-task head, :func:`gradcam_mtl` (the linear
-  Grad-CAM of the logistic ensembles is :mod:`..gradcam`, which does not import this package).
+
+Grad-CAM through the multi-task head is :func:`..explain.finetuned.gradcam_mtl`. The names
+below are reached lazily (:func:`..utils.lazy.attach`); torch is imported where it runs.
 """
 
 from __future__ import annotations
 
-from ..explain.finetuned import gradcam_mtl
-from .checkpoint import FinetunedModel, is_ensemble, load_checkpoint, load_finetuned
-from .config import FORMAT, FORMAT_VERSION, FinetuneConfig, FinetuneProgress, FinetuneResult
-from .data import check_labels, training_fingerprint
-from .ensemble import (
-    EnsembleProbabilities,
-    EnsembleResult,
-    FinetunedEnsemble,
-    finetune_ensemble,
-    iter_finetune_ensemble,
-    iter_finetune_ensemble_dataset,
-    load_ensemble,
-)
-from .network import build_head, masked_bce, resolve_frozen
-from .trainer import Trainer, finetune, iter_finetune, iter_finetune_dataset
+from ..utils.lazy import attach
 
-__all__ = [
-    "FORMAT", "FORMAT_VERSION", "EnsembleProbabilities", "EnsembleResult", "FinetuneConfig",
-    "FinetuneProgress", "FinetuneResult", "FinetunedEnsemble", "FinetunedModel", "Trainer",
-    "build_head", "check_labels", "finetune", "finetune_ensemble", "gradcam_mtl",
-    "is_ensemble", "iter_finetune", "iter_finetune_dataset", "iter_finetune_ensemble",
-    "iter_finetune_ensemble_dataset", "load_checkpoint", "load_ensemble", "load_finetuned",
-    "masked_bce", "resolve_frozen", "training_fingerprint",
-]
+__getattr__, __dir__, __all__ = attach(__name__, {
+    "config": ["FORMAT", "FORMAT_VERSION", "FinetuneConfig", "FinetuneProgress", "FinetuneResult"],
+    "network": ["build_head", "masked_bce", "resolve_frozen"],
+    "data": ["check_labels"],
+    "trainer": ["Trainer", "finetune", "iter_finetune", "iter_finetune_dataset"],
+    "checkpoint": ["FinetunedModel", "is_ensemble", "load_checkpoint", "load_finetuned"],
+    "starting": ["WarmStart", "load_warm_start"],
+    "ensemble": ["EnsembleProbabilities", "EnsembleResult", "FinetunedEnsemble", "finetune_ensemble", "iter_finetune_ensemble", "iter_finetune_ensemble_dataset", "load_ensemble"],
+})

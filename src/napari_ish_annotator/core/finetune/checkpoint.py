@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..backbones.devices import resolve_device
+from ..backbones.specs import get_spec
+from ..backbones.weights import empty_trunk
 from ..features.preprocess import as_rgb, normalise, resize_uint8
 from ..utils.errors import InputError
 from ..utils.files import atomic_path
@@ -154,8 +157,6 @@ def load_finetuned(checkpoint: str | Path | dict, device: str = "cpu") -> Finetu
     An ensemble checkpoint (see :mod:`.ensemble`) gives its representative member, the one
     ``--weights`` uses; :func:`.ensemble.load_ensemble` gives all members.
     """
-    from ..backbones.registry import empty_trunk, get_spec, resolve_device
-
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     spec = get_spec(ckpt["backbone"])
     trunk = empty_trunk(spec.name)  # architecture only; every weight comes from the checkpoint

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backbones.specs import get_spec
 from ..utils.errors import InputError
 from ..utils.progress import Progress
 
@@ -55,7 +56,6 @@ class FinetuneConfig:
         """The settings that are wrong whatever the data (InputError saying what to change)."""
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise InputError("epochs and batch size must be at least 1 and the learning rate positive")
-        from ..backbones.registry import get_spec
 
         smallest = get_spec(self.backbone).min_input_size
         if self.input_size < smallest:

@@ -9,7 +9,7 @@ from ..utils.errors import InputError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from ..backbones.registry import LoadedBackbone
+    from ..backbones.weights import LoadedBackbone
 
 
 def build_head(in_features: int, n_terms: int, hidden: int, dropout: float, pool: int) -> torch.nn.Sequential:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..backbones.registry import LoadedBackbone, load_backbone
+from ..backbones.weights import LoadedBackbone, load_backbone
 from ..utils.errors import InputError
 from ..utils.files import sha256_file
 from .checkpoint import is_ensemble, load_checkpoint

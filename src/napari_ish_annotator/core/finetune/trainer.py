@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..backbones.devices import resolve_device
+from ..data.manifest import training_fingerprint
+from ..features.preprocess import normalise, resolve_precision, torch_dtype
 from ..learn.metrics import defined_mean, per_term_auc
 from ..utils.errors import InputError
 from ..utils.progress import ProgressGen, drive
@@ -47,7 +50,6 @@ from .data import (
     image_names,
     iter_load_images,
     make_split,
-    training_fingerprint,
 )
 from .network import build_head, make_network, masked_bce, resolve_frozen, trunk_out_channels
 from .starting import WarmStart, apply_head, check_complete, load_base, load_warm_start
@@ -55,14 +57,12 @@ from .starting import WarmStart, apply_head, check_complete, load_base, load_war
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from ..backbones.registry import LoadedBackbone
+    from ..backbones.weights import LoadedBackbone
     from ..data.manifest import Dataset
 
 
 def amp_dtype(config: FinetuneConfig, device: torch.device) -> torch.dtype | None:
     """Autocast dtype: the shared precision rules, with fp32 (no autocast) as the CPU default."""
-    from ..features.preprocess import resolve_precision, torch_dtype
-
     precision = resolve_precision(config.precision, device, cpu_auto_bf16=False)
     return None if precision == "fp32" else torch_dtype(precision)
 
@@ -209,8 +209,6 @@ class Trainer:
     def _run_frozen(self, idx: np.ndarray) -> torch.Tensor:
         import torch
 
-        from ..features.preprocess import normalise
-
         x = normalise(self.data.pixels[idx].to(self.device), self.mean, self.std, self.pixel_scale)
         with torch.no_grad(), self._autocast():
             return self.frozen_part(x)
@@ -241,8 +239,6 @@ class Trainer:
     def forward(self, idx: np.ndarray, train: bool) -> torch.Tensor:
         """Logits of images ``idx`` (augmented when training), through the cache if possible."""
         import torch
-
-        from ..features.preprocess import normalise
 
         augmenting = train and self.augment is not None
         if self.n_frozen and not augmenting and all(int(i) in self.cache for i in idx):
@@ -408,8 +404,6 @@ def iter_finetune(
     (images already loaded at ``config.input_size``) is reused, e.g. by an ensemble's members.
     ``init`` continues a saved checkpoint with these labels (:mod:`.continued`).
     """
-    from ..backbones.registry import resolve_device
-
     Y, vocabulary, out, fingerprint = prepare(images, Y, vocabulary, config, out, fingerprint)
     device = resolve_device(config.device)
     amp_dtype(config, device)  # precision errors before any work
@@ -436,5 +430,5 @@ def iter_finetune(
 
 def finetune(images, Y, vocabulary, config: FinetuneConfig, out, progress=None, cancel=None,
              **kwargs: Any) -> FinetuneResult:
-    """Blocking wrapper around :func:`iter_finetune` (see :func:`core.progress.drive`)."""
+    """Blocking wrapper around :func:`iter_finetune` (see :func:`core.utils.progress.drive`)."""
     return drive(iter_finetune(images, Y, vocabulary, config, out, **kwargs), progress, cancel)

@@ -8,10 +8,12 @@ over it interruptible.
   a 64 MiB limit on any string or blob, the busy timeout set before anything else (before
   the switch to WAL), and a per-statement time budget enforced by a progress handler that
   also stops on Ctrl-C / SIGTERM or :meth:`BudgetConnection.cancel`.
-* :func:`open_store` vets an existing file on a read-only ``mode=ro`` connection first
-  (:mod:`.label_schema`: allow-listed schema, undamaged pages, well-typed rows) and opens it
-  for writing only when it passed, so a refused file is byte-identical afterwards and a
-  trigger in it can never fire.
+* :func:`open_store` looks at the files first (:mod:`.sidefiles`: no hot journal is ever
+  replayed, no symlinked side file followed, a pending WAL is vetted in a private copy),
+  vets an existing file on a connection that only reads (:mod:`.schema`: allow-listed
+  schema, pages and indexes that agree with their tables, well-typed rows) and opens it for
+  writing only when it passed and is still the very file that was vetted, so a refused file
+  is byte-identical afterwards and a trigger in it can never fire.
 """
 
 from __future__ import annotations
@@ -32,6 +34,19 @@ from .schema import (
     check_rows,
     check_schema,
     create_schema,
+)
+from .sidefiles import (
+    JOURNAL_WAIT,
+    SQLITE_MAGIC,
+    Changed,
+    HotJournal,
+    Snapshot,
+    held,
+    hold,
+    main_file,
+    real_path,
+    same,
+    side_files,
 )
 
 #: per-statement time budget (seconds) over a store, and how often the handler looks
@@ -55,6 +70,15 @@ class BudgetConnection(sqlite3.Connection):
     budget: float = QUERY_SECONDS
     deadline: float = float("inf")
     stopped: BaseException | str | None = None
+    on_close: Callable[[], None] | None = None  # e.g. remove the private copy it reads
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self.on_close is not None:
+                self.on_close()
+                self.on_close = None
 
     def execute(self, sql: str, parameters=(), /) -> sqlite3.Cursor:  # type: ignore[override]
         self.deadline = time.monotonic() + self.budget
@@ -133,11 +157,20 @@ def store_error(exc: sqlite3.Error, path: Path, conn: sqlite3.Connection | None 
     elif "readonly" in text or "read-only" in text or "unable to open" in text:
         msg = ("cannot write the label store here (read-only file or folder); copy the file "
                "to a writable location or pick another label file")
+    elif "could not decode" in text:  # the message would echo the raw bytes: not shown
+        return not_utf8(path)
     elif "not a database" in text or "malformed" in text or "corrupt" in text:
         msg = "file is damaged or not a SQLite label store; " + RECOVER_HINT.format(name=path.name)
     else:
         msg = f"label store error: {exc}"
     return InputError(msg, path=path)
+
+
+def not_utf8(path: Path) -> InputError:
+    """Text SQLite hands back that is not UTF-8: only a damaged or hand-made store has it."""
+    return InputError("the label store holds text that is not valid UTF-8 (damaged, or not "
+                      "written by napari-ish-annotator); "
+                      + RECOVER_HINT.format(name=path.name), path=path)
 
 
 def guarded(method: F) -> F:
@@ -149,62 +182,123 @@ def guarded(method: F) -> F:
             return method(self, *args, **kwargs)
         except sqlite3.Error as exc:
             raise store_error(exc, self.path, self._conn) from None
+        except UnicodeDecodeError:
+            raise not_utf8(self.path) from None
     return run  # type: ignore[return-value]
 
 
 def open_store(path: Path, read_only: bool, busy_timeout: float,
                budget: float = QUERY_SECONDS) -> BudgetConnection:
-    """A vetted connection to the store at ``path`` (created unless ``read_only``)."""
-    if read_only and not path.is_file():
+    """A vetted connection to the store at ``path`` (created unless ``read_only``).
+
+    The files are looked at before SQLite opens any (:mod:`.sidefiles`: symlink loops,
+    FIFOs, symlinked side files and hot journals refused); a store with a pending WAL is
+    vetted in a private copy. A store that changes while it is vetted (another program
+    writing it) is vetted again, a few times."""
+    real = real_path(path)
+    main, header = main_file(real, path)
+    if read_only and main is None:
         raise InputError("no label store here; check the path", path=path)
-    exists = path.is_file() and path.stat().st_size > 0
-    if exists:
-        with open(path, "rb") as fh:  # SQLite would silently reuse a tiny non-db file
-            if fh.read(16) != b"SQLite format 3\x00":
-                raise InputError("file is not a label store (not SQLite); pick another "
-                                 "file name", path=path)
-    uri = path.resolve().as_uri()
+    exists = main is not None and main.size > 0
+    if exists and header[:16] != SQLITE_MAGIC:  # SQLite would silently reuse a tiny non-db file
+        raise InputError("file is not a label store (not SQLite); pick another file name",
+                         path=path)
     give_up = time.monotonic() + busy_timeout
+    journal_gone_by = time.monotonic() + min(busy_timeout, JOURNAL_WAIT)
+    tries = 0
     while True:  # two processes creating one new store: the loser waits, never fails
         conns: list[BudgetConnection] = []
         try:
-            return _open(path, uri, read_only, exists or read_only, busy_timeout, budget, conns)
+            conn = _open(path, real, read_only, exists or read_only, busy_timeout, budget, conns)
+            if conn.on_close is None:  # SQLite has the store itself open (not a private copy)
+                conn.on_close = hold(real)
+            return conn
         except sqlite3.Error as exc:
             error = store_error(exc, path, conns[-1] if conns else None)
-            for conn in conns:
-                conn.close()
+            _close(conns)
             if "locked" not in str(exc) or time.monotonic() > give_up:
                 raise error from None
             time.sleep(0.02)
+        except UnicodeDecodeError:
+            _close(conns)
+            raise not_utf8(path) from None
+        except HotJournal:
+            _close(conns)
+            if time.monotonic() > journal_gone_by:
+                raise
+            time.sleep(0.02)
+        except Changed:
+            _close(conns)
+            tries += 1
+            if tries >= 5:
+                raise InputError("the label store kept changing while it was checked (another "
+                                 "program is writing it); close that program and try again",
+                                 path=path) from None
+            time.sleep(0.05 * tries)
+            main, header = main_file(real, path)
+            if header[:16] != SQLITE_MAGIC and (main is not None and main.size > 0):
+                raise InputError("file is not a label store (not SQLite); pick another file "
+                                 "name", path=path) from None
         except BaseException:
-            for conn in conns:
-                conn.close()
+            _close(conns)
             raise
 
 
-def _open(path: Path, uri: str, read_only: bool, vet: bool, busy_timeout: float,
-          budget: float, conns: list[BudgetConnection]) -> BudgetConnection:
-    """Vet an existing file read-only, then (unless ``read_only``) open it for writing."""
-    if vet:
-        conns.append(_connect_read_only(path, uri, busy_timeout, budget))
-        conn = conns[-1]
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            raise InputError(
-                f"label store has schema version {version} but this napari-ish-annotator "
-                f"only knows up to {SCHEMA_VERSION}; update the package to open it", path=path)
-        check_schema(conn, path)
-        if read_only and version == 0:
-            raise InputError("file is not a napari-ish-annotator label store", path=path)
-        if version:
-            check_pages(conn, path)
-            check_rows(conn, path)
-        if read_only:
-            return conn
+def _close(conns: list[BudgetConnection]) -> None:
+    for conn in conns:
         conn.close()
+
+
+def _vet(conn: BudgetConnection, path: Path, read_only: bool) -> None:
+    """Every check of :mod:`.schema`, on a connection that only reads."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise InputError(
+            f"label store has schema version {version} but this napari-ish-annotator "
+            f"only knows up to {SCHEMA_VERSION}; update the package to open it", path=path)
+    check_schema(conn, path)
+    if read_only and version == 0:
+        raise InputError("file is not a napari-ish-annotator label store", path=path)
+    if version:
+        check_pages(conn, path)
+        check_rows(conn, path)
+
+
+def _open(path: Path, real: Path, read_only: bool, vet: bool, busy_timeout: float,
+          budget: float, conns: list[BudgetConnection]) -> BudgetConnection:
+    """Vet an existing file without writing it, then (unless ``read_only``) open it for
+    writing - only if it is still the very file that was vetted."""
+    uri = real.as_uri()
+    main, _ = main_file(real, path)
+    wal = side_files(real, path)
+    if vet and main is not None and wal is not None and not held(main):
+        snapshot = Snapshot(real, main, wal)  # the WAL is replayed there, never here
+        try:
+            conns.append(connect(snapshot.uri, busy_timeout, budget))
+            _vet(conns[-1], path, read_only)
+        except BaseException:
+            snapshot.remove()
+            raise
+        if read_only:  # read what was vetted: a later change of the file is not seen
+            conns[-1].on_close = snapshot.remove
+            return conns[-1]
+        conns.pop().close()
+        snapshot.remove()
+    elif vet:
+        conns.append(_connect_read_only(real, path, uri, busy_timeout, budget))
+        _vet(conns[-1], path, read_only)
+        if not same(real, main, wal):
+            raise Changed
+        if read_only:
+            return conns[-1]
+        conns.pop().close()
+    if side_files(real, path) != wal:
+        raise Changed
     conns.append(connect(uri, busy_timeout, budget))
     conn = conns[-1]
     check_schema(conn, path)  # again on the writing connection: no gap
+    if vet and not same(real, main, wal):  # swapped or written since it was vetted
+        raise Changed
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
@@ -238,7 +332,7 @@ def _needs_schema(conn: sqlite3.Connection) -> bool:
             or not set(OPTIONAL_INDEXES) <= have)
 
 
-def _connect_read_only(path: Path, uri: str, busy_timeout: float, budget: float
+def _connect_read_only(real: Path, path: Path, uri: str, busy_timeout: float, budget: float
                        ) -> BudgetConnection:
     try:
         conn = connect(uri + "?mode=ro", busy_timeout, budget)
@@ -250,9 +344,8 @@ def _connect_read_only(path: Path, uri: str, busy_timeout: float, budget: float
             return conn
         except sqlite3.Error:
             conn.close()
-    wal = Path(f"{path}-wal")
-    if wal.exists() and wal.stat().st_size > 0:
-        return connect(uri + "?mode=ro", busy_timeout, budget)  # raises the real error
-    # read-only disk: a WAL store cannot create its -shm file; with no pending WAL
-    # content the file alone is complete and nobody can write it, so read it as is
+    if side_files(real, path) is not None:  # a WAL appeared: vet it in a copy (again)
+        raise Changed
+    # read-only disk: a WAL store cannot create its -shm file; with no pending WAL (and no
+    # hot journal: refused by side_files) the file alone is complete, so read it as is
     return connect(uri + "?mode=ro&immutable=1", busy_timeout, budget)

@@ -34,7 +34,8 @@ from ..learn.metrics import has_both_classes
 from ..utils.errors import InputError
 
 if TYPE_CHECKING:
-    from .store import LabelStore, LabelValue
+    from .schema import LabelValue
+    from .store import LabelStore
 
 __all__ = [
     "METHODS", "AnnotatorLabels", "TermAgreement", "Agreement", "DawidSkene", "Consensus",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..data.manifest import Sample, write_manifest
 from ..utils.errors import InputError
 from .connection import guarded
 
@@ -60,8 +61,6 @@ class ManifestIO:
         labelled, or ``matrix`` (n, T) in {1, 0, -1} (e.g. a consensus) when given;
         ``unknown_terms`` lists the terms still without a label.
         """
-        from ..data.manifest import Sample, write_manifest
-
         if matrix is None:
             matrix = self.label_matrix(images, vocabulary, annotator, fallback)
         samples, unknown = [], []

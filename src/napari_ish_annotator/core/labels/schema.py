@@ -12,8 +12,8 @@ checked before any statement of ours touches its tables (see :mod:`.label_open`)
 * :func:`check_rows` type-checks every row (values 0/1/NULL, ids in range, names text of
   sane length, hashes 64 hex digits) and names the first bad row, so a bad value is never
   read as a label;
-* :func:`check_pages` (``PRAGMA quick_check``) turns a damaged file into one line with the
-  ``sqlite3 .recover`` hint.
+* :func:`check_pages` (``PRAGMA integrity_check``: pages, and indexes against their tables)
+  turns a damaged file into one line with the ``sqlite3 .recover`` hint.
 
 All of these only read.
 """
@@ -156,8 +156,11 @@ def create_schema(conn: sqlite3.Connection) -> None:
 
 
 def check_pages(conn: sqlite3.Connection, path: Path) -> None:
-    """``PRAGMA quick_check``: a damaged page gives one line with the recover hint."""
-    problems = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
+    """``PRAGMA integrity_check``: a damaged page, or an index that disagrees with its table
+    (``quick_check`` does not compare them: an index emptied behind the schema's back makes
+    every label read as empty), gives one line with the recover hint. About 1 s per million
+    label events, well inside the query budget."""
+    problems = [r[0] for r in conn.execute("PRAGMA integrity_check(3)")]
     if problems != ["ok"]:
         first = " ".join(problems[0].replace("*** in database main ***", "").split())
         raise InputError(f"file is damaged ({first[:120]}); "
@@ -165,7 +168,12 @@ def check_pages(conn: sqlite3.Connection, path: Path) -> None:
 
 
 _NAME_OK = "(typeof({c}) = 'text' AND length({c}) <= {n})"
-_NULLABLE = "({c} IS NULL OR " + _NAME_OK + ")"
+#: a name (term, annotator, gene, stage) holds no control character and no NUL (which would
+#: hide the rest of the text from length() and from anything that reads it as a C string)
+_CLEAN_NAME = ("(typeof({c}) = 'text' AND length(CAST({c} AS BLOB)) <= 4 * {n} AND "
+               "instr(CAST({c} AS BLOB), x'00') = 0 AND NOT {c} GLOB "
+               "'*[' || char(1) || '-' || char(31) || char(127) || ']*')")
+_NULLABLE = "({c} IS NULL OR " + _CLEAN_NAME + ")"
 _NUMBER = "typeof({c}) IN ('integer', 'real')"
 _ID = f"({{c}} BETWEEN 1 AND {MAX_ID})"
 _ROW_CHECKS = {
@@ -175,16 +183,20 @@ _ROW_CHECKS = {
         ("path", _NAME_OK.replace("{n}", str(MAX_PATH))), ("added", _NUMBER),
         ("gene", _NULLABLE.replace("{n}", str(MAX_NAME))),
         ("stage", _NULLABLE.replace("{n}", str(MAX_NAME)))],
-    "terms": [("id", _ID), ("name", _NAME_OK.replace("{n}", str(MAX_NAME)))],
-    "annotators": [("id", _ID), ("name", _NAME_OK.replace("{n}", str(MAX_NAME)))],
+    "terms": [("id", _ID), ("name", _CLEAN_NAME.replace("{n}", str(MAX_NAME)))],
+    "annotators": [("id", _ID), ("name", _CLEAN_NAME.replace("{n}", str(MAX_NAME)))],
     "label_events": [
         ("id", _ID), ("image", f"(typeof({{c}}) = 'integer' AND {_ID})"),
         ("term", f"(typeof({{c}}) = 'integer' AND {_ID})"),
         ("value", "({c} IS NULL OR (typeof({c}) = 'integer' AND {c} IN (0, 1)))"),
         ("annotator", f"(typeof({{c}}) = 'integer' AND {_ID})"), ("time", _NUMBER),
         ("undo_of", f"({{c}} IS NULL OR (typeof({{c}}) = 'integer' AND {_ID}))")],
+    # AUTOINCREMENT's counter: near 2**63 every later label fails ("database or disk is full")
+    "sqlite_sequence": [("name", "({c} = 'label_events')"),
+                        ("seq", f"(typeof({{c}}) = 'integer' AND {{c}} BETWEEN 0 AND {MAX_ID})")],
 }
-_WHAT = {"value": "a label is 1, 0 or empty", "content_hash": "a sha256 in hex",
+_WHAT = {"value": "a label is 1, 0 or empty", "seq": f"the event counter runs to {MAX_ID}",
+         "name": f"printable text of at most {MAX_NAME} characters, no control characters", "content_hash": "a sha256 in hex",
          "id": f"ids run from 1 to {MAX_ID}", "image": "an image id", "term": "a term id",
          "annotator": "an annotator id", "undo_of": "an event id or empty",
          "time": "a number", "added": "a number"}
@@ -195,7 +207,11 @@ def check_rows(conn: sqlite3.Connection, path: Path) -> None:
 
     Bad rows are never read as labels: the store is refused until it is fixed.
     """
+    have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     for table, checks in _ROW_CHECKS.items():
+        if table not in have:  # sqlite_sequence: only once an event was written
+            continue
+        _decode_text(conn, table, path)
         bad = " OR ".join(f"NOT {rule.replace('{c}', col)}" for col, rule in checks)
         cols = ", ".join(col for col, _ in checks)
         row = conn.execute(f"SELECT rowid, {cols} FROM {table} WHERE {bad} LIMIT 1").fetchone()
@@ -204,10 +220,35 @@ def check_rows(conn: sqlite3.Connection, path: Path) -> None:
         for (col, rule), value in zip(checks, row[1:], strict=True):
             ok = conn.execute(f"SELECT {rule.replace('{c}', ':v')}", {"v": value}).fetchone()[0]
             if not ok:
-                shown = repr(value if not isinstance(value, str | bytes) else value[:40])
+                shown = ascii(value if not isinstance(value, str | bytes) else value[:40])
                 limit = _WHAT.get(col, f"text of at most {MAX_PATH if col == 'path' else MAX_NAME}"
                                        " characters")
                 raise InputError(
                     f"{table} row {row[0]} has {col} {shown} ({limit}); this store was not "
                     "written by napari-ish-annotator or was edited by hand - ask its sender "
                     "for a fresh copy", path=path)
+
+
+_TEXT = {"images": "content_hash, path, gene, stage", "terms": "name", "annotators": "name",
+         "sqlite_sequence": "name"}
+
+
+def _decode_text(conn: sqlite3.Connection, table: str, path: Path) -> None:
+    """Read every text cell once, so text that is not UTF-8 is refused now, in one line,
+    rather than when some later query happens to fetch it."""
+    if table not in _TEXT:
+        return
+    cursor = conn.execute(f"SELECT rowid, {_TEXT[table]} FROM {table}")
+    rowid = None
+    while True:
+        try:
+            row = cursor.fetchone()
+        except (UnicodeDecodeError, sqlite3.OperationalError) as exc:
+            if "decode" not in str(exc).lower():
+                raise
+            raise InputError(f"{table} row after {rowid or 0} holds text that is not valid UTF-8 "
+                             "(damaged, or not written by napari-ish-annotator) - ask its "
+                             "sender for a fresh copy", path=path) from None
+        if row is None:
+            return
+        rowid = row[0]

@@ -31,6 +31,7 @@ from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.images import content_hash
 from ..utils.errors import InputError
 from .connection import QUERY_SECONDS, BudgetConnection, guarded, open_store, rollback
 from .manifests import ManifestIO
@@ -38,6 +39,7 @@ from .reading import CurrentLabels
 from .schema import EFFECTIVE, LabelValue
 
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # the same rule as schema.check_rows
 
 _EVENT_SQL = """SELECT e.id, i.content_hash, i.path, t.name, e.value, a.name, e.time, e.undo_of
 FROM label_events e JOIN images i ON i.id = e.image JOIN terms t ON t.id = e.term
@@ -46,8 +48,6 @@ JOIN annotators a ON a.id = e.annotator"""
 
 def _content_hash(path: Path) -> str:
     """sha256 of the file bytes: the same image identity as the feature cache uses."""
-    from ..data.images import content_hash
-
     return content_hash(path)
 
 
@@ -176,6 +176,11 @@ class LabelStore(CurrentLabels, ManifestIO):
         return image_id
 
     def _named_id(self, table: str, name: str) -> int:
+        bad = _CONTROL.search(name)
+        if bad is not None:
+            raise InputError(f"{table[:-1]} name {ascii(name[:60])} holds a control character "
+                             f"({ascii(bad.group())}); names are printable text - fix the "
+                             "manifest or vocabulary it came from")
         self._conn.execute(f"INSERT OR IGNORE INTO {table} (name) VALUES (?)", (name,))
         return self._conn.execute(f"SELECT id FROM {table} WHERE name = ?", (name,)).fetchone()[0]
 

@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 from scipy.special import expit
 
+from ..utils.csvio import write_csv
 from ..utils.progress import ProgressGen
+from ..workflow import iter_score_chunked
 from .ensembles import EnsembleClassifier
 
 __all__ = ["Suggestion", "term_weights", "informativeness", "rank", "suggest", "iter_suggest",
@@ -109,8 +111,6 @@ def iter_suggest(bundle, images: Sequence[Path], genes: Sequence[str | None] | N
                  device: str | None = None, chunk_size: int = 256) -> ProgressGen[Suggestion]:
     """:func:`suggest` for image files: features are extracted ``chunk_size`` at a time, so
     only one chunk's features (0.8 MB per image at VGG16 layer 21) is in memory at once."""
-    from ..workflow import iter_score_chunked
-
     classifier = bundle.classifier
     weights = term_weights(classifier)
     parts = yield from iter_score_chunked(
@@ -124,8 +124,6 @@ def write_suggestions(path: str | Path, images: Sequence[Path | str],
                       suggestion: Suggestion) -> None:
     """The ``image,score`` CSV of CONTRACTS.md, best first, written atomically (formula-like
     cells neutralised, :mod:`.csvio`)."""
-    from ..utils.csvio import write_csv
-
     write_csv(path, ["image", "score"],
               ([str(images[i]), f"{float(score):.6f}"]
                for i, score in zip(suggestion.order, suggestion.score, strict=True)))

@@ -30,10 +30,12 @@ from typing import Any
 
 import numpy as np
 
+from ..backbones.specs import get_spec
 from ..features.extractor import ExtractorConfig
 from ..utils.errors import InputError
 from .calibration import Calibration, identity
-from .ensembles import EnsembleClassifier, EnsembleConfig, TermEnsemble
+from .ensembles import EnsembleClassifier, TermEnsemble
+from .logistic import EnsembleConfig, majority_vote
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ModelBundle", "save_bundle", "load_bundle",
            "file_in_bundle"]
@@ -83,8 +85,6 @@ class ModelBundle:
         """:meth:`predict_proba` and :meth:`predict_votes` from one pass over the members."""
         from scipy.special import expit
 
-        from .ensembles import majority_vote
-
         dec = self.classifier.decision_members(X)
         return self.calibration_or_identity().apply(expit(dec).mean(axis=2)), majority_vote(dec)
 
@@ -103,8 +103,6 @@ def package_versions() -> dict[str, str | None]:
 def _backbone_defaults(backbone: str) -> tuple[str | None, dict | None]:
     """Default layer and normalisation of a registered backbone (None if unknown)."""
     try:
-        from ..backbones.registry import get_spec
-
         spec = get_spec(backbone)
     except InputError:
         return None, None

@@ -28,6 +28,7 @@ import numpy as np
 from scipy.special import expit
 
 from ..utils.errors import InputError
+from ..utils.files import release_pages
 from ..utils.progress import (
     CancelToken,
     Progress,
@@ -38,27 +39,13 @@ from ..utils.progress import (
 )
 from .logistic import (
     EnsembleConfig,
-    fit_logistic_gram,
     iter_fit_members,
     majority_vote,
-    member_rows,
     prepare_gram,
 )
-from .metrics import class_counts, has_both_classes
+from .metrics import class_counts, has_both_classes, labelled_rows
 
-__all__ = [
-    "EnsembleConfig",
-    "TermEnsemble",
-    "EnsembleClassifier",
-    "fit_logistic_gram",
-    "GramBlock",
-    "iter_gram",
-    "gram_matrix",
-    "member_rows",
-    "prepare_gram",
-    "iter_fit_members",
-    "majority_vote",
-]
+__all__ = ["TermEnsemble", "EnsembleClassifier", "GramBlock", "iter_gram", "gram_matrix"]
 
 #: bytes of float64 scratch per feature block (Gram and weight recovery passes)
 _BLOCK_BYTES = 128 * 2**20
@@ -106,7 +93,6 @@ def _take_rows(X: Any, rows: np.ndarray | None, c0: int, c1: int,
     if getattr(X, "_mmap", None) is None:
         block = X[:, c0:c1] if rows is None else X[rows, c0:c1]
         return np.ascontiguousarray(block, dtype=dtype)
-    from ..utils.files import release_pages
 
     n = X.shape[0] if rows is None else len(rows)
     out = np.empty((n, c1 - c0), dtype=dtype)
@@ -249,7 +235,7 @@ class EnsembleClassifier:
         """
         Y = self._check_labels(X, Y)
         cfg = self.config
-        labelled = np.flatnonzero((Y != -1).any(axis=1))
+        labelled = labelled_rows(Y)
         Yl = Y[labelled]
         n_lab, d = len(labelled), int(X.shape[1])
         n_terms, M = len(self.vocabulary), cfg.n_members

@@ -33,29 +33,23 @@ from ..utils.progress import Progress, ProgressGen, sub_progress
 from . import ensembles as classify
 from .calibration import DEFAULT_METHOD, METHODS, iter_calibrate
 from .decision import calls
-from .folds import iter_fold_decisions, iter_out_of_fold
+from .folds import iter_fold_decisions
 from .groups import DEFAULT_COMBINATION, GroupRecords, combine_probabilities, group_labels
 from .logistic import majority_vote
 from .metrics import (
     CALIBRATION_METRICS,
-    ECE_BINS,
     METRICS,
     class_counts,
     defined_mean,
     expected_calibration_error,
     has_both_classes,
-    per_term_auc,
+    labelled_mask,
     term_metrics,
     trainable_terms,
 )
-from .splits import group_ids, grouped_folds, held_out_genes, random_partitions, validation_split
 
-__all__ = [
-    "METRICS", "CALIBRATION_METRICS", "ECE_BINS", "Evaluation", "group_ids", "grouped_folds",
-    "random_partitions", "held_out_genes", "validation_split", "per_term_auc", "term_metrics",
-    "expected_calibration_error", "score_predictions", "combine_partitions", "trainable_terms",
-    "iter_fold_decisions", "iter_out_of_fold", "iter_cross_validate",
-]
+__all__ = ["Evaluation", "HeldOut", "score_predictions", "score_groups", "combine_partitions",
+           "iter_cross_validate"]
 
 
 # ----------------------------------------------------------------------------------- metrics
@@ -280,7 +274,7 @@ def iter_cross_validate(
     ``X`` ``(n, d)`` feature rows (float16/32, may be a memmap; rows holding NaN are failed
     images and are left out), ``Y`` ``(n, T)`` with 1 / 0 / -1 unknown. The Gram matrix of
     the rows the splits use is computed once; every split centres and normalises a copy of its
-    training block and fits its members there (``core.classify``), and its test rows are
+    training block and fits its members there (``core.learn.ensembles``), and its test rows are
     scored from the cross block, so no feature row is read again. A split whose training part
     lacks a class for a term contributes no scores for that term.
 
@@ -317,7 +311,7 @@ def iter_cross_validate(
     pos = np.full(X.shape[0], -1)
     pos[used] = np.arange(len(used))
     finite = np.isfinite(np.diag(K))
-    labelled = (Y[used] != -1).any(axis=1)
+    labelled = labelled_mask(Y[used])
     Yu = Y[used]
     g = np.arange(len(used)) if groups is None else np.asarray(groups)[used]
 

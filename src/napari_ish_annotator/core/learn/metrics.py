@@ -24,7 +24,8 @@ import numpy as np
 
 from ..utils.errors import InputError
 
-__all__ = ["METRICS", "CALIBRATION_METRICS", "ECE_BINS", "class_counts", "has_both_classes",
+__all__ = ["METRICS", "CALIBRATION_METRICS", "ECE_BINS", "labelled_mask", "labelled_rows",
+           "class_counts", "has_both_classes",
            "trainable_terms", "defined_mean", "term_metrics", "per_term_auc", "mean_auc",
            "expected_calibration_error"]
 
@@ -34,6 +35,17 @@ ECE_BINS = 10
 
 
 # --------------------------------------------------------------------------- the label rule
+def labelled_mask(Y: Any) -> np.ndarray:
+    """Per image (row of ``Y``, ``(n, T)`` of 1 / 0 / unknown -1): at least one known label.
+    The one rule for "this image takes part" in a fit, a CV, an export or a count."""
+    return (np.asarray(Y) >= 0).any(axis=1)
+
+
+def labelled_rows(Y: Any) -> np.ndarray:
+    """Indices of the rows of ``Y`` that :func:`labelled_mask` keeps."""
+    return np.flatnonzero(labelled_mask(Y))
+
+
 def class_counts(Y: Any) -> tuple[np.ndarray, np.ndarray]:
     """Present and absent labels per term of ``Y`` (``(n, T)``, or ``(n,)`` for one term);
     unknown labels ``-1`` count for neither."""

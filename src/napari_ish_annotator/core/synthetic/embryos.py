@@ -25,12 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.manifest import Sample, write_manifest
+from ..data.vocabulary import default_vocabulary, resolve_stage, term_statistics
 from ..utils.files import write_png_atomic, write_text_atomic
 from ..utils.progress import Progress, ProgressGen, drive
-from .regions import TERM_REGIONS, Part, blob, term_region
+from .regions import Part, blob, term_region
 
-__all__ = ["BDGP_STAIN_RGB", "Part", "TERM_REGIONS", "term_region", "random_pose", "make_embryo",
-           "slugify", "sample_label_sets", "iter_generate_dataset", "generate_dataset"]
+__all__ = ["BDGP_STAIN_RGB", "random_pose", "make_embryo", "slugify", "sample_label_sets",
+           "iter_generate_dataset", "generate_dataset"]
 
 BDGP_STAIN_RGB = (70, 60, 120)
 
@@ -287,8 +289,6 @@ def sample_label_sets(n_sets: int, vocabulary: Sequence[str], stage: str,
     weights (so per-image statistics are followed); vocabulary terms not in the built-in
     table are drawn independently with probability 0.25.
     """
-    from ..data.vocabulary import term_statistics
-
     stats = term_statistics(stage)
     rows = stats["label_sets"]
     weights = np.asarray(stats["images_per_label_set"], dtype=np.float64)
@@ -349,9 +349,6 @@ def iter_generate_dataset(out_dir: str | Path, n_images: int, stage: str = "13-1
                           n_genes: int | None = None, vocabulary: Sequence[str] | None = None,
                           min_positives: int = 3, write_masks: bool = True) -> ProgressGen[Path]:
     """Generator version of :func:`generate_dataset` (yields progress, returns the CSV path)."""
-    from ..data.manifest import Sample, write_manifest
-    from ..data.vocabulary import default_vocabulary, resolve_stage
-
     if n_images < 1:
         raise ValueError("n_images must be >= 1")
     stage = resolve_stage(stage)

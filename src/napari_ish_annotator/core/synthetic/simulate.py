@@ -19,7 +19,8 @@ from threadpoolctl import threadpool_limits
 from ..data.vocabulary import default_vocabulary, resolve_stage
 from ..labels.consensus import consensus
 from ..learn.active import suggest
-from ..learn.ensembles import EnsembleClassifier, EnsembleConfig
+from ..learn.ensembles import EnsembleClassifier
+from ..learn.logistic import EnsembleConfig
 from ..learn.metrics import mean_auc, trainable_terms
 from ..learn.splits import held_out_genes
 from ..utils.progress import Progress, ProgressGen, drive

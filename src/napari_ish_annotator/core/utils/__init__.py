@@ -1,1 +1,26 @@
-"""Small shared pieces: the user-facing error, progress/cancel, atomic files, the CSV writer, optional extras."""
+"""Small shared pieces every other package uses, none of them heavy.
+
+* :mod:`.errors` - :class:`InputError`, the one user-facing error (one line: which file, what
+  is wrong, what to do; exit 2 on the CLI);
+* :mod:`.progress` - progress records, cancel tokens, :func:`drive` (long work is a generator);
+* :mod:`.files` - atomic writes (was ``io.py``), output-path checks, scratch memmaps;
+* :mod:`.csvio` - the CSV writer that neutralises spreadsheet formulas;
+* :mod:`.extras` - optional extras: install hints, version checks;
+* :mod:`.lazy` - :func:`attach`, the one lazy pattern every package face uses.
+
+The names below are reached lazily (:func:`..utils.lazy.attach`): importing one module of
+this package imports none of its siblings.
+"""
+
+from __future__ import annotations
+
+from .lazy import attach
+
+__getattr__, __dir__, __all__ = attach(__name__, {
+    "errors": ["InputError"],
+    "progress": ["CancelToken", "Cancelled", "Progress", "ProgressCallback", "ProgressGen", "TqdmCallback", "drive", "sub_progress"],
+    "files": ["atomic_path", "check_output_path", "release_pages", "scratch_memmap", "sha256_file", "write_json_atomic", "write_npy_atomic", "write_png_atomic", "write_text_atomic"],
+    "csvio": ["csv_text", "neutralise", "write_csv"],
+    "extras": ["check_compatible", "install_hint", "require_extra"],
+    "lazy": ["attach"],
+})

@@ -6,6 +6,10 @@ tab or carriage return is a formula to Excel, LibreOffice and Google Sheets ("CS
 injection"), so, as OWASP recommends, such a cell is written with a single quote in front
 (``=cmd.png`` -> ``'=cmd.png``); a spreadsheet shows the text and runs nothing.
 
+Terms, genes and files are joined with ``;``, and Excel in ``;``-separator locales (German,
+French, Italian, Spanish, Dutch) splits an unquoted cell there and evaluates each piece, so
+every ``;``-separated piece is neutralised on its own (``g;=2+3`` -> ``g;'=2+3``).
+
 Plain numbers (``-0.5``, ``+3``, ``-1e-3``) are left alone: a spreadsheet reads them as
 numbers, never as formulas, and numeric columns stay numeric. A cell that already starts
 with quotes followed by a formula character (``'=x``) gets one more quote, so the project's
@@ -29,8 +33,15 @@ _QUOTED_FORMULA = re.compile(r"'+[=+\-@\t\r]", re.DOTALL)
 
 
 def neutralise(cell: object) -> str:
-    """``cell`` as text a spreadsheet will not evaluate (see the module docstring)."""
+    """``cell`` as text a spreadsheet will not evaluate (see the module docstring), each
+    ``;``-separated piece on its own (``g;=2+3`` -> ``g;'=2+3``)."""
     text = "" if cell is None else str(cell)
+    if ";" not in text:
+        return _neutralise_piece(text)
+    return ";".join(_neutralise_piece(piece) for piece in text.split(";"))
+
+
+def _neutralise_piece(text: str) -> str:
     if not text:
         return text
     if text.startswith(FORMULA_START) and not _NUMBER.fullmatch(text):
@@ -41,9 +52,12 @@ def neutralise(cell: object) -> str:
 
 
 def restore(cell: str) -> str:
-    """The value :func:`neutralise` was given: one leading quote before a formula character
-    (after any further quotes) is removed; every other cell is returned unchanged."""
-    return cell[1:] if _QUOTED_FORMULA.match(cell) else cell
+    """The value :func:`neutralise` was given: in each ``;``-separated piece, one leading
+    quote before a formula character (after any further quotes) is removed; every other
+    piece is returned unchanged."""
+    if ";" not in cell:
+        return cell[1:] if _QUOTED_FORMULA.match(cell) else cell
+    return ";".join(p[1:] if _QUOTED_FORMULA.match(p) else p for p in cell.split(";"))
 
 
 def csv_text(header: Sequence[object], rows: Iterable[Sequence[object]]) -> str:

@@ -12,8 +12,9 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,64 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def check_output_path(path: str | Path, folder: bool = False) -> Path:
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def refuse_overwrite(path: str | Path, inputs: Iterable[str | Path] = (),
+                     option: str = "the output") -> None:
+    """The one guard of every output file: it may not replace one of the command's
+    ``inputs`` nor any SQLite file (a label store), however it is named.
+
+    Files are compared after resolving every symlink and ``..`` (and with ``samefile``, so
+    a hard link counts too): ``--out imgs/../store.sqlite`` or a symlink to the store is
+    the store. An existing output is refused when its first bytes are SQLite's, whatever
+    its name: no command writes CSV, JSON or PNG over a database."""
+    path = Path(path)
+    try:
+        target = path.resolve()
+    except (RuntimeError, OSError):  # a symlink loop: nothing can be written through it
+        raise InputError("cannot follow this output path (a symlink loop); choose another "
+                         "output name", path=path) from None
+    for given in inputs:
+        try:
+            same = Path(given).resolve() == target or os.path.samefile(given, target)
+        except (RuntimeError, OSError, ValueError):
+            continue
+        if same:
+            raise InputError(f"is also an input of this command ({given}); writing {option} "
+                             f"there would destroy it - choose another {option}", path=path)
+    try:
+        st = os.stat(target)
+    except (OSError, ValueError):
+        return
+    if not stat.S_ISREG(st.st_mode):
+        return
+    try:
+        fd = os.open(target, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return
+    try:
+        head = os.read(fd, len(_SQLITE_MAGIC))
+    finally:
+        os.close(fd)
+    if head == _SQLITE_MAGIC:
+        raise InputError(f"is a SQLite file (a label store?); {option} never replaces one - "
+                         f"choose another {option}", path=path)
+
+
+def check_output_path(path: str | Path, folder: bool = False,
+                      inputs: Iterable[str | Path] | None = None,
+                      option: str = "the output") -> Path:
     """Fail fast, before hours of work, if ``path`` cannot be written.
 
     ``path`` must not be a folder (or, with ``folder=True``, a file); its nearest existing
-    ancestor must be a writable folder. Nothing is created here, so a run that fails
-    later leaves no empty folders behind.
+    ancestor must be a writable folder. With ``inputs`` (the CLI passes every other path
+    argument) a file output must also pass :func:`refuse_overwrite`. Nothing is created
+    here, so a run that fails later leaves no empty folders behind.
     """
     path = Path(path)
+    if inputs is not None and not folder:
+        refuse_overwrite(path, inputs, option)
     if not folder and path.is_dir():
         raise InputError("is a folder; give a file name for the output", path=path)
     if folder and path.exists() and not path.is_dir():
@@ -70,10 +121,12 @@ def _new_file_mode(path: Path) -> int:
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` (with the
-    permissions a plain write would have given it)."""
+    permissions a plain write would have given it). Never a label store
+    (:func:`refuse_overwrite`), whoever asks."""
     path = Path(path)
     if path.is_dir():
         raise InputError("is a folder; give a file name for the output", path=path)
+    refuse_overwrite(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}",

@@ -1,0 +1,110 @@
+"""Declared and honest (issue 25): every third-party package imported under src/ is declared
+in pyproject.toml; each core package's face lists names that live in the module it says; the
+napari manifest declares each command once."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.metadata as metadata
+import inspect
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = ROOT / "src" / "napari_ish_annotator"
+CORE_PACKAGES = ("utils", "data", "labels", "backbones", "features", "learn", "explain",
+                 "finetune", "export", "synthetic")
+
+
+def imported_top_names() -> dict[str, str]:
+    """``{top-level module: first file importing it}`` of every import statement under src/
+    (function-level ones too), without the standard library and the package itself."""
+    out: dict[str, str] = {}
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top and top not in sys.stdlib_module_names and top != "napari_ish_annotator":
+                    out.setdefault(top, path.relative_to(ROOT).as_posix())
+    out.pop("__future__", None)
+    return out
+
+
+def declared_distributions() -> set[str]:
+    """Normalised names of every requirement in pyproject (dependencies and all extras)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    reqs = list(project["dependencies"])
+    for extra in project.get("optional-dependencies", {}).values():
+        reqs += extra
+    return {_normalise(re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0]) for r in reqs}
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_imported_package_is_declared() -> None:
+    """An import the package makes itself must not rely on napari or scikit-learn happening
+    to install it (scipy, psygnal, superqt, threadpoolctl and pint were missing)."""
+    declared = declared_distributions()
+    owners = metadata.packages_distributions()
+    imported = imported_top_names()
+    assert {"numpy", "torch", "scipy"} <= set(imported)  # the scan sees imports at all
+    missing = []
+    for top, where in sorted(imported.items()):
+        dists = owners.get(top)
+        if not dists:
+            missing.append(f"{top} (first in {where}): not installed here, cannot tell")
+        elif not any(_normalise(d) in declared for d in dists):
+            missing.append(f"{top} (first in {where}): distribution {', '.join(dists)}")
+    assert not missing, "imported but not declared in pyproject.toml:\n  " + "\n  ".join(missing)
+
+
+@pytest.mark.parametrize("name", CORE_PACKAGES)
+def test_core_package_face(name: str) -> None:
+    """A face says what is in its package and lists public names that resolve to objects
+    whose home is the submodule the face names: one object, no copy, no second definition."""
+    face = importlib.import_module(f"napari_ish_annotator.core.{name}")
+    assert face.__doc__ and len(face.__doc__.strip()) > 40, f"core.{name} needs a docstring"
+    assert face.__all__ == sorted(set(face.__all__)) and face.__all__
+    for public in face.__all__:
+        assert not public.startswith("_"), f"core.{name} exposes the private {public}"
+        value = getattr(face, public)
+        home = getattr(value, "__module__", None) or ""
+        if (inspect.isclass(value) or inspect.isfunction(value)) and home.startswith(
+                "napari_ish_annotator."):  # constants and aliases (tuple[...]) carry no home
+            assert home.startswith(f"napari_ish_annotator.core.{name}."), (name, public, home)
+            assert getattr(sys.modules[home], public) is value
+
+
+def test_importing_a_face_imports_no_sibling() -> None:
+    """Reading one module must not drag its whole package (or torch) in with it."""
+    code = ("import sys\nimport napari_ish_annotator.core.learn.metrics\n"
+            "loaded = sorted(m for m in sys.modules if m.startswith('napari_ish_annotator.core.'))\n"
+            "assert 'torch' not in sys.modules\nprint(' '.join(loaded))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    assert "napari_ish_annotator.core.learn.metrics" in out
+    assert not {m for m in out if m.startswith("napari_ish_annotator.core.learn.")} - {
+        "napari_ish_annotator.core.learn.metrics"}, out
+
+
+def test_napari_manifest_declares_each_command_once() -> None:
+    manifest = yaml.safe_load((PACKAGE_DIR / "napari.yaml").read_text(encoding="utf-8"))
+    ids = [c["id"] for c in manifest["contributions"]["commands"]]
+    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
+    used = [w["command"] for w in manifest["contributions"]["widgets"]]
+    assert set(used) <= set(ids)
