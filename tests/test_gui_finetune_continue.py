@@ -53,7 +53,9 @@ def test_continue_from_the_current_network_records_what_it_continued(
     # nothing to continue yet: disabled, and the tooltip says why
     assert not sec.continue_check.isEnabled()
     assert "no fine-tuned network" in sec.continue_check.toolTip()
+    qtbot.waitUntil(lambda: sec.start_button.height() > 0)  # the opened section is laid out
     click(qtbot, sec.start_button)
+    assert sec.runner.running, sec.summary.text()
     wait_done(qtbot, sec.runner, timeout=300_000)
     first = sec.checkpoint
     assert session.finetuned == first and first.exists()
