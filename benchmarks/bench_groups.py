@@ -36,13 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     from napari_ish_annotator.core.data.manifest import read_manifest
     from napari_ish_annotator.core.data.vocabulary import default_vocabulary
     from napari_ish_annotator.core.features.extractor import ExtractorConfig, FeatureExtractor
-    from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
-    from napari_ish_annotator.core.learn.evaluation import (
-        grouped_folds,
-        iter_cross_validate,
-        score_groups,
-    )
+    from napari_ish_annotator.core.learn.evaluation import iter_cross_validate, score_groups
     from napari_ish_annotator.core.learn.groups import COMBINATIONS, record_groups
+    from napari_ish_annotator.core.learn.logistic import EnsembleConfig
+    from napari_ish_annotator.core.learn.splits import grouped_folds
     from napari_ish_annotator.core.synthetic.embryos import generate_dataset
     from napari_ish_annotator.core.utils.progress import drive
 

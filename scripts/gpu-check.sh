@@ -4,7 +4,10 @@
 #      without network it falls back to PYTHONPATH=src plus any wheels in .whl/ (see below);
 #   2. prints nvidia-smi;
 #   3. runs the tests marked cuda (tests/test_cuda.py);
-#   4. runs benchmarks/bench_gpu.py, which writes OUTDIR/gpu.json and OUTDIR/gpu.md.
+#   4. runs benchmarks/bench_gpu.py, which writes OUTDIR/gpu.json and OUTDIR/gpu.md;
+#   5. reports each figure against its target (issue 28, one H100), one PASS/FAIL line each:
+#      end-to-end extraction >= 3,000 img/s, fine-tuning epoch >= 600 img/s, Grad-CAM <= 20 ms
+#      (N/A without a GPU or when a figure was not measured).
 # Logs: OUTDIR/gpu-check.log (install, nvidia-smi, summary), OUTDIR/pytest-cuda.log.
 #
 #   bash scripts/gpu-check.sh OUTDIR
@@ -16,7 +19,8 @@
 # (pure-Python wheels, 17 MB). The core needs only torch, torchvision, numpy, scikit-learn,
 # pillow, tifffile and matplotlib, which a PyTorch image has.
 # GPU_CHECK_NO_INSTALL=1 skips step 1 (e.g. in a shared environment that must not change).
-# Exit status: 0 if the tests and every measurement passed, 1 otherwise, 2 on bad usage.
+# Exit status: 0 if the tests and every measurement passed and no target was missed, 1
+# otherwise, 2 on bad usage.
 set -u -o pipefail
 
 if [ $# -ne 1 ]; then
@@ -89,5 +93,14 @@ else
         2>&1 | tee -a "$LOG"
     BENCH=$?
 fi
+# ---- 5. the figures against their targets, one line each (printed by the benchmark)
+say "targets (issue 28, one H100):"
+if ! grep -a '^\[target\]' "$LOG" | sed 's/^\[target\] /    /' | tee -a "$LOG.targets"; then :; fi
+if [ ! -s "$LOG.targets" ]; then
+    say "    FAIL no figures: the benchmark did not get to report them (see the log)"
+    BENCH=1
+fi
+cat "$LOG.targets" >>"$LOG" 2>/dev/null
+rm -f "$LOG.targets"
 say "done: tests exit status $TESTS, benchmark exit status $BENCH; results in $OUTDIR/gpu.json and gpu.md"
 [ "$TESTS" -eq 0 ] && [ "$BENCH" -eq 0 ]

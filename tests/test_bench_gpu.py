@@ -24,7 +24,7 @@ def bench():
         sys.modules.pop("bench_gpu", None)
 
 
-def test_cpu_smoke_run_writes_json_and_markdown(bench, tmp_path):
+def test_cpu_smoke_run_writes_json_and_markdown(bench, tmp_path, capsys):
     out = tmp_path / "gpu-out"
     # one backbone and precision keep it short; the budget only guards a very slow machine
     assert bench.main(["--cpu-smoke", "--out", str(out), "--budget-s", "60",
@@ -49,6 +49,14 @@ def test_cpu_smoke_run_writes_json_and_markdown(bench, tmp_path):
     target = report["target"]
     assert target["met"] is None and target["target_images_per_s"] == 3000
     assert target["vgg16_layer21_images_per_s"] == ext["images_per_s"]
+    # each headline figure against its target, one line each (gpu-check.sh shows them)
+    figures = {t["figure"]: t for t in report["targets"]}
+    assert len(figures) == 3 and all(t["met"] is None for t in figures.values())  # CPU: n/a
+    assert figures["end-to-end extraction, VGG16 layer 21 (img/s)"]["value"] == \
+        ext["images_per_s"]
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[target]")]
+    assert len(lines) == 3 and all(ln.startswith("[target] N/A") for ln in lines)
+    assert any("Grad-CAM" in ln and "target <= 20" in ln for ln in lines)
     md = (out / "gpu.md").read_text()
     assert md.startswith("# GPU check")
     assert "| backbone | layer | weights | precision | batch | decode | images/s | status |" in md

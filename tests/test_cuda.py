@@ -203,3 +203,24 @@ def test_cli_device_auto_trains_and_predicts_on_cuda_like_the_cpu(tiny_dataset, 
         tables[device] = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
     assert tables["auto"].shape == tables["cpu"].shape and len(tables["cpu"]) == 24
     assert np.abs(tables["auto"] - tables["cpu"]).max() <= 0.02
+
+
+def test_batch_augmentation_on_cuda_stays_on_the_device():
+    """Issue 28: the fine-tuning augmentation of a whole batch runs on the GPU."""
+    from napari_ish_annotator.core.finetune.data import augment_batch
+
+    x = torch.randint(40, 200, (16, 3, S, S), dtype=torch.uint8, device="cuda")
+    same = augment_batch(x, 0.0, 0.0, [230, 220, 210], jitter=0.0, shift=0.0)
+    assert same.is_cuda and torch.equal(same, x)
+    moved = augment_batch(x, 8.0, 0.08, [230, 220, 210])
+    assert moved.is_cuda and moved.dtype == torch.uint8 and not torch.equal(moved, x)
+
+
+def test_uint8_batches_normalised_on_cuda_equal_the_cpu_input(loaded, image_files):
+    """Issue 28: decoding workers hand over uint8; the GPU normalises them identically."""
+    fx = extractor(loaded, "cuda", "fp32", decode_workers=0)
+    assert fx.normalise_on_device
+    host = extractor(loaded, "cuda", "fp32", decode_workers=0)
+    host.normalise_on_device = False
+    np.testing.assert_allclose(fx.extract(image_files), host.extract(image_files), rtol=1e-5,
+                               atol=1e-5)

@@ -332,7 +332,7 @@ def test_evaluate_frees_each_layers_features_before_the_next(monkeypatch):
         return X
 
     monkeypatch.setattr(pipeline, "iter_features", fake_features)
-    monkeypatch.setattr(pipeline, "make_extractor", lambda config, cache_dir, loaded: None)
+    monkeypatch.setattr(pipeline, "make_extractor", lambda config, cache_dir, loaded, executor=None: None)
     monkeypatch.setattr(pipeline, "load_backbone", lambda *a, **k: None)
     config = ExtractorConfig(weights="random", input_size=64, device="cpu", precision="fp32")
     res = drive(pipeline.iter_evaluate(dataset, config, EnsembleConfig(n_members=3),

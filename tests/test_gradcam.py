@@ -127,3 +127,57 @@ def test_extractor_must_match_the_models_layer():
     assert maps.shape == (1, 40, 60) and proba.shape == (1,)
     with pytest.raises(InputError, match="layer '30' instead of '24'"):
         gradcam_all_terms(bundle, wrong, image)
+
+
+@pytest.mark.parametrize("method", ["hirescam", "gradcam"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_all_terms_at_once_in_torch_equal_the_per_term_maps(method, normalize):
+    """The GPU's way (maps_on_device: every term in one go, float64 in torch), run on the
+    CPU, gives gradcam_linear's maps; a zero activation gives zero maps, as there."""
+    import torch
+
+    from napari_ish_annotator.core.explain.gradcam import maps_on_device, mean_weight
+
+    rng = np.random.default_rng(3)
+    act = rng.random((6, 5, 7)).astype(np.float32)
+    center = rng.random(act.size).astype(np.float32) * 0.5
+    coefs = [rng.normal(size=(4, act.size)).astype(np.float32) for _ in range(3)]
+    proba = np.array([0.9, 0.2, 1.3])  # clipped to 1, as gradcam_linear does
+    weights = torch.stack([torch.from_numpy(mean_weight(c)) for c in coefs])
+    got = maps_on_device(torch.from_numpy(act), weights, proba, normalize, method, center)
+    want = np.stack([gradcam_linear(act, c, p, normalize, method, center)
+                     for c, p in zip(coefs, proba, strict=True)])
+    assert got.dtype == torch.float32 and got.shape == (3, 5, 7)
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-6)
+    zero = maps_on_device(torch.zeros(6, 5, 7), weights, proba, normalize, method)
+    assert not zero.any()
+
+
+def test_a_stack_of_maps_upsamples_like_each_map():
+    rng = np.random.default_rng(4)
+    cams = rng.random((3, 14, 14)).astype(np.float32) * 1.2  # some above 1: clipped
+    for keep_aspect in (False, True):
+        stack = upsample_to_image(cams, (60, 150), keep_aspect)
+        for k in range(3):
+            np.testing.assert_array_equal(stack[k], upsample_to_image(cams[k], (60, 150),
+                                                                      keep_aspect))
+    out = np.empty((3, 60, 150), np.float32)
+    assert upsample_to_image(cams, (60, 150), out=out) is out and out.max() <= 1.0
+
+
+def test_mean_weights_are_kept_for_one_model_only():
+    """The cached member means never mix two models (the Explain panel switching model)."""
+    from types import SimpleNamespace
+
+    from napari_ish_annotator.core.explain.gradcam import _MeanWeights
+
+    class Model:  # weakly referenced, as EnsembleClassifier is
+        def __init__(self, value: float):
+            self.terms = [SimpleNamespace(coef=np.full((3, 4), value, np.float32))]
+
+    model = Model
+
+    cache, a, b = _MeanWeights(), model(1.0), model(2.0)
+    assert cache.get(a, 0)[0] == 1.0 and cache.get(a, 0) is cache.get(a, 0)
+    assert cache.get(b, 0)[0] == 2.0
+    assert cache.get(a, 0)[0] == 1.0

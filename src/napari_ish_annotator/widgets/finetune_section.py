@@ -49,7 +49,7 @@ def frozen_choices(backbone: str) -> list[tuple[str, str]]:
     if backbone == "vgg16":
         return list(FROZEN_CHOICES)
     try:
-        from ..core.backbones.registry import get_spec
+        from ..core.backbones.specs import get_spec
 
         default = get_spec(backbone).frozen_default
     except Exception:  # noqa: BLE001 - an unknown name: the generic wording

@@ -25,8 +25,10 @@ network's own multi-task head, with autograd (the head is non-linear).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,14 +41,52 @@ if TYPE_CHECKING:
 METHODS = ("hirescam", "gradcam")
 
 
-def member_gradient(coef: np.ndarray, activation: np.ndarray, normalize: bool) -> np.ndarray:
+def mean_weight(coef: np.ndarray) -> np.ndarray:
+    """The members' mean weight vector ``(C*H*W,)`` in float64 (no float64 copy of ``coef``)."""
+    return np.asarray(coef).mean(axis=0, dtype=np.float64)
+
+
+class _MeanWeights:
+    """:func:`mean_weight` per term of the last model explained (and on the last device): the
+    Explain panel asks the same model for image after image, and averaging 11 x 400k weights
+    per term was a third of a map's CPU time. Only one model's rows are kept."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: Callable[[], object] = lambda: None
+        self._rows: dict[tuple[int, str], object] = {}
+
+    def get(self, classifier: object, index: int, device: object = None) -> Any:
+        """Term ``index``'s mean weight: numpy, or a float64 tensor on ``device``."""
+        key = (index, str(device))
+        with self._lock:
+            if self._owner() is not classifier:
+                self._owner, self._rows = weakref.ref(classifier), {}
+            row = self._rows.get(key)
+        if row is None:
+            row = mean_weight(classifier.terms[index].coef)  # type: ignore[attr-defined]
+            if device is not None:
+                import torch
+
+                row = torch.from_numpy(row).to(device)
+            with self._lock:
+                if self._owner() is classifier:
+                    self._rows[key] = row
+        return row
+
+
+_MEAN_WEIGHTS = _MeanWeights()
+
+
+def member_gradient(coef: np.ndarray, activation: np.ndarray, normalize: bool,
+                    weight: np.ndarray | None = None) -> np.ndarray:
     """Mean over members of ∂d/∂A, flattened: shape ``(C*H*W,)``.
 
     ``activation`` is the classifier's input before normalisation (already centred when the
     classifier centres). With normalisation ``x̂ = x/‖x‖`` the gradient of ``w·x̂`` is
-    ``(w − (w·x̂) x̂) / ‖x‖``.
+    ``(w − (w·x̂) x̂) / ‖x‖``. ``weight``: :func:`mean_weight` of ``coef``, if known.
     """
-    w = coef.astype(np.float64, copy=False).mean(axis=0)
+    w = mean_weight(coef) if weight is None else weight
     if not normalize:
         return w
     x = activation.reshape(-1).astype(np.float64, copy=False)
@@ -64,8 +104,10 @@ def gradcam_linear(
     normalize: bool = True,
     method: str = "hirescam",
     center: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Map at the activation's resolution ``(H, W)`` in [0, 1] for one term.
+    """Map at the activation's resolution ``(H, W)`` in [0, 1] for one term (``weight``:
+    :func:`mean_weight` of ``coef``, if known).
 
     ``activation`` is ``(C, H, W)``; ``coef`` is the term's ``(M, C*H*W)`` member weights;
     ``center`` the classifier's mean training row, subtracted first: the head sees ``A − μ``,
@@ -85,7 +127,7 @@ def gradcam_linear(
         )
     if center is not None:
         act = act - np.asarray(center, dtype=np.float64).reshape(act.shape)
-    grad = member_gradient(coef, act, normalize).reshape(act.shape)
+    grad = member_gradient(coef, act, normalize, weight).reshape(act.shape)
     if method == "gradcam":
         channel_weights = grad.mean(axis=(1, 2))
         cam = np.tensordot(channel_weights, act, axes=(0, 0))
@@ -98,9 +140,10 @@ def gradcam_linear(
     return (cam / peak * float(np.clip(probability, 0.0, 1.0))).astype(np.float32)
 
 
-def upsample_to_image(cam: np.ndarray, image_shape: tuple[int, int], keep_aspect: bool = False,
+def upsample_to_image(cam: Any, image_shape: tuple[int, int], keep_aspect: bool = False,
                       out: np.ndarray | None = None) -> np.ndarray:
-    """Resize a layer-resolution map to the image's own height and width (float32).
+    """Resize a layer-resolution map ``(h, w)``, or a stack ``(T, h, w)`` in one call (numpy
+    or a tensor on any device), to the image's own height and width (float32).
 
     Without ``keep_aspect`` the network saw the whole image squashed to a square, so the map
     covers the whole image. With it, the image was centred on a square canvas; the padding
@@ -112,7 +155,10 @@ def upsample_to_image(cam: np.ndarray, image_shape: tuple[int, int], keep_aspect
     import torch.nn.functional as F
 
     height, width = int(image_shape[0]), int(image_shape[1])
-    t = torch.from_numpy(np.ascontiguousarray(cam, dtype=np.float32))[None, None]
+    t = cam if isinstance(cam, torch.Tensor) else torch.from_numpy(
+        np.ascontiguousarray(cam, dtype=np.float32))
+    single = t.ndim == 2
+    t = t.reshape(1, -1, *t.shape[-2:])
     if keep_aspect and height != width:
         side = t.shape[-1]
         if width > height:
@@ -123,11 +169,12 @@ def upsample_to_image(cam: np.ndarray, image_shape: tuple[int, int], keep_aspect
             inner = max(1, round(side * width / height))
             left = (side - inner) // 2
             t = t[..., :, left:left + inner]
-    up = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
-    up.clamp_(0.0, 1.0)
+    up = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0]
+    up = up.clamp_(0.0, 1.0).cpu()  # the one copy to the host on a GPU
+    result = up[0] if single else up
     if out is None:
-        return up.numpy()
-    out[...] = up.numpy()
+        return result.numpy()
+    out[...] = result.numpy()
     return out
 
 
@@ -154,14 +201,50 @@ def _check_extractor(bundle: ModelBundle, extractor: FeatureExtractor) -> None:
                          "from the model's own settings (bundle.extractor)")
 
 
-def layer_activation(extractor: FeatureExtractor, image_rgb: np.ndarray) -> np.ndarray:
-    """The classifier layer's activation ``(C, H, W)`` for one image, as float32."""
+def _activation_tensor(extractor: FeatureExtractor, image_rgb: np.ndarray) -> Any:
+    """The classifier layer's activation ``(C, H, W)``, float32, where the network ran."""
     import torch
 
     batch = extractor.preprocess(image_rgb)[None]
     with torch.inference_mode():
-        act = extractor.activation(batch)
-    return act[0].float().cpu().numpy()
+        return extractor.activation(batch)[0].float()
+
+
+def layer_activation(extractor: FeatureExtractor, image_rgb: np.ndarray) -> np.ndarray:
+    """The classifier layer's activation ``(C, H, W)`` for one image, as float32."""
+    return _activation_tensor(extractor, image_rgb).cpu().numpy()
+
+
+def maps_on_device(act: Any, weights: Any, probability: np.ndarray, normalize: bool = True,
+                   method: str = "hirescam", center: np.ndarray | None = None) -> Any:
+    """:func:`gradcam_linear` for T terms at once in torch, where ``act`` (``(C, H, W)``
+    tensor) lies: ``weights`` are the terms' mean weights ``(T, C*H*W)`` float64 on the same
+    device. On a GPU nothing goes back to the host until the maps are drawn; the same float64
+    arithmetic as on the CPU (maps equal to within float32 rounding, see tests)."""
+    import torch
+
+    if method not in METHODS:
+        raise InputError(f"unknown Grad-CAM method {method!r}; choose one of {', '.join(METHODS)}")
+    a = act.to(torch.float64)
+    if center is not None:
+        a = a - torch.from_numpy(np.asarray(center, dtype=np.float64)).to(a.device).reshape(a.shape)
+    x = a.reshape(-1)
+    grad = weights
+    if normalize:
+        norm = torch.linalg.vector_norm(x)
+        x_hat = x / norm.clamp_min(torch.finfo(torch.float64).tiny)
+        grad = (weights - (weights @ x_hat)[:, None] * x_hat[None]) / norm
+        grad = torch.where(norm > 0, grad, torch.zeros_like(grad))
+    grad = grad.reshape(len(weights), *a.shape)
+    if method == "gradcam":
+        cam = torch.einsum("tc,chw->thw", grad.mean(dim=(2, 3)), a)
+    else:
+        cam = (grad * a).sum(dim=1)
+    cam = cam.clamp_min(0.0)
+    peak = cam.amax(dim=(1, 2), keepdim=True)
+    p = torch.from_numpy(np.clip(np.asarray(probability, np.float64), 0.0, 1.0)).to(a.device)
+    scaled = cam / peak.clamp_min(torch.finfo(torch.float64).tiny) * p[:, None, None]
+    return torch.where(peak > 0, scaled, torch.zeros_like(scaled)).to(torch.float32)
 
 
 #: the napari views show every term's map as a layer over the image: beyond this many pixels on
@@ -195,16 +278,27 @@ def gradcam_all_terms(
     terms = list(bundle.classifier.vocabulary if terms is None else terms)
     indices = [_term_index(bundle, t) for t in terms]
     _check_extractor(bundle, extractor)
-    act = layer_activation(extractor, image_rgb)
+    act_t = _activation_tensor(extractor, image_rgb)
+    act = act_t.cpu().numpy()  # the classifier's probabilities are computed on the host
     proba = bundle.predict_proba(act.reshape(1, -1))[0]
-    normalize = bool(bundle.classifier.config.normalize)
-    keep_aspect = bool(bundle.extractor.keep_aspect)
+    clf = bundle.classifier
+    normalize = bool(clf.config.normalize)
     shape = tuple(out_shape) if out_shape is not None else image_rgb.shape[:2]
     maps = np.empty((len(indices), *shape), dtype=np.float32)
-    for k, index in enumerate(indices):
-        cam = gradcam_linear(act, bundle.classifier.terms[index].coef, float(proba[index]),
-                             normalize=normalize, method=method, center=bundle.classifier.center)
-        upsample_to_image(cam, shape, keep_aspect, out=maps[k])
+    if act_t.device.type != "cpu":  # all terms at once, on the device
+        import torch
+
+        weights = torch.stack([_MEAN_WEIGHTS.get(clf, i, act_t.device) for i in indices])
+        cams = maps_on_device(act_t, weights, proba[indices], normalize, method, clf.center)
+    else:  # centred once, not once per term (gradcam_linear's own arithmetic)
+        centred = act.astype(np.float64)
+        if clf.center is not None:
+            centred = centred - np.asarray(clf.center, dtype=np.float64).reshape(act.shape)
+        cams = np.stack([gradcam_linear(centred, clf.terms[i].coef, float(proba[i]), normalize,
+                                        method, None, _MEAN_WEIGHTS.get(clf, i))
+                         for i in indices]) if indices else np.zeros((0, 1, 1), np.float32)
+    if indices:  # one resize for every term
+        upsample_to_image(cams, shape, bool(bundle.extractor.keep_aspect), out=maps)
     return maps, proba[indices].astype(np.float32)
 
 

@@ -19,12 +19,14 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..data.images import open_image, read_rgb
 from ..utils.errors import InputError
-from .preprocess import preprocess_np
+from .preprocess import as_rgb, normalise, normalise_np, resize_uint8
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -64,6 +66,65 @@ def _mp_context() -> str:
     return "spawn"
 
 
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def _plain_png(data: bytes) -> bool:
+    """8-bit RGB or gray PNG without transparency: libpng gives Pillow's pixels exactly."""
+    if len(data) < 33 or data[:8] != _PNG_MAGIC or data[12:16] != b"IHDR":
+        return False
+    bit_depth, colour_type = data[24], data[25]
+    idat = data.find(b"IDAT")
+    return bit_depth == 8 and colour_type in (0, 2) and b"tRNS" not in data[:max(idat, 0)]
+
+
+def decode_rgb(path: str | Path) -> np.ndarray:
+    """``H x W x 3`` uint8 RGB of an image file, as :func:`~..data.images.read_rgb` gives it,
+    faster for the formats a GPU is fed with (benchmarks/bench_decode.py, docs/benchmarks.md):
+
+    * the file is read only through :func:`~..data.images.open_image`, the one door (regular
+      files, format by content, header within the budget; its :class:`InputError` raised
+      unchanged), and the bytes decoded are the ones it handed out;
+    * plain 8-bit RGB/gray PNG and JPEG: torchvision's C++ decoders (libpng, libjpeg-turbo,
+      the GIL released) - PNG pixels identical to Pillow's, JPEG within
+      :data:`JPEG_TOLERANCE` (0 measured);
+    * anything else (BMP - Pillow's BMP reader is a copy, numpy was no faster -, TIFF,
+      16-bit, palette, alpha, files over :data:`_FAST_MAX_BYTES`): ``read_rgb``.
+    """
+    path = Path(path)
+    with open_image(path) as (fh, header):
+        fast = header.format in ("PNG", "JPEG") and \
+            os.fstat(fh.fileno()).st_size <= _FAST_MAX_BYTES
+        data = fh.read() if fast else b""
+    if not fast or (header.format == "PNG" and not _plain_png(data)):
+        return read_rgb(path)
+    import torch
+
+    try:  # deprecated since torchvision 0.29 (for TorchCodec): Pillow once they are gone
+        from torchvision.io import ImageReadMode, decode_jpeg, decode_png
+    except ImportError:
+        return read_rgb(path)
+    buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    try:
+        if header.format == "PNG":
+            chw = decode_png(buffer, mode=ImageReadMode.RGB)
+        else:
+            chw = decode_jpeg(buffer, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    except RuntimeError:  # corrupt or a flavour libjpeg/libpng refuse: Pillow's verdict
+        return read_rgb(path)
+    return np.ascontiguousarray(chw.permute(1, 2, 0).numpy())
+
+
+#: files larger than this are left to Pillow, which reads them in steps
+_FAST_MAX_BYTES = 64 << 20
+
+
+#: max abs difference of :func:`decode_rgb`'s JPEG pixels from Pillow's (both libjpeg-turbo;
+#: the chroma upsampling may differ by rounding)
+JPEG_TOLERANCE = 2
+
+
 @dataclass(frozen=True)
 class Preprocessor:
     """Decode + resize + normalise, as one picklable object (it runs in decoding processes)."""
@@ -73,11 +134,24 @@ class Preprocessor:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     pixel_scale: float
+    #: False: leave ``(3, S, S)`` uint8 for the device to normalise (a quarter of the bytes
+    #: to copy, and the CPU spared the float arithmetic that costs as much as decoding)
+    normalise: bool = True
 
     def __call__(self, image: Any) -> np.ndarray:
-        """Path or HxWx3 array -> ``(3, S, S)`` float32, normalised; the whole embryo."""
-        return preprocess_np(image, self.input_size, self.mean, self.std, self.pixel_scale,
-                             keep_aspect=self.keep_aspect)
+        """Path or HxWx3 array -> ``(3, S, S)`` float32, normalised (or uint8, see
+        :attr:`normalise`); the whole embryo."""
+        rgb = as_rgb(image) if isinstance(image, np.ndarray) else decode_rgb(image)
+        x = resize_uint8(rgb, self.input_size, self.keep_aspect).numpy()
+        if not self.normalise:
+            return np.ascontiguousarray(x)
+        return normalise_np(x, self.mean, self.std, self.pixel_scale)
+
+    def stack(self, items: Sequence[Any]) -> torch.Tensor:
+        """The batch of ``items``; the first image that cannot be decoded raises."""
+        import torch
+
+        return torch.from_numpy(np.stack([self(im) for im in items]))
 
     def batch(self, items: Sequence[Any]) -> tuple[torch.Tensor | None, dict[int, str]]:
         """Decoded batch of ``items``; images that cannot be decoded are left out and
@@ -91,6 +165,19 @@ class Preprocessor:
             except InputError as exc:
                 failed[pos] = str(exc)
         return (torch.from_numpy(np.stack(arrays)) if arrays else None), failed
+
+
+def device_input(batch: torch.Tensor, device: torch.device, mean, std, pixel_scale: float
+                 ) -> torch.Tensor:
+    """A decoded batch on ``device`` as float32 network input: a pinned batch (decoding
+    processes for a GPU) is copied without waiting, a uint8 one (:attr:`Preprocessor.normalise`
+    False) normalised there - the same float32 values as on the host."""
+    import torch
+
+    x = batch.to(device, non_blocking=batch.device.type == "cpu" and batch.is_pinned())
+    if x.dtype == torch.uint8:
+        return normalise(x, mean, std, pixel_scale)
+    return x
 
 
 class _DecodeBatches:

@@ -45,7 +45,8 @@ from .data import (
     CACHE_FP16_BYTES,
     Split,
     TrainingImages,
-    augmenter,
+    batch_augmenter,
+    channels_last_for,
     check_labels,
     image_names,
     iter_load_images,
@@ -103,6 +104,9 @@ class Trainer:
         if init is not None and state is None:
             apply_head(self.head, init, vocabulary)
         self.net = make_network(trunk, self.head).to(device)
+        self.channels_last = channels_last_for(device)  # CUDA: the convolutions' own layout
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
         self.frozen_part = trunk[:n_frozen] if n_frozen else torch.nn.Identity()
         self.trainable = trunk[n_frozen:] if n_frozen < len(trunk) else torch.nn.Identity()
         for p in self.frozen_part.parameters():
@@ -122,7 +126,7 @@ class Trainer:
         self.Y_t = torch.from_numpy(Y.astype(np.float32))
         self.use_cache = n_frozen > 0 and (config.cache_frozen == "on" or (
             config.cache_frozen == "auto" and not config.augment and device.type == "cpu"))
-        self.augment = augmenter(config, data.fill()) if config.augment else None
+        self.augment = batch_augmenter(config, data.fill(), device) if config.augment else None
         self.cache = data.frozen_cache((weights_id, n_frozen, self.mean, self.std, self.pixel_scale))
 
         self.history: list[dict] = []
@@ -245,9 +249,11 @@ class Trainer:
             z = torch.stack([self.cache[int(i)] for i in idx]).to(self.device).float()
         else:
             x = self.data.pixels[idx].to(self.device)  # augment where the network runs
-            if augmenting:
-                x = torch.stack([self.augment(xi) for xi in x])
+            if augmenting:  # a batch at once on a GPU
+                x = self.augment(x)
             x = normalise(x, self.mean, self.std, self.pixel_scale)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             with torch.no_grad(), self._autocast():
                 z = self.frozen_part(x)
             z = z.float()
