@@ -19,7 +19,7 @@ class RecordSection(QWidget):
     """Gene, stage, number of images and the record's called terms; Accept record."""
 
     def __init__(self, dock: SessionDock, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
+        super().__init__(parent if parent is not None else dock.body)  # never a window
         self.session = dock.session
         self.title = QLabel("Record: –")
         self.title.setWordWrap(True)
@@ -46,6 +46,7 @@ class RecordSection(QWidget):
     def refresh(self, *_: Any) -> None:
         """Show the current image's record (called on every image or prediction change)."""
         record = records.current_record(self.session)
+        self.setVisible(record is not None)  # no images: no line taken from the table
         if record is None:
             self.title.setText("Record: –")
             self.terms_label.setText("")
