@@ -109,6 +109,15 @@ def _shots(napari, manifest: Path, args: argparse.Namespace, w: int, h: int, suf
     annotator.tabs.setCurrentIndex(2)
     annotator.explain.select_term(top)
     shot(f"gui-explain{suffix}.png")
+    # Plugins > ISH Annotator > Gallery on the most-called term, highest p first
+    _, gallery = viewer.window.add_plugin_dock_widget("napari-ish-annotator", "Gallery")
+    gallery.term_combo.setCurrentText(top)
+    gallery.sort_combo.setCurrentText("p high first")
+    while gallery.loading:
+        settle()
+    gallery.view.selectionModel().select(gallery.model.index(0),
+                                         gallery.view.selectionModel().SelectionFlag.Select)
+    shot(f"gui-gallery{suffix}.png")
     viewer.close()
     return 0
 

@@ -38,9 +38,12 @@ def test_predict_csv_has_image_and_one_probability_column_per_term(cli_data, tra
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(list(images_dir.glob("*.png")))
-    assert list(rows[0]) == ["image", *vocabulary]
+    assert list(rows[0]) == ["image", *vocabulary, "calls"]
     probabilities = np.array([[float(r[t]) for t in vocabulary] for r in rows])
     assert ((probabilities >= 0) & (probabilities <= 1)).all()
+    # calls: the terms with calibrated p >= 0.5 (the GUI's rule), ';'-joined
+    for r, p in zip(rows, probabilities, strict=True):
+        assert r["calls"] == ";".join(t for t, q in zip(vocabulary, p, strict=True) if q >= 0.5)
     assert probabilities.std() > 0  # not a constant answer
 
 
@@ -56,7 +59,7 @@ def test_predict_votes_option_adds_the_majority_vote_columns(cli_data, trained, 
     vocabulary = bundle.classifier.vocabulary
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["image", *vocabulary, *(f"{t} vote" for t in vocabulary)]
+    assert list(rows[0]) == ["image", *vocabulary, "calls", *(f"{t} vote" for t in vocabulary)]
     X = FeatureExtractor(bundle.extractor, cache_dir=cli_data / "cache").extract(images)
     votes = np.array([[int(r[f"{t} vote"]) for t in vocabulary] for r in rows])
     probabilities = np.array([[float(r[t]) for t in vocabulary] for r in rows])

@@ -12,7 +12,7 @@ from _gui_helpers import WAIT_MS, Dialogs, Watch, choose, click, click_tab, dock
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]  # about two minutes each
 
-PANELS = ("Embryos", "Annotate", "Explain", "Train")  # napari.yaml's single panels
+PANELS = ("Embryos", "Annotate", "Explain", "Train", "Gallery")  # napari.yaml's single panels
 
 
 # ---------------------------------------------------------------------- walking the tree

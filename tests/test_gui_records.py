@@ -119,8 +119,8 @@ def test_a_batch_is_undone_as_one_and_a_later_single_change_first(tmp_path):
     session = AnnotatorSession(cache_dir=tmp_path / "cache", annotator="a")
     session.open([make_dataset(tmp_path / "data", n=6)])
     terms = session.vocabulary
-    assert session.set_labels([(i, t, 1) for i in (0, 1, 2) for t in terms]) == 3 * len(terms)
-    assert session.set_labels([(0, t, 1) for t in terms]) == 0  # nothing changed: no batch
+    assert session.set_label_batch([(i, t, 1) for i in (0, 1, 2) for t in terms]) == 3 * len(terms)
+    assert session.set_label_batch([(0, t, 1) for t in terms]) == 0  # nothing changed: no batch
     session.set_label(terms[0], 0, 4)
     assert session.undo()
     assert _own(session, 4) == {} and _own(session, 1) == dict.fromkeys(terms, 1)
@@ -130,7 +130,7 @@ def test_a_batch_is_undone_as_one_and_a_later_single_change_first(tmp_path):
     assert session.label_matrix()[:3].tolist() == session.label_matrix([0, 1, 2]).tolist()
     assert not session.undo()
     with pytest.raises(Exception, match="unknown term"):
-        session.set_labels([(0, "no such term", 1)])
+        session.set_label_batch([(0, "no such term", 1)])
     with pytest.raises(Exception, match="label value"):  # all or nothing: nothing written
         session.store.set_labels([(session.paths[0], terms[0], 1), (session.paths[1], terms[0], 2)])
     assert all(_own(session, i) == {} for i in range(6))

@@ -209,11 +209,13 @@ def test_a_wrong_label_file_keeps_the_working_store(make_napari_viewer, qtbot, t
 
 def test_switching_back_to_the_previous_model_restores_its_votes(make_napari_viewer, qtbot,
                                                                   tmp_path):
-    """The 'pred.' column is the ensemble's majority vote, also after 'Switch to previous model'."""
+    """The 'pred.' column is the one decision rule (calibrated p >= 0.5), never the members'
+    majority vote, also after 'Switch to previous model'."""
     from dataclasses import replace
 
     from napari_ish_annotator.session import Predictions
     from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets._viewer_binding import overlay_text
 
     viewer = make_napari_viewer()
     embryos, annotate, train = dock(viewer, "Embryos"), dock(viewer, "Annotate"), dock(viewer, "Train")
@@ -236,14 +238,22 @@ def test_switching_back_to_the_previous_model_restores_its_votes(make_napari_vie
     _wait(qtbot, train.runner)
     assert session.bundle is not old_bundle
     # as after a fine-tuning run: the previous model is kept for "switch back"
-    session.previous_model = replace(session.model_state(), bundle=old_bundle, votes=votes)
+    # ... and whose p for (image 0, term 0) is clearly on the other side of its vote
+    P = session.probabilities.copy()
+    P[0, 0] = 0.1 if votes[0, 0] else 0.9
+    session.previous_model = replace(session.model_state(), bundle=old_bundle, votes=votes,
+                                     probabilities=P)
     sec._show_switch()
 
     click(qtbot, sec.switch_button)
     assert session.bundle is old_bundle
     np.testing.assert_array_equal(session.votes, votes)
-    word = "yes" if votes[0, 0] else "no"
+    p00 = session.probabilities[0, 0]
+    assert p00 == P[0, 0]
+    word = "yes" if p00 >= 0.5 else "no"  # not the vote's word
     assert annotate.row_values()[0][2].rstrip("?") == word
+    session.set_index(0)  # the canvas gives the same answer for the term
+    assert (TERMS[0] in overlay_text(session).split("\n", 1)[1]) == (p00 >= 0.5)
 
 
 def test_changing_backbone_during_fine_tuning_does_not_break_the_refit(make_napari_viewer, qtbot,

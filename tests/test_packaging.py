@@ -17,7 +17,7 @@ def test_npe2_manifest_validates_and_every_command_imports():
     manifest.validate_imports()  # every python_name resolves to a real callable
     kinds = manifest.contributions
     assert {w.display_name for w in kinds.widgets} == {"ISH Annotator", "Embryos", "Annotate",
-                                                         "Explain", "Train"}
+                                                         "Explain", "Train", "Gallery"}
     assert kinds.readers and kinds.writers and kinds.sample_data
     result = subprocess.run(["npe2", "validate", "napari-ish-annotator"], capture_output=True,
                             text=True, timeout=120)

@@ -19,14 +19,14 @@ from ..core.utils.errors import InputError
 from ..core.utils.files import check_output_path
 from ..core.utils.progress import Cancelled
 from . import _common as c
-from . import demo, evaluate, export, finetune, gradcam, labels, predict, suggest, train
+from . import demo, evaluate, export, finetune, gradcam, labels, predict, suggest, suspicious, train
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..core.features.distributed import DaskExecutor
 
 # Each module adds its sub-parser with handler, output paths to check up front, and an
 # optional extra check; the order is the order of `ish-annotator --help`.
-COMMANDS = [demo, train, predict, evaluate, gradcam, finetune, labels, suggest, export]
+COMMANDS = [demo, train, predict, evaluate, gradcam, finetune, labels, suggest, suspicious, export]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..core.backbones.specs import get_spec
+from ..core.backbones.specs import VGG16, get_spec
 from ..core.data.budget import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, parse_pixels
 from ..core.data.manifest import parse_vocabulary
 from ..core.features import distributed
@@ -85,6 +85,13 @@ def cache_dir(args: argparse.Namespace) -> Path | None:
     if getattr(args, "no_cache", False):
         return None
     return Path(args.cache) if args.cache else default_cache_dir()
+
+
+def add_layer(p: argparse.ArgumentParser) -> None:
+    """``--layer``: one feature layer; the help lists VGG16's from its spec (the one list)."""
+    p.add_argument("--layer", default=None,
+                   help=f"feature layer (VGG16: {', '.join(VGG16.layers)}; default: the "
+                        f"backbone's, {VGG16.default_layer} for VGG16)")
 
 
 def parse_layers(text: str | None, backbone: str = "vgg16") -> list[str]:

@@ -134,6 +134,6 @@ def register(sub) -> None:
     p.add_argument("--n-images", type=int, default=80, help="synthetic embryos to generate")
     c.add_backbone(p, default_weights="auto", default_backbone="auto")
     c.add_classifier(p)
-    p.add_argument("--layer", default=None, help="feature layer (default: the backbone's, 21)")
+    c.add_layer(p)
     c.add_common(p)
     p.set_defaults(handler=cmd_demo, outputs=[("headless", True)], uses_own_cache=True)

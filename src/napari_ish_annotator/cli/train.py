@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..core.backbones.specs import VGG16
 from ..core.data.manifest import read_manifest
 from ..core.learn.bundle import check_bundle_target, save_bundle
 from ..core.workflow import iter_train
@@ -32,8 +31,7 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="fit the per-term classifiers on a manifest")
     p.add_argument("manifest", type=Path)
     p.add_argument("--out", required=True, type=Path, help="model folder to write")
-    p.add_argument("--layer", default=None, help=f"feature layer (VGG16: {', '.join(VGG16.layers)}; default: the "
-                        f"backbone's, {VGG16.default_layer} for VGG16)")
+    c.add_layer(p)
     c.add_backbone(p)
     c.add_classifier(p)
     c.add_dask(p)

@@ -310,11 +310,12 @@ def iter_evaluate(
 def write_predictions(path: str | Path, images: Sequence[Path | str],
                       vocabulary: Sequence[str], probabilities: np.ndarray,
                       votes: np.ndarray | None = None) -> None:
-    """Write the predictions CSV of CONTRACTS.md: ``image`` plus one probability column per term
-    (atomically, formula-like cells neutralised: :mod:`.csvio`).
+    """Write the predictions CSV of CONTRACTS.md: ``image``, one probability column per term and
+    ``calls`` (the terms called present by :mod:`.learn.decision`, the rule the GUI shows,
+    ``;``-joined), atomically, formula-like cells neutralised (:mod:`.csvio`).
 
     With ``votes`` (the members' majority vote, ``predict --votes``) a ``<term> vote`` column
-    (1 present / 0 absent) per term follows the probability columns.
+    (1 present / 0 absent) per term follows, labelled as the paper's vote.
     """
     probabilities = np.asarray(probabilities)
     if probabilities.shape != (len(images), len(vocabulary)):
@@ -324,12 +325,12 @@ def write_predictions(path: str | Path, images: Sequence[Path | str],
         votes = np.asarray(votes, dtype=bool)
         if votes.shape != probabilities.shape:
             raise ValueError(f"votes have shape {votes.shape}, expected {probabilities.shape}")
-    header = ["image", *vocabulary]
+    header = ["image", *vocabulary, "calls"]
     if votes is not None:
         header += [f"{term} vote" for term in vocabulary]
     rows = []
     for i, (image, row) in enumerate(zip(images, probabilities, strict=True)):
-        cells = [str(image), *(f"{float(p):.6f}" for p in row)]
+        cells = [str(image), *(f"{float(p):.6f}" for p in row), calls_text(vocabulary, row)]
         if votes is not None:
             cells += [str(int(v)) for v in votes[i]]
         rows.append(cells)

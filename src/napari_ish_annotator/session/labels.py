@@ -102,6 +102,35 @@ class LabelsPart:
         store.set_label(self.paths[i], term, value)
         self._labels_written([i])
 
+    def set_labels(self, term: str, value: int | None, indices: Sequence[int]) -> int:
+        """One term's label of several images as one batch (the Gallery's marks): one
+        :meth:`undo` reverts all of it. Images that already have ``value`` are left alone, so
+        every write is a new event. Returns the number of labels changed."""
+        self._require_store()
+        if term not in self.vocabulary:
+            raise InputError(f"unknown term {term!r}; add it to the vocabulary first")
+        rows = [int(i) for i in dict.fromkeys(indices) if 0 <= int(i) < self.n_images]
+        current = self.label_matrix()[:, self.vocabulary.index(term)] if rows else []
+        want = -1 if value is None else int(value)
+        return self.set_label_batch([(i, term, value) for i in rows if current[i] != want])
+
+    def set_label_batch(self, changes: Sequence[tuple[int, str, int | None]]) -> int:
+        """Label changes (image index, term, value) in ONE transaction - all or none - that
+        one :meth:`undo` reverts (the Gallery's marks, an accepted gene x stage record).
+        Returns the number of labels changed (a no-op change writes nothing)."""
+        store = self._require_store()
+        unknown = sorted({t for _, t, _ in changes if t not in self.vocabulary})
+        if unknown:
+            raise InputError(f"unknown term(s) {', '.join(unknown)}; add them to the "
+                             "vocabulary first")
+        if not changes:
+            return 0
+        events = store.set_labels([(self.paths[i], t, v) for i, t, v in changes])
+        if events:
+            self._label_batches.append(frozenset(e.id for e in events))
+            self._labels_written(sorted({i for i, _, _ in changes}))
+        return len(events)
+
     def cycle_label(self, term: str, index: int | None = None) -> int | None:
         """unknown -> present -> absent -> unknown; returns the new value."""
         i = self.index if index is None else index
@@ -109,40 +138,25 @@ class LabelsPart:
         self.set_label(term, new, i)
         return new
 
-    def set_labels(self, changes: Sequence[tuple[int, str, int | None]]) -> int:
-        """Record many label changes (image index, term, value) in one transaction, undone
-        together by one :meth:`undo`; returns how many labels changed."""
-        store = self._require_store()
-        unknown = sorted({t for _, t, _ in changes if t not in self.vocabulary})
-        if unknown:
-            raise InputError(f"unknown term(s) {', '.join(unknown)}; add them to the "
-                             "vocabulary first")
-        events = store.set_labels([(self.paths[i], t, v) for i, t, v in changes])
-        if events:
-            self._label_batches.append((store, frozenset(e.id for e in events)))
-        self._labels_written(sorted({i for i, _, _ in changes}))
-        return len(events)
-
     def undo(self) -> bool:
-        """Undo the annotator's latest change; a batch from :meth:`set_labels` as one."""
+        """Undo the annotator's latest change; a batch (:meth:`set_label_batch`) as one."""
         store = self._require_store()
-        batches = self._label_batches
-        batch = batches[-1][1] if batches and batches[-1][0] is store else frozenset()
+        batch = self._label_batches[-1] if self._label_batches else frozenset()
         events = store.undo_together(batch)
         if not events:
             return False
         if events[0].undo_of in batch:
-            batches.pop()
-        wanted = {e.image_path for e in events}
-        as_paths = {Path(p) for p in wanted}
-        changed = [i for i, p in enumerate(self.paths) if str(p) in wanted or p in as_paths]
+            self._label_batches.pop()
+        where = {str(e.image_path) for e in events}
+        where_paths = {Path(w) for w in where}
+        changed = [i for i, p in enumerate(self.paths) if str(p) in where or p in where_paths]
         if changed:
             self._labels_written(changed)
         else:
             self._label_cache = {}
             self._Y = None
             self.labels_changed.emit(list(range(self.n_images)))
-        if changed and self.index not in changed:
+        if len(events) == 1 and changed and changed[0] != self.index:
             self.set_index(changed[0])
         return True
 

@@ -18,6 +18,7 @@ import numpy as np
 from ..core.backbones.devices import resolve_device, resolve_device_type
 from ..core.features.extractor import ExtractorConfig
 from ..core.learn.bundle import load_bundle, save_bundle
+from ..core.learn.decision import calls
 from ..core.learn.metrics import class_counts, has_both_classes, labelled_rows
 from ..core.learn.splits import group_ids
 from ..core.utils.errors import InputError
@@ -155,8 +156,16 @@ class ModelPart:
         return {t: float(p) for t, p in zip(self.model_vocabulary, self.probabilities[i],
                                             strict=False)}
 
+    def called_for(self, index: int | None = None) -> dict[str, bool]:
+        """Per model term: called present by the one decision rule (:mod:`..core.learn.decision`,
+        calibrated p >= 0.5), what every view shows; {} without a prediction."""
+        probs = self.probabilities_for(index)
+        if not probs:
+            return {}
+        return dict(zip(probs, calls(list(probs.values())).tolist(), strict=True))
+
     def predicted_for(self, index: int | None = None) -> dict[str, bool]:
-        """The ensembles' majority vote per model term (the paper's prediction)."""
+        """The ensembles' majority vote per model term (the paper's vote, not shown as a call)."""
         i = self.index if index is None else index
         if self.votes is None or not (0 <= i < len(self.votes)) or not self.probabilities_for(i):
             return {}

@@ -7,7 +7,7 @@ combined from its images' predictions (:func:`core.learn.groups.combine_probabil
 same combination as ``predict --by gene,stage``) and the terms called present by the one
 decision rule (:func:`core.learn.decision.calls`). Accepting writes those calls as the
 current annotator's labels of every image of the record in one transaction, undone by one
-Undo (:meth:`.labels.LabelsPart.set_labels`).
+Undo (:meth:`.labels.LabelsPart.set_label_batch`).
 """
 
 from __future__ import annotations
@@ -107,4 +107,4 @@ def accept_record(session: AnnotatorSession, index: int | None = None) -> int:
     record = current_record(session, index)
     if record is None:
         raise InputError("no image is open; open a folder or manifest first")
-    return session.set_labels(record_changes(session, record))
+    return session.set_label_batch(record_changes(session, record))

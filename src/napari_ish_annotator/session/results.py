@@ -32,7 +32,6 @@ class SessionSettings:
     input_size: int = 224
     batch_size: int = 8
     seed: int = 0
-    overlay_threshold: float = 0.5
     n_members: int = 11
     C: float = 10.0
     stage: str = "13-16"

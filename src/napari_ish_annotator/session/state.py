@@ -23,6 +23,7 @@ import numpy as np
 from psygnal import Signal
 
 from ..core.data.images import read_rgb
+from ..core.learn.decision import CALL_THRESHOLD
 from ..core.utils.errors import InputError
 from ..core.utils.progress import drive
 from . import steps
@@ -62,6 +63,7 @@ class AnnotatorSession(LabelsPart, ModelPart):
     predictions_changed = Signal()
     settings_changed = Signal()
     term_selected = Signal(str)  # a widget asks "explain this term"
+    table_selected = Signal(object)  # list[int]: images picked in the embryo table layer
     train_report_changed = Signal()
     label_order_changed = Signal()  # a new "next to label" ranking (session.model_outputs)
 
@@ -97,7 +99,7 @@ class AnnotatorSession(LabelsPart, ModelPart):
         self._images_lock = threading.Lock()
         self._label_cache: dict[int, dict[str, int | None]] = {}
         self._Y: np.ndarray | None = None  # the full label matrix, kept row by row
-        self._label_batches: list[tuple[Any, frozenset[int]]] = []  # (store, event ids)
+        self._label_batches: list[frozenset[int]] = []  # event ids of each set_label_batch
 
     def __setattr__(self, name: str, value: Any) -> None:
         if threading.get_ident() != self._owner:
@@ -159,6 +161,7 @@ class AnnotatorSession(LabelsPart, ModelPart):
         with self._images_lock:
             self._images.clear()
         self._label_cache = {}
+        self._label_batches = []
         self.vocabulary = list(opened.vocabulary)
         self._Y = opened.labels
         self.index = 0
@@ -203,6 +206,7 @@ class AnnotatorSession(LabelsPart, ModelPart):
         if self.store is not None and not self.store_read_only:
             self.store.add_terms(self.vocabulary)
         self._label_cache = {}
+        self._label_batches = []
         self._Y = None
         self.labels_changed.emit(list(range(self.n_images)))
         err = self.take_pending_error()
@@ -264,7 +268,7 @@ class AnnotatorSession(LabelsPart, ModelPart):
             return None
         model = self.model_vocabulary
         labelled = np.asarray([t in self.vocabulary for t in model], bool)  # terms one can label
-        near = (np.abs(self.probabilities - 0.5) < UNCERTAIN_BAND) & labelled
+        near = (np.abs(self.probabilities - CALL_THRESHOLD) < UNCERTAIN_BAND) & labelled
         n = self.n_images
         order = (self.index + delta * np.arange(1, n + 1)) % n
         for i in order[near[order].any(axis=1)]:

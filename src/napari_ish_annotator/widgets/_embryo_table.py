@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from qtpy.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt
 
+from ..core.learn.decision import calls
 from ..session import AnnotatorSession
 
 COLUMNS = ("#", "image", "gene", "stage", "labelled", "top predicted")
@@ -80,7 +81,7 @@ class EmbryoTableModel(QAbstractTableModel):
         if column == 4:
             return f"{self.n_labelled[i]}/{self.n_terms}" if i < len(self.n_labelled) else ""
         top = s.top_terms(i, 3)
-        return ", ".join(f"{t} {p:.2f}" for t, p in top if p >= 0.5) or ("–" if top else "")
+        return ", ".join(f"{t} {p:.2f}" for t, p in top if calls(p)) or ("–" if top else "")
 
     # ------------------------------------------------------------------ session changes
     def reset(self) -> None:
@@ -188,7 +189,7 @@ class EmbryoTableModel(QAbstractTableModel):
         P = s.probabilities
         terms = [j for j, t in enumerate(s.model_vocabulary) if text in t.lower()]
         if P is not None and terms:
-            mask |= (np.nan_to_num(P[:, terms], nan=0.0) >= 0.5).any(axis=1)
+            mask |= calls(P[:, terms]).any(axis=1)
         return mask
 
 

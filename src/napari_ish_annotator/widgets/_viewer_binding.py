@@ -15,6 +15,7 @@ from typing import Any
 
 from ..core.utils.errors import InputError
 from ..session import AnnotatorSession
+from ._embryo_features import bind_table_layer
 from ._errors import shows_input_error
 from ._napari_private import route_csv_saves, window_closed
 
@@ -156,15 +157,15 @@ OPEN_HINT = ("ISH Annotator: open embryo images in the Embryos tab\n"
 
 
 def overlay_text(session: AnnotatorSession) -> str:
-    """Terms at or above the threshold with their probabilities, highest first."""
+    """The terms called present (the one rule, :mod:`..core.learn.decision`) with their
+    probabilities, highest first: the same answer as the Annotate list's pred. column."""
     if session.current_path is None:
         return OPEN_HINT if session.n_images == 0 else ""
     lines = [f"{session.index + 1}/{session.n_images}  {session.current_path.name}"]
-    probs = session.probabilities_for()
+    probs, called = session.probabilities_for(), session.called_for()
     if probs:
-        thr = session.settings.overlay_threshold
-        shown = [(t, p) for t, p in sorted(probs.items(), key=lambda kv: -kv[1]) if p >= thr]
-        lines += [f"{p:.2f}  {t}" for t, p in shown] or [f"(no term >= {thr:.2f})"]
+        shown = [(t, p) for t, p in sorted(probs.items(), key=lambda kv: -kv[1]) if called[t]]
+        lines += [f"{p:.2f}  {t}" for t, p in shown] or ["(no term called present)"]
     return "\n".join(lines)
 
 
@@ -258,6 +259,7 @@ def bind_viewer(viewer: Any, session: AnnotatorSession) -> None:
     session.dataset_changed.connect(drop_stale_gradcam)
     for sig in (session.predictions_changed, session.settings_changed, session.dataset_changed):
         sig.connect(lambda *_: update_overlay(viewer, session))
+    bind_table_layer(viewer, session)  # predictions as a layer's features table
 
     def guarded(func):
         handler = shows_input_error(func)

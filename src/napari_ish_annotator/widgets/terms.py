@@ -12,8 +12,6 @@ from qtpy.QtGui import QBrush, QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
-    QDoubleSpinBox,
-    QHBoxLayout,
     QHeaderView,
     QLabel,
     QStyledItemDelegate,
@@ -23,6 +21,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core.learn.decision import CALL_THRESHOLD, calls
 from ..core.utils.errors import InputError
 from ..session import UNCERTAIN_BAND, annotators
 from ._base import SessionDock
@@ -41,9 +40,9 @@ PROBABILITY_ROLE = Qt.ItemDataRole.UserRole
 
 def _bar_colour(p: float) -> str:
     """Blue for absent, amber when uncertain, green for present."""
-    if abs(p - 0.5) < UNCERTAIN_BAND:
+    if abs(p - CALL_THRESHOLD) < UNCERTAIN_BAND:
         return "#d9a227"
-    return "#3fa34d" if p >= 0.5 else "#4a6fa5"
+    return "#3fa34d" if calls(p) else "#4a6fa5"
 
 
 #: probability column width once an ensemble's spread is shown
@@ -91,7 +90,7 @@ class LabelDelegate(QStyledItemDelegate):
 
 
 class TermsSection(QWidget):
-    """The current image's terms: probability bar, ensemble vote, label (click: Grad-CAM)."""
+    """The current image's terms: probability bar, the call, label (click: Grad-CAM)."""
 
     def __init__(self, dock: SessionDock) -> None:
         super().__init__()
@@ -120,26 +119,16 @@ class TermsSection(QWidget):
         self.table.itemChanged.connect(self._item_changed)
         self.table.cellClicked.connect(self._cell_clicked)
         forward_annotation_keys(self.table, s)  # 1-0, n, u, Shift+N... with the list focused
-        self.threshold_spin = QDoubleSpinBox()
-        self.threshold_spin.setRange(0.0, 1.0)
-        self.threshold_spin.setSingleStep(0.05)
-        self.threshold_spin.setValue(s.settings.overlay_threshold)
-        self.threshold_spin.valueChanged.connect(
-            lambda v: self.session.update_settings(overlay_threshold=float(v)))
-        trow = QHBoxLayout()
-        trow.addWidget(QLabel("On canvas: p ≥"))
-        trow.addWidget(self.threshold_spin)
-        trow.addStretch(1)
         hint = QLabel("Keys: 1-9, 0 cycle the first ten terms (unknown → present → absent); "
-                      "n/p step; u next uncertain; Shift+N next to label; Ctrl+Z undo. Amber: uncertain "
-                      f"(|p - 0.5| < {UNCERTAIN_BAND}).")
+                      "n/p step; u next uncertain; Shift+N next to label; Ctrl+Z undo. Called: p ≥ "
+                      f"{CALL_THRESHOLD}; amber: uncertain (|p - {CALL_THRESHOLD}| < "
+                      f"{UNCERTAIN_BAND}).")
         hint.setWordWrap(True)
         hint.setStyleSheet("color: gray;")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.image_label)
         layout.addWidget(self.table, 1)
-        layout.addLayout(trow)
         layout.addWidget(hint)
         for signal in (s.current_changed, s.vocabulary_changed, s.predictions_changed):
             dock.listen(signal, self._refresh)
@@ -161,7 +150,7 @@ class TermsSection(QWidget):
         spread = s.spread_for() if probs else {}
         if spread and self.table.columnWidth(2) < SPREAD_WIDTH:
             self.table.setColumnWidth(2, SPREAD_WIDTH)  # room for "0.72 ± 0.05"
-        votes = s.predicted_for()
+        called = s.called_for()
         labels = s.labels_for() if path is not None else {}
         others = self._annotator_tips()
         table = self.table
@@ -179,9 +168,9 @@ class TermsSection(QWidget):
                              else f"{p:.2f} ± {sd:.2f}")
                 prob.setToolTip("" if sd is None else "± std of the fine-tuned ensemble's "
                                 "members for this term")
-                vote = votes.get(term)
-                uncertain = p is not None and abs(p - 0.5) < UNCERTAIN_BAND
-                pred.setText(("" if vote is None else ("yes" if vote else "no"))
+                call = called.get(term)
+                uncertain = p is not None and abs(p - CALL_THRESHOLD) < UNCERTAIN_BAND
+                pred.setText(("" if call is None else ("yes" if call else "no"))
                              + ("?" if uncertain else ""))
                 for item in (key, name):
                     item.setBackground(UNCERTAIN_COLOUR if uncertain else QBrush())
@@ -224,7 +213,9 @@ class TermsSection(QWidget):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
                 table.setItem(r, c, item)
             table.item(r, 0).setText(str((r + 1) % 10) if r < 10 else "")
-            table.item(r, 3).setToolTip("majority vote of the term's ensemble")
+            table.item(r, 3).setToolTip(f"called present when the calibrated probability is "
+                                        f"at least {CALL_THRESHOLD} (the rule the canvas, "
+                                        "Gallery and 'predict' calls use)")
             table.item(r, 4).setToolTip("click to choose unknown, present or absent")
 
     def _item_changed(self, item: QTableWidgetItem) -> None:

@@ -8,12 +8,14 @@ torch; :func:`load_backbone` builds the trunk and fills it.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..utils.arrays import torch_load
 from ..utils.errors import InputError
 from ..utils.files import write_text_atomic
 from . import builders as _extra
@@ -252,14 +254,31 @@ def _fetch_imagenet(spec: BackboneSpec, w: Any, weights: str) -> dict:
 
 
 def _torch_load(path: Path) -> Any:
-    import torch
+    """``torch.load(weights_only=True)`` after :func:`..utils.arrays.torch_load`'s checks
+    (no bare pickle, no compressed records, within the memory budget)."""
+    return torch_load(path, "weights file", "it must be a torch state dict saved with "
+                      "torch.save (weights only)")
 
+
+def _checked_normalisation(norm: object, mean: tuple, std: tuple, scale: float,
+                           path: Path) -> tuple[tuple, tuple, float]:
+    """A checkpoint's stored normalisation: 3 finite means, 3 positive finite stds, a positive
+    pixel scale - or one line (NaN or short vectors would poison every feature)."""
+    if not isinstance(norm, Mapping):
+        raise InputError("the checkpoint's normalisation is not a mapping; re-run fine-tuning",
+                         path=path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling problem means a bad file
-        raise InputError(f"cannot read the weights file ({type(exc).__name__}: {exc}); it must be "
-                         "a torch state dict saved with torch.save (weights only)",
-                         path=path) from exc
+        m = tuple(float(v) for v in norm.get("mean", mean))
+        s = tuple(float(v) for v in norm.get("std", std))
+        p = float(norm.get("pixel_scale", scale))
+    except (TypeError, ValueError, OverflowError):
+        m, s, p = (), (), float("nan")
+    finite = all(math.isfinite(v) for v in (*m, *s, p))
+    if len(m) != 3 or len(s) != 3 or not finite or min(s) <= 0 or p <= 0:
+        raise InputError(f"the checkpoint's normalisation ({str(dict(norm))[:80]}) is not 3 "
+                         "finite means, 3 positive stds and a positive pixel scale; it is "
+                         "damaged - re-run fine-tuning", path=path)
+    return m, s, p
 
 
 def _fit_state_dict(spec: BackboneSpec, trunk: torch.nn.Module, state: Mapping, source: str,
@@ -359,9 +378,7 @@ def load_backbone(name: str = "vgg16", weights: str = "imagenet", seed: int = 0)
             state = obj["backbone_state_dict"]
             norm = obj.get("normalisation") or {}
             if norm:
-                mean = tuple(float(v) for v in norm.get("mean", mean))
-                std = tuple(float(v) for v in norm.get("std", std))
-                scale = float(norm.get("pixel_scale", scale))
+                mean, std, scale = _checked_normalisation(norm, mean, std, scale, path)
         else:
             mean, std = _file_normalisation(spec, digest)
         covered = _fit_state_dict(spec, trunk, state, "weights file", path)

@@ -2,10 +2,10 @@
 predicting with received ones, which are untrusted (docs/bioimageio.md, "Running a package").
 
 A package's ``pytorch_state_dict`` weights need its architecture source (our ``network.py``,
-or whatever a received package ships): loading them imports and runs that Python. TorchScript
-does not: it is TorchScript IR run by torch's own interpreter, and its archive's pickles hold
-only tensors and torch types. :func:`predict_package` therefore runs only TorchScript unless
-the caller passes ``trust_code=True``.
+or whatever a received package ships): loading them imports and runs that Python. Its
+TorchScript is code too (it has file operators). :func:`predict_package` therefore runs
+neither unless the caller passes ``trust_code=True``: it rebuilds our own packages from this
+installation's code (:mod:`.rebuild`) after vetting the zip (:mod:`.received`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import numpy as np
 
 from ..utils.errors import InputError
 from ..utils.extras import check_compatible, require_extra
+from .received import vet_package
 
-__all__ = ["SAFE_WEIGHT_FORMATS", "as_input", "failed_details", "predict_package",
+__all__ = ["as_input", "failed_details", "predict_package",
            "run_package_test"]
 
 
@@ -55,44 +56,50 @@ def failed_details(summary) -> str:
     return " | ".join(bad) or str(summary.status)
 
 
-#: formats whose loading runs no Python from the package: TorchScript is TorchScript IR run by
-#: torch's own interpreter (its archive's pickles hold only tensors and torch types)
-SAFE_WEIGHT_FORMATS = ("torchscript",)
-
-
 def predict_package(path: str | Path, images: Sequence[np.ndarray],
                     trust_code: bool = False) -> np.ndarray:
-    """Per-term probabilities ``(n, T)`` of HxWx3 images, run by bioimageio.core from the
-    package (its own weights, its own loader): how other tools see the exported model.
+    """Per-term probabilities ``(n, T)`` of HxWx3 images from a bioimage.io package.
 
-    A received package is untrusted: without ``trust_code`` only its TorchScript weights run
-    (no Python from the package). Packages without TorchScript need their own Python
-    (``pytorch_state_dict`` imports the package's architecture file, e.g. ``network.py``;
-    Keras/TensorFlow formats can hold Python layers): they are refused with an InputError
-    unless ``trust_code=True``, which lets bioimageio.core choose the format (it may then
-    import and run the package's code).
+    Every package is vetted first (:func:`.received.vet_package`: zip names, sizes, a bounded
+    safe YAML parse, files referenced only inside the zip - no URL is fetched). A received
+    package is untrusted: without ``trust_code`` nothing it ships is run - neither its Python
+    (``network.py``) nor its TorchScript, which can read and write files. A package exported
+    by this project is rebuilt from this installation's network code and the package's state
+    dict (:mod:`.rebuild`); any other package is refused with one line. ``trust_code=True``
+    hands the vetted package to bioimageio.core, which picks a weight format and may import
+    and run the package's code.
     """
+    package = vet_package(path)
+    if not trust_code:
+        import torch
+
+        from .rebuild import rebuild_network  # network.py imports torch at its head
+
+        network = rebuild_network(package)
+        with torch.no_grad():
+            rows = [network(torch.from_numpy(as_input(im))).numpy().reshape(-1)
+                    for im in images]
+        return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
+    return _predict_trusted(path, images)
+
+
+def _predict_trusted(path: str | Path, images: Sequence[np.ndarray]) -> np.ndarray:
+    """bioimageio.core's own loading and running (the package's code may run)."""
     require_bioimageio("running a bioimage.io package")
     from bioimageio.core import create_prediction_pipeline, load_model_description, predict
 
     try:
         descr = load_model_description(str(path), perform_io_checks=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable package is the user's bad input
-        raise InputError(f"not a readable bioimage.io model package ({type(exc).__name__}: "
-                         f"{' '.join(str(exc).split())[:300]})", path=path) from exc
-    if not hasattr(descr, "weights"):
-        raise InputError("not a bioimage.io model package (no weights)", path=path)
-    formats = [k for k in type(descr.weights).model_fields if getattr(descr.weights, k, None)]
-    safe = [f for f in SAFE_WEIGHT_FORMATS if f in formats]
-    if not safe and not trust_code:
-        raise InputError(f"refusing to run this package: it has no TorchScript weights, and its "
-                         f"{'/'.join(formats) or 'weights'} would import and run Python code "
-                         "from the package (e.g. its network.py); run it only if you trust its "
-                         "authors, by passing trust_code=True to predict_package", path=path)
-    pipeline = create_prediction_pipeline(descr, devices=["cpu"],
-                                          weight_format=None if trust_code else safe[0])
-    rows = []
-    for image in images:
-        sample = predict(model=pipeline, inputs={"image": as_input(image)})
-        rows.append(np.asarray(sample.members["probabilities"].data).reshape(-1))
+        if not hasattr(descr, "weights"):
+            raise InputError("not a bioimage.io model package (no weights)", path=path)
+        pipeline = create_prediction_pipeline(descr, devices=["cpu"])
+        rows = []
+        for image in images:
+            sample = predict(model=pipeline, inputs={"image": as_input(image)})
+            rows.append(np.asarray(sample.members["probabilities"].data).reshape(-1))
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of a received package is bad input
+        raise InputError(f"bioimage.io could not run this package ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:300]})", path=path) from None
     return np.stack(rows)

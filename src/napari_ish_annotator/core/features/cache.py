@@ -6,6 +6,13 @@ except the image (backbone, weights identity, layer, input size, keep_aspect, no
 precision, package version), so changing any setting lands in a different folder. The CRC of
 the array bytes in the file name lets :meth:`FeatureCache.get` detect a truncated or corrupt
 entry, delete it and report a miss so the caller recomputes it. No pickle anywhere.
+
+Entries that are not regular files (a planted FIFO) or whose ``.npy`` header is impossible
+(not float16 of the cache's shape, or a size the file does not hold) are ignored and replaced,
+without blocking or allocating. The CRC detects damage, not forgery: whoever can write into a
+cache folder can change the features (and so the predictions) of images it caches. A cache
+folder is therefore trusted input - keep it private (the default lives in your home folder);
+docs/sharing-data-safely.md says so.
 """
 
 from __future__ import annotations
@@ -20,10 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..utils.arrays import open_regular, read_npy
 from ..utils.errors import InputError
 from ..utils.files import atomic_path
 
 _F16_MAX = float(np.finfo(np.float16).max)
+#: no real entry is larger (VGG16 layer 17 at 1024 px is 270 MB); a bigger one is not read
+_MAX_ENTRY_BYTES = 2 << 30
 
 
 def default_cache_dir() -> Path:
@@ -96,7 +106,7 @@ class FeatureCache:
         return self._index
 
     def _discard(self, image_hash: str, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
             (self.folder / name).unlink()
         with self._lock:
             if self._load_index().get(image_hash) == name:
@@ -115,18 +125,28 @@ class FeatureCache:
         if name is None:
             return None
         path = self.folder / name
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            self._discard(image_hash, name)
-            return None
-        except (ValueError, OSError, EOFError):
-            self._discard(image_hash, name)
-            return None
+        arr = self._read(path)
         crc = name.split(".")[1]
-        if (arr.dtype != np.float16 or (self.shape is not None and arr.shape != self.shape)
-                or f"{_crc32(arr):08x}" != crc):
+        if arr is None or f"{_crc32(arr):08x}" != crc:
             self._discard(image_hash, name)
+            return None
+        return arr
+
+    def _read(self, path: Path) -> np.ndarray | None:
+        """The entry's float16 array, or None for anything else: not a regular file (a FIFO
+        would block for ever), a header that is not float16 of the cache's shape, or one whose
+        size disagrees with the file (an 18 TiB header in a small file). Nothing is allocated
+        before the header has been checked."""
+        def expect(shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+            if dtype != np.float16 or (self.shape is not None and shape != self.shape):
+                return "not this cache's float16 features"
+            return None
+
+        try:
+            with open_regular(path, "feature cache entry") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                arr, _why = read_npy(fh, expect, size, min(size, _MAX_ENTRY_BYTES))
+        except (InputError, OSError):
             return None
         return arr
 

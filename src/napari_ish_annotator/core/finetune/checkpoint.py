@@ -7,6 +7,7 @@ it is accepted wherever ``--weights FILE`` is (``core.backbones`` reads it).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from ..backbones.devices import resolve_device
 from ..backbones.specs import get_spec
 from ..backbones.weights import empty_trunk
 from ..features.preprocess import as_rgb, normalise, resize_uint8
+from ..utils.arrays import MAX_INPUT_SIZE, model_budget, over_budget, torch_load
 from ..utils.errors import InputError
 from ..utils.files import atomic_path
 from .config import FORMAT, FinetuneConfig, FinetuneResult
@@ -46,17 +48,13 @@ def is_ensemble(ckpt: dict) -> bool:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Read and check a fine-tuning checkpoint (``weights_only=True``)."""
-    import torch
-
+    """Read and check a fine-tuning checkpoint: torch's zip format with stored records within
+    the memory budget, ``weights_only=True``, then its fields (:func:`check_fields`)."""
     path = Path(path)
     if not path.is_file():
         raise InputError("fine-tuning checkpoint not found; check the path", path=path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling problem is a bad file for the user
-        raise InputError(f"cannot read the checkpoint ({type(exc).__name__}: {exc}); it is "
-                         "corrupt or not a torch file - re-run fine-tuning", path=path) from exc
+    ckpt = torch_load(path, "checkpoint", "pass a file written by 'ish-annotator finetune' or "
+                      "re-run fine-tuning")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise InputError(f"not a fine-tuning checkpoint (no format {FORMAT!r}); pass a file "
                          "written by 'ish-annotator finetune'", path=path)
@@ -64,7 +62,54 @@ def load_checkpoint(path: str | Path) -> dict:
         if key not in ckpt:
             raise InputError(f"checkpoint lacks {key!r}; it is incomplete - re-run fine-tuning",
                              path=path)
+    check_fields(ckpt, path)
     return ckpt
+
+
+def _number(value: object, kind: type, low: float, high: float) -> bool:
+    ok_type = isinstance(value, (int, float)) if kind is float else isinstance(value, int)
+    return (ok_type and not isinstance(value, bool) and math.isfinite(float(value))  # type: ignore[arg-type]
+            and low <= float(value) <= high)  # type: ignore[arg-type]
+
+
+def check_fields(ckpt: dict, path: Path | None = None) -> None:
+    """The plain fields a received checkpoint declares, checked before they size anything:
+    names, vocabulary, head sizes within the memory budget, input size, normalisation."""
+    def bad(what: str) -> InputError:
+        return InputError(f"the checkpoint's {what}; it is damaged or not from this tool - "
+                          "re-run fine-tuning", path=path)
+
+    if not isinstance(ckpt["backbone"], str):
+        raise bad("backbone is not a name")
+    vocab = ckpt["vocabulary"]
+    if not isinstance(vocab, (list, tuple)) or not all(isinstance(t, str) for t in vocab) \
+            or not 0 < len(vocab) <= 100_000:
+        raise bad("vocabulary is not a list of term names")
+    h = ckpt["head"]
+    if not isinstance(h, dict) or not all(k in h for k in ("in_features", "hidden", "dropout",
+                                                            "pool")):
+        raise bad("head is not a mapping of in_features, hidden, dropout and pool")
+    if not (_number(h["in_features"], int, 1, 1 << 20) and _number(h["hidden"], int, 1, 1 << 20)
+            and _number(h["pool"], int, 1, 64) and _number(h["dropout"], float, 0.0, 1.0)):
+        raise bad(f"head declares impossible sizes ({str(h)[:120]})")
+    n = int(h["in_features"]) * int(h["pool"]) ** 2 * int(h["hidden"]) + \
+        int(h["hidden"]) * (len(vocab) + 1)
+    if 4 * n > model_budget():
+        raise over_budget(4 * n, "the checkpoint's head", path)
+    if "input_size" in ckpt and not _number(ckpt["input_size"], int, 1, MAX_INPUT_SIZE):
+        raise bad(f"input size {str(ckpt['input_size'])[:20]} is outside 1..{MAX_INPUT_SIZE}")
+    norm = ckpt.get("normalisation") or {}
+    if not isinstance(norm, dict):
+        raise bad("normalisation is not a mapping")
+    for key in ("mean", "std"):
+        v = norm.get(key)
+        if v is not None and not (isinstance(v, (list, tuple)) and len(v) == 3 and all(
+                _number(x, float, -1e6 if key == "mean" else 1e-12, 1e6) for x in v)):
+            raise bad(f"normalisation {key} is {str(v)[:60]}, not 3 finite numbers"
+                      f"{' above 0' if key == 'std' else ''}")
+    scale = norm.get("pixel_scale")
+    if scale is not None and not _number(scale, float, 1e-12, 1e6):
+        raise bad(f"normalisation pixel_scale is {str(scale)[:20]}, not a positive number")
 
 
 def stored_result(state: dict, out: Path) -> FinetuneResult:
@@ -105,6 +150,21 @@ def check_resumable(state: dict, config: FinetuneConfig, vocabulary: list[str],
         raise InputError("cannot resume: the checkpoint was written for another run ("
                          + "; ".join(problems) + "); choose another output file or drop --resume",
                          path=out)
+
+
+def _check_head_shapes(build: Any, args: tuple, state: object) -> None:
+    """The head's shapes on the meta device (no memory) against the stored tensors: a head
+    declaring 122,070 hidden units is refused before it is allocated."""
+    import torch
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build(*args).state_dict().items()}
+    if not isinstance(state, dict) or set(state) != set(expected):
+        raise KeyError(f"head keys {sorted(map(str, state))[:4] if isinstance(state, dict) else state!r}")
+    wrong = [k for k, v in state.items() if not isinstance(v, torch.Tensor)
+             or tuple(v.shape) != expected[k]]
+    if wrong:
+        raise ValueError(f"head tensor {wrong[0]} does not have shape {expected[wrong[0]]}")
 
 
 @dataclass
@@ -163,8 +223,10 @@ def load_finetuned(checkpoint: str | Path | dict, device: str = "cpu") -> Finetu
     try:
         trunk.load_state_dict(ckpt["backbone_state_dict"])
         h = ckpt["head"]
-        head = build_head(int(h["in_features"]), len(ckpt["vocabulary"]), int(h["hidden"]),
-                          float(h["dropout"]), int(h["pool"]))
+        args = (int(h["in_features"]), len(ckpt["vocabulary"]), int(h["hidden"]),
+                float(h["dropout"]), int(h["pool"]))
+        _check_head_shapes(build_head, args, ckpt["head_state_dict"])
+        head = build_head(*args)
         head.load_state_dict(ckpt["head_state_dict"])
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

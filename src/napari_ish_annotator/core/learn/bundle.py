@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import uuid
@@ -32,6 +33,7 @@ import numpy as np
 
 from ..backbones.specs import get_spec
 from ..features.extractor import ExtractorConfig
+from ..utils.arrays import MAX_INPUT_SIZE, NpzReader, load_json, model_budget, over_budget
 from ..utils.errors import InputError
 from .calibration import Calibration, identity
 from .ensembles import EnsembleClassifier, TermEnsemble
@@ -202,6 +204,7 @@ def save_bundle(path: str | Path, bundle: ModelBundle) -> None:
             np.savez(fh, **arrays)
             fh.flush()
             os.fsync(fh.fileno())
+        _bring_weights(manifest, tmp)
         with open(tmp / MODEL_JSON, "w", encoding="utf-8") as fh:
             json.dump(manifest, fh, indent=2, allow_nan=False)
             fh.write("\n")
@@ -223,6 +226,22 @@ def save_bundle(path: str | Path, bundle: ModelBundle) -> None:
         for leftover in (tmp, old):
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(leftover)
+
+
+def _bring_weights(manifest: dict, folder: Path) -> None:
+    """A backbone weights *file* travels inside the bundle (hard-linked where possible), so
+    the bundle names only its own files and no path of this machine."""
+    spec = str(manifest.get("weights") or "")
+    if not spec or spec in ("imagenet", "random") or spec.startswith(("imagenet:", "random:")):
+        return
+    source = Path(spec).expanduser()
+    name = "weights" + (source.suffix if source.suffix.isalnum() or source.suffix[1:].isalnum()
+                        else ".pt")
+    try:
+        os.link(source, folder / name)
+    except OSError:
+        shutil.copyfile(source, folder / name)
+    manifest["weights"] = manifest["extractor"]["weights"] = name
 
 
 def _require(cond: bool, path: Path, message: str) -> None:
@@ -272,16 +291,13 @@ def load_bundle(
     if not mj.is_file():
         raise InputError(f"not a model folder (no {MODEL_JSON}); give the folder written by "
                          "'ish-annotator train --out'", path=path)
-    try:
-        info = json.loads(mj.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read the model description ({exc}); train the model again",
-                         path=mj) from exc
+    info = load_json(mj, "model description", "train the model again")
     if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise InputError(f"not an {FORMAT} file (format {info.get('format') if isinstance(info, dict) else None!r})",
+        raise InputError(f"not an {FORMAT} file (format "
+                         f"{str(info.get('format'))[:40] if isinstance(info, dict) else None!r})",
                          path=mj)
     version = info.get("format_version")
-    if not isinstance(version, int):
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise InputError("has no valid format_version; train the model again", path=mj)
     if version > FORMAT_VERSION:
         raise InputError(f"the model has format version {version}, newer than this "
@@ -295,9 +311,15 @@ def load_bundle(
                                 seed=int(ens["seed"]), normalize=bool(ens["normalize"]),
                                 center=bool(ens.get("center", False)))
         backbone, layer = str(info["backbone"]), info["layer"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"model description lacks or garbles {exc}; train the model again",
-                         path=mj) from exc
+        input_size = int(info.get("input_size", 224))
+        training = info.get("training")
+        term_counts = {} if training is None else training.get("term_counts") or {}
+        if not isinstance(term_counts, dict):
+            raise TypeError("training.term_counts is not a mapping")
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise InputError(f"model description lacks or garbles {str(exc)[:100]}; train the "
+                         "model again", path=mj) from None
+    _check_sizes(mj, backbone, layer, input_size, d, config.n_members, len(vocabulary))
     layer = None if layer is None else str(layer)
 
     if expect_backbone is not None and expect_backbone != backbone:
@@ -320,48 +342,85 @@ def load_bundle(
     _require(npz_path.is_file(), path, f"{npz_path.name} is missing")
     terms = []
     center = None
-    try:
-        with np.load(npz_path, allow_pickle=False) as npz:
-            for i, term in enumerate(vocabulary):
-                ck, ik = f"coef__{i}", f"intercept__{i}"
-                _require(ck in npz.files and ik in npz.files, path,
-                         f"{npz_path.name} has no arrays for term {i} ({term!r})")
-                coef, intercept = npz[ck], npz[ik]
-                _require(coef.shape == (config.n_members, d) and coef.dtype.kind == "f",
-                         path, f"term {term!r}: coefficient array has shape {coef.shape}, "
-                         f"expected ({config.n_members}, {d})")
-                _require(intercept.shape == (config.n_members,) and intercept.dtype.kind == "f",
-                         path, f"term {term!r}: intercept array has shape {intercept.shape}, "
-                         f"expected ({config.n_members},)")
-                _require(bool(np.isfinite(coef).all() and np.isfinite(intercept).all()), path,
-                         f"term {term!r}: arrays hold NaN or infinite values")
-                counts = (info.get("training") or {}).get("term_counts", {}).get(term, {})
-                terms.append(TermEnsemble(
-                    term=term, coef=coef.astype(np.float32, copy=False),
-                    intercept=intercept.astype(np.float64, copy=False),
-                    n_pos=int(counts.get("positives", 0)), n_neg=int(counts.get("negatives", 0)),
-                    n_unknown=int(counts.get("unknown", 0))))
-            if config.center:
-                _require("center" in npz.files and npz["center"].shape == (d,), path,
-                         f"{npz_path.name} lacks the centring row of shape ({d},)")
-                center = npz["center"]
-            calibration, notes = _read_calibration(npz, info, version, len(vocabulary), path)
-    except InputError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {npz_path.name} ({exc}); train the model again",
-                         path=path) from exc
+    m = config.n_members
+    with NpzReader(npz_path, f"cannot read {npz_path.name}:", "train the model again") as npz:
+        for i, term in enumerate(vocabulary):
+            ck, ik = f"coef__{i}", f"intercept__{i}"
+            _require(ck in npz.files and ik in npz.files, path,
+                     f"{npz_path.name} has no arrays for term {i} ({term!r})")
+            coef, intercept = npz.read(ck, (m, d)), npz.read(ik, (m,))
+            _require(bool(np.isfinite(coef).all() and np.isfinite(intercept).all()), path,
+                     f"term {term!r}: arrays hold NaN or infinite values")
+            n_pos, n_neg, n_unknown = _counts(term_counts.get(term), term, mj)
+            terms.append(TermEnsemble(
+                term=term, coef=coef.astype(np.float32, copy=False),
+                intercept=intercept.astype(np.float64, copy=False),
+                n_pos=n_pos, n_neg=n_neg, n_unknown=n_unknown))
+        if config.center:
+            _require("center" in npz.files, path,
+                     f"{npz_path.name} lacks the centring row of shape ({d},)")
+            center = npz.read("center", (d,))
+        calibration, notes = _read_calibration(npz, info, version, len(vocabulary), path)
     classifier = EnsembleClassifier(vocabulary, config).set_terms(terms, center=center)
 
-    stored = dict(info.get("extractor") or {})
+    stored = info.get("extractor") or {}
+    _require(isinstance(stored, dict), path, "model.json's \"extractor\" is not a mapping")
     known = {f.name for f in fields(ExtractorConfig)} - set(_RUNTIME_FIELDS)
     kwargs: dict[str, Any] = {k: v for k, v in stored.items() if k in known}
-    kwargs.update(backbone=backbone, weights=info.get("weights", kwargs.get("weights")),
-                  layer=layer, input_size=int(info.get("input_size", 224)),
+    kwargs.update(backbone=backbone, weights=_bundle_weights(path, info.get(
+                      "weights", kwargs.get("weights", "imagenet"))),
+                  layer=layer, input_size=input_size,
                   keep_aspect=bool(info.get("keep_aspect", False)))
     extractor = ExtractorConfig(**kwargs)
     return ModelBundle(extractor=extractor, classifier=classifier, meta=info,
                        calibration=calibration, notes=notes)
+
+
+def _check_sizes(mj: Path, backbone: str, layer: object, input_size: int, d: int,
+                 n_members: int, n_terms: int) -> None:
+    """Declared sizes against the backbone and the memory budget, before any array is read
+    (a 7M-feature model.json would otherwise inflate gigabytes before its shape check)."""
+    if not 1 <= input_size <= MAX_INPUT_SIZE:
+        raise InputError(f"input size {input_size} is outside 1..{MAX_INPUT_SIZE}; the model is "
+                         "damaged, train it again", path=mj)
+    try:
+        spec = get_spec(backbone)
+        most = math.prod(spec.feature_shape(None if layer is None else str(layer), input_size))
+    except InputError as exc:  # unknown backbone or layer: say which file names it
+        raise InputError(f"{exc}; the model names it - train the model again", path=mj) from None
+    if not (1 <= d <= most and 1 <= n_members <= 10_000 and 0 <= n_terms <= 100_000):
+        raise InputError(f"declares {d} features x {n_members} members x {n_terms} terms, but "
+                         f"{spec.name} layer {layer} at {input_size} px gives at most {most} "
+                         "features; the model is damaged, train it again", path=mj)
+    nbytes = n_terms * n_members * (d * 4 + 8) + d * 4
+    if nbytes > model_budget():
+        raise over_budget(nbytes, "the model's classifiers", mj)
+
+
+def _counts(block: object, term: str, mj: Path) -> tuple[int, int, int]:
+    """A term's recorded (positives, negatives, unknown): whole numbers, or one line."""
+    if block is None:
+        return 0, 0, 0
+    values = []
+    for key in ("positives", "negatives", "unknown"):
+        v = block.get(key, 0) if isinstance(block, dict) else None
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**53:
+            raise InputError(f"training.term_counts of {term[:60]!r} holds {str(v)[:20]!r} "
+                             f"as {key}, not a whole number; train the model again", path=mj)
+        values.append(v)
+    return values[0], values[1], values[2]
+
+
+def _bundle_weights(folder: Path, weights: object) -> str:
+    """The backbone weights spec; a weights *file* must lie inside the bundle like every other
+    file it names (``file_in_bundle``), so a received model.json cannot make us open any path."""
+    if not isinstance(weights, str):
+        raise InputError(f"model.json's \"weights\" is {str(weights)[:40]!r}, not a weights "
+                         "spec; train the model again", path=folder)
+    spec = weights.strip()
+    if spec in ("imagenet", "random") or spec.startswith(("imagenet:", "random:")):
+        return spec
+    return str(file_in_bundle(folder, spec, "model.json's \"weights\""))
 
 
 def _read_calibration(npz: Any, info: dict, version: int, n_terms: int, path: Path
@@ -374,13 +433,16 @@ def _read_calibration(npz: Any, info: dict, version: int, n_terms: int, path: Pa
             "train it again for calibrated probabilities",)
     _require("calibration_a" in npz.files and "calibration_b" in npz.files, path,
              "the model lacks its calibration arrays")
-    a, b = npz["calibration_a"], npz["calibration_b"]
-    _require(a.shape == (n_terms,) and b.shape == (n_terms,)
-             and bool(np.isfinite(a).all() and np.isfinite(b).all()), path,
-             f"calibration arrays have shapes {a.shape}, {b.shape}, expected ({n_terms},) "
-             "finite numbers")
+    a, b = npz.read("calibration_a", (n_terms,)), npz.read("calibration_b", (n_terms,))
+    _require(bool(np.isfinite(a).all() and np.isfinite(b).all()), path,
+             f"calibration arrays hold non-finite values, expected ({n_terms},) finite numbers")
     meta = info.get("calibration") or {}
-    prevalence = meta.get("prevalence")
-    return Calibration(str(meta.get("method", "prior")), a.astype(np.float64),
-                       b.astype(np.float64),
+    prevalence = meta.get("prevalence") if isinstance(meta, dict) else None
+    if prevalence is not None:
+        ok = (isinstance(prevalence, list) and len(prevalence) == n_terms
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+                      for v in prevalence))
+        _require(ok, path, f"model.json's calibration prevalence is not {n_terms} numbers in [0, 1]")
+    method = str(meta.get("method", "prior"))[:40] if isinstance(meta, dict) else "prior"
+    return Calibration(method, a.astype(np.float64), b.astype(np.float64),
                        None if prevalence is None else np.asarray(prevalence, np.float64)), ()

@@ -6,7 +6,9 @@
 * :mod:`.files` - atomic writes (was ``io.py``), output-path checks, scratch memmaps;
 * :mod:`.csvio` - the CSV writer that neutralises spreadsheet formulas;
 * :mod:`.extras` - optional extras: install hints, version checks;
-* :mod:`.lazy` - :func:`attach`, the one lazy pattern every package face uses.
+* :mod:`.lazy` - :func:`attach`, the one lazy pattern every package face uses;
+* :mod:`.arrays` - bounded reading of model files from elsewhere (JSON, ``.npy``/``.npz``
+  headers before data, torch zips: stored records, a memory budget, no pickle).
 
 The names below are reached lazily (:func:`..utils.lazy.attach`): importing one module of
 this package imports none of its siblings.
@@ -23,4 +25,5 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "csvio": ["csv_text", "neutralise", "write_csv"],
     "extras": ["check_compatible", "install_hint", "require_extra"],
     "lazy": ["attach"],
+    "arrays": ["NpzReader", "load_json", "model_budget", "open_regular", "torch_load"],
 })
