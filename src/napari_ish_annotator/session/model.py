@@ -214,7 +214,7 @@ class ModelPart:
         if bad:
             raise InputError(
                 "cannot train: every term needs at least one 'present' and one 'absent' label; "
-                "missing for: " + ", ".join(bad) + ". Label more images or remove those terms.")
+                "missing for: " + ", ".join(bad) + "; label more images or remove those terms")
 
     def train_request(self, cross_validate: bool = True, n_folds: int | None = None,
                       Y: np.ndarray | None = None) -> steps.TrainRequest:

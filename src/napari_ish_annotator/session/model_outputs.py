@@ -96,8 +96,8 @@ class MemberSpread:
 
 def spread_request(session: AnnotatorSession) -> SpreadRequest:
     if session.finetuned is None:
-        raise InputError("no fine-tuned model is in use; fine-tune an ensemble "
-                         "(ish-annotator finetune --ensemble K) and use it as weights first")
+        raise InputError("no fine-tuned model is in use; choose a fine-tuned ensemble (made by "
+                         "the ish-annotator finetune command) as Weights first")
     if not session.n_images:
         raise InputError("no images are open; open a folder or manifest first")
     return SpreadRequest(Path(session.finetuned), session.paths, session.settings.device,
@@ -109,8 +109,9 @@ def iter_member_spread(req: SpreadRequest, batch: int = 8) -> ProgressGen[Member
     yield Progress(0, len(req.paths), "loading the ensemble")
     ensemble = load_ensemble(req.checkpoint, str(resolve_device(req.device)))
     if len(ensemble.members) < 2:
-        raise InputError("this fine-tuned checkpoint is a single network, not an ensemble; "
-                         "fine-tune with --ensemble K (K >= 2) to see the members' spread",
+        raise InputError("this fine-tuned checkpoint is a single network, so it has no "
+                         "spread; choose an ensemble made by the ish-annotator finetune command "
+                         "(two members or more) as Weights",
                          path=req.checkpoint)
     parts = []
     for start in range(0, len(req.paths), batch):

@@ -199,7 +199,11 @@ class AnnotatorSession(LabelsPart, ModelPart):
         if error is not None and self.store is not None and not self.store_read_only:
             if store is not None:
                 store.close()
-            raise InputError(f"{error}; labels are still saved in {self.store.path}")
+            cause = error.__cause__
+            reason = f" ({cause.message})" if isinstance(cause, InputError) else ""
+            raise InputError(f"that label file cannot be written{reason}, so labels stay in "
+                             f"{self.store.path}; choose another label file",
+                             path=switched.path) from error
         if self.store is not None:
             self.store.close()
         self.store, self.store_read_only, self._pending_error = store, switched.read_only, error

@@ -202,7 +202,7 @@ def iter_open_store(path: Path, paths: Sequence[Path], annotator: str | None,
             done = True
             return store, False, None
         except InputError as exc:
-            reason = str(exc).removeprefix(f"{path}: ")
+            reason, cause = str(exc).removeprefix(f"{path}: "), exc
         if store is not None:
             store.close()
             store = None
@@ -214,8 +214,9 @@ def iter_open_store(path: Path, paths: Sequence[Path], annotator: str | None,
             except InputError:
                 store = None
         error = InputError(
-            f"the label store cannot be written ({reason}); labels will not be saved - "
-            "choose another label file in the Embryos panel", path=path)
+            f"the label file cannot be written ({reason}), so labels are not saved; choose "
+            "another label file in the Embryos panel", path=path)
+        error.__cause__ = cause  # the reason, for a message that goes on differently
         done = True
         return store, store is not None, error
     finally:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from ._errors import report_error
+
 PLUGIN = "napari-ish-annotator"
 DOCK_NAMES = ("Embryos", "Annotate", "Explain", "Train")
 ANNOTATOR_DOCK = "ISH Annotator"
@@ -30,7 +32,7 @@ def open_in_viewer(viewer: Any, inputs: list, background: bool = False) -> list[
     Embryos worker, with progress and Cancel, and the binding shows the layer when done; a
     viewer with no Qt window opens at once).
     """
-    from napari.utils.notifications import show_error, show_warning
+    from napari.utils.notifications import show_warning
 
     from ._registry import get_session
     from ._viewer_binding import open_returning_layer
@@ -47,7 +49,7 @@ def open_in_viewer(viewer: Any, inputs: list, background: bool = False) -> list[
     layers = open_returning_layer(viewer, session, list(inputs))
     err = session.take_pending_error()
     if err is not None:
-        show_error(str(err))
+        report_error(err)
     if session.skipped:
         show_warning(f"{len(session.skipped)} file(s) skipped: " + "; ".join(session.skipped[:3]))
     with contextlib.suppress(Exception):  # no Qt window: the session is still filled

@@ -16,7 +16,7 @@ from typing import Any
 from ..core.utils.errors import InputError
 from ..session import AnnotatorSession
 from ._embryo_features import bind_table_layer
-from ._errors import shows_input_error
+from ._errors import report_error, shows_input_error
 from ._napari_private import route_csv_saves, window_closed
 
 EMBRYO_LAYER = "ISH embryo"
@@ -60,9 +60,7 @@ def _current_rgb(session: AnnotatorSession) -> Any | None:
     try:
         return session.image()
     except InputError as exc:
-        from napari.utils.notifications import show_error
-
-        show_error(str(exc))
+        report_error(exc)
         return None
 
 

@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
 from ..core.backbones.specs import REGISTRY, get_spec
 from ..core.data.vocabulary import STAGE_RANGES
 from ..session import steps
+from ..session.first_run import back_to_paper, first_run_model
 from ._base import SessionDock
 from ._errors import shows_input_error
 from ._worker import TaskRunner
@@ -59,6 +60,9 @@ class ModelSection(QWidget):
         form.addRow(row)
         self.backbone_combo = QComboBox()
         self.backbone_combo.addItems(_backbone_names())
+        self.backbone_combo.setSizeAdjustPolicy(  # room for the first-run note beside it
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.backbone_combo.setMinimumContentsLength(8)
         self.weights_combo = QComboBox()
         self.weights_combo.setEditable(True)
         self.weights_combo.addItems(["imagenet", "random"])
@@ -82,7 +86,13 @@ class ModelSection(QWidget):
         self.size_spin.setRange(32, 1024)
         self.size_spin.setSingleStep(16)
         self.size_spin.setToolTip("input size in pixels (the paper uses 224)")
-        form.addRow("Backbone", self.backbone_combo)
+        self.first_run_label = QLabel("")  # why the panel does not start on VGG16
+        self.first_run_label.setVisible(False)
+        self._first_run: Any = None  # the settings the first-run choice left (None: over)
+        bbrow = QHBoxLayout()
+        bbrow.addWidget(self.backbone_combo, 1)
+        bbrow.addWidget(self.first_run_label)
+        form.addRow("Backbone", bbrow)
         form.addRow("Weights", wrow)
         form.addRow("Layer", self.layer_combo)
         form.addRow("Device", drow)
@@ -144,6 +154,7 @@ class ModelSection(QWidget):
         dock.listen(s.settings_changed, self._show_settings)
         dock.listen(s.features_changed, self._show_device)  # a model ran: torch names it
         self._model_changed()
+        self._start_first_run()
 
     # ------------------------------------------------------------------ settings
     def _show_settings(self) -> None:
@@ -162,6 +173,29 @@ class ModelSection(QWidget):
         for w in widgets:
             w.blockSignals(False)
         self._show_device()
+        if self._first_run is not None and (st.backbone, st.weights) != self._first_run:
+            self._end_first_run()  # changed here, by a bundle or by fine-tuning
+
+    def _start_first_run(self) -> None:
+        """Start on a network whose weights are here (files only: no torch), and say so."""
+        choice = first_run_model(self.session.settings) if self.session.bundle is None else None
+        if choice is None:
+            return
+        if choice.values:
+            self.session.update_settings(**choice.values)
+        st = self.session.settings
+        self._first_run = (st.backbone, st.weights)
+        self.first_run_label.setText(choice.note)
+        self.first_run_label.setToolTip(choice.detail)
+        self.first_run_label.setVisible(True)
+
+    def _end_first_run(self) -> None:
+        self._first_run = None
+        self.first_run_label.setVisible(False)
+
+    def _changed_settings(self, values: dict) -> dict:
+        """Other weights than ImageNet end the first-run stand-in (back to VGG16)."""
+        return back_to_paper(values) if self._first_run is not None else values
 
     def _fill_layers(self) -> None:
         layers, default = _layer_names(self.backbone_combo.currentText())
@@ -171,19 +205,20 @@ class ModelSection(QWidget):
         self.layer_combo.setCurrentText(want if want in layers else default)
 
     def _backbone_changed(self, name: str) -> None:
+        self._end_first_run()  # the user chose a network
         self.session.update_settings(backbone=name, layer=_layer_names(name)[1])
 
     def _settings_from_ui(self, *_: Any) -> None:
-        self.session.update_settings(
+        self.session.update_settings(**self._changed_settings(dict(
             backbone=self.backbone_combo.currentText(),
             weights=self.weights_combo.currentText().strip() or "imagenet",
             layer=self.layer_combo.currentText(), device=self.device_combo.currentText(),
-            input_size=int(self.size_spin.value()))
+            input_size=int(self.size_spin.value()))))
         self._show_device()
 
     def set_settings(self, **values: Any) -> None:
         """Set model settings programmatically (scripts, tests); the controls follow."""
-        self.session.update_settings(**values)
+        self.session.update_settings(**self._changed_settings(values))
 
     def _show_device(self) -> None:
         self.device_label.setText(f"using: {self.session.device_name()}")
@@ -215,6 +250,7 @@ class ModelSection(QWidget):
         if b is None:
             self.model_label.setText("no model (train one in the Train panel, or load a bundle)")
         else:
+            self._end_first_run()  # the model's own network from now on
             e = b.extractor
             tuned = " (fine-tuned)" if self.session.finetuned is not None else ""
             self.model_label.setText(

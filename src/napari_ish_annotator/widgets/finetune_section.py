@@ -235,8 +235,7 @@ class FinetuneSection(QWidget):
             out = self._output_path()
             request = s.finetune_request(self.config(), out, init=init)
         except InputError as exc:
-            self.summary.setText(str(exc))
-            report_error(exc)
+            self.summary.setText(report_error(exc))
             return None
         self.history = []
         self._redraw()

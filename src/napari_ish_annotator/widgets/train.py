@@ -89,8 +89,8 @@ class TrainWidget(SessionDock):
                                       "that other tools (ilastik, deepImageJ, BiaPy) can run")
         self.export_button.clicked.connect(self._choose_export)
         self.spread_button = QPushButton("Ensemble spread")
-        self.spread_button.setToolTip("with a fine-tuned ensemble (finetune --ensemble K) in "
-                                      "use: show each probability ± the std over its members")
+        self.spread_button.setToolTip("with a fine-tuned ensemble (several networks, made by "
+                                      "the ish-annotator finetune command) as Weights: show each probability ± the std over its members")
         self.spread_button.clicked.connect(self.show_spread)
         # two buttons a row at most: three cut the third one's label off in a 440 px dock
         brow = QHBoxLayout()
@@ -179,8 +179,7 @@ class TrainWidget(SessionDock):
             else:
                 request = s.train_request(self.cv_check.isChecked())
         except InputError as exc:
-            self.summary.setText(str(exc))
-            report_error(exc)
+            self.summary.setText(report_error(exc))
             return None
         return self.runner.start(train_in_worker, request, on_done=self._trained,
                                  message="training…", done_message="trained; predictions updated")

@@ -25,7 +25,8 @@ One concern per module:
 * :mod:`.weights` - loading weights, their identity without torch;
 * :mod:`.builders` - the non-VGG trunks and packaged weights;
 * :mod:`.trunk` - the truncated, fused inference trunk;
-* :mod:`.devices` - ``--device``.
+* :mod:`.devices` - ``--device``;
+* :mod:`.hub_files` - whether ImageNet weights are on this machine, without torch.
 
 The names below are reached lazily (:func:`..utils.lazy.attach`) and torch is imported inside
 the functions that need it, so reading the layer list (the widget's) stays cheap.
@@ -39,5 +40,6 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "specs": ["BackboneSpec", "LayerSpec", "REGISTRY", "VGG16", "RESNET50", "INCEPTION_V3", "EFFICIENTNET_LITE0", "IMAGENET_MEAN", "IMAGENET_STD", "TORCHVISION_NORMALISATION", "get_spec"],
     "weights": ["LoadedBackbone", "WeightsIdentity", "empty_trunk", "hub_cache_path", "imagenet_weights_available", "load_backbone", "remember_identity", "weights_identity"],
     "devices": ["resolve_device", "resolve_device_type"],
+    "hub_files": ["HUB_FILES", "OFFLINE_BACKBONE", "hub_dir", "weights_cached"],
     "trunk": ["compute_batch", "inference_trunk", "largest_activation_bytes"],
 })
