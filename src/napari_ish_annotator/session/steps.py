@@ -439,8 +439,7 @@ def iter_finetune(req: FinetuneRequest) -> ProgressGen[FinetuneOutcome]:
     """Fine-tune on the labelled images, then refit and re-predict with the new backbone."""
     result = yield from core_finetune(list(req.images), req.Y, list(req.vocabulary), req.config,
                                       req.out, groups=req.refit.groups[req.rows], init=req.init)
-    trained = yield from iter_train(req.refit)
-    return FinetuneOutcome(result, trained, req.settings)
+    return FinetuneOutcome(result, (yield from iter_train(req.refit)), req.settings)
 
 
 def finetune_refit(train: TrainRequest, settings: SessionSettings, out: Path) -> tuple:
