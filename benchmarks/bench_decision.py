@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_ish_annotator.core.data.vocabulary import default_vocabulary
     from napari_ish_annotator.core.features.extractor import ExtractorConfig, FeatureExtractor
     from napari_ish_annotator.core.learn.decision import calls
-    from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+    from napari_ish_annotator.core.learn.logistic import EnsembleConfig
     from napari_ish_annotator.core.learn.review import iter_out_of_fold_probabilities
     from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.core.workflow import iter_fit_bundle

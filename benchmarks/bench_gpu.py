@@ -63,7 +63,7 @@ from bench_gpu_report import Recorder, markdown, target_lines  # noqa: E402
 def environment(settings: Settings, mode: str) -> dict:
     import torch
 
-    from napari_ish_annotator.core.features.extractor import default_decode_workers
+    from napari_ish_annotator.core.features.decoding import default_decode_workers
 
     cuda = settings.device == "cuda"
     if cuda:

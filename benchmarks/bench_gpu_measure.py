@@ -156,7 +156,7 @@ def measure_feature_agreement(loaded, paths, settings: Settings, reference: np.n
 
 def fit_small_model(X: np.ndarray, Y: np.ndarray, loaded, settings: Settings):
     from napari_ish_annotator.core.features.extractor import ExtractorConfig
-    from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+    from napari_ish_annotator.core.learn.logistic import EnsembleConfig
     from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.core.workflow import iter_fit_bundle
 

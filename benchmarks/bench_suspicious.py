@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from napari_ish_annotator.core.data.vocabulary import default_vocabulary
     from napari_ish_annotator.core.features.extractor import ExtractorConfig, FeatureExtractor
-    from napari_ish_annotator.core.learn.ensembles import EnsembleConfig, iter_gram
+    from napari_ish_annotator.core.learn.ensembles import iter_gram
     from napari_ish_annotator.core.learn.folds import iter_out_of_fold
+    from napari_ish_annotator.core.learn.logistic import EnsembleConfig
     from napari_ish_annotator.core.learn.review import (
         iter_out_of_fold_probabilities,
         rank_suspicious,

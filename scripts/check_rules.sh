@@ -72,4 +72,10 @@ rule "the executor is an argument" \
   '^class DaskExecutor' core/features/distributed.py \
   'sys\.modules\.get\(.*distributed|def current_client|_current\.append'
 
+# a file's content hash, remembered while the file is unchanged (issue 25: three wrappers and
+# two (size, mtime) caches): every other place asks core/utils/hashing.py
+rule "content hash of a file (cached)" \
+  '^def content_hash\(|^class HashCache' core/utils/hashing.py \
+  'hashlib\.file_digest|def (sha256_file|file_sha256|_sha256_cached|_content_hash|content_hash|_hash_file)\(|sha256\(.*read_bytes\(\)|iter\(lambda: fh\.read|_hash_cache|_given_cache'
+
 exit $status

@@ -179,7 +179,7 @@ def test_imagenet_efficientnet_features_beat_random_weights(tmp_path, no_network
 def test_annotate_panel_offers_every_backbone_and_runs_efficientnet(make_napari_viewer, qtbot,
                                                                      tmp_path, monkeypatch):
     from _gui_helpers import TERMS, dock, make_dataset
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
     from napari_ish_annotator.widgets.explain import gradcam_layer
 
     monkeypatch.setenv("ISH_ANNOTATOR_CACHE", str(tmp_path / "cache"))

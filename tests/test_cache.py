@@ -214,7 +214,7 @@ def test_corrupt_entry_is_rebuilt(tmp_path, loaded):
     cache = tmp_path / "cache"
     X1 = Counted(BASE, cache, loaded).extract(paths)
     c = Counted(BASE, cache, loaded)
-    from napari_ish_annotator.core.data.images import content_hash
+    from napari_ish_annotator.core.utils.hashing import content_hash
 
     entry = c.fx.cache.path_for(content_hash(paths[2]))
     entry.write_bytes(entry.read_bytes()[:100])  # truncated by a crash / full disk
@@ -224,3 +224,23 @@ def test_corrupt_entry_is_rebuilt(tmp_path, loaded):
     c2 = Counted(BASE, cache, loaded)
     c2.extract(paths)
     assert c2.computed == 0  # the rebuilt entry is valid
+
+
+def test_an_entry_keyed_by_the_plain_sha256_of_the_file_is_hit(tmp_path, loaded):
+    """On-disk keys never change: an entry stored under ``sha256(file bytes)`` (the key of
+    every earlier version) is read back, not recomputed, through the cached hash."""
+    import hashlib
+
+    from napari_ish_annotator.core.utils.hashing import FILE_HASHES
+
+    paths = _images(tmp_path, 2)
+    c = Counted(BASE, tmp_path / "cache", loaded)
+    key = hashlib.sha256(paths[0].read_bytes()).hexdigest()
+    assert c.fx.cache.put(key, np.full(c.fx.cache.shape, 0.5, np.float32))
+    before = FILE_HASHES.hashed
+    X = c.extract(paths)
+    assert c.computed == 1  # only the second image
+    assert np.allclose(X[0], X[0][0]) and not np.allclose(X[1], X[1][0])
+    again = Counted(BASE, tmp_path / "cache", loaded)
+    np.testing.assert_array_equal(again.extract(paths), X)
+    assert again.computed == 0 and FILE_HASHES.hashed == before + 2  # each file read once

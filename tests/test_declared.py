@@ -108,3 +108,90 @@ def test_napari_manifest_declares_each_command_once() -> None:
     assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
     used = [w["command"] for w in manifest["contributions"]["widgets"]]
     assert set(used) <= set(ids)
+
+
+SRC_DIR = PACKAGE_DIR.parent
+USER_DIRS = ("src", "tests", "benchmarks", "scripts")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC_DIR).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _absolute(node: ast.ImportFrom, importer: str, is_package: bool) -> str:
+    """The absolute module an ``ImportFrom`` names, relative imports resolved."""
+    if not node.level:
+        return node.module or ""
+    base = importer.split(".")
+    base = base[: len(base) - node.level + (1 if is_package else 0)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _project_modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in PACKAGE_DIR.rglob("*.py")}
+
+
+def _borrowed(module: str, path: Path) -> set[str]:
+    """Names ``module`` takes at its head from another project module (``from .x import n``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom):
+            source = _absolute(node, module, path.name == "__init__.py")
+            if source.startswith("napari_ish_annotator") and source != "__future__":
+                out.update(a.asname or a.name for a in node.names)
+    return out
+
+
+def _declared_all(path: Path) -> set[str]:
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__"
+                                                for t in node.targets):
+            with_values = node.value
+            if isinstance(with_values, ast.List | ast.Tuple):
+                return {e.value for e in with_values.elts if isinstance(e, ast.Constant)}
+    return set()
+
+
+def re_exports() -> list[str]:
+    """Names reachable from two modules of the package: a module lists in ``__all__`` a name
+    it imported from a sibling, or a caller (src, tests, benchmarks, scripts) imports a name
+    from a module that only borrowed it. Package faces (``__init__``) are the one exception:
+    they are the public door of their package by design."""
+    modules = _project_modules()
+    borrowed = {m: _borrowed(m, p) for m, p in modules.items() if p.name != "__init__.py"}
+    found = [f"{m}.{n} (listed in its __all__)" for m, p in modules.items() if m in borrowed
+             for n in sorted(_declared_all(p) & borrowed[m])]
+    for folder in USER_DIRS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            importer = _module_name(path) if folder == "src" else path.stem
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            aliases: dict[str, str] = {}  # local name -> project module (from pkg import mod)
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.ImportFrom):
+                    continue
+                source = _absolute(node, importer, path.name == "__init__.py")
+                for alias in node.names:
+                    if alias.name in borrowed.get(source, ()):
+                        found.append(f"{source}.{alias.name} (imported by "
+                                     f"{path.relative_to(ROOT)})")
+                    if f"{source}.{alias.name}" in borrowed:
+                        aliases[alias.asname or alias.name] = f"{source}.{alias.name}"
+            patched = {(c.args[0].id, c.args[1].value) for c in ast.walk(tree)
+                       if isinstance(c, ast.Call) and getattr(c.func, "attr", "") == "setattr"
+                       and len(c.args) >= 2 and isinstance(c.args[0], ast.Name)
+                       and isinstance(c.args[1], ast.Constant)}  # patched where it is used
+            for node in ast.walk(tree):
+                if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                        and (node.value.id, node.attr) not in patched
+                        and node.attr in borrowed.get(aliases.get(node.value.id, ""), ())):
+                    found.append(f"{aliases[node.value.id]}.{node.attr} (used by "
+                                 f"{path.relative_to(ROOT)})")
+    return sorted(set(found))
+
+
+def test_no_name_has_two_import_paths() -> None:
+    """One import path per name (issue 25): a name is imported from the module that defines
+    it, never through another module that happens to import it too."""
+    assert not re_exports(), "re-exported names:\n  " + "\n  ".join(re_exports())

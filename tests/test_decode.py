@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from napari_ish_annotator.core.backbones.weights import load_backbone
-from napari_ish_annotator.core.data.images import MAX_PIXELS_ENV, read_rgb
+from napari_ish_annotator.core.data.budget import MAX_PIXELS_ENV
+from napari_ish_annotator.core.data.images import read_rgb
 from napari_ish_annotator.core.features import decoding
 from napari_ish_annotator.core.features.decoding import JPEG_TOLERANCE, Preprocessor, decode_rgb
 from napari_ish_annotator.core.features.extractor import ExtractorConfig, FeatureExtractor

@@ -29,7 +29,7 @@ from napari_ish_annotator.core.learn.splits import (
 )
 from napari_ish_annotator.core.learn.table import format_table
 from napari_ish_annotator.core.utils.errors import InputError
-from napari_ish_annotator.core.utils.progress import drive
+from napari_ish_annotator.core.utils.progress import Progress, drive
 
 Y_TRUE = [1, 1, 1, 0, 0, 0, 0, 1]
 Y_PRED = [1, 0, 0, 0, 1, 0, 0, 1]
@@ -328,7 +328,7 @@ def test_evaluate_frees_each_layers_features_before_the_next(monkeypatch):
         X = rng.random((len(images), 64)).astype(np.float32)
         X[:, :8] += 2.0 * dataset.labels()[:, :1]
         alive.append(weakref.ref(X))
-        yield pipeline.Progress(len(images), len(images), stage)
+        yield Progress(len(images), len(images), stage)
         return X
 
     monkeypatch.setattr(pipeline, "iter_features", fake_features)

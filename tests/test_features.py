@@ -11,9 +11,9 @@ from PIL import Image
 
 from napari_ish_annotator.core.backbones.weights import load_backbone
 from napari_ish_annotator.core.features import decoding
-from napari_ish_annotator.core.features import extractor as features_mod
 from napari_ish_annotator.core.features.extractor import ExtractorConfig, FeatureExtractor
 from napari_ish_annotator.core.features.preprocess import (
+    CPU_AUTO_BF16,
     border_colour,
     cpu_has_native_bf16,
     resolve_precision,
@@ -193,7 +193,7 @@ def test_precision_resolution():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_precision("auto", cuda) == "fp16"
     assert resolve_precision("bf16", cuda) == "bf16"
-    expected = "bf16" if (features_mod.CPU_AUTO_BF16 and cpu_has_native_bf16()) else "fp32"
+    expected = "bf16" if (CPU_AUTO_BF16 and cpu_has_native_bf16()) else "fp32"
     assert resolve_precision("auto", cpu) == expected
     assert resolve_precision("fp32", cpu) == "fp32"
     with pytest.raises(InputError, match="fp16 is for GPUs"):
@@ -311,11 +311,11 @@ def test_on_error_skip_fills_nan_rows_and_reports_them(loaded, tmp_path, cached)
 
 
 def test_default_decode_workers(loaded):
-    assert features_mod.default_decode_workers("cuda", 16) == 8
-    assert features_mod.default_decode_workers("cuda", 4) == 2
-    assert features_mod.default_decode_workers("cuda", 2) == 0
-    assert features_mod.default_decode_workers("cpu", 16) == 0
-    assert features_mod.default_decode_workers("mps", 16) == 0
+    assert decoding.default_decode_workers("cuda", 16) == 8
+    assert decoding.default_decode_workers("cuda", 4) == 2
+    assert decoding.default_decode_workers("cuda", 2) == 0
+    assert decoding.default_decode_workers("cpu", 16) == 0
+    assert decoding.default_decode_workers("mps", 16) == 0
     assert make(loaded).decode_workers == 0  # CPU: threads
 
 

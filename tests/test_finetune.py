@@ -365,7 +365,7 @@ def test_cli_finetune_bad_input_exits_2(tmp_path, capsys):
 def test_widget_finetunes_in_worker_plots_and_switches_models(make_napari_viewer, qtbot, tmp_path,
                                                               monkeypatch):
     from _gui_helpers import TERMS, dock, make_dataset
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     monkeypatch.setenv("ISH_ANNOTATOR_CACHE", str(tmp_path / "cache"))
     manifest = make_dataset(tmp_path / "data")

@@ -31,7 +31,8 @@ from hypothesis import strategies as st  # noqa: E402
 from napari_ish_annotator.core.features.extractor import ExtractorConfig  # noqa: E402
 from napari_ish_annotator.core.finetune.checkpoint import load_checkpoint  # noqa: E402
 from napari_ish_annotator.core.learn.bundle import ModelBundle, load_bundle, save_bundle  # noqa: E402
-from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier, EnsembleConfig  # noqa: E402
+from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier  # noqa: E402
+from napari_ish_annotator.core.learn.logistic import EnsembleConfig  # noqa: E402
 from napari_ish_annotator.core.utils.errors import InputError  # noqa: E402
 
 SECONDS_PER_EXAMPLE = 30.0  # generous: eight developers share two cores

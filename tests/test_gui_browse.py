@@ -12,7 +12,7 @@ pytestmark = pytest.mark.gui
 
 def test_reader_opens_manifest_into_embryos_widget(make_napari_viewer, tmp_path):
     from napari_ish_annotator.core.data.images import read_rgb
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
     from napari_ish_annotator.widgets._viewer_binding import embryo_layer
 
     manifest = make_dataset(tmp_path / "data")
@@ -60,7 +60,7 @@ def test_reader_opens_manifest_into_embryos_widget(make_napari_viewer, tmp_path)
 
 
 def test_folder_with_bad_files_reports_and_skips(make_napari_viewer, tmp_path):
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     folder = tmp_path / "mixed"
     make_dataset(folder, n=4)
@@ -87,7 +87,7 @@ def test_folder_with_bad_files_reports_and_skips(make_napari_viewer, tmp_path):
 def test_sample_data_loads_labelled_embryos(make_napari_viewer):
     """Sample data fills the session with labelled embryos, shown in the annotator dock."""
     from napari_ish_annotator.widgets import open_demo
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     viewer = make_napari_viewer()
     annotator = open_demo(viewer, weights="random", train=False)

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.gui
 def test_issue_22_buttons_do_their_work(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     from napari_ish_annotator.core.data.manifest import read_manifest
     from napari_ish_annotator.core.data.vocabulary import default_vocabulary
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
     from napari_ish_annotator.widgets.explain import gradcam_layer
 
     viewer = make_napari_viewer(show=True)
@@ -93,7 +93,7 @@ def _open(make_napari_viewer, qtbot, tmp_path):
 def test_documented_keys_on_the_canvas(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     """n/p and PageDown/PageUp step, 1-9/0 cycle the first ten terms, Ctrl+Z undoes, u and
     Shift+N say what they need (the term list's hint documents these keys)."""
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     viewer, annotator = _open(make_napari_viewer, qtbot, tmp_path)
     session = get_session(viewer)
@@ -122,7 +122,7 @@ def test_documented_keys_on_the_canvas(make_napari_viewer, qtbot, tmp_path, monk
 def test_documented_keys_in_the_term_table(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     """After a click on a term, the keys still label and step: the user's hand stays on the
     keyboard (issue 22: they did nothing until the canvas was clicked)."""
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     viewer, annotator = _open(make_napari_viewer, qtbot, tmp_path)
     session = get_session(viewer)

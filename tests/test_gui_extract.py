@@ -15,7 +15,7 @@ pytestmark = pytest.mark.gui
 
 def test_truncated_image_is_skipped_reported_and_never_classified(make_napari_viewer, qtbot,
                                                                    tmp_path):
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     manifest = make_dataset(tmp_path / "data", n=10)
     viewer = make_napari_viewer()

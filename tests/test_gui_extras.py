@@ -15,7 +15,7 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture
 def gui(make_napari_viewer, tmp_path):
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     viewer = make_napari_viewer()
     embryos, annotate, train = dock(viewer, "Embryos"), dock(viewer, "Annotate"), dock(viewer, "Train")

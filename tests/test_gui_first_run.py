@@ -60,7 +60,7 @@ def test_choice_never_imports_torch(tmp_path):
 @pytest.mark.skipif(not offline_extra_installed(), reason="needs the [offline] extra")
 def test_offline_first_run_starts_on_efficientnet_and_says_so(make_napari_viewer, qtbot,
                                                               tmp_path, monkeypatch):
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     viewer = make_napari_viewer()

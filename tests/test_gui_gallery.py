@@ -19,7 +19,7 @@ def _click(qtbot, gallery, row: int, modifier=Qt.KeyboardModifier.NoModifier) ->
 
 
 def test_gallery_marks_a_selection_in_one_undoable_batch(make_napari_viewer, qtbot, tmp_path):
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     viewer = make_napari_viewer()
     embryos = dock(viewer, "Embryos")
@@ -68,8 +68,8 @@ def test_gallery_marks_a_selection_in_one_undoable_batch(make_napari_viewer, qtb
 def test_gallery_sorts_by_the_model_and_follows_the_table_layer(make_napari_viewer, qtbot,
                                                                  tmp_path):
     from _gui_helpers import wait_done
+    from napari_ish_annotator.widgets import session_of as get_session
     from napari_ish_annotator.widgets._embryo_features import table_layer
-    from napari_ish_annotator.widgets._registry import get_session
 
     viewer = make_napari_viewer()
     embryos, annotate, train = dock(viewer, "Embryos"), dock(viewer, "Annotate"), dock(viewer, "Train")

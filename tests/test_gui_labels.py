@@ -27,7 +27,7 @@ def _errors():
 
 def test_labels_written_at_once_undone_and_restored(make_napari_viewer, qtbot, tmp_path):
     from napari_ish_annotator.core.labels.store import LabelStore
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     manifest = make_dataset(tmp_path / "data")
     store_path = LabelStore.default_path_for(manifest)
@@ -93,7 +93,7 @@ def test_labels_written_at_once_undone_and_restored(make_napari_viewer, qtbot, t
 
 def test_locked_store_gives_message_not_crash(make_napari_viewer, tmp_path):
     from napari_ish_annotator.core.labels.store import LabelStore
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     manifest = make_dataset(tmp_path / "data")
     viewer = make_napari_viewer()
@@ -119,7 +119,7 @@ def test_locked_store_gives_message_not_crash(make_napari_viewer, tmp_path):
 
 def test_export_labels_and_import_round_trip(make_napari_viewer, tmp_path):
     from napari_ish_annotator.core.data.manifest import read_manifest
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     manifest = make_dataset(tmp_path / "data")
     viewer = make_napari_viewer()
@@ -142,7 +142,7 @@ def test_label_cell_click_opens_a_three_state_editor(make_napari_viewer, qtbot, 
     from qtpy.QtCore import Qt
 
     from napari_ish_annotator.core.labels.store import LabelStore
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     manifest = make_dataset(tmp_path / "data")
     viewer = make_napari_viewer(show=True)

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.gui
 
 
 def test_open_counts_labels_once_and_counts_follow_changes(make_napari_viewer, tmp_path):
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     viewer = make_napari_viewer()
     embryos = dock(viewer, "Embryos")
@@ -52,26 +52,24 @@ def test_switching_label_file_runs_in_the_worker_without_rehashing(make_napari_v
                                                                    tmp_path, monkeypatch):
     from qtpy.QtWidgets import QFileDialog
 
-    import napari_ish_annotator.core.labels.store as labels_mod
     from napari_ish_annotator.core.utils.errors import InputError
+    from napari_ish_annotator.core.utils.hashing import FILE_HASHES
     from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.session import steps
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     viewer = make_napari_viewer()
     embryos = dock(viewer, "Embryos")
     assert embryos.open_paths([make_dataset(tmp_path / "a", n=6)])
     session = get_session(viewer)
-    hashed = []
-    real = labels_mod._content_hash
-    monkeypatch.setattr(labels_mod, "_content_hash", lambda p: hashed.append(p) or real(p))
+    hashed = FILE_HASHES.hashed
     other = tmp_path / "mine.sqlite"
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(other), ""))
     click(qtbot, embryos.store_button)
     qtbot.waitUntil(lambda: not embryos.runner.running, timeout=60_000)
     assert embryos.runner.last_outcome == "done", embryos.runner.last_error
     assert session.store.path == other and str(other) in embryos.store_label.text()
-    assert hashed == []  # the previous store's hashes were reused
+    assert FILE_HASHES.hashed == hashed  # the previous store's hashes were reused
     # the new file has no labels (not even the manifest's): counts show that
     assert [embryos.cell_text(r, 4) for r in range(6)] == ["0/3"] * 6
     session.set_label(TERMS[0], 1, index=1)

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.gui
 
 def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tmp_path):
     from napari_ish_annotator.core.explain.gradcam import gradcam_for_image
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
     from napari_ish_annotator.widgets._viewer_binding import text_overlay
     from napari_ish_annotator.widgets.explain import gradcam_layer
 
@@ -115,7 +115,7 @@ def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tm
 
 
 def test_cancel_stops_extraction(make_napari_viewer, qtbot, tmp_path):
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     manifest = make_dataset(tmp_path / "data", n=8)
     viewer = make_napari_viewer()
@@ -154,7 +154,7 @@ def test_cancel_stops_extraction(make_napari_viewer, qtbot, tmp_path):
 
 
 def test_train_refuses_terms_without_both_labels(make_napari_viewer, qtbot, tmp_path):
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     manifest = make_dataset(tmp_path / "data")
     viewer = make_napari_viewer()
@@ -172,7 +172,7 @@ def test_gradcam_layer_takes_the_maps_scale(make_napari_viewer, qtbot, tmp_path)
     """A large image's maps come smaller (GradcamMaps.scale); the layer is scaled up to cover
     the embryo exactly, also when a later map of another scale replaces its data."""
     from napari_ish_annotator.session import GradcamMaps
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
     from napari_ish_annotator.widgets._viewer_binding import embryo_layer
     from napari_ish_annotator.widgets.explain import gradcam_layer
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.gui
 def test_gradcam_follows_a_retrained_model(make_napari_viewer, qtbot, tmp_path):
     """A map computed with the previous model must not stay on screen after retraining."""
     from napari_ish_annotator.core.explain.gradcam import gradcam_for_image
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
     from napari_ish_annotator.widgets.explain import gradcam_layer
 
     viewer = make_napari_viewer()
@@ -56,7 +56,7 @@ def test_folder_button_opens_in_a_worker_and_cancel_keeps_the_open_dataset(
     from qtpy.QtWidgets import QFileDialog
 
     from napari_ish_annotator.core.data import inputs as opening
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
     from napari_ish_annotator.widgets._viewer_binding import embryo_layer
 
     first = make_dataset(tmp_path / "first", n=4)
@@ -114,7 +114,7 @@ def test_folder_button_opens_in_a_worker_and_cancel_keeps_the_open_dataset(
 def test_closing_napari_mid_task_stops_the_worker_without_crashing(
         make_napari_viewer, qtbot, tmp_path):
     """Late worker signals used to reach deleted Qt widgets (RuntimeError -> process abort)."""
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     viewer = make_napari_viewer()
     embryos, annotate = dock(viewer, "Embryos"), dock(viewer, "Annotate")
@@ -139,7 +139,7 @@ def test_file_open_on_a_large_folder_reads_it_in_a_worker(make_napari_viewer, qt
                                                           monkeypatch):
     """File > Open used to check and hash every file on the GUI thread."""
     from napari_ish_annotator import _reader
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     manifest = make_dataset(tmp_path / "data", n=8)
     monkeypatch.setattr(_reader, "BACKGROUND_MIN_FILES", 8)  # "large" for this test
@@ -173,7 +173,7 @@ def test_a_wrong_label_file_keeps_the_working_store(make_napari_viewer, qtbot, t
     from qtpy.QtWidgets import QFileDialog
 
     from napari_ish_annotator.core.labels.store import LabelStore
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     manifest = make_dataset(tmp_path / "data")
     viewer = make_napari_viewer()
@@ -214,7 +214,7 @@ def test_switching_back_to_the_previous_model_restores_its_votes(make_napari_vie
     from dataclasses import replace
 
     from napari_ish_annotator.session import Predictions
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
     from napari_ish_annotator.widgets._viewer_binding import overlay_text
 
     viewer = make_napari_viewer()
@@ -259,7 +259,7 @@ def test_switching_back_to_the_previous_model_restores_its_votes(make_napari_vie
 def test_changing_backbone_during_fine_tuning_does_not_break_the_refit(make_napari_viewer, qtbot,
                                                                        tmp_path):
     """The refit after fine-tuning read the Annotate panel's backbone at the end of the run."""
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     viewer = make_napari_viewer()
     embryos, annotate, train = dock(viewer, "Embryos"), dock(viewer, "Annotate"), dock(viewer, "Train")
@@ -329,7 +329,7 @@ def test_first_embryo_is_shown_in_stages_after_a_background_open(make_napari_vie
 
 
 def get_session_image(viewer):
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     return get_session(viewer).image()
 

@@ -21,6 +21,7 @@ from napari_ish_annotator.core.data import budget, images
 from napari_ish_annotator.core.data.budget import max_pixels, pixel_budget
 from napari_ish_annotator.core.data.images import check_image, read_rgb
 from napari_ish_annotator.core.utils.errors import InputError
+from napari_ish_annotator.core.utils.hashing import content_hash
 
 SRC = str(Path(images.__file__).parents[3])  # the src folder
 FAST = ["--weights", "random", "--input-size", "64", "--device", "cpu", "--quiet"]
@@ -115,7 +116,7 @@ def test_readers_refuse_from_the_header(bombs, kind, size):
         assert time.monotonic() - start < 2.0  # nothing decoded
         text = str(err.value)
         assert text.startswith(str(path)) and "\n" not in text
-        assert size in text and "--max-pixels" in text and images.MAX_PIXELS_ENV in text
+        assert size in text and "--max-pixels" in text and budget.MAX_PIXELS_ENV in text
 
 
 def test_one_budget_for_every_format(tmp_path, monkeypatch):
@@ -130,17 +131,17 @@ def test_one_budget_for_every_format(tmp_path, monkeypatch):
         paths.append(tmp_path / f"e{suffix}")
     tifffile.imwrite(tmp_path / "e.tif", rgb, photometric="rgb")
     paths.append(tmp_path / "e.tif")
-    assert max_pixels() == images.DEFAULT_MAX_PIXELS
+    assert max_pixels() == budget.DEFAULT_MAX_PIXELS
     with pixel_budget(1999):  # 40 x 50 = 2000 pixels
-        assert max_pixels() == 1999 and os.environ[images.MAX_PIXELS_ENV] == "1999"
+        assert max_pixels() == 1999 and os.environ[budget.MAX_PIXELS_ENV] == "1999"
         for p in paths:
             with pytest.raises(InputError, match="50x40 pixels"):
                 read_rgb(p)
-    assert max_pixels() == images.DEFAULT_MAX_PIXELS  # restored
+    assert max_pixels() == budget.DEFAULT_MAX_PIXELS  # restored
     with pixel_budget(2000):
         assert all(read_rgb(p).shape == (40, 50, 3) for p in paths)
-    monkeypatch.setenv(images.MAX_PIXELS_ENV, "lots")
-    with pytest.raises(InputError, match=images.MAX_PIXELS_ENV):
+    monkeypatch.setenv(budget.MAX_PIXELS_ENV, "lots")
+    with pytest.raises(InputError, match=budget.MAX_PIXELS_ENV):
         read_rgb(paths[0])
 
 
@@ -309,7 +310,7 @@ def test_samples_and_bit_depth_count_in_the_budget(tmp_path):
         f"{bomb}: image decodes to 6.4 GB (10000x10000, 8 samples of 64 bits), over the 0.8 GB "
         "the 100 Mpx limit allows (8 bytes a pixel, as 16-bit RGBA); supported images have "
         "1-4 samples of 8 or 16 bits - re-export it, or raise the limit with --max-pixels "
-        f"800000000 (GUI and scripts: {images.MAX_PIXELS_ENV}=800000000)")
+        f"800000000 (GUI and scripts: {budget.MAX_PIXELS_ENV}=800000000)")
     assert (peak - base) * 1024 < 50 * MB, (base, peak)
     # a volume's planes count too; a raised budget lets the header through (to tifffile)
     (tmp_path / "deep.tif").write_bytes(tiff_claim(1000, 1000, 1, 8, depth=500))
@@ -364,7 +365,7 @@ def _call_within(seconds: float, fn, *args):
 def test_a_fifo_or_device_named_png_is_never_opened(tmp_path, monkeypatch):
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
-    for reader in (read_rgb, check_image, images.content_hash):
+    for reader in (read_rgb, check_image, content_hash):
         done, exc = _call_within(10, reader, fifo)
         assert done and isinstance(exc, InputError), exc
     assert "is a named pipe (FIFO), not an image file" in str(_call_within(10, read_rgb, fifo)[1])

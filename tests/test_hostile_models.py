@@ -225,7 +225,8 @@ def test_bundle_weights_naming_a_file_outside_is_refused_unopened(
 def test_weights_file_travels_inside_the_bundle(tmp_path):
     from napari_ish_annotator.core.features.extractor import ExtractorConfig
     from napari_ish_annotator.core.learn.bundle import ModelBundle, save_bundle
-    from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier, EnsembleConfig
+    from napari_ish_annotator.core.learn.ensembles import EnsembleClassifier
+    from napari_ish_annotator.core.learn.logistic import EnsembleConfig
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(40, 16)).astype(np.float32)

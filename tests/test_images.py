@@ -10,11 +10,9 @@ from PIL import Image
 from napari_ish_annotator.core.data.images import (
     SUPPORTED_SUFFIXES,
     array_to_rgb,
-    content_hash,
-    list_images,
     read_rgb,
 )
-from napari_ish_annotator.core.data.inputs import collect_inputs, scan_inputs
+from napari_ish_annotator.core.data.inputs import collect_inputs, list_images, scan_inputs
 from napari_ish_annotator.core.utils.errors import InputError
 
 
@@ -192,17 +190,6 @@ def test_page_less_tiff_is_one_input_error_without_tifffile_warnings(tmp_path, c
     with pytest.raises(InputError, match="empty.tif"):
         read_rgb(p)
     assert not [r for r in caplog.records if r.name.startswith("tifffile")], caplog.text
-
-
-def test_content_hash(tmp_path, rgb8):
-    p, q = tmp_path / "a.png", tmp_path / "b.png"
-    Image.fromarray(rgb8).save(p)
-    q.write_bytes(p.read_bytes())
-    assert content_hash(p) == content_hash(q) and len(content_hash(p)) == 64
-    Image.fromarray(255 - rgb8).save(q)
-    assert content_hash(p) != content_hash(q)
-    with pytest.raises(InputError):
-        content_hash(tmp_path / "missing.png")
 
 
 def _folder(tmp_path, rgb8):

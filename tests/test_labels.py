@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_ish_annotator.core.data.images import content_hash
 from napari_ish_annotator.core.data.manifest import Dataset, Sample, read_manifest
 from napari_ish_annotator.core.labels.consensus import annotator_labels, majority_vote
 from napari_ish_annotator.core.labels.store import LabelStore
 from napari_ish_annotator.core.utils.errors import InputError
+from napari_ish_annotator.core.utils.hashing import content_hash
 
 
 def make_images(folder: Path, n: int = 3) -> list[Path]:
@@ -413,24 +413,19 @@ def test_label_matrix_rehashes_a_file_that_changed(tmp_path, imgs):
         assert store.label_matrix([str(imgs[0])], ["brain"]).tolist() == [[0]]
 
 
-def test_new_store_reuses_hashes_from_the_old_one(tmp_path, imgs, monkeypatch):
-    """Switching label files re-hashes nothing that the previous store already hashed."""
-    import napari_ish_annotator.core.labels.store as labels_mod
+def test_new_store_reuses_hashes_from_the_old_one(tmp_path, imgs):
+    """Switching label files re-hashes nothing that the previous store already hashed (one
+    process-wide hash cache); a file changed since is read again."""
+    from napari_ish_annotator.core.utils.hashing import FILE_HASHES
 
     with LabelStore(tmp_path / "a.sqlite", annotator="a") as first:
         first.add_images(imgs)
-        calls = []
-        real = labels_mod._content_hash
-        monkeypatch.setattr(labels_mod, "_content_hash", lambda p: calls.append(p) or real(p))
+        before = FILE_HASHES.hashed
         with LabelStore(tmp_path / "b.sqlite", annotator="a") as second:
-            second.copy_hashes_from(first)  # a copy: a worker never writes the GUI's dicts
-            assert second._hash_cache == first._hash_cache
-            assert second._hash_cache is not first._hash_cache
-            assert second._given_cache is not first._given_cache
             second.add_images(imgs)
             second.set_label(imgs[2], "gut", 1)
-            assert calls == []
+            assert FILE_HASHES.hashed == before
             assert second.label_matrix(imgs, ["gut"]).tolist() == [[-1], [-1], [1]]
             Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(imgs[1])  # changed file
             assert second.label_matrix(imgs, ["gut"]).tolist() == [[-1], [-1], [1]]
-            assert calls == [imgs[1].resolve()]
+            assert FILE_HASHES.hashed == before + 1

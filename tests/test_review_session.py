@@ -89,8 +89,9 @@ def test_features_table_has_one_row_per_image_with_calls_and_a_map(trained):
 def test_previews_are_cached_by_content_and_a_planted_cache_file_is_remade(tmp_path):
     from PIL import Image
 
-    from napari_ish_annotator.core.data.images import content_hash, pixel_budget
+    from napari_ish_annotator.core.data.budget import pixel_budget
     from napari_ish_annotator.core.data.thumbnails import iter_thumbnails, thumbnail
+    from napari_ish_annotator.core.utils.hashing import content_hash
 
     img = tmp_path / "a.png"
     Image.fromarray(np.full((50, 200, 3), 120, np.uint8)).save(img)

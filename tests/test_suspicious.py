@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_ish_annotator.cli import main
-from napari_ish_annotator.core.learn.ensembles import EnsembleConfig
+from napari_ish_annotator.core.learn.logistic import EnsembleConfig
 from napari_ish_annotator.core.learn.review import (
     contradiction,
     iter_out_of_fold_probabilities,

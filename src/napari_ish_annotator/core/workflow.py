@@ -109,7 +109,7 @@ def iter_fit_bundle(
     out-of-fold scores from folds grouped by ``groups``, e.g. ``Dataset.groups()``; without
     groups every image is its own group). The Gram matrix is computed once for the
     calibration folds and the final fit (or taken from ``gram``, a
-    :class:`.classify.GramBlock` that holds the labelled rows). ``fingerprint`` is
+    :class:`.learn.ensembles.GramBlock` that holds the labelled rows). ``fingerprint`` is
     :func:`.manifest.training_fingerprint` of the training images and ``Y``. ``oof``: the
     labelled rows' out-of-fold raw scores for Platt scaling, when the caller made them already
     (:func:`.evaluation.iter_out_of_fold`; the Train panel shows their AUC), else made here.

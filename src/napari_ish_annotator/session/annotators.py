@@ -2,7 +2,7 @@
 disagree, the tooltip naming who said what, their agreement, and training on their consensus.
 
 The session builds each request on the GUI thread from its own state (a label-store read, no
-model fitting); the science is ``core.consensus``.
+model fitting); the science is ``core.labels.consensus``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _store(session: AnnotatorSession) -> Any:
 
 # ---------------------------------------------------------------------- annotators
 def annotator_labels(session: AnnotatorSession) -> Any:
-    """Every annotator's own labels of the open images (core.consensus.AnnotatorLabels)."""
+    """Every annotator's own labels of the open images (core.labels.consensus.AnnotatorLabels)."""
     return stored_annotator_labels(_store(session), session.paths, session.vocabulary)
 
 
@@ -54,7 +54,7 @@ def term_tooltips(session: AnnotatorSession, index: int | None = None) -> dict[s
 
 
 def iter_agreement(labels: Any) -> ProgressGen[Any]:
-    """core.consensus.agreement in a worker (it fits Dawid-Skene and imports scikit-learn)."""
+    """core.labels.consensus.agreement in a worker (it fits Dawid-Skene and imports scikit-learn)."""
     yield Progress(0, 1, "comparing annotators")
     return agreement(labels)
 

@@ -199,7 +199,7 @@ class ModelPart:
 
     # ------------------------------------------------------------------ training
     def groups(self) -> np.ndarray:
-        """Grouped-CV ids of the open images (by gene; see core.splits.group_ids)."""
+        """Grouped-CV ids of the open images (by gene; see core.learn.splits.group_ids)."""
         return group_ids(self.genes, self.stages)
 
     def training_counts(self) -> dict[str, tuple[int, int]]:

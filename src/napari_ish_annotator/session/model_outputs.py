@@ -1,5 +1,5 @@
 """What the session does with a trained model besides predicting (issue 12; no Qt): rank
-the images to label next (``core.active``), the fine-tuned ensemble's member spread
+the images to label next (``core.learn.active``), the fine-tuned ensemble's member spread
 (``core.finetune``), and the bioimage.io export (``core.export``).
 
 Each is a request built on the GUI thread, an ``iter_*`` step run in any thread that returns
@@ -40,7 +40,7 @@ class SuggestRequest:
 
 @dataclass(frozen=True)
 class LabelOrder:
-    """Images to label next, best first (core.active's ranking of the unlabelled ones)."""
+    """Images to label next, best first (core.learn.active's ranking of the unlabelled ones)."""
 
     images: np.ndarray  # image indices
     score: np.ndarray
@@ -68,7 +68,7 @@ def suggest_request(session: AnnotatorSession) -> SuggestRequest:
 
 
 def iter_suggest(req: SuggestRequest) -> ProgressGen[LabelOrder]:
-    """core.active.suggest over the candidates (members' decisions: a worker's job)."""
+    """core.learn.active.suggest over the candidates (members' decisions: a worker's job)."""
     yield Progress(0, 1, "ranking images to label")
     s = suggest(req.classifier, req.X, list(req.genes))
     return LabelOrder(req.candidates[s.order], np.asarray(s.score), req.generation)

@@ -115,7 +115,7 @@ class TrainedModel:
 class GradcamMaps:
     """Grad-CAM maps in [0, 1] of one image for ``terms``: the image's height x width, or a
     smaller map of the same aspect for a large image, ``scale`` (rows, columns) times the image's
-    pixel size (:func:`core.gradcam.display_shape`)."""
+    pixel size (:func:`core.explain.gradcam.display_shape`)."""
 
     index: int
     terms: tuple[str, ...]

@@ -284,19 +284,19 @@ class TrainRequest:
     Y: np.ndarray  # (n, T) int8: 1 present, 0 absent, -1 unknown
     vocabulary: tuple[str, ...]
     paths: tuple[Path, ...]
-    genes: tuple[str | None, ...]  # for the CV groups (computed in the step: core.evaluation
+    genes: tuple[str | None, ...]  # for the CV groups (computed in the step: core.learn.evaluation
     stages: tuple[str | None, ...]  # imports scikit-learn, not something for the GUI thread)
-    ensemble: dict  # core.classify.EnsembleConfig arguments (made in the step: no import
+    ensemble: dict  # core.learn.logistic.EnsembleConfig arguments (made in the step: no import
     #                 of the classifier modules on the GUI thread)
     cross_validate: bool
-    n_folds: int | None  # None: core.calibration.CALIBRATION_FOLDS, as `train` calibrates
+    n_folds: int | None  # None: core.learn.calibration.CALIBRATION_FOLDS, as `train` calibrates
     seed: int
     features: ExtractedFeatures | None
     extract: ExtractRequest
 
     @property
     def groups(self) -> np.ndarray:
-        """Grouped-CV ids (by gene; see core.splits.group_ids)."""
+        """Grouped-CV ids (by gene; see core.learn.splits.group_ids)."""
         return group_ids(self.genes, self.stages)
 
 
@@ -357,14 +357,14 @@ def iter_cv_auc(gram: Any, Y: np.ndarray, vocab: list[str], groups: np.ndarray,
                 ) -> ProgressGen[tuple[dict[str, float], str, np.ndarray | None]]:
     """({term: cross-validated AUC}, note, out-of-fold scores) from ONE out-of-fold pass.
 
-    ``gram`` is the :class:`core.classify.GramBlock` of the labelled rows (those of ``Y``
-    with any known label). The pass is :func:`core.evaluation.iter_out_of_fold`: gene-grouped
+    ``gram`` is the :class:`core.learn.ensembles.GramBlock` of the labelled rows (those of ``Y``
+    with any known label). The pass is :func:`core.learn.folds.iter_out_of_fold`: gene-grouped
     folds (``n_folds``, or the number of genes when fewer), the members' raw mean of every
     labelled image from the fold that did not train on it. Its AUCs (terms with at least
     :data:`MIN_CV_PER_CLASS` of each class) are ``evaluate --folds K``'s when every image is
     labelled, and the same scores are what Platt scaling is fitted on (``oof``, for
-    :func:`core.pipeline.iter_fit_bundle`; with ``n_folds`` =
-    :data:`core.calibration.CALIBRATION_FOLDS` the model is ``train``'s). None: fewer than
+    :func:`core.workflow.iter_fit_bundle`; with ``n_folds`` =
+    :data:`core.learn.calibration.CALIBRATION_FOLDS` the model is ``train``'s). None: fewer than
     two genes, the fit calibrates as without CV.
     """
     rows = gram.rows

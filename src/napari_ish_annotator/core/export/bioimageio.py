@@ -37,11 +37,10 @@ from ..utils.files import atomic_path, check_output_path, write_png_atomic
 from ..utils.progress import Progress, ProgressGen, drive
 from .model import ExportableModel, load_exportable
 from .packages import as_input as _as_input
-from .packages import failed_details, predict_package, require_bioimageio, run_package_test
+from .packages import failed_details, require_bioimageio, run_package_test
 
 __all__ = ["CITATION_DOI", "CITATION_TEXT", "ExportOptions", "ExportResult",
-           "iter_export_bioimageio", "export_bioimageio", "require_bioimageio",
-           "predict_package", "run_package_test", "failed_details"]
+           "iter_export_bioimageio", "export_bioimageio"]
 
 #: what bioimageio.spec's description and package writer depend on (named in error messages)
 _STACK = ("bioimageio.spec", "bioimageio.core", "pydantic", "pydantic-core")

@@ -23,7 +23,7 @@ from ..features.preprocess import normalisation_affine
 from ..finetune import load_finetuned
 from ..learn.bundle import load_bundle
 from ..utils.errors import InputError
-from ..utils.files import sha256_file
+from ..utils.hashing import content_hash
 
 if TYPE_CHECKING:  # pragma: no cover
     from .network import TermNetwork
@@ -178,7 +178,7 @@ def _from_checkpoint(path: Path) -> ExportableModel:
     return ExportableModel(
         kind="checkpoint", source=path, network=network, architecture=arch,
         vocabulary=vocabulary, backbone=model.backbone, layer="whole trunk + multi-task head",
-        weights_id=f"file:sha256={sha256_file(path)} (fine-tuned from "
+        weights_id=f"file:sha256={content_hash(path, 'weights')} (fine-tuned from "
                    f"{ckpt.get('base_weights_id') or Path(str(ckpt.get('base_weights'))).name})",
         input_size=model.input_size, keep_aspect=False, training=training,
         metrics={"terms": {t: {"val_auc": v} for t, v in per_term.items()}} if per_term else None,

@@ -60,7 +60,7 @@ class Preprocess(nn.Module):
         return (x - self.offset.view(1, 3, 1, 1)) * self.factor.view(1, 3, 1, 1)
 
     def _pad_square(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Centre on a square canvas of the median border colour (``features.border_colour``)."""
+        """Centre on a square canvas of the median border colour (``features.preprocess.border_colour``)."""
         side = max(h, w)
         top, left = (side - h) // 2, (side - w) // 2
         edges = torch.cat([x[:, :, 0, :], x[:, :, h - 1, :], x[:, :, :, 0], x[:, :, :, w - 1]],

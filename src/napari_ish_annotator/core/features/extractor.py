@@ -1,7 +1,7 @@
 """Fixed-backbone feature extraction (the paper's "transfer learning" step), fast and cached.
 
 Speed comes from running only the truncated trunk a layer needs, in reduced precision where
-it is safe, channels-last and with conv+ReLU fused on a CPU (:mod:`.inference`; measured
+it is safe, channels-last and with conv+ReLU fused on a CPU (:mod:`..backbones.trunk`; measured
 against the machine's matmul peak by ``benchmarks/bench_peak.py``, see
 ``docs/benchmarks.md``), and from decoding the next batches' images while the current batch is
 computed (:mod:`.decoding`: threads on a CPU, worker processes on a GPU). Features are always
@@ -31,8 +31,8 @@ from ..backbones.weights import (
     remember_identity,
     weights_identity,
 )
-from ..data.images import content_hash
 from ..utils.errors import InputError
+from ..utils.hashing import content_hash
 from ..utils.progress import CancelToken, Progress, ProgressCallback, ProgressGen, drive
 from .cache import FeatureCache
 from .decoding import (
@@ -79,7 +79,7 @@ def _image_key(image: Any) -> str:
     if isinstance(image, np.ndarray):
         return array_hash(image)
 
-    return content_hash(image)
+    return content_hash(image, "image")
 
 
 class FeatureExtractor:
@@ -202,7 +202,7 @@ class FeatureExtractor:
     @property
     def module(self) -> torch.nn.Module:
         """The inference network: a private copy of the truncated trunk in the run's precision
-        (see :func:`.inference.inference_trunk`)."""
+        (see :func:`..backbones.trunk.inference_trunk`)."""
         if self._module is None:
             self._module = inference_trunk(self.loaded.truncated(self.layer), self.device,
                                            self.dtype, self.channels_last)
@@ -210,7 +210,7 @@ class FeatureExtractor:
 
     @property
     def compute_batch(self) -> int:
-        """Images per network call (:func:`.inference.compute_batch`); decoding, progress and
+        """Images per network call (:func:`..backbones.trunk.compute_batch`); decoding, progress and
         the cache still go by :attr:`batch_size`."""
         if self._compute_batch is None:
             import torch

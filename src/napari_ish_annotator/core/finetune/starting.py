@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from ..backbones.weights import LoadedBackbone, load_backbone
 from ..utils.errors import InputError
-from ..utils.files import sha256_file
+from ..utils.hashing import content_hash
 from .checkpoint import is_ensemble, load_checkpoint
 from .config import FinetuneConfig
 
@@ -78,7 +78,7 @@ def load_warm_start(path: str | Path, config: FinetuneConfig, vocabulary: list[s
     if len(norm.get("mean", ())) != 3 or len(norm.get("std", ())) != 3:
         raise InputError("the checkpoint's normalisation is incomplete; it is damaged - pass "
                          "another checkpoint", path=path)
-    provenance = {"file": path.name, "sha256": sha256_file(path),
+    provenance = {"file": path.name, "sha256": content_hash(path, "weights"),
                   "training_fingerprint": ckpt.get("training_fingerprint"),
                   "vocabulary": old, "epochs": int(ckpt.get("epoch", 0))}
     return WarmStart(ckpt["backbone_state_dict"], ckpt["head_state_dict"], tuple(old), norm,

@@ -4,7 +4,7 @@
 A label store is often someone else's file (a colleague's, another lab's). SQLite files can
 carry code: triggers fire on our INSERTs, views run arbitrary (even endless) queries, and a
 schema may mix in extra tables, columns or indexes. So every store, our own included, is
-checked before any statement of ours touches its tables (see :mod:`.label_open`):
+checked before any statement of ours touches its tables (see :mod:`.connection`):
 
 * :func:`check_schema` compares ``sqlite_master`` with the project's own schema (an
   allow-list): any trigger, view, other table, column or index is refused in one line

@@ -12,9 +12,9 @@ Images are identified by the sha256 of their bytes, so a moved or renamed image 
 labels (its stored path is updated the next time it is seen).
 
 Files: this module holds the store's events and image identities; opening a file safely
-(read-only vetting first, time budget, Ctrl-C) is :mod:`.label_open`, what a store may
-contain is :mod:`.label_schema`, reading current labels :mod:`.label_reading` and manifest
-import/export :mod:`.label_manifests` (mixins of :class:`LabelStore`).
+(read-only vetting first, time budget, Ctrl-C) is :mod:`.connection`, what a store may
+contain is :mod:`.schema`, reading current labels :mod:`.reading` and manifest
+import/export :mod:`.manifests` (mixins of :class:`LabelStore`).
 """
 
 from __future__ import annotations
@@ -24,15 +24,14 @@ import getpass
 import os
 import re
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.images import content_hash
 from ..utils.errors import InputError
+from ..utils.hashing import FILE_HASHES
 from .connection import QUERY_SECONDS, BudgetConnection, guarded, open_store, rollback
 from .manifests import ManifestIO
 from .reading import CurrentLabels
@@ -44,11 +43,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # the same rule as schema.check_rows
 _EVENT_SQL = """SELECT e.id, i.content_hash, i.path, t.name, e.value, a.name, e.time, e.undo_of
 FROM label_events e JOIN images i ON i.id = e.image JOIN terms t ON t.id = e.term
 JOIN annotators a ON a.id = e.annotator"""
-
-
-def _content_hash(path: Path) -> str:
-    """sha256 of the file bytes: the same image identity as the feature cache uses."""
-    return content_hash(path)
 
 
 def default_annotator() -> str:
@@ -82,10 +76,6 @@ class LabelStore(CurrentLabels, ManifestIO):
         self.path = Path(path)
         self.annotator = annotator or default_annotator()
         self.read_only = read_only
-        self._hash_cache: dict[str, tuple[int, int, str]] = {}
-        # path exactly as given -> (st_dev, st_ino, st_mtime_ns, st_size, hash): one stat() per
-        # image instead of resolve() + is_file() + stat(), for label counts over large folders
-        self._given_cache: dict[str, tuple[int, int, int, int, str]] = {}
         self._lock = threading.RLock()  # widgets may write from worker threads
         self._conn: BudgetConnection | None = None
         self._conn = open_store(self.path, read_only, busy_timeout, query_budget)
@@ -131,17 +121,6 @@ class LabelStore(CurrentLabels, ManifestIO):
         self.close()
 
     # -- identities ------------------------------------------------------------------------
-    def _hash_file(self, path: Path) -> str:
-        st = path.stat()
-        key = str(path)
-        cached = self._hash_cache.get(key)
-        if cached and cached[:2] == (st.st_mtime_ns, st.st_size):
-            return cached[2]
-        digest = _content_hash(path)
-        with self._lock:
-            self._hash_cache[key] = (st.st_mtime_ns, st.st_size, digest)
-        return digest
-
     def _resolve(self, image: str | Path) -> tuple[str, str | None]:
         """(content hash, current file path or None) for a path or a known hash."""
         text = str(image)
@@ -149,7 +128,7 @@ class LabelStore(CurrentLabels, ManifestIO):
             return text, None
         path = Path(image).resolve()
         if path.is_file():
-            return self._hash_file(path), str(path)
+            return FILE_HASHES.hash(path, "image"), str(path)
         row = self._conn.execute("SELECT content_hash FROM images WHERE path = ?",
                                  (str(path),)).fetchone()
         if row:
@@ -344,48 +323,33 @@ class LabelStore(CurrentLabels, ManifestIO):
             return None
 
     def copy_hashes_from(self, other: LabelStore) -> None:
-        """Take a copy of ``other``'s path->hash caches (switching label files then re-hashes
-        nothing). Copied under ``other``'s lock, so a worker thread may call this while the
-        GUI thread still uses ``other``; the two stores never share a dict."""
-        with other._lock:
-            hashes, given = dict(other._hash_cache), dict(other._given_cache)
-        with self._lock:
-            self._hash_cache.update(hashes)
-            self._given_cache.update(given)
+        """Nothing to copy any more: every store reads the process's one hash cache
+        (:data:`..utils.hashing.FILE_HASHES`), so switching label files re-hashes nothing.
+        Kept until its callers in ``session.steps`` are removed."""
 
     def _hashes(self, images: Sequence[str | Path], strict: bool = False) -> list[str | None]:
         """Content hash per image (None when unknown unless ``strict``), one stat() per hit.
 
-        A hit needs the same file (device, inode) with the same mtime_ns and size as when it
-        was hashed, so a changed, replaced or re-targeted file is hashed again; anything else
-        (known hashes, moved files, unknown paths) goes through :meth:`_resolve`.
+        A hit is the process's hash cache (:data:`FILE_HASHES`), keyed by the path as given:
+        a changed, replaced or re-targeted file is hashed again; anything else (known hashes,
+        moved files, unknown paths) goes through :meth:`_resolve`.
         """
         out: list[str | None] = []
-        cache = self._given_cache
         for image in images:
             text = str(image)
-            try:
-                st = os.stat(text)
-            except (OSError, ValueError):
-                st = None
-            if st is not None and stat.S_ISREG(st.st_mode) and not _HASH_RE.match(text):
-                key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-                hit = cache.get(text)
-                if hit is not None and hit[:4] == key:
-                    out.append(hit[4])
+            if not _HASH_RE.match(text):
+                try:
+                    out.append(FILE_HASHES.hash(text, "image"))
                     continue
-            else:
-                key = None
+                except InputError:
+                    pass  # not a file here: perhaps known by its path
             try:
-                digest, path = self._resolve(image)
+                digest = self._resolve(image)[0]
             except InputError:
                 if strict:
                     raise
                 out.append(None)
                 continue
-            if key is not None and path is not None:
-                with self._lock:
-                    cache[text] = (*key, digest)
             out.append(digest)
         return out
 

@@ -286,7 +286,7 @@ def iter_cross_validate(
     ``groups``; without groups every image is its own group), so the brier and ece figures
     are those of the probabilities a bundle reports; AUC ranks by the members' raw mean (see
     :func:`score_predictions`). ``groups`` also improves the "not evaluated" reasons.
-    ``gram`` (a :class:`.classify.GramBlock` holding those rows) saves computing it again.
+    ``gram`` (a :class:`.ensembles.GramBlock` holding those rows) saves computing it again.
     With ``records`` (gene x stage records of the rows, :func:`.groups.record_groups`) the
     result's ``groups`` holds the same figures for the records of the test genes
     (:func:`score_groups`), on the same splits.

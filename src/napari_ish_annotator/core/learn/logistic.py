@@ -3,7 +3,7 @@
 Features are huge (VGG16 layer 21 = 401,408 dims) while the number of labelled images is
 small (a few thousand). Every member's weight vector lies in the span of its training rows
 (representer theorem), ``w = sum_i alpha_i x_i``, so with the Gram matrix ``K = X X^T``
-(:func:`.classify.iter_gram`) each member becomes a small ``m x m`` problem in ``alpha``. That
+(:func:`.ensembles.iter_gram`) each member becomes a small ``m x m`` problem in ``alpha``. That
 problem is solved by Newton's method in the *w-space* metric (strictly convex there even when
 ``K`` is singular), so the optimum is exactly scikit-learn's ``LogisticRegression`` objective
 
@@ -11,7 +11,7 @@ problem is solved by Newton's method in the *w-space* metric (strictly convex th
 
 Each member sees all images of a term's minority class plus an equal random undersample of
 the other (:func:`member_rows`); :func:`iter_fit_members` fits them all, :func:`majority_vote`
-is the paper's decision. :mod:`.classify` recovers the primal weights and predicts;
+is the paper's decision. :mod:`.ensembles` recovers the primal weights and predicts;
 :mod:`.folds` fits cross-validation folds on sub-blocks of one Gram matrix.
 """
 

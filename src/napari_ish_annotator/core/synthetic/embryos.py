@@ -9,7 +9,7 @@ correlations between terms are realistic; pose, stain strength, illumination, no
 vary so that the task is learnable but not trivial (nuisance haze and off-target blobs too).
 
 Where each term's region lies on the embryo (parts in normalised embryo coordinates) is
-:mod:`.synthetic_regions`; its names are re-exported here.
+:mod:`.regions`.
 
 Fields are evaluated at half resolution and upsampled (stains are smooth and the image is
 blurred afterwards), which keeps a 640 x 320 image well under 50 ms.

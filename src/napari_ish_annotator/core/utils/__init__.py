@@ -6,6 +6,7 @@
 * :mod:`.files` - atomic writes (was ``io.py``), output-path checks, scratch memmaps;
 * :mod:`.csvio` - the CSV writer that neutralises spreadsheet formulas;
 * :mod:`.extras` - optional extras: install hints, version checks;
+* :mod:`.hashing` - :func:`content_hash`, the one (cached) sha256 of a file's bytes;
 * :mod:`.lazy` - :func:`attach`, the one lazy pattern every package face uses;
 * :mod:`.arrays` - bounded reading of model files from elsewhere (JSON, ``.npy``/``.npz``
   headers before data, torch zips: stored records, a memory budget, no pickle).
@@ -21,9 +22,10 @@ from .lazy import attach
 __getattr__, __dir__, __all__ = attach(__name__, {
     "errors": ["InputError"],
     "progress": ["CancelToken", "Cancelled", "Progress", "ProgressCallback", "ProgressGen", "TqdmCallback", "drive", "sub_progress"],
-    "files": ["atomic_path", "check_output_path", "release_pages", "scratch_memmap", "sha256_file", "write_json_atomic", "write_npy_atomic", "write_png_atomic", "write_text_atomic"],
+    "files": ["atomic_path", "check_output_path", "release_pages", "scratch_memmap", "write_json_atomic", "write_npy_atomic", "write_png_atomic", "write_text_atomic"],
     "csvio": ["csv_text", "neutralise", "write_csv"],
     "extras": ["check_compatible", "install_hint", "require_extra"],
+    "hashing": ["FILE_HASHES", "HashCache", "content_hash"],
     "lazy": ["attach"],
     "arrays": ["NpzReader", "load_json", "model_budget", "open_regular", "torch_load"],
 })

@@ -72,5 +72,5 @@ def csv_text(header: Sequence[object], rows: Iterable[Sequence[object]]) -> str:
 
 def write_csv(path: str | Path, header: Sequence[object],
               rows: Iterable[Sequence[object]]) -> None:
-    """Write a CSV output atomically (:func:`.io.write_text_atomic`), every cell neutralised."""
+    """Write a CSV output atomically (:func:`.files.write_text_atomic`), every cell neutralised."""
     write_text_atomic(path, csv_text(header, rows))
