@@ -22,7 +22,7 @@ pytestmark = pytest.mark.gui
 
 def test_cv_run_shows_the_auc_of_every_scored_term(make_napari_viewer, qtbot, tmp_path,
                                                    monkeypatch):
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of
 
     make_dataset(tmp_path / "data", n=8)  # 4 genes; every term 4 present, 4 absent
     viewer = make_napari_viewer(show=True)
@@ -30,7 +30,7 @@ def test_cv_run_shows_the_auc_of_every_scored_term(make_napari_viewer, qtbot, tm
     annotator = dock(viewer, "ISH Annotator")
     wait_embryo_shown(qtbot, viewer)
     watch = Watch(monkeypatch)
-    session = get_session(viewer)
+    session = session_of(viewer)
     model, train = annotator.model, annotator.train
     chart = train.cv_chart
     assert chart.canvas is None and "cross-validated" in chart.note.text()

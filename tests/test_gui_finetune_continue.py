@@ -23,7 +23,7 @@ def test_continue_from_the_current_network_records_what_it_continued(
         make_napari_viewer, qtbot, tmp_path, monkeypatch):
     from napari_ish_annotator.core.finetune.checkpoint import load_checkpoint
     from napari_ish_annotator.core.utils.files import sha256_file
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of
 
     make_dataset(tmp_path / "data", n=8)
     viewer = make_napari_viewer(show=True)
@@ -31,7 +31,7 @@ def test_continue_from_the_current_network_records_what_it_continued(
     annotator = dock(viewer, "ISH Annotator")
     wait_embryo_shown(qtbot, viewer)
     watch = Watch(monkeypatch)
-    session = get_session(viewer)
+    session = session_of(viewer)
     model, train = annotator.model, annotator.train
     sec = train.finetune
     choose(qtbot, model.weights_combo, "random")

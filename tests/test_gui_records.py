@@ -32,7 +32,7 @@ def test_accept_record_labels_every_image_and_one_undo_restores_all(
         make_napari_viewer, qtbot, tmp_path, monkeypatch):
     from napari_ish_annotator.core.data.vocabulary import default_vocabulary
     from napari_ish_annotator.core.synthetic.embryos import generate_dataset
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of
 
     manifest = generate_dataset(tmp_path / "data", 12, size=(64, 128), seed=0,
                                 vocabulary=default_vocabulary("13-16")[:3], write_masks=False)
@@ -41,7 +41,7 @@ def test_accept_record_labels_every_image_and_one_undo_restores_all(
     annotator = dock(viewer, "ISH Annotator")
     wait_embryo_shown(qtbot, viewer)
     watch = Watch(monkeypatch)
-    session = get_session(viewer)
+    session = session_of(viewer)
     embryos, model, train = annotator.embryos, annotator.model, annotator.train
     section = embryos.record
     assert not section.accept_button.isEnabled()  # no prediction yet
@@ -98,7 +98,7 @@ def test_accept_record_labels_every_image_and_one_undo_restores_all(
 
 @pytest.mark.gui
 def test_an_image_without_a_gene_is_a_record_of_its_own(make_napari_viewer, tmp_path):
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of
 
     data = tmp_path / "data"
     make_dataset(data, n=4)
@@ -106,7 +106,7 @@ def test_an_image_without_a_gene_is_a_record_of_its_own(make_napari_viewer, tmp_
     viewer = make_napari_viewer()
     embryos = dock(viewer, "Embryos")
     assert embryos.open_paths([data])
-    assert get_session(viewer).genes[0] is None
+    assert session_of(viewer).genes[0] is None
     assert "this image alone" in embryos.record.title.text()
     assert "gene" in embryos.record.title.text()
     assert not embryos.record.accept_button.isEnabled()
