@@ -55,7 +55,15 @@ def test_issue_22_buttons_do_their_work(make_napari_viewer, qtbot, tmp_path, mon
     assert session.probabilities is not session_probabilities
     click(qtbot, embryos.export_pred_button)
     rows = dialogs.saved[-1].read_text().splitlines()
-    assert rows[0].split(",") == ["image", *TERMS] and len(rows) == 7
+    assert rows[0].split(",") == ["image", *TERMS, "calls"] and len(rows) == 7
+    # predictions add the embryo table layer; the embryo layer stays active, so the number
+    # keys on the canvas still label (a selected Points layer would take them over)
+    assert viewer.layers.selection.active is not None
+    assert viewer.layers.selection.active.name != "ISH embryo table"
+    before = session.labels_for()[TERMS[0]]
+    press(viewer, "1")
+    assert session.labels_for()[TERMS[0]] != before
+    press(viewer, "Control-Z")
 
     explain.term_combo.setCurrentText(TERMS[1])
     click(qtbot, explain.show_button)

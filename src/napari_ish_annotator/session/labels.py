@@ -106,21 +106,29 @@ class LabelsPart:
         """One term's label of several images as one batch (the Gallery's marks): one
         :meth:`undo` reverts all of it. Images that already have ``value`` are left alone, so
         every write is a new event. Returns the number of labels changed."""
-        store = self._require_store()
+        self._require_store()
         if term not in self.vocabulary:
             raise InputError(f"unknown term {term!r}; add it to the vocabulary first")
         rows = [int(i) for i in dict.fromkeys(indices) if 0 <= int(i) < self.n_images]
         current = self.label_matrix()[:, self.vocabulary.index(term)] if rows else []
         want = -1 if value is None else int(value)
-        rows = [i for i in rows if current[i] != want]
-        events = []
-        try:
-            for i in rows:
-                events.append(store.set_label(self.paths[i], term, value))
-        finally:
-            if events:
-                self._label_batches.append((events[-1].id, len(events)))
-                self._labels_written(rows[:len(events)])
+        return self.set_label_batch([(i, term, value) for i in rows if current[i] != want])
+
+    def set_label_batch(self, changes: Sequence[tuple[int, str, int | None]]) -> int:
+        """Label changes (image index, term, value) in ONE transaction - all or none - that
+        one :meth:`undo` reverts (the Gallery's marks, an accepted gene x stage record).
+        Returns the number of labels changed (a no-op change writes nothing)."""
+        store = self._require_store()
+        unknown = sorted({t for _, t, _ in changes if t not in self.vocabulary})
+        if unknown:
+            raise InputError(f"unknown term(s) {', '.join(unknown)}; add them to the "
+                             "vocabulary first")
+        if not changes:
+            return 0
+        events = store.set_labels([(self.paths[i], t, v) for i, t, v in changes])
+        if events:
+            self._label_batches.append(frozenset(e.id for e in events))
+            self._labels_written(sorted({i for i, _, _ in changes}))
         return len(events)
 
     def cycle_label(self, term: str, index: int | None = None) -> int | None:
@@ -131,18 +139,14 @@ class LabelsPart:
         return new
 
     def undo(self) -> bool:
+        """Undo the annotator's latest change; a batch (:meth:`set_label_batch`) as one."""
         store = self._require_store()
-        event = store.undo()
-        if event is None:
+        batch = self._label_batches[-1] if self._label_batches else frozenset()
+        events = store.undo_together(batch)
+        if not events:
             return False
-        events = [event]
-        if self._label_batches and event.undo_of == self._label_batches[-1][0]:
-            # the latest change was a batch (set_labels): undo the rest of it too
-            for _ in range(self._label_batches.pop()[1] - 1):
-                more = store.undo()
-                if more is None:
-                    break
-                events.append(more)
+        if events[0].undo_of in batch:
+            self._label_batches.pop()
         where = {str(e.image_path) for e in events}
         where_paths = {Path(w) for w in where}
         changed = [i for i, p in enumerate(self.paths) if str(p) in where or p in where_paths]

@@ -250,10 +250,14 @@ class ModelPart:
         self.train_report_changed.emit()
 
     # ------------------------------------------------------------------ fine-tuning
-    def finetune_request(self, config: Any, out: Path) -> steps.FinetuneRequest:
-        """Fine-tune on the labelled images, then refit on the checkpoint's features."""
+    def finetune_request(self, config: Any, out: Path, init: Path | None = None
+                         ) -> steps.FinetuneRequest:
+        """Fine-tune on the labelled images, then refit on the checkpoint's features; ``init``
+        (the fine-tuned checkpoint in use) continues that network with the current labels."""
         if not self.paths:
             raise InputError("no images are open; open a folder or manifest first")
+        if init is not None and (self.finetuned is None or Path(init) != Path(self.finetuned)):
+            raise InputError("no fine-tuned network is in use to continue; fine-tune first")
         train = self.train_request(True)
         rows = labelled_rows(train.Y)
         if len(rows) < 2:
@@ -263,7 +267,7 @@ class ModelPart:
         refit, refit_settings = steps.finetune_refit(train, settings, Path(out))
         return steps.FinetuneRequest(tuple(self.paths[i] for i in rows), train.Y[rows],
                                      train.vocabulary, rows, config, Path(out),
-                                     refit, refit_settings)
+                                     refit, refit_settings, Path(init) if init else None)
 
     def model_state(self) -> ModelState:
         return ModelState(self.settings, self.bundle, self.extracted, self.probabilities,

@@ -99,7 +99,7 @@ class AnnotatorSession(LabelsPart, ModelPart):
         self._images_lock = threading.Lock()
         self._label_cache: dict[int, dict[str, int | None]] = {}
         self._Y: np.ndarray | None = None  # the full label matrix, kept row by row
-        self._label_batches: list[tuple[int, int]] = []  # (last event id, size): set_labels
+        self._label_batches: list[frozenset[int]] = []  # event ids of each set_label_batch
 
     def __setattr__(self, name: str, value: Any) -> None:
         if threading.get_ident() != self._owner:

@@ -432,14 +432,14 @@ class FinetuneRequest:
     out: Path
     refit: TrainRequest  # its extractor config is switched to the checkpoint after training
     settings: SessionSettings  # the settings the refit will use (weights = ``out``)
+    init: Path | None = None  # a fine-tuned checkpoint this run continues (finetune --init)
 
 
 def iter_finetune(req: FinetuneRequest) -> ProgressGen[FinetuneOutcome]:
     """Fine-tune on the labelled images, then refit and re-predict with the new backbone."""
     result = yield from core_finetune(list(req.images), req.Y, list(req.vocabulary), req.config,
-                                      req.out, groups=req.refit.groups[req.rows])
-    trained = yield from iter_train(req.refit)
-    return FinetuneOutcome(result, trained, req.settings)
+                                      req.out, groups=req.refit.groups[req.rows], init=req.init)
+    return FinetuneOutcome(result, (yield from iter_train(req.refit)), req.settings)
 
 
 def finetune_refit(train: TrainRequest, settings: SessionSettings, out: Path) -> tuple:

@@ -49,8 +49,11 @@ def update_table_layer(viewer: Any, session: AnnotatorSession) -> None:
     table = features_table(session)
     coords = _coordinates(table)
     if layer is None:
+        active = viewer.layers.selection.active  # the embryo layer: its keys label images
         layer = viewer.add_points(coords, features=table, name=TABLE_LAYER, visible=False,
                                   size=2.0, metadata={META_KEY: "table"})
+        if active is not None:  # adding a layer selects it, and a Points layer's own keys
+            viewer.layers.selection.active = active  # (1-9 ...) would take over the canvas
 
         made = layer
 

@@ -32,6 +32,7 @@ from ._errors import report_error, shows_input_error
 from ._loading import freeze_long_lived
 from ._viewer_binding import add_opener, forward_annotation_keys, stage_first_show
 from ._worker import TaskRunner
+from .records_section import RecordSection
 
 #: what napari imports the first time it builds an image layer (about two seconds of a
 #: frozen viewer on the GUI thread): the opening worker imports them first instead
@@ -183,6 +184,8 @@ class EmbryosWidget(SessionDock):
         layout.addWidget(self.filter_edit)
         layout.addWidget(self.table, 1)
         layout.addLayout(nav)
+        self.record = RecordSection(self)  # the current image's gene x stage record
+        layout.addWidget(self.record)
         layout.addLayout(annotator_row)
         layout.addWidget(self.files_section)
 

@@ -125,6 +125,8 @@ class FinetuneSection(QWidget):
         self.augment_check.setChecked(True)
         self.augment_check.setToolTip("rotation, scale, brightness/contrast, stain hue. Off: on CPU the frozen layers are computed once and each "
                                       "epoch only runs the trainable part (much faster)")
+        self.continue_check = QCheckBox("Continue from the current network")
+        self.continue_check.toggled.connect(self._continue_toggled)
         form = QFormLayout()
         form.addRow("Epochs", self.epochs_spin)
         form.addRow("Learning rate", self.lr_spin)
@@ -163,12 +165,16 @@ class FinetuneSection(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(form)
         layout.addWidget(self.augment_check)
+        layout.addWidget(self.continue_check)
         layout.addLayout(buttons)
         layout.addWidget(self.runner)
         layout.addWidget(self.eta_label)
         layout.addWidget(self.plot_placeholder)
         layout.addWidget(self.summary)
         self._layout = layout
+        for signal in (self.session.model_changed, self.session.settings_changed):
+            dock.listen(signal, self._update_continue)
+        self._update_continue()
 
     def _fill_frozen(self, *_: Any) -> None:
         """Name the selected backbone's own default (it said VGG16 for EfficientNet-Lite0)."""
@@ -202,13 +208,32 @@ class FinetuneSection(QWidget):
         folder.mkdir(parents=True, exist_ok=True)
         return folder / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}.pt"
 
+    def continued(self) -> Path | None:
+        """The checkpoint a run continues: the fine-tuned network in use, when asked for."""
+        ok = self.continue_check.isChecked() and self.continue_check.isEnabled()
+        return self.session.finetuned if ok else None
+
+    def _update_continue(self, *_: Any) -> None:
+        current = self.session.finetuned
+        self.continue_check.setEnabled(current is not None and not self.runner.running)
+        self.continue_check.setToolTip(
+            f"start from the fine-tuned network in use ({current.name}) instead of the base "
+            "weights and train it on the current labels: every labelled image, new terms get "
+            "new outputs, terms no longer labelled are dropped" if current is not None else
+            "no fine-tuned network is loaded: fine-tune once first (or use a fine-tuned "
+            "checkpoint as weights), then continue it after labelling more")
+
+    def _continue_toggled(self, checked: bool) -> None:
+        self.start_button.setText("Continue fine-tuning" if checked else "Start fine-tuning")
+
     # ------------------------------------------------------------------ run
     def start(self) -> Any:
         """Fine-tune on the labelled images in a worker, then switch to the new backbone."""
         s = self.session
+        init = self.continued()
         try:
             out = self._output_path()
-            request = s.finetune_request(self.config(), out)
+            request = s.finetune_request(self.config(), out, init=init)
         except InputError as exc:
             self.summary.setText(report_error(exc))
             return None
@@ -217,7 +242,8 @@ class FinetuneSection(QWidget):
         self.checkpoint = out
         self._t0 = time.perf_counter()
         self._first_batch_done = 0
-        self.summary.setText(f"fine-tuning on {len(request.images)} labelled images…")
+        self.summary.setText((f"continuing {init.name}" if init else "fine-tuning")
+                             + f" on {len(request.images)} labelled images…")
         return self.runner.start(_finetune_in_worker, request, on_done=self._finished,
                                  message="loading images…",
                                  done_message="fine-tuned; using the new backbone")
@@ -236,6 +262,7 @@ class FinetuneSection(QWidget):
                                  "(usable as weights file)")
         if not busy:
             self.eta_label.setText("")
+        self._update_continue()
 
     def _on_step(self, step: Any) -> None:
         kind = getattr(step, "kind", None)
@@ -299,7 +326,8 @@ class FinetuneSection(QWidget):
             f"fine-tuned {len(ft.history)} epochs{' (stopped early)' if ft.stopped_early else ''}"
             f"; best epoch {ft.best_epoch}"
             + (f", validation AUC {auc:.2f}" if auc is not None else "")
-            + f". Now using {ft.checkpoint.name}; features, classifiers and predictions updated.")
+            + f". Now using {ft.checkpoint.name}; features, classifiers and predictions updated."
+            + "".join(f" {note}" for note in getattr(ft, "notes", ()) or ()))
 
     def _show_switch(self) -> None:
         self.switch_button.setEnabled(self.session.previous_model is not None

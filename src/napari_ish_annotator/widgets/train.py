@@ -26,17 +26,11 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.utils.errors import InputError
-from ..session import (
-    MIN_CV_PER_CLASS,
-    TrainedModel,
-    annotators,
-    model_outputs,
-    needs_network,
-    steps,
-)
+from ..session import MIN_CV_PER_CLASS, TrainedModel, annotators, model_outputs, needs_network
 from ._base import Collapsible, SessionDock
 from ._errors import report_error, shows_input_error
 from ._worker import TaskRunner
+from .cv_chart import CvChart, train_in_worker
 from .finetune_section import FinetuneSection
 
 
@@ -140,6 +134,8 @@ class TrainWidget(SessionDock):
         layout.addWidget(self.summary)
         layout.addWidget(self.options_section)
         layout.addWidget(self.table, 1)
+        self.cv_chart = CvChart(self)  # AUC per term after a CV run (issue 27)
+        layout.addWidget(self.cv_chart)
         layout.addWidget(self.tools_section)
 
         self.finetune_box = QWidget()
@@ -186,7 +182,7 @@ class TrainWidget(SessionDock):
             self.summary.setText(report_error(exc))
             return None
         return self.runner.start(  # torch only if some features are not cached yet
-            steps.iter_train, request, on_done=self._trained, message="training…",
+            train_in_worker, request, on_done=self._trained, message="training…",
             done_message="trained; predictions updated",
             needs_torch=lambda: needs_network(request.features, request.extract))
 

@@ -26,7 +26,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -250,26 +250,57 @@ class LabelStore(CurrentLabels, ManifestIO):
         return self._event(event_id)
 
     @guarded
+    def set_labels(self, changes: Sequence[tuple[str | Path, str, LabelValue]],
+                   annotator: str | None = None) -> list[LabelEvent]:
+        """Record many labels in ONE committed transaction (all or none, e.g. accepting a gene
+        x stage record); returns the events written (no-op changes write nothing)."""
+        checked = [(image, term, self._check_value(value)) for image, term, value in changes]
+        resolved = [(*self._resolve(image), term, value) for image, term, value in checked]
+        written = []
+        with self._write():
+            annotator_id = self._named_id("annotators", annotator or self.annotator)
+            for digest, path, term, value in resolved:
+                image_id = self._upsert_image(digest, path)
+                term_id = self._named_id("terms", term)
+                latest = self._latest(image_id, term_id, annotator_id)
+                if latest is None or latest[1] != value:
+                    written.append(self._insert(image_id, term_id, value, annotator_id))
+        return [self._event(e) for e in written]
+
+    @guarded
     def undo(self, annotator: str | None = None) -> LabelEvent | None:
         """Revert the annotator's latest change not yet undone; repeated calls walk back.
 
         The undo is itself recorded (``undo_of`` = the reverted event, ``value`` = the value
         now in force, ``None`` when the annotator has no earlier label of that term).
         """
+        undone = self.undo_together((), annotator)
+        return undone[0] if undone else None
+
+    @guarded
+    def undo_together(self, together: Collection[int], annotator: str | None = None
+                      ) -> list[LabelEvent]:
+        """Like :meth:`undo`, in one transaction; while the next change to revert is one of the
+        event ids ``together`` (a batch from :meth:`set_labels`), it is reverted too."""
         name = annotator or self.annotator
+        together = set(together)
+        done: list[int] = []
         with self._write():
-            row = self._conn.execute(
-                "SELECT e.id, e.image, e.term, e.annotator FROM label_events e "
-                "JOIN annotators a ON a.id = e.annotator WHERE a.name = ? AND e.undo_of IS NULL "
-                "AND NOT EXISTS (SELECT 1 FROM label_events u WHERE u.undo_of = e.id) "
-                "ORDER BY e.id DESC LIMIT 1", (name,)).fetchone()
-            if row is None:
-                return None
-            target, image_id, term_id, annotator_id = row
-            previous = self._latest(image_id, term_id, annotator_id, before=target)
-            event_id = self._insert(image_id, term_id, previous[1] if previous else None,
-                                    annotator_id, undo_of=target)
-        return self._event(event_id)
+            while True:
+                row = self._conn.execute(
+                    "SELECT e.id, e.image, e.term, e.annotator FROM label_events e "
+                    "JOIN annotators a ON a.id = e.annotator WHERE a.name = ? "
+                    "AND e.undo_of IS NULL AND NOT EXISTS (SELECT 1 FROM label_events u "
+                    "WHERE u.undo_of = e.id) ORDER BY e.id DESC LIMIT 1", (name,)).fetchone()
+                if row is None or (done and row[0] not in together):
+                    break
+                target, image_id, term_id, annotator_id = row
+                previous = self._latest(image_id, term_id, annotator_id, before=target)
+                done.append(self._insert(image_id, term_id, previous[1] if previous else None,
+                                         annotator_id, undo_of=target))
+                if target not in together:
+                    break
+        return [self._event(e) for e in done]
 
     @guarded
     def history(self, image: str | Path | None = None, term: str | None = None) -> list[LabelEvent]:

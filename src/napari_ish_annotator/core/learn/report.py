@@ -28,7 +28,7 @@ from .evaluation import Evaluation
 from .groups import GroupRecords, combine_probabilities, group_labels
 from .metrics import ECE_BINS, defined_mean, per_term_auc
 
-__all__ = ["TermAUC", "split_aucs", "write_report"]
+__all__ = ["TermAUC", "draw_auc_bars", "split_aucs", "write_report"]
 N_CURVES = 3  # best and worst terms drawn in the ROC figure
 
 
@@ -70,7 +70,11 @@ def split_aucs(ev: Evaluation, Y: np.ndarray, records: GroupRecords | None = Non
     return out
 
 
-def _bars(ax, images: list[TermAUC], groups: list[TermAUC] | None) -> list[str]:
+def draw_auc_bars(ax, images: list[TermAUC], groups: list[TermAUC] | None = None,
+                  xlabel: str = "AUC (mean ± std over splits)") -> list[str]:
+    """Horizontal AUC bars per evaluated term onto the matplotlib Axes ``ax`` (the report's
+    figure and the Train panel's chart); terms without a figure get no bar. Returns the
+    terms drawn, lowest AUC first."""
     scored = [a for a in images if a.mean is not None]
     scored.sort(key=lambda a: a.mean)
     names = [a.term for a in scored]
@@ -88,7 +92,7 @@ def _bars(ax, images: list[TermAUC], groups: list[TermAUC] | None) -> list[str]:
     ax.set_yticks(y, names, fontsize=7)
     ax.axvline(0.5, color="grey", lw=0.8, ls="--")
     ax.set_xlim(0.0, 1.0)
-    ax.set_xlabel("AUC (mean ± std over splits)")
+    ax.set_xlabel(xlabel)
     return names
 
 
@@ -150,7 +154,7 @@ def write_report(out_dir: str | Path, evaluations: dict[str, Evaluation], Y: np.
         groups = split_aucs(ev, Y, records) if records is not None else None
         n = sum(a.mean is not None for a in images)
         fig = Figure(figsize=(7, max(2.5, 0.28 * n + 1.2)))
-        _bars(fig.add_subplot(), images, groups)
+        draw_auc_bars(fig.add_subplot(), images, groups)
         fig.tight_layout()
         _save(fig, out / f"auc-per-term-L{layer}.png")
         fig = Figure(figsize=(5, 4.5))

@@ -1,0 +1,74 @@
+"""The Train panel's per-term AUC chart after a CV run (issue 27), driven by clicks and keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from _gui_helpers import (
+    TERMS,
+    Watch,
+    choose,
+    click,
+    dock,
+    make_dataset,
+    press,
+    type_value,
+    wait_done,
+    wait_embryo_shown,
+)
+
+pytestmark = pytest.mark.gui
+
+
+def test_cv_run_shows_the_auc_of_every_scored_term(make_napari_viewer, qtbot, tmp_path,
+                                                   monkeypatch):
+    from napari_ish_annotator.widgets import session_of
+
+    make_dataset(tmp_path / "data", n=8)  # 4 genes; every term 4 present, 4 absent
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(tmp_path / "data" / "manifest.csv"), plugin="napari-ish-annotator")
+    annotator = dock(viewer, "ISH Annotator")
+    wait_embryo_shown(qtbot, viewer)
+    watch = Watch(monkeypatch)
+    session = session_of(viewer)
+    model, train = annotator.model, annotator.train
+    chart = train.cv_chart
+    assert chart.canvas is None and "cross-validated" in chart.note.text()
+    choose(qtbot, model.weights_combo, "random")
+    choose(qtbot, model.layer_combo, "21")
+    choose(qtbot, model.device_combo, "cpu")
+    type_value(qtbot, model.size_spin, 64)
+    type_value(qtbot, train.members_spin, 3)
+    # a fourth term with one present and one absent label: trainable, too few to score
+    qtbot.keyClicks(model.new_term_edit, "midgut")
+    click(qtbot, model.add_term_button)
+    press(viewer, "4")
+    press(viewer, "n")
+    press(viewer, "4")
+    press(viewer, "4")
+    assert session.training_counts()["midgut"] == (1, 1)
+    assert train.cv_check.isChecked()
+
+    click(qtbot, train.train_button)
+    wait_done(qtbot, train.runner)
+    auc = session.train_report.auc
+    assert len(auc) >= 2 and set(auc) <= set(TERMS)
+    assert chart.canvas is not None and chart.canvas.isVisible()
+    assert chart.drawn == sorted(auc, key=auc.get)  # lowest AUC first
+    ax = chart.figure.axes[0]
+    widths = [bar.get_width() for bar in ax.patches]
+    assert widths == pytest.approx([auc[t] for t in chart.drawn])
+    assert [t.get_text() for t in ax.get_yticklabels()] == chart.drawn
+    table = {train.table.item(r, 0).text(): train.table.item(r, 3).text()
+             for r in range(train.table.rowCount())}
+    for term in auc:  # the same figure as the table's CV AUC column
+        assert table[term] == f"{auc[term]:.2f}"
+    for term in ["midgut", *(t for t in TERMS if t not in auc)]:  # named, not drawn as 0
+        assert term in chart.note.text() and term not in chart.drawn
+        assert table[term] == "–"
+
+    click(qtbot, train.cv_check)  # without CV: no chart
+    click(qtbot, train.train_button)
+    wait_done(qtbot, train.runner)
+    assert not chart.canvas.isVisible() and chart.drawn == []
+    assert watch.problems() == []

@@ -1,0 +1,76 @@
+"""The Train panel's "Continue from the current network" (issue 27): disabled until a
+fine-tuned network is in use, then a run that continues it (tiny random-weight runs)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from _gui_helpers import (
+    Watch,
+    choose,
+    click,
+    dock,
+    make_dataset,
+    type_value,
+    wait_done,
+    wait_embryo_shown,
+)
+
+pytestmark = [pytest.mark.gui, pytest.mark.slow]
+
+
+def test_continue_from_the_current_network_records_what_it_continued(
+        make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    from napari_ish_annotator.core.finetune.checkpoint import load_checkpoint
+    from napari_ish_annotator.widgets import session_of
+
+    make_dataset(tmp_path / "data", n=8)
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(tmp_path / "data" / "manifest.csv"), plugin="napari-ish-annotator")
+    annotator = dock(viewer, "ISH Annotator")
+    wait_embryo_shown(qtbot, viewer)
+    watch = Watch(monkeypatch)
+    session = session_of(viewer)
+    model, train = annotator.model, annotator.train
+    sec = train.finetune
+    choose(qtbot, model.weights_combo, "random")
+    choose(qtbot, model.layer_combo, "21")
+    choose(qtbot, model.device_combo, "cpu")
+    type_value(qtbot, model.size_spin, 64)
+    type_value(qtbot, train.members_spin, 3)
+    type_value(qtbot, sec.epochs_spin, 1)
+    type_value(qtbot, sec.batch_spin, 4)
+    choose(qtbot, sec.device_combo, "cpu")
+    choose(qtbot, sec.frozen_combo, next(sec.frozen_combo.itemText(i)
+                                         for i in range(sec.frozen_combo.count())
+                                         if sec.frozen_combo.itemData(i) == "all"))
+    click(qtbot, sec.augment_check)
+    assert not sec.augment_check.isChecked()
+
+    # nothing to continue yet: disabled, and the tooltip says why
+    assert not sec.continue_check.isEnabled()
+    assert "no fine-tuned network" in sec.continue_check.toolTip()
+    qtbot.waitUntil(lambda: sec.start_button.height() > 0)  # the opened section is laid out
+    click(qtbot, sec.start_button)
+    assert sec.runner.running, sec.summary.text()
+    wait_done(qtbot, sec.runner, timeout=300_000)
+    first = sec.checkpoint
+    assert session.finetuned == first and first.exists()
+    assert "continued_from" not in load_checkpoint(first)
+
+    assert sec.continue_check.isEnabled() and first.name in sec.continue_check.toolTip()
+    click(qtbot, sec.continue_check)
+    assert sec.continue_check.isChecked() and sec.start_button.text() == "Continue fine-tuning"
+    click(qtbot, sec.start_button)
+    assert f"continuing {first.name}" in sec.summary.text()
+    wait_done(qtbot, sec.runner, timeout=300_000)
+    second = sec.checkpoint
+    assert second != first and session.finetuned == second
+    ckpt = load_checkpoint(second)
+    assert ckpt["continued_from"]["file"] == first.name
+    assert ckpt["continued_from"]["sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
+    assert str(tmp_path) not in str(ckpt["continued_from"])  # no machine path
+    assert session.bundle.extractor.weights == str(second)
+    assert watch.problems() == []
