@@ -186,7 +186,8 @@ class TrainWidget(SessionDock):
             done_message="trained; predictions updated",
             needs_torch=lambda: needs_network(request.features, request.extract))
 
-    def _trained(self, result: TrainedModel) -> None:
+    def _trained(self, out: tuple[TrainedModel, Any]) -> None:
+        result, self.cv_chart.pending = out  # the chart was drawn in the worker
         self.session.apply_trained(result)
         report = result.report
         auc = report.auc
