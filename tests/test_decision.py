@@ -57,3 +57,14 @@ def test_session_calls_follow_the_rule_not_the_vote(tmp_path):
         called = session.called_for(i)
         assert called == {t: bool(P[i, k] >= 0.5) for k, t in enumerate(TERMS)}
         assert session.predicted_for(i) != called  # the vote is kept, but not as the call
+
+
+def test_calls_texts_equal_calls_text_row_by_row():
+    from napari_ish_annotator.core.learn.decision import calls_text, calls_texts
+
+    rng = np.random.default_rng(3)
+    P = rng.random((500, 4))
+    P[7] = np.nan  # an unreadable image calls nothing
+    vocab = ["a", "b", "c", "d"]
+    assert calls_texts(vocab, P) == [calls_text(vocab, row) for row in P]
+    assert calls_texts(vocab, np.empty((0, 4))) == []

@@ -33,7 +33,8 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 def _read(path: Path) -> tuple[list[str], np.ndarray]:
     with open(path, newline="") as fh:
         rows = list(csv.reader(fh))
-    return [r[0] for r in rows[1:]], np.array([[float(v) for v in r[1:]] for r in rows[1:]])
+    assert rows[0][-1] == "calls"  # image, one probability per term, the calls
+    return [r[0] for r in rows[1:]], np.array([[float(v) for v in r[1:-1]] for r in rows[1:]])
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,8 @@ def _predict_cli(model: Path, images: list[Path], out: Path) -> np.ndarray:
                  "--no-cache"]) == 0
     with open(out, newline="", encoding="utf-8") as fh:
         rows = list(csv.reader(fh))
-    return np.array([[float(v) for v in r[1:]] for r in rows[1:]])
+    assert rows[0][-1] == "calls"
+    return np.array([[float(v) for v in r[1:-1]] for r in rows[1:]])
 
 
 def _rdf(package: Path) -> str:

@@ -20,7 +20,7 @@ from .data.manifest import Dataset
 from .features.extractor import FeatureExtractor
 from .learn.bundle import ModelBundle
 from .learn.calibration import DEFAULT_METHOD, iter_calibrate
-from .learn.decision import calls_text
+from .learn.decision import calls_text, calls_texts
 from .learn.ensembles import EnsembleClassifier, iter_gram
 from .learn.evaluation import iter_cross_validate
 from .learn.groups import GroupRecords, record_groups
@@ -329,8 +329,9 @@ def write_predictions(path: str | Path, images: Sequence[Path | str],
     if votes is not None:
         header += [f"{term} vote" for term in vocabulary]
     rows = []
+    texts = calls_texts(vocabulary, probabilities)
     for i, (image, row) in enumerate(zip(images, probabilities, strict=True)):
-        cells = [str(image), *(f"{float(p):.6f}" for p in row), calls_text(vocabulary, row)]
+        cells = [str(image), *(f"{float(p):.6f}" for p in row), texts[i]]
         if votes is not None:
             cells += [str(int(v)) for v in votes[i]]
         rows.append(cells)

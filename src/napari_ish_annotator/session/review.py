@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..core.labels.consensus import annotator_labels
-from ..core.learn.decision import calls, calls_text, uncertainty
+from ..core.learn.decision import calls, calls_texts, uncertainty
 from ..core.learn.review import contradiction
 from ..core.utils.errors import InputError
 
@@ -141,7 +141,7 @@ def features_table(session: Any) -> Any:
         P = np.asarray(P, dtype=np.float64)
         for k, term in enumerate(model):
             table[f"p: {term}"] = P[:, k]
-        table["calls"] = [calls_text(model, row) for row in P]
+        table["calls"] = calls_texts(model, P)
         table["n_calls"] = calls(P).sum(axis=1)
         xy = embedding(P)
         table["pc1"], table["pc2"] = xy[:, 0], xy[:, 1]

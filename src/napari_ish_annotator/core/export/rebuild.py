@@ -99,18 +99,23 @@ def rebuild_network(package: ReceivedPackage) -> TermNetwork:
     except (TypeError, ValueError, RuntimeError, IndexError) as exc:
         raise refuse(package.path, f"its architecture does not build ({type(exc).__name__}: "
                                    f"{' '.join(str(exc).split())[:120]})") from None
-    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    reference = network.state_dict()
+    expected = {k: tuple(v.shape) for k, v in reference.items()}
     state: Any = torch_load(f"{package.path}:{member}", "package's state dict",
                             "do not use this package", data=package.read(member))
     if not isinstance(state, dict) or set(map(str, state)) != set(expected):
         missing = sorted(set(expected) - set(map(str, state))) if isinstance(state, dict) else []
         raise refuse(package.path, f"its state dict does not fit the network it declares "
                                    f"(missing {missing[:2]} or extra tensors)")
+    # each tensor as the network's own: shape, and floating point exactly where the network's
+    # is (batch norm's num_batches_tracked is an integer counter)
     wrong = [k for k, v in state.items() if not isinstance(v, torch.Tensor)
-             or tuple(v.shape) != expected[k] or not v.is_floating_point()]
+             or tuple(v.shape) != expected[k]
+             or v.is_floating_point() != reference[k].is_floating_point()]
     if wrong:
+        kind = "float" if reference[wrong[0]].is_floating_point() else "integer"
         raise refuse(package.path, f"its state dict does not fit the network it declares "
-                                   f"({wrong[0]} is not a float tensor of shape "
+                                   f"({wrong[0]} is not a {kind} tensor of shape "
                                    f"{expected[wrong[0]]})")
     network = network.to_empty(device="cpu")
     network.load_state_dict(state, strict=True)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CALL_THRESHOLD", "CALLS_SEPARATOR", "calls", "called_terms", "calls_text",
+__all__ = ["CALL_THRESHOLD", "CALLS_SEPARATOR", "calls", "called_terms", "calls_text", "calls_texts",
            "uncertainty"]
 
 #: calibrated probability at or above which a term is called present
@@ -50,6 +50,25 @@ def called_terms(vocabulary: Sequence[str], probabilities: Any) -> list[str]:
 def calls_text(vocabulary: Sequence[str], probabilities: Any) -> str:
     """``predict``'s ``calls`` cell: the called terms joined by ``;`` (empty if none)."""
     return CALLS_SEPARATOR.join(called_terms(vocabulary, probabilities))
+
+
+def calls_texts(vocabulary: Sequence[str], probabilities: Any) -> list[str]:
+    """:func:`calls_text` of every row of ``(n, T)`` probabilities, built once per distinct
+    pattern of calls (100,000 images hold few patterns: a fraction of a second, not seconds)."""
+    C = calls(probabilities)
+    if C.ndim != 2 or C.shape[1] != len(vocabulary):
+        raise ValueError(f"probabilities have shape {C.shape}, expected (n, {len(vocabulary)})")
+    if not len(C):
+        return []
+    if C.shape[1] <= 62:  # each row as one integer: a 1-D unique, ten times faster
+        keys = C.astype(np.int64) @ (np.int64(1) << np.arange(C.shape[1], dtype=np.int64))
+        _, first, which = np.unique(keys, return_index=True, return_inverse=True)
+        patterns = C[first]
+    else:
+        patterns, which = np.unique(C, axis=0, return_inverse=True)
+    terms = np.asarray(list(vocabulary), dtype=object)
+    texts = [CALLS_SEPARATOR.join(terms[row]) for row in patterns]
+    return [texts[k] for k in which.ravel()]
 
 
 def uncertainty(probabilities: Any) -> np.ndarray:
