@@ -118,7 +118,9 @@ def test_a_bundle_whose_weights_file_is_gone_cannot_be_exported(vgg_bundles, tmp
 
     bundle.extractor = replace(bundle.extractor, weights=str(weights))
     save_bundle(tmp_path / "m", bundle)
+    assert (tmp_path / "m" / "weights.pt").is_file()  # the bundle keeps its own copy ...
     weights.unlink()
+    (tmp_path / "m" / "weights.pt").unlink()  # ... and now that is gone too
     with pytest.raises(InputError, match="cannot be exported.*weights file not found"):
         load_exportable(tmp_path / "m")
     with pytest.raises(InputError, match="not found"):

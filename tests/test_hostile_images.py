@@ -213,7 +213,7 @@ def test_raised_budget_gradcam_memory_is_proportional_to_the_image(model, tmp_pa
     def gradcam(image: Path, *extra: str):
         npy = tmp_path / f"{image.stem}.npy"
         result = run_cli("gradcam", str(folder), str(image), "--term", term, "--out",
-                         str(tmp_path / f"{image.stem}.png"), "--npy", str(npy), "--overlay",
+                         str(tmp_path / f"{image.stem}-heat.png"), "--npy", str(npy), "--overlay",
                          "--device", "cpu", "--quiet", *extra)
         return (*result, npy)
 
