@@ -97,6 +97,7 @@ class FinetuneSection(QWidget):
         self.session = dock.session
         self.history: list[dict] = []
         self.checkpoint: Path | None = None
+        self._continuing: Path | None = None
         self._t0 = 0.0
         self._first_batch_done = 0
 
@@ -206,7 +207,12 @@ class FinetuneSection(QWidget):
         root = self.session.cache_dir if self.session.cache_dir is not None else default_cache_dir()
         folder = Path(root) / "finetuned"
         folder.mkdir(parents=True, exist_ok=True)
-        return folder / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}.pt"
+        stem = f"finetune-{time.strftime('%Y%m%d-%H%M%S')}"
+        path, n = folder / f"{stem}.pt", 1
+        while path.exists():  # two runs in one second must not write over (or continue) one file
+            n += 1
+            path = folder / f"{stem}-{n}.pt"
+        return path
 
     def continued(self) -> Path | None:
         """The checkpoint a run continues: the fine-tuned network in use, when asked for."""
@@ -240,6 +246,7 @@ class FinetuneSection(QWidget):
         self.history = []
         self._redraw()
         self.checkpoint = out
+        self._continuing = init
         self._t0 = time.perf_counter()
         self._first_batch_done = 0
         self.summary.setText((f"continuing {init.name}" if init else "fine-tuning")
@@ -323,8 +330,10 @@ class FinetuneSection(QWidget):
         ft = outcome.finetune
         auc = ft.best_score if ft.selection == "val_auc" else None
         self.summary.setText(
-            f"fine-tuned {len(ft.history)} epochs{' (stopped early)' if ft.stopped_early else ''}"
-            f"; best epoch {ft.best_epoch}"
+            (f"continued {self._continuing.name}: " if self._continuing is not None else "")
+            + f"fine-tuned {len(ft.history)} epochs"
+            + (" (stopped early)" if ft.stopped_early else "")
+            + f"; best epoch {ft.best_epoch}"
             + (f", validation AUC {auc:.2f}" if auc is not None else "")
             + f". Now using {ft.checkpoint.name}; features, classifiers and predictions updated."
             + "".join(f" {note}" for note in getattr(ft, "notes", ()) or ()))
