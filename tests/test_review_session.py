@@ -8,7 +8,7 @@ import pytest
 
 from _gui_helpers import TERMS, make_dataset
 from napari_ish_annotator.core.utils.progress import drive
-from napari_ish_annotator.session import AnnotatorSession, steps
+from napari_ish_annotator.session import AnnotatorSession, Predictions, steps
 from napari_ish_annotator.session.review import (
     SORTS,
     GalleryFilter,
@@ -110,3 +110,43 @@ def test_previews_are_cached_by_content_and_a_planted_cache_file_is_remade(tmp_p
     with pixel_budget(100):
         out = dict(iter_thumbnails([img, bad], [1, 0], tmp_path / "cache2", size=40))
     assert out == {1: None, 0: None}
+
+
+def test_contradicts_sort_judges_labels_by_the_trains_held_out_p(tmp_path):
+    """After a cross-validated Train the "contradicts" sort uses the p of ensembles that held
+    the image's gene out: the very p `ish-annotator suspicious` computes (same folds), not the
+    current model's p, which saw the label; images labelled since fall back to the current p."""
+    from napari_ish_annotator.core.learn.logistic import EnsembleConfig
+    from napari_ish_annotator.core.learn.review import contradiction, iter_out_of_fold_probabilities
+    from napari_ish_annotator.session.review import held_out_probabilities
+
+    s = AnnotatorSession(cache_dir=tmp_path / "cache", annotator="ana")
+    s.open([make_dataset(tmp_path / "data", n=8)])
+    s.update_settings(weights="random", input_size=64, layer="21", device="cpu", n_members=3)
+    term = TERMS[1]
+    before = s.label_matrix()[5].copy()
+    for t in TERMS:  # one image without any label at Train time
+        s.set_label(t, None, 5)
+    genes = 4
+    s.apply_trained(drive(steps.iter_train(s.train_request(cross_validate=True, n_folds=genes))))
+    assert s.held_out is not None and s.held_out.bundle is s.bundle
+
+    Y, X = s.label_matrix(), s.extracted.X
+    cfg = EnsembleConfig(n_members=3, C=s.settings.C, seed=s.settings.seed)
+    suspicious_p = drive(iter_out_of_fold_probabilities(X, Y, s.dataset.groups(), cfg,
+                                                        s.vocabulary, folds=genes))
+    held = held_out_probabilities(s, term)
+    np.testing.assert_allclose(held[Y[:, 1] >= 0], suspicious_p[Y[:, 1] >= 0, 1], rtol=1e-5)
+    current = s.probabilities[:, 1].astype(np.float64)
+    assert not np.allclose(held, current)  # a model that saw the labels says something else
+    assert held[5] == current[5]  # unlabelled at Train time: the current p
+
+    s.set_label(term, int(before[1]), 5)  # labelled since: judged by the current p
+    order = gallery_order(s, term, "label contradicts the model")
+    expected = np.argsort(-contradiction(s.label_matrix()[:, 1], held), kind="stable")
+    assert list(order) == list(expected)
+
+    s.set_bundle(s.bundle.__class__(**{**s.bundle.__dict__}))  # another model: no held-out p
+    s.apply_predictions(Predictions(current.repeat(len(TERMS)).reshape(8, -1),
+                                          np.zeros((8, len(TERMS)), bool), s.generation))
+    np.testing.assert_array_equal(held_out_probabilities(s, term), current)

@@ -242,6 +242,7 @@ class ModelPart:
         if result.predictions.generation != self.generation:
             return
         self.train_report = result.report
+        self.held_out = result.held_out
         self.apply_features(result.features)
         finetuned = Path(self.settings.weights) if self.finetuned is not None and \
             str(self.finetuned) == self.settings.weights else None
@@ -271,7 +272,8 @@ class ModelPart:
 
     def model_state(self) -> ModelState:
         return ModelState(self.settings, self.bundle, self.extracted, self.probabilities,
-                          self.votes, self.train_report, {"finetuned": self.finetuned})
+                          self.votes, self.train_report,
+                          {"finetuned": self.finetuned, "held_out": self.held_out})
 
     def apply_finetuned(self, outcome: FinetuneOutcome) -> None:
         """Switch to the fine-tuned backbone's model; the current one becomes 'previous'."""
@@ -292,6 +294,7 @@ class ModelPart:
         current = self.model_state()
         self.settings = snap.settings
         self.train_report = snap.train_report
+        self.held_out = snap.extra.get("held_out")
         self.extracted = snap.features if snap.features is not None and \
             snap.features.generation == self.generation else None
         self.features_changed.emit()

@@ -102,6 +102,26 @@ class TrainReport:
 
 
 @dataclass(frozen=True)
+class HeldOutScores:
+    """A Train run's calibrated out-of-fold p ``(n, T)`` of ``bundle``'s terms: each image
+    labelled then was scored by ensembles that held its gene out (NaN elsewhere). The
+    Gallery's "label contradicts the model" sort ranks by them, as ``ish-annotator
+    suspicious`` does: a model that saw a label cannot say the label looks wrong."""
+
+    bundle: Any
+    probabilities: np.ndarray
+    generation: int
+
+    @classmethod
+    def of(cls, bundle: Any, raw: np.ndarray, rows: np.ndarray, n: int,
+           generation: int) -> HeldOutScores:
+        """From the raw out-of-fold scores of ``rows``, calibrated as the bundle's own p."""
+        P = np.full((n, len(bundle.classifier.vocabulary)), np.nan)
+        P[rows] = bundle.calibration_or_identity().apply(raw)
+        return cls(bundle, P, generation)
+
+
+@dataclass(frozen=True)
 class TrainedModel:
     """A fitted bundle, its report and the predictions it makes for every open image."""
 
@@ -109,6 +129,7 @@ class TrainedModel:
     report: TrainReport
     predictions: Predictions
     features: ExtractedFeatures | None = None
+    held_out: HeldOutScores | None = None  # the CV pass's p, when Train cross-validated
 
 
 @dataclass(frozen=True)

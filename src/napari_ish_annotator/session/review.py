@@ -4,7 +4,8 @@ per-image table napari's own tools read (a layer's ``features``).
 The Gallery (``widgets/gallery.py``) is a thin view over :func:`gallery_order` (which images,
 in which order, for one term) and :meth:`.labels.LabelsPart.set_labels` (marks as one undoable
 batch). Calls come from :mod:`..core.learn.decision` and the "label contradicts the model" sort
-from :func:`..core.learn.review.contradiction`, the ranking ``ish-annotator suspicious`` uses.
+from :func:`..core.learn.review.contradiction` of out-of-fold p, the ranking ``ish-annotator
+suspicious`` uses.
 """
 
 from __future__ import annotations
@@ -43,6 +44,22 @@ def term_probabilities(session: Any, term: str) -> np.ndarray:
     if P is None or term not in model or len(P) != session.n_images:
         return np.full(session.n_images, np.nan)
     return np.asarray(P[:, model.index(term)], dtype=np.float64)
+
+
+def held_out_probabilities(session: Any, term: str) -> np.ndarray:
+    """p of ``term`` per image for judging its label: the last Train's out-of-fold p (the
+    image's gene held out, :class:`.results.HeldOutScores`) where the model in use made one,
+    else the current p (images labelled since, a loaded bundle, Train without CV)."""
+    p = term_probabilities(session, term)
+    held = session.held_out
+    if held is None or held.bundle is not session.bundle or held.generation != session.generation \
+            or len(held.probabilities) != len(p):
+        return p
+    model = list(held.bundle.classifier.vocabulary)
+    if term not in model:
+        return p
+    q = held.probabilities[:, model.index(term)]
+    return np.where(np.isfinite(q), q, p)
 
 
 def term_labels(session: Any, term: str) -> np.ndarray:
@@ -95,10 +112,13 @@ def gallery_order(session: Any, term: str, sort: str = "list order",
     rows = np.flatnonzero(keep)
     if sort == "list order":
         return rows
-    p = term_probabilities(session, term)
-    key = {"p high first": -p, "p low first": p, "uncertain first": -uncertainty(p),
-           "label contradicts the model": -contradiction(labels, p),
-           "annotators disagree": -disagreement(session, term)}[sort]
+    if sort == "annotators disagree":
+        key = -disagreement(session, term)
+    elif sort == "label contradicts the model":
+        key = -contradiction(labels, held_out_probabilities(session, term))
+    else:
+        p = term_probabilities(session, term)
+        key = {"p high first": -p, "p low first": p, "uncertain first": -uncertainty(p)}[sort]
     key = np.where(np.isfinite(key), key, np.inf)[rows]
     return rows[np.argsort(key, kind="stable")]
 

@@ -31,6 +31,7 @@ from .labels import LabelsPart
 from .model import ModelPart
 from .results import (
     ExtractedFeatures,
+    HeldOutScores,
     ModelState,
     OpenedDataset,
     SessionSettings,
@@ -89,6 +90,7 @@ class AnnotatorSession(LabelsPart, ModelPart):
         self.probabilities: np.ndarray | None = None
         self.votes: np.ndarray | None = None  # majority vote of each term's ensemble
         self.train_report: TrainReport | None = None
+        self.held_out: HeldOutScores | None = None  # the last Train's out-of-fold p
         self.previous_model: ModelState | None = None  # what "switch model" goes back to
         self.label_order: Any = None  # model_outputs.LabelOrder: the "next to label" ranking
         self.member_spread: Any = None  # model_outputs.MemberSpread of the fine-tuned ensemble in use
@@ -158,6 +160,7 @@ class AnnotatorSession(LabelsPart, ModelPart):
         self.probabilities = None
         self.votes = None
         self.train_report = None
+        self.held_out = None
         with self._images_lock:
             self._images.clear()
         self._label_cache = {}

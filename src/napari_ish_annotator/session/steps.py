@@ -52,6 +52,7 @@ from .results import (
     ExtractedFeatures,
     FinetuneOutcome,
     GradcamMaps,
+    HeldOutScores,
     OpenedDataset,
     Predictions,
     SessionSettings,
@@ -348,8 +349,9 @@ def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
     yield Progress(1, 1, "predicting")
     P, votes = predict_rows(bundle, X)
     report = TrainReport(counts, auc, len(labelled_rows(Y)), note)
-    predictions = Predictions(P, votes, req.extract.generation, None)
-    return TrainedModel(bundle, report, predictions, new)
+    generation = req.extract.generation
+    held_out = None if oof is None else HeldOutScores.of(bundle, oof, gram.rows, len(X), generation)
+    return TrainedModel(bundle, report, Predictions(P, votes, generation, None), new, held_out)
 
 
 def iter_cv_auc(gram: Any, Y: np.ndarray, vocab: list[str], groups: np.ndarray,
@@ -362,10 +364,8 @@ def iter_cv_auc(gram: Any, Y: np.ndarray, vocab: list[str], groups: np.ndarray,
     folds (``n_folds``, or the number of genes when fewer), the members' raw mean of every
     labelled image from the fold that did not train on it. Its AUCs (terms with at least
     :data:`MIN_CV_PER_CLASS` of each class) are ``evaluate --folds K``'s when every image is
-    labelled, and the same scores are what Platt scaling is fitted on (``oof``, for
-    :func:`core.workflow.iter_fit_bundle`; with ``n_folds`` =
-    :data:`core.learn.calibration.CALIBRATION_FOLDS` the model is ``train``'s). None: fewer than
-    two genes, the fit calibrates as without CV.
+    labelled; Platt scaling is fitted on the same scores (``oof``; with ``n_folds`` =
+    ``CALIBRATION_FOLDS`` the model is ``train``'s). None: fewer than two genes.
     """
     rows = gram.rows
     Yl = Y[rows]

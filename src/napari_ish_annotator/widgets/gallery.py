@@ -118,6 +118,10 @@ class GalleryWidget(SessionDock):
         self._worker: Any = None
         self.term_combo, self.sort_combo = QComboBox(), QComboBox()
         self.sort_combo.addItems(list(SORTS))
+        self.sort_combo.setToolTip(
+            "label contradicts the model: |label - p| with the last Train's out-of-fold p (the "
+            "embryo's gene held out), as 'ish-annotator suspicious' ranks; images labelled "
+            "since use the current p")
         self.gene_combo, self.stage_combo, self.labelled_combo = QComboBox(), QComboBox(), QComboBox()
         self.labelled_combo.addItems([ANY, "labelled", "unlabelled"])
         self.annotator_combo = QComboBox()
