@@ -167,9 +167,9 @@ def headless(profile: bool = False, repeats: int = 3) -> None:
     from napari_ish_annotator.core.data.manifest import read_manifest
     from napari_ish_annotator.core.features.extractor import ExtractorConfig
     from napari_ish_annotator.core.learn.logistic import EnsembleConfig
-    from napari_ish_annotator.core.utils.progress import drive
+    from napari_ish_annotator.core.utils.progress import drive, throttled
     from napari_ish_annotator.core.workflow import iter_train
-    from napari_ish_annotator.session import AnnotatorSession, steps, throttled
+    from napari_ish_annotator.session import AnnotatorSession, steps
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

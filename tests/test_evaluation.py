@@ -340,3 +340,21 @@ def test_evaluate_frees_each_layers_features_before_the_next(monkeypatch):
     assert list(res["layers"]) == ["17", "21", "24"]
     assert still_alive_at_start == [0, 0, 0]
     assert res["layers"]["21"]["mean"]["auc"] > 0.8
+
+
+def test_fold_auc_spread_is_the_std_of_each_folds_own_auc():
+    """The Train chart's whisker: per term, std over the gene folds of the AUC each fold's
+    held-out rows give; a term only one fold can score (or one gene) has none."""
+    from napari_ish_annotator.core.learn.folds import fold_auc_spread
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat([f"g{i}" for i in range(6)], 5)
+    Y = rng.integers(0, 2, size=(30, 2)).astype(np.int8)
+    Y[:, 1] = 0
+    Y[:5, 1] = [1, 0, 1, 0, 1]  # term 1: both classes in the first gene only
+    scores = np.clip(Y * 0.4 + rng.random((30, 2)) * 0.6, 0, 1)
+    spread = fold_auc_spread(Y, scores, groups, 3, seed=1)
+    by_hand = [per_term_auc(Y[te], scores[te])[0] for _, te in grouped_folds(groups, 3, seed=1)]
+    assert spread[0] == pytest.approx(float(np.std(by_hand))) and spread[0] > 0
+    assert spread[1] is None
+    assert fold_auc_spread(Y, scores, np.zeros(30), 3) == [None, None]

@@ -59,6 +59,15 @@ def test_cv_run_shows_the_auc_of_every_scored_term(make_napari_viewer, qtbot, tm
     widths = [bar.get_width() for bar in ax.patches]
     assert widths == pytest.approx([auc[t] for t in chart.drawn])
     assert [t.get_text() for t in ax.get_yticklabels()] == chart.drawn
+    # whiskers: the std over the gene folds of each fold's AUC (0 where < 2 folds scored it)
+    std = session.train_report.auc_std
+    assert std and set(std) <= set(auc) and all(v >= 0 for v in std.values())
+    from matplotlib.container import ErrorbarContainer
+
+    whiskers = next(c for c in ax.containers if isinstance(c, ErrorbarContainer))
+    segments = whiskers.lines[2][0].get_segments()
+    half = [(seg[1][0] - seg[0][0]) / 2 for seg in segments]
+    assert half == pytest.approx([std.get(t, 0.0) for t in chart.drawn])
     table = {train.table.item(r, 0).text(): train.table.item(r, 3).text()
              for r in range(train.table.rowCount())}
     for term in auc:  # the same figure as the table's CV AUC column

@@ -115,8 +115,7 @@ def test_bad_input_gives_one_message_and_changes_nothing(session, tmp_path):
 
 
 def test_throttled_reports_at_most_ten_steps_a_second_and_keeps_records():
-    from napari_ish_annotator.core.utils.progress import Progress
-    from napari_ish_annotator.session import throttled
+    from napari_ish_annotator.core.utils.progress import Progress, throttled
 
     class Epoch(Progress):
         record = {"epoch": 1}

@@ -22,12 +22,11 @@ from .results import (
     TrainReport,
 )
 from .state import UNCERTAIN_BAND, AnnotatorSession, WrongThreadError
-from .steps import LABEL_FALLBACK, MIN_CV_PER_CLASS, throttled
+from .steps import LABEL_FALLBACK, MIN_CV_PER_CLASS
 
 __all__ = [
     "LABEL_CYCLE", "LABEL_FALLBACK", "MIN_CV_PER_CLASS", "UNCERTAIN_BAND", "AnnotatorSession",
     "ExtractedFeatures", "FinetuneOutcome", "GradcamMaps", "ModelState", "OpenedDataset",
     "Predictions", "SessionSettings", "StoreSwitch", "TrainReport", "TrainedModel",
     "WrongThreadError", "annotators", "failed_rows", "model_outputs", "needs_network",
-    "throttled",
 ]

@@ -95,6 +95,8 @@ class TrainReport:
     auc: dict[str, float]
     n_labelled_images: int
     cv_note: str = ""
+    #: {term: std over the gene folds of each fold's AUC} (terms two folds could score)
+    auc_std: dict[str, float] = field(default_factory=dict)
 
     @property
     def mean_auc(self) -> float | None:

@@ -2,14 +2,12 @@
 
 Each ``iter_*`` runs in any thread: it reads only its request (built on the GUI thread by the
 session's ``*_request`` methods) and returns a frozen result from :mod:`.results`; it never
-touches the session. :func:`throttled` is the one place that limits how often progress is
-reported (a GUI repaints once per step).
+touches the session. :func:`core.utils.progress.throttled` limits how often the GUI hears.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,7 +28,7 @@ from ..core.finetune import load_finetuned
 from ..core.labels.store import LabelStore
 from ..core.learn.calibration import CALIBRATION_FOLDS
 from ..core.learn.ensembles import GramBlock, iter_gram
-from ..core.learn.folds import iter_out_of_fold
+from ..core.learn.folds import fold_auc_spread, iter_out_of_fold
 from ..core.learn.logistic import EnsembleConfig
 from ..core.learn.metrics import (
     class_counts,
@@ -69,33 +67,6 @@ STORE_CHUNK = 100
 MIN_CV_PER_CLASS = 3
 #: annotators whose labels fill terms the user has not labelled (manifest imports)
 LABEL_FALLBACK = ("manifest",)
-#: at most this many progress reports per second reach the caller
-PROGRESS_RATE = 10.0
-
-
-def throttled(gen: ProgressGen, rate: float = PROGRESS_RATE) -> ProgressGen:
-    """Pass on at most ``rate`` progress steps a second (plus every step carrying a ``record``,
-    e.g. fine-tuning's per-epoch history); returns ``gen``'s result.
-
-    Without it a fit of 73 terms x 11 members reports ~800 steps and the GUI spends its time
-    repainting the progress bar.
-    """
-    interval = 1.0 / rate
-    last = -interval
-    try:
-        step = next(gen)
-        while True:
-            now = time.perf_counter()
-            if now - last >= interval or getattr(step, "record", None) is not None:
-                last = now
-                yield step
-            step = next(gen)
-    except StopIteration as stop:
-        return stop.value
-    finally:
-        gen.close()
-
-
 class Extractors:
     """Feature extractors by config, created once and shared by steps (thread-safe)."""
 
@@ -331,6 +302,7 @@ def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
                 "images.")
     counts = term_counts(Y, vocab)
     auc: dict[str, float] = {}
+    std: dict[str, float] = {}
     note = ""
     gram = oof = None
     groups = req.groups
@@ -338,8 +310,8 @@ def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
         labelled = labelled_rows(Y)
         K = yield from sub_progress(iter_gram(X, labelled), 0, prefix="features: ")
         gram = GramBlock(labelled, K)
-        auc, note, oof = yield from iter_cv_auc(gram, Y, vocab, groups, ensemble,
-                                                req.n_folds or CALIBRATION_FOLDS, req.seed)
+        auc, std, note, oof = yield from iter_cv_auc(gram, Y, vocab, groups, ensemble,
+                                                     req.n_folds or CALIBRATION_FOLDS, req.seed)
     extractor = req.extract.extractors.get(req.extract.config)
     bundle = yield from sub_progress(
         iter_fit_bundle(X, Y, vocab, req.extract.config, ensemble,
@@ -348,7 +320,7 @@ def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
         0, prefix="fit: ")  # gene-grouped calibration folds, as `ish-annotator train` uses
     yield Progress(1, 1, "predicting")
     P, votes = predict_rows(bundle, X)
-    report = TrainReport(counts, auc, len(labelled_rows(Y)), note)
+    report = TrainReport(counts, auc, len(labelled_rows(Y)), note, std)
     generation = req.extract.generation
     held_out = None if oof is None else HeldOutScores.of(bundle, oof, gram.rows, len(X), generation)
     return TrainedModel(bundle, report, Predictions(P, votes, generation, None), new, held_out)
@@ -356,30 +328,33 @@ def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
 
 def iter_cv_auc(gram: Any, Y: np.ndarray, vocab: list[str], groups: np.ndarray,
                 ensemble: Any, n_folds: int, seed: int
-                ) -> ProgressGen[tuple[dict[str, float], str, np.ndarray | None]]:
-    """({term: cross-validated AUC}, note, out-of-fold scores) from ONE out-of-fold pass.
+                ) -> ProgressGen[tuple[dict, dict, str, np.ndarray | None]]:
+    """({term: CV AUC}, {term: its std over folds}, note, out-of-fold scores) from ONE pass.
 
     ``gram`` is the :class:`core.learn.ensembles.GramBlock` of the labelled rows (those of ``Y``
     with any known label). The pass is :func:`core.learn.folds.iter_out_of_fold`: gene-grouped
     folds (``n_folds``, or the number of genes when fewer), the members' raw mean of every
     labelled image from the fold that did not train on it. Its AUCs (terms with at least
     :data:`MIN_CV_PER_CLASS` of each class) are ``evaluate --folds K``'s when every image is
-    labelled; Platt scaling is fitted on the same scores (``oof``; with ``n_folds`` =
-    ``CALIBRATION_FOLDS`` the model is ``train``'s). None: fewer than two genes.
+    labelled, the std :func:`core.learn.folds.fold_auc_spread`'s; Platt scaling is fitted on
+    the same scores (with ``n_folds`` = ``CALIBRATION_FOLDS`` the model is ``train``'s).
     """
     rows = gram.rows
     Yl = Y[rows]
     ok = trainable_terms(Yl, MIN_CV_PER_CLASS)
     g = np.asarray(groups)[rows]
     if len(np.unique(g)) < 2:
-        return {}, "all labelled images belong to one gene", None
+        return {}, {}, "all labelled images belong to one gene", None
     oof = yield from iter_out_of_fold(gram.K, np.arange(len(rows)), Yl, g, ensemble, vocab,
                                       n_folds, seed=seed)
     if not ok:
-        return {}, (f"no term has {MIN_CV_PER_CLASS} present and {MIN_CV_PER_CLASS} absent "
-                    "labels"), oof
+        return {}, {}, (f"no term has {MIN_CV_PER_CLASS} present and {MIN_CV_PER_CLASS} "
+                        "absent labels"), oof
     aucs = per_term_auc(Yl[:, ok], oof[:, ok])
-    return {vocab[j]: float(a) for j, a in zip(ok, aucs, strict=True) if a is not None}, "", oof
+    spread = fold_auc_spread(Yl[:, ok], oof[:, ok], g, n_folds, seed)
+    auc = {vocab[j]: float(a) for j, a in zip(ok, aucs, strict=True) if a is not None}
+    return auc, {vocab[j]: sd for j, sd in zip(ok, spread, strict=True)
+                 if sd is not None and vocab[j] in auc}, "", oof
 
 
 # ---------------------------------------------------------------------- Grad-CAM

@@ -19,8 +19,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from ..core.utils.errors import InputError
-from ..core.utils.progress import Progress
-from ..session.steps import throttled
+from ..core.utils.progress import Progress, throttled
 from ._errors import report_error
 from ._loading import load_torch, torch_loaded, triton_blocked
 

@@ -1,8 +1,10 @@
 """The Train panel's per-term AUC chart after a CV run (issue 27): the same bars as
 ``evaluate --report``'s figure (:func:`core.learn.report.draw_auc_bars`), drawn from the
-session's train report. A Train run keeps one out-of-fold pass (gene-grouped folds), not
-per-split predictions, so each bar is that pass's AUC (:func:`core.learn.metrics.per_term_auc`,
-as the table's CV AUC column) with no spread; terms that could not be scored are named below.
+session's train report. A Train run makes one out-of-fold pass (gene-grouped folds): each bar
+is that pass's AUC (:func:`core.learn.metrics.per_term_auc`, as the table's CV AUC column) and
+its whisker the std over the folds of each fold's own AUC
+(:func:`core.learn.folds.fold_auc_spread`; none where fewer than two folds could score the
+term); terms that could not be scored are named below.
 
 The chart is drawn in the training worker (matplotlib's Agg backend, :func:`render_chart`),
 so the GUI thread only shows a finished picture: drawing 70 bars there took 0.2 s of freeze.
@@ -23,7 +25,7 @@ from ..core.learn.report import TermAUC, draw_auc_bars
 from ..session import MIN_CV_PER_CLASS, TrainReport, steps
 from ._base import SessionDock
 
-XLABEL = "cross-validated AUC (out-of-fold, folds by gene)"
+XLABEL = "cross-validated AUC (out-of-fold, folds by gene; ± std over folds)"
 #: pixels of chart per term (plus a margin for the axis), so long vocabularies stay readable
 ROW_PX, MARGIN_PX, MAX_PX = 16, 70, 1400
 WIDTH_PX, DPI = 360, 100
@@ -48,8 +50,8 @@ def train_in_worker(request: steps.TrainRequest) -> Generator:
 
 def term_aucs(report: TrainReport) -> list[TermAUC]:
     """The report's CV AUC per term (None: not scored), in the vocabulary's order."""
-    return [TermAUC(t, report.auc[t], 0.0, 1) if t in report.auc else TermAUC(t, None, None, 0)
-            for t in report.counts]
+    return [TermAUC(t, report.auc[t], report.auc_std.get(t, 0.0), 1) if t in report.auc
+            else TermAUC(t, None, None, 0) for t in report.counts]
 
 
 def render_chart(report: TrainReport | None) -> RenderedChart | None:

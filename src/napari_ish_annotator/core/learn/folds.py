@@ -17,10 +17,10 @@ from scipy.special import expit
 
 from ..utils.progress import ProgressGen, sub_progress
 from .logistic import iter_fit_members, prepare_gram
-from .metrics import trainable_terms
+from .metrics import per_term_auc, trainable_terms
 from .splits import grouped_folds
 
-__all__ = ["iter_fold_decisions", "iter_out_of_fold"]
+__all__ = ["fold_auc_spread", "iter_fold_decisions", "iter_out_of_fold"]
 
 
 def iter_fold_decisions(K: np.ndarray, train: np.ndarray, test: np.ndarray, Y_train: np.ndarray,
@@ -78,3 +78,22 @@ def iter_out_of_fold(K: np.ndarray, rows: np.ndarray, Y: np.ndarray, groups: Any
                                              terms, label=f"calibration fold {k + 1}: ")
         out[np.ix_(te, terms)] = expit(dec).mean(axis=2)[:, terms]
     return out
+
+
+def fold_auc_spread(Y: np.ndarray, scores: np.ndarray, groups: Any, n_folds: int, seed: int = 0
+                    ) -> list[float | None]:
+    """Per term, the std over grouped folds of each fold's AUC of its own out-of-fold
+    ``scores`` (the folds :func:`iter_out_of_fold` used with the same arguments); None where
+    fewer than two folds can score the term. How much a pooled out-of-fold AUC moves from
+    one set of held-out genes to another: the Train panel draws it as the bar's ± std."""
+    groups = np.asarray(groups)
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        return [None] * Y.shape[1]
+    per_fold = [per_term_auc(Y[te], scores[te])
+                for _, te in grouped_folds(groups, min(n_folds, n_groups), seed)]
+    spread: list[float | None] = []
+    for t in range(Y.shape[1]):
+        vals = [fold[t] for fold in per_fold if fold[t] is not None]
+        spread.append(float(np.std(vals)) if len(vals) >= 2 else None)
+    return spread

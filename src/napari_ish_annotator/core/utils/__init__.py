@@ -2,7 +2,7 @@
 
 * :mod:`.errors` - :class:`InputError`, the one user-facing error (one line: which file, what
   is wrong, what to do; exit 2 on the CLI);
-* :mod:`.progress` - progress records, cancel tokens, :func:`drive` (long work is a generator);
+* :mod:`.progress` - progress records, cancel tokens, :func:`drive` (long work is a generator), :func:`throttled`;
 * :mod:`.files` - atomic writes (was ``io.py``), output-path checks, scratch memmaps;
 * :mod:`.csvio` - the CSV writer that neutralises spreadsheet formulas;
 * :mod:`.extras` - optional extras: install hints, version checks;
@@ -21,7 +21,7 @@ from .lazy import attach
 
 __getattr__, __dir__, __all__ = attach(__name__, {
     "errors": ["InputError"],
-    "progress": ["CancelToken", "Cancelled", "Progress", "ProgressCallback", "ProgressGen", "TqdmCallback", "drive", "sub_progress"],
+    "progress": ["CancelToken", "Cancelled", "Progress", "ProgressCallback", "ProgressGen", "TqdmCallback", "drive", "sub_progress", "throttled"],
     "files": ["atomic_path", "check_output_path", "release_pages", "scratch_memmap", "write_json_atomic", "write_npy_atomic", "write_png_atomic", "write_text_atomic"],
     "csvio": ["csv_text", "neutralise", "write_csv"],
     "extras": ["check_compatible", "install_hint", "require_extra"],
