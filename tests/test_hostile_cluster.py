@@ -294,3 +294,11 @@ def test_a_tcp_endpoint_that_is_no_dask_scheduler_is_one_input_error(monkeypatch
     assert text.startswith(server.address) and "cannot reach the dask scheduler" in text, text
     assert "\n" not in text and len(text) < 600, text
     assert time.monotonic() - start < 30
+    # no half-made Client is left for the garbage collector: its __del__ inside the next
+    # Client's start deadlocked the suite on dask's loop lock (seen after the 20th case)
+    import gc
+
+    from distributed import Client
+
+    left = [o for o in gc.get_objects() if isinstance(o, Client) and o.status != "closed"]
+    assert left == [], [o.status for o in left]

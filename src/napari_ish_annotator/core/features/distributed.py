@@ -29,6 +29,7 @@ pages (no dashboard). A
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import threading
 from collections.abc import Iterator
@@ -206,6 +207,24 @@ def _import_distributed() -> Any:
     return require_extra("distributed", "cluster", "--dask")
 
 
+def _join(distributed: Any, target: str, security: Any) -> Any:
+    """``distributed.Client(target)``, or one InputError for whatever the other end sent."""
+    failure = None
+    try:
+        return distributed.Client(target, security=security, timeout=_connect_timeout())
+    except Exception as exc:  # noqa: BLE001 - whatever the other end sent
+        # what answers may be no dask scheduler at all (AssertionError, MemoryError from a
+        # nonsense frame length); TypeError: "TLS expects a ssl_context"
+        failure = _one_line(exc)[:200]
+    # the half-made Client lives on in the traceback's reference cycle; left to the garbage
+    # collector, its __del__ may run inside the next Client's start, where it waits for the
+    # lock that start holds (dask's LoopRunner): the process hangs. Collect it now.
+    gc.collect()
+    raise InputError(f"cannot reach the dask scheduler ({failure}); check the address, that "
+                     "`dask scheduler` is running there and, for tls://, the certificates",
+                     path=target)
+
+
 @contextlib.contextmanager
 def connect(address: ClusterAddress | str, tls: TLSFiles | None = None) -> Iterator[Any]:
     """A ``distributed.Client`` for ``address``; a local cluster is started and stopped here.
@@ -250,16 +269,7 @@ def connect(address: ClusterAddress | str, tls: TLSFiles | None = None) -> Itera
                     env={"OMP_NUM_THREADS": str(threads)})
             client = distributed.Client(cluster, timeout=_connect_timeout())
         else:
-            try:
-                client = distributed.Client(address.target, security=security,
-                                            timeout=_connect_timeout())
-            except Exception as exc:  # noqa: BLE001 - whatever the other end sent
-                # what answers may be no dask scheduler at all (AssertionError, MemoryError
-                # from a nonsense frame length); TypeError: "TLS expects a ssl_context"
-                raise InputError(
-                    f"cannot reach the dask scheduler ({_one_line(exc)[:200]}); check the "
-                    "address, that `dask scheduler` is running there and, for tls://, "
-                    "the certificates", path=address.target) from None
+            client = _join(distributed, address.target, security)
         check_workers(client)
         yield client
     finally:
