@@ -129,22 +129,30 @@ def test_export_writes_a_package_that_passes_bioimageio_test(gui, qtbot, tmp_pat
     assert "passed" in train.summary.text()
 
 
-def test_term_list_shows_the_finetuned_ensembles_spread(gui, qtbot, tmp_path):
+def test_term_list_shows_the_finetuned_ensembles_spread(gui, qtbot, tmp_path, monkeypatch):
+    """An ensemble from `finetune --ensemble K`, chosen as Weights with Weights file…, trained
+    on, then Ensemble spread: the term list shows p ± the members' std."""
+    from qtpy.QtWidgets import QFileDialog
+
     from napari_ish_annotator.core.finetune import FinetuneConfig, finetune_ensemble, load_ensemble
 
     viewer, session, embryos, annotate, train = gui
-    click(qtbot, train.spread_button)  # no fine-tuned model: one message, nothing runs
-    assert not train.runner.running
     click(qtbot, train.train_button)
     _wait(qtbot, train.runner)
+    click(qtbot, train.spread_button)  # a model on random weights: one message, nothing runs
+    assert not train.runner.running and session.member_spread is None
     config = FinetuneConfig(backbone="vgg16", weights="random", input_size=64, epochs=1,
                             batch_size=4, frozen="all", augment=False, device="cpu", seed=0)
     ckpt = tmp_path / "ens.pt"
     finetune_ensemble(list(session.paths), session.label_matrix().copy(),
                       list(session.vocabulary), config, ckpt, k=2)
-    session.set_bundle(session.bundle, finetuned=ckpt)  # as after fine-tuning: then predict
-    click(qtbot, annotate.predict_button)
-    _wait(qtbot, annotate.runner)
+    monkeypatch.setattr(QFileDialog, "getOpenFileName",
+                        staticmethod(lambda *_a, **_k: (str(ckpt), "")))
+    click(qtbot, annotate.weights_file_button)  # the user picks the ensemble file
+    assert session.settings.weights == str(ckpt)
+    click(qtbot, train.train_button)
+    _wait(qtbot, train.runner)
+    assert session.bundle.extractor.weights == str(ckpt) and session.finetuned is None
     session.set_index(5)
     click(qtbot, train.spread_button)
     _wait(qtbot, train.runner)

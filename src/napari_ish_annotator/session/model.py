@@ -357,10 +357,23 @@ class ModelPart:
         return None
 
     # ------------------------------------------------------------------ ensemble spread
+    def network_checkpoint(self) -> Path | None:
+        """The weights file behind the model in use: this session's fine-tuned checkpoint, or
+        the file the model was trained with (e.g. ``finetune --ensemble K``'s, chosen as
+        Weights). Whether it is a fine-tuning checkpoint is checked where it is read."""
+        if self.finetuned is not None:
+            return self.finetuned
+        weights = str(getattr(getattr(self.bundle, "extractor", None), "weights", "") or "")
+        if not weights or weights == "random" or weights.split(":")[0] == "imagenet":
+            return None
+        path = Path(weights).expanduser()
+        return path if path.is_file() else None
+
     def apply_member_spread(self, spread: Any) -> None:
         """Show a fine-tuned ensemble's member spread (:func:`.model_outputs.iter_member_spread`)."""
-        if spread.generation != self.generation or self.finetuned is None or \
-                Path(spread.checkpoint) != Path(self.finetuned):
+        network = self.network_checkpoint()
+        if spread.generation != self.generation or network is None or \
+                Path(spread.checkpoint) != network:
             return  # made for other images or another model
         self.member_spread = spread
         self.predictions_changed.emit()
@@ -370,6 +383,7 @@ class ModelPart:
         spread = self.member_spread
         i = self.index if index is None else index
         if spread is None or spread.generation != self.generation or \
+                Path(spread.checkpoint) != self.network_checkpoint() or \
                 not 0 <= i < len(spread.std):
             return {}
         return {t: float(v) for t, v in zip(spread.vocabulary, spread.std[i], strict=True)}

@@ -95,13 +95,15 @@ class MemberSpread:
 
 
 def spread_request(session: AnnotatorSession) -> SpreadRequest:
-    if session.finetuned is None:
-        raise InputError("no fine-tuned model is in use; choose a fine-tuned ensemble (made by "
-                         "the ish-annotator finetune command) as Weights first")
+    """The spread of the network behind the model in use (:meth:`network_checkpoint`)."""
     if not session.n_images:
         raise InputError("no images are open; open a folder or manifest first")
-    return SpreadRequest(Path(session.finetuned), session.paths, session.settings.device,
-                         session.generation)
+    network = session.network_checkpoint()
+    if network is None:
+        raise InputError("no fine-tuned model is in use; choose a fine-tuned ensemble (a file "
+                         "from ish-annotator finetune with an ensemble) with Weights file… in "
+                         "the Model panel, then Train or Predict")
+    return SpreadRequest(network, session.paths, session.settings.device, session.generation)
 
 
 def iter_member_spread(req: SpreadRequest, batch: int = 8) -> ProgressGen[MemberSpread]:
