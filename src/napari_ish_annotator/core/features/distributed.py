@@ -21,8 +21,7 @@ Whoever can talk to a scheduler or worker can run any code in it, so ``local:N``
 cluster only this process can join: every scheduler, nanny and worker listens on loopback
 TLS with a throw-away certificate (``Security.temporary()``, kept in memory and handed to
 the worker processes at start) and demands it of every peer; dask's HTTP servers serve no
-pages (no dashboard). A
-``tls://`` address is joined with the certificates given (:class:`TLSFiles`, the CLI's
+pages (no dashboard). A ``tls://`` address is joined with the certificates given (:class:`TLSFiles`, the CLI's
 ``--dask-ca/--dask-cert/--dask-key``) or those in dask's configuration (docs/cluster.md).
 """
 
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ... import __version__
+from ..utils.arrays import open_regular
 from ..utils.errors import InputError
 from ..utils.extras import install_hint, require_extra
 from ..utils.progress import Progress, ProgressGen
@@ -114,18 +114,14 @@ def _scheduler_file_address(path: Path) -> str:
     """The ``address`` in a scheduler file (``dask scheduler --scheduler-file``), read once
     (without blocking) and checked; anything else is one InputError."""
     import json
-    import stat
 
     what = "is not a dask scheduler file"
     hint = ("give local[:N], tcp://HOST:PORT or the JSON file `dask scheduler "
             "--scheduler-file` writes")
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise InputError(f"{what}; {hint}", path=path)
+        with open_regular(path, "dask scheduler file") as fh:
             data = json.loads(fh.read(_SCHEDULER_FILE_MAX + 1)[:_SCHEDULER_FILE_MAX])
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
         raise InputError(f"{what} ({type(exc).__name__}); {hint}", path=path) from None
     address = data.get("address") if isinstance(data, dict) else None
     if not isinstance(address, str) or "://" not in address or len(address) > 1000:
@@ -203,23 +199,15 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
-def _import_distributed() -> Any:
-    return require_extra("distributed", "cluster", "--dask")
-
-
 def _join(distributed: Any, target: str, security: Any) -> Any:
-    """``distributed.Client(target)``, or one InputError for whatever the other end sent."""
-    failure = None
+    """``distributed.Client(target)``, or one InputError for whatever the other end sent (no
+    dask scheduler at all: AssertionError, MemoryError from a nonsense frame length...)."""
     try:
         return distributed.Client(target, security=security, timeout=_connect_timeout())
     except Exception as exc:  # noqa: BLE001 - whatever the other end sent
-        # what answers may be no dask scheduler at all (AssertionError, MemoryError from a
-        # nonsense frame length); TypeError: "TLS expects a ssl_context"
         failure = _one_line(exc)[:200]
-    # the half-made Client lives on in the traceback's reference cycle; left to the garbage
-    # collector, its __del__ may run inside the next Client's start, where it waits for the
-    # lock that start holds (dask's LoopRunner): the process hangs. Collect it now.
-    gc.collect()
+    gc.collect()  # the half-made Client (in a reference cycle) must not be collected inside the
+    # next Client's start: its __del__ waits there for dask's LoopRunner lock, a hang
     raise InputError(f"cannot reach the dask scheduler ({failure}); check the address, that "
                      "`dask scheduler` is running there and, for tls://, the certificates",
                      path=target)
@@ -236,7 +224,7 @@ def connect(address: ClusterAddress | str, tls: TLSFiles | None = None) -> Itera
     """
     import logging
 
-    distributed = _import_distributed()
+    distributed = require_extra("distributed", "cluster", "--dask")
     if isinstance(address, str):
         address = ClusterAddress.parse(address)
     tls = tls or TLSFiles()
@@ -322,7 +310,7 @@ class DistributedExtractor(FeatureExtractor):
     def _iter_compute(self, images: list, todo: list[str], rows: dict[str, list[int]],
                       out: np.ndarray, done: int, failed: dict[int, str], skip: bool
                       ) -> ProgressGen[np.ndarray]:
-        distributed = _import_distributed()
+        distributed = require_extra("distributed", "cluster", "--dask")
         n = len(images)
         chunks = [todo[s:s + CHUNK] for s in range(0, len(todo), CHUNK)]
         config = asdict(self.config)
@@ -375,7 +363,7 @@ def _portable(image: Any) -> Any:
 
 def _result(future: Any) -> tuple[np.ndarray, dict[int, str]]:
     """The chunk's result; cluster failures become one InputError."""
-    distributed = _import_distributed()
+    distributed = require_extra("distributed", "cluster", "--dask")
     try:
         return future.result()
     except InputError:
