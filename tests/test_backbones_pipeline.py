@@ -188,18 +188,18 @@ def test_annotate_panel_offers_every_backbone_and_runs_efficientnet(make_napari_
     embryos, annotate = dock(viewer, "Embryos"), dock(viewer, "Annotate")
     train, explain = dock(viewer, "Train"), dock(viewer, "Explain")
     assert embryos.open_paths([manifest])
-    combo = annotate.backbone_combo
+    combo = annotate.model.backbone_combo
     assert [combo.itemText(i) for i in range(combo.count())] == list(REGISTRY)
     combo.setCurrentText("efficientnet_lite0")
-    layers = [annotate.layer_combo.itemText(i) for i in range(annotate.layer_combo.count())]
+    layers = [annotate.model.layer_combo.itemText(i) for i in range(annotate.model.layer_combo.count())]
     assert layers == list(get_spec("efficientnet_lite0").layers)
-    assert annotate.layer_combo.currentText() == "stage5"
-    annotate.set_settings(weights="imagenet", input_size=64, device="cpu")
+    assert annotate.model.layer_combo.currentText() == "stage5"
+    annotate.model.set_settings(weights="imagenet", input_size=64, device="cpu")
     session = get_session(viewer)
 
-    annotate.extract()
-    qtbot.waitUntil(lambda: not annotate.runner.running, timeout=120_000)
-    assert annotate.runner.last_outcome == "done", annotate.runner.last_error
+    annotate.model.extract()
+    qtbot.waitUntil(lambda: not annotate.model.runner.running, timeout=120_000)
+    assert annotate.model.runner.last_outcome == "done", annotate.model.runner.last_error
     assert session.features.shape == (8, 112 * 4 * 4)  # stage5 at 64 px
     train.members_spin.setValue(3)
     train.train()

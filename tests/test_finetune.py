@@ -373,7 +373,7 @@ def test_widget_finetunes_in_worker_plots_and_switches_models(make_napari_viewer
     embryos, annotate, train = dock(viewer, "Embryos"), dock(viewer, "Annotate"), dock(viewer, "Train")
     assert embryos.open_paths([manifest])
     session = get_session(viewer)
-    annotate.set_settings(weights="random", input_size=64, layer="21", device="cpu")
+    annotate.model.set_settings(weights="random", input_size=64, layer="21", device="cpu")
     train.members_spin.setValue(3)
     train.train()
     qtbot.waitUntil(lambda: not train.runner.running, timeout=120_000)
@@ -397,7 +397,7 @@ def test_widget_finetunes_in_worker_plots_and_switches_models(make_napari_viewer
     # the session now uses the fine-tuned backbone: new features, refitted classifiers
     ckpt = str(sec.checkpoint)
     assert session.settings.weights == ckpt and session.bundle.extractor.weights == ckpt
-    assert annotate.weights_combo.currentText() == ckpt
+    assert annotate.model.weights_combo.currentText() == ckpt
     assert session.bundle is not old_bundle and session.bundle.classifier.vocabulary == list(TERMS)
     assert session.features.shape == old_features.shape
     assert not np.allclose(session.features, old_features)

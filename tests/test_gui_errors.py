@@ -184,9 +184,9 @@ def test_clicked_errors_lead_with_advice_and_end_with_the_path(make_napari_viewe
     assert spread.startswith("no fine-tuned model is in use; choose a fine-tuned ensemble")
     assert "\n" not in spread and no_cli_options(spread)
 
-    annotate.new_term_edit.setFocus()
-    qtbot.keyClicks(annotate.new_term_edit, "midgut")
-    click(qtbot, annotate.add_term_button)  # a term nothing is labelled with yet
+    annotate.model.new_term_edit.setFocus()
+    qtbot.keyClicks(annotate.model.new_term_edit, "midgut")
+    click(qtbot, annotate.model.add_term_button)  # a term nothing is labelled with yet
     before = len(notification_manager.records)
     click(qtbot, train.train_button)
     assert not train.runner.running
@@ -201,7 +201,7 @@ def test_clicked_errors_lead_with_advice_and_end_with_the_path(make_napari_viewe
     monkeypatch.setattr(QFileDialog, "getExistingDirectory",
                         staticmethod(lambda *a, **k: str(not_a_model)))
     before = len(notification_manager.records)
-    click(qtbot, annotate.load_model_button)
+    click(qtbot, annotate.model.load_model_button)
     (load,) = _notifications_since(before)
     first, last = load.split("\n")
     assert first.startswith("not a model folder") and "Save model…" in first

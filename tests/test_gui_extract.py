@@ -26,10 +26,10 @@ def test_truncated_image_is_skipped_reported_and_never_classified(make_napari_vi
     assert session.skipped == () and embryos.skipped_label.text() == ""
     bad = session.paths[9]  # truncated after opening (e.g. a sync still writing it)
     bad.write_bytes(bad.read_bytes()[:100])
-    annotate.set_settings(weights="random", input_size=64, layer="21", device="cpu")
+    annotate.model.set_settings(weights="random", input_size=64, layer="21", device="cpu")
 
-    click(qtbot, annotate.extract_button)
-    _wait(qtbot, annotate.runner)  # completes despite the bad image
+    click(qtbot, annotate.model.extract_button)
+    _wait(qtbot, annotate.model.runner)  # completes despite the bad image
     X = session.features
     assert np.isnan(X[9]).all() and np.isfinite(X[:9]).all()
     assert len(session.skipped) == 1 and bad.name in session.skipped[0]
@@ -60,8 +60,8 @@ def test_truncated_image_is_skipped_reported_and_never_classified(make_napari_vi
             return _original(X)
 
         setattr(clf, name, spy)
-    click(qtbot, annotate.predict_button)
-    _wait(qtbot, annotate.runner)
+    click(qtbot, annotate.model.predict_button)
+    _wait(qtbot, annotate.model.runner)
     np.testing.assert_array_equal(session.probabilities[:9], P[:9])
     assert np.isnan(session.probabilities[9]).all()
     assert seen and all(np.isfinite(x).all() for x in seen)  # NaN rows never classified

@@ -20,7 +20,7 @@ def gui(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     embryos, annotate, train = dock(viewer, "Embryos"), dock(viewer, "Annotate"), dock(viewer, "Train")
     assert embryos.open_paths([make_dataset(tmp_path / "data")])
-    annotate.set_settings(weights="random", input_size=64, layer="21", device="cpu")
+    annotate.model.set_settings(weights="random", input_size=64, layer="21", device="cpu")
     train.members_spin.setValue(3)
     train.cv_check.setChecked(False)
     return viewer, get_session(viewer), embryos, annotate, train
@@ -61,7 +61,7 @@ def test_disagreement_filter_hover_consensus_training_and_agreement(gui, qtbot, 
 
     session.set_index(2)
     word = {1: "present", 0: "absent"}
-    assert annotate.term_tooltip("brain").endswith(
+    assert annotate.terms.term_tooltip("brain").endswith(
         f"labels: manifest: {word[1 - new]}, alice: {word[new]}, bob: {word[new]}")
 
     mine = session.label_matrix().copy()
@@ -148,7 +148,7 @@ def test_term_list_shows_the_finetuned_ensembles_spread(gui, qtbot, tmp_path, mo
                       list(session.vocabulary), config, ckpt, k=2)
     monkeypatch.setattr(QFileDialog, "getOpenFileName",
                         staticmethod(lambda *_a, **_k: (str(ckpt), "")))
-    click(qtbot, annotate.weights_file_button)  # the user picks the ensemble file
+    click(qtbot, annotate.model.weights_file_button)  # the user picks the ensemble file
     assert session.settings.weights == str(ckpt)
     click(qtbot, train.train_button)
     _wait(qtbot, train.runner)
@@ -158,5 +158,5 @@ def test_term_list_shows_the_finetuned_ensembles_spread(gui, qtbot, tmp_path, mo
     _wait(qtbot, train.runner)
     std = load_ensemble(ckpt).predict_proba([session.paths[5]]).std[0]
     P = session.probabilities[5]
-    for k, (term, ptext, _pred, _label) in enumerate(annotate.row_values()):
+    for k, (term, ptext, _pred, _label) in enumerate(annotate.terms.row_values()):
         assert ptext == f"{P[k]:.2f} ± {std[k]:.2f}", term

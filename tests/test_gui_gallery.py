@@ -75,7 +75,7 @@ def test_gallery_sorts_by_the_model_and_follows_the_table_layer(make_napari_view
     embryos, annotate, train = dock(viewer, "Embryos"), dock(viewer, "Annotate"), dock(viewer, "Train")
     assert embryos.open_paths([make_dataset(tmp_path / "data", n=8)])
     session = get_session(viewer)
-    annotate.set_settings(weights="random", input_size=64, layer="21", device="cpu")
+    annotate.model.set_settings(weights="random", input_size=64, layer="21", device="cpu")
     train.members_spin.setValue(3)
     train.cv_check.setChecked(False)
     train.train()

@@ -38,25 +38,25 @@ def test_labels_written_at_once_undone_and_restored(make_napari_viewer, qtbot, t
     session = get_session(viewer)
     image0 = session.paths[0]
     # image 0 has no term in the manifest: all absent
-    assert [row[3] for row in annotate.row_values()] == ["absent"] * 3
+    assert [row[3] for row in annotate.terms.row_values()] == ["absent"] * 3
 
     press(viewer, "2")  # brain: absent -> unknown
     assert _fresh_store_labels(store_path, image0)["brain"] is None
     press(viewer, "2")  # unknown -> present
     assert _fresh_store_labels(store_path, image0)["brain"] == 1
-    assert annotate.row_values()[1][3] == "present"
+    assert annotate.terms.row_values()[1][3] == "present"
     assert embryos.cell_text(0, 4) == "3/3"
     assert embryos.cell_tip(0, 4) == "1 present, 2 absent"
 
     # the three-state control in the list writes too
-    annotate.choose_label("hindgut", "present")
+    annotate.terms.choose_label("hindgut", "present")
     assert _fresh_store_labels(store_path, image0)["hindgut"] == 1
 
     # Ctrl+Z reverts the latest change only
     press(viewer, "Control-Z")
     assert _fresh_store_labels(store_path, image0)["hindgut"] != 1
     assert _fresh_store_labels(store_path, image0)["brain"] == 1
-    assert annotate.row_values()[2][3] != "present"
+    assert annotate.terms.row_values()[2][3] != "present"
 
     # a second annotator's labels are kept apart; the first one's come back when switching
     me = session.annotator_name
@@ -64,13 +64,13 @@ def test_labels_written_at_once_undone_and_restored(make_napari_viewer, qtbot, t
     embryos.annotator_edit.setText("second-annotator")
     embryos.annotator_edit.editingFinished.emit()
     assert session.annotator_name == "second-annotator"
-    assert annotate.row_values()[1][3] == "absent"  # falls back to the manifest
+    assert annotate.terms.row_values()[1][3] == "absent"  # falls back to the manifest
     press(viewer, "1")
     assert "second-annotator" in session.store.annotators()
     embryos.annotator_edit.setText(me)
     embryos.annotator_edit.editingFinished.emit()
-    assert annotate.row_values()[1][3] == "present"
-    assert annotate.row_values()[0][3] == "absent"
+    assert annotate.terms.row_values()[1][3] == "present"
+    assert annotate.terms.row_values()[0][3] == "absent"
 
     # step on and label image 1 with the keyboard, then close the viewer
     press(viewer, "n")
@@ -86,7 +86,7 @@ def test_labels_written_at_once_undone_and_restored(make_napari_viewer, qtbot, t
     assert session2.labels_for(0)["brain"] == 1
     assert session2.labels_for(1)["hindgut"] == 1
     annotate2 = dock(viewer2, "Annotate")
-    assert annotate2.row_values()[1][3] == "present"
+    assert annotate2.terms.row_values()[1][3] == "present"
     Y = session2.label_matrix()
     assert Y[0, TERMS.index("brain")] == 1 and Y[1, TERMS.index("hindgut")] == 1
 
@@ -106,10 +106,10 @@ def test_locked_store_gives_message_not_crash(make_napari_viewer, tmp_path):
     try:
         before = len(_errors())
         press(viewer, "1")
-        annotate.choose_label(session.vocabulary[0], "present")
+        annotate.terms.choose_label(session.vocabulary[0], "present")
         messages = _errors()[before:]
         assert any("locked" in m for m in messages), messages
-        assert annotate.row_values()[0][3] == "absent"  # the list shows what is stored
+        assert annotate.terms.row_values()[0][3] == "absent"  # the list shows what is stored
     finally:
         other.execute("ROLLBACK")
         other.close()
@@ -147,10 +147,10 @@ def test_label_cell_click_opens_a_three_state_editor(make_napari_viewer, qtbot, 
     manifest = make_dataset(tmp_path / "data")
     viewer = make_napari_viewer(show=True)
     annotator = dock(viewer, "ISH Annotator")  # the term list is always visible there
-    annotate = annotator.terms
+    terms = annotator.terms
     assert annotator.embryos.open_paths([manifest])
     session = get_session(viewer)
-    table = annotate.table
+    table = terms.table
     qtbot.waitUntil(table.isVisible, timeout=5000)
     cells = [table.model().index(r, 4) for r in range(table.rowCount())]
     assert all(table.indexWidget(i) is None for i in cells)  # no widget per row
@@ -166,7 +166,7 @@ def test_label_cell_click_opens_a_three_state_editor(make_napari_viewer, qtbot, 
     qtbot.waitUntil(lambda: table.indexWidget(cells[row]) is None, timeout=2000)  # closed
     store = LabelStore.default_path_for(manifest)
     assert _fresh_store_labels(store, session.paths[0])["hindgut"] == 1
-    assert annotate.row_values()[row][3] == "present"
+    assert terms.row_values()[row][3] == "present"
 
     # names and probabilities are not editable: a click there opens nothing
     qtbot.mouseClick(table.viewport(), Qt.MouseButton.LeftButton,

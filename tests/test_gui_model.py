@@ -23,12 +23,12 @@ def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tm
     train, explain = dock(viewer, "Train"), dock(viewer, "Explain")
     assert embryos.open_paths([manifest])
     session = get_session(viewer)
-    annotate.set_settings(weights="random", input_size=64, layer="21", device="cpu")
-    assert annotate.device_label.text() == "using: cpu"
+    annotate.model.set_settings(weights="random", input_size=64, layer="21", device="cpu")
+    assert annotate.model.device_label.text() == "using: cpu"
 
-    click(qtbot, annotate.extract_button)
-    assert annotate.runner.running  # in a worker: the GUI thread is free meanwhile
-    _wait(qtbot, annotate.runner)
+    click(qtbot, annotate.model.extract_button)
+    assert annotate.model.runner.running  # in a worker: the GUI thread is free meanwhile
+    _wait(qtbot, annotate.model.runner)
     X = session.features
     assert X.shape == (8, 512 * 8 * 8)  # relu4_2 at 64 px: 512 x 8 x 8
 
@@ -48,7 +48,7 @@ def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tm
 
     # the Annotate list shows the model's numbers for the current image (image 3)
     session.set_index(3)
-    for term, ptext, pred, _label in annotate.row_values():
+    for term, ptext, pred, _label in annotate.terms.row_values():
         p = expected[3, TERMS.index(term)]
         assert ptext == f"{p:.2f}"
         word = "yes" if p >= 0.5 else "no"  # the one rule, not the members' vote
@@ -63,8 +63,8 @@ def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tm
 
     # Predict again from the (cached) features: same numbers
     session.probabilities = None
-    click(qtbot, annotate.predict_button)
-    _wait(qtbot, annotate.runner)
+    click(qtbot, annotate.model.predict_button)
+    _wait(qtbot, annotate.model.runner)
     np.testing.assert_allclose(session.probabilities, expected, rtol=1e-5, atol=1e-6)
 
     # Grad-CAM: one layer with the image's shape, and it follows the chosen term
@@ -122,35 +122,35 @@ def test_cancel_stops_extraction(make_napari_viewer, qtbot, tmp_path):
     embryos, annotate = dock(viewer, "Embryos"), dock(viewer, "Annotate")
     assert embryos.open_paths([manifest])
     session = get_session(viewer)
-    annotate.set_settings(weights="random", input_size=224, batch_size=1, device="cpu")
+    annotate.model.set_settings(weights="random", input_size=224, batch_size=1, device="cpu")
     steps = []
 
     def on_step(step):
         steps.append(step)
-        if step[0] >= 1 and annotate.runner.cancel_button.isEnabled():
-            click(qtbot, annotate.runner.cancel_button)
+        if step[0] >= 1 and annotate.model.runner.cancel_button.isEnabled():
+            click(qtbot, annotate.model.runner.cancel_button)
 
-    click(qtbot, annotate.extract_button)
-    annotate.runner.worker.yielded.connect(on_step)
-    qtbot.waitUntil(lambda: not annotate.runner.running, timeout=WAIT_MS)
-    assert annotate.runner.last_outcome == "cancelled"
-    assert annotate.runner.status.text() == "cancelled"
+    click(qtbot, annotate.model.extract_button)
+    annotate.model.runner.worker.yielded.connect(on_step)
+    qtbot.waitUntil(lambda: not annotate.model.runner.running, timeout=WAIT_MS)
+    assert annotate.model.runner.last_outcome == "cancelled"
+    assert annotate.model.runner.status.text() == "cancelled"
     assert session.features is None
     assert max(s[0] for s in steps) < 8
-    assert annotate.extract_button.isEnabled()
+    assert annotate.model.extract_button.isEnabled()
 
     # an error in the worker (no ImageNet weights offline) is a message, not a crash
     from napari.utils.notifications import notification_manager
 
     before = len(notification_manager.records)
-    annotate.set_settings(weights="imagenet")
-    click(qtbot, annotate.extract_button)
-    qtbot.waitUntil(lambda: not annotate.runner.running, timeout=WAIT_MS)
+    annotate.model.set_settings(weights="imagenet")
+    click(qtbot, annotate.model.extract_button)
+    qtbot.waitUntil(lambda: not annotate.model.runner.running, timeout=WAIT_MS)
     if session.features is None:  # a machine with the weights in its cache just extracts
-        assert annotate.runner.last_outcome == "error"
-        assert "imagenet" in annotate.runner.last_error
+        assert annotate.model.runner.last_outcome == "error"
+        assert "imagenet" in annotate.model.runner.last_error
         assert any("imagenet" in str(n.message) for n in notification_manager.records[before:])
-        assert annotate.runner.status.text() == annotate.runner.last_error
+        assert annotate.model.runner.status.text() == annotate.model.runner.last_error
 
 
 def test_train_refuses_terms_without_both_labels(make_napari_viewer, qtbot, tmp_path):

@@ -22,7 +22,7 @@ def test_gradcam_follows_a_retrained_model(make_napari_viewer, qtbot, tmp_path):
     train, explain = dock(viewer, "Train"), dock(viewer, "Explain")
     assert embryos.open_paths([make_dataset(tmp_path / "data")])
     session = get_session(viewer)
-    annotate.set_settings(weights="random", input_size=64, layer="21", device="cpu")
+    annotate.model.set_settings(weights="random", input_size=64, layer="21", device="cpu")
     train.members_spin.setValue(3)
     train.cv_check.setChecked(False)
     click(qtbot, train.train_button)
@@ -121,10 +121,10 @@ def test_closing_napari_mid_task_stops_the_worker_without_crashing(
     assert embryos.open_paths([make_dataset(tmp_path / "data", n=8)])
     session = get_session(viewer)
     session.set_label(TERMS[0], 1, 0)
-    annotate.set_settings(weights="random", input_size=224, batch_size=1, device="cpu")
+    annotate.model.set_settings(weights="random", input_size=224, batch_size=1, device="cpu")
     steps, ended = [], []
-    click(qtbot, annotate.extract_button)
-    worker = annotate.runner.worker
+    click(qtbot, annotate.model.extract_button)
+    worker = annotate.model.runner.worker
     worker.yielded.connect(lambda step: steps.append(step))
     worker.finished.connect(lambda: ended.append(True))
     qtbot.waitUntil(lambda: any(s[0] >= 1 for s in steps), timeout=WAIT_MS)
@@ -221,7 +221,7 @@ def test_switching_back_to_the_previous_model_restores_its_votes(make_napari_vie
     embryos, annotate, train = dock(viewer, "Embryos"), dock(viewer, "Annotate"), dock(viewer, "Train")
     assert embryos.open_paths([make_dataset(tmp_path / "data")])
     session = get_session(viewer)
-    annotate.set_settings(weights="random", input_size=64, layer="21", device="cpu")
+    annotate.model.set_settings(weights="random", input_size=64, layer="21", device="cpu")
     train.members_spin.setValue(3)
     train.cv_check.setChecked(False)
     click(qtbot, train.train_button)
@@ -251,7 +251,7 @@ def test_switching_back_to_the_previous_model_restores_its_votes(make_napari_vie
     p00 = session.probabilities[0, 0]
     assert p00 == P[0, 0]
     word = "yes" if p00 >= 0.5 else "no"  # not the vote's word
-    assert annotate.row_values()[0][2].rstrip("?") == word
+    assert annotate.terms.row_values()[0][2].rstrip("?") == word
     session.set_index(0)  # the canvas gives the same answer for the term
     assert (TERMS[0] in overlay_text(session).split("\n", 1)[1]) == (p00 >= 0.5)
 
@@ -265,7 +265,7 @@ def test_changing_backbone_during_fine_tuning_does_not_break_the_refit(make_napa
     embryos, annotate, train = dock(viewer, "Embryos"), dock(viewer, "Annotate"), dock(viewer, "Train")
     assert embryos.open_paths([make_dataset(tmp_path / "data")])
     session = get_session(viewer)
-    annotate.set_settings(weights="random", input_size=64, layer="21", device="cpu")
+    annotate.model.set_settings(weights="random", input_size=64, layer="21", device="cpu")
     train.members_spin.setValue(3)
     sec = train.finetune
     sec.epochs_spin.setValue(1)
@@ -275,13 +275,13 @@ def test_changing_backbone_during_fine_tuning_does_not_break_the_refit(make_napa
     sec.device_combo.setCurrentText("cpu")
     click(qtbot, sec.start_button)
     assert sec.runner.running
-    annotate.backbone_combo.setCurrentText("resnet50")  # the user browses the settings meanwhile
+    annotate.model.backbone_combo.setCurrentText("resnet50")  # the user browses the settings meanwhile
     qtbot.waitUntil(lambda: not sec.runner.running, timeout=180_000)
     assert sec.runner.last_outcome == "done", sec.runner.last_error
     e = session.bundle.extractor
     assert (e.backbone, str(e.layer), str(e.weights)) == ("vgg16", "21", str(sec.checkpoint))
-    assert annotate.backbone_combo.currentText() == "vgg16"
-    assert annotate.layer_combo.currentText() == "21"
+    assert annotate.model.backbone_combo.currentText() == "vgg16"
+    assert annotate.model.layer_combo.currentText() == "21"
 
 
 def test_demo_window_shows_the_whole_embryo(make_napari_viewer, qtbot):

@@ -315,10 +315,3 @@ class AnnotateWidget(SessionDock):
         layout = QVBoxLayout(self.body)
         layout.addWidget(self.model)
         layout.addWidget(self.terms, 1)
-
-    def __getattr__(self, name: str) -> Any:  # annotate.predict_button, annotate.table, ...
-        for part in ("model", "terms"):
-            section = self.__dict__.get(part)
-            if section is not None and hasattr(section, name):
-                return getattr(section, name)
-        raise AttributeError(name)
