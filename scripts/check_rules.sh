@@ -52,6 +52,11 @@ rule "supported image suffix" \
   '^def has_image_suffix\(' core/data/images.py \
   'suffix\.lower\(\) (not )?in SUPPORTED_SUFFIXES'
 
+# the images of a folder (the reader listed folders itself: issue 25)
+rule "images in a folder" \
+  '^def list_images\(' core/data/inputs.py \
+  'iterdir\(\).*has_image_suffix|has_image_suffix\(.*for .* in .*iterdir\(\)'
+
 # the developmental stage ranges (the Annotate panel's list was a copy)
 rule "stage ranges" \
   '^STAGE_RANGES' core/data/vocabulary.py \

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .core.data.images import has_image_suffix, read_rgb
+from .core.data.images import read_rgb
+from .core.data.inputs import list_images
 from .core.data.manifest import is_manifest
 from .core.utils.errors import InputError
 from .widgets._viewer_binding import embryo_layer_data
@@ -26,8 +27,8 @@ BACKGROUND_MIN_FILES = 16
 
 def _has_images(path: Path) -> bool:
     try:
-        return path.is_dir() and any(has_image_suffix(p) for p in path.iterdir())
-    except OSError:
+        return path.is_dir() and bool(list_images(path))
+    except (OSError, InputError):
         return False
 
 
@@ -55,13 +56,13 @@ def _count_images(inputs: list[str | Path]) -> int:
     for item in map(_manifest_of, map(Path, inputs)):
         try:
             if item.is_dir():
-                n += sum(1 for p in item.iterdir() if has_image_suffix(p))
+                n += len(list_images(item))
             elif item.suffix.lower() == ".csv":
                 with open(item, "rb") as fh:
                     n += max(sum(1 for _ in fh) - 1, 0)
             else:
                 n += 1
-        except OSError:
+        except (OSError, InputError):
             pass
     return n
 
@@ -69,7 +70,7 @@ def _count_images(inputs: list[str | Path]) -> int:
 def _first_candidates(item: Path, limit: int = 3) -> list[Path]:
     """The first few images ``item`` names, without listing or checking all of them."""
     if item.is_dir():
-        return sorted(p for p in item.iterdir() if has_image_suffix(p))[:limit]
+        return list_images(item)[:limit]
     if item.suffix.lower() != ".csv":
         return [item]
     out: list[Path] = []
@@ -90,7 +91,7 @@ def first_image(inputs: list[str | Path]) -> tuple[np.ndarray, Path | None]:
     for item in map(_manifest_of, map(Path, inputs)):
         try:
             candidates = _first_candidates(item)
-        except (OSError, csv.Error):
+        except (OSError, csv.Error, InputError):
             continue
         for path in candidates:
             try:
