@@ -35,3 +35,19 @@ def _isolated_feature_cache(tmp_path, monkeypatch):
     """Every test gets its own default feature cache: nothing is read from or written to the
     user's ~/.cache, and no test sees another's cached features."""
     monkeypatch.setenv("ISH_ANNOTATOR_CACHE", str(tmp_path / "feature-cache"))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """With GUI tests in the run, import torchvision first, the way the plugin does (triton
+    kept out). Tests that call core steps directly, outside the panels' workers, would
+    otherwise import it after a viewer loaded Mesa's LLVM, and triton's LLVM segfaults
+    beside it; the plugin's own imports all go through ``triton_blocked``
+    (tests/test_gui_torch_import.py checks them in a fresh process)."""
+    if not any(item.get_closest_marker("gui") for item in session.items):
+        return
+    try:
+        from napari_ish_annotator.widgets._loading import triton_blocked
+    except ImportError:  # the GUI extra is not installed: no viewer, no clash
+        return
+    with triton_blocked():
+        import torchvision  # noqa: F401
