@@ -8,7 +8,7 @@ model fitting); the science is ``core.labels.consensus``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,20 +19,22 @@ from ..core.utils.progress import Progress, ProgressGen
 from .steps import TrainRequest
 
 if TYPE_CHECKING:
+    from ..core.labels.consensus import Agreement, AnnotatorLabels
+    from ..core.labels.store import LabelStore
     from .state import AnnotatorSession
 
 #: what the Train panel can learn from
 TRAIN_SOURCES = ("my labels", "consensus of all annotators")
 
 
-def _store(session: AnnotatorSession) -> Any:
+def _store(session: AnnotatorSession) -> LabelStore:
     if session.store is None or not session.n_images:
         raise InputError("no labels are open; open images or a manifest first")
     return session.store
 
 
 # ---------------------------------------------------------------------- annotators
-def annotator_labels(session: AnnotatorSession) -> Any:
+def annotator_labels(session: AnnotatorSession) -> AnnotatorLabels:
     """Every annotator's own labels of the open images (core.labels.consensus.AnnotatorLabels)."""
     return stored_annotator_labels(_store(session), session.paths, session.vocabulary)
 
@@ -53,7 +55,7 @@ def term_tooltips(session: AnnotatorSession, index: int | None = None) -> dict[s
     return {t: notes.tooltip(t) for t in session.vocabulary}
 
 
-def iter_agreement(labels: Any) -> ProgressGen[Any]:
+def iter_agreement(labels: AnnotatorLabels) -> ProgressGen[Agreement]:
     """core.labels.consensus.agreement in a worker (it fits Dawid-Skene and imports scikit-learn)."""
     yield Progress(0, 1, "comparing annotators")
     return agreement(labels)

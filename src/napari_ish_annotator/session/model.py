@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,17 +28,24 @@ from . import steps
 from .results import (
     ExtractedFeatures,
     FinetuneOutcome,
+    LabelOrder,
+    MemberSpread,
     ModelState,
     Predictions,
     TrainedModel,
 )
+
+if TYPE_CHECKING:
+    from ..core.features.extractor import ExtractorConfig, FeatureExtractor
+    from ..core.finetune.config import FinetuneConfig
+    from ..core.learn.bundle import ModelBundle
 
 
 class ModelPart:
     """Model methods of the session (attributes are set by its __init__)."""
 
     # ------------------------------------------------------------------ features & model
-    def extractor_config(self, use_bundle: bool = True) -> Any:
+    def extractor_config(self, use_bundle: bool = True) -> ExtractorConfig:
         """The model's extractor settings when a model is loaded, else the panel's."""
         if use_bundle and self.bundle is not None:
             return replace(self.bundle.extractor, device=self.settings.device,
@@ -48,7 +55,7 @@ class ModelPart:
                                input_size=s.input_size, device=s.device,
                                batch_size=s.batch_size, seed=s.seed)
 
-    def extractor(self, config: Any = None) -> Any:
+    def extractor(self, config: ExtractorConfig | None = None) -> FeatureExtractor:
         """The (shared, cached) feature extractor for ``config`` (default: current)."""
         return self._extractors.get(self.extractor_config() if config is None else config)
 
@@ -66,13 +73,13 @@ class ModelPart:
         except Exception:
             return self.settings.device
 
-    def extract_request(self, config: Any = None) -> steps.ExtractRequest:
+    def extract_request(self, config: ExtractorConfig | None = None) -> steps.ExtractRequest:
         if not self.paths:
             raise InputError("no images are open; open a folder or manifest first")
         return steps.ExtractRequest(self.paths, self.extractor_config() if config is None
                                     else config, self._extractors, self.generation)
 
-    def current_features(self, config: Any = None) -> ExtractedFeatures | None:
+    def current_features(self, config: ExtractorConfig | None = None) -> ExtractedFeatures | None:
         """The session's features if they were made with ``config`` for the open images."""
         f = self.extracted
         if f is None or len(f.X) != self.n_images or f.generation != self.generation:
@@ -82,7 +89,7 @@ class ModelPart:
         except Exception:
             return None
 
-    def features_current(self, config: Any = None) -> bool:
+    def features_current(self, config: ExtractorConfig | None = None) -> bool:
         return self.current_features(config) is not None
 
     def apply_features(self, result: ExtractedFeatures | None) -> None:
@@ -113,7 +120,7 @@ class ModelPart:
         self.votes = np.asarray(result.votes, dtype=bool)
         self.predictions_changed.emit()
 
-    def set_bundle(self, bundle: Any, finetuned: Path | None = None) -> list[str]:
+    def set_bundle(self, bundle: ModelBundle, finetuned: Path | None = None) -> list[str]:
         """Use ``bundle``; returns its terms the labelled vocabulary leaves out.
 
         A folder's vocabulary is the biologist's (what its label file holds): a model with
@@ -251,7 +258,7 @@ class ModelPart:
         self.train_report_changed.emit()
 
     # ------------------------------------------------------------------ fine-tuning
-    def finetune_request(self, config: Any, out: Path, init: Path | None = None
+    def finetune_request(self, config: FinetuneConfig, out: Path, init: Path | None = None
                          ) -> steps.FinetuneRequest:
         """Fine-tune on the labelled images, then refit on the checkpoint's features; ``init``
         (the fine-tuned checkpoint in use) continues that network with the current labels."""
@@ -331,7 +338,7 @@ class ModelPart:
                                     self.extract_request(), self.finetuned if finetuned else None)
 
     # ------------------------------------------------------------------ next to label
-    def apply_label_order(self, order: Any) -> None:
+    def apply_label_order(self, order: LabelOrder) -> None:
         """Keep a "next to label" ranking (:func:`.model_outputs.iter_suggest`; dropped if stale)."""
         if order.generation != self.generation:
             return
@@ -369,7 +376,7 @@ class ModelPart:
         path = Path(weights).expanduser()
         return path if path.is_file() else None
 
-    def apply_member_spread(self, spread: Any) -> None:
+    def apply_member_spread(self, spread: MemberSpread) -> None:
         """Show a fine-tuned ensemble's member spread (:func:`.model_outputs.iter_member_spread`)."""
         network = self.network_checkpoint()
         if spread.generation != self.generation or network is None or \

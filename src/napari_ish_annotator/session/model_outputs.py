@@ -24,26 +24,20 @@ from ..core.learn.bundle import save_bundle
 from ..core.utils.errors import InputError
 from ..core.utils.progress import Progress, ProgressGen, sub_progress
 from ..core.workflow import failed_rows
+from .results import LabelOrder, MemberSpread
 
 if TYPE_CHECKING:
+    from ..core.learn.bundle import ModelBundle
+    from ..core.learn.ensembles import EnsembleClassifier
     from .state import AnnotatorSession
 
 # ---------------------------------------------------------------------- next to label
 @dataclass(frozen=True)
 class SuggestRequest:
-    classifier: Any
+    classifier: EnsembleClassifier
     X: np.ndarray            # feature rows of the candidates
     candidates: np.ndarray   # their image indices
     genes: tuple[str | None, ...]
-    generation: int
-
-
-@dataclass(frozen=True)
-class LabelOrder:
-    """Images to label next, best first (core.learn.active's ranking of the unlabelled ones)."""
-
-    images: np.ndarray  # image indices
-    score: np.ndarray
     generation: int
 
 
@@ -83,17 +77,6 @@ class SpreadRequest:
     generation: int
 
 
-@dataclass(frozen=True)
-class MemberSpread:
-    """Std over a fine-tuned ensemble's members of each term's probability, per image."""
-
-    vocabulary: tuple[str, ...]
-    std: np.ndarray  # (n, T) float32
-    n_members: int
-    generation: int
-    checkpoint: Path  # the ensemble it was made with (a switched model drops it)
-
-
 def spread_request(session: AnnotatorSession) -> SpreadRequest:
     """The spread of the network behind the model in use (:meth:`network_checkpoint`)."""
     if not session.n_images:
@@ -127,9 +110,9 @@ def iter_member_spread(req: SpreadRequest, batch: int = 8) -> ProgressGen[Member
 # ---------------------------------------------------------------------- bioimage.io
 @dataclass(frozen=True)
 class ExportRequest:
-    bundle: Any
+    bundle: ModelBundle
     out: Path
-    options: Any  # core.export.ExportOptions
+    options: ExportOptions
 
 
 def export_request(session: AnnotatorSession, out: str | Path, test: bool = True

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..core.learn.metrics import defined_mean
 from ..core.utils.errors import InputError
+
+if TYPE_CHECKING:
+    from ..core.data.manifest import Dataset
+    from ..core.finetune.config import FinetuneResult
+    from ..core.labels.store import LabelStore
+    from ..core.learn.bundle import ModelBundle
 
 
 @dataclass(frozen=True)
@@ -45,12 +51,12 @@ class OpenedDataset:
     genes: tuple[str | None, ...]
     stages: tuple[str | None, ...]
     manifest_terms: tuple[tuple[str, ...] | None, ...]
-    dataset: Any
+    dataset: Dataset
     skipped: tuple[str, ...]
     source: Path
     stage: str
     vocabulary: tuple[str, ...]
-    store: Any
+    store: LabelStore
     store_read_only: bool
     pending_error: InputError | None
     labels: np.ndarray | None = None  # (n, T) label matrix read in the worker
@@ -61,7 +67,7 @@ class StoreSwitch:
     """Another label file, opened with the session's images registered in it."""
 
     path: Path
-    store: Any
+    store: LabelStore
     read_only: bool
     error: InputError | None
     generation: int
@@ -110,12 +116,12 @@ class HeldOutScores:
     Gallery's "label contradicts the model" sort ranks by them, as ``ish-annotator
     suspicious`` does: a model that saw a label cannot say the label looks wrong."""
 
-    bundle: Any
+    bundle: ModelBundle
     probabilities: np.ndarray
     generation: int
 
     @classmethod
-    def of(cls, bundle: Any, raw: np.ndarray, rows: np.ndarray, n: int,
+    def of(cls, bundle: ModelBundle, raw: np.ndarray, rows: np.ndarray, n: int,
            generation: int) -> HeldOutScores:
         """From the raw out-of-fold scores of ``rows``, calibrated as the bundle's own p."""
         P = np.full((n, len(bundle.classifier.vocabulary)), np.nan)
@@ -127,11 +133,31 @@ class HeldOutScores:
 class TrainedModel:
     """A fitted bundle, its report and the predictions it makes for every open image."""
 
-    bundle: Any
+    bundle: ModelBundle
     report: TrainReport
     predictions: Predictions
     features: ExtractedFeatures | None = None
     held_out: HeldOutScores | None = None  # the CV pass's p, when Train cross-validated
+
+
+@dataclass(frozen=True)
+class LabelOrder:
+    """Images to label next, best first (core.learn.active's ranking of the unlabelled ones)."""
+
+    images: np.ndarray  # image indices
+    score: np.ndarray
+    generation: int
+
+
+@dataclass(frozen=True)
+class MemberSpread:
+    """Std over a fine-tuned ensemble's members of each term's probability, per image."""
+
+    vocabulary: tuple[str, ...]
+    std: np.ndarray  # (n, T) float32
+    n_members: int
+    generation: int
+    checkpoint: Path  # the ensemble it was made with (a switched model drops it)
 
 
 @dataclass(frozen=True)
@@ -152,7 +178,7 @@ class GradcamMaps:
 class FinetuneOutcome:
     """A fine-tuning run and the model refitted on its backbone."""
 
-    finetune: Any  # core.finetune's result (history, best epoch, checkpoint)
+    finetune: FinetuneResult  # history, best epoch, checkpoint
     trained: TrainedModel
     settings: SessionSettings  # the settings the refit used (weights = the checkpoint)
 
@@ -162,7 +188,7 @@ class ModelState:
     """Everything that changes when the session switches model (for 'switch back')."""
 
     settings: SessionSettings
-    bundle: Any = None
+    bundle: ModelBundle | None = None
     features: ExtractedFeatures | None = None
     probabilities: np.ndarray | None = None
     votes: np.ndarray | None = None

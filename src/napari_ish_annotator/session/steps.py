@@ -11,7 +11,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -59,6 +59,12 @@ from .results import (
     TrainReport,
 )
 
+if TYPE_CHECKING:
+    from ..core.features.extractor import ExtractorConfig
+    from ..core.finetune.config import FinetuneConfig
+    from ..core.learn.bundle import ModelBundle
+
+
 #: seconds a label write waits for a lock held by another program before reporting it
 STORE_TIMEOUT = 1.0
 #: images hashed into the label store per progress step
@@ -77,10 +83,10 @@ class Extractors:
         self._made: dict[tuple, Any] = {}
 
     @staticmethod
-    def key(config: Any) -> tuple:
+    def key(config: ExtractorConfig) -> tuple:
         return tuple(sorted((k, str(v)) for k, v in vars(config).items()))
 
-    def get(self, config: Any) -> Any:
+    def get(self, config: ExtractorConfig) -> FeatureExtractor:
         key = self.key(config)
         with self._lock:
             fx = self._made.pop(key, None)
@@ -92,7 +98,7 @@ class Extractors:
                 self._made.pop(next(iter(self._made)))
             return fx
 
-    def latest(self) -> Any | None:
+    def latest(self) -> FeatureExtractor | None:
         with self._lock:
             return next(reversed(self._made.values()), None)
 
@@ -207,7 +213,7 @@ def iter_use_store(path: Path, paths: Sequence[Path], annotator: str | None, has
 @dataclass(frozen=True)
 class ExtractRequest:
     paths: tuple[Path, ...]
-    config: Any  # core.features.ExtractorConfig
+    config: ExtractorConfig
     extractors: Extractors
     generation: int
 
@@ -235,7 +241,7 @@ def _features(features: ExtractedFeatures | None, extract: ExtractRequest
 
 @dataclass(frozen=True)
 class PredictRequest:
-    bundle: Any
+    bundle: ModelBundle
     features: ExtractedFeatures | None  # None: extract first
     extract: ExtractRequest
 
@@ -326,8 +332,8 @@ def iter_train(req: TrainRequest) -> ProgressGen[TrainedModel]:
     return TrainedModel(bundle, report, Predictions(P, votes, generation, None), new, held_out)
 
 
-def iter_cv_auc(gram: Any, Y: np.ndarray, vocab: list[str], groups: np.ndarray,
-                ensemble: Any, n_folds: int, seed: int
+def iter_cv_auc(gram: GramBlock, Y: np.ndarray, vocab: list[str], groups: np.ndarray,
+                ensemble: EnsembleConfig, n_folds: int, seed: int
                 ) -> ProgressGen[tuple[dict, dict, str, np.ndarray | None]]:
     """({term: CV AUC}, {term: its std over folds}, note, out-of-fold scores) from ONE pass.
 
@@ -363,7 +369,7 @@ class GradcamRequest:
     index: int
     path: Path
     terms: tuple[str, ...]
-    bundle: Any
+    bundle: ModelBundle
     extract: ExtractRequest  # the extractor the bundle's features come from
     finetuned: Path | None = None  # a fine-tuned checkpoint: use its own MTL head
 
@@ -403,7 +409,7 @@ class FinetuneRequest:
     Y: np.ndarray
     vocabulary: tuple[str, ...]
     rows: np.ndarray  # the labelled images' rows in ``refit``
-    config: Any  # core.finetune.FinetuneConfig
+    config: FinetuneConfig
     out: Path
     refit: TrainRequest  # its extractor config is switched to the checkpoint after training
     settings: SessionSettings  # the settings the refit will use (weights = ``out``)
