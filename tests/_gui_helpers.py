@@ -299,6 +299,28 @@ class Dialogs:
 
 
 # ---------------------------------------------------------------------- setup by clicks
+def open_annotator(qtbot, make_napari_viewer, manifest: Path, monkeypatch):
+    """File > Open of ``manifest`` through the reader in a shown viewer, then the ISH
+    Annotator dock; returns (viewer, annotator, session, watch)."""
+    from napari_ish_annotator.widgets import session_of
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(manifest), plugin="napari-ish-annotator")
+    annotator = dock(viewer, "ISH Annotator")
+    wait_embryo_shown(qtbot, viewer)
+    return viewer, annotator, session_of(viewer), Watch(monkeypatch)
+
+
+def choose_small_model(qtbot, model, train) -> None:
+    """Pick a small random-weights model in the Model and Train controls, as a user does:
+    VGG16 layer 21 at 64 px on the CPU, 3 ensemble members."""
+    choose(qtbot, model.weights_combo, "random")
+    choose(qtbot, model.layer_combo, "21")
+    choose(qtbot, model.device_combo, "cpu")
+    type_value(qtbot, model.size_spin, 64)
+    type_value(qtbot, train.members_spin, 3)
+
+
 def open_and_train(qtbot, viewer, model, train, tmp_path: Path, monkeypatch, watch: Watch):
     """Open a small dataset through the reader, pick a small random-weights model in the
     Model controls, click Train and Save model… (its dialog answered)."""
@@ -307,11 +329,7 @@ def open_and_train(qtbot, viewer, model, train, tmp_path: Path, monkeypatch, wat
     viewer.open(str(data / "manifest.csv"), plugin="napari-ish-annotator")
     wait_embryo_shown(qtbot, viewer)
     dialogs = Dialogs(monkeypatch, tmp_path, data)
-    choose(qtbot, model.weights_combo, "random")
-    choose(qtbot, model.layer_combo, "21")
-    choose(qtbot, model.device_combo, "cpu")
-    type_value(qtbot, model.size_spin, 64)
-    type_value(qtbot, train.members_spin, 3)
+    choose_small_model(qtbot, model, train)
     click(qtbot, train.cv_check)
     assert not train.cv_check.isChecked()
     click(qtbot, train.train_button)

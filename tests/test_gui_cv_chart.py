@@ -6,15 +6,12 @@ import pytest
 
 from _gui_helpers import (
     TERMS,
-    Watch,
-    choose,
+    choose_small_model,
     click,
-    dock,
     make_dataset,
+    open_annotator,
     press,
-    type_value,
     wait_done,
-    wait_embryo_shown,
 )
 
 pytestmark = pytest.mark.gui
@@ -22,23 +19,13 @@ pytestmark = pytest.mark.gui
 
 def test_cv_run_shows_the_auc_of_every_scored_term(make_napari_viewer, qtbot, tmp_path,
                                                    monkeypatch):
-    from napari_ish_annotator.widgets import session_of
-
-    make_dataset(tmp_path / "data", n=8)  # 4 genes; every term 4 present, 4 absent
-    viewer = make_napari_viewer(show=True)
-    viewer.open(str(tmp_path / "data" / "manifest.csv"), plugin="napari-ish-annotator")
-    annotator = dock(viewer, "ISH Annotator")
-    wait_embryo_shown(qtbot, viewer)
-    watch = Watch(monkeypatch)
-    session = session_of(viewer)
+    manifest = make_dataset(tmp_path / "data", n=8)  # 4 genes; every term 4 present, 4 absent
+    viewer, annotator, session, watch = open_annotator(qtbot, make_napari_viewer, manifest,
+                                                       monkeypatch)
     model, train = annotator.model, annotator.train
     chart = train.cv_chart
     assert chart.canvas is None and "cross-validated" in chart.note.text()
-    choose(qtbot, model.weights_combo, "random")
-    choose(qtbot, model.layer_combo, "21")
-    choose(qtbot, model.device_combo, "cpu")
-    type_value(qtbot, model.size_spin, 64)
-    type_value(qtbot, train.members_spin, 3)
+    choose_small_model(qtbot, model, train)
     # a fourth term with one present and one absent label: trainable, too few to score
     qtbot.keyClicks(model.new_term_edit, "midgut")
     click(qtbot, model.add_term_button)

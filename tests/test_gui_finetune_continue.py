@@ -8,14 +8,13 @@ import hashlib
 import pytest
 
 from _gui_helpers import (
-    Watch,
     choose,
+    choose_small_model,
     click,
-    dock,
     make_dataset,
+    open_annotator,
     type_value,
     wait_done,
-    wait_embryo_shown,
 )
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
@@ -24,22 +23,13 @@ pytestmark = [pytest.mark.gui, pytest.mark.slow]
 def test_continue_from_the_current_network_records_what_it_continued(
         make_napari_viewer, qtbot, tmp_path, monkeypatch):
     from napari_ish_annotator.core.finetune.checkpoint import load_checkpoint
-    from napari_ish_annotator.widgets import session_of
 
-    make_dataset(tmp_path / "data", n=8)
-    viewer = make_napari_viewer(show=True)
-    viewer.open(str(tmp_path / "data" / "manifest.csv"), plugin="napari-ish-annotator")
-    annotator = dock(viewer, "ISH Annotator")
-    wait_embryo_shown(qtbot, viewer)
-    watch = Watch(monkeypatch)
-    session = session_of(viewer)
+    manifest = make_dataset(tmp_path / "data", n=8)
+    viewer, annotator, session, watch = open_annotator(qtbot, make_napari_viewer, manifest,
+                                                       monkeypatch)
     model, train = annotator.model, annotator.train
     sec = train.finetune
-    choose(qtbot, model.weights_combo, "random")
-    choose(qtbot, model.layer_combo, "21")
-    choose(qtbot, model.device_combo, "cpu")
-    type_value(qtbot, model.size_spin, 64)
-    type_value(qtbot, train.members_spin, 3)
+    choose_small_model(qtbot, model, train)
     type_value(qtbot, sec.epochs_spin, 1)
     type_value(qtbot, sec.batch_spin, 4)
     choose(qtbot, sec.device_combo, "cpu")

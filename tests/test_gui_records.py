@@ -9,15 +9,13 @@ from qtpy.QtCore import Qt
 from scipy.special import expit, logit
 
 from _gui_helpers import (
-    Watch,
-    choose,
+    choose_small_model,
     click,
     dock,
     make_dataset,
+    open_annotator,
     press,
-    type_value,
     wait_done,
-    wait_embryo_shown,
 )
 
 
@@ -32,16 +30,10 @@ def test_accept_record_labels_every_image_and_one_undo_restores_all(
         make_napari_viewer, qtbot, tmp_path, monkeypatch):
     from napari_ish_annotator.core.data.vocabulary import default_vocabulary
     from napari_ish_annotator.core.synthetic.embryos import generate_dataset
-    from napari_ish_annotator.widgets import session_of
-
     manifest = generate_dataset(tmp_path / "data", 12, size=(64, 128), seed=0,
                                 vocabulary=default_vocabulary("13-16")[:3], write_masks=False)
-    viewer = make_napari_viewer(show=True)
-    viewer.open(str(manifest), plugin="napari-ish-annotator")
-    annotator = dock(viewer, "ISH Annotator")
-    wait_embryo_shown(qtbot, viewer)
-    watch = Watch(monkeypatch)
-    session = session_of(viewer)
+    viewer, annotator, session, watch = open_annotator(qtbot, make_napari_viewer, manifest,
+                                                       monkeypatch)
     embryos, model, train = annotator.embryos, annotator.model, annotator.train
     section = embryos.record
     assert not section.accept_button.isEnabled()  # no prediction yet
@@ -51,11 +43,7 @@ def test_accept_record_labels_every_image_and_one_undo_restores_all(
     qtbot.keyClicks(embryos.annotator_edit, "curator")
     qtbot.keyClick(embryos.annotator_edit, Qt.Key.Key_Return)
     assert session.annotator_name == "curator"
-    choose(qtbot, model.weights_combo, "random")
-    choose(qtbot, model.layer_combo, "21")
-    choose(qtbot, model.device_combo, "cpu")
-    type_value(qtbot, model.size_spin, 64)
-    type_value(qtbot, train.members_spin, 3)
+    choose_small_model(qtbot, model, train)
     click(qtbot, train.cv_check)
     click(qtbot, train.train_button)
     wait_done(qtbot, train.runner)
