@@ -9,6 +9,7 @@ network never saw a validation gene. Prints the validation mean AUC after every 
 (the trainer's own gene-grouped validation split, :func:`core.finetune.data.make_split`).
 
     python benchmarks/bench_finetune_continue.py                # EfficientNet-Lite0, CPU
+    python benchmarks/bench_finetune_continue.py --n 200 --epochs 8 --seed 1   # docs' figures
     python benchmarks/bench_finetune_continue.py --n 160 --epochs 6 --device cuda
 """
 
