@@ -136,6 +136,10 @@ def click(qtbot, widget, pos=None) -> None:
 
     if not isinstance(widget, QTabBar):
         reveal(qtbot, widget)
+    # a user sees a button only once its layout gave it room (a section that just grew, e.g.
+    # the fine-tuning plot, lays out on the next event-loop turn); until then a click at its
+    # centre lands on whatever is there
+    qtbot.waitUntil(lambda: not widget.rect().isEmpty(), timeout=5000)
     assert widget.isEnabled(), f"{widget.__class__.__name__} {_text(widget)!r} is disabled"
     if pos is None and isinstance(widget, QCheckBox):
         option = QStyleOptionButton()

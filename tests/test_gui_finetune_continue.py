@@ -68,3 +68,43 @@ def test_continue_from_the_current_network_records_what_it_continued(
     assert str(tmp_path) not in str(ckpt["continued_from"])  # no machine path
     assert session.bundle.extractor.weights == str(second)
     assert watch.problems() == []
+
+
+def test_continue_a_checkpoint_chosen_as_weights(make_napari_viewer, qtbot, tmp_path,
+                                                 monkeypatch):
+    """A network fine-tuned elsewhere (`ish-annotator finetune`), chosen with Weights file…
+    and trained on, is the network Continue starts from, as its tooltip promises."""
+    from qtpy.QtWidgets import QFileDialog
+
+    from napari_ish_annotator.core.finetune import FinetuneConfig, finetune
+    from napari_ish_annotator.core.finetune.checkpoint import load_checkpoint
+
+    manifest = make_dataset(tmp_path / "data", n=8)
+    viewer, annotator, session, watch = open_annotator(qtbot, make_napari_viewer, manifest,
+                                                       monkeypatch)
+    model, train = annotator.model, annotator.train
+    sec = train.finetune
+    choose_small_model(qtbot, model, train)
+    type_value(qtbot, sec.epochs_spin, 1)
+    type_value(qtbot, sec.batch_spin, 4)
+    choose(qtbot, sec.device_combo, "cpu")
+    ckpt = tmp_path / "elsewhere.pt"
+    finetune(list(session.paths), session.label_matrix().copy(), list(session.vocabulary),
+             FinetuneConfig(backbone="vgg16", weights="random", input_size=64, epochs=1,
+                            batch_size=4, frozen="all", augment=False, device="cpu", seed=0),
+             ckpt, groups=session.dataset.groups())
+    monkeypatch.setattr(QFileDialog, "getOpenFileName",
+                        staticmethod(lambda *_a, **_k: (str(ckpt), "")))
+    click(qtbot, model.weights_file_button)
+    click(qtbot, train.train_button)
+    wait_done(qtbot, train.runner)
+    assert session.finetuned is None and session.bundle.extractor.weights == str(ckpt)
+
+    assert sec.continue_check.isEnabled() and ckpt.name in sec.continue_check.toolTip()
+    click(qtbot, sec.continue_check)
+    click(qtbot, sec.start_button)
+    wait_done(qtbot, sec.runner, timeout=300_000)
+    assert sec.summary.text().startswith(f"continued {ckpt.name}: fine-tuned 1 epochs")
+    ckpt2 = load_checkpoint(sec.checkpoint)
+    assert ckpt2["continued_from"]["file"] == ckpt.name and session.finetuned == sec.checkpoint
+    assert watch.problems() == []

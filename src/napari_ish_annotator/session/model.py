@@ -264,7 +264,7 @@ class ModelPart:
         (the fine-tuned checkpoint in use) continues that network with the current labels."""
         if not self.paths:
             raise InputError("no images are open; open a folder or manifest first")
-        if init is not None and (self.finetuned is None or Path(init) != Path(self.finetuned)):
+        if init is not None and Path(init) != self.network_checkpoint():
             raise InputError("no fine-tuned network is in use to continue; fine-tune first")
         train = self.train_request(True)
         rows = labelled_rows(train.Y)

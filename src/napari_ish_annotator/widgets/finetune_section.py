@@ -215,19 +215,20 @@ class FinetuneSection(QWidget):
         return path
 
     def continued(self) -> Path | None:
-        """The checkpoint a run continues: the fine-tuned network in use, when asked for."""
+        """The checkpoint a run continues, when asked for: the fine-tuned network in use (this
+        session's fine-tune, or a checkpoint chosen as Weights and trained on)."""
         ok = self.continue_check.isChecked() and self.continue_check.isEnabled()
-        return self.session.finetuned if ok else None
+        return self.session.network_checkpoint() if ok else None
 
     def _update_continue(self, *_: Any) -> None:
-        current = self.session.finetuned
+        current = self.session.network_checkpoint()
         self.continue_check.setEnabled(current is not None and not self.runner.running)
         self.continue_check.setToolTip(
             f"start from the fine-tuned network in use ({current.name}) instead of the base "
             "weights and train it on the current labels: every labelled image, new terms get "
             "new outputs, terms no longer labelled are dropped" if current is not None else
-            "no fine-tuned network is loaded: fine-tune once first (or use a fine-tuned "
-            "checkpoint as weights), then continue it after labelling more")
+            "no fine-tuned network is loaded: fine-tune once first (or choose a fine-tuned "
+            "checkpoint with Weights file… and Train), then continue it after labelling more")
 
     def _continue_toggled(self, checked: bool) -> None:
         self.start_button.setText("Continue fine-tuning" if checked else "Start fine-tuning")
