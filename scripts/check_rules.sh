@@ -54,7 +54,7 @@ rule "supported image suffix" \
 
 # the images of a folder (the reader listed folders itself: issue 25)
 rule "images in a folder" \
-  '^def list_images\(' core/data/inputs.py \
+  '^def (iter|list)_images\(' core/data/inputs.py \
   'iterdir\(\).*has_image_suffix|has_image_suffix\(.*for .* in .*iterdir\(\)'
 
 # the developmental stage ranges (the Annotate panel's list was a copy)

@@ -9,13 +9,14 @@ napari adds it (at once, or when the ISH Annotator panel is opened).
 from __future__ import annotations
 
 import csv
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .core.data.images import read_rgb
-from .core.data.inputs import list_images
+from .core.data.inputs import iter_images, list_images
 from .core.data.manifest import is_manifest
 from .core.utils.errors import InputError
 from .widgets._viewer_binding import embryo_layer_data
@@ -27,7 +28,7 @@ BACKGROUND_MIN_FILES = 16
 
 def _has_images(path: Path) -> bool:
     try:
-        return path.is_dir() and bool(list_images(path))
+        return path.is_dir() and next(iter_images(path), None) is not None
     except (OSError, InputError):
         return False
 
@@ -50,21 +51,24 @@ def _manifest_of(item: Path) -> Path:
     return item / "manifest.csv" if item.is_dir() and (item / "manifest.csv").is_file() else item
 
 
-def _count_images(inputs: list[str | Path]) -> int:
-    """A cheap upper bound on how many images ``inputs`` hold (names and CSV rows only)."""
+def _holds_many(inputs: list[str | Path], many: int) -> bool:
+    """Whether ``inputs`` hold at least ``many`` images, by a cheap upper bound (folder
+    entries and CSV rows), counting no further than ``many``."""
     n = 0
     for item in map(_manifest_of, map(Path, inputs)):
         try:
             if item.is_dir():
-                n += len(list_images(item))
+                n += sum(1 for _ in islice(iter_images(item), many))
             elif item.suffix.lower() == ".csv":
                 with open(item, "rb") as fh:
-                    n += max(sum(1 for _ in fh) - 1, 0)
+                    n += max(sum(1 for _ in islice(fh, many + 1)) - 1, 0)
             else:
                 n += 1
         except (OSError, InputError):
             pass
-    return n
+        if n >= many:
+            return True
+    return False
 
 
 def _first_candidates(item: Path, limit: int = 3) -> list[Path]:
@@ -106,4 +110,4 @@ def read_dataset(path: str | list[str]) -> list[tuple]:
     paths = path if isinstance(path, list) else [path]
     rgb, first = first_image(paths)
     return [embryo_layer_data(rgb, first, paths,
-                              background=_count_images(paths) >= BACKGROUND_MIN_FILES)]
+                              background=_holds_many(paths, BACKGROUND_MIN_FILES))]

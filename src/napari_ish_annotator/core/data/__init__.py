@@ -22,7 +22,7 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "images": ["SUPPORTED_SUFFIXES", "SUPPORTED_TEXT", "array_to_rgb", "check_image",
                "check_image_path", "has_image_suffix", "open_image", "read_rgb", "vet_image"],
     "headers": ["ImageHeader", "read_header"],
-    "inputs": ["collect_inputs", "is_hidden", "iter_scan_inputs", "list_images", "scan_inputs"],
+    "inputs": ["collect_inputs", "is_hidden", "iter_images", "iter_scan_inputs", "list_images", "scan_inputs"],
     "manifest": ["Dataset", "Sample", "is_manifest", "parse_vocabulary", "read_manifest", "read_manifest_genes", "read_manifest_images", "training_fingerprint", "write_manifest"],
     "vocabulary": ["STAGE_RANGES", "all_default_terms", "default_vocabulary", "resolve_stage", "term_statistics"],
 })

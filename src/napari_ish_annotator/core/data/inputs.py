@@ -14,7 +14,7 @@ Layers: ``images`` (one file) <- ``manifest`` (one CSV) <- ``inputs`` (many inpu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -45,16 +45,21 @@ def is_hidden(path: Path) -> bool:
     return path.name.startswith(".")  # also skips macOS "._name.png" resource forks
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """Supported images directly inside ``folder`` (not recursive), sorted by name."""
+def iter_images(folder: str | Path) -> Iterator[Path]:
+    """Supported images directly inside ``folder`` (not recursive), in directory order: the
+    one rule of what a folder holds; callers that need only "any?" or "how many, up to N?"
+    stop early instead of listing (and stat-ing) thousands of files."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError("folder not found; check the path", path=folder)
-    return sorted(
-        (p for p in folder.iterdir()
-         if p.is_file() and not is_hidden(p) and has_image_suffix(p)),
-        key=lambda p: p.name,
-    )
+    # the name tests first: only candidates cost a stat
+    return (p for p in folder.iterdir()
+            if has_image_suffix(p) and not is_hidden(p) and p.is_file())
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Supported images directly inside ``folder`` (not recursive), sorted by name."""
+    return sorted(iter_images(folder), key=lambda p: p.name)
 
 
 @dataclass(frozen=True)
