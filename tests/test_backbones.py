@@ -272,3 +272,15 @@ def test_resolve_device(monkeypatch):
     assert resolve_device("cuda:0") == torch.device("cuda:0")
     with pytest.raises(InputError, match="cuda:1.*1 CUDA device"):
         resolve_device("cuda:1")
+
+
+def test_weights_file_of_tells_a_file_from_the_named_specs(tmp_path):
+    """The session's "network behind the model" and load_backbone read a SPEC the same way."""
+    from pathlib import Path
+
+    from napari_ish_annotator.core.backbones.weights import weights_file_of
+
+    for spec in ("random", "random:seed=3", "imagenet", "imagenet:V1", "", "  "):
+        assert weights_file_of(spec) is None, spec
+    assert weights_file_of(str(tmp_path / "net.pt")) == tmp_path / "net.pt"
+    assert weights_file_of("~/net.pt") == Path.home() / "net.pt"

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..core.backbones.devices import resolve_device, resolve_device_type
+from ..core.backbones.weights import weights_file_of
 from ..core.features.extractor import ExtractorConfig
 from ..core.learn.bundle import load_bundle, save_bundle
 from ..core.learn.decision import calls
@@ -36,7 +37,7 @@ from .results import (
 )
 
 if TYPE_CHECKING:
-    from ..core.features.extractor import ExtractorConfig, FeatureExtractor
+    from ..core.features.extractor import FeatureExtractor
     from ..core.finetune.config import FinetuneConfig
     from ..core.learn.bundle import ModelBundle
 
@@ -127,9 +128,10 @@ class ModelPart:
         more terms predicts them (canvas, exports) but adds none to the list or the label
         file (Add term does, one by one). With no vocabulary yet the model's is taken."""
         self.bundle = bundle
-        if finetuned != self.finetuned:
-            self.member_spread = None
         self.finetuned = finetuned
+        spread = self.member_spread
+        if spread is not None and Path(spread.checkpoint) != self.network_checkpoint():
+            self.member_spread = None  # made with another network than the new model's
         self.probabilities = None
         self.votes = None
         model_terms = list(bundle.classifier.vocabulary)
@@ -312,6 +314,7 @@ class ModelPart:
                 self.predictions_changed.emit()
         else:
             self.bundle, self.finetuned, self.probabilities, self.votes = None, None, None, None
+            self.member_spread = None
             self.model_changed.emit()
             self.predictions_changed.emit()
         self.previous_model = current
@@ -370,11 +373,8 @@ class ModelPart:
         Weights). Whether it is a fine-tuning checkpoint is checked where it is read."""
         if self.finetuned is not None:
             return self.finetuned
-        weights = str(getattr(getattr(self.bundle, "extractor", None), "weights", "") or "")
-        if not weights or weights == "random" or weights.split(":")[0] == "imagenet":
-            return None
-        path = Path(weights).expanduser()
-        return path if path.is_file() else None
+        path = None if self.bundle is None else weights_file_of(self.bundle.extractor.weights)
+        return path if path is not None and path.is_file() else None
 
     def apply_member_spread(self, spread: MemberSpread) -> None:
         """Show a fine-tuned ensemble's member spread (:func:`.model_outputs.iter_member_spread`)."""
@@ -390,7 +390,6 @@ class ModelPart:
         spread = self.member_spread
         i = self.index if index is None else index
         if spread is None or spread.generation != self.generation or \
-                Path(spread.checkpoint) != self.network_checkpoint() or \
                 not 0 <= i < len(spread.std):
             return {}
         return {t: float(v) for t, v in zip(spread.vocabulary, spread.std[i], strict=True)}

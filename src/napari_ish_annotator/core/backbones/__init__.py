@@ -38,7 +38,7 @@ from ..utils.lazy import attach
 
 __getattr__, __dir__, __all__ = attach(__name__, {
     "specs": ["BackboneSpec", "LayerSpec", "REGISTRY", "VGG16", "RESNET50", "INCEPTION_V3", "EFFICIENTNET_LITE0", "IMAGENET_MEAN", "IMAGENET_STD", "TORCHVISION_NORMALISATION", "get_spec"],
-    "weights": ["LoadedBackbone", "WeightsIdentity", "empty_trunk", "hub_cache_path", "imagenet_weights_available", "load_backbone", "remember_identity", "weights_identity"],
+    "weights": ["LoadedBackbone", "WeightsIdentity", "empty_trunk", "hub_cache_path", "imagenet_weights_available", "is_imagenet_spec", "load_backbone", "remember_identity", "weights_file_of", "weights_identity"],
     "devices": ["resolve_device", "resolve_device_type"],
     "hub_files": ["HUB_FILES", "OFFLINE_BACKBONE", "hub_dir", "weights_cached"],
     "trunk": ["compute_batch", "inference_trunk", "largest_activation_bytes"],

@@ -66,6 +66,20 @@ def _random_seed(weights: str, seed: int) -> int | None:
     return int(tail[5:])
 
 
+def is_imagenet_spec(weights: str) -> bool:
+    """``imagenet`` or ``imagenet:<TAG>`` (torchvision's, or a backbone's packaged weights)."""
+    return weights == "imagenet" or weights.startswith("imagenet:")
+
+
+def weights_file_of(weights: str) -> Path | None:
+    """The file a weights SPEC names; None for ``random[:seed=N]`` and ``imagenet[:TAG]``.
+    Whether the file exists, and what it holds, is checked where it is read."""
+    w = str(weights).strip()
+    if not w or w == "random" or w.startswith("random:") or is_imagenet_spec(w):
+        return None
+    return Path(w).expanduser()
+
+
 def _memo_path(memo_dir: Path, digest: str) -> Path:
     return Path(memo_dir) / "weights" / f"{digest}.json"
 
@@ -84,10 +98,10 @@ def weights_identity(name: str = "vgg16", weights: str = "imagenet", seed: int =
     rand = _random_seed(weights, seed)
     if rand is not None:
         return WeightsIdentity(f"random:seed={rand}", spec.mean, spec.std, spec.pixel_scale)
-    if (weights == "imagenet" or weights.startswith("imagenet:")) and spec.packaged_weights:
+    if (is_imagenet_spec(weights)) and spec.packaged_weights:
         _, weights_id = spec.packaged_weights.checked_path(spec.name, weights)
         return WeightsIdentity(weights_id, spec.mean, spec.std, spec.pixel_scale)
-    if weights == "imagenet" or weights.startswith("imagenet:"):
+    if is_imagenet_spec(weights):
         enum = _torchvision_enum(spec, weights)
         # InceptionV3's weights expect the spec's own normalisation, whatever the enum says
         mean, std = (TORCHVISION_NORMALISATION[enum] if spec.normalisation_from_weights
@@ -380,10 +394,10 @@ def load_backbone(name: str = "vgg16", weights: str = "imagenet", seed: int = 0)
         generator = torch.Generator().manual_seed(rand)
         spec.init_trunk(trunk, generator)
         weights_id = f"random:seed={rand}"
-    elif (weights == "imagenet" or weights.startswith("imagenet:")) and spec.packaged_weights:
+    elif (is_imagenet_spec(weights)) and spec.packaged_weights:
         state, weights_id, source = spec.packaged_weights.load(spec.name, weights)
         covered = _fit_state_dict(spec, trunk, state, f"{weights} weights", source)
-    elif weights == "imagenet" or weights.startswith("imagenet:"):
+    elif is_imagenet_spec(weights):
         w = _torchvision_weights(spec, weights)
         state = _fetch_imagenet(spec, w, weights)
         covered = _fit_state_dict(spec, trunk, state, f"cached {weights} weights",
