@@ -20,19 +20,28 @@ from _gui_helpers import (
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
 
+def _tiny_finetuning(qtbot, make_napari_viewer, tmp_path, monkeypatch):
+    """8 embryos opened in the ISH Annotator, a small model picked and the fine-tuning
+    section set to one epoch of batches of 4 on the CPU, by the controls' keys."""
+    manifest = make_dataset(tmp_path / "data", n=8)
+    _, annotator, session, watch = open_annotator(qtbot, make_napari_viewer, manifest,
+                                                  monkeypatch)
+    sec = annotator.train.finetune
+    choose_small_model(qtbot, annotator.model, annotator.train)
+    type_value(qtbot, sec.epochs_spin, 1)
+    type_value(qtbot, sec.batch_spin, 4)
+    choose(qtbot, sec.device_combo, "cpu")
+    return annotator, session, watch
+
+
 def test_continue_from_the_current_network_records_what_it_continued(
         make_napari_viewer, qtbot, tmp_path, monkeypatch):
     from napari_ish_annotator.core.finetune.checkpoint import load_checkpoint
 
-    manifest = make_dataset(tmp_path / "data", n=8)
-    viewer, annotator, session, watch = open_annotator(qtbot, make_napari_viewer, manifest,
-                                                       monkeypatch)
-    model, train = annotator.model, annotator.train
+    annotator, session, watch = _tiny_finetuning(qtbot, make_napari_viewer, tmp_path,
+                                                 monkeypatch)
+    train = annotator.train
     sec = train.finetune
-    choose_small_model(qtbot, model, train)
-    type_value(qtbot, sec.epochs_spin, 1)
-    type_value(qtbot, sec.batch_spin, 4)
-    choose(qtbot, sec.device_combo, "cpu")
     choose(qtbot, sec.frozen_combo, next(sec.frozen_combo.itemText(i)
                                          for i in range(sec.frozen_combo.count())
                                          if sec.frozen_combo.itemData(i) == "all"))
@@ -42,7 +51,6 @@ def test_continue_from_the_current_network_records_what_it_continued(
     # nothing to continue yet: disabled, and the tooltip says why
     assert not sec.continue_check.isEnabled()
     assert "no fine-tuned network" in sec.continue_check.toolTip()
-    qtbot.waitUntil(lambda: sec.start_button.height() > 0)  # the opened section is laid out
     click(qtbot, sec.start_button)
     assert sec.runner.running, sec.summary.text()
     wait_done(qtbot, sec.runner, timeout=300_000)
@@ -79,15 +87,10 @@ def test_continue_a_checkpoint_chosen_as_weights(make_napari_viewer, qtbot, tmp_
     from napari_ish_annotator.core.finetune import FinetuneConfig, finetune
     from napari_ish_annotator.core.finetune.checkpoint import load_checkpoint
 
-    manifest = make_dataset(tmp_path / "data", n=8)
-    viewer, annotator, session, watch = open_annotator(qtbot, make_napari_viewer, manifest,
-                                                       monkeypatch)
+    annotator, session, watch = _tiny_finetuning(qtbot, make_napari_viewer, tmp_path,
+                                                 monkeypatch)
     model, train = annotator.model, annotator.train
     sec = train.finetune
-    choose_small_model(qtbot, model, train)
-    type_value(qtbot, sec.epochs_spin, 1)
-    type_value(qtbot, sec.batch_spin, 4)
-    choose(qtbot, sec.device_combo, "cpu")
     ckpt = tmp_path / "elsewhere.pt"
     finetune(list(session.paths), session.label_matrix().copy(), list(session.vocabulary),
              FinetuneConfig(backbone="vgg16", weights="random", input_size=64, epochs=1,

@@ -21,8 +21,9 @@ Whoever can talk to a scheduler or worker can run any code in it, so ``local:N``
 cluster only this process can join: every scheduler, nanny and worker listens on loopback
 TLS with a throw-away certificate (``Security.temporary()``, kept in memory and handed to
 the worker processes at start) and demands it of every peer; dask's HTTP servers serve no
-pages (no dashboard). A ``tls://`` address is joined with the certificates given (:class:`TLSFiles`, the CLI's
-``--dask-ca/--dask-cert/--dask-key``) or those in dask's configuration (docs/cluster.md).
+pages (no dashboard). A ``tls://`` address is joined with the certificates given
+(:class:`TLSFiles`, the CLI's ``--dask-ca/--dask-cert/--dask-key``) or those in dask's
+configuration (docs/cluster.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 * :mod:`.errors` - :class:`InputError`, the one user-facing error (one line: which file, what
   is wrong, what to do; exit 2 on the CLI);
-* :mod:`.progress` - progress records, cancel tokens, :func:`drive` (long work is a generator), :func:`throttled`;
+* :mod:`.progress` - progress records, cancel tokens, :func:`drive` (long work is a generator),
+  :func:`throttled` (how often a GUI hears of it);
 * :mod:`.files` - atomic writes (was ``io.py``), output-path checks, scratch memmaps;
 * :mod:`.csvio` - the CSV writer that neutralises spreadsheet formulas;
 * :mod:`.extras` - optional extras: install hints, version checks;
