@@ -44,6 +44,41 @@ def test_the_reader_returns_layer_data_and_never_touches_a_viewer(tmp_path, monk
     assert data.shape == (1, 1, 3) and kwargs["metadata"]["ish_open"] == [str(bad)]
 
 
+def test_a_received_folder_of_pipes_and_hidden_files_is_answered_at_once(tmp_path,
+                                                                         monkeypatch):
+    """File > Open of someone else's folder: a named pipe called .png, a macOS "._" fork and
+    a link to /dev/zero are no images; the reader claims only what holds images, never
+    opens a pipe (which would block), and counts no further than it needs."""
+    import threading
+    import time
+
+    from napari_ish_annotator import _reader
+    from napari_ish_annotator.core.data.images import read_rgb
+
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    os.mkfifo(junk / "pipe.png")
+    (junk / "._embryo.png").write_bytes(b"\x00\x05\x16\x07")
+    if os.path.exists("/dev/zero"):
+        (junk / "zero.png").symlink_to("/dev/zero")
+    box: list = []
+    thread = threading.Thread(target=lambda: box.append(_reader.napari_get_reader(str(junk))),
+                              daemon=True)
+    thread.start()
+    thread.join(10)
+    assert box == [None]  # answered, and not claimed
+
+    data = make_dataset(tmp_path / "data", n=4).parent
+    (data / "manifest.csv").unlink()  # a plain folder of images: the reader lists it
+    os.mkfifo(data / "aa_pipe.png")  # sorts first: never read as the first image
+    monkeypatch.setattr(_reader, "BACKGROUND_MIN_FILES", 5)
+    start = time.monotonic()
+    [(first, kwargs, _)] = _reader.napari_get_reader(str(data))(str(data))
+    assert time.monotonic() - start < 10
+    np.testing.assert_array_equal(first, read_rgb(data / "embryo_00.png"))
+    assert kwargs["metadata"]["ish_open_background"] is False  # 4 images, not 5 entries
+
+
 def test_file_open_before_any_panel_waits_for_one(make_napari_viewer, qtbot, tmp_path,
                                                   monkeypatch):
     """A large File > Open before the annotator is open leaves the layer waiting; opening the
