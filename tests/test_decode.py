@@ -168,3 +168,26 @@ def test_hostile_files_are_refused_by_the_one_door(tmp_path):
         os.mkfifo(fifo)
         with pytest.raises(InputError, match="fifo.jpg"):  # at once: nothing blocks
             decode_rgb(fifo)
+
+
+def test_the_fast_decoders_raise_no_deprecation_warning_for_napari_to_show(tmp_path):
+    """torchvision warns on every decode that its decoders are deprecated; napari turned each
+    one into a notification over the canvas. A fresh process with every DeprecationWarning
+    shown decodes PNG and JPEG through the fast path silently, still with torchvision."""
+    import subprocess
+    import sys
+
+    rgb = (np.arange(16 * 24 * 3) % 251).astype(np.uint8).reshape(16, 24, 3)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    Image.fromarray(rgb).save(tmp_path / "b.jpg", quality=95)
+    script = (
+        "import sys\n"
+        "from napari_ish_annotator.core.features.decoding import decode_rgb\n"
+        "for name in ('a.png', 'b.jpg', 'a.png'):\n"
+        f"    decode_rgb({str(tmp_path)!r} + '/' + name)\n"
+        "print('torchvision.io' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-W", "default::DeprecationWarning", "-c", script],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"  # the fast path ran
+    assert "decoding and encoding capabilities" not in done.stderr, done.stderr

@@ -13,9 +13,11 @@ header against the budget, so no worker blocks on a FIFO or runs a PostScript pr
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -101,10 +103,10 @@ def decode_rgb(path: str | Path) -> np.ndarray:
         return read_rgb(path)
     import torch
 
-    try:  # deprecated since torchvision 0.29 (for TorchCodec): Pillow once they are gone
-        from torchvision.io import ImageReadMode, decode_jpeg, decode_png
-    except ImportError:
+    decoders = _torchvision_decoders()
+    if decoders is None:
         return read_rgb(path)
+    ImageReadMode, decode_jpeg, decode_png = decoders  # noqa: N806 - torchvision's names
     buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     try:
         if header.format == "PNG":
@@ -114,6 +116,23 @@ def decode_rgb(path: str | Path) -> np.ndarray:
     except RuntimeError:  # corrupt or a flavour libjpeg/libpng refuse: Pillow's verdict
         return read_rgb(path)
     return np.ascontiguousarray(chw.permute(1, 2, 0).numpy())
+
+
+@functools.cache
+def _torchvision_decoders() -> tuple[Any, Any, Any] | None:
+    """torchvision's PNG/JPEG decoders, or None (then Pillow decodes).
+
+    They are deprecated since torchvision 0.29 (for TorchCodec) and say so on every call: a
+    warning that tells a biologist nothing, which napari shows as one notification per image.
+    That one message, from torchvision.io only, is filtered here, once; Pillow takes over
+    when the decoders are gone."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg, decode_png
+    except ImportError:
+        return None
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities",
+                            category=DeprecationWarning, module=r"torchvision\.io")
+    return ImageReadMode, decode_jpeg, decode_png
 
 
 #: files larger than this are left to Pillow, which reads them in steps
