@@ -192,11 +192,11 @@ def headless(profile: bool = False, repeats: int = 3) -> None:
         s.open([manifest], store_path=tmp / "labels.sqlite")
         s.update_settings(backbone=BACKBONE, weights=WEIGHTS, layer="stage5", input_size=SIZE,
                           device="cpu", n_members=11, C=10.0)
-        s.apply_features(drive(steps.iter_extract(s.extract_request())))
+        s.model.apply_features(drive(steps.iter_extract(s.model.extract_request())))
         gui = []
         with ThreadPoolExecutor(1) as pool:
             for k in range(repeats + profile):
-                request = s.train_request(cross_validate=True)  # built on the GUI thread
+                request = s.model.train_request(cross_validate=True)  # built on the GUI thread
                 t0 = time.perf_counter()
                 if k == repeats:  # the profiled run is not timed
                     import cProfile
@@ -206,7 +206,7 @@ def headless(profile: bool = False, repeats: int = 3) -> None:
                     pool.submit(prof.runcall, drive, throttled(steps.iter_train(request))).result()
                     pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
                     break
-                s.apply_trained(pool.submit(drive, throttled(steps.iter_train(request))).result())
+                s.model.apply_trained(pool.submit(drive, throttled(steps.iter_train(request))).result())
                 gui.append(time.perf_counter() - t0)
         s.close()
     best = min(cli)
@@ -366,7 +366,7 @@ def main() -> None:
         annotator.train.cv_check.setChecked(True)
         train = run("train, CV on", annotator.train.train, annotator.train.runner)
         run("predict", annotator.model.predict, annotator.model.runner)
-        annotator.explain.term_combo.setCurrentText(s.model_vocabulary[0])
+        annotator.explain.term_combo.setCurrentText(s.model.terms[0])
         run("Grad-CAM", annotator.explain.show_map, annotator.explain.runner)
         if not quick:
             ft = annotator.train.finetune

@@ -44,13 +44,13 @@ def _gui(tmp: Path, folder: Path, terms: list[str]) -> None:
         opened = drive(steps.iter_open(session.open_request(
             [folder], store_path=tmp / "a.sqlite", vocabulary=terms)))  # the worker's part
         calls, spent = [], {}
-        matrix = session.label_matrix
+        matrix = session.labels.label_matrix
 
         def counted(indices=None):
             calls.append(1)
             return matrix(indices)
 
-        session.label_matrix = counted
+        session.labels.label_matrix = counted
         rebuild = embryos._rebuild
 
         def timed_rebuild() -> None:
@@ -90,13 +90,13 @@ def main() -> None:
         session.open([folder], store_path=tmp / "a.sqlite", vocabulary=terms)
         samples = [Sample(image=p, terms=(terms[i % 12],)) for i, p in enumerate(session.paths)
                    if i % 2 == 0]
-        session.import_manifest_labels(Dataset(samples=samples, vocabulary=terms), emit=False)
+        session.labels.import_manifest_labels(Dataset(samples=samples, vocabulary=terms), emit=False)
         for i in range(0, n, max(1, n // 50)):
-            session.set_label(terms[1], 1, index=i)
+            session.labels.set_label(terms[1], 1, index=i)
         t0 = time.perf_counter()
-        Y = session.label_matrix()
+        Y = session.labels.label_matrix()
         t1 = time.perf_counter()
-        session.label_matrix([n // 2])
+        session.labels.label_matrix([n // 2])
         t2 = time.perf_counter()
         switched = drive(steps.iter_use_store(*session.store_request(tmp / "b.sqlite")))
         t3 = time.perf_counter()

@@ -93,10 +93,10 @@ def _shots(napari, manifest: Path, args: argparse.Namespace, w: int, h: int, suf
 
     annotator.train.c_spin.setValue(args.C)
     annotator.train.train()
-    if session.bundle is None:
+    if session.model.bundle is None:
         print("training failed:", annotator.train.runner.last_error, file=sys.stderr)
         return 1
-    best = int(session.probabilities.max(1).argmax())  # an embryo with a confident prediction
+    best = int(session.model.probabilities.max(1).argmax())  # an embryo with a confident prediction
     session.set_index(best)
     settle()
     viewer.reset_view()
@@ -105,7 +105,7 @@ def _shots(napari, manifest: Path, args: argparse.Namespace, w: int, h: int, suf
     if full:
         annotator.tabs.setCurrentIndex(3)
         shot("gui-train.png")
-    top = max(session.probabilities_for().items(), key=lambda kv: kv[1])[0]
+    top = max(session.model.probabilities_for().items(), key=lambda kv: kv[1])[0]
     annotator.tabs.setCurrentIndex(2)
     annotator.explain.select_term(top)
     shot(f"gui-explain{suffix}.png")

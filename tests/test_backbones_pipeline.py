@@ -200,12 +200,12 @@ def test_annotate_panel_offers_every_backbone_and_runs_efficientnet(make_napari_
     annotate.model.extract()
     qtbot.waitUntil(lambda: not annotate.model.runner.running, timeout=120_000)
     assert annotate.model.runner.last_outcome == "done", annotate.model.runner.last_error
-    assert session.features.shape == (8, 112 * 4 * 4)  # stage5 at 64 px
+    assert session.model.features.shape == (8, 112 * 4 * 4)  # stage5 at 64 px
     train.members_spin.setValue(3)
     train.train()
     qtbot.waitUntil(lambda: not train.runner.running, timeout=120_000)
     assert train.runner.last_outcome == "done", train.runner.last_error
-    assert session.bundle.extractor.backbone == "efficientnet_lite0"
+    assert session.model.bundle.extractor.backbone == "efficientnet_lite0"
     explain.term_combo.setCurrentText(TERMS[0])
     explain.show_map()
     qtbot.waitUntil(lambda: not explain.runner.running, timeout=120_000)

@@ -40,7 +40,7 @@ def test_session_cv_equals_cli_evaluate_folds(tmp_path, seed):
     session.open([manifest], store_path=tmp_path / "labels.sqlite")
     session.update_settings(weights="random", input_size=64, layer="21", device="cpu",
                             n_members=3, C=10.0, seed=seed)
-    request = session.train_request(cross_validate=True, n_folds=folds)
+    request = session.model.train_request(cross_validate=True, n_folds=folds)
     with ThreadPoolExecutor(1) as pool:  # in a worker, as the Train panel runs it
         gui = pool.submit(drive, steps.iter_train(request)).result().report.auc
     assert set(gui) == set(cli) == set(TERMS)
@@ -80,8 +80,8 @@ def test_train_with_cv_reads_the_features_once(tmp_path, monkeypatch):
     session.open([manifest], store_path=tmp_path / "labels.sqlite")
     session.update_settings(weights="random", input_size=64, layer="21", device="cpu",
                             n_members=3, C=10.0, seed=3)
-    session.set_label(TERMS[0], None, 5)  # an unknown label: CV and fit use other rows
-    plain = drive(steps.iter_train(session.train_request(cross_validate=False)))
+    session.labels.set_label(TERMS[0], None, 5)  # an unknown label: CV and fit use other rows
+    plain = drive(steps.iter_train(session.model.train_request(cross_validate=False)))
 
     calls: list[int] = []
     real = classify.iter_gram
@@ -100,7 +100,7 @@ def test_train_with_cv_reads_the_features_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(steps, "iter_gram", counting)  # where the session looks it up
     monkeypatch.setattr(fold_fits, "iter_fold_decisions", counting_folds)
-    with_cv = drive(steps.iter_train(session.train_request(cross_validate=True)))
+    with_cv = drive(steps.iter_train(session.model.train_request(cross_validate=True)))
     assert len(calls) == 1, calls
     assert len(folds) == CALIBRATION_FOLDS and sum(folds) == 28, folds  # each image once
     assert with_cv.report.auc and set(with_cv.report.auc) <= set(TERMS)

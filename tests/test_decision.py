@@ -48,15 +48,15 @@ def test_session_calls_follow_the_rule_not_the_vote(tmp_path):
     session.open([make_dataset(tmp_path / "data", n=8)])
     session.update_settings(weights="random", input_size=64, layer="21", device="cpu",
                             n_members=3)
-    session.apply_trained(drive(steps.iter_train(session.train_request(cross_validate=False))))
-    P = session.probabilities
+    session.model.apply_trained(drive(steps.iter_train(session.model.train_request(cross_validate=False))))
+    P = session.model.probabilities
     assert P is not None and P.shape == (8, len(TERMS))
     votes = ~calls(P)  # a vote that disagrees with the rule everywhere
-    session.apply_predictions(Predictions(P, votes, session.generation))
+    session.model.apply_predictions(Predictions(P, votes, session.generation))
     for i in range(8):
-        called = session.called_for(i)
+        called = session.model.called_for(i)
         assert called == {t: bool(P[i, k] >= 0.5) for k, t in enumerate(TERMS)}
-        assert session.predicted_for(i) != called  # the vote is kept, but not as the call
+        assert session.model.predicted_for(i) != called  # the vote is kept, but not as the call
 
 
 def test_calls_texts_equal_calls_text_row_by_row():

@@ -377,8 +377,8 @@ def test_widget_finetunes_in_worker_plots_and_switches_models(make_napari_viewer
     train.members_spin.setValue(3)
     train.train()
     qtbot.waitUntil(lambda: not train.runner.running, timeout=120_000)
-    old_bundle, old_probs = session.bundle, session.probabilities.copy()
-    old_features = session.features.copy()
+    old_bundle, old_probs = session.model.bundle, session.model.probabilities.copy()
+    old_features = session.model.features.copy()
 
     sec = train.finetune
     sec.epochs_spin.setValue(2)
@@ -396,23 +396,23 @@ def test_widget_finetunes_in_worker_plots_and_switches_models(make_napari_viewer
     assert list(sec.loss_line.get_xdata()) == [1, 2]
     # the session now uses the fine-tuned backbone: new features, refitted classifiers
     ckpt = str(sec.checkpoint)
-    assert session.settings.weights == ckpt and session.bundle.extractor.weights == ckpt
+    assert session.settings.weights == ckpt and session.model.bundle.extractor.weights == ckpt
     assert annotate.model.weights_combo.currentText() == ckpt
-    assert session.bundle is not old_bundle and session.bundle.classifier.vocabulary == list(TERMS)
-    assert session.features.shape == old_features.shape
-    assert not np.allclose(session.features, old_features)
-    new_probs = session.probabilities.copy()
+    assert session.model.bundle is not old_bundle and session.model.bundle.classifier.vocabulary == list(TERMS)
+    assert session.model.features.shape == old_features.shape
+    assert not np.allclose(session.model.features, old_features)
+    new_probs = session.model.probabilities.copy()
     assert new_probs.shape == (8, 3)
 
     # ... and can switch back to the previous model and forth again
     assert sec.switch_button.isEnabled()
     sec.switch_model()
-    assert session.bundle is old_bundle and session.settings.weights == "random"
-    np.testing.assert_allclose(session.probabilities, old_probs)
+    assert session.model.bundle is old_bundle and session.settings.weights == "random"
+    np.testing.assert_allclose(session.model.probabilities, old_probs)
     assert sec.switch_button.text() == "Switch to fine-tuned model"
     sec.switch_model()
     assert session.settings.weights == ckpt
-    np.testing.assert_allclose(session.probabilities, new_probs)
+    np.testing.assert_allclose(session.model.probabilities, new_probs)
 
     # Stop during a run: cancelled, the current (fine-tuned) model stays in use
     sec.epochs_spin.setValue(3)

@@ -97,7 +97,7 @@ def test_sample_data_loads_labelled_embryos(make_napari_viewer):
     assert widgets["Embryos"].row_count() == session.n_images
     assert session.n_images >= 6
     assert len(session.vocabulary) >= 3
-    Y = session.label_matrix()
+    Y = session.labels.label_matrix()
     assert (Y == 1).any() and (Y == 0).any()
     layers = [lay for lay in viewer.layers if lay.metadata.get("ish_annotator") == "embryo"]
     assert len(layers) == 1 and layers[0].rgb

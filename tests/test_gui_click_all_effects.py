@@ -48,11 +48,11 @@ def test_issue_22_buttons_do_their_work(make_napari_viewer, qtbot, tmp_path, mon
 
     click(qtbot, model.extract_button)
     wait_done(qtbot, model.runner)
-    assert session.features is not None and session.features.shape[0] == 6
-    session_probabilities = session.probabilities
+    assert session.model.features is not None and session.model.features.shape[0] == 6
+    session_probabilities = session.model.probabilities
     click(qtbot, model.predict_button)
     wait_done(qtbot, model.runner)
-    assert session.probabilities is not session_probabilities
+    assert session.model.probabilities is not session_probabilities
     click(qtbot, embryos.export_pred_button)
     rows = dialogs.saved[-1].read_text().splitlines()
     assert rows[0].split(",") == ["image", *TERMS, "calls"] and len(rows) == 7
@@ -60,9 +60,9 @@ def test_issue_22_buttons_do_their_work(make_napari_viewer, qtbot, tmp_path, mon
     # keys on the canvas still label (a selected Points layer would take them over)
     assert viewer.layers.selection.active is not None
     assert viewer.layers.selection.active.name != "ISH embryo table"
-    before = session.labels_for()[TERMS[0]]
+    before = session.labels.labels_for()[TERMS[0]]
     press(viewer, "1")
-    assert session.labels_for()[TERMS[0]] != before
+    assert session.labels.labels_for()[TERMS[0]] != before
     press(viewer, "Control-Z")
 
     explain.term_combo.setCurrentText(TERMS[1])
@@ -81,10 +81,10 @@ def test_issue_22_buttons_do_their_work(make_napari_viewer, qtbot, tmp_path, mon
     assert session.vocabulary == [*TERMS, "midgut", "amnioserosa"]
     assert model.new_term_edit.text() == ""
 
-    trained = session.bundle
+    trained = session.model.bundle
     click(qtbot, model.load_model_button)  # answered with the bundle Save model… wrote
-    assert session.bundle is not trained
-    assert session.bundle.classifier.vocabulary == list(TERMS)
+    assert session.model.bundle is not trained
+    assert session.model.bundle.classifier.vocabulary == list(TERMS)
     assert model.model_label.text().startswith(f"{len(TERMS)} terms")
     assert watch.problems() == []
 
@@ -112,15 +112,15 @@ def test_documented_keys_on_the_canvas(make_napari_viewer, qtbot, tmp_path, monk
     for key, index in (("n", 1), ("n", 2), ("p", 1), ("PageDown", 2), ("PageUp", 1)):
         press(viewer, key)
         assert session.index == index
-    before = dict(session.labels_for())
+    before = dict(session.labels.labels_for())
     for k, key in enumerate("123"):
         press(viewer, key)
-        assert session.labels_for()[TERMS[k]] != before[TERMS[k]]
+        assert session.labels.labels_for()[TERMS[k]] != before[TERMS[k]]
     for key in "490":  # beyond the 3 terms: nothing
         press(viewer, key)
     for _ in range(3):
         press(viewer, "Control-Z")
-    assert session.labels_for() == before
+    assert session.labels.labels_for() == before
     press(viewer, "u")
     press(viewer, "Shift-N")
     assert session.index == 1
@@ -138,7 +138,7 @@ def test_documented_keys_in_the_term_table(make_napari_viewer, qtbot, tmp_path, 
     watch = Watch(monkeypatch)
     rect = table.visualItemRect(table.item(0, 1))  # the "term" cell of the first row
     click(qtbot, table.viewport(), rect.center())
-    before = dict(session.labels_for())
+    before = dict(session.labels.labels_for())
     pressed = [Qt.Key.Key_1, Qt.Key.Key_Z, Qt.Key.Key_N, Qt.Key.Key_P, Qt.Key.Key_U,
                Qt.Key.Key_PageDown]
     for key in pressed:
@@ -147,4 +147,4 @@ def test_documented_keys_in_the_term_table(make_napari_viewer, qtbot, tmp_path, 
         qtbot.keyClick(table, key, modifier)
     assert watch.problems() == []  # whatever the keys do, nothing may break
     assert session.index == 1  # n, p, u (no model: a status-bar hint), PageDown
-    assert session.labels_for(0) == before  # 1 then Ctrl+Z
+    assert session.labels.labels_for(0) == before  # 1 then Ctrl+Z

@@ -33,12 +33,12 @@ def test_cv_run_shows_the_auc_of_every_scored_term(make_napari_viewer, qtbot, tm
     press(viewer, "n")
     press(viewer, "4")
     press(viewer, "4")
-    assert session.training_counts()["midgut"] == (1, 1)
+    assert session.model.training_counts()["midgut"] == (1, 1)
     assert train.cv_check.isChecked()
 
     click(qtbot, train.train_button)
     wait_done(qtbot, train.runner)
-    auc = session.train_report.auc
+    auc = session.model.train_report.auc
     assert len(auc) >= 2 and set(auc) <= set(TERMS)
     assert chart.canvas is not None and chart.canvas.isVisible()
     assert chart.drawn == sorted(auc, key=auc.get)  # lowest AUC first
@@ -47,7 +47,7 @@ def test_cv_run_shows_the_auc_of_every_scored_term(make_napari_viewer, qtbot, tm
     assert widths == pytest.approx([auc[t] for t in chart.drawn])
     assert [t.get_text() for t in ax.get_yticklabels()] == chart.drawn
     # whiskers: the std over the gene folds of each fold's AUC (0 where < 2 folds scored it)
-    std = session.train_report.auc_std
+    std = session.model.train_report.auc_std
     assert std and set(std) <= set(auc) and all(v >= 0 for v in std.values())
     from matplotlib.container import ErrorbarContainer
 

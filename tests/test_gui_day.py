@@ -77,7 +77,7 @@ def test_a_biologists_day(make_napari_viewer, qtbot, tmp_path, monkeypatch):  # 
         for _ in range(presses):
             qtbot.keyClick(terms.table, Qt.Key.Key_4)
         qtbot.keyClick(terms.table, Qt.Key.Key_N)
-    assert s.index == 4 and [s.labels_for(i).get("midgut") for i in range(5)] == [1, 1, 0, 0, None]
+    assert s.index == 4 and [s.labels.labels_for(i).get("midgut") for i in range(5)] == [1, 1, 0, 0, None]
     a.tabs.setCurrentIndex(0)
     for _ in range(4):
         _click(qtbot, e.prev_button)
@@ -87,18 +87,18 @@ def test_a_biologists_day(make_napari_viewer, qtbot, tmp_path, monkeypatch):  # 
     assert s.index == 1 and terms.image_label.text().startswith("2/9")
     terms.table.setFocus()
     first = s.vocabulary[0]
-    before, shown = s.labels_for().get(first), terms.row_values()[0][3]
+    before, shown = s.labels.labels_for().get(first), terms.row_values()[0][3]
     n_notes = _notifications()
     qtbot.keyClick(terms.table, Qt.Key.Key_1)
-    assert s.labels_for().get(first) != before and terms.row_values()[0][3] != shown
+    assert s.labels.labels_for().get(first) != before and terms.row_values()[0][3] != shown
     assert _notifications() == n_notes  # the list shows the change: no toast per key
     qtbot.keyClick(terms.table, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
-    assert s.labels_for().get(first) == before and terms.row_values()[0][3] == shown
+    assert s.labels.labels_for().get(first) == before and terms.row_values()[0][3] == shown
     qtbot.keyClick(terms.table, Qt.Key.Key_N)
     assert s.index == 2
     qtbot.keyClick(terms.table, Qt.Key.Key_2)  # image 3: the second term cycles to present
     second = s.vocabulary[1]
-    mine = s.labels_for().get(second)
+    mine = s.labels.labels_for().get(second)
     assert terms.row_values()[1][3] == {1: "present", 0: "absent", None: "unknown"}[mine]
 
     # a second annotator labels the same image; the first one's label stays in the store
@@ -113,7 +113,7 @@ def test_a_biologists_day(make_napari_viewer, qtbot, tmp_path, monkeypatch):  # 
     e.annotator_edit.selectAll()  # back to one's own labels (training reads them)
     qtbot.keyClicks(e.annotator_edit, first_name)
     qtbot.keyClick(e.annotator_edit, Qt.Key.Key_Return)
-    assert s.annotator_name == first_name and s.labels_for().get(second) == mine
+    assert s.annotator_name == first_name and s.labels.labels_for().get(second) == mine
 
     # train (small and fast: random weights at 64 px), then the calls on the canvas
     a.tabs.setCurrentIndex(1)
@@ -126,10 +126,10 @@ def test_a_biologists_day(make_napari_viewer, qtbot, tmp_path, monkeypatch):  # 
     _click(qtbot, t.train_button)
     assert t.runner.running, t.summary.text()
     wait_done(qtbot, t.runner)
-    assert s.probabilities is not None and s.probabilities.shape[0] == 9
+    assert s.model.probabilities is not None and s.model.probabilities.shape[0] == 9
     assert all(row[1] != "–" for row in terms.row_values())
     # the canvas lists the terms called present (one rule, issue 26), as the pred. column says
-    called = [t for t, c in s.called_for().items() if c]
+    called = [t for t, c in s.model.called_for().items() if c]
     assert len(text_overlay(viewer).text.splitlines()) == 1 + max(1, len(called))
     assert sum(row[2].rstrip("?") == "yes" for row in terms.row_values()) == len(called)
 
@@ -142,7 +142,7 @@ def test_a_biologists_day(make_napari_viewer, qtbot, tmp_path, monkeypatch):  # 
     e.sort_by(0)
     _click(qtbot, e.suggest_button)
     wait_done(qtbot, e.runner)
-    order = s.label_order.images.tolist()
+    order = s.model.label_order.images.tolist()
     assert s.index == order[0] and e.image_at(0) == order[0]
     assert e.table.horizontalHeader().sortIndicatorSection() == -1  # no stale "#" arrow
     terms.table.setFocus()
@@ -162,7 +162,7 @@ def test_a_biologists_day(make_napari_viewer, qtbot, tmp_path, monkeypatch):  # 
     a.tabs.setCurrentIndex(3)
     _click(qtbot, t.save_button)
     assert bundle_dir.is_dir() and any(bundle_dir.iterdir())
-    labels_before = {i: s.labels_for(i) for i in range(s.n_images)}
+    labels_before = {i: s.labels.labels_for(i) for i in range(s.n_images)}
     a.tabs.setCurrentIndex(0)
     e.files_section.expand()
     qtbot.wait(20)
@@ -172,7 +172,7 @@ def test_a_biologists_day(make_napari_viewer, qtbot, tmp_path, monkeypatch):  # 
     _answer(monkeypatch, "getSaveFileName", (str(tmp_path / "pred.csv"), "CSV (*.csv)"))
     _click(qtbot, e.export_pred_button)
     pred = _rows(tmp_path / "pred.csv")
-    assert len(pred) == 9 and set(s.model_vocabulary) <= set(pred[0])
+    assert len(pred) == 9 and set(s.model.terms) <= set(pred[0])
     viewer.layers.selection = {embryo_layer(viewer)}
     builtin = _default_writer(embryo_layer(viewer))  # the dialog's first, default file type
     saved = viewer.layers.save(str(tmp_path / "saved.csv"), selected=True, _writer=builtin)
@@ -192,9 +192,9 @@ def test_a_biologists_day(make_napari_viewer, qtbot, tmp_path, monkeypatch):  # 
     _click(qtbot, sec.start_button)
     qtbot.waitUntil(lambda: not sec.runner.running, timeout=WAIT_MS)
     assert sec.runner.last_outcome == "done", sec.runner.last_error
-    assert s.finetuned is not None
+    assert s.model.finetuned is not None
     _click(qtbot, sec.switch_button)
-    assert s.finetuned is None and s.bundle is not None
+    assert s.model.finetuned is None and s.model.bundle is not None
 
     # other images: open the folder, load the saved model, predict
     _answer(monkeypatch, "getExistingDirectory", str(other))
@@ -209,7 +209,7 @@ def test_a_biologists_day(make_napari_viewer, qtbot, tmp_path, monkeypatch):  # 
     assert set(s.store.terms()) == folder_terms and s.vocabulary == listed
     _click(qtbot, m.predict_button)
     wait_done(qtbot, m.runner)
-    assert s.probabilities is not None and s.probabilities.shape == (4, 4)
+    assert s.model.probabilities is not None and s.model.probabilities.shape == (4, 4)
     assert "midgut" in text_overlay(viewer).text  # the model's own terms are on the canvas
 
     # reopen the first manifest: every label is back
@@ -218,7 +218,7 @@ def test_a_biologists_day(make_napari_viewer, qtbot, tmp_path, monkeypatch):  # 
     _click(qtbot, e.open_manifest_button)
     wait_done(qtbot, e.runner)
     assert s.n_images == 9
-    assert {i: s.labels_for(i) for i in range(9)} == labels_before
+    assert {i: s.labels.labels_for(i) for i in range(9)} == labels_before
 
 
 def _default_writer(layer):

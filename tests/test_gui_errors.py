@@ -207,4 +207,4 @@ def test_clicked_errors_lead_with_advice_and_end_with_the_path(make_napari_viewe
     assert first.startswith("not a model folder") and "Save model…" in first
     assert no_cli_options(load)
     assert Path(last) == not_a_model
-    assert get_session(viewer).bundle is None
+    assert get_session(viewer).model.bundle is None

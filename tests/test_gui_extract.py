@@ -30,7 +30,7 @@ def test_truncated_image_is_skipped_reported_and_never_classified(make_napari_vi
 
     click(qtbot, annotate.model.extract_button)
     _wait(qtbot, annotate.model.runner)  # completes despite the bad image
-    X = session.features
+    X = session.model.features
     assert np.isnan(X[9]).all() and np.isfinite(X[:9]).all()
     assert len(session.skipped) == 1 and bad.name in session.skipped[0]
     assert embryos.skipped_label.text().startswith("1 file(s) skipped")
@@ -39,18 +39,18 @@ def test_truncated_image_is_skipped_reported_and_never_classified(make_napari_vi
     train.members_spin.setValue(3)
     click(qtbot, train.train_button)
     _wait(qtbot, train.runner)
-    clf = session.bundle.classifier
+    clf = session.model.bundle.classifier
     assert clf.vocabulary == list(TERMS)
-    P = session.probabilities
+    P = session.model.probabilities
     # the bundle's calibrated probabilities (core.calibration), as `ish-annotator predict`
-    np.testing.assert_allclose(P[:9], session.bundle.predict_proba(X[:9]), rtol=1e-5, atol=1e-6)
-    assert np.isnan(P[9]).all() and not session.votes[9].any()
-    assert session.probabilities_for(9) == {} and session.predicted_for(9) == {}
-    assert set(session.probabilities_for(3)) == set(TERMS)
+    np.testing.assert_allclose(P[:9], session.model.bundle.predict_proba(X[:9]), rtol=1e-5, atol=1e-6)
+    assert np.isnan(P[9]).all() and not session.model.votes[9].any()
+    assert session.model.probabilities_for(9) == {} and session.model.predicted_for(9) == {}
+    assert set(session.model.probabilities_for(3)) == set(TERMS)
     assert len(session.skipped) == 1  # reported once, not again when training reuses them
 
     # predicting with the model (features reused) and export leave the bad image out
-    session.probabilities = None
+    session.model.probabilities = None
     seen: list[np.ndarray] = []
     for name in ("decision_members",):  # what ModelBundle.predict_both scores rows with
         original = getattr(clf, name)
@@ -62,12 +62,12 @@ def test_truncated_image_is_skipped_reported_and_never_classified(make_napari_vi
         setattr(clf, name, spy)
     click(qtbot, annotate.model.predict_button)
     _wait(qtbot, annotate.model.runner)
-    np.testing.assert_array_equal(session.probabilities[:9], P[:9])
-    assert np.isnan(session.probabilities[9]).all()
+    np.testing.assert_array_equal(session.model.probabilities[:9], P[:9])
+    assert np.isnan(session.model.probabilities[9]).all()
     assert seen and all(np.isfinite(x).all() for x in seen)  # NaN rows never classified
     assert sum(len(x) for x in seen) == 9
     out = tmp_path / "pred.csv"
-    session.export_predictions(out)
+    session.model.export_predictions(out)
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["image"] for r in rows] == [str(p) for p in session.paths[:9]]

@@ -29,7 +29,7 @@ def gui(make_napari_viewer, tmp_path):
 def _flip(session, who, index, term):
     session.set_annotator(who)
     was = session.store.labels_for(session.paths[index], fallback=("manifest",))[term]
-    session.set_label(term, 1 - was, index)
+    session.labels.set_label(term, 1 - was, index)
     return 1 - was
 
 
@@ -64,12 +64,12 @@ def test_disagreement_filter_hover_consensus_training_and_agreement(gui, qtbot, 
     assert annotate.terms.term_tooltip("brain").endswith(
         f"labels: manifest: {word[1 - new]}, alice: {word[new]}, bob: {word[new]}")
 
-    mine = session.label_matrix().copy()
+    mine = session.labels.label_matrix().copy()
     train.source_combo.setCurrentIndex(1)  # consensus of all annotators
     click(qtbot, train.train_button)
     _wait(qtbot, train.runner)
-    assert session.bundle is not None and session.bundle.classifier.vocabulary == list(TERMS)
-    np.testing.assert_array_equal(session.label_matrix(), mine)  # no label lost
+    assert session.model.bundle is not None and session.model.bundle.classifier.vocabulary == list(TERMS)
+    np.testing.assert_array_equal(session.labels.label_matrix(), mine)  # no label lost
 
     click(qtbot, train.agreement_button)
     _wait(qtbot, train.runner)
@@ -82,16 +82,16 @@ def test_next_to_label_ranks_lists_first_and_shift_n_goes_on(gui, qtbot):
     from napari_ish_annotator.core.learn.active import suggest
 
     click(qtbot, embryos.suggest_button)  # no model yet: one message, nothing runs
-    assert not embryos.runner.running and session.label_order is None
+    assert not embryos.runner.running and session.model.label_order is None
     click(qtbot, train.train_button)
     _wait(qtbot, train.runner)
     session.set_annotator("alice")
     for i in (1, 4, 6):
-        session.set_label("hindgut", None, i)
+        session.labels.set_label("hindgut", None, i)
     click(qtbot, embryos.suggest_button)
     _wait(qtbot, embryos.runner)
-    X = session.features[[1, 4, 6]]
-    expected = np.array([1, 4, 6])[suggest(session.bundle.classifier, X,
+    X = session.model.features[[1, 4, 6]]
+    expected = np.array([1, 4, 6])[suggest(session.model.bundle.classifier, X,
                                            [session.genes[i] for i in (1, 4, 6)]).order]
     assert [embryos.image_at(r) for r in range(3)] == expected.tolist()
     assert session.index == expected[0]
@@ -115,7 +115,7 @@ def test_export_without_bioimageio_is_one_message_and_writes_nothing(gui, qtbot,
     assert train.runner.last_outcome == "error"
     assert "[bioimageio]" in train.runner.last_error
     assert not (tmp_path / "m.zip").exists()
-    assert session.bundle is not None  # the model in use is untouched
+    assert session.model.bundle is not None  # the model in use is untouched
 
 
 def test_export_writes_a_package_that_passes_bioimageio_test(gui, qtbot, tmp_path, monkeypatch):
@@ -140,11 +140,11 @@ def test_term_list_shows_the_finetuned_ensembles_spread(gui, qtbot, tmp_path, mo
     click(qtbot, train.train_button)
     _wait(qtbot, train.runner)
     click(qtbot, train.spread_button)  # a model on random weights: one message, nothing runs
-    assert not train.runner.running and session.member_spread is None
+    assert not train.runner.running and session.model.member_spread is None
     config = FinetuneConfig(backbone="vgg16", weights="random", input_size=64, epochs=1,
                             batch_size=4, frozen="all", augment=False, device="cpu", seed=0)
     ckpt = tmp_path / "ens.pt"
-    finetune_ensemble(list(session.paths), session.label_matrix().copy(),
+    finetune_ensemble(list(session.paths), session.labels.label_matrix().copy(),
                       list(session.vocabulary), config, ckpt, k=2)
     monkeypatch.setattr(QFileDialog, "getOpenFileName",
                         staticmethod(lambda *_a, **_k: (str(ckpt), "")))
@@ -152,11 +152,11 @@ def test_term_list_shows_the_finetuned_ensembles_spread(gui, qtbot, tmp_path, mo
     assert session.settings.weights == str(ckpt)
     click(qtbot, train.train_button)
     _wait(qtbot, train.runner)
-    assert session.bundle.extractor.weights == str(ckpt) and session.finetuned is None
+    assert session.model.bundle.extractor.weights == str(ckpt) and session.model.finetuned is None
     session.set_index(5)
     click(qtbot, train.spread_button)
     _wait(qtbot, train.runner)
     std = load_ensemble(ckpt).predict_proba([session.paths[5]]).std[0]
-    P = session.probabilities[5]
+    P = session.model.probabilities[5]
     for k, (term, ptext, _pred, _label) in enumerate(annotate.terms.row_values()):
         assert ptext == f"{P[k]:.2f} ± {std[k]:.2f}", term

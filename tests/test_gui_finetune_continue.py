@@ -55,7 +55,7 @@ def test_continue_from_the_current_network_records_what_it_continued(
     assert sec.runner.running, sec.summary.text()
     wait_done(qtbot, sec.runner, timeout=300_000)
     first = sec.checkpoint
-    assert session.finetuned == first and first.exists()
+    assert session.model.finetuned == first and first.exists()
     assert "continued_from" not in load_checkpoint(first)
 
     assert sec.continue_check.isEnabled() and first.name in sec.continue_check.toolTip()
@@ -69,12 +69,12 @@ def test_continue_from_the_current_network_records_what_it_continued(
     wait_done(qtbot, sec.runner, timeout=300_000)
     assert sec.summary.text().startswith(f"continued {first.name}: fine-tuned 1 epochs")
     second = sec.checkpoint
-    assert second != first and session.finetuned == second
+    assert second != first and session.model.finetuned == second
     ckpt = load_checkpoint(second)
     assert ckpt["continued_from"]["file"] == first.name
     assert ckpt["continued_from"]["sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
     assert str(tmp_path) not in str(ckpt["continued_from"])  # no machine path
-    assert session.bundle.extractor.weights == str(second)
+    assert session.model.bundle.extractor.weights == str(second)
     assert watch.problems() == []
 
 
@@ -92,7 +92,7 @@ def test_continue_a_checkpoint_chosen_as_weights(make_napari_viewer, qtbot, tmp_
     model, train = annotator.model, annotator.train
     sec = train.finetune
     ckpt = tmp_path / "elsewhere.pt"
-    finetune(list(session.paths), session.label_matrix().copy(), list(session.vocabulary),
+    finetune(list(session.paths), session.labels.label_matrix().copy(), list(session.vocabulary),
              FinetuneConfig(backbone="vgg16", weights="random", input_size=64, epochs=1,
                             batch_size=4, frozen="all", augment=False, device="cpu", seed=0),
              ckpt, groups=session.dataset.groups())
@@ -101,7 +101,7 @@ def test_continue_a_checkpoint_chosen_as_weights(make_napari_viewer, qtbot, tmp_
     click(qtbot, model.weights_file_button)
     click(qtbot, train.train_button)
     wait_done(qtbot, train.runner)
-    assert session.finetuned is None and session.bundle.extractor.weights == str(ckpt)
+    assert session.model.finetuned is None and session.model.bundle.extractor.weights == str(ckpt)
 
     assert sec.continue_check.isEnabled() and ckpt.name in sec.continue_check.toolTip()
     click(qtbot, sec.continue_check)
@@ -109,5 +109,5 @@ def test_continue_a_checkpoint_chosen_as_weights(make_napari_viewer, qtbot, tmp_
     wait_done(qtbot, sec.runner, timeout=300_000)
     assert sec.summary.text().startswith(f"continued {ckpt.name}: fine-tuned 1 epochs")
     ckpt2 = load_checkpoint(sec.checkpoint)
-    assert ckpt2["continued_from"]["file"] == ckpt.name and session.finetuned == sec.checkpoint
+    assert ckpt2["continued_from"]["file"] == ckpt.name and session.model.finetuned == sec.checkpoint
     assert watch.problems() == []

@@ -35,25 +35,25 @@ def test_gallery_marks_a_selection_in_one_undoable_batch(make_napari_viewer, qtb
     icon = gallery.model.data(gallery.model.index(0), Qt.ItemDataRole.DecorationRole)
     assert icon.availableSizes()[0].width() == 2 * icon.availableSizes()[0].height()
 
-    before = session.label_matrix()[:, 1].copy()
+    before = session.labels.label_matrix()[:, 1].copy()
     _click(qtbot, gallery, 1)
     _click(qtbot, gallery, 4, Qt.KeyboardModifier.ShiftModifier)
     assert gallery.selected_images() == [1, 2, 3, 4]
     click(qtbot, gallery.buttons["absent"])
-    assert (session.label_matrix()[1:5, 1] == 0).all()
+    assert (session.labels.label_matrix()[1:5, 1] == 0).all()
     assert "absent" in gallery.model.data(gallery.model.index(2), Qt.ItemDataRole.DisplayRole)
     # a key does the same for Ctrl-clicked images (both present in the manifest)
     _click(qtbot, gallery, 6)
     _click(qtbot, gallery, 7, Qt.KeyboardModifier.ControlModifier)
     assert gallery.selected_images() == [6, 7] and (before[6:8] == 1).all()
     qtbot.keyClick(gallery.view, Qt.Key.Key_A)
-    assert (session.label_matrix()[6:8, 1] == 0).all()
+    assert (session.labels.label_matrix()[6:8, 1] == 0).all()
     # one Ctrl+Z per batch, newest first
     qtbot.keyClick(gallery.view, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
-    np.testing.assert_array_equal(session.label_matrix()[6:8, 1], before[6:8])
-    assert (session.label_matrix()[1:5, 1] == 0).all()
+    np.testing.assert_array_equal(session.labels.label_matrix()[6:8, 1], before[6:8])
+    assert (session.labels.label_matrix()[1:5, 1] == 0).all()
     qtbot.keyClick(gallery.view, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
-    np.testing.assert_array_equal(session.label_matrix()[:, 1], before)
+    np.testing.assert_array_equal(session.labels.label_matrix()[:, 1], before)
 
     # filters and double-click
     choose(qtbot, gallery.gene_combo, "gene2")
@@ -83,11 +83,11 @@ def test_gallery_sorts_by_the_model_and_follows_the_table_layer(make_napari_view
     gallery = dock(viewer, "Gallery")
     choose(qtbot, gallery.term_combo, TERMS[0])
     choose(qtbot, gallery.sort_combo, "p high first")
-    p = session.probabilities[:, 0]
+    p = session.model.probabilities[:, 0]
     shown = [int(i) for i in gallery.model.order]
     assert np.all(np.diff(p[shown]) <= 0)
     choose(qtbot, gallery.sort_combo, "label contradicts the model")
-    Y = session.label_matrix()[:, 0]
+    Y = session.labels.label_matrix()[:, 0]
     shown = [int(i) for i in gallery.model.order]
     assert np.all(np.diff(np.abs(Y[shown] - p[shown])) <= 1e-6)
 

@@ -83,11 +83,11 @@ def test_labels_written_at_once_undone_and_restored(make_napari_viewer, qtbot, t
     viewer2.open(str(manifest), plugin="napari-ish-annotator")
     session2 = get_session(viewer2)
     assert session2 is not session
-    assert session2.labels_for(0)["brain"] == 1
-    assert session2.labels_for(1)["hindgut"] == 1
+    assert session2.labels.labels_for(0)["brain"] == 1
+    assert session2.labels.labels_for(1)["hindgut"] == 1
     annotate2 = dock(viewer2, "Annotate")
     assert annotate2.terms.row_values()[1][3] == "present"
-    Y = session2.label_matrix()
+    Y = session2.labels.label_matrix()
     assert Y[0, TERMS.index("brain")] == 1 and Y[1, TERMS.index("hindgut")] == 1
 
 
@@ -114,7 +114,7 @@ def test_locked_store_gives_message_not_crash(make_napari_viewer, tmp_path):
         other.execute("ROLLBACK")
         other.close()
     press(viewer, "1")  # works again once the lock is gone
-    assert session.labels_for(0)["ventral nerve cord"] is None
+    assert session.labels.labels_for(0)["ventral nerve cord"] is None
 
 
 def test_export_labels_and_import_round_trip(make_napari_viewer, tmp_path):
@@ -126,9 +126,9 @@ def test_export_labels_and_import_round_trip(make_napari_viewer, tmp_path):
     embryos = dock(viewer, "Embryos")
     assert embryos.open_paths([manifest])
     session = get_session(viewer)
-    session.set_label("brain", 1, index=0)
+    session.labels.set_label("brain", 1, index=0)
     out = tmp_path / "labels.csv"
-    session.export_manifest(out)
+    session.labels.export_manifest(out)
     ds = read_manifest(out, vocabulary=list(TERMS), require_positives=False)
     assert "brain" in ds.samples[0].terms
     original = read_manifest(manifest, require_positives=False)

@@ -16,29 +16,29 @@ def test_open_counts_labels_once_and_counts_follow_changes(make_napari_viewer, t
     embryos = dock(viewer, "Embryos")
     session = get_session(viewer)
     calls: list[int] = []
-    real = session._read_labels
+    real = session.labels._read_labels
 
     def counting(paths):
         calls.append(len(paths))
         return real(paths)
 
-    session._read_labels = counting
+    session.labels._read_labels = counting
     assert embryos.open_paths([make_dataset(tmp_path / "a", n=6)])
     assert calls == []  # counted by the opening step (a worker in the GUI), not per signal
     assert [embryos.cell_text(r, 5) for r in range(6)] == [""] * 6
     counts = [embryos.cell_text(r, 4) for r in range(6)]
     assert counts == ["3/3"] * 6  # every manifest term is present or absent
-    Y = session.label_matrix()
+    Y = session.labels.label_matrix()
     for r in range(6):
         i = int(embryos.cell_text(r, 0)) - 1
         assert embryos.cell_tip(r, 4).startswith(f"{int((Y[i] == 1).sum())} present")
 
     calls.clear()
-    session.set_label(TERMS[1], None, index=2)  # a keypress recounts its row only
+    session.labels.set_label(TERMS[1], None, index=2)  # a keypress recounts its row only
     assert calls == [1] and embryos.cell_text(2, 4) == "2/3"
 
     calls.clear()
-    session.set_vocabulary([*TERMS, "new term"])  # a new vocabulary is counted again
+    session.labels.set_vocabulary([*TERMS, "new term"])  # a new vocabulary is counted again
     assert calls and embryos.cell_text(2, 4) == "2/4"
     assert embryos.cell_text(0, 4) == "3/4"
 
@@ -72,8 +72,8 @@ def test_switching_label_file_runs_in_the_worker_without_rehashing(make_napari_v
     assert FILE_HASHES.hashed == hashed  # the previous store's hashes were reused
     # the new file has no labels (not even the manifest's): counts show that
     assert [embryos.cell_text(r, 4) for r in range(6)] == ["0/3"] * 6
-    session.set_label(TERMS[0], 1, index=1)
-    assert session.labels_for(1)[TERMS[0]] == 1
+    session.labels.set_label(TERMS[0], 1, index=1)
+    assert session.labels.labels_for(1)[TERMS[0]] == 1
 
     # a result prepared for images that are no longer open is refused, and its file released
     late = drive(steps.iter_use_store(*session.store_request(tmp_path / "late.sqlite")))

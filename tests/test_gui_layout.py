@@ -48,20 +48,20 @@ def test_keys_step_label_undo_and_jump_to_uncertain(make_napari_viewer, tmp_path
     s = annotator.session
     press(viewer, "n")
     assert s.index == 1
-    before = s.labels_for(1)[s.vocabulary[0]]
+    before = s.labels.labels_for(1)[s.vocabulary[0]]
     press(viewer, "1")
-    assert s.labels_for(1)[s.vocabulary[0]] != before
+    assert s.labels.labels_for(1)[s.vocabulary[0]] != before
     press(viewer, "Control-Z")
-    assert s.labels_for(1)[s.vocabulary[0]] == before
+    assert s.labels.labels_for(1)[s.vocabulary[0]] == before
     press(viewer, "p")
     assert s.index == 0
 
     # "u": the next image with a term near 0.5 that is not labelled yet
-    s.set_vocabulary([*s.vocabulary, "new"])  # unlabelled everywhere
+    s.labels.set_vocabulary([*s.vocabulary, "new"])  # unlabelled everywhere
     P = np.full((6, len(s.vocabulary)), 0.95, np.float32)
     P[4, -1] = 0.5
-    s.bundle = type("B", (), {"classifier": type("C", (), {"vocabulary": list(s.vocabulary)})})
-    s.apply_predictions(Predictions(P, P >= 0.5, s.generation))
+    s.model.bundle = type("B", (), {"classifier": type("C", (), {"vocabulary": list(s.vocabulary)})})
+    s.model.apply_predictions(Predictions(P, P >= 0.5, s.generation))
     press(viewer, "u")
     assert s.index == 4
     assert annotator.terms.image_label.text().startswith("5/6")
@@ -84,7 +84,7 @@ def test_demo_trains_in_the_background_and_shows_predictions_and_gradcam(make_na
     wait_done(qtbot, annotator.explain.runner)
     elapsed = time.perf_counter() - t0
     s = annotator.session
-    assert s.probabilities is not None and s.probabilities.shape[0] == s.n_images
+    assert s.model.probabilities is not None and s.model.probabilities.shape[0] == s.n_images
     assert annotator.terms.table.rowCount() == len(s.vocabulary)
     assert gradcam_layer(viewer).data.shape == s.image().shape[:2]
     print(f"demo: predictions and Grad-CAM after {elapsed:.1f} s")

@@ -29,7 +29,7 @@ def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tm
     click(qtbot, annotate.model.extract_button)
     assert annotate.model.runner.running  # in a worker: the GUI thread is free meanwhile
     _wait(qtbot, annotate.model.runner)
-    X = session.features
+    X = session.model.features
     assert X.shape == (8, 512 * 8 * 8)  # relu4_2 at 64 px: 512 x 8 x 8
 
     # every term has 4 present / 4 absent labels (from the manifest), genes in pairs
@@ -37,11 +37,11 @@ def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tm
     train.members_spin.setValue(3)
     click(qtbot, train.train_button)
     _wait(qtbot, train.runner)
-    bundle = session.bundle
+    bundle = session.model.bundle
     assert bundle.classifier.vocabulary == list(TERMS)
     expected = bundle.classifier.predict_proba(X)
-    np.testing.assert_allclose(session.probabilities, expected, rtol=1e-5, atol=1e-6)
-    auc = session.train_report.auc  # 3 gene-grouped folds of 4 genes: not every term has one
+    np.testing.assert_allclose(session.model.probabilities, expected, rtol=1e-5, atol=1e-6)
+    auc = session.model.train_report.auc  # 3 gene-grouped folds of 4 genes: not every term has one
     assert auc and set(auc) <= set(TERMS) and all(0.0 <= a <= 1.0 for a in auc.values())
     shown = {train.table.item(r, 0).text(): train.table.item(r, 3).text() for r in range(3)}
     assert all(shown[t] == f"{a:.2f}" for t, a in auc.items())
@@ -62,10 +62,10 @@ def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tm
     assert embryos.cell_text(3, 5) != ""
 
     # Predict again from the (cached) features: same numbers
-    session.probabilities = None
+    session.model.probabilities = None
     click(qtbot, annotate.model.predict_button)
     _wait(qtbot, annotate.model.runner)
-    np.testing.assert_allclose(session.probabilities, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(session.model.probabilities, expected, rtol=1e-5, atol=1e-6)
 
     # Grad-CAM: one layer with the image's shape, and it follows the chosen term
     image = session.image()
@@ -76,14 +76,14 @@ def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tm
     assert layer.name == f"Grad-CAM: {TERMS[0]}"
     assert layer.data.shape == image.shape[:2]
     assert layer.blending == "additive" and layer.colormap.name == "inferno"
-    ref0 = gradcam_for_image(bundle, session.extractor(), image, TERMS[0])
+    ref0 = gradcam_for_image(bundle, session.model.extractor(), image, TERMS[0])
     np.testing.assert_allclose(layer.data, ref0, atol=1e-5)
 
     table = annotate.terms.table  # click "brain" in the Annotate list
     click(qtbot, table.viewport(), table.visualItemRect(table.item(1, 1)).center())
     _wait(qtbot, explain.runner)
     assert gradcam_layer(viewer) is layer and layer.name == f"Grad-CAM: {TERMS[1]}"
-    ref1 = gradcam_for_image(bundle, session.extractor(), image, TERMS[1])
+    ref1 = gradcam_for_image(bundle, session.model.extractor(), image, TERMS[1])
     np.testing.assert_allclose(layer.data, ref1, atol=1e-5)
     assert not np.allclose(ref0, ref1)
     explain.opacity_slider.setValue(30)
@@ -135,7 +135,7 @@ def test_cancel_stops_extraction(make_napari_viewer, qtbot, tmp_path):
     qtbot.waitUntil(lambda: not annotate.model.runner.running, timeout=WAIT_MS)
     assert annotate.model.runner.last_outcome == "cancelled"
     assert annotate.model.runner.status.text() == "cancelled"
-    assert session.features is None
+    assert session.model.features is None
     assert max(s[0] for s in steps) < 8
     assert annotate.model.extract_button.isEnabled()
 
@@ -146,7 +146,7 @@ def test_cancel_stops_extraction(make_napari_viewer, qtbot, tmp_path):
     annotate.model.set_settings(weights="imagenet")
     click(qtbot, annotate.model.extract_button)
     qtbot.waitUntil(lambda: not annotate.model.runner.running, timeout=WAIT_MS)
-    if session.features is None:  # a machine with the weights in its cache just extracts
+    if session.model.features is None:  # a machine with the weights in its cache just extracts
         assert annotate.model.runner.last_outcome == "error"
         assert "imagenet" in annotate.model.runner.last_error
         assert any("imagenet" in str(n.message) for n in notification_manager.records[before:])
@@ -160,12 +160,12 @@ def test_train_refuses_terms_without_both_labels(make_napari_viewer, qtbot, tmp_
     viewer = make_napari_viewer()
     embryos, train = dock(viewer, "Embryos"), dock(viewer, "Train")
     assert embryos.open_paths([manifest])
-    get_session(viewer).add_term("midgut")
+    get_session(viewer).labels.add_term("midgut")
     assert train.table.rowCount() == 4
     click(qtbot, train.train_button)
     assert not train.runner.running
     assert "midgut (0 present, 0 absent)" in train.summary.text()
-    assert get_session(viewer).bundle is None
+    assert get_session(viewer).model.bundle is None
 
 
 def test_gradcam_layer_takes_the_maps_scale(make_napari_viewer, qtbot, tmp_path):

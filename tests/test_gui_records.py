@@ -59,9 +59,9 @@ def test_accept_record_labels_every_image_and_one_undo_restores_all(
     members = [i for i, g in enumerate(session.genes) if g == gene]
     assert f"{gene} · stage 13-16 · {len(members)} images" in section.title.text()
     # the record's calls: the log-odds mean of its images' probabilities, called at 0.5
-    P = np.clip(session.probabilities[members].astype(float), 1e-6, 1 - 1e-6)
+    P = np.clip(session.model.probabilities[members].astype(float), 1e-6, 1 - 1e-6)
     combined = expit(logit(P).mean(axis=0))
-    called = {t for t, p in zip(session.model_vocabulary, combined, strict=True) if p >= 0.5}
+    called = {t for t, p in zip(session.model.terms, combined, strict=True) if p >= 0.5}
     for t in called:
         assert t in section.terms_label.text()
     assert "left as they are: amnioserosa" in section.terms_label.text()
@@ -71,7 +71,7 @@ def test_accept_record_labels_every_image_and_one_undo_restores_all(
 
     click(qtbot, section.accept_button)
     for i in members:  # every image of the record, as the curator's labels
-        assert _own(session, i) == {t: int(t in called) for t in session.model_vocabulary}
+        assert _own(session, i) == {t: int(t in called) for t in session.model.terms}
         assert {e.annotator for e in session.store.history(session.paths[i])
                 if e.annotator != "manifest"} == {"curator"}
     assert all(_own(session, i) == {} for i in others)
@@ -107,18 +107,18 @@ def test_a_batch_is_undone_as_one_and_a_later_single_change_first(tmp_path):
     session = AnnotatorSession(cache_dir=tmp_path / "cache", annotator="a")
     session.open([make_dataset(tmp_path / "data", n=6)])
     terms = session.vocabulary
-    assert session.set_label_batch([(i, t, 1) for i in (0, 1, 2) for t in terms]) == 3 * len(terms)
-    assert session.set_label_batch([(0, t, 1) for t in terms]) == 0  # nothing changed: no batch
-    session.set_label(terms[0], 0, 4)
-    assert session.undo()
+    assert session.labels.set_label_batch([(i, t, 1) for i in (0, 1, 2) for t in terms]) == 3 * len(terms)
+    assert session.labels.set_label_batch([(0, t, 1) for t in terms]) == 0  # nothing changed: no batch
+    session.labels.set_label(terms[0], 0, 4)
+    assert session.labels.undo()
     assert _own(session, 4) == {} and _own(session, 1) == dict.fromkeys(terms, 1)
     assert session.index == 4
-    assert session.undo()
+    assert session.labels.undo()
     assert all(_own(session, i) == {} for i in range(6))
-    assert session.label_matrix()[:3].tolist() == session.label_matrix([0, 1, 2]).tolist()
-    assert not session.undo()
+    assert session.labels.label_matrix()[:3].tolist() == session.labels.label_matrix([0, 1, 2]).tolist()
+    assert not session.labels.undo()
     with pytest.raises(Exception, match="unknown term"):
-        session.set_label_batch([(0, "no such term", 1)])
+        session.labels.set_label_batch([(0, "no such term", 1)])
     with pytest.raises(Exception, match="label value"):  # all or nothing: nothing written
         session.store.set_labels([(session.paths[0], terms[0], 1), (session.paths[1], terms[0], 2)])
     assert all(_own(session, i) == {} for i in range(6))

@@ -37,7 +37,7 @@ def test_gradcam_follows_a_retrained_model(make_napari_viewer, qtbot, tmp_path):
     _wait(qtbot, train.runner)
     qtbot.waitUntil(lambda: not explain.runner.running, timeout=WAIT_MS)
     layer = gradcam_layer(viewer)
-    new = gradcam_for_image(session.bundle, session.extractor(), session.image(), TERMS[1])
+    new = gradcam_for_image(session.model.bundle, session.model.extractor(), session.image(), TERMS[1])
     assert not np.allclose(old, new, atol=1e-4)
     assert layer.visible and layer.name == f"Grad-CAM: {TERMS[1]}"
     np.testing.assert_allclose(layer.data, new, atol=1e-5)
@@ -77,7 +77,7 @@ def test_folder_button_opens_in_a_worker_and_cancel_keeps_the_open_dataset(
     embryos = dock(viewer, "Embryos")
     assert embryos.open_paths([first])
     session = get_session(viewer)
-    session.set_label(TERMS[0], 1, 2)
+    session.labels.set_label(TERMS[0], 1, 2)
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(folder))
 
     # Cancel: the dataset on screen stays, with its labels and its label store
@@ -95,8 +95,8 @@ def test_folder_button_opens_in_a_worker_and_cancel_keeps_the_open_dataset(
     qtbot.waitUntil(lambda: not embryos.runner.running, timeout=WAIT_MS)
     assert embryos.runner.last_outcome == "cancelled"
     assert session.n_images == 4 and embryos.row_count() == 4
-    assert session.labels_for(2)[TERMS[0]] == 1
-    session.set_label(TERMS[1], 1, 2)  # the store is still open and writable
+    assert session.labels.labels_for(2)[TERMS[0]] == 1
+    session.labels.set_label(TERMS[1], 1, 2)  # the store is still open and writable
     assert embryos.open_folder_button.isEnabled()
 
     click(qtbot, embryos.open_folder_button)
@@ -107,8 +107,8 @@ def test_folder_button_opens_in_a_worker_and_cancel_keeps_the_open_dataset(
     assert session.store.path == folder / "ish-labels.sqlite"
     assert embryo_layer(viewer).data.shape == session.image(0).shape
     assert len(viewer.layers) == 1
-    session.set_label(session.vocabulary[2], 0, 5)  # default vocabulary: no manifest here
-    assert session.label_matrix()[5, 2] == 0
+    session.labels.set_label(session.vocabulary[2], 0, 5)  # default vocabulary: no manifest here
+    assert session.labels.label_matrix()[5, 2] == 0
 
 
 def test_closing_napari_mid_task_stops_the_worker_without_crashing(
@@ -120,7 +120,7 @@ def test_closing_napari_mid_task_stops_the_worker_without_crashing(
     embryos, annotate = dock(viewer, "Embryos"), dock(viewer, "Annotate")
     assert embryos.open_paths([make_dataset(tmp_path / "data", n=8)])
     session = get_session(viewer)
-    session.set_label(TERMS[0], 1, 0)
+    session.labels.set_label(TERMS[0], 1, 0)
     annotate.model.set_settings(weights="random", input_size=224, batch_size=1, device="cpu")
     steps, ended = [], []
     click(qtbot, annotate.model.extract_button)
@@ -132,7 +132,7 @@ def test_closing_napari_mid_task_stops_the_worker_without_crashing(
     qtbot.waitUntil(lambda: bool(ended), timeout=WAIT_MS)
     qtbot.wait(200)  # let any late queued signal arrive
     assert max(s[0] for s in steps) < 8  # stopped, not run to the end
-    assert session.features is None
+    assert session.model.features is None
 
 
 def test_file_open_on_a_large_folder_reads_it_in_a_worker(make_napari_viewer, qtbot, tmp_path,
@@ -150,7 +150,7 @@ def test_file_open_on_a_large_folder_reads_it_in_a_worker(make_napari_viewer, qt
     _wait(qtbot, embryos.runner)
     session = get_session(viewer)
     assert session.n_images == 8 and embryos.row_count() == 8
-    assert session.labels_for(1)[TERMS[0]] == 1  # manifest labels imported
+    assert session.labels.labels_for(1)[TERMS[0]] == 1  # manifest labels imported
     layer = wait_embryo_shown(qtbot, viewer)
     assert layer.data.shape == session.image(0).shape
     assert len(viewer.layers) == 1
@@ -192,7 +192,7 @@ def test_a_wrong_label_file_keeps_the_working_store(make_napari_viewer, qtbot, t
     assert any("not a label store" in m and str(default) in m for m in messages), messages
     assert session.store is not None and session.store.path == default
     assert not session.store_read_only
-    session.set_label(TERMS[2], 1, 0)  # labels are still saved
+    session.labels.set_label(TERMS[2], 1, 0)  # labels are still saved
     with LabelStore(default, read_only=True) as store:
         assert store.labels_for(session.paths[0])[TERMS[2]] == 1
     assert str(default) in embryos.store_label.text()
@@ -203,8 +203,8 @@ def test_a_wrong_label_file_keeps_the_working_store(make_napari_viewer, qtbot, t
     click(qtbot, embryos.store_button)
     _wait(qtbot, embryos.runner)
     assert session.store.path == other and str(other) in embryos.store_label.text()
-    session.set_label(TERMS[0], 1, 3)
-    assert session.labels_for(3)[TERMS[0]] == 1
+    session.labels.set_label(TERMS[0], 1, 3)
+    assert session.labels.labels_for(3)[TERMS[0]] == 1
 
 
 def test_switching_back_to_the_previous_model_restores_its_votes(make_napari_viewer, qtbot,
@@ -226,29 +226,29 @@ def test_switching_back_to_the_previous_model_restores_its_votes(make_napari_vie
     train.cv_check.setChecked(False)
     click(qtbot, train.train_button)
     _wait(qtbot, train.runner)
-    old_bundle = session.bundle
+    old_bundle = session.model.bundle
     # a model whose majority vote differs from 'mean probability >= 0.5' somewhere
-    votes = old_bundle.classifier.predict(session.features).astype(bool)
+    votes = old_bundle.classifier.predict(session.model.features).astype(bool)
     votes[0, 0] = not votes[0, 0]
-    session.apply_predictions(Predictions(session.probabilities, votes, session.generation))
-    assert (votes != (session.probabilities >= 0.5)).any()
+    session.model.apply_predictions(Predictions(session.model.probabilities, votes, session.generation))
+    assert (votes != (session.model.probabilities >= 0.5)).any()
     sec = train.finetune
     train.c_spin.setValue(0.01)
     click(qtbot, train.train_button)
     _wait(qtbot, train.runner)
-    assert session.bundle is not old_bundle
+    assert session.model.bundle is not old_bundle
     # as after a fine-tuning run: the previous model is kept for "switch back"
     # ... and whose p for (image 0, term 0) is clearly on the other side of its vote
-    P = session.probabilities.copy()
+    P = session.model.probabilities.copy()
     P[0, 0] = 0.1 if votes[0, 0] else 0.9
-    session.previous_model = replace(session.model_state(), bundle=old_bundle, votes=votes,
+    session.model.previous_model = replace(session.model.model_state(), bundle=old_bundle, votes=votes,
                                      probabilities=P)
     sec._show_switch()
 
     click(qtbot, sec.switch_button)
-    assert session.bundle is old_bundle
-    np.testing.assert_array_equal(session.votes, votes)
-    p00 = session.probabilities[0, 0]
+    assert session.model.bundle is old_bundle
+    np.testing.assert_array_equal(session.model.votes, votes)
+    p00 = session.model.probabilities[0, 0]
     assert p00 == P[0, 0]
     word = "yes" if p00 >= 0.5 else "no"  # not the vote's word
     assert annotate.terms.row_values()[0][2].rstrip("?") == word
@@ -278,7 +278,7 @@ def test_changing_backbone_during_fine_tuning_does_not_break_the_refit(make_napa
     annotate.model.backbone_combo.setCurrentText("resnet50")  # the user browses the settings meanwhile
     qtbot.waitUntil(lambda: not sec.runner.running, timeout=180_000)
     assert sec.runner.last_outcome == "done", sec.runner.last_error
-    e = session.bundle.extractor
+    e = session.model.bundle.extractor
     assert (e.backbone, str(e.layer), str(e.weights)) == ("vgg16", "21", str(sec.checkpoint))
     assert annotate.model.backbone_combo.currentText() == "vgg16"
     assert annotate.model.layer_combo.currentText() == "21"

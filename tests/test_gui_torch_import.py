@@ -45,7 +45,7 @@ SCRIPT = textwrap.dedent("""
         loop.exec()
     print(json.dumps({"outcome": runner.last_outcome, "error": runner.last_error,
                       "on_gui_thread": seen,
-                      "features": annotator.session.features is not None}))
+                      "features": annotator.session.model.features is not None}))
     viewer.close()
 """)
 
@@ -86,7 +86,7 @@ TRAIN_SCRIPT = textwrap.dedent("""
         loop.exec()
     print(json.dumps({"outcome": panel.runner.last_outcome, "error": panel.runner.last_error,
                       "torch": "torch" in sys.modules,
-                      "trained": annotator.session.bundle is not None}))
+                      "trained": annotator.session.model.bundle is not None}))
     viewer.close()
 """)
 

@@ -141,7 +141,7 @@ def test_session_refuses_a_trigger_in_the_store_beside_the_data(tmp_path):
     data = make_dataset(tmp_path / "data", n=8)
     first = AnnotatorSession(cache_dir=tmp_path / "cache", annotator="alice")
     first.open([data])
-    first.set_label(first.vocabulary[0], 1, 0)
+    first.labels.set_label(first.vocabulary[0], 1, 0)
     db = first.store.path
     first.close()
     before_events = count_events(db)

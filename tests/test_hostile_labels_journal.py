@@ -239,7 +239,7 @@ def test_opening_the_data_folder_never_replays_a_journal_beside_its_store(tmp_pa
     data = make_dataset(tmp_path / "data", n=8)
     first = AnnotatorSession(cache_dir=tmp_path / "cache", annotator="alice")
     first.open([data])
-    first.set_label(first.vocabulary[0], 1, 0)
+    first.labels.set_label(first.vocabulary[0], 1, 0)
     db = first.store.path
     first.close()
     fold(db)

@@ -58,9 +58,11 @@ def test_state_written_from_another_thread_raises(session):
 
     with pytest.raises(WrongThreadError, match="index"):
         _in_thread(lambda: session.set_index(3))
-    with pytest.raises(WrongThreadError):
-        _in_thread(lambda: setattr(session, "bundle", None))
-    assert session.index == 0
+    with pytest.raises(WrongThreadError, match="SessionModel.bundle"):  # the parts too
+        _in_thread(lambda: setattr(session.model, "bundle", None))
+    with pytest.raises(WrongThreadError, match="SessionLabels"):
+        _in_thread(lambda: session.labels.forget())
+    assert session.index == 0 and session.labels.label_matrix().shape[0] == 8
     with pytest.raises(FrozenInstanceError):  # settings are replaced, never edited in place
         session.settings.weights = "imagenet"
 
@@ -70,23 +72,23 @@ def test_steps_run_in_a_worker_thread_and_only_the_owner_applies(session):
     from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.session import GradcamMaps, TrainedModel, steps
 
-    labels_before = session.label_matrix().copy()
-    request = session.train_request(cross_validate=True)
+    labels_before = session.labels.label_matrix().copy()
+    request = session.model.train_request(cross_validate=True)
     trained = _in_thread(lambda: drive(steps.iter_train(request)))  # a write would raise
     assert isinstance(trained, TrainedModel)
-    assert session.bundle is None and session.probabilities is None  # nothing applied yet
+    assert session.model.bundle is None and session.model.probabilities is None  # nothing applied yet
     with pytest.raises(FrozenInstanceError):
         trained.report = None
-    session.apply_trained(trained)
-    assert session.model_vocabulary == list(TERMS)
-    assert session.probabilities.shape == (8, 3) and session.features.shape[0] == 8
-    assert session.features.dtype == np.float16  # half the RAM of float32 (issue 11)
-    np.testing.assert_array_equal(session.label_matrix(), labels_before)  # no label lost
+    session.model.apply_trained(trained)
+    assert session.model.terms == list(TERMS)
+    assert session.model.probabilities.shape == (8, 3) and session.model.features.shape[0] == 8
+    assert session.model.features.dtype == np.float16  # half the RAM of float32 (issue 11)
+    np.testing.assert_array_equal(session.labels.label_matrix(), labels_before)  # no label lost
 
-    predicted = _in_thread(lambda: drive(steps.iter_predict(session.predict_request())))
-    np.testing.assert_allclose(predicted.probabilities, session.probabilities, atol=1e-6)
+    predicted = _in_thread(lambda: drive(steps.iter_predict(session.model.predict_request())))
+    np.testing.assert_allclose(predicted.probabilities, session.model.probabilities, atol=1e-6)
 
-    maps = _in_thread(lambda: drive(steps.iter_gradcam(session.gradcam_request([TERMS[0]], 2))))
+    maps = _in_thread(lambda: drive(steps.iter_gradcam(session.model.gradcam_request([TERMS[0]], 2))))
     assert isinstance(maps, GradcamMaps) and maps.index == 2
     assert maps.maps.shape == (1, *session.image(2).shape[:2])
 
@@ -95,10 +97,10 @@ def test_results_for_a_replaced_dataset_are_dropped(session, tmp_path):
     from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.session import steps
 
-    request = session.train_request(cross_validate=False)
+    request = session.model.train_request(cross_validate=False)
     session.open([make_dataset(tmp_path / "other", n=4, seed=1)])
-    session.apply_trained(drive(steps.iter_train(request)))
-    assert session.bundle is None and session.probabilities is None
+    session.model.apply_trained(drive(steps.iter_train(request)))
+    assert session.model.bundle is None and session.model.probabilities is None
 
 
 def test_bad_input_gives_one_message_and_changes_nothing(session, tmp_path):
@@ -108,10 +110,10 @@ def test_bad_input_gives_one_message_and_changes_nothing(session, tmp_path):
         session.open([tmp_path / "missing"])
     assert session.n_images == 8
     with pytest.raises(InputError, match="Grad-CAM needs a model"):
-        session.gradcam_request([TERMS[0]])
+        session.model.gradcam_request([TERMS[0]])
     with pytest.raises(InputError, match="no fine-tuned model"):
-        session.bundle = object()  # any model: the check is about the fine-tuned one
-        session.gradcam_request([TERMS[0]], finetuned=True)
+        session.model.bundle = object()  # any model: the check is about the fine-tuned one
+        session.model.gradcam_request([TERMS[0]], finetuned=True)
 
 
 def test_throttled_reports_at_most_ten_steps_a_second_and_keeps_records():
@@ -147,18 +149,18 @@ def test_fine_tune_outcome_switches_model_and_back(session):
     from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.session import FinetuneOutcome, steps
 
-    session.apply_trained(drive(steps.iter_train(session.train_request(False))))
-    first = session.bundle
+    session.model.apply_trained(drive(steps.iter_train(session.model.train_request(False))))
+    first = session.model.bundle
     tuned_settings = replace(session.settings, C=0.01)  # stands in for weights=<checkpoint>
     session.update_settings(C=0.01)
-    other = drive(steps.iter_train(session.train_request(False)))
+    other = drive(steps.iter_train(session.model.train_request(False)))
     session.update_settings(C=10.0)
-    session.apply_finetuned(FinetuneOutcome(None, other, tuned_settings))
-    assert session.bundle is other.bundle and session.settings.C == 0.01
-    assert session.previous_model.bundle is first
-    assert session.switch_model()
-    assert session.bundle is first and session.settings.C == 10.0
-    assert session.switch_model() and session.bundle is other.bundle
+    session.model.apply_finetuned(FinetuneOutcome(None, other, tuned_settings))
+    assert session.model.bundle is other.bundle and session.settings.C == 0.01
+    assert session.model.previous_model.bundle is first
+    assert session.model.switch_model()
+    assert session.model.bundle is first and session.settings.C == 10.0
+    assert session.model.switch_model() and session.model.bundle is other.bundle
 
 
 @pytest.mark.slow
@@ -170,13 +172,13 @@ def test_fine_tuned_model_explains_with_its_own_head(session, tmp_path):
 
     config = FinetuneConfig(backbone="vgg16", weights="random", input_size=64, epochs=1,
                             batch_size=4, frozen="all", augment=False, device="cpu", seed=0)
-    request = session.finetune_request(config, tmp_path / "ft.pt")
+    request = session.model.finetune_request(config, tmp_path / "ft.pt")
     outcome = _in_thread(lambda: drive(steps.iter_finetune(request)))
-    session.apply_finetuned(outcome)
-    assert session.finetuned == tmp_path / "ft.pt" and session.settings.weights == str(
+    session.model.apply_finetuned(outcome)
+    assert session.model.finetuned == tmp_path / "ft.pt" and session.settings.weights == str(
         tmp_path / "ft.pt")
     for tuned in (False, True):
-        maps = drive(steps.iter_gradcam(session.gradcam_request([TERMS[1]], 3, finetuned=tuned)))
+        maps = drive(steps.iter_gradcam(session.model.gradcam_request([TERMS[1]], 3, finetuned=tuned)))
         assert maps.source == ("finetuned" if tuned else "ensemble")
         assert maps.maps.shape == (1, *session.image(3).shape[:2])
         assert float(maps.maps.min()) >= 0.0 and float(maps.maps.max()) <= 1.0
@@ -192,8 +194,8 @@ def test_gradcam_maps_of_a_large_image_stay_small_and_carry_their_scale(session)
     from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.session import steps
 
-    session.apply_trained(drive(steps.iter_train(session.train_request(cross_validate=False))))
-    request = session.gradcam_request(list(TERMS), 2)
+    session.model.apply_trained(drive(steps.iter_train(session.model.train_request(cross_validate=False))))
+    request = session.model.gradcam_request(list(TERMS), 2)
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (600, 2400, 3), dtype=np.uint8)).save(request.path)
     maps = drive(steps.iter_gradcam(request))
@@ -201,6 +203,6 @@ def test_gradcam_maps_of_a_large_image_stay_small_and_carry_their_scale(session)
     assert maps.scale == pytest.approx((600 / 256, 2400 / DISPLAY_MAX_SIDE))
     assert maps.maps.min() >= 0.0 and maps.maps.max() <= 1.0
 
-    small = drive(steps.iter_gradcam(session.gradcam_request([TERMS[0]], 3)))
+    small = drive(steps.iter_gradcam(session.model.gradcam_request([TERMS[0]], 3)))
     assert small.scale == (1.0, 1.0)
     assert small.maps.shape == (1, *session.image(3).shape[:2])

@@ -32,7 +32,7 @@ def session(tmp_path):
 def _flip(session, annotator, index, term):
     session.set_annotator(annotator)
     was = session.store.labels_for(session.paths[index], fallback=("manifest",)).get(term)
-    session.set_label(term, 1 - was, index)
+    session.labels.set_label(term, 1 - was, index)
     return 1 - was
 
 
@@ -56,7 +56,7 @@ def test_consensus_request_trains_on_the_majority_and_keeps_my_labels(session):
     new = _flip(session, "alice", 0, "brain")
     _flip(session, "bob", 0, "brain")
     _flip(session, "bob", 5, "hindgut")  # one of two: a tie for majority vote
-    mine = session.label_matrix().copy()  # bob's view
+    mine = session.labels.label_matrix().copy()  # bob's view
     req = annotators.consensus_train_request(session, cross_validate=False, method="majority")
     b, h = session.vocabulary.index("brain"), session.vocabulary.index("hindgut")
     assert req.Y[0, b] == new          # two of three annotators
@@ -64,9 +64,9 @@ def test_consensus_request_trains_on_the_majority_and_keeps_my_labels(session):
     expected = consensus(annotators.annotator_labels(session), "majority").labels
     np.testing.assert_array_equal(req.Y, expected)
     result = _in_thread(steps.iter_train(req))
-    session.apply_trained(result)
-    assert session.bundle is not None
-    np.testing.assert_array_equal(session.label_matrix(), mine)  # no label lost or changed
+    session.model.apply_trained(result)
+    assert session.model.bundle is not None
+    np.testing.assert_array_equal(session.labels.label_matrix(), mine)  # no label lost or changed
 
 
 def test_agreement_table_is_computed_in_a_worker(session):
@@ -87,31 +87,31 @@ def test_next_to_label_follows_the_active_learning_order(session):
 
     with pytest.raises(InputError, match="needs a model"):
         model_outputs.suggest_request(session)
-    session.apply_trained(_in_thread(steps.iter_train(session.train_request(False))))
+    session.model.apply_trained(_in_thread(steps.iter_train(session.model.train_request(False))))
     with pytest.raises(InputError, match="every open image is labelled"):
         model_outputs.suggest_request(session)  # the manifest labelled every term of every image
     for t in TERMS:  # an explicit "unknown" of alice's overrides the manifest
-        session.set_label(t, None, 3)
-    session.set_label("brain", None, 6)
+        session.labels.set_label(t, None, 3)
+    session.labels.set_label("brain", None, 6)
     req = model_outputs.suggest_request(session)
     assert req.candidates.tolist() == [3, 6]
     order = _in_thread(model_outputs.iter_suggest(req))
-    direct = suggest(session.bundle.classifier, session.features[[3, 6]],
+    direct = suggest(session.model.bundle.classifier, session.model.features[[3, 6]],
                      [session.genes[3], session.genes[6]])
     assert order.images.tolist() == [[3, 6][k] for k in direct.order]
-    session.apply_label_order(order)
+    session.model.apply_label_order(order)
     session.set_index(0)
-    assert session.next_to_label() == order.images[0]
-    assert session.next_to_label() == order.images[1]  # not the image on screen
+    assert session.model.next_to_label() == order.images[0]
+    assert session.model.next_to_label() == order.images[1]  # not the image on screen
     for t in TERMS:
-        session.set_label(t, 1, 3)
-    session.set_label("brain", 0, 6)
-    assert session.next_to_label() is None  # every ranked image is labelled now
+        session.labels.set_label(t, 1, 3)
+    session.labels.set_label("brain", 0, 6)
+    assert session.model.next_to_label() is None  # every ranked image is labelled now
     old = session.generation
     session.open([session.source])
     assert session.generation != old
-    session.apply_label_order(order)  # a ranking for images since replaced: dropped
-    assert session.label_order is None or session.label_order.generation != session.generation
+    session.model.apply_label_order(order)  # a ranking for images since replaced: dropped
+    assert session.model.label_order is None or session.model.label_order.generation != session.generation
 
 
 def test_export_request_and_missing_bioimageio_are_one_message(session, tmp_path, monkeypatch):
@@ -120,7 +120,7 @@ def test_export_request_and_missing_bioimageio_are_one_message(session, tmp_path
 
     with pytest.raises(InputError, match="no model to export"):
         model_outputs.export_request(session, tmp_path / "m.zip")
-    session.apply_trained(_in_thread(steps.iter_train(session.train_request(False))))
+    session.model.apply_trained(_in_thread(steps.iter_train(session.model.train_request(False))))
     with pytest.raises(InputError, match=r"\.zip"):
         model_outputs.export_request(session, tmp_path / "m.tar")
     req = model_outputs.export_request(session, tmp_path / "m.zip")
@@ -135,7 +135,7 @@ def ensemble_ckpt(session, tmp_path):
     """A 2-member fine-tuned ensemble (frozen backbone, one epoch: seconds)."""
     from napari_ish_annotator.core.finetune import FinetuneConfig, finetune_ensemble
 
-    Y = session.label_matrix().copy()
+    Y = session.labels.label_matrix().copy()
     config = FinetuneConfig(backbone="vgg16", weights="random", input_size=64, epochs=1,
                             batch_size=4, frozen="all", augment=False, device="cpu", seed=0)
     out = tmp_path / "ens.pt"
@@ -151,15 +151,15 @@ def test_member_spread_of_a_finetuned_ensemble(session, ensemble_ckpt):
 
     with pytest.raises(InputError, match="no fine-tuned model"):
         model_outputs.spread_request(session)
-    session.apply_trained(_in_thread(steps.iter_train(session.train_request(False))))
-    session.set_bundle(session.bundle, finetuned=ensemble_ckpt)
+    session.model.apply_trained(_in_thread(steps.iter_train(session.model.train_request(False))))
+    session.model.set_bundle(session.model.bundle, finetuned=ensemble_ckpt)
     spread = _in_thread(model_outputs.iter_member_spread(model_outputs.spread_request(session), batch=3))
     expected = load_ensemble(ensemble_ckpt).predict_proba(list(session.paths)).std
     np.testing.assert_allclose(spread.std, expected, atol=1e-5)
     assert spread.n_members == 2 and (spread.std > 0).any()
-    session.apply_member_spread(spread)
-    assert session.spread_for(4) == pytest.approx(dict(zip(TERMS, expected[4].tolist(), strict=True)))
-    session.set_bundle(session.bundle, finetuned=None)  # another model: no stale spread
-    assert session.spread_for(4) == {}
-    session.apply_member_spread(spread)  # a late result for the model switched away from
-    assert session.member_spread is None
+    session.model.apply_member_spread(spread)
+    assert session.model.spread_for(4) == pytest.approx(dict(zip(TERMS, expected[4].tolist(), strict=True)))
+    session.model.set_bundle(session.model.bundle, finetuned=None)  # another model: no stale spread
+    assert session.model.spread_for(4) == {}
+    session.model.apply_member_spread(spread)  # a late result for the model switched away from
+    assert session.model.member_spread is None

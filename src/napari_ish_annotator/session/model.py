@@ -1,5 +1,5 @@
-"""Features, model, predictions, training, fine-tuning, Grad-CAM, the "next to label" ranking
-and the ensemble's spread: a part of :class:`.state.AnnotatorSession`.
+"""``session.model``: features, model, predictions, training, fine-tuning, Grad-CAM, the
+"next to label" ranking and the ensemble's spread of a session's open images.
 
 Each long step is a ``*_request`` (frozen, built here on the GUI thread), a step from
 :mod:`.steps` run in a worker, and an ``apply_*`` that takes its frozen result.
@@ -21,11 +21,10 @@ from ..core.features.extractor import ExtractorConfig
 from ..core.learn.bundle import load_bundle, save_bundle
 from ..core.learn.decision import calls
 from ..core.learn.metrics import class_counts, has_both_classes, labelled_rows
-from ..core.learn.splits import group_ids
 from ..core.utils.errors import InputError
-from ..core.utils.hashing import content_hash
 from ..core.workflow import write_predictions
 from . import steps
+from .owned import OwnedByOneThread
 from .results import (
     ExtractedFeatures,
     FinetuneOutcome,
@@ -40,18 +39,49 @@ if TYPE_CHECKING:
     from ..core.features.extractor import FeatureExtractor
     from ..core.finetune.config import FinetuneConfig
     from ..core.learn.bundle import ModelBundle
+    from .labels import SessionLabels
+    from .results import HeldOutScores, TrainReport
+    from .shared import SessionState
 
 
-class ModelPart:
-    """Model methods of the session (attributes are set by its __init__)."""
+class SessionModel(OwnedByOneThread):
+    """The model side of a session (``session.model``): what it knows and what it can do.
+
+    Its state is its own; the dataset, vocabulary, labels and signals are the session's.
+    :meth:`forget` drops everything made for other images when new ones are opened.
+    """
+
+    def __init__(self, session: SessionState, labels: SessionLabels) -> None:
+        super().__init__(session._owner)
+        self.session = session
+        self.labels = labels  # the same images' labels (what Train and "next to label" read)
+        self._extractors = steps.Extractors(session.cache_dir)
+        self.bundle: ModelBundle | None = None
+        self.finetuned: Path | None = None  # checkpoint of the fine-tuned backbone in use
+        self.previous_model: ModelState | None = None  # what "switch model" goes back to
+        self.member_spread: MemberSpread | None = None  # a fine-tuned ensemble's spread
+        self.label_order: LabelOrder | None = None  # the "next to label" ranking
+        self.forget()
+
+    def forget(self) -> None:
+        """Drop the features, predictions and reports made for the images open until now."""
+        self.extracted: ExtractedFeatures | None = None
+        self.probabilities: np.ndarray | None = None
+        self.votes: np.ndarray | None = None  # majority vote of each term's ensemble
+        self.train_report: TrainReport | None = None
+        self.held_out: HeldOutScores | None = None  # the last Train's out-of-fold p
+
+    @property
+    def features(self) -> np.ndarray | None:
+        """Feature rows of the open images (see :attr:`extracted` for their signature)."""
+        return None if self.extracted is None else self.extracted.X
 
     # ------------------------------------------------------------------ features & model
     def extractor_config(self, use_bundle: bool = True) -> ExtractorConfig:
         """The model's extractor settings when a model is loaded, else the panel's."""
+        s = self.session.settings
         if use_bundle and self.bundle is not None:
-            return replace(self.bundle.extractor, device=self.settings.device,
-                           batch_size=self.settings.batch_size)
-        s = self.settings
+            return replace(self.bundle.extractor, device=s.device, batch_size=s.batch_size)
         return ExtractorConfig(backbone=s.backbone, weights=s.weights, layer=s.layer,
                                input_size=s.input_size, device=s.device,
                                batch_size=s.batch_size, seed=s.seed)
@@ -61,50 +91,51 @@ class ModelPart:
         return self._extractors.get(self.extractor_config() if config is None else config)
 
     def device_name(self) -> str:
+        s = self.session
         fx = self._extractors.latest()
         if fx is not None and "torch" in sys.modules:  # else a warm-cache step built it
             return str(fx.device)
-        known = resolve_device_type(fx.config.device if fx is not None else self.settings.device)
+        known = resolve_device_type(fx.config.device if fx is not None else s.settings.device)
         if known is not None:
             return known
         if "torch" not in sys.modules:  # importing torch (1.5 s) only to name the device: no
-            return f"{self.settings.device} (GPU if present; known once a model runs)"
+            return f"{s.settings.device} (GPU if present; known once a model runs)"
         try:
-            return str(resolve_device(self.settings.device))
+            return str(resolve_device(s.settings.device))
         except Exception:
-            return self.settings.device
+            return s.settings.device
 
     def extract_request(self, config: ExtractorConfig | None = None) -> steps.ExtractRequest:
-        if not self.paths:
+        s = self.session
+        if not s.paths:
             raise InputError("no images are open; open a folder or manifest first")
-        return steps.ExtractRequest(self.paths, self.extractor_config() if config is None
-                                    else config, self._extractors, self.generation)
+        return steps.ExtractRequest(s.paths, self.extractor_config() if config is None
+                                    else config, self._extractors, s.generation)
 
     def current_features(self, config: ExtractorConfig | None = None) -> ExtractedFeatures | None:
         """The session's features if they were made with ``config`` for the open images."""
+        s = self.session
         f = self.extracted
-        if f is None or len(f.X) != self.n_images or f.generation != self.generation:
+        if f is None or len(f.X) != s.n_images or f.generation != s.generation:
             return None
         try:
             return f if f.signature == self.extractor(config).signature() else None
         except Exception:
             return None
 
-    def features_current(self, config: ExtractorConfig | None = None) -> bool:
-        return self.current_features(config) is not None
-
     def apply_features(self, result: ExtractedFeatures | None) -> None:
         """Keep extracted features (ignored if made for a dataset since replaced)."""
-        if result is None or result.generation != self.generation:
+        s = self.session
+        if result is None or result.generation != s.generation:
             return
         self.extracted = result
-        new = [f"{self.paths[i]}: skipped at feature extraction ({why})" for i, why in result.failed
-               if 0 <= i < len(self.paths)]
-        new = [m for m in new if m not in self.skipped]
-        self.features_changed.emit()
+        new = [f"{s.paths[i]}: skipped at feature extraction ({why})" for i, why in result.failed
+               if 0 <= i < len(s.paths)]
+        new = [m for m in new if m not in s.skipped]
+        s.features_changed.emit()
         if new:  # listed and announced like the files skipped at open time
-            self.skipped = (*self.skipped, *new)
-            self.dataset_changed.emit()
+            s.skipped = (*s.skipped, *new)
+            s.dataset_changed.emit()
 
     def predict_request(self) -> steps.PredictRequest:
         if self.bundle is None:
@@ -114,12 +145,13 @@ class ModelPart:
 
     def apply_predictions(self, result: Predictions) -> None:
         """Show a model's probabilities (dropped if made for a dataset since replaced)."""
-        if result.generation != self.generation:
+        s = self.session
+        if result.generation != s.generation:
             return
         self.apply_features(result.features)
         self.probabilities = np.asarray(result.probabilities, dtype=np.float32)
         self.votes = np.asarray(result.votes, dtype=bool)
-        self.predictions_changed.emit()
+        s.predictions_changed.emit()
 
     def set_bundle(self, bundle: ModelBundle, finetuned: Path | None = None) -> list[str]:
         """Use ``bundle``; returns its terms the labelled vocabulary leaves out.
@@ -127,6 +159,7 @@ class ModelPart:
         A folder's vocabulary is the biologist's (what its label file holds): a model with
         more terms predicts them (canvas, exports) but adds none to the list or the label
         file (Add term does, one by one). With no vocabulary yet the model's is taken."""
+        s = self.session
         self.bundle = bundle
         self.finetuned = finetuned
         spread = self.member_spread
@@ -135,14 +168,14 @@ class ModelPart:
         self.probabilities = None
         self.votes = None
         model_terms = list(bundle.classifier.vocabulary)
-        if not self.vocabulary:
-            self.vocabulary = model_terms
-            if self.store is not None and not self.store_read_only:
-                self.store.add_terms(self.vocabulary)
-        self.model_changed.emit()
-        self.vocabulary_changed.emit()
-        self.predictions_changed.emit()
-        return [t for t in model_terms if t not in self.vocabulary]
+        if not s.vocabulary:
+            s.vocabulary = model_terms
+            if s.store is not None and not s.store_read_only:
+                s.store.add_terms(s.vocabulary)
+        s.model_changed.emit()
+        s.vocabulary_changed.emit()
+        s.predictions_changed.emit()
+        return [t for t in model_terms if t not in s.vocabulary]
 
     def load_bundle(self, path: str | Path) -> list[str]:
         """Load a saved model; returns its terms this folder's vocabulary leaves out."""
@@ -154,15 +187,16 @@ class ModelPart:
         save_bundle(path, self.bundle)
 
     @property
-    def model_vocabulary(self) -> list[str]:
+    def terms(self) -> list[str]:
         return list(self.bundle.classifier.vocabulary) if self.bundle is not None else []
 
     def probabilities_for(self, index: int | None = None) -> dict[str, float]:
-        i = self.index if index is None else index
+        s = self.session
+        i = s.index if index is None else index
         if self.probabilities is None or not (0 <= i < len(self.probabilities)) or \
                 np.isnan(self.probabilities[i]).all():  # skipped at extraction: no prediction
             return {}
-        return {t: float(p) for t, p in zip(self.model_vocabulary, self.probabilities[i],
+        return {t: float(p) for t, p in zip(self.terms, self.probabilities[i],
                                             strict=False)}
 
     def called_for(self, index: int | None = None) -> dict[str, bool]:
@@ -175,10 +209,11 @@ class ModelPart:
 
     def predicted_for(self, index: int | None = None) -> dict[str, bool]:
         """The ensembles' majority vote per model term (the paper's vote, not shown as a call)."""
-        i = self.index if index is None else index
+        s = self.session
+        i = s.index if index is None else index
         if self.votes is None or not (0 <= i < len(self.votes)) or not self.probabilities_for(i):
             return {}
-        return {t: bool(v) for t, v in zip(self.model_vocabulary, self.votes[i], strict=False)}
+        return {t: bool(v) for t, v in zip(self.terms, self.votes[i], strict=False)}
 
     def top_terms(self, index: int, k: int = 3) -> list[tuple[str, float]]:
         probs = self.probabilities_for(index)
@@ -186,40 +221,25 @@ class ModelPart:
 
     def export_predictions(self, path: str | Path) -> None:
         """predictions CSV: ``image`` + one probability column per model term (CONTRACTS)."""
+        s = self.session
         if self.probabilities is None:
             raise InputError("no predictions yet; press Predict first")
         keep = np.flatnonzero(~np.isnan(self.probabilities).all(axis=1))  # not the skipped
-        write_predictions(path, [self.paths[i] for i in keep], self.model_vocabulary,
+        write_predictions(path, [s.paths[i] for i in keep], self.terms,
                           self.probabilities[keep])
 
-    def export_all(self, path: str | Path) -> list[str]:
-        """File > Save's output: the labels as a manifest CSV at ``path`` (``.csv`` added)
-        and, with predictions, ``<stem>.predictions.csv`` beside it; returns what was written."""
-        path = Path(path)
-        if path.suffix.lower() != ".csv":
-            path = path.with_suffix(".csv")
-        self.export_manifest(path)
-        written = [str(path)]
-        if self.probabilities is not None:
-            pred = path.with_name(f"{path.stem}.predictions.csv")
-            self.export_predictions(pred)
-            written.append(str(pred))
-        return written
-
     # ------------------------------------------------------------------ training
-    def groups(self) -> np.ndarray:
-        """Grouped-CV ids of the open images (by gene; see core.learn.splits.group_ids)."""
-        return group_ids(self.genes, self.stages)
-
     def training_counts(self) -> dict[str, tuple[int, int]]:
-        return steps.term_counts(self.label_matrix(), self.vocabulary)
+        s = self.session
+        return steps.term_counts(self.labels.label_matrix(), s.vocabulary)
 
     def check_trainable(self, Y: np.ndarray | None = None) -> None:
-        Y = self.label_matrix() if Y is None else Y
+        s = self.session
+        Y = self.labels.label_matrix() if Y is None else Y
         n_pos, n_neg = class_counts(Y)
         ok = has_both_classes(Y)
         bad = [f"{t} ({int(n_pos[j])} present, {int(n_neg[j])} absent)"
-               for j, t in enumerate(self.vocabulary) if not ok[j]]
+               for j, t in enumerate(s.vocabulary) if not ok[j]]
         if bad:
             raise InputError(
                 "cannot train: every term needs at least one 'present' and one 'absent' label; "
@@ -235,36 +255,40 @@ class ModelPart:
         ``Y`` trains on other labels of the open images (e.g. the annotators' consensus,
         :func:`.annotators.consensus_train_request`) instead of the session's own.
         """
-        if not self.paths:
+        s = self.session
+        if not s.paths:
             raise InputError("no images are open; open a folder or manifest first")
-        Y = self.label_matrix().copy() if Y is None else Y  # the request owns its labels
+        Y = self.labels.label_matrix().copy() if Y is None else Y  # the request owns its labels
         self.check_trainable(Y)
-        s = self.settings
+        settings = s.settings
         config = self.extractor_config(use_bundle=False)  # train with the panel's settings
         return steps.TrainRequest(
-            Y, tuple(self.vocabulary), self.paths, self.genes, self.stages,
-            {"n_members": s.n_members, "C": s.C, "seed": s.seed}, cross_validate, n_folds,
-            s.seed, self.current_features(config), self.extract_request(config))
+            Y, tuple(s.vocabulary), s.paths, s.genes, s.stages,
+            {"n_members": settings.n_members, "C": settings.C, "seed": settings.seed},
+            cross_validate, n_folds, settings.seed, self.current_features(config),
+            self.extract_request(config))
 
     def apply_trained(self, result: TrainedModel) -> None:
         """Use a freshly trained model and its predictions (dropped if the dataset changed)."""
-        if result.predictions.generation != self.generation:
+        s = self.session
+        if result.predictions.generation != s.generation:
             return
         self.train_report = result.report
         self.held_out = result.held_out
         self.apply_features(result.features)
-        finetuned = Path(self.settings.weights) if self.finetuned is not None and \
-            str(self.finetuned) == self.settings.weights else None
+        finetuned = Path(s.settings.weights) if self.finetuned is not None and \
+            str(self.finetuned) == s.settings.weights else None
         self.set_bundle(result.bundle, finetuned)
         self.apply_predictions(result.predictions)
-        self.train_report_changed.emit()
+        s.train_report_changed.emit()
 
     # ------------------------------------------------------------------ fine-tuning
     def finetune_request(self, config: FinetuneConfig, out: Path, init: Path | None = None
                          ) -> steps.FinetuneRequest:
         """Fine-tune on the labelled images, then refit on the checkpoint's features; ``init``
         (the fine-tuned checkpoint in use) continues that network with the current labels."""
-        if not self.paths:
+        s = self.session
+        if not s.paths:
             raise InputError("no images are open; open a folder or manifest first")
         if init is not None and Path(init) != self.network_checkpoint():
             raise InputError("no fine-tuned network is in use to continue; fine-tune first")
@@ -272,97 +296,103 @@ class ModelPart:
         rows = labelled_rows(train.Y)
         if len(rows) < 2:
             raise InputError("fine-tuning needs at least two labelled images; label more")
-        settings = replace(self.settings, backbone=config.backbone,
+        settings = replace(s.settings, backbone=config.backbone,
                            input_size=int(config.input_size))
         refit, refit_settings = steps.finetune_refit(train, settings, Path(out))
-        return steps.FinetuneRequest(tuple(self.paths[i] for i in rows), train.Y[rows],
+        return steps.FinetuneRequest(tuple(s.paths[i] for i in rows), train.Y[rows],
                                      train.vocabulary, rows, config, Path(out),
                                      refit, refit_settings, Path(init) if init else None)
 
     def model_state(self) -> ModelState:
-        return ModelState(self.settings, self.bundle, self.extracted, self.probabilities,
+        s = self.session
+        return ModelState(s.settings, self.bundle, self.extracted, self.probabilities,
                           self.votes, self.train_report,
                           {"finetuned": self.finetuned, "held_out": self.held_out})
 
     def apply_finetuned(self, outcome: FinetuneOutcome) -> None:
         """Switch to the fine-tuned backbone's model; the current one becomes 'previous'."""
-        if outcome.trained.predictions.generation != self.generation:
+        s = self.session
+        if outcome.trained.predictions.generation != s.generation:
             return
         previous = self.model_state()
-        self.settings = outcome.settings
+        s.settings = outcome.settings
         self.finetuned = Path(outcome.settings.weights)
         self.apply_trained(outcome.trained)
         self.previous_model = previous
-        self.settings_changed.emit()
+        s.settings_changed.emit()
 
     def switch_model(self) -> bool:
         """Swap the model in use with :attr:`previous_model` (False if there is none)."""
+        s = self.session
         snap = self.previous_model
         if snap is None:
             return False
         current = self.model_state()
-        self.settings = snap.settings
+        s.settings = snap.settings
         self.train_report = snap.train_report
         self.held_out = snap.extra.get("held_out")
         self.extracted = snap.features if snap.features is not None and \
-            snap.features.generation == self.generation else None
-        self.features_changed.emit()
+            snap.features.generation == s.generation else None
+        s.features_changed.emit()
         if snap.bundle is not None:
             self.set_bundle(snap.bundle, snap.extra.get("finetuned"))
-            if snap.probabilities is not None and len(snap.probabilities) == self.n_images:
+            if snap.probabilities is not None and len(snap.probabilities) == s.n_images:
                 self.probabilities, self.votes = snap.probabilities, snap.votes
-                self.predictions_changed.emit()
+                s.predictions_changed.emit()
         else:
             self.bundle, self.finetuned, self.probabilities, self.votes = None, None, None, None
             self.member_spread = None
-            self.model_changed.emit()
-            self.predictions_changed.emit()
+            s.model_changed.emit()
+            s.predictions_changed.emit()
         self.previous_model = current
-        self.settings_changed.emit()
-        self.train_report_changed.emit()
+        s.settings_changed.emit()
+        s.train_report_changed.emit()
         return True
 
     # ------------------------------------------------------------------ Grad-CAM
     def gradcam_request(self, terms: Sequence[str], index: int | None = None,
                         finetuned: bool = False) -> steps.GradcamRequest:
         """Grad-CAM of one image for ``terms`` (the fine-tuned network's own head if asked)."""
+        s = self.session
         if self.bundle is None:
             raise InputError("Grad-CAM needs a model: load a bundle or train one first")
         if finetuned and self.finetuned is None:
             raise InputError("no fine-tuned model is in use; fine-tune in the Train panel first")
-        i = self.index if index is None else index
-        if not 0 <= i < self.n_images:
+        i = s.index if index is None else index
+        if not 0 <= i < s.n_images:
             raise InputError("no image is open; open a folder or manifest first")
-        missing = [t for t in terms if t not in self.model_vocabulary]
+        missing = [t for t in terms if t not in self.terms]
         if missing:
             raise InputError(f"the model has no classifier for {', '.join(missing)}; "
                              "retrain after labelling that term")
-        return steps.GradcamRequest(i, self.paths[i], tuple(terms), self.bundle,
+        return steps.GradcamRequest(i, s.paths[i], tuple(terms), self.bundle,
                                     self.extract_request(), self.finetuned if finetuned else None)
 
     # ------------------------------------------------------------------ next to label
     def apply_label_order(self, order: LabelOrder) -> None:
         """Keep a "next to label" ranking (:func:`.model_outputs.iter_suggest`; dropped if stale)."""
-        if order.generation != self.generation:
+        s = self.session
+        if order.generation != s.generation:
             return
         self.label_order = order
-        self.label_order_changed.emit()
+        s.label_order_changed.emit()
 
     def next_to_label(self, from_top: bool = False) -> int | None:
         """Go to the next ranked image after this one (cyclically; from the best one when
         this image is not ranked) that still has an unknown model term; None without a
         ranking or when every other ranked image is labelled. ``from_top`` (a new ranking):
         the best unlabelled one, this image included, so the user starts at the top."""
+        s = self.session
         order = self.label_order
-        if order is None or order.generation != self.generation or self.bundle is None:
+        if order is None or order.generation != s.generation or self.bundle is None:
             return None
-        cols = [self.vocabulary.index(t) for t in self.model_vocabulary if t in self.vocabulary]
-        Y = self.label_matrix()
+        cols = [s.vocabulary.index(t) for t in self.terms if t in s.vocabulary]
+        Y = self.labels.label_matrix()
         images = order.images.tolist()
-        start = images.index(self.index) + 1 if self.index in images and not from_top else 0
+        start = images.index(s.index) + 1 if s.index in images and not from_top else 0
         for i in images[start:] + images[:start]:
-            if (Y[i, cols] < 0).any() and (i != self.index or from_top):
-                self.set_index(int(i))
+            if (Y[i, cols] < 0).any() and (i != s.index or from_top):
+                s.set_index(int(i))
                 return int(i)
         return None
 
@@ -378,33 +408,21 @@ class ModelPart:
 
     def apply_member_spread(self, spread: MemberSpread) -> None:
         """Show a fine-tuned ensemble's member spread (:func:`.model_outputs.iter_member_spread`)."""
+        s = self.session
         network = self.network_checkpoint()
-        if spread.generation != self.generation or network is None or \
+        if spread.generation != s.generation or network is None or \
                 Path(spread.checkpoint) != network:
             return  # made for other images or another model
         self.member_spread = spread
-        self.predictions_changed.emit()
+        s.predictions_changed.emit()
 
     def spread_for(self, index: int | None = None) -> dict[str, float]:
         """{term: std over the ensemble's members} of one image ({} without a spread)."""
+        s = self.session
         spread = self.member_spread
-        i = self.index if index is None else index
-        if spread is None or spread.generation != self.generation or \
+        i = s.index if index is None else index
+        if spread is None or spread.generation != s.generation or \
                 not 0 <= i < len(spread.std):
             return {}
         return {t: float(v) for t, v in zip(spread.vocabulary, spread.std[i], strict=True)}
 
-
-def needs_network(features: ExtractedFeatures | None,
-                  extract: steps.ExtractRequest) -> bool:
-    """Whether getting the features runs the network (some image not in the feature cache).
-    Hashes every file not hashed yet (once per process): call it in a worker."""
-    if features is not None:
-        return False
-    cache = extract.extractors.get(extract.config).cache
-    if cache is None:
-        return True
-    try:
-        return not all(content_hash(p, "image") in cache for p in extract.paths)
-    except (InputError, OSError):
-        return True

@@ -43,21 +43,21 @@ class SuggestRequest:
 
 def suggest_request(session: AnnotatorSession) -> SuggestRequest:
     """Rank the open images that still have an unknown model term and readable features."""
-    if session.bundle is None:
+    if session.model.bundle is None:
         raise InputError("'next to label' needs a model: train one or load a bundle first")
-    X = session.features
+    X = session.model.features
     if X is None or len(X) != session.n_images:
         raise InputError("'next to label' needs the images' features: press Extract "
                          "features or Predict first")
-    model = session.model_vocabulary
-    Y = session.label_matrix()
+    model = session.model.terms
+    Y = session.labels.label_matrix()
     cols = [session.vocabulary.index(t) for t in model if t in session.vocabulary]
     open_cells = (Y[:, cols] < 0).any(axis=1) if cols else np.ones(len(Y), bool)
     candidates = np.flatnonzero(open_cells & ~failed_rows(X))
     if not len(candidates):
         raise InputError("every open image is labelled for every model term; "
                          "open more images to label")
-    return SuggestRequest(session.bundle.classifier, np.asarray(X[candidates]), candidates,
+    return SuggestRequest(session.model.bundle.classifier, np.asarray(X[candidates]), candidates,
                           tuple(session.genes[i] for i in candidates), session.generation)
 
 
@@ -81,7 +81,7 @@ def spread_request(session: AnnotatorSession) -> SpreadRequest:
     """The spread of the network behind the model in use (:meth:`network_checkpoint`)."""
     if not session.n_images:
         raise InputError("no images are open; open a folder or manifest first")
-    network = session.network_checkpoint()
+    network = session.model.network_checkpoint()
     if network is None:
         raise InputError("no fine-tuned model is in use; choose a fine-tuned ensemble (a file "
                          "from ish-annotator finetune with an ensemble) with Weights file… in "
@@ -118,14 +118,14 @@ class ExportRequest:
 def export_request(session: AnnotatorSession, out: str | Path, test: bool = True
                    ) -> ExportRequest:
     """Export the model in use as a bioimage.io .zip (checks what can be checked now)."""
-    if session.bundle is None:
+    if session.model.bundle is None:
         raise InputError("no model to export; train one or load a bundle first")
     out = Path(out)
     if out.suffix.lower() != ".zip":
         raise InputError("a bioimage.io package is a .zip file; choose a name ending in .zip",
                          path=out)
     authors = (session.annotator_name,) if session.annotator_name else ()
-    return ExportRequest(session.bundle, out, ExportOptions(authors=authors, test=test))
+    return ExportRequest(session.model.bundle, out, ExportOptions(authors=authors, test=test))
 
 
 def iter_export(req: ExportRequest) -> ProgressGen[Any]:

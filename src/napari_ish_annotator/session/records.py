@@ -68,9 +68,9 @@ def current_record(session: AnnotatorSession, index: int | None = None) -> Recor
     members = records.members(g)
     terms: tuple[str, ...] = ()
     combined = np.zeros(0)
-    P = session.probabilities
+    P = session.model.probabilities
     if P is not None and len(P) == session.n_images:
-        terms = tuple(session.model_vocabulary)
+        terms = tuple(session.model.terms)
         one = GroupRecords((records.genes[g],), (records.stages[g],), (records.notes[g],),
                            np.zeros(len(members), dtype=np.int64))
         combined = combine_probabilities(P[members], one)[0]
@@ -107,4 +107,4 @@ def accept_record(session: AnnotatorSession, index: int | None = None) -> int:
     record = current_record(session, index)
     if record is None:
         raise InputError("no image is open; open a folder or manifest first")
-    return session.set_label_batch(record_changes(session, record))
+    return session.labels.set_label_batch(record_changes(session, record))

@@ -44,8 +44,8 @@ class GalleryFilter:
 
 def term_probabilities(session: AnnotatorSession, term: str) -> np.ndarray:
     """The current model's p of ``term`` per image, NaN where there is none."""
-    P = session.probabilities
-    model = session.model_vocabulary
+    P = session.model.probabilities
+    model = session.model.terms
     if P is None or term not in model or len(P) != session.n_images:
         return np.full(session.n_images, np.nan)
     return np.asarray(P[:, model.index(term)], dtype=np.float64)
@@ -56,8 +56,8 @@ def held_out_probabilities(session: AnnotatorSession, term: str) -> np.ndarray:
     image's gene held out, :class:`.results.HeldOutScores`) where the model in use made one,
     else the current p (images labelled since, a loaded bundle, Train without CV)."""
     p = term_probabilities(session, term)
-    held = session.held_out
-    if held is None or held.bundle is not session.bundle or held.generation != session.generation \
+    held = session.model.held_out
+    if held is None or held.bundle is not session.model.bundle or held.generation != session.generation \
             or len(held.probabilities) != len(p):
         return p
     model = list(held.bundle.classifier.vocabulary)
@@ -71,7 +71,7 @@ def term_labels(session: AnnotatorSession, term: str) -> np.ndarray:
     """The current annotator's label of ``term`` per image: 1 / 0 / -1 unknown."""
     if term not in session.vocabulary:
         raise InputError(f"unknown term {term!r}; choose a term of the vocabulary")
-    return np.asarray(session.label_matrix()[:, session.vocabulary.index(term)], dtype=np.int8)
+    return np.asarray(session.labels.label_matrix()[:, session.vocabulary.index(term)], dtype=np.int8)
 
 
 def disagreement(session: AnnotatorSession, term: str) -> np.ndarray:
@@ -154,14 +154,14 @@ def features_table(session: AnnotatorSession) -> pd.DataFrame:
     import pandas as pd
 
     n = session.n_images
-    Y = session.label_matrix()
+    Y = session.labels.label_matrix()
     table: dict[str, Any] = {
         "index": np.arange(n), "image": [p.name for p in session.paths],
         "gene": [g or "" for g in session.genes], "stage": [s or "" for s in session.stages],
         "n_labelled": (Y >= 0).sum(axis=1) if len(Y) == n else np.zeros(n, dtype=int),
     }
-    P = session.probabilities
-    model = session.model_vocabulary
+    P = session.model.probabilities
+    model = session.model.terms
     if P is not None and len(P) == n and model:
         P = np.asarray(P, dtype=np.float64)
         for k, term in enumerate(model):

@@ -1,10 +1,11 @@
 """The one owner of annotation state for a viewer (no Qt, no napari imports).
 
 Every dock widget observes an :class:`AnnotatorSession` through its psygnal signals and changes
-state only through its methods; widgets never talk to each other. Long work is a step from
-:mod:`.steps`: the session builds its frozen request (``*_request``), the step runs in a worker,
-and the session applies the frozen result (``apply_*``) on the thread that owns it, which
-emits the signals. Writing a session attribute from any other thread raises.
+state only through its methods and its parts' (``session.labels``, ``session.model``); widgets
+never talk to each other. Long work is a step from :mod:`.steps`: a part builds its frozen
+request (``*_request``), the step runs in a worker, and the part applies the frozen result
+(``apply_*``) on the thread that owns the session, which emits the signals. Writing an
+attribute of the session or a part from any other thread raises (:mod:`.owned`).
 
 Images are decoded lazily (only the one on screen plus a tiny cache), so folders with thousands
 of images open at once.
@@ -17,121 +18,46 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from psygnal import Signal
 
 from ..core.data.images import read_rgb
 from ..core.learn.decision import CALL_THRESHOLD
 from ..core.utils.errors import InputError
 from ..core.utils.progress import drive
 from . import steps
-from .labels import LabelsPart
-from .model import ModelPart
-from .results import (
-    ExtractedFeatures,
-    HeldOutScores,
-    LabelOrder,
-    MemberSpread,
-    ModelState,
-    OpenedDataset,
-    SessionSettings,
-    StoreSwitch,
-    TrainReport,
-)
-
-if TYPE_CHECKING:
-    from ..core.data.manifest import Dataset
-    from ..core.labels.store import LabelStore
-    from ..core.learn.bundle import ModelBundle
-
+from .labels import SessionLabels
+from .model import SessionModel
+from .results import OpenedDataset, StoreSwitch
+from .shared import SessionState
 
 #: how close to 0.5 a probability must be for a term to count as uncertain
 UNCERTAIN_BAND = 0.15
 _IMAGE_CACHE = 4
 
-
-class WrongThreadError(RuntimeError):
-    """A session attribute was written from a thread other than the one that owns it."""
+__all__ = ["UNCERTAIN_BAND", "AnnotatorSession"]
 
 
-class AnnotatorSession(LabelsPart, ModelPart):
-    """Dataset, vocabulary, label store, features, model and predictions for one viewer.
+class AnnotatorSession(SessionState):
+    """Dataset, vocabulary, label store, settings and navigation for one viewer, composed
+    with two parts that have their own state and methods:
 
-    The dataset, label store, settings and navigation are here; the vocabulary and labels
-    in :class:`.labels.LabelsPart`, everything about the model in :class:`.model.ModelPart`.
+    - ``session.labels`` (:class:`.labels.SessionLabels`): vocabulary changes and labels;
+    - ``session.model`` (:class:`.model.SessionModel`): features, model, predictions,
+      training, fine-tuning, Grad-CAM requests, the "next to label" ranking.
+
+    The signals and the data every part reads are :class:`.shared.SessionState`'s.
     """
 
-    dataset_changed = Signal()
-    current_changed = Signal(int)
-    vocabulary_changed = Signal()
-    labels_changed = Signal(object)  # list[int] of image indices whose labels changed
-    features_changed = Signal()
-    model_changed = Signal()
-    predictions_changed = Signal()
-    settings_changed = Signal()
-    term_selected = Signal(str)  # a widget asks "explain this term"
-    table_selected = Signal(object)  # list[int]: images picked in the embryo table layer
-    train_report_changed = Signal()
-    label_order_changed = Signal()  # a new "next to label" ranking (session.model_outputs)
-
     def __init__(self, cache_dir: str | Path | None = None, annotator: str | None = None):
-        object.__setattr__(self, "_owner", threading.get_ident())
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.annotator = annotator
-        self.settings = SessionSettings()
-        self.paths: tuple[Path, ...] = ()
-        self.genes: tuple[str | None, ...] = ()
-        self.stages: tuple[str | None, ...] = ()
-        self.manifest_terms: tuple[tuple[str, ...] | None, ...] = ()
-        self.source: Path | None = None
-        self.dataset: Dataset | None = None
-        self.skipped: tuple[str, ...] = ()
-        self.vocabulary: list[str] = []
-        self.store: LabelStore | None = None
-        self.store_read_only = False
-        self.index = -1
-        self.extracted: ExtractedFeatures | None = None
-        self.bundle: ModelBundle | None = None
-        self.finetuned: Path | None = None  # checkpoint of the fine-tuned backbone in use
-        self.probabilities: np.ndarray | None = None
-        self.votes: np.ndarray | None = None  # majority vote of each term's ensemble
-        self.train_report: TrainReport | None = None
-        self.held_out: HeldOutScores | None = None  # the last Train's out-of-fold p
-        self.previous_model: ModelState | None = None  # what "switch model" goes back to
-        self.label_order: LabelOrder | None = None  # the "next to label" ranking
-        self.member_spread: MemberSpread | None = None  # a fine-tuned ensemble's spread
-        self.generation = 0  # bumped on every open: late worker results are dropped
+        super().__init__(cache_dir, annotator)
         self._pending_error: InputError | None = None
-        self._extractors = steps.Extractors(self.cache_dir)
         self._images: OrderedDict[int, np.ndarray] = OrderedDict()
         self._images_lock = threading.Lock()
-        self._label_cache: dict[int, dict[str, int | None]] = {}
-        self._Y: np.ndarray | None = None  # the full label matrix, kept row by row
-        self._label_batches: list[frozenset[int]] = []  # event ids of each set_label_batch
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if threading.get_ident() != self._owner:
-            raise WrongThreadError(
-                f"AnnotatorSession.{name} written from thread {threading.current_thread().name}; "
-                "steps return results and only the owning (GUI) thread applies them")
-        object.__setattr__(self, name, value)
+        self.labels = SessionLabels(self)
+        self.model = SessionModel(self, self.labels)
 
     # ------------------------------------------------------------------ dataset
-    @property
-    def n_images(self) -> int:
-        return len(self.paths)
-
-    @property
-    def current_path(self) -> Path | None:
-        return self.paths[self.index] if 0 <= self.index < len(self.paths) else None
-
-    @property
-    def features(self) -> np.ndarray | None:
-        """Feature rows of the open images (see :attr:`extracted` for their signature)."""
-        return None if self.extracted is None else self.extracted.X
-
     def open_request(self, inputs: Sequence[str | Path], store_path: str | Path | None = None,
                      vocabulary: Sequence[str] | str | Path | None = None) -> steps.OpenRequest:
         return steps.OpenRequest(tuple(Path(p) for p in inputs),
@@ -164,17 +90,11 @@ class AnnotatorSession(LabelsPart, ModelPart):
         self.source = opened.source
         self.settings = replace(self.settings, stage=opened.stage)
         self.generation += 1
-        self.extracted = None
-        self.probabilities = None
-        self.votes = None
-        self.train_report = None
-        self.held_out = None
+        self.model.forget()
         with self._images_lock:
             self._images.clear()
-        self._label_cache = {}
-        self._label_batches = []
         self.vocabulary = list(opened.vocabulary)
-        self._Y = opened.labels
+        self.labels.forget(opened.labels, batches=True)
         self.index = 0
         self.dataset_changed.emit()
         self.vocabulary_changed.emit()
@@ -220,9 +140,7 @@ class AnnotatorSession(LabelsPart, ModelPart):
         self.store, self.store_read_only, self._pending_error = store, switched.read_only, error
         if self.store is not None and not self.store_read_only:
             self.store.add_terms(self.vocabulary)
-        self._label_cache = {}
-        self._label_batches = []
-        self._Y = None
+        self.labels.forget(batches=True)
         self.labels_changed.emit(list(range(self.n_images)))
         err = self.take_pending_error()
         if err is not None:
@@ -238,8 +156,7 @@ class AnnotatorSession(LabelsPart, ModelPart):
         self.annotator = name
         if self.store is not None:
             self.store.annotator = name
-        self._label_cache = {}
-        self._Y = None
+        self.labels.forget()
         self.labels_changed.emit(list(range(self.n_images)))
 
     @property
@@ -253,41 +170,33 @@ class AnnotatorSession(LabelsPart, ModelPart):
             self.store.close()
             self.store = None
 
-    # ------------------------------------------------------------------ settings
-    def update_settings(self, **values: Any) -> None:
-        """Replace some settings (unknown names raise) and tell the panels."""
-        unknown = [k for k in values if k not in SessionSettings.__dataclass_fields__]
-        if unknown:
-            raise AttributeError(", ".join(unknown))
-        new = replace(self.settings, **values)
-        if new != self.settings:
-            self.settings = new
-            self.settings_changed.emit()
-
-    # ------------------------------------------------------------------ navigation
-    def set_index(self, index: int) -> None:
-        if not self.paths:
-            return
-        index = int(np.clip(index, 0, len(self.paths) - 1))
-        if index != self.index:
-            self.index = index
-            self.current_changed.emit(index)
-
-    def step(self, delta: int) -> None:
-        self.set_index(self.index + delta)
+    def export_all(self, path: str | Path) -> list[str]:
+        """File > Save's output: the labels as a manifest CSV at ``path`` (``.csv`` added)
+        and, with predictions, ``<stem>.predictions.csv`` beside it; returns what was written."""
+        path = Path(path)
+        if path.suffix.lower() != ".csv":
+            path = path.with_suffix(".csv")
+        self.labels.export_manifest(path)
+        written = [str(path)]
+        if self.model.probabilities is not None:
+            pred = path.with_name(f"{path.stem}.predictions.csv")
+            self.model.export_predictions(pred)
+            written.append(str(pred))
+        return written
 
     def next_uncertain(self, delta: int = 1) -> int | None:
         """Go to the next image (cyclically) with a term predicted near 0.5 and not yet
         labelled: the images a biologist's label teaches the model most."""
-        if self.probabilities is None or not self.n_images:
+        P = self.model.probabilities
+        if P is None or not self.n_images:
             return None
-        model = self.model_vocabulary
+        model = self.model.terms
         labelled = np.asarray([t in self.vocabulary for t in model], bool)  # terms one can label
-        near = (np.abs(self.probabilities - CALL_THRESHOLD) < UNCERTAIN_BAND) & labelled
+        near = (np.abs(P - CALL_THRESHOLD) < UNCERTAIN_BAND) & labelled
         n = self.n_images
         order = (self.index + delta * np.arange(1, n + 1)) % n
         for i in order[near[order].any(axis=1)]:
-            labels = self.labels_for(int(i))
+            labels = self.labels.labels_for(int(i))
             if any(labels.get(model[c]) is None for c in np.flatnonzero(near[i])):
                 self.set_index(int(i))
                 return int(i)
@@ -306,6 +215,3 @@ class AnnotatorSession(LabelsPart, ModelPart):
             while len(self._images) > _IMAGE_CACHE:
                 self._images.popitem(last=False)
         return rgb
-
-    def name(self, index: int) -> str:
-        return self.paths[index].name

@@ -39,6 +39,7 @@ from ..core.learn.metrics import (
 )
 from ..core.learn.splits import group_ids
 from ..core.utils.errors import InputError
+from ..core.utils.hashing import content_hash
 from ..core.utils.progress import Progress, ProgressGen, sub_progress
 from ..core.workflow import (
     failed_rows,
@@ -228,6 +229,21 @@ def iter_extract(req: ExtractRequest) -> ProgressGen[ExtractedFeatures]:
     X = yield from iter_features(extractor, list(req.paths), on_error="skip")
     return ExtractedFeatures(X, extractor.signature(), req.generation,
                              tuple(extractor.last_failed))
+
+
+def needs_network(features: ExtractedFeatures | None,
+                  extract: ExtractRequest) -> bool:
+    """Whether getting the features runs the network (some image not in the feature cache).
+    Hashes every file not hashed yet (once per process): call it in a worker."""
+    if features is not None:
+        return False
+    cache = extract.extractors.get(extract.config).cache
+    if cache is None:
+        return True
+    try:
+        return not all(content_hash(p, "image") in cache for p in extract.paths)
+    except (InputError, OSError):
+        return True
 
 
 def _features(features: ExtractedFeatures | None, extract: ExtractRequest

@@ -43,7 +43,7 @@ def _coordinates(table: Any) -> np.ndarray:
 def update_table_layer(viewer: Any, session: AnnotatorSession) -> None:
     """Make or refresh the table layer once a model has predictions; drop it without them."""
     layer = table_layer(viewer)
-    if session.probabilities is None or session.n_images == 0:
+    if session.model.probabilities is None or session.n_images == 0:
         if layer is not None:
             viewer.layers.remove(layer)
         return

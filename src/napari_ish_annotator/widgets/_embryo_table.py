@@ -65,7 +65,7 @@ class EmbryoTableModel(QAbstractTableModel):
             if c == 4 and i < len(self.n_labelled):
                 return f"{self.n_present[i]} present, {self.n_labelled[i] - self.n_present[i]} absent"
             if c == 5:
-                return "\n".join(f"{p:.2f}  {t}" for t, p in self.session.top_terms(i, 10))
+                return "\n".join(f"{p:.2f}  {t}" for t, p in self.session.model.top_terms(i, 10))
         return None
 
     def text(self, i: int, column: int) -> str:
@@ -80,7 +80,7 @@ class EmbryoTableModel(QAbstractTableModel):
             return s.stages[i] or ""
         if column == 4:
             return f"{self.n_labelled[i]}/{self.n_terms}" if i < len(self.n_labelled) else ""
-        top = s.top_terms(i, 3)
+        top = s.model.top_terms(i, 3)
         return ", ".join(f"{t} {p:.2f}" for t, p in top if calls(p)) or ("–" if top else "")
 
     # ------------------------------------------------------------------ session changes
@@ -93,7 +93,7 @@ class EmbryoTableModel(QAbstractTableModel):
         self.endResetModel()
 
     def _count(self, rows: list[int] | None) -> None:
-        Y = self.session.label_matrix()
+        Y = self.session.labels.label_matrix()
         self.n_terms = Y.shape[1]
         if rows is None or len(self.n_labelled) != len(Y):
             self.n_labelled = (Y >= 0).sum(axis=1, dtype=np.int32)
@@ -159,7 +159,7 @@ class EmbryoTableModel(QAbstractTableModel):
         elif column == 4:
             key = self.n_labelled
         else:
-            P = s.probabilities
+            P = s.model.probabilities
             key = (np.zeros(n) if P is None or not P.shape[1]
                    else np.nan_to_num(np.nanmax(np.where(np.isnan(P), -1, P), axis=1), nan=-1))
         perm = np.argsort(key, kind="stable")
@@ -186,8 +186,8 @@ class EmbryoTableModel(QAbstractTableModel):
         hits = [text in f"{p.name} {g or ''} {st or ''}".lower()
                 for p, g, st in zip(s.paths, s.genes, s.stages, strict=True)]
         mask = np.asarray(hits, dtype=bool)
-        P = s.probabilities
-        terms = [j for j, t in enumerate(s.model_vocabulary) if text in t.lower()]
+        P = s.model.probabilities
+        terms = [j for j, t in enumerate(s.model.terms) if text in t.lower()]
         if P is not None and terms:
             mask |= calls(P[:, terms]).any(axis=1)
         return mask

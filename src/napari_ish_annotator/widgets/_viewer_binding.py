@@ -88,7 +88,7 @@ def overlay_text(session: AnnotatorSession) -> str:
     if session.current_path is None:
         return OPEN_HINT if session.n_images == 0 else ""
     lines = [f"{session.index + 1}/{session.n_images}  {session.current_path.name}"]
-    probs, called = session.probabilities_for(), session.called_for()
+    probs, called = session.model.probabilities_for(), session.model.called_for()
     if probs:
         shown = [(t, p) for t, p in sorted(probs.items(), key=lambda kv: -kv[1]) if called[t]]
         lines += [f"{p:.2f}  {t}" for t, p in shown] or ["(no term called present)"]
@@ -372,7 +372,7 @@ def _key_handlers(viewer: Any, session: AnnotatorSession) -> dict[str, Any]:
     def toggle(k: int) -> Any:
         def go() -> None:
             if k < len(session.vocabulary) and session.current_path is not None:
-                session.cycle_label(session.vocabulary[k])  # the term list shows it
+                session.labels.cycle_label(session.vocabulary[k])  # the term list shows it
         go.__name__ = f"ish_toggle_term_{k + 1}"
         return guarded(go)
 
@@ -380,21 +380,21 @@ def _key_handlers(viewer: Any, session: AnnotatorSession) -> dict[str, Any]:
         keys[str((k + 1) % 10)] = toggle(k)
 
     def undo() -> None:
-        if not session.undo():
+        if not session.labels.undo():
             hint(viewer, "nothing to undo")
     keys["Control-Z"] = guarded(undo)
 
     def next_uncertain() -> None:
-        if session.probabilities is None:
+        if session.model.probabilities is None:
             hint(viewer, "no predictions yet: train a model or press Predict")
         elif session.next_uncertain() is None:
             hint(viewer, "no unlabelled uncertain term left")
     keys["u"] = guarded(next_uncertain)
 
     def next_to_label() -> None:
-        if session.label_order is None:
+        if session.model.label_order is None:
             hint(viewer, "no 'next to label' order yet: press Next to label in the Embryos panel")
-        elif session.next_to_label() is None:
+        elif session.model.next_to_label() is None:
             hint(viewer, "every ranked image is labelled: press Next to label to rank again")
     keys["Shift-N"] = guarded(next_to_label)
     return keys

@@ -178,7 +178,7 @@ class ModelSection(QWidget):
 
     def _start_first_run(self) -> None:
         """Start on a network whose weights are here (files only: no torch), and say so."""
-        choice = first_run_model(self.session.settings) if self.session.bundle is None else None
+        choice = first_run_model(self.session.settings) if self.session.model.bundle is None else None
         if choice is None:
             return
         if choice.values:
@@ -221,7 +221,7 @@ class ModelSection(QWidget):
         self.session.update_settings(**self._changed_settings(values))
 
     def _show_device(self) -> None:
-        self.device_label.setText(f"using: {self.session.device_name()}")
+        self.device_label.setText(f"using: {self.session.model.device_name()}")
 
     def _choose_weights(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Backbone weights", "",
@@ -239,20 +239,20 @@ class ModelSection(QWidget):
         """Load a model; say which of its terms this folder does not label (none are added)."""
         from napari.utils.notifications import show_info
 
-        left_out = self.session.load_bundle(path)
+        left_out = self.session.model.load_bundle(path)
         if left_out:
             show_info(f"The model predicts {len(left_out)} terms this folder does not label "
                       "(shown on the canvas and in exports; Add term to label one): "
                       + ", ".join(left_out[:5]) + (" …" if len(left_out) > 5 else ""))
 
     def _model_changed(self) -> None:
-        b = self.session.bundle
+        b = self.session.model.bundle
         if b is None:
             self.model_label.setText("no model (train one in the Train panel, or load a bundle)")
         else:
             self._end_first_run()  # the model's own network from now on
             e = b.extractor
-            tuned = " (fine-tuned)" if self.session.finetuned is not None else ""
+            tuned = " (fine-tuned)" if self.session.model.finetuned is not None else ""
             self.model_label.setText(
                 f"{len(b.classifier.vocabulary)} terms · {e.backbone} layer {e.layer} · "
                 f"weights {e.weights}{tuned} · {e.input_size}px")
@@ -272,36 +272,36 @@ class ModelSection(QWidget):
     def extract(self) -> Any:
         """Extract (cached) features of every open image in the background."""
         self._settings_from_ui()
-        return self.runner.start(steps.iter_extract, self.session.extract_request(),
+        return self.runner.start(steps.iter_extract, self.session.model.extract_request(),
                                  on_done=self._extracted, message="extracting features…",
                                  done_message="features ready")
 
     def _extracted(self, result: Any) -> None:
-        self.session.apply_features(result)
+        self.session.model.apply_features(result)
         self._show_device()
 
     @shows_input_error
     def predict(self) -> Any:
         """Probabilities of every open image (extracts first if needed)."""
-        return self.runner.start(steps.iter_predict, self.session.predict_request(),
-                                 on_done=self.session.apply_predictions,
+        return self.runner.start(steps.iter_predict, self.session.model.predict_request(),
+                                 on_done=self.session.model.apply_predictions,
                                  message="predicting…", done_message="predictions ready")
 
     # ------------------------------------------------------------------ vocabulary
     @shows_input_error
     def _use_defaults(self) -> None:
-        self.session.use_default_vocabulary(self.stage_combo.currentText())
+        self.session.labels.use_default_vocabulary(self.stage_combo.currentText())
 
     @shows_input_error
     def _choose_term_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Term file (one term per line)", "",
                                               "Text (*.txt *.csv);;All files (*)")
         if path:
-            self.session.set_vocabulary(Path(path))
+            self.session.labels.set_vocabulary(Path(path))
 
     @shows_input_error
     def _add_term(self) -> None:
-        self.session.add_term(self.new_term_edit.text())
+        self.session.labels.add_term(self.new_term_edit.text())
         self.new_term_edit.clear()
 
 

@@ -72,7 +72,7 @@ class AnnotatorWidget(SessionDock):
         def explain(outcome: str) -> None:
             self.train.runner.finished.disconnect(explain)
             self.train.cv_check.setChecked(True)
-            top = self.session.top_terms(self.session.index, 1)
+            top = self.session.model.top_terms(self.session.index, 1)
             if outcome == "done" and top:
                 self.explain.select_term(top[0][0])
                 self.tabs.setCurrentIndex(2)

@@ -93,7 +93,7 @@ class CvChart(QWidget):
 
     def refresh(self, *_: Any) -> None:
         """Show the chart of the session's train report (hidden without CV figures)."""
-        report = self.session.train_report
+        report = self.session.model.train_report
         if report is None or not report.auc:
             self.drawn = []
             if self.canvas is not None:

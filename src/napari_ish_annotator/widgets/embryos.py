@@ -277,7 +277,7 @@ class EmbryosWidget(SessionDock):
     def _import_labels(self) -> None:
         from napari.utils.notifications import show_info
 
-        n = self.session.import_manifest_labels()
+        n = self.session.labels.import_manifest_labels()
         show_info(f"imported {n} labels from the manifest")
 
     @shows_input_error
@@ -285,14 +285,14 @@ class EmbryosWidget(SessionDock):
         path, _ = QFileDialog.getSaveFileName(self, "Export labels as manifest", "labels.csv",
                                               "CSV (*.csv)")
         if path:
-            self.session.export_manifest(path)
+            self.session.labels.export_manifest(path)
 
     @shows_input_error
     def _export_predictions(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export predictions", "predictions.csv",
                                               "CSV (*.csv)")
         if path:
-            self.session.export_predictions(path)
+            self.session.model.export_predictions(path)
 
     # ------------------------------------------------------------------ table
     def _rebuild(self) -> None:
@@ -373,11 +373,11 @@ class EmbryosWidget(SessionDock):
         """Rank the images to label next in a worker; the rows follow when it is done."""
         return self.runner.start_request(lambda: model_outputs.suggest_request(self.session),
                                          model_outputs.iter_suggest,
-                                         on_done=self.session.apply_label_order,
+                                         on_done=self.session.model.apply_label_order,
                                          message="ranking images to label…", done_message="")
 
     def _label_order_changed(self) -> None:
-        order = self.session.label_order
+        order = self.session.model.label_order
         if order is None:
             return
         self._updating = True
@@ -386,7 +386,7 @@ class EmbryosWidget(SessionDock):
         self.model.put_first(order.images)  # after the indicator: no column sorts them
         self.info_label.setText(f"{len(order.images)} images to label, most informative "
                                 "first (Shift+N: next)")
-        self.session.next_to_label(from_top=True)
+        self.session.model.next_to_label(from_top=True)
         self._select_current(self.session.index)
 
     def _apply_filter(self, text: str) -> None:

@@ -105,7 +105,7 @@ class ExplainWidget(SessionDock):
 
     def _fill_terms(self) -> None:
         current = self.term_combo.currentText()
-        terms = self.session.model_vocabulary
+        terms = self.session.model.terms
         self.term_combo.blockSignals(True)
         self.term_combo.clear()
         self.term_combo.addItems(terms)
@@ -113,7 +113,7 @@ class ExplainWidget(SessionDock):
             self.term_combo.setCurrentText(current)
         self.term_combo.blockSignals(False)
         self.show_button.setEnabled(bool(terms))
-        tuned = self.session.finetuned is not None
+        tuned = self.session.model.finetuned is not None
         self.source_combo.model().item(1).setEnabled(tuned)
         if not tuned:
             self.source_combo.setCurrentIndex(0)
@@ -126,7 +126,7 @@ class ExplainWidget(SessionDock):
         # a map of the previous model must not stay on screen for the new one
         terms = layer.metadata.get("terms") or []
         if (self.follow_check.isChecked() and terms
-                and all(t in self.session.model_vocabulary for t in terms)):
+                and all(t in self.session.model.terms for t in terms)):
             if len(terms) == 1:
                 self.term_combo.setCurrentText(terms[0])
             self._maybe_update(force=True)
@@ -135,7 +135,7 @@ class ExplainWidget(SessionDock):
 
     def select_term(self, term: str) -> None:
         """Show ``term`` (called when a term is clicked in the Annotate list)."""
-        if term in self.session.model_vocabulary:
+        if term in self.session.model.terms:
             self.term_combo.setCurrentText(term)
             self.stack_check.setChecked(False)
             self.show_map()
@@ -150,7 +150,7 @@ class ExplainWidget(SessionDock):
             layer.visible = False
 
     def _maybe_update(self, force: bool = False) -> None:
-        if ((self.follow_check.isChecked() or force) and self.session.bundle is not None
+        if ((self.follow_check.isChecked() or force) and self.session.model.bundle is not None
                 and self.term_combo.currentText()):
             self.show_map()
 
@@ -158,9 +158,9 @@ class ExplainWidget(SessionDock):
     def show_map(self) -> Any:
         """Compute the map(s) for the current image in the background and show them."""
         s = self.session
-        terms = (s.model_vocabulary if self.stack_check.isChecked()
+        terms = (s.model.terms if self.stack_check.isChecked()
                  else [self.term_combo.currentText()])
-        request = s.gradcam_request(terms, finetuned=self.source_combo.currentData() == "finetuned")
+        request = s.model.gradcam_request(terms, finetuned=self.source_combo.currentData() == "finetuned")
         if self.runner.running:
             self.runner.cancel()
             self.runner.worker = None  # the newer request wins; the old result is ignored
@@ -219,7 +219,7 @@ class ExplainWidget(SessionDock):
         from the term list's probability (the logistic ensembles'), so both are labelled."""
         if result.source != "finetuned":
             return f"{term}: p = {p:.2f} from the term ensemble (the term list's probability)"
-        listed = self.session.probabilities_for(result.index).get(term)
+        listed = self.session.model.probabilities_for(result.index).get(term)
         other = ("" if listed is None else
                  f"; the term list's p = {listed:.2f} is the term ensemble's")
         return f"{term}: p = {p:.2f} from the fine-tuned network's own output{other}"

@@ -218,10 +218,10 @@ class FinetuneSection(QWidget):
         """The checkpoint a run continues, when asked for: the fine-tuned network in use (this
         session's fine-tune, or a checkpoint chosen as Weights and trained on)."""
         ok = self.continue_check.isChecked() and self.continue_check.isEnabled()
-        return self.session.network_checkpoint() if ok else None
+        return self.session.model.network_checkpoint() if ok else None
 
     def _update_continue(self, *_: Any) -> None:
-        current = self.session.network_checkpoint()
+        current = self.session.model.network_checkpoint()
         self.continue_check.setEnabled(current is not None and not self.runner.running)
         self.continue_check.setToolTip(
             f"start from the fine-tuned network in use ({current.name}) instead of the base "
@@ -240,7 +240,7 @@ class FinetuneSection(QWidget):
         init = self.continued()
         try:
             out = self._output_path()
-            request = s.finetune_request(self.config(), out, init=init)
+            request = s.model.finetune_request(self.config(), out, init=init)
         except InputError as exc:
             self.summary.setText(report_error(exc))
             return None
@@ -263,7 +263,7 @@ class FinetuneSection(QWidget):
     def _busy(self, busy: bool) -> None:
         self.start_button.setEnabled(not busy)
         self.stop_button.setEnabled(busy)
-        self.switch_button.setEnabled(not busy and self.session.previous_model is not None)
+        self.switch_button.setEnabled(not busy and self.session.model.previous_model is not None)
         if not busy and self.runner.last_outcome == "cancelled" and self.checkpoint is not None \
                 and self.checkpoint.exists():
             self.summary.setText(f"stopped; the last complete epoch is saved in {self.checkpoint} "
@@ -326,7 +326,7 @@ class FinetuneSection(QWidget):
 
     # ------------------------------------------------------------------ model switching
     def _finished(self, outcome: FinetuneOutcome) -> None:
-        self.session.apply_finetuned(outcome)
+        self.session.model.apply_finetuned(outcome)
         self._show_switch()
         ft = outcome.finetune
         auc = ft.best_score if ft.selection == "val_auc" else None
@@ -340,14 +340,14 @@ class FinetuneSection(QWidget):
             + "".join(f" {note}" for note in getattr(ft, "notes", ()) or ()))
 
     def _show_switch(self) -> None:
-        self.switch_button.setEnabled(self.session.previous_model is not None
+        self.switch_button.setEnabled(self.session.model.previous_model is not None
                                       and not self.runner.running)
-        self.switch_button.setText("Switch to previous model" if self.session.finetuned is not None
+        self.switch_button.setText("Switch to previous model" if self.session.model.finetuned is not None
                                    else "Switch to fine-tuned model")
 
     def switch_model(self) -> None:
         """Swap between the fine-tuned model and the one before it."""
         if self.runner.running:
             return
-        self.session.switch_model()
+        self.session.model.switch_model()
         self._show_switch()

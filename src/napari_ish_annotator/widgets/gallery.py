@@ -273,7 +273,7 @@ class GalleryWidget(SessionDock):
         if not images or not term:
             return
         try:
-            n = self.session.set_labels(term, value, images)
+            n = self.session.labels.set_labels(term, value, images)
         except InputError as exc:
             report_error(exc)
             return
@@ -282,7 +282,7 @@ class GalleryWidget(SessionDock):
 
     def undo(self) -> None:
         try:
-            if not self.session.undo():
+            if not self.session.labels.undo():
                 self.status.setText("nothing to undo")
         except InputError as exc:
             report_error(exc)

@@ -146,12 +146,12 @@ class TermsSection(QWidget):
         self._filling = True
         path = s.current_path
         self.image_label.setText(f"{s.index + 1}/{s.n_images}: {path.name}" if path else "")
-        probs = s.probabilities_for()
-        spread = s.spread_for() if probs else {}
+        probs = s.model.probabilities_for()
+        spread = s.model.spread_for() if probs else {}
         if spread and self.table.columnWidth(2) < SPREAD_WIDTH:
             self.table.setColumnWidth(2, SPREAD_WIDTH)  # room for "0.72 ± 0.05"
-        called = s.called_for()
-        labels = s.labels_for() if path is not None else {}
+        called = s.model.called_for()
+        labels = s.labels.labels_for() if path is not None else {}
         others = self._annotator_tips()
         table = self.table
         table.setUpdatesEnabled(False)
@@ -224,7 +224,7 @@ class TermsSection(QWidget):
             return
         term = self.session.vocabulary[item.row()]
         try:
-            self.session.set_label(term, LABEL_VALUE[item.text()])
+            self.session.labels.set_label(term, LABEL_VALUE[item.text()])
         except InputError as exc:
             report_error(exc)
             self._refresh()  # the list shows what is stored

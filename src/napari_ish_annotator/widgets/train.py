@@ -154,8 +154,8 @@ class TrainWidget(SessionDock):
 
     def _refresh(self, *_: Any) -> None:
         s = self.session
-        counts = s.training_counts() if s.n_images else {t: (0, 0) for t in s.vocabulary}
-        auc = s.train_report.auc if s.train_report is not None else {}
+        counts = s.model.training_counts() if s.n_images else {t: (0, 0) for t in s.vocabulary}
+        auc = s.model.train_report.auc if s.model.train_report is not None else {}
         self.table.setRowCount(len(counts))
         for r, (term, (pos, neg)) in enumerate(counts.items()):
             self.table.setItem(r, 0, QTableWidgetItem(term))
@@ -177,7 +177,7 @@ class TrainWidget(SessionDock):
             if self.source_combo.currentIndex() == 1:
                 request = annotators.consensus_train_request(s, self.cv_check.isChecked())
             else:
-                request = s.train_request(self.cv_check.isChecked())
+                request = s.model.train_request(self.cv_check.isChecked())
         except InputError as exc:
             self.summary.setText(report_error(exc))
             return None
@@ -188,7 +188,7 @@ class TrainWidget(SessionDock):
 
     def _trained(self, out: tuple[TrainedModel, Any]) -> None:
         result, self.cv_chart.pending = out  # the chart was drawn in the worker
-        self.session.apply_trained(result)
+        self.session.model.apply_trained(result)
         report = result.report
         auc = report.auc
         note = report.cv_note or "too few labels for cross-validation"
@@ -201,7 +201,7 @@ class TrainWidget(SessionDock):
     def _choose_save(self) -> None:
         path = QFileDialog.getSaveFileName(self, "Save model bundle (a folder)", "model")[0]
         if path:
-            self.session.save_bundle(path)
+            self.session.model.save_bundle(path)
 
     def _busy(self, busy: bool) -> None:
         for b in (self.train_button, self.agreement_button, self.spread_button,
@@ -223,7 +223,7 @@ class TrainWidget(SessionDock):
         """Every open image through each ensemble member in a worker; Annotate shows ± std."""
         return self.runner.start_request(lambda: model_outputs.spread_request(self.session),
                                          model_outputs.iter_member_spread,
-                                         on_done=self.session.apply_member_spread,
+                                         on_done=self.session.model.apply_member_spread,
                                          message="running the ensemble's members…",
                                          done_message="")
 
