@@ -166,8 +166,7 @@ class SessionLabels(OwnedByOneThread):
 
     def cycle_label(self, term: str, index: int | None = None) -> int | None:
         """unknown -> present -> absent -> unknown; returns the new value."""
-        s = self.session
-        i = s.index if index is None else index
+        i = self.session.index if index is None else index
         new = LABEL_CYCLE[self.labels_for(i).get(term)]
         self.set_label(term, new, i)
         return new

@@ -191,8 +191,7 @@ class SessionModel(OwnedByOneThread):
         return list(self.bundle.classifier.vocabulary) if self.bundle is not None else []
 
     def probabilities_for(self, index: int | None = None) -> dict[str, float]:
-        s = self.session
-        i = s.index if index is None else index
+        i = self.session.index if index is None else index
         if self.probabilities is None or not (0 <= i < len(self.probabilities)) or \
                 np.isnan(self.probabilities[i]).all():  # skipped at extraction: no prediction
             return {}
@@ -209,8 +208,7 @@ class SessionModel(OwnedByOneThread):
 
     def predicted_for(self, index: int | None = None) -> dict[str, bool]:
         """The ensembles' majority vote per model term (the paper's vote, not shown as a call)."""
-        s = self.session
-        i = s.index if index is None else index
+        i = self.session.index if index is None else index
         if self.votes is None or not (0 <= i < len(self.votes)) or not self.probabilities_for(i):
             return {}
         return {t: bool(v) for t, v in zip(self.terms, self.votes[i], strict=False)}
@@ -221,25 +219,22 @@ class SessionModel(OwnedByOneThread):
 
     def export_predictions(self, path: str | Path) -> None:
         """predictions CSV: ``image`` + one probability column per model term (CONTRACTS)."""
-        s = self.session
         if self.probabilities is None:
             raise InputError("no predictions yet; press Predict first")
         keep = np.flatnonzero(~np.isnan(self.probabilities).all(axis=1))  # not the skipped
-        write_predictions(path, [s.paths[i] for i in keep], self.terms,
+        write_predictions(path, [self.session.paths[i] for i in keep], self.terms,
                           self.probabilities[keep])
 
     # ------------------------------------------------------------------ training
     def training_counts(self) -> dict[str, tuple[int, int]]:
-        s = self.session
-        return steps.term_counts(self.labels.label_matrix(), s.vocabulary)
+        return steps.term_counts(self.labels.label_matrix(), self.session.vocabulary)
 
     def check_trainable(self, Y: np.ndarray | None = None) -> None:
-        s = self.session
         Y = self.labels.label_matrix() if Y is None else Y
         n_pos, n_neg = class_counts(Y)
         ok = has_both_classes(Y)
         bad = [f"{t} ({int(n_pos[j])} present, {int(n_neg[j])} absent)"
-               for j, t in enumerate(s.vocabulary) if not ok[j]]
+               for j, t in enumerate(self.session.vocabulary) if not ok[j]]
         if bad:
             raise InputError(
                 "cannot train: every term needs at least one 'present' and one 'absent' label; "
@@ -304,8 +299,7 @@ class SessionModel(OwnedByOneThread):
                                      refit, refit_settings, Path(init) if init else None)
 
     def model_state(self) -> ModelState:
-        s = self.session
-        return ModelState(s.settings, self.bundle, self.extracted, self.probabilities,
+        return ModelState(self.session.settings, self.bundle, self.extracted, self.probabilities,
                           self.votes, self.train_report,
                           {"finetuned": self.finetuned, "held_out": self.held_out})
 
