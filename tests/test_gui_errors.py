@@ -28,8 +28,8 @@ from napari_ish_annotator.core.learn.splits import grouped_folds
 from napari_ish_annotator.core.utils.errors import InputError
 from napari_ish_annotator.session import AnnotatorSession
 from napari_ish_annotator.session.model_outputs import spread_request
+from napari_ish_annotator.widgets import error_text, gui_words
 from napari_ish_annotator.widgets import session_of as get_session
-from napari_ish_annotator.widgets._errors import error_text, gui_words
 
 ADVICE = re.compile(r"\b(choose|use|set|install|reinstall|label|untick|start|raise|crop|open|"
                     r"train|download|upgrade|add|free)\b")

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.gui
 def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tmp_path):
     from napari_ish_annotator.core.explain.gradcam import gradcam_for_image
     from napari_ish_annotator.widgets import session_of as get_session
-    from napari_ish_annotator.widgets._viewer_binding import text_overlay
+    from napari_ish_annotator.widgets import text_overlay
     from napari_ish_annotator.widgets.explain import gradcam_layer
 
     manifest = make_dataset(tmp_path / "data")
@@ -100,7 +100,7 @@ def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tm
 
     # File > Save on the embryo layer: labels manifest + predictions CSV (CONTRACTS.md)
     from napari_ish_annotator.core.data.manifest import read_manifest
-    from napari_ish_annotator.widgets._viewer_binding import embryo_layer
+    from napari_ish_annotator.widgets import embryo_layer
 
     out = tmp_path / "export" / "labels.csv"
     out.parent.mkdir()
@@ -172,8 +172,8 @@ def test_gradcam_layer_takes_the_maps_scale(make_napari_viewer, qtbot, tmp_path)
     """A large image's maps come smaller (GradcamMaps.scale); the layer is scaled up to cover
     the embryo exactly, also when a later map of another scale replaces its data."""
     from napari_ish_annotator.session import GradcamMaps
+    from napari_ish_annotator.widgets import embryo_layer
     from napari_ish_annotator.widgets import session_of as get_session
-    from napari_ish_annotator.widgets._viewer_binding import embryo_layer
     from napari_ish_annotator.widgets.explain import gradcam_layer
 
     viewer = make_napari_viewer()
