@@ -210,9 +210,7 @@ def test_a_wrong_label_file_keeps_the_working_store(make_napari_viewer, qtbot, t
 def test_switching_back_to_the_previous_model_restores_its_votes(make_napari_viewer, qtbot,
                                                                   tmp_path):
     """The 'pred.' column is the one decision rule (calibrated p >= 0.5), never the members'
-    majority vote, also after 'Switch to previous model'."""
-    from dataclasses import replace
-
+    majority vote, also after 'Switch to previous model' (back from a fine-tuned one)."""
     from napari_ish_annotator.session import Predictions
     from napari_ish_annotator.widgets import overlay_text
     from napari_ish_annotator.widgets import session_of as get_session
@@ -227,24 +225,24 @@ def test_switching_back_to_the_previous_model_restores_its_votes(make_napari_vie
     click(qtbot, train.train_button)
     _wait(qtbot, train.runner)
     old_bundle = session.model.bundle
-    # a model whose majority vote differs from 'mean probability >= 0.5' somewhere
+    # predictions whose p for (image 0, term 0) is clearly on the other side of its vote
     votes = old_bundle.classifier.predict(session.model.features).astype(bool)
-    votes[0, 0] = not votes[0, 0]
-    session.model.apply_predictions(Predictions(session.model.probabilities, votes, session.generation))
-    assert (votes != (session.model.probabilities >= 0.5)).any()
-    sec = train.finetune
-    train.c_spin.setValue(0.01)
-    click(qtbot, train.train_button)
-    _wait(qtbot, train.runner)
-    assert session.model.bundle is not old_bundle
-    # as after a fine-tuning run: the previous model is kept for "switch back"
-    # ... and whose p for (image 0, term 0) is clearly on the other side of its vote
     P = session.model.probabilities.copy()
     P[0, 0] = 0.1 if votes[0, 0] else 0.9
-    session.model.previous_model = replace(session.model.model_state(), bundle=old_bundle, votes=votes,
-                                     probabilities=P)
-    sec._show_switch()
-
+    session.model.apply_predictions(Predictions(P, votes, session.generation))
+    assert (votes != (session.model.probabilities >= 0.5)).any()
+    sec = train.finetune  # fine-tuning keeps the model before it for "switch back"
+    sec.epochs_spin.setValue(1)
+    sec.batch_spin.setValue(4)
+    sec.frozen_combo.setCurrentIndex(sec.frozen_combo.findData("17"))
+    sec.augment_check.setChecked(False)
+    sec.device_combo.setCurrentText("cpu")
+    assert not sec.switch_button.isEnabled()
+    click(qtbot, sec.start_button)
+    qtbot.waitUntil(lambda: not sec.runner.running, timeout=180_000)
+    assert sec.runner.last_outcome == "done", sec.runner.last_error
+    assert session.model.bundle is not old_bundle
+    assert sec.switch_button.text() == "Switch to previous model"
     click(qtbot, sec.switch_button)
     assert session.model.bundle is old_bundle
     np.testing.assert_array_equal(session.model.votes, votes)
