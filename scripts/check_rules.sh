@@ -83,4 +83,9 @@ rule "content hash of a file (cached)" \
   '^def content_hash\(|^class HashCache' core/utils/hashing.py \
   'hashlib\.file_digest|def (sha256_file|file_sha256|_sha256_cached|_content_hash|content_hash|_hash_file)\(|sha256\(.*read_bytes\(\)|iter\(lambda: fh\.read|_hash_cache|_given_cache'
 
+# a write is rolled back keeping what stopped it (a Ctrl-C the ROLLBACK statement would clear)
+rule "roll back a store's transaction" \
+  '^def rollback\(' core/labels/connection.py \
+  'execute\("ROLLBACK"\)'
+
 exit $status

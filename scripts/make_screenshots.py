@@ -63,8 +63,7 @@ def _shots(napari, manifest: Path, args: argparse.Namespace, w: int, h: int, suf
     from qtpy.QtWidgets import QApplication
 
     from napari_ish_annotator.core.backbones.specs import get_spec
-    from napari_ish_annotator.widgets import _worker, open_annotator
-    from napari_ish_annotator.widgets._napari_private import qt_main_window
+    from napari_ish_annotator.widgets import _worker, open_annotator, qt_main_window
 
     _worker.SYNCHRONOUS = True  # deterministic script: run the same generators inline
     viewer = napari.Viewer(title="napari-ish-annotator", show=True)

@@ -63,9 +63,27 @@ def press(viewer, key: str) -> None:
                      "Control": Qt.KeyboardModifier.ControlModifier,
                      "Alt": Qt.KeyboardModifier.AltModifier}[m]
     qt_key = getattr(Qt.Key, f"Key_{name.upper() if len(name) == 1 else name}")
-    native = viewer.window._qt_viewer.canvas.native
+    native = canvas_widget(viewer)
     native.setFocus()
     QTest.keyClick(native, qt_key, modifier)
+
+
+def main_window(viewer):
+    """The viewer's Qt main window (to size it like a laptop's): napari has no public
+    accessor, so the tests ask the plugin's one helper that reaches it."""
+    from napari_ish_annotator.widgets import qt_main_window
+
+    return qt_main_window(viewer)
+
+
+def canvas_widget(viewer):
+    """The canvas's Qt widget (key presses, its width): the main window's one OpenGL widget,
+    found with Qt's public API (napari has no public accessor; its size in the viewer's
+    model is ``viewer.canvas.size``)."""
+    from qtpy.QtWidgets import QOpenGLWidget
+
+    (canvas,) = main_window(viewer).findChildren(QOpenGLWidget)
+    return canvas
 
 
 def dock(viewer, name: str):
@@ -88,7 +106,7 @@ def wait_done(qtbot, runner, timeout: int = WAIT_MS) -> None:
 def wait_embryo_shown(qtbot, viewer, timeout: int = WAIT_MS):
     """Wait until the embryo layer is on the canvas (a background Open adds the session's
     first one in stages on timers) and return it."""
-    from napari_ish_annotator.widgets._viewer_binding import (
+    from napari_ish_annotator.widgets import (
         OPEN_HINT,
         embryo_layer,
         text_overlay,

@@ -46,7 +46,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if not any(item.get_closest_marker("gui") for item in session.items):
         return
     try:
-        from napari_ish_annotator.widgets._loading import triton_blocked
+        from napari_ish_annotator.widgets import triton_blocked
     except ImportError:  # the GUI extra is not installed: no viewer, no clash
         return
     with triton_blocked():

@@ -48,21 +48,23 @@ def test_dual_solver_matches_sklearn(n, d, C):
     assert abs(b - sk.intercept_[0]) <= 1e-3 * max(1.0, abs(sk.intercept_[0]))
 
 
-def test_gram_blocks_and_float16_memmap(tmp_path, monkeypatch):
-    """K is exact float64 accumulation for a float16 memmap read in several feature blocks."""
-    import napari_ish_annotator.core.learn.ensembles as classify
+def test_gram_blocks_and_float16_memmap(tmp_path):
+    """K is exact float64 accumulation for a float16 memmap read in several feature blocks
+    (a block is at most 4096 features: 10000 make three, one step of iter_gram each)."""
+    from napari_ish_annotator.core.learn.ensembles import iter_gram
+    from napari_ish_annotator.core.utils.progress import drive
 
-    monkeypatch.setattr(classify, "_BLOCK_BYTES", 8 * 30 * 600)  # force several blocks
     rng = np.random.default_rng(1)
-    X16 = rng.normal(size=(30, 2000)).astype(np.float16)
+    X16 = rng.normal(size=(30, 10_000)).astype(np.float16)
     mm = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float16,
                                    shape=X16.shape)
     mm[:] = X16
     mm.flush()
     X = np.load(tmp_path / "x.npy", mmap_mode="r")
-    assert len(classify._feature_blocks(30, 2000)) > 2
+    steps: list[tuple[int, int]] = []
+    K = drive(iter_gram(X), lambda done, total, _: steps.append((done, total)))
+    assert len(steps) > 2 and steps[-1] == (len(steps), len(steps))  # a step per block
     ref = X16.astype(np.float64) @ X16.astype(np.float64).T
-    K = gram_matrix(X)  # float32 block products, float64 sums
     assert K.dtype == np.float64
     assert np.abs(K - ref).max() <= 1e-6 * np.abs(ref).max()
     rows = np.array([3, 7, 11])

@@ -73,21 +73,34 @@ def test_every_imported_package_is_declared() -> None:
     assert not missing, "imported but not declared in pyproject.toml:\n  " + "\n  ".join(missing)
 
 
-@pytest.mark.parametrize("name", CORE_PACKAGES)
-def test_core_package_face(name: str) -> None:
+def check_face(package: str, own: tuple[str, ...] = ()) -> None:
     """A face says what is in its package and lists public names that resolve to objects
-    whose home is the submodule the face names: one object, no copy, no second definition."""
-    face = importlib.import_module(f"napari_ish_annotator.core.{name}")
-    assert face.__doc__ and len(face.__doc__.strip()) > 40, f"core.{name} needs a docstring"
+    whose home is a submodule of it: one object, no copy, no second definition. ``own``:
+    the face's names defined in the face itself."""
+    face = importlib.import_module(f"napari_ish_annotator.{package}")
+    assert face.__doc__ and len(face.__doc__.strip()) > 40, f"{package} needs a docstring"
     assert face.__all__ == sorted(set(face.__all__)) and face.__all__
     for public in face.__all__:
-        assert not public.startswith("_"), f"core.{name} exposes the private {public}"
+        assert not public.startswith("_"), f"{package} exposes the private {public}"
         value = getattr(face, public)
         home = getattr(value, "__module__", None) or ""
         if (inspect.isclass(value) or inspect.isfunction(value)) and home.startswith(
                 "napari_ish_annotator."):  # constants and aliases (tuple[...]) carry no home
-            assert home.startswith(f"napari_ish_annotator.core.{name}."), (name, public, home)
+            assert (home == face.__name__) if public in own else home.startswith(
+                f"{face.__name__}."), (package, public, home)
             assert getattr(sys.modules[home], public) is value
+
+
+@pytest.mark.parametrize("name", CORE_PACKAGES)
+def test_core_package_face(name: str) -> None:
+    check_face(f"core.{name}")
+
+
+def test_widgets_face() -> None:
+    """The helpers tests and scripts need of the widgets' ``_`` modules, on the face."""
+    pytest.importorskip("qtpy")  # TaskRunner is a Qt widget
+    check_face("widgets", own=("fit_view", "fit_window_to_screen", "open_annotator",
+                               "open_demo", "open_docks", "session_of"))
 
 
 def test_importing_a_face_imports_no_sibling() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import torch
 from PIL import Image
 
 from napari_ish_annotator.core.backbones.weights import load_backbone
-from napari_ish_annotator.core.features import decoding
+from napari_ish_annotator.core.features import decoding, extractor
 from napari_ish_annotator.core.features.extractor import ExtractorConfig, FeatureExtractor
 from napari_ish_annotator.core.features.preprocess import (
     CPU_AUTO_BF16,
@@ -113,12 +115,10 @@ def test_only_the_truncated_network_runs_and_original_is_untouched(loaded):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fused_conv_relu_gives_the_same_activations(loaded, precision, channels_last):
     """The CPU trunk runs ReLU as a post-op of the conv (one oneDNN call); same numbers."""
-    from napari_ish_annotator.core.backbones.trunk import (
-        _pointwise_conv_op,
-        fuse_conv_relu,
-    )
+    from napari_ish_annotator.core.backbones.trunk import fuse_conv_relu
 
-    if _pointwise_conv_op() is None:
+    probe = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    if fuse_conv_relu(probe) is probe:  # returned unchanged: the build lacks the op
         pytest.skip("this torch build has no fused oneDNN convolution")
     if precision == "bf16" and not cpu_has_native_bf16():
         pytest.skip("this CPU has no native bf16")
@@ -155,7 +155,7 @@ def test_max_pool_replacement_gives_the_same_values(dtype):
     assert replace_max_pools(other) is other  # ResNet's pool is left alone
 
 
-def test_compute_batch_keeps_activations_under_the_mmap_threshold(loaded):
+def test_compute_batch_keeps_activations_under_the_mmap_threshold(loaded, monkeypatch):
     from napari_ish_annotator.core.backbones.trunk import compute_batch
 
     assert compute_batch("cuda", 10**9, 8) == 8  # GPUs take the whole batch
@@ -164,9 +164,11 @@ def test_compute_batch_keeps_activations_under_the_mmap_threshold(loaded):
     fx = make(loaded, batch_size=16, input_size=224)
     assert fx.compute_batch == 2  # 64x224x224 fp32 = 12.8 MB per image
     imgs = embryos(3)
+    whole = make(loaded, batch_size=3).extract(imgs)
+    monkeypatch.setattr(extractor, "compute_batch", lambda *_: 1)  # as a large layer gets
     small = make(loaded, batch_size=3)
-    small._compute_batch = 1  # three network calls, one output
-    np.testing.assert_array_equal(small.extract(imgs), make(loaded, batch_size=3).extract(imgs))
+    assert small.compute_batch == 1
+    np.testing.assert_array_equal(small.extract(imgs), whole)  # three network calls, one output
 
 
 def test_batched_equals_unbatched(loaded):
@@ -359,25 +361,59 @@ def test_decoding_in_processes_equals_threads_and_reports_bad_files(loaded, tmp_
 @pytest.mark.slow
 def test_decoding_in_spawned_processes(loaded, tmp_path, monkeypatch):
     """With other threads running (napari) workers are spawned, not forked."""
+    import threading
+
+    import torch.utils.data
+
     paths = _png_files(tmp_path, 4)
-    monkeypatch.setattr(decoding, "_mp_context", lambda: "spawn")
-    X = make(loaded, decode_workers=1, batch_size=2).extract(paths)
-    np.testing.assert_array_equal(X, make(loaded, decode_workers=0, batch_size=2).extract(paths))
+    reference = make(loaded, decode_workers=0, batch_size=2).extract(paths)
+    contexts, real = [], torch.utils.data.DataLoader
+
+    def loader(*args, **kwargs):
+        contexts.append(kwargs.get("multiprocessing_context"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", loader)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, name="as napari's worker", daemon=True)
+    other.start()
+    try:
+        X = make(loaded, decode_workers=1, batch_size=2).extract(paths)
+    finally:
+        stop.set()
+        other.join()
+    assert contexts == ["spawn"]
+    np.testing.assert_array_equal(X, reference)
 
 
+def shm_free(monkeypatch, free: int) -> None:
+    """/dev/shm with ``free`` bytes left (containers often give it 64 MB), as os.statvfs
+    tells the decoding code."""
+    real = os.statvfs
+
+    def statvfs(path):
+        if str(path) != "/dev/shm":
+            return real(path)
+        return os.statvfs_result((4096, 1, free, free, free, 0, 0, 0, 0, 255))
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/dev/shm is Linux's")
 def test_too_little_shared_memory_falls_back_to_threads(loaded, tmp_path, monkeypatch):
     """Worker processes hand batches over in /dev/shm; when it is small they are not used."""
     fx = make(loaded, decode_workers=4)
     batch_bytes = 3 * 3 * S * S * 4
-    monkeypatch.setattr(decoding, "_shm_free_bytes", lambda: 8 * batch_bytes)
-    assert fx._process_workers(10) == 2 and fx._process_workers(2) == 1
-    assert fx._process_workers(1) == 0  # one batch: nothing to overlap
-    monkeypatch.setattr(decoding, "_shm_free_bytes", lambda: 3 * batch_bytes)
-    assert fx._process_workers(10) == 0
+    shm_free(monkeypatch, 8 * batch_bytes)
+    assert decoding.process_workers(4, 10, batch_bytes) == 2
+    assert decoding.process_workers(4, 2, batch_bytes) == 1
+    assert decoding.process_workers(4, 1, batch_bytes) == 0  # one batch: nothing to overlap
+    shm_free(monkeypatch, 3 * batch_bytes)
+    assert decoding.process_workers(4, 10, batch_bytes) == 0
 
     def no_processes(*args, **kwargs):
         raise AssertionError("worker processes used without shared memory")
 
-    monkeypatch.setattr(FeatureExtractor, "_decoded_in_processes", no_processes)
+    monkeypatch.setattr(extractor, "decoded_in_processes", no_processes)
     paths = _png_files(tmp_path, 7)
     np.testing.assert_array_equal(fx.extract(paths), make(loaded, decode_workers=0).extract(paths))

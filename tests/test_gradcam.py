@@ -165,19 +165,36 @@ def test_a_stack_of_maps_upsamples_like_each_map():
     assert upsample_to_image(cams, (60, 150), out=out) is out and out.max() <= 1.0
 
 
-def test_mean_weights_are_kept_for_one_model_only():
-    """The cached member means never mix two models (the Explain panel switching model)."""
-    from types import SimpleNamespace
+def test_maps_of_two_models_never_mix():
+    """Each term's mean member weight is kept for the model last explained (the Explain
+    panel asks it image after image); switching models back and forth must give each
+    model's own maps, as gradcam_linear computes them afresh."""
+    from napari_ish_annotator.core.explain.gradcam import gradcam_all_terms, layer_activation
+    from napari_ish_annotator.core.features.extractor import ExtractorConfig, FeatureExtractor
+    from napari_ish_annotator.core.learn.logistic import EnsembleConfig
+    from napari_ish_annotator.core.utils.progress import drive
+    from napari_ish_annotator.core.workflow import iter_fit_bundle
 
-    from napari_ish_annotator.core.explain.gradcam import _MeanWeights
+    config = ExtractorConfig(weights="random", layer="24", input_size=64, device="cpu",
+                             precision="fp32")
+    fx = FeatureExtractor(config)
+    rng = np.random.default_rng(5)
+    X = rng.random((12, fx.dim)).astype(np.float32)
+    Y = (np.arange(12) % 2)[:, None]
+    a, b = (drive(iter_fit_bundle(X, labels, ["t"], config, EnsembleConfig(n_members=3)))
+            for labels in (Y, 1 - Y))
+    image = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    act = layer_activation(fx, image)
 
-    class Model:  # weakly referenced, as EnsembleClassifier is
-        def __init__(self, value: float):
-            self.terms = [SimpleNamespace(coef=np.full((3, 4), value, np.float32))]
+    def fresh(bundle, probability: float) -> np.ndarray:
+        clf = bundle.classifier
+        cam = gradcam_linear(act, clf.terms[0].coef, probability, bool(clf.config.normalize),
+                             "hirescam", clf.center)
+        return upsample_to_image(cam, image.shape[:2], bool(bundle.extractor.keep_aspect))
 
-    model = Model
-
-    cache, a, b = _MeanWeights(), model(1.0), model(2.0)
-    assert cache.get(a, 0)[0] == 1.0 and cache.get(a, 0) is cache.get(a, 0)
-    assert cache.get(b, 0)[0] == 2.0
-    assert cache.get(a, 0)[0] == 1.0
+    seen = []
+    for bundle in (a, b, a, b):
+        maps, proba = gradcam_all_terms(bundle, fx, image)
+        np.testing.assert_allclose(maps[0], fresh(bundle, float(proba[0])), rtol=0, atol=1e-5)
+        seen.append(maps[0])
+    assert not np.allclose(seen[0], seen[1], atol=1e-3)  # the two models do differ

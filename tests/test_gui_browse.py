@@ -12,8 +12,8 @@ pytestmark = pytest.mark.gui
 
 def test_reader_opens_manifest_into_embryos_widget(make_napari_viewer, tmp_path):
     from napari_ish_annotator.core.data.images import read_rgb
+    from napari_ish_annotator.widgets import embryo_layer
     from napari_ish_annotator.widgets import session_of as get_session
-    from napari_ish_annotator.widgets._viewer_binding import embryo_layer
 
     manifest = make_dataset(tmp_path / "data")
     viewer = make_napari_viewer()

@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import pytest
 
-from _gui_helpers import WAIT_MS, Dialogs, Watch, choose, click, click_tab, dock, open_and_train
+from _gui_helpers import (
+    WAIT_MS,
+    Dialogs,
+    Watch,
+    choose,
+    click,
+    click_tab,
+    dock,
+    main_window,
+    open_and_train,
+)
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]  # about two minutes each
 
@@ -29,7 +39,7 @@ def settle(qtbot, root) -> None:
     """Let a click's work run; a started job is cancelled with its own Cancel (Stop) button."""
     from qtpy.QtWidgets import QPushButton
 
-    from napari_ish_annotator.widgets._worker import TaskRunner
+    from napari_ish_annotator.widgets import TaskRunner
 
     qtbot.wait(30)
     for runner in root.findChildren(TaskRunner):
@@ -115,7 +125,7 @@ def check_outputs(dialogs: Dialogs, clicked: list[str]) -> None:
 def test_every_control_of_the_whole_annotator(make_napari_viewer, qtbot, tmp_path,
                                               monkeypatch):
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1366, 768)
+    main_window(viewer).resize(1366, 768)
     annotator = dock(viewer, "ISH Annotator")
     watch = Watch(monkeypatch)
     dialogs = open_and_train(qtbot, viewer, annotator.model, annotator.train, tmp_path,
@@ -135,7 +145,7 @@ def test_every_control_of_the_whole_annotator(make_napari_viewer, qtbot, tmp_pat
 
 def test_every_control_of_each_single_panel(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1366, 768)
+    main_window(viewer).resize(1366, 768)
     panels = {name: dock(viewer, name) for name in PANELS}
     watch = Watch(monkeypatch)
     dialogs = open_and_train(qtbot, viewer, panels["Annotate"].model, panels["Train"],

@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 
 from _gui_helpers import Watch, click
 from napari_ish_annotator.core.utils.errors import InputError
-from napari_ish_annotator.widgets._errors import shows_input_error
+from napari_ish_annotator.widgets import shows_input_error
 
 pytestmark = pytest.mark.gui
 

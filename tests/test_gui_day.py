@@ -14,7 +14,7 @@ import pytest
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFileDialog
 
-from _gui_helpers import WAIT_MS, make_dataset, wait_done, wait_embryo_shown
+from _gui_helpers import WAIT_MS, main_window, make_dataset, wait_done, wait_embryo_shown
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
@@ -41,9 +41,7 @@ def _notifications() -> int:
 
 
 def test_a_biologists_day(make_napari_viewer, qtbot, tmp_path, monkeypatch):  # noqa: PLR0915
-    from napari_ish_annotator.widgets import open_annotator
-    from napari_ish_annotator.widgets._napari_private import qt_main_window
-    from napari_ish_annotator.widgets._viewer_binding import embryo_layer, text_overlay
+    from napari_ish_annotator.widgets import embryo_layer, open_annotator, text_overlay
     from napari_ish_annotator.widgets.explain import gradcam_layer
 
     manifest = make_dataset(tmp_path / "data", n=10)
@@ -55,7 +53,7 @@ def test_a_biologists_day(make_napari_viewer, qtbot, tmp_path, monkeypatch):  # 
     viewer = make_napari_viewer(show=True)
     a = open_annotator(viewer)
     s, e, m, t, terms = a.session, a.embryos, a.model, a.train, a.terms
-    qt_main_window(viewer).resize(1366, 768)  # a laptop
+    main_window(viewer).resize(1366, 768)  # a laptop
     qtbot.waitUntil(e.open_manifest_button.isVisible)
 
     # open: the rest opens, the missing image is listed

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from _gui_helpers import click, dock, make_dataset
-from napari_ish_annotator.core.backbones import builders
 from napari_ish_annotator.core.backbones.builders import EFFICIENTNET_LITE0_WEIGHTS
 from napari_ish_annotator.core.backbones.devices import resolve_device
 from napari_ish_annotator.core.backbones.weights import load_backbone
@@ -28,8 +27,8 @@ from napari_ish_annotator.core.learn.splits import grouped_folds
 from napari_ish_annotator.core.utils.errors import InputError
 from napari_ish_annotator.session import AnnotatorSession
 from napari_ish_annotator.session.model_outputs import spread_request
+from napari_ish_annotator.widgets import error_text, gui_words
 from napari_ish_annotator.widgets import session_of as get_session
-from napari_ish_annotator.widgets._errors import error_text, gui_words
 
 ADVICE = re.compile(r"\b(choose|use|set|install|reinstall|label|untick|start|raise|crop|open|"
                     r"train|download|upgrade|add|free)\b")
@@ -86,7 +85,7 @@ def _offline_package_missing(_t, monkeypatch) -> InputError:
 def _efficientnet_package_missing(_t, monkeypatch) -> InputError:
 
     monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)
-    return raised(builders._efficientnet_class)
+    return raised(lambda: load_backbone("efficientnet_lite0", "random"))
 
 
 def _not_a_model_folder(tmp_path, _mp) -> InputError:

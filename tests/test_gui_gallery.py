@@ -69,7 +69,7 @@ def test_gallery_sorts_by_the_model_and_follows_the_table_layer(make_napari_view
                                                                  tmp_path):
     from _gui_helpers import wait_done
     from napari_ish_annotator.widgets import session_of as get_session
-    from napari_ish_annotator.widgets._embryo_features import table_layer
+    from napari_ish_annotator.widgets import table_layer
 
     viewer = make_napari_viewer()
     embryos, annotate, train = dock(viewer, "Embryos"), dock(viewer, "Annotate"), dock(viewer, "Train")

@@ -9,22 +9,25 @@ from _gui_helpers import TERMS, click, dock, make_dataset
 pytestmark = pytest.mark.gui
 
 
-def test_open_counts_labels_once_and_counts_follow_changes(make_napari_viewer, tmp_path):
+def test_open_counts_labels_once_and_counts_follow_changes(make_napari_viewer, tmp_path,
+                                                           monkeypatch):
+    """Every count is a LabelStore.label_matrix query (rows read, per call)."""
+    from napari_ish_annotator.core.labels import LabelStore
     from napari_ish_annotator.widgets import session_of as get_session
 
     viewer = make_napari_viewer()
     embryos = dock(viewer, "Embryos")
     session = get_session(viewer)
     calls: list[int] = []
-    real = session.labels._read_labels
+    real = LabelStore.label_matrix
 
-    def counting(paths):
-        calls.append(len(paths))
-        return real(paths)
+    def counting(store, images, *args, **kwargs):
+        calls.append(len(images))
+        return real(store, images, *args, **kwargs)
 
-    session.labels._read_labels = counting
+    monkeypatch.setattr(LabelStore, "label_matrix", counting)
     assert embryos.open_paths([make_dataset(tmp_path / "a", n=6)])
-    assert calls == []  # counted by the opening step (a worker in the GUI), not per signal
+    assert calls == [6]  # counted once, by the opening step (a worker in the GUI)
     assert [embryos.cell_text(r, 5) for r in range(6)] == [""] * 6
     counts = [embryos.cell_text(r, 4) for r in range(6)]
     assert counts == ["3/3"] * 6  # every manifest term is present or absent
@@ -44,7 +47,7 @@ def test_open_counts_labels_once_and_counts_follow_changes(make_napari_viewer, t
 
     calls.clear()  # opening another dataset: counted by the opening step again
     assert embryos.open_paths([make_dataset(tmp_path / "b", n=5, seed=1)])
-    assert calls == []
+    assert calls == [5]
     assert [embryos.cell_text(r, 4) for r in range(5)] == ["3/3"] * 5
 
 

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from _gui_helpers import dock, make_dataset, press, wait_done
+from _gui_helpers import canvas_widget, dock, main_window, make_dataset, press, wait_done
 
 pytestmark = pytest.mark.gui
-
-
-def _main_window(viewer):
-    from napari_ish_annotator.widgets._napari_private import qt_main_window
-
-    return qt_main_window(viewer)
 
 
 def test_everything_open_fits_a_laptop_and_leaves_half_the_canvas(make_napari_viewer, qtbot):
@@ -20,10 +14,10 @@ def test_everything_open_fits_a_laptop_and_leaves_half_the_canvas(make_napari_vi
 
     viewer = make_napari_viewer(show=True)
     annotator = open_annotator(viewer)
-    window = _main_window(viewer)
+    window = main_window(viewer)
     window.resize(1920, 1080)
     qtbot.wait(50)
-    canvas = viewer.window._qt_viewer.canvas.native  # the test may look inside napari
+    canvas = canvas_widget(viewer)
     assert canvas.width() >= window.width() / 2, (canvas.width(), window.width())
     assert annotator.terms.isVisible()  # the term list is visible whatever tab is open
     for i in range(annotator.tabs.count()):
@@ -97,13 +91,16 @@ def test_individual_panels_stay_available(make_napari_viewer):
 
 
 def test_importing_the_widgets_has_no_side_effects():
-    """The triton guard is scoped to the GUI's torch import, not on `import widgets`."""
+    """The triton guard is scoped to the GUI's torch import, not on `import widgets`; the
+    face lists its helpers without importing Qt, torch or the session."""
     import subprocess
     import sys
 
     code = ("import sys\nimport napari_ish_annotator.widgets\n"
             "assert 'triton' not in sys.modules, 'import blocked triton'\n"
-            "from napari_ish_annotator.widgets._loading import triton_blocked\n"
+            "heavy = {'qtpy', 'torch', 'napari_ish_annotator.session'} & set(sys.modules)\n"
+            "assert not heavy, heavy\n"
+            "from napari_ish_annotator.widgets import triton_blocked\n"
             "with triton_blocked():\n    assert sys.modules['triton'] is None\n"
             "assert 'triton' not in sys.modules, 'the guard outlived its block'\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -146,7 +143,7 @@ def test_no_button_label_is_cut_off(make_napari_viewer, qtbot, size):
 
     viewer = make_napari_viewer(show=True)
     annotator = open_annotator(viewer)
-    _main_window(viewer).resize(*size)
+    main_window(viewer).resize(*size)
     qtbot.wait(50)
     cut = []
     for i in range(annotator.tabs.count()):
@@ -185,7 +182,7 @@ def test_main_controls_of_every_tab_fit_1366x768_without_scrolling(make_napari_v
 
     viewer = make_napari_viewer(show=True)
     annotator = open_annotator(viewer)
-    _main_window(viewer).resize(1366, 768)
+    main_window(viewer).resize(1366, 768)
     qtbot.wait(100)
     e, m, t = annotator.embryos, annotator.model, annotator.train
     need = {
@@ -220,7 +217,7 @@ def test_main_controls_of_every_tab_fit_1366x768_without_scrolling(make_napari_v
 
 def test_single_panels_keep_a_usable_height_at_1366x768(make_napari_viewer, qtbot):
     viewer = make_napari_viewer(show=True)
-    _main_window(viewer).resize(1366, 768)
+    main_window(viewer).resize(1366, 768)
     embryos, annotate = dock(viewer, "Embryos"), dock(viewer, "Annotate")
     qtbot.wait(100)
     assert embryos.height() >= 150 and annotate.height() >= 150, \

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _gui_helpers import TERMS, WAIT_MS, click, dock, make_dataset
+from _gui_helpers import TERMS, WAIT_MS, click, dock, embryo_png, make_dataset
 from _gui_helpers import wait_done as _wait
 
 pytestmark = pytest.mark.gui
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.gui
 def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tmp_path):
     from napari_ish_annotator.core.explain.gradcam import gradcam_for_image
     from napari_ish_annotator.widgets import session_of as get_session
-    from napari_ish_annotator.widgets._viewer_binding import text_overlay
+    from napari_ish_annotator.widgets import text_overlay
     from napari_ish_annotator.widgets.explain import gradcam_layer
 
     manifest = make_dataset(tmp_path / "data")
@@ -100,7 +100,7 @@ def test_extract_train_predict_overlay_and_gradcam(make_napari_viewer, qtbot, tm
 
     # File > Save on the embryo layer: labels manifest + predictions CSV (CONTRACTS.md)
     from napari_ish_annotator.core.data.manifest import read_manifest
-    from napari_ish_annotator.widgets._viewer_binding import embryo_layer
+    from napari_ish_annotator.widgets import embryo_layer
 
     out = tmp_path / "export" / "labels.csv"
     out.parent.mkdir()
@@ -171,21 +171,31 @@ def test_train_refuses_terms_without_both_labels(make_napari_viewer, qtbot, tmp_
 def test_gradcam_layer_takes_the_maps_scale(make_napari_viewer, qtbot, tmp_path):
     """A large image's maps come smaller (GradcamMaps.scale); the layer is scaled up to cover
     the embryo exactly, also when a later map of another scale replaces its data."""
-    from napari_ish_annotator.session import GradcamMaps
+    from napari_ish_annotator.widgets import embryo_layer
     from napari_ish_annotator.widgets import session_of as get_session
-    from napari_ish_annotator.widgets._viewer_binding import embryo_layer
     from napari_ish_annotator.widgets.explain import gradcam_layer
 
+    manifest = make_dataset(tmp_path / "data")
+    large = (1100, 2200)  # maps are at most 1024 px on a side: 512 x 1024 here
+    embryo_png(tmp_path / "data" / "embryo_00.png", np.random.default_rng(9), set(), large)
     viewer = make_napari_viewer()
-    embryos, explain = dock(viewer, "Embryos"), dock(viewer, "Explain")
-    assert embryos.open_paths([make_dataset(tmp_path / "data")])
+    embryos, annotate = dock(viewer, "Embryos"), dock(viewer, "Annotate")
+    train, explain = dock(viewer, "Train"), dock(viewer, "Explain")
+    assert embryos.open_paths([manifest])
     session = get_session(viewer)
-    qtbot.waitUntil(lambda: embryo_layer(viewer) is not None, timeout=10_000)
-    base = tuple(embryo_layer(viewer).scale[-2:])
-    for scale in ((2.0, 3.0), (1.0, 1.0)):
-        terms = (TERMS[0],)
-        explain._requested = (session.index, terms, None)  # as show_map() records it
-        explain._show_result(GradcamMaps(session.index, terms, np.zeros((1, 12, 20), np.float32),
-                                         np.array([0.5], np.float32), "ensemble", scale))
-        layer = gradcam_layer(viewer)
-        assert tuple(layer.scale[-2:]) == pytest.approx((base[0] * scale[0], base[1] * scale[1]))
+    annotate.model.set_settings(weights="random", input_size=64, layer="21", device="cpu")
+    train.members_spin.setValue(3)
+    train.cv_check.setChecked(False)
+    click(qtbot, train.train_button)
+    _wait(qtbot, train.runner)
+    explain.follow_check.setChecked(False)  # each map is the Show button's
+    explain.term_combo.setCurrentText(TERMS[0])
+    for index, map_shape in ((0, (512, 1024)), (1, (48, 96)), (0, (512, 1024))):
+        session.set_index(index)
+        click(qtbot, explain.show_button)
+        _wait(qtbot, explain.runner)
+        layer, base = gradcam_layer(viewer), embryo_layer(viewer)
+        assert layer.visible and layer.data.shape == map_shape
+        covered = np.multiply(layer.data.shape, layer.scale[-2:])
+        np.testing.assert_allclose(covered, np.multiply(base.data.shape[:2], base.scale[-2:]))
+        assert tuple(layer.translate[-2:]) == tuple(base.translate[-2:])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _gui_helpers import TERMS, WAIT_MS, click, dock, make_dataset, wait_embryo_shown
+from _gui_helpers import TERMS, WAIT_MS, click, dock, main_window, make_dataset, wait_embryo_shown
 from _gui_helpers import wait_done as _wait
 
 pytestmark = pytest.mark.gui
@@ -56,8 +56,8 @@ def test_folder_button_opens_in_a_worker_and_cancel_keeps_the_open_dataset(
     from qtpy.QtWidgets import QFileDialog
 
     from napari_ish_annotator.core.data import inputs as opening
+    from napari_ish_annotator.widgets import embryo_layer
     from napari_ish_annotator.widgets import session_of as get_session
-    from napari_ish_annotator.widgets._viewer_binding import embryo_layer
 
     first = make_dataset(tmp_path / "first", n=4)
     folder = tmp_path / "plain"
@@ -210,12 +210,10 @@ def test_a_wrong_label_file_keeps_the_working_store(make_napari_viewer, qtbot, t
 def test_switching_back_to_the_previous_model_restores_its_votes(make_napari_viewer, qtbot,
                                                                   tmp_path):
     """The 'pred.' column is the one decision rule (calibrated p >= 0.5), never the members'
-    majority vote, also after 'Switch to previous model'."""
-    from dataclasses import replace
-
+    majority vote, also after 'Switch to previous model' (back from a fine-tuned one)."""
     from napari_ish_annotator.session import Predictions
+    from napari_ish_annotator.widgets import overlay_text
     from napari_ish_annotator.widgets import session_of as get_session
-    from napari_ish_annotator.widgets._viewer_binding import overlay_text
 
     viewer = make_napari_viewer()
     embryos, annotate, train = dock(viewer, "Embryos"), dock(viewer, "Annotate"), dock(viewer, "Train")
@@ -227,24 +225,24 @@ def test_switching_back_to_the_previous_model_restores_its_votes(make_napari_vie
     click(qtbot, train.train_button)
     _wait(qtbot, train.runner)
     old_bundle = session.model.bundle
-    # a model whose majority vote differs from 'mean probability >= 0.5' somewhere
+    # predictions whose p for (image 0, term 0) is clearly on the other side of its vote
     votes = old_bundle.classifier.predict(session.model.features).astype(bool)
-    votes[0, 0] = not votes[0, 0]
-    session.model.apply_predictions(Predictions(session.model.probabilities, votes, session.generation))
-    assert (votes != (session.model.probabilities >= 0.5)).any()
-    sec = train.finetune
-    train.c_spin.setValue(0.01)
-    click(qtbot, train.train_button)
-    _wait(qtbot, train.runner)
-    assert session.model.bundle is not old_bundle
-    # as after a fine-tuning run: the previous model is kept for "switch back"
-    # ... and whose p for (image 0, term 0) is clearly on the other side of its vote
     P = session.model.probabilities.copy()
     P[0, 0] = 0.1 if votes[0, 0] else 0.9
-    session.model.previous_model = replace(session.model.model_state(), bundle=old_bundle, votes=votes,
-                                     probabilities=P)
-    sec._show_switch()
-
+    session.model.apply_predictions(Predictions(P, votes, session.generation))
+    assert (votes != (session.model.probabilities >= 0.5)).any()
+    sec = train.finetune  # fine-tuning keeps the model before it for "switch back"
+    sec.epochs_spin.setValue(1)
+    sec.batch_spin.setValue(4)
+    sec.frozen_combo.setCurrentIndex(sec.frozen_combo.findData("17"))
+    sec.augment_check.setChecked(False)
+    sec.device_combo.setCurrentText("cpu")
+    assert not sec.switch_button.isEnabled()
+    click(qtbot, sec.start_button)
+    qtbot.waitUntil(lambda: not sec.runner.running, timeout=180_000)
+    assert sec.runner.last_outcome == "done", sec.runner.last_error
+    assert session.model.bundle is not old_bundle
+    assert sec.switch_button.text() == "Switch to previous model"
     click(qtbot, sec.switch_button)
     assert session.model.bundle is old_bundle
     np.testing.assert_array_equal(session.model.votes, votes)
@@ -286,15 +284,14 @@ def test_changing_backbone_during_fine_tuning_does_not_break_the_refit(make_napa
 
 def test_demo_window_shows_the_whole_embryo(make_napari_viewer, qtbot):
     """The demo fitted the embryo before its docks opened, so the canvas showed a cropped part."""
-    from napari_ish_annotator.widgets import open_demo
-    from napari_ish_annotator.widgets._viewer_binding import embryo_layer
+    from napari_ish_annotator.widgets import embryo_layer, open_demo
 
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1400, 900)
+    main_window(viewer).resize(1400, 900)
     open_demo(viewer, weights="random")
     qtbot.wait(300)  # any pending layout
     h, w = embryo_layer(viewer).data.shape[:2]
-    canvas_h, canvas_w = viewer.window._qt_viewer.canvas.size
+    canvas_h, canvas_w = viewer.canvas.size  # napari's model of the canvas: (height, width)
     zoom = viewer.camera.zoom
     assert zoom * w <= canvas_w + 1 and zoom * h <= canvas_h + 1, (zoom, (h, w), (canvas_h, canvas_w))
     assert zoom * w >= 0.5 * canvas_w or zoom * h >= 0.5 * canvas_h  # and it is not tiny
@@ -304,7 +301,7 @@ def test_first_embryo_is_shown_in_stages_after_a_background_open(make_napari_vie
                                                                   tmp_path):
     """napari's first layer of a session held the GUI thread for ~0.5 s in the same event
     that applied the open; it now comes in its own timer events: hidden layer, shown, text."""
-    from napari_ish_annotator.widgets._viewer_binding import embryo_layer, text_overlay
+    from napari_ish_annotator.widgets import embryo_layer, text_overlay
 
     manifest = make_dataset(tmp_path / "data", n=4)
     viewer = make_napari_viewer()
@@ -337,7 +334,7 @@ def get_session_image(viewer):
 def test_closing_before_the_first_embryo_is_shown_adds_nothing(make_napari_viewer, qtbot,
                                                                 tmp_path):
     """The staged first show must not touch a viewer closed in between."""
-    from napari_ish_annotator.widgets._viewer_binding import embryo_layer
+    from napari_ish_annotator.widgets import embryo_layer
 
     manifest = make_dataset(tmp_path / "data", n=4)
     viewer = make_napari_viewer()
@@ -355,7 +352,7 @@ def test_long_lived_objects_are_frozen_once_per_reason():
     stalling the viewer; it happens once per reason, so later garbage cycles stay collectable."""
     import gc
 
-    from napari_ish_annotator.widgets._loading import freeze_long_lived
+    from napari_ish_annotator.widgets import freeze_long_lived
 
     keep = [[i] for i in range(1000)]
     before = gc.get_freeze_count()

@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from napari_ish_annotator.cli import main
+from napari_ish_annotator.core.labels.connection import open_store
 from napari_ish_annotator.core.labels.store import LabelStore
 from napari_ish_annotator.core.utils.errors import InputError
 
@@ -172,27 +173,29 @@ def test_endless_view_is_refused_within_seconds(team, capsys):
     assert digest(db) == before
 
 
+ENDLESS = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n"
+
+
 def test_query_budget_stops_an_endless_query(tmp_path):
-    """Second line of defence: even a query the allow-list let through ends on its budget."""
-    with LabelStore(tmp_path / "s.sqlite", query_budget=0.5) as store:
+    """Second line of defence: even a query the allow-list let through ends on its budget
+    (the vetted connection a store opens, :func:`open_store`, with its budget)."""
+    conn = open_store(tmp_path / "s.sqlite", read_only=False, busy_timeout=5.0, budget=0.5)
+    try:
         start = time.monotonic()
         with pytest.raises(sqlite3.OperationalError, match="interrupted"):
-            store._conn.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) "
-                                "SELECT count(*) FROM n").fetchone()
+            conn.execute(ENDLESS).fetchone()
         assert time.monotonic() - start < 3
-        assert store._conn.stopped == "budget"
-        assert store.terms() == []  # the next statement has a fresh budget
+        assert conn.stopped == "budget"
+        assert conn.execute("SELECT name FROM terms").fetchall() == []  # a fresh budget
 
-        def hang() -> list[str]:
-            store._conn.budget = 60
-            return store._conn.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT "
-                                       "i + 1 FROM n) SELECT count(*) FROM n").fetchall()
-
-        threading.Timer(0.3, store.cancel).start()
+        conn.budget = 60
+        threading.Timer(0.3, conn.cancel).start()  # as LabelStore.cancel does, from a thread
         start = time.monotonic()
         with pytest.raises(sqlite3.OperationalError):
-            hang()
-        assert time.monotonic() - start < 3 and store._conn.stopped == "cancelled"
+            conn.execute(ENDLESS).fetchall()
+        assert time.monotonic() - start < 3 and conn.stopped == "cancelled"
+    finally:
+        conn.close()
 
 
 HANG = textwrap.dedent("""
@@ -311,22 +314,23 @@ def test_two_processes_creating_one_store_never_see_locked(tmp_path):
 
 def test_a_stop_inside_a_write_is_re_raised_not_reported_as_a_timeout(tmp_path):
     """Ctrl-C caught by the progress handler during a write: the ROLLBACK that follows is a
-    statement of its own and must not clear it (it was reported as a spent 30 s budget)."""
-    import sqlite3
+    statement of its own and must not clear it (it was reported as a spent 30 s budget).
+    Every write rolls back with :func:`rollback` (scripts/check_rules.sh), whose error
+    :func:`store_error` then re-raises the stop."""
+    from napari_ish_annotator.core.labels.connection import rollback, store_error
 
-    from napari_ish_annotator.core.labels.connection import guarded
-    from napari_ish_annotator.core.labels.store import LabelStore
-
-    store = LabelStore(tmp_path / "s.sqlite", annotator="a")
-    store.add_terms(["t"])
-
-    @guarded
-    def stopped_write(self):
-        with self._write() as conn:
-            conn.execute("INSERT INTO terms (name) VALUES ('u')")
-            conn.stopped = KeyboardInterrupt()  # as the progress handler keeps a signal
-            raise sqlite3.OperationalError("interrupted")
-
-    with pytest.raises(KeyboardInterrupt):
-        stopped_write(store)
-    assert store.terms() == ["t"]  # rolled back
+    path = tmp_path / "s.sqlite"
+    with LabelStore(path, annotator="a") as store:
+        store.add_terms(["t"])
+    conn = open_store(path, read_only=False, busy_timeout=5.0)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO terms (name) VALUES ('u')")
+        conn.stopped = KeyboardInterrupt()  # as the progress handler keeps a signal
+        rollback(conn)
+        with pytest.raises(KeyboardInterrupt):
+            raise store_error(sqlite3.OperationalError("interrupted"), path, conn)
+    finally:
+        conn.close()
+    with LabelStore(path, annotator="a") as store:
+        assert store.terms() == ["t"]  # rolled back

@@ -186,20 +186,21 @@ def test_a_symlink_loop_is_one_line(tmp_path, capsys):
 
 def test_a_store_swapped_after_vetting_is_vetted_again(lab, tmp_path, monkeypatch):
     """The file that was vetted must be the file that is opened: a swap in between (here
-    right after the first vetting) is noticed, the new file is vetted, and refused."""
+    right after the first vetting's last check, of the rows) is noticed, the new file is
+    vetted, and refused."""
     db, imgs, dave = lab
     hostile = tmp_path / "hostile.sqlite"
     hostile_bytes = tampered(db, hostile, TRIGGER)
-    real_vet, swaps = connection._vet, []
+    real_check, swaps = connection.check_rows, []
 
-    def vet_then_swap(conn, path, read_only):
-        real_vet(conn, path, read_only)
+    def check_then_swap(conn, path):
+        real_check(conn, path)
         if not swaps:
             swaps.append(1)
             shutil.copyfile(hostile, tmp_path / "swap.tmp")
             os.replace(tmp_path / "swap.tmp", db)
 
-    monkeypatch.setattr(connection, "_vet", vet_then_swap)
+    monkeypatch.setattr(connection, "check_rows", check_then_swap)
     with pytest.raises(InputError, match="trigger 'wipe'"):
         LabelStore(db, annotator="dave")
     assert swaps and db.read_bytes() == hostile_bytes  # refused before anything was written

@@ -84,8 +84,8 @@ def test_file_open_before_any_panel_waits_for_one(make_napari_viewer, qtbot, tmp
     """A large File > Open before the annotator is open leaves the layer waiting; opening the
     panel finds it (napari's layer list), reads the files in its worker, keeps one layer."""
     from napari_ish_annotator import _reader
-    from napari_ish_annotator.widgets._registry import get_session
-    from napari_ish_annotator.widgets._viewer_binding import embryo_layer
+    from napari_ish_annotator.widgets import embryo_layer
+    from napari_ish_annotator.widgets import session_of as get_session
 
     manifest = make_dataset(tmp_path / "data", n=6)
     monkeypatch.setattr(_reader, "BACKGROUND_MIN_FILES", 5)
@@ -106,7 +106,7 @@ def test_file_open_before_any_panel_waits_for_one(make_napari_viewer, qtbot, tmp
 
 def test_each_viewer_has_its_own_binding(make_napari_viewer, tmp_path):
     """Two viewers, two sessions: opening in one leaves the other empty (no shared state)."""
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     manifest = make_dataset(tmp_path / "data", n=3)
     first, second = make_napari_viewer(), make_napari_viewer()
@@ -127,7 +127,7 @@ SCRIPT = textwrap.dedent("""
     env, limit, frozen = dict(os.environ), Image.MAX_IMAGE_PIXELS, gc.get_freeze_count()
     import napari_ish_annotator.widgets
     from napari_ish_annotator.widgets import open_annotator
-    from napari_ish_annotator.widgets._loading import triton_blocked
+    from napari_ish_annotator.widgets import triton_blocked
     import_changed = gc.get_freeze_count() != frozen
 
     viewer = napari.Viewer(show=False)

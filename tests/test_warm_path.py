@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from napari_ish_annotator.core import backbones as bb
+from napari_ish_annotator.core.features import extractor
 from napari_ish_annotator.core.features.extractor import ExtractorConfig, FeatureExtractor
 from napari_ish_annotator.core.features.preprocess import resolve_precision, resolve_precision_type
 
@@ -95,17 +96,26 @@ def test_precision_without_torch_agrees_with_torch():
     assert light is None or light == bb.resolve_device("auto").type
 
 
-def test_lazy_extractor_has_the_loaded_signature_and_builds_no_network(tmp_path):
+def networks_built(monkeypatch) -> list:
+    """The backbones extractors load from now on (an extractor loads one on first use)."""
+    built, real = [], extractor.load_backbone
+    monkeypatch.setattr(extractor, "load_backbone",
+                        lambda *a, **k: built.append(a) or real(*a, **k))
+    return built
+
+
+def test_lazy_extractor_has_the_loaded_signature_and_builds_no_network(tmp_path, monkeypatch):
     config = ExtractorConfig(weights="random:seed=4", input_size=97, device="cpu")
+    built = networks_built(monkeypatch)
     lazy = FeatureExtractor(config, cache_dir=tmp_path)
-    assert lazy._loaded is None  # nothing built yet
+    assert built == []  # nothing built yet
     eager = FeatureExtractor(config, cache_dir=tmp_path,
                              loaded=bb.load_backbone("vgg16", "random:seed=4"))
     assert lazy.signature() == eager.signature()
     assert lazy.cache.key == eager.cache.key
 
 
-def test_weights_file_identity_is_remembered_by_its_hash(tmp_path):
+def test_weights_file_identity_is_remembered_by_its_hash(tmp_path, monkeypatch):
     import torch
 
     loaded = bb.load_backbone("vgg16", "random", seed=1)
@@ -119,8 +129,9 @@ def test_weights_file_identity_is_remembered_by_its_hash(tmp_path):
     identity = bb.weights_identity("vgg16", str(path), memo_dir=cache)
     assert identity == first.loaded.identity
     assert identity.mean == (0.5, 0.5, 0.5) and identity.available_upto == 16
+    built = networks_built(monkeypatch)
     second = FeatureExtractor(config, cache_dir=cache)
-    assert second._loaded is None and second.signature() == first.signature()
+    assert built == [] and second.signature() == first.signature()
     from napari_ish_annotator.core.utils.errors import InputError
 
     with pytest.raises(InputError, match="only cover"):  # a partial file, known from the memo

@@ -1,16 +1,33 @@
 """napari dock widgets: thin views over :mod:`napari_ish_annotator.session`.
 
 Importing this package has no side effects (the triton guard is scoped to the GUI's torch
-import, see :func:`._loading.triton_blocked`).
+import, see :func:`._loading.triton_blocked`) and imports neither Qt nor the session: the
+helpers other modules, scripts and tests need (the embryo layer, the canvas text, the
+error wording, the task runner...) are listed here and reached lazily
+(:func:`..core.utils.lazy.attach`), each the same object as in its home module.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..core.utils.lazy import attach
+
 PLUGIN = "napari-ish-annotator"
 DOCK_NAMES = ("Embryos", "Annotate", "Explain", "Train")
 ANNOTATOR_DOCK = "ISH Annotator"
+
+__getattr__, __dir__, _LAZY = attach(__name__, {
+    "_viewer_binding": ["OPEN_HINT", "embryo_layer", "overlay_text", "text_overlay"],
+    "_embryo_features": ["table_layer"],
+    "_errors": ["error_text", "gui_words", "shows_input_error"],
+    "_loading": ["freeze_long_lived", "triton_blocked"],
+    "_napari_private": ["qt_main_window"],
+    "_worker": ["TaskRunner"],
+})
+__all__ = sorted([*_LAZY, "ANNOTATOR_DOCK", "DOCK_NAMES", "PLUGIN", "fit_view",
+                  "fit_window_to_screen", "open_annotator", "open_demo", "open_docks",
+                  "session_of"])
 
 
 def session_of(viewer: Any) -> Any:
