@@ -29,6 +29,9 @@ META_KEY = "ish_annotator"
 OPEN_KEY = "ish_open"
 #: layer metadata: whether those inputs are many (read in a worker)
 BACKGROUND_KEY = "ish_open_background"
+#: layer metadata: the session owning the embryo layer, a weak reference (napari copies
+#: metadata shallowly and deepcopy keeps a weakref as it is; a closed viewer's session dies)
+SESSION_KEY = "ish_session"
 
 
 def embryo_layer(viewer: Any) -> Any | None:
@@ -55,6 +58,7 @@ def embryo_layer_data(rgb: Any, path: Path | str | None, inputs: list | None = N
 def _add_embryo_layer(viewer: Any, session: AnnotatorSession, rgb: Any,
                       visible: bool = True) -> Any:
     data, kwargs, _ = embryo_layer_data(rgb, session.current_path, visible=visible)
+    kwargs["metadata"][SESSION_KEY] = weakref.ref(session)
     layer = viewer.add_image(data, **kwargs)
     viewer.reset_view()
     return layer
@@ -140,6 +144,14 @@ def binding_of(viewer: Any = None, session: AnnotatorSession | None = None
         if binding.viewer is viewer or binding.session is session:
             return binding
     return None
+
+
+def layer_session(metadata: dict) -> AnnotatorSession | None:
+    """The bound session owning the embryo layer with this ``metadata`` (File > Save writes
+    its labels: the layer's own, whichever viewer is current), or None."""
+    ref = metadata.get(SESSION_KEY)
+    session = ref() if isinstance(ref, weakref.ref) else None
+    return session if binding_of(session=session) is not None else None
 
 
 def bindings_alive() -> int:
@@ -277,6 +289,7 @@ class ViewerBinding:
             return
         inputs = layer.metadata.pop(OPEN_KEY)
         layer.metadata.pop(BACKGROUND_KEY, None)
+        layer.metadata[SESSION_KEY] = weakref.ref(self.session)
         for old in [lay for lay in self.viewer.layers
                     if lay is not layer and lay.metadata.get(META_KEY) == "embryo"]:
             self.viewer.layers.remove(old)
