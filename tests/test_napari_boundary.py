@@ -4,6 +4,7 @@ process as it found it (sys.modules, the garbage collector, Pillow, the environm
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -147,7 +148,7 @@ def test_file_save_writes_the_saved_layers_own_session(make_napari_viewer, qtbot
     whichever viewer napari calls current."""
     import napari
 
-    from napari_ish_annotator.widgets._viewer_binding import embryo_layer
+    from napari_ish_annotator.widgets._viewer_binding import embryo_layer, layer_session
 
     first, annotator, session, watch = open_annotator(
         qtbot, make_napari_viewer, make_dataset(tmp_path / "a", n=6), monkeypatch)
@@ -175,6 +176,8 @@ def test_file_save_writes_the_saved_layers_own_session(make_napari_viewer, qtbot
         assert written == [str(out)] + ([str(predictions)] if n == 6 else [])
         assert predictions.is_file() == (n == 6)
     assert _present(_rows(tmp_path / "6.csv")[0]) == {term}  # the label set on the canvas
+    copied = copy.deepcopy(embryo_layer(first).metadata)  # as a copying plugin might
+    assert layer_session(copied) is session  # the weak reference survives, no session copy
     first.layers.selection = {embryo_layer(first)}  # napari's public Save, to a .csv
     saved = first.layers.save(str(tmp_path / "sel.csv"), selected=True, plugin=PLUGIN)
     assert len(saved) == 2 and len(_rows(tmp_path / "sel.csv")) == 6
