@@ -56,6 +56,19 @@ def test_the_reader_returns_layer_data_and_never_touches_a_viewer(tmp_path, monk
     assert data.shape == (1, 1, 3) and kwargs["metadata"]["ish_open"] == [str(bad)]
 
 
+def test_the_reader_imports_no_session():
+    """napari imports the reader on the GUI thread when a file is opened (to ask whether it
+    can read it): the session and the learning code behind it (0.2-0.3 s) are the panel's."""
+    code = ("import sys, napari_ish_annotator._reader; "
+            "print(sorted(m for m in sys.modules if m.startswith('napari_ish_annotator.session')"
+            " or m in ('napari_ish_annotator.core.workflow', 'pandas', 'sklearn', 'torch',"
+            " 'scipy.special')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 def test_a_received_folder_of_pipes_and_hidden_files_is_answered_at_once(tmp_path,
                                                                          monkeypatch):
     """File > Open of someone else's folder: a named pipe called .png, a macOS "._" fork and

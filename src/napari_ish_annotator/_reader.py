@@ -1,7 +1,7 @@
 """File > Open for manifest CSVs and folders of images: plain napari layer data.
 
 The reader never touches the viewer: it returns the embryo layer (the first image, tagged
-with the inputs to open, :func:`~.widgets._viewer_binding.embryo_layer_data`) and the
+with the inputs to open, :func:`~.widgets._layer_data.embryo_layer_data`) and the
 viewer's :class:`~.widgets._viewer_binding.ViewerBinding` opens them in the session when
 napari adds it (at once, or when the ISH Annotator panel is opened).
 """
@@ -19,7 +19,7 @@ from .core.data.images import read_rgb
 from .core.data.inputs import iter_images, list_images
 from .core.data.manifest import is_manifest
 from .core.utils.errors import InputError
-from .widgets._viewer_binding import embryo_layer_data
+from .widgets._layer_data import embryo_layer_data
 
 #: from this many images on, opening (header checks, content hashes) runs in the Embryos
 #: panel's worker with progress and Cancel; below it (~10 ms an image) it runs at once

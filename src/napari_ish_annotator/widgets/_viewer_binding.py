@@ -1,8 +1,8 @@
 """Connect a session to its viewer: the one embryo layer, the canvas text overlay, the keys.
 
 The napari boundary. File > Open and the sample data hand napari plain layer data
-(:func:`embryo_layer_data`: the first image, tagged with the inputs to open) and never touch
-the viewer; a :class:`ViewerBinding` finds such a layer through napari's public events
+(:func:`._layer_data.embryo_layer_data`: the first image, tagged with the inputs to open) and
+never touch the viewer; a :class:`ViewerBinding` finds such a layer through napari's public events
 (``viewer.layers.events.inserted``, and the layers already there when it binds) and opens
 its inputs in the session: a handful of files at once, more in the Embryos panel's worker
 (progress, Cancel; the GUI thread only applies the result). The binding is the only code that
@@ -14,45 +14,22 @@ viewer, not in module-level sets.
 from __future__ import annotations
 
 import weakref
-from pathlib import Path
 from typing import Any
 
 from ..core.utils.errors import InputError
 from ..session import AnnotatorSession
 from ._embryo_features import bind_table_layer
 from ._errors import report_error, shows_input_error
+from ._layer_data import (
+    BACKGROUND_KEY,
+    EMBRYO_LAYER,
+    META_KEY,
+    OPEN_KEY,
+    SESSION_KEY,
+    embryo_layer,
+    embryo_layer_data,
+)
 from ._napari_private import route_csv_saves, window_closed
-
-EMBRYO_LAYER = "ISH embryo"
-META_KEY = "ish_annotator"
-#: layer metadata: the inputs a reader's embryo layer asks the session to open
-OPEN_KEY = "ish_open"
-#: layer metadata: whether those inputs are many (read in a worker)
-BACKGROUND_KEY = "ish_open_background"
-#: layer metadata: the session owning the embryo layer, a weak reference (napari copies
-#: metadata shallowly and deepcopy keeps a weakref as it is; a closed viewer's session dies)
-SESSION_KEY = "ish_session"
-
-
-def embryo_layer(viewer: Any) -> Any | None:
-    """The session's image layer (identified by its metadata, whatever its name)."""
-    for layer in viewer.layers:
-        if layer.metadata.get(META_KEY) == "embryo":
-            return layer
-    return None
-
-
-def embryo_layer_data(rgb: Any, path: Path | str | None, inputs: list | None = None,
-                      background: bool = False, visible: bool = True) -> tuple:
-    """The embryo layer as napari layer data: the one description of it (the reader's and
-    the sample data's layer, and the binding's own). ``inputs``: what the session should open
-    when the layer appears (read in a worker with ``background``)."""
-    metadata: dict[str, Any] = {META_KEY: "embryo", "path": str(path or "")}
-    if inputs is not None:
-        metadata[OPEN_KEY] = [str(p) for p in inputs]
-        metadata[BACKGROUND_KEY] = bool(background)
-    return rgb, {"name": EMBRYO_LAYER, "rgb": True, "visible": visible,
-                 "metadata": metadata}, "image"
 
 
 def _add_embryo_layer(viewer: Any, session: AnnotatorSession, rgb: Any,
