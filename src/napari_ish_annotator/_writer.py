@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from .core.utils.errors import InputError
-from .widgets._viewer_binding import EMBRYO_LAYER, layer_session
+from .widgets._layer_data import EMBRYO_LAYER
+from .widgets._viewer_binding import layer_session
 
 
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:

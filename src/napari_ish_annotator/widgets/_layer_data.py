@@ -1,4 +1,4 @@
-"""The embryo layer as napari sees it: its name, its metadata keys, its layer data.
+"""The embryo layer as napari data: its name, the metadata keys the reader sets, its data.
 
 Apart from the viewer binding so that File > Open's reader imports no session: napari
 imports the reader on the GUI thread to ask whether it can read *any* file the user opens,
@@ -16,17 +16,6 @@ META_KEY = "ish_annotator"
 OPEN_KEY = "ish_open"
 #: layer metadata: whether those inputs are many (read in a worker)
 BACKGROUND_KEY = "ish_open_background"
-#: layer metadata: the session owning the embryo layer, a weak reference (napari copies
-#: metadata shallowly and deepcopy keeps a weakref as it is; a closed viewer's session dies)
-SESSION_KEY = "ish_session"
-
-
-def embryo_layer(viewer: Any) -> Any | None:
-    """The session's image layer (identified by its metadata, whatever its name)."""
-    for layer in viewer.layers:
-        if layer.metadata.get(META_KEY) == "embryo":
-            return layer
-    return None
 
 
 def embryo_layer_data(rgb: Any, path: Path | str | None, inputs: list | None = None,

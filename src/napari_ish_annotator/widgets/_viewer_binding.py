@@ -20,16 +20,19 @@ from ..core.utils.errors import InputError
 from ..session import AnnotatorSession
 from ._embryo_features import bind_table_layer
 from ._errors import report_error, shows_input_error
-from ._layer_data import (
-    BACKGROUND_KEY,
-    EMBRYO_LAYER,
-    META_KEY,
-    OPEN_KEY,
-    SESSION_KEY,
-    embryo_layer,
-    embryo_layer_data,
-)
+from ._layer_data import BACKGROUND_KEY, EMBRYO_LAYER, META_KEY, OPEN_KEY, embryo_layer_data
 from ._napari_private import route_csv_saves, window_closed
+
+#: layer metadata: the session owning the embryo layer, a weak reference (deepcopy keeps it)
+SESSION_KEY = "ish_session"
+
+
+def embryo_layer(viewer: Any) -> Any | None:
+    """The session's image layer (identified by its metadata, whatever its name)."""
+    for layer in viewer.layers:
+        if layer.metadata.get(META_KEY) == "embryo":
+            return layer
+    return None
 
 
 def _add_embryo_layer(viewer: Any, session: AnnotatorSession, rgb: Any,
@@ -124,8 +127,7 @@ def binding_of(viewer: Any = None, session: AnnotatorSession | None = None
 
 
 def layer_session(metadata: dict) -> AnnotatorSession | None:
-    """The bound session owning the embryo layer with this ``metadata`` (File > Save writes
-    its labels: the layer's own, whichever viewer is current), or None."""
+    """The bound session owning the embryo layer with ``metadata`` (File > Save's), or None."""
     ref = metadata.get(SESSION_KEY)
     session = ref() if isinstance(ref, weakref.ref) else None
     return session if binding_of(session=session) is not None else None
