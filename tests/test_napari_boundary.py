@@ -257,6 +257,7 @@ SCRIPT = textwrap.dedent("""
 
     viewer = napari.Viewer(show=False)
     viewer.open(sys.argv[1], plugin="napari-ish-annotator")
+    frozen_by_open = gc.get_freeze_count() > frozen  # before napari's first layer
     annotator = open_annotator(viewer)
     n = annotator.session.n_images
     frozen_in_use = gc.get_freeze_count() > frozen
@@ -267,7 +268,8 @@ SCRIPT = textwrap.dedent("""
         QApplication.processEvents()
         QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
     print(json.dumps({
-        "n": n, "import_changed": import_changed, "frozen_in_use": frozen_in_use,
+        "n": n, "import_changed": import_changed, "frozen_by_open": frozen_by_open,
+        "frozen_in_use": frozen_in_use,
         "blocked": blocked, "triton_left": "triton" in sys.modules,
         "frozen_after": gc.get_freeze_count() - frozen,
         "limit_same": Image.MAX_IMAGE_PIXELS == limit,
@@ -278,14 +280,16 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_the_plugin_leaves_the_process_as_it_found_it(tmp_path):
-    """Import, File > Open, the annotator, close: the garbage collector's freeze is undone,
-    triton is not blocked outside the torch import, Pillow's limit and ISH_* are unchanged."""
+    """Import, File > Open (the reader freezes what lives before napari's first layer), the
+    annotator, close: the garbage collector's freeze is undone, triton is not blocked
+    outside the torch import, Pillow's limit and ISH_* are unchanged."""
     manifest = make_dataset(tmp_path / "data", n=4)
     env = {**os.environ, "ISH_ANNOTATOR_CACHE": str(tmp_path / "cache")}
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(manifest)], env=env,
                          capture_output=True, text=True, timeout=WAIT_MS // 1000)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result == {"n": 4, "import_changed": False, "frozen_in_use": True, "blocked": True,
+    assert result == {"n": 4, "import_changed": False, "frozen_by_open": True,
+                      "frozen_in_use": True, "blocked": True,
                       "triton_left": False, "frozen_after": 0, "limit_same": True,
                       "env_changed": []}, result
