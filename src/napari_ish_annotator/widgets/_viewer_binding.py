@@ -148,6 +148,7 @@ class ViewerBinding:
         self.session = session
         self.keys: dict[str, Any] = {}
         self.first_show_pending = False  # a session's first image is being staged
+        self.first_text_pending = False  # the canvas text's first write is being staged
         self._openers: list[weakref.ref] = []
         _BINDINGS.append(self)
         self._bind()
@@ -231,9 +232,33 @@ class ViewerBinding:
 
         QTimer.singleShot(FIRST_SHOW_STAGE_MS, run_next)
 
+    def first_text_soon(self) -> None:
+        """Write the canvas text after the panel's first build and paint, in two timer events:
+        its first word, then all. vispy draws new glyphs on the GUI thread (~3 ms each, ~45)."""
+        from qtpy.QtCore import QTimer
+
+        self.first_text_pending = True
+        ref = weakref.ref(self)  # a timer must not keep a closed viewer's binding alive
+
+        def stage(last: bool) -> None:
+            binding = ref()
+            if binding is None or window_closed(binding.viewer):
+                return
+            if last:
+                binding.first_text_pending = False
+                binding.update_overlay()
+                return
+            overlay = text_overlay(binding.viewer)
+            if not (overlay.text or binding.first_show_pending):  # else written already
+                overlay.text = overlay_text(binding.session).split(" ", 1)[0]
+                overlay.visible = bool(overlay.text)
+            QTimer.singleShot(FIRST_SHOW_STAGE_MS, lambda: stage(last=True))
+
+        QTimer.singleShot(FIRST_SHOW_STAGE_MS, lambda: stage(last=False))
+
     def update_overlay(self) -> None:
-        """Write the canvas text; it waits while the session's first image is being staged."""
-        if self.first_show_pending:
+        """Write the canvas text; it waits while it or the first image is being staged."""
+        if self.first_show_pending or self.first_text_pending:
             return
         overlay = text_overlay(self.viewer)
         overlay.text = overlay_text(self.session)
@@ -313,7 +338,7 @@ class ViewerBinding:
             overlay.color = "white"
         except Exception:  # older napari versions name these differently
             pass
-        self.update_overlay()  # the hint, until images are open
+        self.first_text_soon()  # the hint, until images are open
         session.current_changed.connect(lambda *_: (self.show_current(), self.update_overlay()))
 
         def drop_stale_gradcam() -> None:
