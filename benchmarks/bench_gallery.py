@@ -39,7 +39,7 @@ def main() -> None:
     from qtpy.QtCore import QElapsedTimer, QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"

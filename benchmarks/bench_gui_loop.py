@@ -8,12 +8,18 @@ records the longest gap between its ticks while each step runs in the panel's wo
     xvfb-run -a python benchmarks/bench_gui_loop.py [--quick] [--why]
     python benchmarks/bench_gui_loop.py --headless [--profile]
     xvfb-run -a python benchmarks/bench_gui_loop.py --first-train [--bdgp] [--images N]
+    xvfb-run -a python benchmarks/bench_gui_loop.py --open-only [--pause S] [--profile] [...]
 
 ``--first-train``: File > Open then Train (CV on) at once, as a biologist does, in a fresh
 viewer whose feature cache is warm (an earlier `ish-annotator train` filled it), against
 `ish-annotator train` on the same data; then Train again. ``--bdgp`` draws genes and their
 stage 13-16 terms from the real FlyExpress annotations (/work/shared/data/flyexpress): most
 terms are present in only one or two genes.
+
+``--open-only`` (``--bdgp``, ``--images`` too): that File > Open, then after ``--pause`` s of
+running event loop (default 1, the user's way to Plugins > ISH Annotator; 0: in one go as
+``--first-train`` has it) the annotator dock: the longest GUI gap of each (``--profile``:
+cProfile of the GUI thread).
 
 ``--headless`` times only the Train step: the session's train step (CV on, in a worker thread,
 as the panel runs it; no viewer) against `ish-annotator train` in the same run, plus the CLI's
@@ -23,8 +29,10 @@ session's train step (the top functions by cumulative time).
 
 from __future__ import annotations
 
+import cProfile
 import csv
 import os
+import pstats
 import subprocess
 import sys
 import tempfile
@@ -199,9 +207,6 @@ def headless(profile: bool = False, repeats: int = 3) -> None:
                 request = s.model.train_request(cross_validate=True)  # built on the GUI thread
                 t0 = time.perf_counter()
                 if k == repeats:  # the profiled run is not timed
-                    import cProfile
-                    import pstats
-
                     prof = cProfile.Profile()
                     pool.submit(prof.runcall, drive, throttled(steps.iter_train(request))).result()
                     pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
@@ -282,7 +287,56 @@ def first_train(bdgp: bool, n_images: int) -> None:
           f"gap {open_gap:.3f} s)")
 
 
+def open_only(bdgp: bool, n_images: int, pause: float, profile: bool) -> None:
+    """File > Open in a fresh viewer, after ``pause`` s the annotator dock; GUI gaps."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_ish_annotator.widgets import open_annotator
+
+    def run_events(seconds: float, busy=lambda: False) -> None:
+        end = time.perf_counter() + seconds
+        while busy() or time.perf_counter() < end:
+            app.processEvents()
+            time.sleep(0.005)
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        os.environ["ISH_ANNOTATOR_CACHE"] = str(tmp / "cache")
+        manifest = make_bdgp_manifest(tmp, n_images) if bdgp else make_manifest(tmp)
+        viewer = napari.Viewer(show=True)
+        app = QApplication.instance()
+        run_events(1.0)  # the empty window's first paints
+        meter, prof = GapMeter(why="--why" in sys.argv), cProfile.Profile()
+        meter.start()
+        if profile:
+            prof.enable()
+        viewer.open(str(manifest), plugin="napari-ish-annotator")  # File > Open
+        if pause:
+            run_events(pause)
+            open_gap = meter.stop()
+            meter.start()
+        annotator = open_annotator(viewer)  # Plugins > ISH Annotator
+        run_events(0, lambda: annotator.embryos.runner.running or not annotator.session.n_images)
+        run_events(1.0)  # paints and timers the open left behind
+        prof.disable()
+        dock_gap = meter.stop()
+        viewer.close()
+    cache = "off" if sys.dont_write_bytecode else (sys.pycache_prefix or "beside the sources")
+    head = f"{n_images if bdgp else N_IMAGES} images, writing bytecode {cache}: longest GUI gap"
+    print(f"{head} of File > Open {open_gap:.3f} s, of the annotator dock {pause:g} s later "
+          f"(its first build, the open it starts) {dock_gap:.3f} s" if pause else
+          f"{head} of File > Open and the annotator dock in one go {dock_gap:.3f} s")
+    if profile:
+        pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
+
+
 def main() -> None:
+    if "--open-only" in sys.argv:
+        n = int(sys.argv[sys.argv.index("--images") + 1]) if "--images" in sys.argv else N_IMAGES
+        pause = float(sys.argv[sys.argv.index("--pause") + 1]) if "--pause" in sys.argv else 1.0
+        open_only("--bdgp" in sys.argv, n, pause, "--profile" in sys.argv)
+        return
     if "--first-train" in sys.argv:
         n = int(sys.argv[sys.argv.index("--images") + 1]) if "--images" in sys.argv else N_IMAGES
         first_train("--bdgp" in sys.argv, n)
@@ -320,11 +374,7 @@ def main() -> None:
         s = annotator.session
         s.update_settings(backbone=BACKBONE, weights=WEIGHTS, layer="stage5", input_size=SIZE,
                           device="cpu", n_members=11, C=10.0)
-        from napari_ish_annotator.widgets._viewer_binding import (
-            OPEN_HINT,
-            embryo_layer,
-            text_overlay,
-        )
+        from napari_ish_annotator.widgets import OPEN_HINT, embryo_layer, text_overlay
 
         def shown(viewer) -> bool:
             """The first embryo on the canvas, with its overlay text."""

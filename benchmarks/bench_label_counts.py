@@ -34,7 +34,7 @@ def _gui(tmp: Path, folder: Path, terms: list[str]) -> None:
 
     from napari_ish_annotator.core.utils.progress import drive
     from napari_ish_annotator.session import steps
-    from napari_ish_annotator.widgets._registry import get_session
+    from napari_ish_annotator.widgets import session_of as get_session
     from napari_ish_annotator.widgets.embryos import EmbryosWidget
 
     viewer = napari.Viewer(show=False)

@@ -63,9 +63,9 @@ def _shots(napari, manifest: Path, args: argparse.Namespace, w: int, h: int, suf
     from qtpy.QtWidgets import QApplication
 
     from napari_ish_annotator.core.backbones.specs import get_spec
-    from napari_ish_annotator.widgets import _worker, open_annotator, qt_main_window
+    from napari_ish_annotator.widgets import open_annotator, qt_main_window
 
-    _worker.SYNCHRONOUS = True  # deterministic script: run the same generators inline
+    os.environ["ISH_ANNOTATOR_SYNC"] = "1"  # deterministic script: the same generators inline
     viewer = napari.Viewer(title="napari-ish-annotator", show=True)
     window = qt_main_window(viewer)
     window.resize(w, h)

@@ -4,6 +4,8 @@ process as it found it (sys.modules, the garbage collector, Pillow, the environm
 
 from __future__ import annotations
 
+import copy
+import csv
 import json
 import os
 import subprocess
@@ -13,7 +15,17 @@ import textwrap
 import numpy as np
 import pytest
 
-from _gui_helpers import TERMS, WAIT_MS, dock, make_dataset, wait_done
+from _gui_helpers import (
+    TERMS,
+    WAIT_MS,
+    choose_small_model,
+    click,
+    dock,
+    make_dataset,
+    open_annotator,
+    press,
+    wait_done,
+)
 
 pytestmark = pytest.mark.gui
 
@@ -42,6 +54,19 @@ def test_the_reader_returns_layer_data_and_never_touches_a_viewer(tmp_path, monk
     bad.write_text("image,terms\nmissing.png,\nalso-missing.png,\n")
     [(data, kwargs, _)] = _reader.read_dataset(str(bad))
     assert data.shape == (1, 1, 3) and kwargs["metadata"]["ish_open"] == [str(bad)]
+
+
+def test_the_reader_imports_no_session():
+    """napari imports the reader on the GUI thread when a file is opened (to ask whether it
+    can read it): the session and the learning code behind it (0.2-0.3 s) are the panel's."""
+    code = ("import sys, napari_ish_annotator._reader; "
+            "print(sorted(m for m in sys.modules if m.startswith('napari_ish_annotator.session')"
+            " or m in ('napari_ish_annotator.core.workflow', 'pandas', 'sklearn', 'torch',"
+            " 'scipy.special')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_a_received_folder_of_pipes_and_hidden_files_is_answered_at_once(tmp_path,
@@ -117,6 +142,106 @@ def test_each_viewer_has_its_own_binding(make_napari_viewer, tmp_path):
     assert get_session(first) is not second_session
 
 
+PLUGIN = "napari-ish-annotator"
+
+
+def _rows(path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _present(row: dict) -> set[str]:
+    return {t for t in row["terms"].split(";") if t}
+
+
+def test_file_save_writes_the_saved_layers_own_session(make_napari_viewer, qtbot, tmp_path,
+                                                      monkeypatch):
+    """Two viewers, each with its own dataset open: saving an embryo layer with the plugin's
+    writer writes THAT layer's session (labels; predictions once a model predicted),
+    whichever viewer napari calls current."""
+    import napari
+
+    from napari_ish_annotator.widgets import embryo_layer, layer_session
+
+    first, annotator, session, watch = open_annotator(
+        qtbot, make_napari_viewer, make_dataset(tmp_path / "a", n=6), monkeypatch)
+    choose_small_model(qtbot, annotator.model, annotator.train)
+    click(qtbot, annotator.train.cv_check)
+    click(qtbot, annotator.train.train_button)
+    wait_done(qtbot, annotator.train.runner)
+    assert session.probabilities is not None
+    term = session.vocabulary[0]
+    assert session.index == 0 and session.labels_for(0).get(term) != 1
+    for _ in range(3):  # the first key cycles the first term to 'present' on the canvas
+        if session.labels_for(0).get(term) != 1:
+            press(first, "1")
+    assert session.labels_for(0).get(term) == 1
+    second, _, other, _ = open_annotator(
+        qtbot, make_napari_viewer, make_dataset(tmp_path / "b", n=3, seed=1), monkeypatch)
+
+    for viewer, own, n in ((first, session, 6), (second, other, 3)):
+        out = tmp_path / f"{n}.csv"
+        written = napari.save_layers(str(out), [embryo_layer(viewer)], plugin=PLUGIN)
+        rows = _rows(out)
+        assert len(rows) == n  # the layer's own images, relative to the manifest
+        assert {(tmp_path / r["image"]).resolve() for r in rows} == set(own.paths)
+        predictions = out.with_name(f"{n}.predictions.csv")
+        assert written == [str(out)] + ([str(predictions)] if n == 6 else [])
+        assert predictions.is_file() == (n == 6)
+    assert _present(_rows(tmp_path / "6.csv")[0]) == {term}  # the label set on the canvas
+    copied = copy.deepcopy(embryo_layer(first).metadata)  # as a copying plugin might
+    assert layer_session(copied) is session  # the weak reference survives, no session copy
+    first.layers.selection = {embryo_layer(first)}  # napari's public Save, to a .csv
+    saved = first.layers.save(str(tmp_path / "sel.csv"), selected=True, plugin=PLUGIN)
+    assert len(saved) == 2 and len(_rows(tmp_path / "sel.csv")) == 6
+    assert watch.problems() == []
+
+
+def _file_save_selected(qtbot, viewer, monkeypatch, path, file_type: str) -> list[tuple]:
+    """File > Save Selected Layers..., the dialog answered with ``path`` and the file type
+    named ``file_type``; returns what it raised (napari shows it) as (type, message) pairs:
+    a traceback's frames would keep the viewer alive."""
+    import napari
+    from qtpy.QtWidgets import QFileDialog
+
+    def answer(_parent=None, _caption="", _directory="", filter="", **_k):  # noqa: A002
+        return str(path), next(f for f in filter.split(";;") if file_type in f)
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(answer))
+    viewer.window.activate()  # the user clicks on its window; its menu acts on it
+    qtbot.waitUntil(lambda: napari.current_viewer() is viewer, timeout=5000)
+    menu = viewer.window.file_menu
+    menu.aboutToShow.emit()  # napari enables the menu's actions as it opens
+    action = next(a for a in menu.actions() if a.text().startswith("Save Selected Layers"))
+    assert action.isEnabled()
+    with qtbot.capture_exceptions() as raised:
+        action.trigger()
+    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
+        if hasattr(sys, name):  # where PyQt left it to print, frames and all
+            setattr(sys, name, None)
+    return [(kind, str(exc)) for kind, exc, _ in raised]
+
+
+def test_saving_a_layer_without_a_session_says_what_to_do(make_napari_viewer, qtbot,
+                                                          tmp_path, monkeypatch):
+    """A plain image layer saved as "ISH labels manifest" (beside an open session, or in a
+    viewer without one): one line saying what is wrong and what to do, nothing written."""
+    from napari_ish_annotator.core.utils.errors import InputError
+
+    with_session, *_ = open_annotator(qtbot, make_napari_viewer,
+                                      make_dataset(tmp_path / "a", n=3), monkeypatch)
+    without = make_napari_viewer()
+    for k, viewer in enumerate((with_session, without)):
+        plain = viewer.add_image(np.zeros((8, 8), np.uint8), name="plain")
+        viewer.layers.selection = {plain}
+        out = tmp_path / f"plain{k}.csv"
+        raised = _file_save_selected(qtbot, viewer, monkeypatch, out, "ISH labels manifest")
+        assert [kind for kind, _ in raised] == [InputError], raised
+        message = raised[0][1]
+        assert "'plain' holds no ISH Annotator labels" in message and "select" in message
+        assert "\n" not in message and not out.exists()
+
+
 SCRIPT = textwrap.dedent("""
     import gc, json, os, sys
     from PIL import Image
@@ -132,6 +257,7 @@ SCRIPT = textwrap.dedent("""
 
     viewer = napari.Viewer(show=False)
     viewer.open(sys.argv[1], plugin="napari-ish-annotator")
+    frozen_by_open = gc.get_freeze_count() > frozen  # before napari's first layer
     annotator = open_annotator(viewer)
     n = annotator.session.n_images
     frozen_in_use = gc.get_freeze_count() > frozen
@@ -142,7 +268,8 @@ SCRIPT = textwrap.dedent("""
         QApplication.processEvents()
         QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
     print(json.dumps({
-        "n": n, "import_changed": import_changed, "frozen_in_use": frozen_in_use,
+        "n": n, "import_changed": import_changed, "frozen_by_open": frozen_by_open,
+        "frozen_in_use": frozen_in_use,
         "blocked": blocked, "triton_left": "triton" in sys.modules,
         "frozen_after": gc.get_freeze_count() - frozen,
         "limit_same": Image.MAX_IMAGE_PIXELS == limit,
@@ -153,14 +280,16 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_the_plugin_leaves_the_process_as_it_found_it(tmp_path):
-    """Import, File > Open, the annotator, close: the garbage collector's freeze is undone,
-    triton is not blocked outside the torch import, Pillow's limit and ISH_* are unchanged."""
+    """Import, File > Open (the reader freezes what lives before napari's first layer), the
+    annotator, close: the garbage collector's freeze is undone, triton is not blocked
+    outside the torch import, Pillow's limit and ISH_* are unchanged."""
     manifest = make_dataset(tmp_path / "data", n=4)
     env = {**os.environ, "ISH_ANNOTATOR_CACHE": str(tmp_path / "cache")}
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(manifest)], env=env,
                          capture_output=True, text=True, timeout=WAIT_MS // 1000)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result == {"n": 4, "import_changed": False, "frozen_in_use": True, "blocked": True,
+    assert result == {"n": 4, "import_changed": False, "frozen_by_open": True,
+                      "frozen_in_use": True, "blocked": True,
                       "triton_left": False, "frozen_after": 0, "limit_same": True,
                       "env_changed": []}, result

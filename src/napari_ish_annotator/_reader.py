@@ -1,7 +1,7 @@
 """File > Open for manifest CSVs and folders of images: plain napari layer data.
 
 The reader never touches the viewer: it returns the embryo layer (the first image, tagged
-with the inputs to open, :func:`~.widgets._viewer_binding.embryo_layer_data`) and the
+with the inputs to open, :func:`~.widgets._layer_data.embryo_layer_data`) and the
 viewer's :class:`~.widgets._viewer_binding.ViewerBinding` opens them in the session when
 napari adds it (at once, or when the ISH Annotator panel is opened).
 """
@@ -19,7 +19,8 @@ from .core.data.images import read_rgb
 from .core.data.inputs import iter_images, list_images
 from .core.data.manifest import is_manifest
 from .core.utils.errors import InputError
-from .widgets._viewer_binding import embryo_layer_data
+from .widgets._layer_data import embryo_layer_data
+from .widgets._loading import freeze_long_lived
 
 #: from this many images on, opening (header checks, content hashes) runs in the Embryos
 #: panel's worker with progress and Cancel; below it (~10 ms an image) it runs at once
@@ -106,7 +107,14 @@ def first_image(inputs: list[str | Path]) -> tuple[np.ndarray, Path | None]:
 
 
 def read_dataset(path: str | list[str]) -> list[tuple]:
-    """Reader function: the embryo layer's data, asking the session to open ``path``."""
+    """Reader function: the embryo layer's data, asking the session to open ``path``.
+
+    napari builds the viewer's first layer from it at once, on the GUI thread: pint's unit
+    registry and the xarray/pandas imports set off full garbage collections over napari's
+    and Qt's objects (0.1-0.18 s each, there and when the panel opens next), so what lives
+    now is frozen first (:func:`~.widgets._loading.freeze_long_lived`; undone when the last
+    ISH session closes, kept for the process if no panel ever opens)."""
+    freeze_long_lived("File > Open")
     paths = path if isinstance(path, list) else [path]
     rgb, first = first_image(paths)
     return [embryo_layer_data(rgb, first, paths,

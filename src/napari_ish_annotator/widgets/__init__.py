@@ -18,7 +18,8 @@ DOCK_NAMES = ("Embryos", "Annotate", "Explain", "Train")
 ANNOTATOR_DOCK = "ISH Annotator"
 
 __getattr__, __dir__, _LAZY = attach(__name__, {
-    "_viewer_binding": ["OPEN_HINT", "embryo_layer", "overlay_text", "text_overlay"],
+    "_viewer_binding": ["OPEN_HINT", "embryo_layer", "layer_session", "overlay_text",
+                        "text_overlay"],
     "_embryo_features": ["table_layer"],
     "_errors": ["error_text", "gui_words", "shows_input_error"],
     "_loading": ["freeze_long_lived", "triton_blocked"],

@@ -1,8 +1,8 @@
 """Connect a session to its viewer: the one embryo layer, the canvas text overlay, the keys.
 
 The napari boundary. File > Open and the sample data hand napari plain layer data
-(:func:`embryo_layer_data`: the first image, tagged with the inputs to open) and never touch
-the viewer; a :class:`ViewerBinding` finds such a layer through napari's public events
+(:func:`._layer_data.embryo_layer_data`: the first image, tagged with the inputs to open) and
+never touch the viewer; a :class:`ViewerBinding` finds such a layer through napari's public events
 (``viewer.layers.events.inserted``, and the layers already there when it binds) and opens
 its inputs in the session: a handful of files at once, more in the Embryos panel's worker
 (progress, Cancel; the GUI thread only applies the result). The binding is the only code that
@@ -14,21 +14,17 @@ viewer, not in module-level sets.
 from __future__ import annotations
 
 import weakref
-from pathlib import Path
 from typing import Any
 
 from ..core.utils.errors import InputError
 from ..session import AnnotatorSession
 from ._embryo_features import bind_table_layer
 from ._errors import report_error, shows_input_error
+from ._layer_data import BACKGROUND_KEY, EMBRYO_LAYER, META_KEY, OPEN_KEY, embryo_layer_data
 from ._napari_private import route_csv_saves, window_closed
 
-EMBRYO_LAYER = "ISH embryo"
-META_KEY = "ish_annotator"
-#: layer metadata: the inputs a reader's embryo layer asks the session to open
-OPEN_KEY = "ish_open"
-#: layer metadata: whether those inputs are many (read in a worker)
-BACKGROUND_KEY = "ish_open_background"
+#: layer metadata: the session owning the embryo layer, a weak reference (deepcopy keeps it)
+SESSION_KEY = "ish_session"
 
 
 def embryo_layer(viewer: Any) -> Any | None:
@@ -39,22 +35,10 @@ def embryo_layer(viewer: Any) -> Any | None:
     return None
 
 
-def embryo_layer_data(rgb: Any, path: Path | str | None, inputs: list | None = None,
-                      background: bool = False, visible: bool = True) -> tuple:
-    """The embryo layer as napari layer data: the one description of it (the reader's and
-    the sample data's layer, and the binding's own). ``inputs``: what the session should open
-    when the layer appears (read in a worker with ``background``)."""
-    metadata: dict[str, Any] = {META_KEY: "embryo", "path": str(path or "")}
-    if inputs is not None:
-        metadata[OPEN_KEY] = [str(p) for p in inputs]
-        metadata[BACKGROUND_KEY] = bool(background)
-    return rgb, {"name": EMBRYO_LAYER, "rgb": True, "visible": visible,
-                 "metadata": metadata}, "image"
-
-
 def _add_embryo_layer(viewer: Any, session: AnnotatorSession, rgb: Any,
                       visible: bool = True) -> Any:
     data, kwargs, _ = embryo_layer_data(rgb, session.current_path, visible=visible)
+    kwargs["metadata"][SESSION_KEY] = weakref.ref(session)
     layer = viewer.add_image(data, **kwargs)
     viewer.reset_view()
     return layer
@@ -142,6 +126,13 @@ def binding_of(viewer: Any = None, session: AnnotatorSession | None = None
     return None
 
 
+def layer_session(metadata: dict) -> AnnotatorSession | None:
+    """The bound session owning the embryo layer with ``metadata`` (File > Save's), or None."""
+    ref = metadata.get(SESSION_KEY)
+    session = ref() if isinstance(ref, weakref.ref) else None
+    return session if binding_of(session=session) is not None else None
+
+
 def bindings_alive() -> int:
     """How many viewers have a bound session."""
     return len(_BINDINGS)
@@ -157,6 +148,7 @@ class ViewerBinding:
         self.session = session
         self.keys: dict[str, Any] = {}
         self.first_show_pending = False  # a session's first image is being staged
+        self.first_text_pending = False  # the canvas text's first write is being staged
         self._openers: list[weakref.ref] = []
         _BINDINGS.append(self)
         self._bind()
@@ -240,9 +232,33 @@ class ViewerBinding:
 
         QTimer.singleShot(FIRST_SHOW_STAGE_MS, run_next)
 
+    def first_text_soon(self) -> None:
+        """Write the canvas text after the panel's first build and paint, in two timer events:
+        its first word, then all. vispy draws new glyphs on the GUI thread (~3 ms each, ~45)."""
+        from qtpy.QtCore import QTimer
+
+        self.first_text_pending = True
+        ref = weakref.ref(self)  # a timer must not keep a closed viewer's binding alive
+
+        def stage(last: bool) -> None:
+            binding = ref()
+            if binding is None or window_closed(binding.viewer):
+                return
+            if last:
+                binding.first_text_pending = False
+                binding.update_overlay()
+                return
+            overlay = text_overlay(binding.viewer)
+            if not (overlay.text or binding.first_show_pending):  # else written already
+                overlay.text = overlay_text(binding.session).split(" ", 1)[0]
+                overlay.visible = bool(overlay.text)
+            QTimer.singleShot(FIRST_SHOW_STAGE_MS, lambda: stage(last=True))
+
+        QTimer.singleShot(FIRST_SHOW_STAGE_MS, lambda: stage(last=False))
+
     def update_overlay(self) -> None:
-        """Write the canvas text; it waits while the session's first image is being staged."""
-        if self.first_show_pending:
+        """Write the canvas text; it waits while it or the first image is being staged."""
+        if self.first_show_pending or self.first_text_pending:
             return
         overlay = text_overlay(self.viewer)
         overlay.text = overlay_text(self.session)
@@ -277,6 +293,7 @@ class ViewerBinding:
             return
         inputs = layer.metadata.pop(OPEN_KEY)
         layer.metadata.pop(BACKGROUND_KEY, None)
+        layer.metadata[SESSION_KEY] = weakref.ref(self.session)
         for old in [lay for lay in self.viewer.layers
                     if lay is not layer and lay.metadata.get(META_KEY) == "embryo"]:
             self.viewer.layers.remove(old)
@@ -321,7 +338,7 @@ class ViewerBinding:
             overlay.color = "white"
         except Exception:  # older napari versions name these differently
             pass
-        self.update_overlay()  # the hint, until images are open
+        self.first_text_soon()  # the hint, until images are open
         session.current_changed.connect(lambda *_: (self.show_current(), self.update_overlay()))
 
         def drop_stale_gradcam() -> None:

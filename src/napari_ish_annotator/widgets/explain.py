@@ -21,7 +21,8 @@ from qtpy.QtWidgets import (
 from ..session import GradcamMaps, steps
 from ._base import SessionDock
 from ._errors import shows_input_error
-from ._viewer_binding import META_KEY, embryo_layer
+from ._layer_data import META_KEY
+from ._viewer_binding import embryo_layer
 from ._worker import TaskRunner
 
 COLORMAPS = ("inferno", "magma", "viridis", "turbo")
