@@ -169,13 +169,13 @@ def test_file_save_writes_the_saved_layers_own_session(make_napari_viewer, qtbot
     click(qtbot, annotator.train.cv_check)
     click(qtbot, annotator.train.train_button)
     wait_done(qtbot, annotator.train.runner)
-    assert session.probabilities is not None
+    assert session.model.probabilities is not None
     term = session.vocabulary[0]
-    assert session.index == 0 and session.labels_for(0).get(term) != 1
+    assert session.index == 0 and session.labels.labels_for(0).get(term) != 1
     for _ in range(3):  # the first key cycles the first term to 'present' on the canvas
-        if session.labels_for(0).get(term) != 1:
+        if session.labels.labels_for(0).get(term) != 1:
             press(first, "1")
-    assert session.labels_for(0).get(term) == 1
+    assert session.labels.labels_for(0).get(term) == 1
     second, _, other, _ = open_annotator(
         qtbot, make_napari_viewer, make_dataset(tmp_path / "b", n=3, seed=1), monkeypatch)
 
