@@ -213,7 +213,6 @@ class _DecodeBatches:
         return self.preprocessor.batch(self.batches[j])
 
 
-
 def process_workers(wanted: int, n_batches: int, batch_bytes: int) -> int:
     """Decoding processes for ``n_batches`` of ``batch_bytes`` each: they pay their start-up
     only when there are batches to overlap, and each keeps two batches in shared memory, which
@@ -259,4 +258,8 @@ def decoded_in_processes(preprocessor: Preprocessor, item_batches: list[list[Any
     finally:
         shutdown = getattr(it, "_shutdown_workers", None)  # now, not when collected
         if shutdown is not None:
-            shutdown()
+            try:
+                shutdown()
+            except RuntimeError as error:  # a worker died while being stopped: its batches
+                if "DataLoader worker" not in str(error):  # are not wanted any more (a
+                    raise  # cancel, or all were read); torch has ended the others
