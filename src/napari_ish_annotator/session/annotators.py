@@ -73,4 +73,5 @@ def consensus_train_request(session: AnnotatorSession, cross_validate: bool = Tr
     if not (agreed >= 0).any():
         raise InputError("no consensus labels: nobody has labelled the open images yet; "
                          "label images or import annotators' manifests first")
-    return session.model.train_request(cross_validate, Y=np.ascontiguousarray(agreed, dtype=np.int8))
+    return session.model.train_request(cross_validate,
+                                       Y=np.ascontiguousarray(agreed, dtype=np.int8))

@@ -7,7 +7,7 @@ combined from its images' predictions (:func:`core.learn.groups.combine_probabil
 same combination as ``predict --by gene,stage``) and the terms called present by the one
 decision rule (:func:`core.learn.decision.calls`). Accepting writes those calls as the
 current annotator's labels of every image of the record in one transaction, undone by one
-Undo (:meth:`.labels.LabelsPart.set_label_batch`).
+Undo (:meth:`.labels.SessionLabels.set_label_batch`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 per-image table napari's own tools read (a layer's ``features``).
 
 The Gallery (``widgets/gallery.py``) is a thin view over :func:`gallery_order` (which images,
-in which order, for one term) and :meth:`.labels.LabelsPart.set_labels` (marks as one undoable
+in which order, for one term) and :meth:`.labels.SessionLabels.set_labels` (marks as one undoable
 batch). Calls come from :mod:`..core.learn.decision` and the "label contradicts the model" sort
 from :func:`..core.learn.review.contradiction` of out-of-fold p, the ranking ``ish-annotator
 suspicious`` uses.
@@ -57,8 +57,8 @@ def held_out_probabilities(session: AnnotatorSession, term: str) -> np.ndarray:
     else the current p (images labelled since, a loaded bundle, Train without CV)."""
     p = term_probabilities(session, term)
     held = session.model.held_out
-    if held is None or held.bundle is not session.model.bundle or held.generation != session.generation \
-            or len(held.probabilities) != len(p):
+    if held is None or held.bundle is not session.model.bundle \
+            or held.generation != session.generation or len(held.probabilities) != len(p):
         return p
     model = list(held.bundle.classifier.vocabulary)
     if term not in model:
@@ -71,7 +71,8 @@ def term_labels(session: AnnotatorSession, term: str) -> np.ndarray:
     """The current annotator's label of ``term`` per image: 1 / 0 / -1 unknown."""
     if term not in session.vocabulary:
         raise InputError(f"unknown term {term!r}; choose a term of the vocabulary")
-    return np.asarray(session.labels.label_matrix()[:, session.vocabulary.index(term)], dtype=np.int8)
+    column = session.vocabulary.index(term)
+    return np.asarray(session.labels.label_matrix()[:, column], dtype=np.int8)
 
 
 def disagreement(session: AnnotatorSession, term: str) -> np.ndarray:

@@ -178,7 +178,8 @@ class ModelSection(QWidget):
 
     def _start_first_run(self) -> None:
         """Start on a network whose weights are here (files only: no torch), and say so."""
-        choice = first_run_model(self.session.settings) if self.session.model.bundle is None else None
+        has_model = self.session.model.bundle is not None
+        choice = None if has_model else first_run_model(self.session.settings)
         if choice is None:
             return
         if choice.values:

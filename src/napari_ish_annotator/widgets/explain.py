@@ -161,7 +161,8 @@ class ExplainWidget(SessionDock):
         s = self.session
         terms = (s.model.terms if self.stack_check.isChecked()
                  else [self.term_combo.currentText()])
-        request = s.model.gradcam_request(terms, finetuned=self.source_combo.currentData() == "finetuned")
+        request = s.model.gradcam_request(
+            terms, finetuned=self.source_combo.currentData() == "finetuned")
         if self.runner.running:
             self.runner.cancel()
             self.runner.worker = None  # the newer request wins; the old result is ignored

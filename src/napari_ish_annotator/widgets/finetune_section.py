@@ -342,7 +342,8 @@ class FinetuneSection(QWidget):
     def _show_switch(self) -> None:
         self.switch_button.setEnabled(self.session.model.previous_model is not None
                                       and not self.runner.running)
-        self.switch_button.setText("Switch to previous model" if self.session.model.finetuned is not None
+        tuned = self.session.model.finetuned is not None
+        self.switch_button.setText("Switch to previous model" if tuned
                                    else "Switch to fine-tuned model")
 
     def switch_model(self) -> None:

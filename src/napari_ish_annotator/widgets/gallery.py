@@ -1,7 +1,7 @@
 """Gallery dock (Plugins > ISH Annotator > Gallery): many embryos at once for one term.
 
 A thin view: which images and in which order is :func:`..session.review.gallery_order`, a mark
-is :meth:`..session.labels.LabelsPart.set_labels` (one undoable batch), a call is
+is :meth:`..session.labels.SessionLabels.set_labels` (one undoable batch), a call is
 :mod:`..core.learn.decision`'s. The grid is a ``QListView`` in icon mode over a list model
 that only knows indices (virtualised: Qt asks for the visible cells only); previews are made
 in a napari worker, visible ones first, through :mod:`..core.data.thumbnails` (vetted

@@ -98,7 +98,7 @@ def weights_identity(name: str = "vgg16", weights: str = "imagenet", seed: int =
     rand = _random_seed(weights, seed)
     if rand is not None:
         return WeightsIdentity(f"random:seed={rand}", spec.mean, spec.std, spec.pixel_scale)
-    if (is_imagenet_spec(weights)) and spec.packaged_weights:
+    if is_imagenet_spec(weights) and spec.packaged_weights:
         _, weights_id = spec.packaged_weights.checked_path(spec.name, weights)
         return WeightsIdentity(weights_id, spec.mean, spec.std, spec.pixel_scale)
     if is_imagenet_spec(weights):
@@ -394,7 +394,7 @@ def load_backbone(name: str = "vgg16", weights: str = "imagenet", seed: int = 0)
         generator = torch.Generator().manual_seed(rand)
         spec.init_trunk(trunk, generator)
         weights_id = f"random:seed={rand}"
-    elif (is_imagenet_spec(weights)) and spec.packaged_weights:
+    elif is_imagenet_spec(weights) and spec.packaged_weights:
         state, weights_id, source = spec.packaged_weights.load(spec.name, weights)
         covered = _fit_state_dict(spec, trunk, state, f"{weights} weights", source)
     elif is_imagenet_spec(weights):

@@ -53,6 +53,7 @@ RETRIES = 2  # per chunk, for exceptions raised by the task
 CONNECT_TIMEOUT_S: float | None = None
 TIMEOUT_ENV = "ISH_ANNOTATOR_DASK_TIMEOUT"
 CLUSTER_EXTRA = install_hint("cluster")
+DASK = ("distributed", "cluster", "--dask")  # require_extra: the package, its extra, the option
 PACKAGE = "napari_ish_annotator"
 
 
@@ -225,7 +226,7 @@ def connect(address: ClusterAddress | str, tls: TLSFiles | None = None) -> Itera
     """
     import logging
 
-    distributed = require_extra("distributed", "cluster", "--dask")
+    distributed = require_extra(*DASK)
     if isinstance(address, str):
         address = ClusterAddress.parse(address)
     tls = tls or TLSFiles()
@@ -311,7 +312,7 @@ class DistributedExtractor(FeatureExtractor):
     def _iter_compute(self, images: list, todo: list[str], rows: dict[str, list[int]],
                       out: np.ndarray, done: int, failed: dict[int, str], skip: bool
                       ) -> ProgressGen[np.ndarray]:
-        distributed = require_extra("distributed", "cluster", "--dask")
+        distributed = require_extra(*DASK)
         n = len(images)
         chunks = [todo[s:s + CHUNK] for s in range(0, len(todo), CHUNK)]
         config = asdict(self.config)
@@ -364,7 +365,7 @@ def _portable(image: Any) -> Any:
 
 def _result(future: Any) -> tuple[np.ndarray, dict[int, str]]:
     """The chunk's result; cluster failures become one InputError."""
-    distributed = require_extra("distributed", "cluster", "--dask")
+    distributed = require_extra(*DASK)
     try:
         return future.result()
     except InputError:
