@@ -189,6 +189,8 @@ def test_file_save_writes_the_saved_layers_own_session(make_napari_viewer, qtbot
         assert written == [str(out)] + ([str(predictions)] if n == 6 else [])
         assert predictions.is_file() == (n == 6)
     assert _present(_rows(tmp_path / "6.csv")[0]) == {term}  # the label set on the canvas
+    tag = embryo_layer(first).metadata["ish_session"]  # what the crafted-tag test forges
+    assert tag() is session
     copied = copy.deepcopy(embryo_layer(first).metadata)  # as a copying plugin might
     assert layer_session(copied) is session  # the weak reference survives, no session copy
     first.layers.selection = {embryo_layer(first)}  # napari's public Save, to a .csv
@@ -293,3 +295,25 @@ def test_the_plugin_leaves_the_process_as_it_found_it(tmp_path):
                       "frozen_in_use": True, "blocked": True,
                       "triton_left": False, "frozen_after": 0, "limit_same": True,
                       "env_changed": []}, result
+
+
+def test_a_layers_crafted_session_tag_names_no_session(tmp_path):
+    """Layer metadata comes from whoever made the layer (another plugin, a saved project):
+    the session tag is only believed as a live weak reference to a session bound to a
+    viewer, so File > Save never writes labels of a session the layer does not belong to."""
+    import weakref
+
+    from napari_ish_annotator.session import AnnotatorSession
+    from napari_ish_annotator.widgets import layer_session
+
+    class Other:
+        pass
+
+    unbound, other = AnnotatorSession(cache_dir=tmp_path), Other()
+    dead = AnnotatorSession(cache_dir=tmp_path)
+    dead_ref = weakref.ref(dead)
+    del dead
+    for value in ("ish", 42, None, [unbound], weakref.ref(other), weakref.ref(unbound),
+                  dead_ref, lambda: unbound):
+        assert layer_session({"ish_session": value}) is None, value
+    assert layer_session({}) is None
