@@ -25,7 +25,7 @@ from ..core.learn.report import TermAUC, draw_auc_bars
 from ..session import MIN_CV_PER_CLASS, TrainReport, steps
 from ._base import SessionDock
 
-XLABEL = "cross-validated AUC (out-of-fold, folds by gene; ± std over folds)"
+XLABEL = "CV AUC (out-of-fold)\n± std over gene folds"  # short lines: the chart is 360 px
 #: pixels of chart per term (plus a margin for the axis), so long vocabularies stay readable
 ROW_PX, MARGIN_PX, MAX_PX = 16, 70, 1400
 WIDTH_PX, DPI = 360, 100
