@@ -257,3 +257,26 @@ def test_opening_the_data_folder_never_replays_a_journal_beside_its_store(tmp_pa
     assert "\n" not in str(error)
     second.close()
     assert fingerprint(db.parent, victim.parent) == before
+
+
+@pytest.mark.parametrize("offset", [18, 19], ids=["read-version", "write-version"])
+def test_an_unknown_file_format_version_is_refused_before_sqlite_touches_the_files(tmp_path,
+                                                                                 offset):
+    """Header bytes 18/19 (SQLite's read/write format versions) beyond 2: SQLite opens such a
+    file read-only (or not at all) only once it has it open, and closing it deleted the
+    received WAL beside it (found by the long fuzz run). Refused first, every file kept."""
+    imgs = make_images(tmp_path / "imgs", 4)
+    seed = tmp_path / "seed.sqlite"
+    build_store(seed, imgs)
+    data = bytearray(seed.read_bytes())
+    data[offset] = 3
+    db = tmp_path / "recv" / "store.sqlite"
+    db.parent.mkdir()
+    db.write_bytes(bytes(data))
+    Path(f"{db}-wal").write_bytes(b"\x37\x7f\x06\x82\x00")  # a WAL SQLite would discard
+    received = {p.name: p.read_bytes() for p in db.parent.iterdir()}
+    for read_only in (True, False):
+        with pytest.raises(InputError, match="format versions") as caught:
+            LabelStore(db, read_only=read_only, annotator="fuzz")
+        assert str(caught.value).startswith(str(db)) and "\n" not in str(caught.value)
+        assert {p.name: p.read_bytes() for p in db.parent.iterdir()} == received

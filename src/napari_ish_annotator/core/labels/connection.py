@@ -203,6 +203,12 @@ def open_store(path: Path, read_only: bool, busy_timeout: float,
     if exists and header[:16] != SQLITE_MAGIC:  # SQLite would silently reuse a tiny non-db file
         raise InputError("file is not a label store (not SQLite); pick another file name",
                          path=path)
+    if exists and len(header) >= 20 and not {header[18], header[19]} <= {1, 2}:
+        # SQLite reads such a file as read-only (or not at all) only once it is open, and
+        # closing it then deletes a received WAL: refused here, before SQLite opens anything
+        raise InputError(f"file is not a label store this program can open (SQLite file format "
+                         f"versions {header[18]}/{header[19]}, known: 1 and 2); pick another "
+                         "file name", path=path)
     give_up = time.monotonic() + busy_timeout
     journal_gone_by = time.monotonic() + min(busy_timeout, JOURNAL_WAIT)
     tries = 0
