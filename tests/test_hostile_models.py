@@ -262,6 +262,24 @@ def test_impossible_model_json_is_one_line_before_reading_arrays(
     assert re.search(why, err), err
 
 
+@pytest.mark.parametrize("vocabulary", [[], ["a", "a"], [{"x": 1}, {"x": 1}]],
+                         ids=["empty", "a-term-twice", "the-same-object-twice"])
+def test_a_vocabulary_without_distinct_terms_names_the_model_file(trained, tmp_path,
+                                                                  vocabulary):
+    """Found by the long fuzz run: a term listed twice was refused by the classifier itself,
+    in a message without the model's path (and with the whole hostile list in it)."""
+    def edit(text: str) -> str:
+        info = json.loads(text)
+        info["vocabulary"] = vocabulary
+        return json.dumps(info)
+
+    model = _edit_json(trained, tmp_path, edit)
+    with pytest.raises(InputError, match="vocabulary") as caught:
+        load_bundle(model)
+    assert str(caught.value).startswith(str(model / "model.json"))
+    assert "\n" not in str(caught.value) and "{" not in str(caught.value)
+
+
 def _npy_header(shape: tuple[int, ...]) -> bytes:
     header = repr({"descr": "<f4", "fortran_order": False, "shape": shape}).encode()
     header += b" " * (63 - (len(header) + 10) % 64) + b"\n"

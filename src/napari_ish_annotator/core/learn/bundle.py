@@ -305,6 +305,8 @@ def load_bundle(
                          "'pip install -U napari-ish-annotator'", path=mj)
     try:
         vocabulary = [str(t) for t in info["vocabulary"]]
+        if not vocabulary or len(set(vocabulary)) != len(vocabulary):  # said with the path
+            raise ValueError("vocabulary (empty, or a term twice)")
         d = int(info["n_features"])
         ens = info["ensemble"]
         config = EnsembleConfig(n_members=int(ens["n_members"]), C=float(ens["C"]),
