@@ -417,3 +417,26 @@ def test_predict_on_a_folder_with_postscript_and_a_fifo_finishes(model, tmp_path
     assert [line.split(",")[0].rsplit("/", 1)[-1] for line in out.read_text().splitlines()[1:]] \
         == [p.name for p in good]
     assert seconds < 120 and not _gs_left("zz_loop.png")
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".png"])
+def test_a_tiff_tag_of_the_wrong_type_in_pillows_path_is_one_line(tmp_path, suffix):
+    """Found by the long fuzz run: a palette TIFF (which Pillow decodes, not tifffile) whose
+    StripOffsets tag is typed FLOAT made Pillow raise TypeError past the decode errors."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((12, 16), np.uint8)).convert("P").save(buf, "TIFF")
+    data = bytearray(buf.getvalue())
+    assert data[:4] == b"II*\x00"
+    ifd = struct.unpack("<I", data[4:8])[0]
+    entries = [ifd + 2 + 12 * k for k in range(struct.unpack("<H", data[ifd:ifd + 2])[0])]
+    strip_offsets = next(e for e in entries if struct.unpack("<H", data[e:e + 2])[0] == 273)
+    data[strip_offsets + 2:strip_offsets + 4] = struct.pack("<H", 11)  # LONG -> FLOAT
+    path = tmp_path / f"palette{suffix}"
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="cannot decode") as caught:
+        read_rgb(path)
+    assert str(caught.value).startswith(str(path)) and "\n" not in str(caught.value)

@@ -176,7 +176,7 @@ def _decode_error(path: Path, exc: BaseException) -> InputError:
 #: and Pillow's arithmetic on nonsense tags gives struct and arithmetic errors
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, MemoryError, IndexError, KeyError,
                   RuntimeError, struct.error, ArithmeticError)
-#: what tifffile raises for tags of the wrong type (caught around its calls only)
+#: what tifffile and Pillow raise for tags of the wrong type (caught around their calls)
 _TIFF_TAG_ERRORS = (TypeError, AttributeError)
 
 
@@ -240,6 +240,13 @@ def _open_pillow(path: Path, fh: BinaryIO, fmt: str) -> Iterator[Any]:
 
 
 def _read_pillow(path: Path, fh: BinaryIO, fmt: str) -> np.ndarray:
+    try:
+        return _pillow_rgb(path, fh, fmt)
+    except _TIFF_TAG_ERRORS as exc:  # Pillow's TIFF tag code too (TIFF files, EXIF blocks)
+        raise _decode_error(path, exc) from exc
+
+
+def _pillow_rgb(path: Path, fh: BinaryIO, fmt: str) -> np.ndarray:
     from PIL import ImageOps
 
     with _open_pillow(path, fh, fmt) as img:
